@@ -1,0 +1,68 @@
+#pragma once
+
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "holocron/optim/detail/optimizer_base.h"
+#include "holocron/optim/functional.h"
+
+namespace holocron::optim {
+
+struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
+  TAdamOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  TORCH_ARG(double, eps) = 1e-8;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(bool, amsgrad) = false;
+  TORCH_ARG(dof_t, dof) = std::nullopt;
+
+ public:
+  template <typename Self, typename Visitor>
+  static void fields(Self& self, Visitor& visit) {
+    visit("lr", self.lr());
+    visit("betas", self.betas());
+    visit("eps", self.eps());
+    visit("weight_decay", self.weight_decay());
+    visit("amsgrad", self.amsgrad());
+    visit("dof", self.dof());
+  }
+  functional::TAdamHyper hyper() const;
+};
+
+struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
+  TORCH_ARG(int64_t, step) = 0;
+  TORCH_ARG(torch::Tensor, exp_avg);
+  TORCH_ARG(torch::Tensor, exp_avg_sq);
+  TORCH_ARG(torch::Tensor, max_exp_avg_sq);
+  TORCH_ARG(double, W_t) = 0.0;
+
+ public:
+  template <typename Self, typename Visitor>
+  static void fields(Self& self, Visitor& visit) {
+    visit("step", self.step());
+    visit("exp_avg", self.exp_avg());
+    visit("exp_avg_sq", self.exp_avg_sq());
+    visit("max_exp_avg_sq", self.max_exp_avg_sq());
+    visit("W_t", self.W_t());
+  }
+};
+
+// Student-t Adam. `dof` defaults to each parameter's number of elements.
+class TAdam : public detail::Algorithm<TAdamOptions, TAdamParamState> {
+ public:
+  explicit TAdam(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+      TAdamOptions defaults = {});
+  explicit TAdam(std::vector<torch::Tensor> params, TAdamOptions defaults = {});
+
+ protected:
+  void init_state(TAdamParamState& state, const torch::Tensor& param,
+                  const TAdamOptions& options) const override;
+  void update(const TAdamOptions& options, const std::vector<torch::Tensor>& params,
+              const std::vector<torch::Tensor>& grads,
+              const std::vector<TAdamParamState*>& states) override;
+};
+
+}  // namespace holocron::optim

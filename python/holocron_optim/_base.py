@@ -1,0 +1,157 @@
+"""What the eight optimizers share: a step that checks every parameter of every
+group before it writes anything, then makes one C++ call per group."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+def check_finite(name: str, value: Any) -> None:
+    """ValueError for non-numbers and nan/inf, which the ops' range checks would also refuse."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def check_betas(betas: Any, count: int, name: str) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != count:
+        raise ValueError(f"{name} requires {count} beta parameters, got {betas!r}")
+    for index, beta in enumerate(betas):
+        check_finite(f"beta parameter at index {index}", beta)
+
+
+def step_count(value: Any) -> int:
+    # torch.optim.Adam.__setstate__ turns steps into tensors on load; the reference keeps ints.
+    return int(value.item()) if isinstance(value, torch.Tensor) else int(value)
+
+
+class FusedStep:
+    """Mixin for torch.optim.Optimizer subclasses.
+
+    Subclasses set `_buffers(group)` (names of the per-element state buffers
+    the group needs), `_init_state(state, p, group)` for anything else a new
+    state holds, and `_apply(group, params, grads, states)` which calls the op.
+    `_apply` with empty lists only validates the group's hyper-parameters.
+    """
+
+    _buffers: Callable[[dict[str, Any]], list[str]]
+    _apply: Callable[..., None]
+
+    def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
+        state["step"] = 0
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        try:
+            self._apply(self.param_groups[-1], [], [], [])
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _check_buffers(self, p: torch.Tensor, state: dict[str, Any], keys: list[str]) -> None:
+        name = type(self).__name__
+        for key in keys:
+            buffer = state.get(key)
+            if buffer is None:
+                continue
+            if buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device:
+                raise RuntimeError(
+                    f"{name}: state '{key}' ({tuple(buffer.shape)}, {buffer.dtype}, {buffer.device}) "
+                    f"does not fit its parameter ({tuple(p.shape)}, {p.dtype}, {p.device})"
+                )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        name = type(self).__name__
+        work = []
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            if len(self.param_groups) > 1:  # type: ignore[attr-defined]
+                self._apply(group, [], [], [])
+            keys = self._buffers(group)
+            params, grads = [], []
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(f"{name} does not support sparse gradients")
+                if grad.shape != p.shape or grad.dtype != p.dtype or grad.device != p.device:
+                    raise RuntimeError(
+                        f"{name}: gradient ({tuple(grad.shape)}, {grad.dtype}, {grad.device}) does not "
+                        f"match its parameter ({tuple(p.shape)}, {p.dtype}, {p.device})"
+                    )
+                state = self.state.get(p)  # type: ignore[attr-defined]
+                if state:
+                    self._check_buffers(p, state, keys)
+                params.append(p)
+                grads.append(grad)
+            work.append((group, keys, params, grads))
+
+        for group, keys, params, grads in work:
+            if not params:
+                continue
+            if self._stateless(group):
+                self._apply(group, params, grads, [{} for _ in params])
+                continue
+            states = []
+            for p in params:
+                state = self.state[p]  # type: ignore[attr-defined]
+                if len(state) == 0:
+                    self._init_state(state, p, group)
+                for key in keys:
+                    if key not in state:
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                states.append(state)
+            self._apply(group, params, grads, states)
+        return loss
+
+    def _stateless(self, group: dict[str, Any]) -> bool:
+        """True when this group's update keeps no per-parameter state."""
+        return False
+
+    def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
+        return [step_count(s["step"]) + 1 for s in states]
+
+    @staticmethod
+    def _store_steps(states: list[dict[str, Any]], steps: list[int]) -> None:
+        for state, step in zip(states, steps):
+            if isinstance(state["step"], torch.Tensor):
+                state["step"].fill_(step)
+            else:
+                state["step"] = step
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuses, before changing anything, buffers that do not fit their parameters."""
+        name = type(self).__name__
+        saved_groups = state_dict.get("param_groups", [])
+        params = [p for group in self.param_groups for p in group["params"]]  # type: ignore[attr-defined]
+        ids = [i for group in saved_groups for i in group.get("params", [])]
+        if len(saved_groups) != len(self.param_groups) or len(ids) != len(params):  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{name}: the loaded state dict has {len(saved_groups)} groups and {len(ids)} parameters, "
+                f"the optimizer {len(self.param_groups)} and {len(params)}"  # type: ignore[attr-defined]
+            )
+        by_id = dict(zip(ids, params))
+        for key, state in state_dict.get("state", {}).items():
+            p = by_id.get(key)
+            if p is None:
+                raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")
+            for buffer_name in (k for k in self._all_buffers if k in state):
+                buffer = state[buffer_name]
+                if not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape or buffer.dtype != p.dtype:
+                    raise ValueError(
+                        f"{name}: state '{buffer_name}' of parameter {key} "
+                        f"({tuple(getattr(buffer, 'shape', ()))}, {getattr(buffer, 'dtype', type(buffer))}) "
+                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype})"
+                    )
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+
+    # Every per-element buffer a state of this optimizer may hold.
+    _all_buffers: tuple[str, ...] = ()

@@ -1,0 +1,389 @@
+"""The eight algorithms, with holocron.optim's constructor arguments, defaults,
+param_groups and state layout; the math runs in torch.ops.holocron."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim import Adam, Optimizer
+
+from ._base import FusedStep, check_betas, check_finite
+from ._library import ops
+
+__all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
+
+_DEFAULT_SCALE_CLIP = (0.0, 10.0)
+
+
+def _clip_pair(scale_clip: Any, name: str) -> tuple[float, float]:
+    if not isinstance(scale_clip, (tuple, list)) or len(scale_clip) != 2:
+        raise ValueError(f"{name}: scale_clip must be a (low, high) pair, got {scale_clip!r}")
+    return float(scale_clip[0]), float(scale_clip[1])
+
+
+def _check_common(lr: Any, eps: Any, weight_decay: Any) -> None:
+    check_finite("learning rate", lr)
+    check_finite("epsilon", eps)
+    check_finite("weight_decay", weight_decay)
+
+
+def _gather(states: list[dict[str, Any]], key: str) -> list[torch.Tensor]:
+    return [s[key] for s in states]
+
+
+def _local_lr_value(p: torch.Tensor, value: float) -> Any:
+    # The reference stores the trust ratio as a 0-d tensor of the parameter's
+    # dtype, or the int 1 when a norm is zero.
+    return 1 if value == 1.0 else torch.tensor(value, dtype=p.dtype, device=p.device)
+
+
+class LARS(FusedStep, Optimizer):
+    """LARS. `scale_clip`, when given, bounds ||p|| in the trust ratio (the
+    reference ignores it); None keeps the unclamped norm. Gradients are never
+    modified."""
+
+    _all_buffers = ("momentum_buffer",)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        scale_clip: tuple[float, float] | None = None,
+    ) -> None:
+        _check_common(lr, 0.0, weight_decay)
+        check_finite("momentum", momentum)
+        check_finite("dampening", dampening)
+        self.scale_clip = None if scale_clip is None else _clip_pair(scale_clip, "LARS")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+
+    def _buffers(self, group: dict[str, Any]) -> list[str]:
+        return []  # the momentum buffer starts as the first direction: made in _apply
+
+    def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
+        pass
+
+    def _stateless(self, group: dict[str, Any]) -> bool:
+        return group["momentum"] == 0
+
+    def _apply(self, group, params, grads, states) -> None:
+        with_momentum = group["momentum"] != 0
+        buffers, is_new = [], []
+        if with_momentum:
+            for p, state in zip(params, states):
+                is_new.append("momentum_buffer" not in state)
+                if is_new[-1]:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buffers.append(state["momentum_buffer"])
+        try:
+            ops.lars_(
+                params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
+                float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
+                list(self.scale_clip) if self.scale_clip is not None else [],
+            )
+        except Exception:
+            for state, new in zip(states, is_new):
+                if new:
+                    del state["momentum_buffer"]
+            raise
+
+    def _check_buffers(self, p, state, keys) -> None:
+        super()._check_buffers(p, state, ["momentum_buffer"])
+
+
+class LAMB(FusedStep, Optimizer):
+    """LAMB. `scale_clip` bounds ||p|| in the trust ratio; None means (0, 10)."""
+
+    _all_buffers = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        scale_clip: tuple[float, float] | None = None,
+    ) -> None:
+        _check_common(lr, eps, weight_decay)
+        check_betas(betas, 2, "LAMB")
+        self.scale_clip = _DEFAULT_SCALE_CLIP if scale_clip is None else _clip_pair(scale_clip, "LAMB")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    def _buffers(self, group):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        local_lrs = ops.lamb_(
+            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
+            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+            float(group["weight_decay"]), *self.scale_clip,
+        )
+        self._store_steps(states, self._advance_steps(states))
+        for p, state, local_lr in zip(params, states, local_lrs):
+            state["local_lr"] = _local_lr_value(p, local_lr)
+
+
+class RaLars(FusedStep, Optimizer):
+    """Rectified Adam with LARS trust ratios. `scale_clip`: None means (0, 10)."""
+
+    _all_buffers = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        force_adaptive_momentum: bool = False,
+        scale_clip: tuple[float, float] | None = None,
+    ) -> None:
+        _check_common(lr, eps, weight_decay)
+        check_betas(betas, 2, "RaLars")
+        self.force_adaptive_momentum = force_adaptive_momentum
+        self.scale_clip = _DEFAULT_SCALE_CLIP if scale_clip is None else _clip_pair(scale_clip, "RaLars")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    def _buffers(self, group):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        if params and not isinstance(group.get("sma_inf"), float):
+            # The reference records the SMA's maximum length in the group on its first step.
+            group["sma_inf"] = 2 / (1 - beta2) - 1
+        steps = self._advance_steps(states)
+        local_lrs = ops.ralars_(
+            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
+            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+            float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
+        )
+        self._store_steps(states, steps)
+        for p, state, local_lr in zip(params, states, local_lrs):
+            state["local_lr"] = _local_lr_value(p, local_lr)
+
+
+class TAdam(FusedStep, Optimizer):
+    """TAdam (Student-t moment estimation). Also handles 0-d parameters."""
+
+    _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        dof: float | None = None,
+    ) -> None:
+        _check_common(lr, eps, weight_decay)
+        check_betas(betas, 2, "TAdam")
+        if dof is not None:
+            check_finite("dof", dof)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad, "dof": dof}
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+
+    def _buffers(self, group):
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def _init_state(self, state, p, group) -> None:
+        state["step"] = 0
+        beta1 = group["betas"][0]
+        state["W_t"] = beta1 / (1 - beta1) * torch.ones(1, dtype=p.dtype, device=p.device)
+
+    def _check_buffers(self, p, state, keys) -> None:
+        super()._check_buffers(p, state, keys)
+        w_t = state.get("W_t")
+        if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
+            raise RuntimeError(f"TAdam: state 'W_t' must be a one-element tensor of dtype {p.dtype} on {p.device}")
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        steps = self._advance_steps(states)
+        dof = group["dof"]
+        ops.tadam_(
+            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
+            _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [], _gather(states, "W_t"), steps,
+            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+            float(group["weight_decay"]), bool(group["amsgrad"]), None if dof is None else float(dof),
+        )
+        self._store_steps(states, steps)
+
+
+class _AdamLike(FusedStep, Adam):
+    """torch.optim.Adam's constructor, validation and param_groups, as the reference's."""
+
+    _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params, lr, betas, eps, weight_decay, amsgrad) -> None:
+        _check_common(lr, eps, weight_decay)
+        check_betas(betas, 2, type(self).__name__)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+    def _buffers(self, group):
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def _adam_lists(self, group, states):
+        return (
+            _gather(states, "exp_avg"),
+            _gather(states, "exp_avg_sq"),
+            _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+        )
+
+
+class AdaBelief(_AdamLike):
+    """AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        steps = self._advance_steps(states)
+        ops.adabelief_(
+            params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
+            float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
+        )
+        self._store_steps(states, steps)
+
+
+class AdamP(_AdamLike):
+    """AdamP: Adam that removes the radial part of updates of scale-invariant weights."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        delta: float = 0.1,
+    ) -> None:
+        check_finite("delta", delta)
+        self.delta = delta
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        steps = self._advance_steps(states)
+        ops.adamp_(
+            params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
+            float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
+            float(self.delta),
+        )
+        self._store_steps(states, steps)
+
+
+class Adan(FusedStep, Optimizer):
+    """Adan. Unlike the reference, `prev_grad` holds the previous step's
+    gradient (the first difference is zero), as in the paper."""
+
+    _all_buffers = ("exp_avg", "exp_avg_sq", "exp_avg_delta", "max_exp_avg_delta", "prev_grad")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        _check_common(lr, eps, weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 3:
+            raise ValueError("Adan requires three beta parameters")
+        check_betas(betas, 3, "Adan")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad}
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+
+    def _buffers(self, group):
+        keys = ["exp_avg", "exp_avg_sq", "exp_avg_delta", "prev_grad"]
+        return keys + (["max_exp_avg_delta"] if group["amsgrad"] else [])
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2, beta3 = group["betas"]
+        steps = self._advance_steps(states)
+        ops.adan_(
+            params, grads, _gather(states, "prev_grad"), _gather(states, "exp_avg"),
+            _gather(states, "exp_avg_sq"), _gather(states, "exp_avg_delta"),
+            _gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps,
+            float(group["lr"]), float(beta1), float(beta2), float(beta3), float(group["eps"]),
+            float(group["weight_decay"]), bool(group["amsgrad"]),
+        )
+        self._store_steps(states, steps)
+
+
+class AdEMAMix(FusedStep, Optimizer):
+    """AdEMAMix: Adam with a second, slow moving average of gradients."""
+
+    _all_buffers = ("exp_avg", "exp_avg_slow", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        _check_common(lr, eps, weight_decay)
+        check_betas(betas, 3, "AdEMAMix")
+        check_finite("alpha", alpha)
+        defaults = {"lr": lr, "betas": betas, "alpha": alpha, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    def _buffers(self, group):
+        return ["exp_avg", "exp_avg_slow", "exp_avg_sq"]
+
+    def _apply(self, group, params, grads, states) -> None:
+        beta1, beta2, beta3 = group["betas"]
+        steps = self._advance_steps(states)
+        ops.ademamix_(
+            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_slow"),
+            _gather(states, "exp_avg_sq"), steps, float(group["lr"]), float(beta1), float(beta2),
+            float(beta3), float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
+        )
+        self._store_steps(states, steps)

@@ -1,0 +1,247 @@
+"""Lookahead and Scout, wrapping any torch.optim.Optimizer.
+
+Differences from the reference (README, "Deliberate fixes"): the wrapper's
+param_groups are the base's, so an LR scheduler on the wrapper drives the base
+(fix 8); state_dict() also holds the slow weights, the step counter and
+Scout's statistics (fix 7); Scout keeps running statistics instead of a
+growing stack of copies (fix 4) and ignores elements that did not move (fix 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ._library import ops
+
+__all__ = ["Lookahead", "Scout"]
+
+_SCOUT_STATS = ("prev", "mean", "m2", "max", "min")
+
+
+class Lookahead(Optimizer):
+    """Lookahead: every `sync_period` base steps, slow weights move `sync_rate`
+    of the way to the fast ones, and the fast weights restart from them."""
+
+    def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
+        if isinstance(sync_rate, bool) or not isinstance(sync_rate, (int, float)) or not 0 <= sync_rate <= 1:
+            raise ValueError(f"expected positive float lower than 1 as sync_rate, received: {sync_rate}")
+        if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+            raise ValueError(f"expected positive integer as sync_period, received: {sync_period}")
+        # torch.optim.Optimizer's bookkeeping, without its param-group handling.
+        self.defaults = {"sync_rate": sync_rate, "sync_period": sync_period}
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
+        self.state = defaultdict(dict)
+        self.base_optimizer = base_optimizer
+        self.fast_steps = 0
+        self.slow_params: list[list[torch.Tensor]] = []
+        self._mirror_new_groups()
+
+    # The wrapper's groups are the base's: schedulers and users setting
+    # group["lr"] on the wrapper set the base's lr.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.base_optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.base_optimizer.param_groups = value
+
+    def _fast_params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _flat_slow(self) -> list[torch.Tensor]:
+        return [p for group in self.slow_params for p in group]
+
+    def _mirror_new_groups(self) -> None:
+        for group in self.param_groups[len(self.slow_params):]:
+            self.slow_params.append([p.detach().clone() for p in group["params"]])
+            self._add_group_state(group)
+
+    def _add_group_state(self, group: dict[str, Any]) -> None:
+        pass
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group to the base optimizer and takes slow copies of its parameters."""
+        self.base_optimizer.add_param_group(param_group)
+        self._mirror_new_groups()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        self._mirror_new_groups()
+        loss = self.base_optimizer.step(closure)
+        period = self.defaults["sync_period"]
+        changes_before = self.fast_steps % period
+        with torch.no_grad():
+            self._after_base_step(changes_before)
+            self.fast_steps += 1
+            if self.fast_steps % period == 0:
+                self.sync_params(self._rate_for_sync(changes_before + 1))
+                self._after_sync()
+        return loss
+
+    def _after_base_step(self, changes_before: int) -> None:
+        pass
+
+    def _rate_for_sync(self, changes_in_period: int) -> float:
+        return self.defaults["sync_rate"]
+
+    def _after_sync(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def sync_params(self, sync_rate: float = 0.0) -> None:
+        """slow += sync_rate * (fast - slow); fast = slow."""
+        ops.lookahead_sync_(self._fast_params(), self._flat_slow(), float(sync_rate))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference's layout (state, param_groups, base_state_dict), plus
+        the slow weights and the step counter."""
+        param_groups, index = [], 0
+        for group in self.param_groups:
+            ids = list(range(index, index + len(group["params"])))
+            index += len(ids)
+            param_groups.append({"lr": group["lr"], "params": ids})
+        return {
+            "state": {},
+            "param_groups": param_groups,
+            "base_state_dict": self.base_optimizer.state_dict(),
+            "fast_steps": self.fast_steps,
+            "sync_rate": self.defaults["sync_rate"],
+            "sync_period": self.defaults["sync_period"],
+            "slow_params": [p.clone() for p in self._flat_slow()],
+            **self._extra_state(),
+        }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _check_tensors(self, name: str, tensors: Any, like: list[torch.Tensor], exact_dtype: bool = True) -> None:
+        if not isinstance(tensors, (list, tuple)) or len(tensors) != len(like):
+            raise ValueError(f"{type(self).__name__}: '{name}' must hold {len(like)} tensors")
+        for t, p in zip(tensors, like):
+            if not isinstance(t, torch.Tensor) or t.shape != p.shape or (exact_dtype and t.dtype != p.dtype):
+                raise ValueError(
+                    f"{type(self).__name__}: '{name}' holds a tensor of shape {tuple(getattr(t, 'shape', ()))} "
+                    f"and dtype {getattr(t, 'dtype', type(t))} for a parameter of shape {tuple(p.shape)} and dtype {p.dtype}"
+                )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads ours or the reference's (whose slow weights are then taken
+        from the current parameters, as the reference would); checks
+        everything before changing anything."""
+        self._mirror_new_groups()
+        name = type(self).__name__
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(saved["params"]) != len(group["params"]) for saved, group in zip(saved_groups, self.param_groups)
+        ):
+            raise ValueError(f"{name}: the loaded state dict's parameter groups do not match the optimizer's")
+        if "base_state_dict" not in state_dict:
+            raise ValueError(f"{name}: the loaded state dict has no 'base_state_dict'")
+        fast = self._fast_params()
+        slow = state_dict.get("slow_params")
+        if slow is not None:
+            self._check_tensors("slow_params", slow, fast)
+        commit_extra = self._load_extra(state_dict, fast)
+        sync_period = state_dict.get("sync_period", self.defaults["sync_period"])
+        sync_rate = state_dict.get("sync_rate", self.defaults["sync_rate"])
+        # A reference checkpoint has neither slow weights nor a counter: the
+        # period restarts from the current weights.
+        fast_steps = int(state_dict.get("fast_steps", 0)) if slow is not None else 0
+
+        self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
+        for group, saved in zip(self.param_groups, saved_groups):
+            if "lr" in saved:
+                group["lr"] = saved["lr"]
+        with torch.no_grad():
+            source = slow if slow is not None else fast
+            self.slow_params, index = [], 0
+            for group in self.param_groups:
+                count = len(group["params"])
+                self.slow_params.append(
+                    [t.detach().to(device=p.device).clone() for t, p in zip(source[index : index + count], group["params"])]
+                )
+                index += count
+        self.fast_steps = fast_steps
+        self.defaults["sync_period"] = sync_period
+        self.defaults["sync_rate"] = sync_rate
+        commit_extra()
+
+    def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
+        return lambda: None
+
+    def __repr__(self) -> str:
+        base = repr(self.base_optimizer).replace("\n", "\n\t")
+        args = "".join(f"\n{k}={v}," for k, v in self.defaults.items())
+        return f"{type(self).__name__} (\nbase_optimizer={base},{args}\n)"
+
+
+class Scout(Lookahead):
+    """Lookahead whose rate at each sync is max(1 - coherence, sync_rate),
+    the coherence measuring how consistently each element moved over the period."""
+
+    def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
+        self.scout_stats: dict[str, list[torch.Tensor]] = {key: [] for key in _SCOUT_STATS}
+        self.last_sync_rate = math.nan
+        super().__init__(base_optimizer, sync_rate, sync_period)
+
+    def _add_group_state(self, group: dict[str, Any]) -> None:
+        for p in group["params"]:
+            # Statistics of half and bfloat16 parameters are kept in float32.
+            dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            self.scout_stats["prev"].append(p.detach().clone())
+            for key in _SCOUT_STATS[1:]:
+                self.scout_stats[key].append(torch.zeros_like(p, dtype=dtype))
+
+    def _stats(self) -> list[list[torch.Tensor]]:
+        return [self.scout_stats[key] for key in _SCOUT_STATS]
+
+    def _after_base_step(self, changes_before: int) -> None:
+        ops.scout_accumulate_(self._fast_params(), *self._stats(), changes_before)
+
+    def _rate_for_sync(self, changes_in_period: int) -> float:
+        coherence = ops.scout_coherence(*self._stats(), changes_in_period)
+        self.last_sync_rate = max(1 - coherence, self.defaults["sync_rate"])
+        return self.last_sync_rate
+
+    def _after_sync(self) -> None:
+        for prev, p in zip(self.scout_stats["prev"], self._fast_params()):
+            prev.copy_(p)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"scout_stats": {key: [t.clone() for t in tensors] for key, tensors in self.scout_stats.items()}}
+
+    def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
+        saved = state_dict.get("scout_stats")
+        if saved is None:
+            # A reference checkpoint: the period restarts from the current weights.
+            def restart() -> None:
+                self.scout_stats = {key: [] for key in _SCOUT_STATS}
+                for group in self.param_groups:
+                    self._add_group_state(group)
+
+            return restart
+        for key in _SCOUT_STATS:
+            self._check_tensors(f"scout_stats/{key}", saved.get(key), fast, exact_dtype=key == "prev")
+
+        def commit() -> None:
+            self.scout_stats = {
+                key: [t.detach().to(device=p.device, dtype=cur.dtype).clone() for t, p, cur in zip(saved[key], fast, self.scout_stats[key])]
+                for key in _SCOUT_STATS
+            }
+
+        return commit

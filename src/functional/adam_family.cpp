@@ -1,0 +1,206 @@
+// TAdam, AdaBelief, AdamP, Adan and AdEMAMix: per-element moment updates with
+// Adam-style bias corrections.
+
+#include <ATen/ops/cosine_similarity.h>
+
+#include "functional/common.h"
+
+namespace holocron::optim::functional {
+
+using namespace detail;
+
+void check(const TAdamHyper& h) {
+  check_adam_like("TAdam", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
+  if (h.dof) check_hyper("TAdam", "dof", *h.dof, 0.0, false, INFINITY, false);
+}
+
+void check(const AdaBeliefHyper& h) {
+  check_adam_like("AdaBelief", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
+}
+
+void check(const AdamPHyper& h) {
+  check_adam_like("AdamP", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
+  check_hyper("AdamP", "delta", h.delta, -INFINITY, false, INFINITY, false);
+}
+
+void check(const AdanHyper& h) {
+  check_adam_like("Adan", h.lr, {h.beta1, h.beta2, h.beta3}, h.eps, h.weight_decay);
+}
+
+void check(const AdEMAMixHyper& h) {
+  check_non_negative("AdEMAMix", "lr", h.lr);
+  check_beta("AdEMAMix", "betas[0]", h.beta1);
+  check_beta("AdEMAMix", "betas[1]", h.beta2);
+  check_beta("AdEMAMix", "betas[2]", h.beta3);
+  check_hyper("AdEMAMix", "alpha", h.alpha, -INFINITY, false, INFINITY, false);
+  check_non_negative("AdEMAMix", "eps", h.eps);
+  // The reference accepts a negative weight decay here; only non-finite is refused.
+  check_hyper("AdEMAMix", "weight_decay", h.weight_decay, -INFINITY, false, INFINITY, false);
+}
+
+void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+            TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
+            c10::ArrayRef<int64_t> steps, const TAdamHyper& h) {
+  check(h);
+  check_group("TAdam", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  if (h.amsgrad) check_group("TAdam", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
+  check_steps("TAdam", steps, params.size());
+  TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
+              " moment weights for ", params.size(), " parameters");
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m = scope.inout(exp_avgs[i]);
+    auto v = scope.inout(exp_avg_sqs[i]);
+    const auto numel = static_cast<double>(p.numel());
+    const double dof = h.dof.value_or(numel);
+
+    // Student-t weight of this gradient, from the moments before this step.
+    const double mahalanobis = (g - m).pow_(2).div_(v + h.eps).sum().item<double>();
+    const double w = (dof + numel) / (dof + mahalanobis);
+    double& W = moment_weights[i];
+    m.mul_(W / (W + w)).add_(g, w / (W + w));
+    W = W * (2.0 * h.beta1 - 1.0) / h.beta1 + w;
+
+    v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+    at::Tensor running_max;
+    if (h.amsgrad) running_max = scope.inout(max_exp_avg_sqs[i]);
+    auto denom = adam_denominator(v, h.amsgrad ? &running_max : nullptr,
+                                  bias_correction(h.beta2, steps[i]), h.eps);
+    p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
+    scope.commit();
+  }
+}
+
+void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+                const AdaBeliefHyper& h) {
+  check(h);
+  check_group("AdaBelief", params, grads,
+              {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
+  check_steps("AdaBelief", steps, params.size());
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m = scope.inout(exp_avgs[i]);
+    auto s = scope.inout(exp_avg_sqs[i]);
+    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    auto residual = g - m;
+    s.mul_(h.beta2).addcmul_(residual, residual, 1.0 - h.beta2);
+    at::Tensor running_max;
+    if (h.amsgrad) running_max = scope.inout(max_exp_avg_sqs[i]);
+    auto denom = adam_denominator(s, h.amsgrad ? &running_max : nullptr,
+                                  bias_correction(h.beta2, steps[i]), h.eps);
+    p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
+    scope.commit();
+  }
+}
+
+void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h) {
+  check(h);
+  check_group("AdamP", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
+  check_steps("AdamP", steps, params.size());
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m = scope.inout(exp_avgs[i]);
+    auto v = scope.inout(exp_avg_sqs[i]);
+    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+    at::Tensor running_max;
+    if (h.amsgrad) running_max = scope.inout(max_exp_avg_sqs[i]);
+    auto denom = adam_denominator(v, h.amsgrad ? &running_max : nullptr,
+                                  bias_correction(h.beta2, steps[i]), h.eps);
+    auto q = (m / bias_correction(h.beta1, steps[i])).div_(denom);
+
+    // Where the weight is nearly orthogonal to its gradient (scale-invariant
+    // weights), drop the radial part of the update.
+    const double threshold = h.delta / std::sqrt(static_cast<double>(p.numel()));
+    const auto cosine = at::cosine_similarity(p.reshape({1, -1}), g.reshape({1, -1}), 1, 1e-8);
+    if (cosine.max().lt(threshold).item<bool>()) {
+      auto unit = p / (p.norm().add_(h.eps));
+      q.sub_(unit * (unit * q).sum());
+    }
+    p.add_(q, -h.lr);
+    scope.commit();
+  }
+}
+
+void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
+           TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
+           c10::ArrayRef<int64_t> steps, const AdanHyper& h) {
+  check(h);
+  check_group("Adan", params, grads,
+              {{"prev_grads", prev_grads},
+               {"exp_avgs", exp_avgs},
+               {"exp_avg_sqs", exp_avg_sqs},
+               {"exp_avg_deltas", exp_avg_deltas}});
+  if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
+  check_steps("Adan", steps, params.size());
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto prev = scope.inout(prev_grads[i]);
+    auto m = scope.inout(exp_avgs[i]);
+    auto v = scope.inout(exp_avg_sqs[i]);
+    auto n = scope.inout(exp_avg_deltas[i]);
+
+    // Fix 1: the gradient difference is taken against the previous step's
+    // gradient, and is zero on the first step.
+    auto diff = steps[i] == 1 ? at::zeros_like(g) : g - prev;
+    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    v.mul_(h.beta2).add_(diff, 1.0 - h.beta2);
+    auto corrected = g + h.beta2 * diff;
+    n.mul_(h.beta3).addcmul_(corrected, corrected, 1.0 - h.beta3);
+    prev.copy_(g);
+
+    at::Tensor running_max;
+    if (h.amsgrad) running_max = scope.inout(max_exp_avg_deltas[i]);
+    auto denom = adam_denominator(n, h.amsgrad ? &running_max : nullptr,
+                                  bias_correction(h.beta3, steps[i]), h.eps);
+    auto direction = (m / bias_correction(h.beta1, steps[i]))
+                         .add_(v, h.beta2 / bias_correction(h.beta2, steps[i]))
+                         .div_(denom);
+    p.add_(direction, -h.lr);
+    if (h.weight_decay != 0.0) p.div_(1.0 + h.weight_decay * h.lr);
+    scope.commit();
+  }
+}
+
+void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
+               TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+               const AdEMAMixHyper& h) {
+  check(h);
+  check_group("AdEMAMix", params, grads,
+              {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
+  check_steps("AdEMAMix", steps, params.size());
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m1 = scope.inout(exp_avgs[i]);
+    auto m2 = scope.inout(exp_avgs_slow[i]);
+    auto nu = scope.inout(exp_avg_sqs[i]);
+    m1.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    nu.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+    m2.mul_(h.beta3).add_(g, 1.0 - h.beta3);
+    auto denom = adam_denominator(nu, nullptr, bias_correction(h.beta2, steps[i]), h.eps);
+    auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, h.alpha);
+    p.addcdiv_(numerator, denom, -h.lr);
+    scope.commit();
+  }
+}
+
+}  // namespace holocron::optim::functional

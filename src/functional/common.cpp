@@ -1,0 +1,65 @@
+#include "functional/common.h"
+
+#include <sstream>
+
+namespace holocron::optim::functional::detail {
+
+namespace {
+
+void check_fits(const char* optimizer, const char* what, size_t index, const at::Tensor& t,
+                const at::Tensor& param) {
+  TORCH_CHECK(t.defined(), optimizer, ": ", what, "[", index, "] is undefined");
+  TORCH_CHECK(t.layout() == at::kStrided, optimizer, " does not support sparse ", what,
+              " (", what, "[", index, "] has layout ", t.layout(), ")");
+  TORCH_CHECK(t.sizes().equals(param.sizes()), optimizer, ": ", what, "[", index,
+              "] has shape ", t.sizes(), " but its parameter has shape ", param.sizes());
+  TORCH_CHECK(t.scalar_type() == param.scalar_type(), optimizer, ": ", what, "[", index,
+              "] has dtype ", t.scalar_type(), " but its parameter has dtype ",
+              param.scalar_type());
+  TORCH_CHECK(t.device() == param.device(), optimizer, ": ", what, "[", index,
+              "] is on ", t.device(), " but its parameter is on ", param.device());
+}
+
+}  // namespace
+
+void check_group(const char* optimizer, TensorList params, TensorList grads,
+                 std::initializer_list<NamedList> state_lists) {
+  TORCH_CHECK(grads.size() == params.size(), optimizer, ": got ", grads.size(),
+              " gradients for ", params.size(), " parameters");
+  for (const auto& list : state_lists) {
+    TORCH_CHECK(list.tensors.size() == params.size(), optimizer, ": got ",
+                list.tensors.size(), " ", list.name, " for ", params.size(), " parameters");
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i];
+    TORCH_CHECK(p.defined(), optimizer, ": params[", i, "] is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided, optimizer, " does not support sparse parameters");
+    TORCH_CHECK(at::isFloatingType(p.scalar_type()), optimizer, ": params[", i,
+                "] has dtype ", p.scalar_type(), "; only floating-point parameters can be optimized");
+    check_fits(optimizer, "gradients", i, grads[i], p);
+    for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p);
+  }
+}
+
+void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected) {
+  TORCH_CHECK(steps.size() == expected, optimizer, ": got ", steps.size(), " steps for ",
+              expected, " parameters");
+  for (size_t i = 0; i < steps.size(); ++i) {
+    TORCH_CHECK(steps[i] >= 1, optimizer, ": steps[", i, "] is ", steps[i],
+                "; a step counter counts this step and starts at 1");
+  }
+}
+
+void check_hyper(const char* optimizer, const char* name, double value, double low,
+                 bool low_inclusive, double high, bool high_inclusive) {
+  const bool above = low_inclusive ? value >= low : value > low;
+  const bool below = high_inclusive ? value <= high : value < high;
+  if (!(above && below && !std::isnan(value))) {
+    std::ostringstream range;
+    range << (low_inclusive ? "[" : "(") << low << ", " << high << (high_inclusive ? "]" : ")");
+    TORCH_CHECK_VALUE(false, optimizer, ": invalid ", name, " value: ", value, " (expected in ",
+                      range.str(), ")");
+  }
+}
+
+}  // namespace holocron::optim::functional::detail

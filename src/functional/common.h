@@ -1,0 +1,120 @@
+#pragma once
+
+// Shared checks and helpers of the functional layer.
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "holocron/optim/functional.h"
+
+namespace holocron::optim::functional::detail {
+
+struct NamedList {
+  const char* name;
+  TensorList tensors;
+};
+
+// Checks that every list fits `params` (same length; each tensor same shape,
+// dtype and device as its parameter) and that every gradient is dense.
+// Called before any write so that a failing call changes nothing.
+void check_group(const char* optimizer, TensorList params, TensorList grads,
+                 std::initializer_list<NamedList> state_lists);
+
+void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected);
+
+void check_hyper(const char* optimizer, const char* name, double value, double low,
+                 bool low_inclusive, double high, bool high_inclusive);
+
+inline void check_non_negative(const char* optimizer, const char* name, double value) {
+  check_hyper(optimizer, name, value, 0.0, true, INFINITY, false);
+}
+
+inline void check_beta(const char* optimizer, const char* name, double value) {
+  check_hyper(optimizer, name, value, 0.0, true, 1.0, false);
+}
+
+// Reduced-precision tensors (half, bfloat16) are updated through float32
+// stand-ins and written back, so the math never runs in 8 mantissa bits.
+class ComputeScope {
+ public:
+  explicit ComputeScope(const at::Tensor& reference)
+      : reduced_(at::isReducedFloatingType(reference.scalar_type())) {}
+  ComputeScope(const ComputeScope&) = delete;
+  ComputeScope& operator=(const ComputeScope&) = delete;
+
+  // A tensor the update writes: its stand-in is copied back by commit().
+  at::Tensor inout(const at::Tensor& t) {
+    if (!reduced_) return t;
+    auto wide = t.to(at::kFloat);
+    written_.emplace_back(t, wide);
+    return wide;
+  }
+  // A tensor the update only reads.
+  at::Tensor in(const at::Tensor& t) const { return reduced_ ? t.to(at::kFloat) : t; }
+
+  void commit() {
+    for (auto& [narrow, wide] : written_) narrow.copy_(wide);
+    written_.clear();
+  }
+
+ private:
+  bool reduced_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> written_;
+};
+
+// `g + wd * p` as a new tensor (never written into the caller's gradient).
+inline at::Tensor decayed_grad(const at::Tensor& grad, const at::Tensor& param, double wd) {
+  return wd != 0.0 ? grad.add(param, wd) : grad;
+}
+
+// A whole-tensor L2 norm as a double.
+inline double norm_of(const at::Tensor& t) { return t.norm().item<double>(); }
+
+// The trust ratio shared by LARS, LAMB and RaLars: phi / update_norm, or 1
+// when either is zero.
+inline double trust_ratio(double phi, double update_norm) {
+  return (phi == 0.0 || update_norm == 0.0) ? 1.0 : phi / update_norm;
+}
+
+inline double clamp_norm(double norm, const ScaleClip& clip) {
+  return std::min(std::max(norm, clip.first), clip.second);
+}
+
+}  // namespace holocron::optim::functional::detail
+
+namespace holocron::optim::functional::detail {
+
+// Checks shared by the Adam-like algorithms (lr, betas, eps, weight decay).
+inline void check_adam_like(const char* name, double lr, std::initializer_list<double> betas,
+                            double eps, double weight_decay) {
+  check_non_negative(name, "lr", lr);
+  static const char* const beta_names[] = {"betas[0]", "betas[1]", "betas[2]"};
+  size_t index = 0;
+  for (double beta : betas) check_beta(name, beta_names[index++], beta);
+  check_non_negative(name, "eps", eps);
+  check_non_negative(name, "weight_decay", weight_decay);
+}
+
+// sqrt(v or running max of v) / sqrt(bias_correction) + eps, as a new tensor.
+// With amsgrad the running max is advanced first.
+inline at::Tensor adam_denominator(const at::Tensor& second_moment, at::Tensor* running_max,
+                                   double bias_correction, double eps) {
+  const at::Tensor* source = &second_moment;
+  if (running_max != nullptr) {
+    at::maximum_out(*running_max, *running_max, second_moment);
+    source = running_max;
+  }
+  return source->sqrt().div_(std::sqrt(bias_correction)).add_(eps);
+}
+
+inline double bias_correction(double beta, int64_t step) {
+  return 1.0 - std::pow(beta, static_cast<double>(step));
+}
+
+}  // namespace holocron::optim::functional::detail

@@ -1,0 +1,174 @@
+// The functional layer as PyTorch operators (torch.ops.holocron.*), one call
+// per parameter group. Python reaches the same C++ math as the C++ classes.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <memory>
+
+#include "holocron/optim/functional.h"
+
+namespace holocron::optim::ops {
+
+namespace {
+
+namespace F = functional;
+using at::TensorList;
+
+F::ScaleClip clip_of(double low, double high) { return {low, high}; }
+
+std::vector<double> lars(TensorList params, TensorList grads, TensorList momentum_buffers,
+                         const c10::List<bool>& buffer_is_new, double lr, double momentum,
+                         double dampening, double weight_decay, bool nesterov,
+                         c10::ArrayRef<double> scale_clip) {
+  TORCH_CHECK_VALUE(scale_clip.empty() || scale_clip.size() == 2,
+                    "LARS: scale_clip must hold two values (low, high), got ", scale_clip.size());
+  std::optional<F::ScaleClip> clip;
+  if (!scale_clip.empty()) clip = clip_of(scale_clip[0], scale_clip[1]);
+  std::unique_ptr<bool[]> flags(new bool[buffer_is_new.size()]());
+  for (size_t i = 0; i < buffer_is_new.size(); ++i) flags[i] = buffer_is_new.get(i);
+  return F::lars_(params, grads, momentum_buffers,
+                  c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
+                  {lr, momentum, dampening, weight_decay, nesterov, clip});
+}
+
+std::vector<double> lamb(TensorList params, TensorList grads, TensorList exp_avgs,
+                         TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
+                         double weight_decay, double clip_low, double clip_high) {
+  return F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
+                  {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)});
+}
+
+std::vector<double> ralars(TensorList params, TensorList grads, TensorList exp_avgs,
+                           TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
+                           double beta2, double eps, double weight_decay,
+                           bool force_adaptive_momentum, double clip_low, double clip_high) {
+  return F::ralars_(params, grads, exp_avgs, exp_avg_sqs, steps,
+                    {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
+                     clip_of(clip_low, clip_high)});
+}
+
+// The reference keeps TAdam's moment weight as a one-element tensor (W_t).
+void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+           TensorList max_exp_avg_sqs, TensorList W_ts, c10::IntArrayRef steps, double lr,
+           double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+           std::optional<double> dof) {
+  TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
+              params.size(), " parameters");
+  std::vector<double> weights(W_ts.size());
+  for (size_t i = 0; i < W_ts.size(); ++i) {
+    TORCH_CHECK(W_ts[i].numel() == 1, "TAdam: W_t of parameter ", i,
+                " must hold one element, it has shape ", W_ts[i].sizes());
+    weights[i] = W_ts[i].item<double>();
+  }
+  F::tadam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, weights, steps,
+            {lr, beta1, beta2, eps, weight_decay, amsgrad, dof});
+  for (size_t i = 0; i < W_ts.size(); ++i) W_ts[i].fill_(weights[i]);
+}
+
+void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+               TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
+               double beta2, double eps, double weight_decay, bool amsgrad) {
+  F::adabelief_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                {lr, beta1, beta2, eps, weight_decay, amsgrad});
+}
+
+void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+           TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
+           double beta2, double eps, double weight_decay, bool amsgrad, double delta) {
+  F::adamp_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+            {lr, beta1, beta2, eps, weight_decay, amsgrad, delta});
+}
+
+void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
+          TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
+          c10::IntArrayRef steps, double lr, double beta1, double beta2, double beta3, double eps,
+          double weight_decay, bool amsgrad) {
+  F::adan_(params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, max_exp_avg_deltas,
+           steps, {lr, beta1, beta2, beta3, eps, weight_decay, amsgrad});
+}
+
+void ademamix(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avgs_slow,
+              TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
+              double beta2, double beta3, double alpha, double eps, double weight_decay) {
+  F::ademamix_(params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs, steps,
+               {lr, beta1, beta2, beta3, alpha, eps, weight_decay});
+}
+
+void lookahead_sync(TensorList fast, TensorList slow, double sync_rate) {
+  F::lookahead_sync_(fast, slow, sync_rate);
+}
+
+void scout_accumulate(TensorList fast, TensorList prev, TensorList mean, TensorList m2,
+                      TensorList max, TensorList min, int64_t count) {
+  F::scout_accumulate_(fast, {prev, mean, m2, max, min}, count);
+}
+
+double scout_coherence(TensorList prev, TensorList mean, TensorList m2, TensorList max,
+                       TensorList min, int64_t count) {
+  return F::scout_coherence({prev, mean, m2, max, min}, count);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(holocron, m) {
+  m.def(
+      "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
+      "bool nesterov, float[] scale_clip) -> float[]");
+  m.def(
+      "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, float clip_low, float clip_high) -> float[]");
+  m.def(
+      "ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high) "
+      "-> float[]");
+  m.def(
+      "tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
+      "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
+      "float? dof) -> ()");
+  m.def(
+      "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
+      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad) -> ()");
+  m.def(
+      "adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
+      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta) -> ()");
+  m.def(
+      "adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
+      "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
+      "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
+      "float beta3, float eps, float weight_decay, bool amsgrad) -> ()");
+  m.def(
+      "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
+      "float beta2, float beta3, float alpha, float eps, float weight_decay) -> ()");
+  m.def("lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()");
+  m.def(
+      "scout_accumulate_(Tensor[] fast, Tensor(a!)[] prev, Tensor(b!)[] mean, Tensor(c!)[] m2, "
+      "Tensor(d!)[] max, Tensor(e!)[] min, int count) -> ()");
+  m.def(
+      "scout_coherence(Tensor[] prev, Tensor[] mean, Tensor[] m2, Tensor[] max, Tensor[] min, "
+      "int count) -> float");
+}
+
+// The functional layer is written with ATen ops, so one kernel serves every device.
+TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {
+  m.impl("lars_", &lars);
+  m.impl("lamb_", &lamb);
+  m.impl("ralars_", &ralars);
+  m.impl("tadam_", &tadam);
+  m.impl("adabelief_", &adabelief);
+  m.impl("adamp_", &adamp);
+  m.impl("adan_", &adan);
+  m.impl("ademamix_", &ademamix);
+  m.impl("lookahead_sync_", &lookahead_sync);
+  m.impl("scout_accumulate_", &scout_accumulate);
+  m.impl("scout_coherence", &scout_coherence);
+}
+
+}  // namespace holocron::optim::ops

@@ -1,0 +1,300 @@
+#include "holocron/optim/detail/optimizer_base.h"
+
+#include <ATen/core/ivalue.h>
+#include <c10/util/Exception.h>
+#include <torch/utils.h>
+
+#include <stdexcept>
+#include <typeinfo>
+#include <unordered_set>
+
+namespace holocron::optim {
+
+namespace detail {
+
+namespace {
+
+c10::IValue read_ivalue(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read(key, value), "checkpoint lacks the field '", key, "'");
+  return value;
+}
+
+std::vector<double> read_doubles(torch::serialize::InputArchive& archive, const char* name,
+                                 size_t expected) {
+  auto values = read_ivalue(archive, name).toDoubleVector();
+  TORCH_CHECK(values.size() == expected, "checkpoint field '", name, "' holds ", values.size(),
+              " values, expected ", expected);
+  return values;
+}
+
+}  // namespace
+
+void FieldWriter::operator()(const char* name, const torch::Tensor& t) const {
+  if (t.defined()) archive.write(name, t);
+}
+void FieldWriter::operator()(const char* name, int64_t v) const { archive.write(name, v); }
+void FieldWriter::operator()(const char* name, double v) const { archive.write(name, v); }
+void FieldWriter::operator()(const char* name, bool v) const { archive.write(name, v); }
+void FieldWriter::operator()(const char* name, const betas2_t& v) const {
+  archive.write(name, std::vector<double>{std::get<0>(v), std::get<1>(v)});
+}
+void FieldWriter::operator()(const char* name, const betas3_t& v) const {
+  archive.write(name, std::vector<double>{std::get<0>(v), std::get<1>(v), std::get<2>(v)});
+}
+void FieldWriter::operator()(const char* name, const scale_clip_t& v) const {
+  // An absent optional is an empty list.
+  archive.write(name, v ? std::vector<double>{std::get<0>(*v), std::get<1>(*v)}
+                        : std::vector<double>{});
+}
+void FieldWriter::operator()(const char* name, const dof_t& v) const {
+  archive.write(name, v ? std::vector<double>{*v} : std::vector<double>{});
+}
+
+void FieldReader::operator()(const char* name, torch::Tensor& t) const {
+  torch::Tensor value;
+  t = archive.try_read(name, value) ? value : torch::Tensor();
+}
+void FieldReader::operator()(const char* name, int64_t& v) const {
+  v = read_ivalue(archive, name).toInt();
+}
+void FieldReader::operator()(const char* name, double& v) const {
+  v = read_ivalue(archive, name).toDouble();
+}
+void FieldReader::operator()(const char* name, bool& v) const {
+  v = read_ivalue(archive, name).toBool();
+}
+void FieldReader::operator()(const char* name, betas2_t& v) const {
+  auto d = read_doubles(archive, name, 2);
+  v = {d[0], d[1]};
+}
+void FieldReader::operator()(const char* name, betas3_t& v) const {
+  auto d = read_doubles(archive, name, 3);
+  v = {d[0], d[1], d[2]};
+}
+void FieldReader::operator()(const char* name, scale_clip_t& v) const {
+  auto d = read_ivalue(archive, name).toDoubleVector();
+  TORCH_CHECK(d.empty() || d.size() == 2, "checkpoint field '", name, "' holds ", d.size(),
+              " values, expected 0 or 2");
+  v = d.empty() ? scale_clip_t{} : scale_clip_t{std::make_tuple(d[0], d[1])};
+}
+void FieldReader::operator()(const char* name, dof_t& v) const {
+  auto d = read_ivalue(archive, name).toDoubleVector();
+  TORCH_CHECK(d.size() <= 1, "checkpoint field '", name, "' holds ", d.size(),
+              " values, expected 0 or 1");
+  v = d.empty() ? dof_t{} : dof_t{d[0]};
+}
+
+}  // namespace detail
+
+namespace {
+
+std::string group_key(size_t group_index) { return "param_groups/" + std::to_string(group_index); }
+
+}  // namespace
+
+OptimizerBase::OptimizerBase(std::unique_ptr<torch::optim::OptimizerOptions> defaults,
+                             const char* name)
+    : torch::optim::Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
+                              std::move(defaults)),
+      name_(name) {}
+
+void OptimizerBase::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
+  std::unique_ptr<torch::optim::OptimizerOptions> options;
+  if (param_group.has_options()) {
+    const auto& given = param_group.options();
+    if (typeid(given) != typeid(*defaults_)) {
+      throw std::invalid_argument(std::string(name()) + ": a parameter group's options must be " +
+                                  "of this optimizer's options type");
+    }
+    options = given.clone();
+  } else {
+    options = defaults_->clone();
+  }
+  check_options(*options);
+
+  std::unordered_set<const void*> seen;
+  for (const auto& group : param_groups_) {
+    for (const auto& p : group.params()) seen.insert(p.unsafeGetTensorImpl());
+  }
+  for (const auto& p : param_group.params()) {
+    if (!p.defined()) throw std::invalid_argument(std::string(name()) + ": a parameter is undefined");
+    if (!p.is_leaf()) {
+      throw std::invalid_argument(std::string(name()) + ": can't optimize a non-leaf Tensor");
+    }
+    if (!seen.insert(p.unsafeGetTensorImpl()).second) {
+      throw std::invalid_argument(std::string(name()) +
+                                  ": some parameters appear in more than one parameter group");
+    }
+  }
+  param_groups_.emplace_back(param_group.params(), std::move(options));
+}
+
+void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& state,
+                                     const torch::Tensor& param, size_t group_index,
+                                     size_t param_index) const {
+  visit_tensors(state, [&](const char* buffer, const torch::Tensor& t) {
+    TORCH_CHECK(t.sizes().equals(param.sizes()),
+                name(), ": state '", buffer, "' of parameter ", param_index, " in group ",
+                group_index, " has shape ", t.sizes(), " but the parameter has shape ",
+                param.sizes());
+    TORCH_CHECK(t.scalar_type() == param.scalar_type(), name(), ": state '", buffer,
+                "' of parameter ", param_index, " in group ", group_index, " has dtype ",
+                t.scalar_type(), " but the parameter has dtype ", param.scalar_type());
+    TORCH_CHECK(t.device() == param.device(), name(), ": state '", buffer, "' of parameter ",
+                param_index, " in group ", group_index, " is on ", t.device(),
+                " but the parameter is on ", param.device());
+  });
+}
+
+torch::Tensor OptimizerBase::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+
+  // Everything is checked before anything is written, so a step that throws
+  // leaves parameters and state as they were.
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    const auto& group = param_groups_[gi];
+    check_options(group.options());
+    for (size_t pi = 0; pi < group.params().size(); ++pi) {
+      const auto& p = group.params()[pi];
+      const auto& g = p.grad();
+      if (!g.defined()) continue;
+      TORCH_CHECK(g.layout() == at::kStrided, name(), " does not support sparse gradients");
+      TORCH_CHECK(at::isFloatingType(p.scalar_type()), name(), ": parameter ", pi, " in group ",
+                  gi, " has dtype ", p.scalar_type(), "; only floating-point parameters can be "
+                  "optimized");
+      TORCH_CHECK(g.sizes().equals(p.sizes()) && g.scalar_type() == p.scalar_type() &&
+                      g.device() == p.device(),
+                  name(), ": the gradient of parameter ", pi, " in group ", gi, " (", g.sizes(),
+                  ", ", g.scalar_type(), ", ", g.device(), ") does not match the parameter (",
+                  p.sizes(), ", ", p.scalar_type(), ", ", p.device(), ")");
+      auto it = state_.find(p.unsafeGetTensorImpl());
+      if (it != state_.end()) check_state_fits(*it->second, p, gi, pi);
+    }
+  }
+
+  for (auto& group : param_groups_) {
+    std::vector<torch::Tensor> params;
+    std::vector<torch::Tensor> grads;
+    std::vector<torch::optim::OptimizerParamState*> states;
+    for (const auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      auto& slot = state_[p.unsafeGetTensorImpl()];
+      if (!slot) slot = make_state();
+      prepare_state(*slot, p, group.options());
+      params.push_back(p);
+      grads.push_back(p.grad());
+      states.push_back(slot.get());
+    }
+    if (!params.empty()) update_group(group.options(), params, grads, states);
+  }
+  return loss;
+}
+
+void OptimizerBase::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("holocron/format_version", kCheckpointFormatVersion);
+  archive.write("holocron/optimizer", std::string(name()));
+  archive.write("param_groups/size", static_cast<int64_t>(param_groups_.size()));
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    const auto& group = param_groups_[gi];
+    torch::serialize::OutputArchive group_archive(archive.compilation_unit());
+    torch::serialize::OutputArchive options_archive(archive.compilation_unit());
+    group.options().serialize(options_archive);
+    group_archive.write("options", options_archive);
+    group_archive.write("params/size", static_cast<int64_t>(group.params().size()));
+    for (size_t pi = 0; pi < group.params().size(); ++pi) {
+      const auto& p = group.params()[pi];
+      group_archive.write("params/" + std::to_string(pi) + "/shape", p.sizes().vec());
+      auto it = state_.find(p.unsafeGetTensorImpl());
+      if (it == state_.end()) continue;
+      torch::serialize::OutputArchive state_archive(archive.compilation_unit());
+      it->second->serialize(state_archive);
+      group_archive.write("state/" + std::to_string(pi), state_archive);
+    }
+    archive.write(group_key(gi), group_archive);
+  }
+}
+
+void OptimizerBase::load(torch::serialize::InputArchive& archive) {
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read("holocron/format_version", value), name(),
+              ": not a holocron-optim checkpoint (no format version)");
+  const auto version = value.toInt();
+  TORCH_CHECK(version >= 1 && version <= kCheckpointFormatVersion, name(),
+              ": checkpoint format version ", version, " is not supported (this build reads 1 to ",
+              kCheckpointFormatVersion, ")");
+  TORCH_CHECK(archive.try_read("holocron/optimizer", value), name(),
+              ": checkpoint does not name its optimizer");
+  TORCH_CHECK(value.toStringRef() == name(), name(), ": checkpoint was written by ",
+              value.toStringRef(), ", not ", name());
+  TORCH_CHECK(archive.try_read("param_groups/size", value), name(),
+              ": checkpoint lacks param_groups/size");
+  TORCH_CHECK(static_cast<size_t>(value.toInt()) == param_groups_.size(), name(),
+              ": checkpoint has ", value.toInt(), " parameter groups, the optimizer has ",
+              param_groups_.size());
+
+  // Read and check everything first; replace only once all of it fits.
+  std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> new_options;
+  std::vector<std::vector<std::unique_ptr<torch::optim::OptimizerParamState>>> new_states;
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    const auto& params = param_groups_[gi].params();
+    torch::serialize::InputArchive group_archive;
+    TORCH_CHECK(archive.try_read(group_key(gi), group_archive), name(),
+                ": checkpoint lacks parameter group ", gi);
+    torch::serialize::InputArchive options_archive;
+    TORCH_CHECK(group_archive.try_read("options", options_archive), name(),
+                ": checkpoint lacks the options of group ", gi);
+    auto options = make_options();
+    options->serialize(options_archive);
+    check_options(*options);
+    new_options.push_back(std::move(options));
+
+    TORCH_CHECK(group_archive.try_read("params/size", value), name(),
+                ": checkpoint lacks the parameter count of group ", gi);
+    TORCH_CHECK(static_cast<size_t>(value.toInt()) == params.size(), name(), ": group ", gi,
+                " of the checkpoint has ", value.toInt(), " parameters, the optimizer's has ",
+                params.size());
+    auto& group_states = new_states.emplace_back();
+    for (size_t pi = 0; pi < params.size(); ++pi) {
+      const auto& p = params[pi];
+      TORCH_CHECK(group_archive.try_read("params/" + std::to_string(pi) + "/shape", value),
+                  name(), ": checkpoint lacks the shape of parameter ", pi, " in group ", gi);
+      const auto saved_shape = value.toIntVector();
+      TORCH_CHECK(p.sizes().equals(saved_shape), name(), ": parameter ", pi, " in group ", gi,
+                  " has shape ", p.sizes(), " in the checkpoint ", c10::IntArrayRef(saved_shape));
+      torch::serialize::InputArchive state_archive;
+      if (!group_archive.try_read("state/" + std::to_string(pi), state_archive)) {
+        group_states.emplace_back();
+        continue;
+      }
+      auto state = make_state();
+      state->serialize(state_archive);
+      // Buffers come back on the CPU; they live beside their parameter.
+      visit_tensors(*state, [&](const char*, const torch::Tensor& t) {
+        const_cast<torch::Tensor&>(t) = t.to(p.device());
+      });
+      check_state_fits(*state, p, gi, pi);
+      group_states.push_back(std::move(state));
+    }
+  }
+
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    auto& group = param_groups_[gi];
+    group.set_options(std::move(new_options[gi]));
+    for (size_t pi = 0; pi < group.params().size(); ++pi) {
+      auto* key = group.params()[pi].unsafeGetTensorImpl();
+      if (new_states[gi][pi]) {
+        state_[key] = std::move(new_states[gi][pi]);
+      } else {
+        state_.erase(key);
+      }
+    }
+  }
+}
+
+}  // namespace holocron::optim

@@ -1,0 +1,293 @@
+#include <c10/util/Exception.h>
+#include <torch/utils.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "holocron/optim/detail/optimizer_base.h"
+#include "holocron/optim/wrapper.h"
+
+namespace holocron::optim {
+
+namespace detail {
+
+double BaseGroupOptions::get_lr() const {
+  TORCH_CHECK(group_index_ < base_->param_groups().size(),
+              "the wrapped optimizer has no parameter group ", group_index_);
+  return base_->param_groups()[group_index_].options().get_lr();
+}
+
+void BaseGroupOptions::set_lr(const double lr) {
+  TORCH_CHECK(group_index_ < base_->param_groups().size(),
+              "the wrapped optimizer has no parameter group ", group_index_);
+  base_->param_groups()[group_index_].options().set_lr(lr);
+}
+
+}  // namespace detail
+
+namespace {
+
+std::string slow_key(size_t group, size_t param) {
+  return "slow/" + std::to_string(group) + "/" + std::to_string(param);
+}
+
+void check_wrapper_options(const char* name, const LookaheadOptions& options) {
+  const double rate = options.sync_rate();
+  if (!(rate >= 0.0 && rate <= 1.0)) {
+    throw std::invalid_argument(std::string(name) + ": sync_rate must be in [0, 1], got " +
+                                std::to_string(rate));
+  }
+  if (options.sync_period() < 1) {
+    throw std::invalid_argument(std::string(name) + ": sync_period must be an integer >= 1, got " +
+                                std::to_string(options.sync_period()));
+  }
+}
+
+}  // namespace
+
+Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOptions options)
+    : Lookahead(std::move(base), options, "Lookahead") {
+  mirror_new_base_groups();
+}
+
+Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOptions options,
+                     const char* name)
+    : torch::optim::Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
+                              std::make_unique<detail::BaseGroupOptions>(base.get(), 0)),
+      base_(std::move(base)),
+      options_(options),
+      name_(name) {
+  if (!base_) throw std::invalid_argument(std::string(name) + ": the base optimizer is null");
+  check_wrapper_options(name, options_);
+  // The groups are mirrored by the most-derived constructor, once the
+  // add_group_state hook of that class is in place.
+}
+
+void Lookahead::mirror_new_base_groups() {
+  const auto& base_groups = base_->param_groups();
+  for (size_t gi = param_groups_.size(); gi < base_groups.size(); ++gi) {
+    param_groups_.emplace_back(base_groups[gi].params(),
+                               std::make_unique<detail::BaseGroupOptions>(base_.get(), gi));
+    auto& slow = slow_.emplace_back();
+    for (const auto& p : base_groups[gi].params()) slow.push_back(p.detach().clone());
+    add_group_state(gi);
+  }
+}
+
+void Lookahead::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
+  if (auto* ours = dynamic_cast<OptimizerBase*>(base_.get())) {
+    ours->add_param_group(param_group);
+  } else {
+    base_->add_param_group(param_group);
+  }
+  mirror_new_base_groups();
+}
+
+std::vector<torch::Tensor> Lookahead::fast_params() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& group : param_groups_) {
+    out.insert(out.end(), group.params().begin(), group.params().end());
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> Lookahead::flat_slow_params() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& group : slow_) out.insert(out.end(), group.begin(), group.end());
+  return out;
+}
+
+torch::Tensor Lookahead::step(LossClosure closure) {
+  mirror_new_base_groups();
+  auto loss = base_->step(std::move(closure));
+  torch::NoGradGuard no_grad;
+  const int64_t changes_before = fast_steps_ % options_.sync_period();
+  after_base_step(changes_before);
+  ++fast_steps_;
+  if (fast_steps_ % options_.sync_period() == 0) {
+    sync_params(rate_for_sync(changes_before + 1));
+    after_sync();
+  }
+  return loss;
+}
+
+void Lookahead::sync_params(double sync_rate) {
+  torch::NoGradGuard no_grad;
+  functional::lookahead_sync_(fast_params(), flat_slow_params(), sync_rate);
+}
+
+void Lookahead::after_base_step(int64_t) {}
+double Lookahead::rate_for_sync(int64_t) { return options_.sync_rate(); }
+void Lookahead::after_sync() {}
+void Lookahead::add_group_state(size_t) {}
+void Lookahead::save_extra(torch::serialize::OutputArchive&) const {}
+std::function<void()> Lookahead::load_extra(torch::serialize::InputArchive&) { return [] {}; }
+
+void Lookahead::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("holocron/format_version", kCheckpointFormatVersion);
+  archive.write("holocron/optimizer", std::string(name_));
+  archive.write("fast_steps", fast_steps_);
+  archive.write("sync_rate", options_.sync_rate());
+  archive.write("sync_period", options_.sync_period());
+  archive.write("groups/size", static_cast<int64_t>(slow_.size()));
+  for (size_t gi = 0; gi < slow_.size(); ++gi) {
+    archive.write("groups/" + std::to_string(gi) + "/size", static_cast<int64_t>(slow_[gi].size()));
+    for (size_t pi = 0; pi < slow_[gi].size(); ++pi) archive.write(slow_key(gi, pi), slow_[gi][pi]);
+  }
+  save_extra(archive);
+  torch::serialize::OutputArchive base_archive(archive.compilation_unit());
+  base_->save(base_archive);
+  archive.write("base", base_archive);
+}
+
+void Lookahead::load(torch::serialize::InputArchive& archive) {
+  mirror_new_base_groups();
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read("holocron/format_version", value), name_,
+              ": not a holocron-optim checkpoint (no format version)");
+  TORCH_CHECK(value.toInt() >= 1 && value.toInt() <= kCheckpointFormatVersion, name_,
+              ": checkpoint format version ", value.toInt(), " is not supported");
+  TORCH_CHECK(archive.try_read("holocron/optimizer", value), name_,
+              ": checkpoint does not name its optimizer");
+  TORCH_CHECK(value.toStringRef() == name_, name_, ": checkpoint was written by ",
+              value.toStringRef(), ", not ", name_);
+
+  LookaheadOptions options;
+  TORCH_CHECK(archive.try_read("sync_rate", value), name_, ": checkpoint lacks sync_rate");
+  options.sync_rate(value.toDouble());
+  TORCH_CHECK(archive.try_read("sync_period", value), name_, ": checkpoint lacks sync_period");
+  options.sync_period(value.toInt());
+  check_wrapper_options(name_, options);
+  TORCH_CHECK(archive.try_read("fast_steps", value), name_, ": checkpoint lacks fast_steps");
+  const int64_t fast_steps = value.toInt();
+  TORCH_CHECK(fast_steps >= 0, name_, ": checkpoint has a negative step count");
+
+  TORCH_CHECK(archive.try_read("groups/size", value), name_, ": checkpoint lacks groups/size");
+  TORCH_CHECK(static_cast<size_t>(value.toInt()) == slow_.size(), name_, ": checkpoint has ",
+              value.toInt(), " parameter groups, the optimizer has ", slow_.size());
+  std::vector<std::vector<torch::Tensor>> slow(slow_.size());
+  for (size_t gi = 0; gi < slow_.size(); ++gi) {
+    const auto& params = param_groups_[gi].params();
+    TORCH_CHECK(archive.try_read("groups/" + std::to_string(gi) + "/size", value), name_,
+                ": checkpoint lacks the size of group ", gi);
+    TORCH_CHECK(static_cast<size_t>(value.toInt()) == params.size(), name_, ": group ", gi,
+                " of the checkpoint has ", value.toInt(), " parameters, the optimizer's has ",
+                params.size());
+    for (size_t pi = 0; pi < params.size(); ++pi) {
+      torch::Tensor t;
+      TORCH_CHECK(archive.try_read(slow_key(gi, pi), t), name_, ": checkpoint lacks slow weight ",
+                  pi, " of group ", gi);
+      TORCH_CHECK(t.sizes().equals(params[pi].sizes()) &&
+                      t.scalar_type() == params[pi].scalar_type(),
+                  name_, ": slow weight ", pi, " of group ", gi, " (", t.sizes(), ", ",
+                  t.scalar_type(), ") does not fit its parameter (", params[pi].sizes(), ", ",
+                  params[pi].scalar_type(), ")");
+      slow[gi].push_back(t.to(params[pi].device()));
+    }
+  }
+  auto commit_extra = load_extra(archive);
+
+  torch::serialize::InputArchive base_archive;
+  TORCH_CHECK(archive.try_read("base", base_archive), name_,
+              ": checkpoint lacks the base optimizer's state");
+  base_->load(base_archive);  // checks its own part; throws before we change anything
+
+  options_ = options;
+  fast_steps_ = fast_steps;
+  slow_ = std::move(slow);
+  commit_extra();
+}
+
+// ---- Scout ----------------------------------------------------------------
+
+Scout::Scout(std::shared_ptr<torch::optim::Optimizer> base, ScoutOptions options)
+    : Lookahead(std::move(base), options, "Scout"),
+      last_sync_rate_(std::numeric_limits<double>::quiet_NaN()) {
+  mirror_new_base_groups();
+}
+
+functional::ScoutStats Scout::view() const {
+  return {stats_.prev, stats_.mean, stats_.m2, stats_.max, stats_.min};
+}
+
+void Scout::add_group_state(size_t group_index) {
+  for (const auto& p : param_groups()[group_index].params()) {
+    // Statistics of reduced-precision parameters are kept in float32.
+    const auto stats_dtype =
+        at::isReducedFloatingType(p.scalar_type()) ? at::kFloat : p.scalar_type();
+    const auto options = p.options().dtype(stats_dtype);
+    stats_.prev.push_back(p.detach().clone());
+    stats_.mean.push_back(torch::zeros(p.sizes(), options));
+    stats_.m2.push_back(torch::zeros(p.sizes(), options));
+    stats_.max.push_back(torch::zeros(p.sizes(), options));
+    stats_.min.push_back(torch::zeros(p.sizes(), options));
+  }
+}
+
+void Scout::after_base_step(int64_t changes_before) {
+  functional::scout_accumulate_(fast_params(), view(), changes_before);
+}
+
+double Scout::rate_for_sync(int64_t changes_in_period) {
+  const double coherence = functional::scout_coherence(view(), changes_in_period);
+  last_sync_rate_ = std::max(1.0 - coherence, options().sync_rate());
+  return last_sync_rate_;
+}
+
+void Scout::after_sync() {
+  const auto fast = fast_params();
+  for (size_t i = 0; i < fast.size(); ++i) stats_.prev[i].copy_(fast[i]);
+}
+
+namespace {
+
+constexpr const char* kStatNames[] = {"prev", "mean", "m2", "max", "min"};
+
+}  // namespace
+
+void Scout::save_extra(torch::serialize::OutputArchive& archive) const {
+  const std::vector<torch::Tensor>* lists[] = {&stats_.prev, &stats_.mean, &stats_.m2,
+                                               &stats_.max, &stats_.min};
+  archive.write("scout/size", static_cast<int64_t>(stats_.prev.size()));
+  archive.write("scout/last_sync_rate", last_sync_rate_);
+  for (size_t k = 0; k < 5; ++k) {
+    for (size_t i = 0; i < lists[k]->size(); ++i) {
+      archive.write("scout/" + std::to_string(i) + "/" + kStatNames[k], (*lists[k])[i]);
+    }
+  }
+}
+
+std::function<void()> Scout::load_extra(torch::serialize::InputArchive& archive) {
+  const auto fast = fast_params();
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read("scout/size", value), name(), ": checkpoint lacks Scout's statistics");
+  TORCH_CHECK(static_cast<size_t>(value.toInt()) == fast.size(), name(), ": checkpoint has ",
+              "statistics for ", value.toInt(), " parameters, the optimizer has ", fast.size());
+  double last_rate = std::numeric_limits<double>::quiet_NaN();
+  if (archive.try_read("scout/last_sync_rate", value)) last_rate = value.toDouble();
+  Stats loaded;
+  std::vector<torch::Tensor>* lists[] = {&loaded.prev, &loaded.mean, &loaded.m2, &loaded.max,
+                                         &loaded.min};
+  const std::vector<torch::Tensor>* current[] = {&stats_.prev, &stats_.mean, &stats_.m2,
+                                                 &stats_.max, &stats_.min};
+  for (size_t k = 0; k < 5; ++k) {
+    for (size_t i = 0; i < fast.size(); ++i) {
+      torch::Tensor t;
+      const auto key = "scout/" + std::to_string(i) + "/" + kStatNames[k];
+      TORCH_CHECK(archive.try_read(key, t), name(), ": checkpoint lacks ", key);
+      const auto& expected = (*current[k])[i];
+      TORCH_CHECK(t.sizes().equals(expected.sizes()) && t.scalar_type() == expected.scalar_type(),
+                  name(), ": ", key, " (", t.sizes(), ", ", t.scalar_type(),
+                  ") does not fit its parameter");
+      lists[k]->push_back(t.to(expected.device()));
+    }
+  }
+  return [this, loaded = std::move(loaded), last_rate]() mutable {
+    stats_ = std::move(loaded);
+    last_sync_rate_ = last_rate;
+  };
+}
+
+}  // namespace holocron::optim
