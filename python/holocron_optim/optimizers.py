@@ -225,6 +225,14 @@ class TAdam(FusedStep, Optimizer):
         if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
             raise RuntimeError(f"TAdam: state 'W_t' must be a one-element tensor of dtype {p.dtype} on {p.device}")
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # W_t is not shaped like its parameter: checked here, before anything changes.
+        for key, state in state_dict.get("state", {}).items():
+            w_t = state.get("W_t")
+            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != 1):
+                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be a one-element tensor")
+        super().load_state_dict(state_dict)
+
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         steps = self._advance_steps(states)

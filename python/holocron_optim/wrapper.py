@@ -48,6 +48,14 @@ class Lookahead(Optimizer):
         self.slow_params: list[list[torch.Tensor]] = []
         self._mirror_new_groups()
 
+    # torch.optim.Optimizer pickles only defaults/state/param_groups; the
+    # wrapper's groups live in its base, so it pickles its whole dict.
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     # The wrapper's groups are the base's: schedulers and users setting
     # group["lr"] on the wrapper set the base's lr.
     @property

@@ -1,0 +1,61 @@
+"""Shared helpers: the reference implementation (pylocron==0.3.0) loaded as a test oracle.
+
+`import holocron` pulls in torchvision, so the reference's optimizer files are
+loaded one by one from the installed package, without running its `__init__`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+_REF_FILES = ("lars", "lamb", "ralars", "tadam", "adabelief", "adamp", "adan", "ademamix", "wrapper")
+_CACHE: dict[str, types.ModuleType] = {}
+
+
+def _reference_dir() -> Path:
+    spec = importlib.util.find_spec("holocron")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the reference package pylocron==0.3.0 (module holocron) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "optim"
+
+
+def load_reference(name: str) -> types.ModuleType:
+    """The reference's `holocron/optim/<name>.py`, loaded as a standalone module."""
+    if name not in _CACHE:
+        path = _reference_dir() / f"{name}.py"
+        module_name = f"_holocron_reference_{name}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        _CACHE[name] = module
+    return _CACHE[name]
+
+
+def reference() -> types.SimpleNamespace:
+    """Every reference class and functional form, by name (LARS, LAMB, ..., adan, Lookahead, Scout)."""
+    mods = {name: load_reference(name) for name in _REF_FILES}
+    return types.SimpleNamespace(
+        LARS=mods["lars"].LARS,
+        LAMB=mods["lamb"].LAMB,
+        RaLars=mods["ralars"].RaLars,
+        TAdam=mods["tadam"].TAdam,
+        AdaBelief=mods["adabelief"].AdaBelief,
+        AdamP=mods["adamp"].AdamP,
+        Adan=mods["adan"].Adan,
+        adan=mods["adan"].adan,
+        AdEMAMix=mods["ademamix"].AdEMAMix,
+        Lookahead=mods["wrapper"].Lookahead,
+        Scout=mods["wrapper"].Scout,
+    )
+
+
+@pytest.fixture(scope="session")
+def ref() -> types.SimpleNamespace:
+    return reference()

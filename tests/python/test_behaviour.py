@@ -1,0 +1,307 @@
+"""Behaviour shared by the eight optimizers: validation, what a step may and
+may not touch, closures, errors, layouts, schedulers, convergence."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import holocron_optim as ho
+from _harness import ALGOS
+
+nan, inf = math.nan, math.inf
+N_BETAS = {"LAMB": 2, "RaLars": 2, "TAdam": 2, "AdaBelief": 2, "AdamP": 2, "Adan": 3, "AdEMAMix": 3}
+# Options that make every optional path of the update run.
+RICH = {
+    "LARS": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
+    "LAMB": {"lr": 0.05, "weight_decay": 0.01},
+    "RaLars": {"lr": 0.05, "weight_decay": 0.01, "betas": (0.8, 0.9), "force_adaptive_momentum": True},
+    "TAdam": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True},
+    "AdaBelief": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True},
+    "AdamP": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0},
+    "Adan": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True},
+    "AdEMAMix": {"lr": 0.05, "weight_decay": 0.01},
+}
+
+
+def params_(*shapes, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def set_grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.3 * p.detach()
+
+
+def snapshot(opt, params):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert set(a) == set(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+# -- Constructor validation ------------------------------------------------------------------
+
+
+def _bad_kwargs():
+    cases = []
+    for name in ALGOS:
+        for value in (-1e-3, nan, inf):
+            cases.append((name, {"lr": value}))
+        for value in (nan, inf):
+            cases.append((name, {"weight_decay": value}))
+        if name in ("LARS", "TAdam", "AdaBelief", "AdamP", "Adan"):
+            cases.append((name, {"weight_decay": -0.1}))
+        if name != "LARS":
+            for value in (-1.0, nan, inf):
+                cases.append((name, {"eps": value}))
+            n = N_BETAS[name]
+            for value in (1.0, 1.5, -0.1, nan, inf):
+                for i in range(n):
+                    betas = [0.9] * n
+                    betas[i] = value
+                    cases.append((name, {"betas": tuple(betas)}))
+            cases.append((name, {"betas": (0.9,) * (5 - n)}))  # 2 betas for a 3-beta optimizer and vice versa
+            cases.append((name, {"betas": (0.9,)}))
+    cases += [
+        ("LARS", {"nesterov": True}),
+        ("LARS", {"nesterov": True, "momentum": 0.9, "dampening": 0.1}),
+        ("LARS", {"momentum": -0.1}),
+        ("LARS", {"momentum": nan}),
+        ("LARS", {"dampening": nan}),
+        ("LARS", {"scale_clip": (2.0, 1.0)}),
+        ("LARS", {"scale_clip": (1.0,)}),
+        ("LAMB", {"scale_clip": (2.0, 1.0)}),
+        ("LAMB", {"scale_clip": (0.0, nan)}),
+        ("RaLars", {"scale_clip": (-1.0, 1.0)}),
+        ("TAdam", {"dof": nan}),
+        ("TAdam", {"dof": -1.0}),
+        ("AdamP", {"delta": nan}),
+        ("AdEMAMix", {"alpha": nan}),
+        ("AdEMAMix", {"alpha": inf}),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("name,kwargs", _bad_kwargs(), ids=lambda v: str(v) if isinstance(v, dict) else v)
+def test_constructor_rejects(name, kwargs):
+    with pytest.raises(ValueError):
+        getattr(ho, name)(params_((3,)), **kwargs)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_constructor_defaults_accept(name):
+    opt = getattr(ho, name)(params_((3,)))
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_add_param_group_validates_and_works(name):
+    a, b = params_((4, 3), (5,))
+    opt = getattr(ho, name)([a], **RICH[name])
+    with pytest.raises(ValueError):
+        opt.add_param_group({"params": [b], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+    set_grads([a], 0)
+    opt.step()
+    opt.add_param_group({"params": [b], "lr": 0.02})
+    set_grads([a, b], 1)
+    opt.step()
+
+    # The same as an optimizer holding both groups from the start, where b had no gradient at first.
+    a2, b2 = params_((4, 3), (5,))
+    opt2 = getattr(ho, name)([{"params": [a2]}, {"params": [b2], "lr": 0.02}], **RICH[name])
+    set_grads([a2], 0)
+    b2.grad = None
+    opt2.step()
+    set_grads([a2, b2], 1)
+    opt2.step()
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+    assert not torch.equal(b.detach(), params_((4, 3), (5,))[1].detach())
+    assert_same(opt.state_dict(), opt2.state_dict())
+
+
+# -- What a step touches ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_step_never_writes_grad_and_skips_params_without_grad(name):
+    a, b, c = params_((4, 3), (6,), (2, 2))
+    opt = getattr(ho, name)([{"params": [a, b]}, {"params": [c]}], **RICH[name])
+    b_before = b.detach().clone()
+    for t in range(3):
+        set_grads([a, c], t)
+        grads = [a.grad.clone(), c.grad.clone()]
+        opt.step()
+        assert torch.equal(a.grad, grads[0]) and torch.equal(c.grad, grads[1])
+        assert b.grad is None
+    assert torch.equal(b, b_before)
+    assert b not in opt.state or len(opt.state[b]) == 0
+    assert 1 not in opt.state_dict()["state"]
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_closure_runs_with_grad_enabled_and_its_loss_is_returned(name):
+    (p,) = params_((5,))
+    opt = getattr(ho, name)([p], **RICH[name])
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    before = p.detach().clone()
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert calls == [True]
+    assert torch.equal(loss, (before**2).sum())
+    assert not torch.equal(p.detach(), before)
+    assert opt.step() is None
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_sparse_gradient_is_rejected(name):
+    (p,) = params_((4, 3))
+    opt = getattr(ho, name)([p], **RICH[name])
+    before = p.detach().clone()
+    p.grad = torch.randn(4, 3, dtype=torch.float64).to_sparse()
+    with pytest.raises(RuntimeError, match=name):
+        opt.step()
+    assert torch.equal(p, before)
+    assert len(opt.state) == 0 or all(len(s) == 0 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_bad_gradient_of_a_later_param_changes_nothing(name, bad):
+    params = params_((4, 3), (6,), (2, 2), (7,))
+    opt = getattr(ho, name)([{"params": params[:2]}, {"params": params[2:], "lr": 0.01}], **RICH[name])
+    for t in range(3):
+        set_grads(params, t)
+        opt.step()
+    set_grads(params, 10)
+    last = params[-1]
+    if bad == "shape":
+        last.grad.data = torch.zeros(8, dtype=last.dtype)  # `.data` bypasses the setter's shape check
+    else:
+        last.grad.data = last.grad.data.float()
+    before = snapshot(opt, params)
+    with pytest.raises(RuntimeError):
+        opt.step()
+    assert_same(snapshot(opt, params), before)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_non_contiguous_params_match_contiguous(name):
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    nc = base.clone().t().requires_grad_()  # a non-contiguous leaf
+    c = base.t().contiguous().requires_grad_()
+    assert not nc.is_contiguous() and c.is_contiguous()
+    o_nc, o_c = getattr(ho, name)([nc], **RICH[name]), getattr(ho, name)([c], **RICH[name])
+    for _ in range(5):
+        g = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+        nc.grad = torch.empty(5, 4, dtype=torch.float64).t().copy_(g)  # a non-contiguous gradient too
+        c.grad = g.clone()
+        o_nc.step()
+        o_c.step()
+    assert nc.stride() == (1, 4)
+    torch.testing.assert_close(nc.detach(), c.detach(), rtol=1e-12, atol=1e-14)
+    for key, value in o_c.state[c].items():
+        other = o_nc.state[nc][key]
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(other, value, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_step_lr_scheduler_changes_the_lr_used(name):
+    runs = []
+    for schedule in ("scheduler", "manual", "none"):
+        (p,) = params_((4, 3))
+        opt = getattr(ho, name)([p], **RICH[name])
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1) if schedule == "scheduler" else None
+        for t in range(3):
+            set_grads([p], t)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            elif schedule == "manual":
+                opt.param_groups[0]["lr"] *= 0.1
+        runs.append(p.detach().clone())
+        if sched is not None:
+            assert math.isclose(opt.param_groups[0]["lr"], RICH[name]["lr"] * 1e-3)
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-13, atol=1e-15)
+    assert not torch.allclose(runs[0], runs[2], rtol=1e-6, atol=0)
+
+
+# -- Convergence -------------------------------------------------------------------------------
+
+
+def rosenbrock(p):
+    return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+
+
+ROSENBROCK = {
+    # name: (options, steps, max distance to the minimum (1, 1), max loss)
+    "LARS": ({"lr": 1e-3, "momentum": 0.5}, 1000, 0.4, 0.03),
+    "LAMB": ({"lr": 1e-2}, 400, 0.05, 0.01),
+    "RaLars": ({"lr": 1e-2}, 400, 0.05, 0.01),
+    "TAdam": ({"lr": 0.2}, 1000, 0.3, 0.02),
+    "AdaBelief": ({"lr": 0.2}, 600, 0.1, 0.005),
+    "AdamP": ({"lr": 0.2}, 1000, 0.05, 0.001),
+    "Adan": ({"lr": 0.1}, 600, 0.05, 0.001),
+    "AdEMAMix": ({"lr": 0.1, "alpha": 1.0, "betas": (0.9, 0.999, 0.99)}, 600, 0.05, 0.001),
+}
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_rosenbrock(name):
+    options, steps, max_distance, max_loss = ROSENBROCK[name]
+    p = torch.tensor([1.5, 1.5], dtype=torch.float64, requires_grad=True)
+    initial = float(rosenbrock(p.detach()))
+    opt = getattr(ho, name)([p], **options)
+    # Trust-ratio steps have a size set by lr * ||p||: they need a decaying lr to settle.
+    sched = None
+    if name == "LARS":
+        sched = torch.optim.lr_scheduler.StepLR(opt, 200, 0.5)
+    elif name in ("LAMB", "RaLars"):
+        sched = torch.optim.lr_scheduler.StepLR(opt, 100, 0.5)
+    for _ in range(steps):
+        opt.zero_grad()
+        rosenbrock(p).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    final = p.detach()
+    assert float(rosenbrock(final)) < min(max_loss, initial / 1000)
+    assert float((final - 1).norm()) < max_distance
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_zero_grad_and_repr(name):
+    (p,) = params_((3,))
+    opt = getattr(ho, name)([p])
+    p.grad = torch.ones(3, dtype=torch.float64)
+    opt.zero_grad()
+    assert p.grad is None
+    assert name in repr(opt)

@@ -1,0 +1,265 @@
+"""state_dict layout, cross-loading with the reference, refusal of bad
+checkpoints, determinism and bitwise resumption."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import holocron_optim as ho
+from _harness import ALGOS, AdanReference, Case, assert_close, assert_states_close, make_ours, ref_state
+from conftest import reference
+
+# A case with every optional buffer (amsgrad, momentum) turned on.
+FULL = {
+    "LARS": {"lr": 0.02, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.01, "nesterov": True},
+    "LAMB": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "scale_clip": None},
+    "RaLars": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "scale_clip": None,
+               "force_adaptive_momentum": True},
+    "TAdam": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "dof": None},
+    "AdaBelief": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
+    "AdamP": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0},
+    "Adan": {"lr": 0.02, "betas": (0.9, 0.8, 0.95), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
+    "AdEMAMix": {"lr": 0.02, "betas": (0.8, 0.99, 0.995), "alpha": 2.0, "eps": 1e-8, "weight_decay": 0.01},
+}
+SHAPES = [(8, 3, 3, 3), (7,), (3, 5, 2), (1,), (4, 6)]
+
+
+def full_case(name: str, steps: int = 12, seed: int = 11) -> Case:
+    opts = dict(FULL[name])
+    return Case(name, seed, steps=steps, shapes=SHAPES, options=opts)
+
+
+def ref_class_options(case: Case) -> dict:
+    opts = dict(case.options)
+    if case.name == "LARS":
+        opts.pop("scale_clip", None)
+    if case.name in ("LAMB", "RaLars") and opts.get("scale_clip") is None:
+        opts.pop("scale_clip")
+    return opts
+
+
+def make_ref_class(case: Case, params):
+    return getattr(reference(), case.name)(case.groups(params), **ref_class_options(case))
+
+
+def train(case: Case, opt, params, start: int, stop: int) -> None:
+    for t in range(start, stop):
+        for p, g in zip(params, case.grads(t, params)):
+            p.grad = g
+        opt.step()
+
+
+def snapshot(opt, params):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def assert_equal_tree(a, b, path="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), path
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (path, sorted(map(str, a)), sorted(map(str, b)))
+        for k in a:
+            assert_equal_tree(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_layout_matches_reference(name):
+    case = full_case(name, steps=4)
+    ours_p, ref_p = case.params(torch.float64), case.params(torch.float64)
+    ours, refo = make_ours(case, ours_p), make_ref_class(case, ref_p)
+    train(case, ours, ours_p, 0, 4)
+    train(case, refo, ref_p, 0, 4)
+    a, b = ours.state_dict(), refo.state_dict()
+    assert set(a) == set(b) == {"state", "param_groups"}
+    assert len(a["param_groups"]) == len(b["param_groups"]) == 2
+    for ga, gb in zip(a["param_groups"], b["param_groups"]):
+        assert set(ga) == set(gb)
+        assert ga["params"] == gb["params"]
+        for key in ga:
+            if key != "sma_inf":
+                assert ga[key] == gb[key], key
+    assert set(a["state"]) == set(b["state"])
+    for key in a["state"]:
+        assert set(a["state"][key]) == set(b["state"][key]), key
+        for buffer, value in b["state"][key].items():
+            assert type(a["state"][key][buffer]) is type(value) or buffer == "local_lr", buffer
+            if isinstance(value, torch.Tensor):
+                assert a["state"][key][buffer].shape == value.shape, buffer
+                assert a["state"][key][buffer].dtype == value.dtype, buffer
+
+
+def _adan_reference_from(case: Case, params, state_dict) -> AdanReference:
+    """The test's corrected Adan reference, resumed from a state dict."""
+    groups = case.groups(params)
+    adan = AdanReference(groups, **case.options)
+    flat = [p for g in groups for p in g["params"]]
+    for key, st in state_dict["state"].items():
+        adan.state[id(flat[key])] = {k: (v.clone() if isinstance(v, torch.Tensor) else int(v)) for k, v in st.items()}
+    for group, saved in zip(adan.param_groups, state_dict["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+    return adan
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_reference_checkpoint_loads_into_ours(name):
+    case = full_case(name, steps=16)
+    ref_p = case.params(torch.float64)
+    refo = make_ref_class(case, ref_p)
+    train(case, refo, ref_p, 0, 8)
+    sd = copy.deepcopy(refo.state_dict())
+    ours_p = [p.detach().clone().requires_grad_() for p in ref_p]
+    ours = make_ours(case, ours_p)
+    ours.load_state_dict(sd)
+    for p, q in zip(ours_p, ref_p):
+        assert_states_close(ours.state[p], ref_state(refo, q), 0.0, name)
+    if name == "Adan":  # the reference class keeps prev_grad at zero: continue with the corrected reference
+        refo = _adan_reference_from(case, ref_p, sd)
+    train(case, ours, ours_p, 8, 16)
+    train(case, refo, ref_p, 8, 16)
+    for i, (p, q) in enumerate(zip(ours_p, ref_p)):
+        assert_close(p, q, 1e-9, f"{name} param {i}")
+        assert_states_close(ours.state[p], ref_state(refo, q), 1e-9, f"{name} state {i}")
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_our_checkpoint_loads_into_reference(name):
+    case = full_case(name, steps=16)
+    ours_p = case.params(torch.float64)
+    ours = make_ours(case, ours_p)
+    train(case, ours, ours_p, 0, 8)
+    sd = copy.deepcopy(ours.state_dict())
+    ref_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    refo = make_ref_class(case, ref_p)
+    refo.load_state_dict(sd)
+    for p, q in zip(ours_p, ref_p):
+        assert_states_close(ours.state[p], refo.state[q], 0.0, name)
+    if name == "Adan":  # continue with the corrected reference (fix 1)
+        refo = _adan_reference_from(case, ref_p, sd)
+    if name in ("AdaBelief", "AdamP"):
+        # torch.optim.Adam's __setstate__ turns loaded steps into float32 tensors, with which
+        # the reference's AdaBelief/AdamP would compute bias corrections in float32: give the
+        # oracle back its int steps.
+        for st in refo.state.values():
+            st["step"] = int(st["step"])
+    train(case, ours, ours_p, 8, 16)
+    train(case, refo, ref_p, 8, 16)
+    for i, (p, q) in enumerate(zip(ours_p, ref_p)):
+        assert_close(p, q, 1e-9, f"{name} param {i}")
+        assert_states_close(ours.state[p], ref_state(refo, q), 1e-9, f"{name} state {i}")
+
+
+def _corrupt(sd, name, how):
+    sd = copy.deepcopy(sd)
+    last = max(sd["state"])
+    st = sd["state"][last]
+    key = "momentum_buffer" if name == "LARS" else "exp_avg"
+    if how == "shape":
+        st[key] = torch.zeros(st[key].numel() + 1, dtype=st[key].dtype)
+    elif how == "dtype":
+        st[key] = st[key].float()
+    elif how == "W_t":
+        st["W_t"] = torch.ones(2, dtype=st["W_t"].dtype)
+    elif how == "missing_param":
+        sd["param_groups"][1]["params"] = sd["param_groups"][1]["params"][:-1]
+    return sd
+
+
+@pytest.mark.parametrize(
+    "name,how",
+    [(n, h) for n in ALGOS for h in ("shape", "dtype", "missing_param")] + [("TAdam", "W_t")],
+)
+def test_bad_checkpoint_is_refused_before_any_change(name, how):
+    case = full_case(name, steps=6)
+    params = case.params(torch.float64)
+    opt = make_ours(case, params)
+    train(case, opt, params, 0, 3)
+    good = copy.deepcopy(opt.state_dict())
+    # Train on, so that the state differs from `good`.
+    train(case, opt, params, 3, 6)
+    before_p, before_sd = snapshot(opt, params)
+    before_groups = copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+    with pytest.raises((ValueError, RuntimeError)):
+        opt.load_state_dict(_corrupt(good, name, how))
+    after_p, after_sd = snapshot(opt, params)
+    assert_equal_tree(after_p, before_p)
+    assert_equal_tree(after_sd, before_sd)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == before_groups
+    # Still usable.
+    train(case, opt, params, 0, 1)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_state_dict_is_deterministic(name):
+    sds = []
+    for _ in range(2):
+        case = full_case(name, steps=10)
+        params = case.params(torch.float64)
+        opt = make_ours(case, params)
+        train(case, opt, params, 0, 10)
+        sds.append((opt.state_dict(), [p.detach().clone() for p in params]))
+    assert_equal_tree(sds[0], sds[1])
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_round_trip_resumes_bitwise(name, dtype, how):
+    case = full_case(name, steps=14)
+    params = case.params(dtype)
+    opt = make_ours(case, params)
+    train(case, opt, params, 0, 7)
+    if how == "deepcopy":
+        sd = copy.deepcopy(opt.state_dict())
+    else:
+        buffer = io.BytesIO()
+        torch.save(opt.state_dict(), buffer)
+        buffer.seek(0)
+        sd = torch.load(buffer, weights_only=True)
+    params2 = [p.detach().clone().requires_grad_() for p in params]
+    opt2 = make_ours(case, params2)
+    opt2.load_state_dict(sd)
+    train(case, opt, params, 7, 14)
+    train(case, opt2, params2, 7, 14)
+    for p, q in zip(params, params2):
+        assert torch.equal(p, q)
+    a, b = opt.state_dict(), opt2.state_dict()
+    # torch.optim.Adam's __setstate__ turns steps into tensors on load: compare their values.
+    for key in a["state"]:
+        for k in a["state"][key]:
+            x, y = a["state"][key][k], b["state"][key][k]
+            if k == "step":
+                assert int(x) == int(y)
+            elif isinstance(x, torch.Tensor):
+                assert torch.equal(x, y), k
+            else:
+                assert x == y, k
+
+
+def test_load_state_dict_keeps_tensor_steps_working():
+    """A torch.optim.Adam-style checkpoint (tensor steps) resumes in AdaBelief."""
+    case = full_case("AdaBelief", steps=6)
+    params = case.params(torch.float64)
+    opt = make_ours(case, params)
+    train(case, opt, params, 0, 3)
+    sd = copy.deepcopy(opt.state_dict())
+    for st in sd["state"].values():
+        st["step"] = torch.tensor(float(st["step"]))
+    opt.load_state_dict(sd)
+    reference_run = make_ours(case, case.params(torch.float64))
+    train(case, reference_run, reference_run.param_groups[0]["params"] + reference_run.param_groups[1]["params"], 0, 6)
+    train(case, opt, params, 3, 6)
+    expected = reference_run.state_dict()["state"]
+    for key, st in opt.state_dict()["state"].items():
+        assert int(st["step"]) == int(expected[key]["step"])
+        assert torch.equal(st["exp_avg"], expected[key]["exp_avg"])

@@ -1,0 +1,564 @@
+"""Lookahead and Scout: parity with the reference, and fixes 4, 5, 7 and 8."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+import io
+import math
+
+import pytest
+import torch
+
+import holocron_optim as ho
+from conftest import reference
+
+SHAPES = [(4, 3), (6,), (2, 3, 2), (1,)]
+
+
+def make_params(shapes=SHAPES, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def clone_params(params):
+    return [p.detach().clone().requires_grad_() for p in params]
+
+
+def groups(params):
+    return [{"params": params[:2]}, {"params": params[2:], "lr": 0.02}]
+
+
+def make_base(kind: str, params, side: str = "ours"):
+    if kind == "adam":
+        return torch.optim.Adam(groups(params), lr=0.05)
+    if kind == "sgd":
+        return torch.optim.SGD(groups(params), lr=0.05, momentum=0.9)
+    if kind == "ours":  # our AdaBelief, or the reference's for the reference side
+        cls = ho.AdaBelief if side == "ours" else reference().AdaBelief
+        return cls(groups(params), lr=0.05, weight_decay=0.01)
+    raise KeyError(kind)
+
+
+def ref_wrapper(cls: str, base, **kwargs):
+    """The reference's wrapper. Its __init__ skips torch.optim.Optimizer.__init__,
+    so with torch 2.x its state_dict()/load_state_dict() miss the hook tables:
+    the test supplies empty ones (no behaviour of the reference changes)."""
+    w = getattr(reference(), cls)(base, **kwargs)
+    for attr in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+                 "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+                 "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
+        if not hasattr(w, attr):
+            setattr(w, attr, OrderedDict())
+    return w
+
+
+def grads_at(step: int, params, frozen=()):
+    """Gradients that depend on the step and the current values (every element moves)."""
+    gen = torch.Generator().manual_seed(100 + step)
+    for i, p in enumerate(params):
+        if i in frozen:
+            p.grad = None
+            continue
+        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        p.grad = noise + 0.5 * p.detach()
+
+
+def train(wrapper, params, start, stop, frozen=()):
+    for t in range(start, stop):
+        grads_at(t, params, frozen)
+        wrapper.step()
+
+
+def record_rates(ref_wrapper):
+    """Records the rate the reference passes to sync_params."""
+    rates = []
+    original = ref_wrapper.sync_params
+
+    def spy(sync_rate=0.0):
+        rates.append(sync_rate)
+        return original(sync_rate)
+
+    ref_wrapper.sync_params = spy
+    return rates
+
+
+def record_our_rates(wrapper):
+    rates = []
+    original = wrapper.sync_params
+
+    def spy(sync_rate=0.0):
+        rates.append(sync_rate)
+        return original(sync_rate)
+
+    wrapper.sync_params = spy
+    return rates
+
+
+# -- Validation, zero_grad, closure ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"sync_rate": -0.1}, {"sync_rate": 1.1}, {"sync_rate": math.nan}, {"sync_period": 0}, {"sync_period": -2},
+     {"sync_period": 2.5}, {"sync_period": 6.0}, {"sync_period": "6"}, {"sync_period": True}],
+    ids=str,
+)
+def test_validation(cls, kwargs):
+    base = torch.optim.SGD(make_params(), lr=0.1)
+    with pytest.raises(ValueError):
+        getattr(ho, cls)(base, **kwargs)
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_zero_grad_forwards_and_closure(cls):
+    params = make_params()
+    wrapper = getattr(ho, cls)(torch.optim.SGD(params, lr=0.1), sync_period=2)
+    grads_at(0, params)
+    wrapper.zero_grad()
+    assert all(p.grad is None for p in params)
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        wrapper.zero_grad()
+        loss = sum((p**2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        loss = wrapper.step(closure)
+    assert calls == [True] and isinstance(loss, torch.Tensor)
+    assert wrapper.fast_steps == 1
+    assert cls in repr(wrapper)
+
+
+# -- Lookahead ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync_rate", [0.5, 0.0, 1.0, 0.3])
+@pytest.mark.parametrize("kind", ["adam", "sgd", "ours"])
+def test_lookahead_parity(kind, sync_rate):
+    params = make_params()
+    ref_params = clone_params(params)
+    ours = ho.Lookahead(make_base(kind, params), sync_rate=sync_rate, sync_period=4)
+    refw = ref_wrapper("Lookahead", make_base(kind, ref_params, "ref"), sync_rate=sync_rate, sync_period=4)
+    initial = [p.detach().clone() for p in params]
+    for t in range(14):  # three periods and a half
+        grads_at(t, params)
+        grads_at(t, ref_params)
+        ours.step()
+        refw.step()
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+        if sync_rate == 0.0 and (t + 1) % 4 == 0:  # the fast weights went back to their start
+            assert all(torch.equal(p.detach(), i) for p, i in zip(params, initial))
+    for slow, ref_slow in zip(ours._flat_slow(), [p for g in refw.param_groups for p in g["params"]]):
+        torch.testing.assert_close(slow, ref_slow, rtol=1e-12, atol=1e-14)
+
+
+def test_lookahead_with_our_optimizers_runs():
+    for name in ("LAMB", "LARS", "Adan", "TAdam"):
+        params = make_params()
+        w = ho.Lookahead(getattr(ho, name)(groups(params), lr=0.01), sync_period=3)
+        train(w, params, 0, 7)
+        assert w.fast_steps == 7 and all(torch.isfinite(p).all() for p in params)
+
+
+# -- Scout --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync_period", [2, 3, 6])
+@pytest.mark.parametrize("kind", ["adam", "sgd", "ours"])
+def test_scout_parity(kind, sync_period):
+    params = make_params()
+    ref_params = clone_params(params)
+    ours = ho.Scout(make_base(kind, params), sync_rate=0.05, sync_period=sync_period)
+    refw = ref_wrapper("Scout", make_base(kind, ref_params, "ref"), sync_rate=0.05, sync_period=sync_period)
+    ours_rates, ref_rates = record_our_rates(ours), record_rates(refw)
+    for t in range(4 * sync_period + 1):
+        grads_at(t, params)
+        grads_at(t, ref_params)
+        ours.step()
+        refw.step()
+    assert len(ours_rates) == len(ref_rates) == 4
+    for a, b in zip(ours_rates, ref_rates):
+        assert math.isfinite(b)
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        assert 0.05 <= a <= 1.0
+    assert math.isclose(ours.last_sync_rate, ours_rates[-1])
+    for p, q in zip(params, ref_params):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+def coherence_oracle(history):
+    """The corrected coherence (fix 5) from stacked copies: per parameter, the
+    mean over the elements whose ratio is a number; parameters with none are left out."""
+    values = []
+    for copies in history:
+        stack = torch.stack(copies)
+        update = stack[1:] - stack[:-1]
+        max_dev = (update - update.mean(0)).abs().max(0).values
+        ratio = (update.std(0) / max_dev).flatten()
+        ratio = ratio[~ratio.isnan()]
+        if ratio.numel():
+            values.append(float(ratio.mean()))
+    return sum(values) / len(values) if values else 0.0
+
+
+def test_scout_rate_matches_oracle_with_frozen_elements():
+    params = make_params([(5, 4), (7,), (3,)])
+    masks = [torch.rand(p.shape, generator=torch.Generator().manual_seed(i)) > 0.4 for i, p in enumerate(params)]
+    masks[2][:] = False  # a parameter that never moves at all
+    period = 5
+    ours = ho.Scout(torch.optim.SGD(params, lr=0.1), sync_rate=0.0, sync_period=period)
+    history = [[p.detach().clone()] for p in params]
+    seen = []
+    original = ours.sync_params
+
+    def spy(sync_rate=0.0):
+        for h, p in zip(history, params):  # the fast weights just before the sync
+            h.append(p.detach().clone())
+        seen.append(sync_rate)
+        return original(sync_rate)
+
+    ours.sync_params = spy
+    for t in range(period):
+        grads_at(t, params)
+        for p, m in zip(params, masks):
+            p.grad.mul_(m)
+        ours.step()
+        if t < period - 1:
+            for h, p in zip(history, params):
+                h.append(p.detach().clone())
+    expected = max(1 - coherence_oracle(history), 0.0)
+    assert len(seen) == 1 and math.isclose(seen[0], expected, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["adam", "ours"])
+def test_scout_frozen_param_fix5(kind):
+    """A parameter without gradients: the reference's NaN rate silently resets every
+    fast weight to its slow copy; ours leaves it out and equals the reference run
+    without that parameter."""
+    shapes = SHAPES + [(3, 3)]
+    frozen = (len(shapes) - 1,)
+    period = 4
+
+    # The reference with the frozen parameter: NaN rate, fast weights reset to the start.
+    ref_params = make_params(shapes)
+    start = [p.detach().clone() for p in ref_params]
+    refw = ref_wrapper("Scout", make_base(kind, ref_params, "ref"), sync_rate=0.5, sync_period=period)
+    ref_rates = record_rates(refw)
+    train(refw, ref_params, 0, period, frozen)
+    assert math.isnan(ref_rates[0])
+    for p, s in zip(ref_params, start):
+        assert torch.equal(p.detach(), s)
+
+    # Ours with the frozen parameter ...
+    params = make_params(shapes)
+    ours = ho.Scout(make_base(kind, params), sync_rate=0.5, sync_period=period)
+    rates = record_our_rates(ours)
+    train(ours, params, 0, 3 * period, frozen)
+    # ... equals the reference run on the other parameters only.
+    ref_params = make_params(shapes)
+    moving = ref_params[: frozen[0]]
+    base = make_base(kind, moving, "ref")
+    refw = ref_wrapper("Scout", base, sync_rate=0.5, sync_period=period)
+    ref_rates = record_rates(refw)
+    train(refw, moving, 0, 3 * period)
+    assert len(rates) == len(ref_rates) == 3
+    for a, b in zip(rates, ref_rates):
+        assert 0.5 <= a <= 1.0
+        assert math.isclose(a, b, rel_tol=1e-9)
+    for p, q in zip(params, moving):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+    assert torch.equal(params[-1].detach(), ref_params[-1].detach())  # never moved
+
+
+def test_scout_nothing_moves_gives_rate_one_or_sync_rate():
+    params = make_params()
+    ours = ho.Scout(torch.optim.SGD(params, lr=0.1), sync_rate=0.25, sync_period=3)
+    rates = record_our_rates(ours)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        ours.step()
+    # Coherence 0 when no element is left: rate max(1 - 0, sync_rate) = 1.
+    assert rates == [1.0]
+
+
+def _tensor_numel(obj, seen=None) -> int:
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return obj.numel()
+    if isinstance(obj, dict):
+        return sum(_tensor_numel(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_numel(v, seen) for v in obj)
+    return 0
+
+
+def test_scout_memory_does_not_grow_with_sync_period():
+    """Fix 4: a fixed number of copies, whatever the period."""
+    held = {}
+    for period in (2, 20):
+        params = make_params()
+        w = ho.Scout(torch.optim.SGD(params, lr=0.1), sync_period=period)
+        train(w, params, 0, 19)  # mid-period for 20
+        stats = w.scout_stats
+        count = sum(len(v) for v in stats.values())
+        own = {k: v for k, v in vars(w).items() if k != "base_optimizer"}
+        held[period] = (count, _tensor_numel(stats), _tensor_numel(own))
+    assert held[2] == held[20]
+    n_params = sum(torch.Size(s).numel() for s in SHAPES)
+    assert held[2][1] == 5 * n_params  # prev, mean, m2, max, min
+
+
+# -- Fix 7: checkpoints -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+@pytest.mark.parametrize("kind", ["adam", "ours"])
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_resume_mid_period_is_bitwise(cls, kind, how):
+    period = 5
+    params = make_params()
+    w = getattr(ho, cls)(make_base(kind, params), sync_rate=0.3, sync_period=period)
+    train(w, params, 0, 7)  # mid-period
+    sd = w.state_dict()
+    assert {"state", "param_groups", "base_state_dict", "slow_params", "fast_steps"} <= set(sd)
+    assert sd["fast_steps"] == 7
+    if cls == "Scout":
+        assert set(sd["scout_stats"]) == {"prev", "mean", "m2", "max", "min"}
+    if how == "deepcopy":
+        sd = copy.deepcopy(sd)
+    else:
+        buffer = io.BytesIO()
+        torch.save(sd, buffer)
+        buffer.seek(0)
+        sd = torch.load(buffer, weights_only=True)
+    params2 = clone_params(params)
+    w2 = getattr(ho, cls)(make_base(kind, params2), sync_rate=0.3, sync_period=period)
+    w2.load_state_dict(sd)
+    train(w, params, 7, 18)
+    train(w2, params2, 7, 18)
+    for p, q in zip(params, params2):
+        assert torch.equal(p, q)
+    for a, b in zip(w._flat_slow(), w2._flat_slow()):
+        assert torch.equal(a, b)
+    assert w.fast_steps == w2.fast_steps == 18
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_state_dict_layout_contains_the_reference_keys(cls):
+    params, ref_params = make_params(), make_params()
+    ours = getattr(ho, cls)(make_base("adam", params))
+    refw = ref_wrapper(cls, make_base("adam", ref_params))
+    train(ours, params, 0, 3)
+    train(refw, ref_params, 0, 3)
+    a, b = ours.state_dict(), refw.state_dict()
+    assert set(b) <= set(a)
+    assert a["state"] == b["state"] == {}
+    assert [set(g) for g in a["param_groups"]] == [set(g) for g in b["param_groups"]]
+    assert [g["params"] for g in a["param_groups"]] == [g["params"] for g in b["param_groups"]]
+    assert set(a["base_state_dict"]) == set(b["base_state_dict"])
+
+
+@pytest.mark.parametrize("kind", ["adam", "ours"])
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_reference_checkpoint_loads_into_ours(cls, kind):
+    """Slow weights restart from the current parameters, as the reference does."""
+    ref_params = make_params()
+    refw = ref_wrapper(cls, make_base(kind, ref_params, "ref"), sync_rate=0.3, sync_period=4)
+    train(refw, ref_params, 0, 6)
+    sd = copy.deepcopy(refw.state_dict())
+    # A fresh reference wrapper resumed from it ...
+    p_ref = clone_params(ref_params)
+    ref2 = ref_wrapper(cls, make_base(kind, p_ref, "ref"), sync_rate=0.3, sync_period=4)
+    ref2.load_state_dict(copy.deepcopy(sd))
+    # ... and ours resumed from it, continue the same way.
+    p_ours = clone_params(ref_params)
+    ours = getattr(ho, cls)(make_base(kind, p_ours), sync_rate=0.3, sync_period=4)
+    ours.load_state_dict(copy.deepcopy(sd))
+    assert ours.fast_steps == 0
+    if kind == "ours":
+        # Loaded into the reference's AdaBelief, steps become float32 tensors (torch.optim.Adam's
+        # __setstate__), and its bias corrections would then be computed in float32: give the
+        # oracle back its int steps.
+        for st in ref2.base_optimizer.state.values():
+            st["step"] = int(st["step"])
+    train(ref2, p_ref, 6, 15)
+    train(ours, p_ours, 6, 15)
+    for p, q in zip(p_ours, p_ref):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_our_checkpoint_loads_into_reference(cls):
+    params = make_params()
+    ours = getattr(ho, cls)(make_base("adam", params), sync_rate=0.3, sync_period=4)
+    train(ours, params, 0, 6)
+    sd = copy.deepcopy(ours.state_dict())
+    p_ref = clone_params(params)
+    refw = ref_wrapper(cls, make_base("adam", p_ref), sync_rate=0.3, sync_period=4)
+    refw.load_state_dict(copy.deepcopy(sd))
+    base_a, base_b = ours.base_optimizer.state_dict(), refw.base_optimizer.state_dict()
+    for key, st in base_a["state"].items():
+        for k, v in st.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(base_b["state"][key][k])), k
+    # The reference restarts its period from the current weights: so does ours given
+    # the same checkpoint without our extra keys.
+    stripped = {k: v for k, v in sd.items() if k in ("state", "param_groups", "base_state_dict")}
+    p_ours = clone_params(params)
+    ours2 = getattr(ho, cls)(make_base("adam", p_ours), sync_rate=0.3, sync_period=4)
+    ours2.load_state_dict(stripped)
+    train(refw, p_ref, 6, 15)
+    train(ours2, p_ours, 6, 15)
+    for p, q in zip(p_ours, p_ref):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_bad_checkpoint_is_refused_before_any_change(cls):
+    params = make_params()
+    w = getattr(ho, cls)(make_base("adam", params), sync_period=4)
+    train(w, params, 0, 6)
+    good = copy.deepcopy(w.state_dict())
+    train(w, params, 6, 7)
+    before = (copy.deepcopy(w.state_dict()), [p.detach().clone() for p in params])
+    bad = copy.deepcopy(good)
+    bad["slow_params"][-1] = torch.zeros(9, dtype=torch.float64)
+    with pytest.raises(ValueError):
+        w.load_state_dict(bad)
+    after = (w.state_dict(), params)
+    for p, q in zip(before[1], after[1]):
+        assert torch.equal(p, q)
+    for a, b in zip(before[0]["slow_params"], after[0]["slow_params"]):
+        assert torch.equal(a, b)
+    assert before[0]["fast_steps"] == after[0]["fast_steps"] == 7
+    for key, st in before[0]["base_state_dict"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(after[0]["base_state_dict"]["state"][key][k]))
+
+
+# -- Fix 8: schedulers on the wrapper ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_lr_scheduler_on_the_wrapper_drives_the_base(cls):
+    finals = []
+    for mode in ("scheduler", "manual"):
+        params = make_params()
+        base = torch.optim.SGD(groups(params), lr=0.1)
+        w = getattr(ho, cls)(base, sync_period=3)
+        sched = torch.optim.lr_scheduler.StepLR(w, step_size=2, gamma=0.1) if mode == "scheduler" else None
+        for t in range(7):
+            grads_at(t, params)
+            w.step()
+            if sched is not None:
+                sched.step()
+            elif t % 2 == 1:
+                for g in base.param_groups:
+                    g["lr"] *= 0.1
+        if sched is not None:
+            assert math.isclose(base.param_groups[0]["lr"], 0.1 * 0.1**3)
+            assert math.isclose(base.param_groups[1]["lr"], 0.02 * 0.1**3)
+        finals.append([p.detach().clone() for p in params])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_reference_scheduler_does_not_reach_the_base():
+    """Documents fix 8: the reference's wrapper keeps its own lr copy."""
+    base = torch.optim.SGD(make_params(), lr=0.1)
+    w = ref_wrapper("Lookahead", base)
+    sched = torch.optim.lr_scheduler.StepLR(w, step_size=1, gamma=0.1)
+    grads_at(0, base.param_groups[0]["params"])
+    w.step()
+    sched.step()
+    assert math.isclose(w.param_groups[0]["lr"], 0.01) and base.param_groups[0]["lr"] == 0.1
+
+
+# The reference's Scout.add_param_group does not extend its buffer (IndexError at the next step).
+@pytest.mark.parametrize("cls", ["Lookahead"])
+def test_add_param_group_matches_reference(cls):
+    params = make_params()
+    ref_params = clone_params(params)
+    ours = getattr(ho, cls)(torch.optim.SGD(params[:2], lr=0.1), sync_rate=0.5, sync_period=3)
+    refw = ref_wrapper(cls, torch.optim.SGD(ref_params[:2], lr=0.1), sync_rate=0.5, sync_period=3)
+    train(ours, params[:2], 0, 3)
+    train(refw, ref_params[:2], 0, 3)
+    ours.add_param_group({"params": params[2:], "lr": 0.05})
+    refw.add_param_group({"params": ref_params[2:], "lr": 0.05})
+    assert len(ours.slow_params) == 2 and len(ours.param_groups) == 2
+    train(ours, params, 3, 9)
+    train(refw, ref_params, 3, 9)
+    for p, q in zip(params, ref_params):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_scout_add_param_group_later():
+    params = make_params()
+    w = ho.Scout(torch.optim.SGD(params[:2], lr=0.1), sync_rate=0.0, sync_period=3)
+    train(w, params[:2], 0, 3)
+    w.add_param_group({"params": params[2:], "lr": 0.05})
+    rates = record_our_rates(w)
+    train(w, params, 3, 9)
+    assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates)
+    assert all(len(v) == len(params) for v in w.scout_stats.values())
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_bad_base_state_is_refused_before_the_wrapper_changes(cls):
+    params = make_params()
+    w = getattr(ho, cls)(ho.LAMB(groups(params), lr=0.05), sync_period=4)
+    train(w, params, 0, 5)
+    before = copy.deepcopy(w.state_dict())
+    bad = copy.deepcopy(before)
+    bad["base_state_dict"]["state"][0]["exp_avg"] = torch.zeros(5, dtype=torch.float64)
+    bad["fast_steps"] = 99
+    bad["slow_params"] = [torch.zeros_like(p) for p in bad["slow_params"]]
+    with pytest.raises(ValueError):
+        w.load_state_dict(bad)
+    after = w.state_dict()
+    assert after["fast_steps"] == 5
+    for a, b in zip(before["slow_params"], after["slow_params"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scout_reduced_precision(dtype):
+    params = make_params(dtype=dtype)
+    w = ho.Scout(ho.AdaBelief(groups(params), lr=0.01), sync_rate=0.1, sync_period=3)
+    rates = record_our_rates(w)
+    train(w, params, 0, 7)
+    assert len(rates) == 2 and all(0.1 <= r <= 1.0 for r in rates)
+    assert all(p.dtype == dtype and torch.isfinite(p).all() for p in params)
+    assert all(t.dtype == torch.float32 for t in w.scout_stats["mean"])
+
+
+def test_scout_period_one_gives_rate_one():
+    """One change per period: std over one sample is undefined for every element (coherence 0)."""
+    params = make_params()
+    w = ho.Scout(torch.optim.SGD(params, lr=0.1), sync_rate=0.3, sync_period=1)
+    rates = record_our_rates(w)
+    train(w, params, 0, 2)
+    assert rates == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_deepcopy_of_the_wrapper_continues_identically(cls):
+    params = make_params()
+    w = getattr(ho, cls)(ho.AdaBelief(groups(params), lr=0.05), sync_period=4)
+    train(w, params, 0, 6)
+    w2 = copy.deepcopy(w)
+    params2 = [p for g in w2.param_groups for p in g["params"]]
+    assert all(p is not q for p, q in zip(params, params2))
+    train(w, params, 6, 13)
+    train(w2, params2, 6, 13)
+    for p, q in zip(params, params2):
+        assert torch.equal(p, q)
