@@ -49,6 +49,8 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
               " moment weights for ", params.size(), " parameters");
 
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
@@ -84,6 +86,8 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   check_steps("AdaBelief", steps, params.size());
 
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
@@ -109,6 +113,8 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   check_steps("AdamP", steps, params.size());
 
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
@@ -148,6 +154,8 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   check_steps("Adan", steps, params.size());
 
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
@@ -187,6 +195,8 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   check_steps("AdEMAMix", steps, params.size());
 
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);

@@ -48,8 +48,10 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
                           TensorList exp_avg_sqs, const LambHyper& h) {
   check(h);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
-  std::vector<double> local_lrs(params.size());
+  std::vector<double> local_lrs(params.size(), 1.0);
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = scope.in(grads[i]);
@@ -70,8 +72,10 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
   const double sma_inf = 2.0 / (1.0 - h.beta2) - 1.0;
-  std::vector<double> local_lrs(params.size());
+  std::vector<double> local_lrs(params.size(), 1.0);
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = scope.in(grads[i]);

@@ -31,8 +31,10 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
     check_group("LARS", params, grads, {});
   }
 
-  std::vector<double> local_lrs(params.size());
+  std::vector<double> local_lrs(params.size(), 1.0);
   for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = scope.in(grads[i]);
