@@ -1,0 +1,437 @@
+// Options and their validation, parameter groups, schedulers, step(closure),
+// and steps that fail without changing anything.
+
+#include <torch/optim/schedulers/step_lr.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "test_util.h"
+
+namespace holocron_test {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::vector<torch::Tensor> some_params() {
+  return {torch::ones({2, 2}, torch::kDouble).set_requires_grad(true)};
+}
+
+// ---- Options ------------------------------------------------------------------
+
+TEST(Options, SettersChainAndDefaults) {
+  auto lamb = ho::LAMBOptions(0.1).betas({0.8, 0.9}).eps(1e-6).weight_decay(0.2).scale_clip(
+      std::make_tuple(0.5, 2.0));
+  EXPECT_EQ(lamb.lr(), 0.1);
+  EXPECT_EQ(lamb.betas(), std::make_tuple(0.8, 0.9));
+  EXPECT_EQ(lamb.eps(), 1e-6);
+  EXPECT_EQ(lamb.weight_decay(), 0.2);
+  ASSERT_TRUE(lamb.scale_clip().has_value());
+  EXPECT_EQ(*lamb.scale_clip(), std::make_tuple(0.5, 2.0));
+  EXPECT_EQ(lamb.get_lr(), 0.1);
+  lamb.set_lr(0.3);
+  EXPECT_EQ(lamb.lr(), 0.3);
+
+  auto lars = ho::LARSOptions(0.2).momentum(0.9).dampening(0.1).weight_decay(1e-4).nesterov(false);
+  EXPECT_EQ(lars.momentum(), 0.9);
+  EXPECT_EQ(lars.dampening(), 0.1);
+  EXPECT_FALSE(lars.scale_clip().has_value());
+
+  auto ralars = ho::RaLarsOptions(1.0).force_adaptive_momentum(true);
+  EXPECT_TRUE(ralars.force_adaptive_momentum());
+  auto tadam = ho::TAdamOptions(1.0).dof(2.5).amsgrad(true);
+  ASSERT_TRUE(tadam.dof().has_value());
+  EXPECT_EQ(*tadam.dof(), 2.5);
+  EXPECT_TRUE(tadam.amsgrad());
+  EXPECT_FALSE(ho::TAdamOptions(1.0).dof().has_value());
+  EXPECT_EQ(ho::AdamPOptions(1.0).delta(0.3).delta(), 0.3);
+  EXPECT_EQ(ho::AdanOptions().betas(), std::make_tuple(0.98, 0.92, 0.99));
+  EXPECT_EQ(ho::AdEMAMixOptions().betas(), std::make_tuple(0.9, 0.999, 0.9999));
+  EXPECT_EQ(ho::AdEMAMixOptions().alpha(), 5.0);
+  EXPECT_EQ(ho::AdEMAMixOptions(2.0).alpha(3.0).alpha(), 3.0);
+  EXPECT_EQ(ho::AdaBeliefOptions().lr(), 1e-3);
+  EXPECT_EQ(ho::LARSOptions().lr(), 1e-3);
+
+  auto la = ho::LookaheadOptions().sync_rate(0.3).sync_period(4);
+  EXPECT_EQ(la.sync_rate(), 0.3);
+  EXPECT_EQ(la.sync_period(), 4);
+  EXPECT_EQ(ho::ScoutOptions().sync_rate(), 0.5);
+  EXPECT_EQ(ho::ScoutOptions().sync_period(), 6);
+}
+
+template <typename Opt, typename Options>
+void expect_bad(const Options& options, const std::string& name, const std::string& context) {
+  expect_throw_naming([&] { Opt opt(some_params(), options); }, name, context);
+}
+
+TEST(Options, Validation) {
+  const std::vector<double> non_finite = {kNaN, kInf, -kInf};
+
+  // lr: negative or not finite, for all eight.
+  for (double bad : {-1e-3, kNaN, kInf}) {
+    const auto ctx = "lr=" + std::to_string(bad);
+    expect_bad<ho::LARS>(ho::LARSOptions(bad), "lr", "LARS " + ctx);
+    expect_bad<ho::LAMB>(ho::LAMBOptions(bad), "lr", "LAMB " + ctx);
+    expect_bad<ho::RaLars>(ho::RaLarsOptions(bad), "lr", "RaLars " + ctx);
+    expect_bad<ho::TAdam>(ho::TAdamOptions(bad), "lr", "TAdam " + ctx);
+    expect_bad<ho::AdaBelief>(ho::AdaBeliefOptions(bad), "lr", "AdaBelief " + ctx);
+    expect_bad<ho::AdamP>(ho::AdamPOptions(bad), "lr", "AdamP " + ctx);
+    expect_bad<ho::Adan>(ho::AdanOptions(bad), "lr", "Adan " + ctx);
+    expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions(bad), "lr", "AdEMAMix " + ctx);
+  }
+  // eps: negative or not finite.
+  for (double bad : {-1e-8, kNaN, kInf}) {
+    const auto ctx = "eps=" + std::to_string(bad);
+    expect_bad<ho::LAMB>(ho::LAMBOptions().eps(bad), "eps", "LAMB " + ctx);
+    expect_bad<ho::RaLars>(ho::RaLarsOptions().eps(bad), "eps", "RaLars " + ctx);
+    expect_bad<ho::TAdam>(ho::TAdamOptions().eps(bad), "eps", "TAdam " + ctx);
+    expect_bad<ho::AdaBelief>(ho::AdaBeliefOptions().eps(bad), "eps", "AdaBelief " + ctx);
+    expect_bad<ho::AdamP>(ho::AdamPOptions().eps(bad), "eps", "AdamP " + ctx);
+    expect_bad<ho::Adan>(ho::AdanOptions().eps(bad), "eps", "Adan " + ctx);
+    expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().eps(bad), "eps", "AdEMAMix " + ctx);
+  }
+  // weight_decay: never non-finite; negative refused where the reference refuses it.
+  for (double bad : non_finite) {
+    const auto ctx = "weight_decay=" + std::to_string(bad);
+    expect_bad<ho::LARS>(ho::LARSOptions().weight_decay(bad), "weight_decay", "LARS " + ctx);
+    expect_bad<ho::LAMB>(ho::LAMBOptions().weight_decay(bad), "weight_decay", "LAMB " + ctx);
+    expect_bad<ho::RaLars>(ho::RaLarsOptions().weight_decay(bad), "weight_decay", "RaLars " + ctx);
+    expect_bad<ho::TAdam>(ho::TAdamOptions().weight_decay(bad), "weight_decay", "TAdam " + ctx);
+    expect_bad<ho::AdaBelief>(ho::AdaBeliefOptions().weight_decay(bad), "weight_decay",
+                              "AdaBelief " + ctx);
+    expect_bad<ho::AdamP>(ho::AdamPOptions().weight_decay(bad), "weight_decay", "AdamP " + ctx);
+    expect_bad<ho::Adan>(ho::AdanOptions().weight_decay(bad), "weight_decay", "Adan " + ctx);
+    expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().weight_decay(bad), "weight_decay",
+                             "AdEMAMix " + ctx);
+  }
+  expect_bad<ho::LARS>(ho::LARSOptions().weight_decay(-0.1), "weight_decay", "LARS wd<0");
+  expect_bad<ho::TAdam>(ho::TAdamOptions().weight_decay(-0.1), "weight_decay", "TAdam wd<0");
+  expect_bad<ho::AdaBelief>(ho::AdaBeliefOptions().weight_decay(-0.1), "weight_decay",
+                            "AdaBelief wd<0");
+  expect_bad<ho::AdamP>(ho::AdamPOptions().weight_decay(-0.1), "weight_decay", "AdamP wd<0");
+  expect_bad<ho::Adan>(ho::AdanOptions().weight_decay(-0.1), "weight_decay", "Adan wd<0");
+
+  // betas: outside [0, 1) or not finite, in every position.
+  for (double bad : {1.0, 1.5, -0.1, kNaN, kInf}) {
+    const auto ctx = "beta=" + std::to_string(bad);
+    for (int pos = 0; pos < 2; ++pos) {
+      auto b2 = pos == 0 ? std::make_tuple(bad, 0.999) : std::make_tuple(0.9, bad);
+      const auto name = "betas[" + std::to_string(pos) + "]";
+      expect_bad<ho::LAMB>(ho::LAMBOptions().betas(b2), name, "LAMB " + ctx);
+      expect_bad<ho::RaLars>(ho::RaLarsOptions().betas(b2), name, "RaLars " + ctx);
+      expect_bad<ho::TAdam>(ho::TAdamOptions().betas(b2), name, "TAdam " + ctx);
+      expect_bad<ho::AdaBelief>(ho::AdaBeliefOptions().betas(b2), name, "AdaBelief " + ctx);
+      expect_bad<ho::AdamP>(ho::AdamPOptions().betas(b2), name, "AdamP " + ctx);
+    }
+    for (int pos = 0; pos < 3; ++pos) {
+      auto b3 = std::make_tuple(0.9, 0.9, 0.9);
+      if (pos == 0) std::get<0>(b3) = bad;
+      if (pos == 1) std::get<1>(b3) = bad;
+      if (pos == 2) std::get<2>(b3) = bad;
+      const auto name = "betas[" + std::to_string(pos) + "]";
+      expect_bad<ho::Adan>(ho::AdanOptions().betas(b3), name, "Adan " + ctx);
+      expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().betas(b3), name, "AdEMAMix " + ctx);
+    }
+  }
+
+  // LARS: momentum, Nesterov.
+  expect_bad<ho::LARS>(ho::LARSOptions().momentum(-0.5), "momentum", "LARS momentum<0");
+  expect_bad<ho::LARS>(ho::LARSOptions().momentum(kNaN), "momentum", "LARS momentum NaN");
+  expect_bad<ho::LARS>(ho::LARSOptions().nesterov(true), "Nesterov", "LARS nesterov, momentum 0");
+  expect_bad<ho::LARS>(ho::LARSOptions().nesterov(true).momentum(0.9).dampening(0.1), "Nesterov",
+                       "LARS nesterov with dampening");
+  // scale_clip: a bad range.
+  expect_bad<ho::LAMB>(ho::LAMBOptions().scale_clip(std::make_tuple(2.0, 1.0)), "scale_clip",
+                       "LAMB reversed clip");
+  expect_bad<ho::LARS>(ho::LARSOptions().scale_clip(std::make_tuple(-1.0, 1.0)), "scale_clip",
+                       "LARS negative clip");
+  expect_bad<ho::TAdam>(ho::TAdamOptions().dof(kNaN), "dof", "TAdam dof NaN");
+  expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().alpha(kInf), "alpha", "AdEMAMix alpha inf");
+  expect_bad<ho::AdamP>(ho::AdamPOptions().delta(kNaN), "delta", "AdamP delta NaN");
+
+  // Valid corner values are accepted.
+  EXPECT_NO_THROW(ho::LAMB(some_params(), ho::LAMBOptions(0.0).betas({0.0, 0.0}).eps(0.0)));
+  EXPECT_NO_THROW(ho::LARS(some_params(), ho::LARSOptions().nesterov(true).momentum(0.5)));
+  EXPECT_NO_THROW(ho::LAMB(some_params(), ho::LAMBOptions().weight_decay(-0.1)));
+}
+
+TEST(Options, InvalidGroupOptionsAndLaterChanges) {
+  // A group's own options are checked too.
+  std::vector<OptimizerParamGroup> groups;
+  groups.emplace_back(some_params(), std::make_unique<ho::AdanOptions>(-1.0));
+  expect_throw_naming([&] { ho::Adan opt(groups, ho::AdanOptions()); }, "lr", "group lr");
+
+  // Options of another optimizer type are refused.
+  std::vector<OptimizerParamGroup> wrong;
+  wrong.emplace_back(some_params(), std::make_unique<ho::LAMBOptions>(1.0));
+  EXPECT_THROW(ho::Adan(wrong, ho::AdanOptions()), std::invalid_argument);
+
+  // An option made invalid after construction is caught by step, before any change.
+  auto params = some_params();
+  ho::AdaBelief opt(params, ho::AdaBeliefOptions(0.1));
+  params[0].mutable_grad() = torch::ones_like(params[0]);
+  static_cast<ho::AdaBeliefOptions&>(opt.param_groups()[0].options()).eps(kNaN);
+  const auto before = params[0].detach().clone();
+  expect_throw_naming([&] { opt.step(); }, "eps", "eps set to NaN after construction");
+  EXPECT_TRUE(torch::equal(params[0], before));
+  EXPECT_TRUE(opt.state().empty());
+}
+
+TEST(Options, WrapperValidation) {
+  auto make_base = [] { return std::make_shared<ho::LAMB>(some_params(), ho::LAMBOptions()); };
+  for (double bad : {-0.1, 1.1, kNaN, kInf}) {
+    const auto ctx = "sync_rate=" + std::to_string(bad);
+    expect_throw_naming([&] { ho::Lookahead(make_base(), ho::LookaheadOptions().sync_rate(bad)); },
+                        "sync_rate", "Lookahead " + ctx);
+    expect_throw_naming([&] { ho::Scout(make_base(), ho::ScoutOptions().sync_rate(bad)); },
+                        "sync_rate", "Scout " + ctx);
+  }
+  for (int64_t bad : {0, -1}) {
+    const auto ctx = "sync_period=" + std::to_string(bad);
+    expect_throw_naming(
+        [&] { ho::Lookahead(make_base(), ho::LookaheadOptions().sync_period(bad)); },
+        "sync_period", "Lookahead " + ctx);
+    expect_throw_naming([&] { ho::Scout(make_base(), ho::ScoutOptions().sync_period(bad)); },
+                        "sync_period", "Scout " + ctx);
+  }
+  EXPECT_ANY_THROW(ho::Lookahead(nullptr, ho::LookaheadOptions()));
+  EXPECT_NO_THROW(ho::Lookahead(make_base(), ho::LookaheadOptions().sync_rate(0.0).sync_period(1)));
+  EXPECT_NO_THROW(ho::Scout(make_base(), ho::ScoutOptions().sync_rate(1.0)));
+}
+
+// ---- Typed tests over the eight algorithms --------------------------------------
+
+template <typename T>
+class EveryAlgorithm : public ::testing::Test {};
+TYPED_TEST_SUITE(EveryAlgorithm, AllAlgorithms, TraitsName);
+
+// Two groups with their own lr behave as two single-group optimizers.
+TYPED_TEST(EveryAlgorithm, GroupsKeepTheirOptions) {
+  using Opt = typename TypeParam::Opt;
+  using Options = typename TypeParam::Options;
+  auto a = TinyModel::make(1);
+  auto b = a.clone();
+  std::vector<OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{a.weight},
+                      std::make_unique<Options>(TypeParam::options(0.1)));
+  groups.emplace_back(std::vector<torch::Tensor>{a.bias, a.scale},
+                      std::make_unique<Options>(TypeParam::options(0.01)));
+  Opt both(groups, TypeParam::options(0.5));
+  ASSERT_EQ(both.param_groups().size(), 2u);
+  EXPECT_EQ(both.param_groups()[0].options().get_lr(), 0.1);
+  EXPECT_EQ(both.param_groups()[1].options().get_lr(), 0.01);
+  EXPECT_EQ(both.defaults().get_lr(), 0.5);
+
+  Opt first(std::vector<torch::Tensor>{b.weight}, TypeParam::options(0.1));
+  Opt second(std::vector<torch::Tensor>{b.bias, b.scale}, TypeParam::options(0.01));
+  for (int k = 0; k < 4; ++k) {
+    a.backward(k);
+    b.backward(k);
+    both.step();
+    first.step();
+    second.step();
+  }
+  EXPECT_TRUE(all_equal(a.params(), b.params()));
+  // And not what the defaults' lr would give.
+  auto c = TinyModel::make(1);
+  Opt defaults_only(c.params(), TypeParam::options(0.5));
+  for (int k = 0; k < 4; ++k) {
+    c.backward(k);
+    defaults_only.step();
+  }
+  EXPECT_FALSE(torch::equal(a.bias, c.bias));
+}
+
+TYPED_TEST(EveryAlgorithm, AddParamGroupKeepsItsOptions) {
+  using Opt = typename TypeParam::Opt;
+  using Options = typename TypeParam::Options;
+  auto a = TinyModel::make(2);
+  auto b = a.clone();
+  Opt opt(std::vector<torch::Tensor>{a.weight}, TypeParam::options(0.1));
+  opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{a.bias},
+                                          std::make_unique<Options>(TypeParam::options(0.02))));
+  opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{a.scale}));
+  ASSERT_EQ(opt.param_groups().size(), 3u);
+  EXPECT_EQ(opt.param_groups()[1].options().get_lr(), 0.02);
+  EXPECT_EQ(opt.param_groups()[2].options().get_lr(), 0.1);  // the defaults
+
+  Opt r0(std::vector<torch::Tensor>{b.weight}, TypeParam::options(0.1));
+  Opt r1(std::vector<torch::Tensor>{b.bias}, TypeParam::options(0.02));
+  Opt r2(std::vector<torch::Tensor>{b.scale}, TypeParam::options(0.1));
+  for (int k = 0; k < 3; ++k) {
+    a.backward(k);
+    b.backward(k);
+    opt.step();
+    r0.step();
+    r1.step();
+    r2.step();
+  }
+  EXPECT_TRUE(all_equal(a.params(), b.params()));
+
+  // A parameter already in a group is refused.
+  EXPECT_THROW(opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{a.bias})),
+               std::invalid_argument);
+  EXPECT_EQ(opt.param_groups().size(), 3u);
+}
+
+// StepLR changes the lr the next step uses.
+TYPED_TEST(EveryAlgorithm, StepLRChangesTheNextStep) {
+  using Opt = typename TypeParam::Opt;
+  auto a = TinyModel::make(3);
+  auto c = a.clone();
+  Opt scheduled(a.params(), TypeParam::plain(0.1));
+  Opt constant(c.params(), TypeParam::plain(0.1));
+  // StepLR decays on its calls number step_size, 2*step_size, ... (not the 0th).
+  torch::optim::StepLR scheduler(scheduled, /*step_size=*/1, /*gamma=*/0.25);
+  for (int k = 0; k < 2; ++k) {
+    a.backward(k);
+    c.backward(k);
+    scheduled.step();
+    constant.step();
+    scheduler.step();
+  }
+  EXPECT_TRUE(all_equal(a.params(), c.params()));
+  EXPECT_DOUBLE_EQ(scheduled.param_groups()[0].options().get_lr(), 0.025);
+  EXPECT_DOUBLE_EQ(constant.param_groups()[0].options().get_lr(), 0.1);
+
+  // Same state and gradients; the update is a quarter of the constant one.
+  std::vector<torch::Tensor> before;
+  for (const auto& p : a.params()) before.push_back(p.detach().clone());
+  a.backward(2);
+  c.backward(2);
+  scheduled.step();
+  constant.step();
+  for (size_t i = 0; i < before.size(); ++i) {
+    const auto du = a.params()[i].detach() - before[i];
+    const auto dc = c.params()[i].detach() - before[i];
+    ASSERT_GT(dc.abs().max().item<double>(), 0.0);
+    EXPECT_TRUE(torch::allclose(du, dc * 0.25, 1e-8, 1e-15)) << "param " << i;
+  }
+}
+
+// step(closure): the closure runs with grad enabled and its loss is returned.
+TYPED_TEST(EveryAlgorithm, StepWithClosure) {
+  using Opt = typename TypeParam::Opt;
+  auto a = TinyModel::make(4);
+  auto b = a.clone();
+  Opt with_closure(a.params(), TypeParam::options(0.05));
+  Opt plain(b.params(), TypeParam::options(0.05));
+  for (int k = 0; k < 3; ++k) {
+    int calls = 0;
+    double inner_loss = 0.0;
+    torch::Tensor loss;
+    {
+      torch::NoGradGuard no_grad;  // the step must enable grad for the closure
+      loss = with_closure.step([&] {
+        ++calls;
+        EXPECT_TRUE(torch::GradMode::is_enabled());
+        with_closure.zero_grad();
+        auto l = a.loss(k);
+        l.backward();
+        inner_loss = l.item<double>();
+        return l;
+      });
+    }
+    EXPECT_EQ(calls, 1);
+    ASSERT_TRUE(loss.defined());
+    EXPECT_EQ(loss.item<double>(), inner_loss);
+    b.backward(k);
+    EXPECT_FALSE(plain.step().defined());
+  }
+  EXPECT_TRUE(all_equal(a.params(), b.params()));
+}
+
+// Parameters whose grad is undefined are skipped and get no state.
+TYPED_TEST(EveryAlgorithm, ParamsWithoutGradAreSkipped) {
+  using Opt = typename TypeParam::Opt;
+  auto a = TinyModel::make(5);
+  auto unused = torch::randn({4}, torch::kDouble).set_requires_grad(true);
+  const auto unused0 = unused.detach().clone();
+  auto params = a.params();
+  params.push_back(unused);
+  Opt opt(params, TypeParam::options(0.05));
+  for (int k = 0; k < 3; ++k) {
+    opt.zero_grad();
+    opt.step([&] {
+      auto l = a.loss(k);
+      l.backward();
+      return l;
+    });
+  }
+  EXPECT_FALSE(unused.grad().defined());
+  EXPECT_TRUE(torch::equal(unused, unused0));
+  EXPECT_EQ(opt.state().count(unused.unsafeGetTensorImpl()), 0u);
+  EXPECT_EQ(opt.state().count(a.weight.unsafeGetTensorImpl()), 1u);
+  // With no gradient at all, a step changes nothing.
+  opt.zero_grad();
+  const auto before = snapshot<typename TypeParam::State>(opt);
+  opt.step();
+  expect_same(before, snapshot<typename TypeParam::State>(opt), "step without gradients");
+}
+
+// A step that fails (a bad gradient in the second group) changes nothing,
+// not even in the first group.
+TYPED_TEST(EveryAlgorithm, FailedStepChangesNothing) {
+  using Opt = typename TypeParam::Opt;
+  using Options = typename TypeParam::Options;
+  auto a = TinyModel::make(6);
+  std::vector<OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{a.weight, a.scale},
+                      std::make_unique<Options>(TypeParam::options(0.1)));
+  groups.emplace_back(std::vector<torch::Tensor>{a.bias},
+                      std::make_unique<Options>(TypeParam::options(0.05)));
+  Opt opt(groups, TypeParam::options(0.1));
+  for (int k = 0; k < 2; ++k) {
+    a.backward(k);
+    opt.step();
+  }
+  const auto before = snapshot<typename TypeParam::State>(opt);
+
+  const std::vector<std::pair<std::string, torch::Tensor>> bad_grads = {
+      {"shape", torch::ones({4}, torch::kDouble)},
+      {"dtype", torch::ones({3}, torch::kFloat)},
+      {"sparse", torch::ones({3}, torch::kDouble).to_sparse()},
+  };
+  for (const auto& [what, bad] : bad_grads) {
+    a.backward(2);
+    a.bias.mutable_grad() = bad;
+    EXPECT_ANY_THROW(opt.step()) << what;
+    expect_same(before, snapshot<typename TypeParam::State>(opt), "bad gradient " + what);
+  }
+  // And after the failures the optimizer still works as if they never happened.
+  auto b = TinyModel::make(6);
+  std::vector<OptimizerParamGroup> groups_b;
+  groups_b.emplace_back(std::vector<torch::Tensor>{b.weight, b.scale},
+                        std::make_unique<Options>(TypeParam::options(0.1)));
+  groups_b.emplace_back(std::vector<torch::Tensor>{b.bias},
+                        std::make_unique<Options>(TypeParam::options(0.05)));
+  Opt ref(groups_b, TypeParam::options(0.1));
+  for (int k = 0; k < 3; ++k) {
+    b.backward(k);
+    ref.step();
+  }
+  a.backward(2);
+  opt.step();
+  EXPECT_TRUE(all_equal(a.params(), b.params()));
+}
+
+// The failure of a new parameter's first step leaves it without state.
+TYPED_TEST(EveryAlgorithm, FailedFirstStepCreatesNoState) {
+  using Opt = typename TypeParam::Opt;
+  auto a = TinyModel::make(7);
+  Opt opt(a.params(), TypeParam::options(0.1));
+  a.backward(0);
+  a.scale.mutable_grad() = torch::ones({1, 1}, torch::kDouble);
+  const auto before = snapshot<typename TypeParam::State>(opt);
+  EXPECT_ANY_THROW(opt.step());
+  expect_same(before, snapshot<typename TypeParam::State>(opt), "first step");
+  EXPECT_TRUE(opt.state().empty());
+}
+
+}  // namespace
+}  // namespace holocron_test

@@ -1,0 +1,434 @@
+// Lookahead and Scout around torch::optim::Adam and around holocron optimizers.
+
+#include <torch/optim/adam.h>
+#include <torch/optim/schedulers/step_lr.h>
+#include <torch/serialize.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace holocron_test {
+namespace {
+
+using BaseFactory =
+    std::function<std::shared_ptr<torch::optim::Optimizer>(std::vector<torch::Tensor>)>;
+
+std::shared_ptr<torch::optim::Optimizer> make_adam(std::vector<torch::Tensor> params) {
+  return std::make_shared<torch::optim::Adam>(std::move(params), torch::optim::AdamOptions(0.1));
+}
+std::shared_ptr<torch::optim::Optimizer> make_lamb(std::vector<torch::Tensor> params) {
+  return std::make_shared<ho::LAMB>(std::move(params), ho::LAMBOptions(0.1).weight_decay(1e-2));
+}
+std::shared_ptr<torch::optim::Optimizer> make_adabelief(std::vector<torch::Tensor> params) {
+  return std::make_shared<ho::AdaBelief>(std::move(params), ho::AdaBeliefOptions(0.05).amsgrad(true));
+}
+
+struct Fixture {
+  std::vector<torch::Tensor> params;  // the wrapped ones
+  std::vector<torch::Tensor> mirror;  // for a plain base optimizer
+  std::vector<std::vector<torch::Tensor>> grads;
+
+  Fixture(int steps, uint64_t seed) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    params = {at::randn({3, 4}, gen, torch::kDouble), at::randn({5}, gen, torch::kDouble)};
+    for (auto& p : params) {
+      mirror.push_back(p.clone().set_requires_grad(true));
+      p.set_requires_grad(true);
+    }
+    for (int k = 0; k < steps; ++k) {
+      auto& g = grads.emplace_back();
+      for (const auto& p : params) {
+        g.push_back(at::randn(p.sizes(), gen, torch::kDouble).mul_(1.0 + 0.5 * (k % 3)));
+      }
+    }
+  }
+  void set_grads(int k, const std::vector<torch::Tensor>& ps) const {
+    for (size_t i = 0; i < ps.size(); ++i) ps[i].mutable_grad() = grads[k][i].clone();
+  }
+};
+
+std::vector<torch::Tensor> clones(const std::vector<torch::Tensor>& ts) {
+  std::vector<torch::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.detach().clone());
+  return out;
+}
+
+// ---- Lookahead math ---------------------------------------------------------
+
+void lookahead_math(const BaseFactory& make_base) {
+  constexpr int kPeriod = 3;
+  constexpr double kRate = 0.4;
+  Fixture f(2 * kPeriod, 21);
+  auto base = make_base(f.params);
+  ho::Lookahead la(base, ho::LookaheadOptions().sync_rate(kRate).sync_period(kPeriod));
+  auto plain = make_base(f.mirror);
+  auto slow = clones(f.params);
+  for (int period = 0; period < 2; ++period) {
+    for (int j = 0; j < kPeriod; ++j) {
+      const int k = period * kPeriod + j;
+      f.set_grads(k, f.params);
+      f.set_grads(k, f.mirror);
+      la.step();
+      plain->step();
+      EXPECT_EQ(la.fast_steps(), k + 1);
+      if (j + 1 < kPeriod) {
+        // Between syncs the fast weights are the base's.
+        EXPECT_TRUE(all_equal(f.params, f.mirror)) << "step " << k;
+        for (size_t i = 0; i < slow.size(); ++i) {
+          EXPECT_TRUE(torch::equal(la.slow_params()[0][i], slow[i])) << "step " << k;
+        }
+      }
+    }
+    // At the sync: slow += rate * (fast - slow); fast = slow.
+    for (size_t i = 0; i < slow.size(); ++i) {
+      std::vector<double> expected = to_vec(slow[i]);
+      const auto fast = to_vec(f.mirror[i]);
+      for (size_t e = 0; e < expected.size(); ++e) expected[e] += kRate * (fast[e] - expected[e]);
+      expect_close(f.params[i], expected, "fast after sync " + std::to_string(period), 1e-12);
+      EXPECT_TRUE(torch::equal(f.params[i], la.slow_params()[0][i]));
+      // The plain run continues from the synced weights (its own state kept).
+      torch::NoGradGuard no_grad;
+      f.mirror[i].copy_(f.params[i]);
+      slow[i] = f.params[i].detach().clone();
+    }
+  }
+}
+
+TEST(Lookahead, MathAroundTorchAdam) { lookahead_math(make_adam); }
+TEST(Lookahead, MathAroundLAMB) { lookahead_math(make_lamb); }
+
+TEST(Lookahead, RateZeroAndOne) {
+  // sync_rate 0 resets the fast weights to the initial ones; 1 keeps them.
+  for (double rate : {0.0, 1.0}) {
+    Fixture f(2, 22);
+    const auto initial = clones(f.params);
+    ho::Lookahead la(make_lamb(f.params), ho::LookaheadOptions().sync_rate(rate).sync_period(2));
+    auto plain = make_lamb(f.mirror);
+    for (int k = 0; k < 2; ++k) {
+      f.set_grads(k, f.params);
+      f.set_grads(k, f.mirror);
+      la.step();
+      plain->step();
+    }
+    EXPECT_TRUE(all_equal(f.params, rate == 0.0 ? initial : clones(f.mirror))) << rate;
+  }
+}
+
+// ---- Schedulers, zero_grad, closures, groups ------------------------------------
+
+void scheduler_reaches_base(const BaseFactory& make_base) {
+  Fixture f(6, 23);
+  auto base = make_base(f.params);
+  ho::Lookahead la(base, ho::LookaheadOptions().sync_period(100));
+  torch::optim::StepLR sched(la, /*step_size=*/2, /*gamma=*/0.5);
+  auto plain = make_base(f.mirror);
+  torch::optim::StepLR plain_sched(*plain, 2, 0.5);
+  const double lr = base->param_groups()[0].options().get_lr();
+  for (int k = 0; k < 6; ++k) {
+    f.set_grads(k, f.params);
+    f.set_grads(k, f.mirror);
+    la.step();
+    plain->step();
+    sched.step();
+    plain_sched.step();
+  }
+  EXPECT_DOUBLE_EQ(base->param_groups()[0].options().get_lr(), lr * 0.25);
+  EXPECT_DOUBLE_EQ(la.param_groups()[0].options().get_lr(), lr * 0.25);
+  EXPECT_TRUE(all_equal(f.params, f.mirror));
+}
+
+TEST(Lookahead, SchedulerReachesTorchAdam) { scheduler_reaches_base(make_adam); }
+TEST(Lookahead, SchedulerReachesLAMB) { scheduler_reaches_base(make_lamb); }
+
+TEST(Lookahead, ZeroGradForwards) {
+  Fixture f(1, 24);
+  ho::Scout scout(make_adam(f.params));
+  f.set_grads(0, f.params);
+  scout.zero_grad(false);
+  for (const auto& p : f.params) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().abs().sum().item<double>(), 0.0);
+  }
+  scout.zero_grad();
+  for (const auto& p : f.params) EXPECT_FALSE(p.grad().defined());
+  EXPECT_EQ(scout.base_optimizer().param_groups()[0].params().size(), 2u);
+}
+
+TEST(Lookahead, StepWithClosure) {
+  for (const auto& make_base : {BaseFactory(make_adam), BaseFactory(make_lamb)}) {
+    auto a = TinyModel::make(25);
+    auto b = a.clone();
+    ho::Lookahead la_closure(make_base(a.params()), ho::LookaheadOptions().sync_period(2));
+    ho::Lookahead la_plain(make_base(b.params()), ho::LookaheadOptions().sync_period(2));
+    for (int k = 0; k < 5; ++k) {
+      double inner = 0.0;
+      torch::Tensor loss;
+      {
+        torch::NoGradGuard no_grad;
+        loss = la_closure.step([&] {
+          EXPECT_TRUE(torch::GradMode::is_enabled());
+          la_closure.zero_grad();
+          auto l = a.loss(k);
+          l.backward();
+          inner = l.item<double>();
+          return l;
+        });
+      }
+      ASSERT_TRUE(loss.defined());
+      EXPECT_EQ(loss.item<double>(), inner);
+      b.backward(k);
+      EXPECT_FALSE(la_plain.step().defined());
+    }
+    EXPECT_TRUE(all_equal(a.params(), b.params()));
+  }
+}
+
+TEST(Lookahead, AddParamGroupKeepsOptionsAndTakesSlowCopies) {
+  Fixture f(3, 26);
+  auto base = std::make_shared<ho::LAMB>(std::vector<torch::Tensor>{f.params[0]},
+                                         ho::LAMBOptions(0.1));
+  ho::Lookahead la(base, ho::LookaheadOptions().sync_period(2));
+  la.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{f.params[1]},
+                                         std::make_unique<ho::LAMBOptions>(0.02)));
+  ASSERT_EQ(base->param_groups().size(), 2u);
+  ASSERT_EQ(la.param_groups().size(), 2u);
+  EXPECT_EQ(base->param_groups()[1].options().get_lr(), 0.02);
+  EXPECT_EQ(la.param_groups()[1].options().get_lr(), 0.02);
+  ASSERT_EQ(la.slow_params().size(), 2u);
+  EXPECT_TRUE(torch::equal(la.slow_params()[1][0], f.params[1]));
+  // The new group is synchronised too: after 2 steps fast == slow.
+  for (int k = 0; k < 2; ++k) {
+    f.set_grads(k, f.params);
+    la.step();
+  }
+  EXPECT_TRUE(torch::equal(la.slow_params()[1][0], f.params[1]));
+  EXPECT_FALSE(torch::equal(f.params[1], f.mirror[1]));
+}
+
+// ---- Checkpoints -------------------------------------------------------------
+
+template <typename Wrapper>
+void wrapper_checkpoint(const BaseFactory& make_base) {
+  constexpr int kSaveAt = 4;  // mid-period (period 3)
+  constexpr int kTotal = 10;
+  const auto options = ho::LookaheadOptions().sync_rate(0.3).sync_period(3);
+
+  auto full = TinyModel::make(31);
+  Wrapper full_opt(make_base(full.params()), options);
+  for (int k = 0; k < kTotal; ++k) {
+    full.backward(k);
+    full_opt.step();
+  }
+
+  auto first = TinyModel::make(31);
+  Wrapper first_opt(make_base(first.params()), options);
+  for (int k = 0; k < kSaveAt; ++k) {
+    first.backward(k);
+    first_opt.step();
+  }
+  std::stringstream stream;
+  torch::save(first_opt, stream);
+
+  auto resumed = first.clone();
+  // Different wrapper options: the checkpoint's win.
+  Wrapper resumed_opt(make_base(resumed.params()), ho::LookaheadOptions());
+  torch::load(resumed_opt, stream);
+  EXPECT_EQ(resumed_opt.fast_steps(), kSaveAt);
+  EXPECT_EQ(resumed_opt.options().sync_period(), 3);
+  EXPECT_EQ(resumed_opt.options().sync_rate(), 0.3);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(torch::equal(resumed_opt.slow_params()[0][i], first_opt.slow_params()[0][i]));
+  }
+  for (int k = kSaveAt; k < kTotal; ++k) {
+    resumed.backward(k);
+    resumed_opt.step();
+  }
+  EXPECT_TRUE(all_equal(full.params(), resumed.params()));
+  EXPECT_EQ(full_opt.fast_steps(), resumed_opt.fast_steps());
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(torch::equal(resumed_opt.slow_params()[0][i], full_opt.slow_params()[0][i]));
+  }
+  if constexpr (std::is_same_v<Wrapper, ho::Scout>) {
+    EXPECT_EQ(full_opt.last_sync_rate(), resumed_opt.last_sync_rate());
+  }
+}
+
+TEST(Lookahead, CheckpointMidPeriodTorchAdam) { wrapper_checkpoint<ho::Lookahead>(make_adam); }
+TEST(Lookahead, CheckpointMidPeriodAdaBelief) {
+  wrapper_checkpoint<ho::Lookahead>(make_adabelief);
+}
+TEST(Scout, CheckpointMidPeriodLAMB) { wrapper_checkpoint<ho::Scout>(make_lamb); }
+TEST(Scout, CheckpointMidPeriodTorchAdam) { wrapper_checkpoint<ho::Scout>(make_adam); }
+
+TEST(Lookahead, MismatchedCheckpointChangesNothing) {
+  auto a = TinyModel::make(32);
+  ho::Scout target(make_lamb(a.params()), ho::ScoutOptions().sync_period(3));
+  for (int k = 0; k < 2; ++k) {
+    a.backward(k);
+    target.step();
+  }
+  const auto params_before = clones(a.params());
+  const auto slow_before = clones(target.slow_params()[0]);
+  const auto base_before =
+      snapshot<ho::LAMBParamState>(target.base_optimizer());
+  auto expect_unchanged = [&](const std::string& what) {
+    EXPECT_EQ(target.fast_steps(), 2) << what;
+    EXPECT_TRUE(all_equal(a.params(), params_before)) << what;
+    EXPECT_TRUE(all_equal(target.slow_params()[0], slow_before)) << what;
+    expect_same(base_before, snapshot<ho::LAMBParamState>(target.base_optimizer()), what);
+  };
+  {
+    // A Lookahead checkpoint is not a Scout one.
+    auto m = TinyModel::make(32);
+    ho::Lookahead other(make_lamb(m.params()));
+    m.backward(0);
+    other.step();
+    std::stringstream stream;
+    torch::save(other, stream);
+    EXPECT_ANY_THROW(torch::load(target, stream));
+    expect_unchanged("Lookahead checkpoint");
+  }
+  {
+    // Same wrapper, but the base is another optimizer kind.
+    auto m = TinyModel::make(32);
+    ho::Scout other(std::make_shared<ho::Adan>(m.params()));
+    m.backward(0);
+    other.step();
+    std::stringstream stream;
+    torch::save(other, stream);
+    EXPECT_ANY_THROW(torch::load(target, stream));
+    expect_unchanged("other base kind");
+  }
+  {
+    // Different parameter shapes.
+    auto bigger = torch::randn({2, 2}, torch::kDouble).set_requires_grad(true);
+    auto m = TinyModel::make(32);
+    ho::Scout other(make_lamb({m.weight, bigger, m.scale}));
+    std::stringstream stream;
+    torch::save(other, stream);
+    EXPECT_ANY_THROW(torch::load(target, stream));
+    expect_unchanged("different shape");
+  }
+}
+
+// ---- Scout's sync rate -----------------------------------------------------------
+
+// std (unbiased) / max|u - mean| per element, NaN elements left out, mean
+// over elements then over parameters; nothing left: 0.
+double naive_coherence(const std::vector<std::vector<std::vector<double>>>& changes) {
+  // changes[param][step][element]
+  double total = 0.0;
+  int counted = 0;
+  for (const auto& per_step : changes) {
+    const size_t steps = per_step.size();
+    const size_t n = per_step[0].size();
+    double sum = 0.0;
+    int valid = 0;
+    for (size_t e = 0; e < n; ++e) {
+      double mean = 0.0;
+      for (size_t s = 0; s < steps; ++s) mean += per_step[s][e];
+      mean /= static_cast<double>(steps);
+      double ss = 0.0;
+      double maxdev = 0.0;
+      for (size_t s = 0; s < steps; ++s) {
+        const double dev = per_step[s][e] - mean;
+        ss += dev * dev;
+        maxdev = std::max(maxdev, std::abs(dev));
+      }
+      const double ratio = std::sqrt(ss / static_cast<double>(steps - 1)) / maxdev;
+      if (std::isnan(ratio)) continue;
+      sum += ratio;
+      ++valid;
+    }
+    if (valid == 0) continue;
+    total += sum / valid;
+    ++counted;
+  }
+  return counted == 0 ? 0.0 : total / counted;
+}
+
+// Scout around Adam; `moving[i]` false: parameter i never gets a gradient.
+void scout_rate(const std::vector<bool>& moving, double sync_rate) {
+  constexpr int kPeriod = 4;
+  Fixture f(3 * kPeriod, 41);
+  ho::Scout scout(make_adam(f.params), ho::ScoutOptions().sync_rate(sync_rate).sync_period(kPeriod));
+  EXPECT_TRUE(std::isnan(scout.last_sync_rate()));
+  auto plain = make_adam(f.mirror);
+  std::vector<std::vector<std::vector<double>>> changes(f.params.size());
+  for (int k = 0; k < 3 * kPeriod; ++k) {
+    f.set_grads(k, f.params);
+    f.set_grads(k, f.mirror);
+    for (size_t i = 0; i < moving.size(); ++i) {
+      if (!moving[i]) {
+        f.params[i].mutable_grad() = torch::Tensor();
+        f.mirror[i].mutable_grad() = torch::Tensor();
+      }
+    }
+    const auto before = clones(f.mirror);
+    scout.step();
+    plain->step();
+    for (size_t i = 0; i < f.params.size(); ++i) {
+      auto u = to_vec(f.mirror[i]);
+      const auto b = to_vec(before[i]);
+      for (size_t e = 0; e < u.size(); ++e) u[e] -= b[e];
+      changes[i].push_back(u);
+    }
+    if ((k + 1) % kPeriod != 0) continue;
+    const double expected = std::max(1.0 - naive_coherence(changes), sync_rate);
+    const double rate = scout.last_sync_rate();
+    expect_close_scalar(rate, expected, "sync rate at step " + std::to_string(k + 1), 1e-10);
+    EXPECT_GE(rate, sync_rate);
+    EXPECT_LE(rate, 1.0);
+    // The sync used that rate.
+    for (size_t i = 0; i < f.params.size(); ++i) {
+      ASSERT_FALSE(torch::isnan(f.params[i]).any().item<bool>());
+      torch::NoGradGuard no_grad;
+      f.mirror[i].copy_(f.params[i]);
+      changes[i].clear();
+    }
+  }
+  if (std::find(moving.begin(), moving.end(), true) == moving.end()) {
+    // Nothing moved: coherence 0, rate 1, and the parameters are unchanged.
+    EXPECT_EQ(scout.last_sync_rate(), 1.0);
+  }
+}
+
+TEST(Scout, RateMatchesNaiveComputation) { scout_rate({true, true}, 0.2); }
+TEST(Scout, RateAtLeastSyncRate) { scout_rate({true, true}, 0.9); }
+TEST(Scout, StillParameterIsIgnored) { scout_rate({true, false}, 0.1); }
+TEST(Scout, NothingMovesGivesRateOne) { scout_rate({false, false}, 0.3); }
+
+// The sync itself uses the rate: slow + rate * (fast - slow).
+TEST(Scout, SyncUsesTheRate) {
+  constexpr int kPeriod = 3;
+  Fixture f(kPeriod, 42);
+  const auto slow0 = clones(f.params);
+  ho::Scout scout(make_lamb(f.params), ho::ScoutOptions().sync_rate(0.1).sync_period(kPeriod));
+  auto plain = make_lamb(f.mirror);
+  for (int k = 0; k < kPeriod; ++k) {
+    f.set_grads(k, f.params);
+    f.set_grads(k, f.mirror);
+    scout.step();
+    plain->step();
+  }
+  const double rate = scout.last_sync_rate();
+  ASSERT_GE(rate, 0.1);
+  ASSERT_LE(rate, 1.0);
+  for (size_t i = 0; i < f.params.size(); ++i) {
+    auto expected = to_vec(slow0[i]);
+    const auto fast = to_vec(f.mirror[i]);
+    for (size_t e = 0; e < expected.size(); ++e) expected[e] += rate * (fast[e] - expected[e]);
+    expect_close(f.params[i], expected, "param " + std::to_string(i), 1e-12);
+    EXPECT_TRUE(torch::equal(f.params[i], scout.slow_params()[0][i]));
+  }
+}
+
+}  // namespace
+}  // namespace holocron_test
