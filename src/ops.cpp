@@ -17,7 +17,13 @@ using at::TensorList;
 
 F::ScaleClip clip_of(double low, double high) { return {low, high}; }
 
-std::vector<double> lars(TensorList params, TensorList grads, TensorList momentum_buffers,
+// Per-tensor trust ratios come back as a new float64 tensor: torch.compile's
+// functionalization accepts mutable operators that return fresh tensors, not lists of floats.
+at::Tensor as_tensor(const std::vector<double>& values) {
+  return at::tensor(c10::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble));
+}
+
+at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers,
                          const c10::List<bool>& buffer_is_new, double lr, double momentum,
                          double dampening, double weight_decay, bool nesterov,
                          c10::ArrayRef<double> scale_clip) {
@@ -27,25 +33,26 @@ std::vector<double> lars(TensorList params, TensorList grads, TensorList momentu
   if (!scale_clip.empty()) clip = clip_of(scale_clip[0], scale_clip[1]);
   std::unique_ptr<bool[]> flags(new bool[buffer_is_new.size()]());
   for (size_t i = 0; i < buffer_is_new.size(); ++i) flags[i] = buffer_is_new.get(i);
-  return F::lars_(params, grads, momentum_buffers,
-                  c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
-                  {lr, momentum, dampening, weight_decay, nesterov, clip});
+  return as_tensor(F::lars_(params, grads, momentum_buffers,
+                            c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
+                            {lr, momentum, dampening, weight_decay, nesterov, clip}));
 }
 
-std::vector<double> lamb(TensorList params, TensorList grads, TensorList exp_avgs,
+at::Tensor lamb(TensorList params, TensorList grads, TensorList exp_avgs,
                          TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
                          double weight_decay, double clip_low, double clip_high) {
-  return F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
-                  {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)});
+  return as_tensor(F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
+                            {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)}));
 }
 
-std::vector<double> ralars(TensorList params, TensorList grads, TensorList exp_avgs,
+at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
                            TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
                            double beta2, double eps, double weight_decay,
-                           bool force_adaptive_momentum, double clip_low, double clip_high) {
-  return F::ralars_(params, grads, exp_avgs, exp_avg_sqs, steps,
-                    {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
-                     clip_of(clip_low, clip_high)});
+                           bool force_adaptive_momentum, double clip_low, double clip_high,
+                           std::optional<double> sma_inf) {
+  return as_tensor(F::ralars_(params, grads, exp_avgs, exp_avg_sqs, steps,
+                              {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
+                               clip_of(clip_low, clip_high), sma_inf}));
 }
 
 // The reference keeps TAdam's moment weight as a one-element tensor (W_t).
@@ -115,16 +122,16 @@ TORCH_LIBRARY(holocron, m) {
   m.def(
       "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
-      "bool nesterov, float[] scale_clip) -> float[]");
+      "bool nesterov, float[] scale_clip) -> Tensor");
   m.def(
       "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, float clip_low, float clip_high) -> float[]");
+      "float weight_decay, float clip_low, float clip_high) -> Tensor");
   m.def(
       "ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high) "
-      "-> float[]");
+      "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
+      "float? sma_inf=None) -> Tensor");
   m.def(
       "tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
@@ -169,6 +176,48 @@ TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {
   m.impl("lookahead_sync_", &lookahead_sync);
   m.impl("scout_accumulate_", &scout_accumulate);
   m.impl("scout_coherence", &scout_coherence);
+}
+
+// Meta kernels: shapes never change and nothing is returned but per-tensor
+// scalars, so fake-tensor tracing (torch.compile, opcheck) needs no math.
+namespace {
+
+template <typename... Args>
+void no_op(Args...) {}
+
+at::Tensor unit_ratios(TensorList params) {
+  return at::empty({static_cast<int64_t>(params.size())},
+                   at::TensorOptions().dtype(at::kDouble).device(at::kMeta));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(holocron, Meta, m) {
+  m.impl("lars_", [](TensorList params, TensorList, TensorList, const c10::List<bool>&, double,
+                     double, double, double, bool, c10::ArrayRef<double>) { return unit_ratios(params); });
+  m.impl("lamb_", [](TensorList params, TensorList, TensorList, TensorList, double, double, double,
+                     double, double, double, double) { return unit_ratios(params); });
+  m.impl("ralars_", [](TensorList params, TensorList, TensorList, TensorList, c10::IntArrayRef,
+                       double, double, double, double, double, bool, double, double,
+                       std::optional<double>) { return unit_ratios(params); });
+  m.impl("tadam_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
+                          c10::IntArrayRef, double, double, double, double, double, bool,
+                          std::optional<double>>);
+  m.impl("adabelief_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
+                              c10::IntArrayRef, double, double, double, double, double, bool>);
+  m.impl("adamp_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
+                          c10::IntArrayRef, double, double, double, double, double, bool, double>);
+  m.impl("adan_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
+                         TensorList, c10::IntArrayRef, double, double, double, double, double,
+                         double, bool>);
+  m.impl("ademamix_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
+                             c10::IntArrayRef, double, double, double, double, double, double,
+                             double>);
+  m.impl("lookahead_sync_", &no_op<TensorList, TensorList, double>);
+  m.impl("scout_accumulate_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
+                                     TensorList, int64_t>);
+  m.impl("scout_coherence", [](TensorList, TensorList, TensorList, TensorList, TensorList,
+                               int64_t) { return 0.0; });
 }
 
 }  // namespace holocron::optim::ops

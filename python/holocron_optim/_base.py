@@ -50,8 +50,19 @@ class FusedStep:
             self.param_groups.pop()
             raise
 
+    # Settings the reference keeps as attributes rather than in param_groups;
+    # torch.optim.Optimizer would not pickle (or deepcopy) them.
+    _settings: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.update({key: getattr(self, key) for key in self._settings})
+        return state
+
     def _check_buffers(self, p: torch.Tensor, state: dict[str, Any], keys: list[str]) -> None:
         name = type(self).__name__
+        if "step" in state and step_count(state["step"]) < 0:
+            raise RuntimeError(f"{name}: state 'step' is {state['step']}; counters cannot be negative")
         for key in keys:
             buffer = state.get(key)
             if buffer is None:
@@ -72,8 +83,7 @@ class FusedStep:
         name = type(self).__name__
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
-            if len(self.param_groups) > 1:  # type: ignore[attr-defined]
-                self._apply(group, [], [], [])
+            self._apply(group, [], [], [])  # the group's options, before any state is made
             keys = self._buffers(group)
             params, grads = [], []
             for p in group["params"]:
@@ -143,6 +153,8 @@ class FusedStep:
             p = by_id.get(key)
             if p is None:
                 raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")
+            if "step" in state and step_count(state["step"]) < 0:
+                raise ValueError(f"{name}: state 'step' of parameter {key} is negative ({state['step']})")
             for buffer_name in (k for k in self._all_buffers if k in state):
                 buffer = state[buffer_name]
                 if not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape or buffer.dtype != p.dtype:

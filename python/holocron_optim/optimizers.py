@@ -45,6 +45,7 @@ class LARS(FusedStep, Optimizer):
     modified."""
 
     _all_buffers = ("momentum_buffer",)
+    _settings = ("scale_clip",)
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class LAMB(FusedStep, Optimizer):
     """LAMB. `scale_clip` bounds ||p|| in the trust ratio; None means (0, 10)."""
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
+    _settings = ("scale_clip",)
 
     def __init__(
         self,
@@ -137,7 +139,7 @@ class LAMB(FusedStep, Optimizer):
             params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), *self.scale_clip,
-        )
+        ).tolist()
         self._store_steps(states, self._advance_steps(states))
         for p, state, local_lr in zip(params, states, local_lrs):
             state["local_lr"] = _local_lr_value(p, local_lr)
@@ -147,6 +149,7 @@ class RaLars(FusedStep, Optimizer):
     """Rectified Adam with LARS trust ratios. `scale_clip`: None means (0, 10)."""
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
+    _settings = ("force_adaptive_momentum", "scale_clip")
 
     def __init__(
         self,
@@ -178,7 +181,8 @@ class RaLars(FusedStep, Optimizer):
             params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
-        )
+            None if group.get("sma_inf") is None else float(group["sma_inf"]),
+        ).tolist()
         self._store_steps(states, steps)
         for p, state, local_lr in zip(params, states, local_lrs):
             state["local_lr"] = _local_lr_value(p, local_lr)
@@ -293,6 +297,8 @@ class AdaBelief(_AdamLike):
 
 class AdamP(_AdamLike):
     """AdamP: Adam that removes the radial part of updates of scale-invariant weights."""
+
+    _settings = ("delta",)
 
     def __init__(
         self,

@@ -24,15 +24,19 @@ __all__ = ["Lookahead", "Scout"]
 _SCOUT_STATS = ("prev", "mean", "m2", "max", "min")
 
 
+def _check_sync_options(sync_rate: Any, sync_period: Any) -> None:
+    if isinstance(sync_rate, bool) or not isinstance(sync_rate, (int, float)) or not 0 <= sync_rate <= 1:
+        raise ValueError(f"expected positive float lower than 1 as sync_rate, received: {sync_rate}")
+    if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+        raise ValueError(f"expected positive integer as sync_period, received: {sync_period}")
+
+
 class Lookahead(Optimizer):
     """Lookahead: every `sync_period` base steps, slow weights move `sync_rate`
     of the way to the fast ones, and the fast weights restart from them."""
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
-        if isinstance(sync_rate, bool) or not isinstance(sync_rate, (int, float)) or not 0 <= sync_rate <= 1:
-            raise ValueError(f"expected positive float lower than 1 as sync_rate, received: {sync_rate}")
-        if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
-            raise ValueError(f"expected positive integer as sync_period, received: {sync_period}")
+        _check_sync_options(sync_rate, sync_period)
         # torch.optim.Optimizer's bookkeeping, without its param-group handling.
         self.defaults = {"sync_rate": sync_rate, "sync_period": sync_period}
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -51,10 +55,14 @@ class Lookahead(Optimizer):
     # torch.optim.Optimizer pickles only defaults/state/param_groups; the
     # wrapper's groups live in its base, so it pickles its whole dict.
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        state = dict(self.__dict__)
+        # An LR scheduler patches `step` on the instance, bound to this object.
+        state.pop("step", None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._patch_step_function()
 
     # The wrapper's groups are the base's: schedulers and users setting
     # group["lr"] on the wrapper set the base's lr.
@@ -118,12 +126,14 @@ class Lookahead(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The reference's layout (state, param_groups, base_state_dict), plus
         the slow weights and the step counter."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         param_groups, index = [], 0
         for group in self.param_groups:
             ids = list(range(index, index + len(group["params"])))
             index += len(ids)
             param_groups.append({"lr": group["lr"], "params": ids})
-        return {
+        state_dict = {
             "state": {},
             "param_groups": param_groups,
             "base_state_dict": self.base_optimizer.state_dict(),
@@ -133,6 +143,11 @@ class Lookahead(Optimizer):
             "slow_params": [p.clone() for p in self._flat_slow()],
             **self._extra_state(),
         }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -152,6 +167,11 @@ class Lookahead(Optimizer):
         from the current parameters, as the reference would); checks
         everything before changing anything."""
         self._mirror_new_groups()
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         name = type(self).__name__
         saved_groups = state_dict.get("param_groups", [])
         if len(saved_groups) != len(self.param_groups) or any(
@@ -169,7 +189,10 @@ class Lookahead(Optimizer):
         sync_rate = state_dict.get("sync_rate", self.defaults["sync_rate"])
         # A reference checkpoint has neither slow weights nor a counter: the
         # period restarts from the current weights.
-        fast_steps = int(state_dict.get("fast_steps", 0)) if slow is not None else 0
+        fast_steps = state_dict.get("fast_steps", 0) if slow is not None else 0
+        _check_sync_options(sync_rate, sync_period)
+        if isinstance(fast_steps, bool) or not isinstance(fast_steps, int) or fast_steps < 0:
+            raise ValueError(f"{name}: 'fast_steps' must be an integer >= 0, got {fast_steps!r}")
 
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
         for group, saved in zip(self.param_groups, saved_groups):
@@ -188,6 +211,8 @@ class Lookahead(Optimizer):
         self.defaults["sync_period"] = sync_period
         self.defaults["sync_rate"] = sync_rate
         commit_extra()
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         return lambda: None

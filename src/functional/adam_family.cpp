@@ -11,7 +11,7 @@ using namespace detail;
 
 void check(const TAdamHyper& h) {
   check_adam_like("TAdam", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
-  if (h.dof) check_hyper("TAdam", "dof", *h.dof, 0.0, false, INFINITY, false);
+  if (h.dof) check_non_negative("TAdam", "dof", *h.dof);
 }
 
 void check(const AdaBeliefHyper& h) {
@@ -64,7 +64,9 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     const double w = (dof + numel) / (dof + mahalanobis);
     double& W = moment_weights[i];
     m.mul_(W / (W + w)).add_(g, w / (W + w));
-    W = W * (2.0 * h.beta1 - 1.0) / h.beta1 + w;
+    // The reference keeps W_t in the parameter's dtype; so do we, so that both
+    // fronts (tensor W_t in Python, double in C++) follow the same values.
+    W = round_to_dtype(W * (2.0 * h.beta1 - 1.0) / h.beta1 + w, params[i].scalar_type());
 
     v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
     at::Tensor running_max;

@@ -113,6 +113,17 @@ inline at::Tensor adam_denominator(const at::Tensor& second_moment, at::Tensor* 
   return source->sqrt().div_(std::sqrt(bias_correction)).add_(eps);
 }
 
+// `value` as the nearest number representable in `dtype`.
+inline double round_to_dtype(double value, at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return static_cast<double>(static_cast<float>(value));
+    case at::kHalf: return static_cast<double>(static_cast<float>(c10::Half(static_cast<float>(value))));
+    case at::kBFloat16:
+      return static_cast<double>(static_cast<float>(c10::BFloat16(static_cast<float>(value))));
+    default: return value;
+  }
+}
+
 inline double bias_correction(double beta, int64_t step) {
   return 1.0 - std::pow(beta, static_cast<double>(step));
 }

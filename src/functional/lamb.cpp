@@ -42,6 +42,7 @@ void check(const LambHyper& h) {
 
 void check(const RaLarsHyper& h) {
   check_lamb_family("RaLars", h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.scale_clip);
+  if (h.sma_inf) check_hyper("RaLars", "sma_inf", *h.sma_inf, -INFINITY, false, INFINITY, false);
 }
 
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -71,7 +72,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check(h);
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
-  const double sma_inf = 2.0 / (1.0 - h.beta2) - 1.0;
+  const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
   std::vector<double> local_lrs(params.size(), 1.0);
   for (size_t i = 0; i < params.size(); ++i) {
     // An empty tensor has nothing to update (and no norm or cosine to take).

@@ -128,7 +128,7 @@ RaLarsOptions::RaLarsOptions(double lr) : lr_(lr) {}
 
 functional::RaLarsHyper RaLarsOptions::hyper() const {
   return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(),
-          force_adaptive_momentum(), clip_or_default(scale_clip())};
+          force_adaptive_momentum(), clip_or_default(scale_clip()), std::nullopt};
 }
 
 RaLars::RaLars(const std::vector<OptimizerParamGroup>& param_groups, RaLarsOptions defaults)

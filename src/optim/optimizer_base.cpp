@@ -133,7 +133,11 @@ void OptimizerBase::add_param_group(const torch::optim::OptimizerParamGroup& par
 void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& state,
                                      const torch::Tensor& param, size_t group_index,
                                      size_t param_index) const {
-  visit_tensors(state, [&](const char* buffer, const torch::Tensor& t) {
+  const auto check_counter = [&](const char* counter, int64_t value) {
+    TORCH_CHECK(value >= 0, name(), ": state '", counter, "' of parameter ", param_index,
+                " in group ", group_index, " is ", value, "; counters cannot be negative");
+  };
+  visit_fields(state, [&](const char* buffer, const torch::Tensor& t) {
     TORCH_CHECK(t.sizes().equals(param.sizes()),
                 name(), ": state '", buffer, "' of parameter ", param_index, " in group ",
                 group_index, " has shape ", t.sizes(), " but the parameter has shape ",
@@ -144,7 +148,7 @@ void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& st
     TORCH_CHECK(t.device() == param.device(), name(), ": state '", buffer, "' of parameter ",
                 param_index, " in group ", group_index, " is on ", t.device(),
                 " but the parameter is on ", param.device());
-  });
+  }, check_counter);
 }
 
 torch::Tensor OptimizerBase::step(LossClosure closure) {
@@ -275,9 +279,13 @@ void OptimizerBase::load(torch::serialize::InputArchive& archive) {
       auto state = make_state();
       state->serialize(state_archive);
       // Buffers come back on the CPU; they live beside their parameter.
-      visit_tensors(*state, [&](const char*, const torch::Tensor& t) {
-        const_cast<torch::Tensor&>(t) = t.to(p.device());
-      });
+      visit_fields(
+          *state,
+          [&](const char*, const torch::Tensor& t) {
+            // A freshly read state owns its tensors: move them in place.
+            const_cast<torch::Tensor&>(t) = t.to(p.device());
+          },
+          [](const char*, int64_t) {});
       check_state_fits(*state, p, gi, pi);
       group_states.push_back(std::move(state));
     }

@@ -55,7 +55,7 @@ Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOpt
 Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOptions options,
                      const char* name)
     : torch::optim::Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
-                              std::make_unique<detail::BaseGroupOptions>(base.get(), 0)),
+                              std::make_unique<detail::BaseGroupOptions>(base, 0)),
       base_(std::move(base)),
       options_(options),
       name_(name) {
@@ -67,9 +67,19 @@ Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOpt
 
 void Lookahead::mirror_new_base_groups() {
   const auto& base_groups = base_->param_groups();
+  // Groups added through torch::optim::Optimizer::add_param_group (not
+  // virtual) reach only one of the two optimizers.
+  TORCH_CHECK(param_groups_.size() == slow_.size() && slow_.size() <= base_groups.size(), name_,
+              ": the wrapper has ", param_groups_.size(), " parameter groups and the base ",
+              base_groups.size(), "; add groups with ", name_, "::add_param_group");
+  for (size_t gi = 0; gi < slow_.size(); ++gi) {
+    TORCH_CHECK(base_groups[gi].params().size() == slow_[gi].size() &&
+                    param_groups_[gi].params().size() == slow_[gi].size(),
+                name_, ": parameter group ", gi, " changed size after it was wrapped");
+  }
   for (size_t gi = param_groups_.size(); gi < base_groups.size(); ++gi) {
     param_groups_.emplace_back(base_groups[gi].params(),
-                               std::make_unique<detail::BaseGroupOptions>(base_.get(), gi));
+                               std::make_unique<detail::BaseGroupOptions>(base_, gi));
     auto& slow = slow_.emplace_back();
     for (const auto& p : base_groups[gi].params()) slow.push_back(p.detach().clone());
     add_group_state(gi);
@@ -77,8 +87,12 @@ void Lookahead::mirror_new_base_groups() {
 }
 
 void Lookahead::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
+  mirror_new_base_groups();
+  // The base function is not virtual: reach the override of a holocron base.
   if (auto* ours = dynamic_cast<OptimizerBase*>(base_.get())) {
     ours->add_param_group(param_group);
+  } else if (auto* wrapper = dynamic_cast<Lookahead*>(base_.get())) {
+    wrapper->add_param_group(param_group);
   } else {
     base_->add_param_group(param_group);
   }

@@ -201,5 +201,26 @@ TYPED_TEST(Checkpoint, MismatchedCheckpointChangesNothing) {
   }
 }
 
+
+TEST(CheckpointCounters, NegativeStepIsRefusedOnLoad) {
+  auto p = torch::randn({4}, torch::kDouble).requires_grad_();
+  ho::AdamP opt({p}, ho::AdamPOptions(0.1));
+  p.mutable_grad() = torch::ones_like(p);
+  opt.step();
+  auto& state = static_cast<ho::AdamPParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
+  state.step(-1);
+  std::stringstream stream;
+  torch::save(opt, stream);
+  // A corrupt counter is also refused by the step, before anything changes.
+  const auto before = p.detach().clone();
+  EXPECT_THROW(opt.step(), c10::Error);
+  EXPECT_TRUE(torch::equal(p, before));
+
+  auto fresh_p = p.detach().clone().requires_grad_();
+  ho::AdamP fresh({fresh_p}, ho::AdamPOptions(0.1));
+  EXPECT_THROW(torch::load(fresh, stream), c10::Error);
+  EXPECT_TRUE(fresh.state().empty());
+}
+
 }  // namespace
 }  // namespace holocron_test

@@ -430,5 +430,48 @@ TEST(Scout, SyncUsesTheRate) {
   }
 }
 
+
+TEST(Lookahead, GroupCopiesOutliveTheWrapper) {
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  std::unique_ptr<std::vector<OptimizerParamGroup>> copies;
+  {
+    ho::Lookahead wrapper(make_adam({p}));
+    copies = std::make_unique<std::vector<OptimizerParamGroup>>(wrapper.param_groups());
+    wrapper.param_groups()[0].options().set_lr(0.25);
+  }
+  // The copied options still reach the base optimizer, kept alive by them.
+  EXPECT_EQ((*copies)[0].options().get_lr(), 0.25);
+}
+
+TEST(Lookahead, GroupAddedBehindItsBackFailsBeforeTheBaseSteps) {
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  auto q = torch::randn({2}, torch::kDouble).requires_grad_();
+  auto base = make_adam({p});
+  ho::Lookahead wrapper(base);
+  // torch::optim::Optimizer::add_param_group is not virtual: only the wrapper gets the group.
+  static_cast<torch::optim::Optimizer&>(wrapper).add_param_group(OptimizerParamGroup({q}));
+  p.mutable_grad() = torch::ones_like(p);
+  const auto before = p.detach().clone();
+  EXPECT_THROW(wrapper.step(), c10::Error);
+  EXPECT_TRUE(torch::equal(p, before));
+}
+
+TEST(Lookahead, WrapperOfWrapperAddsGroupsToTheInnermostBase) {
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  auto q = torch::randn({2}, torch::kDouble).requires_grad_();
+  auto lamb = std::make_shared<ho::LAMB>(std::vector<torch::Tensor>{p}, ho::LAMBOptions(0.1));
+  auto inner = std::make_shared<ho::Lookahead>(lamb);
+  ho::Scout outer(inner);
+  outer.add_param_group(OptimizerParamGroup({q}, std::make_unique<ho::LAMBOptions>(0.01)));
+  ASSERT_EQ(lamb->param_groups().size(), 2U);
+  EXPECT_EQ(lamb->param_groups()[1].options().get_lr(), 0.01);
+  EXPECT_EQ(outer.param_groups()[1].options().get_lr(), 0.01);
+  p.mutable_grad() = torch::ones_like(p);
+  q.mutable_grad() = torch::ones_like(q);
+  for (int i = 0; i < 7; ++i) outer.step();
+  EXPECT_EQ(outer.fast_steps(), 7);
+  EXPECT_EQ(inner->fast_steps(), 7);
+}
+
 }  // namespace
 }  // namespace holocron_test

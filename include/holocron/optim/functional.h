@@ -56,6 +56,9 @@ struct RaLarsHyper {
   double weight_decay;
   bool force_adaptive_momentum;
   ScaleClip scale_clip;
+  // Maximum length of the approximated SMA; none: 2 / (1 - beta2) - 1. The
+  // reference fixes it in the group on its first step.
+  std::optional<double> sma_inf = std::nullopt;
 };
 
 std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_avgs,

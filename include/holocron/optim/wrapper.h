@@ -29,13 +29,14 @@ namespace detail {
 // A wrapper group's options: its lr is the base group's lr.
 class BaseGroupOptions : public torch::optim::OptimizerCloneableOptions<BaseGroupOptions> {
  public:
-  BaseGroupOptions(torch::optim::Optimizer* base, size_t group_index)
-      : base_(base), group_index_(group_index) {}
+  BaseGroupOptions(std::shared_ptr<torch::optim::Optimizer> base, size_t group_index)
+      : base_(std::move(base)), group_index_(group_index) {}
   double get_lr() const override;
   void set_lr(const double lr) override;
 
  private:
-  torch::optim::Optimizer* base_;
+  // Shared: copies of a wrapper's groups may outlive the wrapper.
+  std::shared_ptr<torch::optim::Optimizer> base_;
   size_t group_index_;
 };
 
@@ -87,7 +88,8 @@ class Lookahead : public torch::optim::Optimizer {
 
   std::vector<torch::Tensor> fast_params() const;
   std::vector<torch::Tensor> flat_slow_params() const;
-  // Gives each base group not yet mirrored a wrapper group and slow copies.
+  // Gives each base group not yet mirrored a wrapper group and slow copies,
+  // and checks that the groups already mirrored still match the base's.
   void mirror_new_base_groups();
 
  private:

@@ -58,12 +58,15 @@ struct FieldReader {
   void operator()(const char* name, dof_t& v) const;
 };
 
-// Calls `fn(name, tensor)` on each defined tensor field.
-struct TensorFieldVisitor {
-  const std::function<void(const char*, const torch::Tensor&)>& fn;
+// Calls `on_tensor(name, tensor)` on each defined tensor field and
+// `on_counter(name, value)` on each integer field (step counters).
+struct StateFieldVisitor {
+  const std::function<void(const char*, const torch::Tensor&)>& on_tensor;
+  const std::function<void(const char*, int64_t)>& on_counter;
   void operator()(const char* name, const torch::Tensor& t) const {
-    if (t.defined()) fn(name, t);
+    if (t.defined()) on_tensor(name, t);
   }
+  void operator()(const char* name, int64_t v) const { on_counter(name, v); }
   template <typename T>
   void operator()(const char*, const T&) const {}
 };
@@ -122,9 +125,9 @@ class OptimizerBase : public torch::optim::Optimizer {
   virtual void check_options(const torch::optim::OptimizerOptions& options) const = 0;
   virtual std::unique_ptr<torch::optim::OptimizerOptions> make_options() const = 0;
   virtual std::unique_ptr<torch::optim::OptimizerParamState> make_state() const = 0;
-  virtual void visit_tensors(
-      const torch::optim::OptimizerParamState& state,
-      const std::function<void(const char*, const torch::Tensor&)>& fn) const = 0;
+  virtual void visit_fields(const torch::optim::OptimizerParamState& state,
+                            const std::function<void(const char*, const torch::Tensor&)>& on_tensor,
+                            const std::function<void(const char*, int64_t)>& on_counter) const = 0;
   // Creates the buffers a parameter needs under these options and lacks.
   virtual void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                              const torch::optim::OptimizerOptions& options) const = 0;
@@ -173,10 +176,10 @@ class Algorithm : public OptimizerBase {
   std::unique_ptr<torch::optim::OptimizerParamState> make_state() const override {
     return std::make_unique<State>();
   }
-  void visit_tensors(
-      const torch::optim::OptimizerParamState& state,
-      const std::function<void(const char*, const torch::Tensor&)>& fn) const override {
-    TensorFieldVisitor visitor{fn};
+  void visit_fields(const torch::optim::OptimizerParamState& state,
+                    const std::function<void(const char*, const torch::Tensor&)>& on_tensor,
+                    const std::function<void(const char*, int64_t)>& on_counter) const override {
+    StateFieldVisitor visitor{on_tensor, on_counter};
     State::fields(static_cast<const State&>(state), visitor);
   }
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,

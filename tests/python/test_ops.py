@@ -1,0 +1,72 @@
+"""The torch.ops.holocron operators: schemas, alias annotations and fake
+kernels are honest (torch.library.opcheck), and they refuse bad lists."""
+
+import pytest
+import torch
+
+from holocron_optim._library import ops
+
+SHAPES = [(3, 4), (5,), ()]
+
+
+def _tensors(dtype=torch.float64):
+    torch.manual_seed(0)
+    return [torch.randn(s, dtype=dtype) for s in SHAPES]
+
+
+def _zeros(like):
+    return [torch.zeros_like(t) for t in like]
+
+
+def _cases():
+    p = _tensors()
+    g = [torch.randn_like(t) for t in p]
+    steps = [3] * len(p)
+    w_t = [torch.full((1,), 9.0, dtype=torch.float64) for _ in p]
+    return {
+        "lars_": (p, g, _zeros(p), [True] * len(p), 0.1, 0.9, 0.0, 0.01, True, [0.0, 5.0]),
+        "lamb_": (p, g, _zeros(p), _zeros(p), 0.01, 0.9, 0.999, 1e-8, 0.01, 0.0, 10.0),
+        "ralars_": (p, g, _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 1e-8, 0.0, True, 0.0, 10.0, None),
+        "tadam_": (p, g, _zeros(p), _zeros(p), _zeros(p), w_t, steps, 0.01, 0.9, 0.999, 1e-8, 0.0, True, None),
+        "adabelief_": (p, g, _zeros(p), _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 1e-8, 0.0, True),
+        "adamp_": (p, g, _zeros(p), _zeros(p), [], steps, 0.01, 0.9, 0.999, 1e-8, 0.0, False, 0.1),
+        "adan_": (p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], steps, 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False),
+        "ademamix_": (p, g, _zeros(p), _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 0.9999, 5.0, 1e-8, 0.0),
+        "lookahead_sync_": (p, [t.clone() for t in p], 0.5),
+        "scout_accumulate_": (p, *[_zeros(p) for _ in range(5)], 2),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_cases()))
+def test_opcheck(name):
+    torch.library.opcheck(getattr(ops, name).default, _cases()[name])
+
+
+def test_trust_ratios_come_back_per_tensor():
+    p = _tensors()
+    g = [torch.randn_like(t) for t in p]
+    ratios = ops.lamb_(p, g, _zeros(p), _zeros(p), 0.01, 0.9, 0.999, 1e-8, 0.0, 0.0, 10.0)
+    assert ratios.dtype == torch.float64 and ratios.shape == (len(p),)
+
+
+def test_mismatched_lists_are_refused_before_any_write():
+    p = _tensors()
+    before = [t.clone() for t in p]
+    g = [torch.randn_like(t) for t in p]
+    bad = _zeros(p)
+    bad[-1] = torch.zeros(7, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="exp_avg_sqs"):
+        ops.adabelief_(p, g, _zeros(p), bad, [], [1] * len(p), 0.01, 0.9, 0.999, 1e-8, 0.0, False)
+    assert all(torch.equal(a, b) for a, b in zip(p, before))
+    with pytest.raises(RuntimeError, match="steps"):
+        ops.adabelief_(p, g, _zeros(p), _zeros(p), [], [0] * len(p), 0.01, 0.9, 0.999, 1e-8, 0.0, False)
+    assert all(torch.equal(a, b) for a, b in zip(p, before))
+
+
+def test_bad_hyper_parameters_raise_value_error_naming_them():
+    with pytest.raises(ValueError, match="lr"):
+        ops.lamb_([], [], [], [], float("nan"), 0.9, 0.999, 1e-8, 0.0, 0.0, 10.0)
+    with pytest.raises(ValueError, match=r"betas\[2\]"):
+        ops.adan_([], [], [], [], [], [], [], [], 0.01, 0.9, 0.9, 1.0, 1e-8, 0.0, False)
+    with pytest.raises(ValueError, match="sync_rate"):
+        ops.lookahead_sync_([], [], 1.5)
