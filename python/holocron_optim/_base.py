@@ -11,6 +11,8 @@ import torch
 
 def check_finite(name: str, value: Any) -> None:
     """ValueError for non-numbers and nan/inf, which the ops' range checks would also refuse."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()  # torch.optim accepts a tensor lr
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"Invalid {name} value: {value}")
 

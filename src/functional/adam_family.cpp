@@ -69,9 +69,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     W = round_to_dtype(W * (2.0 * h.beta1 - 1.0) / h.beta1 + w, params[i].scalar_type());
 
     v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    at::Tensor running_max;
-    if (h.amsgrad) running_max = scope.inout(max_exp_avg_sqs[i]);
-    auto denom = adam_denominator(v, h.amsgrad ? &running_max : nullptr,
+    auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
                                   bias_correction(h.beta2, steps[i]), h.eps);
     p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
     scope.commit();
@@ -98,9 +96,7 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
     m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
     auto residual = g - m;
     s.mul_(h.beta2).addcmul_(residual, residual, 1.0 - h.beta2);
-    at::Tensor running_max;
-    if (h.amsgrad) running_max = scope.inout(max_exp_avg_sqs[i]);
-    auto denom = adam_denominator(s, h.amsgrad ? &running_max : nullptr,
+    auto denom = adam_denominator(scope, s, h.amsgrad, max_exp_avg_sqs, i,
                                   bias_correction(h.beta2, steps[i]), h.eps);
     p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
     scope.commit();
@@ -124,9 +120,7 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     auto v = scope.inout(exp_avg_sqs[i]);
     m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
     v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    at::Tensor running_max;
-    if (h.amsgrad) running_max = scope.inout(max_exp_avg_sqs[i]);
-    auto denom = adam_denominator(v, h.amsgrad ? &running_max : nullptr,
+    auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
                                   bias_correction(h.beta2, steps[i]), h.eps);
     auto q = (m / bias_correction(h.beta1, steps[i])).div_(denom);
 
@@ -175,9 +169,7 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
     n.mul_(h.beta3).addcmul_(corrected, corrected, 1.0 - h.beta3);
     prev.copy_(g);
 
-    at::Tensor running_max;
-    if (h.amsgrad) running_max = scope.inout(max_exp_avg_deltas[i]);
-    auto denom = adam_denominator(n, h.amsgrad ? &running_max : nullptr,
+    auto denom = adam_denominator(scope, n, h.amsgrad, max_exp_avg_deltas, i,
                                   bias_correction(h.beta3, steps[i]), h.eps);
     auto direction = (m / bias_correction(h.beta1, steps[i]))
                          .add_(v, h.beta2 / bias_correction(h.beta2, steps[i]))
@@ -208,7 +200,7 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
     m1.mul_(h.beta1).add_(g, 1.0 - h.beta1);
     nu.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
     m2.mul_(h.beta3).add_(g, 1.0 - h.beta3);
-    auto denom = adam_denominator(nu, nullptr, bias_correction(h.beta2, steps[i]), h.eps);
+    auto denom = adam_denominator(scope, nu, false, {}, i, bias_correction(h.beta2, steps[i]), h.eps);
     auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, h.alpha);
     p.addcdiv_(numerator, denom, -h.lr);
     scope.commit();

@@ -101,16 +101,17 @@ inline void check_adam_like(const char* name, double lr, std::initializer_list<d
   check_non_negative(name, "weight_decay", weight_decay);
 }
 
-// sqrt(v or running max of v) / sqrt(bias_correction) + eps, as a new tensor.
-// With amsgrad the running max is advanced first.
-inline at::Tensor adam_denominator(const at::Tensor& second_moment, at::Tensor* running_max,
+// sqrt(v or its running max) / sqrt(bias_correction) + eps, as a new tensor.
+// With amsgrad, parameter i's running max (in `running_maxes`) is advanced first.
+inline at::Tensor adam_denominator(ComputeScope& scope, const at::Tensor& second_moment,
+                                   bool amsgrad, TensorList running_maxes, size_t i,
                                    double bias_correction, double eps) {
-  const at::Tensor* source = &second_moment;
-  if (running_max != nullptr) {
-    at::maximum_out(*running_max, *running_max, second_moment);
-    source = running_max;
+  at::Tensor source = second_moment;
+  if (amsgrad) {
+    source = scope.inout(running_maxes[i]);
+    at::maximum_out(source, source, second_moment);
   }
-  return source->sqrt().div_(std::sqrt(bias_correction)).add_(eps);
+  return source.sqrt().div_(std::sqrt(bias_correction)).add_(eps);
 }
 
 // `value` as the nearest number representable in `dtype`.
