@@ -194,10 +194,9 @@ class Lookahead(Optimizer):
         if isinstance(fast_steps, bool) or not isinstance(fast_steps, int) or fast_steps < 0:
             raise ValueError(f"{name}: 'fast_steps' must be an integer >= 0, got {fast_steps!r}")
 
+        # The base's own groups hold the lr it trained with; the reference's
+        # wrapper-level "lr" may be a scheduler's value that never reached it.
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
-        for group, saved in zip(self.param_groups, saved_groups):
-            if "lr" in saved:
-                group["lr"] = saved["lr"]
         with torch.no_grad():
             source = slow if slow is not None else fast
             self.slow_params, index = [], 0
