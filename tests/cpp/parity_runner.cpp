@@ -3,6 +3,8 @@
 //
 //   holocron_parity_runner ALGO SEED STEPS [name=value ...]
 //
+// ALGO is an algorithm's name, or WRAPPER+ALGO (Lookahead or Scout around
+// it; settings sync_rate and sync_period).
 // Parameters (float64) of shapes kShapes come from torch::randn after
 // torch::manual_seed(SEED), then each step draws one gradient per parameter in
 // order, exactly as the Python test does. Prints the final parameters, one
@@ -41,8 +43,19 @@ ho::scale_clip_t clip_of(const Settings& s) {
   return std::make_tuple(s.at("clip_low"), s.at("clip_high"));
 }
 
-std::unique_ptr<torch::optim::Optimizer> make(const std::string& algo, std::vector<torch::Tensor> p,
+std::shared_ptr<torch::optim::Optimizer> make(const std::string& algo, std::vector<torch::Tensor> p,
                                               const Settings& s) {
+  const auto plus = algo.find('+');
+  if (plus != std::string::npos) {
+    const auto wrapper = algo.substr(0, plus);
+    auto base = make(algo.substr(plus + 1), std::move(p), s);
+    const auto options = ho::LookaheadOptions()
+                             .sync_rate(get(s, "sync_rate", 0.5))
+                             .sync_period(static_cast<int64_t>(get(s, "sync_period", 6)));
+    if (wrapper == "Lookahead") return std::make_shared<ho::Lookahead>(base, options);
+    if (wrapper == "Scout") return std::make_shared<ho::Scout>(base, options);
+    throw std::invalid_argument("unknown wrapper " + wrapper);
+  }
   const double lr = get(s, "lr", 1e-3);
   const double wd = get(s, "weight_decay", 0.0);
   const double eps = get(s, "eps", 1e-8);
@@ -57,7 +70,7 @@ std::unique_ptr<torch::optim::Optimizer> make(const std::string& algo, std::vect
     }
   };
   if (algo == "LARS") {
-    return std::make_unique<ho::LARS>(p, ho::LARSOptions(lr)
+    return std::make_shared<ho::LARS>(p, ho::LARSOptions(lr)
                                              .momentum(get(s, "momentum", 0.0))
                                              .dampening(get(s, "dampening", 0.0))
                                              .weight_decay(wd)
@@ -65,34 +78,34 @@ std::unique_ptr<torch::optim::Optimizer> make(const std::string& algo, std::vect
                                              .scale_clip(clip_of(s)));
   }
   if (algo == "LAMB") {
-    return std::make_unique<ho::LAMB>(
+    return std::make_shared<ho::LAMB>(
         p, with_betas(ho::LAMBOptions(lr)).eps(eps).weight_decay(wd).scale_clip(clip_of(s)));
   }
   if (algo == "RaLars") {
-    return std::make_unique<ho::RaLars>(
+    return std::make_shared<ho::RaLars>(
         p, with_betas(ho::RaLarsOptions(lr)).eps(eps).weight_decay(wd).scale_clip(clip_of(s))
                .force_adaptive_momentum(get(s, "force_adaptive_momentum", 0.0) != 0.0));
   }
   if (algo == "TAdam") {
     ho::dof_t dof;
     if (s.count("dof")) dof = s.at("dof");
-    return std::make_unique<ho::TAdam>(
+    return std::make_shared<ho::TAdam>(
         p, with_betas(ho::TAdamOptions(lr)).eps(eps).weight_decay(wd).amsgrad(amsgrad).dof(dof));
   }
   if (algo == "AdaBelief") {
-    return std::make_unique<ho::AdaBelief>(
+    return std::make_shared<ho::AdaBelief>(
         p, with_betas(ho::AdaBeliefOptions(lr)).eps(eps).weight_decay(wd).amsgrad(amsgrad));
   }
   if (algo == "AdamP") {
-    return std::make_unique<ho::AdamP>(p, with_betas(ho::AdamPOptions(lr)).eps(eps).weight_decay(wd)
+    return std::make_shared<ho::AdamP>(p, with_betas(ho::AdamPOptions(lr)).eps(eps).weight_decay(wd)
                                                .amsgrad(amsgrad).delta(get(s, "delta", 0.1)));
   }
   if (algo == "Adan") {
-    return std::make_unique<ho::Adan>(
+    return std::make_shared<ho::Adan>(
         p, with_betas(ho::AdanOptions(lr)).eps(eps).weight_decay(wd).amsgrad(amsgrad));
   }
   if (algo == "AdEMAMix") {
-    return std::make_unique<ho::AdEMAMix>(
+    return std::make_shared<ho::AdEMAMix>(
         p, with_betas(ho::AdEMAMixOptions(lr)).alpha(get(s, "alpha", 5.0)).eps(eps).weight_decay(wd));
   }
   throw std::invalid_argument("unknown algorithm " + algo);

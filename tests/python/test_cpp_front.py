@@ -37,6 +37,9 @@ pytestmark = pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are n
 def _settings(options):
     flat = []
     for key, value in options.items():
+        if key == "wrapper":
+            flat += [f"{k}={float(v)!r}" for k, v in value.items()]
+            continue
         if key == "betas":
             flat += [f"beta{i + 1}={v!r}" for i, v in enumerate(value)]
         elif key == "scale_clip":
@@ -46,20 +49,25 @@ def _settings(options):
     return flat
 
 
-def _cpp_run(name, seed, options):
-    out = subprocess.run([str(RUNNER), name, str(seed), str(STEPS), *_settings(options)],
+def _cpp_run(name, seed, options, wrapper=None):
+    algo = f"{wrapper}+{name}" if wrapper else name
+    out = subprocess.run([str(RUNNER), algo, str(seed), str(STEPS), *_settings(options)],
                          check=True, capture_output=True, text=True).stdout
     return [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
 
 
-def _reference_run(name, seed, options):
+def _reference_run(name, seed, options, wrapper=None):
     torch.manual_seed(seed)
     params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
+    options = dict(options)
+    wrapper_options = options.pop("wrapper", {})
     if name == "Adan":  # fix 1: the corrected reference
         opt = AdanReference([{"params": params}], **{"betas": (0.98, 0.92, 0.99), **options})
     else:
         ref_options = {k: v for k, v in options.items() if not (name == "LARS" and k == "scale_clip")}
         opt = getattr(reference(), name)(params, **ref_options)
+    if wrapper:
+        opt = getattr(reference(), wrapper)(opt, **wrapper_options)
     for _ in range(STEPS):
         for p in params:
             p.grad = torch.randn(p.shape, dtype=torch.float64)
@@ -83,3 +91,20 @@ def test_cpp_front_comparison_detects_a_wrong_coefficient():
     options["lr"] *= 1.0001
     expected = _reference_run("AdaBelief", 0, options)
     assert not all(torch.allclose(a, b, rtol=1e-9, atol=0) for a, b in zip(ours, expected))
+
+
+@pytest.mark.parametrize(
+    "wrapper,name,sync",
+    [
+        ("Lookahead", "LAMB", dict(sync_rate=0.3, sync_period=4)),
+        ("Lookahead", "AdaBelief", dict(sync_rate=0.7, sync_period=3)),
+        ("Scout", "AdEMAMix", dict(sync_rate=0.2, sync_period=3)),
+        ("Scout", "TAdam", dict(sync_rate=0.5, sync_period=5)),
+    ],
+)
+def test_cpp_wrappers_match_reference(wrapper, name, sync):
+    options = {**VARIANTS[name][0], "wrapper": sync}
+    ours = _cpp_run(name, 0, options, wrapper)
+    expected = _reference_run(name, 0, options, wrapper)
+    for a, b in zip(ours, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * (b.abs().max().item() or 1.0)), (a - b).abs().max()
