@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import FusedStep, check_betas, check_finite
+from ._base import FusedStep, check_betas, check_finite, step_count
 from ._library import ops
 
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
@@ -262,6 +262,15 @@ class _AdamLike(FusedStep, Adam):
 
     def _buffers(self, group):
         return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.optim.Adam.__setstate__ turns step counters into float tensors
+        # on load; the reference's counters are ints, and ours stay ints so that
+        # a loaded optimizer's state_dict equals the one it was saved from.
+        Adam.__setstate__(self, state)
+        for p_state in self.state.values():
+            if isinstance(p_state.get("step"), torch.Tensor):
+                p_state["step"] = step_count(p_state["step"])
 
     def _adam_lists(self, group, states):
         return (
