@@ -6,7 +6,9 @@
 
 #include <stdexcept>
 #include <typeinfo>
+#include <type_traits>
 #include <unordered_set>
+#include <variant>
 
 namespace holocron::optim {
 
@@ -83,6 +85,34 @@ void FieldReader::operator()(const char* name, dof_t& v) const {
   TORCH_CHECK(d.size() <= 1, "checkpoint field '", name, "' holds ", d.size(),
               " values, expected 0 or 1");
   v = d.empty() ? dof_t{} : dof_t{d[0]};
+}
+
+bool same_values(const std::vector<FieldValue>& lhs, const std::vector<FieldValue>& rhs) {
+  if (lhs.size() != rhs.size()) return false;
+  for (size_t i = 0; i < lhs.size(); ++i) {
+    if (lhs[i].index() != rhs[i].index()) return false;
+    if (const auto* a = std::get_if<torch::Tensor>(&lhs[i])) {
+      const auto& b = std::get<torch::Tensor>(rhs[i]);
+      if (a->defined() != b.defined()) return false;
+      if (a->defined() && !(a->sizes().equals(b.sizes()) && a->scalar_type() == b.scalar_type() &&
+                            torch::equal(*a, b))) {
+        return false;
+      }
+    } else {
+      const bool equal = std::visit(
+          [&rhs, i](const auto& a) {
+            using T = std::decay_t<decltype(a)>;
+            if constexpr (std::is_same_v<T, torch::Tensor>) {
+              return false;  // handled above
+            } else {
+              return a == std::get<T>(rhs[i]);
+            }
+          },
+          lhs[i]);
+      if (!equal) return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace detail

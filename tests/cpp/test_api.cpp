@@ -435,3 +435,30 @@ TYPED_TEST(EveryAlgorithm, FailedFirstStepCreatesNoState) {
 
 }  // namespace
 }  // namespace holocron_test
+
+// LibTorch's own optimizer tests compare options and states with ==.
+namespace holocron_test {
+namespace {
+
+TEST(Equality, OptionsAndStatesCompareByValue) {
+  namespace ho = holocron::optim;
+  EXPECT_TRUE(ho::LAMBOptions(0.1) == ho::LAMBOptions(0.1));
+  EXPECT_FALSE(ho::LAMBOptions(0.1) == ho::LAMBOptions(0.2));
+  EXPECT_TRUE(ho::LAMBOptions(0.1).scale_clip(std::make_tuple(0.0, 1.0)) !=
+              ho::LAMBOptions(0.1));
+  EXPECT_TRUE(ho::TAdamOptions().dof(2.0) == ho::TAdamOptions().dof(2.0));
+
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  ho::AdamP opt({p}, ho::AdamPOptions(0.1));
+  p.mutable_grad() = torch::ones_like(p);
+  opt.step();
+  const auto& state = static_cast<ho::AdamPParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
+  auto copy = static_cast<const torch::optim::OptimizerParamState&>(state).clone();
+  EXPECT_TRUE(state == static_cast<ho::AdamPParamState&>(*copy));
+  static_cast<ho::AdamPParamState&>(*copy).exp_avg(state.exp_avg() + 1);
+  EXPECT_FALSE(state == static_cast<ho::AdamPParamState&>(*copy));
+  EXPECT_TRUE(static_cast<const ho::AdamPOptions&>(opt.defaults()) == ho::AdamPOptions(0.1));
+}
+
+}  // namespace
+}  // namespace holocron_test

@@ -45,7 +45,7 @@ def _train(make, weight, bias, steps=40, scheduler=None):
     for _ in range(steps):
         loss = opt.step(closure)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(loss)
+            sched.step(loss.item())
         elif sched is not None:
             sched.step()
     return initial, closure().item()

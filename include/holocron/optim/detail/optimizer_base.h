@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <variant>
 #include <vector>
 
 namespace holocron::optim {
@@ -71,8 +72,34 @@ struct StateFieldVisitor {
   void operator()(const char*, const T&) const {}
 };
 
+// Field-by-field equality (tensors compared by value), for operator==.
+using FieldValue =
+    std::variant<torch::Tensor, int64_t, double, bool, betas2_t, betas3_t, scale_clip_t, dof_t>;
+
+struct FieldCollector {
+  std::vector<FieldValue>& out;
+  template <typename T>
+  void operator()(const char*, const T& value) const {
+    out.emplace_back(std::in_place_type<T>, value);
+  }
+};
+
+bool same_values(const std::vector<FieldValue>& lhs, const std::vector<FieldValue>& rhs);
+
+template <typename T>
+bool same_fields(const T& lhs, const T& rhs) {
+  std::vector<FieldValue> a, b;
+  FieldCollector collect_a{a}, collect_b{b};
+  T::fields(lhs, collect_a);
+  T::fields(rhs, collect_b);
+  return same_values(a, b);
+}
+
 template <typename Derived>
 struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
+  friend bool operator==(const Derived& lhs, const Derived& rhs) { return same_fields(lhs, rhs); }
+  friend bool operator!=(const Derived& lhs, const Derived& rhs) { return !(lhs == rhs); }
+
   void serialize(torch::serialize::OutputArchive& archive) const override {
     FieldWriter writer{archive};
     Derived::fields(static_cast<const Derived&>(*this), writer);
@@ -85,6 +112,9 @@ struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
 
 template <typename Derived>
 struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
+  friend bool operator==(const Derived& lhs, const Derived& rhs) { return same_fields(lhs, rhs); }
+  friend bool operator!=(const Derived& lhs, const Derived& rhs) { return !(lhs == rhs); }
+
   void serialize(torch::serialize::OutputArchive& archive) const override {
     FieldWriter writer{archive};
     Derived::fields(static_cast<const Derived&>(*this), writer);
