@@ -189,6 +189,12 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     loss = closure();
   }
 
+  // A group pushed straight into param_groups() may lack options: it gets
+  // the defaults, as add_param_group would have given it.
+  for (auto& group : param_groups_) {
+    if (!group.has_options()) group.set_options(defaults_->clone());
+  }
+
   // Everything is checked before anything is written, so a step that throws
   // leaves parameters and state as they were.
   for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
@@ -238,7 +244,7 @@ void OptimizerBase::save(torch::serialize::OutputArchive& archive) const {
     const auto& group = param_groups_[gi];
     torch::serialize::OutputArchive group_archive(archive.compilation_unit());
     torch::serialize::OutputArchive options_archive(archive.compilation_unit());
-    group.options().serialize(options_archive);
+    (group.has_options() ? group.options() : *defaults_).serialize(options_archive);
     group_archive.write("options", options_archive);
     group_archive.write("params/size", static_cast<int64_t>(group.params().size()));
     for (size_t pi = 0; pi < group.params().size(); ++pi) {

@@ -462,3 +462,22 @@ TEST(Equality, OptionsAndStatesCompareByValue) {
 
 }  // namespace
 }  // namespace holocron_test
+
+namespace holocron_test {
+namespace {
+
+TEST(Groups, GroupPushedWithoutOptionsGetsTheDefaults) {
+  namespace ho = holocron::optim;
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  auto q = torch::randn({2}, torch::kDouble).requires_grad_();
+  ho::LAMB opt({p}, ho::LAMBOptions(0.1));
+  opt.param_groups().emplace_back(OptimizerParamGroup({q}));
+  q.mutable_grad() = torch::ones_like(q);
+  const auto before = q.detach().clone();
+  opt.step();
+  EXPECT_FALSE(torch::equal(q, before));
+  EXPECT_EQ(opt.param_groups()[1].options().get_lr(), 0.1);
+}
+
+}  // namespace
+}  // namespace holocron_test
