@@ -15,9 +15,12 @@ using TensorVector = std::vector<torch::Tensor>;
 constexpr double kDefaultClipLow = 0.0;
 constexpr double kDefaultClipHigh = 10.0;
 
+functional::ScaleClip to_clip(const std::tuple<double, double>& clip) {
+  return {std::get<0>(clip), std::get<1>(clip)};
+}
+
 functional::ScaleClip clip_or_default(const scale_clip_t& clip) {
-  return clip ? functional::ScaleClip{std::get<0>(*clip), std::get<1>(*clip)}
-              : functional::ScaleClip{kDefaultClipLow, kDefaultClipHigh};
+  return clip ? to_clip(*clip) : functional::ScaleClip{kDefaultClipLow, kDefaultClipHigh};
 }
 
 // Step counters after this step's increment; written back only once the
@@ -51,7 +54,7 @@ LARSOptions::LARSOptions(double lr) : lr_(lr) {}
 
 functional::LarsHyper LARSOptions::hyper() const {
   std::optional<functional::ScaleClip> clip;
-  if (scale_clip()) clip = functional::ScaleClip{std::get<0>(*scale_clip()), std::get<1>(*scale_clip())};
+  if (scale_clip()) clip = to_clip(*scale_clip());
   return {lr(), momentum(), dampening(), weight_decay(), nesterov(), clip};
 }
 
@@ -116,10 +119,8 @@ void LAMB::update(const LAMBOptions& options, const TensorVector& params, const 
   auto local_lrs = functional::lamb_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
                                      gather(states, [](auto& s) { return s.exp_avg_sq(); }),
                                      options.hyper());
-  for (size_t i = 0; i < states.size(); ++i) {
-    states[i]->step(states[i]->step() + 1);
-    states[i]->local_lr(local_lrs[i]);
-  }
+  store_steps(states, next_steps(states));
+  for (size_t i = 0; i < states.size(); ++i) states[i]->local_lr(local_lrs[i]);
 }
 
 // ---- RaLars ---------------------------------------------------------------
