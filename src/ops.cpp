@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <memory>
+#include <string>
 
 #include "holocron/optim/functional.h"
 
@@ -158,6 +159,11 @@ TORCH_LIBRARY(holocron, m) {
   m.def(
       "scout_accumulate_(Tensor[] fast, Tensor(a!)[] prev, Tensor(b!)[] mean, Tensor(c!)[] m2, "
       "Tensor(d!)[] max, Tensor(e!)[] min, int count) -> ()");
+  // Which CPU kernels run the updates (see functional.h): for tests and benchmarks.
+  m.def("cpu_capability() -> str", [] { return F::cpu_capability(); });
+  m.def("set_cpu_capability(str name) -> ()",
+        [](const std::string& name) { F::set_cpu_capability(name); });
+  m.def("available_cpu_capabilities() -> str[]", [] { return F::available_cpu_capabilities(); });
   m.def(
       "scout_coherence(Tensor[] prev, Tensor[] mean, Tensor[] m2, Tensor[] max, Tensor[] min, "
       "int count) -> float");

@@ -1,13 +1,23 @@
-// TAdam, AdaBelief, AdamP, Adan and AdEMAMix: per-element moment updates with
-// Adam-style bias corrections.
+// TAdam, AdaBelief, AdamP, Adan and AdEMAMix: checks, then the fused kernels or
+// the reference backend. Per-tensor coefficients are computed here, in double.
 
-#include <ATen/ops/cosine_similarity.h>
+#include <ATen/ATen.h>
 
 #include "functional/common.h"
+#include "kernels/reference/reference.h"
 
 namespace holocron::optim::functional {
 
 using namespace detail;
+namespace cpu = kernels::cpu;
+
+namespace {
+
+constexpr double kCosineEps = 1e-8;  // torch.nn.functional.cosine_similarity's default
+
+TensorList if_used(bool used, TensorList list) { return used ? list : TensorList{}; }
+
+}  // namespace
 
 void check(const TAdamHyper& h) {
   check_adam_like("TAdam", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
@@ -47,33 +57,32 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   check_steps("TAdam", steps, params.size());
   TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
               " moment weights for ", params.size(), " parameters");
-
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
-    auto m = scope.inout(exp_avgs[i]);
-    auto v = scope.inout(exp_avg_sqs[i]);
-    const auto numel = static_cast<double>(p.numel());
-    const double dof = h.dof.value_or(numel);
-
-    // Student-t weight of this gradient, from the moments before this step.
-    const double mahalanobis = (g - m).pow_(2).div_(v + h.eps).sum().item<double>();
-    const double w = (dof + numel) / (dof + mahalanobis);
-    double& W = moment_weights[i];
-    m.mul_(W / (W + w)).add_(g, w / (W + w));
-    // The reference keeps W_t in the parameter's dtype; so do we, so that both
-    // fronts (tensor W_t in Python, double in C++) follow the same values.
-    W = round_to_dtype(W * (2.0 * h.beta1 - 1.0) / h.beta1 + w, params[i].scalar_type());
-
-    v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
-                                  bias_correction(h.beta2, steps[i]), h.eps);
-    p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
-    scope.commit();
+  const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  auto distance_group =
+      fused_group(params, {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)});
+  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+  if (!distance_group || !group) {
+    kernels::reference::tadam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                              moment_weights, steps, h);
+    return;
   }
+  cpu::Sums distances;
+  cpu::PassArgs args;
+  args.hyper = {h.eps, h.weight_decay};
+  cpu::run(cpu::Pass::TAdamDistance, *distance_group, args, &distances);
+
+  args.hyper = {h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.per_tensor.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].numel() == 0) continue;  // nothing to weigh: W stays
+    const double w = tadam_weight(h.dof, params[i].numel(), distances[i][0]);
+    double& W = moment_weights[i];
+    args.per_tensor[i] = {W / (W + w), w / (W + w), std::sqrt(bias_correction(h.beta2, steps[i])),
+                          -h.lr / bias_correction(h.beta1, steps[i])};
+    W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
+  }
+  cpu::run(cpu::Pass::TAdamApply, *group, args);
+  mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
 void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -84,23 +93,21 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
               {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdaBelief", steps, params.size());
-
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
-    auto m = scope.inout(exp_avgs[i]);
-    auto s = scope.inout(exp_avg_sqs[i]);
-    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-    auto residual = g - m;
-    s.mul_(h.beta2).addcmul_(residual, residual, 1.0 - h.beta2);
-    auto denom = adam_denominator(scope, s, h.amsgrad, max_exp_avg_sqs, i,
-                                  bias_correction(h.beta2, steps[i]), h.eps);
-    p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
-    scope.commit();
+  const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+  if (!group) {
+    kernels::reference::adabelief(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
+    return;
   }
+  cpu::PassArgs args;
+  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.per_tensor.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i] = {std::sqrt(bias_correction(h.beta2, steps[i])),
+                          -h.lr / bias_correction(h.beta1, steps[i])};
+  }
+  cpu::run(cpu::Pass::AdaBeliefApply, *group, args);
+  mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -109,32 +116,35 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   check_group("AdamP", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
-
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
-    auto m = scope.inout(exp_avgs[i]);
-    auto v = scope.inout(exp_avg_sqs[i]);
-    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-    v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
-                                  bias_correction(h.beta2, steps[i]), h.eps);
-    auto q = (m / bias_correction(h.beta1, steps[i])).div_(denom);
-
-    // Where the weight is nearly orthogonal to its gradient (scale-invariant
-    // weights), drop the radial part of the update.
-    const double threshold = h.delta / std::sqrt(static_cast<double>(p.numel()));
-    const auto cosine = at::cosine_similarity(p.reshape({1, -1}), g.reshape({1, -1}), 1, 1e-8);
-    if (cosine.max().lt(threshold).item<bool>()) {
-      auto unit = p / (p.norm().add_(h.eps));
-      q.sub_(unit * (unit * q).sum());
-    }
-    p.add_(q, -h.lr);
-    scope.commit();
+  const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+  if (!group) {
+    kernels::reference::adamp(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
+    return;
   }
+  cpu::PassArgs args;
+  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.per_tensor.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i] = {bias_correction(h.beta1, steps[i]),
+                          std::sqrt(bias_correction(h.beta2, steps[i]))};
+  }
+  cpu::Sums sums;  // p.g, |p|^2, |g|^2, p.q
+  cpu::run(cpu::Pass::AdamPMoments, *group, args, &sums);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const double p_norm = std::sqrt(sums[i][1]);
+    const double cosine =
+        sums[i][0] / (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[i][2]), kCosineEps));
+    double projection = 0.0;
+    if (params[i].numel() > 0 && cosine < adamp_threshold(h.delta, params[i].numel())) {
+      // q - (n.q) n with n = p / (||p|| + eps), as a multiple of p.
+      projection = sums[i][3] / ((p_norm + h.eps) * (p_norm + h.eps));
+    }
+    args.per_tensor[i][2] = -h.lr;
+    args.per_tensor[i][3] = projection;
+  }
+  cpu::run(cpu::Pass::AdamPApply, *group, args);
+  mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
@@ -148,36 +158,27 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                {"exp_avg_deltas", exp_avg_deltas}});
   if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
   check_steps("Adan", steps, params.size());
-
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
-    auto prev = scope.inout(prev_grads[i]);
-    auto m = scope.inout(exp_avgs[i]);
-    auto v = scope.inout(exp_avg_sqs[i]);
-    auto n = scope.inout(exp_avg_deltas[i]);
-
-    // Fix 1: the gradient difference is taken against the previous step's
-    // gradient, and is zero on the first step.
-    auto diff = steps[i] == 1 ? at::zeros_like(g) : g - prev;
-    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-    v.mul_(h.beta2).add_(diff, 1.0 - h.beta2);
-    auto corrected = g + h.beta2 * diff;
-    n.mul_(h.beta3).addcmul_(corrected, corrected, 1.0 - h.beta3);
-    prev.copy_(g);
-
-    auto denom = adam_denominator(scope, n, h.amsgrad, max_exp_avg_deltas, i,
-                                  bias_correction(h.beta3, steps[i]), h.eps);
-    auto direction = (m / bias_correction(h.beta1, steps[i]))
-                         .add_(v, h.beta2 / bias_correction(h.beta2, steps[i]))
-                         .div_(denom);
-    p.add_(direction, -h.lr);
-    if (h.weight_decay != 0.0) p.div_(1.0 + h.weight_decay * h.lr);
-    scope.commit();
+  const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
+  auto group = fused_group(
+      params, {params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
+  if (!group) {
+    kernels::reference::adan(params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
+                             max_exp_avg_deltas, steps, h);
+    return;
   }
+  cpu::PassArgs args;
+  args.hyper = {h.beta1, h.beta2, h.beta3, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.per_tensor.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i] = {steps[i] == 1 ? 1.0 : 0.0,
+                          bias_correction(h.beta1, steps[i]),
+                          h.beta2 / bias_correction(h.beta2, steps[i]),
+                          std::sqrt(bias_correction(h.beta3, steps[i])),
+                          -h.lr,
+                          1.0 + h.weight_decay * h.lr};
+  }
+  cpu::run(cpu::Pass::AdanApply, *group, args);
+  mark_written({params, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
 }
 
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -187,24 +188,20 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   check_group("AdEMAMix", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
-
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
-    auto m1 = scope.inout(exp_avgs[i]);
-    auto m2 = scope.inout(exp_avgs_slow[i]);
-    auto nu = scope.inout(exp_avg_sqs[i]);
-    m1.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-    nu.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    m2.mul_(h.beta3).add_(g, 1.0 - h.beta3);
-    auto denom = adam_denominator(scope, nu, false, {}, i, bias_correction(h.beta2, steps[i]), h.eps);
-    auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, h.alpha);
-    p.addcdiv_(numerator, denom, -h.lr);
-    scope.commit();
+  auto group = fused_group(params, {params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs});
+  if (!group) {
+    kernels::reference::ademamix(params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
+    return;
   }
+  cpu::PassArgs args;
+  args.hyper = {h.beta1, h.beta2, h.beta3, h.alpha, h.eps, h.weight_decay};
+  args.per_tensor.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i] = {bias_correction(h.beta1, steps[i]),
+                          std::sqrt(bias_correction(h.beta2, steps[i])), -h.lr};
+  }
+  cpu::run(cpu::Pass::AdEMAMixApply, *group, args);
+  mark_written({params, exp_avgs, exp_avgs_slow, exp_avg_sqs});
 }
 
 }  // namespace holocron::optim::functional

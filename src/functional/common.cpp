@@ -41,6 +41,55 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
   }
 }
 
+std::optional<kernels::cpu::Group> fused_group(TensorList params,
+                                               std::initializer_list<TensorList> narrow,
+                                               std::initializer_list<TensorList> wide) {
+  namespace cpu = kernels::cpu;
+  if (!cpu::fused_enabled()) return std::nullopt;
+  TORCH_INTERNAL_ASSERT(narrow.size() + wide.size() <= cpu::kMaxArrays);
+  cpu::Group group;
+  if (!params.empty()) group.dtype = params[0].scalar_type();
+  if (!cpu::supports_dtype(group.dtype)) return std::nullopt;
+  const auto wide_dtype = at::isReducedFloatingType(group.dtype) ? at::kFloat : group.dtype;
+  group.tensors.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i];
+    if (!p.device().is_cpu() || p.scalar_type() != group.dtype || !p.is_non_overlapping_and_dense()) {
+      return std::nullopt;
+    }
+    auto& slot = group.tensors[i];
+    slot.numel = p.numel();
+    size_t j = 0;
+    auto take = [&](TensorList list, at::ScalarType dtype) {
+      if (list.empty()) return true;
+      const auto& t = list[i];
+      if (!t.device().is_cpu() || t.scalar_type() != dtype || !t.sizes().equals(p.sizes()) ||
+          !t.strides().equals(p.strides())) {
+        return false;
+      }
+      slot.data[j] = t.data_ptr();
+      return true;
+    };
+    for (const auto& list : narrow) {
+      if (!take(list, group.dtype)) return std::nullopt;
+      ++j;
+    }
+    for (const auto& list : wide) {
+      if (!take(list, wide_dtype)) return std::nullopt;
+      ++j;
+    }
+  }
+  return group;
+}
+
+void mark_written(std::initializer_list<TensorList> lists) {
+  for (const auto& list : lists) {
+    for (const auto& t : list) {
+      if (t.defined() && !t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+    }
+  }
+}
+
 void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected) {
   TORCH_CHECK(steps.size() == expected, optimizer, ": got ", steps.size(), " steps for ",
               expected, " parameters");

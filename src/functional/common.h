@@ -7,11 +7,13 @@
 
 #include <cmath>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "holocron/optim/functional.h"
+#include "kernels/cpu/pass.h"
 
 namespace holocron::optim::functional::detail {
 
@@ -30,6 +32,19 @@ void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t exp
 
 void check_hyper(const char* optimizer, const char* name, double value, double low,
                  bool low_inclusive, double high, bool high_inclusive);
+
+// The fused CPU kernels' view of a group (tensor i of list j as array j),
+// or nothing when they cannot take it: a tensor not on the CPU, a dtype they
+// lack, a parameter that is not dense, or state whose strides differ from its
+// parameter's. `wide` lists (Scout's statistics) must have the parameters'
+// math type. An empty list leaves its array absent (a null pointer).
+std::optional<kernels::cpu::Group> fused_group(TensorList params,
+                                               std::initializer_list<TensorList> narrow,
+                                               std::initializer_list<TensorList> wide = {});
+
+// The fused kernels write through raw pointers: bump the version counters as
+// an in-place ATen op would, so autograd still sees the change.
+void mark_written(std::initializer_list<TensorList> lists);
 
 inline void check_non_negative(const char* optimizer, const char* name, double value) {
   check_hyper(optimizer, name, value, 0.0, true, INFINITY, false);
@@ -76,6 +91,8 @@ inline at::Tensor decayed_grad(const at::Tensor& grad, const at::Tensor& param, 
 // A whole-tensor L2 norm as a double.
 inline double norm_of(const at::Tensor& t) { return t.norm().item<double>(); }
 
+// Host decisions shared by both backends.
+
 // The trust ratio shared by LARS, LAMB and RaLars: phi / update_norm, or 1
 // when either is zero.
 inline double trust_ratio(double phi, double update_norm) {
@@ -84,6 +101,27 @@ inline double trust_ratio(double phi, double update_norm) {
 
 inline double clamp_norm(double norm, const ScaleClip& clip) {
   return std::min(std::max(norm, clip.first), clip.second);
+}
+
+// TAdam's Student-t weight of this gradient from its Mahalanobis distance.
+inline double tadam_weight(const std::optional<double>& dof, int64_t numel, double mahalanobis) {
+  const auto d = static_cast<double>(numel);
+  const double nu = dof.value_or(d);
+  return (nu + d) / (nu + mahalanobis);
+}
+
+// RaLars' rectification factor, or nothing where the approximated SMA length
+// is too short (<= 4) for the rectified step to be defined.
+inline std::optional<double> ralars_rectification(double sma_inf, double step, double bc2) {
+  const double sma_t = sma_inf - 2.0 * step * (1.0 - bc2) / bc2;
+  if (!(sma_t > 4.0)) return std::nullopt;
+  return std::sqrt((sma_t - 4.0) * (sma_t - 2.0) * sma_inf /
+                   ((sma_inf - 4.0) * (sma_inf - 2.0) * sma_t));
+}
+
+// AdamP projects when cos(p, g) < delta / sqrt(numel).
+inline double adamp_threshold(double delta, int64_t numel) {
+  return delta / std::sqrt(static_cast<double>(numel));
 }
 
 }  // namespace holocron::optim::functional::detail
@@ -123,6 +161,12 @@ inline double round_to_dtype(double value, at::ScalarType dtype) {
       return static_cast<double>(static_cast<float>(c10::BFloat16(static_cast<float>(value))));
     default: return value;
   }
+}
+
+// TAdam's moment weight after this step. The reference keeps W_t in the
+// parameter's dtype; so do we, so that both fronts follow the same values.
+inline double next_moment_weight(double W, double beta1, double w, at::ScalarType dtype) {
+  return round_to_dtype(W * (2.0 * beta1 - 1.0) / beta1 + w, dtype);
 }
 
 inline double bias_correction(double beta, int64_t step) {

@@ -1,8 +1,12 @@
+// LAMB and RaLars: checks, then the fused kernels or the reference backend.
+
 #include "functional/common.h"
+#include "kernels/reference/reference.h"
 
 namespace holocron::optim::functional {
 
 using namespace detail;
+namespace cpu = kernels::cpu;
 
 namespace {
 
@@ -18,20 +22,19 @@ void check_lamb_family(const char* name, double lr, double beta1, double beta2, 
   check_hyper(name, "scale_clip[1]", clip.second, clip.first, true, INFINITY, true);
 }
 
-// The step shared by LAMB and RaLars once the adaptive direction is known:
-// add weight decay, scale by the clipped trust ratio, apply.
-double apply_trust_ratio(at::Tensor& p, at::Tensor& update, double lr, double weight_decay,
-                         const ScaleClip& clip) {
-  if (weight_decay != 0.0) update.add_(p, weight_decay);
-  const double local_lr = trust_ratio(clamp_norm(norm_of(p), clip), norm_of(update));
-  p.add_(update, -lr * local_lr);
-  return local_lr;
-}
-
-void update_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, double beta1,
-                    double beta2) {
-  m.mul_(beta1).add_(g, 1.0 - beta1);
-  v.mul_(beta2).addcmul_(g, g, 1.0 - beta2);
+// Pass 1 (moments, norms), the trust ratios on the host, pass 2 (apply).
+// `args.per_tensor[i][0..3]` already hold the direction's own coefficients.
+std::vector<double> trust_ratio_step(cpu::Pass moments, cpu::Pass apply, const cpu::Group& group,
+                                     cpu::PassArgs& args, double lr, const ScaleClip& clip) {
+  cpu::Sums norms;
+  cpu::run(moments, group, args, &norms);
+  std::vector<double> local_lrs(group.tensors.size(), 1.0);
+  for (size_t i = 0; i < local_lrs.size(); ++i) {
+    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]), clip), std::sqrt(norms[i][1]));
+    args.per_tensor[i][4] = -lr * local_lrs[i];
+  }
+  cpu::run(apply, group, args);
+  return local_lrs;
 }
 
 }  // namespace
@@ -49,20 +52,14 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
                           TensorList exp_avg_sqs, const LambHyper& h) {
   check(h);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
-  std::vector<double> local_lrs(params.size(), 1.0);
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = scope.in(grads[i]);
-    auto m = scope.inout(exp_avgs[i]);
-    auto v = scope.inout(exp_avg_sqs[i]);
-    update_moments(m, v, g, h.beta1, h.beta2);
-    auto update = m / v.sqrt().add_(h.eps);
-    local_lrs[i] = apply_trust_ratio(p, update, h.lr, h.weight_decay, h.scale_clip);
-    scope.commit();
-  }
+  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs});
+  if (!group) return kernels::reference::lamb(params, grads, exp_avgs, exp_avg_sqs, h);
+  cpu::PassArgs args;
+  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
+  args.per_tensor.resize(params.size());
+  auto local_lrs = trust_ratio_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, *group, args,
+                                    h.lr, h.scale_clip);
+  mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }
 
@@ -72,36 +69,24 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check(h);
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
-  const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
-  std::vector<double> local_lrs(params.size(), 1.0);
-  for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = scope.in(grads[i]);
-    auto m = scope.inout(exp_avgs[i]);
-    auto v = scope.inout(exp_avg_sqs[i]);
-    update_moments(m, v, g, h.beta1, h.beta2);
+  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs});
+  if (!group) return kernels::reference::ralars(params, grads, exp_avgs, exp_avg_sqs, steps, h);
 
+  const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
+  cpu::PassArgs args;
+  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
+  args.per_tensor.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);
-    const double bc1 = 1.0 - std::pow(h.beta1, t);
-    const double bc2 = 1.0 - std::pow(h.beta2, t);
-    // Length of the approximated SMA; the rectified step is only defined above 4.
-    const double sma_t = sma_inf - 2.0 * t * (1.0 - bc2) / bc2;
-    at::Tensor update;
-    if (sma_t > 4.0) {
-      const double r = std::sqrt((sma_t - 4.0) * (sma_t - 2.0) * sma_inf /
-                                 ((sma_inf - 4.0) * (sma_inf - 2.0) * sma_t));
-      update = (m / bc1).div_((v / bc2).sqrt_().add_(h.eps)).mul_(r);
-    } else if (h.force_adaptive_momentum) {
-      update = (m / bc1).div_((v / bc2).sqrt_().add_(h.eps));
-    } else {
-      update = m / bc1;
-    }
-    local_lrs[i] = apply_trust_ratio(p, update, h.lr, h.weight_decay, h.scale_clip);
-    scope.commit();
+    const double bc1 = bias_correction(h.beta1, steps[i]);
+    const double bc2 = bias_correction(h.beta2, steps[i]);
+    const auto r = ralars_rectification(sma_inf, t, bc2);
+    const double mode = r ? 0.0 : h.force_adaptive_momentum ? 1.0 : 2.0;
+    args.per_tensor[i] = {bc1, bc2, r.value_or(1.0), mode};
   }
+  auto local_lrs = trust_ratio_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, *group, args,
+                                    h.lr, h.scale_clip);
+  mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }
 

@@ -1,8 +1,12 @@
+// LARS: checks, then the fused kernels or the reference backend.
+
 #include "functional/common.h"
+#include "kernels/reference/reference.h"
 
 namespace holocron::optim::functional {
 
 using namespace detail;
+namespace cpu = kernels::cpu;
 
 void check(const LarsHyper& h) {
   check_non_negative("LARS", "lr", h.lr);
@@ -30,33 +34,24 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   } else {
     check_group("LARS", params, grads, {});
   }
+  const TensorList buffers = with_momentum ? momentum_buffers : TensorList{};
+  auto group = fused_group(params, {params, grads, buffers});
+  if (!group) return kernels::reference::lars(params, grads, momentum_buffers, buffer_is_new, h);
 
+  cpu::Sums norms;
+  cpu::PassArgs args;
+  cpu::run(cpu::Pass::LarsNorms, *group, args, &norms);
   std::vector<double> local_lrs(params.size(), 1.0);
+  args.hyper = {h.weight_decay, h.momentum, h.dampening, h.nesterov ? 1.0 : 0.0};
+  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
-    if (params[i].numel() == 0) continue;
-    ComputeScope scope(params[i]);
-    auto p = scope.inout(params[i]);
-    auto g = scope.in(grads[i]);
-    const double p_norm = norm_of(p);
-    const double denom = norm_of(g) + h.weight_decay * p_norm;
+    const double p_norm = std::sqrt(norms[i][0]);
     const double phi = h.scale_clip ? clamp_norm(p_norm, *h.scale_clip) : p_norm;
-    const double local_lr = trust_ratio(phi, denom);
-    local_lrs[i] = local_lr;
-
-    auto direction = decayed_grad(g, p, h.weight_decay);
-    if (with_momentum) {
-      auto buf = scope.inout(momentum_buffers[i]);
-      if (buffer_is_new[i]) {
-        buf.copy_(direction);
-      } else {
-        buf.mul_(h.momentum).add_(direction, 1.0 - h.dampening);
-      }
-      direction = h.nesterov ? direction.add(buf, h.momentum) : buf;
-    }
-    p.add_(direction, -h.lr * local_lr);
-    scope.commit();
+    local_lrs[i] = trust_ratio(phi, std::sqrt(norms[i][1]) + h.weight_decay * p_norm);
+    args.per_tensor[i] = {-h.lr * local_lrs[i], with_momentum && buffer_is_new[i] ? 1.0 : 0.0};
   }
+  cpu::run(cpu::Pass::LarsApply, *group, args);
+  mark_written({params, buffers});
   return local_lrs;
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -163,6 +164,23 @@ double scout_coherence(const ScoutStats& stats, int64_t count);
 }  // namespace holocron::optim::functional
 
 namespace holocron::optim::functional {
+
+// Which implementation runs the updates of CPU tensors. The functional entry
+// points use fused, vectorized, multithreaded kernels for CPU tensors of
+// float, double, bfloat16 or half whose state is dense with the parameter's
+// strides, and the reference backend (ATen ops: any device, any strides)
+// otherwise. The fused kernels are built for several instruction sets and the
+// best one this CPU runs is chosen at load time; the environment variable
+// HOLOCRON_OPTIM_CPU_CAPABILITY (auto, avx512, avx2, default, reference)
+// caps it for a process, as ATEN_CPU_CAPABILITY does for ATen.
+//   cpu_capability(): "avx512", "avx2", "default" (portable) or "reference".
+//   set_cpu_capability(name): also "auto"; throws c10::ValueError for a name
+//     this CPU cannot run. Process-wide: meant for tests and benchmarks.
+//   available_cpu_capabilities(): "reference" and the builds this CPU runs.
+// Every build gives bitwise the same results, for any thread count.
+std::string cpu_capability();
+void set_cpu_capability(const std::string& name);
+std::vector<std::string> available_cpu_capabilities();
 
 // Hyper-parameter checks (c10::ValueError naming the argument and its value).
 // Every update function runs its check first, also on empty lists, so the

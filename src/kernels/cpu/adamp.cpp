@@ -1,0 +1,95 @@
+// AdamP: Adam moments (pass 1, which also sums what the projection decision
+// needs), then the update with the radial part removed when the weight is
+// nearly orthogonal to its gradient (pass 2, recomputing q from the moments).
+
+#include "kernels/cpu/driver.h"
+
+namespace holocron::optim::kernels::cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+// Arrays of both passes: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq (absent
+// without amsgrad). hyper: beta1, beta2, eps, weight_decay, amsgrad.
+// per tensor: bc1, sqrt(bc2), then for pass 2: -lr, and the projection
+// coefficient c in q - c*p (0: no projection).
+template <typename V>
+struct AdamPDirection {
+  V eps, bc1, sqrt_bc2;
+  bool amsgrad;
+  AdamPDirection(const PassArgs& args, int64_t t)
+      : eps(splat<V>(args.hyper[2])), bc1(splat<V>(args.per_tensor[t][0])),
+        sqrt_bc2(splat<V>(args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
+  // q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
+  V operator()(const V& m, const V& v, V* max_v) const {
+    return (m / bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, sqrt_bc2, eps);
+  }
+};
+
+// Sums: p.g', ||p||^2, ||g'||^2, p.q.
+template <typename T>
+struct AdamPMoments {
+  using scalar_t = T;
+  using V = Vectorized<opmath_t<T>>;
+  static constexpr int kNarrow = 5, kWide = 0, kSums = 4;
+  static constexpr unsigned kRead = 0b11111, kWrite = 0b11100;
+  const PassArgs& args;
+
+  struct Body {
+    V beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay;
+    bool decay;
+    AdamPDirection<V> direction;
+    void operator()(V* x, Acc<kSums>& acc) const {
+      const V& p = x[0];
+      const V g = decay ? x[1] + weight_decay * p : x[1];
+      V& m = x[2];
+      V& v = x[3];
+      m = m * beta1 + one_minus_beta1 * g;
+      v = v * beta2 + one_minus_beta2 * g * g;
+      const V q = direction(m, v, &x[4]);
+      acc.add_product(0, p, g);
+      acc.add_square(1, p);
+      acc.add_square(2, g);
+      acc.add_product(3, p, q);
+    }
+  };
+  Body for_tensor(int64_t t) const {
+    const auto& h = args.hyper;
+    return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
+            splat<V>(h[3]), h[3] != 0.0,          AdamPDirection<V>(args, t)};
+  }
+};
+
+template <typename T>
+struct AdamPApply {
+  using scalar_t = T;
+  using V = Vectorized<opmath_t<T>>;
+  static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
+  static constexpr unsigned kRead = 0b11101, kWrite = 0b00001;
+  const PassArgs& args;
+
+  struct Body {
+    AdamPDirection<V> direction;
+    V step, projection;
+    bool project;
+    void operator()(V* x, Acc<1>&) const {
+      V& p = x[0];
+      V q = direction(x[2], x[3], &x[4]);
+      if (project) q = q - projection * p;
+      p = p + step * q;
+    }
+  };
+  Body for_tensor(int64_t t) const {
+    const auto& c = args.per_tensor[t];
+    return {AdamPDirection<V>(args, t), splat<V>(c[2]), splat<V>(c[3]), c[3] != 0.0};
+  }
+};
+
+}  // namespace
+
+void register_adamp(PassTable& table) {
+  register_pass<AdamPMoments>(table, Pass::AdamPMoments);
+  register_pass<AdamPApply>(table, Pass::AdamPApply);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace holocron::optim::kernels::cpu

@@ -1,0 +1,158 @@
+// Picks the instruction-set build of the fused kernels at run time.
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "holocron/optim/functional.h"
+#include "kernels/cpu/pass.h"
+
+namespace holocron::optim::kernels::cpu {
+
+namespace DEFAULT { const PassTable& pass_table(); }
+#ifdef HOLOCRON_OPTIM_HAVE_X86_KERNELS
+namespace AVX2 { const PassTable& pass_table(); }
+namespace AVX512 { const PassTable& pass_table(); }
+#endif
+
+namespace {
+
+bool cpu_runs(Capability capability) {
+#ifdef HOLOCRON_OPTIM_HAVE_X86_KERNELS
+  switch (capability) {
+    case Capability::AVX512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("fma");
+    case Capability::AVX2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Capability::Default:
+      return true;
+  }
+  return false;
+#else
+  return capability == Capability::Default;
+#endif
+}
+
+Capability best_capability() {
+  for (auto c : {Capability::AVX512, Capability::AVX2}) {
+    if (cpu_runs(c)) return c;
+  }
+  return Capability::Default;
+}
+
+// -1: the reference (ATen) backend; otherwise a Capability.
+constexpr int kReference = -1;
+
+int parse(const std::string& name) {
+  if (name == "reference") return kReference;
+  if (name == "default") return static_cast<int>(Capability::Default);
+  if (name == "avx2") return static_cast<int>(Capability::AVX2);
+  if (name == "avx512") return static_cast<int>(Capability::AVX512);
+  if (name == "auto") return static_cast<int>(best_capability());
+  TORCH_CHECK_VALUE(false, "unknown CPU capability '", name,
+                    "' (expected auto, avx512, avx2, default or reference)");
+}
+
+int checked(int choice, const std::string& name) {
+  TORCH_CHECK_VALUE(choice == kReference || cpu_runs(static_cast<Capability>(choice)),
+                    "this CPU cannot run the '", name, "' kernels");
+  return choice;
+}
+
+// HOLOCRON_OPTIM_CPU_CAPABILITY, like ATen's ATEN_CPU_CAPABILITY, caps the
+// instruction set (or picks the reference backend) for a whole process.
+int initial_choice() {
+  const char* env = std::getenv("HOLOCRON_OPTIM_CPU_CAPABILITY");
+  if (env == nullptr || *env == '\0') return static_cast<int>(best_capability());
+  try {
+    return checked(parse(env), env);
+  } catch (const c10::Error& e) {
+    TORCH_WARN("HOLOCRON_OPTIM_CPU_CAPABILITY ignored: ", e.msg());
+    return static_cast<int>(best_capability());
+  }
+}
+
+std::atomic<int>& choice() {
+  static std::atomic<int> value{initial_choice()};
+  return value;
+}
+
+const PassTable& table_of(Capability capability) {
+#ifdef HOLOCRON_OPTIM_HAVE_X86_KERNELS
+  if (capability == Capability::AVX512) return AVX512::pass_table();
+  if (capability == Capability::AVX2) return AVX2::pass_table();
+#endif
+  (void)capability;
+  return DEFAULT::pass_table();
+}
+
+}  // namespace
+
+const char* name_of(Capability capability) {
+  switch (capability) {
+    case Capability::AVX512: return "avx512";
+    case Capability::AVX2: return "avx2";
+    case Capability::Default: return "default";
+  }
+  return "default";
+}
+
+bool supports_dtype(at::ScalarType dtype) { return dtype_slot(dtype) >= 0; }
+
+int dtype_slot(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return 0;
+    case at::kDouble: return 1;
+    case at::kBFloat16: return 2;
+    case at::kHalf: return 3;
+    default: return -1;
+  }
+}
+
+Capability selected_capability() {
+  const int c = choice().load();
+  return c == kReference ? Capability::Default : static_cast<Capability>(c);
+}
+
+std::vector<Capability> available_capabilities() {
+  std::vector<Capability> out;
+  for (auto c : {Capability::Default, Capability::AVX2, Capability::AVX512}) {
+    if (cpu_runs(c)) out.push_back(c);
+  }
+  return out;
+}
+
+bool fused_enabled() { return choice().load() != kReference; }
+
+void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
+  const int slot = dtype_slot(group.dtype);
+  TORCH_INTERNAL_ASSERT(slot >= 0, "fused kernels do not support ", group.dtype);
+  const PassFn fn = table_of(selected_capability())[static_cast<size_t>(pass)][slot];
+  TORCH_INTERNAL_ASSERT(fn != nullptr);
+  fn(group, args, sums);
+}
+
+}  // namespace holocron::optim::kernels::cpu
+
+namespace holocron::optim::functional {
+
+namespace cpu = kernels::cpu;
+
+std::string cpu_capability() {
+  return cpu::fused_enabled() ? cpu::name_of(cpu::selected_capability()) : "reference";
+}
+
+void set_cpu_capability(const std::string& name) { cpu::choice().store(cpu::checked(cpu::parse(name), name)); }
+
+std::vector<std::string> available_cpu_capabilities() {
+  std::vector<std::string> out{"reference"};
+  for (auto c : cpu::available_capabilities()) out.emplace_back(cpu::name_of(c));
+  return out;
+}
+
+}  // namespace holocron::optim::functional

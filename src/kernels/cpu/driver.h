@@ -1,0 +1,305 @@
+#pragma once
+
+// The multi-tensor driver of the fused CPU kernels, compiled once per
+// instruction set (this header must only be included by files built with
+// CPU_CAPABILITY set; everything here lives in a namespace named after it, so
+// the builds never share a symbol).
+//
+// A pass is a small struct (see the algorithm files next to this one):
+//   using scalar_t;                     the group's dtype
+//   kNarrow, kWide                      arrays of scalar_t, then of its math type
+//   kRead, kWrite                       bit j set: array j is loaded / stored
+//   kSums                               per-tensor reductions (0: none)
+//   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk
+//   void Body::operator()(V* x, Acc<kSums>& acc) const
+//                                       the math of one vector of elements:
+//                                       x[j] holds array j; written arrays are
+//                                       stored back, sums go to acc.
+// The driver cuts the whole group into chunks of kChunk elements, runs them in
+// one parallel region, and sums each reduction in a fixed order: per element
+// into kLanes double lanes (element i -> lane i % kLanes), lanes in order at
+// the end of a chunk, chunks in order per tensor. So results are bitwise the
+// same for any thread count, and for any of the instruction sets.
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/pass.h"
+
+namespace holocron::optim::kernels::cpu {
+inline namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+template <typename T>
+constexpr bool is_reduced_v = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// Half and bfloat16 are computed in float registers, as ATen does.
+template <typename T>
+using opmath_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Loads and stores of one iteration's elements as `kPack` vectors of the math type.
+template <typename T>
+struct NarrowIo {
+  using V = Vectorized<opmath_t<T>>;
+  static constexpr int kPack = is_reduced_v<T> ? 2 : 1;
+  static constexpr int64_t kStep = Vectorized<T>::size();
+  static_assert(kStep == kPack * V::size(), "one iteration = kPack math vectors");
+
+  static void load(const T* ptr, int64_t count, V* out) {
+    if constexpr (is_reduced_v<T>) {
+      const auto packed = count == kStep ? Vectorized<T>::loadu(ptr) : Vectorized<T>::loadu(ptr, count);
+      std::tie(out[0], out[1]) = at::vec::convert_to_float<T>(packed);
+    } else {
+      out[0] = count == kStep ? V::loadu(ptr) : V::loadu(ptr, count);
+    }
+  }
+  static void store(T* ptr, int64_t count, const V* in) {
+    if constexpr (is_reduced_v<T>) {
+      const auto packed = at::vec::convert_from_float<T>(in[0], in[1]);
+      if (count == kStep) packed.store(ptr); else packed.store(ptr, count);
+    } else {
+      if (count == kStep) in[0].store(ptr); else in[0].store(ptr, count);
+    }
+  }
+};
+
+// Arrays of the math type walked in step with a narrow type's iterations.
+template <typename T>
+struct WideIo {
+  using W = opmath_t<T>;
+  using V = Vectorized<W>;
+  static constexpr int kPack = NarrowIo<T>::kPack;
+
+  static int64_t part(int64_t count, int k) {
+    return std::clamp<int64_t>(count - k * V::size(), 0, V::size());
+  }
+  static void load(const W* ptr, int64_t count, V* out) {
+    for (int k = 0; k < kPack; ++k) {
+      const int64_t n = part(count, k);
+      out[k] = n == V::size() ? V::loadu(ptr + k * V::size()) : n > 0 ? V::loadu(ptr + k * V::size(), n) : V(W(0));
+    }
+  }
+  static void store(W* ptr, int64_t count, const V* in) {
+    for (int k = 0; k < kPack; ++k) {
+      const int64_t n = part(count, k);
+      if (n == V::size()) in[k].store(ptr + k * V::size()); else if (n > 0) in[k].store(ptr + k * V::size(), n);
+    }
+  }
+};
+
+// `x` rounded to the dtype T (a no-op unless T is half or bfloat16): the
+// value the reference would hold in a tensor of that dtype.
+template <typename T, typename V>
+V round_to(const V& x) {
+  if constexpr (is_reduced_v<T>) {
+    auto [low, high] = at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(x, x));
+    (void)high;
+    return low;
+  } else {
+    return x;
+  }
+}
+
+// Deterministic per-chunk sums, in double.
+template <int R>
+struct Acc {
+  static_assert(R >= 1 && R <= kMaxSums);
+  alignas(64) double lanes[R][kLanes] = {};
+  int64_t offset = 0;  // lane of the current vector's first element
+  int64_t count = 0;   // valid elements in the current vector
+
+  template <typename V>
+  void add(int r, const V& x) {
+    accumulate(r, x, [](double a) { return a; });
+  }
+  template <typename V>
+  void add_square(int r, const V& x) {
+    accumulate(r, x, [](double a) { return a * a; });
+  }
+  template <typename V>
+  void add_product(int r, const V& x, const V& y) {
+    using T = typename V::value_type;
+    alignas(64) T a[V::size()];
+    alignas(64) T b[V::size()];
+    x.store(a);
+    y.store(b);
+    double* lane = lanes[r] + offset;
+    for (int64_t l = 0; l < count; ++l) lane[l] += static_cast<double>(a[l]) * static_cast<double>(b[l]);
+  }
+  // Adds the elements that are numbers to sum `r` and counts them in `r_count`.
+  template <typename V>
+  void add_numbers(int r, int r_count, const V& x) {
+    using T = typename V::value_type;
+    alignas(64) T a[V::size()];
+    x.store(a);
+    for (int64_t l = 0; l < count; ++l) {
+      if (std::isnan(a[l])) continue;
+      lanes[r][offset + l] += static_cast<double>(a[l]);
+      lanes[r_count][offset + l] += 1.0;
+    }
+  }
+
+  double total(int r) const {
+    double sum = 0.0;
+    for (int l = 0; l < kLanes; ++l) sum += lanes[r][l];
+    return sum;
+  }
+
+ private:
+  template <typename V, typename F>
+  void accumulate(int r, const V& x, F f) {
+    using T = typename V::value_type;
+    static_assert(kLanes % V::size() == 0, "a vector must not straddle the lane cycle");
+    alignas(64) T a[V::size()];
+    x.store(a);
+    double* lane = lanes[r] + offset;
+    if (count == V::size()) {
+      for (int64_t l = 0; l < V::size(); ++l) lane[l] += f(static_cast<double>(a[l]));
+    } else {
+      for (int64_t l = 0; l < count; ++l) lane[l] += f(static_cast<double>(a[l]));
+    }
+  }
+};
+
+// Per-call scratch reused across steps (grown, never shrunk), so a step
+// allocates nothing that grows with the parameters once warmed up.
+struct Workspace {
+  std::vector<int64_t> first_chunk;
+  std::vector<double> partials;
+};
+inline Workspace& workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+// Below this many elements a group runs on the calling thread: a parallel
+// region costs more than it saves.
+constexpr int64_t kMinParallelElements = int64_t{1} << 15;
+
+template <typename P>
+void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
+  using T = typename P::scalar_t;
+  using W = opmath_t<T>;
+  using V = Vectorized<W>;
+  using Narrow = NarrowIo<T>;
+  using Wide = WideIo<T>;
+  constexpr int kN = P::kNarrow;
+  constexpr int kA = P::kNarrow + P::kWide;
+  constexpr int kPack = Narrow::kPack;
+  constexpr int kR = P::kSums;
+  static_assert(kA <= kMaxArrays);
+
+  const P pass{args};
+  const int64_t num_tensors = static_cast<int64_t>(group.tensors.size());
+  auto& ws = workspace();
+  ws.first_chunk.resize(num_tensors + 1);
+  int64_t elements = 0;
+  ws.first_chunk[0] = 0;
+  for (int64_t t = 0; t < num_tensors; ++t) {
+    const int64_t n = group.tensors[t].numel;
+    elements += n;
+    ws.first_chunk[t + 1] = ws.first_chunk[t] + (n + kChunk - 1) / kChunk;
+  }
+  const int64_t num_chunks = ws.first_chunk[num_tensors];
+  if constexpr (kR > 0) ws.partials.assign(num_chunks * kR, 0.0);
+  const int64_t* first_chunk = ws.first_chunk.data();
+  double* partials = ws.partials.data();
+
+  auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
+    int64_t t = std::upper_bound(first_chunk, first_chunk + num_tensors + 1, chunk_begin) - first_chunk - 1;
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      while (c >= first_chunk[t + 1]) ++t;
+      const TensorSlot& slot = group.tensors[t];
+      const int64_t begin = (c - first_chunk[t]) * kChunk;
+      const int64_t end = std::min(begin + kChunk, slot.numel);
+      const auto body = pass.for_tensor(t);
+      Acc<kR == 0 ? 1 : kR> acc;
+      V values[kA][kPack] = {};
+      for (int64_t i = begin; i < end; i += Narrow::kStep) {
+        const int64_t count = std::min<int64_t>(Narrow::kStep, end - i);
+        for (int j = 0; j < kA; ++j) {
+          // An absent array (amsgrad off, no momentum) is neither read nor written.
+          if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) continue;
+          if (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
+          else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
+        }
+        for (int k = 0; k < kPack; ++k) {
+          V x[kA];
+          for (int j = 0; j < kA; ++j) x[j] = values[j][k];
+          acc.offset = (i + k * V::size()) % kLanes;
+          acc.count = std::clamp<int64_t>(count - k * V::size(), 0, V::size());
+          body(x, acc);
+          for (int j = 0; j < kA; ++j) values[j][k] = x[j];
+        }
+        for (int j = 0; j < kA; ++j) {
+          if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) continue;
+          if (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
+          else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
+        }
+      }
+      if constexpr (kR > 0) {
+        for (int r = 0; r < kR; ++r) partials[c * kR + r] = acc.total(r);
+      }
+    }
+  };
+  if (elements < kMinParallelElements || at::in_parallel_region()) {
+    run_chunks(0, num_chunks);
+  } else {
+    at::parallel_for(0, num_chunks, 1, run_chunks);
+  }
+
+  if constexpr (kR > 0) {
+    sums->assign(num_tensors, {});
+    for (int64_t t = 0; t < num_tensors; ++t) {
+      auto& row = (*sums)[t];
+      for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+        for (int r = 0; r < kR; ++r) row[r] += partials[c * kR + r];
+      }
+    }
+  }
+}
+
+// Fills `table[pass]` with P<float>, P<double>, P<BFloat16>, P<Half>.
+template <template <typename> class P>
+void register_pass(PassTable& table, Pass pass) {
+  auto& row = table[static_cast<size_t>(pass)];
+  row[0] = &run_pass<P<float>>;
+  row[1] = &run_pass<P<double>>;
+  row[2] = &run_pass<P<c10::BFloat16>>;
+  row[3] = &run_pass<P<c10::Half>>;
+}
+
+// Math helpers shared by the algorithms: V is Vectorized<float or double>.
+template <typename V>
+V splat(double value) {
+  return V(static_cast<typename V::value_type>(value));
+}
+
+// The Adam-style denominator sqrt(second or its running max)/sqrt(bc) + eps;
+// with amsgrad the running max `max_second` is advanced first.
+template <typename V>
+V adam_denominator(const V& second, V* max_second, const V& sqrt_bias_correction, const V& eps) {
+  V source = second;
+  if (max_second != nullptr) {
+    *max_second = at::vec::maximum(*max_second, second);
+    source = *max_second;
+  }
+  return source.sqrt() / sqrt_bias_correction + eps;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace holocron::optim::kernels::cpu
+
+// Each algorithm file registers its passes with this, once per instruction set.
+#define HOLOCRON_KERNELS_REGISTER(name) \
+  namespace holocron::optim::kernels::cpu { inline namespace CPU_CAPABILITY { void register_##name(PassTable& table); } }

@@ -1,0 +1,100 @@
+#pragma once
+
+// The fused CPU kernels as seen from the functional layer: a group of tensors
+// is handed over as raw pointers, and each algorithm is one or two passes over
+// it (a reducing pass that returns per-tensor sums, then an update pass that
+// reads per-tensor coefficients computed on the host in double).
+//
+// This header is compiled once; the passes themselves are compiled once per
+// instruction set (src/kernels/cpu/*.cpp with CPU_CAPABILITY set) and chosen
+// at run time by `run`.
+
+#include <c10/core/ScalarType.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace holocron::optim::kernels::cpu {
+
+// Elements per unit of work. A multiple of every vector width and of the
+// reduction lane count, so chunk boundaries (hence the order of every sum)
+// depend on neither the thread count nor the instruction set.
+constexpr int64_t kChunk = int64_t{1} << 14;
+// Fixed number of partial sums per reduction (element i of a tensor goes to
+// lane i % kLanes), summed in order at the end of each chunk.
+constexpr int kLanes = 16;
+
+constexpr int kMaxArrays = 8;
+constexpr int kMaxSums = 4;
+constexpr int kMaxCoefficients = 8;
+
+struct TensorSlot {
+  int64_t numel = 0;
+  // In the order the pass names them. "Narrow" arrays have the group's dtype;
+  // the "wide" ones after them (Scout's statistics) have its math type
+  // (float for half/bfloat16).
+  std::array<void*, kMaxArrays> data{};
+};
+
+struct Group {
+  at::ScalarType dtype = at::kFloat;
+  std::vector<TensorSlot> tensors;
+};
+
+struct PassArgs {
+  // The algorithm's constants (betas, eps, ...), in the pass's order.
+  std::array<double, kMaxCoefficients> hyper{};
+  // Per-tensor coefficients from the host phase (bias corrections, trust
+  // ratios, ...), one row per tensor of the group.
+  std::vector<std::array<double, kMaxCoefficients>> per_tensor;
+};
+
+// Per-tensor sums of a reducing pass: one row per tensor.
+using Sums = std::vector<std::array<double, kMaxSums>>;
+
+enum class Pass : int {
+  LarsNorms,
+  LarsApply,
+  LambMoments,
+  LambApply,
+  RaLarsMoments,
+  RaLarsApply,
+  TAdamDistance,
+  TAdamApply,
+  AdaBeliefApply,
+  AdamPMoments,
+  AdamPApply,
+  AdanApply,
+  AdEMAMixApply,
+  LookaheadSync,
+  ScoutAccumulate,
+  ScoutCoherence,
+  Count
+};
+
+enum class Capability : int { Default = 0, AVX2 = 1, AVX512 = 2 };
+
+// Runs `pass` with the selected instruction set. `sums` (for reducing passes)
+// is resized to one row per tensor. Runs in one parallel region.
+void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums = nullptr);
+
+bool supports_dtype(at::ScalarType dtype);
+
+// False when the reference backend was chosen (set_cpu_capability("reference")).
+bool fused_enabled();
+
+// The instruction set used now, and those this CPU can run.
+Capability selected_capability();
+std::vector<Capability> available_capabilities();
+const char* name_of(Capability capability);
+
+// Pass tables, one per instruction set build, indexed [pass][dtype slot].
+using PassFn = void (*)(const Group&, const PassArgs&, Sums*);
+using PassTable = std::array<std::array<PassFn, 4>, static_cast<size_t>(Pass::Count)>;
+
+// Index of a supported dtype in a PassTable row: float, double, bfloat16, half.
+int dtype_slot(at::ScalarType dtype);
+
+}  // namespace holocron::optim::kernels::cpu
