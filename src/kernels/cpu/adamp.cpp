@@ -25,38 +25,52 @@ struct AdamPDirection {
   }
 };
 
+// g' = g + wd*p, and the Adam moments of g'.
+template <typename V>
+struct AdamPMomentUpdate {
+  V beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay;
+  bool decay;
+  explicit AdamPMomentUpdate(const PassArgs& args)
+      : beta1(splat<V>(args.hyper[0])), one_minus_beta1(splat<V>(1.0 - args.hyper[0])),
+        beta2(splat<V>(args.hyper[1])), one_minus_beta2(splat<V>(1.0 - args.hyper[1])),
+        weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
+  V operator()(const V& p, const V& grad, V& m, V& v) const {
+    const V g = decay ? grad + weight_decay * p : grad;
+    m = m * beta1 + one_minus_beta1 * g;
+    v = v * beta2 + one_minus_beta2 * g * g;
+    return g;
+  }
+};
+
+// Half and bfloat16 moments would lose what pass 2 needs if stored rounded:
+// for them pass 1 only reads, and pass 2 updates the moments (and the
+// running max) again from the same inputs and stores them.
+template <typename T>
+constexpr bool kMomentsInApply = is_reduced_v<T>;
+
 // Sums: p.g', ||p||^2, ||g'||^2, p.q.
 template <typename T>
 struct AdamPMoments {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 4;
-  static constexpr unsigned kRead = 0b11111, kWrite = 0b11100;
+  static constexpr unsigned kRead = 0b11111, kWrite = kMomentsInApply<T> ? 0 : 0b11100;
   const PassArgs& args;
 
   struct Body {
-    V beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay;
-    bool decay;
+    AdamPMomentUpdate<V> moments;
     AdamPDirection<V> direction;
     void operator()(V* x, Acc<kSums>& acc) const {
       const V& p = x[0];
-      const V g = decay ? x[1] + weight_decay * p : x[1];
-      V& m = x[2];
-      V& v = x[3];
-      m = m * beta1 + one_minus_beta1 * g;
-      v = v * beta2 + one_minus_beta2 * g * g;
-      const V q = direction(m, v, &x[4]);
+      const V g = moments(p, x[1], x[2], x[3]);
+      const V q = direction(x[2], x[3], &x[4]);
       acc.add_product(0, p, g);
       acc.add_square(1, p);
       acc.add_square(2, g);
       acc.add_product(3, p, q);
     }
   };
-  Body for_tensor(int64_t t) const {
-    const auto& h = args.hyper;
-    return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
-            splat<V>(h[3]), h[3] != 0.0,          AdamPDirection<V>(args, t)};
-  }
+  Body for_tensor(int64_t t) const { return {AdamPMomentUpdate<V>(args), AdamPDirection<V>(args, t)}; }
 };
 
 template <typename T>
@@ -64,15 +78,18 @@ struct AdamPApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = 0b11101, kWrite = 0b00001;
+  static constexpr unsigned kRead = kMomentsInApply<T> ? 0b11111 : 0b11101;
+  static constexpr unsigned kWrite = kMomentsInApply<T> ? 0b11101 : 0b00001;
   const PassArgs& args;
 
   struct Body {
+    AdamPMomentUpdate<V> moments;
     AdamPDirection<V> direction;
     V step, projection;
     bool project;
     void operator()(V* x, Acc<1>&) const {
       V& p = x[0];
+      if constexpr (kMomentsInApply<T>) moments(p, x[1], x[2], x[3]);
       V q = direction(x[2], x[3], &x[4]);
       if (project) q = q - projection * p;
       p = p + step * q;
@@ -80,7 +97,8 @@ struct AdamPApply {
   };
   Body for_tensor(int64_t t) const {
     const auto& c = args.per_tensor[t];
-    return {AdamPDirection<V>(args, t), splat<V>(c[2]), splat<V>(c[3]), c[3] != 0.0};
+    return {AdamPMomentUpdate<V>(args), AdamPDirection<V>(args, t), splat<V>(c[2]), splat<V>(c[3]),
+            c[3] != 0.0};
   }
 };
 

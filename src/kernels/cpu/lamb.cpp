@@ -57,12 +57,19 @@ struct RaLarsDirection {
   }
 };
 
+// Half and bfloat16 moments would lose what pass 2 needs if stored rounded
+// (a second moment that rounds to zero turns m / (sqrt(v) + eps) into m / eps):
+// for them pass 1 only reads, and pass 2 updates the moments again from the
+// same inputs and stores them (2 more bytes per element).
+template <typename T>
+constexpr bool kMomentsInApply = is_reduced_v<T>;
+
 template <typename T, template <typename> class Direction>
 struct TrustMoments {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 4, kWide = 0, kSums = 2;
-  static constexpr unsigned kRead = 0b1111, kWrite = 0b1100;
+  static constexpr unsigned kRead = 0b1111, kWrite = kMomentsInApply<T> ? 0 : 0b1100;
   const PassArgs& args;
 
   struct Body {
@@ -83,15 +90,22 @@ struct TrustApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 4, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = 0b1101, kWrite = 0b0001;
+  static constexpr unsigned kRead = kMomentsInApply<T> ? 0b1111 : 0b1101;
+  static constexpr unsigned kWrite = kMomentsInApply<T> ? 0b1101 : 0b0001;
   const PassArgs& args;
 
   struct Body {
+    Moments<V> moments;
     Direction<V> direction;
     V step;
-    void operator()(V* x, Acc<1>&) const { x[0] = x[0] + step * direction(x[0], x[2], x[3]); }
+    void operator()(V* x, Acc<1>&) const {
+      if constexpr (kMomentsInApply<T>) moments(x[1], x[2], x[3]);
+      x[0] = x[0] + step * direction(x[0], x[2], x[3]);
+    }
   };
-  Body for_tensor(int64_t t) const { return {Direction<V>(args, t), splat<V>(args.per_tensor[t][4])}; }
+  Body for_tensor(int64_t t) const {
+    return {Moments<V>(args), Direction<V>(args, t), splat<V>(args.per_tensor[t][4])};
+  }
 };
 
 template <typename T> using LambMoments = TrustMoments<T, LambDirection>;

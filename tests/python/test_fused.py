@@ -1,0 +1,227 @@
+"""The fused CPU kernels against the reference (ATen) backend, across the
+instruction-set builds this CPU runs and across thread counts.
+
+The reference backend is itself checked against pylocron in test_parity.py;
+here every algorithm, dtype and option branch runs through both backends on
+shapes that cross the kernels' vector tails and chunk boundaries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import holocron_optim as ho
+
+OPS = torch.ops.holocron
+CAPABILITIES = [c for c in OPS.available_cpu_capabilities() if c != "reference"]
+CHUNK = 1 << 14
+# 0-d, a single element, vector tails, two chunks and a tail (so a parallel
+# region with several chunks per tensor), a conv weight.
+SHAPES = [(), (1,), (7,), (33,), (2 * CHUNK + 37,), (3, 5, 17), (16, 3, 3, 3)]
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+RTOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+OPTIONS = {
+    "LARS": [dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True), dict(lr=0.1, scale_clip=(0.5, 2.0)),
+             dict(lr=0.1, momentum=0.8, dampening=0.1)],
+    "LAMB": [dict(lr=1e-2, weight_decay=0.01), dict(lr=1e-2, scale_clip=(0.0, 1.0))],
+    "RaLars": [dict(lr=1e-2, weight_decay=0.01), dict(lr=1e-2, betas=(0.9, 0.9), force_adaptive_momentum=True),
+               dict(lr=1e-2, betas=(0.9, 0.5))],
+    "TAdam": [dict(lr=1e-2, weight_decay=0.01, amsgrad=True), dict(lr=1e-2, dof=3.0)],
+    "AdaBelief": [dict(lr=1e-2, weight_decay=0.01, amsgrad=True), dict(lr=1e-2)],
+    "AdamP": [dict(lr=1e-2, weight_decay=0.01, amsgrad=True, delta=10.0), dict(lr=1e-2, delta=0.1)],
+    "Adan": [dict(lr=1e-2, weight_decay=0.01, amsgrad=True), dict(lr=1e-2)],
+    "AdEMAMix": [dict(lr=1e-2, weight_decay=0.01), dict(lr=1e-2, alpha=2.0)],
+}
+CASES = [(name, k) for name, opts in OPTIONS.items() for k in range(len(opts))]
+
+
+@pytest.fixture(autouse=True)
+def restore_backend():
+    capability, threads = OPS.cpu_capability(), torch.get_num_threads()
+    yield
+    OPS.set_cpu_capability(capability)
+    torch.set_num_threads(threads)
+
+
+def _run(name: str, options: dict, dtype: torch.dtype, capability: str, threads: int = 2, steps: int = 5,
+         shapes=SHAPES, wrap: str | None = None, memory_format=None):
+    """Parameters and optimizer state after `steps` steps with the given backend."""
+    OPS.set_cpu_capability(capability)
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(7)
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+        if memory_format is not None and p.dim() == 4:
+            p = p.contiguous(memory_format=memory_format)
+        params.append(p.requires_grad_())
+    groups = [{"params": params[:3]}, {"params": params[3:], "lr": options["lr"] * 0.5}]
+    opt = getattr(ho, name)(groups, **options)
+    if wrap is not None:
+        opt = getattr(ho, wrap)(opt, sync_rate=0.3, sync_period=2)
+    for step in range(steps):
+        for i, p in enumerate(params):
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            grad = (0.3 * p.detach().double() + noise).to(dtype)
+            if memory_format is not None and grad.dim() == 4:
+                grad = grad.contiguous(memory_format=memory_format)
+            # A parameter without a gradient now and then.
+            p.grad = None if (i == 1 and step % 2 == 1) else grad
+        opt.step()
+    state = opt.state_dict()["state"] if wrap is None else opt.base_optimizer.state_dict()["state"]
+    buffers = [t.clone() for s in state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    return [p.detach().clone() for p in params], buffers
+
+
+def _assert_close(actual, expected, rtol, what):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if a.dtype in (torch.bfloat16, torch.float16):
+            # Reduced precision: the reference backend keeps its moments in
+            # float between ops, the fused kernels re-read them as stored, so
+            # elements whose second moment is (sub)normal-rounded differ; the
+            # tensor as a whole must not.
+            error = float((a.double() - e.double()).norm()) / max(float(e.double().norm()), 1e-12)
+            assert error < rtol, f"{what}[{i}]: relative L2 error {error:.3g} >= {rtol}"
+            continue
+        scale = max(float(e.double().abs().max()) if e.numel() else 0.0, 1e-6)
+        torch.testing.assert_close(a.double(), e.double(), rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}[{i}]: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name,k", CASES)
+def test_fused_matches_reference_backend(name, k, dtype):
+    expected = _run(name, OPTIONS[name][k], dtype, "reference")
+    actual = _run(name, OPTIONS[name][k], dtype, "auto")
+    _assert_close(actual[0], expected[0], RTOL[dtype], "params")
+    _assert_close(actual[1], expected[1], RTOL[dtype], "state")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name,k", CASES)
+def test_reduced_precision_follows_the_float32_path(name, k, dtype):
+    wide = _run(name, OPTIONS[name][k], torch.float32, "auto")
+    narrow = _run(name, OPTIONS[name][k], dtype, "auto")
+    # Over the whole model: a 0-d parameter whose gradient rounds to the other
+    # sign in half precision may move the other way, as it would in any
+    # implementation with half-precision gradients.
+    flat = [torch.cat([p.double().flatten() for p in params]) for params in (narrow[0], wide[0])]
+    _assert_close([flat[0].to(dtype)], [flat[1]], RTOL[dtype] * 2, "params")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_bitwise_across_threads_and_instruction_sets(name, dtype):
+    options = OPTIONS[name][0]
+    base = _run(name, options, dtype, CAPABILITIES[0], threads=1)
+    runs = [(c, t) for c in CAPABILITIES for t in (1, 2, 4)][1:]
+    for capability, threads in runs:
+        params, state = _run(name, options, dtype, capability, threads=threads)
+        for a, b in zip(params + state, base[0] + base[1]):
+            assert torch.equal(a, b), f"{name} {dtype}: {capability} with {threads} threads differs"
+
+
+@pytest.mark.parametrize("wrap", ["Lookahead", "Scout"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_wrappers_fused_match_reference_and_are_bitwise_stable(wrap, dtype):
+    options = OPTIONS["AdaBelief"][1]
+    expected = _run("AdaBelief", options, dtype, "reference", wrap=wrap, steps=7)
+    actual = _run("AdaBelief", options, dtype, "auto", wrap=wrap, steps=7)
+    _assert_close(actual[0], expected[0], RTOL[dtype], f"{wrap} params")
+    for capability in CAPABILITIES:
+        for threads in (1, 4):
+            again = _run("AdaBelief", options, dtype, capability, threads=threads, wrap=wrap, steps=7)
+            assert all(torch.equal(a, b) for a, b in zip(again[0], actual[0])), (capability, threads)
+
+
+def test_scout_coherence_fused_equals_reference():
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        wide = torch.float32 if dtype == torch.bfloat16 else dtype
+        shapes = [(5,), (2 * CHUNK + 3,), (4, 4)]
+        fast = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+        stats = {k: [torch.zeros(s, dtype=wide) for s in shapes] for k in ("mean", "m2", "max", "min")}
+        prev = [f.clone() for f in fast]
+        # The second tensor's first half never moves: 0/0 there (fix 5).
+        results = {}
+        for backend in ("reference", "auto"):
+            OPS.set_cpu_capability(backend)
+            f = [t.clone() for t in fast]
+            pv = [t.clone() for t in prev]
+            st = {k: [t.clone() for t in v] for k, v in stats.items()}
+            for count in range(4):
+                for t in f:
+                    t.add_(torch.randn(t.shape, generator=torch.Generator().manual_seed(count)).to(dtype))
+                f[1][: CHUNK].copy_(pv[1][: CHUNK])
+                OPS.scout_accumulate_(f, pv, st["mean"], st["m2"], st["max"], st["min"], count)
+            results[backend] = OPS.scout_coherence(pv, st["mean"], st["m2"], st["max"], st["min"], 4)
+        assert results["auto"] == pytest.approx(results["reference"], rel=1e-6), dtype
+
+
+def test_dense_non_contiguous_parameters_take_the_fused_path():
+    # channels_last weights are dense: same numbers as contiguous ones.
+    shapes = [(16, 3, 3, 3), (8, 4, 5, 5)]
+    contiguous = _run("LAMB", OPTIONS["LAMB"][0], torch.float32, "auto", shapes=shapes)
+    channels_last = _run("LAMB", OPTIONS["LAMB"][0], torch.float32, "auto", shapes=shapes,
+                         memory_format=torch.channels_last)
+    for a, b in zip(contiguous[0], channels_last[0]):
+        assert torch.equal(a, b)
+
+
+def test_strided_parameters_fall_back_to_the_reference_backend():
+    base = torch.randn(6, 8, dtype=torch.float64)
+    p_view = base.t().requires_grad_()  # not contiguous, still dense
+    p_sliced = torch.randn(6, 16, dtype=torch.float64)[:, ::2].requires_grad_()  # not dense
+    q_view = p_view.detach().contiguous().requires_grad_()
+    q_sliced = p_sliced.detach().contiguous().requires_grad_()
+    grads = [torch.randn(8, 6, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)]
+    for params in ([p_view, p_sliced], [q_view, q_sliced]):
+        opt = ho.AdamP(params, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(p_view.detach(), q_view.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p_sliced.detach(), q_sliced.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_mixed_dtypes_in_one_group():
+    params = [torch.randn(40, dtype=torch.float32, requires_grad=True),
+              torch.randn(40, dtype=torch.float64, requires_grad=True)]
+    opt = ho.AdEMAMix(params, lr=1e-2)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_steps_bump_version_counters_as_in_place_ops_do():
+    p = torch.randn(100, requires_grad=True)
+    p.grad = torch.randn(100)
+    opt = ho.LAMB([p])
+    before = p._version
+    opt.step()
+    assert p._version > before
+    assert opt.state[p]["exp_avg"]._version > 0
+
+
+def test_capability_selection():
+    available = OPS.available_cpu_capabilities()
+    assert "reference" in available and "default" in available
+    with pytest.raises((ValueError, RuntimeError), match="unknown CPU capability 'sse9'"):
+        OPS.set_cpu_capability("sse9")
+    for name in available:
+        OPS.set_cpu_capability(name)
+        assert OPS.cpu_capability() == name
+
+
+def test_environment_override():
+    code = "import torch, holocron_optim; print(torch.ops.holocron.cpu_capability())"
+    for value in ("default", "reference"):
+        env = dict(os.environ, HOLOCRON_OPTIM_CPU_CAPABILITY=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == value
