@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "holocron/optim/functional.h"
 
@@ -56,6 +57,37 @@ at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
                                clip_of(clip_low, clip_high), sma_inf}));
 }
 
+// One-element CPU tensors are read and written in place: a dispatched
+// item()/fill_() per parameter would cost more than the update of a small one.
+template <typename F>
+bool with_cpu_scalar(const at::Tensor& t, F f) {
+  if (!t.device().is_cpu()) return false;
+  switch (t.scalar_type()) {
+    case at::kFloat: f(t.data_ptr<float>()); return true;
+    case at::kDouble: f(t.data_ptr<double>()); return true;
+    case at::kBFloat16: f(t.data_ptr<at::BFloat16>()); return true;
+    case at::kHalf: f(t.data_ptr<at::Half>()); return true;
+    default: return false;
+  }
+}
+
+double read_scalar(const at::Tensor& t) {
+  double value = 0.0;
+  if (with_cpu_scalar(t, [&](auto* ptr) { value = static_cast<double>(*ptr); })) return value;
+  return t.item<double>();
+}
+
+void write_scalar(const at::Tensor& t, double value) {
+  if (t.is_inference() || !with_cpu_scalar(t, [&](auto* ptr) {
+        using T = std::remove_pointer_t<decltype(ptr)>;
+        *ptr = static_cast<T>(value);
+      })) {
+    t.fill_(value);
+    return;
+  }
+  t.unsafeGetTensorImpl()->bump_version();
+}
+
 // The reference keeps TAdam's moment weight as a one-element tensor (W_t).
 void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, TensorList W_ts, c10::IntArrayRef steps, double lr,
@@ -67,11 +99,11 @@ void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   for (size_t i = 0; i < W_ts.size(); ++i) {
     TORCH_CHECK(W_ts[i].numel() == 1, "TAdam: W_t of parameter ", i,
                 " must hold one element, it has shape ", W_ts[i].sizes());
-    weights[i] = W_ts[i].item<double>();
+    weights[i] = read_scalar(W_ts[i]);
   }
   F::tadam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, weights, steps,
             {lr, beta1, beta2, eps, weight_decay, amsgrad, dof});
-  for (size_t i = 0; i < W_ts.size(); ++i) W_ts[i].fill_(weights[i]);
+  for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
 }
 
 void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,

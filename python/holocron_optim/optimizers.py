@@ -33,10 +33,20 @@ def _gather(states: list[dict[str, Any]], key: str) -> list[torch.Tensor]:
     return [s[key] for s in states]
 
 
-def _local_lr_value(p: torch.Tensor, value: float) -> Any:
-    # The reference stores the trust ratio as a 0-d tensor of the parameter's
-    # dtype, or the int 1 when a norm is zero.
-    return 1 if value == 1.0 else torch.tensor(value, dtype=p.dtype, device=p.device)
+def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], ratios: torch.Tensor) -> None:
+    """The reference stores each trust ratio as a 0-d tensor of the parameter's
+    dtype and device, or the int 1 when a norm is zero. One conversion and one
+    unbind per group: no tensor is built per parameter in Python."""
+    if not params:
+        return
+    values = ratios.tolist()
+    first = params[0]
+    if all(p.dtype == first.dtype and p.device == first.device for p in params):
+        tensors = ratios.to(device=first.device, dtype=first.dtype).unbind()
+    else:
+        tensors = [torch.tensor(v, dtype=p.dtype, device=p.device) for p, v in zip(params, values)]
+    for state, value, tensor in zip(states, values, tensors):
+        state["local_lr"] = 1 if value == 1.0 else tensor
 
 
 class LARS(FusedStep, Optimizer):
@@ -139,10 +149,9 @@ class LAMB(FusedStep, Optimizer):
             params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), *self.scale_clip,
-        ).tolist()
+        )
         self._store_steps(states, self._advance_steps(states))
-        for p, state, local_lr in zip(params, states, local_lrs):
-            state["local_lr"] = _local_lr_value(p, local_lr)
+        _store_local_lrs(params, states, local_lrs)
 
 
 class RaLars(FusedStep, Optimizer):
@@ -182,10 +191,9 @@ class RaLars(FusedStep, Optimizer):
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
             None if group.get("sma_inf") is None else float(group["sma_inf"]),
-        ).tolist()
+        )
         self._store_steps(states, steps)
-        for p, state, local_lr in zip(params, states, local_lrs):
-            state["local_lr"] = _local_lr_value(p, local_lr)
+        _store_local_lrs(params, states, local_lrs)
 
 
 class TAdam(FusedStep, Optimizer):

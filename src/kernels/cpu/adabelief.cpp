@@ -20,7 +20,8 @@ struct AdaBeliefApply {
   struct Body {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, sqrt_bc2, step;
     bool decay, amsgrad;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
       const V g = decay ? x[1] + weight_decay * p : x[1];
       V& m = x[2];

@@ -20,7 +20,7 @@ struct AdamPDirection {
       : eps(splat<V>(args.hyper[2])), bc1(splat<V>(args.per_tensor[t][0])),
         sqrt_bc2(splat<V>(args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
   // q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
-  V operator()(const V& m, const V& v, V* max_v) const {
+  HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& v, V* max_v) const {
     return (m / bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, sqrt_bc2, eps);
   }
 };
@@ -34,7 +34,7 @@ struct AdamPMomentUpdate {
       : beta1(splat<V>(args.hyper[0])), one_minus_beta1(splat<V>(1.0 - args.hyper[0])),
         beta2(splat<V>(args.hyper[1])), one_minus_beta2(splat<V>(1.0 - args.hyper[1])),
         weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
-  V operator()(const V& p, const V& grad, V& m, V& v) const {
+  HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& grad, V& m, V& v) const {
     const V g = decay ? grad + weight_decay * p : grad;
     m = m * beta1 + one_minus_beta1 * g;
     v = v * beta2 + one_minus_beta2 * g * g;
@@ -60,7 +60,8 @@ struct AdamPMoments {
   struct Body {
     AdamPMomentUpdate<V> moments;
     AdamPDirection<V> direction;
-    void operator()(V* x, Acc<kSums>& acc) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
       const V& p = x[0];
       const V g = moments(p, x[1], x[2], x[3]);
       const V q = direction(x[2], x[3], &x[4]);
@@ -87,7 +88,8 @@ struct AdamPApply {
     AdamPDirection<V> direction;
     V step, projection;
     bool project;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
       if constexpr (kMomentsInApply<T>) moments(p, x[1], x[2], x[3]);
       V q = direction(x[2], x[3], &x[4]);

@@ -23,7 +23,8 @@ struct AdanApply {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, eps, weight_decay;
     V bc1, beta2_over_bc2, sqrt_bc3, step, decay_divisor;
     bool decay, amsgrad, first_step;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
       const V g = decay ? x[1] + weight_decay * p : x[1];
       V& prev = x[2];

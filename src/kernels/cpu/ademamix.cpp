@@ -21,7 +21,8 @@ struct AdEMAMixApply {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, alpha, eps,
         weight_decay, bc1, sqrt_bc2, step;
     bool decay;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
       const V g = decay ? x[1] + weight_decay * p : x[1];
       V& fast = x[2];

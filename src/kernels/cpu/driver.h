@@ -11,7 +11,7 @@
 //   kRead, kWrite                       bit j set: array j is loaded / stored
 //   kSums                               per-tensor reductions (0: none)
 //   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk
-//   void Body::operator()(V* x, Acc<kSums>& acc) const
+//   template <class A> void Body::operator()(V* x, A& acc) const
 //                                       the math of one vector of elements:
 //                                       x[j] holds array j; written arrays are
 //                                       stored back, sums go to acc.
@@ -24,16 +24,22 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "kernels/cpu/pass.h"
+
+// Everything a pass body calls is forced inline: a body left out of line
+// keeps its sums in memory instead of registers, at half the speed.
+#define HOLOCRON_KERNEL_INLINE C10_ALWAYS_INLINE
 
 namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
@@ -55,7 +61,7 @@ struct NarrowIo {
   static constexpr int64_t kStep = Vectorized<T>::size();
   static_assert(kStep == kPack * V::size(), "one iteration = kPack math vectors");
 
-  static void load(const T* ptr, int64_t count, V* out) {
+  HOLOCRON_KERNEL_INLINE static void load(const T* ptr, int64_t count, V* out) {
     if constexpr (is_reduced_v<T>) {
       const auto packed = count == kStep ? Vectorized<T>::loadu(ptr) : Vectorized<T>::loadu(ptr, count);
       std::tie(out[0], out[1]) = at::vec::convert_to_float<T>(packed);
@@ -63,7 +69,7 @@ struct NarrowIo {
       out[0] = count == kStep ? V::loadu(ptr) : V::loadu(ptr, count);
     }
   }
-  static void store(T* ptr, int64_t count, const V* in) {
+  HOLOCRON_KERNEL_INLINE static void store(T* ptr, int64_t count, const V* in) {
     if constexpr (is_reduced_v<T>) {
       const auto packed = at::vec::convert_from_float<T>(in[0], in[1]);
       if (count == kStep) packed.store(ptr); else packed.store(ptr, count);
@@ -83,13 +89,13 @@ struct WideIo {
   static int64_t part(int64_t count, int k) {
     return std::clamp<int64_t>(count - k * V::size(), 0, V::size());
   }
-  static void load(const W* ptr, int64_t count, V* out) {
+  HOLOCRON_KERNEL_INLINE static void load(const W* ptr, int64_t count, V* out) {
     for (int k = 0; k < kPack; ++k) {
       const int64_t n = part(count, k);
       out[k] = n == V::size() ? V::loadu(ptr + k * V::size()) : n > 0 ? V::loadu(ptr + k * V::size(), n) : V(W(0));
     }
   }
-  static void store(W* ptr, int64_t count, const V* in) {
+  HOLOCRON_KERNEL_INLINE static void store(W* ptr, int64_t count, const V* in) {
     for (int k = 0; k < kPack; ++k) {
       const int64_t n = part(count, k);
       if (n == V::size()) in[k].store(ptr + k * V::size()); else if (n > 0) in[k].store(ptr + k * V::size(), n);
@@ -100,7 +106,7 @@ struct WideIo {
 // `x` rounded to the dtype T (a no-op unless T is half or bfloat16): the
 // value the reference would hold in a tensor of that dtype.
 template <typename T, typename V>
-V round_to(const V& x) {
+HOLOCRON_KERNEL_INLINE V round_to(const V& x) {
   if constexpr (is_reduced_v<T>) {
     auto [low, high] = at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(x, x));
     (void)high;
@@ -110,66 +116,113 @@ V round_to(const V& x) {
   }
 }
 
-// Deterministic per-chunk sums, in double.
+// `x` widened to double, as Vectorized<double> pieces in lane order.
+template <typename V>
+HOLOCRON_KERNEL_INLINE auto widen(const V& x) {
+  using D = Vectorized<double>;
+  constexpr int kPieces = V::size() / D::size();
+  std::array<D, kPieces> out;
+  if constexpr (std::is_same_v<typename V::value_type, double>) {
+    out[0] = x;
+#if defined(CPU_CAPABILITY_AVX512)
+  } else if constexpr (kPieces == 2) {
+    const __m512 v = x;
+    out[0] = D(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    out[1] = D(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+#elif defined(CPU_CAPABILITY_AVX2)
+  } else if constexpr (kPieces == 2) {
+    const __m256 v = x;
+    out[0] = D(_mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    out[1] = D(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+#endif
+  } else {
+    alignas(64) typename V::value_type narrow[V::size()];
+    alignas(64) double wide[V::size()];
+    x.store(narrow);
+    for (int64_t l = 0; l < V::size(); ++l) wide[l] = static_cast<double>(narrow[l]);
+    for (int k = 0; k < kPieces; ++k) out[k] = D::loadu(wide + k * D::size());
+  }
+  return out;
+}
+
+// Deterministic per-chunk sums, in double: kLanes partial sums per reduction,
+// held in registers as Vectorized<double>; element i of a tensor goes to lane
+// i % kLanes, and the lanes are summed in order at the end of the chunk.
 template <int R>
 struct Acc {
   static_assert(R >= 1 && R <= kMaxSums);
-  alignas(64) double lanes[R][kLanes] = {};
-  int64_t offset = 0;  // lane of the current vector's first element
-  int64_t count = 0;   // valid elements in the current vector
+  using D = Vectorized<double>;
+  static_assert(kLanes % D::size() == 0);
+  D lanes[R][kLanes / D::size()];
+
+  Acc() {
+    for (auto& row : lanes) {
+      for (auto& lane : row) lane = D(0.0);
+    }
+  }
+  double total(int r) const {
+    alignas(64) double values[kLanes];
+    for (int k = 0; k < kLanes / D::size(); ++k) lanes[r][k].store(values + k * D::size());
+    double sum = 0.0;
+    for (int l = 0; l < kLanes; ++l) sum += values[l];
+    return sum;
+  }
+};
+
+// What a pass body sees of the sums: the vector at lane offset kOffset (a
+// compile-time constant, so the lanes stay in registers) holding `count`
+// valid elements.
+template <int R, int kOffset>
+struct LaneView {
+  Acc<R>& acc;
+  int64_t count;
 
   template <typename V>
-  void add(int r, const V& x) {
-    accumulate(r, x, [](double a) { return a; });
+  HOLOCRON_KERNEL_INLINE void add(int r, const V& x) {
+    accumulate(r, valid(x), [](const auto& d) { return d; });
   }
   template <typename V>
-  void add_square(int r, const V& x) {
-    accumulate(r, x, [](double a) { return a * a; });
+  HOLOCRON_KERNEL_INLINE void add_square(int r, const V& x) {
+    accumulate(r, valid(x), [](const auto& d) { return d * d; });
   }
   template <typename V>
-  void add_product(int r, const V& x, const V& y) {
-    using T = typename V::value_type;
-    alignas(64) T a[V::size()];
-    alignas(64) T b[V::size()];
-    x.store(a);
-    y.store(b);
-    double* lane = lanes[r] + offset;
-    for (int64_t l = 0; l < count; ++l) lane[l] += static_cast<double>(a[l]) * static_cast<double>(b[l]);
+  HOLOCRON_KERNEL_INLINE void add_product(int r, const V& x, const V& y) {
+    const auto a = widen(valid(x));
+    const auto b = widen(valid(y));
+    for (size_t k = 0; k < a.size(); ++k) slot(r, k) = slot(r, k) + a[k] * b[k];
   }
   // Adds the elements that are numbers to sum `r` and counts them in `r_count`.
   template <typename V>
-  void add_numbers(int r, int r_count, const V& x) {
-    using T = typename V::value_type;
-    alignas(64) T a[V::size()];
-    x.store(a);
-    for (int64_t l = 0; l < count; ++l) {
-      if (std::isnan(a[l])) continue;
-      lanes[r][offset + l] += static_cast<double>(a[l]);
-      lanes[r_count][offset + l] += 1.0;
-    }
-  }
-
-  double total(int r) const {
-    double sum = 0.0;
-    for (int l = 0; l < kLanes; ++l) sum += lanes[r][l];
-    return sum;
+  HOLOCRON_KERNEL_INLINE void add_numbers(int r, int r_count, const V& x) {
+    const V is_number = x == x;
+    accumulate(r, valid(V::blendv(V(0), x, is_number)), [](const auto& d) { return d; });
+    accumulate(r_count, valid(V::blendv(V(0), V(1), is_number)), [](const auto& d) { return d; });
   }
 
  private:
+  using D = Vectorized<double>;
+  template <typename V>
+  HOLOCRON_KERNEL_INLINE V valid(const V& x) const {
+    return count == V::size() ? x : V::set(V(0), x, count);
+  }
+  HOLOCRON_KERNEL_INLINE D& slot(int r, size_t piece) { return acc.lanes[r][kOffset / D::size() + piece]; }
   template <typename V, typename F>
-  void accumulate(int r, const V& x, F f) {
-    using T = typename V::value_type;
+  HOLOCRON_KERNEL_INLINE void accumulate(int r, const V& x, F f) {
     static_assert(kLanes % V::size() == 0, "a vector must not straddle the lane cycle");
-    alignas(64) T a[V::size()];
-    x.store(a);
-    double* lane = lanes[r] + offset;
-    if (count == V::size()) {
-      for (int64_t l = 0; l < V::size(); ++l) lane[l] += f(static_cast<double>(a[l]));
-    } else {
-      for (int64_t l = 0; l < count; ++l) lane[l] += f(static_cast<double>(a[l]));
-    }
+    const auto pieces = widen(x);
+    for (size_t k = 0; k < pieces.size(); ++k) slot(r, k) = slot(r, k) + f(pieces[k]);
   }
 };
+
+template <typename F, int... I>
+HOLOCRON_KERNEL_INLINE void static_for_impl(F& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+// f(std::integral_constant<int, 0>{}) ... f(std::integral_constant<int, N - 1>{}).
+template <int N, typename F>
+HOLOCRON_KERNEL_INLINE void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
+}
 
 // Per-call scratch reused across steps (grown, never shrunk), so a step
 // allocates nothing that grows with the parameters once warmed up.
@@ -224,28 +277,38 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
       const int64_t end = std::min(begin + kChunk, slot.numel);
       const auto body = pass.for_tensor(t);
       Acc<kR == 0 ? 1 : kR> acc;
-      V values[kA][kPack] = {};
-      for (int64_t i = begin; i < end; i += Narrow::kStep) {
-        const int64_t count = std::min<int64_t>(Narrow::kStep, end - i);
-        for (int j = 0; j < kA; ++j) {
-          // An absent array (amsgrad off, no momentum) is neither read nor written.
-          if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) continue;
-          if (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
-          else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
-        }
-        for (int k = 0; k < kPack; ++k) {
-          V x[kA];
-          for (int j = 0; j < kA; ++j) x[j] = values[j][k];
-          acc.offset = (i + k * V::size()) % kLanes;
-          acc.count = std::clamp<int64_t>(count - k * V::size(), 0, V::size());
-          body(x, acc);
-          for (int j = 0; j < kA; ++j) values[j][k] = x[j];
-        }
-        for (int j = 0; j < kA; ++j) {
-          if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) continue;
-          if (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
-          else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
-        }
+      // Enough iterations per round that every vector's lane offset is a
+      // compile-time constant.
+      constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
+      for (int64_t round = begin; round < end; round += kRound * Narrow::kStep) {
+        static_for<kRound>([&](auto sub) {
+          const int64_t i = round + decltype(sub)::value * Narrow::kStep;
+          if (i >= end) return;
+          const int64_t count = std::min<int64_t>(Narrow::kStep, end - i);
+          V values[kA][kPack] = {};
+          static_for<kA>([&](auto j_) {
+            constexpr int j = decltype(j_)::value;
+            // An absent array (amsgrad off, no momentum) is neither read nor written.
+            if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) return;
+            if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
+            else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
+          });
+          static_for<kPack>([&](auto k_) {
+            constexpr int k = decltype(k_)::value;
+            constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
+            V x[kA];
+            for (int j = 0; j < kA; ++j) x[j] = values[j][k];
+            LaneView<kR == 0 ? 1 : kR, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
+            body(x, lanes);
+            for (int j = 0; j < kA; ++j) values[j][k] = x[j];
+          });
+          static_for<kA>([&](auto j_) {
+            constexpr int j = decltype(j_)::value;
+            if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
+            if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
+            else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
+          });
+        });
       }
       if constexpr (kR > 0) {
         for (int r = 0; r < kR; ++r) partials[c * kR + r] = acc.total(r);
@@ -281,14 +344,14 @@ void register_pass(PassTable& table, Pass pass) {
 
 // Math helpers shared by the algorithms: V is Vectorized<float or double>.
 template <typename V>
-V splat(double value) {
+HOLOCRON_KERNEL_INLINE V splat(double value) {
   return V(static_cast<typename V::value_type>(value));
 }
 
 // The Adam-style denominator sqrt(second or its running max)/sqrt(bc) + eps;
 // with amsgrad the running max `max_second` is advanced first.
 template <typename V>
-V adam_denominator(const V& second, V* max_second, const V& sqrt_bias_correction, const V& eps) {
+HOLOCRON_KERNEL_INLINE V adam_denominator(const V& second, V* max_second, const V& sqrt_bias_correction, const V& eps) {
   V source = second;
   if (max_second != nullptr) {
     *max_second = at::vec::maximum(*max_second, second);

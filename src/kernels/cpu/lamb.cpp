@@ -17,7 +17,7 @@ struct Moments {
   explicit Moments(const PassArgs& args)
       : beta1(splat<V>(args.hyper[0])), one_minus_beta1(splat<V>(1.0 - args.hyper[0])),
         beta2(splat<V>(args.hyper[1])), one_minus_beta2(splat<V>(1.0 - args.hyper[1])) {}
-  void operator()(const V& g, V& m, V& v) const {
+  HOLOCRON_KERNEL_INLINE void operator()(const V& g, V& m, V& v) const {
     m = m * beta1 + one_minus_beta1 * g;
     v = v * beta2 + one_minus_beta2 * g * g;
   }
@@ -31,7 +31,7 @@ struct LambDirection {
   bool decay;
   LambDirection(const PassArgs& args, int64_t)
       : eps(splat<V>(args.hyper[2])), weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
-  V operator()(const V& p, const V& m, const V& v) const {
+  HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
     const V u = m / (v.sqrt() + eps);
     return decay ? u + weight_decay * p : u;
   }
@@ -49,7 +49,7 @@ struct RaLarsDirection {
         bc1(splat<V>(args.per_tensor[t][0])), bc2(splat<V>(args.per_tensor[t][1])),
         rectification(splat<V>(args.per_tensor[t][2])), mode(static_cast<int>(args.per_tensor[t][3])),
         decay(args.hyper[3] != 0.0) {}
-  V operator()(const V& p, const V& m, const V& v) const {
+  HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
     V u = m / bc1;
     if (mode != 2) u = u / ((v / bc2).sqrt() + eps);
     if (mode == 0) u = u * rectification;
@@ -75,7 +75,8 @@ struct TrustMoments {
   struct Body {
     Moments<V> moments;
     Direction<V> direction;
-    void operator()(V* x, Acc<kSums>& acc) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
       moments(x[1], x[2], x[3]);
       acc.add_square(0, x[0]);
       acc.add_square(1, direction(x[0], x[2], x[3]));
@@ -98,7 +99,8 @@ struct TrustApply {
     Moments<V> moments;
     Direction<V> direction;
     V step;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       if constexpr (kMomentsInApply<T>) moments(x[1], x[2], x[3]);
       x[0] = x[0] + step * direction(x[0], x[2], x[3]);
     }

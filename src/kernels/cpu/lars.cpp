@@ -16,7 +16,8 @@ struct LarsNorms {
   const PassArgs& args;
 
   struct Body {
-    void operator()(V* x, Acc<kSums>& acc) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
       acc.add_square(0, x[0]);
       acc.add_square(1, x[1]);
     }
@@ -38,7 +39,8 @@ struct LarsApply {
   struct Body {
     V weight_decay, momentum, one_minus_dampening, step;
     bool decay, with_momentum, nesterov, buffer_is_new;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
       V direction = decay ? x[1] + weight_decay * p : x[1];
       if (with_momentum) {

@@ -21,7 +21,8 @@ struct TAdamDistance {
   struct Body {
     V eps, weight_decay;
     bool decay;
-    void operator()(V* x, Acc<kSums>& acc) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
       const V g = decay ? x[0] + weight_decay * x[3] : x[0];
       const V residual = g - x[1];
       acc.add(0, residual * residual / (x[2] + eps));
@@ -46,7 +47,8 @@ struct TAdamApply {
   struct Body {
     V beta2, one_minus_beta2, eps, weight_decay, keep, take, sqrt_bc2, step;
     bool decay, amsgrad;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
       const V g = decay ? x[1] + weight_decay * p : x[1];
       V& m = x[2];

@@ -19,7 +19,8 @@ struct LookaheadSync {
   struct Body {
     V rate, one_minus_rate;
     bool move, small_rate;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& fast = x[0];
       V& slow = x[1];
       if (move) {
@@ -50,7 +51,8 @@ struct ScoutAccumulate {
   struct Body {
     V weight;
     bool first;
-    void operator()(V* x, Acc<1>&) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       const V change = round_to<T>(x[0] - x[1]);
       V& mean = x[2];
       V& m2 = x[3];
@@ -86,7 +88,8 @@ struct ScoutCoherence {
 
   struct Body {
     V degrees_of_freedom;
-    void operator()(V* x, Acc<kSums>& acc) const {
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
       const V& mean = x[2];
       const V stddev = (x[3] / degrees_of_freedom).sqrt();
       const V max_deviation = at::vec::maximum(x[4] - mean, mean - x[5]);
