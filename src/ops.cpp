@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "functional/common.h"
 #include "holocron/optim/functional.h"
 
 namespace holocron::optim::ops {
@@ -135,6 +136,18 @@ void ademamix(TensorList params, TensorList grads, TensorList exp_avgs, TensorLi
                {lr, beta1, beta2, beta3, alpha, eps, weight_decay});
 }
 
+// What every update op checks before it writes, for one group, so that a
+// step over several groups can check them all before updating any.
+void validate_group(const std::string& optimizer, TensorList params, TensorList grads,
+                    TensorList buffers, c10::IntArrayRef owners, c10::IntArrayRef steps) {
+  F::detail::check_group(optimizer.c_str(), params, grads, {});
+  F::detail::check_flat_state(optimizer.c_str(), params, buffers, owners);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    TORCH_CHECK(steps[i] >= 1, optimizer, ": state 'step' of parameter ", i, " is ", steps[i] - 1,
+                "; counters cannot be negative");
+  }
+}
+
 void lookahead_sync(TensorList fast, TensorList slow, double sync_rate) {
   F::lookahead_sync_(fast, slow, sync_rate);
 }
@@ -187,6 +200,9 @@ TORCH_LIBRARY(holocron, m) {
       "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
       "float beta2, float beta3, float alpha, float eps, float weight_decay) -> ()");
+  m.def(
+      "validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
+      "int[] owners, int[] steps) -> ()");
   m.def("lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()");
   m.def(
       "scout_accumulate_(Tensor[] fast, Tensor(a!)[] prev, Tensor(b!)[] mean, Tensor(c!)[] m2, "
@@ -211,6 +227,7 @@ TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {
   m.impl("adamp_", &adamp);
   m.impl("adan_", &adan);
   m.impl("ademamix_", &ademamix);
+  m.impl("validate_group", &validate_group);
   m.impl("lookahead_sync_", &lookahead_sync);
   m.impl("scout_accumulate_", &scout_accumulate);
   m.impl("scout_coherence", &scout_coherence);
@@ -251,6 +268,8 @@ TORCH_LIBRARY_IMPL(holocron, Meta, m) {
   m.impl("ademamix_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                              c10::IntArrayRef, double, double, double, double, double, double,
                              double>);
+  m.impl("validate_group", [](const std::string&, TensorList, TensorList, TensorList,
+                              c10::IntArrayRef, c10::IntArrayRef) {});
   m.impl("lookahead_sync_", &no_op<TensorList, TensorList, double>);
   m.impl("scout_accumulate_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                                      TensorList, int64_t>);

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ._library import ops
+
 def check_finite(name: str, value: Any) -> None:
     """ValueError for non-numbers and nan/inf, which the ops' range checks would also refuse."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
@@ -61,19 +63,28 @@ class FusedStep:
         state.update({key: getattr(self, key) for key in self._settings})
         return state
 
-    def _check_buffers(self, p: torch.Tensor, state: dict[str, Any], keys: list[str]) -> None:
-        name = type(self).__name__
-        if "step" in state and step_count(state["step"]) < 0:
-            raise RuntimeError(f"{name}: state 'step' is {state['step']}; counters cannot be negative")
-        for key in keys:
-            buffer = state.get(key)
-            if buffer is None:
+    def _state_keys(self, group: dict[str, Any]) -> list[str]:
+        """The per-element buffers a state of this group may hold already."""
+        return self._buffers(group)
+
+    def _validate(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Everything the group's op checks before it writes (gradients, state
+        buffers, step counters), in one C++ call: run for every group before
+        any is updated, so that a step over several groups is all or nothing."""
+        keys = self._state_keys(group)
+        buffers, owners, steps = [], [], []
+        for index, p in enumerate(params):
+            state = self.state.get(p)  # type: ignore[attr-defined]
+            if not state:
                 continue
-            if buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device:
-                raise RuntimeError(
-                    f"{name}: state '{key}' ({tuple(buffer.shape)}, {buffer.dtype}, {buffer.device}) "
-                    f"does not fit its parameter ({tuple(p.shape)}, {p.dtype}, {p.device})"
-                )
+            for key in keys:
+                buffer = state.get(key)
+                if buffer is not None:
+                    buffers.append(buffer)
+                    owners.append(index)
+            if "step" in state:
+                steps.append(step_count(state["step"]) + 1)
+        ops.validate_group(type(self).__name__, params, grads, buffers, owners, steps)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -82,46 +93,38 @@ class FusedStep:
             with torch.enable_grad():
                 loss = closure()
 
-        name = type(self).__name__
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
             self._apply(group, [], [], [])  # the group's options, before any state is made
-            keys = self._buffers(group)
-            params, grads = [], []
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse:
-                    raise RuntimeError(f"{name} does not support sparse gradients")
-                if grad.shape != p.shape or grad.dtype != p.dtype or grad.device != p.device:
-                    raise RuntimeError(
-                        f"{name}: gradient ({tuple(grad.shape)}, {grad.dtype}, {grad.device}) does not "
-                        f"match its parameter ({tuple(p.shape)}, {p.dtype}, {p.device})"
-                    )
-                state = self.state.get(p)  # type: ignore[attr-defined]
-                if state:
-                    self._check_buffers(p, state, keys)
-                params.append(p)
-                grads.append(grad)
-            work.append((group, keys, params, grads))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                work.append((group, params, [p.grad for p in params]))
+        # A single group's op checks everything before it writes; several
+        # groups are all checked before the first is updated.
+        if len(work) > 1:
+            for group, params, grads in work:
+                self._validate(group, params, grads)
 
-        for group, keys, params, grads in work:
-            if not params:
-                continue
+        for group, params, grads in work:
             if self._stateless(group):
                 self._apply(group, params, grads, [{} for _ in params])
                 continue
-            states = []
-            for p in params:
-                state = self.state[p]  # type: ignore[attr-defined]
+            keys = self._buffers(group)
+            states = [self.state[p] for p in params]  # type: ignore[attr-defined]
+            created = []
+            for p, state in zip(params, states):
                 if len(state) == 0:
                     self._init_state(state, p, group)
+                    created.append(state)
                 for key in keys:
                     if key not in state:
                         state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                states.append(state)
-            self._apply(group, params, grads, states)
+            try:
+                self._apply(group, params, grads, states)
+            except Exception:
+                for state in created:  # a failed step leaves no new state behind
+                    state.clear()
+                raise
         return loss
 
     def _stateless(self, group: dict[str, Any]) -> bool:
@@ -129,15 +132,16 @@ class FusedStep:
         return False
 
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
-        return [step_count(s["step"]) + 1 for s in states]
+        # int() reads a tensor counter too (torch.optim.Adam's load makes them).
+        return [int(s["step"]) + 1 for s in states]
 
     @staticmethod
     def _store_steps(states: list[dict[str, Any]], steps: list[int]) -> None:
         for state, step in zip(states, steps):
-            if isinstance(state["step"], torch.Tensor):
-                state["step"].fill_(step)
-            else:
+            if type(state["step"]) is int:
                 state["step"] = step
+            else:
+                state["step"].fill_(step)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuses, before changing anything, buffers that do not fit their parameters."""

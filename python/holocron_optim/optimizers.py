@@ -41,7 +41,7 @@ def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], r
         return
     values = ratios.tolist()
     first = params[0]
-    if all(p.dtype == first.dtype and p.device == first.device for p in params):
+    if len({(p.dtype, p.device) for p in params}) == 1:
         tensors = ratios.to(device=first.device, dtype=first.dtype).unbind()
     else:
         tensors = [torch.tensor(v, dtype=p.dtype, device=p.device) for p, v in zip(params, values)]
@@ -115,8 +115,8 @@ class LARS(FusedStep, Optimizer):
                     del state["momentum_buffer"]
             raise
 
-    def _check_buffers(self, p, state, keys) -> None:
-        super()._check_buffers(p, state, ["momentum_buffer"])
+    def _state_keys(self, group):
+        return ["momentum_buffer"]
 
 
 class LAMB(FusedStep, Optimizer):
@@ -231,11 +231,12 @@ class TAdam(FusedStep, Optimizer):
         beta1 = group["betas"][0]
         state["W_t"] = beta1 / (1 - beta1) * torch.ones(1, dtype=p.dtype, device=p.device)
 
-    def _check_buffers(self, p, state, keys) -> None:
-        super()._check_buffers(p, state, keys)
-        w_t = state.get("W_t")
-        if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
-            raise RuntimeError(f"TAdam: state 'W_t' must be a one-element tensor of dtype {p.dtype} on {p.device}")
+    def _validate(self, group, params, grads) -> None:
+        super()._validate(group, params, grads)
+        for p in params:
+            w_t = self.state.get(p, {}).get("W_t")
+            if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
+                raise RuntimeError(f"TAdam: state 'W_t' must be a one-element tensor of dtype {p.dtype} on {p.device}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.

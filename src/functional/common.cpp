@@ -41,6 +41,18 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
   }
 }
 
+void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
+                      c10::ArrayRef<int64_t> owners) {
+  TORCH_CHECK(owners.size() == buffers.size(), optimizer, ": got ", owners.size(), " owners for ",
+              buffers.size(), " state buffers");
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const int64_t owner = owners[i];
+    TORCH_CHECK(owner >= 0 && owner < static_cast<int64_t>(params.size()), optimizer,
+                ": state buffer ", i, " belongs to parameter ", owner, " of ", params.size());
+    check_fits(optimizer, "state", static_cast<size_t>(owner), buffers[i], params[owner]);
+  }
+}
+
 std::optional<kernels::cpu::Group> fused_group(TensorList params,
                                                std::initializer_list<TensorList> narrow,
                                                std::initializer_list<TensorList> wide) {

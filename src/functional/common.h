@@ -28,6 +28,11 @@ struct NamedList {
 void check_group(const char* optimizer, TensorList params, TensorList grads,
                  std::initializer_list<NamedList> state_lists);
 
+// check_group for state held per parameter as a flat list: buffers[i]
+// belongs to params[owners[i]].
+void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
+                      c10::ArrayRef<int64_t> owners);
+
 void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected);
 
 void check_hyper(const char* optimizer, const char* name, double value, double low,
