@@ -64,5 +64,11 @@ demo: cpp
 install: cpp
 	cmake --install $(BUILD) --prefix "$(PREFIX)"
 
+# Benchmark (bench/bench.py; under 10 minutes on 2 idle cores): make bench BENCH_ARGS="--quick --workloads small-3000"
+bench: build
+	@grep -q holocron_bench $(BUILD)/build.ninja || cmake -S . -B $(BUILD) >/dev/null
+	cmake --build $(BUILD) -j2 --target holocron_bench
+	$(PY) bench/bench.py --bin $(BUILD)/bench/holocron_bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(BUILD) python/holocron_optim/lib
