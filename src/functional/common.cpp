@@ -60,22 +60,22 @@ std::optional<kernels::cpu::Group> fused_group(TensorList params,
   if (!cpu::fused_enabled()) return std::nullopt;
   TORCH_INTERNAL_ASSERT(narrow.size() + wide.size() <= cpu::kMaxArrays);
   cpu::Group group;
-  if (!params.empty()) group.dtype = params[0].scalar_type();
-  if (!cpu::supports_dtype(group.dtype)) return std::nullopt;
-  const auto wide_dtype = at::isReducedFloatingType(group.dtype) ? at::kFloat : group.dtype;
   group.tensors.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    if (!p.device().is_cpu() || p.scalar_type() != group.dtype || !p.is_non_overlapping_and_dense()) {
+    const auto dtype = p.scalar_type();
+    if (!p.device().is_cpu() || !cpu::supports_dtype(dtype) || !p.is_non_overlapping_and_dense()) {
       return std::nullopt;
     }
+    const auto wide_dtype = at::isReducedFloatingType(dtype) ? at::kFloat : dtype;
     auto& slot = group.tensors[i];
+    slot.dtype = dtype;
     slot.numel = p.numel();
     size_t j = 0;
-    auto take = [&](TensorList list, at::ScalarType dtype) {
+    auto take = [&](TensorList list, at::ScalarType expected) {
       if (list.empty()) return true;
       const auto& t = list[i];
-      if (!t.device().is_cpu() || t.scalar_type() != dtype || !t.sizes().equals(p.sizes()) ||
+      if (!t.device().is_cpu() || t.scalar_type() != expected || !t.sizes().equals(p.sizes()) ||
           !t.strides().equals(p.strides())) {
         return false;
       }
@@ -83,7 +83,7 @@ std::optional<kernels::cpu::Group> fused_group(TensorList params,
       return true;
     };
     for (const auto& list : narrow) {
-      if (!take(list, group.dtype)) return std::nullopt;
+      if (!take(list, dtype)) return std::nullopt;
       ++j;
     }
     for (const auto& list : wide) {

@@ -189,14 +189,25 @@ def test_strided_parameters_fall_back_to_the_reference_backend():
     torch.testing.assert_close(p_sliced.detach(), q_sliced.detach(), rtol=1e-12, atol=1e-12)
 
 
-def test_mixed_dtypes_in_one_group():
-    params = [torch.randn(40, dtype=torch.float32, requires_grad=True),
-              torch.randn(40, dtype=torch.float64, requires_grad=True)]
-    opt = ho.AdEMAMix(params, lr=1e-2)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    opt.step()
-    assert all(torch.isfinite(p).all() for p in params)
+@pytest.mark.parametrize("name", ["LAMB", "AdamP", "AdEMAMix"])
+def test_groups_mixing_dtypes_run_fused_per_dtype(name):
+    # Tensors of several dtypes in one group: each dtype's tensors run through
+    # their own kernel; per-tensor results (trust ratios, sums) stay in place.
+    results = {}
+    for backend in ("reference", "auto"):
+        OPS.set_cpu_capability(backend)
+        gen = torch.Generator().manual_seed(2)
+        dtypes = [torch.float64, torch.float32, torch.float64, torch.bfloat16, torch.float32]
+        params = [torch.randn(50 + 300 * i, generator=gen, dtype=torch.float64).to(d).requires_grad_()
+                  for i, d in enumerate(dtypes)]
+        opt = getattr(ho, name)(params, **OPTIONS[name][0])
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+            opt.step()
+        results[backend] = [p.detach().clone() for p in params]
+    for fused, ref in zip(results["auto"], results["reference"]):
+        _assert_close([fused], [ref], RTOL[fused.dtype], f"{name} {fused.dtype}")
 
 
 def test_steps_bump_version_counters_as_in_place_ops_do():

@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -130,11 +131,42 @@ std::vector<Capability> available_capabilities() {
 bool fused_enabled() { return choice().load() != kReference; }
 
 void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
-  const int slot = dtype_slot(group.dtype);
-  TORCH_INTERNAL_ASSERT(slot >= 0, "fused kernels do not support ", group.dtype);
-  const PassFn fn = table_of(selected_capability())[static_cast<size_t>(pass)][slot];
-  TORCH_INTERNAL_ASSERT(fn != nullptr);
-  fn(group, args, sums);
+  const auto& row = table_of(selected_capability())[static_cast<size_t>(pass)];
+  auto kernel = [&](at::ScalarType dtype) {
+    const int slot = dtype_slot(dtype);
+    TORCH_INTERNAL_ASSERT(slot >= 0 && row[slot] != nullptr, "no fused kernel for ", dtype);
+    return row[slot];
+  };
+  const auto& tensors = group.tensors;
+  const bool one_dtype = std::all_of(tensors.begin(), tensors.end(),
+                                     [&](const TensorSlot& t) { return t.dtype == tensors[0].dtype; });
+  if (one_dtype) {
+    kernel(tensors.empty() ? at::kFloat : tensors[0].dtype)(group, args, sums);
+    return;
+  }
+  // A group mixing dtypes: one run per dtype, over its tensors only.
+  if (sums != nullptr) sums->assign(tensors.size(), {});
+  std::vector<bool> done(tensors.size(), false);
+  for (size_t first = 0; first < tensors.size(); ++first) {
+    if (done[first]) continue;
+    const auto dtype = tensors[first].dtype;
+    Group part;
+    PassArgs part_args;
+    part_args.hyper = args.hyper;
+    std::vector<size_t> index;
+    for (size_t i = first; i < tensors.size(); ++i) {
+      if (tensors[i].dtype != dtype) continue;
+      done[i] = true;
+      index.push_back(i);
+      part.tensors.push_back(tensors[i]);
+      if (!args.per_tensor.empty()) part_args.per_tensor.push_back(args.per_tensor[i]);
+    }
+    Sums part_sums;
+    kernel(dtype)(part, part_args, sums != nullptr ? &part_sums : nullptr);
+    if (sums != nullptr) {
+      for (size_t k = 0; k < index.size(); ++k) (*sums)[index[k]] = part_sums[k];
+    }
+  }
 }
 
 }  // namespace holocron::optim::kernels::cpu

@@ -31,15 +31,17 @@ constexpr int kMaxSums = 4;
 constexpr int kMaxCoefficients = 8;
 
 struct TensorSlot {
+  at::ScalarType dtype = at::kFloat;
   int64_t numel = 0;
-  // In the order the pass names them. "Narrow" arrays have the group's dtype;
-  // the "wide" ones after them (Scout's statistics) have its math type
+  // In the order the pass names them. "Narrow" arrays have the tensor's
+  // dtype; the "wide" ones after them (Scout's statistics) have its math type
   // (float for half/bfloat16).
   std::array<void*, kMaxArrays> data{};
 };
 
+// The tensors of one parameter group. They may differ in dtype: `run` then
+// runs the pass once per dtype.
 struct Group {
-  at::ScalarType dtype = at::kFloat;
   std::vector<TensorSlot> tensors;
 };
 
