@@ -96,9 +96,10 @@ class FusedStep:
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
             self._apply(group, [], [], [])  # the group's options, before any state is made
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                work.append((group, params, [p.grad for p in params]))
+            pairs = [(p, grad) for p in group["params"] if (grad := p.grad) is not None]
+            if pairs:
+                params, grads = map(list, zip(*pairs))
+                work.append((group, params, grads))
         # A single group's op checks everything before it writes; several
         # groups are all checked before the first is updated.
         if len(work) > 1:
@@ -110,15 +111,18 @@ class FusedStep:
                 self._apply(group, params, grads, [{} for _ in params])
                 continue
             keys = self._buffers(group)
-            states = [self.state[p] for p in params]  # type: ignore[attr-defined]
+            state_of = self.state  # type: ignore[attr-defined]
+            states = [state_of[p] for p in params]
             created = []
-            for p, state in zip(params, states):
-                if len(state) == 0:
-                    self._init_state(state, p, group)
-                    created.append(state)
-                for key in keys:
-                    if key not in state:
-                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # Past the first steps every state holds every buffer: one check per key.
+            if not all(states) or not all(key in s for key in keys for s in states):
+                for p, state in zip(params, states):
+                    if len(state) == 0:
+                        self._init_state(state, p, group)
+                        created.append(state)
+                    for key in keys:
+                        if key not in state:
+                            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
             try:
                 self._apply(group, params, grads, states)
             except Exception:
