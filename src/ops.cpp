@@ -89,6 +89,19 @@ void write_scalar(const at::Tensor& t, double value) {
   t.unsafeGetTensorImpl()->bump_version();
 }
 
+// Stores values[i] into the one-element tensor targets[i] (LAMB's and RaLars'
+// trust ratios, kept in state as 0-d tensors): updated in place, so a step
+// makes no new tensor per parameter.
+void write_scalars(TensorList targets, c10::ArrayRef<double> values) {
+  TORCH_CHECK(targets.size() == values.size(), "write_scalars_: got ", values.size(),
+              " values for ", targets.size(), " tensors");
+  for (const auto& t : targets) {
+    TORCH_CHECK(t.numel() == 1, "write_scalars_: a target has shape ", t.sizes(),
+                "; expected one element");
+  }
+  for (size_t i = 0; i < targets.size(); ++i) write_scalar(targets[i], values[i]);
+}
+
 // The reference keeps TAdam's moment weight as a one-element tensor (W_t).
 void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, TensorList W_ts, c10::IntArrayRef steps, double lr,
@@ -203,6 +216,7 @@ TORCH_LIBRARY(holocron, m) {
   m.def(
       "validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
       "int[] owners, int[] steps) -> ()");
+  m.def("write_scalars_(Tensor(a!)[] targets, float[] values) -> ()");
   m.def("lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()");
   m.def(
       "scout_accumulate_(Tensor[] fast, Tensor(a!)[] prev, Tensor(b!)[] mean, Tensor(c!)[] m2, "
@@ -228,6 +242,7 @@ TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {
   m.impl("adan_", &adan);
   m.impl("ademamix_", &ademamix);
   m.impl("validate_group", &validate_group);
+  m.impl("write_scalars_", &write_scalars);
   m.impl("lookahead_sync_", &lookahead_sync);
   m.impl("scout_accumulate_", &scout_accumulate);
   m.impl("scout_coherence", &scout_coherence);
@@ -270,6 +285,7 @@ TORCH_LIBRARY_IMPL(holocron, Meta, m) {
                              double>);
   m.impl("validate_group", [](const std::string&, TensorList, TensorList, TensorList,
                               c10::IntArrayRef, c10::IntArrayRef) {});
+  m.impl("write_scalars_", &no_op<TensorList, c10::ArrayRef<double>>);
   m.impl("lookahead_sync_", &no_op<TensorList, TensorList, double>);
   m.impl("scout_accumulate_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                                      TensorList, int64_t>);

@@ -96,10 +96,11 @@ class FusedStep:
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
             self._apply(group, [], [], [])  # the group's options, before any state is made
-            pairs = [(p, grad) for p in group["params"] if (grad := p.grad) is not None]
-            if pairs:
-                params, grads = map(list, zip(*pairs))
-                work.append((group, params, grads))
+            # Two flat lists, no object per parameter: what is allocated per
+            # step (and so Python's garbage collector) does not grow with them.
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                work.append((group, params, [p.grad for p in params]))
         # A single group's op checks everything before it writes; several
         # groups are all checked before the first is updated.
         if len(work) > 1:

@@ -35,18 +35,21 @@ def _gather(states: list[dict[str, Any]], key: str) -> list[torch.Tensor]:
 
 def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], ratios: torch.Tensor) -> None:
     """The reference stores each trust ratio as a 0-d tensor of the parameter's
-    dtype and device, or the int 1 when a norm is zero. One conversion and one
-    unbind per group: no tensor is built per parameter in Python."""
-    if not params:
-        return
-    values = ratios.tolist()
-    first = params[0]
-    if len({(p.dtype, p.device) for p in params}) == 1:
-        tensors = ratios.to(device=first.device, dtype=first.dtype).unbind()
-    else:
-        tensors = [torch.tensor(v, dtype=p.dtype, device=p.device) for p, v in zip(params, values)]
-    for state, value, tensor in zip(states, values, tensors):
-        state["local_lr"] = 1 if value == 1.0 else tensor
+    dtype, or the int 1 when a norm is zero. The tensors are made once and
+    then updated in place by one C++ call: a step makes no tensor per
+    parameter (and gives Python's garbage collector nothing to chase)."""
+    targets, values = [], []
+    for p, state, value in zip(params, states, ratios.tolist()):
+        if value == 1.0:
+            state["local_lr"] = 1
+            continue
+        target = state.get("local_lr")
+        if type(target) is not torch.Tensor:
+            target = state["local_lr"] = torch.empty((), dtype=p.dtype, device=p.device)
+        targets.append(target)
+        values.append(value)
+    if targets:
+        ops.write_scalars_(targets, values)
 
 
 class LARS(FusedStep, Optimizer):

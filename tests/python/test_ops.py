@@ -33,6 +33,7 @@ def _cases():
         "adan_": (p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], steps, 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False),
         "ademamix_": (p, g, _zeros(p), _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 0.9999, 5.0, 1e-8, 0.0),
         "lookahead_sync_": (p, [t.clone() for t in p], 0.5),
+        "write_scalars_": ([torch.zeros((), dtype=torch.float32), torch.zeros(1, dtype=torch.float64)], [0.5, 2.0]),
         "scout_accumulate_": (p, *[_zeros(p) for _ in range(5)], 2),
     }
 
