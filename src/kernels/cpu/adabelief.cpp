@@ -18,7 +18,7 @@ struct AdaBeliefApply {
   const PassArgs& args;
 
   struct Body {
-    V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, sqrt_bc2, step;
+    V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, inv_sqrt_bc2, step;
     bool decay, amsgrad;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
@@ -29,14 +29,14 @@ struct AdaBeliefApply {
       m = m * beta1 + one_minus_beta1 * g;
       const V residual = g - m;
       s = s * beta2 + one_minus_beta2 * residual * residual;
-      p = p + step * (m / adam_denominator(s, amsgrad ? &x[4] : nullptr, sqrt_bc2, eps));
+      p = p + step * (m / adam_denominator(s, amsgrad ? &x[4] : nullptr, inv_sqrt_bc2, eps));
     }
   };
   Body for_tensor(int64_t t) const {
     const auto& h = args.hyper;
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
-            splat<V>(h[2]), splat<V>(h[3]),       splat<V>(c[0]), splat<V>(c[1]),
+            splat<V>(h[2]), splat<V>(h[3]),       splat<V>(1.0 / c[0]), splat<V>(c[1]),
             h[3] != 0.0,    h[4] != 0.0};
   }
 };

@@ -14,14 +14,14 @@ namespace {
 // coefficient c in q - c*p (0: no projection).
 template <typename V>
 struct AdamPDirection {
-  V eps, bc1, sqrt_bc2;
+  V eps, inv_bc1, inv_sqrt_bc2;
   bool amsgrad;
   AdamPDirection(const PassArgs& args, int64_t t)
-      : eps(splat<V>(args.hyper[2])), bc1(splat<V>(args.per_tensor[t][0])),
-        sqrt_bc2(splat<V>(args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
+      : eps(splat<V>(args.hyper[2])), inv_bc1(splat<V>(1.0 / args.per_tensor[t][0])),
+        inv_sqrt_bc2(splat<V>(1.0 / args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
   // q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
   HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& v, V* max_v) const {
-    return (m / bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, sqrt_bc2, eps);
+    return (m * inv_bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, inv_sqrt_bc2, eps);
   }
 };
 

@@ -21,7 +21,7 @@ struct AdanApply {
 
   struct Body {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, eps, weight_decay;
-    V bc1, beta2_over_bc2, sqrt_bc3, step, decay_divisor;
+    V inv_bc1, beta2_over_bc2, inv_sqrt_bc3, step, decay_divisor;
     bool decay, amsgrad, first_step;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
@@ -38,8 +38,8 @@ struct AdanApply {
       const V corrected = g + beta2 * diff;
       n = n * beta3 + one_minus_beta3 * corrected * corrected;
       prev = g;
-      const V denom = adam_denominator(n, amsgrad ? &x[6] : nullptr, sqrt_bc3, eps);
-      p = p + step * ((m / bc1 + beta2_over_bc2 * v) / denom);
+      const V denom = adam_denominator(n, amsgrad ? &x[6] : nullptr, inv_sqrt_bc3, eps);
+      p = p + step * ((m * inv_bc1 + beta2_over_bc2 * v) / denom);
       if (decay) p = p / decay_divisor;
     }
   };
@@ -48,7 +48,7 @@ struct AdanApply {
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
             splat<V>(h[2]), splat<V>(1.0 - h[2]), splat<V>(h[3]), splat<V>(h[4]),
-            splat<V>(c[1]), splat<V>(c[2]),       splat<V>(c[3]), splat<V>(c[4]),
+            splat<V>(1.0 / c[1]), splat<V>(c[2]), splat<V>(1.0 / c[3]), splat<V>(c[4]),
             splat<V>(c[5]), h[4] != 0.0,          h[5] != 0.0,    c[0] != 0.0};
   }
 };

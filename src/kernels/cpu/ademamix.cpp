@@ -19,7 +19,7 @@ struct AdEMAMixApply {
 
   struct Body {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, alpha, eps,
-        weight_decay, bc1, sqrt_bc2, step;
+        weight_decay, inv_bc1, inv_sqrt_bc2, step;
     bool decay;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
@@ -31,8 +31,8 @@ struct AdEMAMixApply {
       fast = fast * beta1 + one_minus_beta1 * g;
       nu = nu * beta2 + one_minus_beta2 * g * g;
       slow = slow * beta3 + one_minus_beta3 * g;
-      const V denom = adam_denominator<V>(nu, nullptr, sqrt_bc2, eps);
-      p = p + step * ((fast / bc1 + alpha * slow) / denom);
+      const V denom = adam_denominator<V>(nu, nullptr, inv_sqrt_bc2, eps);
+      p = p + step * ((fast * inv_bc1 + alpha * slow) / denom);
     }
   };
   Body for_tensor(int64_t t) const {
@@ -40,7 +40,7 @@ struct AdEMAMixApply {
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
             splat<V>(h[2]), splat<V>(1.0 - h[2]), splat<V>(h[3]), splat<V>(h[4]),
-            splat<V>(h[5]), splat<V>(c[0]),       splat<V>(c[1]), splat<V>(c[2]),
+            splat<V>(h[5]), splat<V>(1.0 / c[0]), splat<V>(1.0 / c[1]), splat<V>(c[2]),
             h[5] != 0.0};
   }
 };

@@ -348,16 +348,19 @@ HOLOCRON_KERNEL_INLINE V splat(double value) {
   return V(static_cast<typename V::value_type>(value));
 }
 
-// The Adam-style denominator sqrt(second or its running max)/sqrt(bc) + eps;
-// with amsgrad the running max `max_second` is advanced first.
+// The Adam-style denominator sqrt(second or its running max)/sqrt(bc) + eps,
+// the division by sqrt(bc) taken as a product with its inverse (a division
+// per element costs more than the memory traffic in half precision); with
+// amsgrad the running max `max_second` is advanced first.
 template <typename V>
-HOLOCRON_KERNEL_INLINE V adam_denominator(const V& second, V* max_second, const V& sqrt_bias_correction, const V& eps) {
+HOLOCRON_KERNEL_INLINE V adam_denominator(const V& second, V* max_second, const V& inv_sqrt_bias_correction,
+                                          const V& eps) {
   V source = second;
   if (max_second != nullptr) {
     *max_second = at::vec::maximum(*max_second, second);
     source = *max_second;
   }
-  return source.sqrt() / sqrt_bias_correction + eps;
+  return source.sqrt() * inv_sqrt_bias_correction + eps;
 }
 
 }  // namespace CPU_CAPABILITY

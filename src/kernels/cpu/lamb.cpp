@@ -41,17 +41,17 @@ struct LambDirection {
 // without rectification, 2 momentum only), then + wd * p.
 template <typename V>
 struct RaLarsDirection {
-  V eps, weight_decay, bc1, bc2, rectification;
+  V eps, weight_decay, inv_bc1, inv_bc2, rectification;
   int mode;
   bool decay;
   RaLarsDirection(const PassArgs& args, int64_t t)
       : eps(splat<V>(args.hyper[2])), weight_decay(splat<V>(args.hyper[3])),
-        bc1(splat<V>(args.per_tensor[t][0])), bc2(splat<V>(args.per_tensor[t][1])),
+        inv_bc1(splat<V>(1.0 / args.per_tensor[t][0])), inv_bc2(splat<V>(1.0 / args.per_tensor[t][1])),
         rectification(splat<V>(args.per_tensor[t][2])), mode(static_cast<int>(args.per_tensor[t][3])),
         decay(args.hyper[3] != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
-    V u = m / bc1;
-    if (mode != 2) u = u / ((v / bc2).sqrt() + eps);
+    V u = m * inv_bc1;
+    if (mode != 2) u = u / ((v * inv_bc2).sqrt() + eps);
     if (mode == 0) u = u * rectification;
     return decay ? u + weight_decay * p : u;
   }

@@ -45,7 +45,7 @@ struct TAdamApply {
   const PassArgs& args;
 
   struct Body {
-    V beta2, one_minus_beta2, eps, weight_decay, keep, take, sqrt_bc2, step;
+    V beta2, one_minus_beta2, eps, weight_decay, keep, take, inv_sqrt_bc2, step;
     bool decay, amsgrad;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
@@ -55,14 +55,14 @@ struct TAdamApply {
       V& v = x[3];
       m = m * keep + take * g;
       v = v * beta2 + one_minus_beta2 * g * g;
-      p = p + step * (m / adam_denominator(v, amsgrad ? &x[4] : nullptr, sqrt_bc2, eps));
+      p = p + step * (m / adam_denominator(v, amsgrad ? &x[4] : nullptr, inv_sqrt_bc2, eps));
     }
   };
   Body for_tensor(int64_t t) const {
     const auto& h = args.hyper;
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(h[2]),
-            splat<V>(c[0]), splat<V>(c[1]),       splat<V>(c[2]), splat<V>(c[3]),
+            splat<V>(c[0]), splat<V>(c[1]),       splat<V>(1.0 / c[2]), splat<V>(c[3]),
             h[2] != 0.0,    h[3] != 0.0};
   }
 };
