@@ -58,21 +58,20 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
               " moment weights for ", params.size(), " parameters");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
-  auto distance_group =
-      fused_group(params, {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)});
-  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
-  if (!distance_group || !group) {
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.second_group, params,
+                   {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)}) ||
+      !fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
     kernels::reference::tadam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                               moment_weights, steps, h);
     return;
   }
-  cpu::Sums distances;
-  cpu::PassArgs args;
+  auto& distances = scratch.sums;
+  auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.eps, h.weight_decay};
-  cpu::run(cpu::Pass::TAdamDistance, *distance_group, args, &distances);
+  cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
 
   args.hyper = {h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;  // nothing to weigh: W stays
     const double w = tadam_weight(h.dof, params[i].numel(), distances[i][0]);
@@ -81,7 +80,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                           -h.lr / bias_correction(h.beta1, steps[i])};
     W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
   }
-  cpu::run(cpu::Pass::TAdamApply, *group, args);
+  cpu::run(cpu::Pass::TAdamApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
@@ -94,19 +93,18 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdaBelief", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
-  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
-  if (!group) {
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
     kernels::reference::adabelief(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
-  cpu::PassArgs args;
+  auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {std::sqrt(bias_correction(h.beta2, steps[i])),
                           -h.lr / bias_correction(h.beta1, steps[i])};
   }
-  cpu::run(cpu::Pass::AdaBeliefApply, *group, args);
+  cpu::run(cpu::Pass::AdaBeliefApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
@@ -117,20 +115,19 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
-  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
-  if (!group) {
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
     kernels::reference::adamp(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
-  cpu::PassArgs args;
+  auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {bias_correction(h.beta1, steps[i]),
                           std::sqrt(bias_correction(h.beta2, steps[i]))};
   }
-  cpu::Sums sums;  // p.g, |p|^2, |g|^2, p.q
-  cpu::run(cpu::Pass::AdamPMoments, *group, args, &sums);
+  auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q
+  cpu::run(cpu::Pass::AdamPMoments, scratch.group, args, &sums);
   for (size_t i = 0; i < params.size(); ++i) {
     const double p_norm = std::sqrt(sums[i][1]);
     const double cosine =
@@ -143,7 +140,7 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     args.per_tensor[i][2] = -h.lr;
     args.per_tensor[i][3] = projection;
   }
-  cpu::run(cpu::Pass::AdamPApply, *group, args);
+  cpu::run(cpu::Pass::AdamPApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
@@ -159,16 +156,15 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
   check_steps("Adan", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
-  auto group = fused_group(
-      params, {params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
-  if (!group) {
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params,
+                   {params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima})) {
     kernels::reference::adan(params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
                              max_exp_avg_deltas, steps, h);
     return;
   }
-  cpu::PassArgs args;
+  auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.beta3, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {steps[i] == 1 ? 1.0 : 0.0,
                           bias_correction(h.beta1, steps[i]),
@@ -177,7 +173,7 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                           -h.lr,
                           1.0 + h.weight_decay * h.lr};
   }
-  cpu::run(cpu::Pass::AdanApply, *group, args);
+  cpu::run(cpu::Pass::AdanApply, scratch.group, args);
   mark_written({params, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
 }
 
@@ -188,19 +184,18 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   check_group("AdEMAMix", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
-  auto group = fused_group(params, {params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs});
-  if (!group) {
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs})) {
     kernels::reference::ademamix(params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
     return;
   }
-  cpu::PassArgs args;
+  auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.beta3, h.alpha, h.eps, h.weight_decay};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {bias_correction(h.beta1, steps[i]),
                           std::sqrt(bias_correction(h.beta2, steps[i])), -h.lr};
   }
-  cpu::run(cpu::Pass::AdEMAMixApply, *group, args);
+  cpu::run(cpu::Pass::AdEMAMixApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avgs_slow, exp_avg_sqs});
 }
 

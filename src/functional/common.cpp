@@ -53,19 +53,22 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
   }
 }
 
-std::optional<kernels::cpu::Group> fused_group(TensorList params,
-                                               std::initializer_list<TensorList> narrow,
-                                               std::initializer_list<TensorList> wide) {
+FusedScratch& fused_scratch() {
+  thread_local FusedScratch scratch;
+  return scratch;
+}
+
+bool fused_group(kernels::cpu::Group& group, TensorList params,
+                 std::initializer_list<TensorList> narrow, std::initializer_list<TensorList> wide) {
   namespace cpu = kernels::cpu;
-  if (!cpu::fused_enabled()) return std::nullopt;
+  if (!cpu::fused_enabled()) return false;
   TORCH_INTERNAL_ASSERT(narrow.size() + wide.size() <= cpu::kMaxArrays);
-  cpu::Group group;
-  group.tensors.resize(params.size());
+  group.tensors.assign(params.size(), {});
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
     const auto dtype = p.scalar_type();
     if (!p.device().is_cpu() || !cpu::supports_dtype(dtype) || !p.is_non_overlapping_and_dense()) {
-      return std::nullopt;
+      return false;
     }
     const auto wide_dtype = at::isReducedFloatingType(dtype) ? at::kFloat : dtype;
     auto& slot = group.tensors[i];
@@ -83,15 +86,15 @@ std::optional<kernels::cpu::Group> fused_group(TensorList params,
       return true;
     };
     for (const auto& list : narrow) {
-      if (!take(list, dtype)) return std::nullopt;
+      if (!take(list, dtype)) return false;
       ++j;
     }
     for (const auto& list : wide) {
-      if (!take(list, wide_dtype)) return std::nullopt;
+      if (!take(list, wide_dtype)) return false;
       ++j;
     }
   }
-  return group;
+  return true;
 }
 
 void mark_written(std::initializer_list<TensorList> lists) {

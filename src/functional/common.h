@@ -39,13 +39,30 @@ void check_hyper(const char* optimizer, const char* name, double value, double l
                  bool low_inclusive, double high, bool high_inclusive);
 
 // The fused CPU kernels' view of a group (tensor i of list j as array j),
-// or nothing when they cannot take it: a tensor not on the CPU, a dtype they
-// lack, a parameter that is not dense, or state whose strides differ from its
-// parameter's. `wide` lists (Scout's statistics) must have the parameters'
-// math type. An empty list leaves its array absent (a null pointer).
-std::optional<kernels::cpu::Group> fused_group(TensorList params,
-                                               std::initializer_list<TensorList> narrow,
-                                               std::initializer_list<TensorList> wide = {});
+// filled into `group`; false when they cannot take it: a tensor not on the
+// CPU, a dtype they lack, a parameter that is not dense, or state whose
+// strides differ from its parameter's. `wide` lists (Scout's statistics) must
+// have the parameters' math type. An empty list leaves its array absent.
+bool fused_group(kernels::cpu::Group& group, TensorList params,
+                 std::initializer_list<TensorList> narrow,
+                 std::initializer_list<TensorList> wide = {});
+
+// What a fused call builds besides the tensors (per-tensor views,
+// coefficients, sums), kept per thread and reused, so that a step allocates
+// nothing once its first step has run.
+struct FusedScratch {
+  kernels::cpu::Group group;
+  kernels::cpu::Group second_group;
+  kernels::cpu::PassArgs args;
+  kernels::cpu::Sums sums;
+  // `args` cleared for a group of n tensors.
+  kernels::cpu::PassArgs& fresh_args(size_t n) {
+    args.hyper = {};
+    args.per_tensor.assign(n, {});
+    return args;
+  }
+};
+FusedScratch& fused_scratch();
 
 // The fused kernels write through raw pointers: bump the version counters as
 // an in-place ATen op would, so autograd still sees the change.

@@ -24,9 +24,11 @@ void check_lamb_family(const char* name, double lr, double beta1, double beta2, 
 
 // Pass 1 (moments, norms), the trust ratios on the host, pass 2 (apply).
 // `args.per_tensor[i][0..3]` already hold the direction's own coefficients.
-std::vector<double> trust_ratio_step(cpu::Pass moments, cpu::Pass apply, const cpu::Group& group,
-                                     cpu::PassArgs& args, double lr, const ScaleClip& clip) {
-  cpu::Sums norms;
+std::vector<double> trust_ratio_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
+                                     double lr, const ScaleClip& clip) {
+  const auto& group = scratch.group;
+  auto& args = scratch.args;
+  auto& norms = scratch.sums;
   cpu::run(moments, group, args, &norms);
   std::vector<double> local_lrs(group.tensors.size(), 1.0);
   for (size_t i = 0; i < local_lrs.size(); ++i) {
@@ -52,13 +54,13 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
                           TensorList exp_avg_sqs, const LambHyper& h) {
   check(h);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
-  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs});
-  if (!group) return kernels::reference::lamb(params, grads, exp_avgs, exp_avg_sqs, h);
-  cpu::PassArgs args;
-  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
-  args.per_tensor.resize(params.size());
-  auto local_lrs = trust_ratio_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, *group, args,
-                                    h.lr, h.scale_clip);
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
+    return kernels::reference::lamb(params, grads, exp_avgs, exp_avg_sqs, h);
+  }
+  scratch.fresh_args(params.size()).hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
+  auto local_lrs = trust_ratio_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, h.lr,
+                                    h.scale_clip);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }
@@ -69,13 +71,13 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check(h);
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
-  auto group = fused_group(params, {params, grads, exp_avgs, exp_avg_sqs});
-  if (!group) return kernels::reference::ralars(params, grads, exp_avgs, exp_avg_sqs, steps, h);
-
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
+    return kernels::reference::ralars(params, grads, exp_avgs, exp_avg_sqs, steps, h);
+  }
   const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
-  cpu::PassArgs args;
+  auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);
     const double bc1 = bias_correction(h.beta1, steps[i]);
@@ -84,8 +86,8 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
     const double mode = r ? 0.0 : h.force_adaptive_momentum ? 1.0 : 2.0;
     args.per_tensor[i] = {bc1, bc2, r.value_or(1.0), mode};
   }
-  auto local_lrs = trust_ratio_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, *group, args,
-                                    h.lr, h.scale_clip);
+  auto local_lrs = trust_ratio_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, h.lr,
+                                    h.scale_clip);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }

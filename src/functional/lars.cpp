@@ -35,22 +35,23 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
     check_group("LARS", params, grads, {});
   }
   const TensorList buffers = with_momentum ? momentum_buffers : TensorList{};
-  auto group = fused_group(params, {params, grads, buffers});
-  if (!group) return kernels::reference::lars(params, grads, momentum_buffers, buffer_is_new, h);
-
-  cpu::Sums norms;
-  cpu::PassArgs args;
-  cpu::run(cpu::Pass::LarsNorms, *group, args, &norms);
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, params, {params, grads, buffers})) {
+    return kernels::reference::lars(params, grads, momentum_buffers, buffer_is_new, h);
+  }
+  const auto& group = scratch.group;
+  auto& norms = scratch.sums;
+  auto& args = scratch.fresh_args(params.size());
+  cpu::run(cpu::Pass::LarsNorms, group, args, &norms);
   std::vector<double> local_lrs(params.size(), 1.0);
   args.hyper = {h.weight_decay, h.momentum, h.dampening, h.nesterov ? 1.0 : 0.0};
-  args.per_tensor.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const double p_norm = std::sqrt(norms[i][0]);
     const double phi = h.scale_clip ? clamp_norm(p_norm, *h.scale_clip) : p_norm;
     local_lrs[i] = trust_ratio(phi, std::sqrt(norms[i][1]) + h.weight_decay * p_norm);
     args.per_tensor[i] = {-h.lr * local_lrs[i], with_momentum && buffer_is_new[i] ? 1.0 : 0.0};
   }
-  cpu::run(cpu::Pass::LarsApply, *group, args);
+  cpu::run(cpu::Pass::LarsApply, group, args);
   mark_written({params, buffers});
   return local_lrs;
 }

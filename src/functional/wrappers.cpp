@@ -29,34 +29,40 @@ void check_stats(const char* what, TensorList fast, const ScoutStats& s) {
 void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate) {
   check_hyper("Lookahead", "sync_rate", sync_rate, 0.0, true, 1.0, true);
   check_group("Lookahead", fast, slow, {});
-  auto group = fused_group(fast, {fast, slow});
-  if (!group) return kernels::reference::lookahead_sync(fast, slow, sync_rate);
-  cpu::PassArgs args;
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, fast, {fast, slow})) {
+    return kernels::reference::lookahead_sync(fast, slow, sync_rate);
+  }
+  auto& args = scratch.fresh_args(0);
   args.hyper = {sync_rate};
-  cpu::run(cpu::Pass::LookaheadSync, *group, args);
+  cpu::run(cpu::Pass::LookaheadSync, scratch.group, args);
   mark_written({fast, slow});
 }
 
 void scout_accumulate_(TensorList fast, const ScoutStats& s, int64_t count) {
   TORCH_CHECK(count >= 0, "Scout: count must be >= 0, got ", count);
   check_stats("Scout", fast, s);
-  auto group = fused_group(fast, {fast, s.prev}, {s.mean, s.m2, s.max, s.min});
-  if (!group) return kernels::reference::scout_accumulate(fast, s, count);
-  cpu::PassArgs args;
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, fast, {fast, s.prev}, {s.mean, s.m2, s.max, s.min})) {
+    return kernels::reference::scout_accumulate(fast, s, count);
+  }
+  auto& args = scratch.fresh_args(0);
   args.hyper = {static_cast<double>(count), 1.0 / static_cast<double>(count + 1)};
-  cpu::run(cpu::Pass::ScoutAccumulate, *group, args);
+  cpu::run(cpu::Pass::ScoutAccumulate, scratch.group, args);
   mark_written({s.prev, s.mean, s.m2, s.max, s.min});
 }
 
 double scout_coherence(const ScoutStats& s, int64_t count) {
   TORCH_CHECK(count >= 1, "Scout: coherence needs at least one change, got ", count);
   check_stats("Scout", s.prev, s);
-  auto group = fused_group(s.prev, {s.prev, s.prev}, {s.mean, s.m2, s.max, s.min});
-  if (!group) return kernels::reference::scout_coherence(s, count);
-  cpu::PassArgs args;
+  auto& scratch = fused_scratch();
+  if (!fused_group(scratch.group, s.prev, {s.prev, s.prev}, {s.mean, s.m2, s.max, s.min})) {
+    return kernels::reference::scout_coherence(s, count);
+  }
+  auto& args = scratch.fresh_args(0);
   args.hyper = {static_cast<double>(count - 1)};
-  cpu::Sums sums;  // sum of the ratios that are numbers, and their count
-  cpu::run(cpu::Pass::ScoutCoherence, *group, args, &sums);
+  auto& sums = scratch.sums;  // sum of the ratios that are numbers, and their count
+  cpu::run(cpu::Pass::ScoutCoherence, scratch.group, args, &sums);
   double total = 0.0;
   int64_t counted = 0;
   for (const auto& row : sums) {
