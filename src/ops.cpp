@@ -113,6 +113,11 @@ void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   for (size_t i = 0; i < W_ts.size(); ++i) {
     TORCH_CHECK(W_ts[i].numel() == 1, "TAdam: W_t of parameter ", i,
                 " must hold one element, it has shape ", W_ts[i].sizes());
+    TORCH_CHECK(W_ts[i].scalar_type() == params[i].scalar_type() &&
+                    W_ts[i].device() == params[i].device(),
+                "TAdam: state 'W_t' of parameter ", i, " must be a one-element tensor of dtype ",
+                params[i].scalar_type(), " on ", params[i].device(), ", got ",
+                W_ts[i].scalar_type(), " on ", W_ts[i].device());
     weights[i] = read_scalar(W_ts[i]);
   }
   F::tadam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, weights, steps,
@@ -155,8 +160,8 @@ void validate_group(const std::string& optimizer, TensorList params, TensorList 
                     TensorList buffers, c10::IntArrayRef owners, c10::IntArrayRef steps) {
   F::detail::check_group(optimizer.c_str(), params, grads, {});
   F::detail::check_flat_state(optimizer.c_str(), params, buffers, owners);
-  for (size_t i = 0; i < steps.size(); ++i) {
-    TORCH_CHECK(steps[i] >= 1, optimizer, ": state 'step' of parameter ", i, " is ", steps[i] - 1,
+  for (int64_t step : steps) {
+    TORCH_CHECK(step >= 1, optimizer, ": a state 'step' is ", step - 1,
                 "; counters cannot be negative");
   }
 }

@@ -113,22 +113,33 @@ class FusedStep:
                 continue
             keys = self._buffers(group)
             state_of = self.state  # type: ignore[attr-defined]
-            states = [state_of[p] for p in params]
-            created = []
+            states = [state_of.get(p) for p in params]
+            # What this step adds, taken back if its op fails: new states
+            # (and their entries in self.state), and buffers added to old ones.
+            made: list[tuple[torch.Tensor, bool]] = []
+            added: list[tuple[dict[str, Any], str]] = []
             # Past the first steps every state holds every buffer: one check per key.
-            if not all(states) or not all(key in s for key in keys for s in states):
-                for p, state in zip(params, states):
-                    if len(state) == 0:
+            if None in states or not all(key in s for key in keys for s in states):
+                for i, p in enumerate(params):
+                    state = states[i]
+                    if not state:
+                        made.append((p, state is None))
+                        state = states[i] = state_of[p]
                         self._init_state(state, p, group)
-                        created.append(state)
                     for key in keys:
                         if key not in state:
                             state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                            added.append((state, key))
             try:
                 self._apply(group, params, grads, states)
             except Exception:
-                for state in created:  # a failed step leaves no new state behind
-                    state.clear()
+                for p, had_no_entry in made:
+                    if had_no_entry:
+                        del state_of[p]
+                    else:
+                        state_of[p].clear()
+                for state, key in added:
+                    state.pop(key, None)
                 raise
         return loss
 
@@ -143,10 +154,10 @@ class FusedStep:
     @staticmethod
     def _store_steps(states: list[dict[str, Any]], steps: list[int]) -> None:
         for state, step in zip(states, steps):
-            if type(state["step"]) is int:
-                state["step"] = step
-            else:
+            if isinstance(state["step"], torch.Tensor):
                 state["step"].fill_(step)
+            else:
+                state["step"] = step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuses, before changing anything, buffers that do not fit their parameters."""

@@ -185,16 +185,21 @@ class RaLars(FusedStep, Optimizer):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
-        if params and not isinstance(group.get("sma_inf"), float):
-            # The reference records the SMA's maximum length in the group on its first step.
-            group["sma_inf"] = 2 / (1 - beta2) - 1
+        sma_inf = group.get("sma_inf")
+        record = bool(params) and not isinstance(sma_inf, float)
+        if record:
+            # The reference records the SMA's maximum length in the group on its
+            # first step (here once that step has succeeded).
+            sma_inf = 2 / (1 - beta2) - 1
         steps = self._advance_steps(states)
         local_lrs = ops.ralars_(
             params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
-            None if group.get("sma_inf") is None else float(group["sma_inf"]),
+            None if sma_inf is None else float(sma_inf),
         )
+        if record:
+            group["sma_inf"] = sma_inf
         self._store_steps(states, steps)
         _store_local_lrs(params, states, local_lrs)
 

@@ -1,5 +1,9 @@
 #include "functional/common.h"
 
+#include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
 #include <sstream>
 
 namespace holocron::optim::functional::detail {
@@ -62,6 +66,14 @@ bool fused_group(kernels::cpu::Group& group, TensorList params,
                  std::initializer_list<TensorList> narrow, std::initializer_list<TensorList> wide) {
   namespace cpu = kernels::cpu;
   if (!cpu::fused_enabled()) return false;
+  // Where ATen's in-place checks would refuse the update (a parameter that
+  // requires grad under grad mode, an inference tensor outside inference
+  // mode), the reference path runs them. The classes step under NoGradGuard.
+  if (at::GradMode::is_enabled() && !c10::InferenceMode::is_enabled()) {
+    for (const auto& p : params) {
+      if (p.requires_grad()) return false;
+    }
+  }
   TORCH_INTERNAL_ASSERT(narrow.size() + wide.size() <= cpu::kMaxArrays);
   group.tensors.assign(params.size(), {});
   for (size_t i = 0; i < params.size(); ++i) {
@@ -70,6 +82,7 @@ bool fused_group(kernels::cpu::Group& group, TensorList params,
     if (!p.device().is_cpu() || !cpu::supports_dtype(dtype) || !p.is_non_overlapping_and_dense()) {
       return false;
     }
+    if (p.is_inference() && !c10::InferenceMode::is_enabled()) return false;
     const auto wide_dtype = at::isReducedFloatingType(dtype) ? at::kFloat : dtype;
     auto& slot = group.tensors[i];
     slot.dtype = dtype;
@@ -94,7 +107,16 @@ bool fused_group(kernels::cpu::Group& group, TensorList params,
       ++j;
     }
   }
-  return true;
+  // A parameter listed twice would be two chunks of work on the same memory,
+  // possibly on two threads at once: the reference path updates it twice, in
+  // order, as torch's optimizers do.
+  auto& addresses = fused_scratch().addresses;
+  addresses.clear();
+  for (const auto& p : params) {
+    if (p.numel() > 0) addresses.push_back(p.data_ptr());
+  }
+  std::sort(addresses.begin(), addresses.end());
+  return std::adjacent_find(addresses.begin(), addresses.end()) == addresses.end();
 }
 
 void mark_written(std::initializer_list<TensorList> lists) {

@@ -55,6 +55,7 @@ struct FusedScratch {
   kernels::cpu::Group second_group;
   kernels::cpu::PassArgs args;
   kernels::cpu::Sums sums;
+  std::vector<void*> addresses;
   // `args` cleared for a group of n tensors.
   kernels::cpu::PassArgs& fresh_args(size_t n) {
     args.hyper = {};

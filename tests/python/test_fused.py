@@ -236,3 +236,58 @@ def test_environment_override():
         env = dict(os.environ, HOLOCRON_OPTIM_CPU_CAPABILITY=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == value
+
+
+def test_a_parameter_listed_twice_is_updated_twice_in_order():
+    # torch.optim warns about it but runs it; the fused kernels must not race on it.
+    results = {}
+    for backend in ("reference", "auto"):
+        OPS.set_cpu_capability(backend)
+        torch.set_num_threads(2)
+        p = torch.linspace(-1, 1, 3 * CHUNK, dtype=torch.float64).requires_grad_()
+        with pytest.warns(UserWarning):
+            opt = ho.LAMB([p, p], lr=1e-2)
+        for _ in range(3):
+            p.grad = torch.cos(p.detach() * 3)
+            opt.step()
+        results[backend] = p.detach().clone()
+    torch.testing.assert_close(results["auto"], results["reference"], rtol=1e-11, atol=1e-12)
+
+
+def test_ops_under_grad_mode_keep_atens_in_place_checks():
+    p = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    g, m, v = torch.randn(10, dtype=torch.float64), torch.zeros(10, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        OPS.adabelief_([p], [g], [m], [v], [], [1], 1e-2, 0.9, 0.999, 1e-8, 0.0, False)
+    assert torch.equal(p.detach(), before)
+    with torch.no_grad():
+        OPS.adabelief_([p], [g], [m], [v], [], [1], 1e-2, 0.9, 0.999, 1e-8, 0.0, False)
+    assert not torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_a_failed_single_group_step_changes_nothing(name):
+    # One group: the op's own checks run after Python gathered the state; what
+    # Python added for the step (new states, buffers, RaLars' sma_inf) is taken back.
+    params = [torch.randn(5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    opt = getattr(ho, name)(params, **OPTIONS[name][0])
+    group_before = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    for p in params:
+        p.grad = torch.randn(5, dtype=torch.float64)
+    params[-1].grad.data = params[-1].grad.data.float()  # `.data` bypasses the setter's check
+    with pytest.raises(RuntimeError):
+        opt.step()
+    assert len(opt.state) == 0
+    assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == group_before
+    if "amsgrad" in opt.param_groups[0]:
+        # A buffer added to states that already exist is taken back too.
+        params[-1].grad = torch.randn(5, dtype=torch.float64)
+        opt.param_groups[0]["amsgrad"] = False
+        opt.step()
+        keys = {p: set(opt.state[p]) for p in params}
+        opt.param_groups[0]["amsgrad"] = True
+        params[-1].grad.data = params[-1].grad.data.float()
+        with pytest.raises(RuntimeError):
+            opt.step()
+        assert {p: set(opt.state[p]) for p in params} == keys

@@ -128,6 +128,20 @@ std::vector<Capability> available_capabilities() {
   return out;
 }
 
+Workspace& prepare_workspace(const Group& group, int sums_per_chunk) {
+  thread_local Workspace ws;
+  const size_t n = group.tensors.size();
+  ws.first_chunk.resize(n + 1);
+  ws.first_chunk[0] = 0;
+  for (size_t t = 0; t < n; ++t) {
+    ws.first_chunk[t + 1] = ws.first_chunk[t] + (group.tensors[t].numel + kChunk - 1) / kChunk;
+  }
+  ws.partials.assign(static_cast<size_t>(ws.first_chunk[n]) * sums_per_chunk, 0.0);
+  return ws;
+}
+
+void reset_sums(Sums& sums, size_t tensors) { sums.assign(tensors, {}); }
+
 bool fused_enabled() { return choice().load() != kReference; }
 
 void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
@@ -145,7 +159,7 @@ void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
     return;
   }
   // A group mixing dtypes: one run per dtype, over its tensors only.
-  if (sums != nullptr) sums->assign(tensors.size(), {});
+  if (sums != nullptr) reset_sums(*sums, tensors.size());
   std::vector<bool> done(tensors.size(), false);
   for (size_t first = 0; first < tensors.size(); ++first) {
     if (done[first]) continue;

@@ -224,17 +224,6 @@ HOLOCRON_KERNEL_INLINE void static_for(F&& f) {
   static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
 
-// Per-call scratch reused across steps (grown, never shrunk), so a step
-// allocates nothing that grows with the parameters once warmed up.
-struct Workspace {
-  std::vector<int64_t> first_chunk;
-  std::vector<double> partials;
-};
-inline Workspace& workspace() {
-  thread_local Workspace ws;
-  return ws;
-}
-
 // Below this many elements a group runs on the calling thread: a parallel
 // region costs more than it saves.
 constexpr int64_t kMinParallelElements = int64_t{1} << 15;
@@ -254,22 +243,19 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
 
   const P pass{args};
   const int64_t num_tensors = static_cast<int64_t>(group.tensors.size());
-  auto& ws = workspace();
-  ws.first_chunk.resize(num_tensors + 1);
-  int64_t elements = 0;
-  ws.first_chunk[0] = 0;
-  for (int64_t t = 0; t < num_tensors; ++t) {
-    const int64_t n = group.tensors[t].numel;
-    elements += n;
-    ws.first_chunk[t + 1] = ws.first_chunk[t] + (n + kChunk - 1) / kChunk;
-  }
-  const int64_t num_chunks = ws.first_chunk[num_tensors];
-  if constexpr (kR > 0) ws.partials.assign(num_chunks * kR, 0.0);
+  auto& ws = prepare_workspace(group, kR);
   const int64_t* first_chunk = ws.first_chunk.data();
+  const int64_t num_chunks = first_chunk[num_tensors];
   double* partials = ws.partials.data();
+  int64_t elements = 0;
+  for (const auto& slot : group.tensors) elements += slot.numel;
 
   auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
-    int64_t t = std::upper_bound(first_chunk, first_chunk + num_tensors + 1, chunk_begin) - first_chunk - 1;
+    // The tensor holding chunk_begin: the last t with first_chunk[t] <= chunk_begin.
+    int64_t t = 0;
+    for (int64_t step = num_tensors; step > 0; step /= 2) {
+      while (t + step < num_tensors && first_chunk[t + step] <= chunk_begin) t += step;
+    }
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       while (c >= first_chunk[t + 1]) ++t;
       const TensorSlot& slot = group.tensors[t];
@@ -322,7 +308,7 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   }
 
   if constexpr (kR > 0) {
-    sums->assign(num_tensors, {});
+    reset_sums(*sums, num_tensors);
     for (int64_t t = 0; t < num_tensors; ++t) {
       auto& row = (*sums)[t];
       for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {

@@ -78,6 +78,19 @@ enum class Pass : int {
 
 enum class Capability : int { Default = 0, AVX2 = 1, AVX512 = 2 };
 
+// Scratch of the driver, per calling thread, reused across steps: where each
+// tensor's chunks start, and one partial sum per chunk and reduction.
+struct Workspace {
+  std::vector<int64_t> first_chunk;
+  std::vector<double> partials;
+};
+// The workspace sized for `group` with `sums_per_chunk` zeroed partials, and
+// `sums` reset to one zero row per tensor. Defined outside the per-ISA builds,
+// so that no std::vector code is compiled with their instruction sets (the
+// linker keeps one copy of such inline functions, whichever build it is from).
+Workspace& prepare_workspace(const Group& group, int sums_per_chunk);
+void reset_sums(Sums& sums, size_t tensors);
+
 // Runs `pass` with the selected instruction set. `sums` (for reducing passes)
 // is resized to one row per tensor. Runs in one parallel region.
 void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums = nullptr);

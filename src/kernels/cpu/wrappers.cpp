@@ -24,7 +24,7 @@ struct LookaheadSync {
       V& fast = x[0];
       V& slow = x[1];
       if (move) {
-        // The form ATen's lerp picks for the weight, so both backends agree.
+        // ATen's lerp formula for this weight (it rounds once more than ATen's fused one).
         slow = small_rate ? slow + rate * (fast - slow) : fast - (fast - slow) * one_minus_rate;
       }
       fast = slow;
