@@ -48,10 +48,14 @@ struct AdamPMomentUpdate {
 template <typename T>
 constexpr bool kMomentsInApply = is_reduced_v<T>;
 
-// Sums: p.g', ||p||^2, ||g'||^2, p.q.
+// Sums: p.g', ||p||^2, ||g'||^2, p.q, in double: the projection is decided by
+// comparing their cosine with delta / sqrt(numel), and a 1-element parameter
+// with delta = 1 sits exactly on that edge (cosine +-1 only if the products
+// are exact).
 template <typename T>
 struct AdamPMoments {
   using scalar_t = T;
+  using sum_t = double;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 4;
   static constexpr unsigned kRead = 0b11111, kWrite = kMomentsInApply<T> ? 0 : 0b11100;

@@ -10,6 +10,8 @@
 //   kNarrow, kWide                      arrays of scalar_t, then of its math type
 //   kRead, kWrite                       bit j set: array j is loaded / stored
 //   kSums                               per-tensor reductions (0: none)
+//   sum_t (optional)                    the type they are summed in: double
+//                                       where float lanes are not enough
 //   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk
 //   template <class A> void Body::operator()(V* x, A& acc) const
 //                                       the math of one vector of elements:
@@ -17,8 +19,8 @@
 //                                       stored back, sums go to acc.
 // The driver cuts the whole group into chunks of kChunk elements, runs them in
 // one parallel region, and sums each reduction in a fixed order: per element
-// into kLanes double lanes (element i -> lane i % kLanes), lanes in order at
-// the end of a chunk, chunks in order per tensor. So results are bitwise the
+// into kLanes lanes of the math type (element i -> lane i % kLanes), lanes in
+// order (in double) at the end of a chunk, chunks in order per tensor. So results are bitwise the
 // same for any thread count, and for any of the instruction sets.
 
 #include <ATen/Parallel.h>
@@ -145,73 +147,87 @@ HOLOCRON_KERNEL_INLINE auto widen(const V& x) {
   return out;
 }
 
-// Deterministic per-chunk sums, in double: kLanes partial sums per reduction,
-// held in registers as Vectorized<double>; element i of a tensor goes to lane
-// i % kLanes, and the lanes are summed in order at the end of the chunk.
-template <int R>
+// Deterministic per-chunk sums: kLanes partial sums per reduction, held in
+// registers in type S (the math type, or double where a pass needs it); element
+// i of a tensor goes to lane i % kLanes, and at the end of a chunk the lanes
+// are added in order, in double. (A lane sums at most kChunk / kLanes = 1024
+// terms, so float lanes keep about 6 significant digits in the worst case, as
+// ATen's float norms do.)
+template <int R, typename S>
 struct Acc {
   static_assert(R >= 1 && R <= kMaxSums);
-  using D = Vectorized<double>;
-  static_assert(kLanes % D::size() == 0);
-  D lanes[R][kLanes / D::size()];
+  using A = Vectorized<S>;
+  static_assert(kLanes % A::size() == 0, "a vector must not straddle the lane cycle");
+  A lanes[R][kLanes / A::size()];
 
   Acc() {
     for (auto& row : lanes) {
-      for (auto& lane : row) lane = D(0.0);
+      for (auto& lane : row) lane = A(S(0));
     }
   }
   double total(int r) const {
-    alignas(64) double values[kLanes];
-    for (int k = 0; k < kLanes / D::size(); ++k) lanes[r][k].store(values + k * D::size());
+    alignas(64) S values[kLanes];
+    for (int k = 0; k < kLanes / A::size(); ++k) lanes[r][k].store(values + k * A::size());
     double sum = 0.0;
-    for (int l = 0; l < kLanes; ++l) sum += values[l];
+    for (int l = 0; l < kLanes; ++l) sum += static_cast<double>(values[l]);
     return sum;
   }
 };
 
-// What a pass body sees of the sums: the vector at lane offset kOffset (a
-// compile-time constant, so the lanes stay in registers) holding `count`
-// valid elements.
-template <int R, int kOffset>
+// What a pass body sees of the sums: the vector (of math type W) at lane
+// offset kOffset (a compile-time constant, so the lanes stay in registers)
+// holding `count` valid elements, summed in type S.
+template <int R, typename W, typename S, int kOffset>
 struct LaneView {
-  Acc<R>& acc;
+  using V = Vectorized<W>;
+  Acc<R, S>& acc;
   int64_t count;
 
-  template <typename V>
   HOLOCRON_KERNEL_INLINE void add(int r, const V& x) {
-    accumulate(r, valid(x), [](const auto& d) { return d; });
+    accumulate(r, valid(x), valid(x), [](const auto& a, const auto&) { return a; });
   }
-  template <typename V>
   HOLOCRON_KERNEL_INLINE void add_square(int r, const V& x) {
-    accumulate(r, valid(x), [](const auto& d) { return d * d; });
+    accumulate(r, valid(x), valid(x), [](const auto& a, const auto& b) { return a * b; });
   }
-  template <typename V>
   HOLOCRON_KERNEL_INLINE void add_product(int r, const V& x, const V& y) {
-    const auto a = widen(valid(x));
-    const auto b = widen(valid(y));
-    for (size_t k = 0; k < a.size(); ++k) slot(r, k) = slot(r, k) + a[k] * b[k];
+    accumulate(r, valid(x), valid(y), [](const auto& a, const auto& b) { return a * b; });
   }
   // Adds the elements that are numbers to sum `r` and counts them in `r_count`.
-  template <typename V>
   HOLOCRON_KERNEL_INLINE void add_numbers(int r, int r_count, const V& x) {
     const V is_number = x == x;
-    accumulate(r, valid(V::blendv(V(0), x, is_number)), [](const auto& d) { return d; });
-    accumulate(r_count, valid(V::blendv(V(0), V(1), is_number)), [](const auto& d) { return d; });
+    add(r, V::blendv(V(0), x, is_number));
+    add(r_count, V::blendv(V(0), V(1), is_number));
   }
 
  private:
-  using D = Vectorized<double>;
-  template <typename V>
   HOLOCRON_KERNEL_INLINE V valid(const V& x) const {
     return count == V::size() ? x : V::set(V(0), x, count);
   }
-  HOLOCRON_KERNEL_INLINE D& slot(int r, size_t piece) { return acc.lanes[r][kOffset / D::size() + piece]; }
-  template <typename V, typename F>
-  HOLOCRON_KERNEL_INLINE void accumulate(int r, const V& x, F f) {
-    static_assert(kLanes % V::size() == 0, "a vector must not straddle the lane cycle");
-    const auto pieces = widen(x);
-    for (size_t k = 0; k < pieces.size(); ++k) slot(r, k) = slot(r, k) + f(pieces[k]);
+  template <typename F>
+  HOLOCRON_KERNEL_INLINE void accumulate(int r, const V& x, const V& y, F f) {
+    if constexpr (std::is_same_v<S, W>) {
+      auto& lane = acc.lanes[r][kOffset / V::size()];
+      lane = lane + f(x, y);
+    } else {
+      static_assert(std::is_same_v<S, double>);
+      const auto a = widen(x);
+      const auto b = widen(y);
+      for (size_t k = 0; k < a.size(); ++k) {
+        auto& lane = acc.lanes[r][kOffset / Vectorized<double>::size() + k];
+        lane = lane + f(a[k], b[k]);
+      }
+    }
   }
+};
+
+// The type a pass sums in: its `sum_t` if it names one, else its math type.
+template <typename P, typename = void>
+struct SumType {
+  using type = opmath_t<typename P::scalar_t>;
+};
+template <typename P>
+struct SumType<P, std::void_t<typename P::sum_t>> {
+  using type = typename P::sum_t;
 };
 
 template <typename F, int... I>
@@ -262,7 +278,8 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
       const int64_t begin = (c - first_chunk[t]) * kChunk;
       const int64_t end = std::min(begin + kChunk, slot.numel);
       const auto body = pass.for_tensor(t);
-      Acc<kR == 0 ? 1 : kR> acc;
+      using S = typename SumType<P>::type;
+      Acc<kR == 0 ? 1 : kR, S> acc;
       // Enough iterations per round that every vector's lane offset is a
       // compile-time constant.
       constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
@@ -284,7 +301,7 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
             constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
             V x[kA];
             for (int j = 0; j < kA; ++j) x[j] = values[j][k];
-            LaneView<kR == 0 ? 1 : kR, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
+            LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
             body(x, lanes);
             for (int j = 0; j < kA; ++j) values[j][k] = x[j];
           });
