@@ -19,8 +19,8 @@
 //                                       stored back, sums go to acc.
 // The driver cuts the whole group into chunks of kChunk elements, runs them in
 // one parallel region, and sums each reduction in a fixed order: per element
-// into kLanes lanes of the math type (element i -> lane i % kLanes), lanes in
-// order (in double) at the end of a chunk, chunks in order per tensor. So results are bitwise the
+// into kLanes lanes (element i -> lane i % kLanes), the lanes in order at the
+// end of a chunk, the chunks in order per tensor. So results are bitwise the
 // same for any thread count, and for any of the instruction sets.
 
 #include <ATen/Parallel.h>
