@@ -11,6 +11,7 @@ import torch
 
 from ._library import ops
 
+
 def check_finite(name: str, value: Any) -> None:
     """ValueError for non-numbers and nan/inf, which the ops' range checks would also refuse."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():

@@ -1,8 +1,6 @@
 // TAdam, AdaBelief, AdamP, Adan and AdEMAMix: checks, then the fused kernels or
 // the reference backend. Per-tensor coefficients are computed here, in double.
 
-#include <ATen/ATen.h>
-
 #include "functional/common.h"
 #include "kernels/reference/reference.h"
 
@@ -76,7 +74,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     if (params[i].numel() == 0) continue;  // nothing to weigh: W stays
     const double w = tadam_weight(h.dof, params[i].numel(), distances[i][0]);
     double& W = moment_weights[i];
-    args.per_tensor[i] = {W / (W + w), w / (W + w), std::sqrt(bias_correction(h.beta2, steps[i])),
+    args.per_tensor[i] = {W / (W + w), w / (W + w), inverse_sqrt_bias_correction(h.beta2, steps[i]),
                           -h.lr / bias_correction(h.beta1, steps[i])};
     W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
   }
@@ -101,7 +99,7 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {std::sqrt(bias_correction(h.beta2, steps[i])),
+    args.per_tensor[i] = {inverse_sqrt_bias_correction(h.beta2, steps[i]),
                           -h.lr / bias_correction(h.beta1, steps[i])};
   }
   cpu::run(cpu::Pass::AdaBeliefApply, scratch.group, args);
@@ -123,8 +121,8 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {bias_correction(h.beta1, steps[i]),
-                          std::sqrt(bias_correction(h.beta2, steps[i]))};
+    args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),
+                          inverse_sqrt_bias_correction(h.beta2, steps[i])};
   }
   auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q
   cpu::run(cpu::Pass::AdamPMoments, scratch.group, args, &sums);
@@ -167,9 +165,9 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   args.hyper = {h.beta1, h.beta2, h.beta3, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {steps[i] == 1 ? 1.0 : 0.0,
-                          bias_correction(h.beta1, steps[i]),
+                          1.0 / bias_correction(h.beta1, steps[i]),
                           h.beta2 / bias_correction(h.beta2, steps[i]),
-                          std::sqrt(bias_correction(h.beta3, steps[i])),
+                          inverse_sqrt_bias_correction(h.beta3, steps[i]),
                           -h.lr,
                           1.0 + h.weight_decay * h.lr};
   }
@@ -192,8 +190,8 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   auto& args = scratch.fresh_args(params.size());
   args.hyper = {h.beta1, h.beta2, h.beta3, h.alpha, h.eps, h.weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {bias_correction(h.beta1, steps[i]),
-                          std::sqrt(bias_correction(h.beta2, steps[i])), -h.lr};
+    args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),
+                          inverse_sqrt_bias_correction(h.beta2, steps[i]), -h.lr};
   }
   cpu::run(cpu::Pass::AdEMAMixApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avgs_slow, exp_avg_sqs});

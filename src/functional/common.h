@@ -196,4 +196,9 @@ inline double bias_correction(double beta, int64_t step) {
   return 1.0 - std::pow(beta, static_cast<double>(step));
 }
 
+// 1 / sqrt(bias_correction): the kernels multiply by it.
+inline double inverse_sqrt_bias_correction(double beta, int64_t step) {
+  return 1.0 / std::sqrt(bias_correction(beta, step));
+}
+
 }  // namespace holocron::optim::functional::detail

@@ -84,7 +84,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
     const double bc2 = bias_correction(h.beta2, steps[i]);
     const auto r = ralars_rectification(sma_inf, t, bc2);
     const double mode = r ? 0.0 : h.force_adaptive_momentum ? 1.0 : 2.0;
-    args.per_tensor[i] = {bc1, bc2, r.value_or(1.0), mode};
+    args.per_tensor[i] = {1.0 / bc1, 1.0 / bc2, r.value_or(1.0), mode};
   }
   auto local_lrs = trust_ratio_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, h.lr,
                                     h.scale_clip);

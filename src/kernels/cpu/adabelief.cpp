@@ -8,7 +8,7 @@ inline namespace CPU_CAPABILITY {
 namespace {
 
 // Arrays: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq (absent without amsgrad).
-// hyper: beta1, beta2, eps, weight_decay, amsgrad. per tensor: sqrt(bc2), -lr/bc1.
+// hyper: beta1, beta2, eps, weight_decay, amsgrad. per tensor: 1/sqrt(bc2), -lr/bc1.
 template <typename T>
 struct AdaBeliefApply {
   using scalar_t = T;
@@ -23,7 +23,7 @@ struct AdaBeliefApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
-      const V g = decay ? x[1] + weight_decay * p : x[1];
+      const V g = with_weight_decay(x[1], p, weight_decay, decay);
       V& m = x[2];
       V& s = x[3];
       m = m * beta1 + one_minus_beta1 * g;
@@ -36,7 +36,7 @@ struct AdaBeliefApply {
     const auto& h = args.hyper;
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
-            splat<V>(h[2]), splat<V>(h[3]),       splat<V>(1.0 / c[0]), splat<V>(c[1]),
+            splat<V>(h[2]), splat<V>(h[3]),       splat<V>(c[0]), splat<V>(c[1]),
             h[3] != 0.0,    h[4] != 0.0};
   }
 };

@@ -10,15 +10,15 @@ namespace {
 
 // Arrays of both passes: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq (absent
 // without amsgrad). hyper: beta1, beta2, eps, weight_decay, amsgrad.
-// per tensor: bc1, sqrt(bc2), then for pass 2: -lr, and the projection
+// per tensor: 1/bc1, 1/sqrt(bc2), then for pass 2: -lr, and the projection
 // coefficient c in q - c*p (0: no projection).
 template <typename V>
 struct AdamPDirection {
   V eps, inv_bc1, inv_sqrt_bc2;
   bool amsgrad;
   AdamPDirection(const PassArgs& args, int64_t t)
-      : eps(splat<V>(args.hyper[2])), inv_bc1(splat<V>(1.0 / args.per_tensor[t][0])),
-        inv_sqrt_bc2(splat<V>(1.0 / args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
+      : eps(splat<V>(args.hyper[2])), inv_bc1(splat<V>(args.per_tensor[t][0])),
+        inv_sqrt_bc2(splat<V>(args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
   // q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
   HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& v, V* max_v) const {
     return (m * inv_bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, inv_sqrt_bc2, eps);
@@ -35,7 +35,7 @@ struct AdamPMomentUpdate {
         beta2(splat<V>(args.hyper[1])), one_minus_beta2(splat<V>(1.0 - args.hyper[1])),
         weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& grad, V& m, V& v) const {
-    const V g = decay ? grad + weight_decay * p : grad;
+    const V g = with_weight_decay(grad, p, weight_decay, decay);
     m = m * beta1 + one_minus_beta1 * g;
     v = v * beta2 + one_minus_beta2 * g * g;
     return g;

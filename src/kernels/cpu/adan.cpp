@@ -9,8 +9,8 @@ namespace {
 // Arrays: p, g, prev_grad, exp_avg, exp_avg_sq, exp_avg_delta,
 // max_exp_avg_delta (absent without amsgrad).
 // hyper: beta1, beta2, beta3, eps, weight_decay, amsgrad.
-// per tensor: first step (1: the difference is zero), bc1, beta2/bc2,
-// sqrt(bc3), -lr, 1 + wd*lr.
+// per tensor: first step (1: the difference is zero), 1/bc1, beta2/bc2,
+// 1/sqrt(bc3), -lr, 1 + wd*lr.
 template <typename T>
 struct AdanApply {
   using scalar_t = T;
@@ -26,7 +26,7 @@ struct AdanApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
-      const V g = decay ? x[1] + weight_decay * p : x[1];
+      const V g = with_weight_decay(x[1], p, weight_decay, decay);
       V& prev = x[2];
       V& m = x[3];
       V& v = x[4];
@@ -48,7 +48,7 @@ struct AdanApply {
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
             splat<V>(h[2]), splat<V>(1.0 - h[2]), splat<V>(h[3]), splat<V>(h[4]),
-            splat<V>(1.0 / c[1]), splat<V>(c[2]), splat<V>(1.0 / c[3]), splat<V>(c[4]),
+            splat<V>(c[1]), splat<V>(c[2]), splat<V>(c[3]), splat<V>(c[4]),
             splat<V>(c[5]), h[4] != 0.0,          h[5] != 0.0,    c[0] != 0.0};
   }
 };

@@ -8,7 +8,7 @@ namespace {
 
 // Arrays: p, g, exp_avg, exp_avg_slow, exp_avg_sq.
 // hyper: beta1, beta2, beta3, alpha, eps, weight_decay.
-// per tensor: bc1, sqrt(bc2), -lr.
+// per tensor: 1/bc1, 1/sqrt(bc2), -lr.
 template <typename T>
 struct AdEMAMixApply {
   using scalar_t = T;
@@ -24,7 +24,7 @@ struct AdEMAMixApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
-      const V g = decay ? x[1] + weight_decay * p : x[1];
+      const V g = with_weight_decay(x[1], p, weight_decay, decay);
       V& fast = x[2];
       V& slow = x[3];
       V& nu = x[4];
@@ -40,7 +40,7 @@ struct AdEMAMixApply {
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
             splat<V>(h[2]), splat<V>(1.0 - h[2]), splat<V>(h[3]), splat<V>(h[4]),
-            splat<V>(h[5]), splat<V>(1.0 / c[0]), splat<V>(1.0 / c[1]), splat<V>(c[2]),
+            splat<V>(h[5]), splat<V>(c[0]), splat<V>(c[1]), splat<V>(c[2]),
             h[5] != 0.0};
   }
 };

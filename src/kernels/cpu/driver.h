@@ -351,6 +351,12 @@ HOLOCRON_KERNEL_INLINE V splat(double value) {
   return V(static_cast<typename V::value_type>(value));
 }
 
+// g + wd * p, the L2 weight decay every algorithm applies (when wd != 0).
+template <typename V>
+HOLOCRON_KERNEL_INLINE V with_weight_decay(const V& g, const V& p, const V& weight_decay, bool decay) {
+  return decay ? g + weight_decay * p : g;
+}
+
 // The Adam-style denominator sqrt(second or its running max)/sqrt(bc) + eps,
 // the division by sqrt(bc) taken as a product with its inverse (a division
 // per element costs more than the memory traffic in half precision); with

@@ -33,11 +33,11 @@ struct LambDirection {
       : eps(splat<V>(args.hyper[2])), weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
     const V u = m / (v.sqrt() + eps);
-    return decay ? u + weight_decay * p : u;
+    return with_weight_decay(u, p, weight_decay, decay);
   }
 };
 
-// RaLars, per tensor: bc1, bc2, rectification r, mode (0 rectified, 1 adaptive
+// RaLars, per tensor: 1/bc1, 1/bc2, rectification r, mode (0 rectified, 1 adaptive
 // without rectification, 2 momentum only), then + wd * p.
 template <typename V>
 struct RaLarsDirection {
@@ -46,14 +46,14 @@ struct RaLarsDirection {
   bool decay;
   RaLarsDirection(const PassArgs& args, int64_t t)
       : eps(splat<V>(args.hyper[2])), weight_decay(splat<V>(args.hyper[3])),
-        inv_bc1(splat<V>(1.0 / args.per_tensor[t][0])), inv_bc2(splat<V>(1.0 / args.per_tensor[t][1])),
+        inv_bc1(splat<V>(args.per_tensor[t][0])), inv_bc2(splat<V>(args.per_tensor[t][1])),
         rectification(splat<V>(args.per_tensor[t][2])), mode(static_cast<int>(args.per_tensor[t][3])),
         decay(args.hyper[3] != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
     V u = m * inv_bc1;
     if (mode != 2) u = u / ((v * inv_bc2).sqrt() + eps);
     if (mode == 0) u = u * rectification;
-    return decay ? u + weight_decay * p : u;
+    return with_weight_decay(u, p, weight_decay, decay);
   }
 };
 

@@ -42,7 +42,7 @@ struct LarsApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
-      V direction = decay ? x[1] + weight_decay * p : x[1];
+      V direction = with_weight_decay(x[1], p, weight_decay, decay);
       if (with_momentum) {
         V& buffer = x[2];
         buffer = buffer_is_new ? direction : buffer * momentum + one_minus_dampening * direction;

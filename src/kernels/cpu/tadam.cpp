@@ -23,7 +23,7 @@ struct TAdamDistance {
     bool decay;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      const V g = decay ? x[0] + weight_decay * x[3] : x[0];
+      const V g = with_weight_decay(x[0], x[3], weight_decay, decay);
       const V residual = g - x[1];
       acc.add(0, residual * residual / (x[2] + eps));
     }
@@ -35,7 +35,7 @@ struct TAdamDistance {
 
 // Arrays: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq (absent without amsgrad).
 // hyper: beta2, eps, weight_decay.
-// per tensor: W/(W+w), w/(W+w), sqrt(bc2), -lr/bc1.
+// per tensor: W/(W+w), w/(W+w), 1/sqrt(bc2), -lr/bc1.
 template <typename T>
 struct TAdamApply {
   using scalar_t = T;
@@ -50,7 +50,7 @@ struct TAdamApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[0];
-      const V g = decay ? x[1] + weight_decay * p : x[1];
+      const V g = with_weight_decay(x[1], p, weight_decay, decay);
       V& m = x[2];
       V& v = x[3];
       m = m * keep + take * g;
@@ -62,7 +62,7 @@ struct TAdamApply {
     const auto& h = args.hyper;
     const auto& c = args.per_tensor[t];
     return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(h[2]),
-            splat<V>(c[0]), splat<V>(c[1]),       splat<V>(1.0 / c[2]), splat<V>(c[3]),
+            splat<V>(c[0]), splat<V>(c[1]),       splat<V>(c[2]), splat<V>(c[3]),
             h[2] != 0.0,    h[3] != 0.0};
   }
 };
