@@ -27,6 +27,8 @@ def _check_common(lr: Any, eps: Any, weight_decay: Any) -> None:
     check_finite("learning rate", lr)
     check_finite("epsilon", eps)
     check_finite("weight_decay", weight_decay)
+    if weight_decay < 0:  # torch.optim refuses it; the reference's LAMB, RaLars and AdEMAMix did not (fix 9)
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
 def _gather(states: list[dict[str, Any]], key: str) -> list[torch.Tensor]:
@@ -53,9 +55,41 @@ def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], r
 
 
 class LARS(FusedStep, Optimizer):
-    """LARS. `scale_clip`, when given, bounds ||p|| in the trust ratio (the
-    reference ignores it); None keeps the unclamped norm. Gradients are never
-    modified."""
+    """LARS: SGD whose step is scaled per tensor by a trust ratio.
+
+    Paper: Yang You, Igor Gitman, Boris Ginsburg, "Large Batch Training of
+    Convolutional Networks", 2017, https://arxiv.org/abs/1708.03888
+
+    Per parameter: ``d = g + weight_decay * p``,
+    ``local_lr = ||p|| / (||g|| + weight_decay * ||p||)`` (1 when a norm is 0),
+    ``p -= lr * local_lr * u`` where ``u`` is ``d`` without momentum, else the
+    momentum buffer (or ``d + momentum * buf`` with Nesterov).
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        momentum: momentum factor, >= 0; 0 keeps no buffer. Default `0.0`.
+        dampening: dampening of the momentum
+            (``buf = momentum * buf + (1 - dampening) * d``); must be 0 with
+            ``nesterov``. Default `0.0`.
+        weight_decay: L2 penalty added to the gradient; it also enters the
+            trust ratio's denominator. >= 0. Default `0.0`.
+        nesterov: Nesterov momentum; needs ``momentum > 0`` and
+            ``dampening == 0``. Default `False`.
+        scale_clip: ``(low, high)`` bounds for ``||p||`` in the trust ratio;
+            None keeps the norm unclamped. An attribute of the optimizer, not a
+            group option, as in the reference. Default `None`.
+
+    State (per parameter, the reference's key): ``momentum_buffer``, only when
+    ``momentum != 0`` (the first step's direction, then the running momentum).
+
+    Differences from the reference (pylocron 0.3.0):
+        - gradients are never modified; the reference writes ``d`` into
+          ``p.grad`` (fix 2);
+        - an explicit ``scale_clip`` clamps ``||p||`` in the trust ratio; the
+          reference ignores the argument (fix 3).
+    """
 
     _all_buffers = ("momentum_buffer",)
     _settings = ("scale_clip",)
@@ -123,7 +157,39 @@ class LARS(FusedStep, Optimizer):
 
 
 class LAMB(FusedStep, Optimizer):
-    """LAMB. `scale_clip` bounds ||p|| in the trust ratio; None means (0, 10)."""
+    """LAMB: Adam moments with one trust ratio per tensor.
+
+    Paper: Yang You, Jing Li, Sashank Reddi, Jonathan Hseu, Sanjiv Kumar, Srinadh
+    Bhojanapalli, Xiaodan Song, James Demmel, Kurt Keutzer, Cho-Jui Hsieh, "Large
+    Batch Optimization for Deep Learning: Training BERT in 76 minutes", 2019,
+    https://arxiv.org/abs/1904.00962
+
+    Per parameter, as the reference: ``m = beta1 * m + (1 - beta1) * g``,
+    ``v = beta2 * v + (1 - beta2) * g**2`` (no bias correction),
+    ``u = m / (sqrt(v) + eps) + weight_decay * p``,
+    ``local_lr = clamp(||p||, *scale_clip) / ||u||`` (1 when either is 0),
+    ``p -= lr * local_lr * u``.
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2)`` of the moving averages of the gradient
+            and of its square, each in [0, 1). Default `(0.9, 0.999)`.
+        eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
+        weight_decay: added to the direction as ``weight_decay * p``, before the
+            trust ratio; >= 0. Default `0.0`.
+        scale_clip: ``(low, high)`` bounds for ``||p||`` in the trust ratio; None
+            means ``(0, 10)``. An attribute of the optimizer, not a group option,
+            as in the reference. Default `None`.
+
+    State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
+    ``exp_avg_sq`` and ``local_lr`` (the last trust ratio: a 0-d tensor, or the
+    int 1 when a norm was 0).
+
+    Differences from the reference (pylocron 0.3.0):
+        - ``weight_decay < 0`` is refused (fix 9); the reference accepts it.
+    """
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
     _settings = ("scale_clip",)
@@ -158,7 +224,43 @@ class LAMB(FusedStep, Optimizer):
 
 
 class RaLars(FusedStep, Optimizer):
-    """Rectified Adam with LARS trust ratios. `scale_clip`: None means (0, 10)."""
+    """RaLars: Rectified Adam (RAdam) with LARS trust ratios.
+
+    Papers: Liyuan Liu, Haoming Jiang, Pengcheng He, Weizhu Chen, Xiaodong Liu,
+    Jianfeng Gao, Jiawei Han, "On the Variance of the Adaptive Learning Rate and
+    Beyond", 2019, https://arxiv.org/abs/1908.03265 (RAdam), with the layer-wise
+    scaling of Yang You, Igor Gitman, Boris Ginsburg, "Large Batch Training of
+    Convolutional Networks", 2017, https://arxiv.org/abs/1708.03888 (LARS).
+
+    Per parameter: moments as LAMB's; ``sma_inf = 2 / (1 - beta2) - 1``,
+    ``sma_t = sma_inf - 2 * t * beta2**t / (1 - beta2**t)``. When ``sma_t > 4``
+    the direction is the rectified Adam step, otherwise the bias-corrected
+    momentum (or the unrectified Adam step with ``force_adaptive_momentum``).
+    Then ``u += weight_decay * p`` and LAMB's trust ratio and update.
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2)`` of the moving averages of the gradient
+            and of its square, each in [0, 1). Default `(0.9, 0.999)`.
+        eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
+        weight_decay: added to the direction as ``weight_decay * p``, before the
+            trust ratio; >= 0. Default `0.0`.
+        force_adaptive_momentum: while the variance is not tractable
+            (``sma_t <= 4``, the first steps), take the unrectified Adam step
+            instead of the momentum. Default `False`.
+        scale_clip: ``(low, high)`` bounds for ``||p||`` in the trust ratio; None
+            means ``(0, 10)``. An attribute of the optimizer, not a group option,
+            as in the reference. Default `None`.
+
+    State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
+    ``exp_avg_sq``, ``local_lr`` (as LAMB's). Each group also gets the key
+    ``sma_inf`` on its first step, as in the reference.
+
+    Differences from the reference (pylocron 0.3.0):
+        - ``weight_decay < 0`` is refused (fix 9); the reference accepts it.
+    """
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
     _settings = ("force_adaptive_momentum", "scale_clip")
@@ -205,7 +307,42 @@ class RaLars(FusedStep, Optimizer):
 
 
 class TAdam(FusedStep, Optimizer):
-    """TAdam (Student-t moment estimation). Also handles 0-d parameters."""
+    """TAdam: Adam whose first moment is a Student-t estimate, robust to outliers.
+
+    Paper: Wendyam Eric Lionel Ilboudo, Taisuke Kobayashi, Kenji Sugimoto,
+    "TAdam: A Robust Stochastic Gradient Optimizer", 2020,
+    https://arxiv.org/abs/2003.00179
+
+    Per parameter of ``d`` elements, with ``g = g + weight_decay * p``:
+    ``w = (dof + d) / (dof + sum((g - m)**2 / (v + eps)))``,
+    ``m = W / (W + w) * m + w / (W + w) * g``,
+    ``W = W * (2 * beta1 - 1) / beta1 + w``, ``v = beta2 * v + (1 - beta2) * g**2``,
+    then Adam's bias-corrected update.
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2)`` of the moving averages of the gradient
+            and of its square, each in [0, 1). Default `(0.9, 0.999)`.
+        eps: added to the denominator of the update and to ``v`` in the
+            Student-t weight, >= 0. Default `1e-8`.
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``),
+            >= 0. Default `0.0`.
+        amsgrad: divide by the running maximum of the second moment (kept in
+            ``max_exp_avg_sq``). Default `False`.
+        dof: degrees of freedom of the Student-t distribution, >= 0; None means
+            each parameter's number of elements. Default `None`.
+
+    State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq`` (with ``amsgrad``) and ``W_t`` (the
+    weight ``W``: a one-element tensor of the parameter's dtype, starting at
+    ``beta1 / (1 - beta1)``).
+
+    Differences from the reference (pylocron 0.3.0):
+        - 0-d (scalar) parameters work, with the result of the same value held in
+          a one-element tensor; the reference fails on them (fix 6).
+    """
 
     _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -298,7 +435,37 @@ class _AdamLike(FusedStep, Adam):
 
 
 class AdaBelief(_AdamLike):
-    """AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean."""
+    """AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean.
+
+    Paper: Juntang Zhuang, Tommy Tang, Yifan Ding, Sekhar Tatikonda, Nicha
+    Dvornek, Xenophon Papademetris, James S. Duncan, "AdaBelief Optimizer:
+    Adapting Stepsizes by the Belief in Observed Gradients", NeurIPS 2020,
+    https://arxiv.org/abs/2010.07468
+
+    Per parameter, with ``g = g + weight_decay * p``:
+    ``m = beta1 * m + (1 - beta1) * g``, ``s = beta2 * s + (1 - beta2) * (g - m)**2``
+    (with the updated ``m``; ``eps`` is not added into ``s``, as in the
+    reference), then Adam's bias-corrected update with ``s`` for ``v``. A
+    subclass of ``torch.optim.Adam``: its constructor checks and group keys.
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2)`` of the moving averages of the
+            gradient and of its squared deviation, each in [0, 1).
+            Default `(0.9, 0.999)`.
+        eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``),
+            >= 0. Default `0.0`.
+        amsgrad: divide by the running maximum of ``s`` (kept in
+            ``max_exp_avg_sq``). Default `False`.
+
+    State (per parameter, the reference's keys): ``step`` (int, 1 after the first
+    update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``. ``exp_avg_sq`` holds ``s``.
+
+    No deliberate difference from the reference (pylocron 0.3.0).
+    """
 
     def __init__(
         self,
@@ -322,7 +489,39 @@ class AdaBelief(_AdamLike):
 
 
 class AdamP(_AdamLike):
-    """AdamP: Adam that removes the radial part of updates of scale-invariant weights."""
+    """AdamP: Adam that removes the radial part of updates of scale-invariant weights.
+
+    Paper: Byeongho Heo, Sanghyuk Chun, Seong Joon Oh, Dongyoon Han, Sangdoo Yun,
+    Gyuwan Kim, Youngjung Uh, Jung-Woo Ha, "AdamP: Slowing Down the Slowdown for
+    Momentum Optimizers on Scale-invariant Weights", ICLR 2021,
+    https://arxiv.org/abs/2006.08217
+
+    Per parameter, as the reference: Adam moments of ``g = g + weight_decay * p``,
+    ``q = m_hat / (sqrt(v_hat) + eps)``; when the cosine of ``p`` and ``g`` (over
+    the flattened tensors) is below ``delta / sqrt(p.numel())``, ``q`` loses its
+    component along ``p / (||p|| + eps)``; then ``p -= lr * q``. A subclass of
+    ``torch.optim.Adam``: its constructor checks and group keys.
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2)`` of the moving averages of the gradient
+            and of its square, each in [0, 1). Default `(0.9, 0.999)`.
+        eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``),
+            >= 0. Default `0.0`.
+        amsgrad: divide by the running maximum of the second moment (kept in
+            ``max_exp_avg_sq``). Default `False`.
+        delta: threshold of the scale-invariance test (any finite number). An
+            attribute of the optimizer, not a group option, as in the
+            reference. Default `0.1`.
+
+    State (per parameter, the reference's keys): ``step`` (int, 1 after the first
+    update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``.
+
+    No deliberate difference from the reference (pylocron 0.3.0).
+    """
 
     _settings = ("delta",)
 
@@ -352,8 +551,44 @@ class AdamP(_AdamLike):
 
 
 class Adan(FusedStep, Optimizer):
-    """Adan. Unlike the reference, `prev_grad` holds the previous step's
-    gradient (the first difference is zero), as in the paper."""
+    """Adan: adaptive Nesterov momentum, from averages of the gradient and its differences.
+
+    Paper: Xingyu Xie, Pan Zhou, Huan Li, Zhouchen Lin, Shuicheng Yan, "Adan:
+    Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models", 2022,
+    https://arxiv.org/abs/2208.06677
+
+    Per parameter, with ``g = g + weight_decay * p`` and ``diff = g - prev_grad``:
+    ``m = beta1 * m + (1 - beta1) * g``, ``v = beta2 * v + (1 - beta2) * diff``,
+    ``n = beta3 * n + (1 - beta3) * (g + beta2 * diff)**2``,
+    ``p -= lr * (m / bc1 + beta2 * v / bc2) / (sqrt(n / bc3) + eps)`` with
+    ``bcK = 1 - betaK**t``, then ``p /= 1 + weight_decay * lr`` when
+    ``weight_decay != 0`` (both weight decay terms are the reference's).
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2, beta3)`` of the moving averages of
+            the gradient, of its difference and of the squared Nesterov
+            direction, each in [0, 1). Default `(0.98, 0.92, 0.99)`.
+        eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
+        weight_decay: added to the gradient as ``weight_decay * p``, and divides
+            ``p`` by ``1 + weight_decay * lr`` after the update; >= 0.
+            Default `0.0`.
+        amsgrad: divide by the running maximum of ``n`` (kept in
+            ``max_exp_avg_delta``). Default `False`.
+
+    State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
+    (``m``), ``exp_avg_sq`` (``v``, an average of differences despite its name),
+    ``exp_avg_delta`` (``n``), ``max_exp_avg_delta`` (with ``amsgrad``) and
+    ``prev_grad``.
+
+    Differences from the reference (pylocron 0.3.0):
+        - ``prev_grad`` holds the previous step's ``g`` (weight decay included)
+          and a parameter's first ``diff`` is zero, as in the paper and its
+          authors' code; the reference never updates it, so its ``diff`` is
+          always the whole gradient (fix 1).
+    """
 
     _all_buffers = ("exp_avg", "exp_avg_sq", "exp_avg_delta", "max_exp_avg_delta", "prev_grad")
 
@@ -396,7 +631,38 @@ class Adan(FusedStep, Optimizer):
 
 
 class AdEMAMix(FusedStep, Optimizer):
-    """AdEMAMix: Adam with a second, slow moving average of gradients."""
+    """AdEMAMix: Adam with a second, slow moving average of gradients.
+
+    Paper: Matteo Pagliardini, Pierre Ablin, David Grangier, "The AdEMAMix
+    Optimizer: Better, Faster, Older", 2024, https://arxiv.org/abs/2409.03137
+
+    Per parameter, with ``g = g + weight_decay * p``:
+    ``m1 = beta1 * m1 + (1 - beta1) * g``, ``nu = beta2 * nu + (1 - beta2) * g**2``,
+    ``m2 = beta3 * m2 + (1 - beta3) * g``,
+    ``p -= lr * (m1 / (1 - beta1**t) + alpha * m2) / (sqrt(nu / (1 - beta2**t)) + eps)``.
+    As in the reference, weight decay is an L2 term in the gradient and
+    ``alpha`` and ``beta3`` have no warm-up schedule.
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter
+            groups (a group's own options override the defaults below).
+        lr: learning rate, >= 0. Default `1e-3`.
+        betas: coefficients ``(beta1, beta2, beta3)`` of the fast average of the
+            gradient, of the average of its square and of the slow average of the
+            gradient, each in [0, 1). Default `(0.9, 0.999, 0.9999)`.
+        alpha: weight of the slow average in the update (any finite number).
+            Default `5.0`.
+        eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``),
+            >= 0. Default `0.0`.
+
+    State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
+    (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
+    (``nu``).
+
+    Differences from the reference (pylocron 0.3.0):
+        - ``weight_decay < 0`` is refused (fix 9); the reference accepts it.
+    """
 
     _all_buffers = ("exp_avg", "exp_avg_slow", "exp_avg_sq")
 

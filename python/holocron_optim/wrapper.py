@@ -32,8 +32,45 @@ def _check_sync_options(sync_rate: Any, sync_period: Any) -> None:
 
 
 class Lookahead(Optimizer):
-    """Lookahead: every `sync_period` base steps, slow weights move `sync_rate`
-    of the way to the fast ones, and the fast weights restart from them."""
+    """Lookahead: slow weights that catch up with the fast ones every few steps.
+
+    Paper: Michael R. Zhang, James Lucas, Geoffrey Hinton, Jimmy Ba, "Lookahead
+    Optimizer: k steps forward, 1 step back", NeurIPS 2019,
+    https://arxiv.org/abs/1907.08610
+
+    Every ``sync_period`` steps of the base optimizer, the slow weights move
+    ``sync_rate`` of the way to the fast ones
+    (``slow += sync_rate * (fast - slow)``) and the fast weights (the
+    parameters) restart from them. ``zero_grad`` forwards to the base.
+
+    Example::
+
+        opt = Lookahead(torch.optim.AdamW(model.parameters(), lr=3e-4), sync_period=5)
+
+    Args:
+        base_optimizer: the optimizer to wrap (any ``torch.optim.Optimizer``:
+            torch's, holocron_optim's or another wrapper).
+        sync_rate: how far the slow weights move toward the fast ones at each
+            sync, in [0, 1]. Default `0.5`.
+        sync_period: number of base optimizer steps between syncs, an int >= 1.
+            Default `6`.
+
+    State: ``slow_params`` (per group, copies of the parameters, taken at
+    construction and in ``add_param_group``) and ``fast_steps`` (base steps
+    taken). ``state_dict()`` has the reference's layout (``state``,
+    ``param_groups``, ``base_state_dict``) plus the keys ``slow_params``,
+    ``fast_steps``, ``sync_rate`` and ``sync_period``; a reference
+    checkpoint still loads (the slow weights then come from the current
+    parameters and the period restarts).
+
+    Differences from the reference (pylocron 0.3.0):
+        - the wrapper's ``param_groups`` are the base's, so an LR scheduler
+          attached to the wrapper drives the base optimizer's lr; in the
+          reference it changes only the wrapper's own copy (fix 8);
+        - checkpoints hold the slow weights and the step counter, and a
+          resumed run continues exactly; a run resumed from the reference's
+          restarts from wrong slow weights (fix 7).
+    """
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
         _check_sync_options(sync_rate, sync_period)
@@ -223,8 +260,51 @@ class Lookahead(Optimizer):
 
 
 class Scout(Lookahead):
-    """Lookahead whose rate at each sync is max(1 - coherence, sync_rate),
-    the coherence measuring how consistently each element moved over the period."""
+    """Scout: Lookahead whose sync rate adapts to how consistently the weights moved.
+
+    Holocron's own variant of Lookahead (by the author of Holocron; it has no
+    paper of its own), built on Michael R. Zhang, James Lucas, Geoffrey Hinton,
+    Jimmy Ba, "Lookahead Optimizer: k steps forward, 1 step back", 2019,
+    https://arxiv.org/abs/1907.08610
+
+    At each sync the rate is ``max(1 - coherence, sync_rate)``, the coherence
+    being the mean, over parameters, of the mean over elements of
+    ``std(u) / max|u - mean(u)|``, ``u`` being the ``sync_period`` successive
+    per-step changes of that element (std unbiased, over the steps). The rate
+    of the last sync is ``last_sync_rate`` (NaN before the first).
+
+    Args:
+        base_optimizer: the optimizer to wrap (any ``torch.optim.Optimizer``:
+            torch's, holocron_optim's or another wrapper).
+        sync_rate: lower bound of the adaptive rate, in [0, 1]. Default `0.5`.
+        sync_period: number of base optimizer steps between syncs, an int >= 1.
+            Default `6`.
+
+    State: ``slow_params`` (per group, copies of the parameters, taken at
+    construction and in ``add_param_group``) and ``fast_steps`` (base steps
+    taken). ``state_dict()`` has the reference's layout (``state``,
+    ``param_groups``, ``base_state_dict``) plus the keys ``slow_params``,
+    ``fast_steps``, ``sync_rate``, ``sync_period`` and ``scout_stats``; a
+    reference checkpoint still loads (the slow weights then come from the
+    current parameters and the period restarts). ``scout_stats`` holds running
+    per-element statistics of the period's changes (``prev``, ``mean``, ``m2``,
+    ``max``, ``min``; float32 for half and bfloat16 parameters).
+
+    Differences from the reference (pylocron 0.3.0):
+        - running per-element statistics instead of a growing stack of
+          parameter copies: fixed memory, one pass per step, the same sync rate
+          (fix 4);
+        - elements whose changes did not vary over the period (0/0) are left
+          out of the coherence, so the rate is always in ``[sync_rate, 1]``;
+          the reference lets the NaN through and silently resets every fast
+          weight to its slow copy (fix 5);
+        - the wrapper's ``param_groups`` are the base's, so an LR scheduler
+          attached to the wrapper drives the base optimizer's lr; in the
+          reference it changes only the wrapper's own copy (fix 8);
+        - checkpoints hold the slow weights, the step counter and the
+          statistics, and a resumed run continues exactly; a run resumed from
+          the reference's restarts from wrong slow weights (fix 7).
+    """
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
         self.scout_stats: dict[str, list[torch.Tensor]] = {key: [] for key in _SCOUT_STATS}

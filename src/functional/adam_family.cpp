@@ -42,8 +42,9 @@ void check(const AdEMAMixHyper& h) {
   check_beta("AdEMAMix", "betas[2]", h.beta3);
   check_hyper("AdEMAMix", "alpha", h.alpha, -INFINITY, false, INFINITY, false);
   check_non_negative("AdEMAMix", "eps", h.eps);
-  // The reference accepts a negative weight decay here; only non-finite is refused.
-  check_hyper("AdEMAMix", "weight_decay", h.weight_decay, -INFINITY, false, INFINITY, false);
+  // The reference accepts a negative weight decay here; torch refuses it and
+  // so do we (fix 9).
+  check_non_negative("AdEMAMix", "weight_decay", h.weight_decay);
 }
 
 void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,

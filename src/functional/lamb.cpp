@@ -16,8 +16,9 @@ void check_lamb_family(const char* name, double lr, double beta1, double beta2, 
   check_beta(name, "betas[0]", beta1);
   check_beta(name, "betas[1]", beta2);
   check_non_negative(name, "eps", eps);
-  // The reference accepts a negative weight decay here; only non-finite is refused.
-  check_hyper(name, "weight_decay", weight_decay, -INFINITY, false, INFINITY, false);
+  // The reference accepts a negative weight decay here; torch refuses it and
+  // so do we (fix 9).
+  check_non_negative(name, "weight_decay", weight_decay);
   check_hyper(name, "scale_clip[0]", clip.first, 0.0, true, INFINITY, false);
   check_hyper(name, "scale_clip[1]", clip.second, clip.first, true, INFINITY, true);
 }

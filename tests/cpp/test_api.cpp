@@ -153,11 +153,15 @@ TEST(Options, Validation) {
   expect_bad<ho::TAdam>(ho::TAdamOptions().dof(kNaN), "dof", "TAdam dof NaN");
   expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().alpha(kInf), "alpha", "AdEMAMix alpha inf");
   expect_bad<ho::AdamP>(ho::AdamPOptions().delta(kNaN), "delta", "AdamP delta NaN");
+  // Refused although the reference accepts it (fix 9).
+  expect_bad<ho::LAMB>(ho::LAMBOptions().weight_decay(-0.1), "weight_decay", "LAMB negative weight decay");
+  expect_bad<ho::RaLars>(ho::RaLarsOptions().weight_decay(-0.1), "weight_decay", "RaLars negative weight decay");
+  expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().weight_decay(-0.1), "weight_decay",
+                           "AdEMAMix negative weight decay");
 
   // Valid corner values are accepted.
   EXPECT_NO_THROW(ho::LAMB(some_params(), ho::LAMBOptions(0.0).betas({0.0, 0.0}).eps(0.0)));
   EXPECT_NO_THROW(ho::LARS(some_params(), ho::LARSOptions().nesterov(true).momentum(0.5)));
-  EXPECT_NO_THROW(ho::LAMB(some_params(), ho::LAMBOptions().weight_decay(-0.1)));
 }
 
 TEST(Options, InvalidGroupOptionsAndLaterChanges) {

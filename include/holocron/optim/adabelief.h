@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// AdaBelief: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,15 +13,28 @@
 
 namespace holocron::optim {
 
+/// Options of AdaBelief (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   AdaBeliefOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
+  /// Default (0.9, 0.999); each in [0, 1).
   TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0.
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// AMSGrad: divide by the running maximum of `s` (kept in `max_exp_avg_sq`). Default false.
   TORCH_ARG(bool, amsgrad) = false;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -27,16 +43,24 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::AdaBeliefHyper hyper() const;
 };
 
+/// State AdaBelief keeps per parameter. Field names are the reference's state keys; buffers have
+/// the parameter's shape, dtype and device.
 struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
+  /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
+  /// Moving average of the gradient (first moment `m`).
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Moving average `s` of the squared deviation `(g - m)^2` (the "belief"), under Adam's key.
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
   TORCH_ARG(torch::Tensor, max_exp_avg_sq);
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -46,19 +70,36 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
   }
 };
 
-// AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean.
+/// AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean.
+///
+/// Paper: Juntang Zhuang, Tommy Tang, Yifan Ding, Sekhar Tatikonda, Nicha Dvornek, Xenophon
+/// Papademetris, James S. Duncan, "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+/// Observed Gradients", NeurIPS 2020, [arXiv:2010.07468](https://arxiv.org/abs/2010.07468).
+///
+/// Per parameter, with `g = g + weight_decay * p`: `m = beta1 * m + (1 - beta1) * g`,
+/// `s = beta2 * s + (1 - beta2) * (g - m)^2` (with the updated `m`),
+/// `p -= lr / (1 - beta1^t) * m / (sqrt(s) / sqrt(1 - beta2^t) + eps)`. As in the reference, `eps`
+/// is not added into `s` and the options and their checks are torch.optim.Adam's.
 class AdaBelief : public detail::Algorithm<AdaBeliefOptions, AdaBeliefParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit AdaBelief(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdaBeliefOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit AdaBelief(std::vector<torch::Tensor> params, AdaBeliefOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(AdaBeliefParamState& state, const torch::Tensor& param,
                   const AdaBeliefOptions& options) const override;
   void update(const AdaBeliefOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<AdaBeliefParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

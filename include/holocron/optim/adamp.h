@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// AdamP: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,16 +13,32 @@
 
 namespace holocron::optim {
 
+/// Options of AdamP (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.delta()` reads it, `opts.delta(0.2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   AdamPOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
+  /// Default (0.9, 0.999); each in [0, 1).
   TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0.
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// AMSGrad: divide by the running maximum of the second moment (kept in `max_exp_avg_sq`).
+  /// Default false.
   TORCH_ARG(bool, amsgrad) = false;
+  /// Threshold of the scale-invariance test: the projection applies when
+  /// `cos(p, g) < delta / sqrt(numel(p))`. Default 0.1; any finite value.
   TORCH_ARG(double, delta) = 0.1;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -29,16 +48,24 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
     visit("amsgrad", self.amsgrad());
     visit("delta", self.delta());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::AdamPHyper hyper() const;
 };
 
+/// State AdamP keeps per parameter. Field names are the reference's state keys; buffers have the
+/// parameter's shape, dtype and device.
 struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
+  /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
+  /// Moving average of the gradient (first moment `m`).
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Moving average of the squared gradient (second moment `v`).
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
   TORCH_ARG(torch::Tensor, max_exp_avg_sq);
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -48,19 +75,36 @@ struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
   }
 };
 
-// AdamP: Adam that removes the radial part of updates of scale-invariant weights.
+/// AdamP: Adam that removes the radial part of updates of scale-invariant weights.
+///
+/// Paper: Byeongho Heo, Sanghyuk Chun, Seong Joon Oh, Dongyoon Han, Sangdoo Yun, Gyuwan Kim,
+/// Youngjung Uh, Jung-Woo Ha, "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+/// Scale-invariant Weights", ICLR 2021, [arXiv:2006.08217](https://arxiv.org/abs/2006.08217).
+///
+/// Per parameter, as the reference: Adam moments of `g = g + weight_decay * p`,
+/// `q = m_hat / (sqrt(v_hat) + eps)`; when the cosine of `p` and `g` (over the flattened tensors)
+/// is below `delta / sqrt(numel(p))`, `q` loses its component along `n = p / (||p|| + eps)`; then
+/// `p -= lr * q`.
 class AdamP : public detail::Algorithm<AdamPOptions, AdamPParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit AdamP(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdamPOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit AdamP(std::vector<torch::Tensor> params, AdamPOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(AdamPParamState& state, const torch::Tensor& param,
                   const AdamPOptions& options) const override;
   void update(const AdamPOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<AdamPParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// Adan: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,15 +13,29 @@
 
 namespace holocron::optim {
 
+/// Options of Adan (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct AdanOptions : detail::OptionsBase<AdanOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   AdanOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2, beta3)` of the moving averages of the gradient, of its difference
+  /// and of the squared Nesterov direction. Default (0.98, 0.92, 0.99); each in [0, 1).
   TORCH_ARG(betas3_t, betas) = std::make_tuple(0.98, 0.92, 0.99);
+  /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// Added to the gradient as `weight_decay * p`, and divides `p` by `1 + weight_decay * lr` after
+  /// the update. Default 0; must be >= 0.
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// AMSGrad: divide by the running maximum of `n` (kept in `max_exp_avg_delta`). Default false.
   TORCH_ARG(bool, amsgrad) = false;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -27,18 +44,29 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::AdanHyper hyper() const;
 };
 
+/// State Adan keeps per parameter. Field names are the reference's state keys; buffers have the
+/// parameter's shape, dtype and device.
 struct AdanParamState : detail::ParamStateBase<AdanParamState> {
+  /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
+  /// Moving average of the gradient (first moment `m`).
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Moving average `v` of the gradient difference `diff` (not of a square, despite the reference's
+  /// key).
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  /// Moving average `n` of the squared Nesterov direction `(g + beta2 * diff)^2`.
   TORCH_ARG(torch::Tensor, exp_avg_delta);
+  /// Running maximum of `exp_avg_delta`; defined only with `amsgrad`.
   TORCH_ARG(torch::Tensor, max_exp_avg_delta);
+  /// The previous step's `g` (weight decay included), updated every step (fix 1).
   TORCH_ARG(torch::Tensor, prev_grad);
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -50,19 +78,43 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
   }
 };
 
-// Adan (Nesterov-accelerated adaptive moments). Fix 1: prev_grad is kept up to date.
+/// Adan: adaptive Nesterov momentum, from moving averages of the gradient and of its differences.
+///
+/// Paper: Xingyu Xie, Pan Zhou, Huan Li, Zhouchen Lin, Shuicheng Yan, "Adan: Adaptive Nesterov
+/// Momentum Algorithm for Faster Optimizing Deep Models", 2022,
+/// [arXiv:2208.06677](https://arxiv.org/abs/2208.06677).
+///
+/// Per parameter, with `g = g + weight_decay * p` and `diff = g - prev_grad`:
+/// `m = beta1 * m + (1 - beta1) * g`, `v = beta2 * v + (1 - beta2) * diff`,
+/// `n = beta3 * n + (1 - beta3) * (g + beta2 * diff)^2`,
+/// `p -= lr * (m / bc1 + beta2 * v / bc2) / (sqrt(n) / sqrt(bc3) + eps)` with `bcK = 1 - betaK^t`,
+/// then `p /= 1 + weight_decay * lr` when `weight_decay != 0` (both weight decay terms are the
+/// reference's).
+///
+/// Difference from the reference (pylocron 0.3.0):
+/// - `prev_grad` is kept up to date (fix 1): it holds the previous step's `g`, and a parameter's
+///   first `diff` is zero, as in the paper and its authors' code. The reference never updates it,
+///   so its `diff` is always the whole gradient.
 class Adan : public detail::Algorithm<AdanOptions, AdanParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit Adan(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdanOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit Adan(std::vector<torch::Tensor> params, AdanOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(AdanParamState& state, const torch::Tensor& param,
                   const AdanOptions& options) const override;
   void update(const AdanOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<AdanParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

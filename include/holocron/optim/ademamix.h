@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// AdEMAMix: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,15 +13,30 @@
 
 namespace holocron::optim {
 
+/// Options of AdEMAMix (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   AdEMAMixOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2, beta3)` of the fast average of the gradient, of the average of
+  /// its square and of the slow average of the gradient. Default (0.9, 0.999, 0.9999); each in [0,
+  /// 1).
   TORCH_ARG(betas3_t, betas) = std::make_tuple(0.9, 0.999, 0.9999);
+  /// Weight of the slow average in the update. Default 5; any finite value.
   TORCH_ARG(double, alpha) = 5.0;
+  /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0 (fix 9:
+  /// the reference accepts a negative value).
   TORCH_ARG(double, weight_decay) = 0.0;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -27,16 +45,24 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
     visit("eps", self.eps());
     visit("weight_decay", self.weight_decay());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
 };
 
+/// State AdEMAMix keeps per parameter. Field names are the reference's state keys; buffers have the
+/// parameter's shape, dtype and device.
 struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
+  /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
+  /// Fast moving average `m1` of the gradient.
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Slow moving average `m2` of the gradient (not bias-corrected).
   TORCH_ARG(torch::Tensor, exp_avg_slow);
+  /// Moving average `nu` of the squared gradient.
   TORCH_ARG(torch::Tensor, exp_avg_sq);
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -46,19 +72,39 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
   }
 };
 
-// AdEMAMix: Adam with a second, slow moving average of gradients.
+/// AdEMAMix: Adam with a second, slow moving average of gradients.
+///
+/// Paper: Matteo Pagliardini, Pierre Ablin, David Grangier, "The AdEMAMix Optimizer: Better,
+/// Faster, Older", 2024, [arXiv:2409.03137](https://arxiv.org/abs/2409.03137).
+///
+/// Per parameter, with `g = g + weight_decay * p`: `m1 = beta1 * m1 + (1 - beta1) * g`,
+/// `nu = beta2 * nu + (1 - beta2) * g^2`, `m2 = beta3 * m2 + (1 - beta3) * g`,
+/// `p -= lr * (m1 / (1 - beta1^t) + alpha * m2) / (sqrt(nu) / sqrt(1 - beta2^t) + eps)`. As in the
+/// reference, weight decay is an L2 term in the gradient and `alpha` and `beta3` have no warm-up
+/// schedule.
+///
+/// Difference from the reference (pylocron 0.3.0):
+/// - `weight_decay < 0` is refused (fix 9); the reference accepts it.
 class AdEMAMix : public detail::Algorithm<AdEMAMixOptions, AdEMAMixParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit AdEMAMix(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdEMAMixOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit AdEMAMix(std::vector<torch::Tensor> params, AdEMAMixOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(AdEMAMixParamState& state, const torch::Tensor& param,
                   const AdEMAMixOptions& options) const override;
   void update(const AdEMAMixOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<AdEMAMixParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

@@ -1,11 +1,7 @@
 #pragma once
 
-// The math of every algorithm, once. Each function updates one parameter group
-// (lists of tensors of equal length) in place. It checks every list before it
-// writes anything, so a call that throws leaves all tensors as they were.
-//
-// `steps` are the per-parameter step counters *after* this step's increment
-// (1 on a parameter's first update), as the reference counts them.
+/// \file
+/// The functional layer: the math of every algorithm, over lists of tensors.
 
 #include <ATen/Tensor.h>
 #include <c10/util/ArrayRef.h>
@@ -16,182 +12,373 @@
 #include <utility>
 #include <vector>
 
+/// \namespace holocron::optim::functional
+/// The math of every algorithm, once: one function per algorithm updates one parameter group
+/// (lists of tensors of equal length) in place, and both the C++ classes and the Python package
+/// (`torch.ops.holocron`) call it.
+///
+/// Each function checks its hyper-parameters and every list before it writes anything, so a call
+/// that throws leaves all tensors as they were. `steps` are the per-parameter step counters
+/// *after* this step's increment (1 on a parameter's first update), as the reference counts them.
+/// State tensors have their parameter's shape, dtype and device. Fused CPU kernels or ATen ops
+/// run the math: see cpu_capability().
 namespace holocron::optim::functional {
 
+/// A list of tensors, one per parameter of a group (`std::vector<at::Tensor>` converts to it).
 using TensorList = c10::ArrayRef<at::Tensor>;
+/// Bounds `(low, high)` of a parameter's norm in a trust ratio, `0 <= low <= high`.
 using ScaleClip = std::pair<double, double>;
 
+/// Hyper-parameters of lars_(); fields as in LARSOptions.
 struct LarsHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Momentum factor (>= 0); 0: no momentum buffer.
   double momentum;
+  /// Dampening of the momentum (finite; 0 with `nesterov`).
   double dampening;
+  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0). It also enters the trust ratio.
   double weight_decay;
+  /// Nesterov momentum (needs `momentum > 0` and `dampening == 0`).
   bool nesterov;
-  // Fix 3: an explicit clip bounds ||p|| in the trust ratio; none keeps it unclamped.
+  /// Bounds of `||p||` in the trust ratio; none: unclamped (fix 3: an explicit clip bounds it).
   std::optional<ScaleClip> scale_clip;
 };
 
-// `momentum_buffers` is only read when momentum != 0; entries whose
-// `buffer_is_new` is true are initialised to this step's direction.
-// Returns the trust ratio (local lr) used for each tensor.
+/// One LARS step (see LARS). Gradients are not modified (fix 2).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param momentum_buffers Momentum buffers, one per parameter; only read when
+///   `hyper.momentum != 0` (may be empty otherwise).
+/// \param buffer_is_new One flag per parameter: `true` initialises that buffer to this step's
+///   direction (a parameter's first step with momentum).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \return The trust ratio (local lr) used for each tensor.
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lars_(TensorList params, TensorList grads, TensorList momentum_buffers,
                           c10::ArrayRef<bool> buffer_is_new, const LarsHyper& hyper);
 
+/// Hyper-parameters of lamb_(); fields as in LAMBOptions.
 struct LambHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the squared gradient, in [0, 1).
   double beta2;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// Added as `weight_decay * p` (>= 0; fix 9).
   double weight_decay;
+  /// Bounds of `||p||` in the trust ratio (LAMBOptions' none is (0, 10)).
   ScaleClip scale_clip;
 };
 
+/// One LAMB step (see LAMB); LAMB has no bias correction, hence no step counters.
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param exp_avgs First moments, one per parameter, updated in place.
+/// \param exp_avg_sqs Second moments, one per parameter, updated in place.
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \return The trust ratio (local lr) used for each tensor.
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
                           TensorList exp_avg_sqs, const LambHyper& hyper);
 
+/// Hyper-parameters of ralars_(); fields as in RaLarsOptions.
 struct RaLarsHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the squared gradient, in [0, 1).
   double beta2;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// Added as `weight_decay * p` (>= 0; fix 9).
   double weight_decay;
+  /// Unrectified Adam step while `sma_t <= 4`, instead of the momentum.
   bool force_adaptive_momentum;
+  /// Bounds of `||p||` in the trust ratio (RaLarsOptions' none is (0, 10)).
   ScaleClip scale_clip;
-  // Maximum length of the approximated SMA; none: 2 / (1 - beta2) - 1. The
-  // reference fixes it in the group on its first step.
+  /// Maximum length of the approximated SMA (finite when given); none: `2 / (1 - beta2) - 1`.
+  /// The reference fixes it in the group on its first step.
   std::optional<double> sma_inf = std::nullopt;
 };
 
+/// One RaLars step (see RaLars).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param exp_avgs First moments, one per parameter, updated in place.
+/// \param exp_avg_sqs Second moments, one per parameter, updated in place.
+/// \param steps Each parameter's step counter after this step's increment (1 on its first
+///   update).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \return The trust ratio (local lr) used for each tensor.
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_avgs,
                             TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
                             const RaLarsHyper& hyper);
 
+/// Hyper-parameters of tadam_(); fields as in TAdamOptions.
 struct TAdamHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the squared gradient, in [0, 1).
   double beta2;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0).
   double weight_decay;
+  /// Divide by the running maximum of the second moment.
   bool amsgrad;
+  /// Degrees of freedom of the Student-t estimate (>= 0); none: each parameter's number of
+  /// elements.
   std::optional<double> dof;  // none: the parameter's number of elements
 };
 
-// `max_exp_avg_sqs` is read only with amsgrad (may be empty otherwise);
-// `moment_weights` (the reference's W_t) is read and advanced per parameter.
+/// One TAdam step (see TAdam). 0-d parameters work (fix 6).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param exp_avgs First moments, one per parameter, updated in place.
+/// \param exp_avg_sqs Second moments, one per parameter, updated in place.
+/// \param max_exp_avg_sqs Running maxima of the second moments; read only with `hyper.amsgrad`
+///   (may be empty otherwise).
+/// \param moment_weights The reference's `W_t`, one per parameter (`beta1 / (1 - beta1)` before
+///   a parameter's first step); read and advanced.
+/// \param steps Each parameter's step counter after this step's increment (1 on its first
+///   update).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
             c10::ArrayRef<int64_t> steps, const TAdamHyper& hyper);
 
+/// Hyper-parameters of adabelief_(); fields as in AdaBeliefOptions.
 struct AdaBeliefHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the squared deviation, in [0, 1).
   double beta2;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0).
   double weight_decay;
+  /// Divide by the running maximum of the second moment.
   bool amsgrad;
 };
 
+/// One AdaBelief step (see AdaBelief).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param exp_avgs First moments, one per parameter, updated in place.
+/// \param exp_avg_sqs Moving averages of the squared deviation `(g - m)^2`, one per parameter,
+///   updated in place.
+/// \param max_exp_avg_sqs Their running maxima; read only with `hyper.amsgrad` (may be empty
+///   otherwise).
+/// \param steps Each parameter's step counter after this step's increment (1 on its first
+///   update).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                 TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
                 const AdaBeliefHyper& hyper);
 
+/// Hyper-parameters of adamp_(); fields as in AdamPOptions.
 struct AdamPHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the squared gradient, in [0, 1).
   double beta2;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0).
   double weight_decay;
+  /// Divide by the running maximum of the second moment.
   bool amsgrad;
+  /// Projection threshold: applies when `cos(p, g) < delta / sqrt(numel(p))` (finite).
   double delta;
 };
 
+/// One AdamP step (see AdamP).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param exp_avgs First moments, one per parameter, updated in place.
+/// \param exp_avg_sqs Second moments, one per parameter, updated in place.
+/// \param max_exp_avg_sqs Their running maxima; read only with `hyper.amsgrad` (may be empty
+///   otherwise).
+/// \param steps Each parameter's step counter after this step's increment (1 on its first
+///   update).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& hyper);
 
+/// Hyper-parameters of adan_(); fields as in AdanOptions.
 struct AdanHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the gradient difference, in [0, 1).
   double beta2;
+  /// Coefficient of the moving average of the squared Nesterov direction, in [0, 1).
   double beta3;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// Added to the gradient as `weight_decay * p`; also divides `p` by `1 + weight_decay * lr`.
+  /// Must be >= 0.
   double weight_decay;
+  /// Divide by the running maximum of `exp_avg_deltas`.
   bool amsgrad;
 };
 
-// Fix 1: `prev_grads` is read as the previous step's (decayed) gradient and
-// overwritten with this step's; on a parameter's first step (steps[i] == 1)
-// the difference term is zero.
+/// One Adan step (see Adan).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param prev_grads Fix 1: read as the previous step's (decayed) gradient and overwritten with
+///   this step's; on a parameter's first step (`steps[i] == 1`) the difference term is zero.
+/// \param exp_avgs Moving averages of the gradient, one per parameter, updated in place.
+/// \param exp_avg_sqs Moving averages of the gradient difference (the reference's key), one per
+///   parameter, updated in place.
+/// \param exp_avg_deltas Moving averages of the squared Nesterov direction, one per parameter,
+///   updated in place.
+/// \param max_exp_avg_deltas Their running maxima; read only with `hyper.amsgrad` (may be empty
+///   otherwise).
+/// \param steps Each parameter's step counter after this step's increment (1 on its first
+///   update).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
            TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
            c10::ArrayRef<int64_t> steps, const AdanHyper& hyper);
 
+/// Hyper-parameters of ademamix_(); fields as in AdEMAMixOptions.
 struct AdEMAMixHyper {
+  /// Learning rate (>= 0).
   double lr;
+  /// Coefficient of the fast moving average of the gradient, in [0, 1).
   double beta1;
+  /// Coefficient of the moving average of the squared gradient, in [0, 1).
   double beta2;
+  /// Coefficient of the slow moving average of the gradient, in [0, 1).
   double beta3;
+  /// Weight of the slow average in the update (finite).
   double alpha;
+  /// Added to the denominator (>= 0).
   double eps;
+  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0). Fix 9.
   double weight_decay;
 };
 
+/// One AdEMAMix step (see AdEMAMix).
+/// \param params Parameters of one group, updated in place.
+/// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
+/// \param exp_avgs Fast moving averages of the gradient, one per parameter, updated in place.
+/// \param exp_avgs_slow Slow moving averages of the gradient, one per parameter, updated in place.
+/// \param exp_avg_sqs Moving averages of the squared gradient, one per parameter, updated in place.
+/// \param steps Each parameter's step counter after this step's increment (1 on its first
+///   update).
+/// \param hyper Hyper-parameters, checked first (see check()).
+/// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
+///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
                const AdEMAMixHyper& hyper);
 
-// Lookahead / Scout synchronisation: slow += rate * (fast - slow); fast = slow.
+/// Lookahead / Scout synchronisation, for every tensor: `slow += sync_rate * (fast - slow)`,
+/// then `fast = slow`.
+/// \param fast The parameters (fast weights), overwritten.
+/// \param slow Their slow copies, one per parameter, same shape, dtype and device; updated.
+/// \param sync_rate In [0, 1] (c10::ValueError otherwise).
 void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate);
 
-// Scout keeps, per element, running statistics of the per-step changes
-// u = fast - prev over the current period (Welford mean and M2, max, min), so
-// its memory does not grow with the period. `count` is the number of changes
-// already folded in before this call.
+/// Scout's running statistics, per element, of the per-step changes `u = fast - prev` over the
+/// current period (fix 4: memory does not grow with the period). Each list holds one tensor per
+/// parameter, of its shape and device; `prev` has its dtype, the others may be wider (float for
+/// half and bfloat16 parameters).
 struct ScoutStats {
+  /// The parameters as they were after the previous step (or sync).
   TensorList prev;
+  /// Mean of the changes (Welford).
   TensorList mean;
+  /// Sum of squared deviations of the changes from their mean (Welford's M2).
   TensorList m2;
+  /// Largest change.
   TensorList max;
+  /// Smallest change.
   TensorList min;
 };
+/// Folds this step's change `u = fast - prev` into `stats`, then sets `prev = fast`.
+/// \param fast The parameters after the base optimizer's step.
+/// \param stats The statistics, updated in place.
+/// \param count Number of changes already folded in this period (0 restarts the statistics
+///   from this change); must be >= 0.
 void scout_accumulate_(TensorList fast, const ScoutStats& stats, int64_t count);
 
-// Mean over parameters of the mean over elements of std(u) / max|u - mean(u)|
-// (std unbiased over the `count` changes). Fix 5: elements where that ratio is
-// not a number are left out, and a parameter with none left does not count;
-// with nothing left at all the coherence is 0.
+/// Scout's coherence: the mean over parameters of the mean over elements of
+/// `std(u) / max|u - mean(u)|` (std unbiased over the `count` changes). Fix 5: elements where that
+/// ratio is not a number are left out, a parameter with none left does not count, and with
+/// nothing left at all the coherence is 0.
+/// \param stats The statistics scout_accumulate_() gathered (not modified).
+/// \param count Number of changes they hold; must be >= 1.
+/// \return The coherence; Scout syncs at rate `max(1 - coherence, sync_rate)`.
 double scout_coherence(const ScoutStats& stats, int64_t count);
 
 }  // namespace holocron::optim::functional
 
 namespace holocron::optim::functional {
 
-// Which implementation runs the updates of CPU tensors. The functional entry
-// points use fused, vectorized, multithreaded kernels for CPU tensors of
-// float, double, bfloat16 or half whose state is dense with the parameter's
-// strides, and the reference backend (ATen ops: any device, any strides)
-// otherwise. The fused kernels are built for several instruction sets and the
-// best one this CPU runs is chosen at load time; the environment variable
-// HOLOCRON_OPTIM_CPU_CAPABILITY (auto, avx512, avx2, default, reference)
-// caps it for a process, as ATEN_CPU_CAPABILITY does for ATen.
-//   cpu_capability(): "avx512", "avx2", "default" (portable) or "reference".
-//   set_cpu_capability(name): also "auto"; throws c10::ValueError for a name
-//     this CPU cannot run. Process-wide: meant for tests and benchmarks.
-//   available_cpu_capabilities(): "reference" and the builds this CPU runs.
-// Every build gives bitwise the same results, for any thread count.
+/// The instruction-set build the fused CPU kernels use: "avx512", "avx2", "default" (portable)
+/// or "reference" (ATen ops only).
+///
+/// Which implementation runs the updates of CPU tensors: the functional entry points use fused,
+/// vectorized, multithreaded kernels for CPU tensors of float, double, bfloat16 or half whose
+/// state is dense with the parameter's strides, and the reference backend (ATen ops: any device,
+/// any strides) otherwise. The fused kernels are built for several instruction sets and the best
+/// one this CPU runs is chosen at load time; the environment variable
+/// `HOLOCRON_OPTIM_CPU_CAPABILITY` (auto, avx512, avx2, default, reference) caps it for a process,
+/// as `ATEN_CPU_CAPABILITY` does for ATen. Every build gives bitwise the same results, for any
+/// thread count.
 std::string cpu_capability();
+/// Chooses the build, process-wide: meant for tests and benchmarks.
+/// \param name One of available_cpu_capabilities(), or "auto" (the best this CPU runs).
+/// \throws c10::ValueError for a name this CPU cannot run.
 void set_cpu_capability(const std::string& name);
+/// "reference" and the builds this CPU runs.
 std::vector<std::string> available_cpu_capabilities();
 
 // Hyper-parameter checks (c10::ValueError naming the argument and its value).
 // Every update function runs its check first, also on empty lists, so the
 // fronts validate options by calling the update with no tensors.
+/// Checks LARS hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const LarsHyper& hyper);
+/// Checks LAMB hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const LambHyper& hyper);
+/// Checks RaLars hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const RaLarsHyper& hyper);
+/// Checks TAdam hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const TAdamHyper& hyper);
+/// Checks AdaBelief hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const AdaBeliefHyper& hyper);
+/// Checks AdamP hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const AdamPHyper& hyper);
+/// Checks Adan hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const AdanHyper& hyper);
+/// Checks AdEMAMix hyper-parameters. \throws c10::ValueError naming the first invalid one.
 void check(const AdEMAMixHyper& hyper);
 
 }  // namespace holocron::optim::functional

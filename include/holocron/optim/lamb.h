@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// LAMB: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,15 +13,30 @@
 
 namespace holocron::optim {
 
+/// Options of LAMB (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   LAMBOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
+  /// Default (0.9, 0.999); each in [0, 1).
   TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// Added to the direction as `weight_decay * p`, before the trust ratio. Default 0; must be >= 0
+  /// (fix 9: the reference accepts a negative value).
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
+  /// infinite). Default none, meaning (0, 10), as in the reference.
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -27,16 +45,25 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
     visit("weight_decay", self.weight_decay());
     visit("scale_clip", self.scale_clip());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;
 };
 
+/// State LAMB keeps per parameter. Field names are the reference's state keys; buffers have the
+/// parameter's shape, dtype and device.
 struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
+  /// Number of updates of this parameter (LAMB has no bias correction; counted as the reference
+  /// does).
   TORCH_ARG(int64_t, step) = 0;
+  /// Moving average of the gradient (first moment `m`).
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Moving average of the squared gradient (second moment `v`).
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  /// Trust ratio of the last step: `clamp(||p||, scale_clip) / ||u||`, or 1 when either is 0.
   TORCH_ARG(double, local_lr) = 1.0;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -46,19 +73,41 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
   }
 };
 
-// LAMB. `scale_clip` bounds ||p|| in the trust ratio; none means (0, 10).
+/// LAMB (Layer-wise Adaptive Moments for Batch training): Adam moments, one trust ratio per tensor.
+///
+/// Paper: Yang You, Jing Li, Sashank Reddi, Jonathan Hseu, Sanjiv Kumar, Srinadh Bhojanapalli,
+/// Xiaodan Song, James Demmel, Kurt Keutzer, Cho-Jui Hsieh, "Large Batch Optimization for Deep
+/// Learning: Training BERT in 76 minutes", 2019,
+/// [arXiv:1904.00962](https://arxiv.org/abs/1904.00962).
+///
+/// Per parameter, as the reference: `m = beta1 * m + (1 - beta1) * g`,
+/// `v = beta2 * v + (1 - beta2) * g^2` (no bias correction),
+/// `u = m / (sqrt(v) + eps) + weight_decay * p`, `local_lr = clamp(||p||, scale_clip) / ||u||` (1
+/// when either is 0), `p -= lr * local_lr * u`. `scale_clip` bounds `||p||` in the trust ratio;
+/// none means (0, 10).
+///
+/// Difference from the reference (pylocron 0.3.0):
+/// - `weight_decay < 0` is refused (fix 9); the reference accepts it.
 class LAMB : public detail::Algorithm<LAMBOptions, LAMBParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit LAMB(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       LAMBOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit LAMB(std::vector<torch::Tensor> params, LAMBOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(LAMBParamState& state, const torch::Tensor& param,
                   const LAMBOptions& options) const override;
   void update(const LAMBOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<LAMBParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// LARS: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,16 +13,34 @@
 
 namespace holocron::optim {
 
+/// Options of LARS (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.momentum()` reads it, `opts.momentum(0.9)` sets it and
+/// returns the options, so setters chain. Invalid values throw `c10::ValueError` naming the
+/// field, when the optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct LARSOptions : detail::OptionsBase<LARSOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   LARSOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Momentum factor. Default 0 (no momentum buffer is kept); must be >= 0.
   TORCH_ARG(double, momentum) = 0.0;
+  /// Dampening of the momentum: `buf = momentum * buf + (1 - dampening) * d`. Default 0; any
+  /// finite value, but 0 with `nesterov`.
   TORCH_ARG(double, dampening) = 0.0;
+  /// L2 penalty added to the gradient (`d = g + weight_decay * p`); it also enters the trust
+  /// ratio's denominator. Default 0; must be >= 0.
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// Nesterov momentum (`u = d + momentum * buf`). Default false; requires `momentum > 0` and
+  /// `dampening == 0`.
   TORCH_ARG(bool, nesterov) = false;
+  /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
+  /// infinite). Default none: `||p||` is used unclamped, as in the reference, which ignores
+  /// this argument even when given (fix 3).
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -29,14 +50,22 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
     visit("nesterov", self.nesterov());
     visit("scale_clip", self.scale_clip());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::LarsHyper hyper() const;
 };
 
+/// State LARS keeps per parameter. `momentum_buffer` is the reference's state key; `local_lr` is
+/// kept for inspection only (the reference does not store it).
 struct LARSParamState : detail::ParamStateBase<LARSParamState> {
+  /// Momentum buffer: the first step's direction `d`, then `momentum * buf + (1 - dampening) * d`.
+  /// Undefined while `momentum` is 0.
   TORCH_ARG(torch::Tensor, momentum_buffer);
+  /// Trust ratio of the last step: `||p|| / (||g|| + weight_decay * ||p||)`, or 1 when either
+  /// norm is 0.
   TORCH_ARG(double, local_lr) = 1.0;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("momentum_buffer", self.momentum_buffer());
@@ -44,20 +73,38 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
   }
 };
 
-// Layer-wise Adaptive Rate Scaling. `scale_clip`, when given, bounds ||p|| in the
-// trust ratio (fix 3); without it the norm is used as is, as in the reference.
+/// Layer-wise Adaptive Rate Scaling: SGD whose step is scaled per tensor by a trust ratio.
+///
+/// Paper: Yang You, Igor Gitman, Boris Ginsburg, "Large Batch Training of Convolutional
+/// Networks", 2017, [arXiv:1708.03888](https://arxiv.org/abs/1708.03888).
+///
+/// Per parameter: `d = g + weight_decay * p`, `local_lr = ||p|| / (||g|| + weight_decay * ||p||)`
+/// (1 when a norm is 0), `p -= lr * local_lr * u` where `u` is `d` without momentum, else the
+/// momentum buffer (or `d + momentum * buf` with Nesterov). Norms are L2 norms over the tensor.
+///
+/// Differences from the reference (pylocron 0.3.0):
+/// - gradients are never modified; the reference writes `d` into `p.grad` (fix 2);
+/// - an explicit `scale_clip` clamps `||p||` in the trust ratio (fix 3).
 class LARS : public detail::Algorithm<LARSOptions, LARSParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit LARS(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       LARSOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit LARS(std::vector<torch::Tensor> params, LARSOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(LARSParamState& state, const torch::Tensor& param,
                   const LARSOptions& options) const override;
   void update(const LARSOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<LARSParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

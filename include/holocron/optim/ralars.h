@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// RaLars: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,16 +13,33 @@
 
 namespace holocron::optim {
 
+/// Options of RaLars (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   RaLarsOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
+  /// Default (0.9, 0.999); each in [0, 1).
   TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// Added to the direction as `weight_decay * p`, before the trust ratio. Default 0; must be >= 0
+  /// (fix 9: the reference accepts a negative value).
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// While the variance is not tractable (`sma_t <= 4`, the first steps), take the unrectified Adam
+  /// step `m_hat / (sqrt(v_hat) + eps)` instead of the momentum `m_hat`. Default false.
   TORCH_ARG(bool, force_adaptive_momentum) = false;
+  /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
+  /// infinite). Default none, meaning (0, 10), as in the reference.
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -29,16 +49,24 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
     visit("force_adaptive_momentum", self.force_adaptive_momentum());
     visit("scale_clip", self.scale_clip());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::RaLarsHyper hyper() const;
 };
 
+/// State RaLars keeps per parameter. Field names are the reference's state keys; buffers have the
+/// parameter's shape, dtype and device.
 struct RaLarsParamState : detail::ParamStateBase<RaLarsParamState> {
+  /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
+  /// Moving average of the gradient (first moment `m`).
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Moving average of the squared gradient (second moment `v`).
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  /// Trust ratio of the last step: `clamp(||p||, scale_clip) / ||u||`, or 1 when either is 0.
   TORCH_ARG(double, local_lr) = 1.0;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -48,19 +76,42 @@ struct RaLarsParamState : detail::ParamStateBase<RaLarsParamState> {
   }
 };
 
-// Rectified Adam with LARS trust ratios. `scale_clip`: none means (0, 10).
+/// RaLars: Rectified Adam (RAdam) with LARS trust ratios.
+///
+/// Papers: Liyuan Liu, Haoming Jiang, Pengcheng He, Weizhu Chen, Xiaodong Liu, Jianfeng Gao, Jiawei
+/// Han, "On the Variance of the Adaptive Learning Rate and Beyond", 2019,
+/// [arXiv:1908.03265](https://arxiv.org/abs/1908.03265) (RAdam), with the layer-wise scaling of
+/// Yang You, Igor Gitman, Boris Ginsburg, "Large Batch Training of Convolutional Networks", 2017,
+/// [arXiv:1708.03888](https://arxiv.org/abs/1708.03888) (LARS).
+///
+/// Per parameter: moments as LAMB's; `sma_inf = 2 / (1 - beta2) - 1`,
+/// `sma_t = sma_inf - 2 * t * beta2^t / (1 - beta2^t)`. When `sma_t > 4` the direction is the
+/// rectified Adam step `r * m_hat / (sqrt(v_hat) + eps)`, otherwise `m_hat` (or the unrectified
+/// Adam step with `force_adaptive_momentum`). Then `u += weight_decay * p` and LAMB's trust ratio
+/// and update. `scale_clip`: none means (0, 10).
+///
+/// Difference from the reference (pylocron 0.3.0):
+/// - `weight_decay < 0` is refused (fix 9); the reference accepts it.
 class RaLars : public detail::Algorithm<RaLarsOptions, RaLarsParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit RaLars(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       RaLarsOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit RaLars(std::vector<torch::Tensor> params, RaLarsOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(RaLarsParamState& state, const torch::Tensor& param,
                   const RaLarsOptions& options) const override;
   void update(const RaLarsOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<RaLarsParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

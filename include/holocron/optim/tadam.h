@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// TAdam: options, param state and optimizer.
+
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -10,16 +13,33 @@
 
 namespace holocron::optim {
 
+/// Options of TAdam (a parameter group's hyper-parameters).
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
 struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
+  /// Options with learning rate `lr` and every other field at its default.
   TAdamOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
+  /// Learning rate. Default 1e-3; must be >= 0.
   TORCH_ARG(double, lr) = 1e-3;
+  /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
+  /// Default (0.9, 0.999); each in [0, 1).
   TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  /// Added to the denominator of the update and to `v` in the Student-t weight. Default 1e-8; must
+  /// be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
+  /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0.
   TORCH_ARG(double, weight_decay) = 0.0;
+  /// AMSGrad: divide by the running maximum of the second moment (kept in `max_exp_avg_sq`).
+  /// Default false.
   TORCH_ARG(bool, amsgrad) = false;
+  /// Degrees of freedom of the Student-t distribution. Default none: each parameter's number of
+  /// elements. Must be >= 0 when given.
   TORCH_ARG(dof_t, dof) = std::nullopt;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -29,17 +49,27 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
     visit("amsgrad", self.amsgrad());
     visit("dof", self.dof());
   }
+  /// These options as the functional layer's hyper-parameters.
   functional::TAdamHyper hyper() const;
 };
 
+/// State TAdam keeps per parameter. Field names are the reference's state keys; buffers have the
+/// parameter's shape, dtype and device.
 struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
+  /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
+  /// Moving average of the gradient (first moment `m`).
   TORCH_ARG(torch::Tensor, exp_avg);
+  /// Moving average of the squared gradient (second moment `v`).
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
   TORCH_ARG(torch::Tensor, max_exp_avg_sq);
+  /// Accumulated weight `W` of the first moment, `beta1 / (1 - beta1)` before the first update. A
+  /// double here; the reference (and the Python package) keep it as a one-element tensor.
   TORCH_ARG(double, W_t) = 0.0;
 
  public:
+  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -50,19 +80,40 @@ struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
   }
 };
 
-// Student-t Adam. `dof` defaults to each parameter's number of elements.
+/// TAdam: Adam whose first moment is a Student-t estimate, robust to outlier gradients.
+///
+/// Paper: Wendyam Eric Lionel Ilboudo, Taisuke Kobayashi, Kenji Sugimoto, "TAdam: A Robust
+/// Stochastic Gradient Optimizer", 2020, [arXiv:2003.00179](https://arxiv.org/abs/2003.00179).
+///
+/// Per parameter of `d` elements, with `g = g + weight_decay * p` and `m`, `v` before this step:
+/// `w = (dof + d) / (dof + sum((g - m)^2 / (v + eps)))`, `m = W / (W + w) * m + w / (W + w) * g`,
+/// `W = W * (2 * beta1 - 1) / beta1 + w`, `v = beta2 * v + (1 - beta2) * g^2`,
+/// `p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)`. `dof` defaults to each
+/// parameter's number of elements.
+///
+/// Difference from the reference (pylocron 0.3.0):
+/// - 0-d (scalar) parameters work (fix 6), with the result of the same value in a one-element
+///   tensor; the reference fails on them.
 class TAdam : public detail::Algorithm<TAdamOptions, TAdamParamState> {
  public:
+  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
+  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
+  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
   explicit TAdam(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       TAdamOptions defaults = {});
+  /// Optimizes `params` as one group with options `defaults`.
+  /// \throws c10::ValueError if `defaults` are invalid.
   explicit TAdam(std::vector<torch::Tensor> params, TAdamOptions defaults = {});
 
  protected:
+  /// \cond INTERNAL
+
   void init_state(TAdamParamState& state, const torch::Tensor& param,
                   const TAdamOptions& options) const override;
   void update(const TAdamOptions& options, const std::vector<torch::Tensor>& params,
               const std::vector<torch::Tensor>& grads,
               const std::vector<TAdamParamState*>& states) override;
+  /// \endcond
 };
 
 }  // namespace holocron::optim

@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// The wrappers Lookahead and Scout and their options.
+
 // Lookahead and Scout wrap any torch::optim::Optimizer (holocron's or
 // LibTorch's) and are optimizers themselves: their parameter groups are the
 // base's, and a scheduler that sets their lr sets the base's (fix 8).
@@ -17,11 +20,22 @@
 
 namespace holocron::optim {
 
+/// Options of Lookahead and Scout.
+///
+/// Each field is a `TORCH_ARG`: `opts.sync_period()` reads it, `opts.sync_period(5)` sets it and
+/// returns the options, so setters chain. Invalid values throw `std::invalid_argument` when the
+/// wrapper is built, and `c10::Error` when a checkpoint holding them is loaded.
 struct LookaheadOptions {
+  /// Options with every field at its default.
   LookaheadOptions() = default;
+  /// How far the slow weights move toward the fast ones at each sync:
+  /// `slow += sync_rate * (fast - slow)`. Scout's lower bound of its adaptive rate. Default 0.5;
+  /// in [0, 1].
   TORCH_ARG(double, sync_rate) = 0.5;
+  /// Number of base optimizer steps between syncs. Default 6; must be >= 1.
   TORCH_ARG(int64_t, sync_period) = 6;
 };
+/// Options of Scout: the same as Lookahead's.
 using ScoutOptions = LookaheadOptions;
 
 namespace detail {
@@ -42,54 +56,93 @@ class BaseGroupOptions : public torch::optim::OptimizerCloneableOptions<BaseGrou
 
 }  // namespace detail
 
-// Lookahead: every `sync_period` steps of the base optimizer, the slow
-// weights move `sync_rate` of the way to the fast ones and the fast weights
-// restart from them.
+/// Lookahead: every `sync_period` steps of the base optimizer, the slow weights move `sync_rate`
+/// of the way to the fast ones and the fast weights restart from them.
+///
+/// Paper: Michael R. Zhang, James Lucas, Geoffrey Hinton, Jimmy Ba, "Lookahead Optimizer: k steps
+/// forward, 1 step back", NeurIPS 2019, [arXiv:1907.08610](https://arxiv.org/abs/1907.08610).
+///
+/// Wraps any `torch::optim::Optimizer` (LibTorch's or holocron's) and is an optimizer itself. The
+/// slow weights are copies of the parameters taken at construction (and in add_param_group).
+/// Its parameter groups are the base's, and their lr is the base group's lr, so a LibTorch LR
+/// scheduler attached to the wrapper drives the base optimizer. `zero_grad()` clears the
+/// gradients of the same parameters.
+///
+/// Differences from the reference (pylocron 0.3.0):
+/// - an LR scheduler on the wrapper sets the base's lr (fix 8); in the reference it changes only
+///   the wrapper's own copy;
+/// - checkpoints hold the slow weights and the step counter, so a resumed run continues exactly
+///   (fix 7); the reference restarts from wrong slow weights.
 class Lookahead : public torch::optim::Optimizer {
  public:
+  /// Wraps `base`, taking slow copies of its parameters.
+  /// \throws std::invalid_argument if `base` is null or `options` are invalid.
   explicit Lookahead(std::shared_ptr<torch::optim::Optimizer> base,
                      LookaheadOptions options = {});
 
+  /// Steps the base optimizer (with `closure`, if any), then syncs every `sync_period` steps.
+  /// \return What the base optimizer's step returned.
   torch::Tensor step(LossClosure closure = nullptr) override;
 
-  // Adds the group to the base optimizer (keeping a holocron optimizer's
-  // group options) and takes slow copies of its parameters.
+  /// Adds the group to the base optimizer (keeping a holocron optimizer's group options) and
+  /// takes slow copies of its parameters. Call it on the wrapper type (the base function is not
+  /// virtual); a group added to the base optimizer directly is mirrored at the next step.
   void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
 
-  // slow += rate * (fast - slow); fast = slow, for every parameter.
+  /// For every parameter: `slow += sync_rate * (fast - slow)`, then `fast = slow`.
+  /// \param sync_rate In [0, 1] (c10::ValueError otherwise).
   void sync_params(double sync_rate);
 
+  /// Writes the checkpoint: the step counter, the options, the slow weights (and Scout's
+  /// statistics), then the base optimizer's checkpoint.
   void save(torch::serialize::OutputArchive& archive) const override;
-  // Checks the whole checkpoint (and lets the base check its part) before
-  // replacing anything.
+  /// Checks the whole checkpoint (and lets the base check its part) before replacing anything.
+  /// Restores the options, the step counter, the slow weights and the base's state.
+  /// \throws c10::Error if it was written by another wrapper or does not fit the parameters.
   void load(torch::serialize::InputArchive& archive) override;
 
+  /// The wrapped optimizer.
   torch::optim::Optimizer& base_optimizer() noexcept { return *base_; }
+  /// The wrapped optimizer.
   const torch::optim::Optimizer& base_optimizer() const noexcept { return *base_; }
+  /// The wrapper's options (those of a loaded checkpoint after load()).
   const LookaheadOptions& options() const noexcept { return options_; }
+  /// Number of base steps taken since construction (or as loaded).
   int64_t fast_steps() const noexcept { return fast_steps_; }
-  // Slow weights, per group and parameter, in the base's order.
+  /// Slow weights, per group and parameter, in the base's order.
   const std::vector<std::vector<torch::Tensor>>& slow_params() const noexcept { return slow_; }
+  /// "Lookahead" or "Scout" (checkpoints record it).
   const char* name() const noexcept { return name_; }
 
  protected:
+  /// For subclasses: as the public constructor, under the name `name`. Does not mirror the base's
+  /// groups: the most-derived constructor calls mirror_new_base_groups(), once its
+  /// add_group_state() is in place.
   Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOptions options,
             const char* name);
 
-  // Hooks for Scout. `changes_before` counts the steps of this period before
-  // the one just taken.
+  /// Hook called after each base step. `changes_before` counts the steps of this period before
+  /// the one just taken.
   virtual void after_base_step(int64_t changes_before);
+  /// Hook giving the rate of a sync; `changes_in_period` counts the steps of the period.
+  /// Lookahead returns `sync_rate`.
   virtual double rate_for_sync(int64_t changes_in_period);
+  /// Hook called after each sync.
   virtual void after_sync();
+  /// Hook called when group `group_index` is mirrored, to create its extra state.
   virtual void add_group_state(size_t group_index);
+  /// Hook writing extra state into a checkpoint.
   virtual void save_extra(torch::serialize::OutputArchive& archive) const;
-  // Reads and checks; returns what commits the read state.
+  /// Hook reading and checking extra state; returns what commits the read state (called once
+  /// everything is checked).
   virtual std::function<void()> load_extra(torch::serialize::InputArchive& archive);
 
+  /// The parameters of every group, in the base's order.
   std::vector<torch::Tensor> fast_params() const;
+  /// The slow weights of every group, in the base's order.
   std::vector<torch::Tensor> flat_slow_params() const;
-  // Gives each base group not yet mirrored a wrapper group and slow copies,
-  // and checks that the groups already mirrored still match the base's.
+  /// Gives each base group not yet mirrored a wrapper group and slow copies, and checks that the
+  /// groups already mirrored still match the base's.
   void mirror_new_base_groups();
 
  private:
@@ -100,24 +153,42 @@ class Lookahead : public torch::optim::Optimizer {
   std::vector<std::vector<torch::Tensor>> slow_;
 };
 
-// Scout: Lookahead whose rate at each sync is max(1 - coherence, sync_rate),
-// the coherence measuring how consistently each element moved over the
-// period. Keeps running statistics (fix 4) and ignores elements that did not
-// move (fix 5).
+/// Scout: Lookahead whose rate at each sync is `max(1 - coherence, sync_rate)`, the coherence
+/// measuring how consistently each element moved over the period.
+///
+/// Holocron's own variant of Lookahead (by the author of Holocron; no paper), built on Michael R.
+/// Zhang, James Lucas, Geoffrey Hinton, Jimmy Ba, "Lookahead Optimizer: k steps forward, 1 step
+/// back", 2019, [arXiv:1907.08610](https://arxiv.org/abs/1907.08610).
+///
+/// The coherence is the mean, over parameters, of the mean over elements of
+/// `std(u) / max|u - mean(u)|`, `u` being the `sync_period` successive per-step changes of that
+/// element (std unbiased, over the steps): see functional::scout_coherence().
+///
+/// Differences from the reference (pylocron 0.3.0), beside Lookahead's:
+/// - running per-element statistics instead of a growing stack of parameter copies: fixed memory
+///   and one pass per step, the same sync rate (fix 4);
+/// - elements that did not move (0/0) are ignored, so the rate is always in `[sync_rate, 1]`; the
+///   reference lets the NaN through and silently resets every fast weight to its slow copy (fix 5);
+/// - checkpoints also hold the statistics (fix 7).
 class Scout : public Lookahead {
  public:
+  /// Wraps `base`, taking slow copies of its parameters.
+  /// \throws std::invalid_argument if `base` is null or `options` are invalid.
   explicit Scout(std::shared_ptr<torch::optim::Optimizer> base, ScoutOptions options = {});
 
-  // The rate the last sync used (NaN before the first sync).
+  /// The rate the last sync used (NaN before the first sync).
   double last_sync_rate() const noexcept { return last_sync_rate_; }
 
  protected:
+  /// \cond INTERNAL
+
   void after_base_step(int64_t changes_before) override;
   double rate_for_sync(int64_t changes_in_period) override;
   void after_sync() override;
   void add_group_state(size_t group_index) override;
   void save_extra(torch::serialize::OutputArchive& archive) const override;
   std::function<void()> load_extra(torch::serialize::InputArchive& archive) override;
+  /// \endcond
 
  private:
   struct Stats {

@@ -1,5 +1,8 @@
 #pragma once
 
+/// \file
+/// OptimizerBase, the base of the eight algorithms, and the option types they share.
+
 // What every holocron optimizer shares with LibTorch's Optimizer, done once:
 // group options that survive add_param_group, a step that validates every
 // parameter before it writes anything, and checkpoints that are keyed by
@@ -21,12 +24,17 @@
 
 namespace holocron::optim {
 
+/// Two moving-average coefficients `(beta1, beta2)`, each in `[0, 1)`.
 using betas2_t = std::tuple<double, double>;
+/// Three moving-average coefficients `(beta1, beta2, beta3)`, each in `[0, 1)`.
 using betas3_t = std::tuple<double, double, double>;
+/// Optional bounds `(low, high)` of a parameter's norm in a trust ratio (LARS, LAMB, RaLars).
 using scale_clip_t = std::optional<std::tuple<double, double>>;
+/// Optional degrees of freedom of TAdam's Student-t estimate.
 using dof_t = std::optional<double>;
 
-// Bumped when the layout of checkpoints changes.
+/// Version of the checkpoint layout that OptimizerBase::save and the wrappers write (loading
+/// accepts 1 to this one). Bumped when the layout of checkpoints changes.
 inline constexpr int64_t kCheckpointFormatVersion = 1;
 
 namespace detail {
@@ -95,77 +103,122 @@ bool same_fields(const T& lhs, const T& rhs) {
   return same_values(a, b);
 }
 
+/// Base of every `XParamState`: comparison and serialization from `Derived::fields`.
 template <typename Derived>
 struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
+  /// Field-by-field equality; tensors are compared by value.
   friend bool operator==(const Derived& lhs, const Derived& rhs) { return same_fields(lhs, rhs); }
+  /// Negation of operator==.
   friend bool operator!=(const Derived& lhs, const Derived& rhs) { return !(lhs == rhs); }
 
+  /// Writes every field (undefined tensors are left out).
   void serialize(torch::serialize::OutputArchive& archive) const override {
     FieldWriter writer{archive};
     Derived::fields(static_cast<const Derived&>(*this), writer);
   }
+  /// Reads what serialize(OutputArchive&) wrote; a missing field other than an optional
+  /// buffer throws.
   void serialize(torch::serialize::InputArchive& archive) override {
     FieldReader reader{archive};
     Derived::fields(static_cast<Derived&>(*this), reader);
   }
 };
 
+/// Base of every `XOptions`: comparison, serialization and the lr that LibTorch's schedulers set.
 template <typename Derived>
 struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
+  /// Field-by-field equality.
   friend bool operator==(const Derived& lhs, const Derived& rhs) { return same_fields(lhs, rhs); }
+  /// Negation of operator==.
   friend bool operator!=(const Derived& lhs, const Derived& rhs) { return !(lhs == rhs); }
 
+  /// Writes every field.
   void serialize(torch::serialize::OutputArchive& archive) const override {
     FieldWriter writer{archive};
     Derived::fields(static_cast<const Derived&>(*this), writer);
   }
+  /// Reads what serialize(OutputArchive&) wrote; a missing field throws.
   void serialize(torch::serialize::InputArchive& archive) override {
     FieldReader reader{archive};
     Derived::fields(static_cast<Derived&>(*this), reader);
   }
+  /// The `lr` field (what LibTorch's LR schedulers read).
   double get_lr() const override { return static_cast<const Derived&>(*this).lr(); }
+  /// Sets the `lr` field (what LibTorch's LR schedulers write).
   void set_lr(const double lr) override { static_cast<Derived&>(*this).lr(lr); }
 };
 
 }  // namespace detail
 
-// The base of the eight algorithms (the wrappers have their own).
+/// The base of the eight algorithms (the wrappers have their own): what they share with
+/// LibTorch's `torch::optim::Optimizer`, done once.
+///
+/// - A step validates every parameter of every group (options, gradient shape, dtype and
+///   device, state buffers) before it writes anything, so a step that throws leaves parameters
+///   and state as they were. Parameters without a gradient are skipped, their state untouched.
+///   Sparse gradients and non-floating-point parameters are refused.
+/// - Parameter groups keep their own options (LibTorch gives non-builtin optimizers' groups the
+///   defaults).
+/// - Checkpoints (`torch::save(opt, path)` / `torch::load(opt, path)`) hold each group's options
+///   and each parameter's state, keyed by position, and are checked whole before loading.
 class OptimizerBase : public torch::optim::Optimizer {
  public:
-  // Unlike torch::optim::Optimizer::add_param_group, which gives the groups
-  // of non-builtin optimizers the defaults, keeps the group's own options
-  // (and checks them). Call it on the holocron type: the base function is not
-  // virtual.
+  /// Adds a parameter group, keeping the group's own options (and checking them); a group
+  /// without options takes the optimizer's defaults.
+  ///
+  /// Unlike torch::optim::Optimizer::add_param_group, which gives the groups of non-builtin
+  /// optimizers the defaults. Call it on the holocron type: the base function is not virtual.
+  /// \throws c10::ValueError if the group's options are invalid.
+  /// \throws std::invalid_argument if the options are of another optimizer's type, or a
+  /// parameter is undefined, not a leaf, or already in a group.
   void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
 
-  // Validates every parameter of every group, then updates them all.
+  /// Validates every parameter of every group, then updates them all.
+  /// \param closure Optional; re-evaluates the model (with grad mode on) and returns the loss.
+  /// \return What `closure` returned, or an undefined tensor without one.
+  /// \throws c10::Error (nothing changed) on a sparse gradient, a non-floating-point
+  /// parameter, a gradient or state buffer that does not match its parameter, or invalid
+  /// group options.
   torch::Tensor step(LossClosure closure = nullptr) final;
 
+  /// Writes the checkpoint: format version, algorithm name, each group's options and
+  /// parameter shapes, each parameter's state.
   void save(torch::serialize::OutputArchive& archive) const override;
-  // Reads and checks the whole checkpoint before replacing anything.
+  /// Reads and checks the whole checkpoint before replacing anything.
+  /// \throws c10::Error if it was written by another algorithm, its groups or parameter shapes
+  /// differ from this optimizer's, or a field is missing or invalid.
   void load(torch::serialize::InputArchive& archive) override;
 
-  // The algorithm's name as the reference spells it ("LAMB", ...).
+  /// The algorithm's name as the reference spells it ("LAMB", ...).
   const char* name() const noexcept { return name_; }
 
  protected:
+  /// \cond INTERNAL
+
+  /// `defaults`: the options of groups added without their own; `name`: the algorithm's name.
   OptimizerBase(std::unique_ptr<torch::optim::OptimizerOptions> defaults, const char* name);
 
-  // Throws c10::ValueError naming the argument when options are invalid.
+  /// Throws c10::ValueError naming the argument when options are invalid.
   virtual void check_options(const torch::optim::OptimizerOptions& options) const = 0;
+  /// New options of the algorithm's type (for loading a checkpoint into).
   virtual std::unique_ptr<torch::optim::OptimizerOptions> make_options() const = 0;
+  /// New, empty param state of the algorithm's type.
   virtual std::unique_ptr<torch::optim::OptimizerParamState> make_state() const = 0;
+  /// Calls `on_tensor` on each defined tensor field of `state` and `on_counter` on each step
+  /// counter (for the checks of step() and load()).
   virtual void visit_fields(const torch::optim::OptimizerParamState& state,
                             const std::function<void(const char*, const torch::Tensor&)>& on_tensor,
                             const std::function<void(const char*, int64_t)>& on_counter) const = 0;
-  // Creates the buffers a parameter needs under these options and lacks.
+  /// Creates the buffers a parameter needs under these options and lacks.
   virtual void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                              const torch::optim::OptimizerOptions& options) const = 0;
-  // Updates one group: every param has a gradient and a prepared state.
+  /// Updates one group: every param has a gradient and a prepared state.
   virtual void update_group(const torch::optim::OptimizerOptions& options,
                             const std::vector<torch::Tensor>& params,
                             const std::vector<torch::Tensor>& grads,
                             const std::vector<torch::optim::OptimizerParamState*>& states) = 0;
+
+  /// \endcond
 
  private:
   void check_state_fits(const torch::optim::OptimizerParamState& state, const torch::Tensor& param,
@@ -176,14 +229,19 @@ class OptimizerBase : public torch::optim::Optimizer {
 
 namespace detail {
 
-// Binds an algorithm's options and state types to the type-erased base.
+/// Binds an algorithm's options and state types to the type-erased OptimizerBase.
 template <typename Options, typename State>
 class Algorithm : public OptimizerBase {
  public:
+  /// The algorithm's options type (`LAMBOptions`, ...).
   using OptionsType = Options;
+  /// The algorithm's param state type (`LAMBParamState`, ...).
   using StateType = State;
 
  protected:
+  /// \cond INTERNAL
+
+  /// Checks `defaults`, then adds each group (see OptimizerBase::add_param_group).
   Algorithm(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
             const Options& defaults, const char* name)
       : OptimizerBase(std::make_unique<Options>(defaults), name) {
@@ -191,31 +249,40 @@ class Algorithm : public OptimizerBase {
     for (const auto& group : param_groups) add_param_group(group);
   }
 
+  /// Creates the buffers `param` needs under `options` and `state` lacks.
   virtual void init_state(State& state, const torch::Tensor& param,
                           const Options& options) const = 0;
+  /// Updates one group through the functional layer: every param has a gradient and a
+  /// prepared state.
   virtual void update(const Options& options, const std::vector<torch::Tensor>& params,
                       const std::vector<torch::Tensor>& grads,
                       const std::vector<State*>& states) = 0;
 
+  /// Checks the options with the functional layer's check of their hyper-parameters.
   void check_options(const torch::optim::OptimizerOptions& options) const override {
     functional::check(static_cast<const Options&>(options).hyper());
   }
+  /// New `Options` (for loading a checkpoint into).
   std::unique_ptr<torch::optim::OptimizerOptions> make_options() const override {
     return std::make_unique<Options>(0.0);
   }
+  /// New, empty `State`.
   std::unique_ptr<torch::optim::OptimizerParamState> make_state() const override {
     return std::make_unique<State>();
   }
+  /// Visits the fields `State::fields` lists.
   void visit_fields(const torch::optim::OptimizerParamState& state,
                     const std::function<void(const char*, const torch::Tensor&)>& on_tensor,
                     const std::function<void(const char*, int64_t)>& on_counter) const override {
     StateFieldVisitor visitor{on_tensor, on_counter};
     State::fields(static_cast<const State&>(state), visitor);
   }
+  /// Forwards to init_state() with the concrete types.
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                      const torch::optim::OptimizerOptions& options) const override {
     init_state(static_cast<State&>(state), param, static_cast<const Options&>(options));
   }
+  /// Forwards to update() with the concrete types.
   void update_group(const torch::optim::OptimizerOptions& options,
                     const std::vector<torch::Tensor>& params,
                     const std::vector<torch::Tensor>& grads,
@@ -224,6 +291,7 @@ class Algorithm : public OptimizerBase {
     for (size_t i = 0; i < states.size(); ++i) typed[i] = static_cast<State*>(states[i]);
     update(static_cast<const Options&>(options), params, grads, typed);
   }
+  /// \endcond
 };
 
 // A zero buffer shaped like `param` unless `buffer` already holds one.

@@ -1,0 +1,105 @@
+"""Docstrings: every public class documents each constructor argument, its default and its paper."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+
+import pytest
+
+import holocron_optim as ho
+
+CLASSES = [getattr(ho, name) for name in ho.__all__]
+# Scout has no paper of its own (it is Holocron's variant of Lookahead); its
+# docstring cites the Lookahead paper it builds on, so the arXiv check holds for
+# all ten classes.
+ARXIV_IDS = {
+    "LARS": ["1708.03888"],
+    "LAMB": ["1904.00962"],
+    "RaLars": ["1908.03265", "1708.03888"],
+    "TAdam": ["2003.00179"],
+    "AdaBelief": ["2010.07468"],
+    "AdamP": ["2006.08217"],
+    "Adan": ["2208.06677"],
+    "AdEMAMix": ["2409.03137"],
+    "Lookahead": ["1907.08610"],
+    "Scout": ["1907.08610"],
+}
+
+
+def _arguments(cls):
+    return [
+        p for name, p in inspect.signature(cls.__init__).parameters.items() if name not in ("self", "params")
+    ]
+
+
+def _args_section(doc: str) -> dict[str, str]:
+    """The `Args:` section as {argument: its text}, entries being the lines
+    indented one level below `Args:` and their continuation lines."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = lines.index("Args:")
+    entries: dict[str, str] = {}
+    current = None
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        match = re.match(r"^ {4}(\w+): (.*)$", line)
+        if match:
+            current = match.group(1)
+            entries[current] = match.group(2)
+        else:
+            assert current is not None and line.startswith(" " * 8), line
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_all_ten_classes_are_checked():
+    assert sorted(c.__name__ for c in CLASSES) == sorted(ARXIV_IDS)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_docstring_mentions_every_argument(cls):
+    doc = cls.__doc__
+    assert doc, f"{cls.__name__} has no docstring"
+    for parameter in _arguments(cls):
+        assert parameter.name in doc, f"{cls.__name__}: argument {parameter.name!r} is not documented"
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_args_section_matches_signature(cls):
+    """Args lists exactly the constructor's arguments, in order, each with its true default."""
+    entries = _args_section(cls.__doc__)
+    expected = [p.name for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+    assert list(entries) == expected
+    for parameter in _arguments(cls):
+        text = entries[parameter.name]
+        defaults = re.findall(r"Default `([^`]*)`", text)
+        if parameter.default is inspect.Parameter.empty:
+            assert not defaults, f"{cls.__name__}.{parameter.name} has no default: {text!r}"
+            continue
+        assert len(defaults) == 1, f"{cls.__name__}.{parameter.name}: {text!r}"
+        assert ast.literal_eval(defaults[0]) == parameter.default, f"{cls.__name__}.{parameter.name}"
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_docstring_cites_the_paper(cls):
+    doc = cls.__doc__
+    assert "arxiv.org" in doc
+    for arxiv_id in ARXIV_IDS[cls.__name__]:
+        assert f"https://arxiv.org/abs/{arxiv_id}" in doc
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_docstring_sections(cls):
+    doc = cls.__doc__
+    first = inspect.cleandoc(doc).splitlines()[0]
+    assert first.startswith(f"{cls.__name__}: ") and len(first) <= 88
+    assert "State" in doc
+    assert "reference (pylocron 0.3.0)" in doc
+
+
+def test_module_docstring_has_an_example():
+    assert "Example::" in ho.__doc__
+    for name in ho.__all__:
+        assert name in ho.__doc__
