@@ -1,13 +1,19 @@
-# holocron-optim: `make demo`, `make test`, `make build`, `make install PREFIX=dir`.
+# holocron-optim: `make demo`, `make test`, `make build`, `make docs`, `make wheel`,
+# `make install PREFIX=dir`, `make bench`.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 BUILD := build
 PREFIX ?= $(CURDIR)/install
 APT_PACKAGES := libgtest-dev ninja-build ccache
+DEMO_OUT := $(BUILD)/demo
+DIST := $(BUILD)/dist
+WHEEL_VENV := $(BUILD)/wheel-test/venv
+# torch warns on import when NumPy is missing, which the wheel test venv is on purpose.
+QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python demo install bench clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel wheel demo docs install bench clean
 
 all: build
 
@@ -41,16 +47,17 @@ configure: apt-deps $(BUILD)/build.ninja
 cpp: configure
 	cmake --build $(BUILD) -j2
 
-# The Python package loads the library built above from inside its folder.
+# The Python package loads the library built above from inside its folder;
+# a .pth file puts python/ on .venv's path (a wheel is `make wheel`).
 python: cpp
 	mkdir -p python/holocron_optim/lib
 	cp -u $(BUILD)/libholocron_optim.so python/holocron_optim/lib/
-	@$(PY) -c 'import holocron_optim' 2>/dev/null || \
-	  $(PY) -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+	@echo "$(CURDIR)/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/holocron_optim_dev.pth"
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j2
 	$(PY) -m pytest -q tests/python
+	$(MAKE) --no-print-directory test-wheel
 
 test-cpp: cpp
 	cd $(BUILD) && ctest --output-on-failure -j2
@@ -58,8 +65,34 @@ test-cpp: cpp
 test-python: python
 	$(PY) -m pytest -q tests/python
 
-demo: cpp
-	$(BUILD)/holocron_demo
+# Trains with every optimizer, then plots: PNGs in build/demo.
+demo: cpp venv
+	$(BUILD)/holocron_demo --out $(DEMO_OUT)
+	$(PY) demo/plot.py $(DEMO_OUT)
+
+# The C++ API reference: build/docs/html/index.html (warnings are errors).
+docs: apt-deps
+	@command -v doxygen >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq doxygen >/dev/null; }
+	doxygen docs/Doxyfile
+	@echo "API reference: $(CURDIR)/$(BUILD)/docs/html/index.html"
+
+# A wheel of the Python package with the library inside, built by
+# scikit-build-core against .venv's torch: build/dist/*.whl.
+wheel: venv | apt-deps
+	rm -f $(DIST)/holocron_optim-*.whl
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST) \
+	  $$(command -v ccache >/dev/null && echo -C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache) .
+
+# The wheel installed into a new virtual environment that has only torch,
+# then the Python example trained with it, from outside the checkout.
+test-wheel: wheel
+	rm -rf $(WHEEL_VENV)
+	python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(WHEEL_VENV)/bin/python -m pip install -q $(DIST)/holocron_optim-*.whl
+	cd $(WHEEL_VENV) && bin/python $(QUIET_NUMPY) -c 'import holocron_optim, sys; \
+	  assert holocron_optim.__file__.startswith(sys.prefix), holocron_optim.__file__' && \
+	  bin/python $(QUIET_NUMPY) $(CURDIR)/examples/python/train.py
 
 install: cpp
 	cmake --install $(BUILD) --prefix "$(PREFIX)"

@@ -87,15 +87,15 @@ def rastrigin(x, y):
 
 
 FUNCTIONS = {
-    "rosenbrock": {"f": rosenbrock, "x": (-2.5, 2.5), "y": (-1.5, 3.5), "optimum": (1, 1), "log": True},
-    "rastrigin": {"f": rastrigin, "x": (-4.5, 4.5), "y": (-4.5, 4.5), "optimum": (0, 0), "log": False},
+    "rosenbrock": {"f": rosenbrock, "x": (-2.5, 2.5), "y": (-1.5, 3.5), "optimum": (1, 1), "log": True, "levels": 30},
+    "rastrigin": {"f": rastrigin, "x": (-4.5, 4.5), "y": (-4.5, 4.5), "optimum": (0, 0), "log": False, "levels": 12},
 }
 
 
 def plot_trajectories(folder, name):
     spec = FUNCTIONS[name]
     paths = by_optimizer(read_rows(folder / f"{name}_trajectories.csv"))
-    n = 100
+    n = 200
     xs = [spec["x"][0] + (spec["x"][1] - spec["x"][0]) * i / (n - 1) for i in range(n)]
     ys = [spec["y"][0] + (spec["y"][1] - spec["y"][0]) * j / (n - 1) for j in range(n)]
     zs = [[spec["f"](x, y) for x in xs] for y in ys]
@@ -111,7 +111,7 @@ def plot_trajectories(folder, name):
         px = [float(p["x"]) for p in points]
         py = [float(p["y"]) for p in points]
         distance = math.hypot(px[-1] - spec["optimum"][0], py[-1] - spec["optimum"][1])
-        ax.contourf(xs, ys, zs, levels=30, cmap="Greys_r", alpha=0.6)
+        ax.contourf(xs, ys, zs, levels=spec["levels"], cmap="Greys_r", alpha=0.5)
         ax.plot(px, py, "-", color="tab:blue", linewidth=1)
         ax.plot(px, py, ".", color="tab:blue", markersize=2)
         ax.plot(px[0], py[0], "o", color="tab:green", markersize=8, label="start")

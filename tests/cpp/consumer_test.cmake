@@ -1,11 +1,13 @@
 # Installs the built library into a scratch prefix, then configures, builds
-# and runs tests/consumer against that installation.
+# and runs a project of a user's (tests/consumer, examples/cpp) against that
+# installation.
 #
 # Variables: BUILD_DIR (the holocron-optim build tree), SOURCE_DIR (the
-# consumer project), WORK_DIR (scratch space), Torch_DIR, GENERATOR,
-# CXX_COMPILER, COMPILER_LAUNCHER (may be empty).
+# user's project), EXECUTABLE (the program it builds, run with WORK_DIR/run
+# as its one argument when RUN_WITH_PATH is set), WORK_DIR (scratch space),
+# Torch_DIR, GENERATOR, CXX_COMPILER, COMPILER_LAUNCHER (may be empty).
 
-foreach(var BUILD_DIR SOURCE_DIR WORK_DIR Torch_DIR GENERATOR CXX_COMPILER)
+foreach(var BUILD_DIR SOURCE_DIR EXECUTABLE WORK_DIR Torch_DIR GENERATOR CXX_COMPILER)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
     message(FATAL_ERROR "consumer_test.cmake: ${var} is not set")
   endif()
@@ -41,4 +43,8 @@ if(NOT result EQUAL 0)
   message(FATAL_ERROR "consumer test: configure failed (${result})")
 endif()
 run_step("build" "${CMAKE_COMMAND}" --build "${build}")
-run_step("run" "${build}/consumer")
+if(RUN_WITH_PATH)
+  run_step("run" "${build}/${EXECUTABLE}" "${WORK_DIR}/run")
+else()
+  run_step("run" "${build}/${EXECUTABLE}")
+endif()
