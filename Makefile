@@ -58,6 +58,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j2
 	$(PY) -m pytest -q tests/python
 	$(MAKE) --no-print-directory test-wheel
+	$(MAKE) --no-print-directory docs
 
 test-cpp: cpp
 	cd $(BUILD) && ctest --output-on-failure -j2
