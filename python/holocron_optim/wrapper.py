@@ -24,6 +24,14 @@ __all__ = ["Lookahead", "Scout"]
 _SCOUT_STATS = ("prev", "mean", "m2", "max", "min")
 
 
+def _group_params(param_group: dict[str, Any]) -> list[Any]:
+    """The tensors of a group as add_param_group takes it: a tensor, a list, or (name, tensor) pairs."""
+    params = param_group.get("params", [])
+    if isinstance(params, torch.Tensor):
+        return [params]
+    return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in list(params)]
+
+
 def _check_sync_options(sync_rate: Any, sync_period: Any) -> None:
     if isinstance(sync_rate, bool) or not isinstance(sync_rate, (int, float)) or not 0 <= sync_rate <= 1:
         raise ValueError(f"expected positive float lower than 1 as sync_rate, received: {sync_rate}")
@@ -70,12 +78,25 @@ class Lookahead(Optimizer):
         - checkpoints hold the slow weights and the step counter, and a
           resumed run continues exactly; a run resumed from the reference's
           restarts from wrong slow weights (fix 7).
+
+    As a torch.optim optimizer: ``defaults`` holds the base's defaults plus
+    ``sync_rate`` and ``sync_period`` (so OneCycleLR and CyclicLR cycle the
+    base's momentum); ``state_dict()["param_groups"]`` are the base's groups
+    as torch lays them out (``param_names`` included), and on load their
+    hyper-parameters win over the nested copy, so a load pre-hook may edit
+    them; what is put in the wrapper's own ``state`` is saved and restored.
+    Global step hooks (``torch.optim.optimizer.register_optimizer_step_*_hook``)
+    fire for the wrapper and for its base, each once per step; instance hooks
+    only for their optimizer. Complex parameters are refused up front.
     """
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
         _check_sync_options(sync_rate, sync_period)
         # torch.optim.Optimizer's bookkeeping, without its param-group handling.
-        self.defaults = {"sync_rate": sync_rate, "sync_period": sync_period}
+        # The base's defaults too: schedulers read them from the optimizer they
+        # are given (OneCycleLR and CyclicLR look for `betas` or `momentum`),
+        # and the wrapper's param_groups are the base's.
+        self.defaults = {**base_optimizer.defaults, "sync_rate": sync_rate, "sync_period": sync_period}
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -118,15 +139,30 @@ class Lookahead(Optimizer):
         return [p for group in self.slow_params for p in group]
 
     def _mirror_new_groups(self) -> None:
-        for group in self.param_groups[len(self.slow_params):]:
+        new_groups = self.param_groups[len(self.slow_params):]
+        for index, group in enumerate(new_groups, len(self.slow_params)):
+            self._check_wrappable(group["params"], index)
+        for group in new_groups:
             self.slow_params.append([p.detach().clone() for p in group["params"]])
             self._add_group_state(group)
+
+    def _check_wrappable(self, params: list[Any], group_index: int) -> None:
+        """The sync and Scout's statistics are defined for real floating-point
+        weights only: refused before the base optimizer moves any of them."""
+        for i, p in enumerate(params):
+            if isinstance(p, torch.Tensor) and not p.is_floating_point():
+                raise RuntimeError(
+                    f"{type(self).__name__}: parameter {i} of group {group_index} has dtype {p.dtype}; "
+                    "only real floating-point parameters can be wrapped"
+                )
 
     def _add_group_state(self, group: dict[str, Any]) -> None:
         pass
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group to the base optimizer and takes slow copies of its parameters."""
+        self._mirror_new_groups()
+        self._check_wrappable(_group_params(param_group), len(self.param_groups))
         self.base_optimizer.add_param_group(param_group)
         self._mirror_new_groups()
 
@@ -165,15 +201,14 @@ class Lookahead(Optimizer):
         the slow weights and the step counter."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
-        param_groups, index = [], 0
-        for group in self.param_groups:
-            ids = list(range(index, index + len(group["params"])))
-            index += len(ids)
-            param_groups.append({"lr": group["lr"], "params": ids})
+        base_state_dict = self.base_optimizer.state_dict()
+        # The base's groups (hyper-parameters, param_names, and torch's indices:
+        # one per distinct parameter), as torch.optim lays them out.
+        param_groups = [dict(group) for group in base_state_dict["param_groups"]]
         state_dict = {
-            "state": {},
+            "state": self._pack_own_state(),
             "param_groups": param_groups,
-            "base_state_dict": self.base_optimizer.state_dict(),
+            "base_state_dict": base_state_dict,
             "fast_steps": self.fast_steps,
             "sync_rate": self.defaults["sync_rate"],
             "sync_period": self.defaults["sync_period"],
@@ -188,6 +223,31 @@ class Lookahead(Optimizer):
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
+
+    def _param_indices(self) -> dict[int, int]:
+        """torch.optim's numbering: groups in order, one index per distinct parameter."""
+        indices: dict[int, int] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                indices.setdefault(id(p), len(indices))
+        return indices
+
+    def _pack_own_state(self) -> dict[Any, Any]:
+        # The wrapper keeps its own state outside `self.state`; what is there
+        # was put by the user or a hook, and travels as torch.optim's would.
+        indices = self._param_indices()
+        return {indices[id(k)] if isinstance(k, torch.Tensor) else k: v for k, v in self.state.items()}
+
+    def _unpack_own_state(self, packed: Any) -> defaultdict:
+        by_index: dict[int, torch.Tensor] = {}
+        params = {id(p): p for group in self.param_groups for p in group["params"]}
+        for param_id, index in self._param_indices().items():
+            by_index[index] = params[param_id]
+        state: defaultdict = defaultdict(dict)
+        for key, value in (packed or {}).items():
+            param = by_index.get(key) if isinstance(key, int) else None
+            state[param if param is not None else key] = value
+        return state
 
     def _check_tensors(self, name: str, tensors: Any, like: list[torch.Tensor], exact_dtype: bool = True) -> None:
         if not isinstance(tensors, (list, tuple)) or len(tensors) != len(like):
@@ -233,7 +293,13 @@ class Lookahead(Optimizer):
 
         # The base's own groups hold the lr it trained with; the reference's
         # wrapper-level "lr" may be a scheduler's value that never reached it.
+        own_state = self._unpack_own_state(state_dict.get("state"))
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
+        # The top-level groups are what users and load hooks see and edit (the
+        # base's copy is nested): their hyper-parameters win.
+        for group, saved in zip(self.param_groups, saved_groups):
+            group.update({k: v for k, v in saved.items() if k not in ("params", "param_names")})
+        self.state = own_state
         with torch.no_grad():
             source = slow if slow is not None else fast
             self.slow_params, index = [], 0
@@ -244,6 +310,7 @@ class Lookahead(Optimizer):
                 )
                 index += count
         self.fast_steps = fast_steps
+        self.defaults.update(self.base_optimizer.defaults)
         self.defaults["sync_period"] = sync_period
         self.defaults["sync_rate"] = sync_rate
         commit_extra()
@@ -255,7 +322,7 @@ class Lookahead(Optimizer):
 
     def __repr__(self) -> str:
         base = repr(self.base_optimizer).replace("\n", "\n\t")
-        args = "".join(f"\n{k}={v}," for k, v in self.defaults.items())
+        args = "".join(f"\n{k}={self.defaults[k]}," for k in ("sync_rate", "sync_period"))
         return f"{type(self).__name__} (\nbase_optimizer={base},{args}\n)"
 
 

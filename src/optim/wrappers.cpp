@@ -45,6 +45,17 @@ void check_wrapper_options(const char* name, const LookaheadOptions& options) {
   }
 }
 
+// The sync and Scout's statistics are defined for real floating-point
+// weights only. Checked before a group reaches the base optimizer, so a
+// refused parameter never gets a base step the wrapper cannot follow.
+void check_wrappable(const std::string& name, const std::vector<torch::Tensor>& params, size_t group_index) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].defined() && params[i].is_floating_point(), name, ": parameter ", i, " of group ",
+                group_index, " has dtype ", params[i].defined() ? c10::toString(params[i].scalar_type()) : "undefined",
+                "; only real floating-point parameters can be wrapped");
+  }
+}
+
 }  // namespace
 
 Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOptions options)
@@ -78,6 +89,9 @@ void Lookahead::mirror_new_base_groups() {
                 name_, ": parameter group ", gi, " changed size after it was wrapped");
   }
   for (size_t gi = param_groups_.size(); gi < base_groups.size(); ++gi) {
+    check_wrappable(name_, base_groups[gi].params(), gi);
+  }
+  for (size_t gi = param_groups_.size(); gi < base_groups.size(); ++gi) {
     param_groups_.emplace_back(base_groups[gi].params(),
                                std::make_unique<detail::BaseGroupOptions>(base_, gi));
     auto& slow = slow_.emplace_back();
@@ -88,6 +102,7 @@ void Lookahead::mirror_new_base_groups() {
 
 void Lookahead::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
   mirror_new_base_groups();
+  check_wrappable(name_, param_group.params(), base_->param_groups().size());
   // The base function is not virtual: reach the override of a holocron base.
   if (auto* ours = dynamic_cast<OptimizerBase*>(base_.get())) {
     ours->add_param_group(param_group);

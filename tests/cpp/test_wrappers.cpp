@@ -456,6 +456,22 @@ TEST(Lookahead, GroupAddedBehindItsBackFailsBeforeTheBaseSteps) {
   EXPECT_TRUE(torch::equal(p, before));
 }
 
+TEST(Lookahead, ComplexParametersAreRefusedBeforeTheBaseSeesThem) {
+  auto complex = torch::randn({3}, torch::kComplexFloat).requires_grad_();
+  EXPECT_THROW(ho::Lookahead wrapper(make_adam({complex})), c10::Error);
+  EXPECT_THROW(ho::Scout wrapper(make_adam({complex})), c10::Error);
+
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  auto base = make_adam({p});
+  ho::Scout wrapper(base);
+  EXPECT_THROW(wrapper.add_param_group(OptimizerParamGroup({complex})), c10::Error);
+  EXPECT_EQ(base->param_groups().size(), 1U);
+  EXPECT_EQ(wrapper.param_groups().size(), 1U);
+  p.mutable_grad() = torch::ones_like(p);
+  for (int i = 0; i < 7; ++i) wrapper.step();  // still a working wrapper
+  EXPECT_EQ(wrapper.fast_steps(), 7);
+}
+
 TEST(Lookahead, WrapperOfWrapperAddsGroupsToTheInnermostBase) {
   auto p = torch::randn({3}, torch::kDouble).requires_grad_();
   auto q = torch::randn({2}, torch::kDouble).requires_grad_();

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from conftest import reference
 
 SHAPES = [(4, 3), (6,), (2, 3, 2), (1,)]
@@ -363,8 +364,11 @@ def test_state_dict_layout_contains_the_reference_keys(cls):
     a, b = ours.state_dict(), refw.state_dict()
     assert set(b) <= set(a)
     assert a["state"] == b["state"] == {}
-    assert [set(g) for g in a["param_groups"]] == [set(g) for g in b["param_groups"]]
+    # Ours are the base's groups (torch.optim's layout, every hyper-parameter): a
+    # superset of the reference's, which torch's load_state_dict takes as it is.
+    assert all(set(g) <= set(h) for g, h in zip(b["param_groups"], a["param_groups"]))
     assert [g["params"] for g in a["param_groups"]] == [g["params"] for g in b["param_groups"]]
+    assert a["param_groups"] == a["base_state_dict"]["param_groups"]
     assert set(a["base_state_dict"]) == set(b["base_state_dict"])
 
 
@@ -562,3 +566,107 @@ def test_deepcopy_of_the_wrapper_continues_identically(cls):
     train(w2, params2, 6, 13)
     for p, q in zip(params, params2):
         assert torch.equal(p, q)
+
+
+# -- torch.optim's corners (issue 7) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_complex_parameters_are_refused_before_the_base_moves_them(cls):
+    z = torch.randn(3, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="complex|Complex"):
+        getattr(ho, cls)(torch.optim.Adam([z], lr=0.1))
+    params = make_params()
+    base = make_base("adam", params)
+    wrapper = getattr(ho, cls)(base, sync_period=2)
+    with pytest.raises(RuntimeError, match="complex|Complex"):
+        wrapper.add_param_group({"params": [z]})
+    assert len(base.param_groups) == len(wrapper.slow_params) == 2
+    train(wrapper, params, 0, 4)  # still a working wrapper
+    assert wrapper.fast_steps == 4
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_state_dict_hooks_see_and_shape_what_is_saved_and_loaded(cls):
+    params = make_params()
+    wrapper = getattr(ho, cls)(make_base("adam", params))
+    train(wrapper, params, 0, 3)
+    wrapper.register_state_dict_pre_hook(lambda opt: opt.state.__setitem__("test", 1))
+    wrapper.register_state_dict_post_hook(lambda opt, sd: {**sd, "extra": 2})
+    saved = wrapper.state_dict()
+    assert saved["state"]["test"] == 1 and saved["extra"] == 2
+
+    params2 = clone_params(params)
+    other = getattr(ho, cls)(make_base("adam", params2))
+
+    def halve_lr(opt, state_dict):
+        state_dict = copy.deepcopy(state_dict)
+        for group in state_dict["param_groups"]:
+            group["lr"] /= 2
+        return state_dict
+
+    seen = []
+    other.register_load_state_dict_pre_hook(halve_lr)
+    other.register_load_state_dict_post_hook(lambda opt: seen.append(opt.state["test"]))
+    other.load_state_dict(saved)
+    assert [g["lr"] for g in other.base_optimizer.param_groups] == [g["lr"] / 2 for g in saved["param_groups"]]
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_named_parameters_and_repeated_ones_are_numbered_as_torch_does(cls):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    wrapper = getattr(ho, cls)(torch.optim.Adam(model.named_parameters(), lr=0.1))
+    saved = wrapper.state_dict()
+    assert saved["param_groups"][0]["param_names"] == [n for n, _ in model.named_parameters()]
+    assert saved["param_groups"] == saved["base_state_dict"]["param_groups"]
+    restored = getattr(ho, cls)(torch.optim.Adam(model.named_parameters(), lr=0.1))
+    restored.load_state_dict(saved)
+
+    p = torch.randn(3, requires_grad=True)
+    with pytest.warns(UserWarning, match="duplicate"):
+        base = torch.optim.SGD([p, p], lr=0.1)
+    saved = getattr(ho, cls)(base).state_dict()
+    assert saved["param_groups"][0]["params"] == base.state_dict()["param_groups"][0]["params"]
+
+
+@pytest.mark.parametrize("make_scheduler", [
+    lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10),
+    lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=3),
+], ids=["OneCycleLR", "CyclicLR"])
+@pytest.mark.parametrize("kind", ["adam", "sgd", "ours"])
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_momentum_cycling_schedulers_drive_the_base(cls, kind, make_scheduler):
+    params = make_params()
+    base = make_base(kind, params)
+    wrapper = getattr(ho, cls)(base, sync_period=3)
+    scheduler = make_scheduler(wrapper)
+    key = "momentum" if kind == "sgd" else "betas"
+    first = [g[key] for g in base.param_groups]
+    for t in range(5):
+        grads_at(t, params)
+        wrapper.step()
+        scheduler.step()
+    assert [g[key] for g in base.param_groups] != first  # momentum cycled, on the base
+    assert wrapper.param_groups[0]["lr"] == base.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_global_step_hooks_fire_for_the_wrapper_and_for_its_base(cls):
+    # Decided and documented: a wrapper is an optimizer and so is its base;
+    # global hooks see each of them once per step (instance hooks only theirs).
+    params = make_params()
+    base = make_base("adam", params)
+    wrapper = getattr(ho, cls)(base)
+    seen, own = [], []
+    handles = [register_optimizer_step_pre_hook(lambda opt, a, k: seen.append(opt)),
+               register_optimizer_step_post_hook(lambda opt, a, k: seen.append(opt)),
+               wrapper.register_step_pre_hook(lambda opt, a, k: own.append(opt))]
+    try:
+        train(wrapper, params, 0, 2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [type(o).__name__ for o in seen].count(cls) == 4
+    assert sum(o is base for o in seen) == 4
+    assert own == [wrapper, wrapper]
