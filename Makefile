@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel wheel demo docs install bench clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-asan wheel demo docs install bench clean
 
 all: build
 
@@ -59,6 +59,19 @@ test: build
 	$(PY) -m pytest -q tests/python
 	$(MAKE) --no-print-directory test-wheel
 	$(MAKE) --no-print-directory docs
+
+# The library and the C++ tests built with ASan and UBSan into build-asan/,
+# then run (the projects that install the library are left out: they link an
+# uninstrumented program against it). LeakSanitizer is on.
+ASAN_BUILD := build-asan
+test-asan: venv | apt-deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DHOLOCRON_OPTIM_SANITIZE=ON \
+	  -DHOLOCRON_OPTIM_BUILD_EXAMPLES=OFF -DHOLOCRON_OPTIM_BUILD_BENCH=OFF \
+	  -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" -DPython3_EXECUTABLE=$(CURDIR)/$(PY) \
+	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+	cmake --build $(ASAN_BUILD) -j2
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 -LE consumer
 
 test-cpp: cpp
 	cd $(BUILD) && ctest --output-on-failure -j2

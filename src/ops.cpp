@@ -26,10 +26,16 @@ at::Tensor as_tensor(const std::vector<double>& values) {
   return at::tensor(c10::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble));
 }
 
+F::GradScaling scaling_of(const std::optional<at::Tensor>& grad_scale,
+                          const std::optional<at::Tensor>& found_inf) {
+  return {grad_scale.value_or(at::Tensor()), found_inf.value_or(at::Tensor())};
+}
+
 at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers,
                          const c10::List<bool>& buffer_is_new, double lr, double momentum,
                          double dampening, double weight_decay, bool nesterov,
-                         c10::ArrayRef<double> scale_clip) {
+                         c10::ArrayRef<double> scale_clip,
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   TORCH_CHECK_VALUE(scale_clip.empty() || scale_clip.size() == 2,
                     "LARS: scale_clip must hold two values (low, high), got ", scale_clip.size());
   std::optional<F::ScaleClip> clip;
@@ -38,24 +44,29 @@ at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers
   for (size_t i = 0; i < buffer_is_new.size(); ++i) flags[i] = buffer_is_new.get(i);
   return as_tensor(F::lars_(params, grads, momentum_buffers,
                             c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
-                            {lr, momentum, dampening, weight_decay, nesterov, clip}));
+                            {lr, momentum, dampening, weight_decay, nesterov, clip},
+      scaling_of(grad_scale, found_inf)));
 }
 
 at::Tensor lamb(TensorList params, TensorList grads, TensorList exp_avgs,
                          TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
-                         double weight_decay, double clip_low, double clip_high) {
+                         double weight_decay, double clip_low, double clip_high,
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   return as_tensor(F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
-                            {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)}));
+                            {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)},
+      scaling_of(grad_scale, found_inf)));
 }
 
 at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
                            TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
                            double beta2, double eps, double weight_decay,
                            bool force_adaptive_momentum, double clip_low, double clip_high,
-                           std::optional<double> sma_inf) {
+                           std::optional<double> sma_inf,
+                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   return as_tensor(F::ralars_(params, grads, exp_avgs, exp_avg_sqs, steps,
                               {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
-                               clip_of(clip_low, clip_high), sma_inf}));
+                               clip_of(clip_low, clip_high), sma_inf},
+      scaling_of(grad_scale, found_inf)));
 }
 
 // One-element CPU tensors are read and written in place: a dispatched
@@ -106,7 +117,8 @@ void write_scalars(TensorList targets, c10::ArrayRef<double> values) {
 void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, TensorList W_ts, c10::IntArrayRef steps, double lr,
            double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-           std::optional<double> dof) {
+           std::optional<double> dof,
+           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
               params.size(), " parameters");
   std::vector<double> weights(W_ts.size());
@@ -121,37 +133,46 @@ void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     weights[i] = read_scalar(W_ts[i]);
   }
   F::tadam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, weights, steps,
-            {lr, beta1, beta2, eps, weight_decay, amsgrad, dof});
+            {lr, beta1, beta2, eps, weight_decay, amsgrad, dof},
+      scaling_of(grad_scale, found_inf));
   for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
 }
 
 void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-               double beta2, double eps, double weight_decay, bool amsgrad) {
+               double beta2, double eps, double weight_decay, bool amsgrad,
+               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   F::adabelief_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                {lr, beta1, beta2, eps, weight_decay, amsgrad});
+                {lr, beta1, beta2, eps, weight_decay, amsgrad},
+      scaling_of(grad_scale, found_inf));
 }
 
 void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-           double beta2, double eps, double weight_decay, bool amsgrad, double delta) {
+           double beta2, double eps, double weight_decay, bool amsgrad, double delta,
+           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   F::adamp_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-            {lr, beta1, beta2, eps, weight_decay, amsgrad, delta});
+            {lr, beta1, beta2, eps, weight_decay, amsgrad, delta},
+      scaling_of(grad_scale, found_inf));
 }
 
 void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
           TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
           c10::IntArrayRef steps, double lr, double beta1, double beta2, double beta3, double eps,
-          double weight_decay, bool amsgrad) {
+          double weight_decay, bool amsgrad,
+          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   F::adan_(params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, max_exp_avg_deltas,
-           steps, {lr, beta1, beta2, beta3, eps, weight_decay, amsgrad});
+           steps, {lr, beta1, beta2, beta3, eps, weight_decay, amsgrad},
+      scaling_of(grad_scale, found_inf));
 }
 
 void ademamix(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avgs_slow,
               TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-              double beta2, double beta3, double alpha, double eps, double weight_decay) {
+              double beta2, double beta3, double alpha, double eps, double weight_decay,
+              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   F::ademamix_(params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs, steps,
-               {lr, beta1, beta2, beta3, alpha, eps, weight_decay});
+               {lr, beta1, beta2, beta3, alpha, eps, weight_decay},
+      scaling_of(grad_scale, found_inf));
 }
 
 // What every update op checks before it writes, for one group, so that a
@@ -186,38 +207,46 @@ TORCH_LIBRARY(holocron, m) {
   m.def(
       "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
-      "bool nesterov, float[] scale_clip) -> Tensor");
+      "bool nesterov, float[] scale_clip, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
   m.def(
       "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, float clip_low, float clip_high) -> Tensor");
+      "float weight_decay, float clip_low, float clip_high, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
   m.def(
       "ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
-      "float? sma_inf=None) -> Tensor");
+      "float? sma_inf=None, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
   m.def(
       "tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
       "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
-      "float? dof) -> ()");
+      "float? dof, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
-      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad) -> ()");
+      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
-      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta) -> ()");
+      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
       "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
       "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
-      "float beta3, float eps, float weight_decay, bool amsgrad) -> ()");
+      "float beta3, float eps, float weight_decay, bool amsgrad, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
-      "float beta2, float beta3, float alpha, float eps, float weight_decay) -> ()");
+      "float beta2, float beta3, float alpha, float eps, float weight_decay, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
       "int[] owners, int[] steps) -> ()");
@@ -269,25 +298,30 @@ at::Tensor unit_ratios(TensorList params) {
 
 TORCH_LIBRARY_IMPL(holocron, Meta, m) {
   m.impl("lars_", [](TensorList params, TensorList, TensorList, const c10::List<bool>&, double,
-                     double, double, double, bool, c10::ArrayRef<double>) { return unit_ratios(params); });
+                     double, double, double, bool, c10::ArrayRef<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) { return unit_ratios(params); });
   m.impl("lamb_", [](TensorList params, TensorList, TensorList, TensorList, double, double, double,
-                     double, double, double, double) { return unit_ratios(params); });
+                     double, double, double, double, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) { return unit_ratios(params); });
   m.impl("ralars_", [](TensorList params, TensorList, TensorList, TensorList, c10::IntArrayRef,
                        double, double, double, double, double, bool, double, double,
-                       std::optional<double>) { return unit_ratios(params); });
+                       std::optional<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) { return unit_ratios(params); });
   m.impl("tadam_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
                           c10::IntArrayRef, double, double, double, double, double, bool,
-                          std::optional<double>>);
+                          std::optional<double>,
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
   m.impl("adabelief_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                              c10::IntArrayRef, double, double, double, double, double, bool>);
+                              c10::IntArrayRef, double, double, double, double, double, bool,
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
   m.impl("adamp_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                          c10::IntArrayRef, double, double, double, double, double, bool, double>);
+                          c10::IntArrayRef, double, double, double, double, double, bool, double,
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
   m.impl("adan_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
                          TensorList, c10::IntArrayRef, double, double, double, double, double,
-                         double, bool>);
+                         double, bool,
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
   m.impl("ademamix_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                              c10::IntArrayRef, double, double, double, double, double, double,
-                             double>);
+                             double,
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
   m.impl("validate_group", [](const std::string&, TensorList, TensorList, TensorList,
                               c10::IntArrayRef, c10::IntArrayRef) {});
   m.impl("write_scalars_", &no_op<TensorList, c10::ArrayRef<double>>);

@@ -87,13 +87,30 @@ class FusedStep:
                 steps.append(step_count(state["step"]) + 1)
         ops.validate_group(type(self).__name__, params, grads, buffers, owners, steps)
 
+    # torch.amp.GradScaler hands such optimizers its scale and found_inf
+    # (attributes `grad_scale` and `found_inf`) instead of unscaling the
+    # gradients itself: the kernels read g * (1 / scale), and a step with an
+    # inf or NaN gradient is skipped here, before anything is touched.
+    _step_supports_amp_scaling = True
+    _grad_scale_now: torch.Tensor | None = None
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.item()):
+            return loss
+        self._grad_scale_now = getattr(self, "grad_scale", None)
+        try:
+            self._step_groups()
+        finally:
+            self._grad_scale_now = None
+        return loss
 
+    def _step_groups(self) -> None:
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
             self._apply(group, [], [], [])  # the group's options, before any state is made
@@ -142,7 +159,6 @@ class FusedStep:
                 for state, key in added:
                     state.pop(key, None)
                 raise
-        return loss
 
     def _stateless(self, group: dict[str, Any]) -> bool:
         """True when this group's update keeps no per-parameter state."""

@@ -145,6 +145,7 @@ class LARS(FusedStep, Optimizer):
                 params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
                 float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
                 list(self.scale_clip) if self.scale_clip is not None else [],
+                grad_scale=self._grad_scale_now,
             )
         except Exception:
             for state, new in zip(states, is_new):
@@ -218,6 +219,7 @@ class LAMB(FusedStep, Optimizer):
             params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), *self.scale_clip,
+            grad_scale=self._grad_scale_now,
         )
         self._store_steps(states, self._advance_steps(states))
         _store_local_lrs(params, states, local_lrs)
@@ -299,6 +301,7 @@ class RaLars(FusedStep, Optimizer):
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
             None if sma_inf is None else float(sma_inf),
+            grad_scale=self._grad_scale_now,
         )
         if record:
             group["sma_inf"] = sma_inf
@@ -400,6 +403,7 @@ class TAdam(FusedStep, Optimizer):
             _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [], _gather(states, "W_t"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(group["amsgrad"]), None if dof is None else float(dof),
+            grad_scale=self._grad_scale_now,
         )
         self._store_steps(states, steps)
 
@@ -484,6 +488,7 @@ class AdaBelief(_AdamLike):
         ops.adabelief_(
             params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
+            grad_scale=self._grad_scale_now,
         )
         self._store_steps(states, steps)
 
@@ -546,6 +551,7 @@ class AdamP(_AdamLike):
             params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
             float(self.delta),
+            grad_scale=self._grad_scale_now,
         )
         self._store_steps(states, steps)
 
@@ -626,6 +632,7 @@ class Adan(FusedStep, Optimizer):
             _gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps,
             float(group["lr"]), float(beta1), float(beta2), float(beta3), float(group["eps"]),
             float(group["weight_decay"]), bool(group["amsgrad"]),
+            grad_scale=self._grad_scale_now,
         )
         self._store_steps(states, steps)
 
@@ -691,5 +698,6 @@ class AdEMAMix(FusedStep, Optimizer):
             params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_slow"),
             _gather(states, "exp_avg_sq"), steps, float(group["lr"]), float(beta1), float(beta2),
             float(beta3), float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
+            grad_scale=self._grad_scale_now,
         )
         self._store_steps(states, steps)

@@ -171,7 +171,16 @@ class Lookahead(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self._mirror_new_groups()
-        loss = self.base_optimizer.step(closure)
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None:
+            loss = self.base_optimizer.step(closure)
+        elif bool(found_inf.item()):  # GradScaler found an inf or NaN: nothing moves, nothing counts
+            if closure is None:
+                return None
+            with torch.enable_grad():
+                return closure()
+        else:
+            loss = self._base_step_with_scaling(closure, found_inf)
         period = self.defaults["sync_period"]
         changes_before = self.fast_steps % period
         with torch.no_grad():
@@ -181,6 +190,20 @@ class Lookahead(Optimizer):
                 self.sync_params(self._rate_for_sync(changes_before + 1))
                 self._after_sync()
         return loss
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """GradScaler hands its scale to the wrapper when the base takes it."""
+        return bool(getattr(self.base_optimizer, "_step_supports_amp_scaling", False))
+
+    def _base_step_with_scaling(self, closure: Callable[[], Any] | None, found_inf: torch.Tensor) -> Any:
+        base = self.base_optimizer
+        base.grad_scale = getattr(self, "grad_scale", None)  # type: ignore[attr-defined]
+        base.found_inf = found_inf  # type: ignore[attr-defined]
+        try:
+            return base.step(closure)
+        finally:
+            del base.grad_scale, base.found_inf  # type: ignore[attr-defined]
 
     def _after_base_step(self, changes_before: int) -> None:
         pass

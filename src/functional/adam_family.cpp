@@ -49,7 +49,7 @@ void check(const AdEMAMixHyper& h) {
 
 void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
-            c10::ArrayRef<int64_t> steps, const TAdamHyper& h) {
+            c10::ArrayRef<int64_t> steps, const TAdamHyper& h, const GradScaling& scaling) {
   check(h);
   check_group("TAdam", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("TAdam", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
@@ -57,16 +57,20 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
               " moment weights for ", params.size(), " parameters");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  if (skip_for_found_inf("TAdam", scaling)) return;
+  const double inv_grad_scale = inverse_grad_scale("TAdam", scaling);
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.second_group, params,
                    {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)}) ||
       !fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::tadam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+    kernels::reference::tadam(params, unscaled_grads(grads, inv_grad_scale),
+                              exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                               moment_weights, steps, h);
     return;
   }
   auto& distances = scratch.sums;
   auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = inv_grad_scale;
   args.hyper = {h.eps, h.weight_decay};
   cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
 
@@ -85,19 +89,23 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
 
 void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                 TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-                const AdaBeliefHyper& h) {
+                const AdaBeliefHyper& h, const GradScaling& scaling) {
   check(h);
   check_group("AdaBelief", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdaBelief", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  if (skip_for_found_inf("AdaBelief", scaling)) return;
+  const double inv_grad_scale = inverse_grad_scale("AdaBelief", scaling);
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::adabelief(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
+    kernels::reference::adabelief(params, unscaled_grads(grads, inv_grad_scale),
+                                  exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {inverse_sqrt_bias_correction(h.beta2, steps[i]),
@@ -108,18 +116,23 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 }
 
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h) {
+            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
+            const GradScaling& scaling) {
   check(h);
   check_group("AdamP", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  if (skip_for_found_inf("AdamP", scaling)) return;
+  const double inv_grad_scale = inverse_grad_scale("AdamP", scaling);
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::adamp(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
+    kernels::reference::adamp(params, unscaled_grads(grads, inv_grad_scale),
+                              exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),
@@ -145,7 +158,7 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
 
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
            TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
-           c10::ArrayRef<int64_t> steps, const AdanHyper& h) {
+           c10::ArrayRef<int64_t> steps, const AdanHyper& h, const GradScaling& scaling) {
   check(h);
   check_group("Adan", params, grads,
               {{"prev_grads", prev_grads},
@@ -155,14 +168,18 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
   check_steps("Adan", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
+  if (skip_for_found_inf("Adan", scaling)) return;
+  const double inv_grad_scale = inverse_grad_scale("Adan", scaling);
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params,
                    {params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima})) {
-    kernels::reference::adan(params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
+    kernels::reference::adan(params, unscaled_grads(grads, inv_grad_scale),
+                             prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
                              max_exp_avg_deltas, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.beta3, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {steps[i] == 1 ? 1.0 : 0.0,
@@ -178,17 +195,21 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
 
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-               const AdEMAMixHyper& h) {
+               const AdEMAMixHyper& h, const GradScaling& scaling) {
   check(h);
   check_group("AdEMAMix", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
+  if (skip_for_found_inf("AdEMAMix", scaling)) return;
+  const double inv_grad_scale = inverse_grad_scale("AdEMAMix", scaling);
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs})) {
-    kernels::reference::ademamix(params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
+    kernels::reference::ademamix(params, unscaled_grads(grads, inv_grad_scale),
+                                 exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.beta3, h.alpha, h.eps, h.weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),

@@ -148,4 +148,36 @@ void check_hyper(const char* optimizer, const char* name, double value, double l
   }
 }
 
+namespace {
+double scaling_value(const char* optimizer, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.numel() == 1 && (t.is_floating_point() || t.scalar_type() == at::kInt ||
+                                        t.scalar_type() == at::kLong),
+                    optimizer, ": ", name, " must be a one-element real tensor, got ", t.numel(),
+                    " elements of dtype ", t.scalar_type());
+  return t.item<double>();
+}
+}  // namespace
+
+bool skip_for_found_inf(const char* optimizer, const GradScaling& scaling) {
+  const double inverse = inverse_grad_scale(optimizer, scaling);  // checked even when skipping
+  (void)inverse;
+  return scaling.found_inf.defined() && scaling_value(optimizer, "found_inf", scaling.found_inf) != 0.0;
+}
+
+double inverse_grad_scale(const char* optimizer, const GradScaling& scaling) {
+  if (!scaling.grad_scale.defined()) return 1.0;
+  const double scale = scaling_value(optimizer, "grad_scale", scaling.grad_scale);
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, optimizer,
+                    ": grad_scale must be finite and > 0, got ", scale);
+  return static_cast<double>(static_cast<float>(1.0 / scale));
+}
+
+std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse) {
+  std::vector<at::Tensor> out(grads.begin(), grads.end());
+  if (inverse != 1.0) {
+    for (auto& g : out) g = g.mul(inverse);
+  }
+  return out;
+}
+
 }  // namespace holocron::optim::functional::detail

@@ -35,6 +35,17 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
 
 void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected);
 
+// Loss scaling (GradScaling). Checked with the rest, before anything is
+// written: true when `found_inf` says this step must be skipped.
+bool skip_for_found_inf(const char* optimizer, const GradScaling& scaling);
+// What the kernels multiply gradients by: GradScaler's own float32
+// reciprocal of the scale, so that both unscaling paths give the same bits.
+// 1 when no scale is given.
+double inverse_grad_scale(const char* optimizer, const GradScaling& scaling);
+// The reference backend's gradients: `grads * inverse` as new tensors, or
+// the gradients themselves when there is nothing to unscale.
+std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse);
+
 void check_hyper(const char* optimizer, const char* name, double value, double low,
                  bool low_inclusive, double high, bool high_inclusive);
 
@@ -60,6 +71,7 @@ struct FusedScratch {
   kernels::cpu::PassArgs& fresh_args(size_t n) {
     args.hyper = {};
     args.per_tensor.assign(n, {});
+    args.inv_grad_scale = 1.0;
     return args;
   }
 };

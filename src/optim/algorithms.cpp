@@ -83,7 +83,7 @@ void LARS::update(const LARSOptions& options, const TensorVector& params, const 
   std::vector<double> local_lrs;
   try {
     local_lrs = functional::lars_(params, grads, buffers, c10::ArrayRef<bool>(is_new.get(), n),
-                                  options.hyper());
+                                  options.hyper(), grad_scaling());
   } catch (...) {
     // A buffer created for this step must not outlive a failed one.
     for (size_t i = 0; i < n; ++i) {
@@ -118,7 +118,7 @@ void LAMB::update(const LAMBOptions& options, const TensorVector& params, const 
                   const std::vector<LAMBParamState*>& states) {
   auto local_lrs = functional::lamb_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
                                      gather(states, [](auto& s) { return s.exp_avg_sq(); }),
-                                     options.hyper());
+                                     options.hyper(), grad_scaling());
   store_steps(states, next_steps(states));
   for (size_t i = 0; i < states.size(); ++i) states[i]->local_lr(local_lrs[i]);
 }
@@ -149,7 +149,7 @@ void RaLars::update(const RaLarsOptions& options, const TensorVector& params,
   auto local_lrs =
       functional::ralars_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
                           gather(states, [](auto& s) { return s.exp_avg_sq(); }), steps,
-                          options.hyper());
+                          options.hyper(), grad_scaling());
   store_steps(states, steps);
   for (size_t i = 0; i < states.size(); ++i) states[i]->local_lr(local_lrs[i]);
 }
@@ -187,7 +187,7 @@ void TAdam::update(const TAdamOptions& options, const TensorVector& params,
                      gather(states, [](auto& s) { return s.exp_avg_sq(); }),
                      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); })
                                        : TensorVector{},
-                     weights, steps, options.hyper());
+                     weights, steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
   for (size_t i = 0; i < states.size(); ++i) states[i]->W_t(weights[i]);
 }
@@ -221,7 +221,7 @@ void AdaBelief::update(const AdaBeliefOptions& options, const TensorVector& para
       params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
       gather(states, [](auto& s) { return s.exp_avg_sq(); }),
       options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : TensorVector{},
-      steps, options.hyper());
+      steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
 }
 
@@ -253,7 +253,7 @@ void AdamP::update(const AdamPOptions& options, const TensorVector& params,
       params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
       gather(states, [](auto& s) { return s.exp_avg_sq(); }),
       options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : TensorVector{},
-      steps, options.hyper());
+      steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
 }
 
@@ -290,7 +290,7 @@ void Adan::update(const AdanOptions& options, const TensorVector& params, const 
                     options.amsgrad()
                         ? gather(states, [](auto& s) { return s.max_exp_avg_delta(); })
                         : TensorVector{},
-                    steps, options.hyper());
+                    steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
 }
 
@@ -321,7 +321,7 @@ void AdEMAMix::update(const AdEMAMixOptions& options, const TensorVector& params
   functional::ademamix_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
                         gather(states, [](auto& s) { return s.exp_avg_slow(); }),
                         gather(states, [](auto& s) { return s.exp_avg_sq(); }), steps,
-                        options.hyper());
+                        options.hyper(), grad_scaling());
   store_steps(states, steps);
 }
 

@@ -1,5 +1,7 @@
 #include "holocron/optim/detail/optimizer_base.h"
 
+#include "functional/common.h"
+
 #include <ATen/core/ivalue.h>
 #include <c10/util/Exception.h>
 #include <torch/utils.h>
@@ -179,6 +181,24 @@ void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& st
                 param_index, " in group ", group_index, " is on ", t.device(),
                 " but the parameter is on ", param.device());
   }, check_counter);
+}
+
+torch::Tensor OptimizerBase::step(const functional::GradScaling& scaling, LossClosure closure) {
+  torch::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  if (functional::detail::skip_for_found_inf(name(), scaling)) return loss;
+  grad_scaling_ = scaling;
+  try {
+    step(nullptr);
+  } catch (...) {
+    grad_scaling_ = {};
+    throw;
+  }
+  grad_scaling_ = {};
+  return loss;
 }
 
 torch::Tensor OptimizerBase::step(LossClosure closure) {

@@ -9,6 +9,8 @@
 #include "holocron/optim/detail/optimizer_base.h"
 #include "holocron/optim/wrapper.h"
 
+#include "functional/common.h"
+
 namespace holocron::optim {
 
 namespace detail {
@@ -128,9 +130,40 @@ std::vector<torch::Tensor> Lookahead::flat_slow_params() const {
   return out;
 }
 
+torch::Tensor Lookahead::step(const functional::GradScaling& scaling, LossClosure closure) {
+  if (functional::detail::skip_for_found_inf(name_, scaling)) {
+    if (!closure) return {};
+    at::AutoGradMode enable_grad(true);
+    return closure();
+  }
+  mirror_new_base_groups();
+  return step_after_base([&] {
+    if (auto* ours = dynamic_cast<OptimizerBase*>(base_.get())) return ours->step(scaling, closure);
+    if (auto* wrapper = dynamic_cast<Lookahead*>(base_.get())) return wrapper->step(scaling, closure);
+    torch::Tensor loss;
+    if (closure) {
+      at::AutoGradMode enable_grad(true);
+      loss = closure();
+    }
+    const double inverse = functional::detail::inverse_grad_scale(name_, scaling);
+    if (inverse != 1.0) {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : fast_params()) {
+        if (p.grad().defined()) p.mutable_grad().mul_(inverse);
+      }
+    }
+    base_->step();
+    return loss;
+  });
+}
+
 torch::Tensor Lookahead::step(LossClosure closure) {
   mirror_new_base_groups();
-  auto loss = base_->step(std::move(closure));
+  return step_after_base([&] { return base_->step(closure); });
+}
+
+torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& base_step) {
+  auto loss = base_step();
   torch::NoGradGuard no_grad;
   const int64_t changes_before = fast_steps_ % options_.sync_period();
   after_base_step(changes_before);

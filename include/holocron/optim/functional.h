@@ -21,13 +21,28 @@
 /// that throws leaves all tensors as they were. `steps` are the per-parameter step counters
 /// *after* this step's increment (1 on a parameter's first update), as the reference counts them.
 /// State tensors have their parameter's shape, dtype and device. Fused CPU kernels or ATen ops
-/// run the math: see cpu_capability().
+/// run the math: see cpu_capability(). Every algorithm's function takes a last, optional
+/// GradScaling (`scaling`) for mixed precision.
 namespace holocron::optim::functional {
 
 /// A list of tensors, one per parameter of a group (`std::vector<at::Tensor>` converts to it).
 using TensorList = c10::ArrayRef<at::Tensor>;
 /// Bounds `(low, high)` of a parameter's norm in a trust ratio, `0 <= low <= high`.
 using ScaleClip = std::pair<double, double>;
+
+/// Mixed-precision loss scaling, as torch's fused Adam takes it from `torch.amp.GradScaler`.
+///
+/// Both tensors are optional (undefined: not used) and hold one element. When `found_inf` is
+/// nonzero the step is skipped: nothing is written (the functions that return trust ratios return
+/// an empty vector). Otherwise gradients are read as `g * inv`, with `inv` the float32 reciprocal
+/// of `grad_scale`, as GradScaler's own unscaling computes it; the gradients themselves are not
+/// modified. The values are read on the host: for a CUDA tensor that is a synchronization.
+struct GradScaling {
+  /// The loss scale the gradients carry (finite, > 0).
+  at::Tensor grad_scale;
+  /// Nonzero when a gradient holds an inf or a NaN.
+  at::Tensor found_inf;
+};
 
 /// Hyper-parameters of lars_(); fields as in LARSOptions.
 struct LarsHyper {
@@ -53,11 +68,13 @@ struct LarsHyper {
 /// \param buffer_is_new One flag per parameter: `true` initialises that buffer to this step's
 ///   direction (a parameter's first step with momentum).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \return The trust ratio (local lr) used for each tensor.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lars_(TensorList params, TensorList grads, TensorList momentum_buffers,
-                          c10::ArrayRef<bool> buffer_is_new, const LarsHyper& hyper);
+                          c10::ArrayRef<bool> buffer_is_new, const LarsHyper& hyper,
+                          const GradScaling& scaling = {});
 
 /// Hyper-parameters of lamb_(); fields as in LAMBOptions.
 struct LambHyper {
@@ -81,11 +98,13 @@ struct LambHyper {
 /// \param exp_avgs First moments, one per parameter, updated in place.
 /// \param exp_avg_sqs Second moments, one per parameter, updated in place.
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \return The trust ratio (local lr) used for each tensor.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
-                          TensorList exp_avg_sqs, const LambHyper& hyper);
+                          TensorList exp_avg_sqs, const LambHyper& hyper,
+                          const GradScaling& scaling = {});
 
 /// Hyper-parameters of ralars_(); fields as in RaLarsOptions.
 struct RaLarsHyper {
@@ -116,12 +135,13 @@ struct RaLarsHyper {
 /// \param steps Each parameter's step counter after this step's increment (1 on its first
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \return The trust ratio (local lr) used for each tensor.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_avgs,
                             TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-                            const RaLarsHyper& hyper);
+                            const RaLarsHyper& hyper, const GradScaling& scaling = {});
 
 /// Hyper-parameters of tadam_(); fields as in TAdamOptions.
 struct TAdamHyper {
@@ -154,11 +174,12 @@ struct TAdamHyper {
 /// \param steps Each parameter's step counter after this step's increment (1 on its first
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
-            c10::ArrayRef<int64_t> steps, const TAdamHyper& hyper);
+            c10::ArrayRef<int64_t> steps, const TAdamHyper& hyper, const GradScaling& scaling = {});
 
 /// Hyper-parameters of adabelief_(); fields as in AdaBeliefOptions.
 struct AdaBeliefHyper {
@@ -187,11 +208,12 @@ struct AdaBeliefHyper {
 /// \param steps Each parameter's step counter after this step's increment (1 on its first
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                 TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-                const AdaBeliefHyper& hyper);
+                const AdaBeliefHyper& hyper, const GradScaling& scaling = {});
 
 /// Hyper-parameters of adamp_(); fields as in AdamPOptions.
 struct AdamPHyper {
@@ -221,10 +243,12 @@ struct AdamPHyper {
 /// \param steps Each parameter's step counter after this step's increment (1 on its first
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& hyper);
+            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& hyper,
+            const GradScaling& scaling = {});
 
 /// Hyper-parameters of adan_(); fields as in AdanOptions.
 struct AdanHyper {
@@ -260,11 +284,12 @@ struct AdanHyper {
 /// \param steps Each parameter's step counter after this step's increment (1 on its first
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
            TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
-           c10::ArrayRef<int64_t> steps, const AdanHyper& hyper);
+           c10::ArrayRef<int64_t> steps, const AdanHyper& hyper, const GradScaling& scaling = {});
 
 /// Hyper-parameters of ademamix_(); fields as in AdEMAMixOptions.
 struct AdEMAMixHyper {
@@ -293,11 +318,12 @@ struct AdEMAMixHyper {
 /// \param steps Each parameter's step counter after this step's increment (1 on its first
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
+/// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-               const AdEMAMixHyper& hyper);
+               const AdEMAMixHyper& hyper, const GradScaling& scaling = {});
 
 /// Lookahead / Scout synchronisation, for every tensor: `slow += sync_rate * (fast - slow)`,
 /// then `fast = slow`.

@@ -83,6 +83,15 @@ class Lookahead : public torch::optim::Optimizer {
   /// Steps the base optimizer (with `closure`, if any), then syncs every `sync_period` steps.
   /// \return What the base optimizer's step returned.
   torch::Tensor step(LossClosure closure = nullptr) override;
+  /// A step under mixed-precision loss scaling (see OptimizerBase::step(const
+  /// functional::GradScaling&, LossClosure)): skipped, sync counter included, when
+  /// `scaling.found_inf` is nonzero. A holocron base (or wrapper) takes the scale into its
+  /// update; LibTorch's optimizers cannot, so their gradients are unscaled in place first, as
+  /// GradScaler's own unscaling does.
+  /// \param scaling The scale the gradients carry and whether any of them is inf or NaN.
+  /// \param closure Optional; re-evaluates the model (with grad mode on) and returns the loss.
+  /// \return What `closure` returned, or an undefined tensor without one.
+  torch::Tensor step(const functional::GradScaling& scaling, LossClosure closure = nullptr);
 
   /// Adds the group to the base optimizer (keeping a holocron optimizer's group options) and
   /// takes slow copies of its parameters. Call it on the wrapper type (the base function is not
@@ -146,6 +155,9 @@ class Lookahead : public torch::optim::Optimizer {
   void mirror_new_base_groups();
 
  private:
+  // The base's step (given), then the wrapper's count, statistics and sync.
+  torch::Tensor step_after_base(const std::function<torch::Tensor()>& base_step);
+
   std::shared_ptr<torch::optim::Optimizer> base_;
   LookaheadOptions options_;
   const char* name_;

@@ -15,6 +15,7 @@ struct AdaBeliefApply {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
   static constexpr unsigned kRead = 0b11111, kWrite = 0b11101;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {

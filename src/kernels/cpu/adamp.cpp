@@ -59,6 +59,7 @@ struct AdamPMoments {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 4;
   static constexpr unsigned kRead = 0b11111, kWrite = kMomentsInApply<T> ? 0 : 0b11100;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {
@@ -84,6 +85,7 @@ struct AdamPApply {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
   static constexpr unsigned kRead = kMomentsInApply<T> ? 0b11111 : 0b11101;
+  static constexpr int kGrad = 1;
   static constexpr unsigned kWrite = kMomentsInApply<T> ? 0b11101 : 0b00001;
   const PassArgs& args;
 

@@ -17,6 +17,7 @@ struct AdanApply {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 7, kWide = 0, kSums = 0;
   static constexpr unsigned kRead = 0b1111111, kWrite = 0b1111101;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {

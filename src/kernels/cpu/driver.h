@@ -10,6 +10,8 @@
 //   kNarrow, kWide                      arrays of scalar_t, then of its math type
 //   kRead, kWrite                       bit j set: array j is loaded / stored
 //   kSums                               per-tensor reductions (0: none)
+//   kGrad (optional)                    the gradient's array: loaded as
+//                                       g * args.inv_grad_scale
 //   sum_t (optional)                    the type they are summed in: double
 //                                       where float lanes are not enough
 //   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk
@@ -230,6 +232,12 @@ struct SumType<P, std::void_t<typename P::sum_t>> {
   using type = typename P::sum_t;
 };
 
+// The pass's gradient array, or -1 for passes that read none.
+template <typename P, typename = void>
+struct GradArray : std::integral_constant<int, -1> {};
+template <typename P>
+struct GradArray<P, std::void_t<decltype(P::kGrad)>> : std::integral_constant<int, P::kGrad> {};
+
 template <typename F, int... I>
 HOLOCRON_KERNEL_INLINE void static_for_impl(F& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
@@ -258,6 +266,10 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   static_assert(kA <= kMaxArrays);
 
   const P pass{args};
+  constexpr int kG = GradArray<P>::value;
+  static_assert(kG < kN, "the gradient is an array of the parameter's dtype");
+  const bool unscale = kG >= 0 && args.inv_grad_scale != 1.0;
+  const V inv_grad_scale(static_cast<typename V::value_type>(args.inv_grad_scale));
   const int64_t num_tensors = static_cast<int64_t>(group.tensors.size());
   auto& ws = prepare_workspace(group, kR);
   const int64_t* first_chunk = ws.first_chunk.data();
@@ -296,6 +308,11 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
             if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
             else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
           });
+          if constexpr (kG >= 0) {
+            if (unscale) {
+              for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
+            }
+          }
           static_for<kPack>([&](auto k_) {
             constexpr int k = decltype(k_)::value;
             constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;

@@ -70,6 +70,7 @@ struct TrustMoments {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 4, kWide = 0, kSums = 2;
   static constexpr unsigned kRead = 0b1111, kWrite = kMomentsInApply<T> ? 0 : 0b1100;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {
@@ -92,6 +93,7 @@ struct TrustApply {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 4, kWide = 0, kSums = 0;
   static constexpr unsigned kRead = kMomentsInApply<T> ? 0b1111 : 0b1101;
+  static constexpr int kGrad = 1;
   static constexpr unsigned kWrite = kMomentsInApply<T> ? 0b1101 : 0b0001;
   const PassArgs& args;
 

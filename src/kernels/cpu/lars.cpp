@@ -13,6 +13,7 @@ struct LarsNorms {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 2, kWide = 0, kSums = 2;
   static constexpr unsigned kRead = 0b11, kWrite = 0;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {
@@ -34,6 +35,7 @@ struct LarsApply {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 3, kWide = 0, kSums = 0;
   static constexpr unsigned kRead = 0b111, kWrite = 0b101;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {

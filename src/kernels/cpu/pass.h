@@ -51,6 +51,10 @@ struct PassArgs {
   // Per-tensor coefficients from the host phase (bias corrections, trust
   // ratios, ...), one row per tensor of the group.
   std::vector<std::array<double, kMaxCoefficients>> per_tensor;
+  // Gradients are read as g * inv_grad_scale (a GradScaler's unscaling, in
+  // registers: the gradients are not written). Passes name their gradient
+  // array with kGrad.
+  double inv_grad_scale = 1.0;
 };
 
 // Per-tensor sums of a reducing pass: one row per tensor.

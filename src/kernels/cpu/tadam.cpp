@@ -16,6 +16,7 @@ struct TAdamDistance {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 4, kWide = 0, kSums = 1;
   static constexpr unsigned kRead = 0b1111, kWrite = 0;
+  static constexpr int kGrad = 0;
   const PassArgs& args;
 
   struct Body {
@@ -42,6 +43,7 @@ struct TAdamApply {
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
   static constexpr unsigned kRead = 0b11111, kWrite = 0b11101;
+  static constexpr int kGrad = 1;
   const PassArgs& args;
 
   struct Body {

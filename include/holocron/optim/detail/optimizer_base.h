@@ -181,6 +181,17 @@ class OptimizerBase : public torch::optim::Optimizer {
   /// group options.
   torch::Tensor step(LossClosure closure = nullptr) final;
 
+  /// A step under mixed-precision loss scaling, as `torch.amp.GradScaler` drives torch's fused
+  /// Adam: skipped entirely (nothing changes, step counters included) when `scaling.found_inf`
+  /// is nonzero; otherwise the gradients are read unscaled by `scaling.grad_scale` inside the
+  /// update, and are not modified. See functional::GradScaling.
+  /// \param scaling The scale the gradients carry and whether any of them is inf or NaN.
+  /// \param closure Optional; re-evaluates the model (with grad mode on) and returns the loss.
+  /// \return What `closure` returned, or an undefined tensor without one.
+  /// \throws c10::ValueError (nothing changed) if `grad_scale` or `found_inf` is not a
+  /// one-element real tensor, or `grad_scale` is not finite and > 0; as step() otherwise.
+  torch::Tensor step(const functional::GradScaling& scaling, LossClosure closure = nullptr);
+
   /// Writes the checkpoint: format version, algorithm name, each group's options and
   /// parameter shapes, each parameter's state.
   void save(torch::serialize::OutputArchive& archive) const override;
@@ -197,6 +208,9 @@ class OptimizerBase : public torch::optim::Optimizer {
 
   /// `defaults`: the options of groups added without their own; `name`: the algorithm's name.
   OptimizerBase(std::unique_ptr<torch::optim::OptimizerOptions> defaults, const char* name);
+
+  /// The loss scaling of the step in progress (empty outside step(scaling, closure)).
+  const functional::GradScaling& grad_scaling() const noexcept { return grad_scaling_; }
 
   /// Throws c10::ValueError naming the argument when options are invalid.
   virtual void check_options(const torch::optim::OptimizerOptions& options) const = 0;
@@ -225,6 +239,7 @@ class OptimizerBase : public torch::optim::Optimizer {
                         size_t group_index, size_t param_index) const;
 
   const char* name_;
+  functional::GradScaling grad_scaling_;
 };
 
 namespace detail {
