@@ -50,6 +50,7 @@ class FusedStep:
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)  # type: ignore[misc]
         try:
+            self._check_group_options(self.param_groups[-1])
             self._apply(self.param_groups[-1], [], [], [])
         except Exception:
             self.param_groups.pop()
@@ -63,6 +64,12 @@ class FusedStep:
         state = super().__getstate__()  # type: ignore[misc]
         state.update({key: getattr(self, key) for key in self._settings})
         return state
+
+    def _check_group_options(self, group: dict[str, Any]) -> None:
+        """What the ops cannot see: betas are unpacked in Python before the call."""
+        default_betas = self.defaults.get("betas")  # type: ignore[attr-defined]
+        if default_betas is not None:
+            check_betas(group.get("betas"), len(default_betas), type(self).__name__)
 
     def _state_keys(self, group: dict[str, Any]) -> list[str]:
         """The per-element buffers a state of this group may hold already."""
@@ -113,6 +120,7 @@ class FusedStep:
     def _step_groups(self) -> None:
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
+            self._check_group_options(group)
             self._apply(group, [], [], [])  # the group's options, before any state is made
             # Two flat lists, no object per parameter: what is allocated per
             # step (and so Python's garbage collector) does not grow with them.
@@ -189,6 +197,8 @@ class FusedStep:
             )
         by_id = dict(zip(ids, params))
         for key, state in state_dict.get("state", {}).items():
+            if not isinstance(key, int):
+                continue  # not a parameter's: torch.optim keeps such entries (hooks put them) as they are
             p = by_id.get(key)
             if p is None:
                 raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")

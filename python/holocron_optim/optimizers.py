@@ -334,7 +334,7 @@ class TAdam(FusedStep, Optimizer):
             >= 0. Default `0.0`.
         amsgrad: divide by the running maximum of the second moment (kept in
             ``max_exp_avg_sq``). Default `False`.
-        dof: degrees of freedom of the Student-t distribution, >= 0; None means
+        dof: degrees of freedom of the Student-t distribution, > 0 (fix 10: the reference accepts 0, which turns a step whose gradient equals the mean into NaN); None means
             each parameter's number of elements. Default `None`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
@@ -344,7 +344,8 @@ class TAdam(FusedStep, Optimizer):
 
     Differences from the reference (pylocron 0.3.0):
         - 0-d (scalar) parameters work, with the result of the same value held in
-          a one-element tensor; the reference fails on them (fix 6).
+          a one-element tensor; the reference fails on them (fix 6);
+        - ``dof <= 0`` is refused (fix 10).
     """
 
     _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -363,6 +364,8 @@ class TAdam(FusedStep, Optimizer):
         check_betas(betas, 2, "TAdam")
         if dof is not None:
             check_finite("dof", dof)
+            if dof <= 0:  # 0 makes a step whose gradient equals the mean NaN (fix 10)
+                raise ValueError(f"TAdam: invalid dof value: {dof} (expected in (0, inf))")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad, "dof": dof}
         super().__init__(params, defaults)
 
@@ -389,6 +392,8 @@ class TAdam(FusedStep, Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.
         for key, state in state_dict.get("state", {}).items():
+            if not isinstance(key, int) or not isinstance(state, dict):
+                continue  # not a parameter's (see the base class)
             w_t = state.get("W_t")
             if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != 1):
                 raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be a one-element tensor")
@@ -427,7 +432,7 @@ class _AdamLike(FusedStep, Adam):
         # a loaded optimizer's state_dict equals the one it was saved from.
         Adam.__setstate__(self, state)
         for p_state in self.state.values():
-            if isinstance(p_state.get("step"), torch.Tensor):
+            if isinstance(p_state, dict) and isinstance(p_state.get("step"), torch.Tensor):
                 p_state["step"] = step_count(p_state["step"])
 
     def _adam_lists(self, group, states):

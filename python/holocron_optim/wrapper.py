@@ -91,6 +91,11 @@ class Lookahead(Optimizer):
     """
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
+        if not isinstance(base_optimizer, Optimizer):
+            raise TypeError(
+                f"{type(self).__name__}: base_optimizer must be a torch.optim.Optimizer, "
+                f"got {type(base_optimizer).__name__}"
+            )
         _check_sync_options(sync_rate, sync_period)
         # torch.optim.Optimizer's bookkeeping, without its param-group handling.
         # The base's defaults too: schedulers read them from the optimizer they

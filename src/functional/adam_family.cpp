@@ -19,7 +19,9 @@ TensorList if_used(bool used, TensorList list) { return used ? list : TensorList
 
 void check(const TAdamHyper& h) {
   check_adam_like("TAdam", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
-  if (h.dof) check_non_negative("TAdam", "dof", *h.dof);
+  // dof = 0 turns a step whose gradient equals the mean into inf / inf (NaN
+  // weights, NaN parameters); the reference accepts it (fix 10).
+  if (h.dof) check_hyper("TAdam", "dof", *h.dof, 0.0, false, INFINITY, false);
 }
 
 void check(const AdaBeliefHyper& h) {

@@ -151,6 +151,8 @@ TEST(Options, Validation) {
   expect_bad<ho::LARS>(ho::LARSOptions().scale_clip(std::make_tuple(-1.0, 1.0)), "scale_clip",
                        "LARS negative clip");
   expect_bad<ho::TAdam>(ho::TAdamOptions().dof(kNaN), "dof", "TAdam dof NaN");
+  // Refused although the reference accepts it: NaN on a step whose gradient equals the mean (fix 10).
+  expect_bad<ho::TAdam>(ho::TAdamOptions().dof(0.0), "dof", "TAdam dof zero");
   expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().alpha(kInf), "alpha", "AdEMAMix alpha inf");
   expect_bad<ho::AdamP>(ho::AdamPOptions().delta(kNaN), "delta", "AdamP delta NaN");
   // Refused although the reference accepts it (fix 9).

@@ -132,3 +132,29 @@ def test_ops_take_grad_scale_and_found_inf(backend):
         assert torch.equal(scaled, g * 8)
     finally:
         ops.set_cpu_capability(previous)
+
+
+# Without a scaler a non-finite gradient is applied as given, as torch.optim
+# does: it reaches its own parameter (the whole tensor where the update uses a
+# per-tensor norm or sum: LARS, LAMB, RaLars, TAdam; that one element
+# otherwise) and never another parameter. Use GradScaler, or check the
+# gradients, to skip such steps.
+WHOLE_TENSOR = {"LARS": {"nan"}, "LAMB": {"nan", "inf"}, "RaLars": {"nan"}, "TAdam": {"nan"}}
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+@pytest.mark.parametrize("name", ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"])
+def test_without_a_scaler_a_non_finite_gradient_reaches_only_its_parameter(name, bad):
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(5, generator=gen).requires_grad_(), torch.randn(3, generator=gen).requires_grad_()]
+    opt = getattr(ho, name)(params, lr=0.1)
+    for step in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        if step == 1:
+            params[0].grad[0] = float(bad)
+        opt.step()
+    finite = torch.isfinite(params[0]).tolist()
+    assert not finite[0]
+    assert all(finite[1:]) == (bad not in WHOLE_TENSOR.get(name, set()))
+    assert torch.isfinite(params[1]).all()

@@ -159,7 +159,7 @@ struct TAdamHyper {
   bool amsgrad;
   /// Degrees of freedom of the Student-t estimate (>= 0); none: each parameter's number of
   /// elements.
-  std::optional<double> dof;  // none: the parameter's number of elements
+  std::optional<double> dof;  // none: the parameter's number of elements; > 0 (fix 10)
 };
 
 /// One TAdam step (see TAdam). 0-d parameters work (fix 6).

@@ -35,7 +35,8 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   /// Default false.
   TORCH_ARG(bool, amsgrad) = false;
   /// Degrees of freedom of the Student-t distribution. Default none: each parameter's number of
-  /// elements. Must be >= 0 when given.
+  /// elements. Must be > 0 when given (fix 10: the reference accepts 0, which makes a step whose
+  /// gradient equals the mean NaN).
   TORCH_ARG(dof_t, dof) = std::nullopt;
 
  public:
