@@ -20,11 +20,40 @@ def check_finite(name: str, value: Any) -> None:
         raise ValueError(f"Invalid {name} value: {value}")
 
 
+def check_state_dict_layout(name: str, state_dict: Any, state_key: str = "state") -> None:
+    """ValueError, before anything changes, for what torch.optim's load_state_dict would trip
+    over with a KeyError or AttributeError: the top-level mapping, `state`, `param_groups`."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{name}: a state dict must be a dict, got {type(state_dict).__name__}")
+    if not isinstance(state_dict.get(state_key), dict):
+        raise ValueError(f"{name}: the state dict's '{state_key}' must be a dict, got {state_dict.get(state_key)!r:.80}")
+    groups = state_dict.get("param_groups")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise ValueError(f"{name}: the state dict's 'param_groups' must be a list of dicts with a 'params' list")
+    for key, value in state_dict[state_key].items():
+        if isinstance(key, int) and not isinstance(value, dict):
+            raise ValueError(f"{name}: the state of parameter {key} must be a dict, got {type(value).__name__}")
+
+
 def check_betas(betas: Any, count: int, name: str) -> None:
     if not isinstance(betas, (tuple, list)) or len(betas) != count:
         raise ValueError(f"{name} requires {count} beta parameters, got {betas!r}")
     for index, beta in enumerate(betas):
         check_finite(f"beta parameter at index {index}", beta)
+
+
+def valid_step(value: Any) -> bool:
+    """A step counter as the reference or torch.optim stores it: an int, an integral float or a
+    one-element tensor, finite and >= 0."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            return False
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0 and float(value).is_integer()
 
 
 def step_count(value: Any) -> int:
@@ -187,7 +216,8 @@ class FusedStep:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuses, before changing anything, buffers that do not fit their parameters."""
         name = type(self).__name__
-        saved_groups = state_dict.get("param_groups", [])
+        check_state_dict_layout(name, state_dict)
+        saved_groups = state_dict["param_groups"]
         params = [p for group in self.param_groups for p in group["params"]]  # type: ignore[attr-defined]
         ids = [i for group in saved_groups for i in group.get("params", [])]
         if len(saved_groups) != len(self.param_groups) or len(ids) != len(params):  # type: ignore[attr-defined]
@@ -202,8 +232,11 @@ class FusedStep:
             p = by_id.get(key)
             if p is None:
                 raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")
-            if "step" in state and step_count(state["step"]) < 0:
-                raise ValueError(f"{name}: state 'step' of parameter {key} is negative ({state['step']})")
+            if "step" in state and not valid_step(state["step"]):
+                raise ValueError(f"{name}: state 'step' of parameter {key} must be an integer >= 0, got {state['step']!r}")
+            missing = [k for k in self._required_state_keys if k not in state]
+            if state and missing:
+                raise ValueError(f"{name}: the state of parameter {key} lacks {', '.join(missing)}")
             for buffer_name in (k for k in self._all_buffers if k in state):
                 buffer = state[buffer_name]
                 if not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape or buffer.dtype != p.dtype:
@@ -216,3 +249,5 @@ class FusedStep:
 
     # Every per-element buffer a state of this optimizer may hold.
     _all_buffers: tuple[str, ...] = ()
+    # What a (non-empty) state must hold for the next step; missing buffers are made then.
+    _required_state_keys: tuple[str, ...] = ("step",)

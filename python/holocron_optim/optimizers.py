@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import FusedStep, check_betas, check_finite, step_count
+from ._base import FusedStep, check_betas, check_finite, check_state_dict_layout, step_count
 from ._library import ops
 
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
@@ -46,7 +46,9 @@ def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], r
             state["local_lr"] = 1
             continue
         target = state.get("local_lr")
-        if type(target) is not torch.Tensor:
+        # An output of every step: whatever a loaded state holds is replaced when it cannot be
+        # written in place.
+        if type(target) is not torch.Tensor or target.numel() != 1 or target.dtype != p.dtype or target.device != p.device:
             target = state["local_lr"] = torch.empty((), dtype=p.dtype, device=p.device)
         targets.append(target)
         values.append(value)
@@ -92,6 +94,7 @@ class LARS(FusedStep, Optimizer):
     """
 
     _all_buffers = ("momentum_buffer",)
+    _required_state_keys = ()  # LARS keeps no step counter
     _settings = ("scale_clip",)
 
     def __init__(
@@ -349,6 +352,7 @@ class TAdam(FusedStep, Optimizer):
     """
 
     _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _required_state_keys = ("step", "W_t")
 
     def __init__(
         self,
@@ -391,7 +395,8 @@ class TAdam(FusedStep, Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.
-        for key, state in state_dict.get("state", {}).items():
+        check_state_dict_layout("TAdam", state_dict)
+        for key, state in state_dict["state"].items():
             if not isinstance(key, int) or not isinstance(state, dict):
                 continue  # not a parameter's (see the base class)
             w_t = state.get("W_t")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from ._base import check_state_dict_layout
 from ._library import ops
 
 __all__ = ["Lookahead", "Scout"]
@@ -292,13 +293,16 @@ class Lookahead(Optimizer):
         from the current parameters, as the reference would); checks
         everything before changing anything."""
         self._mirror_new_groups()
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{type(self).__name__}: a state dict must be a dict, got {type(state_dict).__name__}")
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
         name = type(self).__name__
-        saved_groups = state_dict.get("param_groups", [])
+        check_state_dict_layout(name, state_dict)
+        saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
             len(saved["params"]) != len(group["params"]) for saved, group in zip(saved_groups, self.param_groups)
         ):
@@ -442,6 +446,8 @@ class Scout(Lookahead):
                     self._add_group_state(group)
 
             return restart
+        if not isinstance(saved, dict):
+            raise ValueError(f"Scout: 'scout_stats' must be a dict of tensor lists, got {type(saved).__name__}")
         for key in _SCOUT_STATS:
             self._check_tensors(f"scout_stats/{key}", saved.get(key), fast, exact_dtype=key == "prev")
 

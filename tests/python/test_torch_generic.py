@@ -18,8 +18,9 @@ arguments, ours or torch's, possibly another wrapper), and ``make`` builds the
 base on the parameters, then the wrapper. Arguments a test adds (``lr``, ...)
 go to the innermost base.
 
-What our classes do not (yet) do is marked ``xfail(strict=True)`` with the reason
-(``FINDINGS``), so that each mark turns into a failure once it is fixed.
+The four findings this suite first made (a base that is not an optimizer,
+state entries that are not a parameter's, a group's betas count, TAdam's
+dof=0) are fixed; their tests now assert the fixed behaviour.
 
 Needs ``expecttest`` (imported by torch's testing helpers; in requirements-dev.txt).
 """
@@ -57,40 +58,6 @@ import holocron_optim as H
 WRAPPERS = (H.Lookahead, H.Scout)
 INF, NAN = math.inf, math.nan
 CONSTRUCTION, STEP = OptimizerErrorEnum.CONSTRUCTION_ERROR, OptimizerErrorEnum.STEP_ERROR
-
-# ---------------------------------------------------------------------------
-# Findings: what our classes fail of these checks (each test so marked is a
-# strict xfail; its reason says what is wrong).
-# ---------------------------------------------------------------------------
-FINDINGS = {
-    "bad_base": (
-        "Lookahead/Scout given something that is not a torch.optim.Optimizer as base_optimizer "
-        "fail with AttributeError (\"'Tensor' object has no attribute 'defaults'\") instead of "
-        "refusing it with a TypeError that says what was expected"
-    ),
-    "non_param_state": (
-        "our eight optimizers' load_state_dict refuses a 'state' entry whose key is not a parameter "
-        "index ('state for unknown parameter'), e.g. the one a state_dict pre hook puts in "
-        "optimizer.state (TAdam's own check even fails on it with AttributeError \"'int' object has "
-        "no attribute 'get'\"); torch.optim.Optimizer.load_state_dict copies such entries as they "
-        "are, so opt.load_state_dict(opt.state_dict()) fails after such a hook"
-    ),
-    "tadam_dof0": (
-        "TAdam(dof=0) writes NaN into the parameters on a step whose gradient equals exp_avg "
-        "(here a zero gradient on the first step): w = (dof + d) / (dof + 0) = inf, then "
-        "w / (W + w) = inf / inf in the moment update; the reference (pylocron 0.3.0) does the same"
-    ),
-    "group_betas_count": (
-        "a parameter group (constructor dict or add_param_group) whose 'betas' has the wrong "
-        "length fails with Python's bare unpacking error ('not enough values to unpack "
-        "(expected 2, got 1)'), not the constructor's '<Name> requires N beta parameters'"
-    ),
-}
-
-
-def xfail(key: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=FINDINGS[key])
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
