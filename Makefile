@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-asan wheel demo docs install bench clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-asan fuzz wheel demo docs install bench clean
 
 all: build
 
@@ -72,6 +72,28 @@ test-asan: venv | apt-deps
 	cmake --build $(ASAN_BUILD) -j2
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 -LE consumer
+
+# libFuzzer (clang from Debian): the library with coverage, ASan and UBSan
+# into build-fuzz/, then each target of tests/fuzz/ for FUZZ_SECONDS (corpora
+# kept in build-fuzz/corpus/). Crashes are written as crash-* files. Leak
+# checks are off: libtorch's zip reader leaks on a damaged checkpoint.
+FUZZ_BUILD := build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := fuzz_functional fuzz_checkpoint
+fuzz: venv | apt-deps
+	@command -v clang++ >/dev/null && ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-14-dev >/dev/null; }
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DHOLOCRON_OPTIM_FUZZ=ON -DHOLOCRON_OPTIM_BUILD_TESTS=OFF \
+	  -DHOLOCRON_OPTIM_BUILD_EXAMPLES=OFF -DHOLOCRON_OPTIM_BUILD_BENCH=OFF \
+	  -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" -DPython3_EXECUTABLE=$(CURDIR)/$(PY) \
+	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+	cmake --build $(FUZZ_BUILD) -j2 --target $(FUZZ_TARGETS)
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && \
+	  (cd $(FUZZ_BUILD) && ASAN_OPTIONS=detect_leaks=0 ./$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+	    -print_final_stats=1 corpus/$$t) || exit 1; \
+	done
 
 test-cpp: cpp
 	cd $(BUILD) && ctest --output-on-failure -j2

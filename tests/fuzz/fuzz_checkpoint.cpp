@@ -1,0 +1,151 @@
+// libFuzzer target: the C++ classes built with options from random bytes,
+// stepped, checkpointed, and the checkpoint's bytes damaged before it is
+// loaded into another optimizer. A load either succeeds or throws with the
+// optimizer unchanged; nothing crashes or trips ASan/UBSan.
+
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <ATen/Parallel.h>
+#include <torch/optim/adam.h>
+#include <torch/serialize.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <holocron/optim.h>
+
+namespace ho = holocron::optim;
+
+namespace {
+
+double option(FuzzedDataProvider& in, double low, double high) {
+  switch (in.ConsumeIntegralInRange<int>(0, 12)) {
+    case 0: return std::numeric_limits<double>::quiet_NaN();
+    case 1: return -1.0;
+    case 2: return high;
+    default: return in.ConsumeFloatingPointInRange<double>(low, high);
+  }
+}
+
+std::shared_ptr<torch::optim::Optimizer> make(FuzzedDataProvider& in, int kind, std::vector<torch::Tensor> params) {
+  const double lr = option(in, 0.0, 0.5), b1 = option(in, 0.0, 0.99), b2 = option(in, 0.0, 0.999);
+  const double wd = option(in, 0.0, 0.1);
+  switch (kind) {
+    case 0: return std::make_shared<ho::LARS>(params, ho::LARSOptions(lr).momentum(option(in, 0.0, 0.9)).weight_decay(wd));
+    case 1: return std::make_shared<ho::LAMB>(params, ho::LAMBOptions(lr).betas({b1, b2}).weight_decay(wd));
+    case 2: return std::make_shared<ho::RaLars>(params, ho::RaLarsOptions(lr).betas({b1, b2}));
+    case 3: return std::make_shared<ho::TAdam>(params, ho::TAdamOptions(lr).betas({b1, b2}).amsgrad(in.ConsumeBool()));
+    case 4: return std::make_shared<ho::AdaBelief>(params, ho::AdaBeliefOptions(lr).amsgrad(in.ConsumeBool()));
+    case 5: return std::make_shared<ho::AdamP>(params, ho::AdamPOptions(lr).delta(option(in, 0.0, 1.0)));
+    case 6: return std::make_shared<ho::Adan>(params, ho::AdanOptions(lr).amsgrad(in.ConsumeBool()));
+    case 7: return std::make_shared<ho::AdEMAMix>(params, ho::AdEMAMixOptions(lr).alpha(option(in, 0.0, 5.0)));
+    case 8:
+      return std::make_shared<ho::Scout>(std::make_shared<ho::LAMB>(params, ho::LAMBOptions(lr)),
+                                         ho::ScoutOptions().sync_period(in.ConsumeIntegralInRange<int64_t>(0, 4)));
+    default:
+      return std::make_shared<ho::Lookahead>(std::make_shared<torch::optim::Adam>(params),
+                                             ho::LookaheadOptions().sync_rate(option(in, 0.0, 1.0)));
+  }
+}
+
+std::vector<torch::Tensor> make_params(FuzzedDataProvider& in, uint64_t seed) {
+  torch::manual_seed(seed);
+  std::vector<torch::Tensor> params;
+  const int n = in.ConsumeIntegralInRange<int>(1, 3);
+  for (int i = 0; i < n; ++i) {
+    std::vector<int64_t> shape(static_cast<size_t>(in.ConsumeIntegralInRange<int>(0, 3)));
+    for (auto& d : shape) d = in.ConsumeIntegralInRange<int64_t>(1, 5);
+    params.push_back(torch::randn(shape, in.ConsumeBool() ? torch::kDouble : torch::kFloat).requires_grad_());
+  }
+  return params;
+}
+
+void train(torch::optim::Optimizer& opt, const std::vector<torch::Tensor>& params, int steps) {
+  for (int s = 0; s < steps; ++s) {
+    for (const auto& p : params) p.mutable_grad() = torch::randn_like(p);
+    opt.step();
+  }
+}
+
+std::string saved(torch::optim::Optimizer& opt) {
+  std::ostringstream out;
+  torch::save(opt, out);
+  return out.str();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const bool once = [] {
+    at::set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+  FuzzedDataProvider in(data, size);
+  const int kind = in.ConsumeIntegralInRange<int>(0, 9);
+  const uint64_t seed = in.ConsumeIntegral<uint32_t>();
+  std::shared_ptr<torch::optim::Optimizer> source, target;
+  auto source_params = make_params(in, seed);
+  try {
+    source = make(in, kind, source_params);
+    train(*source, source_params, in.ConsumeIntegralInRange<int>(0, 4));
+  } catch (const c10::Error&) {
+    return 0;  // refused options (or a step they make fail): nothing more to check
+  } catch (const std::invalid_argument&) {
+    return 0;
+  }
+  std::string bytes = saved(*source);
+  // Damage: flip bytes, cut the end, or append.
+  const int damage = in.ConsumeIntegralInRange<int>(0, 3);
+  for (int i = 0; i < damage && !bytes.empty(); ++i) {
+    const size_t at = in.ConsumeIntegralInRange<size_t>(0, bytes.size() - 1);
+    bytes[at] = static_cast<char>(in.ConsumeIntegral<uint8_t>());
+  }
+  if (in.ConsumeIntegralInRange<int>(0, 5) == 0) bytes.resize(in.ConsumeIntegralInRange<size_t>(0, bytes.size()));
+
+  // The target: the same kind, maybe of other shapes, maybe stepped already.
+  std::vector<torch::Tensor> target_params;
+  if (in.ConsumeBool()) {
+    for (const auto& p : source_params) target_params.push_back(torch::randn_like(p).requires_grad_());
+  } else {
+    target_params = make_params(in, seed + 1);
+  }
+  try {
+    FuzzedDataProvider options_in(data, size);
+    target = make(options_in, kind, target_params);
+    train(*target, target_params, in.ConsumeIntegralInRange<int>(0, 2));
+  } catch (const c10::Error&) {
+    return 0;
+  } catch (const std::invalid_argument&) {
+    return 0;
+  }
+  std::vector<torch::Tensor> values;
+  for (const auto& p : target_params) values.push_back(p.detach().clone());
+  const std::string before = saved(*target);
+  try {
+    std::istringstream stream(bytes);
+    torch::load(*target, stream);
+  } catch (const c10::Error&) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (!torch::equal(values[i], target_params[i])) std::abort();
+    }
+    if (saved(*target) != before) std::abort();  // a refused load changed the optimizer
+    return 0;
+  } catch (const std::exception&) {
+    if (saved(*target) != before) std::abort();
+    return 0;
+  }
+  // A load that succeeded: the next step works or refuses.
+  try {
+    train(*target, target_params, 1);
+  } catch (const c10::Error&) {
+  }
+  return 0;
+}
