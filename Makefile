@@ -75,9 +75,13 @@ test-asan: venv | apt-deps
 
 # libFuzzer (clang from Debian): the library with coverage, ASan and UBSan
 # into build-fuzz/, then each target of tests/fuzz/ for FUZZ_SECONDS (corpora
-# kept in build-fuzz/corpus/). Crashes are written as crash-* files. Leak
-# checks are off: libtorch's zip reader leaks on a damaged checkpoint.
+# kept in build-fuzz/corpus/; tests/fuzz/seeds/ holds inputs that once failed,
+# replayed first). Crashes are written as crash-* files. Leak checks are off:
+# libtorch's zip reader leaks on a damaged checkpoint. A damaged checkpoint
+# can also make libtorch's unpickler ask for gigabytes: allocations over 2 GB
+# fail (std::bad_alloc, which a load must survive) instead of counting as OOM.
 FUZZ_BUILD := build-fuzz
+FUZZ_ASAN_OPTIONS := detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=2048
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := fuzz_functional fuzz_checkpoint
 fuzz: venv | apt-deps
@@ -91,8 +95,8 @@ fuzz: venv | apt-deps
 	cmake --build $(FUZZ_BUILD) -j2 --target $(FUZZ_TARGETS)
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && \
-	  (cd $(FUZZ_BUILD) && ASAN_OPTIONS=detect_leaks=0 ./$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
-	    -print_final_stats=1 corpus/$$t) || exit 1; \
+	  (cd $(FUZZ_BUILD) && ASAN_OPTIONS=$(FUZZ_ASAN_OPTIONS) ./$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -rss_limit_mb=4096 -print_final_stats=1 corpus/$$t $(CURDIR)/tests/fuzz/seeds/$$t) || exit 1; \
 	done
 
 test-cpp: cpp
