@@ -94,9 +94,10 @@ fuzz: venv | apt-deps
 	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
 	cmake --build $(FUZZ_BUILD) -j2 --target $(FUZZ_TARGETS)
 	for t in $(FUZZ_TARGETS); do \
-	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && seeds=$(CURDIR)/tests/fuzz/seeds/$$t && \
+	  { [ -d $$seeds ] || seeds=; } && \
 	  (cd $(FUZZ_BUILD) && ASAN_OPTIONS=$(FUZZ_ASAN_OPTIONS) ./$$t -max_total_time=$(FUZZ_SECONDS) \
-	    -rss_limit_mb=4096 -print_final_stats=1 corpus/$$t $(CURDIR)/tests/fuzz/seeds/$$t) || exit 1; \
+	    -rss_limit_mb=4096 -print_final_stats=1 corpus/$$t $$seeds) || exit 1; \
 	done
 
 test-cpp: cpp
