@@ -59,20 +59,20 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
               " moment weights for ", params.size(), " parameters");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
-  if (skip_for_found_inf("TAdam", scaling)) return;
-  const double inv_grad_scale = inverse_grad_scale("TAdam", scaling);
+  const auto inv_grad_scale = grad_unscale("TAdam", scaling);
+  if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.second_group, params,
                    {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)}) ||
       !fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::tadam(params, unscaled_grads(grads, inv_grad_scale),
+    kernels::reference::tadam(params, unscaled_grads(grads, *inv_grad_scale),
                               exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                               moment_weights, steps, h);
     return;
   }
   auto& distances = scratch.sums;
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.eps, h.weight_decay};
   cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
 
@@ -98,16 +98,16 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdaBelief", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
-  if (skip_for_found_inf("AdaBelief", scaling)) return;
-  const double inv_grad_scale = inverse_grad_scale("AdaBelief", scaling);
+  const auto inv_grad_scale = grad_unscale("AdaBelief", scaling);
+  if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::adabelief(params, unscaled_grads(grads, inv_grad_scale),
+    kernels::reference::adabelief(params, unscaled_grads(grads, *inv_grad_scale),
                                   exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {inverse_sqrt_bias_correction(h.beta2, steps[i]),
@@ -125,16 +125,16 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
-  if (skip_for_found_inf("AdamP", scaling)) return;
-  const double inv_grad_scale = inverse_grad_scale("AdamP", scaling);
+  const auto inv_grad_scale = grad_unscale("AdamP", scaling);
+  if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::adamp(params, unscaled_grads(grads, inv_grad_scale),
+    kernels::reference::adamp(params, unscaled_grads(grads, *inv_grad_scale),
                               exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),
@@ -170,18 +170,18 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
   check_steps("Adan", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
-  if (skip_for_found_inf("Adan", scaling)) return;
-  const double inv_grad_scale = inverse_grad_scale("Adan", scaling);
+  const auto inv_grad_scale = grad_unscale("Adan", scaling);
+  if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params,
                    {params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima})) {
-    kernels::reference::adan(params, unscaled_grads(grads, inv_grad_scale),
+    kernels::reference::adan(params, unscaled_grads(grads, *inv_grad_scale),
                              prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
                              max_exp_avg_deltas, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.beta3, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {steps[i] == 1 ? 1.0 : 0.0,
@@ -202,16 +202,16 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   check_group("AdEMAMix", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
-  if (skip_for_found_inf("AdEMAMix", scaling)) return;
-  const double inv_grad_scale = inverse_grad_scale("AdEMAMix", scaling);
+  const auto inv_grad_scale = grad_unscale("AdEMAMix", scaling);
+  if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs})) {
-    kernels::reference::ademamix(params, unscaled_grads(grads, inv_grad_scale),
+    kernels::reference::ademamix(params, unscaled_grads(grads, *inv_grad_scale),
                                  exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.beta3, h.alpha, h.eps, h.weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),

@@ -158,18 +158,18 @@ double scaling_value(const char* optimizer, const char* name, const at::Tensor& 
 }
 }  // namespace
 
-bool skip_for_found_inf(const char* optimizer, const GradScaling& scaling) {
-  const double inverse = inverse_grad_scale(optimizer, scaling);  // checked even when skipping
-  (void)inverse;
-  return scaling.found_inf.defined() && scaling_value(optimizer, "found_inf", scaling.found_inf) != 0.0;
-}
-
-double inverse_grad_scale(const char* optimizer, const GradScaling& scaling) {
-  if (!scaling.grad_scale.defined()) return 1.0;
-  const double scale = scaling_value(optimizer, "grad_scale", scaling.grad_scale);
-  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, optimizer,
-                    ": grad_scale must be finite and > 0, got ", scale);
-  return static_cast<double>(static_cast<float>(1.0 / scale));
+std::optional<double> grad_unscale(const char* optimizer, const GradScaling& scaling) {
+  double inverse = 1.0;
+  if (scaling.grad_scale.defined()) {  // checked even when the step is skipped
+    const double scale = scaling_value(optimizer, "grad_scale", scaling.grad_scale);
+    TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, optimizer,
+                      ": grad_scale must be finite and > 0, got ", scale);
+    inverse = static_cast<double>(static_cast<float>(1.0 / scale));
+  }
+  if (scaling.found_inf.defined() && scaling_value(optimizer, "found_inf", scaling.found_inf) != 0.0) {
+    return std::nullopt;
+  }
+  return inverse;
 }
 
 std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse) {

@@ -35,13 +35,11 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
 
 void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected);
 
-// Loss scaling (GradScaling). Checked with the rest, before anything is
-// written: true when `found_inf` says this step must be skipped.
-bool skip_for_found_inf(const char* optimizer, const GradScaling& scaling);
-// What the kernels multiply gradients by: GradScaler's own float32
-// reciprocal of the scale, so that both unscaling paths give the same bits.
-// 1 when no scale is given.
-double inverse_grad_scale(const char* optimizer, const GradScaling& scaling);
+// Loss scaling (GradScaling), checked with the rest, before anything is
+// written: what the kernels multiply gradients by (GradScaler's own float32
+// reciprocal of the scale, so that both unscaling paths give the same bits;
+// 1 without a scale), or nothing when `found_inf` says to skip the step.
+std::optional<double> grad_unscale(const char* optimizer, const GradScaling& scaling);
 // The reference backend's gradients: `grads * inverse` as new tensors, or
 // the gradients themselves when there is nothing to unscale.
 std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse);

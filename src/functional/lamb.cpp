@@ -55,15 +55,15 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
                           TensorList exp_avg_sqs, const LambHyper& h, const GradScaling& scaling) {
   check(h);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
-  if (skip_for_found_inf("LAMB", scaling)) return {};
-  const double inv_grad_scale = inverse_grad_scale("LAMB", scaling);
+  const auto inv_grad_scale = grad_unscale("LAMB", scaling);
+  if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
-    return kernels::reference::lamb(params, unscaled_grads(grads, inv_grad_scale),
+    return kernels::reference::lamb(params, unscaled_grads(grads, *inv_grad_scale),
                                     exp_avgs, exp_avg_sqs, h);
   }
   scratch.fresh_args(params.size()).hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
-  scratch.args.inv_grad_scale = inv_grad_scale;
+  scratch.args.inv_grad_scale = *inv_grad_scale;
   auto local_lrs = trust_ratio_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, h.lr,
                                     h.scale_clip);
   mark_written({params, exp_avgs, exp_avg_sqs});
@@ -76,16 +76,16 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check(h);
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
-  if (skip_for_found_inf("RaLars", scaling)) return {};
-  const double inv_grad_scale = inverse_grad_scale("RaLars", scaling);
+  const auto inv_grad_scale = grad_unscale("RaLars", scaling);
+  if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
-    return kernels::reference::ralars(params, unscaled_grads(grads, inv_grad_scale),
+    return kernels::reference::ralars(params, unscaled_grads(grads, *inv_grad_scale),
                                       exp_avgs, exp_avg_sqs, steps, h);
   }
   const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);

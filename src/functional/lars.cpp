@@ -36,17 +36,17 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
     check_group("LARS", params, grads, {});
   }
   const TensorList buffers = with_momentum ? momentum_buffers : TensorList{};
-  if (skip_for_found_inf("LARS", scaling)) return {};
-  const double inv_grad_scale = inverse_grad_scale("LARS", scaling);
+  const auto inv_grad_scale = grad_unscale("LARS", scaling);
+  if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, buffers})) {
-    return kernels::reference::lars(params, unscaled_grads(grads, inv_grad_scale),
+    return kernels::reference::lars(params, unscaled_grads(grads, *inv_grad_scale),
                                     momentum_buffers, buffer_is_new, h);
   }
   const auto& group = scratch.group;
   auto& norms = scratch.sums;
   auto& args = scratch.fresh_args(params.size());
-  args.inv_grad_scale = inv_grad_scale;
+  args.inv_grad_scale = *inv_grad_scale;
   cpu::run(cpu::Pass::LarsNorms, group, args, &norms);
   std::vector<double> local_lrs(params.size(), 1.0);
   args.hyper = {h.weight_decay, h.momentum, h.dampening, h.nesterov ? 1.0 : 0.0};

@@ -189,7 +189,7 @@ torch::Tensor OptimizerBase::step(const functional::GradScaling& scaling, LossCl
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  if (functional::detail::skip_for_found_inf(name(), scaling)) return loss;
+  if (!functional::detail::grad_unscale(name(), scaling)) return loss;
   grad_scaling_ = scaling;
   try {
     step(nullptr);

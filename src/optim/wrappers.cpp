@@ -131,7 +131,8 @@ std::vector<torch::Tensor> Lookahead::flat_slow_params() const {
 }
 
 torch::Tensor Lookahead::step(const functional::GradScaling& scaling, LossClosure closure) {
-  if (functional::detail::skip_for_found_inf(name_, scaling)) {
+  const auto inverse = functional::detail::grad_unscale(name_, scaling);
+  if (!inverse) {
     if (!closure) return {};
     at::AutoGradMode enable_grad(true);
     return closure();
@@ -145,11 +146,10 @@ torch::Tensor Lookahead::step(const functional::GradScaling& scaling, LossClosur
       at::AutoGradMode enable_grad(true);
       loss = closure();
     }
-    const double inverse = functional::detail::inverse_grad_scale(name_, scaling);
-    if (inverse != 1.0) {
+    if (*inverse != 1.0) {
       torch::NoGradGuard no_grad;
       for (const auto& p : fast_params()) {
-        if (p.grad().defined()) p.mutable_grad().mul_(inverse);
+        if (p.grad().defined()) p.mutable_grad().mul_(*inverse);
       }
     }
     base_->step();
