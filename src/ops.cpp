@@ -2,6 +2,8 @@
 // per parameter group. Python reaches the same C++ math as the C++ classes.
 
 #include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/library.h>
 
 #include <memory>
@@ -31,11 +33,31 @@ F::GradScaling scaling_of(const std::optional<at::Tensor>& grad_scale,
   return {grad_scale.value_or(at::Tensor()), found_inf.value_or(at::Tensor())};
 }
 
+// Shards of DTensors (FSDP2): the partial sums are all-reduced over each named
+// process group (torch.distributed's group_name) in turn, on the tensors' device
+// (NCCL takes CUDA tensors only).
+F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
+                        const std::optional<std::vector<std::string>>& shard_groups) {
+  F::Sharding sharding;
+  if (numels) sharding.numels.assign(numels->begin(), numels->end());
+  if (!shard_groups || shard_groups->empty()) return sharding;
+  const auto device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  sharding.all_reduce = [device, groups = *shard_groups](at::Tensor& sums) {
+    std::vector<at::Tensor> buffer{sums.to(device)};
+    for (const auto& name : groups) {
+      c10d::resolve_process_group(name)->allreduce(buffer)->wait();
+    }
+    sums = buffer[0].to(at::kCPU);
+  };
+  return sharding;
+}
+
 at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers,
                          const c10::List<bool>& buffer_is_new, double lr, double momentum,
                          double dampening, double weight_decay, bool nesterov,
                          c10::ArrayRef<double> scale_clip,
-                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    at::OptionalIntArrayRef numels, const std::optional<std::vector<std::string>>& shard_groups) {
   TORCH_CHECK_VALUE(scale_clip.empty() || scale_clip.size() == 2,
                     "LARS: scale_clip must hold two values (low, high), got ", scale_clip.size());
   std::optional<F::ScaleClip> clip;
@@ -45,16 +67,17 @@ at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers
   return as_tensor(F::lars_(params, grads, momentum_buffers,
                             c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
                             {lr, momentum, dampening, weight_decay, nesterov, clip},
-      scaling_of(grad_scale, found_inf)));
+      scaling_of(grad_scale, found_inf), sharding_of(params, numels, shard_groups)));
 }
 
 at::Tensor lamb(TensorList params, TensorList grads, TensorList exp_avgs,
                          TensorList exp_avg_sqs, double lr, double beta1, double beta2, double eps,
                          double weight_decay, double clip_low, double clip_high,
-                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    at::OptionalIntArrayRef numels, const std::optional<std::vector<std::string>>& shard_groups) {
   return as_tensor(F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
                             {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)},
-      scaling_of(grad_scale, found_inf)));
+      scaling_of(grad_scale, found_inf), sharding_of(params, numels, shard_groups)));
 }
 
 at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -62,11 +85,12 @@ at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
                            double beta2, double eps, double weight_decay,
                            bool force_adaptive_momentum, double clip_low, double clip_high,
                            std::optional<double> sma_inf,
-                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                  const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    at::OptionalIntArrayRef numels, const std::optional<std::vector<std::string>>& shard_groups) {
   return as_tensor(F::ralars_(params, grads, exp_avgs, exp_avg_sqs, steps,
                               {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
                                clip_of(clip_low, clip_high), sma_inf},
-      scaling_of(grad_scale, found_inf)));
+      scaling_of(grad_scale, found_inf), sharding_of(params, numels, shard_groups)));
 }
 
 // One-element CPU tensors are read and written in place: a dispatched
@@ -118,7 +142,8 @@ void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
            TensorList max_exp_avg_sqs, TensorList W_ts, c10::IntArrayRef steps, double lr,
            double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
            std::optional<double> dof,
-           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    at::OptionalIntArrayRef numels, const std::optional<std::vector<std::string>>& shard_groups) {
   TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
               params.size(), " parameters");
   std::vector<double> weights(W_ts.size());
@@ -134,7 +159,7 @@ void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   }
   F::tadam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, weights, steps,
             {lr, beta1, beta2, eps, weight_decay, amsgrad, dof},
-      scaling_of(grad_scale, found_inf));
+      scaling_of(grad_scale, found_inf), sharding_of(params, numels, shard_groups));
   for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
 }
 
@@ -150,10 +175,11 @@ void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
 void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
            double beta2, double eps, double weight_decay, bool amsgrad, double delta,
-           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    at::OptionalIntArrayRef numels, const std::optional<std::vector<std::string>>& shard_groups) {
   F::adamp_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
             {lr, beta1, beta2, eps, weight_decay, amsgrad, delta},
-      scaling_of(grad_scale, found_inf));
+      scaling_of(grad_scale, found_inf), sharding_of(params, numels, shard_groups));
 }
 
 void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
@@ -197,8 +223,9 @@ void scout_accumulate(TensorList fast, TensorList prev, TensorList mean, TensorL
 }
 
 double scout_coherence(TensorList prev, TensorList mean, TensorList m2, TensorList max,
-                       TensorList min, int64_t count) {
-  return F::scout_coherence({prev, mean, m2, max, min}, count);
+                       TensorList min, int64_t count, const std::optional<std::vector<std::string>>& shard_groups) {
+  return F::scout_coherence({prev, mean, m2, max, min}, count,
+                            sharding_of(prev, std::nullopt, shard_groups));
 }
 
 }  // namespace
@@ -208,24 +235,28 @@ TORCH_LIBRARY(holocron, m) {
       "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
       "bool nesterov, float[] scale_clip, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
+      "str[]? shard_groups=None) -> Tensor");
   m.def(
       "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, float clip_low, float clip_high, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
+      "str[]? shard_groups=None) -> Tensor");
   m.def(
       "ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
       "float? sma_inf=None, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
+      "str[]? shard_groups=None) -> Tensor");
   m.def(
       "tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
       "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
       "float? dof, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
+      "str[]? shard_groups=None) -> ()");
   m.def(
       "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
@@ -235,7 +266,8 @@ TORCH_LIBRARY(holocron, m) {
       "adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
       "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
+      "str[]? shard_groups=None) -> ()");
   m.def(
       "adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
       "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
@@ -262,7 +294,7 @@ TORCH_LIBRARY(holocron, m) {
   m.def("available_cpu_capabilities() -> str[]", [] { return F::available_cpu_capabilities(); });
   m.def(
       "scout_coherence(Tensor[] prev, Tensor[] mean, Tensor[] m2, Tensor[] max, Tensor[] min, "
-      "int count) -> float");
+      "int count, str[]? shard_groups=None) -> float");
 }
 
 // The functional layer is written with ATen ops, so one kernel serves every device.
@@ -298,22 +330,22 @@ at::Tensor unit_ratios(TensorList params) {
 
 TORCH_LIBRARY_IMPL(holocron, Meta, m) {
   m.impl("lars_", [](TensorList params, TensorList, TensorList, const c10::List<bool>&, double,
-                     double, double, double, bool, c10::ArrayRef<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) { return unit_ratios(params); });
+                     double, double, double, bool, c10::ArrayRef<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::OptionalIntArrayRef, const std::optional<std::vector<std::string>>&) { return unit_ratios(params); });
   m.impl("lamb_", [](TensorList params, TensorList, TensorList, TensorList, double, double, double,
-                     double, double, double, double, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) { return unit_ratios(params); });
+                     double, double, double, double, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::OptionalIntArrayRef, const std::optional<std::vector<std::string>>&) { return unit_ratios(params); });
   m.impl("ralars_", [](TensorList params, TensorList, TensorList, TensorList, c10::IntArrayRef,
                        double, double, double, double, double, bool, double, double,
-                       std::optional<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) { return unit_ratios(params); });
+                       std::optional<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::OptionalIntArrayRef, const std::optional<std::vector<std::string>>&) { return unit_ratios(params); });
   m.impl("tadam_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
                           c10::IntArrayRef, double, double, double, double, double, bool,
                           std::optional<double>,
-                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::OptionalIntArrayRef, const std::optional<std::vector<std::string>>&>);
   m.impl("adabelief_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                               c10::IntArrayRef, double, double, double, double, double, bool,
                           const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
   m.impl("adamp_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                           c10::IntArrayRef, double, double, double, double, double, bool, double,
-                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>);
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::OptionalIntArrayRef, const std::optional<std::vector<std::string>>&>);
   m.impl("adan_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
                          TensorList, c10::IntArrayRef, double, double, double, double, double,
                          double, bool,
@@ -329,7 +361,7 @@ TORCH_LIBRARY_IMPL(holocron, Meta, m) {
   m.impl("scout_accumulate_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
                                      TensorList, int64_t>);
   m.impl("scout_coherence", [](TensorList, TensorList, TensorList, TensorList, TensorList,
-                               int64_t) { return 0.0; });
+                               int64_t, const std::optional<std::vector<std::string>>&) { return 0.0; });
 }
 
 }  // namespace holocron::optim::ops

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from . import _distributed as distributed
 from ._library import ops
 
 
@@ -121,7 +122,7 @@ class FusedStep:
                     owners.append(index)
             if "step" in state:
                 steps.append(step_count(state["step"]) + 1)
-        ops.validate_group(type(self).__name__, params, grads, buffers, owners, steps)
+        distributed.call_on_locals(ops.validate_group, type(self).__name__, params, grads, buffers, owners, steps)
 
     # torch.amp.GradScaler hands such optimizers its scale and found_inf
     # (attributes `grad_scale` and `found_inf`) instead of unscaling the

@@ -10,6 +10,7 @@ import torch
 from torch.optim import Adam, Optimizer
 
 from ._base import FusedStep, check_betas, check_finite, check_state_dict_layout, step_count
+from . import _distributed as distributed
 from ._library import ops
 
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
@@ -144,11 +145,11 @@ class LARS(FusedStep, Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
         try:
-            ops.lars_(
-                params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
+            distributed.call(
+                ops.lars_, params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
                 float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
                 list(self.scale_clip) if self.scale_clip is not None else [],
-                grad_scale=self._grad_scale_now,
+                grad_scale=self._grad_scale_now, sums=True,
             )
         except Exception:
             for state, new in zip(states, is_new):
@@ -218,11 +219,11 @@ class LAMB(FusedStep, Optimizer):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
-        local_lrs = ops.lamb_(
-            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
+        local_lrs = distributed.call(
+            ops.lamb_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), *self.scale_clip,
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, sums=True,
         )
         self._store_steps(states, self._advance_steps(states))
         _store_local_lrs(params, states, local_lrs)
@@ -299,12 +300,12 @@ class RaLars(FusedStep, Optimizer):
             # first step (here once that step has succeeded).
             sma_inf = 2 / (1 - beta2) - 1
         steps = self._advance_steps(states)
-        local_lrs = ops.ralars_(
-            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
+        local_lrs = distributed.call(
+            ops.ralars_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
             None if sma_inf is None else float(sma_inf),
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, sums=True,
         )
         if record:
             group["sma_inf"] = sma_inf
@@ -408,12 +409,12 @@ class TAdam(FusedStep, Optimizer):
         beta1, beta2 = group["betas"]
         steps = self._advance_steps(states)
         dof = group["dof"]
-        ops.tadam_(
-            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
+        distributed.call(
+            ops.tadam_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [], _gather(states, "W_t"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(group["amsgrad"]), None if dof is None else float(dof),
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, sums=True,
         )
         self._store_steps(states, steps)
 
@@ -495,8 +496,8 @@ class AdaBelief(_AdamLike):
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         steps = self._advance_steps(states)
-        ops.adabelief_(
-            params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
+        distributed.call(
+            ops.adabelief_, params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
             grad_scale=self._grad_scale_now,
         )
@@ -557,11 +558,11 @@ class AdamP(_AdamLike):
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         steps = self._advance_steps(states)
-        ops.adamp_(
-            params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
+        distributed.call(
+            ops.adamp_, params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
             float(self.delta),
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, sums=True,
         )
         self._store_steps(states, steps)
 
@@ -636,8 +637,8 @@ class Adan(FusedStep, Optimizer):
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
         steps = self._advance_steps(states)
-        ops.adan_(
-            params, grads, _gather(states, "prev_grad"), _gather(states, "exp_avg"),
+        distributed.call(
+            ops.adan_, params, grads, _gather(states, "prev_grad"), _gather(states, "exp_avg"),
             _gather(states, "exp_avg_sq"), _gather(states, "exp_avg_delta"),
             _gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps,
             float(group["lr"]), float(beta1), float(beta2), float(beta3), float(group["eps"]),
@@ -704,8 +705,8 @@ class AdEMAMix(FusedStep, Optimizer):
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
         steps = self._advance_steps(states)
-        ops.ademamix_(
-            params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_slow"),
+        distributed.call(
+            ops.ademamix_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_slow"),
             _gather(states, "exp_avg_sq"), steps, float(group["lr"]), float(beta1), float(beta2),
             float(beta3), float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
             grad_scale=self._grad_scale_now,

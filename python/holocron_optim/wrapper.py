@@ -18,6 +18,7 @@ import torch
 from torch.optim import Optimizer
 
 from ._base import check_state_dict_layout
+from . import _distributed as distributed
 from ._library import ops
 
 __all__ = ["Lookahead", "Scout"]
@@ -223,7 +224,7 @@ class Lookahead(Optimizer):
     @torch.no_grad()
     def sync_params(self, sync_rate: float = 0.0) -> None:
         """slow += sync_rate * (fast - slow); fast = slow."""
-        ops.lookahead_sync_(self._fast_params(), self._flat_slow(), float(sync_rate))
+        distributed.call_on_locals(ops.lookahead_sync_, self._fast_params(), self._flat_slow(), float(sync_rate))
 
     def state_dict(self) -> dict[str, Any]:
         """The reference's layout (state, param_groups, base_state_dict), plus
@@ -422,10 +423,14 @@ class Scout(Lookahead):
         return [self.scout_stats[key] for key in _SCOUT_STATS]
 
     def _after_base_step(self, changes_before: int) -> None:
-        ops.scout_accumulate_(self._fast_params(), *self._stats(), changes_before)
+        distributed.call_on_locals(ops.scout_accumulate_, self._fast_params(), *self._stats(), changes_before)
 
     def _rate_for_sync(self, changes_in_period: int) -> float:
-        coherence = ops.scout_coherence(*self._stats(), changes_in_period)
+        stats = self._stats()
+        coherence = distributed.call_on_locals(
+            ops.scout_coherence, *stats, changes_in_period,
+            shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
+        )
         self.last_sync_rate = max(1 - coherence, self.defaults["sync_rate"])
         return self.last_sync_rate
 

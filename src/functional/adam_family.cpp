@@ -51,39 +51,52 @@ void check(const AdEMAMixHyper& h) {
 
 void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
-            c10::ArrayRef<int64_t> steps, const TAdamHyper& h, const GradScaling& scaling) {
+            c10::ArrayRef<int64_t> steps, const TAdamHyper& h, const GradScaling& scaling,
+            const Sharding& sharding) {
   check(h);
   check_group("TAdam", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("TAdam", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("TAdam", steps, params.size());
+  check_sharding("TAdam", sharding, params);
   TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
               " moment weights for ", params.size(), " parameters");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("TAdam", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.second_group, params,
-                   {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)}) ||
-      !fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::tadam(params, unscaled_grads(grads, *inv_grad_scale),
-                              exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                              moment_weights, steps, h);
-    return;
-  }
+  const bool fused =
+      fused_group(scratch.second_group, params,
+                  {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)}) &&
+      fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+  const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& distances = scratch.sums;
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.hyper = {h.eps, h.weight_decay};
-  cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
+  if (fused) {
+    args.hyper = {h.eps, h.weight_decay};
+    cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
+  } else {
+    distances = kernels::reference::tadam_sums(params, reference_grads, exp_avgs, exp_avg_sqs, h);
+  }
+  all_reduce_sums("TAdam", sharding, distances, 1);
 
   args.hyper = {h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  std::vector<std::array<double, 2>> mixing(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i].numel() == 0) continue;  // nothing to weigh: W stays
-    const double w = tadam_weight(h.dof, params[i].numel(), distances[i][0]);
+    const int64_t numel = whole_numel(sharding, params, i);
+    if (numel == 0) continue;  // nothing to weigh: W stays
+    const double w = tadam_weight(h.dof, numel, distances[i][0]);
     double& W = moment_weights[i];
-    args.per_tensor[i] = {W / (W + w), w / (W + w), inverse_sqrt_bias_correction(h.beta2, steps[i]),
+    mixing[i] = {W / (W + w), w / (W + w)};
+    args.per_tensor[i] = {mixing[i][0], mixing[i][1],
+                          inverse_sqrt_bias_correction(h.beta2, steps[i]),
                           -h.lr / bias_correction(h.beta1, steps[i])};
     W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
+  }
+  if (!fused) {
+    kernels::reference::tadam(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                              mixing, steps, h);
+    return;
   }
   cpu::run(cpu::Pass::TAdamApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
@@ -119,20 +132,19 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
-            const GradScaling& scaling) {
+            const GradScaling& scaling, const Sharding& sharding) {
   check(h);
   check_group("AdamP", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
+  check_sharding("AdamP", sharding, params);
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
-    kernels::reference::adamp(params, unscaled_grads(grads, *inv_grad_scale),
-                              exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
-    return;
-  }
+  const bool fused =
+      fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+  const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
   args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
@@ -141,18 +153,30 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                           inverse_sqrt_bias_correction(h.beta2, steps[i])};
   }
   auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q
-  cpu::run(cpu::Pass::AdamPMoments, scratch.group, args, &sums);
+  if (fused) {
+    cpu::run(cpu::Pass::AdamPMoments, scratch.group, args, &sums);
+  } else {
+    sums = kernels::reference::adamp_sums(params, reference_grads, exp_avgs, exp_avg_sqs,
+                                          max_exp_avg_sqs, steps, h);
+  }
+  all_reduce_sums("AdamP", sharding, sums, 4);
+  std::vector<double> projections(params.size(), 0.0);
   for (size_t i = 0; i < params.size(); ++i) {
     const double p_norm = std::sqrt(sums[i][1]);
     const double cosine =
         sums[i][0] / (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[i][2]), kCosineEps));
-    double projection = 0.0;
-    if (params[i].numel() > 0 && cosine < adamp_threshold(h.delta, params[i].numel())) {
+    const int64_t numel = whole_numel(sharding, params, i);
+    if (numel > 0 && cosine < adamp_threshold(h.delta, numel)) {
       // q - (n.q) n with n = p / (||p|| + eps), as a multiple of p.
-      projection = sums[i][3] / ((p_norm + h.eps) * (p_norm + h.eps));
+      projections[i] = sums[i][3] / ((p_norm + h.eps) * (p_norm + h.eps));
     }
     args.per_tensor[i][2] = -h.lr;
-    args.per_tensor[i][3] = projection;
+    args.per_tensor[i][3] = projections[i];
+  }
+  if (!fused) {
+    kernels::reference::adamp(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                              steps, h, projections);
+    return;
   }
   cpu::run(cpu::Pass::AdamPApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});

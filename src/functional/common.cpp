@@ -180,4 +180,34 @@ std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse) {
   return out;
 }
 
+void check_sharding(const char* optimizer, const Sharding& sharding, TensorList params) {
+  if (sharding.numels.empty()) return;
+  TORCH_CHECK(sharding.numels.size() == params.size(), optimizer, ": got ",
+              sharding.numels.size(), " whole-tensor sizes for ", params.size(), " parameters");
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(sharding.numels[i] >= params[i].numel(), optimizer, ": parameter ", i, " has ",
+                params[i].numel(), " elements, more than its whole tensor's ", sharding.numels[i]);
+  }
+}
+
+void all_reduce_sums(const char* optimizer, const Sharding& sharding, kernels::cpu::Sums& sums,
+                     int width) {
+  if (!sharding.all_reduce) return;
+  const auto rows = static_cast<int64_t>(sums.size());
+  auto packed = at::empty({rows, width}, at::TensorOptions().dtype(at::kDouble));
+  auto* data = packed.data_ptr<double>();
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int k = 0; k < width; ++k) data[i * width + k] = sums[i][k];
+  }
+  sharding.all_reduce(packed);
+  TORCH_CHECK(packed.defined() && packed.sizes().equals({rows, int64_t{width}}), optimizer,
+              ": the all-reduce of the partial sums must keep their shape [", rows, ", ", width,
+              "]");
+  const auto totals = packed.to(at::kCPU, at::kDouble).contiguous();
+  const auto* total = totals.data_ptr<double>();
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int k = 0; k < width; ++k) sums[i][k] = total[i * width + k];
+  }
+}
+
 }  // namespace holocron::optim::functional::detail

@@ -35,6 +35,17 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
 
 void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected);
 
+// Sharding: one whole-tensor element count per parameter, none below its shard's.
+void check_sharding(const char* optimizer, const Sharding& sharding, TensorList params);
+// The elements of parameter i's whole tensor.
+inline int64_t whole_numel(const Sharding& sharding, TensorList params, size_t i) {
+  return sharding.numels.empty() ? params[i].numel() : sharding.numels[i];
+}
+// The first `width` sums of each tensor replaced by their totals over all shards (nothing when
+// the tensors are whole).
+void all_reduce_sums(const char* optimizer, const Sharding& sharding, kernels::cpu::Sums& sums,
+                     int width);
+
 // Loss scaling (GradScaling), checked with the rest, before anything is
 // written: what the kernels multiply gradients by (GradScaler's own float32
 // reciprocal of the scale, so that both unscaling paths give the same bits;
@@ -121,8 +132,14 @@ inline at::Tensor decayed_grad(const at::Tensor& grad, const at::Tensor& param, 
   return wd != 0.0 ? grad.add(param, wd) : grad;
 }
 
-// A whole-tensor L2 norm as a double.
-inline double norm_of(const at::Tensor& t) { return t.norm().item<double>(); }
+// Whole-tensor sums, in double as the fused kernels take them (products of
+// float32 values are then exact: AdamP's cosine of a one-element tensor is
+// exactly +-1, on the edge of its threshold), and as shards sum to the whole
+// tensor's.
+inline double dot_of(const at::Tensor& a, const at::Tensor& b) {
+  return a.to(at::kDouble).mul(b.to(at::kDouble)).sum().item<double>();
+}
+inline double squared_norm_of(const at::Tensor& t) { return dot_of(t, t); }
 
 // Host decisions shared by both backends.
 
@@ -172,8 +189,13 @@ inline void check_adam_like(const char* name, double lr, std::initializer_list<d
   check_non_negative(name, "weight_decay", weight_decay);
 }
 
-// sqrt(v or its running max) / sqrt(bias_correction) + eps, as a new tensor.
-// With amsgrad, parameter i's running max (in `running_maxes`) is advanced first.
+// sqrt(second_moment) / sqrt(bias_correction) + eps, as a new tensor.
+inline at::Tensor denominator_of(const at::Tensor& second_moment, double bias_correction,
+                                 double eps) {
+  return second_moment.sqrt().div_(std::sqrt(bias_correction)).add_(eps);
+}
+
+// denominator_of(v or its running max). With amsgrad, parameter i's running max (in `running_maxes`) is advanced first.
 inline at::Tensor adam_denominator(ComputeScope& scope, const at::Tensor& second_moment,
                                    bool amsgrad, TensorList running_maxes, size_t i,
                                    double bias_correction, double eps) {
@@ -182,7 +204,7 @@ inline at::Tensor adam_denominator(ComputeScope& scope, const at::Tensor& second
     source = scope.inout(running_maxes[i]);
     at::maximum_out(source, source, second_moment);
   }
-  return source.sqrt().div_(std::sqrt(bias_correction)).add_(eps);
+  return denominator_of(source, bias_correction, eps);
 }
 
 // `value` as the nearest number representable in `dtype`.

@@ -23,20 +23,27 @@ void check_lamb_family(const char* name, double lr, double beta1, double beta2, 
   check_hyper(name, "scale_clip[1]", clip.second, clip.first, true, INFINITY, true);
 }
 
-// Pass 1 (moments, norms), the trust ratios on the host, pass 2 (apply).
-// `args.per_tensor[i][0..3]` already hold the direction's own coefficients.
-std::vector<double> trust_ratio_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
-                                     double lr, const ScaleClip& clip) {
-  const auto& group = scratch.group;
-  auto& args = scratch.args;
-  auto& norms = scratch.sums;
-  cpu::run(moments, group, args, &norms);
-  std::vector<double> local_lrs(group.tensors.size(), 1.0);
-  for (size_t i = 0; i < local_lrs.size(); ++i) {
+// The trust ratio of each tensor from ||p||^2 and ||u||^2 (over all shards).
+std::vector<double> trust_ratios(const cpu::Sums& norms, const ScaleClip& clip) {
+  std::vector<double> local_lrs(norms.size(), 1.0);
+  for (size_t i = 0; i < norms.size(); ++i) {
     local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]), clip), std::sqrt(norms[i][1]));
-    args.per_tensor[i][4] = -lr * local_lrs[i];
   }
-  cpu::run(apply, group, args);
+  return local_lrs;
+}
+
+// The fused kernels' two passes around the host phase. Pass 1 stores the
+// float and double moments (pass 2 reads them), so a throwing all-reduce
+// leaves them advanced; every check has run before it.
+// `args.per_tensor[i][0..3]` already hold the direction's own coefficients.
+std::vector<double> fused_trust_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
+                                     const char* name, double lr, const ScaleClip& clip,
+                                     const Sharding& sharding) {
+  cpu::run(moments, scratch.group, scratch.args, &scratch.sums);
+  all_reduce_sums(name, sharding, scratch.sums, 2);
+  auto local_lrs = trust_ratios(scratch.sums, clip);
+  for (size_t i = 0; i < local_lrs.size(); ++i) scratch.args.per_tensor[i][4] = -lr * local_lrs[i];
+  cpu::run(apply, scratch.group, scratch.args);
   return local_lrs;
 }
 
@@ -52,36 +59,48 @@ void check(const RaLarsHyper& h) {
 }
 
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
-                          TensorList exp_avg_sqs, const LambHyper& h, const GradScaling& scaling) {
+                          TensorList exp_avg_sqs, const LambHyper& h, const GradScaling& scaling,
+                          const Sharding& sharding) {
   check(h);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  check_sharding("LAMB", sharding, params);
   const auto inv_grad_scale = grad_unscale("LAMB", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
-    return kernels::reference::lamb(params, unscaled_grads(grads, *inv_grad_scale),
-                                    exp_avgs, exp_avg_sqs, h);
+    const auto g = unscaled_grads(grads, *inv_grad_scale);
+    auto norms = kernels::reference::lamb_sums(params, g, exp_avgs, exp_avg_sqs, h);
+    all_reduce_sums("LAMB", sharding, norms, 2);
+    const auto local_lrs = trust_ratios(norms, h.scale_clip);
+    kernels::reference::lamb(params, g, exp_avgs, exp_avg_sqs, h, local_lrs);
+    return local_lrs;
   }
   scratch.fresh_args(params.size()).hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
   scratch.args.inv_grad_scale = *inv_grad_scale;
-  auto local_lrs = trust_ratio_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, h.lr,
-                                    h.scale_clip);
+  auto local_lrs = fused_trust_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB",
+                                    h.lr, h.scale_clip, sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }
 
 std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_avgs,
                             TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-                            const RaLarsHyper& h, const GradScaling& scaling) {
+                            const RaLarsHyper& h, const GradScaling& scaling,
+                            const Sharding& sharding) {
   check(h);
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
+  check_sharding("RaLars", sharding, params);
   const auto inv_grad_scale = grad_unscale("RaLars", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
-    return kernels::reference::ralars(params, unscaled_grads(grads, *inv_grad_scale),
-                                      exp_avgs, exp_avg_sqs, steps, h);
+    const auto g = unscaled_grads(grads, *inv_grad_scale);
+    auto norms = kernels::reference::ralars_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
+    all_reduce_sums("RaLars", sharding, norms, 2);
+    const auto local_lrs = trust_ratios(norms, h.scale_clip);
+    kernels::reference::ralars(params, g, exp_avgs, exp_avg_sqs, steps, h, local_lrs);
+    return local_lrs;
   }
   const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
   auto& args = scratch.fresh_args(params.size());
@@ -95,8 +114,8 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
     const double mode = r ? 0.0 : h.force_adaptive_momentum ? 1.0 : 2.0;
     args.per_tensor[i] = {1.0 / bc1, 1.0 / bc2, r.value_or(1.0), mode};
   }
-  auto local_lrs = trust_ratio_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, h.lr,
-                                    h.scale_clip);
+  auto local_lrs = fused_trust_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch,
+                                    "RaLars", h.lr, h.scale_clip, sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }

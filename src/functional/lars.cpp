@@ -25,7 +25,7 @@ void check(const LarsHyper& h) {
 
 std::vector<double> lars_(TensorList params, TensorList grads, TensorList momentum_buffers,
                           c10::ArrayRef<bool> buffer_is_new, const LarsHyper& h,
-                          const GradScaling& scaling) {
+                          const GradScaling& scaling, const Sharding& sharding) {
   check(h);
   const bool with_momentum = h.momentum != 0.0;
   if (with_momentum) {
@@ -35,19 +35,23 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   } else {
     check_group("LARS", params, grads, {});
   }
+  check_sharding("LARS", sharding, params);
   const TensorList buffers = with_momentum ? momentum_buffers : TensorList{};
   const auto inv_grad_scale = grad_unscale("LARS", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, params, {params, grads, buffers})) {
-    return kernels::reference::lars(params, unscaled_grads(grads, *inv_grad_scale),
-                                    momentum_buffers, buffer_is_new, h);
-  }
-  const auto& group = scratch.group;
-  auto& norms = scratch.sums;
+  const bool fused = fused_group(scratch.group, params, {params, grads, buffers});
+  const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
+  auto& norms = scratch.sums;  // ||p||^2, ||g||^2
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  cpu::run(cpu::Pass::LarsNorms, group, args, &norms);
+  if (fused) {
+    cpu::run(cpu::Pass::LarsNorms, scratch.group, args, &norms);
+  } else {
+    norms = kernels::reference::lars_sums(params, reference_grads);
+  }
+  all_reduce_sums("LARS", sharding, norms, 2);
+
   std::vector<double> local_lrs(params.size(), 1.0);
   args.hyper = {h.weight_decay, h.momentum, h.dampening, h.nesterov ? 1.0 : 0.0};
   for (size_t i = 0; i < params.size(); ++i) {
@@ -56,7 +60,11 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
     local_lrs[i] = trust_ratio(phi, std::sqrt(norms[i][1]) + h.weight_decay * p_norm);
     args.per_tensor[i] = {-h.lr * local_lrs[i], with_momentum && buffer_is_new[i] ? 1.0 : 0.0};
   }
-  cpu::run(cpu::Pass::LarsApply, group, args);
+  if (!fused) {
+    kernels::reference::lars(params, reference_grads, momentum_buffers, buffer_is_new, h, local_lrs);
+    return local_lrs;
+  }
+  cpu::run(cpu::Pass::LarsApply, scratch.group, args);
   mark_written({params, buffers});
   return local_lrs;
 }

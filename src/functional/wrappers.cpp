@@ -52,17 +52,18 @@ void scout_accumulate_(TensorList fast, const ScoutStats& s, int64_t count) {
   mark_written({s.prev, s.mean, s.m2, s.max, s.min});
 }
 
-double scout_coherence(const ScoutStats& s, int64_t count) {
+double scout_coherence(const ScoutStats& s, int64_t count, const Sharding& sharding) {
   TORCH_CHECK(count >= 1, "Scout: coherence needs at least one change, got ", count);
   check_stats("Scout", s.prev, s);
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, s.prev, {s.prev, s.prev}, {s.mean, s.m2, s.max, s.min})) {
-    return kernels::reference::scout_coherence(s, count);
-  }
-  auto& args = scratch.fresh_args(0);
-  args.hyper = {static_cast<double>(count - 1)};
   auto& sums = scratch.sums;  // sum of the ratios that are numbers, and their count
-  cpu::run(cpu::Pass::ScoutCoherence, scratch.group, args, &sums);
+  if (fused_group(scratch.group, s.prev, {s.prev, s.prev}, {s.mean, s.m2, s.max, s.min})) {
+    scratch.fresh_args(0).hyper = {static_cast<double>(count - 1)};
+    cpu::run(cpu::Pass::ScoutCoherence, scratch.group, scratch.args, &sums);
+  } else {
+    sums = kernels::reference::scout_coherence_sums(s, count);
+  }
+  all_reduce_sums("Scout", sharding, sums, 2);
   double total = 0.0;
   int64_t counted = 0;
   for (const auto& row : sums) {

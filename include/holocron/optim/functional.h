@@ -7,6 +7,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -44,6 +45,24 @@ struct GradScaling {
   at::Tensor found_inf;
 };
 
+/// Parameters split across processes (FSDP2 or DTensor shards, or any sharding of one's own):
+/// what a step over this process's local shards needs to equal the step over the whole tensors.
+///
+/// The algorithms with whole-tensor quantities (the norms of LARS, LAMB and RaLars, TAdam's
+/// Mahalanobis sum, AdamP's cosine and projection, Scout's coherence) first sum them per tensor
+/// over the local shards, hand these partial sums to `all_reduce` (once per call, for all tensors
+/// of the group), and take every decision from what it leaves. Element-wise algorithms need none
+/// of this.
+struct Sharding {
+  /// Called with this process's partial sums, a float64 CPU tensor of shape `[tensors, k]`; must
+  /// leave in it the sums over all shards of each tensor (an all-reduce over the processes that
+  /// hold them). Empty: the tensors are whole.
+  std::function<void(at::Tensor& partial_sums)> all_reduce;
+  /// Elements of each whole tensor, one per parameter, where the math counts them (TAdam's
+  /// weight and default dof, AdamP's threshold). Empty: each local tensor's own count.
+  std::vector<int64_t> numels;
+};
+
 /// Hyper-parameters of lars_(); fields as in LARSOptions.
 struct LarsHyper {
   /// Learning rate (>= 0).
@@ -69,12 +88,14 @@ struct LarsHyper {
 ///   direction (a parameter's first step with momentum).
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Set when the tensors are shards of larger ones: see Sharding.
 /// \return The trust ratio (local lr) used for each tensor.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lars_(TensorList params, TensorList grads, TensorList momentum_buffers,
                           c10::ArrayRef<bool> buffer_is_new, const LarsHyper& hyper,
-                          const GradScaling& scaling = {});
+                          const GradScaling& scaling = {},
+    const Sharding& sharding = {});
 
 /// Hyper-parameters of lamb_(); fields as in LAMBOptions.
 struct LambHyper {
@@ -99,12 +120,14 @@ struct LambHyper {
 /// \param exp_avg_sqs Second moments, one per parameter, updated in place.
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Set when the tensors are shards of larger ones: see Sharding.
 /// \return The trust ratio (local lr) used for each tensor.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
                           TensorList exp_avg_sqs, const LambHyper& hyper,
-                          const GradScaling& scaling = {});
+                          const GradScaling& scaling = {},
+    const Sharding& sharding = {});
 
 /// Hyper-parameters of ralars_(); fields as in RaLarsOptions.
 struct RaLarsHyper {
@@ -136,12 +159,14 @@ struct RaLarsHyper {
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Set when the tensors are shards of larger ones: see Sharding.
 /// \return The trust ratio (local lr) used for each tensor.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_avgs,
                             TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-                            const RaLarsHyper& hyper, const GradScaling& scaling = {});
+                            const RaLarsHyper& hyper, const GradScaling& scaling = {},
+    const Sharding& sharding = {});
 
 /// Hyper-parameters of tadam_(); fields as in TAdamOptions.
 struct TAdamHyper {
@@ -175,11 +200,13 @@ struct TAdamHyper {
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Set when the tensors are shards of larger ones: see Sharding.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
-            c10::ArrayRef<int64_t> steps, const TAdamHyper& hyper, const GradScaling& scaling = {});
+            c10::ArrayRef<int64_t> steps, const TAdamHyper& hyper, const GradScaling& scaling = {},
+    const Sharding& sharding = {});
 
 /// Hyper-parameters of adabelief_(); fields as in AdaBeliefOptions.
 struct AdaBeliefHyper {
@@ -244,11 +271,13 @@ struct AdamPHyper {
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Set when the tensors are shards of larger ones: see Sharding.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& hyper,
-            const GradScaling& scaling = {});
+            const GradScaling& scaling = {},
+    const Sharding& sharding = {});
 
 /// Hyper-parameters of adan_(); fields as in AdanOptions.
 struct AdanHyper {
@@ -361,8 +390,9 @@ void scout_accumulate_(TensorList fast, const ScoutStats& stats, int64_t count);
 /// nothing left at all the coherence is 0.
 /// \param stats The statistics scout_accumulate_() gathered (not modified).
 /// \param count Number of changes they hold; must be >= 1.
+/// \param sharding Set when the tensors are shards of larger ones: see Sharding.
 /// \return The coherence; Scout syncs at rate `max(1 - coherence, sync_rate)`.
-double scout_coherence(const ScoutStats& stats, int64_t count);
+double scout_coherence(const ScoutStats& stats, int64_t count, const Sharding& sharding = {});
 
 }  // namespace holocron::optim::functional
 

@@ -1,8 +1,6 @@
 // TAdam, AdaBelief, AdamP, Adan and AdEMAMix: per-element moment updates with
 // Adam-style bias corrections.
 
-#include <ATen/ops/cosine_similarity.h>
-
 #include "functional/common.h"
 #include "kernels/reference/reference.h"
 
@@ -11,25 +9,31 @@ namespace holocron::optim::kernels::reference {
 using namespace functional;
 using namespace functional::detail;
 
-void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-            TensorList max_exp_avg_sqs, std::vector<double>& moment_weights,
-            c10::ArrayRef<int64_t> steps, const TAdamHyper& h) {
-
+Sums tadam_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                const TAdamHyper& h) {
+  Sums sums(params.size(), Sums::value_type{});
   for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
+    ComputeScope scope(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), scope.in(params[i]), h.weight_decay);
+    // The Mahalanobis distance of this gradient from the moments before this step.
+    sums[i][0] = (g - scope.in(exp_avgs[i])).pow_(2).div_(scope.in(exp_avg_sqs[i]) + h.eps)
+                     .sum(at::kDouble).item<double>();
+  }
+  return sums;
+}
+
+void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+           TensorList max_exp_avg_sqs, c10::ArrayRef<std::array<double, 2>> mixing,
+           c10::ArrayRef<int64_t> steps, const TAdamHyper& h) {
+  for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
-    // Student-t weight of this gradient, from the moments before this step.
-    const double mahalanobis = (g - m).pow_(2).div_(v + h.eps).sum().item<double>();
-    const double w = tadam_weight(h.dof, p.numel(), mahalanobis);
-    double& W = moment_weights[i];
-    m.mul_(W / (W + w)).add_(g, w / (W + w));
-    W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
-
+    m.mul_(mixing[i][0]).add_(g, mixing[i][1]);
     v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
     auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
                                   bias_correction(h.beta2, steps[i]), h.eps);
@@ -60,31 +64,58 @@ void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
   }
 }
 
-void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h) {
+namespace {
 
+void adamp_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, const AdamPHyper& h) {
+  m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+  v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+}
+
+// Adam's step m_hat / (sqrt(v_hat) + eps), given the denominator.
+at::Tensor adamp_direction(const at::Tensor& m, const at::Tensor& denominator, int64_t step,
+                           const AdamPHyper& h) {
+  return (m / bias_correction(h.beta1, step)).div_(denominator);
+}
+
+}  // namespace
+
+Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h) {
+  Sums sums(params.size(), Sums::value_type{});
   for (size_t i = 0; i < params.size(); ++i) {
-    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
+    ComputeScope scope(params[i]);
+    auto p = scope.in(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m = scope.in(exp_avgs[i]).clone();
+    auto v = scope.in(exp_avg_sqs[i]).clone();
+    adamp_moments(m, v, g, h);
+    // This phase writes nothing: the running maximum too is taken aside.
+    auto second = h.amsgrad ? at::maximum(scope.in(max_exp_avg_sqs[i]), v) : v;
+    auto q = adamp_direction(m, denominator_of(second, bias_correction(h.beta2, steps[i]), h.eps),
+                             steps[i], h);
+    sums[i] = {dot_of(p, g), squared_norm_of(p), squared_norm_of(g), dot_of(p, q)};
+  }
+  return sums;
+}
+
+void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+           TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
+           c10::ArrayRef<double> projections) {
+  for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
-    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
-    v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
-                                  bias_correction(h.beta2, steps[i]), h.eps);
-    auto q = (m / bias_correction(h.beta1, steps[i])).div_(denom);
-
+    adamp_moments(m, v, g, h);
+    auto q = adamp_direction(m, adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
+                                                 bias_correction(h.beta2, steps[i]), h.eps),
+                             steps[i], h);
     // Where the weight is nearly orthogonal to its gradient (scale-invariant
-    // weights), drop the radial part of the update.
-    const double threshold = adamp_threshold(h.delta, p.numel());
-    const auto cosine = at::cosine_similarity(p.reshape({1, -1}), g.reshape({1, -1}), 1, 1e-8);
-    if (cosine.max().lt(threshold).item<bool>()) {
-      auto unit = p / (p.norm().add_(h.eps));
-      q.sub_(unit * (unit * q).sum());
-    }
+    // weights), the radial part of the update was found and is removed.
+    if (projections[i] != 0.0) q.sub_(p, projections[i]);
     p.add_(q, -h.lr);
     scope.commit();
   }

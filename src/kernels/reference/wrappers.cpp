@@ -39,21 +39,18 @@ void scout_accumulate(TensorList fast, const ScoutStats& s, int64_t count) {
   }
 }
 
-double scout_coherence(const ScoutStats& s, int64_t count) {
-  double total = 0.0;
-  int64_t counted = 0;
+Sums scout_coherence_sums(const ScoutStats& s, int64_t count) {
+  Sums sums(s.mean.size(), Sums::value_type{});
   for (size_t i = 0; i < s.mean.size(); ++i) {
     auto stddev = (s.m2[i] / static_cast<double>(count - 1)).sqrt_();
     auto max_deviation = at::maximum(s.max[i] - s.mean[i], s.mean[i] - s.min[i]);
     auto ratio = stddev.div_(max_deviation);
     // Fix 5: 0/0 where an element's changes did not vary carries no information.
     auto valid = ratio.isnan().logical_not_();
-    const auto n_valid = valid.sum().item<int64_t>();
-    if (n_valid == 0) continue;
-    total += ratio.masked_select(valid).sum().item<double>() / static_cast<double>(n_valid);
-    ++counted;
+    sums[i][0] = ratio.masked_select(valid).sum().item<double>();
+    sums[i][1] = static_cast<double>(valid.sum().item<int64_t>());
   }
-  return counted == 0 ? 0.0 : total / static_cast<double>(counted);
+  return sums;
 }
 
 }  // namespace holocron::optim::kernels::reference

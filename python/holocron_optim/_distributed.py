@@ -1,0 +1,108 @@
+"""DTensor parameters (FSDP2's `fully_shard`, tensor parallelism): the ops run on
+each rank's local shards, and the whole-tensor sums of a group (norms, TAdam's
+distance, AdamP's cosine, Scout's coherence) are all-reduced inside the op, in
+one collective per group and step, over the process groups of the mesh
+dimensions along which the tensors are sharded."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support
+    DTensor = None
+
+
+def is_dtensor(t: Any) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: Any) -> Any:
+    # `_local_tensor` shares the DTensor's storage, so the ops' in-place
+    # writes land in it; to_local() would add an autograd node per tensor.
+    return t._local_tensor if is_dtensor(t) else t
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_groups(mesh: Any, placements: tuple[Any, ...]) -> tuple[str, ...]:
+    # A replicated mesh dimension holds whole copies: summing over it would count them twice.
+    return tuple(mesh.get_group(dim).group_name for dim, placement in enumerate(placements) if placement.is_shard())
+
+
+def shard_groups(t: Any) -> tuple[str, ...]:
+    """Names of the process groups across which `t`'s elements are spread (none for a plain tensor)."""
+    if not is_dtensor(t):
+        return ()
+    return _shard_groups(t.device_mesh, tuple(t.placements))
+
+
+def _grad_like(g: Any, p: Any) -> Any:
+    # FSDP2 gives gradients the parameter's placements; a tensor-parallel
+    # gradient may still be Partial.
+    if is_dtensor(g) and is_dtensor(p) and (g.placements != p.placements or g.device_mesh != p.device_mesh):
+        return g.redistribute(p.device_mesh, p.placements)
+    return g
+
+
+def _as_local(value: Any) -> Any:
+    if isinstance(value, list) and value and is_dtensor(value[0]):
+        return [local(t) for t in value]
+    return value
+
+
+def _pick(value: Any, indices: list[int], count: int) -> Any:
+    if isinstance(value, list) and len(value) == count:
+        return [value[i] for i in indices]
+    return value
+
+
+def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any,
+         sums: bool = False, **kwargs: Any) -> Any:
+    """`op(params, grads, *rest, **kwargs)` on local shards when the parameters are DTensors.
+
+    Lists as long as `params` are taken as per-parameter lists. With `sums`
+    (the op reduces whole tensors), each parameter's whole element count and
+    its shard groups are passed; parameters sharded differently are updated
+    by separate calls, and a returned per-tensor tensor is put back in order.
+    """
+    if not any(is_dtensor(p) for p in params):
+        return op(params, grads, *rest, **kwargs)
+    count = len(params)
+    grads = [_grad_like(g, p) for g, p in zip(grads, params)]
+    layouts: dict[tuple[str, ...], list[int]] = {}
+    for index, p in enumerate(params):
+        layouts.setdefault(shard_groups(p), []).append(index)
+    results = []
+    for groups, indices in layouts.items():
+        picked = [_pick(v, indices, count) for v in (params, grads, *rest)] if len(layouts) > 1 else [params, grads, *rest]
+        extra = dict(kwargs)
+        if sums:
+            extra["numels"] = [p.numel() for p in picked[0]]
+            extra["shard_groups"] = list(groups)
+        results.append((indices, op(*[_as_local(v) for v in picked], **extra)))
+    if len(results) == 1:
+        return results[0][1]
+    if not isinstance(results[0][1], torch.Tensor):
+        return None
+    merged = torch.empty(count, dtype=results[0][1].dtype)
+    for indices, values in results:
+        merged[indices] = values
+    return merged
+
+
+def call_on_locals(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`op(*args)` with every list of DTensors replaced by their local shards."""
+    return op(*[_as_local(v) for v in args], **kwargs)
+
+
+def common_shard_groups(tensors: list[Any], what: str) -> list[str]:
+    """The shard groups shared by all `tensors` (NotImplementedError when they differ)."""
+    layouts = {shard_groups(t) for t in tensors}
+    if len(layouts) > 1:
+        raise NotImplementedError(f"{what}: parameters sharded over different process groups are not supported together")
+    return list(layouts.pop()) if layouts else []
