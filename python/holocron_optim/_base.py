@@ -130,6 +130,8 @@ class FusedStep:
     # inf or NaN gradient is skipped here, before anything is touched.
     _step_supports_amp_scaling = True
     _grad_scale_now: torch.Tensor | None = None
+    # Compiled steps hand found_inf to the ops, which skip the update: no host read, no branch.
+    _found_inf_now: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -137,6 +139,9 @@ class FusedStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            self._compiled_step()
+            return loss
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
             return loss
@@ -197,6 +202,63 @@ class FusedStep:
                 for state, key in added:
                     state.pop(key, None)
                 raise
+
+    def _compiled_step(self) -> None:
+        """The step torch.compile traces: one graph without breaks, the same
+        after the first steps (no recompilation). State keeps the reference's
+        keys, with tensor step counters (0-d float32, as torch.optim.Adam's) and
+        tensor trust ratios, which the ops advance and write; the checks of the
+        eager step that read values on the host are the ops' own."""
+        self._grad_scale_now = getattr(self, "grad_scale", None)
+        self._found_inf_now = getattr(self, "found_inf", None)
+        try:
+            for group in self.param_groups:  # type: ignore[attr-defined]
+                params = [p for p in group["params"] if p.grad is not None]
+                if not params:
+                    continue
+                states = []
+                for p in params:
+                    state = self.state[p]  # type: ignore[attr-defined]
+                    if not state:
+                        self._init_state(state, p, group)
+                    self._compiled_state(state, p, group)
+                    states.append(state)
+                if self._stateless(group):
+                    states = [{} for _ in params]
+                self._apply(group, params, [p.grad for p in params], states)
+        finally:
+            self._grad_scale_now = self._found_inf_now = None
+
+    def _compiled_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
+        """Buffers made, and the step counter as a tensor."""
+        for key in self._buffers(group):
+            if key not in state:
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if "step" in state and not isinstance(state["step"], torch.Tensor):
+            state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+        if self._keeps_trust_ratios:
+            ratio = state.get("local_lr")
+            if type(ratio) is not torch.Tensor or ratio.dtype != p.dtype or ratio.device != p.device:
+                state["local_lr"] = torch.ones((), dtype=p.dtype, device=p.device)
+
+    # LAMB and RaLars store each tensor's trust ratio as `local_lr`.
+    _keeps_trust_ratios = False
+
+    def _counters(self, states: list[dict[str, Any]]) -> tuple[list[int], dict[str, Any]]:
+        """This step's counters for an op: the advanced ints (eager; stored by
+        `_commit_steps` once the op has run), or the state's tensors, which the
+        op advances itself (compiled)."""
+        if torch.compiler.is_compiling():
+            return [], {"step_tensors": [s["step"] for s in states]}
+        return self._advance_steps(states), {}
+
+    def _ratio_targets(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """Compiled, LAMB's and RaLars' ops write the trust ratios into the state's tensors."""
+        return {"local_lrs": [s["local_lr"] for s in states]} if torch.compiler.is_compiling() else {}
+
+    def _commit_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
+        if not torch.compiler.is_compiling():
+            self._store_steps(states, steps)
 
     def _stateless(self, group: dict[str, Any]) -> bool:
         """True when this group's update keeps no per-parameter state."""

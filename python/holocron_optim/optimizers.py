@@ -149,7 +149,7 @@ class LARS(FusedStep, Optimizer):
                 ops.lars_, params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
                 float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
                 list(self.scale_clip) if self.scale_clip is not None else [],
-                grad_scale=self._grad_scale_now, sums=True,
+                grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, sums=True,
             )
         except Exception:
             for state, new in zip(states, is_new):
@@ -198,6 +198,7 @@ class LAMB(FusedStep, Optimizer):
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
     _settings = ("scale_clip",)
+    _keeps_trust_ratios = True
 
     def __init__(
         self,
@@ -219,13 +220,16 @@ class LAMB(FusedStep, Optimizer):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
+        steps, counters = self._counters(states)
         local_lrs = distributed.call(
             ops.lamb_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), *self.scale_clip,
-            grad_scale=self._grad_scale_now, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(states), sums=True,
         )
-        self._store_steps(states, self._advance_steps(states))
+        if counters:
+            return  # compiled: the op advanced the counters and wrote the ratios
+        self._commit_steps(states, steps)
         _store_local_lrs(params, states, local_lrs)
 
 
@@ -270,6 +274,7 @@ class RaLars(FusedStep, Optimizer):
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
     _settings = ("force_adaptive_momentum", "scale_clip")
+    _keeps_trust_ratios = True
 
     def __init__(
         self,
@@ -299,17 +304,19 @@ class RaLars(FusedStep, Optimizer):
             # The reference records the SMA's maximum length in the group on its
             # first step (here once that step has succeeded).
             sma_inf = 2 / (1 - beta2) - 1
-        steps = self._advance_steps(states)
+        steps, counters = self._counters(states)
         local_lrs = distributed.call(
             ops.ralars_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
             None if sma_inf is None else float(sma_inf),
-            grad_scale=self._grad_scale_now, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(states), sums=True,
         )
         if record:
             group["sma_inf"] = sma_inf
-        self._store_steps(states, steps)
+        if counters:
+            return  # compiled: the op advanced the counters and wrote the ratios
+        self._commit_steps(states, steps)
         _store_local_lrs(params, states, local_lrs)
 
 
@@ -407,16 +414,16 @@ class TAdam(FusedStep, Optimizer):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
-        steps = self._advance_steps(states)
+        steps, counters = self._counters(states)
         dof = group["dof"]
         distributed.call(
             ops.tadam_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
             _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [], _gather(states, "W_t"), steps,
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
             float(group["weight_decay"]), bool(group["amsgrad"]), None if dof is None else float(dof),
-            grad_scale=self._grad_scale_now, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
         )
-        self._store_steps(states, steps)
+        self._commit_steps(states, steps)
 
 
 class _AdamLike(FusedStep, Adam):
@@ -495,13 +502,13 @@ class AdaBelief(_AdamLike):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
-        steps = self._advance_steps(states)
+        steps, counters = self._counters(states)
         distributed.call(
             ops.adabelief_, params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
         )
-        self._store_steps(states, steps)
+        self._commit_steps(states, steps)
 
 
 class AdamP(_AdamLike):
@@ -557,14 +564,14 @@ class AdamP(_AdamLike):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
-        steps = self._advance_steps(states)
+        steps, counters = self._counters(states)
         distributed.call(
             ops.adamp_, params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
             float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
             float(self.delta),
-            grad_scale=self._grad_scale_now, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
         )
-        self._store_steps(states, steps)
+        self._commit_steps(states, steps)
 
 
 class Adan(FusedStep, Optimizer):
@@ -636,16 +643,16 @@ class Adan(FusedStep, Optimizer):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
-        steps = self._advance_steps(states)
+        steps, counters = self._counters(states)
         distributed.call(
             ops.adan_, params, grads, _gather(states, "prev_grad"), _gather(states, "exp_avg"),
             _gather(states, "exp_avg_sq"), _gather(states, "exp_avg_delta"),
             _gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps,
             float(group["lr"]), float(beta1), float(beta2), float(beta3), float(group["eps"]),
             float(group["weight_decay"]), bool(group["amsgrad"]),
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
         )
-        self._store_steps(states, steps)
+        self._commit_steps(states, steps)
 
 
 class AdEMAMix(FusedStep, Optimizer):
@@ -704,11 +711,11 @@ class AdEMAMix(FusedStep, Optimizer):
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
-        steps = self._advance_steps(states)
+        steps, counters = self._counters(states)
         distributed.call(
             ops.ademamix_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_slow"),
             _gather(states, "exp_avg_sq"), steps, float(group["lr"]), float(beta1), float(beta2),
             float(beta3), float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
-            grad_scale=self._grad_scale_now,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
         )
-        self._store_steps(states, steps)
+        self._commit_steps(states, steps)

@@ -113,7 +113,9 @@ class Lookahead(Optimizer):
         self._patch_step_function()
         self.state = defaultdict(dict)
         self.base_optimizer = base_optimizer
-        self.fast_steps = 0
+        # A tensor, advanced by the step op: a compiled step has no branch on
+        # a Python int that changes every step (each value would recompile).
+        self._fast_steps = torch.zeros((), dtype=torch.int64)
         self.slow_params: list[list[torch.Tensor]] = []
         self._mirror_new_groups()
 
@@ -176,26 +178,31 @@ class Lookahead(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none)
 
+    @property
+    def fast_steps(self) -> int:
+        """Steps of the base optimizer so far (it syncs when this is a multiple of sync_period)."""
+        return int(self._fast_steps)
+
+    @fast_steps.setter
+    def fast_steps(self, value: int) -> None:
+        self._fast_steps.fill_(value)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self._mirror_new_groups()
         found_inf = getattr(self, "found_inf", None)
+        compiling = torch.compiler.is_compiling()
         if found_inf is None:
             loss = self.base_optimizer.step(closure)
-        elif bool(found_inf.item()):  # GradScaler found an inf or NaN: nothing moves, nothing counts
+        elif not compiling and bool(found_inf.item()):  # GradScaler found an inf or NaN: nothing moves, nothing counts
             if closure is None:
                 return None
             with torch.enable_grad():
                 return closure()
         else:
+            # Compiled, the base and the op below skip the step themselves on found_inf (no host read here).
             loss = self._base_step_with_scaling(closure, found_inf)
-        period = self.defaults["sync_period"]
-        changes_before = self.fast_steps % period
         with torch.no_grad():
-            self._after_base_step(changes_before)
-            self.fast_steps += 1
-            if self.fast_steps % period == 0:
-                self.sync_params(self._rate_for_sync(changes_before + 1))
-                self._after_sync()
+            self._advance(found_inf)
         return loss
 
     @property
@@ -212,14 +219,12 @@ class Lookahead(Optimizer):
         finally:
             del base.grad_scale, base.found_inf  # type: ignore[attr-defined]
 
-    def _after_base_step(self, changes_before: int) -> None:
-        pass
-
-    def _rate_for_sync(self, changes_in_period: int) -> float:
-        return self.defaults["sync_rate"]
-
-    def _after_sync(self) -> None:
-        pass
+    def _advance(self, found_inf: torch.Tensor | None) -> None:
+        """Counts the base's step and syncs at the end of a period (one op: no Python branch)."""
+        distributed.call_on_locals(
+            ops.lookahead_step_, self._fast_params(), self._flat_slow(), self._fast_steps,
+            int(self.defaults["sync_period"]), float(self.defaults["sync_rate"]), found_inf=found_inf,
+        )
 
     @torch.no_grad()
     def sync_params(self, sync_rate: float = 0.0) -> None:
@@ -408,8 +413,17 @@ class Scout(Lookahead):
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
         self.scout_stats: dict[str, list[torch.Tensor]] = {key: [] for key in _SCOUT_STATS}
-        self.last_sync_rate = math.nan
+        self._last_sync_rate = torch.full((), math.nan, dtype=torch.float64)
         super().__init__(base_optimizer, sync_rate, sync_period)
+
+    @property
+    def last_sync_rate(self) -> float:
+        """The rate of the last sync, ``max(1 - coherence, sync_rate)`` (NaN before the first)."""
+        return float(self._last_sync_rate)
+
+    @last_sync_rate.setter
+    def last_sync_rate(self, value: float) -> None:
+        self._last_sync_rate.fill_(value)
 
     def _add_group_state(self, group: dict[str, Any]) -> None:
         for p in group["params"]:
@@ -422,21 +436,15 @@ class Scout(Lookahead):
     def _stats(self) -> list[list[torch.Tensor]]:
         return [self.scout_stats[key] for key in _SCOUT_STATS]
 
-    def _after_base_step(self, changes_before: int) -> None:
-        distributed.call_on_locals(ops.scout_accumulate_, self._fast_params(), *self._stats(), changes_before)
-
-    def _rate_for_sync(self, changes_in_period: int) -> float:
+    def _advance(self, found_inf: torch.Tensor | None) -> None:
+        """Folds the base's step into the statistics; at the end of a period,
+        syncs at the rate the coherence gives and restarts them (one op)."""
         stats = self._stats()
-        coherence = distributed.call_on_locals(
-            ops.scout_coherence, *stats, changes_in_period,
-            shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
+        distributed.call_on_locals(
+            ops.scout_step_, self._fast_params(), self._flat_slow(), *stats, self._fast_steps,
+            self._last_sync_rate, int(self.defaults["sync_period"]), float(self.defaults["sync_rate"]),
+            found_inf=found_inf, shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
         )
-        self.last_sync_rate = max(1 - coherence, self.defaults["sync_rate"])
-        return self.last_sync_rate
-
-    def _after_sync(self) -> None:
-        for prev, p in zip(self.scout_stats["prev"], self._fast_params()):
-            prev.copy_(p)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"scout_stats": {key: [t.clone() for t in tensors] for key, tensors in self.scout_stats.items()}}

@@ -85,14 +85,17 @@ def record_rates(ref_wrapper):
 
 
 def record_our_rates(wrapper):
+    """The rate of each sync of a Scout, as it happens."""
     rates = []
-    original = wrapper.sync_params
+    original = wrapper.step
 
-    def spy(sync_rate=0.0):
-        rates.append(sync_rate)
-        return original(sync_rate)
+    def spy(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        if wrapper.fast_steps % wrapper.defaults["sync_period"] == 0:
+            rates.append(wrapper.last_sync_rate)
+        return loss
 
-    wrapper.sync_params = spy
+    wrapper.step = spy
     return rates
 
 
@@ -215,24 +218,21 @@ def test_scout_rate_matches_oracle_with_frozen_elements():
     period = 5
     ours = ho.Scout(torch.optim.SGD(params, lr=0.1), sync_rate=0.0, sync_period=period)
     history = [[p.detach().clone()] for p in params]
-    seen = []
-    original = ours.sync_params
+    base_step = ours.base_optimizer.step
 
-    def spy(sync_rate=0.0):
-        for h, p in zip(history, params):  # the fast weights just before the sync
+    def recording_base_step(*args, **kwargs):  # the fast weights after each base step, before any sync
+        loss = base_step(*args, **kwargs)
+        for h, p in zip(history, params):
             h.append(p.detach().clone())
-        seen.append(sync_rate)
-        return original(sync_rate)
+        return loss
 
-    ours.sync_params = spy
+    ours.base_optimizer.step = recording_base_step
+    seen = record_our_rates(ours)
     for t in range(period):
         grads_at(t, params)
         for p, m in zip(params, masks):
             p.grad.mul_(m)
         ours.step()
-        if t < period - 1:
-            for h, p in zip(history, params):
-                h.append(p.detach().clone())
     expected = max(1 - coherence_oracle(history), 0.0)
     assert len(seen) == 1 and math.isclose(seen[0], expected, rel_tol=1e-9)
 

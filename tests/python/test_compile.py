@@ -1,0 +1,161 @@
+"""torch.compile of a step: one graph without breaks (fullgraph=True), no
+recompilation after the first steps, and the eager step's numbers, for every
+class and both wrappers; GradScaler's skipped steps too, and state handed
+between eager and compiled steps both ways."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import holocron_optim as ho
+
+WARMUP = 3  # steps after which nothing may recompile
+STEPS = 8
+
+CASES = {
+    "LARS": lambda p: ho.LARS(p, lr=0.05, momentum=0.9, weight_decay=0.01, scale_clip=(0.0, 5.0)),
+    "LAMB": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01),
+    "RaLars": lambda p: ho.RaLars(p, lr=0.01, betas=(0.9, 0.9), weight_decay=0.01),
+    "TAdam": lambda p: ho.TAdam(p, lr=0.01, amsgrad=True),
+    "AdaBelief": lambda p: ho.AdaBelief(p, lr=0.01, weight_decay=0.01),
+    "AdamP": lambda p: ho.AdamP(p, lr=0.01, delta=1.0),
+    "Adan": lambda p: ho.Adan(p, lr=0.01, weight_decay=0.01),
+    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=0.01),
+    "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01), sync_period=3),
+    "Scout(AdamP)": lambda p: ho.Scout(ho.AdamP(p, lr=0.01, delta=1.0), sync_rate=0.0, sync_period=3),
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def make_params(dtype=torch.float64):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (3,), (1,), (4, 2, 2)]
+    return [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+
+
+def grads_at(step: int, params):
+    gen = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+
+class CountingBackend:
+    """Counts compilations (each recompilation compiles a new graph)."""
+
+    def __init__(self, backend: str):
+        self.backend = torch._dynamo.lookup_backend(backend)
+        self.compiles = 0
+
+    def __call__(self, gm, example_inputs):
+        self.compiles += 1
+        return self.backend(gm, example_inputs)
+
+
+def base_of(opt):
+    return getattr(opt, "base_optimizer", opt)
+
+
+def assert_same_state(eager, compiled):
+    """Equal values; compiled counters and trust ratios are tensors."""
+    for p_e, p_c in zip(
+        [p for g in base_of(eager).param_groups for p in g["params"]],
+        [p for g in base_of(compiled).param_groups for p in g["params"]],
+    ):
+        s_e, s_c = base_of(eager).state[p_e], base_of(compiled).state[p_c]
+        assert s_e.keys() == s_c.keys()
+        for key, value in s_e.items():
+            other = s_c[key]
+            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                assert torch.equal(value, other), key
+            else:
+                assert float(value) == float(other), (key, value, other)
+
+
+def run_pair(name: str, backend: str, found_inf_steps=(), eager_steps_first: int = 0):
+    start = make_params()
+    eager_params = [p.clone().requires_grad_() for p in start]
+    compiled_params = [p.clone().requires_grad_() for p in start]
+    eager, compiled = CASES[name](eager_params), CASES[name](compiled_params)
+    counting = CountingBackend(backend)
+    compiled_step = torch.compile(lambda: compiled.step(), backend=counting, fullgraph=True)
+    for step in range(STEPS):
+        for params in (eager_params, compiled_params):
+            for p, g in zip(params, grads_at(step, start)):
+                p.grad = g
+        inf = torch.tensor(1.0 if step in found_inf_steps else 0.0)
+        for opt in (eager, compiled):
+            opt.found_inf = inf
+        eager.step()
+        if step < eager_steps_first:
+            compiled.step()  # state made in eager (int counters), then compiled
+            continue
+        with torch._dynamo.config.patch(error_on_recompile=step >= eager_steps_first + WARMUP):
+            compiled_step()
+    return eager, compiled, eager_params, compiled_params, counting
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_step_equals_eager_without_recompiling(name):
+    eager, compiled, eager_params, compiled_params, counting = run_pair(name, "aot_eager")
+    assert counting.compiles <= WARMUP
+    for a, b in zip(eager_params, compiled_params):
+        assert torch.equal(a, b)
+    assert_same_state(eager, compiled)
+    if hasattr(eager, "fast_steps"):
+        assert eager.fast_steps == compiled.fast_steps == STEPS
+        if hasattr(eager, "last_sync_rate"):
+            assert eager.last_sync_rate == compiled.last_sync_rate and 0.0 < compiled.last_sync_rate <= 1.0
+
+
+@pytest.mark.parametrize("name", ["LAMB", "Adan", "Scout(AdamP)"])
+def test_inductor_compiled_step_equals_eager(name):
+    _, _, eager_params, compiled_params, counting = run_pair(name, "inductor")
+    assert counting.compiles <= WARMUP
+    for a, b in zip(eager_params, compiled_params):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_step_skips_where_found_inf(name):
+    """GradScaler's found_inf reaches the ops, which skip the update and the counters."""
+    eager, compiled, eager_params, compiled_params, _ = run_pair(name, "aot_eager", found_inf_steps=(1, 5))
+    for a, b in zip(eager_params, compiled_params):
+        assert torch.equal(a, b)
+    assert_same_state(eager, compiled)
+    if hasattr(eager, "fast_steps"):
+        assert compiled.fast_steps == STEPS - 2
+
+
+@pytest.mark.parametrize("name", ["LAMB", "TAdam", "RaLars", "Scout(AdamP)"])
+def test_compiled_steps_continue_an_eager_state(name):
+    """Int counters from eager steps (or a reference checkpoint) become tensors."""
+    eager, compiled, eager_params, compiled_params, counting = run_pair(name, "aot_eager", eager_steps_first=2)
+    assert counting.compiles <= WARMUP
+    for a, b in zip(eager_params, compiled_params):
+        assert torch.equal(a, b)
+    assert_same_state(eager, compiled)
+
+
+@pytest.mark.parametrize("name", ["LAMB", "AdamP", "Lookahead(LAMB)"])
+def test_eager_steps_continue_a_compiled_state(name):
+    eager, compiled, eager_params, compiled_params, _ = run_pair(name, "aot_eager")
+    resumed_params = [p.detach().clone().requires_grad_() for p in compiled_params]
+    resumed = CASES[name](resumed_params)
+    resumed.load_state_dict(copy.deepcopy(compiled.state_dict()))
+    for step in range(STEPS, STEPS + 3):
+        for params in (eager_params, resumed_params):
+            for p, g in zip(params, grads_at(step, eager_params)):
+                p.grad = g.detach()
+        eager.found_inf = resumed.found_inf = torch.tensor(0.0)
+        eager.step()
+        resumed.step()
+    for a, b in zip(eager_params, resumed_params):
+        assert torch.equal(a, b)
