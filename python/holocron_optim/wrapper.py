@@ -187,8 +187,32 @@ class Lookahead(Optimizer):
     def fast_steps(self, value: int) -> None:
         self._fast_steps.fill_(value)
 
+    # The wrapper's per-parameter tensors (slow weights, Scout's statistics) are
+    # also entries of `state`, under these keys, once it has stepped: so the
+    # "state" of its state_dict holds all a checkpoint needs per parameter,
+    # the layout torch.distributed.checkpoint keeps (it drops other top-level
+    # keys), and `state` is not empty once trained (DCP would otherwise take
+    # a zero-lr step to make it).
+    _OWN_KEYS = ("slow_param",)
+    _BASE_KEY = "base_state"
+    _GROUP_KEYS = ("fast_steps", "sync_rate", "sync_period")
+
+    def _own_tensors(self) -> dict[str, list[torch.Tensor]]:
+        return {"slow_param": self._flat_slow()}
+
+    def _register_state(self) -> None:
+        fast = self._fast_params()
+        for key, tensors in self._own_tensors().items():
+            for p, t in zip(fast, tensors):
+                self.state[p][key] = t
+        self._registered = len(fast)
+
+    _registered = 0
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self._mirror_new_groups()
+        if self._registered != len(self._fast_params()):
+            self._register_state()
         found_inf = getattr(self, "found_inf", None)
         compiling = torch.compiler.is_compiling()
         if found_inf is None:
@@ -240,8 +264,17 @@ class Lookahead(Optimizer):
         # The base's groups (hyper-parameters, param_names, and torch's indices:
         # one per distinct parameter), as torch.optim lays them out.
         param_groups = [dict(group) for group in base_state_dict["param_groups"]]
+        settings = {"fast_steps": self.fast_steps, "sync_rate": self.defaults["sync_rate"],
+                    "sync_period": self.defaults["sync_period"]}
+        for group in param_groups:
+            group.update(settings)
+        own_state = self._pack_own_state()
+        if self._registered:
+            for index, base_state in base_state_dict["state"].items():
+                if isinstance(index, int) and isinstance(own_state.get(index), dict):
+                    own_state[index] = {**own_state[index], self._BASE_KEY: base_state}
         state_dict = {
-            "state": self._pack_own_state(),
+            "state": own_state,
             "param_groups": param_groups,
             "base_state_dict": base_state_dict,
             "fast_steps": self.fast_steps,
@@ -308,6 +341,8 @@ class Lookahead(Optimizer):
                 state_dict = result
         name = type(self).__name__
         check_state_dict_layout(name, state_dict)
+        if "base_state_dict" not in state_dict:
+            state_dict = self._from_state_entries(state_dict)
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
             len(saved["params"]) != len(group["params"]) for saved, group in zip(saved_groups, self.param_groups)
@@ -331,12 +366,12 @@ class Lookahead(Optimizer):
 
         # The base's own groups hold the lr it trained with; the reference's
         # wrapper-level "lr" may be a scheduler's value that never reached it.
-        own_state = self._unpack_own_state(state_dict.get("state"))
+        own_state = self._unpack_own_state(self._without_own_entries(state_dict.get("state")))
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
         # The top-level groups are what users and load hooks see and edit (the
         # base's copy is nested): their hyper-parameters win.
         for group, saved in zip(self.param_groups, saved_groups):
-            group.update({k: v for k, v in saved.items() if k not in ("params", "param_names")})
+            group.update({k: v for k, v in saved.items() if k not in ("params", "param_names", *self._GROUP_KEYS)})
         self.state = own_state
         with torch.no_grad():
             source = slow if slow is not None else fast
@@ -352,11 +387,54 @@ class Lookahead(Optimizer):
         self.defaults["sync_period"] = sync_period
         self.defaults["sync_rate"] = sync_rate
         commit_extra()
+        if self._registered:
+            self._register_state()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         return lambda: None
+
+    def _without_own_entries(self, packed: Any) -> Any:
+        """The saved `state` less what _register_state and state_dict put in its entries."""
+        if not isinstance(packed, dict):
+            return packed
+        keys = (*self._OWN_KEYS, self._BASE_KEY)
+        out = {}
+        for index, entry in packed.items():
+            if isinstance(entry, dict) and any(k in entry for k in keys):
+                entry = {k: v for k, v in entry.items() if k not in keys}
+                if not entry:
+                    continue
+            out[index] = entry
+        return out
+
+    def _from_state_entries(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Our layout rebuilt from a state dict that kept only `state` and
+        `param_groups` (torch.distributed.checkpoint's): the base's state and
+        the wrapper's tensors from the per-parameter entries, the counter and
+        settings from the groups."""
+        name = type(self).__name__
+        entries = state_dict["state"]
+        groups = state_dict["param_groups"]
+        indices = [i for group in groups for i in group["params"]]
+        if not groups or not all(isinstance(entries.get(i), dict) and "slow_param" in entries[i] for i in indices):
+            raise ValueError(f"{name}: the loaded state dict has no 'base_state_dict'")
+        rebuilt = {
+            "state": entries,
+            "param_groups": groups,
+            "base_state_dict": {
+                "state": {i: entries[i][self._BASE_KEY] for i in indices if self._BASE_KEY in entries[i]},
+                "param_groups": [{k: v for k, v in g.items() if k not in self._GROUP_KEYS} for g in groups],
+            },
+            "slow_params": [entries[i]["slow_param"] for i in indices],
+            **{key: groups[0][key] for key in self._GROUP_KEYS if key in groups[0]},
+        }
+        rebuilt.update(self._extra_from_entries(entries, indices))
+        return rebuilt
+
+    def _extra_from_entries(self, entries: dict[Any, Any], indices: list[int]) -> dict[str, Any]:
+        return {}
 
     def __repr__(self) -> str:
         base = repr(self.base_optimizer).replace("\n", "\n\t")
@@ -435,6 +513,16 @@ class Scout(Lookahead):
 
     def _stats(self) -> list[list[torch.Tensor]]:
         return [self.scout_stats[key] for key in _SCOUT_STATS]
+
+    _OWN_KEYS = ("slow_param", *(f"scout_{key}" for key in _SCOUT_STATS))
+
+    def _own_tensors(self) -> dict[str, list[torch.Tensor]]:
+        return {"slow_param": self._flat_slow(), **{f"scout_{key}": self.scout_stats[key] for key in _SCOUT_STATS}}
+
+    def _extra_from_entries(self, entries: dict[Any, Any], indices: list[int]) -> dict[str, Any]:
+        if not all(f"scout_{key}" in entries[i] for i in indices for key in _SCOUT_STATS):
+            return {}
+        return {"scout_stats": {key: [entries[i][f"scout_{key}"] for i in indices] for key in _SCOUT_STATS}}
 
     def _advance(self, found_inf: torch.Tensor | None) -> None:
         """Folds the base's step into the statistics; at the end of a period,

@@ -3,8 +3,9 @@
 # installation.
 #
 # Variables: BUILD_DIR (the holocron-optim build tree), SOURCE_DIR (the
-# user's project), EXECUTABLE (the program it builds, run with WORK_DIR/run
-# as its one argument when RUN_WITH_PATH is set), WORK_DIR (scratch space),
+# user's project), EXECUTABLE (the programs it builds, separated by commas,
+# run in turn, each with WORK_DIR/run as its one argument when RUN_WITH_PATH
+# is set), WORK_DIR (scratch space),
 # Torch_DIR, GENERATOR, CXX_COMPILER, COMPILER_LAUNCHER (may be empty).
 
 foreach(var BUILD_DIR SOURCE_DIR EXECUTABLE WORK_DIR Torch_DIR GENERATOR CXX_COMPILER)
@@ -43,8 +44,11 @@ if(NOT result EQUAL 0)
   message(FATAL_ERROR "consumer test: configure failed (${result})")
 endif()
 run_step("build" "${CMAKE_COMMAND}" --build "${build}")
-if(RUN_WITH_PATH)
-  run_step("run" "${build}/${EXECUTABLE}" "${WORK_DIR}/run")
-else()
-  run_step("run" "${build}/${EXECUTABLE}")
-endif()
+string(REPLACE "," ";" executables "${EXECUTABLE}")
+foreach(executable IN LISTS executables)
+  if(RUN_WITH_PATH)
+    run_step("run ${executable}" "${build}/${executable}" "${WORK_DIR}/run")
+  else()
+    run_step("run ${executable}" "${build}/${executable}")
+  endif()
+endforeach()

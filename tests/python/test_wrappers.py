@@ -363,12 +363,20 @@ def test_state_dict_layout_contains_the_reference_keys(cls):
     train(refw, ref_params, 0, 3)
     a, b = ours.state_dict(), refw.state_dict()
     assert set(b) <= set(a)
-    assert a["state"] == b["state"] == {}
+    assert b["state"] == {}
+    # Ours: one entry per parameter with its slow weights and the base's state
+    # (the layout torch.distributed.checkpoint keeps); the reference ignores them.
+    base_state = a["base_state_dict"]["state"]
+    assert set(a["state"]) == set(range(len(params)))
+    for index, entry in a["state"].items():
+        assert torch.equal(entry["slow_param"], a["slow_params"][index])
+        assert entry["base_state"] is base_state[index]
     # Ours are the base's groups (torch.optim's layout, every hyper-parameter): a
     # superset of the reference's, which torch's load_state_dict takes as it is.
     assert all(set(g) <= set(h) for g, h in zip(b["param_groups"], a["param_groups"]))
     assert [g["params"] for g in a["param_groups"]] == [g["params"] for g in b["param_groups"]]
-    assert a["param_groups"] == a["base_state_dict"]["param_groups"]
+    settings = {"fast_steps": 3, "sync_rate": ours.defaults["sync_rate"], "sync_period": ours.defaults["sync_period"]}
+    assert a["param_groups"] == [{**g, **settings} for g in a["base_state_dict"]["param_groups"]]
     assert set(a["base_state_dict"]) == set(b["base_state_dict"])
 
 
@@ -619,7 +627,8 @@ def test_named_parameters_and_repeated_ones_are_numbered_as_torch_does(cls):
     wrapper = getattr(ho, cls)(torch.optim.Adam(model.named_parameters(), lr=0.1))
     saved = wrapper.state_dict()
     assert saved["param_groups"][0]["param_names"] == [n for n, _ in model.named_parameters()]
-    assert saved["param_groups"] == saved["base_state_dict"]["param_groups"]
+    assert [{k: v for k, v in g.items() if k not in ("fast_steps", "sync_rate", "sync_period")}
+            for g in saved["param_groups"]] == saved["base_state_dict"]["param_groups"]
     restored = getattr(ho, cls)(torch.optim.Adam(model.named_parameters(), lr=0.1))
     restored.load_state_dict(saved)
 
