@@ -38,13 +38,14 @@ struct MlpImpl : torch::nn::Module {
 TORCH_MODULE(Mlp);
 
 // [average-gradients]
-// Sums each gradient over the ranks, then divides by their number (Gloo has
-// no average). Every rank receives the same sum, bit for bit.
+// Averages each gradient over the ranks, in place; every rank receives the
+// same bits.
 void average_gradients(c10d::Backend& group, const std::vector<torch::Tensor>& params) {
+  c10d::AllreduceOptions average;
+  average.reduceOp = c10d::ReduceOp::AVG;
   for (const auto& p : params) {
     std::vector<torch::Tensor> grad = {p.grad()};
-    group.allreduce(grad)->wait();
-    p.grad().div_(group.getSize());
+    group.allreduce(grad, average)->wait();
   }
 }
 // [average-gradients]

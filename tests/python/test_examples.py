@@ -8,6 +8,7 @@ is not carried to the README (or the reverse) fails here.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -48,6 +49,18 @@ def test_python_example_trains_and_resumes_exactly(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resumed run equals the uninterrupted one" in result.stdout
+
+
+def test_fsdp2_example_resumes_exactly(tmp_path):
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch.distributed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "examples/python/train_fsdp2.py"), str(tmp_path / "ckpt")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the resumed run equals the uninterrupted one bit for bit" in result.stdout
 
 
 DEMO = ROOT / "build" / "holocron_demo"
