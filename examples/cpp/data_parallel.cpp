@@ -83,10 +83,8 @@ int run_rank(const std::string& path, int rank, int world_size) {
   group->allreduce(mismatches)->wait();
   const auto differing = mismatches[0].item<int64_t>();
   if (rank == 0) {
-    // [checkpoint]
     torch::save(model, path + ".model");
     torch::save(optimizer, path + ".optim");
-    // [checkpoint]
     std::printf("%d ranks, %d steps: loss %.4f -> %.4f (rank 0's batches); %lld rank(s) differ from rank 0\n",
                 world_size, kSteps, first_loss, last_loss, static_cast<long long>(differing));
   }

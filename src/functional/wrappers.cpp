@@ -55,6 +55,7 @@ void scout_accumulate_(TensorList fast, const ScoutStats& s, int64_t count) {
 double scout_coherence(const ScoutStats& s, int64_t count, const Sharding& sharding) {
   TORCH_CHECK(count >= 1, "Scout: coherence needs at least one change, got ", count);
   check_stats("Scout", s.prev, s);
+  check_sharding("Scout", sharding, s.prev);
   auto& scratch = fused_scratch();
   auto& sums = scratch.sums;  // sum of the ratios that are numbers, and their count
   if (fused_group(scratch.group, s.prev, {s.prev, s.prev}, {s.mean, s.m2, s.max, s.min})) {
