@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-asan fuzz wheel demo docs install bench clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-asan fuzz wheel demo docs install bench bench-fsdp2 clean
 
 all: build
 
@@ -137,6 +137,10 @@ test-wheel: wheel
 
 install: cpp
 	cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+# Steps under FSDP2 on 2 processes, ours against the reference (bench/bench_fsdp2.py)
+bench-fsdp2: build
+	OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --standalone --nproc_per_node 2 bench/bench_fsdp2.py $(BENCH_ARGS)
 
 # Benchmark (bench/bench.py; under 10 minutes on 2 idle cores): make bench BENCH_ARGS="--quick --workloads small-3000"
 bench: build
