@@ -128,13 +128,27 @@ class StepCounters {
   std::vector<int64_t> steps_;
 };
 
-// LAMB's and RaLars' trust ratios into one-element tensors, when given.
-void store_ratios(const char* optimizer, const OptionalTensors& targets,
-                  const std::vector<double>& ratios) {
+// LAMB's and RaLars' trust ratios go into one-element tensors, when given:
+// checked before the update, written after it.
+void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, size_t n) {
+  if (!targets) return;
+  TORCH_CHECK(targets->size() == n, optimizer, ": got ", targets->size(), " local_lr tensors for ",
+              n, " parameters");
+  for (const auto& t : *targets) {
+    TORCH_CHECK(t.numel() == 1, optimizer, ": a local_lr tensor has shape ", t.sizes(),
+                "; expected one element");
+  }
+}
+
+void store_ratios(const OptionalTensors& targets, const std::vector<double>& ratios) {
   if (!targets || ratios.empty()) return;  // empty: found_inf skipped the step
-  TORCH_CHECK(targets->size() == ratios.size(), optimizer, ": got ", targets->size(),
-              " local_lr tensors for ", ratios.size(), " parameters");
   for (size_t i = 0; i < ratios.size(); ++i) write_scalar((*targets)[i], ratios[i]);
+}
+
+// What the ops return: the trust ratios, or ones for a skipped step (what the
+// fake kernels promise: one per tensor).
+at::Tensor ratios_out(const std::vector<double>& ratios, TensorList params) {
+  return as_tensor(ratios.empty() ? std::vector<double>(params.size(), 1.0) : ratios, params);
 }
 
 at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers,
@@ -148,12 +162,12 @@ at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers
   if (!scale_clip.empty()) clip = clip_of(scale_clip[0], scale_clip[1]);
   std::unique_ptr<bool[]> flags(new bool[buffer_is_new.size()]());
   for (size_t i = 0; i < buffer_is_new.size(); ++i) flags[i] = buffer_is_new.get(i);
-  return as_tensor(F::lars_(params, grads, momentum_buffers,
+  return ratios_out(F::lars_(params, grads, momentum_buffers,
                             c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
                             {lr, momentum, dampening, weight_decay, nesterov, clip},
                             scaling_of(grad_scale, found_inf),
                             sharding_of(params, numels, shard_groups)),
-                   params);
+                    params);
 }
 
 at::Tensor lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -164,13 +178,14 @@ at::Tensor lamb(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
                 const OptionalTensors& local_lrs) {
   // LAMB has no bias correction: its counters are only advanced.
   const StepCounters counters("LAMB", {}, step_tensors, params.size());
+  check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
                                {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)},
                                scaling_of(grad_scale, found_inf),
                                sharding_of(params, numels, shard_groups));
-  store_ratios("LAMB", local_lrs, ratios);
+  store_ratios(local_lrs, ratios);
   counters.store(found_inf);
-  return as_tensor(ratios, params);
+  return ratios_out(ratios, params);
 }
 
 at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -181,14 +196,15 @@ at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
                   at::OptionalIntArrayRef numels, const OptionalNames& shard_groups,
                   const OptionalTensors& step_tensors, const OptionalTensors& local_lrs) {
   const StepCounters counters("RaLars", steps, step_tensors, params.size());
+  check_ratio_targets("RaLars", local_lrs, params.size());
   const auto ratios = F::ralars_(params, grads, exp_avgs, exp_avg_sqs, counters.steps(),
                                  {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
                                   clip_of(clip_low, clip_high), sma_inf},
                                  scaling_of(grad_scale, found_inf),
                                  sharding_of(params, numels, shard_groups));
-  store_ratios("RaLars", local_lrs, ratios);
+  store_ratios(local_lrs, ratios);
   counters.store(found_inf);
-  return as_tensor(ratios, params);
+  return ratios_out(ratios, params);
 }
 
 // Stores values[i] into the one-element tensor targets[i] (LAMB's and RaLars'

@@ -122,6 +122,7 @@ class FusedStep:
                     owners.append(index)
             if "step" in state:
                 steps.append(step_count(state["step"]) + 1)
+        grads = [distributed.grad_like(g, p) for g, p in zip(grads, params)]
         distributed.call_on_locals(ops.validate_group, type(self).__name__, params, grads, buffers, owners, steps)
 
     # torch.amp.GradScaler hands such optimizers its scale and found_inf
@@ -130,7 +131,8 @@ class FusedStep:
     # inf or NaN gradient is skipped here, before anything is touched.
     _step_supports_amp_scaling = True
     _grad_scale_now: torch.Tensor | None = None
-    # Compiled steps hand found_inf to the ops, which skip the update: no host read, no branch.
+    # Compiled steps hand found_inf to the ops, which skip the update and the
+    # counters (no host read, no branch; a first step's zeroed state stays).
     _found_inf_now: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -163,8 +165,9 @@ class FusedStep:
             if params:
                 work.append((group, params, [p.grad for p in params]))
         # A single group's op checks everything before it writes; several
-        # groups are all checked before the first is updated.
-        if len(work) > 1:
+        # groups (or a group of DTensors laid out differently, updated by
+        # several calls) are all checked before the first is updated.
+        if len(work) > 1 or any(distributed.is_split(params) for _, params, _ in work):
             for group, params, grads in work:
                 self._validate(group, params, grads)
 
@@ -216,6 +219,9 @@ class FusedStep:
                 params = [p for p in group["params"] if p.grad is not None]
                 if not params:
                     continue
+                if self._stateless(group):
+                    self._apply(group, params, [p.grad for p in params], [{} for _ in params])
+                    continue
                 states = []
                 for p in params:
                     state = self.state[p]  # type: ignore[attr-defined]
@@ -223,8 +229,6 @@ class FusedStep:
                         self._init_state(state, p, group)
                     self._compiled_state(state, p, group)
                     states.append(state)
-                if self._stateless(group):
-                    states = [{} for _ in params]
                 self._apply(group, params, [p.grad for p in params], states)
         finally:
             self._grad_scale_now = self._found_inf_now = None

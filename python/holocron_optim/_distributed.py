@@ -1,12 +1,12 @@
 """DTensor parameters (FSDP2's `fully_shard`, tensor parallelism): the ops run on
 each rank's local shards, and the whole-tensor sums of a group (norms, TAdam's
 distance, AdamP's cosine, Scout's coherence) are all-reduced inside the op, in
-one collective per group and step, over the process groups of the mesh
-dimensions along which the tensors are sharded."""
+one collective per step for all tensors of a group laid out alike (FSDP2's
+case; tensors sharded over other mesh dimensions are updated by a call of
+their own), over the process group of each mesh dimension that shards them."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,20 +28,29 @@ def local(t: Any) -> Any:
     return t._local_tensor if is_dtensor(t) else t
 
 
-@functools.lru_cache(maxsize=64)
-def _shard_groups(mesh: Any, placements: tuple[Any, ...]) -> tuple[str, ...]:
-    # A replicated mesh dimension holds whole copies: summing over it would count them twice.
-    return tuple(mesh.get_group(dim).group_name for dim, placement in enumerate(placements) if placement.is_shard())
-
-
 def shard_groups(t: Any) -> tuple[str, ...]:
     """Names of the process groups across which `t`'s elements are spread (none for a plain tensor)."""
     if not is_dtensor(t):
         return ()
-    return _shard_groups(t.device_mesh, tuple(t.placements))
+    mesh, placements = t.device_mesh, tuple(t.placements)
+    # Kept on the mesh object itself: DeviceMesh compares equal across process
+    # groups, so a cache keyed on it could hand out another mesh's groups.
+    cache = mesh.__dict__.setdefault("_holocron_optim_shard_groups", {})
+    groups = cache.get(placements)
+    if groups is None:
+        # A replicated mesh dimension holds whole copies: summing over it would count them twice.
+        groups = cache[placements] = tuple(
+            mesh.get_group(dim).group_name for dim, placement in enumerate(placements) if placement.is_shard()
+        )
+    return groups
 
 
-def _grad_like(g: Any, p: Any) -> Any:
+def is_split(params: list[Any]) -> bool:
+    """True when a group's DTensors are laid out differently (then updated by several calls)."""
+    return any(is_dtensor(p) for p in params) and len({shard_groups(p) for p in params}) > 1
+
+
+def grad_like(g: Any, p: Any) -> Any:
     # FSDP2 gives gradients the parameter's placements; a tensor-parallel
     # gradient may still be Partial.
     if is_dtensor(g) and is_dtensor(p) and (g.placements != p.placements or g.device_mesh != p.device_mesh):
@@ -50,7 +59,7 @@ def _grad_like(g: Any, p: Any) -> Any:
 
 
 def _as_local(value: Any) -> Any:
-    if isinstance(value, list) and value and is_dtensor(value[0]):
+    if isinstance(value, list) and any(is_dtensor(t) for t in value):
         return [local(t) for t in value]
     return value
 
@@ -65,7 +74,8 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
          sums: bool = False, **kwargs: Any) -> Any:
     """`op(params, grads, *rest, **kwargs)` on local shards when the parameters are DTensors.
 
-    Lists as long as `params` are taken as per-parameter lists. With `sums`
+    Lists as long as `params` (positional or keyword) are per-parameter lists
+    (pass other sequences as tuples). With `sums`
     (the op reduces whole tensors), each parameter's whole element count and
     its shard groups are passed; parameters sharded differently are updated
     by separate calls, and a returned per-tensor tensor is put back in order.
@@ -73,14 +83,15 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     if not any(is_dtensor(p) for p in params):
         return op(params, grads, *rest, **kwargs)
     count = len(params)
-    grads = [_grad_like(g, p) for g, p in zip(grads, params)]
+    grads = [grad_like(g, p) for g, p in zip(grads, params)]
     layouts: dict[tuple[str, ...], list[int]] = {}
     for index, p in enumerate(params):
         layouts.setdefault(shard_groups(p), []).append(index)
     results = []
     for groups, indices in layouts.items():
-        picked = [_pick(v, indices, count) for v in (params, grads, *rest)] if len(layouts) > 1 else [params, grads, *rest]
-        extra = dict(kwargs)
+        split = len(layouts) > 1
+        picked = [_pick(v, indices, count) for v in (params, grads, *rest)] if split else [params, grads, *rest]
+        extra = {k: _pick(v, indices, count) for k, v in kwargs.items()} if split else dict(kwargs)
         if sums:
             extra["numels"] = [p.numel() for p in picked[0]]
             extra["shard_groups"] = list(groups)
@@ -89,7 +100,7 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
         return results[0][1]
     if not isinstance(results[0][1], torch.Tensor):
         return None
-    merged = torch.empty(count, dtype=results[0][1].dtype)
+    merged = torch.empty(count, dtype=results[0][1].dtype, device=results[0][1].device)
     for indices, values in results:
         merged[indices] = values
     return merged
@@ -104,5 +115,8 @@ def common_shard_groups(tensors: list[Any], what: str) -> list[str]:
     """The shard groups shared by all `tensors` (NotImplementedError when they differ)."""
     layouts = {shard_groups(t) for t in tensors}
     if len(layouts) > 1:
-        raise NotImplementedError(f"{what}: parameters sharded over different process groups are not supported together")
+        raise NotImplementedError(
+            f"{what}: parameters laid out differently (sharded over different process groups, or DTensors "
+            "with plain tensors) are not supported together"
+        )
     return list(layouts.pop()) if layouts else []

@@ -148,7 +148,7 @@ class LARS(FusedStep, Optimizer):
             distributed.call(
                 ops.lars_, params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
                 float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
-                list(self.scale_clip) if self.scale_clip is not None else [],
+                tuple(self.scale_clip) if self.scale_clip is not None else (),
                 grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, sums=True,
             )
         except Exception:

@@ -71,7 +71,13 @@ class Lookahead(Optimizer):
     ``param_groups``, ``base_state_dict``) plus the keys ``slow_params``,
     ``fast_steps``, ``sync_rate`` and ``sync_period``; a reference
     checkpoint still loads (the slow weights then come from the current
-    parameters and the period restarts).
+    parameters and the period restarts). Once the base has state, each
+    parameter's entry of ``state`` also holds its slow weights
+    (``slow_param``), and in ``state_dict()`` the base's state of it
+    (``base_state``), while each group carries ``wrapper_settings`` (the
+    counter and sync options, outermost wrapper first): a state dict reduced
+    to ``state`` and ``param_groups``, as torch.distributed.checkpoint keeps
+    it, loads too.
 
     Differences from the reference (pylocron 0.3.0):
         - the wrapper's ``param_groups`` are the base's, so an LR scheduler
@@ -111,7 +117,7 @@ class Lookahead(Optimizer):
         self._optimizer_load_state_dict_pre_hooks = OrderedDict()
         self._optimizer_load_state_dict_post_hooks = OrderedDict()
         self._patch_step_function()
-        self.state = defaultdict(dict)
+        self._state: defaultdict = defaultdict(dict)
         self.base_optimizer = base_optimizer
         # A tensor, advanced by the step op: a compiled step has no branch on
         # a Python int that changes every step (each value would recompile).
@@ -128,8 +134,26 @@ class Lookahead(Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles of earlier versions held the counters as plain attributes.
+        if "state" in state:
+            state["_state"] = state.pop("state")
+        if not isinstance(state.get("_fast_steps"), torch.Tensor):
+            state["_fast_steps"] = torch.tensor(int(state.pop("fast_steps", 0)), dtype=torch.int64)
+        if "last_sync_rate" in state:
+            state["_last_sync_rate"] = torch.tensor(float(state.pop("last_sync_rate")), dtype=torch.float64)
         self.__dict__.update(state)
         self._patch_step_function()
+
+    @property
+    def state(self) -> defaultdict:  # type: ignore[override]
+        """Per-parameter state: what users or hooks put there and, once the
+        base has state, the wrapper's own tensors (see the class docstring)."""
+        self._sync_state_entries()
+        return self._state
+
+    @state.setter
+    def state(self, value: defaultdict) -> None:
+        self._state = value
 
     # The wrapper's groups are the base's: schedulers and users setting
     # group["lr"] on the wrapper set the base's lr.
@@ -195,24 +219,28 @@ class Lookahead(Optimizer):
     # a zero-lr step to make it).
     _OWN_KEYS = ("slow_param",)
     _BASE_KEY = "base_state"
-    _GROUP_KEYS = ("fast_steps", "sync_rate", "sync_period")
+    _SETTINGS_KEY = "wrapper_settings"
 
     def _own_tensors(self) -> dict[str, list[torch.Tensor]]:
         return {"slow_param": self._flat_slow()}
 
-    def _register_state(self) -> None:
+    def _sync_state_entries(self) -> None:
+        """Puts the wrapper's tensors in `state` once the base has state (a
+        fresh pair stays empty, so that DCP makes its state by a zero-lr step
+        before loading into it), and again when groups were added or the
+        tensors replaced by a load."""
         fast = self._fast_params()
+        if self._registered == len(fast) or not self.base_optimizer.state:
+            return
         for key, tensors in self._own_tensors().items():
             for p, t in zip(fast, tensors):
-                self.state[p][key] = t
+                self._state[p][key] = t
         self._registered = len(fast)
 
     _registered = 0
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self._mirror_new_groups()
-        if self._registered != len(self._fast_params()):
-            self._register_state()
         found_inf = getattr(self, "found_inf", None)
         compiling = torch.compiler.is_compiling()
         if found_inf is None:
@@ -227,6 +255,7 @@ class Lookahead(Optimizer):
             loss = self._base_step_with_scaling(closure, found_inf)
         with torch.no_grad():
             self._advance(found_inf)
+        self._sync_state_entries()
         return loss
 
     @property
@@ -262,17 +291,32 @@ class Lookahead(Optimizer):
             pre_hook(self)
         base_state_dict = self.base_optimizer.state_dict()
         # The base's groups (hyper-parameters, param_names, and torch's indices:
-        # one per distinct parameter), as torch.optim lays them out.
-        param_groups = [dict(group) for group in base_state_dict["param_groups"]]
+        # one per distinct parameter), as torch.optim lays them out, with the
+        # wrapper's counter and options first in `wrapper_settings` (a wrapped
+        # wrapper's follow).
         settings = {"fast_steps": self.fast_steps, "sync_rate": self.defaults["sync_rate"],
                     "sync_period": self.defaults["sync_period"]}
-        for group in param_groups:
-            group.update(settings)
-        own_state = self._pack_own_state()
+        param_groups = []
+        for group in base_state_dict["param_groups"]:
+            group = dict(group)
+            group["wrapper_settings"] = [settings, *group.get("wrapper_settings", [])]
+            param_groups.append(group)
+        # One copy of each of the wrapper's tensors, shared by the top-level
+        # keys and the per-parameter entries (torch.save writes it once).
+        self._sync_state_entries()
+        copies = {key: [t.clone() for t in tensors] for key, tensors in self._own_tensors().items()}
+        own_state = self._without_own_entries(self._pack_own_state())
         if self._registered:
-            for index, base_state in base_state_dict["state"].items():
-                if isinstance(index, int) and isinstance(own_state.get(index), dict):
-                    own_state[index] = {**own_state[index], self._BASE_KEY: base_state}
+            indices = self._param_indices()
+            base_state = base_state_dict["state"]
+            keys = list(copies)
+            for p, values in zip(self._fast_params(), zip(*copies.values())):
+                index = indices[id(p)]
+                entry = dict(own_state.get(index, {}))
+                entry.update(zip(keys, values))
+                if index in base_state:
+                    entry[self._BASE_KEY] = base_state[index]
+                own_state[index] = entry
         state_dict = {
             "state": own_state,
             "param_groups": param_groups,
@@ -280,8 +324,8 @@ class Lookahead(Optimizer):
             "fast_steps": self.fast_steps,
             "sync_rate": self.defaults["sync_rate"],
             "sync_period": self.defaults["sync_period"],
-            "slow_params": [p.clone() for p in self._flat_slow()],
-            **self._extra_state(),
+            "slow_params": copies["slow_param"],
+            **self._extra_state(copies),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
@@ -289,7 +333,7 @@ class Lookahead(Optimizer):
                 state_dict = result
         return state_dict
 
-    def _extra_state(self) -> dict[str, Any]:
+    def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
         return {}
 
     def _param_indices(self) -> dict[int, int]:
@@ -301,10 +345,10 @@ class Lookahead(Optimizer):
         return indices
 
     def _pack_own_state(self) -> dict[Any, Any]:
-        # The wrapper keeps its own state outside `self.state`; what is there
-        # was put by the user or a hook, and travels as torch.optim's would.
+        # Besides the wrapper's own tensors (_sync_state_entries), what is in
+        # `state` was put by the user or a hook, and travels as torch.optim's would.
         indices = self._param_indices()
-        return {indices[id(k)] if isinstance(k, torch.Tensor) else k: v for k, v in self.state.items()}
+        return {indices[id(k)] if isinstance(k, torch.Tensor) else k: v for k, v in self._state.items()}
 
     def _unpack_own_state(self, packed: Any) -> defaultdict:
         by_index: dict[int, torch.Tensor] = {}
@@ -371,7 +415,7 @@ class Lookahead(Optimizer):
         # The top-level groups are what users and load hooks see and edit (the
         # base's copy is nested): their hyper-parameters win.
         for group, saved in zip(self.param_groups, saved_groups):
-            group.update({k: v for k, v in saved.items() if k not in ("params", "param_names", *self._GROUP_KEYS)})
+            group.update({k: v for k, v in saved.items() if k not in ("params", "param_names", self._SETTINGS_KEY)})
         self.state = own_state
         with torch.no_grad():
             source = slow if slow is not None else fast
@@ -387,8 +431,8 @@ class Lookahead(Optimizer):
         self.defaults["sync_period"] = sync_period
         self.defaults["sync_rate"] = sync_rate
         commit_extra()
-        if self._registered:
-            self._register_state()
+        self._registered = 0  # the tensors were replaced: entries made anew
+        self._sync_state_entries()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -396,7 +440,7 @@ class Lookahead(Optimizer):
         return lambda: None
 
     def _without_own_entries(self, packed: Any) -> Any:
-        """The saved `state` less what _register_state and state_dict put in its entries."""
+        """The saved `state` less what _sync_state_entries and state_dict put in its entries."""
         if not isinstance(packed, dict):
             return packed
         keys = (*self._OWN_KEYS, self._BASE_KEY)
@@ -420,18 +464,26 @@ class Lookahead(Optimizer):
         indices = [i for group in groups for i in group["params"]]
         if not groups or not all(isinstance(entries.get(i), dict) and "slow_param" in entries[i] for i in indices):
             raise ValueError(f"{name}: the loaded state dict has no 'base_state_dict'")
+        settings = groups[0].get(self._SETTINGS_KEY) or [{}]
         rebuilt = {
             "state": entries,
             "param_groups": groups,
             "base_state_dict": {
                 "state": {i: entries[i][self._BASE_KEY] for i in indices if self._BASE_KEY in entries[i]},
-                "param_groups": [{k: v for k, v in g.items() if k not in self._GROUP_KEYS} for g in groups],
+                "param_groups": [self._inner_group(g) for g in groups],
             },
             "slow_params": [entries[i]["slow_param"] for i in indices],
-            **{key: groups[0][key] for key in self._GROUP_KEYS if key in groups[0]},
+            **settings[0],
         }
         rebuilt.update(self._extra_from_entries(entries, indices))
         return rebuilt
+
+    def _inner_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        """A saved group as the base saved it: the settings of wrappers inside this one stay."""
+        inner = {k: v for k, v in group.items() if k != self._SETTINGS_KEY}
+        if len(group.get(self._SETTINGS_KEY) or []) > 1:
+            inner[self._SETTINGS_KEY] = group[self._SETTINGS_KEY][1:]
+        return inner
 
     def _extra_from_entries(self, entries: dict[Any, Any], indices: list[int]) -> dict[str, Any]:
         return {}
@@ -534,8 +586,8 @@ class Scout(Lookahead):
             found_inf=found_inf, shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
         )
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {"scout_stats": {key: [t.clone() for t in tensors] for key, tensors in self.scout_stats.items()}}
+    def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
+        return {"scout_stats": {key: copies[f"scout_{key}"] for key in _SCOUT_STATS}}
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         saved = state_dict.get("scout_stats")

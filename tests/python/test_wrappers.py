@@ -369,14 +369,14 @@ def test_state_dict_layout_contains_the_reference_keys(cls):
     base_state = a["base_state_dict"]["state"]
     assert set(a["state"]) == set(range(len(params)))
     for index, entry in a["state"].items():
-        assert torch.equal(entry["slow_param"], a["slow_params"][index])
+        assert entry["slow_param"] is a["slow_params"][index]  # one copy, saved once
         assert entry["base_state"] is base_state[index]
     # Ours are the base's groups (torch.optim's layout, every hyper-parameter): a
     # superset of the reference's, which torch's load_state_dict takes as it is.
     assert all(set(g) <= set(h) for g, h in zip(b["param_groups"], a["param_groups"]))
     assert [g["params"] for g in a["param_groups"]] == [g["params"] for g in b["param_groups"]]
     settings = {"fast_steps": 3, "sync_rate": ours.defaults["sync_rate"], "sync_period": ours.defaults["sync_period"]}
-    assert a["param_groups"] == [{**g, **settings} for g in a["base_state_dict"]["param_groups"]]
+    assert a["param_groups"] == [{**g, "wrapper_settings": [settings]} for g in a["base_state_dict"]["param_groups"]]
     assert set(a["base_state_dict"]) == set(b["base_state_dict"])
 
 
@@ -627,7 +627,7 @@ def test_named_parameters_and_repeated_ones_are_numbered_as_torch_does(cls):
     wrapper = getattr(ho, cls)(torch.optim.Adam(model.named_parameters(), lr=0.1))
     saved = wrapper.state_dict()
     assert saved["param_groups"][0]["param_names"] == [n for n, _ in model.named_parameters()]
-    assert [{k: v for k, v in g.items() if k not in ("fast_steps", "sync_rate", "sync_period")}
+    assert [{k: v for k, v in g.items() if k != "wrapper_settings"}
             for g in saved["param_groups"]] == saved["base_state_dict"]["param_groups"]
     restored = getattr(ho, cls)(torch.optim.Adam(model.named_parameters(), lr=0.1))
     restored.load_state_dict(saved)
@@ -679,3 +679,79 @@ def test_global_step_hooks_fire_for_the_wrapper_and_for_its_base(cls):
     assert [type(o).__name__ for o in seen].count(cls) == 4
     assert sum(o is base for o in seen) == 4
     assert own == [wrapper, wrapper]
+
+
+# -- State entries for torch.distributed.checkpoint ----------------------------------------------
+
+
+def _reduced(state_dict):
+    """What torch.distributed.checkpoint keeps of an optimizer's state dict."""
+    return copy.deepcopy({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_state_is_not_empty_once_the_base_has_state(cls):
+    """DCP takes a zero-lr step on an optimizer whose `state` is empty: that would advance
+    the counter (and maybe sync) of a trained or freshly loaded wrapper."""
+    params = make_params()
+    trained_base = make_base("adam", params)
+    train(trained_base, params, 0, 2)
+    assert len(getattr(ho, cls)(trained_base).state) == len(params)
+    fresh = getattr(ho, cls)(make_base("adam", make_params()))
+    assert not fresh.state  # DCP makes the state of a fresh pair by a zero-lr step, then loads
+    w = getattr(ho, cls)(make_base("adam", params), sync_period=3)
+    train(w, params, 0, 4)
+    loaded = getattr(ho, cls)(make_base("adam", make_params()), sync_period=3)
+    loaded.load_state_dict(w.state_dict())
+    assert len(loaded.state) == len(params)
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_reduced_state_dict_loads_after_add_param_group(cls):
+    params = make_params()
+    w = getattr(ho, cls)(make_base("adam", params[:2]), sync_period=3)
+    train(w, params[:2], 0, 2)
+    w.add_param_group({"params": params[2:]})
+    train(w, params, 2, 4)
+    fresh_params = [p.detach().clone().requires_grad_() for p in params]
+    fresh = getattr(ho, cls)(make_base("adam", fresh_params[:2]), sync_period=3)
+    fresh.add_param_group({"params": fresh_params[2:]})
+    fresh.load_state_dict(_reduced(w.state_dict()))
+    assert fresh.fast_steps == w.fast_steps == 4
+    train(w, params, 4, 7)
+    train(fresh, fresh_params, 4, 7)
+    for p, q in zip(params, fresh_params):
+        assert torch.equal(p, q)
+
+
+def test_nested_wrappers_keep_both_counters_through_a_reduced_state_dict():
+    params = make_params()
+    outer = ho.Lookahead(ho.Scout(make_base("adam", params), sync_period=3), sync_period=4)
+    train(outer, params, 0, 5)
+    other = clone_params(params)
+    fresh = ho.Lookahead(ho.Scout(make_base("adam", other), sync_period=3), sync_period=4)
+    fresh.load_state_dict(_reduced(outer.state_dict()))
+    assert fresh.fast_steps == outer.fast_steps == 5
+    assert fresh.base_optimizer.fast_steps == outer.base_optimizer.fast_steps == 5
+    train(outer, params, 5, 9)
+    train(fresh, other, 5, 9)
+    for p, q in zip(params, other):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_pickles_of_the_earlier_layout_load(cls):
+    """Earlier versions pickled the counter as an int attribute and `state` as a plain attribute."""
+    params = make_params()
+    w = getattr(ho, cls)(make_base("adam", params), sync_period=3)
+    train(w, params, 0, 2)
+    old = w.__getstate__()
+    old["fast_steps"] = int(old.pop("_fast_steps"))
+    old["state"] = old.pop("_state")
+    if cls == "Scout":
+        old["last_sync_rate"] = float(old.pop("_last_sync_rate"))
+    restored = getattr(ho, cls).__new__(getattr(ho, cls))
+    restored.__setstate__(old)
+    assert restored.fast_steps == 2
+    train(restored, params, 2, 4)
+    assert restored.fast_steps == 4

@@ -56,7 +56,9 @@ struct GradScaling {
 struct Sharding {
   /// Called with this process's partial sums, a float64 CPU tensor of shape `[tensors, k]`; must
   /// leave in it the sums over all shards of each tensor (an all-reduce over the processes that
-  /// hold them). Empty: the tensors are whole.
+  /// hold them). Empty: the tensors are whole. Every check has run before it is called; if it
+  /// throws (a failed collective), the fused kernels of LAMB, RaLars and AdamP may already have
+  /// advanced the float and double moments, and Scout's statistics hold this step's change.
   std::function<void(at::Tensor& partial_sums)> all_reduce;
   /// Elements of each whole tensor, one per parameter, where the math counts them (TAdam's
   /// weight and default dof, AdamP's threshold). Empty: each local tensor's own count.

@@ -1,0 +1,93 @@
+"""DTensor plumbing in one process (a gloo group of one rank): a group mixing
+plain tensors and DTensors of different placements, which the step updates
+by one call per layout, gives the bits of the same step on plain tensors.
+The sharded runs on two processes are in test_distributed.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import holocron_optim as ho
+
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is needed", allow_module_level=True)
+from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor  # noqa: E402
+
+SHAPES = [(5, 3), (3,), (2, 2), (1,), (4,)]
+# Per parameter: a placement on the one-rank mesh, or None for a plain tensor.
+LAYOUTS = [Shard(0), Replicate(), None, Shard(0), None]
+
+CASES = {
+    "LARS": lambda p: ho.LARS(p, lr=0.05, momentum=0.9, weight_decay=0.01, scale_clip=(0.0, 5.0)),
+    "LAMB": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01),
+    "RaLars": lambda p: ho.RaLars(p, lr=0.01, betas=(0.9, 0.9)),
+    "TAdam": lambda p: ho.TAdam(p, lr=0.01),
+    "AdaBelief": lambda p: ho.AdaBelief(p, lr=0.01),
+    "AdamP": lambda p: ho.AdamP(p, lr=0.01, delta=1.0),
+    "Adan": lambda p: ho.Adan(p, lr=0.01),
+    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=0.01),
+    "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01), sync_period=2),
+    # Scout refuses parameters laid out differently (see test_scout_refuses_mixed_layouts).
+}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def as_layout(t, placement, mesh):
+    return t if placement is None else distribute_tensor(t, mesh, [placement])
+
+
+def full(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@pytest.mark.parametrize("two_groups", [False, True], ids=["one group", "two groups"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_mixed_layouts_equal_plain_tensors(mesh, name, two_groups):
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
+    plain = [t.clone().requires_grad_() for t in start]
+    mixed = [torch.nn.Parameter(as_layout(t.clone(), pl, mesh)) for t, pl in zip(start, LAYOUTS)]
+
+    def groups(params):
+        return [{"params": params[:2]}, {"params": params[2:]}] if two_groups else params
+
+    ours, reference = CASES[name](groups(mixed)), CASES[name](groups(plain))
+    for step in range(5):
+        grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
+        for p, g in zip(plain, grads):
+            p.grad = g.clone()
+        for p, g, pl in zip(mixed, grads, LAYOUTS):
+            p.grad = as_layout(g.clone(), pl, mesh)
+        reference.step()
+        ours.step()
+    for p, q in zip(mixed, plain):
+        assert torch.equal(full(p).detach(), q.detach())
+    base, base_ref = getattr(ours, "base_optimizer", ours), getattr(reference, "base_optimizer", reference)
+    for p, q in zip(mixed, plain):
+        for key, value in base_ref.state[q].items():
+            mine = base.state[p][key]
+            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                assert torch.equal(full(mine), value), key
+            else:
+                assert float(mine) == float(value), key
+
+
+def test_scout_refuses_mixed_layouts(mesh):
+    params = [torch.nn.Parameter(as_layout(torch.randn(3, dtype=torch.float64), pl, mesh)) for pl in (Shard(0), None)]
+    opt = ho.Scout(ho.LAMB(params, lr=0.01), sync_period=2)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(NotImplementedError, match="laid out differently"):
+        opt.step()
