@@ -123,7 +123,10 @@ class FusedStep:
             if "step" in state:
                 steps.append(step_count(state["step"]) + 1)
         grads = [distributed.grad_like(g, p) for g, p in zip(grads, params)]
-        distributed.call_on_locals(ops.validate_group, type(self).__name__, params, grads, buffers, owners, steps)
+        name = type(self).__name__
+        distributed.call_on_locals(
+            lambda *lists: ops.validate_group(name, *lists), params, grads, buffers, owners, steps
+        )
 
     # torch.amp.GradScaler hands such optimizers its scale and found_inf
     # (attributes `grad_scale` and `found_inf`) instead of unscaling the

@@ -106,9 +106,14 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     return merged
 
 
-def call_on_locals(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`op(*args)` with every list of DTensors replaced by their local shards."""
-    return op(*[_as_local(v) for v in args], **kwargs)
+def call_on_locals(op: Callable[..., Any], first: list[Any], *rest: Any, **kwargs: Any) -> Any:
+    """`op(first, *rest)` with every list of DTensors replaced by their local shards.
+
+    The other lists hold tensors made like those of `first` (state, statistics):
+    with no DTensor in `first`, nothing is scanned further."""
+    if not any(is_dtensor(t) for t in first):
+        return op(first, *rest, **kwargs)
+    return op(*[_as_local(v) for v in (first, *rest)], **kwargs)
 
 
 def common_shard_groups(tensors: list[Any], what: str) -> list[str]:
