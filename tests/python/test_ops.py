@@ -71,3 +71,44 @@ def test_bad_hyper_parameters_raise_value_error_naming_them():
         ops.adan_([], [], [], [], [], [], [], [], 0.01, 0.9, 0.9, 1.0, 1e-8, 0.0, False)
     with pytest.raises(ValueError, match="sync_rate"):
         ops.lookahead_sync_([], [], 1.5)
+
+
+def _compiled_cases():
+    """The arguments compiled steps use: tensor counters and trust ratios, the wrappers' step ops."""
+    p = _tensors()
+    g = [torch.randn_like(t) for t in p]
+    counters = {"step_tensors": [torch.tensor(2.0) for _ in p]}
+    slow = [t.clone() for t in p]
+    stats = [[t - 0.1 for t in p], *[_zeros(p) for _ in range(4)]]
+    return {
+        "lamb_": ((p, g, _zeros(p), _zeros(p), 0.01, 0.9, 0.999, 1e-8, 0.01, 0.0, 10.0),
+                  {**counters, "local_lrs": [torch.ones((), dtype=torch.float64) for _ in p]}),
+        "ralars_": ((p, g, _zeros(p), _zeros(p), [], 0.01, 0.9, 0.999, 1e-8, 0.0, True, 0.0, 10.0, None),
+                    {**counters, "local_lrs": [torch.ones((), dtype=torch.float64) for _ in p],
+                     "found_inf": torch.tensor(0.0)}),
+        "adan_": ((p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [], 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False),
+                  counters),
+        "lookahead_step_": ((p, slow, torch.tensor(1), 2, 0.5), {"found_inf": torch.tensor(0.0)}),
+        "scout_step_": ((p, slow, *stats, torch.tensor(1), torch.tensor(float("nan"), dtype=torch.float64), 2, 0.0), {}),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_compiled_cases()))
+def test_opcheck_compiled_arguments(name):
+    args, kwargs = _compiled_cases()[name]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)
+
+
+def test_tensor_counters_advance_unless_found_inf():
+    p = _tensors()
+    g = [torch.randn_like(t) for t in p]
+    counters = [torch.tensor(4.0) for _ in p]
+    ops.adan_(p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [], 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False,
+              found_inf=torch.tensor(1.0), step_tensors=counters)
+    assert all(float(c) == 4.0 for c in counters)
+    ops.adan_(p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [], 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False,
+              step_tensors=counters)
+    assert all(float(c) == 5.0 for c in counters)
+    with pytest.raises(RuntimeError, match="not both"):
+        ops.adan_(p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [5] * len(p), 0.01, 0.98, 0.92, 0.99, 1e-8,
+                  0.0, False, step_tensors=counters)
