@@ -1,5 +1,5 @@
 # holocron-optim: `make demo`, `make test`, `make build`, `make docs`, `make wheel`,
-# `make install PREFIX=dir`, `make bench`.
+# `make install PREFIX=dir`, `make bench`, `make test-torch TORCH=2.14.1`.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-asan fuzz wheel demo docs install bench bench-fsdp2 clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-fsdp2 clean
 
 all: build
 
@@ -27,7 +27,7 @@ apt-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.deps: requirements-dev.txt
+$(VENV)/.deps: requirements-dev.txt requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -51,7 +51,7 @@ cpp: configure
 # a .pth file puts python/ on .venv's path (a wheel is `make wheel`).
 python: cpp
 	mkdir -p python/holocron_optim/lib
-	cp -u $(BUILD)/libholocron_optim.so python/holocron_optim/lib/
+	cp -u $(BUILD)/libholocron_optim.so $(BUILD)/torch_version.txt python/holocron_optim/lib/
 	@echo "$(CURDIR)/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/holocron_optim_dev.pth"
 
 test: build
@@ -59,6 +59,41 @@ test: build
 	$(PY) -m pytest -q tests/python
 	$(MAKE) --no-print-directory test-wheel
 	$(MAKE) --no-print-directory docs
+
+# Against another torch release (CPU or CUDA build), as its users build it:
+# a venv with that torch and requirements-test.txt, kept between runs outside
+# the checkout (TORCH_CACHE) since a CUDA torch is gigabytes; there
+# `pip install --no-build-isolation .` (the wheel must require that torch),
+# then a CMake build in build-torch-$(TORCH)/ for the C++ tests and the
+# programs the Python tests drive, CTest, and pytest on the installed package.
+# CCACHE_NOHASHDIR lets the two builds share ccache's objects. The wheel is
+# built with no nvcc on PATH (a machine without a CUDA toolkit, as most users'
+# are), the CMake build with the toolkit when there is one: both ways of
+# meeting a CUDA torch (cmake/holocron_optimTorch.cmake) run every time.
+TORCH ?= 2.14.1
+TORCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/holocron-optim
+TORCH_VENV := $(TORCH_CACHE)/venv-torch-$(TORCH)
+TORCH_PY := $(TORCH_VENV)/bin/python
+TORCH_BUILD := build-torch-$(TORCH)
+test-torch: | apt-deps
+	test -x $(TORCH_PY) || python3 -m venv $(TORCH_VENV)
+	$(TORCH_PY) -m pip install -q torch==$(TORCH) -r requirements-test.txt
+	$(TORCH_PY) -m pip install -q --no-deps pylocron==0.3.0
+	env -u CUDACXX PATH="$$(printf '%s\n' "$$PATH" | tr : '\n' | while read -r d; do [ -x "$$d/nvcc" ] || printf '%s\n' "$$d"; done | paste -sd:)" \
+	  CCACHE_NOHASHDIR=1 $(TORCH_PY) -m pip install -q --no-build-isolation -C build-dir=$(TORCH_BUILD)/wheel \
+	  $$(command -v ccache >/dev/null && echo -C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache) .
+	cd $(TORCH_BUILD) && $(TORCH_PY) $(QUIET_NUMPY) -c 'import importlib.metadata as m, holocron_optim, sys, torch; \
+	  assert holocron_optim.__file__.startswith(sys.prefix), holocron_optim.__file__; \
+	  req = m.requires("holocron-optim"); print("torch", torch.__version__, "wheel requires", req); \
+	  assert req == ["torch==" + torch.__version__.split("+")[0]], req'
+	cmake -S . -B $(TORCH_BUILD)/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(TORCH_PY) $(QUIET_NUMPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE=$(TORCH_PY) \
+	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+	CCACHE_NOHASHDIR=1 cmake --build $(TORCH_BUILD)/cmake -j2
+	cd $(TORCH_BUILD)/cmake && ctest --output-on-failure -j2
+	cd $(TORCH_BUILD) && HOLOCRON_OPTIM_BUILD_DIR=$(CURDIR)/$(TORCH_BUILD)/cmake \
+	  $(TORCH_PY) -m pytest -q -p no:cacheprovider --rootdir $(CURDIR) $(CURDIR)/tests/python
 
 # The library and the C++ tests built with ASan and UBSan into build-asan/,
 # then run (the projects that install the library are left out: they link an

@@ -1,10 +1,40 @@
 """Loads the C++ library that registers the torch.ops.holocron operators."""
 
+import re
 from pathlib import Path
 
 import torch
 
-_LIBRARY = Path(__file__).resolve().parent / "lib" / "libholocron_optim.so"
+_LIB_DIR = Path(__file__).resolve().parent / "lib"
+_LIBRARY = _LIB_DIR / "libholocron_optim.so"
+# Written by the build: the torch release whose LibTorch the library links.
+_BUILT_AGAINST = _LIB_DIR / "torch_version.txt"
+
+
+def _release(version: str, like: str) -> str:
+    """``version`` without its local label ("+cu130"), cut to as many parts as ``like`` has."""
+    public = version.split("+", 1)[0]
+    if re.fullmatch(r"\d+\.\d+\.\d+", like):
+        match = re.match(r"\d+\.\d+\.\d+", public)
+        return match.group(0) if match else public
+    return public
+
+
+def check_torch_version(built_against: str, running: str) -> None:
+    """Refuses a torch other than the one the library was built against.
+
+    LibTorch's C++ ABI changes with every release: loading the library into
+    another torch fails with an undefined symbol, or worse, loads and
+    misbehaves. The CPU and CUDA builds of one release share it.
+    """
+    if _release(running, built_against) != built_against:
+        raise ImportError(
+            f"holocron_optim was built against torch {built_against}, but torch {running} is "
+            f"installed; the library links LibTorch's C++ ABI, which changes with each release. "
+            f"Rebuild it against this torch (in its source folder: `pip install "
+            f"--no-build-isolation .`; in a checkout: `make build`), or install "
+            f"torch=={built_against}."
+        )
 
 
 def load() -> None:
@@ -13,6 +43,8 @@ def load() -> None:
             raise ImportError(
                 f"holocron_optim: the C++ library is missing ({_LIBRARY}); build it with `make build`"
             )
+        if _BUILT_AGAINST.exists():
+            check_torch_version(_BUILT_AGAINST.read_text().strip(), torch.__version__)
         torch.ops.load_library(str(_LIBRARY))
 
 

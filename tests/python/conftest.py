@@ -7,11 +7,16 @@ loaded one by one from the installed package, without running its `__init__`.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
+
+# The CMake build whose programs (parity runner, demo) the tests run: build/,
+# or another one's (make test-torch builds against a second torch elsewhere).
+BUILD_DIR = Path(os.environ.get("HOLOCRON_OPTIM_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 
 _REF_FILES = ("lars", "lamb", "ralars", "tadam", "adabelief", "adamp", "adan", "ademamix", "wrapper")
 _CACHE: dict[str, types.ModuleType] = {}

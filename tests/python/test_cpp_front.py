@@ -2,16 +2,15 @@
 small C++ program drives each class on the same random numbers as the
 reference gets here, over many steps, in float64."""
 
-from pathlib import Path
 import subprocess
 
 import pytest
 import torch
 
 from _harness import AdanReference
-from conftest import reference
+from conftest import BUILD_DIR, reference
 
-RUNNER = Path(__file__).resolve().parents[2] / "build" / "tests" / "cpp" / "holocron_parity_runner"
+RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 SHAPES = [(4, 3), (7,), (2, 3, 3, 3), (1,)]
 STEPS = 25
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BUILD_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = re.compile(r"<!-- snippet: (?P<file>[^#]+)#(?P<name>[\w-]+) -->\n```\w*\n(?P<code>.*?)```", re.S)
 
@@ -63,10 +65,10 @@ def test_fsdp2_example_resumes_exactly(tmp_path):
     assert "the resumed run equals the uninterrupted one bit for bit" in result.stdout
 
 
-DEMO = ROOT / "build" / "holocron_demo"
+DEMO = BUILD_DIR / "holocron_demo"
 
 
-@pytest.mark.skipif(not DEMO.exists(), reason="the demo is built by `make build` (build/holocron_demo)")
+@pytest.mark.skipif(not DEMO.exists(), reason="the demo is built by `make build` (holocron_demo in the build folder)")
 def test_demo_runs_and_plots(tmp_path):
     pytest.importorskip("matplotlib", reason="the demo's plots need matplotlib (requirements-dev.txt)")
     run = subprocess.run([str(DEMO), "--out", str(tmp_path), "--steps", "50", "--only", "LAMB"],
@@ -83,7 +85,7 @@ def test_demo_runs_and_plots(tmp_path):
 
 def test_demo_refuses_unknown_arguments():
     if not DEMO.exists():
-        pytest.skip("the demo is built by `make build` (build/holocron_demo)")
+        pytest.skip("the demo is built by `make build` (holocron_demo in the build folder)")
     run = subprocess.run([str(DEMO), "--steps", "0"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "--steps" in run.stderr
     run = subprocess.run([str(DEMO), "--only", "SGD"], capture_output=True, text=True, timeout=60)
