@@ -141,8 +141,10 @@ test-cpp: cpp
 test-python: python
 	$(PY) -m pytest -q tests/python
 
-# Trains with every optimizer, then plots: PNGs in build/demo.
-demo: cpp venv
+# Trains with every optimizer, then plots: PNGs in build/demo. Builds only
+# the library and the demo program (make build / make test build the rest).
+demo: configure venv
+	cmake --build $(BUILD) -j2 --target holocron_demo
 	$(BUILD)/holocron_demo --out $(DEMO_OUT)
 	$(PY) demo/plot.py $(DEMO_OUT)
 

@@ -3,7 +3,9 @@ group before it writes anything, then makes one C++ call per group."""
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -295,6 +297,7 @@ class FusedStep:
                 f"{name}: the loaded state dict has {len(saved_groups)} groups and {len(ids)} parameters, "
                 f"the optimizer {len(self.param_groups)} and {len(params)}"  # type: ignore[attr-defined]
             )
+        self._check_loaded_groups(saved_groups)
         by_id = dict(zip(ids, params))
         for key, state in state_dict.get("state", {}).items():
             if not isinstance(key, int):
@@ -316,6 +319,47 @@ class FusedStep:
                         f"does not fit the parameter ({tuple(p.shape)}, {p.dtype})"
                     )
         super().load_state_dict(state_dict)  # type: ignore[misc]
+
+    def _check_loaded_groups(self, saved_groups: list[dict[str, Any]]) -> None:
+        """The groups a load would install, validated as the constructor and every step validate
+        them, before anything is replaced: another optimizer's checkpoint (an AdaBelief one in
+        LARS or Adan) or a bad hyper-parameter is refused here, not by the next step.
+
+        torch.optim's load keeps each saved group's options with the current parameters, and then
+        the class's ``__setstate__`` fills the options that older checkpoints lack; both are
+        reproduced on copies, through a stand-in of this optimizer."""
+        name = type(self).__name__
+        groups = [dict(saved, params=current["params"]) for saved, current in zip(saved_groups, self.param_groups)]  # type: ignore[attr-defined]
+        stand_in = object.__new__(type(self))
+        stand_in.__dict__.update(self.__dict__)
+        stand_in.__dict__["defaults"] = dict(self.defaults)  # type: ignore[attr-defined]
+        type(self).__setstate__(stand_in, {"state": defaultdict(dict), "param_groups": groups})
+        for index, group in enumerate(stand_in.param_groups):
+            missing = [key for key in self._constructor_options() if key not in group]
+            if missing:
+                raise ValueError(
+                    f"{name}: group {index} of the loaded state dict lacks {', '.join(map(repr, missing))}; "
+                    "is it another optimizer's?"
+                )
+            try:
+                self._check_group_options(group)
+                self._apply(group, [], [], [])
+            except (ValueError, RuntimeError, TypeError) as error:
+                reason = str(error).removeprefix(f"{name}: ")
+                raise ValueError(f"{name}: group {index} of the loaded state dict: {reason}") from error
+
+    @classmethod
+    def _constructor_options(cls) -> tuple[str, ...]:
+        """The group options the constructor takes (torch.optim's base may add others to
+        ``defaults`` on load, such as ``differentiable``, which saved groups need not hold)."""
+        if "_constructor_option_names" not in cls.__dict__:
+            names = inspect.signature(cls.__init__).parameters
+            cls._constructor_option_names = tuple(
+                key for key in names if key not in ("self", "params") and key not in cls._settings
+            )
+        return cls._constructor_option_names
+
+    _constructor_option_names: tuple[str, ...]
 
     # Every per-element buffer a state of this optimizer may hold.
     _all_buffers: tuple[str, ...] = ()

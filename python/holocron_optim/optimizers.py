@@ -25,6 +25,8 @@ def _clip_pair(scale_clip: Any, name: str) -> tuple[float, float]:
 
 
 def _check_common(lr: Any, eps: Any, weight_decay: Any) -> None:
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")  # torch.optim's own words
     check_finite("learning rate", lr)
     check_finite("epsilon", eps)
     check_finite("weight_decay", weight_decay)

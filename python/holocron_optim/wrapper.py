@@ -41,6 +41,36 @@ def _check_sync_options(sync_rate: Any, sync_period: Any) -> None:
         raise ValueError(f"expected positive integer as sync_period, received: {sync_period}")
 
 
+def _step_without_global_hooks(optimizer: Optimizer, closure: Callable[[], Any] | None) -> Any:
+    """``optimizer.step(closure)`` with its own step hooks but not the global ones.
+
+    torch's hooked ``step`` runs the global hooks
+    (``register_optimizer_step_pre_hook``/``post_hook``) for every optimizer whose step is
+    called; a wrapper's step calls its base's, and the global hooks must see one step, the
+    wrapper's, as they do for torch's own optimizers. This is torch's ``profile_hook_step``
+    without the global hooks. A step patched on the instance (an LR scheduler attached to the
+    base itself) or a compiled step goes the usual way."""
+    step = type(optimizer).step
+    unhooked = getattr(step, "__wrapped__", None)
+    if (unhooked is None or not getattr(step, "hooked", False) or "step" in vars(optimizer)
+            or torch.compiler.is_compiling()):
+        return optimizer.step(closure)
+    args: tuple[Any, ...] = (optimizer, closure)
+    kwargs: dict[str, Any] = {}
+    with torch.autograd.profiler.record_function(f"Optimizer.step#{type(optimizer).__name__}.step"):
+        for pre_hook in optimizer._optimizer_step_pre_hooks.values():
+            result = pre_hook(optimizer, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(f"{step} must return None or a tuple of (new_args, new_kwargs), but got {result}.")
+                args, kwargs = result
+        out = unhooked(*args, **kwargs)
+        optimizer._optimizer_step_code()
+        for post_hook in optimizer._optimizer_step_post_hooks.values():
+            post_hook(optimizer, args, kwargs)
+    return out
+
+
 class Lookahead(Optimizer):
     """Lookahead: slow weights that catch up with the fast ones every few steps.
 
@@ -94,8 +124,10 @@ class Lookahead(Optimizer):
     hyper-parameters win over the nested copy, so a load pre-hook may edit
     them; what is put in the wrapper's own ``state`` is saved and restored.
     Global step hooks (``torch.optim.optimizer.register_optimizer_step_*_hook``)
-    fire for the wrapper and for its base, each once per step; instance hooks
-    only for their optimizer. Complex parameters are refused up front.
+    fire once per step, for the wrapper (not again for its base); instance
+    hooks for their optimizer, the base's when the wrapper steps it. Complex
+    parameters are taken where the base takes them (torch's Adam and SGD do),
+    through their real views.
     """
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:
@@ -176,18 +208,31 @@ class Lookahead(Optimizer):
         for index, group in enumerate(new_groups, len(self.slow_params)):
             self._check_wrappable(group["params"], index)
         for group in new_groups:
+            self._has_complex = getattr(self, "_has_complex", False) or any(p.is_complex() for p in group["params"])
             self.slow_params.append([p.detach().clone() for p in group["params"]])
             self._add_group_state(group)
 
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
-        """The sync and Scout's statistics are defined for real floating-point
-        weights only: refused before the base optimizer moves any of them."""
+        """The sync and Scout's statistics are defined for floating-point weights
+        (a complex one through its real view): others are refused before the
+        base optimizer moves any of them."""
         for i, p in enumerate(params):
-            if isinstance(p, torch.Tensor) and not p.is_floating_point():
+            if isinstance(p, torch.Tensor) and not (p.is_floating_point() or p.is_complex()):
                 raise RuntimeError(
                     f"{type(self).__name__}: parameter {i} of group {group_index} has dtype {p.dtype}; "
-                    "only real floating-point parameters can be wrapped"
+                    "only floating-point and complex parameters can be wrapped"
                 )
+
+    def _call(self, op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``op`` on the local tensors, complex ones as their real views: as
+        torch's optimizers do, a complex weight is its real and imaginary parts
+        (the sync interpolates each; Scout's statistics count each)."""
+        if getattr(self, "_has_complex", False):
+            args = tuple(
+                [torch.view_as_real(t) if t.is_complex() else t for t in arg] if isinstance(arg, list) else arg
+                for arg in args
+            )
+        return distributed.call_on_locals(op, *args, **kwargs)
 
     def _add_group_state(self, group: dict[str, Any]) -> None:
         pass
@@ -244,7 +289,7 @@ class Lookahead(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         compiling = torch.compiler.is_compiling()
         if found_inf is None:
-            loss = self.base_optimizer.step(closure)
+            loss = _step_without_global_hooks(self.base_optimizer, closure)
         elif not compiling and bool(found_inf.item()):  # GradScaler found an inf or NaN: nothing moves, nothing counts
             if closure is None:
                 return None
@@ -268,13 +313,13 @@ class Lookahead(Optimizer):
         base.grad_scale = getattr(self, "grad_scale", None)  # type: ignore[attr-defined]
         base.found_inf = found_inf  # type: ignore[attr-defined]
         try:
-            return base.step(closure)
+            return _step_without_global_hooks(base, closure)
         finally:
             del base.grad_scale, base.found_inf  # type: ignore[attr-defined]
 
     def _advance(self, found_inf: torch.Tensor | None) -> None:
         """Counts the base's step and syncs at the end of a period (one op: no Python branch)."""
-        distributed.call_on_locals(
+        self._call(
             ops.lookahead_step_, self._fast_params(), self._flat_slow(), self._fast_steps,
             int(self.defaults["sync_period"]), float(self.defaults["sync_rate"]), found_inf=found_inf,
         )
@@ -282,7 +327,7 @@ class Lookahead(Optimizer):
     @torch.no_grad()
     def sync_params(self, sync_rate: float = 0.0) -> None:
         """slow += sync_rate * (fast - slow); fast = slow."""
-        distributed.call_on_locals(ops.lookahead_sync_, self._fast_params(), self._flat_slow(), float(sync_rate))
+        self._call(ops.lookahead_sync_, self._fast_params(), self._flat_slow(), float(sync_rate))
 
     def state_dict(self) -> dict[str, Any]:
         """The reference's layout (state, param_groups, base_state_dict), plus
@@ -580,7 +625,7 @@ class Scout(Lookahead):
         """Folds the base's step into the statistics; at the end of a period,
         syncs at the rate the coherence gives and restarts them (one op)."""
         stats = self._stats()
-        distributed.call_on_locals(
+        self._call(
             ops.scout_step_, self._fast_params(), self._flat_slow(), *stats, self._fast_steps,
             self._last_sync_rate, int(self.defaults["sync_period"]), float(self.defaults["sync_rate"]),
             found_inf=found_inf, shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,

@@ -47,14 +47,16 @@ void check_wrapper_options(const char* name, const LookaheadOptions& options) {
   }
 }
 
-// The sync and Scout's statistics are defined for real floating-point
-// weights only. Checked before a group reaches the base optimizer, so a
-// refused parameter never gets a base step the wrapper cannot follow.
+// The sync and Scout's statistics are defined for floating-point weights (a
+// complex one through its real view). Checked before a group reaches the base
+// optimizer, so a refused parameter never gets a base step the wrapper cannot
+// follow.
 void check_wrappable(const std::string& name, const std::vector<torch::Tensor>& params, size_t group_index) {
   for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(params[i].defined() && params[i].is_floating_point(), name, ": parameter ", i, " of group ",
-                group_index, " has dtype ", params[i].defined() ? c10::toString(params[i].scalar_type()) : "undefined",
-                "; only real floating-point parameters can be wrapped");
+    TORCH_CHECK(params[i].defined() && (params[i].is_floating_point() || params[i].is_complex()), name,
+                ": parameter ", i, " of group ", group_index, " has dtype ",
+                params[i].defined() ? c10::toString(params[i].scalar_type()) : "undefined",
+                "; only floating-point and complex parameters can be wrapped");
   }
 }
 
@@ -97,7 +99,10 @@ void Lookahead::mirror_new_base_groups() {
     param_groups_.emplace_back(base_groups[gi].params(),
                                std::make_unique<detail::BaseGroupOptions>(base_, gi));
     auto& slow = slow_.emplace_back();
-    for (const auto& p : base_groups[gi].params()) slow.push_back(p.detach().clone());
+    for (const auto& p : base_groups[gi].params()) {
+      slow.push_back(p.detach().clone());
+      has_complex_ = has_complex_ || p.is_complex();
+    }
     add_group_state(gi);
   }
 }
@@ -128,6 +133,15 @@ std::vector<torch::Tensor> Lookahead::flat_slow_params() const {
   std::vector<torch::Tensor> out;
   for (const auto& group : slow_) out.insert(out.end(), group.begin(), group.end());
   return out;
+}
+
+std::vector<torch::Tensor> Lookahead::real_views(std::vector<torch::Tensor> tensors) const {
+  if (has_complex_) {
+    for (auto& t : tensors) {
+      if (t.is_complex()) t = at::view_as_real(t);
+    }
+  }
+  return tensors;
 }
 
 torch::Tensor Lookahead::step(const functional::GradScaling& scaling, LossClosure closure) {
@@ -177,7 +191,7 @@ torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& b
 
 void Lookahead::sync_params(double sync_rate) {
   torch::NoGradGuard no_grad;
-  functional::lookahead_sync_(fast_params(), flat_slow_params(), sync_rate);
+  functional::lookahead_sync_(real_views(fast_params()), real_views(flat_slow_params()), sync_rate);
 }
 
 void Lookahead::after_base_step(int64_t) {}
@@ -270,8 +284,15 @@ Scout::Scout(std::shared_ptr<torch::optim::Optimizer> base, ScoutOptions options
   mirror_new_base_groups();
 }
 
-functional::ScoutStats Scout::view() const {
-  return {stats_.prev, stats_.mean, stats_.m2, stats_.max, stats_.min};
+const Scout::Stats& Scout::functional_stats(Stats& scratch) const {
+  if (!wraps_complex()) return stats_;
+  scratch = {real_views(stats_.prev), real_views(stats_.mean), real_views(stats_.m2), real_views(stats_.max),
+             real_views(stats_.min)};
+  return scratch;
+}
+
+functional::ScoutStats Scout::view(const Stats& stats) {
+  return {stats.prev, stats.mean, stats.m2, stats.max, stats.min};
 }
 
 void Scout::add_group_state(size_t group_index) {
@@ -289,11 +310,13 @@ void Scout::add_group_state(size_t group_index) {
 }
 
 void Scout::after_base_step(int64_t changes_before) {
-  functional::scout_accumulate_(fast_params(), view(), changes_before);
+  Stats scratch;
+  functional::scout_accumulate_(real_views(fast_params()), view(functional_stats(scratch)), changes_before);
 }
 
 double Scout::rate_for_sync(int64_t changes_in_period) {
-  const double coherence = functional::scout_coherence(view(), changes_in_period);
+  Stats scratch;
+  const double coherence = functional::scout_coherence(view(functional_stats(scratch)), changes_in_period);
   last_sync_rate_ = std::max(1.0 - coherence, options().sync_rate());
   return last_sync_rate_;
 }

@@ -1,6 +1,7 @@
 // Lookahead and Scout around torch::optim::Adam and around holocron optimizers.
 
 #include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
 #include <torch/optim/schedulers/step_lr.h>
 #include <torch/serialize.h>
 
@@ -456,20 +457,67 @@ TEST(Lookahead, GroupAddedBehindItsBackFailsBeforeTheBaseSteps) {
   EXPECT_TRUE(torch::equal(p, before));
 }
 
-TEST(Lookahead, ComplexParametersAreRefusedBeforeTheBaseSeesThem) {
-  auto complex = torch::randn({3}, torch::kComplexFloat).requires_grad_();
-  EXPECT_THROW(ho::Lookahead wrapper(make_adam({complex})), c10::Error);
-  EXPECT_THROW(ho::Scout wrapper(make_adam({complex})), c10::Error);
+// A complex weight is its real and imaginary parts, as in torch's optimizers:
+// a wrapper around a base that takes complex parameters (LibTorch's SGD) runs
+// as the same wrapper on their real views.
+template <typename Wrapper>
+void complex_parameters_step_as_their_real_views() {
+  torch::manual_seed(7);
+  const auto z0 = torch::randn({4, 3}, torch::kComplexDouble);
+  const auto r0 = torch::randn({5}, torch::kDouble);
+  std::vector<std::vector<torch::Tensor>> results;
+  for (bool as_complex : {true, false}) {
+    auto z = (as_complex ? z0.clone() : torch::view_as_real(z0).clone()).requires_grad_();
+    auto r = r0.clone().requires_grad_();
+    auto base = std::make_shared<torch::optim::SGD>(std::vector<torch::Tensor>{z, r},
+                                                    torch::optim::SGDOptions(0.05));
+    Wrapper wrapper(base, ho::LookaheadOptions().sync_rate(0.3).sync_period(3));
+    for (int t = 0; t < 8; ++t) {
+      auto gen = at::detail::createCPUGenerator(100 + t);
+      auto noise = at::randn({4, 3, 2}, gen, torch::kDouble);
+      z.mutable_grad() = as_complex ? torch::view_as_complex(noise) : noise;
+      r.mutable_grad() = at::randn({5}, gen, torch::kDouble);
+      wrapper.step();
+    }
+    results.push_back({as_complex ? torch::view_as_real(z.detach()) : z.detach(), r.detach()});
+  }
+  for (size_t i = 0; i < results[0].size(); ++i) {
+    EXPECT_TRUE(torch::allclose(results[0][i], results[1][i], 1e-13, 1e-15)) << i;
+  }
+}
+
+TEST(Lookahead, ComplexParametersStepAsTheirRealViews) {
+  complex_parameters_step_as_their_real_views<ho::Lookahead>();
+}
+TEST(Scout, ComplexParametersStepAsTheirRealViews) {
+  complex_parameters_step_as_their_real_views<ho::Scout>();
+}
+
+TEST(Lookahead, IntegerParametersAreRefusedBeforeTheBaseSeesThem) {
+  auto integer = torch::zeros({3}, torch::kLong);
+  EXPECT_THROW(ho::Lookahead wrapper(make_adam({integer})), c10::Error);
+  EXPECT_THROW(ho::Scout wrapper(make_adam({integer})), c10::Error);
 
   auto p = torch::randn({3}, torch::kDouble).requires_grad_();
   auto base = make_adam({p});
   ho::Scout wrapper(base);
-  EXPECT_THROW(wrapper.add_param_group(OptimizerParamGroup({complex})), c10::Error);
+  EXPECT_THROW(wrapper.add_param_group(OptimizerParamGroup({integer})), c10::Error);
   EXPECT_EQ(base->param_groups().size(), 1U);
   EXPECT_EQ(wrapper.param_groups().size(), 1U);
   p.mutable_grad() = torch::ones_like(p);
   for (int i = 0; i < 7; ++i) wrapper.step();  // still a working wrapper
   EXPECT_EQ(wrapper.fast_steps(), 7);
+}
+
+TEST(Lookahead, ComplexParametersOfOurAlgorithmsAreRefusedByTheirStep) {
+  auto complex = torch::randn({3}, torch::kComplexFloat).requires_grad_();
+  auto lamb = std::make_shared<ho::LAMB>(std::vector<torch::Tensor>{complex}, ho::LAMBOptions(0.1));
+  ho::Lookahead wrapper(lamb);
+  complex.mutable_grad() = torch::ones_like(complex);
+  const auto before = complex.detach().clone();
+  EXPECT_THROW(wrapper.step(), c10::Error);
+  EXPECT_TRUE(torch::equal(complex.detach(), before));
+  EXPECT_EQ(wrapper.fast_steps(), 0);
 }
 
 TEST(Lookahead, WrapperOfWrapperAddsGroupsToTheInnermostBase) {

@@ -106,9 +106,10 @@ def test_constructor_rejects(name, kwargs):
 
 
 @pytest.mark.parametrize("name", ["LAMB", "RaLars", "AdEMAMix"])
-def test_reference_checkpoint_with_negative_weight_decay_loads_then_refuses_to_step(name):
-    # The reference accepts weight_decay < 0 for these three (fix 9): its
-    # checkpoints still load, and the first step refuses before writing.
+def test_reference_checkpoint_with_negative_weight_decay_is_refused_at_load(name):
+    # The reference accepts weight_decay < 0 for these three; we refuse it, and a load
+    # validates the groups it would install as the constructor does, so the
+    # checkpoint is refused before anything changes (it could not be stepped).
     from conftest import load_reference
 
     reference_cls = getattr(load_reference(name.lower()), name)
@@ -118,13 +119,15 @@ def test_reference_checkpoint_with_negative_weight_decay_loads_then_refuses_to_s
     reference.step()
     params = [p.detach().clone().requires_grad_() for p in ref_params]
     opt = getattr(ho, name)(params, lr=0.05)
-    opt.load_state_dict(reference.state_dict())
-    assert opt.param_groups[0]["weight_decay"] == -0.1
     set_grads(params, 1)
+    opt.step()
     before = snapshot(opt, params)
-    with pytest.raises(ValueError, match="weight_decay"):
-        opt.step()
+    groups_before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(ValueError, match=rf"{name}: group 0 of the loaded state dict: invalid weight_decay value: -0.1"):
+        opt.load_state_dict(reference.state_dict())
     assert_same(snapshot(opt, params), before)
+    assert [dict(g) for g in opt.param_groups] == groups_before
+    opt.step()  # still usable
 
 
 @pytest.mark.parametrize("name", ALGOS)
@@ -326,3 +329,25 @@ def test_zero_grad_and_repr(name):
     opt.zero_grad()
     assert p.grad is None
     assert name in repr(opt)
+
+
+@pytest.mark.parametrize("source, target", [
+    ("AdaBelief", "LARS"), ("AdaBelief", "Adan"), ("AdaBelief", "AdEMAMix"), ("Adan", "AdaBelief"),
+    ("Adan", "LAMB"), ("LARS", "TAdam"), ("AdEMAMix", "AdamP"), ("LAMB", "LARS"),
+])
+def test_another_optimizers_checkpoint_is_refused_at_load(source, target):
+    """Loading another class's state dict used to be accepted, leaving an optimizer whose next
+    step failed (a bare KeyError for LARS); the load now refuses it with nothing changed."""
+    src_params = params_((4, 3), (5,))
+    src = getattr(ho, source)(src_params, lr=0.01, **({"momentum": 0.9} if source == "LARS" else {}))
+    set_grads(src_params, 0)
+    src.step()
+    params = [p.detach().clone().requires_grad_() for p in src_params]
+    opt = getattr(ho, target)(params, lr=0.01)
+    set_grads(params, 1)
+    opt.step()
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match=rf"{target}: group 0 of the loaded state dict"):
+        opt.load_state_dict(src.state_dict())
+    assert_same(snapshot(opt, params), before)
+    opt.step()

@@ -580,18 +580,69 @@ def test_deepcopy_of_the_wrapper_continues_identically(cls):
 
 
 @pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
-def test_complex_parameters_are_refused_before_the_base_moves_them(cls):
-    z = torch.randn(3, dtype=torch.complex64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="complex|Complex"):
-        getattr(ho, cls)(torch.optim.Adam([z], lr=0.1))
+@pytest.mark.parametrize("base_kind", ["adam", "sgd"])
+def test_complex_parameters_step_as_their_real_views(cls, base_kind):
+    """Where the base takes complex parameters (torch's Adam and SGD do), the wrapper does too,
+    on their real views: the run of the same wrapper on the real views (bitwise with Adam, which
+    steps complex weights as real views itself; SGD's complex products round otherwise)."""
+    gen = torch.Generator().manual_seed(3)
+    z0 = [torch.randn(s, generator=gen, dtype=torch.complex128) for s in [(4, 3), (5,)]]
+    real0 = [torch.randn((2, 2), generator=gen, dtype=torch.float64)]
+    runs = []
+    for as_complex in (True, False):
+        zs = [(z.clone() if as_complex else torch.view_as_real(z).clone()).requires_grad_() for z in z0]
+        params = zs + [r.clone().requires_grad_() for r in real0]
+        base = make_base(base_kind, params)
+        wrapper = getattr(ho, cls)(base, sync_rate=0.3, sync_period=3)
+        for t in range(8):
+            g = torch.Generator().manual_seed(50 + t)
+            for p in params:
+                noise = torch.randn(torch.view_as_real(p).shape if p.is_complex() else p.shape, generator=g, dtype=torch.float64)
+                noise = noise + 0.5 * (torch.view_as_real(p.detach()) if p.is_complex() else p.detach())
+                p.grad = torch.view_as_complex(noise.contiguous()) if p.is_complex() else noise
+            wrapper.step()
+        state = wrapper.state_dict()
+        runs.append(([torch.view_as_real(p.detach()) if p.is_complex() else p.detach() for p in params],
+                     [torch.view_as_real(t) if t.is_complex() else t for t in state["slow_params"]]))
+        if as_complex:  # a checkpoint of complex weights resumes into a new wrapper
+            again = getattr(ho, cls)(make_base(base_kind, [p.detach().clone().requires_grad_() for p in params]),
+                                     sync_rate=0.3, sync_period=3)
+            again.load_state_dict(state)
+    for got, want in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
+        if base_kind == "adam":
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_parameters_that_are_not_floating_point_are_refused_before_the_base_moves_them(cls):
+    n = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="only floating-point and complex parameters can be wrapped"):
+        getattr(ho, cls)(torch.optim.SGD([n], lr=0.1))
     params = make_params()
     base = make_base("adam", params)
     wrapper = getattr(ho, cls)(base, sync_period=2)
-    with pytest.raises(RuntimeError, match="complex|Complex"):
-        wrapper.add_param_group({"params": [z]})
+    with pytest.raises(RuntimeError, match="only floating-point and complex parameters can be wrapped"):
+        wrapper.add_param_group({"params": [n]})
     assert len(base.param_groups) == len(wrapper.slow_params) == 2
     train(wrapper, params, 0, 4)  # still a working wrapper
     assert wrapper.fast_steps == 4
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_complex_parameters_are_refused_where_the_base_refuses_them(cls):
+    """Our algorithms refuse complex parameters at their step, before anything moves; so does a
+    wrapper around them (its counter does not advance)."""
+    z = torch.randn(3, dtype=torch.complex64, requires_grad=True)
+    x = torch.randn(3, requires_grad=True)
+    wrapper = getattr(ho, cls)(ho.LAMB([x, z], lr=0.1), sync_period=2)
+    kept = [x.detach().clone(), z.detach().clone()]
+    x.grad, z.grad = torch.randn_like(x), torch.randn_like(z)
+    with pytest.raises(RuntimeError, match="only floating-point parameters can be optimized"):
+        wrapper.step()
+    assert torch.equal(x.detach(), kept[0]) and torch.equal(z.detach(), kept[1])
+    assert wrapper.fast_steps == 0
 
 
 @pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
@@ -661,24 +712,28 @@ def test_momentum_cycling_schedulers_drive_the_base(cls, kind, make_scheduler):
 
 
 @pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
-def test_global_step_hooks_fire_for_the_wrapper_and_for_its_base(cls):
-    # Decided and documented: a wrapper is an optimizer and so is its base;
-    # global hooks see each of them once per step (instance hooks only theirs).
+@pytest.mark.parametrize("nested", [False, True])
+def test_global_step_hooks_fire_once_per_step_through_a_wrapper(cls, nested):
+    # As for torch's own optimizers: one step() is one step for the global hooks, seen
+    # with the wrapper; the base's instance hooks still run when the wrapper steps it.
     params = make_params()
     base = make_base("adam", params)
-    wrapper = getattr(ho, cls)(base)
-    seen, own = [], []
-    handles = [register_optimizer_step_pre_hook(lambda opt, a, k: seen.append(opt)),
-               register_optimizer_step_post_hook(lambda opt, a, k: seen.append(opt)),
-               wrapper.register_step_pre_hook(lambda opt, a, k: own.append(opt))]
+    inner = ho.Lookahead(base) if nested else base
+    wrapper = getattr(ho, cls)(inner)
+    seen, own, base_own = [], [], []
+    handles = [register_optimizer_step_pre_hook(lambda opt, a, k: seen.append(("pre", opt))),
+               register_optimizer_step_post_hook(lambda opt, a, k: seen.append(("post", opt))),
+               wrapper.register_step_pre_hook(lambda opt, a, k: own.append(opt)),
+               base.register_step_pre_hook(lambda opt, a, k: base_own.append(opt)),
+               base.register_step_post_hook(lambda opt, a, k: base_own.append(opt))]
     try:
         train(wrapper, params, 0, 2)
     finally:
         for handle in handles:
             handle.remove()
-    assert [type(o).__name__ for o in seen].count(cls) == 4
-    assert sum(o is base for o in seen) == 4
+    assert seen == [("pre", wrapper), ("post", wrapper)] * 2
     assert own == [wrapper, wrapper]
+    assert base_own == [base] * 4
 
 
 # -- State entries for torch.distributed.checkpoint ----------------------------------------------

@@ -150,6 +150,12 @@ class Lookahead : public torch::optim::Optimizer {
   std::vector<torch::Tensor> fast_params() const;
   /// The slow weights of every group, in the base's order.
   std::vector<torch::Tensor> flat_slow_params() const;
+  /// `tensors` with each complex one as its real view (at::view_as_real), as the sync and the
+  /// statistics take them: a complex weight is its real and imaginary parts, as in torch's
+  /// optimizers. `tensors` itself when no wrapped parameter is complex.
+  std::vector<torch::Tensor> real_views(std::vector<torch::Tensor> tensors) const;
+  /// Whether a wrapped parameter is complex.
+  bool wraps_complex() const noexcept { return has_complex_; }
   /// Gives each base group not yet mirrored a wrapper group and slow copies, and checks that the
   /// groups already mirrored still match the base's.
   void mirror_new_base_groups();
@@ -163,6 +169,7 @@ class Lookahead : public torch::optim::Optimizer {
   const char* name_;
   int64_t fast_steps_ = 0;
   std::vector<std::vector<torch::Tensor>> slow_;
+  bool has_complex_ = false;
 };
 
 /// Scout: Lookahead whose rate at each sync is `max(1 - coherence, sync_rate)`, the coherence
@@ -206,7 +213,10 @@ class Scout : public Lookahead {
   struct Stats {
     std::vector<torch::Tensor> prev, mean, m2, max, min;
   };
-  functional::ScoutStats view() const;
+  // The statistics as the functional layer takes them: stats_, or their real
+  // views put in `scratch` when a wrapped parameter is complex.
+  const Stats& functional_stats(Stats& scratch) const;
+  static functional::ScoutStats view(const Stats& stats);
 
   Stats stats_;  // flat, in the base's parameter order
   double last_sync_rate_;
