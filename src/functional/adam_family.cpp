@@ -64,23 +64,33 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const auto inv_grad_scale = grad_unscale("TAdam", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
+  namespace tadam = cpu::protocol::tadam;
   const bool fused =
       fused_group(scratch.second_group, params,
-                  {grads, exp_avgs, exp_avg_sqs, if_used(h.weight_decay != 0.0, params)}) &&
-      fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+                  tadam::DistanceArrays<TensorList>{.grad = grads,
+                                                    .exp_avg = exp_avgs,
+                                                    .exp_avg_sq = exp_avg_sqs,
+                                                    .param = if_used(h.weight_decay != 0.0, params)}) &&
+      fused_group(scratch.group, params,
+                  tadam::ApplyArrays<TensorList>{.param = params,
+                                                 .grad = grads,
+                                                 .exp_avg = exp_avgs,
+                                                 .exp_avg_sq = exp_avg_sqs,
+                                                 .max_exp_avg_sq = maxima});
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& distances = scratch.sums;
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
   if (fused) {
-    args.hyper = {h.eps, h.weight_decay};
+    args.constants.set(tadam::DistanceConstants{.eps = h.eps, .weight_decay = h.weight_decay});
     cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
   } else {
     distances = kernels::reference::tadam_sums(params, reference_grads, exp_avgs, exp_avg_sqs, h);
   }
   all_reduce_sums("TAdam", sharding, distances, 1);
 
-  args.hyper = {h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.constants.set(
+      tadam::ApplyConstants{.beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
   std::vector<std::array<double, 2>> mixing(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const int64_t numel = whole_numel(sharding, params, i);
@@ -88,9 +98,10 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     const double w = tadam_weight(h.dof, numel, distances[i][0]);
     double& W = moment_weights[i];
     mixing[i] = {W / (W + w), w / (W + w)};
-    args.per_tensor[i] = {mixing[i][0], mixing[i][1],
-                          inverse_sqrt_bias_correction(h.beta2, steps[i]),
-                          -h.lr / bias_correction(h.beta1, steps[i])};
+    args.per_tensor[i].set(tadam::ApplyPerTensor{.keep = mixing[i][0],
+                                                 .take = mixing[i][1],
+                                                 .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                                 .step = -h.lr / bias_correction(h.beta1, steps[i])});
     W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
   }
   if (!fused) {
@@ -114,17 +125,24 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   const auto inv_grad_scale = grad_unscale("AdaBelief", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima})) {
+  namespace adabelief = cpu::protocol::adabelief;
+  if (!fused_group(scratch.group, params,
+                   adabelief::Arrays<TensorList>{.param = params,
+                                                 .grad = grads,
+                                                 .exp_avg = exp_avgs,
+                                                 .exp_avg_sq = exp_avg_sqs,
+                                                 .max_exp_avg_sq = maxima})) {
     kernels::reference::adabelief(params, unscaled_grads(grads, *inv_grad_scale),
                                   exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.constants.set(adabelief::Constants{
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {inverse_sqrt_bias_correction(h.beta2, steps[i]),
-                          -h.lr / bias_correction(h.beta1, steps[i])};
+    args.per_tensor[i].set(adabelief::PerTensor{.inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                                .step = -h.lr / bias_correction(h.beta1, steps[i])});
   }
   cpu::run(cpu::Pass::AdaBeliefApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
@@ -142,15 +160,24 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
-  const bool fused =
-      fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs, maxima});
+  namespace adamp = cpu::protocol::adamp;
+  const bool fused = fused_group(scratch.group, params,
+                                 adamp::Arrays<TensorList>{.param = params,
+                                                           .grad = grads,
+                                                           .exp_avg = exp_avgs,
+                                                           .exp_avg_sq = exp_avg_sqs,
+                                                           .max_exp_avg_sq = maxima});
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.constants.set(adamp::Constants{
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
+  // The step and the projection are known after pass 1.
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),
-                          inverse_sqrt_bias_correction(h.beta2, steps[i])};
+    args.per_tensor[i].set(adamp::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                                            .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                            .step = 0.0,
+                                            .projection = 0.0});
   }
   auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q
   if (fused) {
@@ -170,8 +197,10 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
       // q - (n.q) n with n = p / (||p|| + eps), as a multiple of p.
       projections[i] = sums[i][3] / ((p_norm + h.eps) * (p_norm + h.eps));
     }
-    args.per_tensor[i][2] = -h.lr;
-    args.per_tensor[i][3] = projections[i];
+    auto row = args.per_tensor[i].get<adamp::PerTensor>();
+    row.step = -h.lr;
+    row.projection = projections[i];
+    args.per_tensor[i].set(row);
   }
   if (!fused) {
     kernels::reference::adamp(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
@@ -197,8 +226,15 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   const auto inv_grad_scale = grad_unscale("Adan", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
+  namespace adan = cpu::protocol::adan;
   if (!fused_group(scratch.group, params,
-                   {params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima})) {
+                   adan::Arrays<TensorList>{.param = params,
+                                            .grad = grads,
+                                            .prev_grad = prev_grads,
+                                            .exp_avg = exp_avgs,
+                                            .exp_avg_sq = exp_avg_sqs,
+                                            .exp_avg_delta = exp_avg_deltas,
+                                            .max_exp_avg_delta = maxima})) {
     kernels::reference::adan(params, unscaled_grads(grads, *inv_grad_scale),
                              prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
                              max_exp_avg_deltas, steps, h);
@@ -206,14 +242,19 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.hyper = {h.beta1, h.beta2, h.beta3, h.eps, h.weight_decay, h.amsgrad ? 1.0 : 0.0};
+  args.constants.set(adan::Constants{.beta1 = h.beta1,
+                                     .beta2 = h.beta2,
+                                     .beta3 = h.beta3,
+                                     .eps = h.eps,
+                                     .weight_decay = h.weight_decay,
+                                     .amsgrad = h.amsgrad});
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {steps[i] == 1 ? 1.0 : 0.0,
-                          1.0 / bias_correction(h.beta1, steps[i]),
-                          h.beta2 / bias_correction(h.beta2, steps[i]),
-                          inverse_sqrt_bias_correction(h.beta3, steps[i]),
-                          -h.lr,
-                          1.0 + h.weight_decay * h.lr};
+    args.per_tensor[i].set(adan::PerTensor{.first_step = steps[i] == 1,
+                                           .inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                                           .beta2_over_bc2 = h.beta2 / bias_correction(h.beta2, steps[i]),
+                                           .inv_sqrt_bc3 = inverse_sqrt_bias_correction(h.beta3, steps[i]),
+                                           .step = -h.lr,
+                                           .decay_divisor = 1.0 + h.weight_decay * h.lr});
   }
   cpu::run(cpu::Pass::AdanApply, scratch.group, args);
   mark_written({params, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
@@ -229,17 +270,29 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   const auto inv_grad_scale = grad_unscale("AdEMAMix", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs})) {
+  namespace ademamix = cpu::protocol::ademamix;
+  if (!fused_group(scratch.group, params,
+                   ademamix::Arrays<TensorList>{.param = params,
+                                                .grad = grads,
+                                                .exp_avg = exp_avgs,
+                                                .exp_avg_slow = exp_avgs_slow,
+                                                .exp_avg_sq = exp_avg_sqs})) {
     kernels::reference::ademamix(params, unscaled_grads(grads, *inv_grad_scale),
                                  exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.hyper = {h.beta1, h.beta2, h.beta3, h.alpha, h.eps, h.weight_decay};
+  args.constants.set(ademamix::Constants{.beta1 = h.beta1,
+                                         .beta2 = h.beta2,
+                                         .beta3 = h.beta3,
+                                         .alpha = h.alpha,
+                                         .eps = h.eps,
+                                         .weight_decay = h.weight_decay});
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i] = {1.0 / bias_correction(h.beta1, steps[i]),
-                          inverse_sqrt_bias_correction(h.beta2, steps[i]), -h.lr};
+    args.per_tensor[i].set(ademamix::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                                               .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                               .step = -h.lr});
   }
   cpu::run(cpu::Pass::AdEMAMixApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avgs_slow, exp_avg_sqs});

@@ -62,8 +62,8 @@ FusedScratch& fused_scratch() {
   return scratch;
 }
 
-bool fused_group(kernels::cpu::Group& group, TensorList params,
-                 std::initializer_list<TensorList> narrow, std::initializer_list<TensorList> wide) {
+bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::ArrayRef<TensorList> lists,
+                       size_t narrow) {
   namespace cpu = kernels::cpu;
   if (!cpu::fused_enabled()) return false;
   // Where ATen's in-place checks would refuse the update (a parameter that
@@ -74,7 +74,7 @@ bool fused_group(kernels::cpu::Group& group, TensorList params,
       if (p.requires_grad()) return false;
     }
   }
-  TORCH_INTERNAL_ASSERT(narrow.size() + wide.size() <= cpu::kMaxArrays);
+  TORCH_INTERNAL_ASSERT(lists.size() <= cpu::kMaxArrays && narrow <= lists.size());
   group.tensors.assign(params.size(), {});
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
@@ -98,12 +98,8 @@ bool fused_group(kernels::cpu::Group& group, TensorList params,
       slot.data[j] = t.data_ptr();
       return true;
     };
-    for (const auto& list : narrow) {
-      if (!take(list, dtype)) return false;
-      ++j;
-    }
-    for (const auto& list : wide) {
-      if (!take(list, wide_dtype)) return false;
+    for (const auto& list : lists) {
+      if (!take(list, j < narrow ? dtype : wide_dtype)) return false;
       ++j;
     }
   }

@@ -61,11 +61,20 @@ void check_hyper(const char* optimizer, const char* name, double value, double l
 // The fused CPU kernels' view of a group (tensor i of list j as array j),
 // filled into `group`; false when they cannot take it: a tensor not on the
 // CPU, a dtype they lack, a parameter that is not dense, or state whose
-// strides differ from its parameter's. `wide` lists (Scout's statistics) must
-// have the parameters' math type. An empty list leaves its array absent.
-bool fused_group(kernels::cpu::Group& group, TensorList params,
-                 std::initializer_list<TensorList> narrow,
-                 std::initializer_list<TensorList> wide = {});
+// strides differ from its parameter's. The first `narrow` lists have the
+// parameters' dtype, the others (Scout's statistics) their math type. An
+// empty list leaves its array absent.
+bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::ArrayRef<TensorList> lists,
+                       size_t narrow);
+
+// The same for a pass's arrays, by name (kernels/cpu/protocol.h), e.g.
+// `fused_group(group, params, adabelief::Arrays<TensorList>{.param = params, ...})`.
+template <template <typename> class Arrays>
+bool fused_group(kernels::cpu::Group& group, TensorList params, const Arrays<TensorList>& arrays,
+                 size_t narrow = kernels::cpu::protocol::array_count<Arrays>()) {
+  const auto lists = kernels::cpu::protocol::in_slot_order(arrays);
+  return fused_group_lists(group, params, lists, narrow);
+}
 
 // What a fused call builds besides the tensors (per-tensor views,
 // coefficients, sums), kept per thread and reused, so that a step allocates
@@ -78,7 +87,7 @@ struct FusedScratch {
   std::vector<void*> addresses;
   // `args` cleared for a group of n tensors.
   kernels::cpu::PassArgs& fresh_args(size_t n) {
-    args.hyper = {};
+    args.constants = {};
     args.per_tensor.assign(n, {});
     args.inv_grad_scale = 1.0;
     return args;

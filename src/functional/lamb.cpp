@@ -34,15 +34,21 @@ std::vector<double> trust_ratios(const cpu::Sums& norms, const ScaleClip& clip) 
 
 // The fused kernels' two passes around the host phase. Pass 1 stores the
 // float and double moments (pass 2 reads them), so a throwing all-reduce
-// leaves them advanced; every check has run before it.
-// `args.per_tensor[i][0..3]` already hold the direction's own coefficients.
+// leaves them advanced; every check has run before it. The per-tensor rows
+// (PerTensor of protocol::lamb or ::ralars) already hold the direction's
+// coefficients; their step is set here, from the trust ratios.
+template <typename PerTensor>
 std::vector<double> fused_trust_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
                                      const char* name, double lr, const ScaleClip& clip,
                                      const Sharding& sharding) {
   cpu::run(moments, scratch.group, scratch.args, &scratch.sums);
   all_reduce_sums(name, sharding, scratch.sums, 2);
   auto local_lrs = trust_ratios(scratch.sums, clip);
-  for (size_t i = 0; i < local_lrs.size(); ++i) scratch.args.per_tensor[i][4] = -lr * local_lrs[i];
+  for (size_t i = 0; i < local_lrs.size(); ++i) {
+    auto row = scratch.args.per_tensor[i].get<PerTensor>();
+    row.step = -lr * local_lrs[i];
+    scratch.args.per_tensor[i].set(row);
+  }
   cpu::run(apply, scratch.group, scratch.args);
   return local_lrs;
 }
@@ -67,7 +73,9 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
   const auto inv_grad_scale = grad_unscale("LAMB", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
+  const cpu::protocol::lamb::Arrays<TensorList> arrays{
+      .param = params, .grad = grads, .exp_avg = exp_avgs, .exp_avg_sq = exp_avg_sqs};
+  if (!fused_group(scratch.group, params, arrays)) {
     const auto g = unscaled_grads(grads, *inv_grad_scale);
     auto norms = kernels::reference::lamb_sums(params, g, exp_avgs, exp_avg_sqs, h);
     all_reduce_sums("LAMB", sharding, norms, 2);
@@ -75,10 +83,14 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
     kernels::reference::lamb(params, g, exp_avgs, exp_avg_sqs, h, local_lrs);
     return local_lrs;
   }
-  scratch.fresh_args(params.size()).hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
-  scratch.args.inv_grad_scale = *inv_grad_scale;
-  auto local_lrs = fused_trust_step(cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB",
-                                    h.lr, h.scale_clip, sharding);
+  auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = *inv_grad_scale;
+  args.constants.set(cpu::protocol::lamb::Constants{
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay});
+  // The step is known after pass 1 (fused_trust_step).
+  for (auto& row : args.per_tensor) row.set(cpu::protocol::lamb::PerTensor{.step = 0.0});
+  auto local_lrs = fused_trust_step<cpu::protocol::lamb::PerTensor>(
+      cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB", h.lr, h.scale_clip, sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }
@@ -94,7 +106,9 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   const auto inv_grad_scale = grad_unscale("RaLars", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, params, {params, grads, exp_avgs, exp_avg_sqs})) {
+  const cpu::protocol::ralars::Arrays<TensorList> arrays{
+      .param = params, .grad = grads, .exp_avg = exp_avgs, .exp_avg_sq = exp_avg_sqs};
+  if (!fused_group(scratch.group, params, arrays)) {
     const auto g = unscaled_grads(grads, *inv_grad_scale);
     auto norms = kernels::reference::ralars_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
     all_reduce_sums("RaLars", sharding, norms, 2);
@@ -105,17 +119,23 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   const double sma_inf = h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0);
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.hyper = {h.beta1, h.beta2, h.eps, h.weight_decay};
+  args.constants.set(cpu::protocol::ralars::Constants{
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay});
+  using Mode = cpu::protocol::ralars::Mode;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);
     const double bc1 = bias_correction(h.beta1, steps[i]);
     const double bc2 = bias_correction(h.beta2, steps[i]);
     const auto r = ralars_rectification(sma_inf, t, bc2);
-    const double mode = r ? 0.0 : h.force_adaptive_momentum ? 1.0 : 2.0;
-    args.per_tensor[i] = {1.0 / bc1, 1.0 / bc2, r.value_or(1.0), mode};
+    args.per_tensor[i].set(cpu::protocol::ralars::PerTensor{
+        .inv_bc1 = 1.0 / bc1,
+        .inv_bc2 = 1.0 / bc2,
+        .rectification = r.value_or(1.0),
+        .mode = r ? Mode::kRectified : h.force_adaptive_momentum ? Mode::kAdaptive : Mode::kMomentum,
+        .step = 0.0});
   }
-  auto local_lrs = fused_trust_step(cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch,
-                                    "RaLars", h.lr, h.scale_clip, sharding);
+  auto local_lrs = fused_trust_step<cpu::protocol::ralars::PerTensor>(
+      cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, "RaLars", h.lr, h.scale_clip, sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }

@@ -40,7 +40,9 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   const auto inv_grad_scale = grad_unscale("LARS", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
-  const bool fused = fused_group(scratch.group, params, {params, grads, buffers});
+  const bool fused = fused_group(
+      scratch.group, params,
+      cpu::protocol::lars::Arrays<TensorList>{.param = params, .grad = grads, .momentum_buffer = buffers});
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& norms = scratch.sums;  // ||p||^2, ||g||^2
   auto& args = scratch.fresh_args(params.size());
@@ -53,12 +55,14 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   all_reduce_sums("LARS", sharding, norms, 2);
 
   std::vector<double> local_lrs(params.size(), 1.0);
-  args.hyper = {h.weight_decay, h.momentum, h.dampening, h.nesterov ? 1.0 : 0.0};
+  args.constants.set(cpu::protocol::lars::Constants{
+      .weight_decay = h.weight_decay, .momentum = h.momentum, .dampening = h.dampening, .nesterov = h.nesterov});
   for (size_t i = 0; i < params.size(); ++i) {
     const double p_norm = std::sqrt(norms[i][0]);
     const double phi = h.scale_clip ? clamp_norm(p_norm, *h.scale_clip) : p_norm;
     local_lrs[i] = trust_ratio(phi, std::sqrt(norms[i][1]) + h.weight_decay * p_norm);
-    args.per_tensor[i] = {-h.lr * local_lrs[i], with_momentum && buffer_is_new[i] ? 1.0 : 0.0};
+    args.per_tensor[i].set(cpu::protocol::lars::PerTensor{
+        .step = -h.lr * local_lrs[i], .buffer_is_new = with_momentum && buffer_is_new[i]});
   }
   if (!fused) {
     kernels::reference::lars(params, reference_grads, momentum_buffers, buffer_is_new, h, local_lrs);

@@ -24,17 +24,21 @@ void check_stats(const char* what, TensorList fast, const ScoutStats& s) {
   }
 }
 
+cpu::protocol::scout::Arrays<TensorList> scout_arrays(TensorList fast, const ScoutStats& s) {
+  return {.fast = fast, .prev = s.prev, .mean = s.mean, .m2 = s.m2, .max = s.max, .min = s.min};
+}
+
 }  // namespace
 
 void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate) {
   check_hyper("Lookahead", "sync_rate", sync_rate, 0.0, true, 1.0, true);
   check_group("Lookahead", fast, slow, {});
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, fast, {fast, slow})) {
+  if (!fused_group(scratch.group, fast, cpu::protocol::lookahead::Arrays<TensorList>{.fast = fast, .slow = slow})) {
     return kernels::reference::lookahead_sync(fast, slow, sync_rate);
   }
   auto& args = scratch.fresh_args(0);
-  args.hyper = {sync_rate};
+  args.constants.set(cpu::protocol::lookahead::Constants{.sync_rate = sync_rate});
   cpu::run(cpu::Pass::LookaheadSync, scratch.group, args);
   mark_written({fast, slow});
 }
@@ -43,11 +47,11 @@ void scout_accumulate_(TensorList fast, const ScoutStats& s, int64_t count) {
   TORCH_CHECK(count >= 0, "Scout: count must be >= 0, got ", count);
   check_stats("Scout", fast, s);
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, fast, {fast, s.prev}, {s.mean, s.m2, s.max, s.min})) {
+  if (!fused_group(scratch.group, fast, scout_arrays(fast, s), cpu::protocol::scout::kNarrowArrays)) {
     return kernels::reference::scout_accumulate(fast, s, count);
   }
   auto& args = scratch.fresh_args(0);
-  args.hyper = {static_cast<double>(count), 1.0 / static_cast<double>(count + 1)};
+  args.constants.set(cpu::protocol::scout::AccumulateConstants{.count = count});
   cpu::run(cpu::Pass::ScoutAccumulate, scratch.group, args);
   mark_written({s.prev, s.mean, s.m2, s.max, s.min});
 }
@@ -58,8 +62,9 @@ double scout_coherence(const ScoutStats& s, int64_t count, const Sharding& shard
   check_sharding("Scout", sharding, s.prev);
   auto& scratch = fused_scratch();
   auto& sums = scratch.sums;  // sum of the ratios that are numbers, and their count
-  if (fused_group(scratch.group, s.prev, {s.prev, s.prev}, {s.mean, s.m2, s.max, s.min})) {
-    scratch.fresh_args(0).hyper = {static_cast<double>(count - 1)};
+  // The coherence reads only the statistics; prev stands in for fast.
+  if (fused_group(scratch.group, s.prev, scout_arrays(s.prev, s), cpu::protocol::scout::kNarrowArrays)) {
+    scratch.fresh_args(0).constants.set(cpu::protocol::scout::CoherenceConstants{.count = count});
     cpu::run(cpu::Pass::ScoutCoherence, scratch.group, scratch.args, &sums);
   } else {
     sums = kernels::reference::scout_coherence_sums(s, count);

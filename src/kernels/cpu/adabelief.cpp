@@ -7,15 +7,19 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Arrays: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq (absent without amsgrad).
-// hyper: beta1, beta2, eps, weight_decay, amsgrad. per tensor: 1/sqrt(bc2), -lr/bc1.
+namespace proto = protocol::adabelief;
+
 template <typename T>
 struct AdaBeliefApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = 0b11111, kWrite = 0b11101;
-  static constexpr int kGrad = 1;
+  static constexpr auto kSlot = protocol::slots<proto::Arrays>();
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead =
+      protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
+  static constexpr unsigned kWrite =
+      protocol::slot_set(kSlot.param, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
+  static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
   struct Body {
@@ -23,22 +27,22 @@ struct AdaBeliefApply {
     bool decay, amsgrad;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      V& p = x[0];
-      const V g = with_weight_decay(x[1], p, weight_decay, decay);
-      V& m = x[2];
-      V& s = x[3];
+      V& p = x[kSlot.param];
+      const V g = with_weight_decay(x[kSlot.grad], p, weight_decay, decay);
+      V& m = x[kSlot.exp_avg];
+      V& s = x[kSlot.exp_avg_sq];
       m = m * beta1 + one_minus_beta1 * g;
       const V residual = g - m;
       s = s * beta2 + one_minus_beta2 * residual * residual;
-      p = p + step * (m / adam_denominator(s, amsgrad ? &x[4] : nullptr, inv_sqrt_bc2, eps));
+      p = p + step * (m / adam_denominator(s, amsgrad ? &x[kSlot.max_exp_avg_sq] : nullptr, inv_sqrt_bc2, eps));
     }
   };
   Body for_tensor(int64_t t) const {
-    const auto& h = args.hyper;
-    const auto& c = args.per_tensor[t];
-    return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
-            splat<V>(h[2]), splat<V>(h[3]),       splat<V>(c[0]), splat<V>(c[1]),
-            h[3] != 0.0,    h[4] != 0.0};
+    const auto h = args.constants.get<proto::Constants>();
+    const auto c = args.per_tensor[t].get<proto::PerTensor>();
+    return {splat<V>(h.beta1), splat<V>(1.0 - h.beta1), splat<V>(h.beta2),        splat<V>(1.0 - h.beta2),
+            splat<V>(h.eps),   splat<V>(h.weight_decay), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
+            h.weight_decay != 0.0, h.amsgrad};
   }
 };
 

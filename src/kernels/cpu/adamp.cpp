@@ -8,18 +8,17 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Arrays of both passes: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq (absent
-// without amsgrad). hyper: beta1, beta2, eps, weight_decay, amsgrad.
-// per tensor: 1/bc1, 1/sqrt(bc2), then for pass 2: -lr, and the projection
-// coefficient c in q - c*p (0: no projection).
+namespace proto = protocol::adamp;
+constexpr auto kSlot = protocol::slots<proto::Arrays>();
+
+// q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
 template <typename V>
 struct AdamPDirection {
   V eps, inv_bc1, inv_sqrt_bc2;
   bool amsgrad;
-  AdamPDirection(const PassArgs& args, int64_t t)
-      : eps(splat<V>(args.hyper[2])), inv_bc1(splat<V>(args.per_tensor[t][0])),
-        inv_sqrt_bc2(splat<V>(args.per_tensor[t][1])), amsgrad(args.hyper[4] != 0.0) {}
-  // q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
+  AdamPDirection(const proto::Constants& h, const proto::PerTensor& c)
+      : eps(splat<V>(h.eps)), inv_bc1(splat<V>(c.inv_bc1)), inv_sqrt_bc2(splat<V>(c.inv_sqrt_bc2)),
+        amsgrad(h.amsgrad) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& v, V* max_v) const {
     return (m * inv_bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, inv_sqrt_bc2, eps);
   }
@@ -30,10 +29,10 @@ template <typename V>
 struct AdamPMomentUpdate {
   V beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay;
   bool decay;
-  explicit AdamPMomentUpdate(const PassArgs& args)
-      : beta1(splat<V>(args.hyper[0])), one_minus_beta1(splat<V>(1.0 - args.hyper[0])),
-        beta2(splat<V>(args.hyper[1])), one_minus_beta2(splat<V>(1.0 - args.hyper[1])),
-        weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
+  explicit AdamPMomentUpdate(const proto::Constants& h)
+      : beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)), beta2(splat<V>(h.beta2)),
+        one_minus_beta2(splat<V>(1.0 - h.beta2)), weight_decay(splat<V>(h.weight_decay)),
+        decay(h.weight_decay != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& grad, V& m, V& v) const {
     const V g = with_weight_decay(grad, p, weight_decay, decay);
     m = m * beta1 + one_minus_beta1 * g;
@@ -48,6 +47,10 @@ struct AdamPMomentUpdate {
 template <typename T>
 constexpr bool kMomentsInApply = is_reduced_v<T>;
 
+constexpr unsigned kAll =
+    protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
+constexpr unsigned kMomentArrays = protocol::slot_set(kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
+
 // Sums: p.g', ||p||^2, ||g'||^2, p.q, in double: the projection is decided by
 // comparing their cosine with delta / sqrt(numel), and a 1-element parameter
 // with delta = 1 sits exactly on that edge (cosine +-1 only if the products
@@ -57,9 +60,9 @@ struct AdamPMoments {
   using scalar_t = T;
   using sum_t = double;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 5, kWide = 0, kSums = 4;
-  static constexpr unsigned kRead = 0b11111, kWrite = kMomentsInApply<T> ? 0 : 0b11100;
-  static constexpr int kGrad = 1;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 4;
+  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
+  static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
   struct Body {
@@ -67,26 +70,30 @@ struct AdamPMoments {
     AdamPDirection<V> direction;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      const V& p = x[0];
-      const V g = moments(p, x[1], x[2], x[3]);
-      const V q = direction(x[2], x[3], &x[4]);
+      const V& p = x[kSlot.param];
+      const V g = moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
+      const V q = direction(x[kSlot.exp_avg], x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
       acc.add_product(0, p, g);
       acc.add_square(1, p);
       acc.add_square(2, g);
       acc.add_product(3, p, q);
     }
   };
-  Body for_tensor(int64_t t) const { return {AdamPMomentUpdate<V>(args), AdamPDirection<V>(args, t)}; }
+  Body for_tensor(int64_t t) const {
+    const auto h = args.constants.get<proto::Constants>();
+    return {AdamPMomentUpdate<V>(h), AdamPDirection<V>(h, args.per_tensor[t].get<proto::PerTensor>())};
+  }
 };
 
 template <typename T>
 struct AdamPApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = kMomentsInApply<T> ? 0b11111 : 0b11101;
-  static constexpr int kGrad = 1;
-  static constexpr unsigned kWrite = kMomentsInApply<T> ? 0b11101 : 0b00001;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead = kMomentsInApply<T> ? kAll : kAll & ~(1u << kSlot.grad);
+  static constexpr int kGrad = kSlot.grad;
+  static constexpr unsigned kWrite =
+      protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
   const PassArgs& args;
 
   struct Body {
@@ -96,17 +103,18 @@ struct AdamPApply {
     bool project;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      V& p = x[0];
-      if constexpr (kMomentsInApply<T>) moments(p, x[1], x[2], x[3]);
-      V q = direction(x[2], x[3], &x[4]);
+      V& p = x[kSlot.param];
+      if constexpr (kMomentsInApply<T>) moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
+      V q = direction(x[kSlot.exp_avg], x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
       if (project) q = q - projection * p;
       p = p + step * q;
     }
   };
   Body for_tensor(int64_t t) const {
-    const auto& c = args.per_tensor[t];
-    return {AdamPMomentUpdate<V>(args), AdamPDirection<V>(args, t), splat<V>(c[2]), splat<V>(c[3]),
-            c[3] != 0.0};
+    const auto h = args.constants.get<proto::Constants>();
+    const auto c = args.per_tensor[t].get<proto::PerTensor>();
+    return {AdamPMomentUpdate<V>(h), AdamPDirection<V>(h, c), splat<V>(c.step), splat<V>(c.projection),
+            c.projection != 0.0};
   }
 };
 

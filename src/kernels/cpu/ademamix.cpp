@@ -6,16 +6,18 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Arrays: p, g, exp_avg, exp_avg_slow, exp_avg_sq.
-// hyper: beta1, beta2, beta3, alpha, eps, weight_decay.
-// per tensor: 1/bc1, 1/sqrt(bc2), -lr.
+namespace proto = protocol::ademamix;
+
 template <typename T>
 struct AdEMAMixApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 5, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = 0b11111, kWrite = 0b11101;
-  static constexpr int kGrad = 1;
+  static constexpr auto kSlot = protocol::slots<proto::Arrays>();
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead =
+      protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_slow, kSlot.exp_avg_sq);
+  static constexpr unsigned kWrite = kRead & ~(1u << kSlot.grad);
+  static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
   struct Body {
@@ -24,11 +26,11 @@ struct AdEMAMixApply {
     bool decay;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      V& p = x[0];
-      const V g = with_weight_decay(x[1], p, weight_decay, decay);
-      V& fast = x[2];
-      V& slow = x[3];
-      V& nu = x[4];
+      V& p = x[kSlot.param];
+      const V g = with_weight_decay(x[kSlot.grad], p, weight_decay, decay);
+      V& fast = x[kSlot.exp_avg];
+      V& slow = x[kSlot.exp_avg_slow];
+      V& nu = x[kSlot.exp_avg_sq];
       fast = fast * beta1 + one_minus_beta1 * g;
       nu = nu * beta2 + one_minus_beta2 * g * g;
       slow = slow * beta3 + one_minus_beta3 * g;
@@ -37,12 +39,12 @@ struct AdEMAMixApply {
     }
   };
   Body for_tensor(int64_t t) const {
-    const auto& h = args.hyper;
-    const auto& c = args.per_tensor[t];
-    return {splat<V>(h[0]), splat<V>(1.0 - h[0]), splat<V>(h[1]), splat<V>(1.0 - h[1]),
-            splat<V>(h[2]), splat<V>(1.0 - h[2]), splat<V>(h[3]), splat<V>(h[4]),
-            splat<V>(h[5]), splat<V>(c[0]), splat<V>(c[1]), splat<V>(c[2]),
-            h[5] != 0.0};
+    const auto h = args.constants.get<proto::Constants>();
+    const auto c = args.per_tensor[t].get<proto::PerTensor>();
+    return {splat<V>(h.beta1),   splat<V>(1.0 - h.beta1),  splat<V>(h.beta2), splat<V>(1.0 - h.beta2),
+            splat<V>(h.beta3),   splat<V>(1.0 - h.beta3),  splat<V>(h.alpha), splat<V>(h.eps),
+            splat<V>(h.weight_decay), splat<V>(c.inv_bc1), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
+            h.weight_decay != 0.0};
   }
 };
 

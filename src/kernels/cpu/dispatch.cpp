@@ -166,7 +166,7 @@ void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
     const auto dtype = tensors[first].dtype;
     Group part;
     PassArgs part_args;
-    part_args.hyper = args.hyper;
+    part_args.constants = args.constants;
     std::vector<size_t> index;
     for (size_t i = first; i < tensors.size(); ++i) {
       if (tensors[i].dtype != dtype) continue;

@@ -5,20 +5,25 @@
 // CPU_CAPABILITY set; everything here lives in a namespace named after it, so
 // the builds never share a symbol).
 //
-// A pass is a small struct (see the algorithm files next to this one):
+// A pass is a small struct (see the algorithm files next to this one); what
+// it takes from the host is declared by name in protocol.h:
 //   using scalar_t;                     the group's dtype
 //   kNarrow, kWide                      arrays of scalar_t, then of its math type
-//   kRead, kWrite                       bit j set: array j is loaded / stored
+//   kRead, kWrite                       the arrays loaded / stored, as
+//                                       protocol::slot_set(kSlot.param, ...)
+//                                       of the slots of its protocol Arrays
 //   kSums                               per-tensor reductions (0: none)
-//   kGrad (optional)                    the gradient's array: loaded as
+//   kGrad (optional)                    the gradient's slot: loaded as
 //                                       g * args.inv_grad_scale
 //   sum_t (optional)                    the type they are summed in: double
 //                                       where float lanes are not enough
-//   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk
+//   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk,
+//                                       from args.constants.get<Constants>()
+//                                       and args.per_tensor[t].get<PerTensor>()
 //   template <class A> void Body::operator()(V* x, A& acc) const
 //                                       the math of one vector of elements:
-//                                       x[j] holds array j; written arrays are
-//                                       stored back, sums go to acc.
+//                                       x[kSlot.name] holds that array; written
+//                                       arrays are stored back, sums go to acc.
 // The driver cuts the whole group into chunks of kChunk elements, runs them in
 // one parallel region, and sums each reduction in a fixed order: per element
 // into kLanes lanes (element i -> lane i % kLanes), the lanes in order at the

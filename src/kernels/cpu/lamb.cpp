@@ -9,50 +9,53 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Arrays of every pass here: p, g, exp_avg, exp_avg_sq.
-// hyper: beta1, beta2, eps, weight_decay.
+namespace proto = protocol::lamb;
+constexpr auto kSlot = protocol::slots<proto::Arrays>();
+
 template <typename V>
 struct Moments {
   V beta1, one_minus_beta1, beta2, one_minus_beta2;
-  explicit Moments(const PassArgs& args)
-      : beta1(splat<V>(args.hyper[0])), one_minus_beta1(splat<V>(1.0 - args.hyper[0])),
-        beta2(splat<V>(args.hyper[1])), one_minus_beta2(splat<V>(1.0 - args.hyper[1])) {}
+  explicit Moments(const proto::Constants& h)
+      : beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)),
+        beta2(splat<V>(h.beta2)), one_minus_beta2(splat<V>(1.0 - h.beta2)) {}
   HOLOCRON_KERNEL_INLINE void operator()(const V& g, V& m, V& v) const {
     m = m * beta1 + one_minus_beta1 * g;
     v = v * beta2 + one_minus_beta2 * g * g;
   }
 };
 
-// The direction before the trust ratio.
+// The direction before the trust ratio, and the step that applies it.
 // LAMB: m / (sqrt(v) + eps) + wd * p.
 template <typename V>
 struct LambDirection {
+  using PerTensor = protocol::lamb::PerTensor;
   V eps, weight_decay;
   bool decay;
-  LambDirection(const PassArgs& args, int64_t)
-      : eps(splat<V>(args.hyper[2])), weight_decay(splat<V>(args.hyper[3])), decay(args.hyper[3] != 0.0) {}
+  LambDirection(const proto::Constants& h, const PerTensor&)
+      : eps(splat<V>(h.eps)), weight_decay(splat<V>(h.weight_decay)), decay(h.weight_decay != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
     const V u = m / (v.sqrt() + eps);
     return with_weight_decay(u, p, weight_decay, decay);
   }
 };
 
-// RaLars, per tensor: 1/bc1, 1/bc2, rectification r, mode (0 rectified, 1 adaptive
-// without rectification, 2 momentum only), then + wd * p.
+// RaLars: (m / bc1) / (sqrt(v / bc2) + eps), rectified or not, or m / bc1
+// alone (protocol::ralars::Mode), then + wd * p.
 template <typename V>
 struct RaLarsDirection {
+  using PerTensor = protocol::ralars::PerTensor;
+  using Mode = protocol::ralars::Mode;
   V eps, weight_decay, inv_bc1, inv_bc2, rectification;
-  int mode;
+  Mode mode;
   bool decay;
-  RaLarsDirection(const PassArgs& args, int64_t t)
-      : eps(splat<V>(args.hyper[2])), weight_decay(splat<V>(args.hyper[3])),
-        inv_bc1(splat<V>(args.per_tensor[t][0])), inv_bc2(splat<V>(args.per_tensor[t][1])),
-        rectification(splat<V>(args.per_tensor[t][2])), mode(static_cast<int>(args.per_tensor[t][3])),
-        decay(args.hyper[3] != 0.0) {}
+  RaLarsDirection(const proto::Constants& h, const PerTensor& c)
+      : eps(splat<V>(h.eps)), weight_decay(splat<V>(h.weight_decay)), inv_bc1(splat<V>(c.inv_bc1)),
+        inv_bc2(splat<V>(c.inv_bc2)), rectification(splat<V>(c.rectification)), mode(c.mode),
+        decay(h.weight_decay != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
     V u = m * inv_bc1;
-    if (mode != 2) u = u / ((v * inv_bc2).sqrt() + eps);
-    if (mode == 0) u = u * rectification;
+    if (mode != Mode::kMomentum) u = u / ((v * inv_bc2).sqrt() + eps);
+    if (mode == Mode::kRectified) u = u * rectification;
     return with_weight_decay(u, p, weight_decay, decay);
   }
 };
@@ -64,13 +67,17 @@ struct RaLarsDirection {
 template <typename T>
 constexpr bool kMomentsInApply = is_reduced_v<T>;
 
+constexpr unsigned kAll = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq);
+constexpr unsigned kMomentArrays = protocol::slot_set(kSlot.exp_avg, kSlot.exp_avg_sq);
+
+// Pass 1. Sums: ||p||^2, ||u||^2.
 template <typename T, template <typename> class Direction>
 struct TrustMoments {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 4, kWide = 0, kSums = 2;
-  static constexpr unsigned kRead = 0b1111, kWrite = kMomentsInApply<T> ? 0 : 0b1100;
-  static constexpr int kGrad = 1;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 2;
+  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
+  static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
   struct Body {
@@ -78,23 +85,30 @@ struct TrustMoments {
     Direction<V> direction;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      moments(x[1], x[2], x[3]);
-      acc.add_square(0, x[0]);
-      acc.add_square(1, direction(x[0], x[2], x[3]));
+      V& p = x[kSlot.param];
+      V& m = x[kSlot.exp_avg];
+      V& v = x[kSlot.exp_avg_sq];
+      moments(x[kSlot.grad], m, v);
+      acc.add_square(0, p);
+      acc.add_square(1, direction(p, m, v));
     }
   };
-  Body for_tensor(int64_t t) const { return {Moments<V>(args), Direction<V>(args, t)}; }
+  Body for_tensor(int64_t t) const {
+    const auto h = args.constants.get<proto::Constants>();
+    return {Moments<V>(h), Direction<V>(h, args.per_tensor[t].get<typename Direction<V>::PerTensor>())};
+  }
 };
 
-// Pass 2; per tensor (after the direction's own): -lr * local_lr at index 4.
+// Pass 2: p += step * u.
 template <typename T, template <typename> class Direction>
 struct TrustApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 4, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = kMomentsInApply<T> ? 0b1111 : 0b1101;
-  static constexpr int kGrad = 1;
-  static constexpr unsigned kWrite = kMomentsInApply<T> ? 0b1101 : 0b0001;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead = kMomentsInApply<T> ? kAll : kAll & ~(1u << kSlot.grad);
+  static constexpr int kGrad = kSlot.grad;
+  static constexpr unsigned kWrite =
+      protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
   const PassArgs& args;
 
   struct Body {
@@ -103,12 +117,17 @@ struct TrustApply {
     V step;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      if constexpr (kMomentsInApply<T>) moments(x[1], x[2], x[3]);
-      x[0] = x[0] + step * direction(x[0], x[2], x[3]);
+      V& p = x[kSlot.param];
+      V& m = x[kSlot.exp_avg];
+      V& v = x[kSlot.exp_avg_sq];
+      if constexpr (kMomentsInApply<T>) moments(x[kSlot.grad], m, v);
+      p = p + step * direction(p, m, v);
     }
   };
   Body for_tensor(int64_t t) const {
-    return {Moments<V>(args), Direction<V>(args, t), splat<V>(args.per_tensor[t][4])};
+    const auto h = args.constants.get<proto::Constants>();
+    const auto c = args.per_tensor[t].get<typename Direction<V>::PerTensor>();
+    return {Moments<V>(h), Direction<V>(h, c), splat<V>(c.step)};
   }
 };
 

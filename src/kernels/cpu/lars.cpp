@@ -6,36 +6,38 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Arrays: p, g. Sums: ||p||^2, ||g||^2.
+namespace proto = protocol::lars;
+
+// Sums: ||p||^2, ||g||^2.
 template <typename T>
 struct LarsNorms {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 2, kWide = 0, kSums = 2;
-  static constexpr unsigned kRead = 0b11, kWrite = 0;
-  static constexpr int kGrad = 1;
+  static constexpr auto kSlot = protocol::slots<proto::Arrays>();
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 2;
+  static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad), kWrite = 0;
+  static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
   struct Body {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      acc.add_square(0, x[0]);
-      acc.add_square(1, x[1]);
+      acc.add_square(0, x[kSlot.param]);
+      acc.add_square(1, x[kSlot.grad]);
     }
   };
   Body for_tensor(int64_t) const { return {}; }
 };
 
-// Arrays: p, g, momentum buffer (absent without momentum).
-// hyper: weight_decay, momentum, dampening, nesterov.
-// per tensor: -lr * local_lr, buffer_is_new.
 template <typename T>
 struct LarsApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 3, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = 0b111, kWrite = 0b101;
-  static constexpr int kGrad = 1;
+  static constexpr auto kSlot = protocol::slots<proto::Arrays>();
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.momentum_buffer);
+  static constexpr unsigned kWrite = protocol::slot_set(kSlot.param, kSlot.momentum_buffer);
+  static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
   struct Body {
@@ -43,10 +45,10 @@ struct LarsApply {
     bool decay, with_momentum, nesterov, buffer_is_new;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      V& p = x[0];
-      V direction = with_weight_decay(x[1], p, weight_decay, decay);
+      V& p = x[kSlot.param];
+      V direction = with_weight_decay(x[kSlot.grad], p, weight_decay, decay);
       if (with_momentum) {
-        V& buffer = x[2];
+        V& buffer = x[kSlot.momentum_buffer];
         buffer = buffer_is_new ? direction : buffer * momentum + one_minus_dampening * direction;
         direction = nesterov ? direction + momentum * buffer : buffer;
       }
@@ -54,10 +56,10 @@ struct LarsApply {
     }
   };
   Body for_tensor(int64_t t) const {
-    const auto& h = args.hyper;
-    const auto& c = args.per_tensor[t];
-    return {splat<V>(h[0]), splat<V>(h[1]), splat<V>(1.0 - h[2]), splat<V>(c[0]),
-            h[0] != 0.0,    h[1] != 0.0,    h[3] != 0.0,          c[1] != 0.0};
+    const auto h = args.constants.get<proto::Constants>();
+    const auto c = args.per_tensor[t].get<proto::PerTensor>();
+    return {splat<V>(h.weight_decay), splat<V>(h.momentum), splat<V>(1.0 - h.dampening), splat<V>(c.step),
+            h.weight_decay != 0.0,    h.momentum != 0.0,    h.nesterov,                  c.buffer_is_new};
   }
 };
 

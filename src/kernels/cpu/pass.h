@@ -3,18 +3,25 @@
 // The fused CPU kernels as seen from the functional layer: a group of tensors
 // is handed over as raw pointers, and each algorithm is one or two passes over
 // it (a reducing pass that returns per-tensor sums, then an update pass that
-// reads per-tensor coefficients computed on the host in double).
+// reads per-tensor coefficients computed on the host in double). What each
+// pass takes is named in protocol.h.
 //
 // This header is compiled once; the passes themselves are compiled once per
 // instruction set (src/kernels/cpu/*.cpp with CPU_CAPABILITY set) and chosen
 // at run time by `run`.
 
 #include <c10/core/ScalarType.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#include "kernels/cpu/protocol.h"
 
 namespace holocron::optim::kernels::cpu {
 
@@ -45,12 +52,45 @@ struct Group {
   std::vector<TensorSlot> tensors;
 };
 
+// One block of a pass's typed Constants or PerTensor (protocol.h), carried
+// through the type-erased driver as bytes, with the address of a tag of its
+// type: a pass reading another type than the host wrote fails an assertion.
+class Coefficients {
+ public:
+  template <typename C>
+  void set(const C& value) {
+    check<C>();
+    std::memcpy(bytes_.data(), &value, sizeof(C));
+    tag_ = &kTag<C>;
+  }
+  template <typename C>
+  C10_ALWAYS_INLINE C get() const {
+    check<C>();
+    TORCH_INTERNAL_ASSERT(tag_ == &kTag<C>, "fused pass: coefficients read as another type than written");
+    C value;
+    std::memcpy(&value, bytes_.data(), sizeof(C));
+    return value;
+  }
+
+ private:
+  template <typename C>
+  static constexpr void check() {
+    static_assert(std::is_trivially_copyable_v<C> && std::is_default_constructible_v<C>);
+    static_assert(sizeof(C) <= kMaxCoefficients * sizeof(double), "raise kMaxCoefficients");
+  }
+  template <typename C>
+  static constexpr char kTag = 0;
+
+  std::array<double, kMaxCoefficients> bytes_{};
+  const char* tag_ = nullptr;
+};
+
 struct PassArgs {
-  // The algorithm's constants (betas, eps, ...), in the pass's order.
-  std::array<double, kMaxCoefficients> hyper{};
+  // The algorithm's constants (protocol.h: <algorithm>::Constants).
+  Coefficients constants;
   // Per-tensor coefficients from the host phase (bias corrections, trust
   // ratios, ...), one row per tensor of the group.
-  std::vector<std::array<double, kMaxCoefficients>> per_tensor;
+  std::vector<Coefficients> per_tensor;
   // Gradients are read as g * inv_grad_scale (a GradScaler's unscaling, in
   // registers: the gradients are not written). Passes name their gradient
   // array with kGrad.

@@ -6,14 +6,14 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Arrays: fast, slow. hyper: sync_rate.
 // slow += rate * (fast - slow) with ATen's lerp formula; fast = slow.
 template <typename T>
 struct LookaheadSync {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 2, kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = 0b11, kWrite = 0b11;
+  static constexpr auto kSlot = protocol::slots<protocol::lookahead::Arrays>();
+  static constexpr int kNarrow = protocol::array_count<protocol::lookahead::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead = protocol::slot_set(kSlot.fast, kSlot.slow), kWrite = kRead;
   const PassArgs& args;
 
   struct Body {
@@ -21,8 +21,8 @@ struct LookaheadSync {
     bool move, small_rate;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      V& fast = x[0];
-      V& slow = x[1];
+      V& fast = x[kSlot.fast];
+      V& slow = x[kSlot.slow];
       if (move) {
         // ATen's lerp formula for this weight (it rounds once more than ATen's fused one).
         slow = small_rate ? slow + rate * (fast - slow) : fast - (fast - slow) * one_minus_rate;
@@ -31,21 +31,25 @@ struct LookaheadSync {
     }
   };
   Body for_tensor(int64_t) const {
-    const double rate = args.hyper[0];
+    const double rate = args.constants.get<protocol::lookahead::Constants>().sync_rate;
     return {splat<V>(rate), splat<V>(1.0 - rate), rate > 0.0, rate < 0.5};
   }
 };
 
-// Arrays: fast, prev (the parameter's dtype); mean, m2, max, min (its math
-// type). hyper: count (changes folded in before this one), 1 / (count + 1).
+namespace scout = protocol::scout;
+constexpr auto kScoutSlot = protocol::slots<scout::Arrays>();
+constexpr int kScoutArrays = protocol::array_count<scout::Arrays>();
+
 // Welford's update with the change u = fast - prev, rounded to the
 // parameter's dtype as the reference's parameter copies are.
 template <typename T>
 struct ScoutAccumulate {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 2, kWide = 4, kSums = 0;
-  static constexpr unsigned kRead = 0b111111, kWrite = 0b111110;
+  static constexpr int kNarrow = scout::kNarrowArrays, kWide = kScoutArrays - scout::kNarrowArrays, kSums = 0;
+  static constexpr unsigned kRead = protocol::slot_set(kScoutSlot.fast, kScoutSlot.prev, kScoutSlot.mean,
+                                                       kScoutSlot.m2, kScoutSlot.max, kScoutSlot.min);
+  static constexpr unsigned kWrite = kRead & ~(1u << kScoutSlot.fast);
   const PassArgs& args;
 
   struct Body {
@@ -53,12 +57,12 @@ struct ScoutAccumulate {
     bool first;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      const V change = round_to<T>(x[0] - x[1]);
-      V& mean = x[2];
-      V& m2 = x[3];
-      V& max = x[4];
-      V& min = x[5];
-      x[1] = x[0];
+      const V change = round_to<T>(x[kScoutSlot.fast] - x[kScoutSlot.prev]);
+      V& mean = x[kScoutSlot.mean];
+      V& m2 = x[kScoutSlot.m2];
+      V& max = x[kScoutSlot.max];
+      V& min = x[kScoutSlot.min];
+      x[kScoutSlot.prev] = x[kScoutSlot.fast];
       if (first) {
         mean = change;
         m2 = V(0);
@@ -73,30 +77,37 @@ struct ScoutAccumulate {
       min = at::vec::minimum(min, change);
     }
   };
-  Body for_tensor(int64_t) const { return {splat<V>(args.hyper[1]), args.hyper[0] == 0.0}; }
+  Body for_tensor(int64_t) const {
+    const int64_t count = args.constants.get<scout::AccumulateConstants>().count;
+    return {splat<V>(1.0 / static_cast<double>(count + 1)), count == 0};
+  }
 };
 
-// Arrays as ScoutAccumulate (fast unused). hyper: count - 1.
 // Sums: the ratios std(u) / max|u - mean(u)| that are numbers, and how many.
 template <typename T>
 struct ScoutCoherence {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = 2, kWide = 4, kSums = 2;
-  static constexpr unsigned kRead = 0b111100, kWrite = 0;
+  static constexpr int kNarrow = scout::kNarrowArrays, kWide = kScoutArrays - scout::kNarrowArrays, kSums = 2;
+  static constexpr unsigned kRead =
+      protocol::slot_set(kScoutSlot.mean, kScoutSlot.m2, kScoutSlot.max, kScoutSlot.min);
+  static constexpr unsigned kWrite = 0;
   const PassArgs& args;
 
   struct Body {
     V degrees_of_freedom;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      const V& mean = x[2];
-      const V stddev = (x[3] / degrees_of_freedom).sqrt();
-      const V max_deviation = at::vec::maximum(x[4] - mean, mean - x[5]);
+      const V& mean = x[kScoutSlot.mean];
+      const V stddev = (x[kScoutSlot.m2] / degrees_of_freedom).sqrt();
+      const V max_deviation = at::vec::maximum(x[kScoutSlot.max] - mean, mean - x[kScoutSlot.min]);
       acc.add_numbers(0, 1, stddev / max_deviation);
     }
   };
-  Body for_tensor(int64_t) const { return {splat<V>(args.hyper[0])}; }
+  Body for_tensor(int64_t) const {
+    const int64_t count = args.constants.get<scout::CoherenceConstants>().count;
+    return {splat<V>(static_cast<double>(count - 1))};
+  }
 };
 
 }  // namespace

@@ -1,0 +1,232 @@
+#pragma once
+
+// What each fused pass takes from the functional layer, by name: its
+// constants, its per-tensor coefficients (computed on the host in double) and
+// its arrays. Included by both sides: the host fills these structs with
+// designated initializers (a field out of order does not compile, a missing
+// one is an error under -Wextra -Werror), the passes read the same fields.
+//
+//   Constants          the algorithm's hyper-parameters for the whole group
+//   PerTensor          one row per tensor
+//   Arrays<T>          one T per array the pass walks, in the order the pass
+//                      sees them: the host builds it with T = TensorList, the
+//                      pass reads slot numbers from Arrays<int> (slots<>()).
+//                      Arrays of the parameter's dtype come first, then those
+//                      of its math type (Scout's statistics).
+//
+// An array left empty by the host (amsgrad off, no momentum, no weight decay)
+// is neither read nor written. Passes of one algorithm share what they can.
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+namespace holocron::optim::kernels::cpu::protocol {
+
+// Arrays<int> whose fields hold their own positions 0, 1, 2, ...: every
+// field of an Arrays struct has the same type, so an Arrays<char> has no
+// padding and its size is the field count.
+template <template <typename> class Arrays, int... I>
+constexpr Arrays<int> slots_impl(std::integer_sequence<int, I...>) {
+  return Arrays<int>{I...};
+}
+template <template <typename> class Arrays>
+constexpr int array_count() {
+  return static_cast<int>(sizeof(Arrays<char>));
+}
+template <template <typename> class Arrays>
+constexpr Arrays<int> slots() {
+  return slots_impl<Arrays>(std::make_integer_sequence<int, array_count<Arrays>()>{});
+}
+// A read or write set: bit s set for each slot s given.
+template <typename... S>
+constexpr unsigned slot_set(S... s) {
+  return ((1u << s) | ... | 0u);
+}
+// The host's Arrays<L> as the list the driver takes, in slot order.
+template <template <typename> class Arrays, typename L>
+std::array<L, array_count<Arrays>()> in_slot_order(const Arrays<L>& arrays) {
+  // Same-typed fields of a standard-layout aggregate lie in declaration order, without padding.
+  static_assert(std::is_trivially_copyable_v<L> && std::is_standard_layout_v<Arrays<L>>);
+  static_assert(sizeof(Arrays<L>) == array_count<Arrays>() * sizeof(L), "an Arrays struct holds only its lists");
+  std::array<L, array_count<Arrays>()> out;
+  std::memcpy(static_cast<void*>(out.data()), &arrays, sizeof(arrays));
+  return out;
+}
+
+// ---- LARS ------------------------------------------------------------------
+namespace lars {
+// Pass 1 (norms) sums ||p||^2 and ||g||^2. Pass 2: d = g + wd * p; with
+// momentum buf = d (new) or momentum * buf + (1 - dampening) * d, then
+// d + momentum * buf (Nesterov) or buf; p += step * that.
+template <typename T>
+struct Arrays {
+  T param, grad, momentum_buffer;
+};
+struct Constants {
+  double weight_decay, momentum, dampening;
+  bool nesterov;
+};
+struct PerTensor {
+  double step;  // -lr * trust ratio
+  bool buffer_is_new;
+};
+}  // namespace lars
+
+// ---- LAMB and RaLars -------------------------------------------------------
+// Pass 1 (moments) sums ||p||^2 and ||u||^2 of the direction u; pass 2 applies
+// p += step * u. Both walk the same arrays.
+namespace lamb {
+template <typename T>
+struct Arrays {
+  T param, grad, exp_avg, exp_avg_sq;
+};
+struct Constants {
+  double beta1, beta2, eps, weight_decay;
+};
+// LAMB's direction m / (sqrt(v) + eps) + wd * p needs nothing per tensor but
+// the step of pass 2.
+struct PerTensor {
+  double step;  // -lr * trust ratio, pass 2
+};
+}  // namespace lamb
+
+namespace ralars {
+using lamb::Arrays;
+using lamb::Constants;
+// How the direction is formed this step.
+enum class Mode : int {
+  kRectified = 0,  // r * (m / bc1) / (sqrt(v / bc2) + eps)
+  kAdaptive = 1,   // (m / bc1) / (sqrt(v / bc2) + eps): force_adaptive_momentum before rectification
+  kMomentum = 2,   // m / bc1
+};
+struct PerTensor {
+  double inv_bc1, inv_bc2, rectification;
+  Mode mode;
+  double step;  // -lr * trust ratio, pass 2
+};
+}  // namespace ralars
+
+// ---- TAdam -----------------------------------------------------------------
+namespace tadam {
+// Pass 1 sums sum((g' - m)^2 / (v + eps)), g' = g + wd * p (p is read only
+// when wd != 0, so the host leaves it empty otherwise).
+template <typename T>
+struct DistanceArrays {
+  T grad, exp_avg, exp_avg_sq, param;
+};
+struct DistanceConstants {
+  double eps, weight_decay;
+};
+template <typename T>
+struct ApplyArrays {
+  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+};
+struct ApplyConstants {
+  double beta2, eps, weight_decay;
+  bool amsgrad;
+};
+struct ApplyPerTensor {
+  double keep, take;  // m = keep * m + take * g': W / (W + w), w / (W + w)
+  double inv_sqrt_bc2;
+  double step;  // -lr / bc1
+};
+}  // namespace tadam
+
+// ---- AdaBelief -------------------------------------------------------------
+namespace adabelief {
+template <typename T>
+struct Arrays {
+  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+};
+struct Constants {
+  double beta1, beta2, eps, weight_decay;
+  bool amsgrad;
+};
+struct PerTensor {
+  double inv_sqrt_bc2;
+  double step;  // -lr / bc1
+};
+}  // namespace adabelief
+
+// ---- AdamP -----------------------------------------------------------------
+// Pass 1 updates the moments and sums p.g', ||p||^2, ||g'||^2, p.q; pass 2
+// applies q, less projection * p where the host decided to project.
+namespace adamp {
+template <typename T>
+struct Arrays {
+  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+};
+struct Constants {
+  double beta1, beta2, eps, weight_decay;
+  bool amsgrad;
+};
+struct PerTensor {
+  double inv_bc1, inv_sqrt_bc2;
+  double step;        // -lr, pass 2
+  double projection;  // c in q - c * p (0: no projection), pass 2
+};
+}  // namespace adamp
+
+// ---- Adan ------------------------------------------------------------------
+namespace adan {
+template <typename T>
+struct Arrays {
+  T param, grad, prev_grad, exp_avg, exp_avg_sq, exp_avg_delta, max_exp_avg_delta;
+};
+struct Constants {
+  double beta1, beta2, beta3, eps, weight_decay;
+  bool amsgrad;
+};
+struct PerTensor {
+  bool first_step;  // the gradient difference is zero
+  double inv_bc1, beta2_over_bc2, inv_sqrt_bc3;
+  double step;           // -lr
+  double decay_divisor;  // 1 + wd * lr
+};
+}  // namespace adan
+
+// ---- AdEMAMix --------------------------------------------------------------
+namespace ademamix {
+template <typename T>
+struct Arrays {
+  T param, grad, exp_avg, exp_avg_slow, exp_avg_sq;
+};
+struct Constants {
+  double beta1, beta2, beta3, alpha, eps, weight_decay;
+};
+struct PerTensor {
+  double inv_bc1, inv_sqrt_bc2;
+  double step;  // -lr
+};
+}  // namespace ademamix
+
+// ---- Lookahead and Scout ---------------------------------------------------
+namespace lookahead {
+template <typename T>
+struct Arrays {
+  T fast, slow;
+};
+struct Constants {
+  double sync_rate;
+};
+}  // namespace lookahead
+
+namespace scout {
+// fast and prev have the parameter's dtype, the statistics its math type.
+template <typename T>
+struct Arrays {
+  T fast, prev, mean, m2, max, min;
+};
+constexpr int kNarrowArrays = 2;
+struct AccumulateConstants {
+  int64_t count;  // changes folded in before this one
+};
+struct CoherenceConstants {
+  int64_t count;  // changes in the period
+};
+}  // namespace scout
+
+}  // namespace holocron::optim::kernels::cpu::protocol
