@@ -2,6 +2,7 @@
 // compares its trajectory with the reference package.
 //
 //   holocron_parity_runner ALGO SEED STEPS [name=value ...]
+//   holocron_parity_runner --defaults
 //
 // ALGO is an algorithm's name, or WRAPPER+ALGO (Lookahead or Scout around
 // it; settings sync_rate and sync_period).
@@ -17,6 +18,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
+#include <utility>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -111,9 +114,79 @@ std::shared_ptr<torch::optim::Optimizer> make(const std::string& algo, std::vect
   throw std::invalid_argument("unknown algorithm " + algo);
 }
 
+// --defaults: each class's default options, one line per class
+// (`NAME key=value ...`, values as Python writes them), which
+// tests/python/test_cpp_front.py compares with the Python classes' defaults.
+std::string value_text(double v) {
+  char text[64];
+  std::snprintf(text, sizeof(text), "%.17g", v);
+  return text;
+}
+std::string value_text(int64_t v) { return std::to_string(v); }
+std::string value_text(bool v) { return v ? "True" : "False"; }
+template <typename... T>
+std::string value_text(const std::tuple<T...>& v) {
+  std::string out = "(";
+  std::apply([&out](const auto&... x) { ((out += value_text(x) + ","), ...); }, v);
+  out.pop_back();
+  return out + ")";
+}
+template <typename T>
+std::string value_text(const std::optional<T>& v) {
+  return v ? value_text(*v) : "None";
+}
+
+void print_defaults() {
+  const auto line = [](const char* name, std::initializer_list<std::pair<const char*, std::string>> fields) {
+    std::printf("%s", name);
+    for (const auto& [key, value] : fields) std::printf(" %s=%s", key, value.c_str());
+    std::printf("\n");
+  };
+  const ho::LARSOptions lars;
+  line("LARS", {{"lr", value_text(lars.lr())}, {"momentum", value_text(lars.momentum())},
+                {"dampening", value_text(lars.dampening())}, {"weight_decay", value_text(lars.weight_decay())},
+                {"nesterov", value_text(lars.nesterov())}, {"scale_clip", value_text(lars.scale_clip())}});
+  const ho::LAMBOptions lamb;
+  line("LAMB", {{"lr", value_text(lamb.lr())}, {"betas", value_text(lamb.betas())}, {"eps", value_text(lamb.eps())},
+                {"weight_decay", value_text(lamb.weight_decay())}, {"scale_clip", value_text(lamb.scale_clip())}});
+  const ho::RaLarsOptions ralars;
+  line("RaLars", {{"lr", value_text(ralars.lr())}, {"betas", value_text(ralars.betas())},
+                  {"eps", value_text(ralars.eps())}, {"weight_decay", value_text(ralars.weight_decay())},
+                  {"force_adaptive_momentum", value_text(ralars.force_adaptive_momentum())},
+                  {"scale_clip", value_text(ralars.scale_clip())}});
+  const ho::TAdamOptions tadam;
+  line("TAdam", {{"lr", value_text(tadam.lr())}, {"betas", value_text(tadam.betas())},
+                 {"eps", value_text(tadam.eps())}, {"weight_decay", value_text(tadam.weight_decay())},
+                 {"amsgrad", value_text(tadam.amsgrad())}, {"dof", value_text(tadam.dof())}});
+  const ho::AdaBeliefOptions adabelief;
+  line("AdaBelief", {{"lr", value_text(adabelief.lr())}, {"betas", value_text(adabelief.betas())},
+                     {"eps", value_text(adabelief.eps())}, {"weight_decay", value_text(adabelief.weight_decay())},
+                     {"amsgrad", value_text(adabelief.amsgrad())}});
+  const ho::AdamPOptions adamp;
+  line("AdamP", {{"lr", value_text(adamp.lr())}, {"betas", value_text(adamp.betas())},
+                 {"eps", value_text(adamp.eps())}, {"weight_decay", value_text(adamp.weight_decay())},
+                 {"amsgrad", value_text(adamp.amsgrad())}, {"delta", value_text(adamp.delta())}});
+  const ho::AdanOptions adan;
+  line("Adan", {{"lr", value_text(adan.lr())}, {"betas", value_text(adan.betas())}, {"eps", value_text(adan.eps())},
+                {"weight_decay", value_text(adan.weight_decay())}, {"amsgrad", value_text(adan.amsgrad())}});
+  const ho::AdEMAMixOptions ademamix;
+  line("AdEMAMix", {{"lr", value_text(ademamix.lr())}, {"betas", value_text(ademamix.betas())},
+                    {"alpha", value_text(ademamix.alpha())}, {"eps", value_text(ademamix.eps())},
+                    {"weight_decay", value_text(ademamix.weight_decay())}});
+  const ho::LookaheadOptions lookahead;
+  for (const char* name : {"Lookahead", "Scout"}) {
+    line(name, {{"sync_rate", value_text(lookahead.sync_rate())},
+                {"sync_period", value_text(lookahead.sync_period())}});
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--defaults") {
+    print_defaults();
+    return 0;
+  }
   if (argc < 4) {
     std::fprintf(stderr, "usage: %s ALGO SEED STEPS [name=value ...]\n", argv[0]);
     return 2;

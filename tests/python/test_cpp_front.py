@@ -107,3 +107,24 @@ def test_cpp_wrappers_match_reference(wrapper, name, sync):
     expected = _reference_run(name, 0, options, wrapper)
     for a, b in zip(ours, expected, strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * (b.abs().max().item() or 1.0)), (a - b).abs().max()
+
+
+def test_both_fronts_have_the_same_defaults():
+    """Every option of every class, with its default, read from the C++ options classes and
+    from the Python constructors: a default changed on one front alone fails here."""
+    import ast
+    import inspect
+
+    import holocron_optim as ho
+
+    out = subprocess.run([str(RUNNER), "--defaults"], capture_output=True, text=True, timeout=60, check=True).stdout
+    cpp = {}
+    for line in out.splitlines():
+        name, *fields = line.split(" ")
+        cpp[name] = {key: ast.literal_eval(value) for key, value in (f.split("=", 1) for f in fields)}
+    assert set(cpp) == set(ho.__all__)
+    for name in ho.__all__:
+        signature = inspect.signature(getattr(ho, name).__init__)
+        python = {key: p.default for key, p in signature.parameters.items()
+                  if key not in ("self", "params", "base_optimizer")}
+        assert cpp[name] == python, name
