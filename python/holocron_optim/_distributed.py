@@ -22,6 +22,12 @@ def is_dtensor(t: Any) -> bool:
     return DTensor is not None and isinstance(t, DTensor)
 
 
+def any_dtensor(tensors: list[Any]) -> bool:
+    """Whether a list holds a DTensor. By the set of its types: a scan in C, where
+    a call of is_dtensor per tensor costs a step about 0.3 us per parameter."""
+    return DTensor is not None and any(issubclass(kind, DTensor) for kind in set(map(type, tensors)))
+
+
 def local(t: Any) -> Any:
     # `_local_tensor` shares the DTensor's storage, so the ops' in-place
     # writes land in it; to_local() would add an autograd node per tensor.
@@ -47,7 +53,7 @@ def shard_groups(t: Any) -> tuple[str, ...]:
 
 def is_split(params: list[Any]) -> bool:
     """True when a group's DTensors are laid out differently (then updated by several calls)."""
-    return any(is_dtensor(p) for p in params) and len({shard_groups(p) for p in params}) > 1
+    return any_dtensor(params) and len({shard_groups(p) for p in params}) > 1
 
 
 def grad_like(g: Any, p: Any) -> Any:
@@ -59,7 +65,7 @@ def grad_like(g: Any, p: Any) -> Any:
 
 
 def _as_local(value: Any) -> Any:
-    if isinstance(value, list) and any(is_dtensor(t) for t in value):
+    if isinstance(value, list) and any_dtensor(value):
         return [local(t) for t in value]
     return value
 
@@ -80,7 +86,7 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     its shard groups are passed; parameters sharded differently are updated
     by separate calls, and a returned per-tensor tensor is put back in order.
     """
-    if not any(is_dtensor(p) for p in params):
+    if not any_dtensor(params):
         return op(params, grads, *rest, **kwargs)
     count = len(params)
     grads = [grad_like(g, p) for g, p in zip(grads, params)]
@@ -111,7 +117,7 @@ def call_on_locals(op: Callable[..., Any], first: list[Any], *rest: Any, **kwarg
 
     The other lists hold tensors made like those of `first` (state, statistics):
     with no DTensor in `first`, nothing is scanned further."""
-    if not any(is_dtensor(t) for t in first):
+    if not any_dtensor(first):
         return op(first, *rest, **kwargs)
     return op(*[_as_local(v) for v in (first, *rest)], **kwargs)
 
