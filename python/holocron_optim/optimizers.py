@@ -30,7 +30,7 @@ def _check_common(lr: Any, eps: Any, weight_decay: Any) -> None:
     check_finite("learning rate", lr)
     check_finite("epsilon", eps)
     check_finite("weight_decay", weight_decay)
-    if weight_decay < 0:  # torch.optim refuses it; the reference's LAMB, RaLars and AdEMAMix did not (fix 9)
+    if weight_decay < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
@@ -91,9 +91,9 @@ class LARS(FusedStep, Optimizer):
 
     Differences from the reference (pylocron 0.3.0):
         - gradients are never modified; the reference writes ``d`` into
-          ``p.grad`` (fix 2);
+          ``p.grad``;
         - an explicit ``scale_clip`` clamps ``||p||`` in the trust ratio; the
-          reference ignores the argument (fix 3).
+          reference ignores the argument.
     """
 
     _all_buffers = ("momentum_buffer",)
@@ -195,7 +195,7 @@ class LAMB(FusedStep, Optimizer):
     int 1 when a norm was 0).
 
     Differences from the reference (pylocron 0.3.0):
-        - ``weight_decay < 0`` is refused (fix 9); the reference accepts it.
+        - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
@@ -271,7 +271,7 @@ class RaLars(FusedStep, Optimizer):
     ``sma_inf`` on its first step, as in the reference.
 
     Differences from the reference (pylocron 0.3.0):
-        - ``weight_decay < 0`` is refused (fix 9); the reference accepts it.
+        - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
     _all_buffers = ("exp_avg", "exp_avg_sq")
@@ -347,7 +347,7 @@ class TAdam(FusedStep, Optimizer):
             >= 0. Default `0.0`.
         amsgrad: divide by the running maximum of the second moment (kept in
             ``max_exp_avg_sq``). Default `False`.
-        dof: degrees of freedom of the Student-t distribution, > 0 (fix 10: the reference accepts 0, which turns a step whose gradient equals the mean into NaN); None means
+        dof: degrees of freedom of the Student-t distribution, > 0 (pylocron accepts 0, which turns a step whose gradient equals the mean into NaN); None means
             each parameter's number of elements. Default `None`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
@@ -357,8 +357,8 @@ class TAdam(FusedStep, Optimizer):
 
     Differences from the reference (pylocron 0.3.0):
         - 0-d (scalar) parameters work, with the result of the same value held in
-          a one-element tensor; the reference fails on them (fix 6);
-        - ``dof <= 0`` is refused (fix 10).
+          a one-element tensor; the reference fails on them;
+        - ``dof <= 0`` is refused.
     """
 
     _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -378,7 +378,7 @@ class TAdam(FusedStep, Optimizer):
         check_betas(betas, 2, "TAdam")
         if dof is not None:
             check_finite("dof", dof)
-            if dof <= 0:  # 0 makes a step whose gradient equals the mean NaN (fix 10)
+            if dof <= 0:  # 0 makes a step whose gradient equals the mean NaN (unlike pylocron)
                 raise ValueError(f"TAdam: invalid dof value: {dof} (expected in (0, inf))")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad, "dof": dof}
         super().__init__(params, defaults)
@@ -613,7 +613,7 @@ class Adan(FusedStep, Optimizer):
         - ``prev_grad`` holds the previous step's ``g`` (weight decay included)
           and a parameter's first ``diff`` is zero, as in the paper and its
           authors' code; the reference never updates it, so its ``diff`` is
-          always the whole gradient (fix 1).
+          always the whole gradient.
     """
 
     _all_buffers = ("exp_avg", "exp_avg_sq", "exp_avg_delta", "max_exp_avg_delta", "prev_grad")
@@ -688,7 +688,7 @@ class AdEMAMix(FusedStep, Optimizer):
     (``nu``).
 
     Differences from the reference (pylocron 0.3.0):
-        - ``weight_decay < 0`` is refused (fix 9); the reference accepts it.
+        - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
     _all_buffers = ("exp_avg", "exp_avg_slow", "exp_avg_sq")

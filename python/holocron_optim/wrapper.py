@@ -1,10 +1,10 @@
 """Lookahead and Scout, wrapping any torch.optim.Optimizer.
 
 Differences from the reference (README, "Deliberate fixes"): the wrapper's
-param_groups are the base's, so an LR scheduler on the wrapper drives the base
-(fix 8); state_dict() also holds the slow weights, the step counter and
-Scout's statistics (fix 7); Scout keeps running statistics instead of a
-growing stack of copies (fix 4) and ignores elements that did not move (fix 5).
+param_groups are the base's, so an LR scheduler on the wrapper drives the base;
+state_dict() also holds the slow weights, the step counter and
+Scout's statistics; Scout keeps running statistics instead of a
+growing stack of copies and ignores elements that did not move.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ class Lookahead(Optimizer):
     Differences from the reference (pylocron 0.3.0):
         - the wrapper's ``param_groups`` are the base's, so an LR scheduler
           attached to the wrapper drives the base optimizer's lr; in the
-          reference it changes only the wrapper's own copy (fix 8);
+          reference it changes only the wrapper's own copy;
         - checkpoints hold the slow weights and the step counter, and a
           resumed run continues exactly; a run resumed from the reference's
-          restarts from wrong slow weights (fix 7).
+          restarts from wrong slow weights.
 
     As a torch.optim optimizer: ``defaults`` holds the base's defaults plus
     ``sync_rate`` and ``sync_period`` (so OneCycleLR and CyclicLR cycle the
@@ -572,18 +572,17 @@ class Scout(Lookahead):
 
     Differences from the reference (pylocron 0.3.0):
         - running per-element statistics instead of a growing stack of
-          parameter copies: fixed memory, one pass per step, the same sync rate
-          (fix 4);
+          parameter copies: fixed memory, one pass per step, the same sync rate;
         - elements whose changes did not vary over the period (0/0) are left
           out of the coherence, so the rate is always in ``[sync_rate, 1]``;
           the reference lets the NaN through and silently resets every fast
-          weight to its slow copy (fix 5);
+          weight to its slow copy;
         - the wrapper's ``param_groups`` are the base's, so an LR scheduler
           attached to the wrapper drives the base optimizer's lr; in the
-          reference it changes only the wrapper's own copy (fix 8);
+          reference it changes only the wrapper's own copy;
         - checkpoints hold the slow weights, the step counter and the
           statistics, and a resumed run continues exactly; a run resumed from
-          the reference's restarts from wrong slow weights (fix 7).
+          the reference's restarts from wrong slow weights.
     """
 
     def __init__(self, base_optimizer: Optimizer, sync_rate: float = 0.5, sync_period: int = 6) -> None:

@@ -20,7 +20,7 @@ TensorList if_used(bool used, TensorList list) { return used ? list : TensorList
 void check(const TAdamHyper& h) {
   check_adam_like("TAdam", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
   // dof = 0 turns a step whose gradient equals the mean into inf / inf (NaN
-  // weights, NaN parameters); the reference accepts it (fix 10).
+  // weights, NaN parameters); the reference accepts it.
   if (h.dof) check_hyper("TAdam", "dof", *h.dof, 0.0, false, INFINITY, false);
 }
 
@@ -45,7 +45,7 @@ void check(const AdEMAMixHyper& h) {
   check_hyper("AdEMAMix", "alpha", h.alpha, -INFINITY, false, INFINITY, false);
   check_non_negative("AdEMAMix", "eps", h.eps);
   // The reference accepts a negative weight decay here; torch refuses it and
-  // so do we (fix 9).
+  // so do we.
   check_non_negative("AdEMAMix", "weight_decay", h.weight_decay);
 }
 

@@ -17,7 +17,7 @@ void check_lamb_family(const char* name, double lr, double beta1, double beta2, 
   check_beta(name, "betas[1]", beta2);
   check_non_negative(name, "eps", eps);
   // The reference accepts a negative weight decay here; torch refuses it and
-  // so do we (fix 9).
+  // so do we.
   check_non_negative(name, "weight_decay", weight_decay);
   check_hyper(name, "scale_clip[0]", clip.first, 0.0, true, INFINITY, false);
   check_hyper(name, "scale_clip[1]", clip.second, clip.first, true, INFINITY, true);

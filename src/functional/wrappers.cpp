@@ -73,7 +73,7 @@ double scout_coherence(const ScoutStats& s, int64_t count, const Sharding& shard
   double total = 0.0;
   int64_t counted = 0;
   for (const auto& row : sums) {
-    // Fix 5: a parameter none of whose elements gave a number does not count.
+    // Unlike pylocron: a parameter none of whose elements gave a number does not count.
     if (row[1] == 0.0) continue;
     total += row[0] / row[1];
     ++counted;

@@ -151,11 +151,11 @@ TEST(Options, Validation) {
   expect_bad<ho::LARS>(ho::LARSOptions().scale_clip(std::make_tuple(-1.0, 1.0)), "scale_clip",
                        "LARS negative clip");
   expect_bad<ho::TAdam>(ho::TAdamOptions().dof(kNaN), "dof", "TAdam dof NaN");
-  // Refused although the reference accepts it: NaN on a step whose gradient equals the mean (fix 10).
+  // Refused although the reference accepts it: NaN on a step whose gradient equals the mean.
   expect_bad<ho::TAdam>(ho::TAdamOptions().dof(0.0), "dof", "TAdam dof zero");
   expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().alpha(kInf), "alpha", "AdEMAMix alpha inf");
   expect_bad<ho::AdamP>(ho::AdamPOptions().delta(kNaN), "delta", "AdamP delta NaN");
-  // Refused although the reference accepts it (fix 9).
+  // Refused although the reference accepts it.
   expect_bad<ho::LAMB>(ho::LAMBOptions().weight_decay(-0.1), "weight_decay", "LAMB negative weight decay");
   expect_bad<ho::RaLars>(ho::RaLarsOptions().weight_decay(-0.1), "weight_decay", "RaLars negative weight decay");
   expect_bad<ho::AdEMAMix>(ho::AdEMAMixOptions().weight_decay(-0.1), "weight_decay",

@@ -91,7 +91,7 @@ std::vector<NState> run_case(const Factory& make, const NaiveFn& naive, const St
     }
     opt->step();
     for (size_t i = 0; i < params.size(); ++i) {
-      // The caller's gradients are never written (LARS fix 2, and everyone else).
+      // The caller's gradients are never written (pylocron's LARS writes them).
       EXPECT_TRUE(params[i].grad().is_same(grads[i]));
       EXPECT_TRUE(torch::equal(params[i].grad(), grad_copies[i])) << "grad of param " << i;
       naive(naive_p[i], to_vec(grads[i]), states[i]);
@@ -501,7 +501,7 @@ NaiveFn naive_adan(AdanCfg c) {
     const double bc3 = 1 - std::pow(c.b3, t);
     for (size_t i = 0; i < n; ++i) {
       const double gd = g[i] + c.wd * p[i];
-      // Fix 1: the first difference is zero, later ones use the previous g'.
+      // Unlike pylocron: the first difference is zero, later ones use the previous g'.
       const double diff = s.t == 1 ? 0.0 : gd - prev[i];
       m[i] = c.b1 * m[i] + (1 - c.b1) * gd;
       v[i] = c.b2 * v[i] + (1 - c.b2) * diff;

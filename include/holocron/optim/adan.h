@@ -62,7 +62,7 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
   TORCH_ARG(torch::Tensor, exp_avg_delta);
   /// Running maximum of `exp_avg_delta`; defined only with `amsgrad`.
   TORCH_ARG(torch::Tensor, max_exp_avg_delta);
-  /// The previous step's `g` (weight decay included), updated every step (fix 1).
+  /// The previous step's `g` (weight decay included), updated every step (unlike pylocron).
   TORCH_ARG(torch::Tensor, prev_grad);
 
  public:
@@ -92,7 +92,7 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
 /// reference's).
 ///
 /// Difference from the reference (pylocron 0.3.0):
-/// - `prev_grad` is kept up to date (fix 1): it holds the previous step's `g`, and a parameter's
+/// - `prev_grad` is kept up to date: it holds the previous step's `g`, and a parameter's
 ///   first `diff` is zero, as in the paper and its authors' code. The reference never updates it,
 ///   so its `diff` is always the whole gradient.
 class Adan : public detail::Algorithm<AdanOptions, AdanParamState> {

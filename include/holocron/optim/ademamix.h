@@ -84,7 +84,7 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
 /// schedule.
 ///
 /// Difference from the reference (pylocron 0.3.0):
-/// - `weight_decay < 0` is refused (fix 9); the reference accepts it.
+/// - `weight_decay < 0` is refused; pylocron accepts it.
 class AdEMAMix : public detail::Algorithm<AdEMAMixOptions, AdEMAMixParamState> {
  public:
   /// Optimizes `param_groups`; a group without options of its own takes `defaults`.

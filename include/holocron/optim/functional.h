@@ -77,11 +77,11 @@ struct LarsHyper {
   double weight_decay;
   /// Nesterov momentum (needs `momentum > 0` and `dampening == 0`).
   bool nesterov;
-  /// Bounds of `||p||` in the trust ratio; none: unclamped (fix 3: an explicit clip bounds it).
+  /// Bounds of `||p||` in the trust ratio; none: unclamped (unlike pylocron: an explicit clip bounds it).
   std::optional<ScaleClip> scale_clip;
 };
 
-/// One LARS step (see LARS). Gradients are not modified (fix 2).
+/// One LARS step (see LARS). Gradients are not modified (unlike pylocron).
 /// \param params Parameters of one group, updated in place.
 /// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
 /// \param momentum_buffers Momentum buffers, one per parameter; only read when
@@ -109,7 +109,7 @@ struct LambHyper {
   double beta2;
   /// Added to the denominator (>= 0).
   double eps;
-  /// Added as `weight_decay * p` (>= 0; fix 9).
+  /// Added as `weight_decay * p` (>= 0; pylocron accepts a negative one).
   double weight_decay;
   /// Bounds of `||p||` in the trust ratio (LAMBOptions' none is (0, 10)).
   ScaleClip scale_clip;
@@ -141,7 +141,7 @@ struct RaLarsHyper {
   double beta2;
   /// Added to the denominator (>= 0).
   double eps;
-  /// Added as `weight_decay * p` (>= 0; fix 9).
+  /// Added as `weight_decay * p` (>= 0; pylocron accepts a negative one).
   double weight_decay;
   /// Unrectified Adam step while `sma_t <= 4`, instead of the momentum.
   bool force_adaptive_momentum;
@@ -186,10 +186,10 @@ struct TAdamHyper {
   bool amsgrad;
   /// Degrees of freedom of the Student-t estimate (>= 0); none: each parameter's number of
   /// elements.
-  std::optional<double> dof;  // none: the parameter's number of elements; > 0 (fix 10)
+  std::optional<double> dof;  // none: the parameter's number of elements; > 0 (unlike pylocron)
 };
 
-/// One TAdam step (see TAdam). 0-d parameters work (fix 6).
+/// One TAdam step (see TAdam). 0-d parameters work (unlike pylocron).
 /// \param params Parameters of one group, updated in place.
 /// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
 /// \param exp_avgs First moments, one per parameter, updated in place.
@@ -303,7 +303,7 @@ struct AdanHyper {
 /// One Adan step (see Adan).
 /// \param params Parameters of one group, updated in place.
 /// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
-/// \param prev_grads Fix 1: read as the previous step's (decayed) gradient and overwritten with
+/// \param prev_grads Unlike pylocron: read as the previous step's (decayed) gradient and overwritten with
 ///   this step's; on a parameter's first step (`steps[i] == 1`) the difference term is zero.
 /// \param exp_avgs Moving averages of the gradient, one per parameter, updated in place.
 /// \param exp_avg_sqs Moving averages of the gradient difference (the reference's key), one per
@@ -336,7 +336,7 @@ struct AdEMAMixHyper {
   double alpha;
   /// Added to the denominator (>= 0).
   double eps;
-  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0). Fix 9.
+  /// L2 penalty added to the gradient as `weight_decay * p` (>= 0; pylocron accepts a negative one).
   double weight_decay;
 };
 
@@ -364,7 +364,7 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
 void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate);
 
 /// Scout's running statistics, per element, of the per-step changes `u = fast - prev` over the
-/// current period (fix 4: memory does not grow with the period). Each list holds one tensor per
+/// current period (unlike pylocron: memory does not grow with the period). Each list holds one tensor per
 /// parameter, of its shape and device; `prev` has its dtype, the others may be wider (float for
 /// half and bfloat16 parameters).
 struct ScoutStats {
@@ -387,7 +387,7 @@ struct ScoutStats {
 void scout_accumulate_(TensorList fast, const ScoutStats& stats, int64_t count);
 
 /// Scout's coherence: the mean over parameters of the mean over elements of
-/// `std(u) / max|u - mean(u)|` (std unbiased over the `count` changes). Fix 5: elements where that
+/// `std(u) / max|u - mean(u)|` (std unbiased over the `count` changes). Unlike pylocron: elements where that
 /// ratio is not a number are left out, a parameter with none left does not count, and with
 /// nothing left at all the coherence is 0.
 /// \param stats The statistics scout_accumulate_() gathered (not modified).

@@ -29,7 +29,7 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
   /// Added to the direction as `weight_decay * p`, before the trust ratio. Default 0; must be >= 0
-  /// (fix 9: the reference accepts a negative value).
+  /// (pylocron accepts a negative value).
   TORCH_ARG(double, weight_decay) = 0.0;
   /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
   /// infinite). Default none, meaning (0, 10), as in the reference.
@@ -87,7 +87,7 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
 /// none means (0, 10).
 ///
 /// Difference from the reference (pylocron 0.3.0):
-/// - `weight_decay < 0` is refused (fix 9); the reference accepts it.
+/// - `weight_decay < 0` is refused; pylocron accepts it.
 class LAMB : public detail::Algorithm<LAMBOptions, LAMBParamState> {
  public:
   /// Optimizes `param_groups`; a group without options of its own takes `defaults`.

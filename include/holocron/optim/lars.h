@@ -36,7 +36,7 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
   TORCH_ARG(bool, nesterov) = false;
   /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
   /// infinite). Default none: `||p||` is used unclamped, as in the reference, which ignores
-  /// this argument even when given (fix 3).
+  /// this argument even when given (unlike pylocron).
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
@@ -83,8 +83,8 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
 /// momentum buffer (or `d + momentum * buf` with Nesterov). Norms are L2 norms over the tensor.
 ///
 /// Differences from the reference (pylocron 0.3.0):
-/// - gradients are never modified; the reference writes `d` into `p.grad` (fix 2);
-/// - an explicit `scale_clip` clamps `||p||` in the trust ratio (fix 3).
+/// - gradients are never modified; the reference writes `d` into `p.grad`;
+/// - an explicit `scale_clip` clamps `||p||` in the trust ratio.
 class LARS : public detail::Algorithm<LARSOptions, LARSParamState> {
  public:
   /// Optimizes `param_groups`; a group without options of its own takes `defaults`.

@@ -29,7 +29,7 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
   /// Added to the direction as `weight_decay * p`, before the trust ratio. Default 0; must be >= 0
-  /// (fix 9: the reference accepts a negative value).
+  /// (pylocron accepts a negative value).
   TORCH_ARG(double, weight_decay) = 0.0;
   /// While the variance is not tractable (`sma_t <= 4`, the first steps), take the unrectified Adam
   /// step `m_hat / (sqrt(v_hat) + eps)` instead of the momentum `m_hat`. Default false.
@@ -91,7 +91,7 @@ struct RaLarsParamState : detail::ParamStateBase<RaLarsParamState> {
 /// and update. `scale_clip`: none means (0, 10).
 ///
 /// Difference from the reference (pylocron 0.3.0):
-/// - `weight_decay < 0` is refused (fix 9); the reference accepts it.
+/// - `weight_decay < 0` is refused; pylocron accepts it.
 class RaLars : public detail::Algorithm<RaLarsOptions, RaLarsParamState> {
  public:
   /// Optimizes `param_groups`; a group without options of its own takes `defaults`.

@@ -35,7 +35,7 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   /// Default false.
   TORCH_ARG(bool, amsgrad) = false;
   /// Degrees of freedom of the Student-t distribution. Default none: each parameter's number of
-  /// elements. Must be > 0 when given (fix 10: the reference accepts 0, which makes a step whose
+  /// elements. Must be > 0 when given (pylocron accepts 0, which makes a step whose
   /// gradient equals the mean NaN).
   TORCH_ARG(dof_t, dof) = std::nullopt;
 
@@ -93,7 +93,7 @@ struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
 /// parameter's number of elements.
 ///
 /// Difference from the reference (pylocron 0.3.0):
-/// - 0-d (scalar) parameters work (fix 6), with the result of the same value in a one-element
+/// - 0-d (scalar) parameters work, with the result of the same value in a one-element
 ///   tensor; the reference fails on them.
 class TAdam : public detail::Algorithm<TAdamOptions, TAdamParamState> {
  public:

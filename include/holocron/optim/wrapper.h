@@ -5,7 +5,7 @@
 
 // Lookahead and Scout wrap any torch::optim::Optimizer (holocron's or
 // LibTorch's) and are optimizers themselves: their parameter groups are the
-// base's, and a scheduler that sets their lr sets the base's (fix 8).
+// base's, and a scheduler that sets their lr sets the base's (unlike pylocron).
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
@@ -69,10 +69,10 @@ class BaseGroupOptions : public torch::optim::OptimizerCloneableOptions<BaseGrou
 /// gradients of the same parameters.
 ///
 /// Differences from the reference (pylocron 0.3.0):
-/// - an LR scheduler on the wrapper sets the base's lr (fix 8); in the reference it changes only
+/// - an LR scheduler on the wrapper sets the base's lr; in the reference it changes only
 ///   the wrapper's own copy;
-/// - checkpoints hold the slow weights and the step counter, so a resumed run continues exactly
-///   (fix 7); the reference restarts from wrong slow weights.
+/// - checkpoints hold the slow weights and the step counter, so a resumed run continues exactly;
+///   the reference restarts from wrong slow weights.
 class Lookahead : public torch::optim::Optimizer {
  public:
   /// Wraps `base`, taking slow copies of its parameters.
@@ -185,10 +185,10 @@ class Lookahead : public torch::optim::Optimizer {
 ///
 /// Differences from the reference (pylocron 0.3.0), beside Lookahead's:
 /// - running per-element statistics instead of a growing stack of parameter copies: fixed memory
-///   and one pass per step, the same sync rate (fix 4);
+///   and one pass per step, the same sync rate;
 /// - elements that did not move (0/0) are ignored, so the rate is always in `[sync_rate, 1]`; the
-///   reference lets the NaN through and silently resets every fast weight to its slow copy (fix 5);
-/// - checkpoints also hold the statistics (fix 7).
+///   reference lets the NaN through and silently resets every fast weight to its slow copy;
+/// - checkpoints also hold the statistics.
 class Scout : public Lookahead {
  public:
   /// Wraps `base`, taking slow copies of its parameters.

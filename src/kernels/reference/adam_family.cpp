@@ -136,7 +136,7 @@ void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList
     auto v = scope.inout(exp_avg_sqs[i]);
     auto n = scope.inout(exp_avg_deltas[i]);
 
-    // Fix 1: the gradient difference is taken against the previous step's
+    // Unlike pylocron: the gradient difference is taken against the previous step's
     // gradient, and is zero on the first step.
     auto diff = steps[i] == 1 ? at::zeros_like(g) : g - prev;
     m.mul_(h.beta1).add_(g, 1.0 - h.beta1);

@@ -45,7 +45,7 @@ Sums scout_coherence_sums(const ScoutStats& s, int64_t count) {
     auto stddev = (s.m2[i] / static_cast<double>(count - 1)).sqrt_();
     auto max_deviation = at::maximum(s.max[i] - s.mean[i], s.mean[i] - s.min[i]);
     auto ratio = stddev.div_(max_deviation);
-    // Fix 5: 0/0 where an element's changes did not vary carries no information.
+    // Unlike pylocron: 0/0 where an element's changes did not vary carries no information.
     auto valid = ratio.isnan().logical_not_();
     sums[i][0] = ratio.masked_select(valid).sum().item<double>();
     sums[i][1] = static_cast<double>(valid.sum().item<int64_t>());
