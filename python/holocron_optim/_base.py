@@ -335,7 +335,7 @@ class FusedStep:
         stand_in.__dict__["defaults"] = dict(self.defaults)  # type: ignore[attr-defined]
         type(self).__setstate__(stand_in, {"state": defaultdict(dict), "param_groups": groups})
         for index, group in enumerate(stand_in.param_groups):
-            missing = [key for key in self._constructor_options() if key not in group]
+            missing = [key for key in self._constructor_options() if key in self.defaults and key not in group]  # type: ignore[attr-defined]
             if missing:
                 raise ValueError(
                     f"{name}: group {index} of the loaded state dict lacks {', '.join(map(repr, missing))}; "
@@ -353,9 +353,11 @@ class FusedStep:
         """The group options the constructor takes (torch.optim's base may add others to
         ``defaults`` on load, such as ``differentiable``, which saved groups need not hold)."""
         if "_constructor_option_names" not in cls.__dict__:
-            names = inspect.signature(cls.__init__).parameters
+            parameters = inspect.signature(cls.__init__).parameters.values()
             cls._constructor_option_names = tuple(
-                key for key in names if key not in ("self", "params") and key not in cls._settings
+                p.name for p in parameters
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and p.name not in ("self", "params") and p.name not in cls._settings
             )
         return cls._constructor_option_names
 

@@ -351,3 +351,21 @@ def test_another_optimizers_checkpoint_is_refused_at_load(source, target):
         opt.load_state_dict(src.state_dict())
     assert_same(snapshot(opt, params), before)
     opt.step()
+
+
+def test_a_subclass_with_its_own_constructor_loads_its_checkpoints():
+    """The options a load requires are the class's own group options: a user's subclass taking
+    **kwargs (or extra non-option arguments) still loads what it saved."""
+
+    class Tuned(ho.LAMB):
+        def __init__(self, params, scale=2.0, **kwargs):
+            self.scale = scale
+            super().__init__(params, **kwargs)
+
+    params = params_((4, 3), (5,))
+    opt = Tuned(params, lr=0.05, weight_decay=0.01)
+    set_grads(params, 0)
+    opt.step()
+    again = Tuned([p.detach().clone().requires_grad_() for p in params], lr=0.05)
+    again.load_state_dict(opt.state_dict())
+    assert again.param_groups[0]["weight_decay"] == 0.01
