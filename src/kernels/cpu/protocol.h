@@ -109,6 +109,20 @@ struct PerTensor {
 };
 }  // namespace ralars
 
+// ---- What Adam's relatives share ------------------------------------------
+// The arrays of an Adam-style update (the running max only with amsgrad) and
+// its constants.
+namespace adam_like {
+template <typename T>
+struct Arrays {
+  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+};
+struct Constants {
+  double beta1, beta2, eps, weight_decay;
+  bool amsgrad;
+};
+}  // namespace adam_like
+
 // ---- TAdam -----------------------------------------------------------------
 namespace tadam {
 // Pass 1 sums sum((g' - m)^2 / (v + eps)), g' = g + wd * p (p is read only
@@ -121,9 +135,7 @@ struct DistanceConstants {
   double eps, weight_decay;
 };
 template <typename T>
-struct ApplyArrays {
-  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
-};
+using ApplyArrays = adam_like::Arrays<T>;
 struct ApplyConstants {
   double beta2, eps, weight_decay;
   bool amsgrad;
@@ -137,14 +149,8 @@ struct ApplyPerTensor {
 
 // ---- AdaBelief -------------------------------------------------------------
 namespace adabelief {
-template <typename T>
-struct Arrays {
-  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
-};
-struct Constants {
-  double beta1, beta2, eps, weight_decay;
-  bool amsgrad;
-};
+using adam_like::Arrays;
+using adam_like::Constants;
 struct PerTensor {
   double inv_sqrt_bc2;
   double step;  // -lr / bc1
@@ -155,14 +161,8 @@ struct PerTensor {
 // Pass 1 updates the moments and sums p.g', ||p||^2, ||g'||^2, p.q; pass 2
 // applies q, less projection * p where the host decided to project.
 namespace adamp {
-template <typename T>
-struct Arrays {
-  T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
-};
-struct Constants {
-  double beta1, beta2, eps, weight_decay;
-  bool amsgrad;
-};
+using adam_like::Arrays;
+using adam_like::Constants;
 struct PerTensor {
   double inv_bc1, inv_sqrt_bc2;
   double step;        // -lr, pass 2
