@@ -127,7 +127,9 @@ class FusedStep:
         grads = [distributed.grad_like(g, p) for g, p in zip(grads, params)]
         name = type(self).__name__
         distributed.call_on_locals(
-            lambda *lists: ops.validate_group(name, *lists), params, grads, buffers, owners, steps
+            lambda params, grads, buffers, owners, steps: ops.validate_group(
+                optimizer=name, params=params, grads=grads, buffers=buffers, owners=owners, steps=steps),
+            params, grads, buffers, owners, steps
         )
 
     # torch.amp.GradScaler hands such optimizers its scale and found_inf

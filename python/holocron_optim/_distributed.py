@@ -80,6 +80,7 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
          sums: bool = False, **kwargs: Any) -> Any:
     """`op(params, grads, *rest, **kwargs)` on local shards when the parameters are DTensors.
 
+    Lists of DTensors, positional or keyword, are passed as their local shards.
     Lists as long as `params` (positional or keyword) are per-parameter lists
     (pass other sequences as tuples). With `sums`
     (the op reduces whole tensors), each parameter's whole element count and
@@ -101,7 +102,7 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
         if sums:
             extra["numels"] = [p.numel() for p in picked[0]]
             extra["shard_groups"] = list(groups)
-        results.append((indices, op(*[_as_local(v) for v in picked], **extra)))
+        results.append((indices, op(*[_as_local(v) for v in picked], **{k: _as_local(v) for k, v in extra.items()})))
     if len(results) == 1:
         return results[0][1]
     if not isinstance(results[0][1], torch.Tensor):
@@ -113,13 +114,13 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
 
 
 def call_on_locals(op: Callable[..., Any], first: list[Any], *rest: Any, **kwargs: Any) -> Any:
-    """`op(first, *rest)` with every list of DTensors replaced by their local shards.
+    """`op(first, *rest, **kwargs)` with every list of DTensors replaced by their local shards.
 
     The other lists hold tensors made like those of `first` (state, statistics):
     with no DTensor in `first`, nothing is scanned further."""
     if not any_dtensor(first):
         return op(first, *rest, **kwargs)
-    return op(*[_as_local(v) for v in (first, *rest)], **kwargs)
+    return op(*[_as_local(v) for v in (first, *rest)], **{k: _as_local(v) for k, v in kwargs.items()})
 
 
 def common_shard_groups(tensors: list[Any], what: str) -> list[str]:

@@ -56,7 +56,7 @@ def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], r
         targets.append(target)
         values.append(value)
     if targets:
-        ops.write_scalars_(targets, values)
+        ops.write_scalars_(targets=targets, values=values)
 
 
 class LARS(FusedStep, Optimizer):
@@ -148,9 +148,10 @@ class LARS(FusedStep, Optimizer):
                 buffers.append(state["momentum_buffer"])
         try:
             distributed.call(
-                ops.lars_, params, grads, buffers, is_new, float(group["lr"]), float(group["momentum"]),
-                float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
-                tuple(self.scale_clip) if self.scale_clip is not None else (),
+                ops.lars_, params, grads, momentum_buffers=buffers, buffer_is_new=is_new,
+                lr=float(group["lr"]), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
+                weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
+                scale_clip=tuple(self.scale_clip) if self.scale_clip is not None else (),
                 grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, sums=True,
             )
         except Exception:
@@ -224,9 +225,9 @@ class LAMB(FusedStep, Optimizer):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
-            ops.lamb_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
-            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-            float(group["weight_decay"]), *self.scale_clip,
+            ops.lamb_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avg_sqs=_gather(states, "exp_avg_sq"),
+            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(states), sums=True,
         )
         if counters:
@@ -308,10 +309,11 @@ class RaLars(FusedStep, Optimizer):
             sma_inf = 2 / (1 - beta2) - 1
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
-            ops.ralars_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"), steps,
-            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-            float(group["weight_decay"]), bool(self.force_adaptive_momentum), *self.scale_clip,
-            None if sma_inf is None else float(sma_inf),
+            ops.ralars_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avg_sqs=_gather(states, "exp_avg_sq"),
+            steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]), force_adaptive_momentum=bool(self.force_adaptive_momentum),
+            clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
+            sma_inf=None if sma_inf is None else float(sma_inf),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(states), sums=True,
         )
         if record:
@@ -419,10 +421,11 @@ class TAdam(FusedStep, Optimizer):
         steps, counters = self._counters(states)
         dof = group["dof"]
         distributed.call(
-            ops.tadam_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_sq"),
-            _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [], _gather(states, "W_t"), steps,
-            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-            float(group["weight_decay"]), bool(group["amsgrad"]), None if dof is None else float(dof),
+            ops.tadam_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avg_sqs=_gather(states, "exp_avg_sq"),
+            max_exp_avg_sqs=_gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+            W_ts=_gather(states, "W_t"), steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+            eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
+            dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
         )
         self._commit_steps(states, steps)
@@ -451,11 +454,11 @@ class _AdamLike(FusedStep, Adam):
                 p_state["step"] = step_count(p_state["step"])
 
     def _adam_lists(self, group, states):
-        return (
-            _gather(states, "exp_avg"),
-            _gather(states, "exp_avg_sq"),
-            _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
-        )
+        return {
+            "exp_avgs": _gather(states, "exp_avg"),
+            "exp_avg_sqs": _gather(states, "exp_avg_sq"),
+            "max_exp_avg_sqs": _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+        }
 
 
 class AdaBelief(_AdamLike):
@@ -506,8 +509,9 @@ class AdaBelief(_AdamLike):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adabelief_, params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
-            float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
+            ops.adabelief_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
+            beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+            amsgrad=bool(group["amsgrad"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
         )
         self._commit_steps(states, steps)
@@ -568,9 +572,9 @@ class AdamP(_AdamLike):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adamp_, params, grads, *self._adam_lists(group, states), steps, float(group["lr"]), float(beta1),
-            float(beta2), float(group["eps"]), float(group["weight_decay"]), bool(group["amsgrad"]),
-            float(self.delta),
+            ops.adamp_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
+            beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+            amsgrad=bool(group["amsgrad"]), delta=float(self.delta),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
         )
         self._commit_steps(states, steps)
@@ -647,11 +651,11 @@ class Adan(FusedStep, Optimizer):
         beta1, beta2, beta3 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adan_, params, grads, _gather(states, "prev_grad"), _gather(states, "exp_avg"),
-            _gather(states, "exp_avg_sq"), _gather(states, "exp_avg_delta"),
-            _gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps,
-            float(group["lr"]), float(beta1), float(beta2), float(beta3), float(group["eps"]),
-            float(group["weight_decay"]), bool(group["amsgrad"]),
+            ops.adan_, params, grads, prev_grads=_gather(states, "prev_grad"), exp_avgs=_gather(states, "exp_avg"),
+            exp_avg_sqs=_gather(states, "exp_avg_sq"), exp_avg_deltas=_gather(states, "exp_avg_delta"),
+            max_exp_avg_deltas=_gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps=steps,
+            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
         )
         self._commit_steps(states, steps)
@@ -715,9 +719,10 @@ class AdEMAMix(FusedStep, Optimizer):
         beta1, beta2, beta3 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.ademamix_, params, grads, _gather(states, "exp_avg"), _gather(states, "exp_avg_slow"),
-            _gather(states, "exp_avg_sq"), steps, float(group["lr"]), float(beta1), float(beta2),
-            float(beta3), float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
+            ops.ademamix_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avgs_slow=_gather(states, "exp_avg_slow"),
+            exp_avg_sqs=_gather(states, "exp_avg_sq"), steps=steps, lr=float(group["lr"]), beta1=float(beta1),
+            beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
         )
         self._commit_steps(states, steps)

@@ -228,10 +228,11 @@ class Lookahead(Optimizer):
         torch's optimizers do, a complex weight is its real and imaginary parts
         (the sync interpolates each; Scout's statistics count each)."""
         if getattr(self, "_has_complex", False):
-            args = tuple(
-                [torch.view_as_real(t) if t.is_complex() else t for t in arg] if isinstance(arg, list) else arg
-                for arg in args
-            )
+            def real(arg: Any) -> Any:
+                return [torch.view_as_real(t) if t.is_complex() else t for t in arg] if isinstance(arg, list) else arg
+
+            args = tuple(real(arg) for arg in args)
+            kwargs = {key: real(value) for key, value in kwargs.items()}
         return distributed.call_on_locals(op, *args, **kwargs)
 
     def _add_group_state(self, group: dict[str, Any]) -> None:
@@ -320,14 +321,15 @@ class Lookahead(Optimizer):
     def _advance(self, found_inf: torch.Tensor | None) -> None:
         """Counts the base's step and syncs at the end of a period (one op: no Python branch)."""
         self._call(
-            ops.lookahead_step_, self._fast_params(), self._flat_slow(), self._fast_steps,
-            int(self.defaults["sync_period"]), float(self.defaults["sync_rate"]), found_inf=found_inf,
+            ops.lookahead_step_, self._fast_params(), slow=self._flat_slow(), fast_steps=self._fast_steps,
+            sync_period=int(self.defaults["sync_period"]), sync_rate=float(self.defaults["sync_rate"]),
+            found_inf=found_inf,
         )
 
     @torch.no_grad()
     def sync_params(self, sync_rate: float = 0.0) -> None:
         """slow += sync_rate * (fast - slow); fast = slow."""
-        self._call(ops.lookahead_sync_, self._fast_params(), self._flat_slow(), float(sync_rate))
+        self._call(ops.lookahead_sync_, self._fast_params(), slow=self._flat_slow(), sync_rate=float(sync_rate))
 
     def state_dict(self) -> dict[str, Any]:
         """The reference's layout (state, param_groups, base_state_dict), plus
@@ -625,9 +627,11 @@ class Scout(Lookahead):
         syncs at the rate the coherence gives and restarts them (one op)."""
         stats = self._stats()
         self._call(
-            ops.scout_step_, self._fast_params(), self._flat_slow(), *stats, self._fast_steps,
-            self._last_sync_rate, int(self.defaults["sync_period"]), float(self.defaults["sync_rate"]),
-            found_inf=found_inf, shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
+            ops.scout_step_, self._fast_params(), slow=self._flat_slow(),
+            **{key: self.scout_stats[key] for key in _SCOUT_STATS}, fast_steps=self._fast_steps,
+            last_sync_rate=self._last_sync_rate, sync_period=int(self.defaults["sync_period"]),
+            sync_rate=float(self.defaults["sync_rate"]), found_inf=found_inf,
+            shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
         )
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
