@@ -116,18 +116,19 @@ def test_ops_take_grad_scale_and_found_inf(backend):
         g = torch.randn(50, generator=gen)
         m, v = torch.zeros(50), torch.zeros(50)
         state = [t.clone() for t in (p, m, v)]
-        out = ops.adabelief_([p], [g * 8], [m], [v], [], [1], 0.1, 0.9, 0.999, 1e-8, 0.0, False,
+        hyper = dict(steps=[1], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False)
+        out = ops.adabelief_([p], [g * 8], exp_avgs=[m], exp_avg_sqs=[v], max_exp_avg_sqs=[], **hyper,
                              grad_scale=torch.tensor(8.0), found_inf=torch.tensor(1.0))
         assert all(torch.equal(a, b) for a, b in zip(state, (p, m, v))), "found_inf: nothing written"
         for bad in (torch.tensor(0.0), torch.tensor(-2.0), torch.tensor(float("nan")), torch.ones(2)):
             with pytest.raises(ValueError, match="grad_scale"):
-                ops.adabelief_([p], [g * 8], [m], [v], [], [1], 0.1, 0.9, 0.999, 1e-8, 0.0, False, grad_scale=bad)
+                ops.adabelief_([p], [g * 8], exp_avgs=[m], exp_avg_sqs=[v], max_exp_avg_sqs=[], **hyper, grad_scale=bad)
             assert all(torch.equal(a, b) for a, b in zip(state, (p, m, v)))
         scaled = g * 8
-        ops.adabelief_([p], [scaled], [m], [v], [], [1], 0.1, 0.9, 0.999, 1e-8, 0.0, False,
+        ops.adabelief_([p], [scaled], exp_avgs=[m], exp_avg_sqs=[v], max_exp_avg_sqs=[], **hyper,
                        grad_scale=torch.tensor(8.0), found_inf=torch.tensor(0.0))
         p2, m2, v2 = state
-        ops.adabelief_([p2], [g], [m2], [v2], [], [1], 0.1, 0.9, 0.999, 1e-8, 0.0, False)
+        ops.adabelief_([p2], [g], exp_avgs=[m2], exp_avg_sqs=[v2], max_exp_avg_sqs=[], **hyper)
         assert torch.equal(p, p2) and torch.equal(m, m2) and torch.equal(v, v2)
         assert torch.equal(scaled, g * 8)
     finally:

@@ -46,7 +46,7 @@ def test_opcheck(name):
 def test_trust_ratios_come_back_per_tensor():
     p = _tensors()
     g = [torch.randn_like(t) for t in p]
-    ratios = ops.lamb_(p, g, _zeros(p), _zeros(p), 0.01, 0.9, 0.999, 1e-8, 0.0, 0.0, 10.0)
+    ratios = ops.lamb_(p, g, exp_avgs=_zeros(p), exp_avg_sqs=_zeros(p), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_low=0.0, clip_high=10.0)
     assert ratios.dtype == torch.float64 and ratios.shape == (len(p),)
 
 
@@ -57,20 +57,21 @@ def test_mismatched_lists_are_refused_before_any_write():
     bad = _zeros(p)
     bad[-1] = torch.zeros(7, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="exp_avg_sqs"):
-        ops.adabelief_(p, g, _zeros(p), bad, [], [1] * len(p), 0.01, 0.9, 0.999, 1e-8, 0.0, False)
+        ops.adabelief_(p, g, exp_avgs=_zeros(p), exp_avg_sqs=bad, max_exp_avg_sqs=[], steps=[1] * len(p), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False)
     assert all(torch.equal(a, b) for a, b in zip(p, before))
     with pytest.raises(RuntimeError, match="steps"):
-        ops.adabelief_(p, g, _zeros(p), _zeros(p), [], [0] * len(p), 0.01, 0.9, 0.999, 1e-8, 0.0, False)
+        ops.adabelief_(p, g, exp_avgs=_zeros(p), exp_avg_sqs=_zeros(p), max_exp_avg_sqs=[], steps=[0] * len(p), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False)
     assert all(torch.equal(a, b) for a, b in zip(p, before))
 
 
 def test_bad_hyper_parameters_raise_value_error_naming_them():
     with pytest.raises(ValueError, match="lr"):
-        ops.lamb_([], [], [], [], float("nan"), 0.9, 0.999, 1e-8, 0.0, 0.0, 10.0)
+        ops.lamb_([], [], exp_avgs=[], exp_avg_sqs=[], lr=float("nan"), beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_low=0.0, clip_high=10.0)
     with pytest.raises(ValueError, match=r"betas\[2\]"):
-        ops.adan_([], [], [], [], [], [], [], [], 0.01, 0.9, 0.9, 1.0, 1e-8, 0.0, False)
+        ops.adan_([], [], prev_grads=[], exp_avgs=[], exp_avg_sqs=[], exp_avg_deltas=[], max_exp_avg_deltas=[], steps=[],
+                  lr=0.01, beta1=0.9, beta2=0.9, beta3=1.0, eps=1e-8, weight_decay=0.0, amsgrad=False)
     with pytest.raises(ValueError, match="sync_rate"):
-        ops.lookahead_sync_([], [], 1.5)
+        ops.lookahead_sync_([], slow=[], sync_rate=1.5)
 
 
 def _compiled_cases():
@@ -103,12 +104,17 @@ def test_tensor_counters_advance_unless_found_inf():
     p = _tensors()
     g = [torch.randn_like(t) for t in p]
     counters = [torch.tensor(4.0) for _ in p]
-    ops.adan_(p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [], 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False,
+    ops.adan_(p, g, prev_grads=_zeros(p), exp_avgs=_zeros(p), exp_avg_sqs=_zeros(p), exp_avg_deltas=_zeros(p),
+              max_exp_avg_deltas=[], steps=[], lr=0.01, beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8,
+              weight_decay=0.0, amsgrad=False,
               found_inf=torch.tensor(1.0), step_tensors=counters)
     assert all(float(c) == 4.0 for c in counters)
-    ops.adan_(p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [], 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False,
+    ops.adan_(p, g, prev_grads=_zeros(p), exp_avgs=_zeros(p), exp_avg_sqs=_zeros(p), exp_avg_deltas=_zeros(p),
+              max_exp_avg_deltas=[], steps=[], lr=0.01, beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8,
+              weight_decay=0.0, amsgrad=False,
               step_tensors=counters)
     assert all(float(c) == 5.0 for c in counters)
     with pytest.raises(RuntimeError, match="not both"):
-        ops.adan_(p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], [5] * len(p), 0.01, 0.98, 0.92, 0.99, 1e-8,
-                  0.0, False, step_tensors=counters)
+        ops.adan_(p, g, prev_grads=_zeros(p), exp_avgs=_zeros(p), exp_avg_sqs=_zeros(p), exp_avg_deltas=_zeros(p),
+                  max_exp_avg_deltas=[], steps=[5] * len(p), lr=0.01, beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8,
+                  weight_decay=0.0, amsgrad=False, step_tensors=counters)
