@@ -7,7 +7,7 @@ import inspect
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -64,20 +64,56 @@ def step_count(value: Any) -> int:
     return int(value.item()) if isinstance(value, torch.Tensor) else int(value)
 
 
+class Buffer(NamedTuple):
+    """A per-element state buffer of an algorithm, shaped and typed like its parameter."""
+
+    name: str
+    # Whether a group's states hold it (amsgrad's running max); None: always.
+    exists: Callable[[dict[str, Any]], bool] | None = None
+    # Made by the algorithm's own step (LARS' momentum starts as the first
+    # direction) rather than as zeros before it.
+    made_by_step: bool = False
+
+    def exists_in(self, group: dict[str, Any]) -> bool:
+        return self.exists is None or bool(self.exists(group))
+
+
 class FusedStep:
     """Mixin for torch.optim.Optimizer subclasses.
 
-    Subclasses set `_buffers(group)` (names of the per-element state buffers
-    the group needs), `_init_state(state, p, group)` for anything else a new
-    state holds, and `_apply(group, params, grads, states)` which calls the op.
-    `_apply` with empty lists only validates the group's hyper-parameters.
+    Subclasses declare their state: `_state_buffers` (every per-element
+    buffer, with the condition under which a group's states hold it),
+    `_counts_steps` (a `step` counter per parameter) and `_scalar_state`
+    (other entries a state must hold, made by `_init_state`); and
+    `_apply(group, params, grads, states)`, which calls the op. `_apply` with
+    empty lists only validates the group's hyper-parameters.
     """
 
-    _buffers: Callable[[dict[str, Any]], list[str]]
+    _state_buffers: tuple[Buffer, ...] = ()
+    _counts_steps = True
+    _scalar_state: tuple[str, ...] = ()
     _apply: Callable[..., None]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._all_buffers = tuple(b.name for b in cls._state_buffers)
+        cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
+
+    def _buffers(self, group: dict[str, Any]) -> list[str]:
+        """The buffers made as zeros before a step of this group."""
+        return [b.name for b in self._state_buffers if not b.made_by_step and b.exists_in(group)]
+
+    def _state_keys(self, group: dict[str, Any]) -> list[str]:
+        """The per-element buffers a state of this group may hold already."""
+        return [b.name for b in self._state_buffers if b.exists_in(group)]
+
+    def _stateless(self, group: dict[str, Any]) -> bool:
+        """True when this group's update keeps no per-parameter state."""
+        return not (self._counts_steps or self._scalar_state or self._state_keys(group))
+
     def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
-        state["step"] = 0
+        if self._counts_steps:
+            state["step"] = 0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)  # type: ignore[misc]
@@ -102,10 +138,6 @@ class FusedStep:
         default_betas = self.defaults.get("betas")  # type: ignore[attr-defined]
         if default_betas is not None:
             check_betas(group.get("betas"), len(default_betas), type(self).__name__)
-
-    def _state_keys(self, group: dict[str, Any]) -> list[str]:
-        """The per-element buffers a state of this group may hold already."""
-        return self._buffers(group)
 
     def _validate(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """Everything the group's op checks before it writes (gradients, state
@@ -271,10 +303,6 @@ class FusedStep:
         if not torch.compiler.is_compiling():
             self._store_steps(states, steps)
 
-    def _stateless(self, group: dict[str, Any]) -> bool:
-        """True when this group's update keeps no per-parameter state."""
-        return False
-
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
         # int() reads a tensor counter too (torch.optim.Adam's load makes them).
         return [int(s["step"]) + 1 for s in states]
@@ -365,7 +393,8 @@ class FusedStep:
 
     _constructor_option_names: tuple[str, ...]
 
-    # Every per-element buffer a state of this optimizer may hold.
+    # Derived from the declarations above (__init_subclass__): every
+    # per-element buffer a state may hold, and what a (non-empty) state must
+    # hold for the next step (missing buffers are made then).
     _all_buffers: tuple[str, ...] = ()
-    # What a (non-empty) state must hold for the next step; missing buffers are made then.
     _required_state_keys: tuple[str, ...] = ("step",)

@@ -9,13 +9,15 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import FusedStep, check_betas, check_finite, check_state_dict_layout, step_count
+from ._base import Buffer, FusedStep, check_betas, check_finite, check_state_dict_layout, step_count
 from . import _distributed as distributed
 from ._library import ops
 
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
 
 _DEFAULT_SCALE_CLIP = (0.0, 10.0)
+# Adam's moments, and the running max of the second with amsgrad.
+_ADAM_BUFFERS = (Buffer("exp_avg"), Buffer("exp_avg_sq"), Buffer("max_exp_avg_sq", exists=lambda group: group["amsgrad"]))
 
 
 def _clip_pair(scale_clip: Any, name: str) -> tuple[float, float]:
@@ -96,8 +98,8 @@ class LARS(FusedStep, Optimizer):
           reference ignores the argument.
     """
 
-    _all_buffers = ("momentum_buffer",)
-    _required_state_keys = ()  # LARS keeps no step counter
+    _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
+    _counts_steps = False
     _settings = ("scale_clip",)
 
     def __init__(
@@ -128,15 +130,6 @@ class LARS(FusedStep, Optimizer):
         for group in self.param_groups:
             group.setdefault("nesterov", False)
 
-    def _buffers(self, group: dict[str, Any]) -> list[str]:
-        return []  # the momentum buffer starts as the first direction: made in _apply
-
-    def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
-        pass
-
-    def _stateless(self, group: dict[str, Any]) -> bool:
-        return group["momentum"] == 0
-
     def _apply(self, group, params, grads, states) -> None:
         with_momentum = group["momentum"] != 0
         buffers, is_new = [], []
@@ -159,9 +152,6 @@ class LARS(FusedStep, Optimizer):
                 if new:
                     del state["momentum_buffer"]
             raise
-
-    def _state_keys(self, group):
-        return ["momentum_buffer"]
 
 
 class LAMB(FusedStep, Optimizer):
@@ -199,7 +189,7 @@ class LAMB(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
-    _all_buffers = ("exp_avg", "exp_avg_sq")
+    _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _settings = ("scale_clip",)
     _keeps_trust_ratios = True
 
@@ -217,9 +207,6 @@ class LAMB(FusedStep, Optimizer):
         self.scale_clip = _DEFAULT_SCALE_CLIP if scale_clip is None else _clip_pair(scale_clip, "LAMB")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
-
-    def _buffers(self, group):
-        return ["exp_avg", "exp_avg_sq"]
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -275,7 +262,7 @@ class RaLars(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
-    _all_buffers = ("exp_avg", "exp_avg_sq")
+    _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _settings = ("force_adaptive_momentum", "scale_clip")
     _keeps_trust_ratios = True
 
@@ -295,9 +282,6 @@ class RaLars(FusedStep, Optimizer):
         self.scale_clip = _DEFAULT_SCALE_CLIP if scale_clip is None else _clip_pair(scale_clip, "RaLars")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
-
-    def _buffers(self, group):
-        return ["exp_avg", "exp_avg_sq"]
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -363,8 +347,8 @@ class TAdam(FusedStep, Optimizer):
         - ``dof <= 0`` is refused.
     """
 
-    _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _required_state_keys = ("step", "W_t")
+    _state_buffers = _ADAM_BUFFERS
+    _scalar_state = ("W_t",)  # the moments' running weight, a one-element tensor
 
     def __init__(
         self,
@@ -389,9 +373,6 @@ class TAdam(FusedStep, Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
-
-    def _buffers(self, group):
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
 
     def _init_state(self, state, p, group) -> None:
         state["step"] = 0
@@ -434,15 +415,12 @@ class TAdam(FusedStep, Optimizer):
 class _AdamLike(FusedStep, Adam):
     """torch.optim.Adam's constructor, validation and param_groups, as the reference's."""
 
-    _all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _state_buffers = _ADAM_BUFFERS
 
     def __init__(self, params, lr, betas, eps, weight_decay, amsgrad) -> None:
         _check_common(lr, eps, weight_decay)
         check_betas(betas, 2, type(self).__name__)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
-
-    def _buffers(self, group):
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch.optim.Adam.__setstate__ turns step counters into float tensors
@@ -620,7 +598,10 @@ class Adan(FusedStep, Optimizer):
           always the whole gradient.
     """
 
-    _all_buffers = ("exp_avg", "exp_avg_sq", "exp_avg_delta", "max_exp_avg_delta", "prev_grad")
+    _state_buffers = (
+        Buffer("exp_avg"), Buffer("exp_avg_sq"), Buffer("exp_avg_delta"),
+        Buffer("max_exp_avg_delta", exists=lambda group: group["amsgrad"]), Buffer("prev_grad"),
+    )
 
     def __init__(
         self,
@@ -642,10 +623,6 @@ class Adan(FusedStep, Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
-
-    def _buffers(self, group):
-        keys = ["exp_avg", "exp_avg_sq", "exp_avg_delta", "prev_grad"]
-        return keys + (["max_exp_avg_delta"] if group["amsgrad"] else [])
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -695,7 +672,7 @@ class AdEMAMix(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
-    _all_buffers = ("exp_avg", "exp_avg_slow", "exp_avg_sq")
+    _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_slow"), Buffer("exp_avg_sq"))
 
     def __init__(
         self,
@@ -711,9 +688,6 @@ class AdEMAMix(FusedStep, Optimizer):
         check_finite("alpha", alpha)
         defaults = {"lr": lr, "betas": betas, "alpha": alpha, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
-
-    def _buffers(self, group):
-        return ["exp_avg", "exp_avg_slow", "exp_avg_sq"]
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
