@@ -85,8 +85,8 @@ class FusedStep:
     buffer, with the condition under which a group's states hold it),
     `_counts_steps` (a `step` counter per parameter) and `_scalar_state`
     (other entries a state must hold, made by `_init_state`); and
-    `_apply(group, params, grads, states)`, which calls the op. `_apply` with
-    empty lists only validates the group's hyper-parameters.
+    `_apply(group, params, grads, states)`, which calls the op (with empty
+    lists it only validates the group's options: `_validate_options`).
     """
 
     _state_buffers: tuple[Buffer, ...] = ()
@@ -118,8 +118,7 @@ class FusedStep:
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)  # type: ignore[misc]
         try:
-            self._check_group_options(self.param_groups[-1])
-            self._apply(self.param_groups[-1], [], [], [])
+            self._validate_options(self.param_groups[-1])
         except Exception:
             self.param_groups.pop()
             raise
@@ -132,6 +131,13 @@ class FusedStep:
         state = super().__getstate__()  # type: ignore[misc]
         state.update({key: getattr(self, key) for key in self._settings})
         return state
+
+    def _validate_options(self, group: dict[str, Any]) -> None:
+        """A group's hyper-parameters, checked as every step checks them: the op's
+        own checks run on empty lists (nothing to update), and what the op cannot
+        see (betas unpacked in Python) is checked here first."""
+        self._check_group_options(group)
+        self._apply(group, [], [], [])
 
     def _check_group_options(self, group: dict[str, Any]) -> None:
         """What the ops cannot see: betas are unpacked in Python before the call."""
@@ -196,8 +202,7 @@ class FusedStep:
     def _step_groups(self) -> None:
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
-            self._check_group_options(group)
-            self._apply(group, [], [], [])  # the group's options, before any state is made
+            self._validate_options(group)  # before any state is made
             # Two flat lists, no object per parameter: what is allocated per
             # step (and so Python's garbage collector) does not grow with them.
             params = [p for p in group["params"] if p.grad is not None]
@@ -372,8 +377,7 @@ class FusedStep:
                     "is it another optimizer's?"
                 )
             try:
-                self._check_group_options(group)
-                self._apply(group, [], [], [])
+                self._validate_options(group)
             except (ValueError, RuntimeError, TypeError) as error:
                 reason = str(error).removeprefix(f"{name}: ")
                 raise ValueError(f"{name}: group {index} of the loaded state dict: {reason}") from error
