@@ -98,6 +98,9 @@ class FusedStep:
         super().__init_subclass__(**kwargs)
         cls._all_buffers = tuple(b.name for b in cls._state_buffers)
         cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
+        # A load requires the group options among these (torch.optim's base may add
+        # others to `defaults`, such as `differentiable`, which saved groups need not hold).
+        cls._constructor_options = tuple(inspect.signature(cls.__init__).parameters)
 
     def _buffers(self, group: dict[str, Any]) -> list[str]:
         """The buffers made as zeros before a step of this group."""
@@ -370,7 +373,7 @@ class FusedStep:
         stand_in.__dict__["defaults"] = dict(self.defaults)  # type: ignore[attr-defined]
         type(self).__setstate__(stand_in, {"state": defaultdict(dict), "param_groups": groups})
         for index, group in enumerate(stand_in.param_groups):
-            missing = [key for key in self._constructor_options() if key in self.defaults and key not in group]  # type: ignore[attr-defined]
+            missing = [key for key in self._constructor_options if key in self.defaults and key not in group]  # type: ignore[attr-defined]
             if missing:
                 raise ValueError(
                     f"{name}: group {index} of the loaded state dict lacks {', '.join(map(repr, missing))}; "
@@ -382,23 +385,9 @@ class FusedStep:
                 reason = str(error).removeprefix(f"{name}: ")
                 raise ValueError(f"{name}: group {index} of the loaded state dict: {reason}") from error
 
-    @classmethod
-    def _constructor_options(cls) -> tuple[str, ...]:
-        """The group options the constructor takes (torch.optim's base may add others to
-        ``defaults`` on load, such as ``differentiable``, which saved groups need not hold)."""
-        if "_constructor_option_names" not in cls.__dict__:
-            parameters = inspect.signature(cls.__init__).parameters.values()
-            cls._constructor_option_names = tuple(
-                p.name for p in parameters
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                and p.name not in ("self", "params") and p.name not in cls._settings
-            )
-        return cls._constructor_option_names
-
-    _constructor_option_names: tuple[str, ...]
-
     # Derived from the declarations above (__init_subclass__): every
     # per-element buffer a state may hold, and what a (non-empty) state must
     # hold for the next step (missing buffers are made then).
     _all_buffers: tuple[str, ...] = ()
     _required_state_keys: tuple[str, ...] = ("step",)
+    _constructor_options: tuple[str, ...] = ()

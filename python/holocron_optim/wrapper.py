@@ -609,9 +609,6 @@ class Scout(Lookahead):
             for key in _SCOUT_STATS[1:]:
                 self.scout_stats[key].append(torch.zeros_like(p, dtype=dtype))
 
-    def _stats(self) -> list[list[torch.Tensor]]:
-        return [self.scout_stats[key] for key in _SCOUT_STATS]
-
     _OWN_KEYS = ("slow_param", *(f"scout_{key}" for key in _SCOUT_STATS))
 
     def _own_tensors(self) -> dict[str, list[torch.Tensor]]:
@@ -625,13 +622,12 @@ class Scout(Lookahead):
     def _advance(self, found_inf: torch.Tensor | None) -> None:
         """Folds the base's step into the statistics; at the end of a period,
         syncs at the rate the coherence gives and restarts them (one op)."""
-        stats = self._stats()
         self._call(
             ops.scout_step_, self._fast_params(), slow=self._flat_slow(),
-            **{key: self.scout_stats[key] for key in _SCOUT_STATS}, fast_steps=self._fast_steps,
-            last_sync_rate=self._last_sync_rate, sync_period=int(self.defaults["sync_period"]),
-            sync_rate=float(self.defaults["sync_rate"]), found_inf=found_inf,
-            shard_groups=distributed.common_shard_groups(stats[0], "Scout") or None,
+            **{key: self.scout_stats[key] for key in _SCOUT_STATS},
+            fast_steps=self._fast_steps, last_sync_rate=self._last_sync_rate,
+            sync_period=int(self.defaults["sync_period"]), sync_rate=float(self.defaults["sync_rate"]),
+            found_inf=found_inf, shard_groups=distributed.common_shard_groups(self.scout_stats["prev"], "Scout") or None,
         )
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
