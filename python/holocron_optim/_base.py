@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
+from itertools import repeat
+from operator import is_, itemgetter, setitem
 from typing import Any, NamedTuple
 
 import torch
@@ -57,6 +59,18 @@ def valid_step(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value) and value >= 0 and float(value).is_integer()
+
+
+def gather(states: list[dict[str, Any]], key: str) -> list[Any]:
+    """`[s[key] for s in states]`; eager, as a loop in C: on thousands of small parameters
+    a step's Python time is mostly such loops (torch.compile traces the comprehension)."""
+    if torch.compiler.is_compiling():
+        return [s[key] for s in states]
+    return list(map(itemgetter(key), states))
+
+
+def types_of(values: list[Any]) -> set[type]:
+    return set(map(type, values))
 
 
 def step_count(value: Any) -> int:
@@ -208,9 +222,13 @@ class FusedStep:
             self._validate_options(group)  # before any state is made
             # Two flat lists, no object per parameter: what is allocated per
             # step (and so Python's garbage collector) does not grow with them.
-            params = [p for p in group["params"] if p.grad is not None]
+            params = list(group["params"])
+            grads = [p.grad for p in params]
+            if type(None) in types_of(grads):
+                params = [p for p, g in zip(params, grads) if g is not None]
+                grads = [g for g in grads if g is not None]
             if params:
-                work.append((group, params, [p.grad for p in params]))
+                work.append((group, params, grads))
         # A single group's op checks everything before it writes; several
         # groups (or a group of DTensors laid out differently, updated by
         # several calls) are all checked before the first is updated.
@@ -218,19 +236,19 @@ class FusedStep:
             for group, params, grads in work:
                 self._validate(group, params, grads)
 
+        state_of = self.state  # type: ignore[attr-defined]
         for group, params, grads in work:
             if self._stateless(group):
                 self._apply(group, params, grads, [{} for _ in params])
                 continue
             keys = self._buffers(group)
-            state_of = self.state  # type: ignore[attr-defined]
-            states = [state_of.get(p) for p in params]
+            states = self._states_of(params, len(work) == 1)
             # What this step adds, taken back if its op fails: new states
             # (and their entries in self.state), and buffers added to old ones.
             made: list[tuple[torch.Tensor, bool]] = []
             added: list[tuple[dict[str, Any], str]] = []
-            # Past the first steps every state holds every buffer: one check per key.
-            if None in states or not all(key in s for key in keys for s in states):
+            # Past the first steps every state holds every buffer: one pass, in C.
+            if None in states or (keys and not self._hold_all(states, keys)):
                 for i, p in enumerate(params):
                     state = states[i]
                     if not state:
@@ -252,6 +270,24 @@ class FusedStep:
                 for state, key in added:
                     state.pop(key, None)
                 raise
+
+    @staticmethod
+    def _hold_all(states: list[dict[str, Any]], keys: list[str]) -> bool:
+        try:
+            deque(map(itemgetter(*keys), states), maxlen=0)
+        except KeyError:
+            return False
+        return True
+
+    def _states_of(self, params: list[torch.Tensor], only_group: bool) -> list[dict[str, Any] | None]:
+        """`[self.state.get(p) for p in params]`. A lookup hashes its tensor in Python
+        (`Tensor.__hash__`); when the states' keys are these parameters in their order
+        (a single group, past its first step: what made them), the states are read in
+        order instead, after a check of the keys' identities in C."""
+        state_of = self.state  # type: ignore[attr-defined]
+        if only_group and len(state_of) == len(params) and all(map(is_, state_of, params)):
+            return list(state_of.values())
+        return list(map(state_of.get, params))
 
     def _compiled_step(self) -> None:
         """The step torch.compile traces: one graph without breaks, the same
@@ -303,20 +339,65 @@ class FusedStep:
             return [], {"step_tensors": [s["step"] for s in states]}
         return self._advance_steps(states), {}
 
-    def _ratio_targets(self, states: list[dict[str, Any]]) -> dict[str, Any]:
-        """Compiled, LAMB's and RaLars' ops write the trust ratios into the state's tensors."""
-        return {"local_lrs": [s["local_lr"] for s in states]} if torch.compiler.is_compiling() else {}
+    def _ratio_targets(self, group: dict[str, Any], params: list[torch.Tensor],
+                       states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The 0-d tensors into which LAMB's and RaLars' ops write each trust ratio.
+
+        Compiled: the state's own. Eager, the reference's layout: a state holds its
+        ratio as a 0-d tensor of the parameter's dtype, or the int 1 when a norm
+        was zero (`_settle_ratios`); the tensors are made once per parameter and
+        kept with the group's lists, so that a step makes no tensor per parameter
+        and, past the first, walks no list in Python: the op writes them."""
+        if torch.compiler.is_compiling():
+            return {"local_lrs": [s["local_lr"] for s in states]}
+        if not params:
+            return {}  # a validation of the options (_validate_options)
+        held = list(map(dict.get, states, repeat("local_lr")))
+        cache = self.__dict__.setdefault("_trust_ratio_targets", {}).get(id(group))
+        if (cache is not None and cache[0] is group and len(cache[1]) == len(params)
+                and all(map(is_, cache[1], params)) and all(map(is_, cache[2], states))
+                and all(map(is_, cache[4], held))):
+            return {"local_lrs": cache[3]}
+        targets = []
+        for p, value in zip(params, held):
+            # Whatever a loaded state holds is replaced when it cannot be written in place.
+            if type(value) is not torch.Tensor or value.numel() != 1 or value.dtype != p.dtype or value.device != p.device:
+                value = torch.empty((), dtype=p.dtype, device=p.device)
+            targets.append(value)
+        self._trust_ratio_targets[id(group)] = (group, params, states, targets, held)
+        return {"local_lrs": targets}
+
+    def _settle_ratios(self, group: dict[str, Any], states: list[dict[str, Any]], ratios: torch.Tensor) -> None:
+        """Each state's `local_lr` after an eager step: its tensor, now holding the
+        ratio, or the int 1 where a norm was zero (the reference's choice)."""
+        if not states:
+            return
+        _, params, _, targets, held = self._trust_ratio_targets[id(group)]
+        ones = set((ratios == 1.0).nonzero().flatten().tolist())
+        settled = [1 if i in ones else t for i, t in enumerate(targets)] if ones else targets
+        if all(map(is_, settled, held)):
+            return
+        for state, value, before in zip(states, settled, held):
+            if value is not before:
+                state["local_lr"] = value
+        self._trust_ratio_targets[id(group)] = (group, params, states, targets, settled)
 
     def _commit_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
         if not torch.compiler.is_compiling():
             self._store_steps(states, steps)
 
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
-        # int() reads a tensor counter too (torch.optim.Adam's load makes them).
-        return [int(s["step"]) + 1 for s in states]
+        counters = gather(states, "step")
+        steps = list(map((1).__add__, counters))
+        if NotImplemented in steps:  # not all ints: int() reads a tensor counter (torch.optim.Adam's load makes them)
+            return [int(n) + 1 for n in counters]
+        return steps
 
     @staticmethod
     def _store_steps(states: list[dict[str, Any]], steps: list[int]) -> None:
+        if not any(issubclass(kind, torch.Tensor) for kind in types_of(gather(states, "step"))):
+            deque(map(setitem, states, repeat("step"), steps), maxlen=0)
+            return
         for state, step in zip(states, steps):
             if isinstance(state["step"], torch.Tensor):
                 state["step"].fill_(step)

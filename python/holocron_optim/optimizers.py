@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import Buffer, FusedStep, check_betas, check_finite, check_state_dict_layout, step_count
+from ._base import Buffer, FusedStep, check_betas, check_finite, check_state_dict_layout, gather, step_count
 from . import _distributed as distributed
 from ._library import ops
 
@@ -34,31 +34,6 @@ def _check_common(lr: Any, eps: Any, weight_decay: Any) -> None:
     check_finite("weight_decay", weight_decay)
     if weight_decay < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-
-
-def _gather(states: list[dict[str, Any]], key: str) -> list[torch.Tensor]:
-    return [s[key] for s in states]
-
-
-def _store_local_lrs(params: list[torch.Tensor], states: list[dict[str, Any]], ratios: torch.Tensor) -> None:
-    """The reference stores each trust ratio as a 0-d tensor of the parameter's
-    dtype, or the int 1 when a norm is zero. The tensors are made once and
-    then updated in place by one C++ call: a step makes no tensor per
-    parameter (and gives Python's garbage collector nothing to chase)."""
-    targets, values = [], []
-    for p, state, value in zip(params, states, ratios.tolist()):
-        if value == 1.0:
-            state["local_lr"] = 1
-            continue
-        target = state.get("local_lr")
-        # An output of every step: whatever a loaded state holds is replaced when it cannot be
-        # written in place.
-        if type(target) is not torch.Tensor or target.numel() != 1 or target.dtype != p.dtype or target.device != p.device:
-            target = state["local_lr"] = torch.empty((), dtype=p.dtype, device=p.device)
-        targets.append(target)
-        values.append(value)
-    if targets:
-        ops.write_scalars_(targets=targets, values=values)
 
 
 class LARS(FusedStep, Optimizer):
@@ -212,15 +187,15 @@ class LAMB(FusedStep, Optimizer):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
-            ops.lamb_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avg_sqs=_gather(states, "exp_avg_sq"),
+            ops.lamb_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(states), sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if counters:
             return  # compiled: the op advanced the counters and wrote the ratios
         self._commit_steps(states, steps)
-        _store_local_lrs(params, states, local_lrs)
+        self._settle_ratios(group, states, local_lrs)
 
 
 class RaLars(FusedStep, Optimizer):
@@ -293,19 +268,19 @@ class RaLars(FusedStep, Optimizer):
             sma_inf = 2 / (1 - beta2) - 1
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
-            ops.ralars_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avg_sqs=_gather(states, "exp_avg_sq"),
+            ops.ralars_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
             steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), force_adaptive_momentum=bool(self.force_adaptive_momentum),
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(states), sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if record:
             group["sma_inf"] = sma_inf
         if counters:
             return  # compiled: the op advanced the counters and wrote the ratios
         self._commit_steps(states, steps)
-        _store_local_lrs(params, states, local_lrs)
+        self._settle_ratios(group, states, local_lrs)
 
 
 class TAdam(FusedStep, Optimizer):
@@ -402,9 +377,9 @@ class TAdam(FusedStep, Optimizer):
         steps, counters = self._counters(states)
         dof = group["dof"]
         distributed.call(
-            ops.tadam_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avg_sqs=_gather(states, "exp_avg_sq"),
-            max_exp_avg_sqs=_gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
-            W_ts=_gather(states, "W_t"), steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+            ops.tadam_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
+            max_exp_avg_sqs=gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+            W_ts=gather(states, "W_t"), steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
@@ -433,9 +408,9 @@ class _AdamLike(FusedStep, Adam):
 
     def _adam_lists(self, group, states):
         return {
-            "exp_avgs": _gather(states, "exp_avg"),
-            "exp_avg_sqs": _gather(states, "exp_avg_sq"),
-            "max_exp_avg_sqs": _gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+            "exp_avgs": gather(states, "exp_avg"),
+            "exp_avg_sqs": gather(states, "exp_avg_sq"),
+            "max_exp_avg_sqs": gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
         }
 
 
@@ -628,9 +603,9 @@ class Adan(FusedStep, Optimizer):
         beta1, beta2, beta3 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adan_, params, grads, prev_grads=_gather(states, "prev_grad"), exp_avgs=_gather(states, "exp_avg"),
-            exp_avg_sqs=_gather(states, "exp_avg_sq"), exp_avg_deltas=_gather(states, "exp_avg_delta"),
-            max_exp_avg_deltas=_gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps=steps,
+            ops.adan_, params, grads, prev_grads=gather(states, "prev_grad"), exp_avgs=gather(states, "exp_avg"),
+            exp_avg_sqs=gather(states, "exp_avg_sq"), exp_avg_deltas=gather(states, "exp_avg_delta"),
+            max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps=steps,
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
@@ -693,8 +668,8 @@ class AdEMAMix(FusedStep, Optimizer):
         beta1, beta2, beta3 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.ademamix_, params, grads, exp_avgs=_gather(states, "exp_avg"), exp_avgs_slow=_gather(states, "exp_avg_slow"),
-            exp_avg_sqs=_gather(states, "exp_avg_sq"), steps=steps, lr=float(group["lr"]), beta1=float(beta1),
+            ops.ademamix_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avgs_slow=gather(states, "exp_avg_slow"),
+            exp_avg_sqs=gather(states, "exp_avg_sq"), steps=steps, lr=float(group["lr"]), beta1=float(beta1),
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
