@@ -18,7 +18,8 @@ workloads share no allocator state. A worker, with torch.set_num_threads(--threa
     every step timed on its own (after 2 warmup steps each; the number of rounds, 3 to 12, is
     set from the warmup's times to fill --block-seconds, default 6); then our C++ class, through
     build/bench/holocron_bench on the same shapes (a subprocess, same thread count, as many
-    steps);
+    steps, each sample after twice the last-level cache is written, so that it starts as cold
+    as ours in Python do);
   - a block of Lookahead and Scout (ours) around fused Adam against bare fused Adam, timed over
     whole sync periods (6 steps) so that each sample holds one sync; likewise the C++ Lookahead
     and Scout around torch::optim::Adam (not fused) against it, in turns in one holocron_bench;
@@ -361,6 +362,9 @@ class Worker:
             "--steps", str(steps), "--warmup", str(self.warmup), "--group", str(group),
             "--peak-steps", "1" if self.quick else "2",
             "--lr", repr(LR), "--weight-decay", repr(WEIGHT_DECAY),
+            # Cold samples, as ours in Python (taken in turns with other steps): otherwise
+            # the part of a workload that fits the last-level cache stays there between steps.
+            "--evict-bytes", str(2 * last_level_cache_bytes()),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

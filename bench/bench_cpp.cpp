@@ -3,6 +3,7 @@
 //   holocron_bench --shapes FILE [--dtype float32|bfloat16] [--threads N]
 //                  --optimizer NAME [--steps N] [--warmup W] [--group G]
 //                  [--peak-steps K] [--lr X] [--weight-decay X] [--seed S]
+//                  [--evict-bytes B]
 //
 // FILE: one parameter shape per line, dimensions separated by spaces (`64 3 7 7`);
 // blank lines and lines starting with '#' are skipped.
@@ -16,7 +17,10 @@
 // set once and reused by every step. After W warmup steps, N samples are timed,
 // each the mean time per step over G consecutive steps (G = 1: single steps; the
 // wrappers' sync period for Lookahead and Scout, so that every sample holds one
-// sync). Then K more steps measure the extra peak memory of a step (Linux: '5'
+// sync). With B > 0, a buffer of B bytes is read and written before each sample (untimed):
+// past the last-level cache, each sample starts cold, as a step of a training loop does
+// after the forward and backward passes (and as the Python classes' steps in bench.py,
+// taken in turns with other optimizers and a bandwidth sample). Then K more steps measure the extra peak memory of a step (Linux: '5'
 // written to /proc/self/clear_refs resets VmHWM; extra = VmHWM after the step -
 // VmRSS before it; with glibc, blocks of 64 KiB and more are mapped on their own from
 // then on and the allocator's free memory is given back before each measured step, so
@@ -25,6 +29,7 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/zeros.h>
 #include <torch/optim/adam.h>
 
 #include <holocron/optim.h>
@@ -59,6 +64,7 @@ struct Args {
   int warmup = 3;
   int group = 1;
   int peak_steps = 3;
+  int64_t evict_bytes = 0;
   double lr = 1e-3;
   double weight_decay = 0.01;
   uint64_t seed = 0;
@@ -88,6 +94,7 @@ Args parse(int argc, char** argv) {
       else if (key == "--warmup") a.warmup = std::stoi(value);
       else if (key == "--group") a.group = std::stoi(value);
       else if (key == "--peak-steps") a.peak_steps = std::stoi(value);
+      else if (key == "--evict-bytes") a.evict_bytes = std::stoll(value);
       else if (key == "--lr") a.lr = std::stod(value);
       else if (key == "--weight-decay") a.weight_decay = std::stod(value);
       else if (key == "--seed") a.seed = std::stoull(value);
@@ -249,9 +256,11 @@ int main(int argc, char** argv) {
       for (int i = 0; i < a.warmup; ++i) optimizer->step();
     }
     std::vector<std::vector<double>> times(n);
+    const auto evict = at::zeros({std::max<int64_t>(a.evict_bytes / 4, 1)}, at::kFloat);
     for (int i = 0; i < a.steps; ++i) {
       for (size_t k = 0; k < n; ++k) {
         const size_t o = (static_cast<size_t>(i) + k) % n;
+        if (a.evict_bytes > 0) evict.add_(1.0);
         const auto t0 = std::chrono::steady_clock::now();
         for (int j = 0; j < a.group; ++j) optimizers[o]->step();
         const auto t1 = std::chrono::steady_clock::now();
