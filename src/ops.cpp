@@ -24,7 +24,7 @@ using at::TensorList;
 F::ScaleClip clip_of(double low, double high) { return {low, high}; }
 
 using OptionalTensor = std::optional<at::Tensor>;
-using OptionalTensors = std::optional<TensorList>;
+using OptionalTensors = std::optional<std::vector<at::Tensor>>;
 using OptionalNames = std::optional<std::vector<std::string>>;
 
 // One-element CPU tensors are read and written in place: a dispatched
@@ -151,66 +151,147 @@ at::Tensor ratios_out(const std::vector<double>& ratios, TensorList params) {
   return as_tensor(ratios.empty() ? std::vector<double>(params.size(), 1.0) : ratios, params);
 }
 
-at::Tensor lars(TensorList params, TensorList grads, TensorList momentum_buffers,
-                const c10::List<bool>& buffer_is_new, double lr, double momentum, double dampening,
-                double weight_decay, bool nesterov, c10::ArrayRef<double> scale_clip,
-                const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
-                at::OptionalIntArrayRef numels, const OptionalNames& shard_groups) {
+// ---- Arguments by name ---------------------------------------------------
+//
+// Each op is declared once, by its schema (kOps below): the kernels read their
+// arguments from the boxed stack by the schema's names, and one Meta kernel
+// serves every op, so that an argument is named in two places (the schema and
+// the line that reads it) rather than in a wrapper's parameter list, the
+// schema, an implementation and a Meta type list kept in the same order.
+
+class Arguments {
+ public:
+  Arguments(const c10::OperatorHandle& op, torch::jit::Stack* stack)
+      : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {}
+
+  std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
+  std::optional<std::vector<at::Tensor>> optional_tensors(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toTensorVector();
+  }
+  at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
+  OptionalTensor optional_tensor(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toTensor();
+  }
+  double real(const char* name) const { return at(name).toDouble(); }
+  std::optional<double> optional_real(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toDouble();
+  }
+  std::vector<double> reals(const char* name) const { return at(name).toDoubleVector(); }
+  bool flag(const char* name) const { return at(name).toBool(); }
+  std::vector<bool> flags(const char* name) const {
+    const auto list = at(name).toBoolList();
+    return {list.begin(), list.end()};
+  }
+  int64_t integer(const char* name) const { return at(name).toInt(); }
+  std::vector<int64_t> integers(const char* name) const { return at(name).toIntVector(); }
+  std::optional<std::vector<int64_t>> optional_integers(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toIntVector();
+  }
+  std::string string(const char* name) const { return at(name).toStringRef(); }
+  OptionalNames optional_strings(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    std::vector<std::string> names;
+    for (const auto& item : value.toListRef()) names.push_back(item.toStringRef());
+    return names;
+  }
+
+  // The loss scaling and the whole-tensor sums' sharding every update op may take.
+  F::GradScaling scaling() const {
+    return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
+  }
+  F::Sharding sharding(TensorList params) const {
+    const auto numels = optional_integers("numels");
+    at::OptionalIntArrayRef counts;
+    if (numels) counts = *numels;
+    return sharding_of(params, counts, optional_strings("shard_groups"));
+  }
+  OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
+
+ private:
+  const c10::IValue& at(const char* name) const {
+    const auto index = schema_.argumentIndexWithName(name);
+    // A kernel reading a name its schema lacks: a bug here, caught by any call.
+    TORCH_INTERNAL_ASSERT(index.has_value(), schema_.name(), " has no argument '", name, "'");
+    return values_[*index];
+  }
+
+  const c10::FunctionSchema& schema_;
+  c10::ArrayRef<c10::IValue> values_;
+};
+
+// What a kernel returns: a Tensor, a float, or None for `-> ()`.
+using Kernel = c10::IValue (*)(const Arguments&);
+
+c10::IValue lars(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const auto scale_clip = a.reals("scale_clip");
   TORCH_CHECK_VALUE(scale_clip.empty() || scale_clip.size() == 2,
                     "LARS: scale_clip must hold two values (low, high), got ", scale_clip.size());
   std::optional<F::ScaleClip> clip;
   if (!scale_clip.empty()) clip = clip_of(scale_clip[0], scale_clip[1]);
-  std::unique_ptr<bool[]> flags(new bool[buffer_is_new.size()]());
-  for (size_t i = 0; i < buffer_is_new.size(); ++i) flags[i] = buffer_is_new.get(i);
-  return ratios_out(F::lars_(params, grads, momentum_buffers,
-                            c10::ArrayRef<bool>(flags.get(), buffer_is_new.size()),
-                            {lr, momentum, dampening, weight_decay, nesterov, clip},
-                            scaling_of(grad_scale, found_inf),
-                            sharding_of(params, numels, shard_groups)),
-                    params);
+  const auto is_new = a.flags("buffer_is_new");
+  std::unique_ptr<bool[]> flags(new bool[is_new.size()]());
+  std::copy(is_new.begin(), is_new.end(), flags.get());
+  return ratios_out(
+      F::lars_(params, a.tensors("grads"), a.tensors("momentum_buffers"),
+               c10::ArrayRef<bool>(flags.get(), is_new.size()),
+               {.lr = a.real("lr"), .momentum = a.real("momentum"), .dampening = a.real("dampening"),
+                .weight_decay = a.real("weight_decay"), .nesterov = a.flag("nesterov"),
+                .scale_clip = clip},
+               a.scaling(), a.sharding(params)),
+      params);
 }
 
-at::Tensor lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                double lr, double beta1, double beta2, double eps, double weight_decay,
-                double clip_low, double clip_high, const OptionalTensor& grad_scale,
-                const OptionalTensor& found_inf, at::OptionalIntArrayRef numels,
-                const OptionalNames& shard_groups, const OptionalTensors& step_tensors,
-                const OptionalTensors& local_lrs) {
+// LAMB's and RaLars' trust ratios: returned, and written into local_lrs when given.
+c10::IValue lamb(const Arguments& a) {
+  const auto params = a.tensors("params");
   // LAMB has no bias correction: its counters are only advanced.
-  const StepCounters counters("LAMB", {}, step_tensors, params.size());
+  const StepCounters counters("LAMB", {}, a.optional_tensors("step_tensors"), params.size());
+  const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("LAMB", local_lrs, params.size());
-  const auto ratios = F::lamb_(params, grads, exp_avgs, exp_avg_sqs,
-                               {lr, beta1, beta2, eps, weight_decay, clip_of(clip_low, clip_high)},
-                               scaling_of(grad_scale, found_inf),
-                               sharding_of(params, numels, shard_groups));
+  const auto ratios = F::lamb_(
+      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
+       .weight_decay = a.real("weight_decay"),
+       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high"))},
+      a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
-  counters.store(found_inf);
+  counters.store(a.found_inf());
   return ratios_out(ratios, params);
 }
 
-at::Tensor ralars(TensorList params, TensorList grads, TensorList exp_avgs,
-                  TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, bool force_adaptive_momentum,
-                  double clip_low, double clip_high, std::optional<double> sma_inf,
-                  const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
-                  at::OptionalIntArrayRef numels, const OptionalNames& shard_groups,
-                  const OptionalTensors& step_tensors, const OptionalTensors& local_lrs) {
-  const StepCounters counters("RaLars", steps, step_tensors, params.size());
+c10::IValue ralars(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("RaLars", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("RaLars", local_lrs, params.size());
-  const auto ratios = F::ralars_(params, grads, exp_avgs, exp_avg_sqs, counters.steps(),
-                                 {lr, beta1, beta2, eps, weight_decay, force_adaptive_momentum,
-                                  clip_of(clip_low, clip_high), sma_inf},
-                                 scaling_of(grad_scale, found_inf),
-                                 sharding_of(params, numels, shard_groups));
+  const auto ratios = F::ralars_(
+      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
+      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
+       .weight_decay = a.real("weight_decay"),
+       .force_adaptive_momentum = a.flag("force_adaptive_momentum"),
+       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
+       .sma_inf = a.optional_real("sma_inf")},
+      a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
-  counters.store(found_inf);
+  counters.store(a.found_inf());
   return ratios_out(ratios, params);
 }
 
-// Stores values[i] into the one-element tensor targets[i] (LAMB's and RaLars'
-// trust ratios, kept in state as 0-d tensors): updated in place, so a step
-// makes no new tensor per parameter.
-void write_scalars(TensorList targets, c10::ArrayRef<double> values) {
+// Stores values[i] into the one-element tensor targets[i], in place.
+c10::IValue write_scalars(const Arguments& a) {
+  const auto targets = a.tensors("targets");
+  const auto values = a.reals("values");
   TORCH_CHECK(targets.size() == values.size(), "write_scalars_: got ", values.size(),
               " values for ", targets.size(), " tensors");
   for (const auto& t : targets) {
@@ -218,15 +299,13 @@ void write_scalars(TensorList targets, c10::ArrayRef<double> values) {
                 "; expected one element");
   }
   for (size_t i = 0; i < targets.size(); ++i) write_scalar(targets[i], values[i]);
+  return {};
 }
 
 // The reference keeps TAdam's moment weight as a one-element tensor (W_t).
-void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-           TensorList max_exp_avg_sqs, TensorList W_ts, c10::IntArrayRef steps, double lr,
-           double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-           std::optional<double> dof, const OptionalTensor& grad_scale,
-           const OptionalTensor& found_inf, at::OptionalIntArrayRef numels,
-           const OptionalNames& shard_groups, const OptionalTensors& step_tensors) {
+c10::IValue tadam(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const auto W_ts = a.tensors("W_ts");
   TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
               params.size(), " parameters");
   std::vector<double> weights(W_ts.size());
@@ -240,87 +319,114 @@ void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
                 W_ts[i].scalar_type(), " on ", W_ts[i].device());
     weights[i] = read_scalar(W_ts[i]);
   }
-  const StepCounters counters("TAdam", steps, step_tensors, params.size());
-  F::tadam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, weights, counters.steps(),
-            {lr, beta1, beta2, eps, weight_decay, amsgrad, dof}, scaling_of(grad_scale, found_inf),
-            sharding_of(params, numels, shard_groups));
+  const StepCounters counters("TAdam", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::tadam_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+            a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
+            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+             .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
+             .amsgrad = a.flag("amsgrad"), .dof = a.optional_real("dof")},
+            a.scaling(), a.sharding(params));
   for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
-  counters.store(found_inf);
+  counters.store(a.found_inf());
+  return {};
 }
 
-void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-               TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-               double beta2, double eps, double weight_decay, bool amsgrad,
-               const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
-               const OptionalTensors& step_tensors) {
-  const StepCounters counters("AdaBelief", steps, step_tensors, params.size());
-  F::adabelief_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, counters.steps(),
-                {lr, beta1, beta2, eps, weight_decay, amsgrad}, scaling_of(grad_scale, found_inf));
-  counters.store(found_inf);
+c10::IValue adabelief(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("AdaBelief", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::adabelief_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+                a.tensors("max_exp_avg_sqs"), counters.steps(),
+                {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+                 .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
+                 .amsgrad = a.flag("amsgrad")},
+                a.scaling());
+  counters.store(a.found_inf());
+  return {};
 }
 
-void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-           TensorList max_exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-           double beta2, double eps, double weight_decay, bool amsgrad, double delta,
-           const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
-           at::OptionalIntArrayRef numels, const OptionalNames& shard_groups,
-           const OptionalTensors& step_tensors) {
-  const StepCounters counters("AdamP", steps, step_tensors, params.size());
-  F::adamp_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, counters.steps(),
-            {lr, beta1, beta2, eps, weight_decay, amsgrad, delta}, scaling_of(grad_scale, found_inf),
-            sharding_of(params, numels, shard_groups));
-  counters.store(found_inf);
+c10::IValue adamp(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("AdamP", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::adamp_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+            a.tensors("max_exp_avg_sqs"), counters.steps(),
+            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+             .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
+             .amsgrad = a.flag("amsgrad"), .delta = a.real("delta")},
+            a.scaling(), a.sharding(params));
+  counters.store(a.found_inf());
+  return {};
 }
 
-void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
-          TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
-          c10::IntArrayRef steps, double lr, double beta1, double beta2, double beta3, double eps,
-          double weight_decay, bool amsgrad, const OptionalTensor& grad_scale,
-          const OptionalTensor& found_inf, const OptionalTensors& step_tensors) {
-  const StepCounters counters("Adan", steps, step_tensors, params.size());
-  F::adan_(params, grads, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, max_exp_avg_deltas,
-           counters.steps(), {lr, beta1, beta2, beta3, eps, weight_decay, amsgrad},
-           scaling_of(grad_scale, found_inf));
-  counters.store(found_inf);
+c10::IValue adan(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("Adan", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::adan_(params, a.tensors("grads"), a.tensors("prev_grads"), a.tensors("exp_avgs"),
+           a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
+           counters.steps(),
+           {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+            .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
+            .amsgrad = a.flag("amsgrad")},
+           a.scaling());
+  counters.store(a.found_inf());
+  return {};
 }
 
-void ademamix(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avgs_slow,
-              TensorList exp_avg_sqs, c10::IntArrayRef steps, double lr, double beta1,
-              double beta2, double beta3, double alpha, double eps, double weight_decay,
-              const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
-              const OptionalTensors& step_tensors) {
-  const StepCounters counters("AdEMAMix", steps, step_tensors, params.size());
-  F::ademamix_(params, grads, exp_avgs, exp_avgs_slow, exp_avg_sqs, counters.steps(),
-               {lr, beta1, beta2, beta3, alpha, eps, weight_decay},
-               scaling_of(grad_scale, found_inf));
-  counters.store(found_inf);
+c10::IValue ademamix(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("AdEMAMix", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::ademamix_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
+               a.tensors("exp_avg_sqs"), counters.steps(),
+               {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+                .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
+                .weight_decay = a.real("weight_decay")},
+               a.scaling());
+  counters.store(a.found_inf());
+  return {};
 }
 
 // What every update op checks before it writes, for one group, so that a
 // step over several groups can check them all before updating any.
-void validate_group(const std::string& optimizer, TensorList params, TensorList grads,
-                    TensorList buffers, c10::IntArrayRef owners, c10::IntArrayRef steps) {
-  F::detail::check_group(optimizer.c_str(), params, grads, {});
-  F::detail::check_flat_state(optimizer.c_str(), params, buffers, owners);
-  for (int64_t step : steps) {
+c10::IValue validate_group(const Arguments& a) {
+  const auto optimizer = a.string("optimizer");
+  const auto params = a.tensors("params");
+  F::detail::check_group(optimizer.c_str(), params, a.tensors("grads"), {});
+  F::detail::check_flat_state(optimizer.c_str(), params, a.tensors("buffers"), a.integers("owners"));
+  for (int64_t step : a.integers("steps")) {
     TORCH_CHECK(step >= 1, optimizer, ": a state 'step' is ", step - 1,
                 "; counters cannot be negative");
   }
+  return {};
 }
 
-void lookahead_sync(TensorList fast, TensorList slow, double sync_rate) {
-  F::lookahead_sync_(fast, slow, sync_rate);
+c10::IValue lookahead_sync(const Arguments& a) {
+  F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"));
+  return {};
 }
 
-void scout_accumulate(TensorList fast, TensorList prev, TensorList mean, TensorList m2,
-                      TensorList max, TensorList min, int64_t count) {
-  F::scout_accumulate_(fast, {prev, mean, m2, max, min}, count);
+// Scout's statistics, held here: F::ScoutStats only refers to them.
+struct ScoutLists {
+  explicit ScoutLists(const Arguments& a)
+      : prev(a.tensors("prev")), mean(a.tensors("mean")), m2(a.tensors("m2")),
+        max(a.tensors("max")), min(a.tensors("min")) {}
+  F::ScoutStats stats() const { return {prev, mean, m2, max, min}; }
+  std::vector<at::Tensor> prev, mean, m2, max, min;
+};
+
+c10::IValue scout_accumulate(const Arguments& a) {
+  const ScoutLists lists(a);
+  F::scout_accumulate_(a.tensors("fast"), lists.stats(), a.integer("count"));
+  return {};
 }
 
-double scout_coherence(TensorList prev, TensorList mean, TensorList m2, TensorList max,
-                       TensorList min, int64_t count, const OptionalNames& shard_groups) {
-  return F::scout_coherence({prev, mean, m2, max, min}, count,
-                            sharding_of(prev, std::nullopt, shard_groups));
+c10::IValue scout_coherence(const Arguments& a) {
+  const ScoutLists lists(a);
+  return F::scout_coherence(lists.stats(), a.integer("count"),
+                            sharding_of(lists.prev, std::nullopt, a.optional_strings("shard_groups")));
 }
 
 // The wrappers' bookkeeping after the base optimizer's step, with the counter
@@ -333,200 +439,181 @@ int64_t advanced_counter(const at::Tensor& fast_steps, int64_t sync_period) {
   return static_cast<int64_t>(read_scalar(fast_steps)) + 1;
 }
 
-void lookahead_step(TensorList fast, TensorList slow, const at::Tensor& fast_steps,
-                    int64_t sync_period, double sync_rate, const OptionalTensor& found_inf) {
+c10::IValue lookahead_step(const Arguments& a) {
+  const auto fast_steps = a.tensor("fast_steps");
+  const int64_t sync_period = a.integer("sync_period");
   const int64_t count = advanced_counter(fast_steps, sync_period);
-  if (skipped(found_inf)) return;
-  if (count % sync_period == 0) F::lookahead_sync_(fast, slow, sync_rate);
+  if (skipped(a.found_inf())) return {};
+  if (count % sync_period == 0) {
+    F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"));
+  }
   write_scalar(fast_steps, static_cast<double>(count));
+  return {};
 }
 
-void scout_step(TensorList fast, TensorList slow, TensorList prev, TensorList mean, TensorList m2,
-                TensorList max, TensorList min, const at::Tensor& fast_steps,
-                const at::Tensor& last_sync_rate, int64_t sync_period, double sync_rate,
-                const OptionalTensor& found_inf, const OptionalNames& shard_groups) {
+c10::IValue scout_step(const Arguments& a) {
+  const auto fast_steps = a.tensor("fast_steps");
+  const int64_t sync_period = a.integer("sync_period");
   const int64_t count = advanced_counter(fast_steps, sync_period);
-  if (skipped(found_inf)) return;
-  const F::ScoutStats stats{prev, mean, m2, max, min};
+  if (skipped(a.found_inf())) return {};
+  const auto fast = a.tensors("fast");
+  const ScoutLists lists(a);
+  const auto stats = lists.stats();
+  const auto& prev = lists.prev;
   const int64_t changes_before = (count - 1) % sync_period;
   F::scout_accumulate_(fast, stats, changes_before);
   if (count % sync_period == 0) {
     const double coherence =
-        F::scout_coherence(stats, changes_before + 1, sharding_of(prev, std::nullopt, shard_groups));
-    const double rate = std::max(1.0 - coherence, sync_rate);
-    F::lookahead_sync_(fast, slow, rate);
-    write_scalar(last_sync_rate, rate);
+        F::scout_coherence(stats, changes_before + 1,
+                           sharding_of(prev, std::nullopt, a.optional_strings("shard_groups")));
+    const double rate = std::max(1.0 - coherence, a.real("sync_rate"));
+    F::lookahead_sync_(fast, a.tensors("slow"), rate);
+    write_scalar(a.tensor("last_sync_rate"), rate);
     // The next period's changes start from the synchronised weights.
     for (size_t i = 0; i < fast.size(); ++i) prev[i].copy_(fast[i]);
   }
   write_scalar(fast_steps, static_cast<double>(count));
+  return {};
+}
+
+// Arguments every update op takes after its own: loss scaling (GradScaler),
+// and for those with whole-tensor sums, the DTensor sharding of those sums.
+#define HOLOCRON_SCALING "Tensor? grad_scale=None, Tensor? found_inf=None"
+#define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
+
+struct Declaration {
+  const char* schema;
+  Kernel kernel;
+};
+
+// The ops: each one's schema (its only declaration) and kernel.
+const Declaration kOps[] = {
+    {"lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
+     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING ") -> Tensor",
+     &lars},
+    {"lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+     "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
+     "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
+     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
+     &lamb},
+    {"ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+     "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
+     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
+     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
+     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
+     &ralars},
+    {"tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
+     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
+     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
+     ", Tensor(s!)[]? step_tensors=None) -> ()",
+     &tadam},
+    {"adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
+     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
+     ", Tensor(s!)[]? step_tensors=None) -> ()",
+     &adabelief},
+    {"adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
+     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
+     HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None) -> ()",
+     &adamp},
+    {"adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
+     "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
+     "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
+     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
+     ", Tensor(s!)[]? step_tensors=None) -> ()",
+     &adan},
+    {"ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
+     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
+     ", Tensor(s!)[]? step_tensors=None) -> ()",
+     &ademamix},
+    {"validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
+     "int[] owners, int[] steps) -> ()",
+     &validate_group},
+    {"write_scalars_(Tensor(a!)[] targets, float[] values) -> ()", &write_scalars},
+    {"lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()",
+     &lookahead_sync},
+    {"lookahead_step_(Tensor(a!)[] fast, Tensor(b!)[] slow, Tensor(c!) fast_steps, "
+     "int sync_period, float sync_rate, Tensor? found_inf=None) -> ()",
+     &lookahead_step},
+    {"scout_step_(Tensor(a!)[] fast, Tensor(b!)[] slow, Tensor(c!)[] prev, Tensor(d!)[] mean, "
+     "Tensor(e!)[] m2, Tensor(f!)[] max, Tensor(g!)[] min, Tensor(h!) fast_steps, "
+     "Tensor(i!) last_sync_rate, int sync_period, float sync_rate, Tensor? found_inf=None, "
+     "str[]? shard_groups=None) -> ()",
+     &scout_step},
+    {"scout_accumulate_(Tensor[] fast, Tensor(a!)[] prev, Tensor(b!)[] mean, Tensor(c!)[] m2, "
+     "Tensor(d!)[] max, Tensor(e!)[] min, int count) -> ()",
+     &scout_accumulate},
+    {"scout_coherence(Tensor[] prev, Tensor[] mean, Tensor[] m2, Tensor[] max, Tensor[] min, "
+     "int count, str[]? shard_groups=None) -> float",
+     &scout_coherence},
+};
+
+#undef HOLOCRON_SCALING
+#undef HOLOCRON_SHARDING
+
+std::string name_of(const char* schema) {
+  const std::string text(schema);
+  return text.substr(0, text.find('('));
+}
+
+// Runs a kernel on the boxed stack: its arguments are replaced by its return value.
+class Boxed final : public c10::OperatorKernel {
+ public:
+  explicit Boxed(Kernel kernel) : kernel_(kernel) {}
+  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+    c10::IValue result = kernel_(Arguments(op, stack));
+    torch::jit::drop(*stack, op.schema().arguments().size());
+    if (!op.schema().returns().empty()) stack->push_back(std::move(result));
+  }
+
+ private:
+  Kernel kernel_;
+};
+
+// Fake-tensor tracing (torch.compile, opcheck) needs no math: shapes never
+// change and what is returned is one ratio per tensor (on the meta device)
+// or a float, which cannot be faked (tracing would fold in this 0: compiled
+// steps use scout_step_, which keeps the coherence inside).
+void meta_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const size_t count = schema.arguments().size();
+  const auto first = torch::jit::peek(*stack, 0, count);
+  const int64_t tensors = first.isTensorList() ? static_cast<int64_t>(first.toListRef().size()) : 0;
+  torch::jit::drop(*stack, count);
+  if (schema.returns().empty()) return;
+  if (schema.returns()[0].type()->kind() == c10::TypeKind::FloatType) {
+    stack->emplace_back(0.0);
+    return;
+  }
+  stack->emplace_back(at::empty({tensors}, at::TensorOptions().dtype(at::kDouble).device(at::kMeta)));
 }
 
 }  // namespace
 
 TORCH_LIBRARY(holocron, m) {
-  m.def(
-      "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
-      "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
-      "bool nesterov, float[] scale_clip, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
-      "str[]? shard_groups=None) -> Tensor");
-  m.def(
-      "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, float clip_low, float clip_high, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
-      "str[]? shard_groups=None, "
-      "Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor");
-  m.def(
-      "ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
-      "float? sma_inf=None, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
-      "str[]? shard_groups=None, "
-      "Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor");
-  m.def(
-      "tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
-      "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
-      "float? dof, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
-      "str[]? shard_groups=None, "
-      "Tensor(s!)[]? step_tensors=None) -> ()");
-  m.def(
-      "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
-      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(s!)[]? step_tensors=None) -> ()");
-  m.def(
-      "adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
-      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, int[]? numels=None, "
-      "str[]? shard_groups=None, "
-      "Tensor(s!)[]? step_tensors=None) -> ()");
-  m.def(
-      "adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
-      "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
-      "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
-      "float beta3, float eps, float weight_decay, bool amsgrad, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(s!)[]? step_tensors=None) -> ()");
-  m.def(
-      "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
-      "float beta2, float beta3, float alpha, float eps, float weight_decay, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(s!)[]? step_tensors=None) -> ()");
-  m.def(
-      "validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
-      "int[] owners, int[] steps) -> ()");
-  m.def("write_scalars_(Tensor(a!)[] targets, float[] values) -> ()");
-  m.def("lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()");
-  m.def(
-      "lookahead_step_(Tensor(a!)[] fast, Tensor(b!)[] slow, Tensor(c!) fast_steps, "
-      "int sync_period, float sync_rate, Tensor? found_inf=None) -> ()");
-  m.def(
-      "scout_step_(Tensor(a!)[] fast, Tensor(b!)[] slow, Tensor(c!)[] prev, Tensor(d!)[] mean, "
-      "Tensor(e!)[] m2, Tensor(f!)[] max, Tensor(g!)[] min, Tensor(h!) fast_steps, "
-      "Tensor(i!) last_sync_rate, int sync_period, float sync_rate, Tensor? found_inf=None, "
-      "str[]? shard_groups=None) -> ()");
-  m.def(
-      "scout_accumulate_(Tensor[] fast, Tensor(a!)[] prev, Tensor(b!)[] mean, Tensor(c!)[] m2, "
-      "Tensor(d!)[] max, Tensor(e!)[] min, int count) -> ()");
+  for (const auto& op : kOps) m.def(op.schema);
   // Which CPU kernels run the updates (see functional.h): for tests and benchmarks.
   m.def("cpu_capability() -> str", [] { return F::cpu_capability(); });
   m.def("set_cpu_capability(str name) -> ()",
         [](const std::string& name) { F::set_cpu_capability(name); });
   m.def("available_cpu_capabilities() -> str[]", [] { return F::available_cpu_capabilities(); });
-  m.def(
-      "scout_coherence(Tensor[] prev, Tensor[] mean, Tensor[] m2, Tensor[] max, Tensor[] min, "
-      "int count, str[]? shard_groups=None) -> float");
 }
 
 // The functional layer is written with ATen ops, so one kernel serves every device.
 TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {
-  m.impl("lars_", &lars);
-  m.impl("lamb_", &lamb);
-  m.impl("ralars_", &ralars);
-  m.impl("tadam_", &tadam);
-  m.impl("adabelief_", &adabelief);
-  m.impl("adamp_", &adamp);
-  m.impl("adan_", &adan);
-  m.impl("ademamix_", &ademamix);
-  m.impl("validate_group", &validate_group);
-  m.impl("write_scalars_", &write_scalars);
-  m.impl("lookahead_sync_", &lookahead_sync);
-  m.impl("scout_accumulate_", &scout_accumulate);
-  m.impl("scout_coherence", &scout_coherence);
-  m.impl("lookahead_step_", &lookahead_step);
-  m.impl("scout_step_", &scout_step);
+  for (const auto& op : kOps) {
+    m.impl(name_of(op.schema).c_str(), torch::CppFunction::makeFromBoxedFunctor(std::make_unique<Boxed>(op.kernel)));
+  }
 }
-
-// Meta kernels: shapes never change and nothing is returned but per-tensor
-// scalars, so fake-tensor tracing (torch.compile, opcheck) needs no math.
-namespace {
-
-template <typename... Args>
-void no_op(Args...) {}
-
-at::Tensor unit_ratios(TensorList params) {
-  return at::empty({static_cast<int64_t>(params.size())},
-                   at::TensorOptions().dtype(at::kDouble).device(at::kMeta));
-}
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(holocron, Meta, m) {
-  m.impl("lars_", [](TensorList params, TensorList, TensorList, const c10::List<bool>&, double,
-                     double, double, double, bool, c10::ArrayRef<double>, const OptionalTensor&,
-                     const OptionalTensor&, at::OptionalIntArrayRef,
-                     const OptionalNames&) { return unit_ratios(params); });
-  m.impl("lamb_", [](TensorList params, TensorList, TensorList, TensorList, double, double, double,
-                     double, double, double, double, const OptionalTensor&, const OptionalTensor&,
-                     at::OptionalIntArrayRef, const OptionalNames&, const OptionalTensors&,
-                     const OptionalTensors&) { return unit_ratios(params); });
-  m.impl("ralars_", [](TensorList params, TensorList, TensorList, TensorList, c10::IntArrayRef,
-                       double, double, double, double, double, bool, double, double,
-                       std::optional<double>, const OptionalTensor&, const OptionalTensor&,
-                       at::OptionalIntArrayRef, const OptionalNames&, const OptionalTensors&,
-                       const OptionalTensors&) { return unit_ratios(params); });
-  m.impl("tadam_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
-                          c10::IntArrayRef, double, double, double, double, double, bool,
-                          std::optional<double>, const OptionalTensor&, const OptionalTensor&,
-                          at::OptionalIntArrayRef, const OptionalNames&, const OptionalTensors&>);
-  m.impl("adabelief_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                              c10::IntArrayRef, double, double, double, double, double, bool,
-                              const OptionalTensor&, const OptionalTensor&, const OptionalTensors&>);
-  m.impl("adamp_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                          c10::IntArrayRef, double, double, double, double, double, bool, double,
-                          const OptionalTensor&, const OptionalTensor&, at::OptionalIntArrayRef,
-                          const OptionalNames&, const OptionalTensors&>);
-  m.impl("adan_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
-                         TensorList, c10::IntArrayRef, double, double, double, double, double,
-                         double, bool, const OptionalTensor&, const OptionalTensor&,
-                         const OptionalTensors&>);
-  m.impl("ademamix_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                             c10::IntArrayRef, double, double, double, double, double, double,
-                             double, const OptionalTensor&, const OptionalTensor&,
-                             const OptionalTensors&>);
-  m.impl("validate_group", [](const std::string&, TensorList, TensorList, TensorList,
-                              c10::IntArrayRef, c10::IntArrayRef) {});
-  m.impl("write_scalars_", &no_op<TensorList, c10::ArrayRef<double>>);
-  m.impl("lookahead_sync_", &no_op<TensorList, TensorList, double>);
-  m.impl("scout_accumulate_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                                     TensorList, int64_t>);
-  // A float output cannot be faked (tracing would fold in this 0): compiled
-  // steps use scout_step_, which keeps the coherence inside.
-  m.impl("scout_coherence", [](TensorList, TensorList, TensorList, TensorList, TensorList,
-                               int64_t, const OptionalNames&) { return 0.0; });
-  m.impl("lookahead_step_", &no_op<TensorList, TensorList, const at::Tensor&, int64_t, double,
-                                   const OptionalTensor&>);
-  m.impl("scout_step_", &no_op<TensorList, TensorList, TensorList, TensorList, TensorList,
-                               TensorList, TensorList, const at::Tensor&, const at::Tensor&,
-                               int64_t, double, const OptionalTensor&, const OptionalNames&>);
+  for (const auto& op : kOps) {
+    m.impl(name_of(op.schema).c_str(), torch::CppFunction::makeFromBoxedFunction<&meta_kernel>());
+  }
 }
 
 }  // namespace holocron::optim::ops
