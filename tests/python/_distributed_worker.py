@@ -88,16 +88,16 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "Scout(AdamP)": adam,
         }
     ho = _ho()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from registry import ALGORITHMS
+
+    cases = {name: (lambda p, a=algorithm: a.make(p, lr=LR)) for name, algorithm in ALGORITHMS.items()}
     return {
-        "LARS": lambda p: ho.LARS(p, lr=0.1, momentum=0.9, weight_decay=0.01, scale_clip=(0.05, 5.0)),
-        "LAMB": lambda p: ho.LAMB(p, lr=LR, weight_decay=0.01),
-        "RaLars": lambda p: ho.RaLars(p, lr=LR, weight_decay=0.01),
+        **cases,
+        "LARS": lambda p: ALGORITHMS["LARS"].make(p, lr=0.1, scale_clip=(0.05, 5.0)),
         "TAdam": lambda p: ho.TAdam(p, lr=LR),  # dof=None: the parameter's size (numel)
         "TAdam-amsgrad": lambda p: ho.TAdam(p, lr=LR, weight_decay=0.01, amsgrad=True),
-        "AdaBelief": lambda p: ho.AdaBelief(p, lr=LR, weight_decay=0.01, amsgrad=True),
         "AdamP": adamp_with_delta(ADAMP_DELTA),
-        "Adan": lambda p: ho.Adan(p, lr=LR, weight_decay=0.01, amsgrad=True),
-        "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=LR, weight_decay=0.01),
         "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=LR, weight_decay=0.01), sync_rate=0.5, sync_period=3),
         # sync_rate=0: the rate is 1 - coherence, a mean over every parameter's elements
         "Scout(AdamP)": lambda p: ho.Scout(ho.AdamP(p, lr=LR, delta=ADAMP_DELTA), sync_rate=0.0, sync_period=3),

@@ -10,8 +10,8 @@ import torch
 
 import holocron_optim as ho
 from conftest import reference
+from registry import ALGORITHMS, ALGOS  # noqa: F401 (ALGOS: re-exported for the tests)
 
-ALGOS = ("LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix")
 SHAPES = ((), (1,), (7,), (3, 5, 2), (8, 3, 3, 3), (4, 6), (13,), (2, 1, 3))
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -19,35 +19,7 @@ TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 def random_options(name: str, rng: random.Random, seed: int = 0) -> dict[str, Any]:
     """Constructor options (the same for ours and the reference) drawn from rng;
     the switches cycle with the seed so that 4 seeds cover every branch."""
-    k = seed % 4
-    wd = rng.choice([0.0, 1e-2, 0.1])
-    lr = rng.choice([1e-2, 3e-2, 5e-3])
-    if name == "LARS":
-        momentum, nesterov, dampening = [(0.0, False, 0.0), (0.9, True, 0.0), (0.9, False, 0.1), (0.5, False, 0.0)][k]
-        return {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": wd, "nesterov": nesterov}
-    betas2 = rng.choice([(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)])
-    eps = rng.choice([1e-8, 1e-6])
-    if name in ("LAMB", "RaLars"):
-        opts = {"lr": lr, "betas": betas2, "eps": eps, "weight_decay": wd,
-                "scale_clip": [None, (0.0, 10.0), (0.5, 2.0), (0.0, 1.0)][k]}
-        if name == "RaLars":
-            opts["force_adaptive_momentum"] = k in (1, 2)
-        return opts
-    if name == "TAdam":
-        return {"lr": lr, "betas": betas2, "eps": eps, "weight_decay": wd, "amsgrad": k % 2 == 1,
-                "dof": [None, 1.0, 5.0, None][k]}
-    if name == "AdaBelief":
-        return {"lr": lr, "betas": betas2, "eps": eps, "weight_decay": wd, "amsgrad": k % 2 == 1}
-    if name == "AdamP":
-        return {"lr": lr, "betas": betas2, "eps": eps, "weight_decay": wd, "amsgrad": k % 2 == 1,
-                "delta": [0.1, 1.0, 10.0, 0.1][k]}
-    if name == "Adan":
-        return {"lr": lr, "betas": rng.choice([(0.98, 0.92, 0.99), (0.9, 0.8, 0.95)]), "eps": eps,
-                "weight_decay": wd, "amsgrad": k % 2 == 0}
-    if name == "AdEMAMix":
-        return {"lr": lr, "betas": rng.choice([(0.9, 0.999, 0.9999), (0.8, 0.99, 0.995)]),
-                "alpha": [5.0, 2.0, 0.0, 5.0][k], "eps": eps, "weight_decay": wd}
-    raise KeyError(name)
+    return ALGORITHMS[name].random_options(rng, seed % 4)
 
 
 class Case:

@@ -18,7 +18,6 @@ import pytest
 # or another one's (make test-torch builds against a second torch elsewhere).
 BUILD_DIR = Path(os.environ.get("HOLOCRON_OPTIM_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 
-_REF_FILES = ("lars", "lamb", "ralars", "tadam", "adabelief", "adamp", "adan", "ademamix", "wrapper")
 _CACHE: dict[str, types.ModuleType] = {}
 
 
@@ -44,21 +43,13 @@ def load_reference(name: str) -> types.ModuleType:
 
 
 def reference() -> types.SimpleNamespace:
-    """Every reference class and functional form, by name (LARS, LAMB, ..., adan, Lookahead, Scout)."""
-    mods = {name: load_reference(name) for name in _REF_FILES}
-    return types.SimpleNamespace(
-        LARS=mods["lars"].LARS,
-        LAMB=mods["lamb"].LAMB,
-        RaLars=mods["ralars"].RaLars,
-        TAdam=mods["tadam"].TAdam,
-        AdaBelief=mods["adabelief"].AdaBelief,
-        AdamP=mods["adamp"].AdamP,
-        Adan=mods["adan"].Adan,
-        adan=mods["adan"].adan,
-        AdEMAMix=mods["ademamix"].AdEMAMix,
-        Lookahead=mods["wrapper"].Lookahead,
-        Scout=mods["wrapper"].Scout,
-    )
+    """Every reference class, by name (LARS, LAMB, ..., Lookahead, Scout: those of the registry
+    that have one), and the functional `adan`."""
+    from registry import ALGORITHMS, WRAPPERS
+
+    classes = {name: getattr(load_reference(entry.reference), name)
+               for name, entry in {**ALGORITHMS, **WRAPPERS}.items() if entry.reference}
+    return types.SimpleNamespace(**classes, adan=load_reference("adan").adan)
 
 
 @pytest.fixture(scope="session")

@@ -15,17 +15,11 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from registry import factories
 from holocron_optim._library import ops
 
 CLASSES = {
-    "LARS": lambda p: ho.LARS(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
-    "LAMB": lambda p: ho.LAMB(p, lr=0.05, weight_decay=1e-3),
-    "RaLars": lambda p: ho.RaLars(p, lr=0.05, betas=(0.8, 0.9)),
-    "TAdam": lambda p: ho.TAdam(p, lr=0.05, amsgrad=True),
-    "AdaBelief": lambda p: ho.AdaBelief(p, lr=0.05, weight_decay=1e-3),
-    "AdamP": lambda p: ho.AdamP(p, lr=0.05, delta=1.0),
-    "Adan": lambda p: ho.Adan(p, lr=0.05, weight_decay=1e-3),
-    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=0.05),
+    **factories(0.05, wrappers=False),
     "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.05), sync_period=2),
     "Scout(Adan)": lambda p: ho.Scout(ho.Adan(p, lr=0.05), sync_period=2),
     "Lookahead(torch Adam)": lambda p: ho.Lookahead(torch.optim.Adam(p, lr=0.05), sync_period=2),

@@ -10,21 +10,11 @@ import pytest
 import torch
 
 import holocron_optim as ho
-from _harness import ALGOS
+from registry import ALGORITHMS, ALGOS
 
 nan, inf = math.nan, math.inf
-N_BETAS = {"LAMB": 2, "RaLars": 2, "TAdam": 2, "AdaBelief": 2, "AdamP": 2, "Adan": 3, "AdEMAMix": 3}
 # Options that make every optional path of the update run.
-RICH = {
-    "LARS": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
-    "LAMB": {"lr": 0.05, "weight_decay": 0.01},
-    "RaLars": {"lr": 0.05, "weight_decay": 0.01, "betas": (0.8, 0.9), "force_adaptive_momentum": True},
-    "TAdam": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True},
-    "AdaBelief": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True},
-    "AdamP": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0},
-    "Adan": {"lr": 0.05, "weight_decay": 0.01, "amsgrad": True},
-    "AdEMAMix": {"lr": 0.05, "weight_decay": 0.01},
-}
+RICH = {name: algorithm.full for name, algorithm in ALGORITHMS.items()}
 
 
 def params_(*shapes, dtype=torch.float64, seed=0):
@@ -61,42 +51,7 @@ def assert_same(a, b):
 
 
 def _bad_kwargs():
-    cases = []
-    for name in ALGOS:
-        for value in (-1e-3, nan, inf):
-            cases.append((name, {"lr": value}))
-        for value in (nan, inf):
-            cases.append((name, {"weight_decay": value}))
-        cases.append((name, {"weight_decay": -0.1}))
-        if name != "LARS":
-            for value in (-1.0, nan, inf):
-                cases.append((name, {"eps": value}))
-            n = N_BETAS[name]
-            for value in (1.0, 1.5, -0.1, nan, inf):
-                for i in range(n):
-                    betas = [0.9] * n
-                    betas[i] = value
-                    cases.append((name, {"betas": tuple(betas)}))
-            cases.append((name, {"betas": (0.9,) * (5 - n)}))  # 2 betas for a 3-beta optimizer and vice versa
-            cases.append((name, {"betas": (0.9,)}))
-    cases += [
-        ("LARS", {"nesterov": True}),
-        ("LARS", {"nesterov": True, "momentum": 0.9, "dampening": 0.1}),
-        ("LARS", {"momentum": -0.1}),
-        ("LARS", {"momentum": nan}),
-        ("LARS", {"dampening": nan}),
-        ("LARS", {"scale_clip": (2.0, 1.0)}),
-        ("LARS", {"scale_clip": (1.0,)}),
-        ("LAMB", {"scale_clip": (2.0, 1.0)}),
-        ("LAMB", {"scale_clip": (0.0, nan)}),
-        ("RaLars", {"scale_clip": (-1.0, 1.0)}),
-        ("TAdam", {"dof": nan}),
-        ("TAdam", {"dof": -1.0}),
-        ("AdamP", {"delta": nan}),
-        ("AdEMAMix", {"alpha": nan}),
-        ("AdEMAMix", {"alpha": inf}),
-    ]
-    return cases
+    return [(name, options) for name, algorithm in ALGORITHMS.items() for options in algorithm.bad_options()]
 
 
 @pytest.mark.parametrize("name,kwargs", _bad_kwargs(), ids=lambda v: str(v) if isinstance(v, dict) else v)
@@ -285,17 +240,8 @@ def rosenbrock(p):
     return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
 
 
-ROSENBROCK = {
-    # name: (options, steps, max distance to the minimum (1, 1), max loss)
-    "LARS": ({"lr": 1e-3, "momentum": 0.5}, 1000, 0.4, 0.03),
-    "LAMB": ({"lr": 1e-2}, 400, 0.05, 0.01),
-    "RaLars": ({"lr": 1e-2}, 400, 0.05, 0.01),
-    "TAdam": ({"lr": 0.2}, 1000, 0.3, 0.02),
-    "AdaBelief": ({"lr": 0.2}, 600, 0.1, 0.005),
-    "AdamP": ({"lr": 0.2}, 1000, 0.05, 0.001),
-    "Adan": ({"lr": 0.1}, 600, 0.05, 0.001),
-    "AdEMAMix": ({"lr": 0.1, "alpha": 1.0, "betas": (0.9, 0.999, 0.99)}, 600, 0.05, 0.001),
-}
+# name: (options, steps, max distance to the minimum (1, 1), max loss)
+ROSENBROCK = {name: algorithm.rosenbrock for name, algorithm in ALGORITHMS.items()}
 
 
 @pytest.mark.parametrize("name", ALGOS)

@@ -11,19 +11,13 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from registry import factories
 
 WARMUP = 3  # steps after which nothing may recompile
 STEPS = 8
 
 CASES = {
-    "LARS": lambda p: ho.LARS(p, lr=0.05, momentum=0.9, weight_decay=0.01, scale_clip=(0.0, 5.0)),
-    "LAMB": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01),
-    "RaLars": lambda p: ho.RaLars(p, lr=0.01, betas=(0.9, 0.9), weight_decay=0.01),
-    "TAdam": lambda p: ho.TAdam(p, lr=0.01, amsgrad=True),
-    "AdaBelief": lambda p: ho.AdaBelief(p, lr=0.01, weight_decay=0.01),
-    "AdamP": lambda p: ho.AdamP(p, lr=0.01, delta=1.0),
-    "Adan": lambda p: ho.Adan(p, lr=0.01, weight_decay=0.01),
-    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=0.01),
+    **factories(0.01, wrappers=False),
     "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01), sync_period=3),
     "Scout(AdamP)": lambda p: ho.Scout(ho.AdamP(p, lr=0.01, delta=1.0), sync_rate=0.0, sync_period=3),
 }

@@ -9,26 +9,14 @@ import torch
 
 from _harness import AdanReference
 from conftest import BUILD_DIR, reference
+from registry import ALGORITHMS
 
 RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 SHAPES = [(4, 3), (7,), (2, 3, 3, 3), (1,)]
 STEPS = 25
 
-# Two option sets per algorithm, reaching the branches the defaults don't.
-VARIANTS = {
-    "LARS": [dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
-             dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.0)],
-    "LAMB": [dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1),
-             dict(lr=0.02, eps=1e-6, scale_clip=(0.5, 2.0))],
-    "RaLars": [dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.05),
-               dict(lr=0.01, force_adaptive_momentum=True, scale_clip=(0.1, 3.0))],
-    "TAdam": [dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True),
-              dict(lr=0.02, dof=3.5)],
-    "AdaBelief": [dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True), dict(lr=0.02, eps=1e-6)],
-    "AdamP": [dict(lr=0.01, weight_decay=0.1, delta=0.5), dict(lr=0.02, amsgrad=True, delta=2.0)],
-    "Adan": [dict(lr=0.01, weight_decay=0.05), dict(lr=0.02, betas=(0.9, 0.9, 0.95), amsgrad=True)],
-    "AdEMAMix": [dict(lr=0.01, weight_decay=0.1, alpha=3.0), dict(lr=0.02, betas=(0.8, 0.99, 0.999))],
-}
+# Option sets per algorithm that reach the branches the defaults don't.
+VARIANTS = {name: algorithm.comparable_variants() for name, algorithm in ALGORITHMS.items()}
 
 pytestmark = pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
 
@@ -75,8 +63,7 @@ def _reference_run(name, seed, options, wrapper=None):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("variant", [0, 1])
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name,variant", [(name, k) for name, options in VARIANTS.items() for k in range(len(options))])
 def test_cpp_class_matches_reference(name, variant, seed):
     options = VARIANTS[name][variant]
     for ours, expected in zip(_cpp_run(name, seed, options), _reference_run(name, seed, options), strict=True):

@@ -9,23 +9,10 @@ import re
 import pytest
 
 import holocron_optim as ho
+from registry import papers
 
 CLASSES = [getattr(ho, name) for name in ho.__all__]
-# Scout has no paper of its own (it is Holocron's variant of Lookahead); its
-# docstring cites the Lookahead paper it builds on, so the arXiv check holds for
-# all ten classes.
-ARXIV_IDS = {
-    "LARS": ["1708.03888"],
-    "LAMB": ["1904.00962"],
-    "RaLars": ["1908.03265", "1708.03888"],
-    "TAdam": ["2003.00179"],
-    "AdaBelief": ["2010.07468"],
-    "AdamP": ["2006.08217"],
-    "Adan": ["2208.06677"],
-    "AdEMAMix": ["2409.03137"],
-    "Lookahead": ["1907.08610"],
-    "Scout": ["1907.08610"],
-}
+ARXIV_IDS = {name: list(papers(name)) for name in ho.__all__}
 
 
 def _arguments(cls):

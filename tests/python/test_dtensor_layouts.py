@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from registry import factories
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -21,14 +22,7 @@ SHAPES = [(5, 3), (3,), (2, 2), (1,), (4,)]
 LAYOUTS = [Shard(0), Replicate(), None, Shard(0), None]
 
 CASES = {
-    "LARS": lambda p: ho.LARS(p, lr=0.05, momentum=0.9, weight_decay=0.01, scale_clip=(0.0, 5.0)),
-    "LAMB": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01),
-    "RaLars": lambda p: ho.RaLars(p, lr=0.01, betas=(0.9, 0.9)),
-    "TAdam": lambda p: ho.TAdam(p, lr=0.01),
-    "AdaBelief": lambda p: ho.AdaBelief(p, lr=0.01),
-    "AdamP": lambda p: ho.AdamP(p, lr=0.01, delta=1.0),
-    "Adan": lambda p: ho.Adan(p, lr=0.01),
-    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=0.01),
+    **factories(0.01, wrappers=False),
     "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01), sync_period=2),
     # Scout refuses parameters laid out differently (see test_scout_refuses_mixed_layouts).
 }

@@ -9,17 +9,10 @@ import pytest
 import torch
 
 import holocron_optim as H
+from registry import ALGORITHMS
 
 FACTORIES = {
-    # LARS's step is lr * ||p|| / ||g|| per tensor: a smaller lr for the same problem.
-    "LARS": lambda params, lr: H.LARS(params, lr=lr / 10, momentum=0.9),
-    "LAMB": lambda params, lr: H.LAMB(params, lr=lr),
-    "RaLars": lambda params, lr: H.RaLars(params, lr=lr),
-    "TAdam": lambda params, lr: H.TAdam(params, lr=lr),
-    "AdaBelief": lambda params, lr: H.AdaBelief(params, lr=lr),
-    "AdamP": lambda params, lr: H.AdamP(params, lr=lr),
-    "Adan": lambda params, lr: H.Adan(params, lr=lr),
-    "AdEMAMix": lambda params, lr: H.AdEMAMix(params, lr=lr),
+    **{name: algorithm.make_like_others for name, algorithm in ALGORITHMS.items()},
     "Lookahead(AdaBelief)": lambda params, lr: H.Lookahead(H.AdaBelief(params, lr=lr), sync_period=3),
     "Scout(Adan)": lambda params, lr: H.Scout(H.Adan(params, lr=lr), sync_period=3),
 }

@@ -10,21 +10,12 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from registry import ALGORITHMS
 from _harness import ALGOS, AdanReference, Case, assert_close, assert_states_close, make_ours, ref_state
 from conftest import reference
 
 # A case with every optional buffer (amsgrad, momentum) turned on.
-FULL = {
-    "LARS": {"lr": 0.02, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.01, "nesterov": True},
-    "LAMB": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "scale_clip": None},
-    "RaLars": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "scale_clip": None,
-               "force_adaptive_momentum": True},
-    "TAdam": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "dof": None},
-    "AdaBelief": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
-    "AdamP": {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0},
-    "Adan": {"lr": 0.02, "betas": (0.9, 0.8, 0.95), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
-    "AdEMAMix": {"lr": 0.02, "betas": (0.8, 0.99, 0.995), "alpha": 2.0, "eps": 1e-8, "weight_decay": 0.01},
-}
+FULL = {name: algorithm.full for name, algorithm in ALGORITHMS.items()}
 SHAPES = [(8, 3, 3, 3), (7,), (3, 5, 2), (1,), (4, 6)]
 
 

@@ -16,18 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import holocron_optim as ho
+from registry import factories
 
 CLEAR_ERRORS = (ValueError, RuntimeError, TypeError)
 
 FACTORIES = {
-    "LARS": lambda p: ho.LARS(p, lr=0.05, momentum=0.9),
-    "LAMB": lambda p: ho.LAMB(p, lr=0.05),
-    "RaLars": lambda p: ho.RaLars(p, lr=0.05),
-    "TAdam": lambda p: ho.TAdam(p, lr=0.05, amsgrad=True),
-    "AdaBelief": lambda p: ho.AdaBelief(p, lr=0.05, amsgrad=True),
-    "AdamP": lambda p: ho.AdamP(p, lr=0.05),
-    "Adan": lambda p: ho.Adan(p, lr=0.05, amsgrad=True),
-    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=0.05),
+    **factories(0.05, wrappers=False),
     "Lookahead": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.05), sync_period=3),
     "Scout": lambda p: ho.Scout(ho.AdaBelief(p, lr=0.05), sync_period=3),
 }

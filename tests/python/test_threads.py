@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from registry import factories
 
 
 def make_params(seed):
@@ -29,14 +30,7 @@ def train(make, params, seed, steps=5):
 
 
 FACTORIES = {
-    "LAMB": lambda p: ho.LAMB(p, lr=1e-2, weight_decay=0.01),
-    "RaLars": lambda p: ho.RaLars(p, lr=1e-2),
-    "TAdam": lambda p: ho.TAdam(p, lr=1e-2),
-    "AdamP": lambda p: ho.AdamP(p, lr=1e-2),
-    "AdaBelief": lambda p: ho.AdaBelief(p, lr=1e-2, amsgrad=True),
-    "Adan": lambda p: ho.Adan(p, lr=1e-2),
-    "AdEMAMix": lambda p: ho.AdEMAMix(p, lr=1e-2),
-    "LARS": lambda p: ho.LARS(p, lr=1e-2, momentum=0.9),
+    **factories(1e-2, wrappers=False),
     "Scout(LAMB)": lambda p: ho.Scout(ho.LAMB(p, lr=1e-2), sync_period=2),
 }
 

@@ -54,6 +54,7 @@ except ModuleNotFoundError as error:  # torch's testing helpers import expecttes
     ) from error
 
 import holocron_optim as H
+from registry import ALGORITHMS
 
 WRAPPERS = (H.Lookahead, H.Scout)
 INF, NAN = math.inf, math.nan
@@ -120,12 +121,7 @@ def chain(opt: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
 
 
 # Settings kept as attributes of the optimizer, not as group options.
-CONSTRUCTOR_ONLY = {
-    "LARS": ("scale_clip",),
-    "LAMB": ("scale_clip",),
-    "RaLars": ("scale_clip", "force_adaptive_momentum"),
-    "AdamP": ("delta",),
-}
+CONSTRUCTOR_ONLY = {name: algorithm.settings for name, algorithm in ALGORITHMS.items() if algorithm.settings}
 
 
 def split_kwargs(info: OptimizerInfo, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,0 +1,306 @@
+"""The test registry: one entry per class of holocron_optim, read by every test.
+
+Adding an algorithm to the tests is adding its `Algorithm` entry here (and its
+oracle, when the reference has none); a test that needs something of every
+algorithm reads it from here, never from a table of its own.
+`test_registry.py` requires an entry for every name of `holocron_optim.__all__`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import holocron_optim as ho
+
+nan, inf = math.nan, math.inf
+Options = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What the tests know of one optimizer."""
+
+    name: str
+    # The file of pylocron 0.3.0's holocron/optim/ holding the class, or None.
+    reference: str | None
+    # arXiv identifiers the docstring must cite.
+    papers: tuple[str, ...]
+    # Number of coefficients in `betas` (0: no betas); whether it takes `eps`.
+    betas: int
+    eps: bool
+    # Every option spelled out, every optional buffer and branch on.
+    full: Options
+    # A training setup (no lr: tests choose it) with its buffers and weight decay on.
+    typical: Options
+    # Option sets that, together, reach every branch of the update.
+    variants: tuple[Options, ...]
+    # Options that the constructor refuses (ValueError), beyond the common ones
+    # (lr, eps, weight_decay, betas) that `bad_options` derives.
+    refused: tuple[Options, ...]
+    # (options, steps, max distance to the minimum (1, 1), max loss) on Rosenbrock's function.
+    rosenbrock: tuple[Options, int, float, float]
+    # random_options(rng, k): options for a parity case; k = seed % 4 cycles the switches
+    # so that four seeds reach every branch.
+    random_options: Callable[[random.Random, int], Options]
+    # The lr that takes a step of about the same size as the others' lr takes (LARS's step is
+    # lr * ||p|| / ||g|| per tensor): multiplies lr in `make`.
+    lr_scale: float = 1.0
+    # Settings kept as attributes of the optimizer (as in the reference), not group options.
+    settings: tuple[str, ...] = ()
+    # Options the reference accepts and ignores (a deliberate difference): a case setting them
+    # cannot be compared with the reference.
+    reference_ignores: tuple[str, ...] = ()
+    # Per-parameter state keys after a step with `full`.
+    state_keys: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def cls(self) -> type[torch.optim.Optimizer]:
+        return getattr(ho, self.name)
+
+    def make(self, params: Any, **options: Any) -> torch.optim.Optimizer:
+        """The optimizer on `params` with `typical` options, overridden by `options`."""
+        return self.cls(params, **{**self.typical, **options})
+
+    def make_like_others(self, params: Any, lr: float, **options: Any) -> torch.optim.Optimizer:
+        """`make` with lr scaled by `lr_scale`: steps about the size of the others' at `lr`."""
+        return self.make(params, lr=lr * self.lr_scale, **options)
+
+    def comparable_variants(self) -> tuple[Options, ...]:
+        """The variants that the reference can run as we do."""
+        return tuple(v for v in self.variants if not set(v) & set(self.reference_ignores))
+
+    def bad_options(self) -> list[Options]:
+        """Every option set the constructor must refuse with a ValueError."""
+        cases: list[Options] = [{"lr": value} for value in (-1e-3, nan, inf)]
+        cases += [{"weight_decay": value} for value in (nan, inf, -0.1)]
+        if self.eps:
+            cases += [{"eps": value} for value in (-1.0, nan, inf)]
+        n = self.betas
+        if n:
+            for value in (1.0, 1.5, -0.1, nan, inf):
+                for i in range(n):
+                    betas = [0.9] * n
+                    betas[i] = value
+                    cases.append({"betas": tuple(betas)})
+            cases.append({"betas": (0.9,) * (5 - n)})  # 2 betas for a 3-beta optimizer and vice versa
+            cases.append({"betas": (0.9,)})
+        return cases + list(self.refused)
+
+
+def _lr_wd(rng: random.Random) -> tuple[float, float]:
+    wd = rng.choice([0.0, 1e-2, 0.1])
+    lr = rng.choice([1e-2, 3e-2, 5e-3])
+    return lr, wd
+
+
+def _adam_draw(rng: random.Random) -> tuple[float, float, tuple[float, float], float]:
+    lr, wd = _lr_wd(rng)
+    betas = rng.choice([(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)])
+    eps = rng.choice([1e-8, 1e-6])
+    return lr, wd, betas, eps
+
+
+def _lars_random(rng: random.Random, k: int) -> Options:
+    lr, wd = _lr_wd(rng)
+    momentum, nesterov, dampening = [(0.0, False, 0.0), (0.9, True, 0.0), (0.9, False, 0.1), (0.5, False, 0.0)][k]
+    return {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": wd, "nesterov": nesterov}
+
+
+def _lamb_random(rng: random.Random, k: int) -> Options:
+    lr, wd, betas, eps = _adam_draw(rng)
+    return {"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd,
+            "scale_clip": [None, (0.0, 10.0), (0.5, 2.0), (0.0, 1.0)][k]}
+
+
+def _ralars_random(rng: random.Random, k: int) -> Options:
+    return {**_lamb_random(rng, k), "force_adaptive_momentum": k in (1, 2)}
+
+
+def _tadam_random(rng: random.Random, k: int) -> Options:
+    lr, wd, betas, eps = _adam_draw(rng)
+    return {"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd, "amsgrad": k % 2 == 1,
+            "dof": [None, 1.0, 5.0, None][k]}
+
+
+def _adabelief_random(rng: random.Random, k: int) -> Options:
+    lr, wd, betas, eps = _adam_draw(rng)
+    return {"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd, "amsgrad": k % 2 == 1}
+
+
+def _adamp_random(rng: random.Random, k: int) -> Options:
+    return {**_adabelief_random(rng, k), "delta": [0.1, 1.0, 10.0, 0.1][k]}
+
+
+def _adan_random(rng: random.Random, k: int) -> Options:
+    lr, wd, _, eps = _adam_draw(rng)
+    return {"lr": lr, "betas": rng.choice([(0.98, 0.92, 0.99), (0.9, 0.8, 0.95)]), "eps": eps,
+            "weight_decay": wd, "amsgrad": k % 2 == 0}
+
+
+def _ademamix_random(rng: random.Random, k: int) -> Options:
+    lr, wd, _, eps = _adam_draw(rng)
+    return {"lr": lr, "betas": rng.choice([(0.9, 0.999, 0.9999), (0.8, 0.99, 0.995)]),
+            "alpha": [5.0, 2.0, 0.0, 5.0][k], "eps": eps, "weight_decay": wd}
+
+
+_ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    Algorithm(
+        name="LARS", reference="lars", papers=("1708.03888",), betas=0, eps=False,
+        full={"lr": 0.05, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.01, "nesterov": True},
+        typical={"momentum": 0.9, "weight_decay": 0.01, "scale_clip": (0.0, 5.0)},
+        variants=(dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
+                  dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.0),
+                  dict(lr=0.1, scale_clip=(0.5, 2.0)),
+                  dict(lr=0.1, momentum=0.8, dampening=0.1)),
+        refused=({"nesterov": True}, {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
+                 {"momentum": -0.1}, {"momentum": nan}, {"dampening": nan},
+                 {"scale_clip": (2.0, 1.0)}, {"scale_clip": (1.0,)}),
+        rosenbrock=({"lr": 1e-3, "momentum": 0.5}, 1000, 0.4, 0.03),
+        random_options=_lars_random, settings=("scale_clip",), lr_scale=0.1, reference_ignores=("scale_clip",),
+        state_keys=frozenset({"momentum_buffer"}),
+    ),
+    Algorithm(
+        name="LAMB", reference="lamb", papers=("1904.00962",), betas=2, eps=True,
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "scale_clip": None},
+        typical={"weight_decay": 0.01},
+        variants=(dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1),
+                  dict(lr=0.02, eps=1e-6, scale_clip=(0.5, 2.0)),
+                  dict(lr=1e-2, scale_clip=(0.0, 1.0))),
+        refused=({"scale_clip": (2.0, 1.0)}, {"scale_clip": (0.0, nan)}),
+        rosenbrock=({"lr": 1e-2}, 400, 0.05, 0.01),
+        random_options=_lamb_random, settings=("scale_clip",),
+        state_keys=frozenset({"step", "exp_avg", "exp_avg_sq", "local_lr"}),
+    ),
+    Algorithm(
+        name="RaLars", reference="ralars", papers=("1908.03265", "1708.03888"), betas=2, eps=True,
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "scale_clip": None,
+              "force_adaptive_momentum": True},
+        # beta2 = 0.9 reaches the rectified update on the 5th step.
+        typical={"betas": (0.9, 0.9), "weight_decay": 0.01},
+        variants=(dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.05),
+                  dict(lr=0.01, force_adaptive_momentum=True, scale_clip=(0.1, 3.0)),
+                  dict(lr=1e-2, betas=(0.9, 0.9), force_adaptive_momentum=True),
+                  dict(lr=1e-2, betas=(0.9, 0.5))),
+        refused=({"scale_clip": (-1.0, 1.0)},),
+        rosenbrock=({"lr": 1e-2}, 400, 0.05, 0.01),
+        random_options=_ralars_random, settings=("scale_clip", "force_adaptive_momentum"),
+        state_keys=frozenset({"step", "exp_avg", "exp_avg_sq", "local_lr"}),
+    ),
+    Algorithm(
+        name="TAdam", reference="tadam", papers=("2003.00179",), betas=2, eps=True,
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "dof": None},
+        typical={"amsgrad": True, "weight_decay": 0.01},
+        variants=(dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True),
+                  dict(lr=0.02, dof=3.5)),
+        refused=({"dof": nan}, {"dof": -1.0}),
+        rosenbrock=({"lr": 0.2}, 1000, 0.3, 0.02),
+        random_options=_tadam_random,
+        state_keys=_ADAM_KEYS | {"W_t"},
+    ),
+    Algorithm(
+        name="AdaBelief", reference="adabelief", papers=("2010.07468",), betas=2, eps=True,
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
+        typical={"amsgrad": True, "weight_decay": 0.01},
+        variants=(dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True),
+                  dict(lr=0.02, eps=1e-6)),
+        refused=(),
+        rosenbrock=({"lr": 0.2}, 600, 0.1, 0.005),
+        random_options=_adabelief_random,
+        state_keys=_ADAM_KEYS,
+    ),
+    Algorithm(
+        name="AdamP", reference="adamp", papers=("2006.08217",), betas=2, eps=True,
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0},
+        # delta = 1 projects the updates of some parameters, not all.
+        typical={"delta": 1.0, "weight_decay": 0.01},
+        variants=(dict(lr=0.01, weight_decay=0.1, delta=0.5),
+                  dict(lr=0.02, amsgrad=True, delta=2.0),
+                  dict(lr=1e-2, weight_decay=0.01, amsgrad=True, delta=10.0),
+                  dict(lr=1e-2, delta=0.1)),
+        refused=({"delta": nan},),
+        rosenbrock=({"lr": 0.2}, 1000, 0.05, 0.001),
+        random_options=_adamp_random, settings=("delta",),
+        state_keys=_ADAM_KEYS,
+    ),
+    Algorithm(
+        name="Adan", reference="adan", papers=("2208.06677",), betas=3, eps=True,
+        full={"lr": 0.05, "betas": (0.9, 0.8, 0.95), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
+        typical={"amsgrad": True, "weight_decay": 0.01},
+        variants=(dict(lr=0.01, weight_decay=0.05),
+                  dict(lr=0.02, betas=(0.9, 0.9, 0.95), amsgrad=True)),
+        refused=(),
+        rosenbrock=({"lr": 0.1}, 600, 0.05, 0.001),
+        random_options=_adan_random,
+        state_keys=frozenset({"step", "exp_avg", "exp_avg_sq", "exp_avg_delta", "max_exp_avg_delta", "prev_grad"}),
+    ),
+    Algorithm(
+        name="AdEMAMix", reference="ademamix", papers=("2409.03137",), betas=3, eps=True,
+        full={"lr": 0.05, "betas": (0.8, 0.99, 0.995), "alpha": 2.0, "eps": 1e-8, "weight_decay": 0.01},
+        typical={"weight_decay": 0.01},
+        variants=(dict(lr=0.01, weight_decay=0.1, alpha=3.0),
+                  dict(lr=0.02, betas=(0.8, 0.99, 0.999)),
+                  dict(lr=1e-2, alpha=2.0)),
+        refused=({"alpha": nan}, {"alpha": inf}),
+        rosenbrock=({"lr": 0.1, "alpha": 1.0, "betas": (0.9, 0.999, 0.99)}, 600, 0.05, 0.001),
+        random_options=_ademamix_random,
+        state_keys=frozenset({"step", "exp_avg", "exp_avg_slow", "exp_avg_sq"}),
+    ),
+)}
+
+ALGOS = tuple(ALGORITHMS)
+
+
+@dataclass(frozen=True)
+class Wrapper:
+    """A wrapper of holocron_optim, around one of the algorithms above."""
+
+    name: str
+    reference: str | None
+    papers: tuple[str, ...]
+    # The base it wraps in the tests' factories, and its own options there.
+    base: str
+    typical: Options
+
+    @property
+    def cls(self) -> type:
+        return getattr(ho, self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}({self.base})"
+
+    def make(self, params: Any, lr: float, base: str | None = None, **options: Any) -> Any:
+        inner = ALGORITHMS[base or self.base].make(params, lr=lr)
+        return self.cls(inner, **{**self.typical, **options})
+
+
+WRAPPERS: dict[str, Wrapper] = {w.name: w for w in (
+    Wrapper(name="Lookahead", reference="wrapper", papers=("1907.08610",), base="LAMB", typical={"sync_period": 3}),
+    # Scout has no paper of its own (Holocron's variant of Lookahead): its docstring cites Lookahead's.
+    Wrapper(name="Scout", reference="wrapper", papers=("1907.08610",), base="AdaBelief", typical={"sync_period": 3}),
+)}
+
+
+def factories(lr: float, wrappers: bool = True) -> dict[str, Callable[[Any], Any]]:
+    """Name -> `make(params)` at `lr` for every algorithm (typical options), then each wrapper
+    around its base: the list of optimizers a test runs over."""
+    out: dict[str, Callable[[Any], Any]] = {
+        name: (lambda params, a=algorithm: a.make(params, lr=lr)) for name, algorithm in ALGORITHMS.items()
+    }
+    if wrappers:
+        for wrapper in WRAPPERS.values():
+            out[wrapper.label] = lambda params, w=wrapper: w.make(params, lr=lr)
+    return out
+
+
+def papers(name: str) -> tuple[str, ...]:
+    entry = ALGORITHMS.get(name) or WRAPPERS[name]
+    return entry.papers
