@@ -11,6 +11,8 @@
 
 #include <holocron/optim.h>
 
+#include "registry.h"
+
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -145,93 +147,14 @@ inline void expect_same(const OptimizerSnapshot& a, const OptimizerSnapshot& b,
 
 // ---- Algorithm traits for typed tests -------------------------------------
 
-// Each trait gives non-default options (with optional buffers switched on)
-// for a learning rate; `plain` has weight_decay 0 (the update is then
-// proportional to lr given the state).
-struct LarsTraits {
-  using Opt = ho::LARS;
-  using Options = ho::LARSOptions;
-  using State = ho::LARSParamState;
-  static Options options(double lr) {
-    return Options(lr).momentum(0.9).dampening(0.1).weight_decay(1e-3);
-  }
-  static Options plain(double lr) { return Options(lr).momentum(0.9); }
-};
-struct LambTraits {
-  using Opt = ho::LAMB;
-  using Options = ho::LAMBOptions;
-  using State = ho::LAMBParamState;
-  static Options options(double lr) {
-    return Options(lr).betas({0.8, 0.95}).weight_decay(1e-2).scale_clip(std::make_tuple(0.1, 5.0));
-  }
-  static Options plain(double lr) { return Options(lr); }
-};
-struct RaLarsTraits {
-  using Opt = ho::RaLars;
-  using Options = ho::RaLarsOptions;
-  using State = ho::RaLarsParamState;
-  static Options options(double lr) {
-    return Options(lr).betas({0.9, 0.9}).weight_decay(1e-2).force_adaptive_momentum(true);
-  }
-  static Options plain(double lr) { return Options(lr).betas({0.9, 0.9}); }
-};
-struct TAdamTraits {
-  using Opt = ho::TAdam;
-  using Options = ho::TAdamOptions;
-  using State = ho::TAdamParamState;
-  static Options options(double lr) {
-    return Options(lr).amsgrad(true).weight_decay(1e-2).dof(4.0);
-  }
-  static Options plain(double lr) { return Options(lr); }
-};
-struct AdaBeliefTraits {
-  using Opt = ho::AdaBelief;
-  using Options = ho::AdaBeliefOptions;
-  using State = ho::AdaBeliefParamState;
-  static Options options(double lr) { return Options(lr).amsgrad(true).weight_decay(1e-2); }
-  static Options plain(double lr) { return Options(lr); }
-};
-struct AdamPTraits {
-  using Opt = ho::AdamP;
-  using Options = ho::AdamPOptions;
-  using State = ho::AdamPParamState;
-  static Options options(double lr) {
-    return Options(lr).amsgrad(true).weight_decay(1e-2).delta(0.5);
-  }
-  static Options plain(double lr) { return Options(lr); }
-};
-struct AdanTraits {
-  using Opt = ho::Adan;
-  using Options = ho::AdanOptions;
-  using State = ho::AdanParamState;
-  static Options options(double lr) { return Options(lr).amsgrad(true).weight_decay(2e-2); }
-  static Options plain(double lr) { return Options(lr); }
-};
-struct AdEMAMixTraits {
-  using Opt = ho::AdEMAMix;
-  using Options = ho::AdEMAMixOptions;
-  using State = ho::AdEMAMixParamState;
-  static Options options(double lr) {
-    return Options(lr).alpha(2.0).betas({0.8, 0.9, 0.99}).weight_decay(1e-2);
-  }
-  static Options plain(double lr) { return Options(lr).alpha(2.0); }
-};
-
-using AllAlgorithms = ::testing::Types<LarsTraits, LambTraits, RaLarsTraits, TAdamTraits,
-                                       AdaBeliefTraits, AdamPTraits, AdanTraits, AdEMAMixTraits>;
+// The traits and their one list live in the test registry (registry.h).
+using namespace holocron::optim::testing;  // NOLINT(google-build-using-namespace): the registry's traits
+using AllAlgorithms = Algorithms::As<::testing::Types>;
 
 struct TraitsName {
   template <typename T>
   static std::string GetName(int) {
-    if constexpr (std::is_same_v<T, LarsTraits>) return "LARS";
-    if constexpr (std::is_same_v<T, LambTraits>) return "LAMB";
-    if constexpr (std::is_same_v<T, RaLarsTraits>) return "RaLars";
-    if constexpr (std::is_same_v<T, TAdamTraits>) return "TAdam";
-    if constexpr (std::is_same_v<T, AdaBeliefTraits>) return "AdaBelief";
-    if constexpr (std::is_same_v<T, AdamPTraits>) return "AdamP";
-    if constexpr (std::is_same_v<T, AdanTraits>) return "Adan";
-    if constexpr (std::is_same_v<T, AdEMAMixTraits>) return "AdEMAMix";
-    return "unknown";
+    return T::name;
   }
 };
 

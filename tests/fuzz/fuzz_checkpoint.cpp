@@ -22,7 +22,10 @@
 
 #include <holocron/optim.h>
 
+#include "../cpp/registry.h"
+
 namespace ho = holocron::optim;
+using holocron::optim::testing::Algorithms;
 
 namespace {
 
@@ -35,25 +38,24 @@ double option(FuzzedDataProvider& in, double low, double high) {
   }
 }
 
+// kind: an algorithm of the test registry by index, then Scout, then Lookahead.
 std::shared_ptr<torch::optim::Optimizer> make(FuzzedDataProvider& in, int kind, std::vector<torch::Tensor> params) {
   const double lr = option(in, 0.0, 0.5), b1 = option(in, 0.0, 0.99), b2 = option(in, 0.0, 0.999);
   const double wd = option(in, 0.0, 0.1);
-  switch (kind) {
-    case 0: return std::make_shared<ho::LARS>(params, ho::LARSOptions(lr).momentum(option(in, 0.0, 0.9)).weight_decay(wd));
-    case 1: return std::make_shared<ho::LAMB>(params, ho::LAMBOptions(lr).betas({b1, b2}).weight_decay(wd));
-    case 2: return std::make_shared<ho::RaLars>(params, ho::RaLarsOptions(lr).betas({b1, b2}));
-    case 3: return std::make_shared<ho::TAdam>(params, ho::TAdamOptions(lr).betas({b1, b2}).amsgrad(in.ConsumeBool()));
-    case 4: return std::make_shared<ho::AdaBelief>(params, ho::AdaBeliefOptions(lr).amsgrad(in.ConsumeBool()));
-    case 5: return std::make_shared<ho::AdamP>(params, ho::AdamPOptions(lr).delta(option(in, 0.0, 1.0)));
-    case 6: return std::make_shared<ho::Adan>(params, ho::AdanOptions(lr).amsgrad(in.ConsumeBool()));
-    case 7: return std::make_shared<ho::AdEMAMix>(params, ho::AdEMAMixOptions(lr).alpha(option(in, 0.0, 5.0)));
-    case 8:
-      return std::make_shared<ho::Scout>(std::make_shared<ho::LAMB>(params, ho::LAMBOptions(lr)),
-                                         ho::ScoutOptions().sync_period(in.ConsumeIntegralInRange<int64_t>(0, 4)));
-    default:
-      return std::make_shared<ho::Lookahead>(std::make_shared<torch::optim::Adam>(params),
-                                             ho::LookaheadOptions().sync_rate(option(in, 0.0, 1.0)));
+  const auto choose = [&in](double low, double high) { return option(in, low, high); };
+  std::shared_ptr<torch::optim::Optimizer> made;
+  int index = 0;
+  Algorithms::for_each([&](auto traits) {
+    using T = decltype(traits);
+    if (index++ == kind) made = std::make_shared<typename T::Opt>(params, T::fuzzed(in, lr, wd, b1, b2, choose));
+  });
+  if (made) return made;
+  if (kind == static_cast<int>(Algorithms::size)) {
+    return std::make_shared<ho::Scout>(std::make_shared<ho::LAMB>(params, ho::LAMBOptions(lr)),
+                                       ho::ScoutOptions().sync_period(in.ConsumeIntegralInRange<int64_t>(0, 4)));
   }
+  return std::make_shared<ho::Lookahead>(std::make_shared<torch::optim::Adam>(params),
+                                         ho::LookaheadOptions().sync_rate(option(in, 0.0, 1.0)));
 }
 
 std::vector<torch::Tensor> make_params(FuzzedDataProvider& in, uint64_t seed) {
@@ -111,7 +113,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   (void)once;
   FuzzedDataProvider in(data, size);
-  const int kind = in.ConsumeIntegralInRange<int>(0, 9);
+  const int kind = in.ConsumeIntegralInRange<int>(0, static_cast<int>(Algorithms::size) + 1);
   const uint64_t seed = in.ConsumeIntegral<uint32_t>();
   std::shared_ptr<torch::optim::Optimizer> source, target;
   auto source_params = make_params(in, seed);
