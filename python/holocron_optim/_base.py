@@ -78,6 +78,57 @@ def step_count(value: Any) -> int:
     return int(value.item()) if isinstance(value, torch.Tensor) else int(value)
 
 
+class Option(NamedTuple):
+    """A hyper-parameter of an algorithm, as its constructor takes it (with its default).
+
+    `check(optimizer_name, value, option)` refuses what cannot be a value (ValueError)
+    and returns the value to keep; the ops check the ranges every step (one
+    check for both fronts). A `setting` is kept as an attribute of the
+    optimizer rather than in its groups, as the reference keeps it."""
+
+    name: str
+    default: Any
+    check: Callable[[str, Any, Option], Any] | None = None
+    setting: bool = False
+    # The values the ops accept, as an interval ("[0, 1)"; for betas, each
+    # coefficient's): stated here for readers and tests (test_registry ties
+    # it to what a step refuses); None: not a number.
+    range: str | None = None
+
+
+def finite(label: str, non_negative: bool = False) -> Callable[[str, Any, Option], Any]:
+    """A finite number, named `label` in the error (torch.optim's wording)."""
+
+    def check(_: str, value: Any, __: Option) -> Any:
+        check_finite(label, value)
+        if non_negative and value < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
+            raise ValueError(f"Invalid {label} value: {value}")
+        return value
+
+    return check
+
+
+def learning_rate(_: str, value: Any, __: Option) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")  # torch.optim's own words
+    check_finite("learning rate", value)
+    return value
+
+
+def betas(count_in_words: str | None = None) -> Callable[[str, Any, Option], Any]:
+    """A tuple of as many coefficients as the default's (each finite; the ops check [0, 1)).
+    `count_in_words`: the wording of the reference's own message for a wrong count."""
+
+    def check(name: str, value: Any, option: Option) -> Any:
+        count = len(option.default)
+        if count_in_words and (not isinstance(value, (tuple, list)) or len(value) != count):
+            raise ValueError(f"{name} requires {count_in_words} beta parameters")
+        check_betas(value, count, name)
+        return value
+
+    return check
+
+
 class Buffer(NamedTuple):
     """A per-element state buffer of an algorithm, shaped and typed like its parameter."""
 
@@ -108,8 +159,16 @@ class FusedStep:
     _scalar_state: tuple[str, ...] = ()
     _apply: Callable[..., None]
 
+    # The constructor's hyper-parameters, in its order: from them follow
+    # `__init__` (its signature, checks, defaults and settings), `_settings`
+    # and the options a loaded group must hold.
+    _options: tuple[Option, ...] = ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "_options" in cls.__dict__:
+            cls.__init__ = _constructor(cls)  # type: ignore[method-assign]
+            cls._settings = tuple(o.name for o in cls._options if o.setting)
         cls._all_buffers = tuple(b.name for b in cls._state_buffers)
         cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
         # A load requires the group options among these (torch.optim's base may add
@@ -131,6 +190,18 @@ class FusedStep:
     def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
         if self._counts_steps:
             state["step"] = 0
+
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        """torch.optim's constructor, with the group options' defaults."""
+        super().__init__(params, defaults)  # type: ignore[call-arg]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before a switch existed load with its default.
+        super().__setstate__(state)  # type: ignore[misc]
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for option in self._options:
+                if not option.setting and isinstance(option.default, bool):
+                    group.setdefault(option.name, option.default)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)  # type: ignore[misc]
@@ -472,3 +543,36 @@ class FusedStep:
     _all_buffers: tuple[str, ...] = ()
     _required_state_keys: tuple[str, ...] = ("step",)
     _constructor_options: tuple[str, ...] = ()
+
+
+# Checked first, in this order, as torch.optim checks them.
+_CHECKED_FIRST = ("lr", "eps", "weight_decay")
+
+
+def _constructor(cls: type) -> Callable[..., None]:
+    """The `__init__` of an algorithm, from its declared `_options`."""
+    options = cls._options  # type: ignore[attr-defined]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter("self", kind), inspect.Parameter("params", kind)]
+        + [inspect.Parameter(o.name, kind, default=o.default) for o in options]
+    )
+    order = sorted(options, key=lambda o: _CHECKED_FIRST.index(o.name) if o.name in _CHECKED_FIRST else len(_CHECKED_FIRST))
+    name = cls.__name__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = bound.arguments
+        for option in order:
+            if option.check is not None:
+                values[option.name] = option.check(name, values[option.name], option)
+        for option in options:
+            if option.setting:
+                setattr(self, option.name, values[option.name])
+        self._construct(values["params"], {o.name: values[o.name] for o in options if not o.setting})
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = f"{name}'s constructor: see the class's documentation."
+    return __init__

@@ -3,37 +3,50 @@ param_groups and state layout; the math runs in torch.ops.holocron."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import Buffer, FusedStep, check_betas, check_finite, check_state_dict_layout, gather, step_count
+from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, gather,
+                    learning_rate, step_count)
 from . import _distributed as distributed
 from ._library import ops
 
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
 
-_DEFAULT_SCALE_CLIP = (0.0, 10.0)
 # Adam's moments, and the running max of the second with amsgrad.
 _ADAM_BUFFERS = (Buffer("exp_avg"), Buffer("exp_avg_sq"), Buffer("max_exp_avg_sq", exists=lambda group: group["amsgrad"]))
 
 
-def _clip_pair(scale_clip: Any, name: str) -> tuple[float, float]:
-    if not isinstance(scale_clip, (tuple, list)) or len(scale_clip) != 2:
-        raise ValueError(f"{name}: scale_clip must be a (low, high) pair, got {scale_clip!r}")
-    return float(scale_clip[0]), float(scale_clip[1])
+def _scale_clip(when_none: tuple[float, float] | None) -> Any:
+    """A (low, high) pair for ||p|| in the trust ratio; None means `when_none`."""
+
+    def check(name: str, value: Any, _: Option) -> tuple[float, float] | None:
+        if value is None:
+            return when_none
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"{name}: scale_clip must be a (low, high) pair, got {value!r}")
+        return float(value[0]), float(value[1])
+
+    return check
 
 
-def _check_common(lr: Any, eps: Any, weight_decay: Any) -> None:
-    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")  # torch.optim's own words
-    check_finite("learning rate", lr)
-    check_finite("epsilon", eps)
-    check_finite("weight_decay", weight_decay)
-    if weight_decay < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+def _dof(name: str, value: Any, _: Option) -> float | None:
+    if value is not None:
+        check_finite("dof", value)
+        if value <= 0:  # 0 makes a step whose gradient equals the mean NaN (unlike pylocron)
+            raise ValueError(f"{name}: invalid dof value: {value} (expected in (0, inf))")
+    return value
+
+
+# The options most algorithms share, with their defaults and checks.
+_LR = Option("lr", 1e-3, learning_rate, range="[0, inf)")
+_EPS = Option("eps", 1e-8, finite("epsilon"), range="[0, inf)")
+_WEIGHT_DECAY = Option("weight_decay", 0.0, finite("weight_decay", non_negative=True), range="[0, inf)")
+_AMSGRAD = Option("amsgrad", False)
+_BETAS2 = Option("betas", (0.9, 0.999), betas(), range="[0, 1)")
+_DEFAULT_SCALE_CLIP = (0.0, 10.0)
 
 
 class LARS(FusedStep, Optimizer):
@@ -73,37 +86,16 @@ class LARS(FusedStep, Optimizer):
           reference ignores the argument.
     """
 
+    _options = (
+        _LR,
+        Option("momentum", 0.0, finite("momentum"), range="[0, inf)"),
+        Option("dampening", 0.0, finite("dampening"), range="(-inf, inf)"),
+        _WEIGHT_DECAY,
+        Option("nesterov", False),
+        Option("scale_clip", None, _scale_clip(None), setting=True),
+    )
     _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
     _counts_steps = False
-    _settings = ("scale_clip",)
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        scale_clip: tuple[float, float] | None = None,
-    ) -> None:
-        _check_common(lr, 0.0, weight_decay)
-        check_finite("momentum", momentum)
-        check_finite("dampening", dampening)
-        self.scale_clip = None if scale_clip is None else _clip_pair(scale_clip, "LARS")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-        }
-        super().__init__(params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
 
     def _apply(self, group, params, grads, states) -> None:
         with_momentum = group["momentum"] != 0
@@ -164,24 +156,9 @@ class LAMB(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True))
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
-    _settings = ("scale_clip",)
     _keeps_trust_ratios = True
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        scale_clip: tuple[float, float] | None = None,
-    ) -> None:
-        _check_common(lr, eps, weight_decay)
-        check_betas(betas, 2, "LAMB")
-        self.scale_clip = _DEFAULT_SCALE_CLIP if scale_clip is None else _clip_pair(scale_clip, "LAMB")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -237,26 +214,13 @@ class RaLars(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
+    _options = (
+        _LR, _BETAS2, _EPS, _WEIGHT_DECAY,
+        Option("force_adaptive_momentum", False, setting=True),
+        Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True),
+    )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
-    _settings = ("force_adaptive_momentum", "scale_clip")
     _keeps_trust_ratios = True
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        force_adaptive_momentum: bool = False,
-        scale_clip: tuple[float, float] | None = None,
-    ) -> None:
-        _check_common(lr, eps, weight_decay)
-        check_betas(betas, 2, "RaLars")
-        self.force_adaptive_momentum = force_adaptive_momentum
-        self.scale_clip = _DEFAULT_SCALE_CLIP if scale_clip is None else _clip_pair(scale_clip, "RaLars")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -322,32 +286,9 @@ class TAdam(FusedStep, Optimizer):
         - ``dof <= 0`` is refused.
     """
 
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"))
     _state_buffers = _ADAM_BUFFERS
     _scalar_state = ("W_t",)  # the moments' running weight, a one-element tensor
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-        dof: float | None = None,
-    ) -> None:
-        _check_common(lr, eps, weight_decay)
-        check_betas(betas, 2, "TAdam")
-        if dof is not None:
-            check_finite("dof", dof)
-            if dof <= 0:  # 0 makes a step whose gradient equals the mean NaN (unlike pylocron)
-                raise ValueError(f"TAdam: invalid dof value: {dof} (expected in (0, inf))")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad, "dof": dof}
-        super().__init__(params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
 
     def _init_state(self, state, p, group) -> None:
         state["step"] = 0
@@ -392,10 +333,8 @@ class _AdamLike(FusedStep, Adam):
 
     _state_buffers = _ADAM_BUFFERS
 
-    def __init__(self, params, lr, betas, eps, weight_decay, amsgrad) -> None:
-        _check_common(lr, eps, weight_decay)
-        check_betas(betas, 2, type(self).__name__)
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        Adam.__init__(self, params, **defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch.optim.Adam.__setstate__ turns step counters into float tensors
@@ -447,16 +386,7 @@ class AdaBelief(_AdamLike):
     No deliberate difference from the reference (pylocron 0.3.0).
     """
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -505,21 +435,8 @@ class AdamP(_AdamLike):
     No deliberate difference from the reference (pylocron 0.3.0).
     """
 
-    _settings = ("delta",)
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-        delta: float = 0.1,
-    ) -> None:
-        check_finite("delta", delta)
-        self.delta = delta
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD,
+                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"))
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -578,26 +495,7 @@ class Adan(FusedStep, Optimizer):
         Buffer("max_exp_avg_delta", exists=lambda group: group["amsgrad"]), Buffer("prev_grad"),
     )
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-    ) -> None:
-        _check_common(lr, eps, weight_decay)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 3:
-            raise ValueError("Adan requires three beta parameters")
-        check_betas(betas, 3, "Adan")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad}
-        super().__init__(params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
+    _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -649,20 +547,8 @@ class AdEMAMix(FusedStep, Optimizer):
 
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_slow"), Buffer("exp_avg_sq"))
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
-        alpha: float = 5.0,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> None:
-        _check_common(lr, eps, weight_decay)
-        check_betas(betas, 3, "AdEMAMix")
-        check_finite("alpha", alpha)
-        defaults = {"lr": lr, "betas": betas, "alpha": alpha, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
+    _options = (_LR, Option("betas", (0.9, 0.999, 0.9999), betas(), range="[0, 1)"),
+                Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]

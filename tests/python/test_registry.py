@@ -1,6 +1,7 @@
 """The test registry is complete and true to the classes it describes."""
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -45,3 +46,39 @@ def test_variants_differ_and_are_accepted(name):
     assert len({repr(sorted(v.items())) for v in variants}) == len(variants)
     for options in variants:
         ALGORITHMS[name].cls([torch.zeros(2, requires_grad=True)], **options)
+
+
+def _interval(text):
+    low, high = (float(x) for x in text[1:-1].split(","))
+    return low, text[0] == "[", high, text[-1] == "]"
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_declared_ranges_are_what_the_constructor_enforces(name):
+    """Each option's declared range (Option.range), probed at and past its bounds."""
+    cls = ALGORITHMS[name].cls
+    checked = 0
+    for option in cls._options:
+        if option.range is None:
+            continue
+        low, low_inclusive, high, high_inclusive = _interval(option.range)
+        probes = [((low + high) / 2 if math.isfinite(low + high) else (low + 1 if math.isfinite(low) else 0.5), True)]
+        if math.isfinite(low):
+            probes += [(low, low_inclusive), (low - 0.5, False)]
+        if math.isfinite(high):
+            probes += [(high, high_inclusive), (high + 0.5, False)]
+        positions = range(len(option.default)) if option.name == "betas" else [None]
+        for position in positions:
+            for value, accepted in probes:
+                if position is None:
+                    arg = value
+                else:
+                    arg = tuple(value if i == position else b for i, b in enumerate(option.default))
+                make = lambda: cls([torch.zeros(2, requires_grad=True)], **{option.name: arg})  # noqa: E731
+                if accepted:
+                    make()
+                else:
+                    with pytest.raises(ValueError):
+                        make()
+                checked += 1
+    assert checked
