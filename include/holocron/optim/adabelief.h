@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of AdaBelief (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   AdaBeliefOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -34,7 +31,7 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   TORCH_ARG(bool, amsgrad) = false;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -47,8 +44,7 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   functional::AdaBeliefHyper hyper() const;
 };
 
-/// State AdaBelief keeps per parameter. Field names are the reference's state keys; buffers have
-/// the parameter's shape, dtype and device.
+/// State AdaBelief keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
@@ -60,7 +56,7 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
   TORCH_ARG(torch::Tensor, max_exp_avg_sq);
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -82,13 +78,10 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
 /// is not added into `s` and the options and their checks are torch.optim.Adam's.
 class AdaBelief : public detail::Algorithm<AdaBeliefOptions, AdaBeliefParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit AdaBelief(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdaBeliefOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit AdaBelief(std::vector<torch::Tensor> params, AdaBeliefOptions defaults = {});
 
  protected:

@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of AdamP (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.delta()` reads it, `opts.delta(0.2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   AdamPOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -38,7 +35,7 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   TORCH_ARG(double, delta) = 0.1;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -52,8 +49,7 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   functional::AdamPHyper hyper() const;
 };
 
-/// State AdamP keeps per parameter. Field names are the reference's state keys; buffers have the
-/// parameter's shape, dtype and device.
+/// State AdamP keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
@@ -65,7 +61,7 @@ struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
   TORCH_ARG(torch::Tensor, max_exp_avg_sq);
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -87,13 +83,10 @@ struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
 /// `p -= lr * q`.
 class AdamP : public detail::Algorithm<AdamPOptions, AdamPParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit AdamP(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdamPOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit AdamP(std::vector<torch::Tensor> params, AdamPOptions defaults = {});
 
  protected:

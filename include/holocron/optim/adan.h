@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of Adan (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct AdanOptions : detail::OptionsBase<AdanOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   AdanOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -35,7 +32,7 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   TORCH_ARG(bool, amsgrad) = false;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -48,8 +45,7 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   functional::AdanHyper hyper() const;
 };
 
-/// State Adan keeps per parameter. Field names are the reference's state keys; buffers have the
-/// parameter's shape, dtype and device.
+/// State Adan keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdanParamState : detail::ParamStateBase<AdanParamState> {
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
@@ -66,7 +62,7 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
   TORCH_ARG(torch::Tensor, prev_grad);
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -97,13 +93,10 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
 ///   so its `diff` is always the whole gradient.
 class Adan : public detail::Algorithm<AdanOptions, AdanParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit Adan(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdanOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit Adan(std::vector<torch::Tensor> params, AdanOptions defaults = {});
 
  protected:

@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of AdEMAMix (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   AdEMAMixOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -36,7 +33,7 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   TORCH_ARG(double, weight_decay) = 0.0;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -49,8 +46,7 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   functional::AdEMAMixHyper hyper() const;
 };
 
-/// State AdEMAMix keeps per parameter. Field names are the reference's state keys; buffers have the
-/// parameter's shape, dtype and device.
+/// State AdEMAMix keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
@@ -62,7 +58,7 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
   TORCH_ARG(torch::Tensor, exp_avg_sq);
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -87,13 +83,10 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
 /// - `weight_decay < 0` is refused; pylocron accepts it.
 class AdEMAMix : public detail::Algorithm<AdEMAMixOptions, AdEMAMixParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit AdEMAMix(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       AdEMAMixOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit AdEMAMix(std::vector<torch::Tensor> params, AdEMAMixOptions defaults = {});
 
  protected:

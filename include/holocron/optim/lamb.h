@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of LAMB (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   LAMBOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -36,7 +33,7 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -49,8 +46,7 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   functional::LambHyper hyper() const;
 };
 
-/// State LAMB keeps per parameter. Field names are the reference's state keys; buffers have the
-/// parameter's shape, dtype and device.
+/// State LAMB keeps per parameter (conventions: see detail::ParamStateBase).
 struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
   /// Number of updates of this parameter (LAMB has no bias correction; counted as the reference
   /// does).
@@ -63,7 +59,7 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
   TORCH_ARG(double, local_lr) = 1.0;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -90,13 +86,10 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
 /// - `weight_decay < 0` is refused; pylocron accepts it.
 class LAMB : public detail::Algorithm<LAMBOptions, LAMBParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit LAMB(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       LAMBOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit LAMB(std::vector<torch::Tensor> params, LAMBOptions defaults = {});
 
  protected:

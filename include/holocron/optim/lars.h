@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of LARS (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.momentum()` reads it, `opts.momentum(0.9)` sets it and
-/// returns the options, so setters chain. Invalid values throw `c10::ValueError` naming the
-/// field, when the optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct LARSOptions : detail::OptionsBase<LARSOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   LARSOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -40,7 +37,7 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -65,7 +62,7 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
   TORCH_ARG(double, local_lr) = 1.0;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("momentum_buffer", self.momentum_buffer());
@@ -87,13 +84,10 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
 /// - an explicit `scale_clip` clamps `||p||` in the trust ratio.
 class LARS : public detail::Algorithm<LARSOptions, LARSParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit LARS(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       LARSOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit LARS(std::vector<torch::Tensor> params, LARSOptions defaults = {});
 
  protected:

@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of RaLars (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   RaLarsOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -39,7 +36,7 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -53,8 +50,7 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   functional::RaLarsHyper hyper() const;
 };
 
-/// State RaLars keeps per parameter. Field names are the reference's state keys; buffers have the
-/// parameter's shape, dtype and device.
+/// State RaLars keeps per parameter (conventions: see detail::ParamStateBase).
 struct RaLarsParamState : detail::ParamStateBase<RaLarsParamState> {
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
@@ -66,7 +62,7 @@ struct RaLarsParamState : detail::ParamStateBase<RaLarsParamState> {
   TORCH_ARG(double, local_lr) = 1.0;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -94,13 +90,10 @@ struct RaLarsParamState : detail::ParamStateBase<RaLarsParamState> {
 /// - `weight_decay < 0` is refused; pylocron accepts it.
 class RaLars : public detail::Algorithm<RaLarsOptions, RaLarsParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit RaLars(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       RaLarsOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit RaLars(std::vector<torch::Tensor> params, RaLarsOptions defaults = {});
 
  protected:

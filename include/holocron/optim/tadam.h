@@ -14,10 +14,7 @@
 namespace holocron::optim {
 
 /// Options of TAdam (a parameter group's hyper-parameters).
-///
-/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
-/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
-/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// Conventions (setters, checks): see detail::OptionsBase.
 struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   /// Options with learning rate `lr` and every other field at its default.
   TAdamOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
@@ -40,7 +37,7 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   TORCH_ARG(dof_t, dof) = std::nullopt;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("lr", self.lr());
@@ -54,8 +51,7 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   functional::TAdamHyper hyper() const;
 };
 
-/// State TAdam keeps per parameter. Field names are the reference's state keys; buffers have the
-/// parameter's shape, dtype and device.
+/// State TAdam keeps per parameter (conventions: see detail::ParamStateBase).
 struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
   TORCH_ARG(int64_t, step) = 0;
@@ -70,7 +66,7 @@ struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
   TORCH_ARG(double, W_t) = 0.0;
 
  public:
-  /// Calls `visit(name, value)` on each field, in order: serialization and comparison.
+  /// Each field, in order (see detail::ParamStateBase).
   template <typename Self, typename Visitor>
   static void fields(Self& self, Visitor& visit) {
     visit("step", self.step());
@@ -97,13 +93,10 @@ struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
 ///   tensor; the reference fails on them.
 class TAdam : public detail::Algorithm<TAdamOptions, TAdamParamState> {
  public:
-  /// Optimizes `param_groups`; a group without options of its own takes `defaults`.
-  /// \throws c10::ValueError if `defaults` or a group's options are invalid.
-  /// \throws std::invalid_argument if a parameter is undefined, not a leaf, or in two groups.
+  /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).
   explicit TAdam(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
       TAdamOptions defaults = {});
   /// Optimizes `params` as one group with options `defaults`.
-  /// \throws c10::ValueError if `defaults` are invalid.
   explicit TAdam(std::vector<torch::Tensor> params, TAdamOptions defaults = {});
 
  protected:

@@ -104,6 +104,10 @@ bool same_fields(const T& lhs, const T& rhs) {
 }
 
 /// Base of every `XParamState`: comparison and serialization from `Derived::fields`.
+///
+/// Each field is a `TORCH_ARG` named as the reference's state key; buffers have the parameter's
+/// shape, dtype and device, and an optional buffer (such as amsgrad's) is undefined when unused.
+/// `Derived::fields(self, visit)` calls `visit(name, value)` on each field, in order.
 template <typename Derived>
 struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
   /// Field-by-field equality; tensors are compared by value.
@@ -125,6 +129,12 @@ struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
 };
 
 /// Base of every `XOptions`: comparison, serialization and the lr that LibTorch's schedulers set.
+///
+/// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
+/// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
+/// optimizer is built, in add_param_group and when a checkpoint is loaded.
+/// `Derived::fields(self, visit)` calls `visit(name, value)` on each field, in order: what
+/// serialization and comparison read.
 template <typename Derived>
 struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
   /// Field-by-field equality.
@@ -152,6 +162,11 @@ struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
 
 /// The base of the eight algorithms (the wrappers have their own): what they share with
 /// LibTorch's `torch::optim::Optimizer`, done once.
+///
+/// Each algorithm `X` is built as `X(param_groups, defaults)`, where a group without options of
+/// its own takes `defaults`, or `X(params, defaults)` for one group; both throw
+/// `c10::ValueError` if `defaults` or a group's options are invalid, and
+/// `std::invalid_argument` if a parameter is undefined, not a leaf, or in two groups.
 ///
 /// - A step validates every parameter of every group (options, gradient shape, dtype and
 ///   device, state buffers) before it writes anything, so a step that throws leaves parameters
