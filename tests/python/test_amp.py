@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
-from registry import factories
+from registry import ALGOS, factories
 from holocron_optim._library import ops
 
 CLASSES = {
@@ -138,7 +138,7 @@ WHOLE_TENSOR = {"LARS": {"nan"}, "LAMB": {"nan", "inf"}, "RaLars": {"nan"}, "TAd
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
-@pytest.mark.parametrize("name", ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"])
+@pytest.mark.parametrize("name", ALGOS)
 def test_without_a_scaler_a_non_finite_gradient_reaches_only_its_parameter(name, bad):
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(5, generator=gen).requires_grad_(), torch.randn(3, generator=gen).requires_grad_()]

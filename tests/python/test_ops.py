@@ -23,24 +23,39 @@ def _cases():
     g = [torch.randn_like(t) for t in p]
     steps = [3] * len(p)
     w_t = [torch.full((1,), 9.0, dtype=torch.float64) for _ in p]
+    z = _zeros
+    # (positional, keyword): the update ops are called as Python calls them, lists of
+    # parameters and gradients first and every other argument by name.
     return {
-        "lars_": (p, g, _zeros(p), [True] * len(p), 0.1, 0.9, 0.0, 0.01, True, [0.0, 5.0]),
-        "lamb_": (p, g, _zeros(p), _zeros(p), 0.01, 0.9, 0.999, 1e-8, 0.01, 0.0, 10.0),
-        "ralars_": (p, g, _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 1e-8, 0.0, True, 0.0, 10.0, None),
-        "tadam_": (p, g, _zeros(p), _zeros(p), _zeros(p), w_t, steps, 0.01, 0.9, 0.999, 1e-8, 0.0, True, None),
-        "adabelief_": (p, g, _zeros(p), _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 1e-8, 0.0, True),
-        "adamp_": (p, g, _zeros(p), _zeros(p), [], steps, 0.01, 0.9, 0.999, 1e-8, 0.0, False, 0.1),
-        "adan_": (p, g, _zeros(p), _zeros(p), _zeros(p), _zeros(p), [], steps, 0.01, 0.98, 0.92, 0.99, 1e-8, 0.0, False),
-        "ademamix_": (p, g, _zeros(p), _zeros(p), _zeros(p), steps, 0.01, 0.9, 0.999, 0.9999, 5.0, 1e-8, 0.0),
-        "lookahead_sync_": (p, [t.clone() for t in p], 0.5),
-        "write_scalars_": ([torch.zeros((), dtype=torch.float32), torch.zeros(1, dtype=torch.float64)], [0.5, 2.0]),
-        "scout_accumulate_": (p, *[_zeros(p) for _ in range(5)], 2),
+        "lars_": ((p, g), dict(momentum_buffers=z(p), buffer_is_new=[True] * len(p), lr=0.1, momentum=0.9,
+                               dampening=0.0, weight_decay=0.01, nesterov=True, scale_clip=[0.0, 5.0])),
+        "lamb_": ((p, g), dict(exp_avgs=z(p), exp_avg_sqs=z(p), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                               weight_decay=0.01, clip_low=0.0, clip_high=10.0)),
+        "ralars_": ((p, g), dict(exp_avgs=z(p), exp_avg_sqs=z(p), steps=steps, lr=0.01, beta1=0.9, beta2=0.999,
+                                 eps=1e-8, weight_decay=0.0, force_adaptive_momentum=True, clip_low=0.0,
+                                 clip_high=10.0, sma_inf=None)),
+        "tadam_": ((p, g), dict(exp_avgs=z(p), exp_avg_sqs=z(p), max_exp_avg_sqs=z(p), W_ts=w_t, steps=steps,
+                                lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=True, dof=None)),
+        "adabelief_": ((p, g), dict(exp_avgs=z(p), exp_avg_sqs=z(p), max_exp_avg_sqs=z(p), steps=steps, lr=0.01,
+                                    beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=True)),
+        "adamp_": ((p, g), dict(exp_avgs=z(p), exp_avg_sqs=z(p), max_exp_avg_sqs=[], steps=steps, lr=0.01, beta1=0.9,
+                                beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, delta=0.1)),
+        "adan_": ((p, g), dict(prev_grads=z(p), exp_avgs=z(p), exp_avg_sqs=z(p), exp_avg_deltas=z(p),
+                               max_exp_avg_deltas=[], steps=steps, lr=0.01, beta1=0.98, beta2=0.92, beta3=0.99,
+                               eps=1e-8, weight_decay=0.0, amsgrad=False)),
+        "ademamix_": ((p, g), dict(exp_avgs=z(p), exp_avgs_slow=z(p), exp_avg_sqs=z(p), steps=steps, lr=0.01,
+                                   beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, eps=1e-8, weight_decay=0.0)),
+        "lookahead_sync_": ((p, [t.clone() for t in p]), dict(sync_rate=0.5)),
+        "write_scalars_": (([torch.zeros((), dtype=torch.float32), torch.zeros(1, dtype=torch.float64)],),
+                           dict(values=[0.5, 2.0])),
+        "scout_accumulate_": ((p,), dict(prev=z(p), mean=z(p), m2=z(p), max=z(p), min=z(p), count=2)),
     }
 
 
 @pytest.mark.parametrize("name", sorted(_cases()))
 def test_opcheck(name):
-    torch.library.opcheck(getattr(ops, name).default, _cases()[name])
+    args, kwargs = _cases()[name]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)
 
 
 def test_trust_ratios_come_back_per_tensor():

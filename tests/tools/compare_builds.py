@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from registry import ALGORITHMS  # noqa: E402 (the tests' registry, next to them)
 
 import holocron_optim as ho
 
 OPS = torch.ops.holocron
 SHAPES = [(37, 5), (1,), (3, 4, 5, 7), (17000,)]  # tails, a 1-element tensor, several chunks
-VARIANTS = {
-    "LARS": [dict(lr=0.05), dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
-             dict(lr=0.05, momentum=0.8, dampening=0.3, scale_clip=(0.5, 3.0))],
-    "LAMB": [dict(lr=0.01), dict(lr=0.02, betas=(0.8, 0.99), weight_decay=0.1, scale_clip=(0.5, 2.0))],
-    "RaLars": [dict(lr=0.01, weight_decay=0.05), dict(lr=0.01, force_adaptive_momentum=True, betas=(0.9, 0.9))],
-    "TAdam": [dict(lr=0.01, weight_decay=0.1, amsgrad=True), dict(lr=0.02, dof=3.5)],
-    "AdaBelief": [dict(lr=0.01, weight_decay=0.1, amsgrad=True), dict(lr=0.02, eps=1e-6)],
-    "AdamP": [dict(lr=0.01, weight_decay=0.1, delta=0.5), dict(lr=0.02, amsgrad=True, delta=2.0)],
-    "Adan": [dict(lr=0.01, weight_decay=0.05), dict(lr=0.02, betas=(0.9, 0.9, 0.95), amsgrad=True)],
-    "AdEMAMix": [dict(lr=0.01, weight_decay=0.05), dict(lr=0.02, alpha=2.0, betas=(0.8, 0.9, 0.99))],
-}
+# The test registry's variants (every branch), after each algorithm's defaults.
+VARIANTS = {name: [dict(lr=0.01), *algorithm.variants] for name, algorithm in ALGORITHMS.items()}
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
