@@ -51,6 +51,17 @@ class Algorithm:
     # The lr that takes a step of about the same size as the others' lr takes (LARS's step is
     # lr * ||p|| / ||g|| per tensor): multiplies lr in `make`.
     lr_scale: float = 1.0
+    # Named option sets, one per option value and branch (the samples of torch's generic
+    # optimizer tests, test_torch_generic.py).
+    samples: tuple[tuple[str, Options], ...] = ()
+    # torch's generic tests: the errors of this algorithm's own options, as (what, options,
+    # the message's start, whether the options are a group's rather than the constructor's);
+    # the common ones (lr, eps, weight_decay, betas, scale_clip) are derived there. With
+    # `torch_adam_messages`, lr, eps and betas are refused in torch.optim.Adam's words.
+    errors: tuple[tuple[str, Options, str, bool], ...] = ()
+    torch_adam_messages: bool = False
+    # Group keys that torch's generic tests must not treat as torch.optim's flags of that name.
+    not_og_supported_flags: tuple[str, ...] = ()
     # Settings kept as attributes of the optimizer (as in the reference), not group options.
     settings: tuple[str, ...] = ()
     # Options the reference accepts and ignores (a deliberate difference): a case setting them
@@ -149,6 +160,8 @@ def _ademamix_random(rng: random.Random, k: int) -> Options:
             "alpha": [5.0, 2.0, 0.0, 5.0][k], "eps": eps, "weight_decay": wd}
 
 
+# torch.optim.Adam's flags, in the groups of AdaBelief and AdamP (subclasses of it).
+_ADAM_FLAGS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
 _ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
@@ -164,6 +177,31 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                  {"momentum": -0.1}, {"momentum": nan}, {"dampening": nan},
                  {"scale_clip": (2.0, 1.0)}, {"scale_clip": (1.0,)}),
         rosenbrock=({"lr": 1e-3, "momentum": 0.5}, 1000, 0.4, 0.03),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("momentum", {"momentum": 0.9}),
+            ("momentum_dampening", {"momentum": 0.9, "dampening": 0.5}),
+            ("nesterov", {"momentum": 0.9, "nesterov": True}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("weight_decay_momentum", {"weight_decay": 0.1, "momentum": 0.9}),
+            ("scale_clip", {"scale_clip": (0.0, 1.0)}),
+            ("scale_clip_unbounded", {"scale_clip": (0.5, inf)}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
+        errors=(
+            ("momentum negative", {"momentum": -0.1}, "LARS: invalid momentum value: -0.1", False),
+            ("momentum nan", {"momentum": nan}, "Invalid momentum value: nan", False),
+            ("momentum inf", {"momentum": inf}, "Invalid momentum value: inf", False),
+            ("dampening nan", {"dampening": nan}, "Invalid dampening value: nan", False),
+            ("nesterov without momentum", {"nesterov": True},
+             "LARS: Nesterov momentum requires a momentum and zero dampening", False),
+            ("nesterov with dampening", {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
+             "LARS: Nesterov momentum requires a momentum and zero dampening", False),
+            ("group nesterov without momentum", {"nesterov": True}, "LARS: Nesterov momentum requires", True),
+            ("group momentum negative", {"momentum": -1.0}, "LARS: invalid momentum value: -1", True),
+        ),
+        not_og_supported_flags=("nesterov",),
         random_options=_lars_random, settings=("scale_clip",), lr_scale=0.1, reference_ignores=("scale_clip",),
         state_keys=frozenset({"momentum_buffer"}),
     ),
@@ -176,6 +214,16 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=1e-2, scale_clip=(0.0, 1.0))),
         refused=({"scale_clip": (2.0, 1.0)}, {"scale_clip": (0.0, nan)}),
         rosenbrock=({"lr": 1e-2}, 400, 0.05, 0.01),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("betas", {"betas": (0.8, 0.99)}),
+            ("betas_zero", {"betas": (0.0, 0.0)}),
+            ("eps", {"eps": 1e-6}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("scale_clip", {"scale_clip": (0.5, 2.0)}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
         random_options=_lamb_random, settings=("scale_clip",),
         state_keys=frozenset({"step", "exp_avg", "exp_avg_sq", "local_lr"}),
     ),
@@ -191,6 +239,19 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=1e-2, betas=(0.9, 0.5))),
         refused=({"scale_clip": (-1.0, 1.0)},),
         rosenbrock=({"lr": 1e-2}, 400, 0.05, 0.01),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("force_adaptive_momentum", {"force_adaptive_momentum": True}),
+            # sma_inf = 19: the rectified branch from the 5th step on
+            ("rectified_early", {"betas": (0.9, 0.9)}),
+            ("rectified_early_forced", {"betas": (0.9, 0.9), "force_adaptive_momentum": True}),
+            ("eps", {"eps": 1e-6}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("scale_clip", {"scale_clip": (0.0, 1.0)}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
+        not_og_supported_flags=("sma_inf",),  # a group key the reference adds on the first step
         random_options=_ralars_random, settings=("scale_clip", "force_adaptive_momentum"),
         state_keys=frozenset({"step", "exp_avg", "exp_avg_sq", "local_lr"}),
     ),
@@ -202,6 +263,26 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=0.02, dof=3.5)),
         refused=({"dof": nan}, {"dof": -1.0}),
         rosenbrock=({"lr": 0.2}, 1000, 0.3, 0.02),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("amsgrad", {"amsgrad": True}),
+            ("dof", {"dof": 2.0}),
+            ("betas", {"betas": (0.8, 0.99)}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("weight_decay_amsgrad", {"weight_decay": 0.1, "amsgrad": True}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
+        errors=(
+            ("dof negative", {"dof": -1.0}, "TAdam: invalid dof value: -1", False),
+            # 0 makes a step whose gradient equals the mean NaN (the reference accepts it)
+            ("dof zero", {"dof": 0.0}, "TAdam: invalid dof value: 0", False),
+            ("group dof zero", {"dof": 0.0}, "TAdam: invalid dof value: 0", True),
+            ("dof nan", {"dof": nan}, "Invalid dof value: nan", False),
+            ("dof inf", {"dof": inf}, "Invalid dof value: inf", False),
+            ("group dof negative", {"dof": -2.0}, "TAdam: invalid dof value: -2", True),
+        ),
+        not_og_supported_flags=("amsgrad",),
         random_options=_tadam_random,
         state_keys=_ADAM_KEYS | {"W_t"},
     ),
@@ -213,6 +294,17 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=0.02, eps=1e-6)),
         refused=(),
         rosenbrock=({"lr": 0.2}, 600, 0.1, 0.005),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("amsgrad", {"amsgrad": True}),
+            ("betas", {"betas": (0.8, 0.99)}),
+            ("eps", {"eps": 1e-6}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("weight_decay_amsgrad", {"weight_decay": 0.1, "amsgrad": True}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
+        torch_adam_messages=True, not_og_supported_flags=_ADAM_FLAGS,
         random_options=_adabelief_random,
         state_keys=_ADAM_KEYS,
     ),
@@ -227,6 +319,24 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=1e-2, delta=0.1)),
         refused=({"delta": nan},),
         rosenbrock=({"lr": 0.2}, 1000, 0.05, 0.001),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("amsgrad", {"amsgrad": True}),
+            ("betas", {"betas": (0.8, 0.99)}),
+            ("eps", {"eps": 1e-6}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("weight_decay_amsgrad", {"weight_decay": 0.1, "amsgrad": True}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+            ("delta_large", {"delta": 5.0}),  # the projection on every step
+            ("delta_zero", {"delta": 0.0}),
+            ("delta_negative", {"delta": -1.0}),  # never projects
+        ),
+        errors=(
+            ("delta nan", {"delta": nan}, "Invalid delta value: nan", False),
+            ("delta inf", {"delta": inf}, "Invalid delta value: inf", False),
+        ),
+        torch_adam_messages=True, not_og_supported_flags=_ADAM_FLAGS,
         random_options=_adamp_random, settings=("delta",),
         state_keys=_ADAM_KEYS,
     ),
@@ -238,6 +348,17 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=0.02, betas=(0.9, 0.9, 0.95), amsgrad=True)),
         refused=(),
         rosenbrock=({"lr": 0.1}, 600, 0.05, 0.001),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("amsgrad", {"amsgrad": True}),
+            ("betas", {"betas": (0.9, 0.9, 0.9)}),
+            ("eps", {"eps": 1e-6}),
+            ("weight_decay", {"weight_decay": 0.02}),
+            ("weight_decay_amsgrad", {"weight_decay": 0.02, "amsgrad": True}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
+        not_og_supported_flags=("amsgrad",),
         random_options=_adan_random,
         state_keys=frozenset({"step", "exp_avg", "exp_avg_sq", "exp_avg_delta", "max_exp_avg_delta", "prev_grad"}),
     ),
@@ -250,6 +371,20 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=1e-2, alpha=2.0)),
         refused=({"alpha": nan}, {"alpha": inf}),
         rosenbrock=({"lr": 0.1, "alpha": 1.0, "betas": (0.9, 0.999, 0.99)}, 600, 0.05, 0.001),
+        samples=(
+            ("default", {}),
+            ("lr", {"lr": 0.01}),
+            ("alpha_zero", {"alpha": 0.0}),
+            ("alpha", {"alpha": 8.0}),
+            ("betas", {"betas": (0.8, 0.9, 0.99)}),
+            ("eps", {"eps": 1e-6}),
+            ("weight_decay", {"weight_decay": 0.1}),
+            ("tensor_lr", {"lr": torch.tensor(0.01)}),
+        ),
+        errors=(
+            ("alpha nan", {"alpha": nan}, "Invalid alpha value: nan", False),
+            ("alpha inf", {"alpha": inf}, "Invalid alpha value: inf", False),
+        ),
         random_options=_ademamix_random,
         state_keys=frozenset({"step", "exp_avg", "exp_avg_slow", "exp_avg_sq"}),
     ),

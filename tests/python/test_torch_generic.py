@@ -148,109 +148,6 @@ def _inputs(*specs: tuple[str, dict[str, Any]]) -> list[OptimizerInput]:
     return [OptimizerInput(params=None, kwargs=kwargs, desc=desc) for desc, kwargs in specs]
 
 
-def inputs_lars(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("momentum", {"momentum": 0.9}),
-        ("momentum_dampening", {"momentum": 0.9, "dampening": 0.5}),
-        ("nesterov", {"momentum": 0.9, "nesterov": True}),
-        ("weight_decay", {"weight_decay": 0.1}),
-        ("weight_decay_momentum", {"weight_decay": 0.1, "momentum": 0.9}),
-        ("scale_clip", {"scale_clip": (0.0, 1.0)}),
-        ("scale_clip_unbounded", {"scale_clip": (0.5, INF)}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
-def inputs_lamb(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("betas", {"betas": (0.8, 0.99)}),
-        ("betas_zero", {"betas": (0.0, 0.0)}),
-        ("eps", {"eps": 1e-6}),
-        ("weight_decay", {"weight_decay": 0.1}),
-        ("scale_clip", {"scale_clip": (0.5, 2.0)}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
-def inputs_ralars(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("force_adaptive_momentum", {"force_adaptive_momentum": True}),
-        # sma_inf = 19: the rectified branch from the 5th step on
-        ("rectified_early", {"betas": (0.9, 0.9)}),
-        ("rectified_early_forced", {"betas": (0.9, 0.9), "force_adaptive_momentum": True}),
-        ("eps", {"eps": 1e-6}),
-        ("weight_decay", {"weight_decay": 0.1}),
-        ("scale_clip", {"scale_clip": (0.0, 1.0)}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
-def inputs_tadam(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("amsgrad", {"amsgrad": True}),
-        ("dof", {"dof": 2.0}),
-        ("betas", {"betas": (0.8, 0.99)}),
-        ("weight_decay", {"weight_decay": 0.1}),
-        ("weight_decay_amsgrad", {"weight_decay": 0.1, "amsgrad": True}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
-def inputs_adam_like(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("amsgrad", {"amsgrad": True}),
-        ("betas", {"betas": (0.8, 0.99)}),
-        ("eps", {"eps": 1e-6}),
-        ("weight_decay", {"weight_decay": 0.1}),
-        ("weight_decay_amsgrad", {"weight_decay": 0.1, "amsgrad": True}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
-def inputs_adamp(device=None, dtype=None):
-    return inputs_adam_like() + _inputs(
-        ("delta_large", {"delta": 5.0}),  # the projection on every step
-        ("delta_zero", {"delta": 0.0}),
-        ("delta_negative", {"delta": -1.0}),  # never projects
-    )
-
-
-def inputs_adan(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("amsgrad", {"amsgrad": True}),
-        ("betas", {"betas": (0.9, 0.9, 0.9)}),
-        ("eps", {"eps": 1e-6}),
-        ("weight_decay", {"weight_decay": 0.02}),
-        ("weight_decay_amsgrad", {"weight_decay": 0.02, "amsgrad": True}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
-def inputs_ademamix(device=None, dtype=None):
-    return _inputs(
-        ("default", {}),
-        ("lr", {"lr": 0.01}),
-        ("alpha_zero", {"alpha": 0.0}),
-        ("alpha", {"alpha": 8.0}),
-        ("betas", {"betas": (0.8, 0.9, 0.99)}),
-        ("eps", {"eps": 1e-6}),
-        ("weight_decay", {"weight_decay": 0.1}),
-        ("tensor_lr", {"lr": torch.tensor(0.01)}),
-    )
-
-
 def _wrapper_inputs(extra: tuple[tuple[str, dict[str, Any]], ...]) -> list[OptimizerInput]:
     return _inputs(
         ("default", {"base": Base(torch.optim.Adam)}),
@@ -369,66 +266,31 @@ def _scale_clip_errors(name: str) -> list[ErrorOptimizerInput]:
     ]
 
 
-def errors_lars(device, dtype):
-    esc = re.escape
-    return _torch_generic_errors(device, dtype) + _common_errors("LARS", dtype, eps=False, betas=None) + _scale_clip_errors("LARS") + [
-        _err("momentum negative", {"momentum": -0.1}, esc("LARS: invalid momentum value: -0.1")),
-        _err("momentum nan", {"momentum": NAN}, esc("Invalid momentum value: nan")),
-        _err("momentum inf", {"momentum": INF}, esc("Invalid momentum value: inf")),
-        _err("dampening nan", {"dampening": NAN}, esc("Invalid dampening value: nan")),
-        _err("nesterov without momentum", {"nesterov": True}, "LARS: Nesterov momentum requires a momentum and zero dampening"),
-        _err("nesterov with dampening", {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
-             "LARS: Nesterov momentum requires a momentum and zero dampening"),
-        _err("group nesterov without momentum", {}, "LARS: Nesterov momentum requires",
-             params=[{"params": [_param(dtype)], "nesterov": True}]),
-        _err("group momentum negative", {}, esc("LARS: invalid momentum value: -1"),
-             params=[{"params": [_param(dtype)], "momentum": -1.0}]),
-    ]
+def _algorithm_inputs(algorithm) -> Callable[..., list[OptimizerInput]]:
+    def inputs(device=None, dtype=None):
+        return _inputs(*algorithm.samples)
+
+    return inputs
 
 
-def errors_lamb(device, dtype):
-    return _torch_generic_errors(device, dtype) + _common_errors("LAMB", dtype) + _scale_clip_errors("LAMB")
+def _algorithm_errors(algorithm) -> Callable[..., list[ErrorOptimizerInput]]:
+    """torch's own checks, the common options' (from what the algorithm takes), then its own."""
 
+    def errors(device, dtype):
+        name = algorithm.name
+        out = _torch_generic_errors(device, dtype) + _common_errors(
+            name, dtype, adam_messages=algorithm.torch_adam_messages, eps=algorithm.eps,
+            betas=algorithm.betas or None)
+        if "scale_clip" in algorithm.cls._settings:
+            out += _scale_clip_errors(name)
+        for desc, options, message, in_group in algorithm.errors:
+            if in_group:
+                out.append(_err(desc, {}, re.escape(message), params=[{"params": [_param(dtype)], **options}]))
+            else:
+                out.append(_err(desc, options, re.escape(message)))
+        return out
 
-def errors_ralars(device, dtype):
-    return _torch_generic_errors(device, dtype) + _common_errors("RaLars", dtype) + _scale_clip_errors("RaLars")
-
-
-def errors_tadam(device, dtype):
-    esc = re.escape
-    return _torch_generic_errors(device, dtype) + _common_errors("TAdam", dtype) + [
-        _err("dof negative", {"dof": -1.0}, esc("TAdam: invalid dof value: -1")),
-        # 0 makes a step whose gradient equals the mean NaN (fix 10; the reference accepts it)
-        _err("dof zero", {"dof": 0.0}, esc("TAdam: invalid dof value: 0")),
-        _err("group dof zero", {}, esc("TAdam: invalid dof value: 0"), params=[{"params": [_param(dtype)], "dof": 0.0}]),
-        _err("dof nan", {"dof": NAN}, esc("Invalid dof value: nan")),
-        _err("dof inf", {"dof": INF}, esc("Invalid dof value: inf")),
-        _err("group dof negative", {}, esc("TAdam: invalid dof value: -2"), params=[{"params": [_param(dtype)], "dof": -2.0}]),
-    ]
-
-
-def errors_adabelief(device, dtype):
-    return _torch_generic_errors(device, dtype) + _common_errors("AdaBelief", dtype, adam_messages=True)
-
-
-def errors_adamp(device, dtype):
-    esc = re.escape
-    return _torch_generic_errors(device, dtype) + _common_errors("AdamP", dtype, adam_messages=True) + [
-        _err("delta nan", {"delta": NAN}, esc("Invalid delta value: nan")),
-        _err("delta inf", {"delta": INF}, esc("Invalid delta value: inf")),
-    ]
-
-
-def errors_adan(device, dtype):
-    return _torch_generic_errors(device, dtype) + _common_errors("Adan", dtype, betas=3)
-
-
-def errors_ademamix(device, dtype):
-    esc = re.escape
-    return _torch_generic_errors(device, dtype) + _common_errors("AdEMAMix", dtype, betas=3) + [
-        _err("alpha nan", {"alpha": NAN}, esc("Invalid alpha value: nan")),
-        _err("alpha inf", {"alpha": INF}, esc("Invalid alpha value: inf")),
-    ]
+    return errors
 
 
 def _wrapper_errors(device, dtype):
@@ -470,18 +332,9 @@ def _info(cls, inputs, errors, **kwargs) -> OptimizerInfo:
     )
 
 
-_ADAM_FLAGS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
-
 OPTIM_DB: list[OptimizerInfo] = [
-    _info(H.LARS, inputs_lars, errors_lars, not_og_supported_flags=("nesterov",)),
-    _info(H.LAMB, inputs_lamb, errors_lamb, not_og_supported_flags=()),
-    # sma_inf: a group key the reference adds on the first step
-    _info(H.RaLars, inputs_ralars, errors_ralars, not_og_supported_flags=("sma_inf",)),
-    _info(H.TAdam, inputs_tadam, errors_tadam, not_og_supported_flags=("amsgrad",)),
-    _info(H.AdaBelief, inputs_adam_like, errors_adabelief, not_og_supported_flags=_ADAM_FLAGS),
-    _info(H.AdamP, inputs_adamp, errors_adamp, not_og_supported_flags=_ADAM_FLAGS),
-    _info(H.Adan, inputs_adan, errors_adan, not_og_supported_flags=("amsgrad",)),
-    _info(H.AdEMAMix, inputs_ademamix, errors_ademamix, not_og_supported_flags=()),
+    *(_info(a.cls, _algorithm_inputs(a), _algorithm_errors(a), not_og_supported_flags=a.not_og_supported_flags)
+      for a in ALGORITHMS.values()),
     # Wrappers: their own checkpoint keys are top-level ones (WRAPPER_KEYS), not group flags.
     _info(H.Lookahead, inputs_lookahead, _wrapper_errors, not_og_supported_flags=()),
     _info(H.Scout, inputs_scout, _wrapper_errors, not_og_supported_flags=()),
