@@ -1,10 +1,12 @@
-// The functional layer as PyTorch operators (torch.ops.holocron.*), one call
-// per parameter group. Python reaches the same C++ math as the C++ classes.
+// The shared machinery of the operators (torch.ops.holocron; see ops.h), and
+// the operators that are not one algorithm's: validation of a whole group,
+// scalar writes, and the wrappers' (Lookahead, Scout). Each algorithm's
+// operator is declared next to the rest of it, in src/algorithms/.
 
-#include <ATen/ATen.h>
+#include "ops.h"
+
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <memory>
@@ -12,20 +14,12 @@
 #include <type_traits>
 
 #include "functional/common.h"
-#include "holocron/optim/functional.h"
 
 namespace holocron::optim::ops {
 
-namespace {
-
-namespace F = functional;
-using at::TensorList;
-
 F::ScaleClip clip_of(double low, double high) { return {low, high}; }
 
-using OptionalTensor = std::optional<at::Tensor>;
-using OptionalTensors = std::optional<std::vector<at::Tensor>>;
-using OptionalNames = std::optional<std::vector<std::string>>;
+namespace {
 
 // One-element CPU tensors are read and written in place: a dispatched
 // item()/fill_() per parameter would cost more than the update of a small one.
@@ -41,6 +35,8 @@ bool with_cpu_scalar(const at::Tensor& t, F f) {
     default: return false;
   }
 }
+
+}  // namespace
 
 double read_scalar(const at::Tensor& t) {
   double value = 0.0;
@@ -59,12 +55,16 @@ void write_scalar(const at::Tensor& t, double value) {
   t.unsafeGetTensorImpl()->bump_version();
 }
 
+namespace {
+
 // Per-tensor trust ratios, on the parameters' device: torch.compile's fake
 // kernels put a new tensor where the inputs are.
 at::Tensor as_tensor(const std::vector<double>& values, TensorList params) {
   auto out = at::tensor(c10::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble));
   return params.empty() ? out : out.to(params[0].device());
 }
+
+}  // namespace
 
 F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
   return {grad_scale.value_or(at::Tensor()), found_inf.value_or(at::Tensor())};
@@ -93,40 +93,6 @@ F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
   return sharding;
 }
 
-// Step counters as ints (the reference's state), or as one-element tensors
-// (a compiled step's state: torch.compile would recompile for every new int).
-// Tensors are read here and advanced by `store` once the update has run,
-// unless found_inf skipped it.
-class StepCounters {
- public:
-  StepCounters(const char* optimizer, c10::IntArrayRef steps, const OptionalTensors& counters,
-               size_t n)
-      : counters_(counters) {
-    if (!counters_) {
-      steps_.assign(steps.begin(), steps.end());
-      return;
-    }
-    TORCH_CHECK(steps.empty(), optimizer, ": pass the step counters as ints or as tensors, not both");
-    TORCH_CHECK(counters_->size() == n, optimizer, ": got ", counters_->size(),
-                " step tensors for ", n, " parameters");
-    for (const auto& t : *counters_) {
-      TORCH_CHECK(t.numel() == 1, optimizer, ": a step tensor has shape ", t.sizes(),
-                  "; expected one element");
-      steps_.push_back(static_cast<int64_t>(read_scalar(t)) + 1);
-    }
-  }
-  c10::IntArrayRef steps() const { return steps_; }
-  void store(const OptionalTensor& found_inf) const {
-    if (!counters_ || skipped(found_inf)) return;
-    for (size_t i = 0; i < steps_.size(); ++i) {
-      write_scalar((*counters_)[i], static_cast<double>(steps_[i]));
-    }
-  }
-
- private:
-  OptionalTensors counters_;
-  std::vector<int64_t> steps_;
-};
 
 // LAMB's and RaLars' trust ratios go into one-element tensors, when given:
 // checked before the update, written after it.
@@ -151,142 +117,7 @@ at::Tensor ratios_out(const std::vector<double>& ratios, TensorList params) {
   return as_tensor(ratios.empty() ? std::vector<double>(params.size(), 1.0) : ratios, params);
 }
 
-// ---- Arguments by name ---------------------------------------------------
-//
-// Each op is declared once, by its schema (kOps below): the kernels read their
-// arguments from the boxed stack by the schema's names, and one Meta kernel
-// serves every op, so that an argument is named in two places (the schema and
-// the line that reads it) rather than in a wrapper's parameter list, the
-// schema, an implementation and a Meta type list kept in the same order.
-
-class Arguments {
- public:
-  Arguments(const c10::OperatorHandle& op, torch::jit::Stack* stack)
-      : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {}
-
-  std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
-  std::optional<std::vector<at::Tensor>> optional_tensors(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toTensorVector();
-  }
-  at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
-  OptionalTensor optional_tensor(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toTensor();
-  }
-  double real(const char* name) const { return at(name).toDouble(); }
-  std::optional<double> optional_real(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toDouble();
-  }
-  std::vector<double> reals(const char* name) const { return at(name).toDoubleVector(); }
-  bool flag(const char* name) const { return at(name).toBool(); }
-  std::vector<bool> flags(const char* name) const {
-    const auto list = at(name).toBoolList();
-    return {list.begin(), list.end()};
-  }
-  int64_t integer(const char* name) const { return at(name).toInt(); }
-  std::vector<int64_t> integers(const char* name) const { return at(name).toIntVector(); }
-  std::optional<std::vector<int64_t>> optional_integers(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toIntVector();
-  }
-  std::string string(const char* name) const { return at(name).toStringRef(); }
-  OptionalNames optional_strings(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    std::vector<std::string> names;
-    for (const auto& item : value.toListRef()) names.push_back(item.toStringRef());
-    return names;
-  }
-
-  // The loss scaling and the whole-tensor sums' sharding every update op may take.
-  F::GradScaling scaling() const {
-    return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
-  }
-  F::Sharding sharding(TensorList params) const {
-    const auto numels = optional_integers("numels");
-    at::OptionalIntArrayRef counts;
-    if (numels) counts = *numels;
-    return sharding_of(params, counts, optional_strings("shard_groups"));
-  }
-  OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
-
- private:
-  const c10::IValue& at(const char* name) const {
-    const auto index = schema_.argumentIndexWithName(name);
-    // A kernel reading a name its schema lacks: a bug here, caught by any call.
-    TORCH_INTERNAL_ASSERT(index.has_value(), schema_.name(), " has no argument '", name, "'");
-    return values_[*index];
-  }
-
-  const c10::FunctionSchema& schema_;
-  c10::ArrayRef<c10::IValue> values_;
-};
-
-// What a kernel returns: a Tensor, a float, or None for `-> ()`.
-using Kernel = c10::IValue (*)(const Arguments&);
-
-c10::IValue lars(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const auto scale_clip = a.reals("scale_clip");
-  TORCH_CHECK_VALUE(scale_clip.empty() || scale_clip.size() == 2,
-                    "LARS: scale_clip must hold two values (low, high), got ", scale_clip.size());
-  std::optional<F::ScaleClip> clip;
-  if (!scale_clip.empty()) clip = clip_of(scale_clip[0], scale_clip[1]);
-  const auto is_new = a.flags("buffer_is_new");
-  std::unique_ptr<bool[]> flags(new bool[is_new.size()]());
-  std::copy(is_new.begin(), is_new.end(), flags.get());
-  return ratios_out(
-      F::lars_(params, a.tensors("grads"), a.tensors("momentum_buffers"),
-               c10::ArrayRef<bool>(flags.get(), is_new.size()),
-               {.lr = a.real("lr"), .momentum = a.real("momentum"), .dampening = a.real("dampening"),
-                .weight_decay = a.real("weight_decay"), .nesterov = a.flag("nesterov"),
-                .scale_clip = clip},
-               a.scaling(), a.sharding(params)),
-      params);
-}
-
-// LAMB's and RaLars' trust ratios: returned, and written into local_lrs when given.
-c10::IValue lamb(const Arguments& a) {
-  const auto params = a.tensors("params");
-  // LAMB has no bias correction: its counters are only advanced.
-  const StepCounters counters("LAMB", {}, a.optional_tensors("step_tensors"), params.size());
-  const auto local_lrs = a.optional_tensors("local_lrs");
-  check_ratio_targets("LAMB", local_lrs, params.size());
-  const auto ratios = F::lamb_(
-      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
-       .weight_decay = a.real("weight_decay"),
-       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high"))},
-      a.scaling(), a.sharding(params));
-  store_ratios(local_lrs, ratios);
-  counters.store(a.found_inf());
-  return ratios_out(ratios, params);
-}
-
-c10::IValue ralars(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const StepCounters counters("RaLars", a.integers("steps"), a.optional_tensors("step_tensors"),
-                              params.size());
-  const auto local_lrs = a.optional_tensors("local_lrs");
-  check_ratio_targets("RaLars", local_lrs, params.size());
-  const auto ratios = F::ralars_(
-      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
-      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
-       .weight_decay = a.real("weight_decay"),
-       .force_adaptive_momentum = a.flag("force_adaptive_momentum"),
-       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
-       .sma_inf = a.optional_real("sma_inf")},
-      a.scaling(), a.sharding(params));
-  store_ratios(local_lrs, ratios);
-  counters.store(a.found_inf());
-  return ratios_out(ratios, params);
-}
+namespace {
 
 // Stores values[i] into the one-element tensor targets[i], in place.
 c10::IValue write_scalars(const Arguments& a) {
@@ -302,92 +133,10 @@ c10::IValue write_scalars(const Arguments& a) {
   return {};
 }
 
-// The reference keeps TAdam's moment weight as a one-element tensor (W_t).
-c10::IValue tadam(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const auto W_ts = a.tensors("W_ts");
-  TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
-              params.size(), " parameters");
-  std::vector<double> weights(W_ts.size());
-  for (size_t i = 0; i < W_ts.size(); ++i) {
-    TORCH_CHECK(W_ts[i].numel() == 1, "TAdam: W_t of parameter ", i,
-                " must hold one element, it has shape ", W_ts[i].sizes());
-    TORCH_CHECK(W_ts[i].scalar_type() == params[i].scalar_type() &&
-                    W_ts[i].device() == params[i].device(),
-                "TAdam: state 'W_t' of parameter ", i, " must be a one-element tensor of dtype ",
-                params[i].scalar_type(), " on ", params[i].device(), ", got ",
-                W_ts[i].scalar_type(), " on ", W_ts[i].device());
-    weights[i] = read_scalar(W_ts[i]);
-  }
-  const StepCounters counters("TAdam", a.integers("steps"), a.optional_tensors("step_tensors"),
-                              params.size());
-  F::tadam_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-            a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
-            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-             .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-             .amsgrad = a.flag("amsgrad"), .dof = a.optional_real("dof")},
-            a.scaling(), a.sharding(params));
-  for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
-  counters.store(a.found_inf());
-  return {};
-}
 
-c10::IValue adabelief(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const StepCounters counters("AdaBelief", a.integers("steps"), a.optional_tensors("step_tensors"),
-                              params.size());
-  F::adabelief_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-                a.tensors("max_exp_avg_sqs"), counters.steps(),
-                {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-                 .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-                 .amsgrad = a.flag("amsgrad")},
-                a.scaling());
-  counters.store(a.found_inf());
-  return {};
-}
 
-c10::IValue adamp(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const StepCounters counters("AdamP", a.integers("steps"), a.optional_tensors("step_tensors"),
-                              params.size());
-  F::adamp_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-            a.tensors("max_exp_avg_sqs"), counters.steps(),
-            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-             .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-             .amsgrad = a.flag("amsgrad"), .delta = a.real("delta")},
-            a.scaling(), a.sharding(params));
-  counters.store(a.found_inf());
-  return {};
-}
 
-c10::IValue adan(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const StepCounters counters("Adan", a.integers("steps"), a.optional_tensors("step_tensors"),
-                              params.size());
-  F::adan_(params, a.tensors("grads"), a.tensors("prev_grads"), a.tensors("exp_avgs"),
-           a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
-           counters.steps(),
-           {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-            .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-            .amsgrad = a.flag("amsgrad")},
-           a.scaling());
-  counters.store(a.found_inf());
-  return {};
-}
 
-c10::IValue ademamix(const Arguments& a) {
-  const auto params = a.tensors("params");
-  const StepCounters counters("AdEMAMix", a.integers("steps"), a.optional_tensors("step_tensors"),
-                              params.size());
-  F::ademamix_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
-               a.tensors("exp_avg_sqs"), counters.steps(),
-               {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-                .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
-                .weight_decay = a.real("weight_decay")},
-               a.scaling());
-  counters.store(a.found_inf());
-  return {};
-}
 
 // What every update op checks before it writes, for one group, so that a
 // step over several groups can check them all before updating any.
@@ -476,60 +225,14 @@ c10::IValue scout_step(const Arguments& a) {
   return {};
 }
 
-// Arguments every update op takes after its own: loss scaling (GradScaler),
-// and for those with whole-tensor sums, the DTensor sharding of those sums.
-#define HOLOCRON_SCALING "Tensor? grad_scale=None, Tensor? found_inf=None"
-#define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
-
 struct Declaration {
   const char* schema;
   Kernel kernel;
 };
 
-// The ops: each one's schema (its only declaration) and kernel.
+// The operators that are not one algorithm's: each one's schema (its only
+// declaration) and kernel.
 const Declaration kOps[] = {
-    {"lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
-     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
-     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING ") -> Tensor",
-     &lars},
-    {"lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-     "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
-     "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
-     &lamb},
-    {"ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-     "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
-     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
-     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
-     &ralars},
-    {"tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
-     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
-     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-     ", Tensor(s!)[]? step_tensors=None) -> ()",
-     &tadam},
-    {"adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
-     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-     ", Tensor(s!)[]? step_tensors=None) -> ()",
-     &adabelief},
-    {"adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
-     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
-     HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None) -> ()",
-     &adamp},
-    {"adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
-     "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
-     "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
-     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-     ", Tensor(s!)[]? step_tensors=None) -> ()",
-     &adan},
-    {"ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
-     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
-     ", Tensor(s!)[]? step_tensors=None) -> ()",
-     &ademamix},
     {"validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
      "int[] owners, int[] steps) -> ()",
      &validate_group},
@@ -551,9 +254,6 @@ const Declaration kOps[] = {
      "int count, str[]? shard_groups=None) -> float",
      &scout_coherence},
 };
-
-#undef HOLOCRON_SCALING
-#undef HOLOCRON_SHARDING
 
 std::string name_of(const char* schema) {
   const std::string text(schema);
@@ -594,8 +294,19 @@ void meta_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
 }  // namespace
 
+void define_op(torch::Library& library, const char* schema) { library.def(schema); }
+
+void implement_op(torch::Library& library, const char* schema, Kernel kernel) {
+  library.impl(name_of(schema).c_str(),
+               torch::CppFunction::makeFromBoxedFunctor(std::make_unique<Boxed>(kernel)));
+}
+
+void implement_meta(torch::Library& library, const char* schema) {
+  library.impl(name_of(schema).c_str(), torch::CppFunction::makeFromBoxedFunction<&meta_kernel>());
+}
+
 TORCH_LIBRARY(holocron, m) {
-  for (const auto& op : kOps) m.def(op.schema);
+  for (const auto& op : kOps) define_op(m, op.schema);
   // Which CPU kernels run the updates (see functional.h): for tests and benchmarks.
   m.def("cpu_capability() -> str", [] { return F::cpu_capability(); });
   m.def("set_cpu_capability(str name) -> ()",
@@ -605,15 +316,11 @@ TORCH_LIBRARY(holocron, m) {
 
 // The functional layer is written with ATen ops, so one kernel serves every device.
 TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {
-  for (const auto& op : kOps) {
-    m.impl(name_of(op.schema).c_str(), torch::CppFunction::makeFromBoxedFunctor(std::make_unique<Boxed>(op.kernel)));
-  }
+  for (const auto& op : kOps) implement_op(m, op.schema, op.kernel);
 }
 
 TORCH_LIBRARY_IMPL(holocron, Meta, m) {
-  for (const auto& op : kOps) {
-    m.impl(name_of(op.schema).c_str(), torch::CppFunction::makeFromBoxedFunction<&meta_kernel>());
-  }
+  for (const auto& op : kOps) implement_meta(m, op.schema);
 }
 
 }  // namespace holocron::optim::ops

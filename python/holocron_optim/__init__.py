@@ -26,8 +26,9 @@ Example::
 """
 
 from . import _library  # noqa: F401  (registers torch.ops.holocron)
-from .optimizers import LAMB, LARS, AdaBelief, AdamP, Adan, AdEMAMix, RaLars, TAdam
+from .optimizers import *  # noqa: F403  (the algorithms: optimizers.__all__)
+from .optimizers import __all__ as _algorithms
 from .wrapper import Lookahead, Scout
 
-__all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix", "Lookahead", "Scout"]
+__all__ = [*_algorithms, "Lookahead", "Scout"]
 __version__ = "0.1.0"

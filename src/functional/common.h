@@ -17,6 +17,9 @@
 
 namespace holocron::optim::functional::detail {
 
+// `list` where the update reads it (amsgrad's maxima, ...), else empty.
+inline TensorList if_used(bool used, TensorList list) { return used ? list : TensorList{}; }
+
 struct NamedList {
   const char* name;
   TensorList tensors;

@@ -1,14 +1,17 @@
-#include "functional/common.h"
-#include "kernels/reference/reference.h"
+#pragma once
 
-namespace holocron::optim::kernels::reference {
+// What LAMB and RaLars share: one trust ratio per tensor from ||p|| and the
+// norm of the direction, in the reference math and in the fused kernels' two
+// passes around the host phase.
+
+#include "algorithms/common.h"
+
+namespace holocron::optim::kernels::reference::trust {
 
 using namespace functional;
 using namespace functional::detail;
 
-namespace {
-
-void update_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, double beta1,
+inline void update_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, double beta1,
                     double beta2) {
   m.mul_(beta1).add_(g, 1.0 - beta1);
   v.mul_(beta2).addcmul_(g, g, 1.0 - beta2);
@@ -80,31 +83,53 @@ void trust_apply(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
   }
 }
 
-double default_sma_inf(const RaLarsHyper& h) { return h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0); }
+}  // namespace holocron::optim::kernels::reference::trust
 
-}  // namespace
+namespace holocron::optim::functional::detail {
 
-Sums lamb_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-               const LambHyper& h) {
-  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, LambDirection{h});
+namespace cpu = kernels::cpu;
+
+inline void check_lamb_family(const char* name, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, const ScaleClip& clip) {
+  check_non_negative(name, "lr", lr);
+  check_beta(name, "betas[0]", beta1);
+  check_beta(name, "betas[1]", beta2);
+  check_non_negative(name, "eps", eps);
+  // The reference accepts a negative weight decay here; torch refuses it and
+  // so do we.
+  check_non_negative(name, "weight_decay", weight_decay);
+  check_hyper(name, "scale_clip[0]", clip.first, 0.0, true, INFINITY, false);
+  check_hyper(name, "scale_clip[1]", clip.second, clip.first, true, INFINITY, true);
 }
 
-void lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-          const LambHyper& h, c10::ArrayRef<double> local_lrs) {
-  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, h.lr, local_lrs,
-              LambDirection{h});
+// The trust ratio of each tensor from ||p||^2 and ||u||^2 (over all shards).
+inline std::vector<double> trust_ratios(const cpu::Sums& norms, const ScaleClip& clip) {
+  std::vector<double> local_lrs(norms.size(), 1.0);
+  for (size_t i = 0; i < norms.size(); ++i) {
+    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]), clip), std::sqrt(norms[i][1]));
+  }
+  return local_lrs;
 }
 
-Sums ralars_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                 c10::ArrayRef<int64_t> steps, const RaLarsHyper& h) {
-  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2,
-                    RaLarsDirection{h, steps, default_sma_inf(h)});
+// The fused kernels' two passes around the host phase. Pass 1 stores the
+// float and double moments (pass 2 reads them), so a throwing all-reduce
+// leaves them advanced; every check has run before it. The per-tensor rows
+// (PerTensor of protocol::lamb or ::ralars) already hold the direction's
+// coefficients; their step is set here, from the trust ratios.
+template <typename PerTensor>
+std::vector<double> fused_trust_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
+                                     const char* name, double lr, const ScaleClip& clip,
+                                     const Sharding& sharding) {
+  cpu::run(moments, scratch.group, scratch.args, &scratch.sums);
+  all_reduce_sums(name, sharding, scratch.sums, 2);
+  auto local_lrs = trust_ratios(scratch.sums, clip);
+  for (size_t i = 0; i < local_lrs.size(); ++i) {
+    auto row = scratch.args.per_tensor[i].get<PerTensor>();
+    row.step = -lr * local_lrs[i];
+    scratch.args.per_tensor[i].set(row);
+  }
+  cpu::run(apply, scratch.group, scratch.args);
+  return local_lrs;
 }
 
-void ralars(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-            c10::ArrayRef<int64_t> steps, const RaLarsHyper& h, c10::ArrayRef<double> local_lrs) {
-  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, h.lr, local_lrs,
-              RaLarsDirection{h, steps, default_sma_inf(h)});
-}
-
-}  // namespace holocron::optim::kernels::reference
+}  // namespace holocron::optim::functional::detail

@@ -1,0 +1,158 @@
+// AdaBelief: everything of the algorithm but its public header and its fused kernel
+// (src/kernels/cpu/adabelief.cpp): the reference math, the checks and the functional
+// function, the C++ class, and the Python operator.
+
+#include "algorithms/common.h"
+
+// ---- Reference math (ATen ops) ----------------------------------------------
+
+namespace holocron::optim::kernels::reference {
+
+using namespace functional;
+using namespace functional::detail;
+
+// Only this file's functional function calls them.
+namespace {
+
+void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+                const AdaBeliefHyper& h) {
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m = scope.inout(exp_avgs[i]);
+    auto s = scope.inout(exp_avg_sqs[i]);
+    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    auto residual = g - m;
+    s.mul_(h.beta2).addcmul_(residual, residual, 1.0 - h.beta2);
+    auto denom = adam_denominator(scope, s, h.amsgrad, max_exp_avg_sqs, i,
+                                  bias_correction(h.beta2, steps[i]), h.eps);
+    p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
+    scope.commit();
+  }
+}
+
+}  // namespace
+
+}  // namespace holocron::optim::kernels::reference
+
+// ---- Checks and the functional function -------------------------------------
+
+namespace holocron::optim::functional {
+
+using namespace detail;
+namespace cpu = kernels::cpu;
+
+void check(const AdaBeliefHyper& h) {
+  check_adam_like("AdaBelief", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
+}
+
+void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+                const AdaBeliefHyper& h, const GradScaling& scaling) {
+  check(h);
+  check_group("AdaBelief", params, grads,
+              {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
+  check_steps("AdaBelief", steps, params.size());
+  const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  const auto inv_grad_scale = grad_unscale("AdaBelief", scaling);
+  if (!inv_grad_scale) return;
+  auto& scratch = fused_scratch();
+  namespace adabelief = cpu::protocol::adabelief;
+  if (!fused_group(scratch.group, params,
+                   adabelief::Arrays<TensorList>{.param = params,
+                                                 .grad = grads,
+                                                 .exp_avg = exp_avgs,
+                                                 .exp_avg_sq = exp_avg_sqs,
+                                                 .max_exp_avg_sq = maxima})) {
+    kernels::reference::adabelief(params, unscaled_grads(grads, *inv_grad_scale),
+                                  exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h);
+    return;
+  }
+  auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = *inv_grad_scale;
+  args.constants.set(adabelief::Constants{
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i].set(adabelief::PerTensor{.inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                                .step = -h.lr / bias_correction(h.beta1, steps[i])});
+  }
+  cpu::run(cpu::Pass::AdaBeliefApply, scratch.group, args);
+  mark_written({params, exp_avgs, exp_avg_sqs, maxima});
+}
+
+}  // namespace holocron::optim::functional
+
+// ---- The C++ class -------------------------------------------------------------
+
+namespace holocron::optim {
+
+using namespace detail;
+
+AdaBeliefOptions::AdaBeliefOptions(double lr) : lr_(lr) {}
+
+functional::AdaBeliefHyper AdaBeliefOptions::hyper() const {
+  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(), amsgrad()};
+}
+
+AdaBelief::AdaBelief(const std::vector<OptimizerParamGroup>& param_groups,
+                     AdaBeliefOptions defaults)
+    : Algorithm(param_groups, defaults, "AdaBelief") {}
+AdaBelief::AdaBelief(TensorVector params, AdaBeliefOptions defaults)
+    : AdaBelief({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void AdaBelief::init_state(AdaBeliefParamState& state, const torch::Tensor& param,
+                           const AdaBeliefOptions& options) const {
+  detail::ensure_buffer(state.exp_avg(), param);
+  detail::ensure_buffer(state.exp_avg_sq(), param);
+  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param);
+}
+
+void AdaBelief::update(const AdaBeliefOptions& options, const TensorVector& params,
+                       const TensorVector& grads,
+                       const std::vector<AdaBeliefParamState*>& states) {
+  auto steps = next_steps(states);
+  functional::adabelief_(
+      params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
+      gather(states, [](auto& s) { return s.exp_avg_sq(); }),
+      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : TensorVector{},
+      steps, options.hyper(), grad_scaling());
+  store_steps(states, steps);
+}
+
+}  // namespace holocron::optim
+
+// ---- The operator (torch.ops.holocron) ------------------------------------------
+
+namespace holocron::optim::ops {
+namespace {
+
+c10::IValue adabelief(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("AdaBelief", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::adabelief_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+                a.tensors("max_exp_avg_sqs"), counters.steps(),
+                {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+                 .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
+                 .amsgrad = a.flag("amsgrad")},
+                a.scaling());
+  counters.store(a.found_inf());
+  return {};
+}
+
+}  // namespace
+
+HOLOCRON_OPTIM_OP(
+    "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
+    "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
+    ", Tensor(s!)[]? step_tensors=None) -> ()",
+    &adabelief)
+
+}  // namespace holocron::optim::ops

@@ -1,0 +1,191 @@
+// Adan: everything of the algorithm but its public header and its fused kernel
+// (src/kernels/cpu/adan.cpp): the reference math, the checks and the functional
+// function, the C++ class, and the Python operator.
+
+#include "algorithms/common.h"
+
+// ---- Reference math (ATen ops) ----------------------------------------------
+
+namespace holocron::optim::kernels::reference {
+
+using namespace functional;
+using namespace functional::detail;
+
+// Only this file's functional function calls them.
+namespace {
+
+void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
+           TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
+           c10::ArrayRef<int64_t> steps, const AdanHyper& h) {
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto prev = scope.inout(prev_grads[i]);
+    auto m = scope.inout(exp_avgs[i]);
+    auto v = scope.inout(exp_avg_sqs[i]);
+    auto n = scope.inout(exp_avg_deltas[i]);
+
+    // Unlike pylocron: the gradient difference is taken against the previous step's
+    // gradient, and is zero on the first step.
+    auto diff = steps[i] == 1 ? at::zeros_like(g) : g - prev;
+    m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    v.mul_(h.beta2).add_(diff, 1.0 - h.beta2);
+    auto corrected = g + h.beta2 * diff;
+    n.mul_(h.beta3).addcmul_(corrected, corrected, 1.0 - h.beta3);
+    prev.copy_(g);
+
+    auto denom = adam_denominator(scope, n, h.amsgrad, max_exp_avg_deltas, i,
+                                  bias_correction(h.beta3, steps[i]), h.eps);
+    auto direction = (m / bias_correction(h.beta1, steps[i]))
+                         .add_(v, h.beta2 / bias_correction(h.beta2, steps[i]))
+                         .div_(denom);
+    p.add_(direction, -h.lr);
+    if (h.weight_decay != 0.0) p.div_(1.0 + h.weight_decay * h.lr);
+    scope.commit();
+  }
+}
+
+}  // namespace
+
+}  // namespace holocron::optim::kernels::reference
+
+// ---- Checks and the functional function -------------------------------------
+
+namespace holocron::optim::functional {
+
+using namespace detail;
+namespace cpu = kernels::cpu;
+
+void check(const AdanHyper& h) {
+  check_adam_like("Adan", h.lr, {h.beta1, h.beta2, h.beta3}, h.eps, h.weight_decay);
+}
+
+void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
+           TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
+           c10::ArrayRef<int64_t> steps, const AdanHyper& h, const GradScaling& scaling) {
+  check(h);
+  check_group("Adan", params, grads,
+              {{"prev_grads", prev_grads},
+               {"exp_avgs", exp_avgs},
+               {"exp_avg_sqs", exp_avg_sqs},
+               {"exp_avg_deltas", exp_avg_deltas}});
+  if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
+  check_steps("Adan", steps, params.size());
+  const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
+  const auto inv_grad_scale = grad_unscale("Adan", scaling);
+  if (!inv_grad_scale) return;
+  auto& scratch = fused_scratch();
+  namespace adan = cpu::protocol::adan;
+  if (!fused_group(scratch.group, params,
+                   adan::Arrays<TensorList>{.param = params,
+                                            .grad = grads,
+                                            .prev_grad = prev_grads,
+                                            .exp_avg = exp_avgs,
+                                            .exp_avg_sq = exp_avg_sqs,
+                                            .exp_avg_delta = exp_avg_deltas,
+                                            .max_exp_avg_delta = maxima})) {
+    kernels::reference::adan(params, unscaled_grads(grads, *inv_grad_scale),
+                             prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
+                             max_exp_avg_deltas, steps, h);
+    return;
+  }
+  auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = *inv_grad_scale;
+  args.constants.set(adan::Constants{.beta1 = h.beta1,
+                                     .beta2 = h.beta2,
+                                     .beta3 = h.beta3,
+                                     .eps = h.eps,
+                                     .weight_decay = h.weight_decay,
+                                     .amsgrad = h.amsgrad});
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i].set(adan::PerTensor{.first_step = steps[i] == 1,
+                                           .inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                                           .beta2_over_bc2 = h.beta2 / bias_correction(h.beta2, steps[i]),
+                                           .inv_sqrt_bc3 = inverse_sqrt_bias_correction(h.beta3, steps[i]),
+                                           .step = -h.lr,
+                                           .decay_divisor = 1.0 + h.weight_decay * h.lr});
+  }
+  cpu::run(cpu::Pass::AdanApply, scratch.group, args);
+  mark_written({params, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
+}
+
+}  // namespace holocron::optim::functional
+
+// ---- The C++ class -------------------------------------------------------------
+
+namespace holocron::optim {
+
+using namespace detail;
+
+AdanOptions::AdanOptions(double lr) : lr_(lr) {}
+
+functional::AdanHyper AdanOptions::hyper() const {
+  return {lr(), std::get<0>(betas()), std::get<1>(betas()), std::get<2>(betas()), eps(),
+          weight_decay(), amsgrad()};
+}
+
+Adan::Adan(const std::vector<OptimizerParamGroup>& param_groups, AdanOptions defaults)
+    : Algorithm(param_groups, defaults, "Adan") {}
+Adan::Adan(TensorVector params, AdanOptions defaults)
+    : Adan({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void Adan::init_state(AdanParamState& state, const torch::Tensor& param,
+                      const AdanOptions& options) const {
+  detail::ensure_buffer(state.exp_avg(), param);
+  detail::ensure_buffer(state.exp_avg_sq(), param);
+  detail::ensure_buffer(state.exp_avg_delta(), param);
+  detail::ensure_buffer(state.prev_grad(), param);
+  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_delta(), param);
+}
+
+void Adan::update(const AdanOptions& options, const TensorVector& params, const TensorVector& grads,
+                  const std::vector<AdanParamState*>& states) {
+  auto steps = next_steps(states);
+  functional::adan_(params, grads, gather(states, [](auto& s) { return s.prev_grad(); }),
+                    gather(states, [](auto& s) { return s.exp_avg(); }),
+                    gather(states, [](auto& s) { return s.exp_avg_sq(); }),
+                    gather(states, [](auto& s) { return s.exp_avg_delta(); }),
+                    options.amsgrad()
+                        ? gather(states, [](auto& s) { return s.max_exp_avg_delta(); })
+                        : TensorVector{},
+                    steps, options.hyper(), grad_scaling());
+  store_steps(states, steps);
+}
+
+}  // namespace holocron::optim
+
+// ---- The operator (torch.ops.holocron) ------------------------------------------
+
+namespace holocron::optim::ops {
+namespace {
+
+c10::IValue adan(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("Adan", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::adan_(params, a.tensors("grads"), a.tensors("prev_grads"), a.tensors("exp_avgs"),
+           a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
+           counters.steps(),
+           {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+            .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
+            .amsgrad = a.flag("amsgrad")},
+           a.scaling());
+  counters.store(a.found_inf());
+  return {};
+}
+
+}  // namespace
+
+HOLOCRON_OPTIM_OP(
+    "adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
+    "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
+    "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
+    "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
+    ", Tensor(s!)[]? step_tensors=None) -> ()",
+    &adan)
+
+}  // namespace holocron::optim::ops

@@ -1,0 +1,168 @@
+// AdEMAMix: everything of the algorithm but its public header and its fused kernel
+// (src/kernels/cpu/ademamix.cpp): the reference math, the checks and the functional
+// function, the C++ class, and the Python operator.
+
+#include "algorithms/common.h"
+
+// ---- Reference math (ATen ops) ----------------------------------------------
+
+namespace holocron::optim::kernels::reference {
+
+using namespace functional;
+using namespace functional::detail;
+
+// Only this file's functional function calls them.
+namespace {
+
+void ademamix(TensorList params, TensorList grads, TensorList exp_avgs,
+               TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+               const AdEMAMixHyper& h) {
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    // An empty tensor has nothing to update (and no norm or cosine to take).
+    if (params[i].numel() == 0) continue;
+    ComputeScope scope(params[i]);
+    auto p = scope.inout(params[i]);
+    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto m1 = scope.inout(exp_avgs[i]);
+    auto m2 = scope.inout(exp_avgs_slow[i]);
+    auto nu = scope.inout(exp_avg_sqs[i]);
+    m1.mul_(h.beta1).add_(g, 1.0 - h.beta1);
+    nu.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
+    m2.mul_(h.beta3).add_(g, 1.0 - h.beta3);
+    auto denom = adam_denominator(scope, nu, false, {}, i, bias_correction(h.beta2, steps[i]), h.eps);
+    auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, h.alpha);
+    p.addcdiv_(numerator, denom, -h.lr);
+    scope.commit();
+  }
+}
+
+}  // namespace
+
+}  // namespace holocron::optim::kernels::reference
+
+// ---- Checks and the functional function -------------------------------------
+
+namespace holocron::optim::functional {
+
+using namespace detail;
+namespace cpu = kernels::cpu;
+
+void check(const AdEMAMixHyper& h) {
+  check_non_negative("AdEMAMix", "lr", h.lr);
+  check_beta("AdEMAMix", "betas[0]", h.beta1);
+  check_beta("AdEMAMix", "betas[1]", h.beta2);
+  check_beta("AdEMAMix", "betas[2]", h.beta3);
+  check_hyper("AdEMAMix", "alpha", h.alpha, -INFINITY, false, INFINITY, false);
+  check_non_negative("AdEMAMix", "eps", h.eps);
+  // The reference accepts a negative weight decay here; torch refuses it and
+  // so do we.
+  check_non_negative("AdEMAMix", "weight_decay", h.weight_decay);
+}
+
+void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
+               TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+               const AdEMAMixHyper& h, const GradScaling& scaling) {
+  check(h);
+  check_group("AdEMAMix", params, grads,
+              {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
+  check_steps("AdEMAMix", steps, params.size());
+  const auto inv_grad_scale = grad_unscale("AdEMAMix", scaling);
+  if (!inv_grad_scale) return;
+  auto& scratch = fused_scratch();
+  namespace ademamix = cpu::protocol::ademamix;
+  if (!fused_group(scratch.group, params,
+                   ademamix::Arrays<TensorList>{.param = params,
+                                                .grad = grads,
+                                                .exp_avg = exp_avgs,
+                                                .exp_avg_slow = exp_avgs_slow,
+                                                .exp_avg_sq = exp_avg_sqs})) {
+    kernels::reference::ademamix(params, unscaled_grads(grads, *inv_grad_scale),
+                                 exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
+    return;
+  }
+  auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = *inv_grad_scale;
+  args.constants.set(ademamix::Constants{.beta1 = h.beta1,
+                                         .beta2 = h.beta2,
+                                         .beta3 = h.beta3,
+                                         .alpha = h.alpha,
+                                         .eps = h.eps,
+                                         .weight_decay = h.weight_decay});
+  for (size_t i = 0; i < params.size(); ++i) {
+    args.per_tensor[i].set(ademamix::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                                               .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                               .step = -h.lr});
+  }
+  cpu::run(cpu::Pass::AdEMAMixApply, scratch.group, args);
+  mark_written({params, exp_avgs, exp_avgs_slow, exp_avg_sqs});
+}
+
+}  // namespace holocron::optim::functional
+
+// ---- The C++ class -------------------------------------------------------------
+
+namespace holocron::optim {
+
+using namespace detail;
+
+AdEMAMixOptions::AdEMAMixOptions(double lr) : lr_(lr) {}
+
+functional::AdEMAMixHyper AdEMAMixOptions::hyper() const {
+  return {lr(),  std::get<0>(betas()), std::get<1>(betas()), std::get<2>(betas()),
+          alpha(), eps(), weight_decay()};
+}
+
+AdEMAMix::AdEMAMix(const std::vector<OptimizerParamGroup>& param_groups, AdEMAMixOptions defaults)
+    : Algorithm(param_groups, defaults, "AdEMAMix") {}
+AdEMAMix::AdEMAMix(TensorVector params, AdEMAMixOptions defaults)
+    : AdEMAMix({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void AdEMAMix::init_state(AdEMAMixParamState& state, const torch::Tensor& param,
+                          const AdEMAMixOptions&) const {
+  detail::ensure_buffer(state.exp_avg(), param);
+  detail::ensure_buffer(state.exp_avg_slow(), param);
+  detail::ensure_buffer(state.exp_avg_sq(), param);
+}
+
+void AdEMAMix::update(const AdEMAMixOptions& options, const TensorVector& params,
+                      const TensorVector& grads, const std::vector<AdEMAMixParamState*>& states) {
+  auto steps = next_steps(states);
+  functional::ademamix_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
+                        gather(states, [](auto& s) { return s.exp_avg_slow(); }),
+                        gather(states, [](auto& s) { return s.exp_avg_sq(); }), steps,
+                        options.hyper(), grad_scaling());
+  store_steps(states, steps);
+}
+
+}  // namespace holocron::optim
+
+// ---- The operator (torch.ops.holocron) ------------------------------------------
+
+namespace holocron::optim::ops {
+namespace {
+
+c10::IValue ademamix(const Arguments& a) {
+  const auto params = a.tensors("params");
+  const StepCounters counters("AdEMAMix", a.integers("steps"), a.optional_tensors("step_tensors"),
+                              params.size());
+  F::ademamix_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
+               a.tensors("exp_avg_sqs"), counters.steps(),
+               {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+                .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
+                .weight_decay = a.real("weight_decay")},
+               a.scaling());
+  counters.store(a.found_inf());
+  return {};
+}
+
+}  // namespace
+
+HOLOCRON_OPTIM_OP(
+    "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
+    "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
+    ", Tensor(s!)[]? step_tensors=None) -> ()",
+    &ademamix)
+
+}  // namespace holocron::optim::ops

@@ -1,0 +1,145 @@
+// LAMB: everything of the algorithm but its public header and its fused kernel
+// (src/kernels/cpu/lamb.cpp): the reference math, the checks and the functional
+// function, the C++ class, and the Python operator.
+
+#include "algorithms/common.h"
+#include "algorithms/trust_ratio.h"
+
+// ---- Reference math (ATen ops) ----------------------------------------------
+
+namespace holocron::optim::kernels::reference {
+
+using namespace functional;
+using namespace functional::detail;
+using namespace trust;
+
+// Only this file's functional function calls them.
+namespace {
+
+Sums lamb_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+               const LambHyper& h) {
+  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, LambDirection{h});
+}
+
+void lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+          const LambHyper& h, c10::ArrayRef<double> local_lrs) {
+  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, h.lr, local_lrs,
+              LambDirection{h});
+}
+
+}  // namespace
+
+}  // namespace holocron::optim::kernels::reference
+
+// ---- Checks and the functional function -------------------------------------
+
+namespace holocron::optim::functional {
+
+using namespace detail;
+namespace cpu = kernels::cpu;
+
+void check(const LambHyper& h) {
+  check_lamb_family("LAMB", h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.scale_clip);
+}
+
+std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
+                          TensorList exp_avg_sqs, const LambHyper& h, const GradScaling& scaling,
+                          const Sharding& sharding) {
+  check(h);
+  check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  check_sharding("LAMB", sharding, params);
+  const auto inv_grad_scale = grad_unscale("LAMB", scaling);
+  if (!inv_grad_scale) return {};
+  auto& scratch = fused_scratch();
+  const cpu::protocol::lamb::Arrays<TensorList> arrays{
+      .param = params, .grad = grads, .exp_avg = exp_avgs, .exp_avg_sq = exp_avg_sqs};
+  if (!fused_group(scratch.group, params, arrays)) {
+    const auto g = unscaled_grads(grads, *inv_grad_scale);
+    auto norms = kernels::reference::lamb_sums(params, g, exp_avgs, exp_avg_sqs, h);
+    all_reduce_sums("LAMB", sharding, norms, 2);
+    const auto local_lrs = trust_ratios(norms, h.scale_clip);
+    kernels::reference::lamb(params, g, exp_avgs, exp_avg_sqs, h, local_lrs);
+    return local_lrs;
+  }
+  auto& args = scratch.fresh_args(params.size());
+  args.inv_grad_scale = *inv_grad_scale;
+  args.constants.set(cpu::protocol::lamb::Constants{
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay});
+  // The step is known after pass 1 (fused_trust_step).
+  for (auto& row : args.per_tensor) row.set(cpu::protocol::lamb::PerTensor{.step = 0.0});
+  auto local_lrs = fused_trust_step<cpu::protocol::lamb::PerTensor>(
+      cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB", h.lr, h.scale_clip, sharding);
+  mark_written({params, exp_avgs, exp_avg_sqs});
+  return local_lrs;
+}
+
+}  // namespace holocron::optim::functional
+
+// ---- The C++ class -------------------------------------------------------------
+
+namespace holocron::optim {
+
+using namespace detail;
+
+LAMBOptions::LAMBOptions(double lr) : lr_(lr) {}
+
+functional::LambHyper LAMBOptions::hyper() const {
+  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(),
+          clip_or_default(scale_clip())};
+}
+
+LAMB::LAMB(const std::vector<OptimizerParamGroup>& param_groups, LAMBOptions defaults)
+    : Algorithm(param_groups, defaults, "LAMB") {}
+LAMB::LAMB(TensorVector params, LAMBOptions defaults)
+    : LAMB({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void LAMB::init_state(LAMBParamState& state, const torch::Tensor& param,
+                      const LAMBOptions&) const {
+  detail::ensure_buffer(state.exp_avg(), param);
+  detail::ensure_buffer(state.exp_avg_sq(), param);
+}
+
+void LAMB::update(const LAMBOptions& options, const TensorVector& params, const TensorVector& grads,
+                  const std::vector<LAMBParamState*>& states) {
+  auto local_lrs = functional::lamb_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
+                                     gather(states, [](auto& s) { return s.exp_avg_sq(); }),
+                                     options.hyper(), grad_scaling());
+  store_steps(states, next_steps(states));
+  for (size_t i = 0; i < states.size(); ++i) states[i]->local_lr(local_lrs[i]);
+}
+
+}  // namespace holocron::optim
+
+// ---- The operator (torch.ops.holocron) ------------------------------------------
+
+namespace holocron::optim::ops {
+namespace {
+
+// LAMB's and RaLars' trust ratios: returned, and written into local_lrs when given.
+c10::IValue lamb(const Arguments& a) {
+  const auto params = a.tensors("params");
+  // LAMB has no bias correction: its counters are only advanced.
+  const StepCounters counters("LAMB", {}, a.optional_tensors("step_tensors"), params.size());
+  const auto local_lrs = a.optional_tensors("local_lrs");
+  check_ratio_targets("LAMB", local_lrs, params.size());
+  const auto ratios = F::lamb_(
+      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
+       .weight_decay = a.real("weight_decay"),
+       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high"))},
+      a.scaling(), a.sharding(params));
+  store_ratios(local_lrs, ratios);
+  counters.store(a.found_inf());
+  return ratios_out(ratios, params);
+}
+
+}  // namespace
+
+HOLOCRON_OPTIM_OP(
+    "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
+    "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
+    ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
+    &lamb)
+
+}  // namespace holocron::optim::ops

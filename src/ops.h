@@ -1,0 +1,171 @@
+#pragma once
+
+// What the operators (torch.ops.holocron) share: arguments read by name from
+// the boxed stack, step counters as ints or tensors, one-element tensors read
+// and written on the host, and HOLOCRON_OPTIM_OP, which declares an operator
+// by its schema next to its kernel (each algorithm's in src/algorithms/).
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "holocron/optim/functional.h"
+
+namespace holocron::optim::ops {
+
+namespace F = functional;
+using at::TensorList;
+using OptionalTensor = std::optional<at::Tensor>;
+using OptionalTensors = std::optional<std::vector<at::Tensor>>;
+using OptionalNames = std::optional<std::vector<std::string>>;
+
+F::ScaleClip clip_of(double low, double high);
+double read_scalar(const at::Tensor& t);
+void write_scalar(const at::Tensor& t, double value);
+F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+bool skipped(const OptionalTensor& found_inf);
+F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
+                        const OptionalNames& shard_groups);
+// LAMB's and RaLars' trust ratios go into one-element tensors, when given:
+// checked before the update, written after it.
+void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, size_t n);
+void store_ratios(const OptionalTensors& targets, const std::vector<double>& ratios);
+// What the ops return: the trust ratios, or ones for a skipped step (what the
+// fake kernels promise: one per tensor).
+at::Tensor ratios_out(const std::vector<double>& ratios, TensorList params);
+
+// Step counters as ints (the reference's state), or as one-element tensors
+// (a compiled step's state: torch.compile would recompile for every new int).
+// Tensors are read here and advanced by `store` once the update has run,
+// unless found_inf skipped it.
+class StepCounters {
+ public:
+  StepCounters(const char* optimizer, c10::IntArrayRef steps, const OptionalTensors& counters,
+               size_t n)
+      : counters_(counters) {
+    if (!counters_) {
+      steps_.assign(steps.begin(), steps.end());
+      return;
+    }
+    TORCH_CHECK(steps.empty(), optimizer, ": pass the step counters as ints or as tensors, not both");
+    TORCH_CHECK(counters_->size() == n, optimizer, ": got ", counters_->size(),
+                " step tensors for ", n, " parameters");
+    for (const auto& t : *counters_) {
+      TORCH_CHECK(t.numel() == 1, optimizer, ": a step tensor has shape ", t.sizes(),
+                  "; expected one element");
+      steps_.push_back(static_cast<int64_t>(read_scalar(t)) + 1);
+    }
+  }
+  c10::IntArrayRef steps() const { return steps_; }
+  void store(const OptionalTensor& found_inf) const {
+    if (!counters_ || skipped(found_inf)) return;
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      write_scalar((*counters_)[i], static_cast<double>(steps_[i]));
+    }
+  }
+
+ private:
+  OptionalTensors counters_;
+  std::vector<int64_t> steps_;
+};
+
+// An op's arguments, read by the names its schema gives them: an argument is
+// named in the schema and in the line that reads it, and nowhere else (no
+// wrapper parameter list, no Meta type list to keep in the same order).
+class Arguments {
+ public:
+  Arguments(const c10::OperatorHandle& op, torch::jit::Stack* stack)
+      : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {}
+
+  std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
+  std::optional<std::vector<at::Tensor>> optional_tensors(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toTensorVector();
+  }
+  at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
+  OptionalTensor optional_tensor(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toTensor();
+  }
+  double real(const char* name) const { return at(name).toDouble(); }
+  std::optional<double> optional_real(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toDouble();
+  }
+  std::vector<double> reals(const char* name) const { return at(name).toDoubleVector(); }
+  bool flag(const char* name) const { return at(name).toBool(); }
+  std::vector<bool> flags(const char* name) const {
+    const auto list = at(name).toBoolList();
+    return {list.begin(), list.end()};
+  }
+  int64_t integer(const char* name) const { return at(name).toInt(); }
+  std::vector<int64_t> integers(const char* name) const { return at(name).toIntVector(); }
+  std::optional<std::vector<int64_t>> optional_integers(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    return value.toIntVector();
+  }
+  std::string string(const char* name) const { return at(name).toStringRef(); }
+  OptionalNames optional_strings(const char* name) const {
+    const auto& value = at(name);
+    if (value.isNone()) return std::nullopt;
+    std::vector<std::string> names;
+    for (const auto& item : value.toListRef()) names.push_back(item.toStringRef());
+    return names;
+  }
+
+  // The loss scaling and the whole-tensor sums' sharding every update op may take.
+  F::GradScaling scaling() const {
+    return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
+  }
+  F::Sharding sharding(TensorList params) const {
+    const auto numels = optional_integers("numels");
+    at::OptionalIntArrayRef counts;
+    if (numels) counts = *numels;
+    return sharding_of(params, counts, optional_strings("shard_groups"));
+  }
+  OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
+
+ private:
+  const c10::IValue& at(const char* name) const {
+    const auto index = schema_.argumentIndexWithName(name);
+    // A kernel reading a name its schema lacks: a bug here, caught by any call.
+    TORCH_INTERNAL_ASSERT(index.has_value(), schema_.name(), " has no argument '", name, "'");
+    return values_[*index];
+  }
+
+  const c10::FunctionSchema& schema_;
+  c10::ArrayRef<c10::IValue> values_;
+};
+
+// What a kernel returns: a Tensor, a float, or None for `-> ()`.
+using Kernel = c10::IValue (*)(const Arguments&);
+
+// Registers `schema` (its only declaration) with `kernel` for every device, and
+// the Meta kernel that serves every op (shapes never change; what is returned
+// is one ratio per tensor or a float).
+void define_op(torch::Library& library, const char* schema);
+void implement_op(torch::Library& library, const char* schema, Kernel kernel);
+void implement_meta(torch::Library& library, const char* schema);
+
+}  // namespace holocron::optim::ops
+
+// Arguments every update op takes after its own: loss scaling (GradScaler),
+// and for those with whole-tensor sums, the DTensor sharding of those sums.
+#define HOLOCRON_SCALING "Tensor? grad_scale=None, Tensor? found_inf=None"
+#define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
+
+// Declares the operator `schema` with `kernel` (at namespace scope).
+#define HOLOCRON_OPTIM_OP(schema, kernel)                                              \
+  TORCH_LIBRARY_FRAGMENT(holocron, m) { ::holocron::optim::ops::define_op(m, schema); } \
+  TORCH_LIBRARY_IMPL(holocron, CompositeExplicitAutograd, m) {                         \
+    ::holocron::optim::ops::implement_op(m, schema, kernel);                           \
+  }                                                                                    \
+  TORCH_LIBRARY_IMPL(holocron, Meta, m) { ::holocron::optim::ops::implement_meta(m, schema); }
