@@ -100,25 +100,6 @@ struct PassArgs {
 // Per-tensor sums of a reducing pass: one row per tensor.
 using Sums = std::vector<std::array<double, kMaxSums>>;
 
-enum class Pass : int {
-  LarsNorms,
-  LarsApply,
-  LambMoments,
-  LambApply,
-  RaLarsMoments,
-  RaLarsApply,
-  TAdamDistance,
-  TAdamApply,
-  AdaBeliefApply,
-  AdamPMoments,
-  AdamPApply,
-  AdanApply,
-  AdEMAMixApply,
-  LookaheadSync,
-  ScoutAccumulate,
-  ScoutCoherence,
-  Count
-};
 
 enum class Capability : int { Default = 0, AVX2 = 1, AVX512 = 2 };
 

@@ -230,3 +230,29 @@ struct CoherenceConstants {
 }  // namespace scout
 
 }  // namespace holocron::optim::kernels::cpu::protocol
+
+namespace holocron::optim::kernels::cpu {
+
+// The passes, each named after its algorithm and phase: what the functional
+// layer runs (cpu::run) and each kernel file registers (src/kernels/cpu/table.cpp).
+enum class Pass : int {
+  LarsNorms,
+  LarsApply,
+  LambMoments,
+  LambApply,
+  RaLarsMoments,
+  RaLarsApply,
+  TAdamDistance,
+  TAdamApply,
+  AdaBeliefApply,
+  AdamPMoments,
+  AdamPApply,
+  AdanApply,
+  AdEMAMixApply,
+  LookaheadSync,
+  ScoutAccumulate,
+  ScoutCoherence,
+  Count
+};
+
+}  // namespace holocron::optim::kernels::cpu
