@@ -7,7 +7,7 @@ import inspect
 import math
 from collections import defaultdict, deque
 from collections.abc import Callable
-from itertools import repeat
+from itertools import chain, repeat
 from operator import is_, itemgetter, setitem
 from typing import Any, NamedTuple
 
@@ -233,24 +233,35 @@ class FusedStep:
         if default_betas is not None:
             check_betas(group.get("betas"), len(default_betas), type(self).__name__)
 
-    def _validate(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def _validate(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+                  states: list[dict[str, Any] | None]) -> None:
         """Everything the group's op checks before it writes (gradients, state
         buffers, step counters), in one C++ call: run for every group before
-        any is updated, so that a step over several groups is all or nothing."""
+        any is updated, so that a step over several groups is all or nothing.
+        `states`: each parameter's, or None where it has none yet."""
         keys = self._state_keys(group)
-        buffers, owners, steps = [], [], []
-        for index, p in enumerate(params):
-            state = self.state.get(p)  # type: ignore[attr-defined]
-            if not state:
-                continue
+        required = keys + ["step"] * self._counts_steps
+        buffers: list[Any] = []
+        if None not in states and (not required or self._hold_all(states, required)):
+            # Past the first steps: every state holds every buffer, read in C.
             for key in keys:
-                buffer = state.get(key)
-                if buffer is not None:
-                    buffers.append(buffer)
-                    owners.append(index)
-            if "step" in state:
-                steps.append(step_count(state["step"]) + 1)
-        grads = [distributed.grad_like(g, p) for g, p in zip(grads, params)]
+                buffers += gather(states, key)
+            owners = list(range(len(params))) * len(keys)
+            steps = self._advance_steps(states) if self._counts_steps else []
+        if not buffers or type(None) in types_of(buffers):
+            buffers, owners, steps = [], [], []
+            for index, state in enumerate(states):
+                if not state:
+                    continue
+                for key in keys:
+                    buffer = state.get(key)
+                    if buffer is not None:
+                        buffers.append(buffer)
+                        owners.append(index)
+                if "step" in state:
+                    steps.append(step_count(state["step"]) + 1)
+        if distributed.any_dtensor(params):
+            grads = [distributed.grad_like(g, p) for g, p in zip(grads, params)]
         name = type(self).__name__
         distributed.call_on_locals(
             lambda params, grads, buffers, owners, steps: ops.validate_group(
@@ -303,17 +314,18 @@ class FusedStep:
         # A single group's op checks everything before it writes; several
         # groups (or a group of DTensors laid out differently, updated by
         # several calls) are all checked before the first is updated.
+        group_states = self._group_states([params for _, params, _ in work])
         if len(work) > 1 or any(distributed.is_split(params) for _, params, _ in work):
-            for group, params, grads in work:
-                self._validate(group, params, grads)
+            for (group, params, grads), states in zip(work, group_states):
+                self._validate(group, params, grads, states)
 
         state_of = self.state  # type: ignore[attr-defined]
-        for group, params, grads in work:
+        for (group, params, grads), states in zip(work, group_states):
             if self._stateless(group):
                 self._apply(group, params, grads, [{} for _ in params])
                 continue
             keys = self._buffers(group)
-            states = self._states_of(params, len(work) == 1)
+            states = list(states)
             # What this step adds, taken back if its op fails: new states
             # (and their entries in self.state), and buffers added to old ones.
             made: list[tuple[torch.Tensor, bool]] = []
@@ -350,15 +362,20 @@ class FusedStep:
             return False
         return True
 
-    def _states_of(self, params: list[torch.Tensor], only_group: bool) -> list[dict[str, Any] | None]:
-        """`[self.state.get(p) for p in params]`. A lookup hashes its tensor in Python
-        (`Tensor.__hash__`); when the states' keys are these parameters in their order
-        (a single group, past its first step: what made them), the states are read in
-        order instead, after a check of the keys' identities in C."""
+    def _group_states(self, groups: list[list[torch.Tensor]]) -> list[list[dict[str, Any] | None]]:
+        """`[self.state.get(p) for p in params]` for each group's parameters. A lookup
+        hashes its tensor in Python (`Tensor.__hash__`); when the states' keys are these
+        parameters in their order (past the first step, what made them), the states are
+        read in order instead, after a check of the keys' identities in C."""
         state_of = self.state  # type: ignore[attr-defined]
-        if only_group and len(state_of) == len(params) and all(map(is_, state_of, params)):
-            return list(state_of.values())
-        return list(map(state_of.get, params))
+        if len(state_of) == sum(map(len, groups)) and all(map(is_, state_of, chain.from_iterable(groups))):
+            values = list(state_of.values())
+            out, start = [], 0
+            for params in groups:
+                out.append(values[start:start + len(params)])
+                start += len(params)
+            return out
+        return [list(map(state_of.get, params)) for params in groups]
 
     def _compiled_step(self) -> None:
         """The step torch.compile traces: one graph without breaks, the same

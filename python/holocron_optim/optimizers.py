@@ -3,13 +3,14 @@ param_groups and state layout; the math runs in torch.ops.holocron."""
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import torch
 from torch.optim import Adam, Optimizer
 
 from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, gather,
-                    learning_rate, step_count)
+                    learning_rate, step_count, types_of)
 from . import _distributed as distributed
 from ._library import ops
 
@@ -295,10 +296,19 @@ class TAdam(FusedStep, Optimizer):
         beta1 = group["betas"][0]
         state["W_t"] = beta1 / (1 - beta1) * torch.ones(1, dtype=p.dtype, device=p.device)
 
-    def _validate(self, group, params, grads) -> None:
-        super()._validate(group, params, grads)
-        for p in params:
-            w_t = self.state.get(p, {}).get("W_t")
+    def _validate(self, group, params, grads, states) -> None:
+        super()._validate(group, params, grads, states)
+        w_ts = [s["W_t"] for s in states if s and "W_t" in s] if None in states else gather(states, "W_t")
+        if not w_ts:
+            return
+        # In C where they all fit (past the first step); one by one to name the first that does not.
+        dtypes, devices = {p.dtype for p in params}, {p.device for p in params}
+        if (types_of(w_ts) == {torch.Tensor} and set(map(torch.Tensor.numel, w_ts)) == {1} and len(dtypes) == 1
+                and len(devices) == 1 and set(map(attrgetter("dtype"), w_ts)) == dtypes
+                and set(map(attrgetter("device"), w_ts)) == devices):
+            return
+        for p, state in zip(params, states):
+            w_t = (state or {}).get("W_t")
             if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
                 raise RuntimeError(f"TAdam: state 'W_t' must be a one-element tensor of dtype {p.dtype} on {p.device}")
 

@@ -190,6 +190,36 @@ def test_bad_gradient_of_a_later_param_changes_nothing(name, bad):
     assert_same(snapshot(opt, params), before)
 
 
+@pytest.mark.parametrize("bad", ["shape", "dtype", "step", "W_t"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_bad_state_of_a_later_group_changes_nothing(name, bad):
+    """A state buffer, counter or TAdam weight of the second group replaced by one that does not
+    fit: the step refuses it before the first group is updated (states read past the first step
+    in order, by the checks' fast path, and one by one otherwise)."""
+    if (bad == "W_t" and name != "TAdam") or (bad == "step" and name == "LARS"):
+        pytest.skip("not this algorithm's state")
+    params = params_((4, 3), (6,), (2, 2), (7,))
+    opt = getattr(ho, name)([{"params": params[:2]}, {"params": params[2:], "lr": 0.01}], **RICH[name])
+    for t in range(3):
+        set_grads(params, t)
+        opt.step()
+    state = opt.state[params[-1]]
+    key = "momentum_buffer" if name == "LARS" else "exp_avg"
+    if bad == "shape":
+        state[key] = torch.zeros(8, dtype=state[key].dtype)
+    elif bad == "dtype":
+        state[key] = state[key].float()
+    elif bad == "W_t":
+        state["W_t"] = state["W_t"].float()
+    else:
+        state["step"] = -3
+    set_grads(params, 10)
+    before = snapshot(opt, params)
+    with pytest.raises(RuntimeError):
+        opt.step()
+    assert_same(snapshot(opt, params), before)
+
+
 @pytest.mark.parametrize("name", ALGOS)
 def test_non_contiguous_params_match_contiguous(name):
     gen = torch.Generator().manual_seed(4)
