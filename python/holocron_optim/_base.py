@@ -311,12 +311,14 @@ class FusedStep:
                 grads = [g for g in grads if g is not None]
             if params:
                 work.append((group, params, grads))
-        # A single group's op checks everything before it writes; several
-        # groups (or a group of DTensors laid out differently, updated by
-        # several calls) are all checked before the first is updated.
+        # A group's op checks everything before it writes: with several groups,
+        # those after the first are checked before the first is updated (a
+        # group of DTensors laid out differently, updated by several calls,
+        # is checked whole first too).
         group_states = self._group_states([params for _, params, _ in work])
-        if len(work) > 1 or any(distributed.is_split(params) for _, params, _ in work):
-            for (group, params, grads), states in zip(work, group_states):
+        split = any(distributed.is_split(params) for _, params, _ in work)
+        for index, ((group, params, grads), states) in enumerate(zip(work, group_states)):
+            if index > 0 or split:
                 self._validate(group, params, grads, states)
 
         state_of = self.state  # type: ignore[attr-defined]
@@ -478,7 +480,10 @@ class FusedStep:
         counters = gather(states, "step")
         steps = list(map((1).__add__, counters))
         if NotImplemented in steps:  # not all ints: int() reads a tensor counter (torch.optim.Adam's load makes them)
-            return [int(n) + 1 for n in counters]
+            steps = [int(n) + 1 for n in counters]
+        # Checked here, before any write, for every algorithm (LAMB's op takes no counters).
+        if steps and min(steps) < 1:
+            raise RuntimeError(f"{type(self).__name__}: a state 'step' is {min(steps) - 1}; counters cannot be negative")
         return steps
 
     @staticmethod
