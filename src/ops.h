@@ -9,7 +9,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <functional>
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -82,23 +84,8 @@ class Arguments {
       : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {}
 
   std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
-  std::optional<std::vector<at::Tensor>> optional_tensors(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toTensorVector();
-  }
   at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
-  OptionalTensor optional_tensor(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toTensor();
-  }
   double real(const char* name) const { return at(name).toDouble(); }
-  std::optional<double> optional_real(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toDouble();
-  }
   std::vector<double> reals(const char* name) const { return at(name).toDoubleVector(); }
   bool flag(const char* name) const { return at(name).toBool(); }
   std::vector<bool> flags(const char* name) const {
@@ -107,18 +94,21 @@ class Arguments {
   }
   int64_t integer(const char* name) const { return at(name).toInt(); }
   std::vector<int64_t> integers(const char* name) const { return at(name).toIntVector(); }
-  std::optional<std::vector<int64_t>> optional_integers(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    return value.toIntVector();
-  }
   std::string string(const char* name) const { return at(name).toStringRef(); }
+
+  // Optional arguments (`T?` in the schema): none, or what the reader above returns.
+  OptionalTensors optional_tensors(const char* name) const { return optional(name, &Arguments::tensors); }
+  OptionalTensor optional_tensor(const char* name) const { return optional(name, &Arguments::tensor); }
+  std::optional<double> optional_real(const char* name) const { return optional(name, &Arguments::real); }
+  std::optional<std::vector<int64_t>> optional_integers(const char* name) const {
+    return optional(name, &Arguments::integers);
+  }
   OptionalNames optional_strings(const char* name) const {
-    const auto& value = at(name);
-    if (value.isNone()) return std::nullopt;
-    std::vector<std::string> names;
-    for (const auto& item : value.toListRef()) names.push_back(item.toStringRef());
-    return names;
+    return optional(name, [](const Arguments& self, const char* key) {
+      std::vector<std::string> names;
+      for (const auto& item : self.at(key).toListRef()) names.push_back(item.toStringRef());
+      return names;
+    });
   }
 
   // The loss scaling and the whole-tensor sums' sharding every update op may take.
@@ -134,6 +124,13 @@ class Arguments {
   OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
 
  private:
+  template <typename Read>
+  auto optional(const char* name, Read read) const
+      -> std::optional<std::decay_t<std::invoke_result_t<Read, const Arguments&, const char*>>> {
+    if (at(name).isNone()) return std::nullopt;
+    return std::invoke(read, *this, name);
+  }
+
   const c10::IValue& at(const char* name) const {
     const auto index = schema_.argumentIndexWithName(name);
     // A kernel reading a name its schema lacks: a bug here, caught by any call.

@@ -143,6 +143,17 @@ class Buffer(NamedTuple):
         return self.exists is None or bool(self.exists(group))
 
 
+class _RatioTargets(NamedTuple):
+    """A group's trust-ratio tensors (`FusedStep._ratio_targets`), valid while its
+    parameters, their states and what the states hold as `local_lr` are these."""
+
+    group: dict[str, Any]
+    params: list[torch.Tensor]
+    states: list[dict[str, Any]]
+    targets: list[torch.Tensor]
+    held: list[Any]  # each state's local_lr: its target, or the int 1
+
+
 class FusedStep:
     """Mixin for torch.optim.Optimizer subclasses.
 
@@ -241,14 +252,15 @@ class FusedStep:
         `states`: each parameter's, or None where it has none yet."""
         keys = self._state_keys(group)
         required = keys + ["step"] * self._counts_steps
-        buffers: list[Any] = []
-        if None not in states and (not required or self._hold_all(states, required)):
-            # Past the first steps: every state holds every buffer, read in C.
-            for key in keys:
-                buffers += gather(states, key)
+        # Past the first steps every state holds every buffer: read in C.
+        complete = None not in states and (not required or self._hold_all(states, required))
+        if complete:
+            buffers = [b for key in keys for b in gather(states, key)]
+            complete = type(None) not in types_of(buffers)
+        if complete:
             owners = list(range(len(params))) * len(keys)
             steps = self._advance_steps(states) if self._counts_steps else []
-        if not buffers or type(None) in types_of(buffers):
+        else:
             buffers, owners, steps = [], [], []
             for index, state in enumerate(states):
                 if not state:
@@ -326,8 +338,7 @@ class FusedStep:
             if self._stateless(group):
                 self._apply(group, params, grads, [{} for _ in params])
                 continue
-            keys = self._buffers(group)
-            states = list(states)
+            keys = self._buffers(group)  # `states` is this step's own list (_group_states): filled in place
             # What this step adds, taken back if its op fails: new states
             # (and their entries in self.state), and buffers added to old ones.
             made: list[tuple[torch.Tensor, bool]] = []
@@ -444,17 +455,17 @@ class FusedStep:
             return {}  # a validation of the options (_validate_options)
         held = list(map(dict.get, states, repeat("local_lr")))
         cache = self.__dict__.setdefault("_trust_ratio_targets", {}).get(id(group))
-        if (cache is not None and cache[0] is group and len(cache[1]) == len(params)
-                and all(map(is_, cache[1], params)) and all(map(is_, cache[2], states))
-                and all(map(is_, cache[4], held))):
-            return {"local_lrs": cache[3]}
+        if (cache is not None and cache.group is group and len(cache.params) == len(params)
+                and all(map(is_, cache.params, params)) and all(map(is_, cache.states, states))
+                and all(map(is_, cache.held, held))):
+            return {"local_lrs": cache.targets}
         targets = []
         for p, value in zip(params, held):
             # Whatever a loaded state holds is replaced when it cannot be written in place.
             if type(value) is not torch.Tensor or value.numel() != 1 or value.dtype != p.dtype or value.device != p.device:
                 value = torch.empty((), dtype=p.dtype, device=p.device)
             targets.append(value)
-        self._trust_ratio_targets[id(group)] = (group, params, states, targets, held)
+        self._trust_ratio_targets[id(group)] = _RatioTargets(group, params, states, targets, held)
         return {"local_lrs": targets}
 
     def _settle_ratios(self, group: dict[str, Any], states: list[dict[str, Any]], ratios: torch.Tensor) -> None:
@@ -462,15 +473,15 @@ class FusedStep:
         ratio, or the int 1 where a norm was zero (the reference's choice)."""
         if not states:
             return
-        _, params, _, targets, held = self._trust_ratio_targets[id(group)]
+        cache = self._trust_ratio_targets[id(group)]
         ones = set((ratios == 1.0).nonzero().flatten().tolist())
-        settled = [1 if i in ones else t for i, t in enumerate(targets)] if ones else targets
-        if all(map(is_, settled, held)):
+        settled = [1 if i in ones else t for i, t in enumerate(cache.targets)] if ones else cache.targets
+        if all(map(is_, settled, cache.held)):
             return
-        for state, value, before in zip(states, settled, held):
+        for state, value, before in zip(states, settled, cache.held):
             if value is not before:
                 state["local_lr"] = value
-        self._trust_ratio_targets[id(group)] = (group, params, states, targets, settled)
+        self._trust_ratio_targets[id(group)] = cache._replace(held=settled)
 
     def _commit_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
         if not torch.compiler.is_compiling():

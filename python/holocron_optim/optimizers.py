@@ -298,15 +298,15 @@ class TAdam(FusedStep, Optimizer):
 
     def _validate(self, group, params, grads, states) -> None:
         super()._validate(group, params, grads, states)
-        w_ts = [s["W_t"] for s in states if s and "W_t" in s] if None in states else gather(states, "W_t")
-        if not w_ts:
-            return
-        # In C where they all fit (past the first step); one by one to name the first that does not.
-        dtypes, devices = {p.dtype for p in params}, {p.device for p in params}
-        if (types_of(w_ts) == {torch.Tensor} and set(map(torch.Tensor.numel, w_ts)) == {1} and len(dtypes) == 1
-                and len(devices) == 1 and set(map(attrgetter("dtype"), w_ts)) == dtypes
-                and set(map(attrgetter("device"), w_ts)) == devices):
-            return
+        # In C where every state holds a W_t of its parameters' one dtype and device (past the
+        # first step); one by one otherwise, to name the first that does not fit.
+        if None not in states and self._hold_all(states, ["W_t"]):
+            w_ts = gather(states, "W_t")
+            dtypes, devices = set(map(attrgetter("dtype"), params)), set(map(attrgetter("device"), params))
+            if (len(dtypes) == 1 and len(devices) == 1 and types_of(w_ts) == {torch.Tensor}
+                    and set(map(torch.Tensor.numel, w_ts)) == {1} and set(map(attrgetter("dtype"), w_ts)) == dtypes
+                    and set(map(attrgetter("device"), w_ts)) == devices):
+                return
         for p, state in zip(params, states):
             w_t = (state or {}).get("W_t")
             if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
