@@ -33,6 +33,9 @@ $(VENV)/.deps: requirements-dev.txt requirements-test.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	# The reference implementation, a test oracle only; its dependencies would pull torchvision.
 	$(PY) -m pip install -q --no-deps pylocron==0.3.0
+	# DeepSpeed for tests/python/test_deepspeed.py (holocron_optim.deepspeed): with
+	# its ops unbuilt; on its CPU accelerator it JIT-builds one small op at start.
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-deps --no-build-isolation deepspeed==0.19.8
 	touch $@
 
 venv: $(VENV)/.deps

@@ -143,6 +143,13 @@ class Buffer(NamedTuple):
         return self.exists is None or bool(self.exists(group))
 
 
+def per_tensor_shape(p: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a value kept per tensor (a trust ratio, TAdam's W_t): `shape`, or
+    one element per model tensor for a flat partition (DeepSpeed ZeRO)."""
+    layout = distributed.flat_layout(p)
+    return shape if layout is None else (len(layout.starts),)
+
+
 class _RatioTargets(NamedTuple):
     """A group's trust-ratio tensors (`FusedStep._ratio_targets`), valid while its
     parameters, their states and what the states hold as `local_lr` are these."""
@@ -427,7 +434,7 @@ class FusedStep:
         if self._keeps_trust_ratios:
             ratio = state.get("local_lr")
             if type(ratio) is not torch.Tensor or ratio.dtype != p.dtype or ratio.device != p.device:
-                state["local_lr"] = torch.ones((), dtype=p.dtype, device=p.device)
+                state["local_lr"] = torch.ones(per_tensor_shape(p, ()), dtype=p.dtype, device=p.device)
 
     # LAMB and RaLars store each tensor's trust ratio as `local_lr`.
     _keeps_trust_ratios = False
@@ -462,8 +469,10 @@ class FusedStep:
         targets = []
         for p, value in zip(params, held):
             # Whatever a loaded state holds is replaced when it cannot be written in place.
-            if type(value) is not torch.Tensor or value.numel() != 1 or value.dtype != p.dtype or value.device != p.device:
-                value = torch.empty((), dtype=p.dtype, device=p.device)
+            shape = per_tensor_shape(p, ())
+            if (type(value) is not torch.Tensor or value.shape != shape or value.dtype != p.dtype
+                    or value.device != p.device):
+                value = torch.empty(shape, dtype=p.dtype, device=p.device)
             targets.append(value)
         self._trust_ratio_targets[id(group)] = _RatioTargets(group, params, states, targets, held)
         return {"local_lrs": targets}

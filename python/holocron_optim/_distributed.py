@@ -3,12 +3,19 @@ each rank's local shards, and the whole-tensor sums of a group (norms, TAdam's
 distance, AdamP's cosine, Scout's coherence) are all-reduced inside the op, in
 one collective per step for all tensors of a group laid out alike (FSDP2's
 case; tensors sharded over other mesh dimensions are updated by a call of
-their own), over the process group of each mesh dimension that shards them."""
+their own), over the process group of each mesh dimension that shards them.
+
+Flat partitions (DeepSpeed ZeRO 1/2, see holocron_optim.deepspeed): a 1-D
+tensor that holds, on each rank, a slice of the concatenation of a group's
+model tensors carries a `FlatLayout`; the ops then see one piece of it per
+model tensor (empty where this rank holds none of that tensor, so that every
+rank's sums line up), with the whole tensors' sizes, and the sums are
+all-reduced over the data-parallel group."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -16,6 +23,30 @@ try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # a torch built without distributed support
     DTensor = None
+
+
+class FlatLayout(NamedTuple):
+    """Where each model tensor of a flat partition lies in it."""
+
+    starts: tuple[int, ...]  # in the partition, one per model tensor of the group
+    lengths: tuple[int, ...]  # 0 for a tensor of which this rank holds nothing
+    numels: tuple[int, ...]  # the whole model tensors'
+    group_name: str  # the data-parallel process group the partitions are spread over
+
+
+FLAT_LAYOUT = "_holocron_optim_flat_layout"
+# Set once a flat layout exists in the process: until then a step pays one
+# global read for them, not a look per parameter.
+flat_layouts_exist = False
+
+# Keyword arguments holding one value per tensor that is not shaped like it
+# (LAMB's and RaLars' trust ratios, TAdam's W_t): a flat partition's value
+# holds one element per model tensor.
+_PER_TENSOR_SCALARS = frozenset({"local_lrs", "W_ts"})
+
+
+def flat_layout(t: Any) -> FlatLayout | None:
+    return getattr(t, FLAT_LAYOUT, None) if flat_layouts_exist else None
 
 
 def is_dtensor(t: Any) -> bool:
@@ -87,6 +118,8 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     its shard groups are passed; parameters sharded differently are updated
     by separate calls, and a returned per-tensor tensor is put back in order.
     """
+    if flat_layouts_exist and any(map(flat_layout, params)):
+        return _call_on_pieces(op, params, grads, *rest, sums=sums, **kwargs)
     if not any_dtensor(params):
         return op(params, grads, *rest, **kwargs)
     count = len(params)
@@ -113,11 +146,59 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     return merged
 
 
+def _call_on_pieces(op: Callable[..., Any], params: list[Any], *rest: Any, sums: bool = False, **kwargs: Any) -> Any:
+    """`call` on flat partitions: every per-parameter list is handed to the op as
+    one entry per model tensor (a piece of a tensor shaped like the partition, an
+    element of a per-tensor scalar, the same value otherwise); a returned
+    per-tensor tensor comes back with NaN for each flat partition (its values are
+    in the per-tensor targets)."""
+    layouts = [flat_layout(p) for p in params]
+    if None in layouts:
+        raise NotImplementedError(
+            "flat partitions (DeepSpeed ZeRO) and other parameters in one parameter group are not supported together"
+        )
+    if len({layout.group_name for layout in layouts}) > 1:
+        raise NotImplementedError("flat partitions spread over different process groups in one parameter group")
+    if "step_tensors" in kwargs:
+        raise NotImplementedError("a compiled step (torch.compile) of flat partitions (DeepSpeed ZeRO)")
+    count = len(params)
+
+    def expand(name: str, value: Any) -> Any:
+        if not isinstance(value, list) or len(value) != count:
+            return value
+        out: list[Any] = []
+        for p, layout, v in zip(params, layouts, value):
+            if name in _PER_TENSOR_SCALARS:
+                if not isinstance(v, torch.Tensor) or v.numel() != len(layout.starts):
+                    raise RuntimeError(
+                        f"a flat partition's '{name}' must hold one element per model tensor "
+                        f"({len(layout.starts)}), got {tuple(getattr(v, 'shape', ()))}"
+                    )
+                flat = v.view(-1)  # one-element views: the op writes them in place
+                out.extend(flat[k:k + 1] for k in range(len(layout.starts)))
+            elif isinstance(v, torch.Tensor) and v.shape == p.shape:
+                out.extend(v.narrow(0, start, length) for start, length in zip(layout.starts, layout.lengths))
+            else:
+                out.extend(v for _ in layout.starts)
+        return out
+
+    extra = {name: expand(name, value) for name, value in kwargs.items()}
+    if sums:
+        extra["numels"] = [n for layout in layouts for n in layout.numels]
+        extra["shard_groups"] = [layouts[0].group_name]
+    result = op(expand("params", params), *[expand("", v) for v in rest], **extra)
+    if not isinstance(result, torch.Tensor):
+        return result
+    return torch.full((count,), float("nan"), dtype=result.dtype, device=result.device)
+
+
 def call_on_locals(op: Callable[..., Any], first: list[Any], *rest: Any, **kwargs: Any) -> Any:
     """`op(first, *rest, **kwargs)` with every list of DTensors replaced by their local shards.
 
     The other lists hold tensors made like those of `first` (state, statistics):
     with no DTensor in `first`, nothing is scanned further."""
+    if flat_layouts_exist and any(map(flat_layout, first)):
+        return _call_on_pieces(op, first, *rest, **kwargs)
     if not any_dtensor(first):
         return op(first, *rest, **kwargs)
     return op(*[_as_local(v) for v in (first, *rest)], **{k: _as_local(v) for k, v in kwargs.items()})
@@ -125,7 +206,10 @@ def call_on_locals(op: Callable[..., Any], first: list[Any], *rest: Any, **kwarg
 
 def common_shard_groups(tensors: list[Any], what: str) -> list[str]:
     """The shard groups shared by all `tensors` (NotImplementedError when they differ)."""
-    layouts = {shard_groups(t) for t in tensors}
+    if flat_layouts_exist and any(map(flat_layout, tensors)):
+        layouts = {(layout.group_name,) if layout is not None else () for layout in map(flat_layout, tensors)}
+    else:
+        layouts = {shard_groups(t) for t in tensors}
     if len(layouts) > 1:
         raise NotImplementedError(
             f"{what}: parameters laid out differently (sharded over different process groups, or DTensors "

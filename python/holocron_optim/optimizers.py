@@ -10,7 +10,7 @@ import torch
 from torch.optim import Adam, Optimizer
 
 from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, gather,
-                    learning_rate, step_count, types_of)
+                    learning_rate, per_tensor_shape, step_count, types_of)
 from . import _distributed as distributed
 from ._library import ops
 
@@ -294,7 +294,7 @@ class TAdam(FusedStep, Optimizer):
     def _init_state(self, state, p, group) -> None:
         state["step"] = 0
         beta1 = group["betas"][0]
-        state["W_t"] = beta1 / (1 - beta1) * torch.ones(1, dtype=p.dtype, device=p.device)
+        state["W_t"] = beta1 / (1 - beta1) * torch.ones(per_tensor_shape(p, (1,)), dtype=p.dtype, device=p.device)
 
     def _validate(self, group, params, grads, states) -> None:
         super()._validate(group, params, grads, states)
@@ -309,18 +309,24 @@ class TAdam(FusedStep, Optimizer):
                 return
         for p, state in zip(params, states):
             w_t = (state or {}).get("W_t")
-            if w_t is not None and (w_t.numel() != 1 or w_t.dtype != p.dtype or w_t.device != p.device):
-                raise RuntimeError(f"TAdam: state 'W_t' must be a one-element tensor of dtype {p.dtype} on {p.device}")
+            count = per_tensor_shape(p, (1,))[0]
+            if w_t is not None and (w_t.numel() != count or w_t.dtype != p.dtype or w_t.device != p.device):
+                size = "a one-element tensor" if count == 1 else f"a tensor of {count} elements (one per model tensor)"
+                raise RuntimeError(f"TAdam: state 'W_t' must be {size} of dtype {p.dtype} on {p.device}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.
         check_state_dict_layout("TAdam", state_dict)
+        ids = [i for group in state_dict["param_groups"] for i in group.get("params", [])]
+        params = dict(zip(ids, (p for group in self.param_groups for p in group["params"])))
         for key, state in state_dict["state"].items():
             if not isinstance(key, int) or not isinstance(state, dict):
                 continue  # not a parameter's (see the base class)
             w_t = state.get("W_t")
-            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != 1):
-                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be a one-element tensor")
+            count = per_tensor_shape(params[key], (1,))[0] if key in params else 1
+            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != count):
+                size = "a one-element tensor" if count == 1 else f"a tensor of {count} elements (one per model tensor)"
+                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be {size}")
         super().load_state_dict(state_dict)
 
     def _apply(self, group, params, grads, states) -> None:

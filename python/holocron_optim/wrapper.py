@@ -204,6 +204,14 @@ class Lookahead(Optimizer):
         return [p for group in self.slow_params for p in group]
 
     def _mirror_new_groups(self) -> None:
+        for index, (group, slow) in enumerate(zip(self.param_groups, self.slow_params)):
+            if len(group["params"]) != len(slow):
+                raise RuntimeError(
+                    f"{type(self).__name__}: group {index} has {len(group['params'])} parameters and "
+                    f"{len(slow)} slow copies: its parameters were replaced after the wrapper was made "
+                    "(DeepSpeed ZeRO does: call holocron_optim.deepspeed.zero_aware(engine) after "
+                    "deepspeed.initialize)"
+                )
         new_groups = self.param_groups[len(self.slow_params):]
         for index, group in enumerate(new_groups, len(self.slow_params)):
             self._check_wrappable(group["params"], index)
@@ -237,6 +245,21 @@ class Lookahead(Optimizer):
 
     def _add_group_state(self, group: dict[str, Any]) -> None:
         pass
+
+    def _clear_group_states(self) -> None:
+        pass
+
+    def _retake_from_params(self) -> None:
+        """The slow weights (and Scout's statistics) taken anew from the current
+        parameters, before a first step: for a caller that replaced the base's
+        parameters after the wrapper was made (DeepSpeed's flat partitions)."""
+        if self.fast_steps or self._registered:
+            raise RuntimeError(f"{type(self).__name__}: its parameters can be replaced only before its first step")
+        if isinstance(self.base_optimizer, Lookahead):
+            self.base_optimizer._retake_from_params()
+        self.slow_params = []
+        self._clear_group_states()
+        self._mirror_new_groups()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group to the base optimizer and takes slow copies of its parameters."""
@@ -601,6 +624,9 @@ class Scout(Lookahead):
     def last_sync_rate(self, value: float) -> None:
         self._last_sync_rate.fill_(value)
 
+    def _clear_group_states(self) -> None:
+        self.scout_stats = {key: [] for key in _SCOUT_STATS}
+
     def _add_group_state(self, group: dict[str, Any]) -> None:
         for p in group["params"]:
             # Statistics of half and bfloat16 parameters are kept in float32.
@@ -627,7 +653,7 @@ class Scout(Lookahead):
             **{key: self.scout_stats[key] for key in _SCOUT_STATS},
             fast_steps=self._fast_steps, last_sync_rate=self._last_sync_rate,
             sync_period=int(self.defaults["sync_period"]), sync_rate=float(self.defaults["sync_rate"]),
-            found_inf=found_inf, shard_groups=distributed.common_shard_groups(self.scout_stats["prev"], "Scout") or None,
+            found_inf=found_inf, shard_groups=distributed.common_shard_groups(self._fast_params(), "Scout") or None,
         )
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
