@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node N _deepspeed_worker.py OUT_DIR CASE[,CASE...]
 
-A case is `ALGORITHM:STAGE[:offload][:bf16|fp16][:MODE]`. The rank trains a small model for
+A case is `ALGORITHM:STAGE[:offload][:bf16|fp16][:clip][:MODE]`. The rank trains a small model for
 STEPS steps with DeepSpeed ZeRO (CPU accelerator, gloo) and, beside it, plain
 data-parallel training done locally (the same optimizer class on whole
 tensors, gradients of the mean loss over every rank's batch); it writes the
@@ -32,6 +32,7 @@ import holocron_optim as ho  # noqa: E402
 import holocron_optim.deepspeed as ho_deepspeed  # noqa: E402
 
 STEPS, RESUME_AT, BATCH = 10, 5, 4
+CLIP = 0.05  # small enough to clip every step
 # Odd sizes: the flat buffer's tensors cut across the ranks' partitions.
 SIZES = (7, 13, 5, 3)
 # Options that make each algorithm reduce whole tensors in every branch it has.
@@ -78,7 +79,7 @@ def loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(model(x), y)
 
 
-def config(stage: int, offload: bool, precision: str, world: int) -> dict:
+def config(stage: int, offload: bool, precision: str, clip: float, world: int) -> dict:
     zero: dict = {"stage": stage}
     if offload:
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -86,14 +87,14 @@ def config(stage: int, offload: bool, precision: str, world: int) -> dict:
         **({precision: {"enabled": True}} if precision else {}),
         "train_micro_batch_size_per_gpu": BATCH, "gradient_accumulation_steps": 1, "train_batch_size": BATCH * world,
         "zero_optimization": zero, "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
-        "gradient_clipping": 0.0, "steps_per_print": 10**9,
+        "gradient_clipping": clip, "steps_per_print": 10**9,
     }
 
 
-def make_engine(name: str, stage: int, offload: bool, precision: str, mode: str, world: int):
+def make_engine(name: str, stage: int, offload: bool, precision: str, clip: float, mode: str, world: int):
     model = make_model()
     engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(name, model),
-                                      config=config(stage, offload, precision, world))
+                                      config=config(stage, offload, precision, clip, world))
     if mode == "shifted":
         zero = engine.optimizer
         zero.round_robin_bit16_offsets = [[o + 1 if o else o for o in offsets]
@@ -110,7 +111,7 @@ def train_engine(engine, steps: range, rank: int) -> None:
         engine.step()
 
 
-def plain_training(name: str, world: int, precision: str) -> list[torch.Tensor]:
+def plain_training(name: str, world: int, precision: str, clip: float) -> list[torch.Tensor]:
     """The optimizer on whole float32 tensors. With bf16, as DeepSpeed's mixed
     precision: float32 master weights, each rank's gradient from a bfloat16 copy,
     averaged in float32."""
@@ -135,6 +136,8 @@ def plain_training(name: str, world: int, precision: str) -> list[torch.Tensor]:
                     g.add_(p.grad.float(), alpha=1 / world)
             for p, g in zip(model.parameters(), grads):
                 p.grad = g
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
     return [p.detach().clone() for p in model.parameters()]
 
@@ -162,8 +165,10 @@ def run_case(case: str, rank: int, world: int, out: Path) -> dict:
     name, stage, *flags = case.split(":")
     offload = "offload" in flags
     precision = next((f for f in flags if f in ("bf16", "fp16")), "")
-    mode = next((f for f in flags if f not in ("offload", "bf16", "fp16")), "")
-    engine = make_engine(name, int(stage), offload, precision, mode, world)
+    # DeepSpeed clips by the global norm of the averaged gradients, before the step.
+    clip = CLIP if "clip" in flags else 0.0
+    mode = next((f for f in flags if f not in ("offload", "bf16", "fp16", "clip")), "")
+    engine = make_engine(name, int(stage), offload, precision, clip, mode, world)
     if mode == "resume":
         directory = out / f"checkpoint-{case.replace(':', '-')}"
         train_engine(engine, range(RESUME_AT), rank)
@@ -171,7 +176,7 @@ def run_case(case: str, rank: int, world: int, out: Path) -> dict:
         train_engine(engine, range(RESUME_AT, STEPS), rank)
         uninterrupted = weights(engine)
         state = engine.optimizer.optimizer.state_dict()["state"]
-        resumed_engine = make_engine(name, int(stage), offload, precision, mode, world)
+        resumed_engine = make_engine(name, int(stage), offload, precision, clip, mode, world)
         resumed_engine.load_checkpoint(str(directory), tag="step")
         train_engine(resumed_engine, range(RESUME_AT, STEPS), rank)
         resumed_state = resumed_engine.optimizer.optimizer.state_dict()["state"]
@@ -192,7 +197,7 @@ def run_case(case: str, rank: int, world: int, out: Path) -> dict:
     train_engine(engine, range(STEPS), rank)
     # The float32 master weights (with bf16, the model's are their rounded copies).
     master = [deepspeed.utils.safe_get_full_fp32_param(p).detach().clone() for p in engine.module.parameters()]
-    return {"difference": relative_difference(master, plain_training(name, world, precision))}
+    return {"difference": relative_difference(master, plain_training(name, world, precision, clip))}
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ BF16_TOLERANCE = 2e-2
 
 CASES = {
     2: [f"{a}:{s}" for a in ALGORITHMS for s in STAGES]
-    + ["Lookahead(LAMB):2", "Lookahead(Scout(TAdam)):1", "Scout(LARS):2:offload"]
+    + ["Lookahead(LAMB):2", "Lookahead(Scout(TAdam)):1", "Scout(LARS):2:offload", "LAMB:2:clip", "LARS:2:offload:clip"]
     + [f"{a}:2:raw" for a in ALGORITHMS[:-1]] + ["Scout(LAMB):2:raw-refused", "LAMB:3:refused", "LAMB:2:shifted", "TAdam:1:offload:shifted"]
     + [f"{a}:{s}:bf16" for a in ("LAMB", "LARS") for s in ("1", "2:offload")] + ["LAMB:2:bf16:raw", "LARS:2:bf16:raw"]
     + [f"{a}:2:offload:resume" for a in ALGORITHMS] + ["LAMB:1:resume", "Lookahead(LAMB):2:resume",
@@ -64,8 +64,8 @@ def case(results, name: str) -> list[dict]:
     return found
 
 
-@pytest.mark.parametrize("name", sorted({n for names in CASES.values() for n in names if n.count(":") == 1 or
-                                          n.endswith(":offload")}))
+@pytest.mark.parametrize("name", sorted({n for names in CASES.values() for n in names
+                                          if set(n.split(":")[2:]) <= {"offload", "clip"}}))
 def test_zero_aware_equals_plain_data_parallel_training(results, name):
     for result in case(results, name):
         assert result["difference"] < TOLERANCE
