@@ -98,7 +98,7 @@ def exit_without_teardown() -> None:
     interpreter shuts down, and a gloo worker thread may still be releasing the
     tensors of a finished collective then; taking the GIL at that point aborts
     the process ("terminate called without an active exception", about 1 run in
-    10 with torch 2.13, also with torch.optim.AdamW; pytorch/pytorch#179291).
+    7 with torch 2.13, also with torch.optim.AdamW; pytorch/pytorch#179291).
     """
     sys.stdout.flush()
     sys.stderr.flush()

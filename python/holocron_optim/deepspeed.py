@@ -78,10 +78,10 @@ def zero_aware(engine: Any) -> Any:
             f"zero_aware: the client optimizer has {len(client.param_groups)} parameter groups and DeepSpeed "
             f"{len(partitions)} flat partitions"
         )
-    layouts = [_layout(zero, index) for index in range(len(partitions))]
-    for group, flat, layout in zip(client.param_groups, partitions, layouts):
+    for group, flat in zip(client.param_groups, partitions):
         if len(group["params"]) != 1 or group["params"][0] is not flat:
             raise RuntimeError("zero_aware: a parameter group of the client optimizer is not DeepSpeed's flat partition")
+    layouts = [_layout(zero, index) for index in range(len(partitions))]
     if isinstance(client, Lookahead):
         if getattr(zero, "torch_autocast_gradscaler", None) or getattr(zero, "zenflow", False):
             raise NotImplementedError("zero_aware: Lookahead or Scout with DeepSpeed's torch_autocast or ZenFlow")
@@ -108,6 +108,8 @@ def _step_group_of_wrapper(zero: Any, client: Lookahead, group_index: int) -> No
     and syncs once per training step: the innermost optimizer steps the group,
     and after the last group the wrappers, innermost first, advance over all
     groups (the order of a nested wrapper's own step)."""
+    import deepspeed.comm as dist
+
     wrappers = []
     optimizer: Any = client
     while isinstance(optimizer, Lookahead):
@@ -127,8 +129,6 @@ def _step_group_of_wrapper(zero: Any, client: Lookahead, group_index: int) -> No
             if any(w.fast_steps % int(w.defaults["sync_period"]) == 0 for w in wrappers):
                 # DeepSpeed copied the earlier groups' partitions to the model's
                 # (bit16) weights right after stepping them, before this sync.
-                import deepspeed.comm as dist
-
                 for index in range(group_index):
                     rank = dist.get_rank(group=zero.real_dp_process_group[index])
                     zero.parallel_partitioned_bit16_groups[index][rank].data.copy_(
@@ -156,9 +156,7 @@ def _layout(zero: Any, index: int) -> distributed.FlatLayout:
         starts.append(low - start if high > low else 0)
         lengths.append(max(high - low, 0))
         numels.append(numel)
-    name = getattr(group, "group_name", None)
-    if name is None:
-        name = torch.distributed.distributed_c10d._get_default_group().group_name if group is None else None
+    name = getattr(torch.distributed.group.WORLD if group is None else group, "group_name", None)
     if name is None:
         raise RuntimeError(f"zero_aware: group {index}'s data-parallel process group has no name")
     return distributed.FlatLayout(tuple(starts), tuple(lengths), tuple(numels), name)

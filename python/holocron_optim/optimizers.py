@@ -248,6 +248,11 @@ class RaLars(FusedStep, Optimizer):
         self._settle_ratios(group, states, local_lrs)
 
 
+def _w_t_size(count: int) -> str:
+    # A flat partition (DeepSpeed ZeRO) holds one W_t per model tensor in it.
+    return "a one-element tensor" if count == 1 else f"a tensor of {count} elements (one per model tensor)"
+
+
 class TAdam(FusedStep, Optimizer):
     """TAdam: Adam whose first moment is a Student-t estimate, robust to outliers.
 
@@ -311,8 +316,7 @@ class TAdam(FusedStep, Optimizer):
             w_t = (state or {}).get("W_t")
             count = per_tensor_shape(p, (1,))[0]
             if w_t is not None and (w_t.numel() != count or w_t.dtype != p.dtype or w_t.device != p.device):
-                size = "a one-element tensor" if count == 1 else f"a tensor of {count} elements (one per model tensor)"
-                raise RuntimeError(f"TAdam: state 'W_t' must be {size} of dtype {p.dtype} on {p.device}")
+                raise RuntimeError(f"TAdam: state 'W_t' must be {_w_t_size(count)} of dtype {p.dtype} on {p.device}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.
@@ -325,8 +329,7 @@ class TAdam(FusedStep, Optimizer):
             w_t = state.get("W_t")
             count = per_tensor_shape(params[key], (1,))[0] if key in params else 1
             if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != count):
-                size = "a one-element tensor" if count == 1 else f"a tensor of {count} elements (one per model tensor)"
-                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be {size}")
+                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be {_w_t_size(count)}")
         super().load_state_dict(state_dict)
 
     def _apply(self, group, params, grads, states) -> None:

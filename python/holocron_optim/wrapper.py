@@ -648,12 +648,13 @@ class Scout(Lookahead):
     def _advance(self, found_inf: torch.Tensor | None) -> None:
         """Folds the base's step into the statistics; at the end of a period,
         syncs at the rate the coherence gives and restarts them (one op)."""
+        fast = self._fast_params()
         self._call(
-            ops.scout_step_, self._fast_params(), slow=self._flat_slow(),
+            ops.scout_step_, fast, slow=self._flat_slow(),
             **{key: self.scout_stats[key] for key in _SCOUT_STATS},
             fast_steps=self._fast_steps, last_sync_rate=self._last_sync_rate,
             sync_period=int(self.defaults["sync_period"]), sync_rate=float(self.defaults["sync_rate"]),
-            found_inf=found_inf, shard_groups=distributed.common_shard_groups(self._fast_params(), "Scout") or None,
+            found_inf=found_inf, shard_groups=distributed.common_shard_groups(fast, "Scout") or None,
         )
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
