@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-fsdp2 clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-fsdp2 bench-zero-offload clean
 
 all: build
 
@@ -187,6 +187,11 @@ bench: build
 	@grep -q holocron_bench $(BUILD)/build.ninja || cmake -S . -B $(BUILD) >/dev/null
 	cmake --build $(BUILD) -j2 --target holocron_bench
 	$(PY) bench/bench.py --bin $(BUILD)/bench/holocron_bench $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-zero-offload
+
+# The ZeRO-Offload step against DeepSpeedCPUAdam (which DeepSpeed JIT-compiles on first use).
+bench-zero-offload: build
+	OMP_NUM_THREADS=2 DS_ACCELERATOR=cpu $(PY) bench/bench_zero_offload.py $(ZERO_OFFLOAD_ARGS)
 
 clean:
 	rm -rf $(BUILD) python/holocron_optim/lib

@@ -1,0 +1,106 @@
+"""Flat partitions (what holocron_optim.deepspeed.zero_aware sets up) in one
+process: a 1-D tensor holding several model tensors, stepped as those tensors,
+against the same optimizer on the tensors themselves. test_deepspeed.py runs the
+real thing under DeepSpeed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import holocron_optim as ho
+from holocron_optim import _distributed
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
+
+SHAPES = ((5, 3), (7,), (4, 2, 3), (1,))
+PADDING = 3  # elements between the tensors in the partition, as DeepSpeed's alignment leaves
+FACTORIES = {
+    "LARS": lambda p: ho.LARS(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    "LAMB": lambda p: ho.LAMB(p, lr=1e-2, weight_decay=1e-2),
+    "RaLars": lambda p: ho.RaLars(p, lr=1e-2, weight_decay=1e-2),
+    "TAdam": lambda p: ho.TAdam(p, lr=1e-2, weight_decay=1e-2),
+    "AdamP": lambda p: ho.AdamP(p, lr=1e-2, weight_decay=1e-2, delta=0.9),
+    "Adan": lambda p: ho.Adan(p, lr=1e-2, weight_decay=1e-2),
+    "Scout(LAMB)": lambda p: ho.Scout(ho.LAMB(p, lr=1e-2), sync_period=2),
+}
+
+
+@pytest.fixture(scope="module")
+def group_name(tmp_path_factory):
+    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD.group_name
+    finally:
+        dist.destroy_process_group()
+
+
+def layout_of(group_name: str) -> _distributed.FlatLayout:
+    numels = [math.prod(s) for s in SHAPES]
+    starts = [sum(numels[:i]) + PADDING * i for i in range(len(numels))]
+    return _distributed.FlatLayout(tuple(starts), tuple(numels), tuple(numels), group_name)
+
+
+def flat_of(tensors: list[torch.Tensor], layout: _distributed.FlatLayout) -> torch.Tensor:
+    flat = torch.zeros(layout.starts[-1] + layout.lengths[-1], dtype=torch.float64)
+    for t, start in zip(tensors, layout.starts):
+        flat[start:start + t.numel()] = t.reshape(-1)
+    setattr(flat, _distributed.FLAT_LAYOUT, layout)
+    _distributed.flat_layouts_exist = True
+    return flat
+
+
+def pieces(flat: torch.Tensor, layout: _distributed.FlatLayout) -> list[torch.Tensor]:
+    return [flat[s:s + n].view(shape) for s, n, shape in zip(layout.starts, layout.lengths, SHAPES)]
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_a_flat_partition_steps_as_its_tensors(group_name, name):
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES]
+    layout = layout_of(group_name)
+    flat = flat_of(weights, layout).requires_grad_(True)
+    whole = [w.clone().requires_grad_(True) for w in weights]
+    ours, oracle = FACTORIES[name]([flat]), FACTORIES[name](whole)
+    for step in range(6):
+        grads = [torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES]
+        flat.grad = flat_of(grads, layout)  # a new gradient tensor each step, as ZeRO stage 2 makes
+        for w, g in zip(whole, grads):
+            w.grad = g
+        if step == 3:  # the partition's storage replaced: views made earlier must not be reused
+            flat.data = flat.data.clone()
+        ours.step()
+        oracle.step()
+    for got, want in zip(pieces(flat.detach(), layout), whole):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_per_tensor_state_holds_one_element_per_model_tensor(group_name):
+    layout = layout_of(group_name)
+    flat = flat_of([torch.ones(s, dtype=torch.float64) for s in SHAPES], layout).requires_grad_(True)
+    flat.grad = torch.ones_like(flat)
+    lamb, tadam = ho.LAMB([flat]), ho.TAdam([flat])
+    lamb.step()
+    tadam.step()
+    assert lamb.state[flat]["local_lr"].shape == (len(SHAPES),)
+    assert tadam.state[flat]["W_t"].shape == (len(SHAPES),)
+    state = tadam.state_dict()
+    state["state"][0]["W_t"] = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"W_t' of parameter 0 must be a tensor of 4 elements"):
+        tadam.load_state_dict(state)
+
+
+def test_a_flat_partition_with_other_parameters_in_one_group_is_refused(group_name):
+    layout = layout_of(group_name)
+    flat = flat_of([torch.ones(s, dtype=torch.float64) for s in SHAPES], layout).requires_grad_(True)
+    other = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    flat.grad, other.grad = torch.ones_like(flat), torch.ones_like(other)
+    optimizer = ho.LAMB([flat, other])
+    before = flat.detach().clone()
+    with pytest.raises(NotImplementedError, match="flat partitions"):
+        optimizer.step()
+    assert torch.equal(flat.detach(), before)
