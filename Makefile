@@ -36,6 +36,8 @@ $(VENV)/.deps: requirements-dev.txt requirements-test.txt
 	# DeepSpeed for tests/python/test_deepspeed.py (holocron_optim.deepspeed): with
 	# its ops unbuilt; on its CPU accelerator it JIT-builds one small op at start.
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-deps --no-build-isolation deepspeed==0.19.8
+	# torchao for tests/python/test_torchao_offload.py (its CPUOffloadOptimizer, pure Python).
+	$(PY) -m pip install -q --no-deps torchao==0.18.0
 	touch $@
 
 venv: $(VENV)/.deps
@@ -188,6 +190,7 @@ bench: build
 	cmake --build $(BUILD) -j2 --target holocron_bench
 	$(PY) bench/bench.py --bin $(BUILD)/bench/holocron_bench $(BENCH_ARGS)
 	$(MAKE) --no-print-directory bench-zero-offload
+	OMP_NUM_THREADS=2 $(PY) bench/bench_torchao_offload.py
 
 # The ZeRO-Offload step against DeepSpeedCPUAdam (which DeepSpeed JIT-compiles on first use).
 bench-zero-offload: build
