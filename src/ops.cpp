@@ -74,21 +74,48 @@ bool skipped(const OptionalTensor& found_inf) {
   return found_inf && found_inf->defined() && read_scalar(*found_inf) != 0.0;
 }
 
-// Shards of DTensors (FSDP2): the partial sums are all-reduced over each named
-// process group (torch.distributed's group_name) in turn, on the tensors' device
-// (NCCL takes CUDA tensors only).
+namespace {
+
+// Where a group all-reduces sums of tensors on `device`: there when its backend
+// takes that device type, else on a device it has a backend for. FSDP2's CPU
+// offload keeps the shards (and so their sums) on the CPU while the mesh is on
+// the GPU, and an NCCL-only group takes CUDA tensors only: the few bytes go to
+// the group's device (the one it is bound to, else that type's current one)
+// and come back.
+at::Device collective_device(c10d::ProcessGroup& group, at::Device device) {
+  if (!group.hasBackends() || group.hasBackendForDeviceType(device.type())) return device;
+  const auto bound = group.getBoundDeviceId();
+  if (bound) return *bound;
+  const auto types = group.getDeviceTypes();
+  return types.empty() ? device : types.front();
+}
+
+}  // namespace
+
+// Shards of DTensors (FSDP2) and flat partitions (DeepSpeed ZeRO): the partial
+// sums are all-reduced over each named process group (torch.distributed's
+// group_name) in turn, on a device its backend takes.
 F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
                         const OptionalNames& shard_groups) {
   F::Sharding sharding;
   if (numels) sharding.numels.assign(numels->begin(), numels->end());
   if (!shard_groups || shard_groups->empty()) return sharding;
   const auto device = params.empty() ? at::Device(at::kCPU) : params[0].device();
-  sharding.all_reduce = [device, groups = *shard_groups](at::Tensor& sums) {
-    std::vector<at::Tensor> buffer{sums.to(device)};
-    for (const auto& name : groups) {
-      c10d::resolve_process_group(name)->allreduce(buffer)->wait();
+  // Resolved here, before the op writes anything: an unknown group, or a device
+  // this process cannot use, throws with nothing changed.
+  std::vector<std::pair<c10::intrusive_ptr<c10d::ProcessGroup>, at::Device>> groups;
+  for (const auto& name : *shard_groups) {
+    auto group = c10d::resolve_process_group(name);
+    const auto on = collective_device(*group, device);
+    if (on != device) at::empty({0}, at::TensorOptions().device(on));
+    groups.emplace_back(std::move(group), on);
+  }
+  sharding.all_reduce = [groups = std::move(groups)](at::Tensor& sums) {
+    for (const auto& [group, on] : groups) {
+      std::vector<at::Tensor> buffer{sums.to(on)};
+      group->allreduce(buffer)->wait();
+      sums = buffer[0].to(at::kCPU);
     }
-    sums = buffer[0].to(at::kCPU);
   };
   return sharding;
 }
@@ -210,11 +237,11 @@ c10::IValue scout_step(const Arguments& a) {
   const auto stats = lists.stats();
   const auto& prev = lists.prev;
   const int64_t changes_before = (count - 1) % sync_period;
+  // Before the statistics change: a group that cannot be used throws with nothing changed.
+  const auto sharding = sharding_of(prev, std::nullopt, a.optional_strings("shard_groups"));
   F::scout_accumulate_(fast, stats, changes_before);
   if (count % sync_period == 0) {
-    const double coherence =
-        F::scout_coherence(stats, changes_before + 1,
-                           sharding_of(prev, std::nullopt, a.optional_strings("shard_groups")));
+    const double coherence = F::scout_coherence(stats, changes_before + 1, sharding);
     const double rate = std::max(1.0 - coherence, a.real("sync_rate"));
     F::lookahead_sync_(fast, a.tensors("slow"), rate);
     write_scalar(a.tensor("last_sync_rate"), rate);
