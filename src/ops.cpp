@@ -358,7 +358,7 @@ namespace holocron::optim::ops {
 namespace {
 
 // torch.classes.holocron.TensorPins(tensors): holds one C++ reference to each
-// tensor, and nothing else. Since torch 2.10 a tensor made in Python and held
+// tensor, and nothing else. In torch 2.13 a tensor made in Python and held
 // only there has one C++ reference, its PyObject's, and every call that takes
 // it in a list adds a second and drops it again: each 1 -> 2 -> 1 transition
 // increfs and decrefs the PyObject under the GIL (c10/util/intrusive_ptr.h,

@@ -15,13 +15,6 @@
 /// \namespace holocron::optim::detail
 /// Implementation details shared by the optimizers: not an API to call or derive from.
 
-#include "holocron/optim/adabelief.h"
-#include "holocron/optim/adamp.h"
-#include "holocron/optim/adan.h"
-#include "holocron/optim/ademamix.h"
-#include "holocron/optim/functional.h"
-#include "holocron/optim/lamb.h"
-#include "holocron/optim/lars.h"
-#include "holocron/optim/ralars.h"
-#include "holocron/optim/tadam.h"
-#include "holocron/optim/wrapper.h"
+// Every header of include/holocron/optim/, listed by CMake when the library is
+// built and installed next to them.
+#include "holocron/optim/all.h"

@@ -1,15 +1,12 @@
-// This instruction set's table of passes.
+// This instruction set's table of passes: every kernel file's, listed by CMake
+// (kernels/cpu/kernel_files.inc, one HOLOCRON_KERNEL_FILE(name) per
+// src/kernels/cpu/<name>.cpp, whose register_<name> adds its passes).
 
 #include "kernels/cpu/driver.h"
 
-HOLOCRON_KERNELS_REGISTER(lars)
-HOLOCRON_KERNELS_REGISTER(lamb)
-HOLOCRON_KERNELS_REGISTER(tadam)
-HOLOCRON_KERNELS_REGISTER(adabelief)
-HOLOCRON_KERNELS_REGISTER(adamp)
-HOLOCRON_KERNELS_REGISTER(adan)
-HOLOCRON_KERNELS_REGISTER(ademamix)
-HOLOCRON_KERNELS_REGISTER(wrappers)
+#define HOLOCRON_KERNEL_FILE(name) HOLOCRON_KERNELS_REGISTER(name)
+#include "kernels/cpu/kernel_files.inc"
+#undef HOLOCRON_KERNEL_FILE
 
 namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
@@ -17,14 +14,9 @@ inline namespace CPU_CAPABILITY {
 const PassTable& pass_table() {
   static const PassTable table = [] {
     PassTable t{};
-    register_lars(t);
-    register_lamb(t);
-    register_tadam(t);
-    register_adabelief(t);
-    register_adamp(t);
-    register_adan(t);
-    register_ademamix(t);
-    register_wrappers(t);
+#define HOLOCRON_KERNEL_FILE(name) register_##name(t);
+#include "kernels/cpu/kernel_files.inc"
+#undef HOLOCRON_KERNEL_FILE
     return t;
   }();
   return table;
