@@ -38,6 +38,9 @@ $(VENV)/.deps: requirements-dev.txt requirements-test.txt
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-deps --no-build-isolation deepspeed==0.19.8
 	# torchao for tests/python/test_torchao_offload.py (its CPUOffloadOptimizer, pure Python).
 	$(PY) -m pip install -q --no-deps torchao==0.18.0
+	# timm for tests/python/test_param_groups.py, an oracle loaded file by file (its package
+	# __init__ would pull torchvision).
+	$(PY) -m pip install -q --no-deps timm==1.0.31
 	touch $@
 
 venv: $(VENV)/.deps
@@ -83,7 +86,7 @@ TORCH_BUILD := build-torch-$(TORCH)
 test-torch: | apt-deps
 	test -x $(TORCH_PY) || python3 -m venv $(TORCH_VENV)
 	$(TORCH_PY) -m pip install -q torch==$(TORCH) -r requirements-test.txt
-	$(TORCH_PY) -m pip install -q --no-deps pylocron==0.3.0
+	$(TORCH_PY) -m pip install -q --no-deps pylocron==0.3.0 timm==1.0.31
 	env -u CUDACXX PATH="$$(printf '%s\n' "$$PATH" | tr : '\n' | while read -r d; do [ -x "$$d/nvcc" ] || printf '%s\n' "$$d"; done | paste -sd:)" \
 	  CCACHE_NOHASHDIR=1 $(TORCH_PY) -m pip install -q --no-build-isolation -C build-dir=$(TORCH_BUILD)/wheel \
 	  $$(command -v ccache >/dev/null && echo -C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache) .

@@ -1,6 +1,8 @@
-// Options and their validation, parameter groups, schedulers, step(closure),
+// Options and their validation, parameter groups (and timm's weight-decay groups), schedulers, step(closure),
 // and steps that fail without changing anything.
 
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
 #include <torch/optim/schedulers/step_lr.h>
 
 #include <cmath>
@@ -484,6 +486,110 @@ TEST(Groups, GroupPushedWithoutOptionsGetsTheDefaults) {
   EXPECT_FALSE(torch::equal(q, before));
   EXPECT_EQ(opt.param_groups()[1].options().get_lr(), 0.1);
 }
+
+
+// ---- Parameter groups (param_groups_weight_decay, as timm's) ---------------------
+
+namespace param_groups {
+
+struct Affine : torch::nn::Module {
+  Affine() {
+    weight = register_parameter("weight", torch::ones({2, 3}));
+    bias = register_parameter("bias", torch::zeros({2, 3}));  // 2-d, out of decay by its name
+  }
+  torch::Tensor weight, bias;
+};
+
+struct Net : torch::nn::Module {
+  Net() {
+    pos_embed = register_parameter("pos_embed", torch::zeros({1, 5, 4}));
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({3})));
+    affine = register_module("affine", std::make_shared<Affine>());
+    frozen = register_parameter("frozen", torch::zeros({2, 2}), /*requires_grad=*/false);
+  }
+  torch::Tensor pos_embed, frozen;
+  torch::nn::Linear fc{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  std::shared_ptr<Affine> affine;
+};
+
+std::vector<std::vector<std::string>> names_of(const std::vector<torch::optim::OptimizerParamGroup>& groups,
+                                               const torch::nn::Module& module) {
+  std::vector<std::vector<std::string>> out;
+  const auto named = module.named_parameters();
+  for (const auto& group : groups) {
+    auto& names = out.emplace_back();
+    for (const auto& p : group.params()) {
+      for (const auto& item : named) {
+        if (item.value().is_same(p)) names.push_back(item.key());
+      }
+    }
+  }
+  return out;
+}
+
+using Names = std::vector<std::vector<std::string>>;
+
+TEST(ParamGroups, WeightDecayGroupsAsTimm) {
+  Net net;
+  const auto groups = ho::param_groups_weight_decay(net, 0.05, {}, ho::LAMBOptions(1e-2));
+  EXPECT_EQ(names_of(groups, net),
+            (Names{{"fc.bias", "norm.weight", "norm.bias", "affine.bias"}, {"pos_embed", "fc.weight", "affine.weight"}}));
+  ASSERT_EQ(groups.size(), 2u);
+  const auto& without = static_cast<const ho::LAMBOptions&>(groups[0].options());
+  const auto& with = static_cast<const ho::LAMBOptions&>(groups[1].options());
+  EXPECT_EQ(without.weight_decay(), 0.0);
+  EXPECT_EQ(with.weight_decay(), 0.05);
+  EXPECT_EQ(without.lr(), 1e-2);
+  EXPECT_EQ(with.lr(), 1e-2);
+
+  // Patterns, no exclusion of one-dimensional parameters, no weight decay at all.
+  EXPECT_EQ(names_of(ho::param_groups_weight_decay(net, 0.05, {"pos_*", "*.weight"}, ho::LAMBOptions()), net),
+            (Names{{"pos_embed", "fc.weight", "fc.bias", "norm.weight", "norm.bias", "affine.weight", "affine.bias"}}));
+  EXPECT_EQ(names_of(ho::param_groups_weight_decay(net, 0.05, {}, ho::LAMBOptions(), /*exclude_1d=*/false), net),
+            (Names{{"pos_embed", "fc.weight", "fc.bias", "norm.weight", "norm.bias", "affine.weight", "affine.bias"}}));
+  const auto none = ho::param_groups_weight_decay(net, 0.0, {}, ho::AdanOptions());
+  ASSERT_EQ(none.size(), 1u);
+  EXPECT_EQ(static_cast<const ho::AdanOptions&>(none[0].options()).weight_decay(), 0.0);
+
+  // An optimizer of that type takes the groups and steps them with their own weight decay.
+  ho::LAMB optimizer(ho::param_groups_weight_decay(net, 0.05, {}, ho::LAMBOptions(1e-2)));
+  for (auto& p : net.parameters()) p.mutable_grad() = torch::ones_like(p);
+  optimizer.step();
+  EXPECT_EQ(optimizer.param_groups().size(), 2u);
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) EXPECT_FALSE(p.is_same(net.frozen));  // requires no grad
+  }
+  EXPECT_EQ(optimizer.state().size(), 7u);
+}
+
+TEST(ParamGroups, BadWeightDecayIsRefusedByName) {
+  Net net;
+  for (double bad : {-0.1, kNaN, kInf}) {
+    try {
+      ho::param_groups_weight_decay(net, bad, {}, ho::LAMBOptions());
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("weight_decay"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(ParamGroups, NamesMatchAsPythonsFnmatch) {
+  // Expected values are Python's fnmatch.fnmatch on Linux.
+  const std::vector<std::tuple<std::string, std::string, bool>> cases = {
+      {"blocks.1.attn.weight", "blocks.*", true}, {"blocks.1.attn.weight", "*attn*", true},
+      {"a.b", "a?b", true},   {"x", "[!x]", false}, {"y", "[!x]", true},
+      {"a\\b", "a\\b", true}, {"a/b.c", "a*c", true}, {".hidden", "*hidden", true},
+      {"pos_embed", "pos_embed", true}, {"pos_embed2", "pos_embed", false}, {"[x", "[x", true},
+      {"ab", "a[]b", false}};
+  for (const auto& [name, pattern, expected] : cases) {
+    EXPECT_EQ(ho::name_matches(name, pattern), expected) << name << " ~ " << pattern;
+  }
+}
+
+}  // namespace param_groups
 
 }  // namespace
 }  // namespace holocron_test
