@@ -360,9 +360,13 @@ class _AdamLike(FusedStep, Adam):
         # on load; the reference's counters are ints, and ours stay ints so that
         # a loaded optimizer's state_dict equals the one it was saved from.
         Adam.__setstate__(self, state)
-        for p_state in self.state.values():
-            if isinstance(p_state, dict) and isinstance(p_state.get("step"), torch.Tensor):
-                p_state["step"] = step_count(p_state["step"])
+        # Only the parameters' states: an entry of another key (a hook's) is the
+        # loaded state dict's own object, which a load must not change.
+        for group in self.param_groups:
+            for p in group["params"]:
+                p_state = self.state.get(p)
+                if isinstance(p_state, dict) and isinstance(p_state.get("step"), torch.Tensor):
+                    p_state["step"] = step_count(p_state["step"])
 
     def _adam_lists(self, group, states):
         return {

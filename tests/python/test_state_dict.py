@@ -254,3 +254,20 @@ def test_load_state_dict_keeps_tensor_steps_working():
     for key, st in opt.state_dict()["state"].items():
         assert int(st["step"]) == int(expected[key]["step"])
         assert torch.equal(st["exp_avg"], expected[key]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_a_load_leaves_entries_of_other_keys_as_they_were(name):
+    """torch.optim keeps a state entry whose key is not a parameter's (a hook's) as the loaded
+    dict's own object: AdaBelief's and AdamP's load (torch.optim.Adam's __setstate__, whose tensor
+    counters ours turn back into ints) used to turn its tensor `step` into an int in the caller's
+    dict (found by test_state_dict_properties' random mutations)."""
+    params = [torch.nn.Parameter(torch.randn(3, 2))]
+    opt = ALGORITHMS[name].make(params, lr=1e-2)
+    params[0].grad = torch.randn(3, 2)
+    opt.step()
+    saved = opt.state_dict()
+    note = {"step": torch.tensor(7)}
+    saved["state"]["note"] = note
+    opt.load_state_dict(saved)
+    assert saved["state"]["note"] is note and type(note["step"]) is torch.Tensor and note["step"].item() == 7
