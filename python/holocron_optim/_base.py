@@ -328,6 +328,7 @@ class FusedStep:
         return loss
 
     def _step_groups(self) -> None:
+        self._forget_removed_groups()
         work = []
         for group in self.param_groups:  # type: ignore[attr-defined]
             self._validate_options(group)  # before any state is made
@@ -372,7 +373,6 @@ class FusedStep:
                         if key not in state:
                             state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
                             added.append((state, key))
-            self._pin(group, states)
             try:
                 self._apply(group, params, grads, states)
             except Exception:
@@ -384,20 +384,23 @@ class FusedStep:
                 for state, key in added:
                     state.pop(key, None)
                 raise
+            self._pin(group, params, states)
 
-    def _pin(self, group: dict[str, Any], states: list[dict[str, Any]]) -> None:
-        """Holds a C++ reference to the state buffers this group's op is about to be
-        handed, so that passing them costs no PyObject incref and decref under the GIL
-        (TensorPins in src/ops.cpp; about 0.07 us a tensor). Only speed depends on it:
-        the pins are remade when a buffer differs from the one pinned, and they hold
-        only what the states held at the last step.
+    def _pin(self, group: dict[str, Any], params: list[torch.Tensor], states: list[dict[str, Any]]) -> None:
+        """Holds a C++ reference to the state buffers this group's op was handed, so that
+        handing them again costs no PyObject incref and decref under the GIL (TensorPins in
+        src/ops.cpp; about 0.07 us a tensor). Only speed depends on it. Made after a step
+        that succeeded, remade when a buffer differs from the one pinned, dropped with its
+        group (_forget_removed_groups) and by a load; until the next step they also hold
+        buffers that were replaced or cleared since.
 
-        Parameters are not pinned: a tensor referenced from C++ keeps its PyObject
-        alive, out of the garbage collector's sight, and a parameter's hooks may
-        reference the optimizer (an optimizer stepped in a post-accumulate-grad hook):
-        that cycle would never be collected. The buffers are the optimizer's own."""
+        Parameters are not pinned: a tensor referenced from C++ keeps its PyObject alive,
+        out of the garbage collector's sight, and parameters commonly reference their
+        optimizer (hooks, attributes set by frameworks): such a cycle would never be
+        collected. The buffers are the optimizer's own. DTensors are not pinned either:
+        the op is handed their local shards."""
         keys = self._state_keys(group)
-        if not keys or not states:
+        if not keys or not states or distributed.any_dtensor(params):
             return
         lists = [list(map(dict.get, states, repeat(key))) for key in keys]
         pinned = self.__dict__.setdefault("_pinned", {})
@@ -407,6 +410,16 @@ class FusedStep:
             return
         tensors = [t for values in lists for t in values if isinstance(t, torch.Tensor)]
         pinned[id(group)] = _Pins(group, lists, torch.classes.holocron.TensorPins(tensors))
+
+    def _forget_removed_groups(self) -> None:
+        """Drops what is kept per group (pins, trust-ratio targets) for groups no longer in
+        param_groups, so that their buffers can go."""
+        current = {id(group) for group in self.param_groups}  # type: ignore[attr-defined]
+        for cache in ("_pinned", "_trust_ratio_targets"):
+            kept = self.__dict__.get(cache)
+            if kept and not kept.keys() <= current:
+                for key in [k for k in kept if k not in current]:
+                    del kept[key]
 
     @staticmethod
     def _hold_all(states: list[dict[str, Any]], keys: list[str]) -> bool:

@@ -104,3 +104,36 @@ def test_parameters_that_reference_their_optimizer_are_collected(name):
     refs = train()
     gc.collect()
     assert all(ref() is None for ref in refs), sum(ref() is not None for ref in refs)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_a_removed_group_lets_its_buffers_go(name):
+    algorithm = ALGORITHMS[name]
+    kept, removed = _params(0), _params(1)
+    opt = algorithm.make([{"params": kept}, {"params": removed}], lr=1e-2)
+    for step in range(2):
+        _set_grads(kept + removed, step)
+        opt.step()
+    refs = [weakref.ref(v) for p in removed for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
+    assert refs
+    opt.param_groups.pop()
+    for p in removed:
+        del opt.state[p]
+    _set_grads(kept, 2)
+    opt.step()
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_a_failed_first_step_pins_nothing(name):
+    """The buffers a failed step made are taken back; nothing may keep them alive."""
+    algorithm = ALGORITHMS[name]
+    params = _params()
+    opt = algorithm.make(params, lr=1e-2)
+    _set_grads(params, 0)
+    params[-1].grad = params[-1].grad.to_sparse()  # refused before any write
+    with pytest.raises((RuntimeError, ValueError)):
+        opt.step()
+    assert not opt.__dict__.get("_pinned")
+    assert not any(opt.state.values())
