@@ -14,6 +14,7 @@ keeps it as a group key and ignores it). A parameter that does not require grad 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 from collections import defaultdict
@@ -102,20 +103,26 @@ def auto_group_layers(model: nn.Module, layers_per_group: int = 12, num_groups: 
 
 
 def group_parameters(
-    module: nn.Module, group_matcher: dict[str, Any] | Callable[[str], Any], reverse: bool = False,
-) -> dict[int, list[str]] | dict[str, int]:
-    """The layer id of each parameter name from a timm `group_matcher` (a dict of group name ->
+    module: nn.Module,
+    group_matcher: dict[str, Any] | Callable[[str], Any],
+    return_values: bool = False,
+    reverse: bool = False,
+) -> dict[int, list[Any]] | dict[str, int]:
+    """The layer id of each parameter from a timm `group_matcher` (a dict of group name ->
     regular expression, or list of (expression, suffix), or a function of the name): names are
     ordered by (group ordinal, the numbers the expression captures, suffix), names no
     expression matches come last, and each distinct key is a new id unless its suffix is
-    MATCH_PREV_GROUP. `reverse`: name -> id instead of id -> names."""
+    MATCH_PREV_GROUP. Returns id -> names (id -> parameters with `return_values`), or, with
+    `reverse`, name -> id."""
+    if reverse and return_values:
+        raise ValueError("group_parameters: reverse mapping only sensible for name output")
     if isinstance(group_matcher, dict):
         compiled = []
         for ordinal, spec in enumerate(group_matcher.values()):
             if spec is None:
                 continue
             if isinstance(spec, (tuple, list)):
-                compiled += [(re.compile(expression), (ordinal,), suffix) for expression, suffix in spec]
+                compiled += [(re.compile(entry[0]), (ordinal,), entry[1]) for entry in spec]
             else:
                 compiled.append((re.compile(spec), (ordinal,), None))
         group_matcher = compiled
@@ -130,18 +137,18 @@ def group_parameters(
         ordinal = group_matcher(name)
         return tuple(ordinal) if isinstance(ordinal, Iterable) else (ordinal,)
 
-    names_by_key: dict[tuple[float, ...], list[str]] = defaultdict(list)
-    for name, _ in module.named_parameters():
-        names_by_key[key(name)].append(name)
-    names_by_layer: dict[int, list[str]] = defaultdict(list)
+    by_key: dict[tuple[float, ...], list[Any]] = defaultdict(list)
+    for name, param in module.named_parameters():
+        by_key[key(name)].append(param if return_values else name)
+    by_layer: dict[int, list[Any]] = defaultdict(list)
     layer = -1
-    for k in sorted(names_by_key):
+    for k in sorted(by_key):
         if layer < 0 or k[-1] != MATCH_PREV_GROUP[0]:
             layer += 1
-        names_by_layer[layer].extend(names_by_key[k])
+        by_layer[layer].extend(by_key[k])
     if reverse:
-        return {name: layer for layer, names in names_by_layer.items() for name in names}
-    return names_by_layer
+        return {name: layer for layer, names in by_layer.items() for name in names}
+    return by_layer
 
 
 def param_groups_layer_decay(
@@ -182,7 +189,7 @@ def param_groups_layer_decay(
     scales = [max(min_scale, layer_decay ** (last - layer)) for layer in range(num_layers)]
 
     groups: dict[str, dict[str, Any]] = {}
-    names: dict[str, list[str]] = {}
+    described: dict[str, dict[str, Any]] = {}  # what `verbose` logs
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -195,12 +202,13 @@ def param_groups_layer_decay(
             continue
         key = f"layer_{layer}_{'decay' if decays else 'no_decay'}{'_fallback' if fallback else ''}"
         if key not in groups:
-            groups[key] = {"lr_scale": scale, "weight_decay": weight_decay if decays else 0.0, "params": []}
+            decay = weight_decay if decays else 0.0
+            groups[key] = {"lr_scale": scale, "weight_decay": decay, "params": []}
             if fallback:
                 groups[key]["use_fallback"] = True
-            names[key] = []
+            described[key] = {"lr_scale": scale, "weight_decay": decay, "use_fallback": fallback, "param_names": []}
         groups[key]["params"].append(param)
-        names[key].append(name)
+        described[key]["param_names"].append(name)
     if verbose:
-        _logger.info("parameter groups: %s", {key: names[key] for key in groups})
+        _logger.info("parameter groups: \n%s", json.dumps(described, indent=2))
     return list(groups.values())

@@ -172,8 +172,21 @@ def test_layer_decay_defaults_and_matchers_equal_timms(timm_groups):
     for matcher in (model.group_matcher(), lambda name: (len(name) % 3, 1), lambda name: len(name) % 4):
         assert ours.group_parameters(model, matcher, reverse=True) == \
             timm_groups.group_parameters(model, matcher, reverse=True)
+    for matcher in (model.group_matcher(), {"all": [(r"^blocks\.(\d+)", None, "ignored")]}):
+        assert ours.group_parameters(model, matcher) == timm_groups.group_parameters(model, matcher)
+        assert ours.group_parameters(model, matcher, return_values=True) == \
+            timm_groups.group_parameters(model, matcher, return_values=True)
+        assert ours.group_parameters(model, matcher, False, True) == timm_groups.group_parameters(model, matcher, False, True)
     assert ours.auto_group_layers(model, num_groups=3) == timm_groups.auto_group_layers(model, num_groups=3)
     assert ours.auto_group_layers(model, layers_per_group=4) == timm_groups.auto_group_layers(model, layers_per_group=4)
+
+
+def test_layer_decay_logs_as_timm(timm_groups, caplog):
+    with caplog.at_level("INFO"):
+        ours.param_groups_layer_decay(_model("vit"), verbose=True)
+        timm_groups.param_groups_layer_decay(_model("vit"), verbose=True)
+    ours_message, timm_message = (r.getMessage() for r in caplog.records if "parameter groups" in r.getMessage())
+    assert ours_message == timm_message
 
 
 @pytest.mark.parametrize("name", ["LAMB", "LARS", "AdamP", "Adan"])
