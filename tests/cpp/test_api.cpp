@@ -514,6 +514,12 @@ struct Net : torch::nn::Module {
   std::shared_ptr<Affine> affine;
 };
 
+// The same parameters, fc's also registered under a second name.
+struct TiedNet : Net {
+  TiedNet() { again = register_module("again", fc); }
+  torch::nn::Linear again{nullptr};
+};
+
 std::vector<std::vector<std::string>> names_of(const std::vector<torch::optim::OptimizerParamGroup>& groups,
                                                const torch::nn::Module& module) {
   std::vector<std::vector<std::string>> out;
@@ -522,7 +528,10 @@ std::vector<std::vector<std::string>> names_of(const std::vector<torch::optim::O
     auto& names = out.emplace_back();
     for (const auto& p : group.params()) {
       for (const auto& item : named) {
-        if (item.value().is_same(p)) names.push_back(item.key());
+        if (item.value().is_same(p)) {
+          names.push_back(item.key());  // its first name
+          break;
+        }
       }
     }
   }
@@ -537,6 +546,10 @@ TEST(ParamGroups, WeightDecayGroupsAsTimm) {
   EXPECT_EQ(names_of(groups, net),
             (Names{{"fc.bias", "norm.weight", "norm.bias", "affine.bias"}, {"pos_embed", "fc.weight", "affine.weight"}}));
   ASSERT_EQ(groups.size(), 2u);
+  TiedNet tied;  // a shared parameter once, under its first name, as Python lists it
+  EXPECT_EQ(names_of(ho::param_groups_weight_decay(tied, 0.05, {}, ho::LAMBOptions(1e-2)), tied),
+            (Names{{"fc.bias", "norm.weight", "norm.bias", "affine.bias"}, {"pos_embed", "fc.weight", "affine.weight"}}));
+  ho::LAMB{ho::param_groups_weight_decay(tied, 0.05, {}, ho::LAMBOptions(1e-2))};  // no duplicate
   const auto& without = static_cast<const ho::LAMBOptions&>(groups[0].options());
   const auto& with = static_cast<const ho::LAMBOptions&>(groups[1].options());
   EXPECT_EQ(without.weight_decay(), 0.0);
@@ -578,12 +591,52 @@ TEST(ParamGroups, BadWeightDecayIsRefusedByName) {
 
 TEST(ParamGroups, NamesMatchAsPythonsFnmatch) {
   // Expected values are Python's fnmatch.fnmatch on Linux.
+  // Generated with Python 3.11: fnmatch.fnmatch(name, pattern).
   const std::vector<std::tuple<std::string, std::string, bool>> cases = {
-      {"blocks.1.attn.weight", "blocks.*", true}, {"blocks.1.attn.weight", "*attn*", true},
-      {"a.b", "a?b", true},   {"x", "[!x]", false}, {"y", "[!x]", true},
-      {"a\\b", "a\\b", true}, {"a/b.c", "a*c", true}, {".hidden", "*hidden", true},
-      {"pos_embed", "pos_embed", true}, {"pos_embed2", "pos_embed", false}, {"[x", "[x", true},
-      {"ab", "a[]b", false}};
+      {"blocks.1.attn.weight", "blocks.*", true},
+      {"blocks.1.attn.weight", "*attn*", true},
+      {"a.b", "a?b", true},
+      {"x", "[!x]", false},
+      {"y", "[!x]", true},
+      {"a\\b", "a\\b", true},
+      {"a/b.c", "a*c", true},
+      {".hidden", "*hidden", true},
+      {"pos_embed", "pos_embed", true},
+      {"pos_embed2", "pos_embed", false},
+      {"[x", "[x", true},
+      {"ab", "a[]b", false},
+      {"b", "[^a]", false},
+      {"^", "[^a]", true},
+      {"5", "[[:digit:]]", false},
+      {"d]", "[[:digit:]]", true},
+      {"a", "[[.a.]]", false},
+      {"b", "[a-c]", true},
+      {"d", "[a-c]", false},
+      {"-", "[a-]", true},
+      {"b", "[z-a]", false},
+      {"q", "[!z-a]", true},
+      {"]", "[]a]", true},
+      {"a", "[!]a]", false},
+      {"x", "[!]a]", true},
+      {"b", "[c-a-b]", true},
+      {"a+b", "a+b", true},
+      {"a(b)", "a(b)", true},
+      {"ab", "a{1}b", false},
+      {"a{1}b", "a{1}b", true},
+      {"a|b", "a|b", true},
+      {"a", "a|b", false},
+      {"a&b", "a[&]b", true},
+      {"a~b", "a[~]b", true},
+      {"$x", "$x", true},
+      {"blocks.10.mlp.0.weight", "blocks.[0-9]*.mlp.*", true},
+      {"", "*", true},
+      {"", "?", false},
+      {"abc", "a**c", true},
+      {"a-b", "a[--/]b", true},
+      {"a.b", "a[--/]b", true},
+      {"x", "[!--/]", true},
+      {"\\", "[\\]", true},
+  };
   for (const auto& [name, pattern, expected] : cases) {
     EXPECT_EQ(ho::name_matches(name, pattern), expected) << name << " ~ " << pattern;
   }

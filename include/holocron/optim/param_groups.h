@@ -13,18 +13,24 @@
 namespace holocron::optim {
 
 /// Whether `name` matches the shell-style `pattern` as Python's `fnmatch.fnmatch` does on Linux
-/// (timm's name filters): `*` any text (dots included), `?` one character, `[abc]` and `[!abc]`
-/// one character of a set or not of it; a backslash is an ordinary character.
+/// (timm's name filters): `*` any text (dots included), `?` one character, `[a-c]` and `[!a-c]`
+/// one character of a set or not of it; `^`, backslashes and POSIX classes have no special
+/// meaning. Characters are bytes: for names outside ASCII, `?` matches one byte of UTF-8.
 bool name_matches(const std::string& name, const std::string& pattern);
 
-/// Two parameter groups of `module`'s named parameters that require grad, as timm's
-/// `param_groups_weight_decay` (and `holocron_optim.param_groups`) makes them, for an optimizer
-/// whose options are `Options` (any of this library's, or torch's):
+/// Two parameter groups of `module`'s named parameters that require grad (a parameter shared by
+/// several modules once, under its first name), as timm's `param_groups_weight_decay` (and
+/// `holocron_optim.param_groups`) makes them, for an optimizer whose options are `Options`:
 /// first the parameters without weight decay, with `options` and `weight_decay(0)`: those of at
 /// most one dimension or whose name ends in `.bias` (with `exclude_1d`), and those whose name
 /// matches a pattern of `no_weight_decay_names` (see name_matches()); then the others, with
 /// `options` and `weight_decay(weight_decay)`. A group without parameters is left out;
 /// `weight_decay == 0` puts every parameter in the first group.
+///
+/// For LibTorch's own optimizers (torch::optim::SGD, ...), construct the optimizer with defaults
+/// whose weight decay is 0: their add_param_group (LibTorch 2.13) replaces a group's option that
+/// equals the options type's default with the optimizer's own, so a weight decay of 0 in the
+/// first group would become the optimizer's. This library's optimizers keep each group's options.
 ///
 ///     auto optimizer = holocron::optim::LAMB(
 ///         holocron::optim::param_groups_weight_decay(*model, 0.05, {"pos_embed"},
