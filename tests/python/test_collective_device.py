@@ -4,8 +4,9 @@ are on the CPU while an NCCL group takes CUDA tensors only.
 
 A group whose only backend is for CUDA ("cuda:gloo") stands in for the NCCL
 group here. Without a GPU the sums cannot get there, and the error says so
-(torch's own, about CUDA) instead of the group's refusal of CPU tensors; with
-one, the step runs and equals the step without a group (one rank).
+(torch's own: "Torch not compiled with CUDA enabled" from a CPU build, "Found no
+NVIDIA driver" from a CUDA build) instead of the group's refusal of CPU tensors;
+with one, the step runs and equals the step without a group (one rank).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def cuda_only_group(tmp_path_factory):
         dist.destroy_process_group()
 
 
+def went_to_cuda(error: pytest.ExceptionInfo) -> bool:
+    """The error of a machine without a GPU when the sums are moved to CUDA, from a CPU or a
+    CUDA build of torch."""
+    message = str(error.value).lower()
+    return "cuda" in message or "nvidia driver" in message
+
+
 def lamb_tensors():
     generator = torch.Generator().manual_seed(0)
     p, g = torch.randn(3, 5, generator=generator), torch.randn(3, 5, generator=generator)
@@ -54,7 +62,7 @@ def test_cpu_sums_go_to_the_device_of_a_group_without_a_cpu_backend(cuda_only_gr
     with pytest.raises(RuntimeError) as error:
         lamb_step([cuda_only_group.group_name], tensors)
     assert "No backend type associated with device type cpu" not in str(error.value)
-    assert "cuda" in str(error.value).lower()
+    assert went_to_cuda(error), error.value
     for got, want in zip(tensors, lamb_tensors()):  # a step that throws changes nothing
         assert torch.equal(got, want)
 
@@ -68,7 +76,7 @@ def test_scout_coherence_takes_the_same_way(cuda_only_group):
     with pytest.raises(RuntimeError) as error:
         torch.ops.holocron.scout_coherence(*stats, count=2, shard_groups=[cuda_only_group.group_name])
     assert "No backend type associated with device type cpu" not in str(error.value)
-    assert "cuda" in str(error.value).lower()
+    assert went_to_cuda(error), error.value
 
 
 @pytest.mark.usefixtures("cuda_only_group")
