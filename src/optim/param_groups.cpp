@@ -2,7 +2,7 @@
 
 #include <cmath>
 #include <cstddef>
-#include <regex>
+#include <utility>
 #include <sstream>
 #include <stdexcept>
 #include <unordered_set>
@@ -11,86 +11,109 @@ namespace holocron::optim {
 
 namespace {
 
-// The regular expression Python's fnmatch.translate (3.11) makes of `pattern`, in
-// ECMAScript syntax: `*` any text, `?` one character, `[...]` a set whose `!` negates and
-// whose ranges run low to high (an empty range is dropped, an empty set matches nothing,
-// `[!]` anything), an unclosed `[` itself; everything else, `^` and backslashes included,
-// literally.
-std::string fnmatch_regex(const std::string& pattern) {
-  const auto escape = [](char c, bool in_set) {
-    static const std::string syntax = "^$\\.*+?()[]{}|/-&~";
-    std::string out;
-    if (syntax.find(c) != std::string::npos && (in_set || c != '-')) out += '\\';
-    out += c;
-    return out;
-  };
-  std::string out;
+// A pattern as Python's fnmatch.translate (3.11) reads it: `*` any text, `?` one character,
+// `[...]` one character of a set (a `!` first negates it; ranges run low to high and an empty
+// one is dropped; an empty set matches nothing, `[!]`-like empty negated sets anything), an
+// unclosed `[` itself; every other character, `^` and backslashes included, itself.
+struct Token {
+  enum Kind { kStar, kChar } kind = kChar;
+  bool negated = false;
+  std::vector<std::pair<unsigned char, unsigned char>> ranges;  // inclusive
+
+  bool matches(unsigned char c) const {
+    bool in = false;
+    for (const auto& [low, high] : ranges) in = in || (low <= c && c <= high);
+    return in != negated;
+  }
+};
+
+std::vector<Token> tokens_of(const std::string& pattern) {
+  const auto byte = [](char c) { return static_cast<unsigned char>(c); };
+  std::vector<Token> tokens;
   const size_t n = pattern.size();
   size_t i = 0;
   while (i < n) {
     const char c = pattern[i++];
+    Token token;
     if (c == '*') {
+      token.kind = Token::kStar;
       while (i < n && pattern[i] == '*') ++i;
-      out += "[\\s\\S]*";
     } else if (c == '?') {
-      out += "[\\s\\S]";
+      token.negated = true;  // no range: any character
     } else if (c == '[') {
       size_t j = i;
       if (j < n && pattern[j] == '!') ++j;
       if (j < n && pattern[j] == ']') ++j;
       while (j < n && pattern[j] != ']') ++j;
       if (j >= n) {
-        out += "\\[";
-        continue;
-      }
-      const bool negated = pattern[i] == '!';
-      // The set's items: ranges split at each '-' that is not the set's first character.
-      std::vector<std::string> chunks;
-      size_t start = i;
-      size_t k = (negated ? i + 1 : i) + 1;
-      while (true) {
-        const size_t dash = pattern.find('-', k);
-        if (dash == std::string::npos || dash >= j) break;
-        chunks.push_back(pattern.substr(start, dash - start));
-        start = dash + 1;
-        k = dash + 3;
-      }
-      const std::string last = pattern.substr(start, j - start);
-      if (!last.empty()) {
-        chunks.push_back(last);
+        token.ranges.push_back({byte('['), byte('[')});
       } else {
-        chunks.back() += '-';
-      }
-      for (size_t m = chunks.size() - 1; m > 0; --m) {  // drop empty ranges, as Python does
-        if (chunks[m - 1].back() > chunks[m].front()) {
-          chunks[m - 1] = chunks[m - 1].substr(0, chunks[m - 1].size() - 1) + chunks[m].substr(1);
-          chunks.erase(chunks.begin() + static_cast<std::ptrdiff_t>(m));
+        token.negated = pattern[i] == '!';
+        // Chunks between the dashes that make ranges (not a set's first character).
+        std::vector<std::string> chunks;
+        size_t start = i;
+        size_t k = (token.negated ? i + 1 : i) + 1;
+        while (true) {
+          const size_t dash = pattern.find('-', k);
+          if (dash == std::string::npos || dash >= j) break;
+          chunks.push_back(pattern.substr(start, dash - start));
+          start = dash + 1;
+          k = dash + 3;
         }
-      }
-      // Chunks joined by range dashes; the leading '!' of a negated set is not a member.
-      std::string members;
-      for (size_t m = 0; m < chunks.size(); ++m) {
-        if (m > 0) members += '-';
-        const size_t from = (m == 0 && negated) ? 1 : 0;
-        for (size_t q = from; q < chunks[m].size(); ++q) members += escape(chunks[m][q], true);
-      }
-      i = j + 1;
-      if (members.empty()) {
-        out += negated ? "[\\s\\S]" : "(?!)";
-      } else {
-        out += negated ? "[^" + members + "]" : "[" + members + "]";
+        const std::string last = pattern.substr(start, j - start);
+        if (!last.empty()) {
+          chunks.push_back(last);
+        } else {
+          chunks.back() += '-';
+        }
+        for (size_t m = chunks.size() - 1; m > 0; --m) {  // empty ranges are dropped
+          if (byte(chunks[m - 1].back()) > byte(chunks[m].front())) {
+            chunks[m - 1] = chunks[m - 1].substr(0, chunks[m - 1].size() - 1) + chunks[m].substr(1);
+            chunks.erase(chunks.begin() + static_cast<std::ptrdiff_t>(m));
+          }
+        }
+        // Each chunk's characters, the last of one and the first of the next making a range.
+        for (size_t m = 0; m < chunks.size(); ++m) {
+          for (size_t q = (m == 0 && token.negated) ? 1 : 0; q < chunks[m].size(); ++q) {
+            if (m > 0 && q == 0 && !token.ranges.empty()) {
+              token.ranges.back().second = byte(chunks[m][q]);
+            } else {
+              token.ranges.push_back({byte(chunks[m][q]), byte(chunks[m][q])});
+            }
+          }
+        }
+        i = j + 1;
       }
     } else {
-      out += escape(c, false);
+      token.ranges.push_back({byte(c), byte(c)});
     }
+    tokens.push_back(std::move(token));
   }
-  return out;
+  return tokens;
 }
 
 }  // namespace
 
 bool name_matches(const std::string& name, const std::string& pattern) {
-  return std::regex_match(name, std::regex(fnmatch_regex(pattern), std::regex::ECMAScript));
+  // Every token but `*` takes one character: on a mismatch, the last `*` takes one more.
+  const auto tokens = tokens_of(pattern);
+  size_t t = 0, s = 0, star = std::string::npos, star_s = 0;
+  while (s < name.size()) {
+    if (t < tokens.size() && tokens[t].kind == Token::kStar) {
+      star = t++;
+      star_s = s;
+    } else if (t < tokens.size() && tokens[t].matches(static_cast<unsigned char>(name[s]))) {
+      ++t;
+      ++s;
+    } else if (star != std::string::npos) {
+      t = star + 1;
+      s = ++star_s;
+    } else {
+      return false;
+    }
+  }
+  while (t < tokens.size() && tokens[t].kind == Token::kStar) ++t;
+  return t == tokens.size();
 }
 
 namespace detail {
