@@ -68,8 +68,12 @@ at::Tensor as_tensor(const std::vector<double>& values, TensorList params) {
 
 }  // namespace
 
-F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
-  return {grad_scale.value_or(at::Tensor()), found_inf.value_or(at::Tensor())};
+F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
+                          const OptionalTensor& grad_norm, double max_grad_norm) {
+  F::GradScaling scaling(grad_scale.value_or(at::Tensor()), found_inf.value_or(at::Tensor()));
+  scaling.grad_norm = grad_norm.value_or(at::Tensor());
+  scaling.max_grad_norm = max_grad_norm;
+  return scaling;
 }
 
 bool skipped(const OptionalTensor& found_inf) {

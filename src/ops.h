@@ -28,7 +28,8 @@ using OptionalNames = std::optional<std::vector<std::string>>;
 F::ScaleClip clip_of(double low, double high);
 double read_scalar(const at::Tensor& t);
 void write_scalar(const at::Tensor& t, double value);
-F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
+                          const OptionalTensor& grad_norm = std::nullopt, double max_grad_norm = 1.0);
 bool skipped(const OptionalTensor& found_inf);
 F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
                         const OptionalNames& shard_groups);
@@ -113,7 +114,11 @@ class Arguments {
 
   // The loss scaling and the whole-tensor sums' sharding every update op may take.
   F::GradScaling scaling() const {
-    return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
+    if (!schema_.argumentIndexWithName("grad_norm")) {
+      return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
+    }
+    return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"),
+                      optional_tensor("grad_norm"), real("max_grad_norm"));
   }
   F::Sharding sharding(TensorList params) const {
     const auto numels = optional_integers("numels");
@@ -157,6 +162,11 @@ void implement_meta(torch::Library& library, const char* schema);
 // Arguments every update op takes after its own: loss scaling (GradScaler),
 // and for those with whole-tensor sums, the DTensor sharding of those sums.
 #define HOLOCRON_SCALING "Tensor? grad_scale=None, Tensor? found_inf=None"
+// Global gradient-norm clipping (GradScaling's grad_norm and max_grad_norm),
+// for the ops of algorithms with a max_grad_norm option. Arguments added to
+// an op go after all of its others: torch.compile's on-disk caches may hold
+// code that calls it positionally as it was.
+#define HOLOCRON_CLIPPING "Tensor? grad_norm=None, float max_grad_norm=1.0"
 #define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
 
 // Declares the operator `schema` with `kernel` (at namespace scope).

@@ -94,6 +94,35 @@ class Option(NamedTuple):
     # coefficient's): stated here for readers and tests (test_registry ties
     # it to what a step refuses); None: not a number.
     range: str | None = None
+    # Added after checkpoints were first written: a loaded group without it
+    # gets the default (which keeps the numbers it was saved with).
+    added_later: bool = False
+
+
+def flag(name: str, value: Any, option: Option) -> bool:
+    """A switch: True or False (or 1 or 0)."""
+    if isinstance(value, torch.Tensor) or value not in (True, False):
+        raise TypeError(f"{name}: {option.name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+# Checks that only refuse (they return what they are given, or its bool): also run on each
+# group's value, which the ops would take as it is.
+flag.checks_groups = True  # type: ignore[attr-defined]
+
+
+def positive_or_none(label: str) -> Callable[[str, Any, Option], Any]:
+    """None, or a finite number > 0."""
+
+    def check(name: str, value: Any, option: Option) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: invalid {label} value: {value!r} (expected None or a finite number > 0)")
+        return float(value)
+
+    check.checks_groups = True  # type: ignore[attr-defined]
+    return check
 
 
 def finite(label: str, non_negative: bool = False) -> Callable[[str, Any, Option], Any]:
@@ -197,6 +226,7 @@ class FusedStep:
         if "_options" in cls.__dict__:
             cls.__init__ = _constructor(cls)  # type: ignore[method-assign]
             cls._settings = tuple(o.name for o in cls._options if o.setting)
+            cls._clips_grad_norm = any(o.name == "max_grad_norm" for o in cls._options)
         cls._all_buffers = tuple(b.name for b in cls._state_buffers)
         cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
         # A load requires the group options among these (torch.optim's base may add
@@ -228,7 +258,7 @@ class FusedStep:
         super().__setstate__(state)  # type: ignore[misc]
         for group in self.param_groups:  # type: ignore[attr-defined]
             for option in self._options:
-                if not option.setting and isinstance(option.default, bool):
+                if not option.setting and (option.added_later or isinstance(option.default, bool)):
                     group.setdefault(option.name, option.default)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -350,6 +380,58 @@ class FusedStep:
         for index, ((group, params, grads), states) in enumerate(zip(work, group_states)):
             if index > 0 or split:
                 self._validate(group, params, grads, states)
+        self._clipping_now = self._grad_clipping(work)
+        try:
+            self._update_groups(work, group_states)
+        finally:
+            self._clipping_now = {}
+
+    # Global gradient-norm clipping of the step in progress: per group (by id),
+    # the keywords (grad_norm, max_grad_norm) that the ops of the algorithms
+    # with a `max_grad_norm` option take.
+    _clipping_now: dict[int, dict[str, Any]] = {}
+
+    def _grad_clipping(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]
+                       ) -> dict[int, dict[str, Any]]:
+        """timm's and apex's clipping by one norm over the unscaled gradients (all shards) of
+        every group holding the same `max_grad_norm` (usually all: the constructor's), which
+        the kernels divide the gradients by, max(1, norm / max_grad_norm), as they read them
+        (never in place). Groups holding None are not clipped."""
+        if not self._clips_grad_norm:
+            return {}
+        together: dict[float, list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]] = {}
+        for entry in work:
+            bound = entry[0].get("max_grad_norm")
+            if bound is not None:
+                together.setdefault(float(bound), []).append(entry)
+        clipping = {}
+        for bound, entries in together.items():
+            sums = []
+            for _, params, grads in entries:
+                if distributed.flat_layouts_exist and any(map(distributed.flat_layout, params)):
+                    raise NotImplementedError(
+                        f"{type(self).__name__}: max_grad_norm with DeepSpeed's flat partitions; set DeepSpeed's "
+                        "own gradient_clipping instead (it clips over all partitions before the step)"
+                    )
+                sums.append(distributed.call(
+                    ops.grad_squared_norms, params, grads, grad_scale=self._grad_scale_now,
+                    found_inf=self._found_inf_now, sums=True,
+                ))
+            # Summed as the C++ classes sum them: one float64 sum over every tensor.
+            norm = torch.cat([s.cpu() for s in sums]).sum().sqrt()
+            for group, _, _ in entries:
+                clipping[id(group)] = {"grad_norm": norm, "max_grad_norm": bound}
+        return clipping
+
+    def _clipping(self, group: dict[str, Any]) -> dict[str, Any]:
+        """This group's clipping keywords for its op (`_grad_clipping`); none when not clipped."""
+        return self._clipping_now.get(id(group), {})
+
+    # Whether the algorithm has a `max_grad_norm` option (set from `_options`).
+    _clips_grad_norm = False
+
+    def _update_groups(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]],
+                       group_states: list[list[dict[str, Any] | None]]) -> None:
 
         state_of = self.state  # type: ignore[attr-defined]
         for (group, params, grads), states in zip(work, group_states):
@@ -453,6 +535,13 @@ class FusedStep:
         self._grad_scale_now = getattr(self, "grad_scale", None)
         self._found_inf_now = getattr(self, "found_inf", None)
         try:
+            if self._clips_grad_norm:
+                work = []
+                for group in self.param_groups:  # type: ignore[attr-defined]
+                    params = [p for p in group["params"] if p.grad is not None]
+                    if params:
+                        work.append((group, params, [p.grad for p in params]))
+                self._clipping_now = self._grad_clipping(work)
             for group in self.param_groups:  # type: ignore[attr-defined]
                 params = [p for p in group["params"] if p.grad is not None]
                 if not params:
@@ -470,6 +559,7 @@ class FusedStep:
                 self._apply(group, params, [p.grad for p in params], states)
         finally:
             self._grad_scale_now = self._found_inf_now = None
+            self._clipping_now = {}
 
     def _compiled_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
         """Buffers made, and the step counter as a tensor."""

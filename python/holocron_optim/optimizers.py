@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, gather,
-                    learning_rate, per_tensor_shape, step_count, types_of)
+from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
+                    learning_rate, per_tensor_shape, positive_or_none, step_count, types_of)
 from . import _distributed as distributed
 from ._library import ops
 
@@ -39,6 +39,14 @@ def _dof(name: str, value: Any, _: Option) -> float | None:
         if value <= 0:  # 0 makes a step whose gradient equals the mean NaN (unlike pylocron)
             raise ValueError(f"{name}: invalid dof value: {value} (expected in (0, inf))")
     return value
+
+
+def _check_switches(optimizer: FusedStep, group: dict[str, Any]) -> None:
+    """A group's switches and optional bounds, which the ops take as they are (a bool op
+    argument takes any truthy value): checked as the constructor checks them."""
+    for option in optimizer._options:
+        if getattr(option.check, "checks_groups", False):
+            option.check(type(optimizer).__name__, group.get(option.name, option.default), option)
 
 
 # The options most algorithms share, with their defaults and checks.
@@ -76,6 +84,20 @@ class LARS(FusedStep, Optimizer):
         scale_clip: ``(low, high)`` bounds for ``||p||`` in the trust ratio;
             None keeps the norm unclamped. An attribute of the optimizer, not a
             group option, as in the reference. Default `None`.
+        trust_coeff: multiplies the trust ratio, >= 0. Default `1.0`.
+        eps: added to the trust ratio's denominator, >= 0. Default `0.0`.
+        trust_clip: LARC: the ratio becomes ``min(local_lr / lr, 1)``. Default `False`.
+        always_adapt: a trust ratio also in groups whose ``weight_decay`` is 0;
+            False: a ratio of 1 there (plain SGD). Default `True`.
+        trust_on_gradient: the ratio scales ``d`` before it enters the momentum
+            (``p -= lr * u``) and is 1 where ``||g||`` is 0; False: it scales the
+            step after the momentum, as the reference. The two differ only with
+            momentum or a zero gradient. Default `False`.
+
+    The last five are the options of timm's ``Lars`` and apex's ``LARC``, with
+    ``local_lr = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)``; their
+    defaults give the reference's numbers. timm's ``Lars`` is
+    ``trust_coeff=0.001, eps=1e-8, always_adapt=False, trust_on_gradient=True``.
 
     State (per parameter, the reference's key): ``momentum_buffer``, only when
     ``momentum != 0`` (the first step's direction, then the running momentum).
@@ -94,9 +116,20 @@ class LARS(FusedStep, Optimizer):
         _WEIGHT_DECAY,
         Option("nesterov", False),
         Option("scale_clip", None, _scale_clip(None), setting=True),
+        Option("trust_coeff", 1.0, finite("trust_coeff"), range="[0, inf)", added_later=True),
+        Option("eps", 0.0, finite("epsilon"), range="[0, inf)", added_later=True),
+        Option("trust_clip", False, flag, added_later=True),
+        Option("always_adapt", True, flag, added_later=True),
+        Option("trust_on_gradient", False, flag, added_later=True),
     )
     _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
     _counts_steps = False
+    # Where a group holds no trust_on_gradient (classes without that option: timm's Lars).
+    _trust_on_gradient = False
+
+    def _check_group_options(self, group) -> None:
+        super()._check_group_options(group)
+        _check_switches(self, group)
 
     def _apply(self, group, params, grads, states) -> None:
         with_momentum = group["momentum"] != 0
@@ -113,6 +146,9 @@ class LARS(FusedStep, Optimizer):
                 lr=float(group["lr"]), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
                 weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
                 scale_clip=tuple(self.scale_clip) if self.scale_clip is not None else (),
+                trust_coeff=float(group["trust_coeff"]), eps=float(group["eps"]), trust_clip=group["trust_clip"],
+                always_adapt=group["always_adapt"],
+                trust_on_gradient=group.get("trust_on_gradient", self._trust_on_gradient),
                 grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, sums=True,
             )
         except Exception:
@@ -148,6 +184,22 @@ class LAMB(FusedStep, Optimizer):
         scale_clip: ``(low, high)`` bounds for ``||p||`` in the trust ratio; None
             means ``(0, 10)``. An attribute of the optimizer, not a group option,
             as in the reference. Default `None`.
+        bias_correction: divide the moments by ``1 - beta**step``:
+            ``u = (m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * p``. Default `False`.
+        grad_averaging: the gradient enters ``m`` weighted ``1 - beta1``; False: weighted
+            1 (``m = beta1 * m + g``). Default `True`.
+        max_grad_norm: global gradient-norm clipping: the gradients of every group are
+            read divided by ``max(1, norm / max_grad_norm)``, ``norm`` being the one norm of
+            all of them (unscaled by GradScaler first, over all shards); ``p.grad`` is not
+            modified. Groups holding different values are clipped apart, each by the norm
+            over the groups holding its value. None: no clipping. Default `None`.
+        trust_clip: cap the trust ratio at 1 (LAMBC). Default `False`.
+        always_adapt: a trust ratio also in groups whose ``weight_decay`` is 0; False: a
+            ratio of 1 there. Default `True`.
+
+    The last five are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
+    defaults give the reference's numbers. timm's numbers also need
+    ``scale_clip=(0, inf)`` (timm does not bound ``||p||``).
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq`` and ``local_lr`` (the last trust ratio: a 0-d tensor, or the
@@ -157,18 +209,32 @@ class LAMB(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
-    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True))
+    _options = (
+        _LR, _BETAS2, _EPS, _WEIGHT_DECAY, Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True),
+        Option("bias_correction", False, flag, added_later=True),
+        Option("grad_averaging", True, flag, added_later=True),
+        Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True),
+        Option("trust_clip", False, flag, added_later=True),
+        Option("always_adapt", True, flag, added_later=True),
+    )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
+
+    def _check_group_options(self, group) -> None:
+        super()._check_group_options(group)
+        _check_switches(self, group)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
             ops.lamb_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
-            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
+            steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(group, params, states), sums=True,
+            bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
+            trust_clip=group["trust_clip"], always_adapt=group["always_adapt"],
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **self._clipping(group),
+            **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if counters:
             return  # compiled: the op advanced the counters and wrote the ratios

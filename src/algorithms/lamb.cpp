@@ -17,14 +17,15 @@ using namespace trust;
 namespace {
 
 Sums lamb_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-               const LambHyper& h) {
-  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, LambDirection{h});
+               c10::ArrayRef<int64_t> steps, const LambHyper& h) {
+  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, lamb_grad_weight(h), h.beta2,
+                    LambDirection{h, steps});
 }
 
 void lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-          const LambHyper& h, c10::ArrayRef<double> local_lrs) {
-  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, h.lr, local_lrs,
-              LambDirection{h});
+          c10::ArrayRef<int64_t> steps, const LambHyper& h, c10::ArrayRef<double> local_lrs) {
+  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, lamb_grad_weight(h), h.beta2, h.lr,
+              local_lrs, LambDirection{h, steps});
 }
 
 }  // namespace
@@ -43,34 +44,54 @@ void check(const LambHyper& h) {
 }
 
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
-                          TensorList exp_avg_sqs, const LambHyper& h, const GradScaling& scaling,
-                          const Sharding& sharding) {
+                          TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps, const LambHyper& h,
+                          const GradScaling& scaling, const Sharding& sharding) {
   check(h);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+  check_steps("LAMB", steps, params.size());
   check_sharding("LAMB", sharding, params);
   const auto inv_grad_scale = grad_unscale("LAMB", scaling);
   if (!inv_grad_scale) return {};
+  const auto rule = lamb_trust_rule(h);
   auto& scratch = fused_scratch();
   const cpu::protocol::lamb::Arrays<TensorList> arrays{
       .param = params, .grad = grads, .exp_avg = exp_avgs, .exp_avg_sq = exp_avg_sqs};
   if (!fused_group(scratch.group, params, arrays)) {
     const auto g = unscaled_grads(grads, *inv_grad_scale);
-    auto norms = kernels::reference::lamb_sums(params, g, exp_avgs, exp_avg_sqs, h);
+    auto norms = kernels::reference::lamb_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
     all_reduce_sums("LAMB", sharding, norms, 2);
-    const auto local_lrs = trust_ratios(norms, h.scale_clip);
-    kernels::reference::lamb(params, g, exp_avgs, exp_avg_sqs, h, local_lrs);
+    const auto local_lrs = trust_ratios(norms, rule);
+    kernels::reference::lamb(params, g, exp_avgs, exp_avg_sqs, steps, h, local_lrs);
     return local_lrs;
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.constants.set(cpu::protocol::lamb::Constants{
-      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay});
-  // The step is known after pass 1 (fused_trust_step).
-  for (auto& row : args.per_tensor) row.set(cpu::protocol::lamb::PerTensor{.step = 0.0});
+  args.constants.set(cpu::protocol::lamb::Constants{.beta1 = h.beta1,
+                                                    .beta2 = h.beta2,
+                                                    .eps = h.eps,
+                                                    .weight_decay = h.weight_decay,
+                                                    .grad_weight = lamb_grad_weight(h)});
+  for (size_t i = 0; i < params.size(); ++i) {
+    // The step is known after pass 1 (fused_trust_step).
+    args.per_tensor[i].set(cpu::protocol::lamb::PerTensor{
+        .inv_bc1 = h.bias_correction ? 1.0 / bias_correction(h.beta1, steps[i]) : 1.0,
+        .inv_sqrt_bc2 = h.bias_correction ? inverse_sqrt_bias_correction(h.beta2, steps[i]) : 1.0,
+        .step = 0.0});
+  }
   auto local_lrs = fused_trust_step<cpu::protocol::lamb::PerTensor>(
-      cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB", h.lr, h.scale_clip, sharding);
+      cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB", h.lr, rule, sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
+}
+
+std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
+                          TensorList exp_avg_sqs, const LambHyper& h, const GradScaling& scaling,
+                          const Sharding& sharding) {
+  TORCH_CHECK_VALUE(!h.bias_correction,
+                    "LAMB: bias_correction needs each parameter's step count: call lamb_ with steps");
+  // Without bias correction the counts are not read.
+  const std::vector<int64_t> steps(params.size(), 1);
+  return lamb_(params, grads, exp_avgs, exp_avg_sqs, steps, h, scaling, sharding);
 }
 
 }  // namespace holocron::optim::functional
@@ -84,8 +105,16 @@ using namespace detail;
 LAMBOptions::LAMBOptions(double lr) : lr_(lr) {}
 
 functional::LambHyper LAMBOptions::hyper() const {
-  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(),
-          clip_or_default(scale_clip())};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .scale_clip = clip_or_default(scale_clip()),
+          .bias_correction = bias_correction(),
+          .grad_averaging = grad_averaging(),
+          .trust_clip = trust_clip(),
+          .always_adapt = always_adapt()};
 }
 
 LAMB::LAMB(const std::vector<OptimizerParamGroup>& param_groups, LAMBOptions defaults)
@@ -101,10 +130,11 @@ void LAMB::init_state(LAMBParamState& state, const torch::Tensor& param,
 
 void LAMB::update(const LAMBOptions& options, const TensorVector& params, const TensorVector& grads,
                   const std::vector<LAMBParamState*>& states) {
+  const auto steps = next_steps(states);
   auto local_lrs = functional::lamb_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
-                                     gather(states, [](auto& s) { return s.exp_avg_sq(); }),
+                                     gather(states, [](auto& s) { return s.exp_avg_sq(); }), steps,
                                      options.hyper(), grad_scaling());
-  store_steps(states, next_steps(states));
+  store_steps(states, steps);
   for (size_t i = 0; i < states.size(); ++i) states[i]->local_lr(local_lrs[i]);
 }
 
@@ -118,15 +148,26 @@ namespace {
 // LAMB's and RaLars' trust ratios: returned, and written into local_lrs when given.
 c10::IValue lamb(const Arguments& a) {
   const auto params = a.tensors("params");
-  // LAMB has no bias correction: its counters are only advanced.
-  const StepCounters counters("LAMB", {}, a.optional_tensors("step_tensors"), params.size());
+  // Counters given neither as ints nor as tensors (a caller from before bias_correction) are only
+  // read by it.
+  const auto steps = a.optional_integers("steps");
+  const auto step_tensors = a.optional_tensors("step_tensors");
+  TORCH_CHECK_VALUE(steps || step_tensors || !a.flag("bias_correction"),
+                    "LAMB: bias_correction needs the step counters (steps or step_tensors)");
+  const std::vector<int64_t> unknown_steps(steps || step_tensors ? 0 : params.size(), 1);
+  const StepCounters counters("LAMB", steps ? c10::IntArrayRef(*steps) : unknown_steps, step_tensors,
+                              params.size());
   const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(
-      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
       {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
        .weight_decay = a.real("weight_decay"),
-       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high"))},
+       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
+       .bias_correction = a.flag("bias_correction"),
+       .grad_averaging = a.flag("grad_averaging"),
+       .trust_clip = a.flag("trust_clip"),
+       .always_adapt = a.flag("always_adapt")},
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
   counters.store(a.found_inf());
@@ -139,7 +180,9 @@ HOLOCRON_OPTIM_OP(
     "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
     "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
+    ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
+    "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
+    "bool always_adapt=True, " HOLOCRON_CLIPPING ") -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

@@ -23,8 +23,10 @@ Sums lars_sums(TensorList params, TensorList grads) {
   return sums;
 }
 
+// Per tensor: d = (g + wd * p) * direction_scales[i], ..., p += steps[i] * u.
 void lars(TensorList params, TensorList grads, TensorList momentum_buffers,
-          c10::ArrayRef<bool> buffer_is_new, const LarsHyper& h, c10::ArrayRef<double> local_lrs) {
+          c10::ArrayRef<bool> buffer_is_new, const LarsHyper& h, c10::ArrayRef<double> direction_scales,
+          c10::ArrayRef<double> steps) {
   const bool with_momentum = h.momentum != 0.0;
   for (size_t i = 0; i < params.size(); ++i) {
     // An empty tensor has nothing to update.
@@ -32,6 +34,7 @@ void lars(TensorList params, TensorList grads, TensorList momentum_buffers,
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
     auto direction = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    if (direction_scales[i] != 1.0) direction = direction * direction_scales[i];
     if (with_momentum) {
       auto buf = scope.inout(momentum_buffers[i]);
       if (buffer_is_new[i]) {
@@ -41,7 +44,7 @@ void lars(TensorList params, TensorList grads, TensorList momentum_buffers,
       }
       direction = h.nesterov ? direction.add(buf, h.momentum) : buf;
     }
-    p.add_(direction, -h.lr * local_lrs[i]);
+    p.add_(direction, steps[i]);
     scope.commit();
   }
 }
@@ -59,6 +62,8 @@ namespace cpu = kernels::cpu;
 
 void check(const LarsHyper& h) {
   check_non_negative("LARS", "lr", h.lr);
+  check_non_negative("LARS", "trust_coeff", h.trust_coeff);
+  check_non_negative("LARS", "eps", h.eps);
   check_non_negative("LARS", "momentum", h.momentum);
   check_hyper("LARS", "dampening", h.dampening, -INFINITY, false, INFINITY, false);
   check_non_negative("LARS", "weight_decay", h.weight_decay);
@@ -106,15 +111,36 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   std::vector<double> local_lrs(params.size(), 1.0);
   args.constants.set(cpu::protocol::lars::Constants{
       .weight_decay = h.weight_decay, .momentum = h.momentum, .dampening = h.dampening, .nesterov = h.nesterov});
+  const bool adapt = h.always_adapt || h.weight_decay != 0.0;
   for (size_t i = 0; i < params.size(); ++i) {
     const double p_norm = std::sqrt(norms[i][0]);
+    const double g_norm = std::sqrt(norms[i][1]);
     const double phi = h.scale_clip ? clamp_norm(p_norm, *h.scale_clip) : p_norm;
-    local_lrs[i] = trust_ratio(phi, std::sqrt(norms[i][1]) + h.weight_decay * p_norm);
+    if (!adapt) {
+      local_lrs[i] = 1.0;
+    } else if (h.trust_on_gradient) {
+      // timm and apex: 1 where either norm is 0, whatever the weight decay adds.
+      local_lrs[i] = (p_norm == 0.0 || g_norm == 0.0)
+                         ? 1.0
+                         : h.trust_coeff * phi / (g_norm + h.weight_decay * p_norm + h.eps);
+    } else {
+      // With the defaults (coefficient 1, eps 0) the reference's bits.
+      local_lrs[i] = trust_ratio(h.trust_coeff * phi, g_norm + h.weight_decay * p_norm + h.eps);
+    }
+    if (adapt && h.trust_clip) local_lrs[i] = std::min(local_lrs[i] / h.lr, 1.0);
     args.per_tensor[i].set(cpu::protocol::lars::PerTensor{
-        .step = -h.lr * local_lrs[i], .buffer_is_new = with_momentum && buffer_is_new[i]});
+        .direction_scale = h.trust_on_gradient ? local_lrs[i] : 1.0,
+        .step = h.trust_on_gradient ? -h.lr : -h.lr * local_lrs[i],
+        .buffer_is_new = with_momentum && buffer_is_new[i]});
   }
   if (!fused) {
-    kernels::reference::lars(params, reference_grads, momentum_buffers, buffer_is_new, h, local_lrs);
+    std::vector<double> scales(params.size()), steps(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto row = args.per_tensor[i].get<cpu::protocol::lars::PerTensor>();
+      scales[i] = row.direction_scale;
+      steps[i] = row.step;
+    }
+    kernels::reference::lars(params, reference_grads, momentum_buffers, buffer_is_new, h, scales, steps);
     return local_lrs;
   }
   cpu::run(cpu::Pass::LarsApply, scratch.group, args);
@@ -135,7 +161,17 @@ LARSOptions::LARSOptions(double lr) : lr_(lr) {}
 functional::LarsHyper LARSOptions::hyper() const {
   std::optional<functional::ScaleClip> clip;
   if (scale_clip()) clip = to_clip(*scale_clip());
-  return {lr(), momentum(), dampening(), weight_decay(), nesterov(), clip};
+  return {.lr = lr(),
+          .momentum = momentum(),
+          .dampening = dampening(),
+          .weight_decay = weight_decay(),
+          .nesterov = nesterov(),
+          .scale_clip = clip,
+          .trust_coeff = trust_coeff(),
+          .eps = eps(),
+          .trust_clip = trust_clip(),
+          .always_adapt = always_adapt(),
+          .trust_on_gradient = trust_on_gradient()};
 }
 
 LARS::LARS(const std::vector<OptimizerParamGroup>& param_groups, LARSOptions defaults)
@@ -194,9 +230,17 @@ c10::IValue lars(const Arguments& a) {
   return ratios_out(
       F::lars_(params, a.tensors("grads"), a.tensors("momentum_buffers"),
                c10::ArrayRef<bool>(flags.get(), is_new.size()),
-               {.lr = a.real("lr"), .momentum = a.real("momentum"), .dampening = a.real("dampening"),
-                .weight_decay = a.real("weight_decay"), .nesterov = a.flag("nesterov"),
-                .scale_clip = clip},
+               {.lr = a.real("lr"),
+                .momentum = a.real("momentum"),
+                .dampening = a.real("dampening"),
+                .weight_decay = a.real("weight_decay"),
+                .nesterov = a.flag("nesterov"),
+                .scale_clip = clip,
+                .trust_coeff = a.real("trust_coeff"),
+                .eps = a.real("eps"),
+                .trust_clip = a.flag("trust_clip"),
+                .always_adapt = a.flag("always_adapt"),
+                .trust_on_gradient = a.flag("trust_on_gradient")},
                a.scaling(), a.sharding(params)),
       params);
 }
@@ -206,7 +250,9 @@ c10::IValue lars(const Arguments& a) {
 HOLOCRON_OPTIM_OP(
     "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
-    "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING ") -> Tensor",
+    "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
+    ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
+    "bool trust_on_gradient=False) -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

@@ -24,13 +24,13 @@ double default_sma_inf(const RaLarsHyper& h) { return h.sma_inf.value_or(2.0 / (
 
 Sums ralars_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                  c10::ArrayRef<int64_t> steps, const RaLarsHyper& h) {
-  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2,
+  return trust_sums(params, grads, exp_avgs, exp_avg_sqs, h.beta1, 1.0 - h.beta1, h.beta2,
                     RaLarsDirection{h, steps, default_sma_inf(h)});
 }
 
 void ralars(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             c10::ArrayRef<int64_t> steps, const RaLarsHyper& h, c10::ArrayRef<double> local_lrs) {
-  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, h.beta2, h.lr, local_lrs,
+  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, 1.0 - h.beta1, h.beta2, h.lr, local_lrs,
               RaLarsDirection{h, steps, default_sma_inf(h)});
 }
 
@@ -67,7 +67,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
     const auto g = unscaled_grads(grads, *inv_grad_scale);
     auto norms = kernels::reference::ralars_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
     all_reduce_sums("RaLars", sharding, norms, 2);
-    const auto local_lrs = trust_ratios(norms, h.scale_clip);
+    const auto local_lrs = trust_ratios(norms, {h.scale_clip});
     kernels::reference::ralars(params, g, exp_avgs, exp_avg_sqs, steps, h, local_lrs);
     return local_lrs;
   }
@@ -75,7 +75,8 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
   args.constants.set(cpu::protocol::ralars::Constants{
-      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay});
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay,
+      .grad_weight = 1.0 - h.beta1});
   using Mode = cpu::protocol::ralars::Mode;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);
@@ -90,7 +91,8 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
         .step = 0.0});
   }
   auto local_lrs = fused_trust_step<cpu::protocol::ralars::PerTensor>(
-      cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, "RaLars", h.lr, h.scale_clip, sharding);
+      cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, "RaLars", h.lr, {h.scale_clip},
+      sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }

@@ -6,22 +6,32 @@
 
 #include "algorithms/common.h"
 
+namespace holocron::optim::functional::detail {
+// The weight of the gradient in LAMB's first moment.
+inline double lamb_grad_weight(const LambHyper& h) { return h.grad_averaging ? 1.0 - h.beta1 : 1.0; }
+}  // namespace holocron::optim::functional::detail
+
 namespace holocron::optim::kernels::reference::trust {
 
 using namespace functional;
 using namespace functional::detail;
 
+// `grad_weight`: 1 - beta1, or 1 for LAMB without grad averaging.
 inline void update_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, double beta1,
-                    double beta2) {
-  m.mul_(beta1).add_(g, 1.0 - beta1);
+                           double grad_weight, double beta2) {
+  m.mul_(beta1).add_(g, grad_weight);
   v.mul_(beta2).addcmul_(g, g, 1.0 - beta2);
 }
 
 // LAMB's and RaLars' directions before the trust ratio, from this step's moments.
 struct LambDirection {
   const LambHyper& h;
-  at::Tensor operator()(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, size_t) const {
-    return with_decay(m / v.sqrt().add_(h.eps), p, h.weight_decay);
+  c10::ArrayRef<int64_t> steps;
+  at::Tensor operator()(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, size_t i) const {
+    if (!h.bias_correction) return with_decay(m / v.sqrt().add_(h.eps), p, h.weight_decay);
+    const double bc1 = bias_correction(h.beta1, steps[i]);
+    const double bc2 = bias_correction(h.beta2, steps[i]);
+    return with_decay((m / bc1).div_(v.sqrt().div_(std::sqrt(bc2)).add_(h.eps)), p, h.weight_decay);
   }
   static at::Tensor with_decay(at::Tensor u, const at::Tensor& p, double weight_decay) {
     if (weight_decay != 0.0) u.add_(p, weight_decay);
@@ -52,7 +62,7 @@ struct RaLarsDirection {
 // ||p||^2 and ||u||^2 with u from this step's moments, which are not stored.
 template <typename Direction>
 Sums trust_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                double beta1, double beta2, const Direction& direction) {
+                double beta1, double grad_weight, double beta2, const Direction& direction) {
   Sums sums(params.size(), Sums::value_type{});
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
@@ -60,7 +70,7 @@ Sums trust_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
     auto p = scope.in(params[i]);
     auto m = scope.in(exp_avgs[i]).clone();
     auto v = scope.in(exp_avg_sqs[i]).clone();
-    update_moments(m, v, scope.in(grads[i]), beta1, beta2);
+    update_moments(m, v, scope.in(grads[i]), beta1, grad_weight, beta2);
     sums[i][0] = squared_norm_of(p);
     sums[i][1] = squared_norm_of(direction(p, m, v, i));
   }
@@ -69,7 +79,7 @@ Sums trust_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 
 template <typename Direction>
 void trust_apply(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                 double beta1, double beta2, double lr, c10::ArrayRef<double> local_lrs,
+                 double beta1, double grad_weight, double beta2, double lr, c10::ArrayRef<double> local_lrs,
                  const Direction& direction) {
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
@@ -77,7 +87,7 @@ void trust_apply(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
     auto p = scope.inout(params[i]);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
-    update_moments(m, v, scope.in(grads[i]), beta1, beta2);
+    update_moments(m, v, scope.in(grads[i]), beta1, grad_weight, beta2);
     p.add_(direction(p, m, v, i), -lr * local_lrs[i]);
     scope.commit();
   }
@@ -102,11 +112,26 @@ inline void check_lamb_family(const char* name, double lr, double beta1, double 
   check_hyper(name, "scale_clip[1]", clip.second, clip.first, true, INFINITY, true);
 }
 
+// How a group turns the norms into trust ratios.
+struct TrustRule {
+  ScaleClip clip;
+  // LAMBC: the ratio capped at 1.
+  bool cap_at_one = false;
+  // False: every ratio is 1 (timm's and apex's LAMB where weight_decay is 0, unless always_adapt).
+  bool adapt = true;
+};
+
+inline TrustRule lamb_trust_rule(const LambHyper& h) {
+  return {h.scale_clip, h.trust_clip, h.always_adapt || h.weight_decay != 0.0};
+}
+
 // The trust ratio of each tensor from ||p||^2 and ||u||^2 (over all shards).
-inline std::vector<double> trust_ratios(const cpu::Sums& norms, const ScaleClip& clip) {
+inline std::vector<double> trust_ratios(const cpu::Sums& norms, const TrustRule& rule) {
   std::vector<double> local_lrs(norms.size(), 1.0);
+  if (!rule.adapt) return local_lrs;
   for (size_t i = 0; i < norms.size(); ++i) {
-    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]), clip), std::sqrt(norms[i][1]));
+    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]), rule.clip), std::sqrt(norms[i][1]));
+    if (rule.cap_at_one) local_lrs[i] = std::min(local_lrs[i], 1.0);
   }
   return local_lrs;
 }
@@ -118,11 +143,11 @@ inline std::vector<double> trust_ratios(const cpu::Sums& norms, const ScaleClip&
 // coefficients; their step is set here, from the trust ratios.
 template <typename PerTensor>
 std::vector<double> fused_trust_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
-                                     const char* name, double lr, const ScaleClip& clip,
+                                     const char* name, double lr, const TrustRule& rule,
                                      const Sharding& sharding) {
   cpu::run(moments, scratch.group, scratch.args, &scratch.sums);
   all_reduce_sums(name, sharding, scratch.sums, 2);
-  auto local_lrs = trust_ratios(scratch.sums, clip);
+  auto local_lrs = trust_ratios(scratch.sums, rule);
   for (size_t i = 0; i < local_lrs.size(); ++i) {
     auto row = scratch.args.per_tensor[i].get<PerTensor>();
     row.step = -lr * local_lrs[i];

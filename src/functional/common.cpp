@@ -162,6 +162,15 @@ std::optional<double> grad_unscale(const char* optimizer, const GradScaling& sca
                       ": grad_scale must be finite and > 0, got ", scale);
     inverse = static_cast<double>(static_cast<float>(1.0 / scale));
   }
+  if (scaling.grad_norm.defined()) {
+    TORCH_CHECK_VALUE(std::isfinite(scaling.max_grad_norm) && scaling.max_grad_norm > 0.0, optimizer,
+                      ": max_grad_norm must be finite and > 0, got ", scaling.max_grad_norm);
+    const double norm = scaling_value(optimizer, "grad_norm", scaling.grad_norm);
+    TORCH_CHECK_VALUE(!(norm < 0.0), optimizer, ": grad_norm must be >= 0, got ", norm);
+    // timm and apex divide by max(1, norm / max_grad_norm); a NaN norm stays NaN.
+    const double divisor = norm / scaling.max_grad_norm;
+    if (!(divisor <= 1.0)) inverse /= divisor;
+  }
   if (scaling.found_inf.defined() && scaling_value(optimizer, "found_inf", scaling.found_inf) != 0.0) {
     return std::nullopt;
   }

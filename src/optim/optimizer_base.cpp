@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 #include <torch/utils.h>
 
+#include <algorithm>
+#include <map>
 #include <stdexcept>
 #include <typeinfo>
 #include <type_traits>
@@ -59,30 +61,43 @@ void FieldReader::operator()(const char* name, torch::Tensor& t) const {
   torch::Tensor value;
   t = archive.try_read(name, value) ? value : torch::Tensor();
 }
+bool FieldReader::keeps_value(const char* name) const {
+  if (std::find(added_later.begin(), added_later.end(), name) == added_later.end()) return false;
+  c10::IValue value;
+  return !archive.try_read(name, value);
+}
+
 void FieldReader::operator()(const char* name, int64_t& v) const {
+  if (keeps_value(name)) return;
   v = read_ivalue(archive, name).toInt();
 }
 void FieldReader::operator()(const char* name, double& v) const {
+  if (keeps_value(name)) return;
   v = read_ivalue(archive, name).toDouble();
 }
 void FieldReader::operator()(const char* name, bool& v) const {
+  if (keeps_value(name)) return;
   v = read_ivalue(archive, name).toBool();
 }
 void FieldReader::operator()(const char* name, betas2_t& v) const {
+  if (keeps_value(name)) return;
   auto d = read_doubles(archive, name, 2);
   v = {d[0], d[1]};
 }
 void FieldReader::operator()(const char* name, betas3_t& v) const {
+  if (keeps_value(name)) return;
   auto d = read_doubles(archive, name, 3);
   v = {d[0], d[1], d[2]};
 }
 void FieldReader::operator()(const char* name, scale_clip_t& v) const {
+  if (keeps_value(name)) return;
   auto d = read_ivalue(archive, name).toDoubleVector();
   TORCH_CHECK(d.empty() || d.size() == 2, "checkpoint field '", name, "' holds ", d.size(),
               " values, expected 0 or 2");
   v = d.empty() ? scale_clip_t{} : scale_clip_t{std::make_tuple(d[0], d[1])};
 }
 void FieldReader::operator()(const char* name, dof_t& v) const {
+  if (keeps_value(name)) return;
   auto d = read_ivalue(archive, name).toDoubleVector();
   TORCH_CHECK(d.size() <= 1, "checkpoint field '", name, "' holds ", d.size(),
               " values, expected 0 or 1");
@@ -238,6 +253,16 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     }
   }
 
+  // Global gradient-norm clipping: one norm over the gradients of every group
+  // holding the same max_grad_norm, which those groups' updates divide by
+  // (GradScaling); groups holding none are not clipped.
+  const auto saved_scaling = grad_scaling_;
+  struct RestoreScaling {
+    functional::GradScaling& target;
+    const functional::GradScaling& saved;
+    ~RestoreScaling() { target = saved; }
+  } restore{grad_scaling_, saved_scaling};
+  const auto clip_norms = clipping_norms();
   for (auto& group : param_groups_) {
     std::vector<torch::Tensor> params;
     std::vector<torch::Tensor> grads;
@@ -251,9 +276,34 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
       grads.push_back(p.grad());
       states.push_back(slot.get());
     }
-    if (!params.empty()) update_group(group.options(), params, grads, states);
+    if (params.empty()) continue;
+    grad_scaling_ = saved_scaling;
+    if (const auto bound = max_grad_norm(group.options())) {
+      grad_scaling_.grad_norm = clip_norms.at(*bound);
+      grad_scaling_.max_grad_norm = *bound;
+    }
+    update_group(group.options(), params, grads, states);
   }
   return loss;
+}
+
+std::map<double, torch::Tensor> OptimizerBase::clipping_norms() const {
+  std::map<double, std::vector<torch::Tensor>> grads_by_bound;
+  for (const auto& group : param_groups_) {
+    const auto bound = max_grad_norm(group.options());
+    if (!bound) continue;
+    auto& grads = grads_by_bound[*bound];
+    for (const auto& p : group.params()) {
+      if (p.grad().defined()) grads.push_back(p.grad());
+    }
+  }
+  std::map<double, torch::Tensor> norms;
+  for (const auto& [bound, grads] : grads_by_bound) {
+    // One float64 sum over every tensor, as the Python classes take it.
+    const auto sums = functional::grad_squared_norms(grads, grad_scaling_);
+    norms[bound] = torch::tensor(c10::ArrayRef<double>(sums), torch::kDouble).sum().sqrt();
+  }
+  return norms;
 }
 
 void OptimizerBase::save(torch::serialize::OutputArchive& archive) const {

@@ -55,6 +55,13 @@ std::shared_ptr<torch::optim::Optimizer> make(const std::string& algo, std::vect
     if (wrapper == "Scout") return std::make_shared<ho::Scout>(base, options);
     throw std::invalid_argument("unknown wrapper " + wrapper);
   }
+  if (algo.rfind("timm:", 0) == 0) {  // create_optimizer's name, over one group
+    ho::FactoryOptions options;
+    if (s.count("lr")) options.lr = s.at("lr");
+    options.weight_decay = s.count("weight_decay") ? s.at("weight_decay") : 0.0;
+    options.momentum = s.count("momentum") ? s.at("momentum") : 0.9;
+    return ho::create_optimizer(algo.substr(5), {torch::optim::OptimizerParamGroup(std::move(p))}, options);
+  }
   if (auto made = holocron::optim::testing::make_by_name(algo, std::move(p), s)) return made;
   throw std::invalid_argument("unknown algorithm " + algo);
 }

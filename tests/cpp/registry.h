@@ -49,7 +49,13 @@ Options adam_like_settings(Options options, const Settings& s) {
   return options.eps(setting(s, "eps", 1e-8)).weight_decay(setting(s, "weight_decay", 0.0));
 }
 
-inline bool flag_setting(const Settings& s, const std::string& key) { return setting(s, key, 0.0) != 0.0; }
+inline bool flag_setting(const Settings& s, const std::string& key, bool fallback = false) {
+  return setting(s, key, fallback ? 1.0 : 0.0) != 0.0;
+}
+inline std::optional<double> optional_setting(const Settings& s, const std::string& key) {
+  auto it = s.find(key);
+  return it == s.end() ? std::nullopt : std::optional<double>(it->second);
+}
 
 // Each traits struct gives:
 //   name: the class's name;
@@ -71,11 +77,23 @@ struct LarsTraits {
         .dampening(setting(s, "dampening", 0.0))
         .weight_decay(setting(s, "weight_decay", 0.0))
         .nesterov(flag_setting(s, "nesterov"))
-        .scale_clip(clip_setting(s));
+        .scale_clip(clip_setting(s))
+        .trust_coeff(setting(s, "trust_coeff", 1.0))
+        .eps(setting(s, "eps", 0.0))
+        .trust_clip(flag_setting(s, "trust_clip"))
+        .always_adapt(flag_setting(s, "always_adapt", true))
+        .trust_on_gradient(flag_setting(s, "trust_on_gradient"));
   }
   template <typename Input, typename Choose>
-  static Options fuzzed(Input&, double lr, double wd, double, double, Choose choose) {
-    return Options(lr).momentum(choose(0.0, 0.9)).weight_decay(wd);
+  static Options fuzzed(Input& in, double lr, double wd, double, double, Choose choose) {
+    return Options(lr)
+        .momentum(choose(0.0, 0.9))
+        .weight_decay(wd)
+        .trust_coeff(choose(0.0, 1.0))
+        .eps(choose(0.0, 1e-3))
+        .trust_clip(in.ConsumeBool())
+        .always_adapt(in.ConsumeBool())
+        .trust_on_gradient(in.ConsumeBool());
   }
 };
 
@@ -89,11 +107,19 @@ struct LambTraits {
   }
   static Options plain(double lr) { return Options(lr); }
   static Options from_settings(const Settings& s) {
-    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s).scale_clip(clip_setting(s));
+    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
+        .scale_clip(clip_setting(s))
+        .bias_correction(flag_setting(s, "bias_correction"))
+        .grad_averaging(flag_setting(s, "grad_averaging", true))
+        .max_grad_norm(optional_setting(s, "max_grad_norm"))
+        .trust_clip(flag_setting(s, "trust_clip"))
+        .always_adapt(flag_setting(s, "always_adapt", true));
   }
   template <typename Input, typename Choose>
-  static Options fuzzed(Input&, double lr, double wd, double b1, double b2, Choose) {
-    return Options(lr).betas({b1, b2}).weight_decay(wd);
+  static Options fuzzed(Input& in, double lr, double wd, double b1, double b2, Choose choose) {
+    auto options = Options(lr).betas({b1, b2}).weight_decay(wd).bias_correction(in.ConsumeBool());
+    if (in.ConsumeBool()) options.max_grad_norm(choose(0.0, 10.0));
+    return options.grad_averaging(in.ConsumeBool()).trust_clip(in.ConsumeBool()).always_adapt(in.ConsumeBool());
   }
 };
 

@@ -4,9 +4,11 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/optim/schedulers/step_lr.h>
+#include <torch/serialize.h>
 
 #include <cmath>
 #include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -643,6 +645,171 @@ TEST(ParamGroups, NamesMatchAsPythonsFnmatch) {
 }
 
 }  // namespace param_groups
+
+}  // namespace
+}  // namespace holocron_test
+
+// ---- timm's and apex's LAMB options ---------------------------------------------
+
+namespace holocron_test {
+namespace {
+
+TEST(LambOptions, ACheckpointFromBeforeTheOptionsLoadsWithTheirDefaults) {
+  // The options archive as checkpoints wrote it before bias_correction and the others existed.
+  torch::serialize::OutputArchive old_options;
+  ho::detail::FieldWriter write{old_options};
+  write("lr", 0.02);
+  write("betas", ho::betas2_t{0.8, 0.99});
+  write("eps", 1e-6);
+  write("weight_decay", 0.01);
+  write("scale_clip", ho::scale_clip_t{});
+  std::stringstream bytes;
+  old_options.save_to(bytes);
+  torch::serialize::InputArchive in;
+  in.load_from(bytes);
+  ho::LAMBOptions loaded(0.0);
+  loaded.serialize(in);
+  EXPECT_EQ(loaded.lr(), 0.02);
+  EXPECT_EQ(loaded.eps(), 1e-6);
+  EXPECT_FALSE(loaded.bias_correction());
+  EXPECT_TRUE(loaded.grad_averaging());
+  EXPECT_FALSE(loaded.max_grad_norm().has_value());
+  EXPECT_FALSE(loaded.trust_clip());
+  EXPECT_TRUE(loaded.always_adapt());
+
+  // An option that has always been written is still required.
+  torch::serialize::OutputArchive lacking_eps;
+  ho::detail::FieldWriter write_lacking{lacking_eps};
+  write_lacking("lr", 0.02);
+  write_lacking("betas", ho::betas2_t{0.8, 0.99});
+  std::stringstream lacking_bytes;
+  lacking_eps.save_to(lacking_bytes);
+  torch::serialize::InputArchive lacking_in;
+  lacking_in.load_from(lacking_bytes);
+  expect_throw_naming([&] { ho::LAMBOptions(0.0).serialize(lacking_in); }, "eps", "a field always written");
+}
+
+TEST(LambOptions, RoundTripAndBadMaxGradNorm) {
+  auto params = some_params();
+  const auto options = ho::LAMBOptions(0.01).bias_correction(true).grad_averaging(false).max_grad_norm(0.5)
+                           .trust_clip(true).always_adapt(false);
+  ho::LAMB saved(params, options);
+  std::stringstream bytes;
+  torch::save(saved, bytes);
+  ho::LAMB loaded(some_params());
+  torch::load(loaded, bytes);
+  EXPECT_TRUE(static_cast<const ho::LAMBOptions&>(loaded.param_groups()[0].options()) == options);
+  for (const double bad : {0.0, -1.0, kNaN, kInf}) {
+    expect_throw_naming([&] { ho::LAMB(some_params(), ho::LAMBOptions().max_grad_norm(bad)); },
+                        "max_grad_norm", "a bad max_grad_norm");
+  }
+}
+
+// Each bound clips by the norm over the groups holding it; none does not clip.
+TEST(LambOptions, GroupsWithDifferentMaxGradNormsAreClippedApart) {
+  torch::manual_seed(3);
+  std::vector<torch::Tensor> init;
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{4, 3}, {5}, {2, 2}, {3}}) {
+    init.push_back(torch::randn(shape, torch::kDouble));
+  }
+  const auto copy = [&] {
+    std::vector<torch::Tensor> out;
+    for (const auto& t : init) out.push_back(t.clone().requires_grad_());
+    return out;
+  };
+  auto together = copy(), apart = copy();
+  const auto base = ho::LAMBOptions(0.01).bias_correction(true);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  const std::vector<std::optional<double>> bounds = {1.0, 1.0, 0.5, std::nullopt};
+  for (size_t i = 0; i < together.size(); ++i) {
+    groups.emplace_back(std::vector<torch::Tensor>{together[i]},
+                        std::make_unique<ho::LAMBOptions>(ho::LAMBOptions(base).max_grad_norm(bounds[i])));
+  }
+  ho::LAMB one(groups, base);
+  ho::LAMB first({apart[0], apart[1]}, ho::LAMBOptions(base).max_grad_norm(1.0));
+  ho::LAMB second({apart[2]}, ho::LAMBOptions(base).max_grad_norm(0.5));
+  ho::LAMB third({apart[3]}, base);
+  for (int step = 0; step < 5; ++step) {
+    for (size_t i = 0; i < init.size(); ++i) {
+      const auto g = torch::randn(init[i].sizes(), torch::kDouble) * 4;
+      together[i].mutable_grad() = g.clone();
+      apart[i].mutable_grad() = g.clone();
+    }
+    one.step();
+    first.step();
+    second.step();
+    third.step();
+  }
+  for (size_t i = 0; i < init.size(); ++i) EXPECT_TRUE(torch::equal(together[i], apart[i])) << i;
+}
+
+}  // namespace
+}  // namespace holocron_test
+
+// ---- create_optimizer ----------------------------------------------------------------
+
+namespace holocron_test {
+namespace {
+
+struct Net : torch::nn::Module {
+  Net() {
+    register_module("fc", torch::nn::Linear(4, 3));
+    register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({3})));
+    register_parameter("pos", torch::zeros({2, 3}));
+  }
+};
+
+TEST(Factory, TimmNamesGiveTimmsOptionsAndGroups) {
+  Net net;
+  ho::FactoryOptions options;
+  options.lr = 0.02;
+  options.weight_decay = 0.05;
+  options.no_weight_decay_names = {"pos"};
+  auto lamb = ho::create_optimizer("lambc", net, options);
+  ASSERT_EQ(lamb->param_groups().size(), 2u);
+  const auto& no_decay = static_cast<const ho::LAMBOptions&>(lamb->param_groups()[0].options());
+  const auto& decay = static_cast<const ho::LAMBOptions&>(lamb->param_groups()[1].options());
+  EXPECT_EQ(lamb->param_groups()[0].params().size(), 4u);  // fc.bias, norm.weight, norm.bias, pos
+  EXPECT_EQ(no_decay.weight_decay(), 0.0);
+  EXPECT_EQ(decay.weight_decay(), 0.05);
+  EXPECT_TRUE(decay == ho::LAMBOptions(0.02)
+                           .weight_decay(0.05)
+                           .bias_correction(true)
+                           .eps(1e-6)
+                           .max_grad_norm(1.0)
+                           .always_adapt(false)
+                           .trust_clip(true)
+                           .scale_clip(std::make_tuple(0.0, kInf)));
+
+  options.lr.reset();
+  auto nlarc = ho::create_optimizer("NLARC", net, options);
+  const auto& lars = static_cast<const ho::LARSOptions&>(nlarc->param_groups()[1].options());
+  EXPECT_TRUE(lars == ho::LARSOptions(1.0)
+                          .momentum(0.9)
+                          .nesterov(true)
+                          .weight_decay(0.05)
+                          .trust_coeff(1e-3)
+                          .eps(1e-8)
+                          .trust_clip(true)
+                          .always_adapt(false)
+                          .trust_on_gradient(true));
+  auto scout = ho::create_optimizer("scout_ralars", {torch::optim::OptimizerParamGroup(some_params())});
+  EXPECT_NE(dynamic_cast<ho::Scout*>(scout.get()), nullptr);
+  EXPECT_EQ(ho::list_optimizers(),
+            (std::vector<std::string>{"ademamix", "lamb", "lambc", "larc", "lars", "nlarc", "nlars", "ralars", "tadam"}));
+}
+
+TEST(Factory, NamesNotReproducedAreRefused) {
+  Net net;
+  EXPECT_THROW(ho::create_optimizer("nope", net), std::invalid_argument);
+  EXPECT_THROW(ho::create_optimizer("foo_lamb", net), std::invalid_argument);
+  EXPECT_THROW(ho::create_optimizer("lambw", net), c10::NotImplementedError);
+  EXPECT_THROW(ho::create_optimizer("adan", net), c10::NotImplementedError);
+  EXPECT_THROW(ho::create_optimizer("lookahead_lamb", net), c10::NotImplementedError);
+  ho::FactoryOptions bad;
+  bad.lr = -1.0;
+  expect_throw_naming([&] { ho::create_optimizer("lamb", net, bad); }, "lr", "a negative lr");
+}
 
 }  // namespace
 }  // namespace holocron_test

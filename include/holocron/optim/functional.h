@@ -39,10 +39,23 @@ using ScaleClip = std::pair<double, double>;
 /// of `grad_scale`, as GradScaler's own unscaling computes it; the gradients themselves are not
 /// modified. The values are read on the host: for a CUDA tensor that is a synchronization.
 struct GradScaling {
+  /// No scaling and no clipping.
+  GradScaling() = default;
+  /// Loss scaling as GradScaler hands it over: `{grad_scale, found_inf}`.
+  GradScaling(at::Tensor grad_scale, at::Tensor found_inf = {})
+      : grad_scale(std::move(grad_scale)), found_inf(std::move(found_inf)) {}
   /// The loss scale the gradients carry (finite, > 0).
   at::Tensor grad_scale;
   /// Nonzero when a gradient holds an inf or a NaN.
   at::Tensor found_inf;
+  /// Global gradient-norm clipping (LAMB's and Adan's `max_grad_norm`): the norm of the unscaled
+  /// gradients of everything clipped together (one element, as the square root of the sum of
+  /// grad_squared_norms() over every group), or undefined for no clipping. The gradients are then
+  /// also divided by `max(1, grad_norm / max_grad_norm)` as they are read; a NaN norm makes them
+  /// NaN, as dividing by it would.
+  at::Tensor grad_norm;
+  /// The bound of `grad_norm` (> 0); read only when `grad_norm` is defined.
+  double max_grad_norm = 1.0;
 };
 
 /// Parameters split across processes (FSDP2 or DTensor shards, or any sharding of one's own):
@@ -79,6 +92,17 @@ struct LarsHyper {
   bool nesterov;
   /// Bounds of `||p||` in the trust ratio; none: unclamped (unlike pylocron: an explicit clip bounds it).
   std::optional<ScaleClip> scale_clip;
+  /// Multiplies the trust ratio (timm's and apex's `trust_coeff`, >= 0).
+  double trust_coeff = 1.0;
+  /// Added to the trust ratio's denominator (>= 0).
+  double eps = 0.0;
+  /// LARC: the ratio becomes `min(ratio / lr, 1)`.
+  bool trust_clip = false;
+  /// A trust ratio also where `weight_decay` is 0; false: ratio 1 there (timm, apex).
+  bool always_adapt = true;
+  /// The ratio scales the direction before the momentum (timm's Lars, apex's LARC), and is 1 where
+  /// the gradient's norm is 0; false: it scales the step after the momentum, as the reference.
+  bool trust_on_gradient = false;
 };
 
 /// One LARS step (see LARS). Gradients are not modified (unlike pylocron).
@@ -113,13 +137,22 @@ struct LambHyper {
   double weight_decay;
   /// Bounds of `||p||` in the trust ratio (LAMBOptions' none is (0, 10)).
   ScaleClip scale_clip;
+  /// Divides the moments by their bias corrections `1 - beta^t` (timm, apex).
+  bool bias_correction = false;
+  /// The gradient enters the first moment weighted `1 - beta1`; false: weighted 1 (timm, apex).
+  bool grad_averaging = true;
+  /// Caps the trust ratio at 1 (LAMBC).
+  bool trust_clip = false;
+  /// A trust ratio where `weight_decay` is 0 too; false: ratio 1 there (timm, apex).
+  bool always_adapt = true;
 };
 
-/// One LAMB step (see LAMB); LAMB has no bias correction, hence no step counters.
+/// One LAMB step (see LAMB).
 /// \param params Parameters of one group, updated in place.
 /// \param grads Their gradients, dense, each with its parameter's shape, dtype and device.
 /// \param exp_avgs First moments, one per parameter, updated in place.
 /// \param exp_avg_sqs Second moments, one per parameter, updated in place.
+/// \param steps This step's count (>= 1) per parameter: what bias correction reads.
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
 /// \param sharding Set when the tensors are shards of larger ones: see Sharding.
@@ -127,9 +160,15 @@ struct LambHyper {
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
-                          TensorList exp_avg_sqs, const LambHyper& hyper,
+                          TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
+                          const LambHyper& hyper,
                           const GradScaling& scaling = {},
     const Sharding& sharding = {});
+/// lamb_() without step counts, as before `bias_correction` existed.
+/// \throws c10::ValueError if `hyper.bias_correction` is set: it needs the steps.
+std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
+                          TensorList exp_avg_sqs, const LambHyper& hyper,
+                          const GradScaling& scaling = {}, const Sharding& sharding = {});
 
 /// Hyper-parameters of ralars_(); fields as in RaLarsOptions.
 struct RaLarsHyper {
@@ -420,6 +459,18 @@ void set_cpu_capability(const std::string& name);
 std::vector<std::string> available_cpu_capabilities();
 
 // Hyper-parameter checks (c10::ValueError naming the argument and its value).
+/// The squared norm of each unscaled gradient, for global gradient-norm clipping: the square root
+/// of their sum over every group clipped together is GradScaling's `grad_norm`. Sums are taken in
+/// float64 in a fixed order, so the same gradients give the same bits.
+/// \param grads Gradients, dense, floating point.
+/// \param scaling Loss scaling from a GradScaler, if any: the gradients are read unscaled; a
+///   `found_inf` that says to skip returns zeros. Its clipping fields are not read.
+/// \param sharding Set when the gradients are shards of larger tensors (their numels then
+///   give the whole tensors' sizes): the sums are all-reduced over the shards.
+/// \return One value per gradient, the sum over all shards of its squares.
+std::vector<double> grad_squared_norms(TensorList grads, const GradScaling& scaling = {},
+                                       const Sharding& sharding = {});
+
 // Every update function runs its check first, also on empty lists, so the
 // fronts validate options by calling the update with no tensors.
 /// Checks LARS hyper-parameters. \throws c10::ValueError naming the first invalid one.

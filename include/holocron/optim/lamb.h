@@ -31,6 +31,21 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
   /// infinite). Default none, meaning (0, 10), as in the reference.
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
+  /// Divides the moments by `1 - beta^t` (timm's and apex's LAMB). Default false, as the reference.
+  TORCH_ARG(bool, bias_correction) = false;
+  /// The gradient enters the first moment weighted `1 - beta1`; false: weighted 1 (timm's and
+  /// apex's `grad_averaging`). Default true, as the reference.
+  TORCH_ARG(bool, grad_averaging) = true;
+  /// Global gradient-norm clipping (timm, apex): before anything reads them, the gradients of every
+  /// group are divided by `max(1, norm / max_grad_norm)`, `norm` being the one norm of all of them
+  /// (unscaled); they are not modified. Groups holding different values are clipped apart, each by
+  /// the norm over the groups holding its value. Default none (no clipping); must be > 0.
+  TORCH_ARG(optional_real_t, max_grad_norm) = std::nullopt;
+  /// Caps the trust ratio at 1 (LAMBC). Default false.
+  TORCH_ARG(bool, trust_clip) = false;
+  /// A trust ratio also where `weight_decay` is 0; false: ratio 1 there, as timm and apex. Default
+  /// true, as the reference.
+  TORCH_ARG(bool, always_adapt) = true;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -41,6 +56,15 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
     visit("eps", self.eps());
     visit("weight_decay", self.weight_decay());
     visit("scale_clip", self.scale_clip());
+    visit("bias_correction", self.bias_correction());
+    visit("grad_averaging", self.grad_averaging());
+    visit("max_grad_norm", self.max_grad_norm());
+    visit("trust_clip", self.trust_clip());
+    visit("always_adapt", self.always_adapt());
+  }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() {
+    return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;
@@ -81,6 +105,12 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
 /// `u = m / (sqrt(v) + eps) + weight_decay * p`, `local_lr = clamp(||p||, scale_clip) / ||u||` (1
 /// when either is 0), `p -= lr * local_lr * u`. `scale_clip` bounds `||p||` in the trust ratio;
 /// none means (0, 10).
+///
+/// The options of timm's `Lamb` and apex's `FusedLAMB` (off by default): `bias_correction`
+/// (`u = (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * p`),
+/// `grad_averaging` false (`m = beta1 * m + g`), `max_grad_norm` (g divided by
+/// `max(1, ||all g|| / max_grad_norm)`), `trust_clip` (`min(local_lr, 1)`), `always_adapt` false
+/// (`local_lr = 1` where `weight_decay == 0`). timm's numbers also need `scale_clip` `(0, inf)`.
 ///
 /// Difference from the reference (pylocron 0.3.0):
 /// - `weight_decay < 0` is refused; pylocron accepts it.

@@ -35,6 +35,20 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
   /// infinite). Default none: `||p||` is used unclamped, as in the reference, which ignores
   /// this argument even when given (unlike pylocron).
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
+  /// Multiplies the trust ratio (timm's and apex's `trust_coeff`). Default 1, as the reference;
+  /// must be >= 0.
+  TORCH_ARG(double, trust_coeff) = 1.0;
+  /// Added to the trust ratio's denominator. Default 0, as the reference; must be >= 0.
+  TORCH_ARG(double, eps) = 0.0;
+  /// LARC (apex, timm): the ratio becomes `min(ratio / lr, 1)`. Default false.
+  TORCH_ARG(bool, trust_clip) = false;
+  /// A trust ratio also where `weight_decay` is 0; false: ratio 1 there (plain SGD), as timm and
+  /// apex. Default true, as the reference.
+  TORCH_ARG(bool, always_adapt) = true;
+  /// The ratio scales the direction `d` before it enters the momentum, and is 1 where `||g||` is
+  /// 0, as timm's Lars and apex's LARC do; false: it scales the step after the momentum, as the
+  /// reference. The two differ only with momentum or a zero gradient. Default false.
+  TORCH_ARG(bool, trust_on_gradient) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -46,6 +60,15 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
     visit("weight_decay", self.weight_decay());
     visit("nesterov", self.nesterov());
     visit("scale_clip", self.scale_clip());
+    visit("trust_coeff", self.trust_coeff());
+    visit("eps", self.eps());
+    visit("trust_clip", self.trust_clip());
+    visit("always_adapt", self.always_adapt());
+    visit("trust_on_gradient", self.trust_on_gradient());
+  }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() {
+    return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LarsHyper hyper() const;
@@ -78,6 +101,13 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
 /// Per parameter: `d = g + weight_decay * p`, `local_lr = ||p|| / (||g|| + weight_decay * ||p||)`
 /// (1 when a norm is 0), `p -= lr * local_lr * u` where `u` is `d` without momentum, else the
 /// momentum buffer (or `d + momentum * buf` with Nesterov). Norms are L2 norms over the tensor.
+///
+/// The options of timm's `Lars` and apex's `LARC` (their defaults give the reference's numbers):
+/// `local_lr = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)`; `trust_clip` (LARC)
+/// makes it `min(local_lr / lr, 1)`; `always_adapt` false leaves `local_lr = 1` where
+/// `weight_decay` is 0; `trust_on_gradient` scales `d` by it before the momentum (`p -= lr * u`)
+/// and takes 1 where `||g||` is 0. timm's `Lars(trust_coeff=0.001, eps=1e-8)` is these with
+/// `trust_on_gradient` and `always_adapt` false.
 ///
 /// Differences from the reference (pylocron 0.3.0):
 /// - gradients are never modified; the reference writes `d` into `p.grad`;

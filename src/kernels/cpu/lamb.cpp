@@ -14,27 +14,29 @@ constexpr auto kSlot = protocol::slots<proto::Arrays>();
 
 template <typename V>
 struct Moments {
-  V beta1, one_minus_beta1, beta2, one_minus_beta2;
+  V beta1, grad_weight, beta2, one_minus_beta2;
   explicit Moments(const proto::Constants& h)
-      : beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)),
+      : beta1(splat<V>(h.beta1)), grad_weight(splat<V>(h.grad_weight)),
         beta2(splat<V>(h.beta2)), one_minus_beta2(splat<V>(1.0 - h.beta2)) {}
   HOLOCRON_KERNEL_INLINE void operator()(const V& g, V& m, V& v) const {
-    m = m * beta1 + one_minus_beta1 * g;
+    m = m * beta1 + grad_weight * g;
     v = v * beta2 + one_minus_beta2 * g * g;
   }
 };
 
 // The direction before the trust ratio, and the step that applies it.
-// LAMB: m / (sqrt(v) + eps) + wd * p.
+// LAMB: (m * inv_bc1) / (sqrt(v) * inv_sqrt_bc2 + eps) + wd * p. Without bias
+// correction the factors are 1 and the products exact: the reference's bits.
 template <typename V>
 struct LambDirection {
   using PerTensor = protocol::lamb::PerTensor;
-  V eps, weight_decay;
+  V eps, weight_decay, inv_bc1, inv_sqrt_bc2;
   bool decay;
-  LambDirection(const proto::Constants& h, const PerTensor&)
-      : eps(splat<V>(h.eps)), weight_decay(splat<V>(h.weight_decay)), decay(h.weight_decay != 0.0) {}
+  LambDirection(const proto::Constants& h, const PerTensor& c)
+      : eps(splat<V>(h.eps)), weight_decay(splat<V>(h.weight_decay)), inv_bc1(splat<V>(c.inv_bc1)),
+        inv_sqrt_bc2(splat<V>(c.inv_sqrt_bc2)), decay(h.weight_decay != 0.0) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
-    const V u = m / (v.sqrt() + eps);
+    const V u = (m * inv_bc1) / (v.sqrt() * inv_sqrt_bc2 + eps);
     return with_weight_decay(u, p, weight_decay, decay);
   }
 };

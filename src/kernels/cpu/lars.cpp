@@ -41,12 +41,13 @@ struct LarsApply {
   const PassArgs& args;
 
   struct Body {
-    V weight_decay, momentum, one_minus_dampening, step;
+    V weight_decay, momentum, one_minus_dampening, direction_scale, step;
     bool decay, with_momentum, nesterov, buffer_is_new;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
-      V direction = with_weight_decay(x[kSlot.grad], p, weight_decay, decay);
+      // A scale of 1 (the reference's placement of the ratio) leaves the bits as they were.
+      V direction = with_weight_decay(x[kSlot.grad], p, weight_decay, decay) * direction_scale;
       if (with_momentum) {
         V& buffer = x[kSlot.momentum_buffer];
         buffer = buffer_is_new ? direction : buffer * momentum + one_minus_dampening * direction;
@@ -58,8 +59,15 @@ struct LarsApply {
   Body for_tensor(int64_t t) const {
     const auto h = args.constants.get<proto::Constants>();
     const auto c = args.per_tensor[t].get<proto::PerTensor>();
-    return {splat<V>(h.weight_decay), splat<V>(h.momentum), splat<V>(1.0 - h.dampening), splat<V>(c.step),
-            h.weight_decay != 0.0,    h.momentum != 0.0,    h.nesterov,                  c.buffer_is_new};
+    return {splat<V>(h.weight_decay),
+            splat<V>(h.momentum),
+            splat<V>(1.0 - h.dampening),
+            splat<V>(c.direction_scale),
+            splat<V>(c.step),
+            h.weight_decay != 0.0,
+            h.momentum != 0.0,
+            h.nesterov,
+            c.buffer_is_new};
   }
 };
 

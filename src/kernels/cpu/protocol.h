@@ -56,10 +56,19 @@ std::array<L, array_count<Arrays>()> in_slot_order(const Arrays<L>& arrays) {
   return out;
 }
 
+// ---- Global gradient norm ------------------------------------------------------
+// One pass sums ||g||^2 of each unscaled gradient (max_grad_norm's clipping).
+namespace grad_norm {
+template <typename T>
+struct Arrays {
+  T grad;
+};
+}  // namespace grad_norm
+
 // ---- LARS ------------------------------------------------------------------
 namespace lars {
-// Pass 1 (norms) sums ||p||^2 and ||g||^2. Pass 2: d = g + wd * p; with
-// momentum buf = d (new) or momentum * buf + (1 - dampening) * d, then
+// Pass 1 (norms) sums ||p||^2 and ||g||^2. Pass 2: d = (g + wd * p) * scale;
+// with momentum buf = d (new) or momentum * buf + (1 - dampening) * d, then
 // d + momentum * buf (Nesterov) or buf; p += step * that.
 template <typename T>
 struct Arrays {
@@ -70,7 +79,8 @@ struct Constants {
   bool nesterov;
 };
 struct PerTensor {
-  double step;  // -lr * trust ratio
+  double direction_scale;  // 1, or the trust ratio where it scales d before the momentum
+  double step;             // -lr * trust ratio, or -lr
   bool buffer_is_new;
 };
 }  // namespace lars
@@ -85,10 +95,12 @@ struct Arrays {
 };
 struct Constants {
   double beta1, beta2, eps, weight_decay;
+  double grad_weight;  // m = beta1 * m + grad_weight * g: 1 - beta1, or 1 (LAMB without grad averaging)
 };
-// LAMB's direction m / (sqrt(v) + eps) + wd * p needs nothing per tensor but
-// the step of pass 2.
+// LAMB's direction (m * inv_bc1) / (sqrt(v) * inv_sqrt_bc2 + eps) + wd * p:
+// without bias correction both factors are 1, which leaves the reference's bits.
 struct PerTensor {
+  double inv_bc1, inv_sqrt_bc2;
   double step;  // -lr * trust ratio, pass 2
 };
 }  // namespace lamb
@@ -236,6 +248,7 @@ namespace holocron::optim::kernels::cpu {
 // The passes, each named after its algorithm and phase: what the functional
 // layer runs (cpu::run) and each kernel file registers (src/kernels/cpu/table.cpp).
 enum class Pass : int {
+  GradNorms,
   LarsNorms,
   LarsApply,
   LambMoments,

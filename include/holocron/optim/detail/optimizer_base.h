@@ -13,12 +13,15 @@
 
 #include "holocron/optim/functional.h"
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -30,8 +33,10 @@ using betas2_t = std::tuple<double, double>;
 using betas3_t = std::tuple<double, double, double>;
 /// Optional bounds `(low, high)` of a parameter's norm in a trust ratio (LARS, LAMB, RaLars).
 using scale_clip_t = std::optional<std::tuple<double, double>>;
+/// An optional real option: TAdam's degrees of freedom, LAMB's `max_grad_norm`.
+using optional_real_t = std::optional<double>;
 /// Optional degrees of freedom of TAdam's Student-t estimate.
-using dof_t = std::optional<double>;
+using dof_t = optional_real_t;
 
 /// Version of the checkpoint layout that OptimizerBase::save and the wrappers write (loading
 /// accepts 1 to this one). Bumped when the layout of checkpoints changes.
@@ -54,9 +59,13 @@ struct FieldWriter {
 };
 
 // Reads what FieldWriter wrote. A tensor that was not written (an optional
-// buffer not created yet) stays undefined; any other missing field throws.
+// buffer not created yet) stays undefined; a field of `added_later` missing
+// (a checkpoint written before the option existed) keeps the value it has,
+// the option's default; any other missing field throws.
 struct FieldReader {
   torch::serialize::InputArchive& archive;
+  std::vector<std::string> added_later = {};
+  bool keeps_value(const char* name) const;
   void operator()(const char* name, torch::Tensor& t) const;
   void operator()(const char* name, int64_t& v) const;
   void operator()(const char* name, double& v) const;
@@ -147,11 +156,16 @@ struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
     FieldWriter writer{archive};
     Derived::fields(static_cast<const Derived&>(*this), writer);
   }
-  /// Reads what serialize(OutputArchive&) wrote; a missing field throws.
+  /// Reads what serialize(OutputArchive&) wrote. A field of `Derived::fields_added_later()`
+  /// missing (a checkpoint from before the option existed) keeps its default; any other missing
+  /// field throws.
   void serialize(torch::serialize::InputArchive& archive) override {
-    FieldReader reader{archive};
+    FieldReader reader{archive, Derived::fields_added_later()};
     Derived::fields(static_cast<Derived&>(*this), reader);
   }
+  /// The options added after checkpoints were first written; an algorithm with such options
+  /// declares its own list.
+  static std::vector<std::string> fields_added_later() { return {}; }
   /// The `lr` field (what LibTorch's LR schedulers read).
   double get_lr() const override { return static_cast<const Derived&>(*this).lr(); }
   /// Sets the `lr` field (what LibTorch's LR schedulers write).
@@ -241,6 +255,11 @@ class OptimizerBase : public torch::optim::Optimizer {
   /// Creates the buffers a parameter needs under these options and lacks.
   virtual void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                              const torch::optim::OptimizerOptions& options) const = 0;
+  /// The bound of global gradient-norm clipping these options ask for (LAMB's `max_grad_norm`),
+  /// if any.
+  virtual std::optional<double> max_grad_norm(const torch::optim::OptimizerOptions&) const {
+    return std::nullopt;
+  }
   /// Updates one group: every param has a gradient and a prepared state.
   virtual void update_group(const torch::optim::OptimizerOptions& options,
                             const std::vector<torch::Tensor>& params,
@@ -252,12 +271,20 @@ class OptimizerBase : public torch::optim::Optimizer {
  private:
   void check_state_fits(const torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                         size_t group_index, size_t param_index) const;
+  // For each max_grad_norm the groups hold, the norm of the unscaled gradients of those groups.
+  std::map<double, torch::Tensor> clipping_norms() const;
 
   const char* name_;
   functional::GradScaling grad_scaling_;
 };
 
 namespace detail {
+
+template <typename Options, typename = void>
+struct has_max_grad_norm : std::false_type {};
+template <typename Options>
+struct has_max_grad_norm<Options, std::void_t<decltype(std::declval<const Options&>().max_grad_norm())>>
+    : std::true_type {};
 
 /// Binds an algorithm's options and state types to the type-erased OptimizerBase.
 template <typename Options, typename State>
@@ -291,6 +318,11 @@ class Algorithm : public OptimizerBase {
   /// Checks the options with the functional layer's check of their hyper-parameters.
   void check_options(const torch::optim::OptimizerOptions& options) const override {
     functional::check(static_cast<const Options&>(options).hyper());
+    if constexpr (has_max_grad_norm<Options>::value) {
+      const auto bound = static_cast<const Options&>(options).max_grad_norm();
+      TORCH_CHECK_VALUE(!bound || (std::isfinite(*bound) && *bound > 0.0), name(),
+                        ": max_grad_norm must be finite and > 0, got ", bound.value_or(0.0));
+    }
   }
   /// New `Options` (for loading a checkpoint into).
   std::unique_ptr<torch::optim::OptimizerOptions> make_options() const override {
@@ -306,6 +338,14 @@ class Algorithm : public OptimizerBase {
                     const std::function<void(const char*, int64_t)>& on_counter) const override {
     StateFieldVisitor visitor{on_tensor, on_counter};
     State::fields(static_cast<const State&>(state), visitor);
+  }
+  /// The options' `max_grad_norm`, for the algorithms that have one.
+  std::optional<double> max_grad_norm(const torch::optim::OptimizerOptions& options) const override {
+    if constexpr (has_max_grad_norm<Options>::value) {
+      return static_cast<const Options&>(options).max_grad_norm();
+    } else {
+      return std::nullopt;
+    }
   }
   /// Forwards to init_state() with the concrete types.
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,

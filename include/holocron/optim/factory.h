@@ -1,0 +1,61 @@
+#pragma once
+
+/// \file
+/// timm's optimizer factory for LibTorch: `create_optimizer(name, module, options)`.
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace holocron::optim {
+
+/// What create_optimizer() takes besides the name and the parameters: the arguments of timm's
+/// `create_optimizer_v2` that apply to these optimizers.
+struct FactoryOptions {
+  /// Learning rate; none: the optimizer's default under that name (timm's).
+  std::optional<double> lr;
+  /// Weight decay. From a module, it goes to the group of parameters that decay (the others get
+  /// 0); given groups, it is the optimizer's default.
+  double weight_decay = 0.0;
+  /// Momentum of the names that have one (the LARS names), as timm's default.
+  double momentum = 0.9;
+  /// From a module: parameters of at most one dimension and biases go without weight decay.
+  bool filter_bias_and_bn = true;
+  /// From a module: name patterns (as name_matches()) that go without weight decay, as a timm
+  /// model's `no_weight_decay()`.
+  std::vector<std::string> no_weight_decay_names;
+};
+
+/// The names create_optimizer() takes, sorted: timm's `lamb`, `lambc`, `lars`, `larc`, `nlars`,
+/// `nlarc` (timm 1.0.31's numbers) and holocron's `ralars`, `tadam`, `ademamix`; each may be
+/// prefixed `scout_` (holocron's Scout around it).
+std::vector<std::string> list_optimizers();
+
+/// The optimizer `name` (see list_optimizers()) over `module`'s parameters, grouped as timm's
+/// `create_optimizer_v2` groups them (see param_groups_weight_decay()): timm's `Lamb`
+/// (LAMBOptions with bias correction, eps 1e-6, `max_grad_norm` 1, no trust ratio where weight
+/// decay is 0, `||p||` unbounded; `lambc` adds `trust_clip`) and `Lars` (LARSOptions with
+/// `trust_coeff` 0.001, eps 1e-8, the ratio on the gradient, no ratio where weight decay is 0;
+/// `larc` adds `trust_clip`, `nlars` Nesterov momentum, `nlarc` both).
+///
+///     auto optimizer = holocron::optim::create_optimizer("lamb", *model, {.lr = 2e-3, .weight_decay = 0.05});
+///
+/// \throws std::invalid_argument for an unknown name; c10::NotImplementedError for one of timm's
+///   names this library does not reproduce yet (`lambw`, `adan`, `lookahead_lamb`, ...);
+///   c10::ValueError for invalid options.
+std::unique_ptr<torch::optim::Optimizer> create_optimizer(const std::string& name,
+                                                          const torch::nn::Module& module,
+                                                          const FactoryOptions& options = {});
+
+/// The same over parameters grouped by the caller: groups without options get the name's
+/// defaults with `options`' lr and weight decay; a group's own options must be of the
+/// optimizer's options type.
+std::unique_ptr<torch::optim::Optimizer> create_optimizer(
+    const std::string& name, const std::vector<torch::optim::OptimizerParamGroup>& groups,
+    const FactoryOptions& options = {});
+
+}  // namespace holocron::optim

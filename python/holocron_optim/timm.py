@@ -1,0 +1,326 @@
+"""timm's optimizers on holocron-optim's kernels: change one import, keep the numbers.
+
+``from holocron_optim.timm import create_optimizer_v2`` in place of
+``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``,
+``list_optimizers``, ``param_groups_weight_decay`` and ``param_groups_layer_decay``)
+gives timm 1.0.31's numbers (to rounding) with the step in this library's fused kernels.
+The classes take timm's arguments with timm's defaults and keep timm's group keys; they
+are this library's ``LAMB`` and ``LARS`` with timm's options set.
+
+What is not reproduced is refused, never ignored: an option or a name of timm's that
+maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's ``caution``,
+``decoupled_decay`` and ``corrected_weight_decay``; timm's Adan, AdamP, AdaBelief and
+Lookahead, whose variants differ from holocron's), an unknown name a ``ValueError`` as
+timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
+here.
+
+Differences from timm that a training run may notice:
+    - LAMB's bias correction counts each parameter's steps (``state['step']``), timm each
+      group's (``group['step']``): the same while every parameter has a gradient at each
+      step. Loading a timm ``Lamb`` state dict takes the group's count.
+    - Groups holding different ``max_grad_norm`` values are clipped apart (timm uses the
+      constructor's value for every group).
+    - ``p.grad`` is never written (timm's ``Lars`` and ``Lamb`` do not write it either).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from typing import Any, Callable, Collection, NamedTuple
+
+import torch
+from torch import nn
+
+from ._base import Option, betas, finite, flag, learning_rate, positive_or_none
+from .optimizers import LAMB, LARS, AdEMAMix, RaLars, TAdam
+from .param_groups import param_groups_layer_decay, param_groups_weight_decay
+from .wrapper import Scout
+
+__all__ = ["Lamb", "Lars", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
+           "param_groups_layer_decay"]
+
+
+def _not_available(what: str) -> Callable[[str, Any, Option], Any]:
+    """An option of timm's that this library does not compute yet: its default only."""
+
+    def check(name: str, value: Any, option: Option) -> Any:
+        if value != option.default:
+            raise NotImplementedError(f"holocron_optim.timm.{name}: {option.name}={value!r} ({what}) is not "
+                                      f"available yet; only its default, {option.default!r}, is")
+        return value
+
+    check.checks_groups = True  # type: ignore[attr-defined]
+    return check
+
+
+def _foreach(name: str, value: Any, option: Option) -> Any:
+    """timm's implementation switch: None, True or False, none of which changes anything here."""
+    if value is not None and value not in (True, False):
+        raise TypeError(f"{name}: foreach must be None or a bool, got {value!r}")
+    return value
+
+
+_foreach.checks_groups = True  # type: ignore[attr-defined]
+
+
+class Lamb(LAMB):
+    """timm's ``Lamb`` (apex's ``FusedLAMB``), with timm 1.0.31's arguments and defaults.
+
+    This library's ``LAMB`` with bias correction, gradient averaging, global gradient-norm
+    clipping at 1, no trust ratio where a group's weight decay is 0, and ``||p||``
+    unbounded in the ratio: per parameter ``m = beta1 * m + (1 - beta1) * g``,
+    ``v = beta2 * v + (1 - beta2) * g**2``,
+    ``u = (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps) + weight_decay * p``,
+    ``p -= lr * (||p|| / ||u||) * u``, with ``g`` the gradient divided by
+    ``max(1, ||all gradients|| / max_grad_norm)``.
+
+    Paper: Yang You et al., "Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes", 2019, https://arxiv.org/abs/1904.00962
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter groups.
+        lr: learning rate. Default `0.001`.
+        bias_correction: divide the moments by ``1 - beta**t``. Default `True`.
+        betas: coefficients of the moving averages. Default `(0.9, 0.999)`.
+        eps: added to the denominator. Default `1e-06`.
+        weight_decay: added to the direction as ``weight_decay * p``. Default `0.01`.
+        grad_averaging: weight the gradient ``1 - beta1`` in ``m``. Default `True`.
+        max_grad_norm: bound of the global gradient norm; None: no clipping. Default `1.0`.
+        trust_clip: cap the trust ratio at 1 (LAMBC). Default `False`.
+        always_adapt: a trust ratio also where ``weight_decay`` is 0. Default `False`.
+        caution: timm's cautious update; not available yet (only False). Default `False`.
+        decoupled_decay: timm's decoupled weight decay; not available yet (only False).
+            Default `False`.
+        corrected_weight_decay: not available yet (only False). Default `False`.
+        foreach: timm's implementation switch; changes nothing here. Default `None`.
+    """
+
+    _options = (
+        Option("lr", 1e-3, learning_rate, range="[0, inf)"),
+        Option("bias_correction", True, flag),
+        Option("betas", (0.9, 0.999), betas(), range="[0, 1)"),
+        Option("eps", 1e-6, finite("epsilon"), range="[0, inf)"),
+        Option("weight_decay", 0.01, finite("weight_decay", non_negative=True), range="[0, inf)"),
+        Option("grad_averaging", True, flag),
+        Option("max_grad_norm", 1.0, positive_or_none("max_grad_norm"), range="(0, inf)"),
+        Option("trust_clip", False, flag),
+        Option("always_adapt", False, flag),
+        Option("caution", False, _not_available("cautious updates")),
+        Option("decoupled_decay", False, _not_available("decoupled weight decay")),
+        Option("corrected_weight_decay", False, _not_available("lr**2 / max_lr weight decay")),
+        Option("foreach", None, _foreach),
+    )
+    # timm bounds nothing in the trust ratio.
+    scale_clip = (0.0, math.inf)
+
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        # timm's group key for corrected_weight_decay (the constructor's lr).
+        lr = defaults["lr"]
+        super()._construct(params, {**defaults, "max_lr_snapshot": float(lr.detach()) if isinstance(
+            lr, torch.Tensor) else float(lr)})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also loads timm's own ``Lamb`` state dicts: their step count is the group's."""
+        if any("step" in group for group in state_dict.get("param_groups", ())):
+            state_dict = copy.copy(state_dict)
+            state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
+            for group in state_dict["param_groups"]:
+                count = group.get("step")
+                if count is None:
+                    continue
+                count = int(count.item()) if isinstance(count, torch.Tensor) else int(count)
+                for index in group["params"]:
+                    entry = state_dict["state"].get(index)
+                    if entry is not None:
+                        entry.setdefault("step", count)
+                        entry.setdefault("local_lr", 1)
+            state_dict["param_groups"] = [{k: v for k, v in g.items() if k != "step"}
+                                          for g in state_dict["param_groups"]]
+        super().load_state_dict(state_dict)
+
+
+class Lars(LARS):
+    """timm's ``Lars`` (apex's ``LARC`` with ``trust_clip``), with timm 1.0.31's arguments and
+    defaults.
+
+    This library's ``LARS`` with the trust ratio scaling the gradient before the momentum:
+    where ``weight_decay`` is not 0 (or with ``always_adapt``),
+    ``d = (g + weight_decay * p) * r`` with
+    ``r = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)`` (1 where a norm is 0;
+    ``min(r / lr, 1)`` with ``trust_clip``), then SGD with momentum on ``d``.
+
+    Paper: Yang You, Igor Gitman, Boris Ginsburg, "Large Batch Training of Convolutional
+    Networks", 2017, https://arxiv.org/abs/1708.03888
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter groups.
+        lr: learning rate. Default `1.0`.
+        momentum: momentum factor. Default `0`.
+        dampening: dampening of the momentum. Default `0`.
+        weight_decay: L2 penalty, inside the trust ratio. Default `0`.
+        nesterov: Nesterov momentum. Default `False`.
+        trust_coeff: multiplies the trust ratio. Default `0.001`.
+        eps: added to the ratio's denominator. Default `1e-08`.
+        trust_clip: LARC: the ratio becomes ``min(r / lr, 1)``. Default `False`.
+        always_adapt: a trust ratio also where ``weight_decay`` is 0. Default `False`.
+        foreach: timm's implementation switch; changes nothing here. Default `None`.
+    """
+
+    _options = (
+        Option("lr", 1.0, learning_rate, range="[0, inf)"),
+        Option("momentum", 0, finite("momentum"), range="[0, inf)"),
+        Option("dampening", 0, finite("dampening"), range="(-inf, inf)"),
+        Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
+        Option("nesterov", False),
+        Option("trust_coeff", 0.001, finite("trust_coeff"), range="[0, inf)"),
+        Option("eps", 1e-8, finite("epsilon"), range="[0, inf)"),
+        Option("trust_clip", False, flag),
+        Option("always_adapt", False, flag),
+        Option("foreach", None, _foreach),
+    )
+    # Fixed in timm's algorithm: not a group option (timm's groups do not hold it).
+    _trust_on_gradient = True
+    scale_clip = None
+
+
+# ---- The factory ----------------------------------------------------------------------------
+
+class _Entry(NamedTuple):
+    """A name create_optimizer_v2 takes: its class, the defaults the name sets, and which of
+    timm's common arguments the class takes (timm's OptimInfo)."""
+
+    cls: type
+    description: str
+    defaults: dict[str, Any]
+    has_betas: bool = False
+    has_momentum: bool = False
+    has_eps: bool = True
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "lamb": _Entry(Lamb, "Layer-wise Adaptive Moments for batch optimization", {}, has_betas=True),
+    "lambc": _Entry(Lamb, "LAMB with trust ratio clipping for stability", {"trust_clip": True}, has_betas=True),
+    "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
+    "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
+    "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
+    "nlarc": _Entry(Lars, "LARS with Nesterov momentum & trust ratio clipping",
+                    {"nesterov": True, "trust_clip": True}, has_momentum=True),
+    # holocron's own, with holocron.optim's numbers.
+    "ralars": _Entry(RaLars, "holocron's RaLars: rectified Adam moments with LARS trust ratios", {},
+                     has_betas=True),
+    "tadam": _Entry(TAdam, "holocron's TAdam: Adam with Student-t weighted moments", {}, has_betas=True),
+    "ademamix": _Entry(AdEMAMix, "holocron's AdEMAMix: Adam with a second, slow first moment", {},
+                       has_betas=True),
+}
+
+# timm's names that this library does not reproduce yet, and why.
+_NOT_YET = {
+    **{name: "LAMB's decoupled weight decay" for name in ("lambw", "lambcw")},
+    **{name: "cautious updates" for name in ("clamb", "clambw", "cadan", "cadanw", "cadamw", "cadopt", "cadoptw",
+                                             "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
+    **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"
+       for name in ("adan", "adanw", "adamp", "adabelief", "radabelief")},
+}
+
+
+def list_optimizers(filter: str | list[str] = "", exclude_filters: list[str] | None = None,
+                    with_description: bool = False) -> list[str] | list[tuple[str, str]]:
+    """The names create_optimizer_v2 takes, as timm's ``list_optimizers`` (wildcard filters)."""
+    names = sorted(_REGISTRY)
+    if filter:
+        patterns = [filter] if isinstance(filter, str) else list(filter)
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    for pattern in exclude_filters or ():
+        names = [n for n in names if not fnmatch.fnmatch(n, pattern)]
+    if with_description:
+        return [(n, _REGISTRY[n].description) for n in names]
+    return names
+
+
+def create_optimizer_v2(
+        model_or_params: nn.Module | Any,
+        opt: str = "sgd",
+        lr: float | None = None,
+        weight_decay: float = 0.,
+        momentum: float = 0.9,
+        foreach: bool | None = None,
+        filter_bias_and_bn: bool = True,
+        fallback_list: Collection[str] = (),
+        fallback_no_weight_decay: bool = False,
+        layer_decay: float | None = None,
+        layer_decay_min_scale: float = 0.0,
+        layer_decay_no_opt_scale: float | None = None,
+        param_group_fn: Callable[[nn.Module], Any] | None = None,
+        **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2``, for the names of ``list_optimizers()`` and
+    ``scout_<name>`` (holocron's Scout around that optimizer).
+
+    From a model, parameter groups are made as timm makes them: by
+    ``param_group_fn``, else with layer decay when ``layer_decay`` is set, else with
+    biases, norms and the model's ``no_weight_decay()`` out of weight decay (1-d
+    parameters too with ``filter_bias_and_bn``). Then ``weight_decay``, ``lr``, the
+    name's defaults, ``momentum`` (for the names that take one) and ``kwargs`` make the
+    optimizer's arguments; ``betas`` and ``eps`` are dropped for optimizers without them,
+    as timm does. ``sgd`` is timm's default name but not one of ours: pass a name.
+
+    Raises:
+        ValueError: an unknown name (timm's message).
+        NotImplementedError: one of timm's names this library does not reproduce yet.
+    """
+    parts = opt.lower().split("_")
+    name = parts[-1]
+    wrapper = parts[0] if len(parts) > 1 else None
+    if wrapper is not None and (wrapper != "scout" or len(parts) > 2):
+        if wrapper == "lookahead" and len(parts) == 2:
+            raise NotImplementedError(f"holocron_optim.timm: {opt!r}: timm's Lookahead is not available yet "
+                                      "(holocron_optim.Lookahead is holocron.optim's, with other numbers)")
+        raise ValueError(f"Optimizer {opt} not found in registry")
+    if name in _NOT_YET:
+        raise NotImplementedError(f"holocron_optim.timm: {name!r} ({_NOT_YET[name]}) is not available yet")
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"Optimizer {name} not found in registry")
+
+    if isinstance(model_or_params, nn.Module):
+        model = model_or_params
+        no_weight_decay = getattr(model, "no_weight_decay", lambda: set())()
+        if param_group_fn:
+            params = param_group_fn(model)
+        elif layer_decay is not None:
+            params = param_groups_layer_decay(
+                model, weight_decay=weight_decay, layer_decay=layer_decay, no_weight_decay_list=no_weight_decay,
+                fallback_list=fallback_list, fallback_no_weight_decay=fallback_no_weight_decay,
+                weight_decay_exclude_1d=filter_bias_and_bn, min_scale=layer_decay_min_scale,
+                no_opt_scale=layer_decay_no_opt_scale,
+            )
+            weight_decay = 0.
+        else:
+            params = param_groups_weight_decay(
+                model, weight_decay=weight_decay, weight_decay_exclude_1d=filter_bias_and_bn,
+                no_weight_decay_list=no_weight_decay, fallback_list=fallback_list,
+                fallback_no_weight_decay=fallback_no_weight_decay,
+            )
+            weight_decay = 0.
+    else:
+        params = model_or_params
+
+    args: dict[str, Any] = {"weight_decay": weight_decay, **kwargs}
+    if lr is not None:
+        args["lr"] = lr
+    for key, value in entry.defaults.items():
+        args.setdefault(key, value)
+    if entry.has_momentum:
+        args.setdefault("momentum", momentum)
+    if not entry.has_eps:
+        args.pop("eps", None)
+    if not entry.has_betas:
+        args.pop("betas", None)
+    if foreach is not None:
+        if "foreach" not in {o.name for o in entry.cls._options}:
+            raise ValueError(f"holocron_optim.timm: {name!r} takes no foreach")
+        args.setdefault("foreach", foreach)
+    optimizer = entry.cls(params, **args)
+    return Scout(optimizer) if wrapper == "scout" else optimizer

@@ -1,0 +1,221 @@
+"""holocron_optim.timm against timm 1.0.31 itself (installed with --no-deps as a test oracle; its
+timm/optim package is loaded with stand-ins for the packages whose __init__ pulls torchvision):
+the same signatures, defaults, parameter groups and numbers from create_optimizer_v2 on a model,
+the same errors, and timm's own checkpoints resumed."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import inspect
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import holocron_optim.timm as ours
+from conftest import BUILD_DIR
+
+STEPS = 12
+NAMES = ["lamb", "lambc", "lars", "larc", "nlars", "nlarc"]
+
+
+@pytest.fixture(scope="module")
+def timm():
+    """timm.optim (its factory, classes and parameter groups) without timm's package __init__."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("timm is not installed (make test installs it)")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    names = ("timm", "timm.layers", "timm.models", "timm.optim")
+    saved = {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
+    try:
+        for name in names:
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["timm"].__path__ = [str(root)]
+        sys.modules["timm.optim"].__path__ = [str(root / "optim")]
+        sys.modules["timm.layers"].use_reentrant_ckpt = lambda: False
+        manipulate_spec = importlib.util.spec_from_file_location("timm.models._manipulate", root / "models/_manipulate.py")
+        manipulate = importlib.util.module_from_spec(manipulate_spec)
+        manipulate_spec.loader.exec_module(manipulate)
+        sys.modules["timm.models"].group_parameters = manipulate.group_parameters
+        factory = importlib.import_module("timm.optim._optim_factory")
+        yield types.SimpleNamespace(
+            create_optimizer_v2=factory.create_optimizer_v2, list_optimizers=factory.list_optimizers,
+            Lamb=importlib.import_module("timm.optim.lamb").Lamb, Lars=importlib.import_module("timm.optim.lars").Lars,
+        )
+    finally:
+        for name in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+class Net(nn.Module):
+    """Weights, biases, a norm and a parameter named in no_weight_decay()."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 5)
+        self.pos = nn.Parameter(torch.randn(2, 4))
+
+    def no_weight_decay(self):
+        return {"pos"}
+
+
+def _model(seed: int, dtype=torch.float64) -> Net:
+    torch.manual_seed(seed)
+    return Net().to(dtype)
+
+
+def _train(opt, model: Net, seed: int, steps: int = STEPS):
+    gen = torch.Generator().manual_seed(seed)
+    params = list(model.parameters())
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 2
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def _plain(groups):
+    return [{k: v for k, v in g.items() if k != "params"} for g in groups]
+
+
+@pytest.mark.parametrize("cls", ["Lamb", "Lars"])
+def test_signatures_and_defaults_are_timms(timm, cls):
+    theirs = inspect.signature(getattr(timm, cls).__init__).parameters
+    mine = inspect.signature(getattr(ours, cls).__init__).parameters
+    assert list(mine) == list(theirs)
+    for name, parameter in theirs.items():
+        assert mine[name].default == parameter.default, name
+
+
+@pytest.mark.parametrize("options", [
+    {"lr": 0.02, "weight_decay": 0.05},
+    {"lr": 0.05, "weight_decay": 0.0, "filter_bias_and_bn": False},
+    {"lr": 0.01, "weight_decay": 0.1, "layer_decay": 0.7},
+    {"lr": 0.01, "weight_decay": 0.05, "momentum": 0.5, "eps": 1e-6, "betas": (0.8, 0.99), "foreach": False},
+], ids=["decay", "no-filter", "layer-decay", "explicit"])
+@pytest.mark.parametrize("name", NAMES)
+def test_create_optimizer_v2_gives_timms_groups_and_numbers(timm, name, options):
+    if "layer_decay" in options and not hasattr(Net, "group_matcher"):
+        pass  # timm's layer decay groups by auto_group_layers without a group_matcher: both run it
+    theirs_model, ours_model = _model(1), _model(1)
+    theirs = timm.create_optimizer_v2(theirs_model, name, **options)
+    mine = ours.create_optimizer_v2(ours_model, name, **options)
+    assert type(mine).__name__ == type(theirs).__name__
+    assert _plain(mine.param_groups) == _plain(theirs.param_groups)
+    assert [len(g["params"]) for g in mine.param_groups] == [len(g["params"]) for g in theirs.param_groups]
+    expected, actual = _train(theirs, theirs_model, 2), _train(mine, ours_model, 2)
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls", ["Lamb", "Lars"])
+def test_classes_with_timms_defaults_give_timms_numbers(timm, cls, dtype):
+    theirs_model, ours_model = _model(3, dtype), _model(3, dtype)
+    lr = {"Lamb": {}, "Lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}}[cls]
+    expected = _train(getattr(timm, cls)(theirs_model.parameters(), **lr), theirs_model, 4)
+    actual = _train(getattr(ours, cls)(ours_model.parameters(), **lr), ours_model, 4)
+    tolerance = {torch.float64: 1e-9, torch.float32: 1e-4}[dtype]
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * 1e-2)
+
+
+def test_a_timm_lamb_checkpoint_resumes(timm):
+    theirs_model, ours_model = _model(5), _model(5)
+    theirs = timm.Lamb(theirs_model.parameters(), lr=0.01)
+    _train(theirs, theirs_model, 7, steps=3)
+    ours_model.load_state_dict(theirs_model.state_dict())
+    mine = ours.Lamb(ours_model.parameters(), lr=0.01)
+    mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    expected, actual = _train(theirs, theirs_model, 8, steps=4), _train(mine, ours_model, 8, steps=4)
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_list_optimizers_filters_as_timm(timm):
+    mine = set(ours.list_optimizers())
+    assert ours.list_optimizers(["la*", "nla*"]) == [n for n in timm.list_optimizers(["la*", "nla*"]) if n in mine]
+    assert set(ours.list_optimizers()) >= set(NAMES) | {"ralars", "tadam", "ademamix"}
+    described = dict(ours.list_optimizers("lamb*", with_description=True))
+    assert set(described) == {"lamb", "lambc"} and all(described.values())
+    assert ours.list_optimizers("*", exclude_filters=["l*", "n*"]) == ["ademamix", "ralars", "tadam"]
+
+
+def test_our_own_names_and_scout():
+    model = _model(0)
+    opt = ours.create_optimizer_v2(model, "ralars", lr=0.01, weight_decay=0.05)
+    assert type(opt).__name__ == "RaLars" and [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.05]
+    scout = ours.create_optimizer_v2(model, "scout_lamb", lr=0.01)
+    assert type(scout).__name__ == "Scout" and type(scout.base_optimizer).__name__ == "Lamb"
+    _train(scout, model, 0, steps=2)
+
+
+@pytest.mark.parametrize("name,error,message", [
+    ("nope", ValueError, "Optimizer nope not found in registry"),
+    ("lambw", NotImplementedError, "'lambw' .*decoupled weight decay.* not available yet"),
+    ("clamb", NotImplementedError, "cautious"),
+    ("adan", NotImplementedError, "timm's variant"),
+    ("lookahead_lamb", NotImplementedError, "timm's Lookahead is not available yet"),
+    ("foo_lamb", ValueError, "not found in registry"),
+])
+def test_names_not_reproduced_are_refused(name, error, message):
+    with pytest.raises(error, match=message):
+        ours.create_optimizer_v2(_model(0), name, lr=0.01)
+
+
+@pytest.mark.parametrize("option", ["caution", "decoupled_decay", "corrected_weight_decay"])
+def test_lamb_options_not_reproduced_are_refused(option):
+    model = _model(0)
+    with pytest.raises(NotImplementedError, match=f"{option}=True .* not available yet"):
+        ours.Lamb(model.parameters(), **{option: True})
+    opt = ours.Lamb(model.parameters())
+    with pytest.raises(NotImplementedError, match=option):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(2))], option: True})
+    assert len(opt.param_groups) == 1
+
+
+def test_bad_values_are_refused_with_timms_or_clear_errors(timm):
+    p = [nn.Parameter(torch.randn(3))]
+    for cls, options in (("Lamb", {"lr": -1.0}), ("Lamb", {"eps": -1.0}), ("Lars", {"lr": -1.0}),
+                         ("Lars", {"momentum": -1.0}), ("Lars", {"nesterov": True})):
+        with pytest.raises(ValueError):
+            getattr(timm, cls)(p, **options)
+        with pytest.raises(ValueError):
+            getattr(ours, cls)(p, **options)
+    with pytest.raises(TypeError, match="foreach must be None or a bool"):
+        ours.Lamb(p, foreach="yes")
+
+
+RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
+
+
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("name", NAMES)
+def test_cpp_create_optimizer_gives_timms_numbers(timm, name):
+    """holocron::optim::create_optimizer(name, groups, options) through the parity runner, against
+    timm's create_optimizer_v2 over the same parameters (one group) and random numbers."""
+    import subprocess
+
+    from test_cpp_front import SHAPES, STEPS as RUNNER_STEPS
+    settings = {"lr": 0.05, "weight_decay": 0.01, "momentum": 0.8}
+    out = subprocess.run([str(RUNNER), f"timm:{name}", "4", str(RUNNER_STEPS), *[f"{k}={v!r}" for k, v in settings.items()]],
+                         check=True, capture_output=True, text=True).stdout
+    cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
+    torch.manual_seed(4)
+    params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
+    opt = timm.create_optimizer_v2(params, name, **settings)
+    for _ in range(RUNNER_STEPS):
+        for p in params:
+            p.grad = torch.randn(p.shape, dtype=torch.float64)
+        opt.step()
+    for a, b in zip(cpp, params):
+        torch.testing.assert_close(a, b.detach().reshape(-1), rtol=1e-9, atol=1e-12)

@@ -1,0 +1,348 @@
+"""The options that follow timm (1.0.31) and apex, against timm's own optimizers: timm is installed
+with --no-deps as a test oracle and its timm/optim modules are loaded file by file (its package
+__init__ pulls torchvision). Randomized shapes, options and groups over 25 steps, float64 to 1e-9
+and float32 to 1e-4, on both backends and on the C++ front."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import math
+import random
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import holocron_optim as ho
+from conftest import BUILD_DIR
+
+OPS = torch.ops.holocron
+
+STEPS = 25
+RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
+# What LAMB's options are called in timm, where ours differ: none (same names).
+LAMB_FLAGS = ("bias_correction", "grad_averaging", "trust_clip", "always_adapt")
+
+
+@pytest.fixture(scope="module")
+def timm_optim():
+    """timm/optim as a package of its own name, whose modules import each other relatively."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("timm is not installed (make test installs it)")
+    package = types.ModuleType("_timm_optim_oracle")
+    package.__path__ = [str(Path(next(iter(spec.submodule_search_locations))) / "optim")]
+    sys.modules[package.__name__] = package
+    try:
+        yield types.SimpleNamespace(**{name: importlib.import_module(f"{package.__name__}.{name}")
+                                       for name in ("lamb", "lars")})
+    finally:
+        for name in [k for k in sys.modules if k == package.__name__ or k.startswith(package.__name__ + ".")]:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def backend():
+    capability = OPS.cpu_capability()
+    yield OPS.set_cpu_capability
+    OPS.set_cpu_capability(capability)
+
+
+def _random_lamb_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
+    """Shapes, timm's Lamb options (every switch drawn) and per-group overrides."""
+    rng = random.Random(seed)
+    shapes = [tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 5))]
+    options = {
+        "lr": rng.choice([1e-3, 1e-2, 5e-2]),
+        "betas": rng.choice([(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]),
+        "eps": rng.choice([1e-6, 1e-8]),
+        "weight_decay": rng.choice([0.0, 0.01, 0.1]),
+        "max_grad_norm": rng.choice([None, 0.5, 1.0, 50.0]),
+        **{name: rng.random() < 0.5 for name in LAMB_FLAGS},
+    }
+    # Four seeds in a row reach every switch both ways.
+    options[LAMB_FLAGS[seed % 4]] = not options[LAMB_FLAGS[(seed + 1) % 4]]
+    overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
+    return shapes, options, overrides
+
+
+def _groups(params, overrides):
+    if len(overrides) == 1:
+        return [{"params": params, **overrides[0]}]
+    half = max(1, len(params) // 2)
+    return [{"params": params[:half], **overrides[0]}, {"params": params[half:], **overrides[1]}]
+
+
+def _train(make, shapes, overrides, dtype, seed, grad_scale=None, param_scale=1.0, state_key="exp_avg"):
+    """Parameters and a state buffer after STEPS steps; gradients of norm about 1 to 30."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [(torch.randn(s, generator=gen, dtype=torch.float64) * param_scale).to(dtype).requires_grad_()
+              for s in shapes]
+    opt = make(_groups(params, overrides))
+    for _ in range(STEPS):
+        grads = [(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 3).to(dtype) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone() if grad_scale is None else g * grad_scale
+        if grad_scale is not None:  # as GradScaler hands a fused optimizer its scale
+            opt.grad_scale, opt.found_inf = torch.tensor(grad_scale, dtype=torch.float32), torch.tensor(0.0)
+        opt.step()
+        for p, g in zip(params, grads):  # never written, clipped or not
+            assert torch.equal(p.grad, g if grad_scale is None else g * grad_scale)
+    return [p.detach().clone() for p in params], [opt.state[p][state_key].clone() for p in params
+                                                  if state_key in opt.state[p]]
+
+
+def _assert_close(ours, theirs, dtype, what):
+    for a, b in zip(ours, theirs):
+        scale = b.abs().max().item() or 1.0
+        assert (a - b).abs().max().item() <= RTOL[dtype] * scale, what
+
+
+def _ours(options):
+    return lambda groups: ho.LAMB(groups, **options, scale_clip=(0.0, math.inf))
+
+
+@pytest.mark.parametrize("capability", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(12))
+def test_lamb_matches_timm(timm_optim, backend, seed, dtype, capability):
+    backend(capability)
+    shapes, options, overrides = _random_lamb_case(seed)
+    theirs = _train(lambda g: timm_optim.lamb.Lamb(g, **options), shapes, overrides, dtype, seed)
+    ours = _train(_ours(options), shapes, overrides, dtype, seed)
+    _assert_close(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    _assert_close(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lamb_clipping_sees_unscaled_gradients(timm_optim, dtype):
+    options = {"lr": 1e-2, "eps": 1e-6, "weight_decay": 0.01, "max_grad_norm": 1.0, "bias_correction": True,
+               "always_adapt": False}
+    shapes, overrides = [(5, 4), (7,)], [{}]
+    theirs = _train(lambda g: timm_optim.lamb.Lamb(g, **options), shapes, overrides, dtype, 3)
+    ours = _train(_ours(options), shapes, overrides, dtype, 3, grad_scale=1024.0)
+    _assert_close(ours[0], theirs[0], dtype, "params under a loss scale")
+
+
+def test_each_lamb_option_changes_the_numbers(timm_optim):
+    """The oracle test would catch an option ignored: each one alone moves the result."""
+    shapes, overrides = [(6, 3), (4,)], [{}]
+    base = {"lr": 1e-2, "weight_decay": 0.01, "max_grad_norm": None, "bias_correction": False,
+            "grad_averaging": True, "trust_clip": False, "always_adapt": True}
+    # Parameters large enough for trust ratios above 1 (which trust_clip caps).
+    reference, _ = _train(_ours(base), shapes, overrides, torch.float64, 5, param_scale=5.0)
+    for change in ({"bias_correction": True}, {"grad_averaging": False}, {"max_grad_norm": 1.0},
+                   {"trust_clip": True}, {"always_adapt": False, "weight_decay": 0.0}):
+        changed, _ = _train(_ours({**base, **change}), shapes, overrides, torch.float64, 5, param_scale=5.0)
+        if "weight_decay" in change:
+            reference_wd0, _ = _train(_ours({**base, "weight_decay": 0.0}), shapes, overrides, torch.float64, 5,
+                                      param_scale=5.0)
+            assert not torch.equal(changed[0], reference_wd0[0]), change
+        else:
+            assert not torch.equal(changed[0], reference[0]), change
+
+
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("seed", range(4))
+def test_lamb_cpp_front_matches_timm(timm_optim, seed):
+    """LAMBOptions' timm options, through the C++ class, on the parity runner's random numbers."""
+    _, options, _ = _random_lamb_case(seed)
+    settings = [f"lr={options['lr']!r}", f"beta1={options['betas'][0]!r}", f"beta2={options['betas'][1]!r}",
+                f"eps={options['eps']!r}", f"weight_decay={options['weight_decay']!r}", "clip_low=0.0", "clip_high=inf"]
+    settings += [f"{name}={float(options[name])!r}" for name in LAMB_FLAGS]
+    if options["max_grad_norm"] is not None:
+        settings.append(f"max_grad_norm={options['max_grad_norm']!r}")
+    out = subprocess.run([str(RUNNER), "LAMB", str(seed), str(STEPS), *settings],
+                         check=True, capture_output=True, text=True).stdout
+    cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
+
+    from test_cpp_front import SHAPES  # the runner's shapes, drawn in its order
+    torch.manual_seed(seed)
+    params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
+    opt = timm_optim.lamb.Lamb(params, **options)
+    for _ in range(STEPS):
+        for p in params:
+            p.grad = torch.randn(p.shape, dtype=torch.float64)
+        opt.step()
+    _assert_close(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ LAMB {options}")
+
+
+def test_lamb_groups_with_different_max_grad_norms_are_clipped_apart():
+    """Each bound clips by the norm over the groups holding it; None does not clip: the same as
+    one optimizer per bound."""
+    gen = torch.Generator().manual_seed(2)
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(4, 3), (5,), (2, 2), (3,)]]
+    bounds = [1.0, 1.0, 0.5, None]
+    together = [t.clone().requires_grad_() for t in init]
+    apart = [t.clone().requires_grad_() for t in init]
+    opt = ho.LAMB([{"params": [p], "max_grad_norm": b} for p, b in zip(together, bounds)], lr=0.01,
+                  bias_correction=True)
+    opts = [ho.LAMB(apart[:2], lr=0.01, bias_correction=True, max_grad_norm=1.0),
+            ho.LAMB(apart[2:3], lr=0.01, bias_correction=True, max_grad_norm=0.5),
+            ho.LAMB(apart[3:], lr=0.01, bias_correction=True)]
+    for _ in range(5):
+        grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64) * 4 for t in init]
+        for a, b, g in zip(together, apart, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for a, b in zip(together, apart):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf, "1"])
+def test_lamb_bad_max_grad_norm_is_refused_everywhere(value):
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match=f"LAMB: invalid max_grad_norm value: {value!r}"):
+        ho.LAMB([p], max_grad_norm=value)
+    opt = ho.LAMB([p])
+    with pytest.raises(ValueError, match="invalid max_grad_norm"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "max_grad_norm": value})
+    assert len(opt.param_groups) == 1
+    saved = opt.state_dict()
+    saved["param_groups"][0]["max_grad_norm"] = value
+    with pytest.raises(ValueError, match="invalid max_grad_norm"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["max_grad_norm"] is None
+
+
+@pytest.mark.parametrize("name", LAMB_FLAGS)
+def test_lamb_switches_must_be_bools(name):
+    with pytest.raises(TypeError, match=f"LAMB: {name} must be a bool, got 'yes'"):
+        ho.LAMB([torch.nn.Parameter(torch.randn(3))], **{name: "yes"})
+
+
+def test_a_lamb_checkpoint_from_before_the_options_loads_with_their_defaults():
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = ho.LAMB([p], lr=1e-2, weight_decay=0.01)
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        for key in ("max_grad_norm", *LAMB_FLAGS):
+            del group[key]
+    fresh = ho.LAMB([p], lr=1e-2, weight_decay=0.01, bias_correction=True, max_grad_norm=1.0)
+    fresh.load_state_dict(old)
+    group = fresh.param_groups[0]
+    assert (group["bias_correction"], group["grad_averaging"], group["max_grad_norm"], group["trust_clip"],
+            group["always_adapt"]) == (False, True, None, False, True)
+
+
+# ---- LARS -------------------------------------------------------------------------------
+
+LARS_FLAGS = ("trust_clip", "always_adapt")
+
+
+def _random_lars_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
+    """Shapes, timm's Lars options (every switch drawn) and per-group overrides."""
+    rng = random.Random(1000 + seed)
+    shapes = [tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 5))]
+    momentum = rng.choice([0.0, 0.9])
+    nesterov = momentum > 0 and rng.random() < 0.5
+    options = {
+        "lr": rng.choice([0.1, 1.0, 5.0]),
+        "momentum": momentum,
+        "dampening": 0.0 if nesterov else rng.choice([0.0, 0.1]),
+        "weight_decay": rng.choice([0.0, 1e-4, 0.01]),
+        "nesterov": nesterov,
+        "trust_coeff": rng.choice([0.001, 0.02, 1.0]),
+        "eps": rng.choice([1e-8, 0.0, 1e-3]),
+        **{name: rng.random() < 0.5 for name in LARS_FLAGS},
+    }
+    options[LARS_FLAGS[seed % 2]] = not options[LARS_FLAGS[(seed // 2) % 2]]
+    overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": 0.0, "lr": options["lr"] / 2}]
+    return shapes, options, overrides
+
+
+def _ours_lars(options):
+    return lambda groups: ho.LARS(groups, **options, trust_on_gradient=True)
+
+
+@pytest.mark.parametrize("capability", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(12))
+def test_lars_matches_timm(timm_optim, backend, seed, dtype, capability):
+    backend(capability)
+    shapes, options, overrides = _random_lars_case(seed)
+    key = "momentum_buffer"
+    theirs = _train(lambda g: timm_optim.lars.Lars(g, **options), shapes, overrides, dtype, seed, state_key=key)
+    ours = _train(_ours_lars(options), shapes, overrides, dtype, seed, state_key=key)
+    _assert_close(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    assert len(ours[1]) == len(theirs[1])
+    _assert_close(ours[1], theirs[1], dtype, f"momentum_buffer {options} {overrides}")
+
+
+def test_lars_zero_gradient_keeps_a_ratio_of_one_as_timm(timm_optim):
+    """With trust_on_gradient a zero gradient leaves the ratio 1 (timm, apex); the reference's
+    placement divides by weight_decay * ||p|| instead."""
+    options = {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.01, "trust_coeff": 0.02, "eps": 1e-8}
+    results = []
+    for make in (lambda g: timm_optim.lars.Lars(g, **options), _ours_lars(options)):
+        p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+        opt = make([p])
+        for step in range(4):
+            p.grad = torch.zeros_like(p) if step % 2 else torch.ones_like(p)
+            opt.step()
+        results.append(p.detach().clone())
+    _assert_close([results[1]], [results[0]], torch.float64, "zero gradients")
+
+
+def test_each_lars_option_changes_the_numbers():
+    shapes, overrides = [(6, 3), (4,)], [{}]
+    base = {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.01}
+    reference, _ = _train(lambda g: ho.LARS(g, **base), shapes, overrides, torch.float64, 5,
+                          state_key="momentum_buffer")
+    for change in ({"trust_coeff": 0.5}, {"eps": 0.5}, {"trust_clip": True}, {"trust_on_gradient": True},
+                   {"always_adapt": False, "weight_decay": 0.0}):
+        options = {**base, **change}
+        changed, _ = _train(lambda g: ho.LARS(g, **options), shapes, overrides, torch.float64, 5,
+                            state_key="momentum_buffer")
+        if "weight_decay" in change:
+            without, _ = _train(lambda g: ho.LARS(g, **{**base, "weight_decay": 0.0}), shapes, overrides,
+                                torch.float64, 5, state_key="momentum_buffer")
+            assert not torch.equal(changed[0], without[0]), change
+        else:
+            assert not torch.equal(changed[0], reference[0]), change
+
+
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("seed", range(4))
+def test_lars_cpp_front_matches_timm(timm_optim, seed):
+    _, options, _ = _random_lars_case(seed)
+    settings = [f"{key}={float(value)!r}" for key, value in options.items()] + ["trust_on_gradient=1.0"]
+    out = subprocess.run([str(RUNNER), "LARS", str(seed), str(STEPS), *settings],
+                         check=True, capture_output=True, text=True).stdout
+    cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
+
+    from test_cpp_front import SHAPES
+    torch.manual_seed(seed)
+    params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
+    opt = timm_optim.lars.Lars(params, **options)
+    for _ in range(STEPS):
+        for p in params:
+            p.grad = torch.randn(p.shape, dtype=torch.float64)
+        opt.step()
+    _assert_close(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ LARS {options}")
+
+
+def test_a_lars_checkpoint_from_before_the_options_loads_with_their_defaults():
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = ho.LARS([p], lr=0.1, momentum=0.9)
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        for key in ("trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient"):
+            del group[key]
+    fresh = ho.LARS([p], lr=0.1, momentum=0.9, trust_coeff=0.001, trust_on_gradient=True)
+    fresh.load_state_dict(old)
+    group = fresh.param_groups[0]
+    assert (group["trust_coeff"], group["eps"], group["trust_clip"], group["always_adapt"],
+            group["trust_on_gradient"]) == (1.0, 0.0, False, True, False)
