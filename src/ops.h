@@ -114,11 +114,12 @@ class Arguments {
 
   // The loss scaling and the whole-tensor sums' sharding every update op may take.
   F::GradScaling scaling() const {
-    if (!schema_.argumentIndexWithName("grad_norm")) {
-      return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
-    }
-    return scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"),
-                      optional_tensor("grad_norm"), real("max_grad_norm"));
+    auto scaling = schema_.argumentIndexWithName("grad_norm")
+                       ? scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"),
+                                    optional_tensor("grad_norm"), real("max_grad_norm"))
+                       : scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
+    if (schema_.argumentIndexWithName("maximize")) scaling.maximize = flag("maximize");
+    return scaling;
   }
   F::Sharding sharding(TensorList params) const {
     const auto numels = optional_integers("numels");
@@ -167,6 +168,8 @@ void implement_meta(torch::Library& library, const char* schema);
 // an op go after all of its others: torch.compile's on-disk caches may hold
 // code that calls it positionally as it was.
 #define HOLOCRON_CLIPPING "Tensor? grad_norm=None, float max_grad_norm=1.0"
+// torch.optim's maximize, which every update op takes (GradScaling's).
+#define HOLOCRON_MAXIMIZE "bool maximize=False"
 #define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
 
 // Declares the operator `schema` with `kernel` (at namespace scope).

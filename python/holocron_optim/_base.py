@@ -290,6 +290,11 @@ class FusedStep:
         default_betas = self.defaults.get("betas")  # type: ignore[attr-defined]
         if default_betas is not None:
             check_betas(group.get("betas"), len(default_betas), type(self).__name__)
+        # Switches and optional bounds, which the ops would take as they are (any truthy value
+        # for a bool): checked as the constructor checks them.
+        for option in self._options:
+            if getattr(option.check, "checks_groups", False):
+                option.check(type(self).__name__, group.get(option.name, option.default), option)
 
     def _validate(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
                   states: list[dict[str, Any] | None]) -> None:

@@ -41,20 +41,14 @@ def _dof(name: str, value: Any, _: Option) -> float | None:
     return value
 
 
-def _check_switches(optimizer: FusedStep, group: dict[str, Any]) -> None:
-    """A group's switches and optional bounds, which the ops take as they are (a bool op
-    argument takes any truthy value): checked as the constructor checks them."""
-    for option in optimizer._options:
-        if getattr(option.check, "checks_groups", False):
-            option.check(type(optimizer).__name__, group.get(option.name, option.default), option)
-
-
 # The options most algorithms share, with their defaults and checks.
 _LR = Option("lr", 1e-3, learning_rate, range="[0, inf)")
 _EPS = Option("eps", 1e-8, finite("epsilon"), range="[0, inf)")
 _WEIGHT_DECAY = Option("weight_decay", 0.0, finite("weight_decay", non_negative=True), range="[0, inf)")
 _AMSGRAD = Option("amsgrad", False)
 _BETAS2 = Option("betas", (0.9, 0.999), betas(), range="[0, 1)")
+# torch.optim's maximize (the ops read -g); added after the reference's options.
+_MAXIMIZE = Option("maximize", False, flag, added_later=True)
 _DEFAULT_SCALE_CLIP = (0.0, 10.0)
 
 
@@ -93,8 +87,10 @@ class LARS(FusedStep, Optimizer):
             (``p -= lr * u``) and is 1 where ``||g||`` is 0; False: it scales the
             step after the momentum, as the reference. The two differ only with
             momentum or a zero gradient. Default `False`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
-    The last five are the options of timm's ``Lars`` and apex's ``LARC``, with
+    The five before ``maximize`` are the options of timm's ``Lars`` and apex's ``LARC``, with
     ``local_lr = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)``; their
     defaults give the reference's numbers. timm's ``Lars`` is
     ``trust_coeff=0.001, eps=1e-8, always_adapt=False, trust_on_gradient=True``.
@@ -121,15 +117,12 @@ class LARS(FusedStep, Optimizer):
         Option("trust_clip", False, flag, added_later=True),
         Option("always_adapt", True, flag, added_later=True),
         Option("trust_on_gradient", False, flag, added_later=True),
+        _MAXIMIZE,
     )
     _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
     _counts_steps = False
     # Where a group holds no trust_on_gradient (classes without that option: timm's Lars).
     _trust_on_gradient = False
-
-    def _check_group_options(self, group) -> None:
-        super()._check_group_options(group)
-        _check_switches(self, group)
 
     def _apply(self, group, params, grads, states) -> None:
         with_momentum = group["momentum"] != 0
@@ -149,7 +142,7 @@ class LARS(FusedStep, Optimizer):
                 trust_coeff=float(group["trust_coeff"]), eps=float(group["eps"]), trust_clip=group["trust_clip"],
                 always_adapt=group["always_adapt"],
                 trust_on_gradient=group.get("trust_on_gradient", self._trust_on_gradient),
-                grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, sums=True,
+                grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), sums=True,
             )
         except Exception:
             for state, new in zip(states, is_new):
@@ -196,8 +189,10 @@ class LAMB(FusedStep, Optimizer):
         trust_clip: cap the trust ratio at 1 (LAMBC). Default `False`.
         always_adapt: a trust ratio also in groups whose ``weight_decay`` is 0; False: a
             ratio of 1 there. Default `True`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
-    The last five are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
+    The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
     ``scale_clip=(0, inf)`` (timm does not bound ``||p||``).
 
@@ -216,13 +211,10 @@ class LAMB(FusedStep, Optimizer):
         Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True),
         Option("trust_clip", False, flag, added_later=True),
         Option("always_adapt", True, flag, added_later=True),
+        _MAXIMIZE,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
-
-    def _check_group_options(self, group) -> None:
-        super()._check_group_options(group)
-        _check_switches(self, group)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -233,7 +225,7 @@ class LAMB(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
             trust_clip=group["trust_clip"], always_adapt=group["always_adapt"],
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **self._clipping(group),
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if counters:
@@ -272,6 +264,8 @@ class RaLars(FusedStep, Optimizer):
         scale_clip: ``(low, high)`` bounds for ``||p||`` in the trust ratio; None
             means ``(0, 10)``. An attribute of the optimizer, not a group option,
             as in the reference. Default `None`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``local_lr`` (as LAMB's). Each group also gets the key
@@ -285,6 +279,7 @@ class RaLars(FusedStep, Optimizer):
         _LR, _BETAS2, _EPS, _WEIGHT_DECAY,
         Option("force_adaptive_momentum", False, setting=True),
         Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True),
+        _MAXIMIZE,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -304,7 +299,7 @@ class RaLars(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]), force_adaptive_momentum=bool(self.force_adaptive_momentum),
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, **self._ratio_targets(group, params, states), sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if record:
             group["sma_inf"] = sma_inf
@@ -346,6 +341,8 @@ class TAdam(FusedStep, Optimizer):
             ``max_exp_avg_sq``). Default `False`.
         dof: degrees of freedom of the Student-t distribution, > 0 (pylocron accepts 0, which turns a step whose gradient equals the mean into NaN); None means
             each parameter's number of elements. Default `None`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq`` (with ``amsgrad``) and ``W_t`` (the
@@ -358,7 +355,7 @@ class TAdam(FusedStep, Optimizer):
         - ``dof <= 0`` is refused.
     """
 
-    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"))
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"), _MAXIMIZE)
     _state_buffers = _ADAM_BUFFERS
     _scalar_state = ("W_t",)  # the moments' running weight, a one-element tensor
 
@@ -408,7 +405,7 @@ class TAdam(FusedStep, Optimizer):
             W_ts=gather(states, "W_t"), steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
         )
         self._commit_steps(states, steps)
 
@@ -468,6 +465,8 @@ class AdaBelief(_AdamLike):
             >= 0. Default `0.0`.
         amsgrad: divide by the running maximum of ``s`` (kept in
             ``max_exp_avg_sq``). Default `False`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int, 1 after the first
     update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``. ``exp_avg_sq`` holds ``s``.
@@ -475,7 +474,7 @@ class AdaBelief(_AdamLike):
     No deliberate difference from the reference (pylocron 0.3.0).
     """
 
-    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD)
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, _MAXIMIZE)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -484,7 +483,7 @@ class AdaBelief(_AdamLike):
             ops.adabelief_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group["amsgrad"]),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
         )
         self._commit_steps(states, steps)
 
@@ -517,6 +516,8 @@ class AdamP(_AdamLike):
         delta: threshold of the scale-invariance test (any finite number). An
             attribute of the optimizer, not a group option, as in the
             reference. Default `0.1`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int, 1 after the first
     update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``.
@@ -525,7 +526,7 @@ class AdamP(_AdamLike):
     """
 
     _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD,
-                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"))
+                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -534,7 +535,7 @@ class AdamP(_AdamLike):
             ops.adamp_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group["amsgrad"]), delta=float(self.delta),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
         )
         self._commit_steps(states, steps)
 
@@ -566,6 +567,8 @@ class Adan(FusedStep, Optimizer):
             Default `0.0`.
         amsgrad: divide by the running maximum of ``n`` (kept in
             ``max_exp_avg_delta``). Default `False`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m``), ``exp_avg_sq`` (``v``, an average of differences despite its name),
@@ -584,7 +587,8 @@ class Adan(FusedStep, Optimizer):
         Buffer("max_exp_avg_delta", exists=lambda group: group["amsgrad"]), Buffer("prev_grad"),
     )
 
-    _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD)
+    _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD,
+                _MAXIMIZE)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -595,7 +599,7 @@ class Adan(FusedStep, Optimizer):
             max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps=steps,
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
         )
         self._commit_steps(states, steps)
 
@@ -625,6 +629,8 @@ class AdEMAMix(FusedStep, Optimizer):
         eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
         weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``),
             >= 0. Default `0.0`.
+        maximize: ascend instead of descend, as torch.optim's ``maximize``: each
+            gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
@@ -637,7 +643,7 @@ class AdEMAMix(FusedStep, Optimizer):
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_slow"), Buffer("exp_avg_sq"))
 
     _options = (_LR, Option("betas", (0.9, 0.999, 0.9999), betas(), range="[0, 1)"),
-                Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY)
+                Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -647,6 +653,6 @@ class AdEMAMix(FusedStep, Optimizer):
             exp_avg_sqs=gather(states, "exp_avg_sq"), steps=steps, lr=float(group["lr"]), beta1=float(beta1),
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, **counters,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
         )
         self._commit_steps(states, steps)

@@ -152,7 +152,7 @@ HOLOCRON_OPTIM_OP(
     "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None) -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

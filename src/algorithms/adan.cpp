@@ -185,7 +185,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
     "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None) -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

@@ -162,7 +162,7 @@ HOLOCRON_OPTIM_OP(
     "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None) -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -182,7 +182,7 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
-    "bool always_adapt=True, " HOLOCRON_CLIPPING ") -> Tensor",
+    "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE ") -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

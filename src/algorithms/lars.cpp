@@ -252,7 +252,7 @@ HOLOCRON_OPTIM_OP(
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
-    "bool trust_on_gradient=False) -> Tensor",
+    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ") -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

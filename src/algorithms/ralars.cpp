@@ -167,7 +167,8 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None) -> Tensor",
+    ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, " HOLOCRON_MAXIMIZE
+    ") -> Tensor",
     &ralars)
 
 }  // namespace holocron::optim::ops

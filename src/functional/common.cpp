@@ -174,7 +174,8 @@ std::optional<double> grad_unscale(const char* optimizer, const GradScaling& sca
   if (scaling.found_inf.defined() && scaling_value(optimizer, "found_inf", scaling.found_inf) != 0.0) {
     return std::nullopt;
   }
-  return inverse;
+  // Negation is exact: ascending reads the bits of descending on -g.
+  return scaling.maximize ? -inverse : inverse;
 }
 
 std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse) {

@@ -278,6 +278,7 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     }
     if (params.empty()) continue;
     grad_scaling_ = saved_scaling;
+    grad_scaling_.maximize = maximize(group.options());
     if (const auto bound = max_grad_norm(group.options())) {
       grad_scaling_.grad_norm = clip_norms.at(*bound);
       grad_scaling_.max_grad_norm = *bound;

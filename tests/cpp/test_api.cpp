@@ -386,6 +386,27 @@ TYPED_TEST(EveryAlgorithm, ParamsWithoutGradAreSkipped) {
 
 // A step that fails (a bad gradient in the second group) changes nothing,
 // not even in the first group.
+// maximize reads -g: ascending on g is descending on -g, to the bit; p.grad is not written.
+TYPED_TEST(EveryAlgorithm, MaximizeDescendsTheNegatedGradient) {
+  using Opt = typename TypeParam::Opt;
+  auto a = TinyModel::make(8);
+  auto b = a.clone();
+  Opt ascend(a.params(), TypeParam::options(0.05).maximize(true));
+  Opt descend(b.params(), TypeParam::options(0.05));
+  for (int k = 0; k < 5; ++k) {
+    b.backward(k);
+    const auto params_a = a.params(), params_b = b.params();
+    for (size_t i = 0; i < params_a.size(); ++i) params_a[i].mutable_grad() = -params_b[i].grad();
+    const auto grad = params_a[0].grad().clone();
+    ascend.step();
+    descend.step();
+    EXPECT_TRUE(torch::equal(params_a[0].grad(), grad));
+  }
+  const auto params_a = a.params(), params_b = b.params();
+  for (size_t i = 0; i < params_a.size(); ++i) EXPECT_TRUE(torch::equal(params_a[i], params_b[i])) << i;
+  EXPECT_FALSE(torch::equal(params_a[0], TinyModel::make(8).weight));
+}
+
 TYPED_TEST(EveryAlgorithm, FailedStepChangesNothing) {
   using Opt = typename TypeParam::Opt;
   using Options = typename TypeParam::Options;

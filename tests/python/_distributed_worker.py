@@ -60,6 +60,12 @@ def _ho():
     return ho
 
 
+def _timm() -> Any:
+    import holocron_optim.timm
+
+    return holocron_optim.timm
+
+
 LR = 0.05
 ADAMP_DELTA = 1.0  # projects some parameters' updates, not all (test_adamp_delta_...)
 
@@ -86,6 +92,8 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "AdEMAMix": adam,
             "Lookahead(LAMB)": adam,
             "Scout(AdamP)": adam,
+            "LAMB(timm)": adam,
+            "LARS(timm)": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,6 +109,10 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=LR, weight_decay=0.01), sync_rate=0.5, sync_period=3),
         # sync_rate=0: the rate is 1 - coherence, a mean over every parameter's elements
         "Scout(AdamP)": lambda p: ho.Scout(ho.AdamP(p, lr=LR, delta=ADAMP_DELTA), sync_rate=0.0, sync_period=3),
+        # timm's options: bias correction and a global gradient norm clipped at 0.1 (one
+        # norm over every shard of every parameter: the gradients here are larger).
+        "LAMB(timm)": lambda p: _timm().Lamb(p, lr=LR, weight_decay=0.01, max_grad_norm=0.1),
+        "LARS(timm)": lambda p: _timm().Lars(p, lr=0.1, momentum=0.9, weight_decay=0.01, trust_clip=True),
     }
 
 

@@ -214,7 +214,7 @@ def check_named_state(runs: Runs, case: str, result: dict[str, Any]) -> None:
     """The buffers the issue names are among those compared (not silently absent)."""
     if runs.standin:
         return
-    base = case.split("(")[-1].rstrip(")")
+    base = case.removesuffix("(timm)").split("(")[-1].rstrip(")")
     wanted = {"LARS": {"momentum_buffer"}, "LAMB": {"exp_avg", "local_lr"}, "RaLars": {"exp_avg", "local_lr"},
               "TAdam-amsgrad": {"exp_avg", "max_exp_avg_sq"}}.get(base, {"exp_avg"})
     for name, state in result["expected"]["state"].items():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
+import holocron_optim.timm as ho_timm
 from registry import factories
 
 dist = pytest.importorskip("torch.distributed")
@@ -24,6 +25,8 @@ LAYOUTS = [Shard(0), Replicate(), None, Shard(0), None]
 CASES = {
     **factories(0.01, wrappers=False),
     "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01), sync_period=2),
+    # One clipping norm over every layout's gradients.
+    "LAMB(timm)": lambda p: ho_timm.Lamb(p, lr=0.01, max_grad_norm=0.5),
     # Scout refuses parameters laid out differently (see test_scout_refuses_mixed_layouts).
 }
 

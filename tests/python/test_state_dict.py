@@ -98,7 +98,7 @@ def test_layout_matches_reference(name):
 def _adan_reference_from(case: Case, params, state_dict) -> AdanReference:
     """The test's corrected Adan reference, resumed from a state dict."""
     groups = case.groups(params)
-    adan = AdanReference(groups, **case.options)
+    adan = AdanReference(groups, **ref_class_options(case))
     flat = [p for g in groups for p in g["params"]]
     for key, st in state_dict["state"].items():
         adan.state[id(flat[key])] = {k: (v.clone() if isinstance(v, torch.Tensor) else int(v)) for k, v in st.items()}

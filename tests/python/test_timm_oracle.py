@@ -148,6 +148,23 @@ def test_each_lamb_option_changes_the_numbers(timm_optim):
             assert not torch.equal(changed[0], reference[0]), change
 
 
+def _assert_cpp_front_matches(algo: str, settings: list[str], make_timm, seed: int) -> None:
+    """The C++ class `algo` with `settings`, through the parity runner, against timm's optimizer
+    on the same random numbers (the runner's shapes, drawn in its order)."""
+    out = subprocess.run([str(RUNNER), algo, str(seed), str(STEPS), *settings],
+                         check=True, capture_output=True, text=True).stdout
+    cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
+    from test_cpp_front import SHAPES
+    torch.manual_seed(seed)
+    params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
+    opt = make_timm(params)
+    for _ in range(STEPS):
+        for p in params:
+            p.grad = torch.randn(p.shape, dtype=torch.float64)
+        opt.step()
+    _assert_close(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ {algo} {settings}")
+
+
 @pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
 @pytest.mark.parametrize("seed", range(4))
 def test_lamb_cpp_front_matches_timm(timm_optim, seed):
@@ -158,19 +175,7 @@ def test_lamb_cpp_front_matches_timm(timm_optim, seed):
     settings += [f"{name}={float(options[name])!r}" for name in LAMB_FLAGS]
     if options["max_grad_norm"] is not None:
         settings.append(f"max_grad_norm={options['max_grad_norm']!r}")
-    out = subprocess.run([str(RUNNER), "LAMB", str(seed), str(STEPS), *settings],
-                         check=True, capture_output=True, text=True).stdout
-    cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
-
-    from test_cpp_front import SHAPES  # the runner's shapes, drawn in its order
-    torch.manual_seed(seed)
-    params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
-    opt = timm_optim.lamb.Lamb(params, **options)
-    for _ in range(STEPS):
-        for p in params:
-            p.grad = torch.randn(p.shape, dtype=torch.float64)
-        opt.step()
-    _assert_close(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ LAMB {options}")
+    _assert_cpp_front_matches("LAMB", settings, lambda params: timm_optim.lamb.Lamb(params, **options), seed)
 
 
 def test_lamb_groups_with_different_max_grad_norms_are_clipped_apart():
@@ -317,19 +322,7 @@ def test_each_lars_option_changes_the_numbers():
 def test_lars_cpp_front_matches_timm(timm_optim, seed):
     _, options, _ = _random_lars_case(seed)
     settings = [f"{key}={float(value)!r}" for key, value in options.items()] + ["trust_on_gradient=1.0"]
-    out = subprocess.run([str(RUNNER), "LARS", str(seed), str(STEPS), *settings],
-                         check=True, capture_output=True, text=True).stdout
-    cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]
-
-    from test_cpp_front import SHAPES
-    torch.manual_seed(seed)
-    params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
-    opt = timm_optim.lars.Lars(params, **options)
-    for _ in range(STEPS):
-        for p in params:
-            p.grad = torch.randn(p.shape, dtype=torch.float64)
-        opt.step()
-    _assert_close(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ LARS {options}")
+    _assert_cpp_front_matches("LARS", settings, lambda params: timm_optim.lars.Lars(params, **options), seed)
 
 
 def test_a_lars_checkpoint_from_before_the_options_loads_with_their_defaults():

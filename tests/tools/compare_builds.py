@@ -59,7 +59,8 @@ def train(name: str, options: dict, dtype: torch.dtype, steps: int = 7, scaled: 
                 p.grad.mul_(1024.0)
         step()
     out = [p.detach().clone() for p in params]
-    for value in _tensors(copy.deepcopy(opt.state_dict())):
+    # The state, not the groups' options: those are inputs, and a new option adds a key there.
+    for value in _tensors(copy.deepcopy(opt.state_dict())["state"]):
         out.append(value)
     return out
 

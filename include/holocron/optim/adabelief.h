@@ -30,6 +30,10 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   /// AMSGrad: divide by the running maximum of `s` (kept in `max_exp_avg_sq`). Default false.
   TORCH_ARG(bool, amsgrad) = false;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -39,7 +43,10 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
     visit("eps", self.eps());
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
+    visit("maximize", self.maximize());
   }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdaBeliefHyper hyper() const;
 };

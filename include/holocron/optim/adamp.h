@@ -34,6 +34,10 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// `cos(p, g) < delta / sqrt(numel(p))`. Default 0.1; any finite value.
   TORCH_ARG(double, delta) = 0.1;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -44,7 +48,10 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
     visit("delta", self.delta());
+    visit("maximize", self.maximize());
   }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdamPHyper hyper() const;
 };

@@ -32,6 +32,10 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// the reference accepts a negative value).
   TORCH_ARG(double, weight_decay) = 0.0;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -41,7 +45,10 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
     visit("alpha", self.alpha());
     visit("eps", self.eps());
     visit("weight_decay", self.weight_decay());
+    visit("maximize", self.maximize());
   }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
 };

@@ -56,6 +56,9 @@ struct GradScaling {
   at::Tensor grad_norm;
   /// The bound of `grad_norm` (> 0); read only when `grad_norm` is defined.
   double max_grad_norm = 1.0;
+  /// Ascend (torch.optim's `maximize`): every read of a gradient reads `-g`, as minimizing the
+  /// negated loss would. The gradients are not modified.
+  bool maximize = false;
 };
 
 /// Parameters split across processes (FSDP2 or DTensor shards, or any sharding of one's own):

@@ -47,6 +47,10 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// true, as the reference.
   TORCH_ARG(bool, always_adapt) = true;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -61,10 +65,11 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
     visit("max_grad_norm", self.max_grad_norm());
     visit("trust_clip", self.trust_clip());
     visit("always_adapt", self.always_adapt());
+    visit("maximize", self.maximize());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt"};
+    return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;

@@ -50,6 +50,10 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
   /// reference. The two differ only with momentum or a zero gradient. Default false.
   TORCH_ARG(bool, trust_on_gradient) = false;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -65,10 +69,11 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
     visit("trust_clip", self.trust_clip());
     visit("always_adapt", self.always_adapt());
     visit("trust_on_gradient", self.trust_on_gradient());
+    visit("maximize", self.maximize());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient"};
+    return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient", "maximize"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LarsHyper hyper() const;

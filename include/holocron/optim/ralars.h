@@ -35,6 +35,10 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   /// infinite). Default none, meaning (0, 10), as in the reference.
   TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -45,7 +49,10 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
     visit("weight_decay", self.weight_decay());
     visit("force_adaptive_momentum", self.force_adaptive_momentum());
     visit("scale_clip", self.scale_clip());
+    visit("maximize", self.maximize());
   }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::RaLarsHyper hyper() const;
 };

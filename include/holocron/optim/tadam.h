@@ -36,6 +36,10 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   /// gradient equals the mean NaN).
   TORCH_ARG(dof_t, dof) = std::nullopt;
 
+  /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
+  /// gradients are not modified. Default false.
+  TORCH_ARG(bool, maximize) = false;
+
  public:
   /// Each field, in order (see detail::OptionsBase).
   template <typename Self, typename Visitor>
@@ -46,7 +50,10 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
     visit("dof", self.dof());
+    visit("maximize", self.maximize());
   }
+  /// Options that checkpoints written before they existed lack: those load with their defaults.
+  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::TAdamHyper hyper() const;
 };

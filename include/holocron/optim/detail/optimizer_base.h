@@ -260,6 +260,8 @@ class OptimizerBase : public torch::optim::Optimizer {
   virtual std::optional<double> max_grad_norm(const torch::optim::OptimizerOptions&) const {
     return std::nullopt;
   }
+  /// Whether these options ascend (`maximize`).
+  virtual bool maximize(const torch::optim::OptimizerOptions&) const { return false; }
   /// Updates one group: every param has a gradient and a prepared state.
   virtual void update_group(const torch::optim::OptimizerOptions& options,
                             const std::vector<torch::Tensor>& params,
@@ -346,6 +348,10 @@ class Algorithm : public OptimizerBase {
     } else {
       return std::nullopt;
     }
+  }
+  /// The options' `maximize`.
+  bool maximize(const torch::optim::OptimizerOptions& options) const override {
+    return static_cast<const Options&>(options).maximize();
   }
   /// Forwards to init_state() with the concrete types.
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
