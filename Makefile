@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-fsdp2 bench-zero-offload clean
+.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-timm bench-fsdp2 bench-zero-offload clean
 
 all: build
 
@@ -182,6 +182,10 @@ test-wheel: wheel
 
 install: cpp
 	cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+# timm's LAMB and LARS, ours against timm's, and the cost of clipping (bench/bench_timm.py)
+bench-timm: build
+	$(PY) bench/bench_timm.py $(BENCH_ARGS)
 
 # Steps under FSDP2 on 2 processes, ours against the reference (bench/bench_fsdp2.py)
 bench-fsdp2: build
