@@ -191,6 +191,10 @@ class LAMB(FusedStep, Optimizer):
             ratio of 1 there. Default `True`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the direction, as timm's ``decoupled_decay``: the
+            decay stays outside ``||u||``, and ``||p||`` is the decayed parameter's.
+            Default `False`.
 
     The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
@@ -212,9 +216,12 @@ class LAMB(FusedStep, Optimizer):
         Option("trust_clip", False, flag, added_later=True),
         Option("always_adapt", True, flag, added_later=True),
         _MAXIMIZE,
+        Option("decoupled_weight_decay", False, flag, added_later=True),
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
+    # The group key of decoupled weight decay (timm's Lamb calls it decoupled_decay).
+    _decoupled_key = "decoupled_weight_decay"
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -225,6 +232,7 @@ class LAMB(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
             trust_clip=group["trust_clip"], always_adapt=group["always_adapt"],
+            decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,
         )

@@ -8,8 +8,8 @@ The classes take timm's arguments with timm's defaults and keep timm's group key
 are this library's ``LAMB`` and ``LARS`` with timm's options set.
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
-maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's ``caution``,
-``decoupled_decay`` and ``corrected_weight_decay``; timm's Adan, AdamP, AdaBelief and
+maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's ``caution`` and
+``corrected_weight_decay``; timm's Adan, AdamP, AdaBelief and
 Lookahead, whose variants differ from holocron's), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
@@ -91,8 +91,8 @@ class Lamb(LAMB):
         trust_clip: cap the trust ratio at 1 (LAMBC). Default `False`.
         always_adapt: a trust ratio also where ``weight_decay`` is 0. Default `False`.
         caution: timm's cautious update; not available yet (only False). Default `False`.
-        decoupled_decay: timm's decoupled weight decay; not available yet (only False).
-            Default `False`.
+        decoupled_decay: ``p *= 1 - lr * weight_decay`` before the step, outside the
+            trust ratio (``||p||`` is the decayed parameter's). Default `False`.
         corrected_weight_decay: not available yet (only False). Default `False`.
         foreach: timm's implementation switch; changes nothing here. Default `None`.
     """
@@ -108,12 +108,13 @@ class Lamb(LAMB):
         Option("trust_clip", False, flag),
         Option("always_adapt", False, flag),
         Option("caution", False, _not_available("cautious updates")),
-        Option("decoupled_decay", False, _not_available("decoupled weight decay")),
+        Option("decoupled_decay", False, flag),
         Option("corrected_weight_decay", False, _not_available("lr**2 / max_lr weight decay")),
         Option("foreach", None, _foreach),
     )
     # timm bounds nothing in the trust ratio.
     scale_clip = (0.0, math.inf)
+    _decoupled_key = "decoupled_decay"
 
     def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
         # timm's group key for corrected_weight_decay (the constructor's lr).
@@ -202,6 +203,9 @@ class _Entry(NamedTuple):
 _REGISTRY: dict[str, _Entry] = {
     "lamb": _Entry(Lamb, "Layer-wise Adaptive Moments for batch optimization", {}, has_betas=True),
     "lambc": _Entry(Lamb, "LAMB with trust ratio clipping for stability", {"trust_clip": True}, has_betas=True),
+    "lambw": _Entry(Lamb, "LAMB with decoupled weight decay", {"decoupled_decay": True}, has_betas=True),
+    "lambcw": _Entry(Lamb, "LAMB with trust ratio clipping for stability and decoupled decay",
+                     {"trust_clip": True, "decoupled_decay": True}, has_betas=True),
     "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
     "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
     "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
@@ -217,7 +221,6 @@ _REGISTRY: dict[str, _Entry] = {
 
 # timm's names that this library does not reproduce yet, and why.
 _NOT_YET = {
-    **{name: "LAMB's decoupled weight decay" for name in ("lambw", "lambcw")},
     **{name: "cautious updates" for name in ("clamb", "clambw", "cadan", "cadanw", "cadamw", "cadopt", "cadoptw",
                                              "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
     **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"

@@ -25,7 +25,7 @@ Sums lamb_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
 void lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
           c10::ArrayRef<int64_t> steps, const LambHyper& h, c10::ArrayRef<double> local_lrs) {
   trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, lamb_grad_weight(h), h.beta2, h.lr,
-              local_lrs, LambDirection{h, steps});
+              local_lrs, LambDirection{h, steps}, lamb_decay_factor(h));
 }
 
 }  // namespace
@@ -69,8 +69,9 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
   args.constants.set(cpu::protocol::lamb::Constants{.beta1 = h.beta1,
                                                     .beta2 = h.beta2,
                                                     .eps = h.eps,
-                                                    .weight_decay = h.weight_decay,
-                                                    .grad_weight = lamb_grad_weight(h)});
+                                                    .weight_decay = lamb_coupled_decay(h),
+                                                    .grad_weight = lamb_grad_weight(h),
+                                                    .decay = lamb_decay_factor(h)});
   for (size_t i = 0; i < params.size(); ++i) {
     // The step is known after pass 1 (fused_trust_step).
     args.per_tensor[i].set(cpu::protocol::lamb::PerTensor{
@@ -114,7 +115,8 @@ functional::LambHyper LAMBOptions::hyper() const {
           .bias_correction = bias_correction(),
           .grad_averaging = grad_averaging(),
           .trust_clip = trust_clip(),
-          .always_adapt = always_adapt()};
+          .always_adapt = always_adapt(),
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 LAMB::LAMB(const std::vector<OptimizerParamGroup>& param_groups, LAMBOptions defaults)
@@ -167,7 +169,8 @@ c10::IValue lamb(const Arguments& a) {
        .bias_correction = a.flag("bias_correction"),
        .grad_averaging = a.flag("grad_averaging"),
        .trust_clip = a.flag("trust_clip"),
-       .always_adapt = a.flag("always_adapt")},
+       .always_adapt = a.flag("always_adapt"),
+       .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
   counters.store(a.found_inf());
@@ -182,7 +185,8 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
-    "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE ") -> Tensor",
+    "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE
+    ", bool decoupled_weight_decay=False) -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

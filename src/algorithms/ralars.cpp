@@ -76,7 +76,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   args.inv_grad_scale = *inv_grad_scale;
   args.constants.set(cpu::protocol::ralars::Constants{
       .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay,
-      .grad_weight = 1.0 - h.beta1});
+      .grad_weight = 1.0 - h.beta1, .decay = 1.0});
   using Mode = cpu::protocol::ralars::Mode;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);

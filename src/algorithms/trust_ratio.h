@@ -9,6 +9,12 @@
 namespace holocron::optim::functional::detail {
 // The weight of the gradient in LAMB's first moment.
 inline double lamb_grad_weight(const LambHyper& h) { return h.grad_averaging ? 1.0 - h.beta1 : 1.0; }
+// The weight decay inside LAMB's direction (none when decoupled), and the factor the parameter is
+// multiplied by before the step (1 when coupled).
+inline double lamb_coupled_decay(const LambHyper& h) { return h.decoupled_weight_decay ? 0.0 : h.weight_decay; }
+inline double lamb_decay_factor(const LambHyper& h) {
+  return h.decoupled_weight_decay ? 1.0 - h.lr * h.weight_decay : 1.0;
+}
 }  // namespace holocron::optim::functional::detail
 
 namespace holocron::optim::kernels::reference::trust {
@@ -28,10 +34,11 @@ struct LambDirection {
   const LambHyper& h;
   c10::ArrayRef<int64_t> steps;
   at::Tensor operator()(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, size_t i) const {
-    if (!h.bias_correction) return with_decay(m / v.sqrt().add_(h.eps), p, h.weight_decay);
+    const double weight_decay = lamb_coupled_decay(h);
+    if (!h.bias_correction) return with_decay(m / v.sqrt().add_(h.eps), p, weight_decay);
     const double bc1 = bias_correction(h.beta1, steps[i]);
     const double bc2 = bias_correction(h.beta2, steps[i]);
-    return with_decay((m / bc1).div_(v.sqrt().div_(std::sqrt(bc2)).add_(h.eps)), p, h.weight_decay);
+    return with_decay((m / bc1).div_(v.sqrt().div_(std::sqrt(bc2)).add_(h.eps)), p, weight_decay);
   }
   static at::Tensor with_decay(at::Tensor u, const at::Tensor& p, double weight_decay) {
     if (weight_decay != 0.0) u.add_(p, weight_decay);
@@ -77,10 +84,11 @@ Sums trust_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   return sums;
 }
 
+// `decay`: the parameter is multiplied by it before the step, unless it is 1.
 template <typename Direction>
 void trust_apply(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                  double beta1, double grad_weight, double beta2, double lr, c10::ArrayRef<double> local_lrs,
-                 const Direction& direction) {
+                 const Direction& direction, double decay = 1.0) {
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
@@ -88,6 +96,7 @@ void trust_apply(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
     update_moments(m, v, scope.in(grads[i]), beta1, grad_weight, beta2);
+    if (decay != 1.0) p.mul_(decay);
     p.add_(direction(p, m, v, i), -lr * local_lrs[i]);
     scope.commit();
   }
@@ -115,6 +124,8 @@ inline void check_lamb_family(const char* name, double lr, double beta1, double 
 // How a group turns the norms into trust ratios.
 struct TrustRule {
   ScaleClip clip;
+  // ||p|| is the parameter's times this before clamping (LAMB's decoupled decay: the decayed one).
+  double p_norm_scale = 1.0;
   // LAMBC: the ratio capped at 1.
   bool cap_at_one = false;
   // False: every ratio is 1 (timm's and apex's LAMB where weight_decay is 0, unless always_adapt).
@@ -122,7 +133,7 @@ struct TrustRule {
 };
 
 inline TrustRule lamb_trust_rule(const LambHyper& h) {
-  return {h.scale_clip, h.trust_clip, h.always_adapt || h.weight_decay != 0.0};
+  return {h.scale_clip, std::abs(lamb_decay_factor(h)), h.trust_clip, h.always_adapt || h.weight_decay != 0.0};
 }
 
 // The trust ratio of each tensor from ||p||^2 and ||u||^2 (over all shards).
@@ -130,7 +141,9 @@ inline std::vector<double> trust_ratios(const cpu::Sums& norms, const TrustRule&
   std::vector<double> local_lrs(norms.size(), 1.0);
   if (!rule.adapt) return local_lrs;
   for (size_t i = 0; i < norms.size(); ++i) {
-    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]), rule.clip), std::sqrt(norms[i][1]));
+    // A scale of 1 leaves the product exact.
+    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]) * rule.p_norm_scale, rule.clip),
+                               std::sqrt(norms[i][1]));
     if (rule.cap_at_one) local_lrs[i] = std::min(local_lrs[i], 1.0);
   }
   return local_lrs;

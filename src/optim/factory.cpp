@@ -41,8 +41,9 @@ Maker maker(std::function<Options(const FactoryOptions&)> defaults) {
   };
 }
 
-LAMBOptions timm_lamb(const FactoryOptions& o, bool trust_clip) {
+LAMBOptions timm_lamb(const FactoryOptions& o, bool trust_clip, bool decoupled) {
   return LAMBOptions(o.lr.value_or(1e-3))
+      .decoupled_weight_decay(decoupled)
       .bias_correction(true)
       .eps(1e-6)
       .max_grad_norm(1.0)
@@ -64,8 +65,10 @@ LARSOptions timm_lars(const FactoryOptions& o, bool nesterov, bool trust_clip) {
 
 const std::map<std::string, Maker>& registry() {
   static const std::map<std::string, Maker> makers = {
-      {"lamb", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false); })},
-      {"lambc", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true); })},
+      {"lamb", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, false); })},
+      {"lambc", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, false); })},
+      {"lambw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, true); })},
+      {"lambcw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, true); })},
       {"lars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, false); })},
       {"larc", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, true); })},
       {"nlars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, true, false); })},
@@ -84,8 +87,6 @@ const std::map<std::string, Maker>& registry() {
 // timm's names whose algorithm this library does not compute yet.
 const char* not_yet(const std::string& name) {
   static const std::map<std::string, const char*> names = {
-      {"lambw", "LAMB's decoupled weight decay"},
-      {"lambcw", "LAMB's decoupled weight decay"},
       {"clamb", "cautious updates"},
       {"clambw", "cautious updates"},
       {"cadan", "cautious updates"},

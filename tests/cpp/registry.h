@@ -113,13 +113,17 @@ struct LambTraits {
         .grad_averaging(flag_setting(s, "grad_averaging", true))
         .max_grad_norm(optional_setting(s, "max_grad_norm"))
         .trust_clip(flag_setting(s, "trust_clip"))
-        .always_adapt(flag_setting(s, "always_adapt", true));
+        .always_adapt(flag_setting(s, "always_adapt", true))
+        .decoupled_weight_decay(flag_setting(s, "decoupled_weight_decay"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double wd, double b1, double b2, Choose choose) {
     auto options = Options(lr).betas({b1, b2}).weight_decay(wd).bias_correction(in.ConsumeBool());
     if (in.ConsumeBool()) options.max_grad_norm(choose(0.0, 10.0));
-    return options.grad_averaging(in.ConsumeBool()).trust_clip(in.ConsumeBool()).always_adapt(in.ConsumeBool());
+    return options.grad_averaging(in.ConsumeBool())
+        .trust_clip(in.ConsumeBool())
+        .always_adapt(in.ConsumeBool())
+        .decoupled_weight_decay(in.ConsumeBool());
   }
 };
 

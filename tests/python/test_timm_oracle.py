@@ -27,7 +27,9 @@ STEPS = 25
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 # What LAMB's options are called in timm, where ours differ: none (same names).
-LAMB_FLAGS = ("bias_correction", "grad_averaging", "trust_clip", "always_adapt")
+LAMB_FLAGS = ("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "decoupled_decay")
+# timm's names of ours, where they differ.
+OUR_NAMES = {"decoupled_decay": "decoupled_weight_decay"}
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,8 @@ def _random_lamb_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict
         "max_grad_norm": rng.choice([None, 0.5, 1.0, 50.0]),
         **{name: rng.random() < 0.5 for name in LAMB_FLAGS},
     }
-    # Four seeds in a row reach every switch both ways.
-    options[LAMB_FLAGS[seed % 4]] = not options[LAMB_FLAGS[(seed + 1) % 4]]
+    # Five seeds in a row reach every switch both ways.
+    options[LAMB_FLAGS[seed % 5]] = not options[LAMB_FLAGS[(seed + 1) % 5]]
     overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
     return shapes, options, overrides
 
@@ -105,12 +107,13 @@ def _assert_close(ours, theirs, dtype, what):
 
 
 def _ours(options):
+    options = {OUR_NAMES.get(k, k): v for k, v in options.items()}
     return lambda groups: ho.LAMB(groups, **options, scale_clip=(0.0, math.inf))
 
 
 @pytest.mark.parametrize("capability", ["auto", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(15))
 def test_lamb_matches_timm(timm_optim, backend, seed, dtype, capability):
     backend(capability)
     shapes, options, overrides = _random_lamb_case(seed)
@@ -138,7 +141,8 @@ def test_each_lamb_option_changes_the_numbers(timm_optim):
     # Parameters large enough for trust ratios above 1 (which trust_clip caps).
     reference, _ = _train(_ours(base), shapes, overrides, torch.float64, 5, param_scale=5.0)
     for change in ({"bias_correction": True}, {"grad_averaging": False}, {"max_grad_norm": 1.0},
-                   {"trust_clip": True}, {"always_adapt": False, "weight_decay": 0.0}):
+                   {"trust_clip": True}, {"always_adapt": False, "weight_decay": 0.0},
+                   {"decoupled_decay": True}):
         changed, _ = _train(_ours({**base, **change}), shapes, overrides, torch.float64, 5, param_scale=5.0)
         if "weight_decay" in change:
             reference_wd0, _ = _train(_ours({**base, "weight_decay": 0.0}), shapes, overrides, torch.float64, 5,
@@ -172,7 +176,7 @@ def test_lamb_cpp_front_matches_timm(timm_optim, seed):
     _, options, _ = _random_lamb_case(seed)
     settings = [f"lr={options['lr']!r}", f"beta1={options['betas'][0]!r}", f"beta2={options['betas'][1]!r}",
                 f"eps={options['eps']!r}", f"weight_decay={options['weight_decay']!r}", "clip_low=0.0", "clip_high=inf"]
-    settings += [f"{name}={float(options[name])!r}" for name in LAMB_FLAGS]
+    settings += [f"{OUR_NAMES.get(name, name)}={float(options[name])!r}" for name in LAMB_FLAGS]
     if options["max_grad_norm"] is not None:
         settings.append(f"max_grad_norm={options['max_grad_norm']!r}")
     _assert_cpp_front_matches("LAMB", settings, lambda params: timm_optim.lamb.Lamb(params, **options), seed)
@@ -218,7 +222,7 @@ def test_lamb_bad_max_grad_norm_is_refused_everywhere(value):
     assert opt.param_groups[0]["max_grad_norm"] is None
 
 
-@pytest.mark.parametrize("name", LAMB_FLAGS)
+@pytest.mark.parametrize("name", [OUR_NAMES.get(n, n) for n in LAMB_FLAGS])
 def test_lamb_switches_must_be_bools(name):
     with pytest.raises(TypeError, match=f"LAMB: {name} must be a bool, got 'yes'"):
         ho.LAMB([torch.nn.Parameter(torch.randn(3))], **{name: "yes"})
@@ -231,7 +235,7 @@ def test_a_lamb_checkpoint_from_before_the_options_loads_with_their_defaults():
     opt.step()
     old = copy.deepcopy(opt.state_dict())
     for group in old["param_groups"]:
-        for key in ("max_grad_norm", *LAMB_FLAGS):
+        for key in ("max_grad_norm", *[OUR_NAMES.get(n, n) for n in LAMB_FLAGS]):
             del group[key]
     fresh = ho.LAMB([p], lr=1e-2, weight_decay=0.01, bias_correction=True, max_grad_norm=1.0)
     fresh.load_state_dict(old)

@@ -148,6 +148,9 @@ struct LambHyper {
   bool trust_clip = false;
   /// A trust ratio where `weight_decay` is 0 too; false: ratio 1 there (timm, apex).
   bool always_adapt = true;
+  /// `p *= 1 - lr * weight_decay` before the step, outside the direction and the trust ratio's
+  /// `||u||`; `||p||` is the decayed parameter's (timm's `decoupled_decay`).
+  bool decoupled_weight_decay = false;
 };
 
 /// One LAMB step (see LAMB).

@@ -47,6 +47,11 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// true, as the reference.
   TORCH_ARG(bool, always_adapt) = true;
 
+  /// Decoupled weight decay (timm's `decoupled_decay`, torch's `decoupled_weight_decay`):
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction,
+  /// so the decay stays outside the trust ratio's `||u||`; `||p||` is the decayed parameter's.
+  /// Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
@@ -66,10 +71,12 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
     visit("trust_clip", self.trust_clip());
     visit("always_adapt", self.always_adapt());
     visit("maximize", self.maximize());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize"};
+    return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize",
+            "decoupled_weight_decay"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;

@@ -116,20 +116,23 @@ struct TrustApply {
   struct Body {
     Moments<V> moments;
     Direction<V> direction;
-    V step;
+    V step, decay;
+    bool decays;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
       V& m = x[kSlot.exp_avg];
       V& v = x[kSlot.exp_avg_sq];
       if constexpr (kMomentsInApply<T>) moments(x[kSlot.grad], m, v);
+      // A branch, not a factor of 1: the compiler may fuse either product into the add.
+      if (decays) p = p * decay;
       p = p + step * direction(p, m, v);
     }
   };
   Body for_tensor(int64_t t) const {
     const auto h = args.constants.get<proto::Constants>();
     const auto c = args.per_tensor[t].get<typename Direction<V>::PerTensor>();
-    return {Moments<V>(h), Direction<V>(h, c), splat<V>(c.step)};
+    return {Moments<V>(h), Direction<V>(h, c), splat<V>(c.step), splat<V>(h.decay), h.decay != 1.0};
   }
 };
 

@@ -96,6 +96,7 @@ struct Arrays {
 struct Constants {
   double beta1, beta2, eps, weight_decay;
   double grad_weight;  // m = beta1 * m + grad_weight * g: 1 - beta1, or 1 (LAMB without grad averaging)
+  double decay;        // pass 2: p *= decay first (decoupled weight decay: 1 - lr * wd), unless 1
 };
 // LAMB's direction (m * inv_bc1) / (sqrt(v) * inv_sqrt_bc2 + eps) + wd * p:
 // without bias correction both factors are 1, which leaves the reference's bits.
