@@ -570,13 +570,27 @@ class Adan(FusedStep, Optimizer):
             the gradient, of its difference and of the squared Nesterov
             direction, each in [0, 1). Default `(0.98, 0.92, 0.99)`.
         eps: added to the denominator for numerical stability, >= 0. Default `1e-8`.
-        weight_decay: added to the gradient as ``weight_decay * p``, and divides
-            ``p`` by ``1 + weight_decay * lr`` after the update; >= 0.
-            Default `0.0`.
+        weight_decay: added to the gradient as ``weight_decay * p`` (unless
+            ``decoupled_weight_decay``), and divides ``p`` by ``1 + weight_decay * lr``
+            after the update (unless ``no_prox``); >= 0. Default `0.0`.
         amsgrad: divide by the running maximum of ``n`` (kept in
             ``max_exp_avg_delta``). Default `False`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: no ``weight_decay * p`` in the gradient; the decay is
+            then only the division after the update (or ``no_prox``'s product), as in
+            the authors' code and timm's ``Adan``. Default `False`.
+        no_prox: ``p *= 1 - weight_decay * lr`` before the update instead of
+            ``p /= 1 + weight_decay * lr`` after it (the authors' and timm's). Default `False`.
+        max_grad_norm: global gradient-norm clipping, as the authors' code: the
+            gradients of every group are read multiplied by
+            ``min(max_grad_norm / (norm + eps), 1)``, ``norm`` being the one norm of all of
+            them (unscaled by GradScaler first, over all shards) and ``eps`` the group's;
+            ``p.grad`` is not modified. Groups holding different values are clipped apart.
+            None: no clipping. Default `None`.
+
+    The authors' and timm's Adan is ``decoupled_weight_decay=True``; their ``adanw`` adds
+    ``no_prox=True``.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m``), ``exp_avg_sq`` (``v``, an average of differences despite its name),
@@ -592,11 +606,15 @@ class Adan(FusedStep, Optimizer):
 
     _state_buffers = (
         Buffer("exp_avg"), Buffer("exp_avg_sq"), Buffer("exp_avg_delta"),
-        Buffer("max_exp_avg_delta", exists=lambda group: group["amsgrad"]), Buffer("prev_grad"),
+        Buffer("max_exp_avg_delta", exists=lambda group: group.get("amsgrad", False)), Buffer("prev_grad"),
     )
 
     _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD,
-                _MAXIMIZE)
+                _MAXIMIZE, Option("decoupled_weight_decay", False, flag, added_later=True),
+                Option("no_prox", False, flag, added_later=True),
+                Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True))
+    # Where a group holds no decoupled_weight_decay (timm's Adan, whose decay is always decoupled).
+    _decoupled_default = False
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -604,10 +622,12 @@ class Adan(FusedStep, Optimizer):
         distributed.call(
             ops.adan_, params, grads, prev_grads=gather(states, "prev_grad"), exp_avgs=gather(states, "exp_avg"),
             exp_avg_sqs=gather(states, "exp_avg_sq"), exp_avg_deltas=gather(states, "exp_avg_delta"),
-            max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group["amsgrad"] else [], steps=steps,
+            max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group.get("amsgrad", False) else [], steps=steps,
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
+            weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", self._decoupled_default)),
+            no_prox=bool(group["no_prox"]), **self._clipping(group),
         )
         self._commit_steps(states, steps)
 

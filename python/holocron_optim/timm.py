@@ -1,23 +1,23 @@
 """timm's optimizers on holocron-optim's kernels: change one import, keep the numbers.
 
 ``from holocron_optim.timm import create_optimizer_v2`` in place of
-``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``,
+``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``,
 ``list_optimizers``, ``param_groups_weight_decay`` and ``param_groups_layer_decay``)
 gives timm 1.0.31's numbers (to rounding) with the step in this library's fused kernels.
 The classes take timm's arguments with timm's defaults and keep timm's group keys; they
-are this library's ``LAMB`` and ``LARS`` with timm's options set.
+are this library's ``LAMB``, ``LARS`` and ``Adan`` with timm's options set.
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
-maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's ``caution`` and
-``corrected_weight_decay``; timm's Adan, AdamP, AdaBelief and
-Lookahead, whose variants differ from holocron's), an unknown name a ``ValueError`` as
+maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's and Adan's ``caution``,
+LAMB's ``corrected_weight_decay``; timm's AdamP, AdaBelief and Lookahead, whose variants
+differ from holocron's), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
 
 Differences from timm that a training run may notice:
-    - LAMB's bias correction counts each parameter's steps (``state['step']``), timm each
-      group's (``group['step']``): the same while every parameter has a gradient at each
-      step. Loading a timm ``Lamb`` state dict takes the group's count.
+    - LAMB's and Adan's bias corrections count each parameter's steps (``state['step']``),
+      timm's each group's (``group['step']``): the same while every parameter has a gradient
+      at each step. Loading a timm ``Lamb`` or ``Adan`` state dict takes the group's count.
     - Groups holding different ``max_grad_norm`` values are clipped apart (timm uses the
       constructor's value for every group).
     - ``p.grad`` is never written (timm's ``Lars`` and ``Lamb`` do not write it either).
@@ -35,10 +35,11 @@ from torch import nn
 
 from ._base import Option, betas, finite, flag, learning_rate, positive_or_none
 from .optimizers import LAMB, LARS, AdEMAMix, RaLars, TAdam
+from .optimizers import Adan as _Adan
 from .param_groups import param_groups_layer_decay, param_groups_weight_decay
 from .wrapper import Scout
 
-__all__ = ["Lamb", "Lars", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
+__all__ = ["Lamb", "Lars", "Adan", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
            "param_groups_layer_decay"]
 
 
@@ -63,6 +64,28 @@ def _foreach(name: str, value: Any, option: Option) -> Any:
 
 
 _foreach.checks_groups = True  # type: ignore[attr-defined]
+
+
+def _from_timm_layout(state_dict: dict[str, Any],
+                      translate: Callable[[dict[str, Any], int], dict[str, Any]]) -> dict[str, Any]:
+    """A state dict of timm's (whose step count is the group's ``step``) in this library's
+    layout: ``translate(entry, count)`` makes each parameter's state; a state dict without a
+    group ``step`` is already ours and is returned as it is."""
+    if not any("step" in group for group in state_dict.get("param_groups", ())):
+        return state_dict
+    state_dict = copy.copy(state_dict)
+    state = dict(state_dict["state"])
+    for group in state_dict["param_groups"]:
+        count = group.get("step")
+        if count is None:
+            continue
+        count = int(count.item()) if isinstance(count, torch.Tensor) else int(count)
+        for index in group["params"]:
+            if index in state:
+                state[index] = translate(dict(state[index]), count)
+    state_dict["state"] = state
+    state_dict["param_groups"] = [{k: v for k, v in g.items() if k != "step"} for g in state_dict["param_groups"]]
+    return state_dict
 
 
 class Lamb(LAMB):
@@ -124,22 +147,11 @@ class Lamb(LAMB):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also loads timm's own ``Lamb`` state dicts: their step count is the group's."""
-        if any("step" in group for group in state_dict.get("param_groups", ())):
-            state_dict = copy.copy(state_dict)
-            state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
-            for group in state_dict["param_groups"]:
-                count = group.get("step")
-                if count is None:
-                    continue
-                count = int(count.item()) if isinstance(count, torch.Tensor) else int(count)
-                for index in group["params"]:
-                    entry = state_dict["state"].get(index)
-                    if entry is not None:
-                        entry.setdefault("step", count)
-                        entry.setdefault("local_lr", 1)
-            state_dict["param_groups"] = [{k: v for k, v in g.items() if k != "step"}
-                                          for g in state_dict["param_groups"]]
-        super().load_state_dict(state_dict)
+
+        def from_timm(entry: dict[str, Any], count: int) -> dict[str, Any]:
+            return {"step": count, "local_lr": 1, **entry}
+
+        super().load_state_dict(_from_timm_layout(state_dict, from_timm))
 
 
 class Lars(LARS):
@@ -186,6 +198,61 @@ class Lars(LARS):
     scale_clip = None
 
 
+class Adan(_Adan):
+    """timm's ``Adan`` (the authors' code without its gradient clipping), with timm 1.0.31's
+    arguments and defaults.
+
+    This library's ``Adan`` with the weight decay decoupled from the gradient: per parameter,
+    with ``diff = g - prev_g`` (0 on the first step), ``m = beta1 * m + (1 - beta1) * g``,
+    ``v = beta2 * v + (1 - beta2) * diff``, ``n = beta3 * n + (1 - beta3) * (g + beta2 * diff)**2``,
+    ``p -= lr * (m / bc1 + beta2 * v / bc2) / (sqrt(n / bc3) + eps)`` with ``bcK = 1 - betaK**t``,
+    then ``p /= 1 + lr * weight_decay`` (or, with ``no_prox``, ``p *= 1 - lr * weight_decay``
+    before the update).
+
+    Paper: Xingyu Xie, Pan Zhou, Huan Li, Zhouchen Lin, Shuicheng Yan, "Adan: Adaptive Nesterov
+    Momentum Algorithm for Faster Optimizing Deep Models", 2022, https://arxiv.org/abs/2208.06677
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter groups.
+        lr: learning rate. Default `0.001`.
+        betas: coefficients of the averages of the gradient, of its difference and of the
+            squared Nesterov direction. Default `(0.98, 0.92, 0.99)`.
+        eps: added to the denominator. Default `1e-08`.
+        weight_decay: decoupled weight decay. Default `0.0`.
+        no_prox: ``p *= 1 - lr * weight_decay`` before the update instead of the proximal
+            division after it. Default `False`.
+        caution: timm's cautious update; not available yet (only False). Default `False`.
+        foreach: timm's implementation switch; changes nothing here. Default `None`.
+
+    The state keeps this library's layout (``exp_avg``; ``exp_avg_sq`` is timm's
+    ``exp_avg_diff``, ``exp_avg_delta`` timm's ``exp_avg_sq``, ``prev_grad`` minus timm's
+    ``neg_pre_grad``; a step count per parameter); ``load_state_dict`` also takes timm's.
+    """
+
+    _options = (
+        Option("lr", 1e-3, learning_rate, range="[0, inf)"),
+        Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"),
+        Option("eps", 1e-8, finite("epsilon"), range="[0, inf)"),
+        Option("weight_decay", 0.0, finite("weight_decay", non_negative=True), range="[0, inf)"),
+        Option("no_prox", False, flag),
+        Option("caution", False, _not_available("cautious updates")),
+        Option("foreach", None, _foreach),
+    )
+    # Fixed in timm's algorithm: not a group option (timm's groups do not hold it).
+    _decoupled_default = True
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also loads timm's own ``Adan`` state dicts (see the class)."""
+
+        def from_timm(entry: dict[str, Any], count: int) -> dict[str, Any]:
+            if "exp_avg_diff" not in entry:
+                return {"step": count, **entry}
+            return {"step": count, "exp_avg": entry["exp_avg"], "exp_avg_sq": entry["exp_avg_diff"],
+                    "exp_avg_delta": entry["exp_avg_sq"], "prev_grad": -entry["neg_pre_grad"]}
+
+        super().load_state_dict(_from_timm_layout(state_dict, from_timm))
+
+
 # ---- The factory ----------------------------------------------------------------------------
 
 class _Entry(NamedTuple):
@@ -206,6 +273,9 @@ _REGISTRY: dict[str, _Entry] = {
     "lambw": _Entry(Lamb, "LAMB with decoupled weight decay", {"decoupled_decay": True}, has_betas=True),
     "lambcw": _Entry(Lamb, "LAMB with trust ratio clipping for stability and decoupled decay",
                      {"trust_clip": True, "decoupled_decay": True}, has_betas=True),
+    "adan": _Entry(Adan, "Adaptive Nesterov Momentum Algorithm", {"no_prox": False}, has_betas=True),
+    "adanw": _Entry(Adan, "Adaptive Nesterov Momentum with decoupled weight decay", {"no_prox": True},
+                    has_betas=True),
     "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
     "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
     "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
@@ -224,7 +294,7 @@ _NOT_YET = {
     **{name: "cautious updates" for name in ("clamb", "clambw", "cadan", "cadanw", "cadamw", "cadopt", "cadoptw",
                                              "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
     **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"
-       for name in ("adan", "adanw", "adamp", "adabelief", "radabelief")},
+       for name in ("adamp", "adabelief", "radabelief")},
 }
 
 

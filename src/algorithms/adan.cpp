@@ -4,6 +4,16 @@
 
 #include "algorithms/common.h"
 
+namespace holocron::optim::functional::detail {
+namespace {
+// The weight decay inside the gradient (none when decoupled), and the factors the parameter is
+// multiplied by before the update (no_prox) and divided by after it (the proximal step); 1: none.
+double adan_coupled_decay(const AdanHyper& h) { return h.decoupled_weight_decay ? 0.0 : h.weight_decay; }
+double adan_decay_factor(const AdanHyper& h) { return h.no_prox ? 1.0 - h.weight_decay * h.lr : 1.0; }
+double adan_decay_divisor(const AdanHyper& h) { return h.no_prox ? 1.0 : 1.0 + h.weight_decay * h.lr; }
+}  // namespace
+}  // namespace holocron::optim::functional::detail
+
 // ---- Reference math (ATen ops) ----------------------------------------------
 
 namespace holocron::optim::kernels::reference {
@@ -23,7 +33,7 @@ void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), p, adan_coupled_decay(h));
     auto prev = scope.inout(prev_grads[i]);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
@@ -43,8 +53,9 @@ void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList
     auto direction = (m / bias_correction(h.beta1, steps[i]))
                          .add_(v, h.beta2 / bias_correction(h.beta2, steps[i]))
                          .div_(denom);
+    if (const double factor = adan_decay_factor(h); factor != 1.0) p.mul_(factor);
     p.add_(direction, -h.lr);
-    if (h.weight_decay != 0.0) p.div_(1.0 + h.weight_decay * h.lr);
+    if (const double divisor = adan_decay_divisor(h); divisor != 1.0) p.div_(divisor);
     scope.commit();
   }
 }
@@ -76,7 +87,8 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
   check_steps("Adan", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
-  const auto inv_grad_scale = grad_unscale("Adan", scaling);
+  // The authors' clipping rule, min(max_grad_norm / (norm + eps), 1).
+  const auto inv_grad_scale = grad_unscale("Adan", scaling, h.eps);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   namespace adan = cpu::protocol::adan;
@@ -99,7 +111,7 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                                      .beta2 = h.beta2,
                                      .beta3 = h.beta3,
                                      .eps = h.eps,
-                                     .weight_decay = h.weight_decay,
+                                     .weight_decay = adan_coupled_decay(h),
                                      .amsgrad = h.amsgrad});
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i].set(adan::PerTensor{.first_step = steps[i] == 1,
@@ -107,7 +119,8 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                                            .beta2_over_bc2 = h.beta2 / bias_correction(h.beta2, steps[i]),
                                            .inv_sqrt_bc3 = inverse_sqrt_bias_correction(h.beta3, steps[i]),
                                            .step = -h.lr,
-                                           .decay_divisor = 1.0 + h.weight_decay * h.lr});
+                                           .decay_factor = adan_decay_factor(h),
+                                           .decay_divisor = adan_decay_divisor(h)});
   }
   cpu::run(cpu::Pass::AdanApply, scratch.group, args);
   mark_written({params, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
@@ -124,8 +137,15 @@ using namespace detail;
 AdanOptions::AdanOptions(double lr) : lr_(lr) {}
 
 functional::AdanHyper AdanOptions::hyper() const {
-  return {lr(), std::get<0>(betas()), std::get<1>(betas()), std::get<2>(betas()), eps(),
-          weight_decay(), amsgrad()};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .beta3 = std::get<2>(betas()),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .amsgrad = amsgrad(),
+          .decoupled_weight_decay = decoupled_weight_decay(),
+          .no_prox = no_prox()};
 }
 
 Adan::Adan(const std::vector<OptimizerParamGroup>& param_groups, AdanOptions defaults)
@@ -172,7 +192,8 @@ c10::IValue adan(const Arguments& a) {
            counters.steps(),
            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
             .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-            .amsgrad = a.flag("amsgrad")},
+            .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
+            .no_prox = a.flag("no_prox")},
            a.scaling());
   counters.store(a.found_inf());
   return {};
@@ -185,7 +206,8 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
     "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
+    ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

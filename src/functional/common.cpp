@@ -154,7 +154,8 @@ double scaling_value(const char* optimizer, const char* name, const at::Tensor& 
 }
 }  // namespace
 
-std::optional<double> grad_unscale(const char* optimizer, const GradScaling& scaling) {
+std::optional<double> grad_unscale(const char* optimizer, const GradScaling& scaling,
+                                   std::optional<double> clip_eps) {
   double inverse = 1.0;
   if (scaling.grad_scale.defined()) {  // checked even when the step is skipped
     const double scale = scaling_value(optimizer, "grad_scale", scaling.grad_scale);
@@ -167,9 +168,14 @@ std::optional<double> grad_unscale(const char* optimizer, const GradScaling& sca
                       ": max_grad_norm must be finite and > 0, got ", scaling.max_grad_norm);
     const double norm = scaling_value(optimizer, "grad_norm", scaling.grad_norm);
     TORCH_CHECK_VALUE(!(norm < 0.0), optimizer, ": grad_norm must be >= 0, got ", norm);
-    // timm and apex divide by max(1, norm / max_grad_norm); a NaN norm stays NaN.
-    const double divisor = norm / scaling.max_grad_norm;
-    if (!(divisor <= 1.0)) inverse /= divisor;
+    // A NaN norm stays NaN, as in the peers' code.
+    if (clip_eps) {
+      const double factor = scaling.max_grad_norm / (norm + *clip_eps);
+      if (!(factor >= 1.0)) inverse *= factor;
+    } else {
+      const double divisor = norm / scaling.max_grad_norm;
+      if (!(divisor <= 1.0)) inverse /= divisor;
+    }
   }
   if (scaling.found_inf.defined() && scaling_value(optimizer, "found_inf", scaling.found_inf) != 0.0) {
     return std::nullopt;

@@ -53,7 +53,11 @@ void all_reduce_sums(const char* optimizer, const Sharding& sharding, kernels::c
 // written: what the kernels multiply gradients by (GradScaler's own float32
 // reciprocal of the scale, so that both unscaling paths give the same bits;
 // 1 without a scale), or nothing when `found_inf` says to skip the step.
-std::optional<double> grad_unscale(const char* optimizer, const GradScaling& scaling);
+// Clipping divides by max(1, norm / max_grad_norm) (timm's and apex's LAMB), or,
+// given `clip_eps`, multiplies by min(max_grad_norm / (norm + clip_eps), 1)
+// (Adan's authors).
+std::optional<double> grad_unscale(const char* optimizer, const GradScaling& scaling,
+                                   std::optional<double> clip_eps = std::nullopt);
 // The reference backend's gradients: `grads * inverse` as new tensors, or
 // the gradients themselves when there is nothing to unscale.
 std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse);

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "holocron/optim/ademamix.h"
+#include "holocron/optim/adan.h"
 #include "holocron/optim/lamb.h"
 #include "holocron/optim/lars.h"
 #include "holocron/optim/param_groups.h"
@@ -63,12 +64,19 @@ LARSOptions timm_lars(const FactoryOptions& o, bool nesterov, bool trust_clip) {
       .trust_on_gradient(true);
 }
 
+// timm's Adan: the authors' decay, never in the gradient.
+AdanOptions timm_adan(const FactoryOptions& o, bool no_prox) {
+  return AdanOptions(o.lr.value_or(1e-3)).decoupled_weight_decay(true).no_prox(no_prox);
+}
+
 const std::map<std::string, Maker>& registry() {
   static const std::map<std::string, Maker> makers = {
       {"lamb", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, false); })},
       {"lambc", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, false); })},
       {"lambw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, true); })},
       {"lambcw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, true); })},
+      {"adan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false); })},
+      {"adanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true); })},
       {"lars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, false); })},
       {"larc", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, true); })},
       {"nlars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, true, false); })},
@@ -91,8 +99,6 @@ const char* not_yet(const std::string& name) {
       {"clambw", "cautious updates"},
       {"cadan", "cautious updates"},
       {"cadanw", "cautious updates"},
-      {"adan", "timm's variant (holocron's is the class Adan, with other numbers)"},
-      {"adanw", "timm's variant (holocron's is the class Adan, with other numbers)"},
       {"adamp", "timm's variant (holocron's is the class AdamP, with other numbers)"},
       {"adabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},
       {"radabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},

@@ -207,11 +207,15 @@ struct AdanTraits {
   static Options options(double lr) { return Options(lr).amsgrad(true).weight_decay(2e-2); }
   static Options plain(double lr) { return Options(lr); }
   static Options from_settings(const Settings& s) {
-    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s).amsgrad(flag_setting(s, "amsgrad"));
+    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
+        .amsgrad(flag_setting(s, "amsgrad"))
+        .decoupled_weight_decay(flag_setting(s, "decoupled_weight_decay"))
+        .no_prox(flag_setting(s, "no_prox"))
+        .max_grad_norm(optional_setting(s, "max_grad_norm"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double, double, double, Choose) {
-    return Options(lr).amsgrad(in.ConsumeBool());
+    return Options(lr).amsgrad(in.ConsumeBool()).decoupled_weight_decay(in.ConsumeBool()).no_prox(in.ConsumeBool());
   }
 };
 

@@ -94,6 +94,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "Scout(AdamP)": adam,
             "LAMB(timm)": adam,
             "LARS(timm)": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+            "Adan(authors)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -113,6 +114,9 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         # norm over every shard of every parameter: the gradients here are larger).
         "LAMB(timm)": lambda p: _timm().Lamb(p, lr=LR, weight_decay=0.01, max_grad_norm=0.1),
         "LARS(timm)": lambda p: _timm().Lars(p, lr=0.1, momentum=0.9, weight_decay=0.01, trust_clip=True),
+        # The authors' clipping (one norm over every shard) and decay.
+        "Adan(authors)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, decoupled_weight_decay=True, no_prox=True,
+                                           max_grad_norm=0.1),
     }
 
 

@@ -23,6 +23,8 @@ CASES = {
     # timm's LAMB options, with a global gradient norm (about 5 here) that clipping divides by.
     "LAMB(timm)": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01, bias_correction=True, grad_averaging=False,
                                    max_grad_norm=1.0, trust_clip=True, always_adapt=False),
+    "Adan(authors)": lambda p: ho.Adan(p, lr=0.01, weight_decay=0.02, decoupled_weight_decay=True, no_prox=True,
+                                       max_grad_norm=1.0),
 }
 
 

@@ -21,7 +21,8 @@ import holocron_optim.timm as ours
 from conftest import BUILD_DIR
 
 STEPS = 12
-NAMES = ["lamb", "lambc", "lambw", "lambcw", "lars", "larc", "nlars", "nlarc"]
+NAMES = ["lamb", "lambc", "lambw", "lambcw", "lars", "larc", "nlars", "nlarc", "adan", "adanw"]
+CLASSES = ["Lamb", "Lars", "Adan"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def timm():
         yield types.SimpleNamespace(
             create_optimizer_v2=factory.create_optimizer_v2, list_optimizers=factory.list_optimizers,
             Lamb=importlib.import_module("timm.optim.lamb").Lamb, Lars=importlib.import_module("timm.optim.lars").Lars,
+            Adan=importlib.import_module("timm.optim.adan").Adan,
         )
     finally:
         for name in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
@@ -87,7 +89,7 @@ def _plain(groups):
     return [{k: v for k, v in g.items() if k != "params"} for g in groups]
 
 
-@pytest.mark.parametrize("cls", ["Lamb", "Lars"])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_signatures_and_defaults_are_timms(timm, cls):
     theirs = inspect.signature(getattr(timm, cls).__init__).parameters
     mine = inspect.signature(getattr(ours, cls).__init__).parameters
@@ -104,8 +106,8 @@ def test_signatures_and_defaults_are_timms(timm, cls):
 ], ids=["decay", "no-filter", "layer-decay", "explicit"])
 @pytest.mark.parametrize("name", NAMES)
 def test_create_optimizer_v2_gives_timms_groups_and_numbers(timm, name, options):
-    if "layer_decay" in options and not hasattr(Net, "group_matcher"):
-        pass  # timm's layer decay groups by auto_group_layers without a group_matcher: both run it
+    if "betas" in options and name.startswith("adan"):
+        options = {**options, "betas": (0.9, 0.9, 0.95)}
     theirs_model, ours_model = _model(1), _model(1)
     theirs = timm.create_optimizer_v2(theirs_model, name, **options)
     mine = ours.create_optimizer_v2(ours_model, name, **options)
@@ -118,10 +120,10 @@ def test_create_optimizer_v2_gives_timms_groups_and_numbers(timm, name, options)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cls", ["Lamb", "Lars"])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_classes_with_timms_defaults_give_timms_numbers(timm, cls, dtype):
     theirs_model, ours_model = _model(3, dtype), _model(3, dtype)
-    lr = {"Lamb": {}, "Lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}}[cls]
+    lr = {"Lamb": {}, "Lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}, "Adan": {"weight_decay": 0.02}}[cls]
     expected = _train(getattr(timm, cls)(theirs_model.parameters(), **lr), theirs_model, 4)
     actual = _train(getattr(ours, cls)(ours_model.parameters(), **lr), ours_model, 4)
     tolerance = {torch.float64: 1e-9, torch.float32: 1e-4}[dtype]
@@ -129,12 +131,14 @@ def test_classes_with_timms_defaults_give_timms_numbers(timm, cls, dtype):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * 1e-2)
 
 
-def test_a_timm_lamb_checkpoint_resumes(timm):
+@pytest.mark.parametrize("cls,options", [("Lamb", {"lr": 0.01}),
+                                         ("Adan", {"lr": 0.01, "weight_decay": 0.05, "no_prox": True})])
+def test_a_timm_checkpoint_resumes(timm, cls, options):
     theirs_model, ours_model = _model(5), _model(5)
-    theirs = timm.Lamb(theirs_model.parameters(), lr=0.01)
+    theirs = getattr(timm, cls)(theirs_model.parameters(), **options)
     _train(theirs, theirs_model, 7, steps=3)
     ours_model.load_state_dict(theirs_model.state_dict())
-    mine = ours.Lamb(ours_model.parameters(), lr=0.01)
+    mine = getattr(ours, cls)(ours_model.parameters(), **options)
     mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
     expected, actual = _train(theirs, theirs_model, 8, steps=4), _train(mine, ours_model, 8, steps=4)
     for a, b in zip(actual, expected):
@@ -147,7 +151,7 @@ def test_list_optimizers_filters_as_timm(timm):
     assert set(ours.list_optimizers()) >= set(NAMES) | {"ralars", "tadam", "ademamix"}
     described = dict(ours.list_optimizers("lamb*", with_description=True))
     assert set(described) == {"lamb", "lambc", "lambcw", "lambw"} and all(described.values())
-    assert ours.list_optimizers("*", exclude_filters=["l*", "n*"]) == ["ademamix", "ralars", "tadam"]
+    assert ours.list_optimizers("*", exclude_filters=["l*", "n*"]) == ["adan", "adanw", "ademamix", "ralars", "tadam"]
 
 
 def test_our_own_names_and_scout():
@@ -163,7 +167,8 @@ def test_our_own_names_and_scout():
     ("nope", ValueError, "Optimizer nope not found in registry"),
     ("clambw", NotImplementedError, "'clambw' .*cautious.* not available yet"),
     ("clamb", NotImplementedError, "cautious"),
-    ("adan", NotImplementedError, "timm's variant"),
+    ("adamp", NotImplementedError, "timm's variant"),
+    ("cadanw", NotImplementedError, "cautious"),
     ("lookahead_lamb", NotImplementedError, "timm's Lookahead is not available yet"),
     ("foo_lamb", ValueError, "not found in registry"),
 ])
@@ -172,12 +177,13 @@ def test_names_not_reproduced_are_refused(name, error, message):
         ours.create_optimizer_v2(_model(0), name, lr=0.01)
 
 
-@pytest.mark.parametrize("option", ["caution", "corrected_weight_decay"])
-def test_lamb_options_not_reproduced_are_refused(option):
+@pytest.mark.parametrize("cls,option", [("Lamb", "caution"), ("Lamb", "corrected_weight_decay"),
+                                        ("Adan", "caution")])
+def test_options_not_reproduced_are_refused(cls, option):
     model = _model(0)
     with pytest.raises(NotImplementedError, match=f"{option}=True .* not available yet"):
-        ours.Lamb(model.parameters(), **{option: True})
-    opt = ours.Lamb(model.parameters())
+        getattr(ours, cls)(model.parameters(), **{option: True})
+    opt = getattr(ours, cls)(model.parameters())
     with pytest.raises(NotImplementedError, match=option):
         opt.add_param_group({"params": [nn.Parameter(torch.randn(2))], option: True})
     assert len(opt.param_groups) == 1
@@ -186,7 +192,8 @@ def test_lamb_options_not_reproduced_are_refused(option):
 def test_bad_values_are_refused_with_timms_or_clear_errors(timm):
     p = [nn.Parameter(torch.randn(3))]
     for cls, options in (("Lamb", {"lr": -1.0}), ("Lamb", {"eps": -1.0}), ("Lars", {"lr": -1.0}),
-                         ("Lars", {"momentum": -1.0}), ("Lars", {"nesterov": True})):
+                         ("Lars", {"momentum": -1.0}), ("Lars", {"nesterov": True}), ("Adan", {"lr": -1.0}),
+                         ("Adan", {"eps": -1.0}), ("Adan", {"betas": (0.9, 1.0, 0.9)})):
         with pytest.raises(ValueError):
             getattr(timm, cls)(p, **options)
         with pytest.raises(ValueError):

@@ -43,7 +43,7 @@ def timm_optim():
     sys.modules[package.__name__] = package
     try:
         yield types.SimpleNamespace(**{name: importlib.import_module(f"{package.__name__}.{name}")
-                                       for name in ("lamb", "lars")})
+                                       for name in ("lamb", "lars", "adan")})
     finally:
         for name in [k for k in sys.modules if k == package.__name__ or k.startswith(package.__name__ + ".")]:
             del sys.modules[name]
@@ -343,3 +343,133 @@ def test_a_lars_checkpoint_from_before_the_options_loads_with_their_defaults():
     group = fresh.param_groups[0]
     assert (group["trust_coeff"], group["eps"], group["trust_clip"], group["always_adapt"],
             group["trust_on_gradient"]) == (1.0, 0.0, False, True, False)
+
+
+# ---- Adan -------------------------------------------------------------------------------
+
+ADAN_FLAGS = ("decoupled_weight_decay", "no_prox")
+
+
+def _random_adan_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
+    """Shapes, Adan's options (both switches drawn, clipping or not) and per-group overrides."""
+    rng = random.Random(2000 + seed)
+    shapes = [tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 5))]
+    options = {
+        "lr": rng.choice([1e-3, 1e-2, 5e-2]),
+        "betas": rng.choice([(0.98, 0.92, 0.99), (0.9, 0.8, 0.95), (0.5, 0.6, 0.9)]),
+        "eps": rng.choice([1e-8, 1e-6, 1e-2]),
+        "weight_decay": rng.choice([0.0, 0.02, 0.1]),
+        "max_grad_norm": rng.choice([None, 0.5, 5.0, 1e3]),
+        **{name: rng.random() < 0.5 for name in ADAN_FLAGS},
+    }
+    # Four seeds in a row reach both switches both ways.
+    options[ADAN_FLAGS[seed % 2]] = not options[ADAN_FLAGS[(seed // 2) % 2]]
+    overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
+    return shapes, options, overrides
+
+
+class _AdanOracle:
+    """timm's Adan with what it lacks written around it from the authors' formulas: their
+    gradient-norm clipping (``min(max_grad_norm / (norm + eps), 1)``, the norm over every group's
+    gradients, taken in float64) and, unless decoupled, the reference's L2 term ``g + wd * p``."""
+
+    def __init__(self, timm_adan, groups, options):
+        options = dict(options)
+        self.max_grad_norm = options.pop("max_grad_norm", None)
+        self.decoupled = options.pop("decoupled_weight_decay", True)
+        self.opt = timm_adan(groups, **options)
+        self.state = self.opt.state
+
+    def step(self):
+        params = [p for group in self.opt.param_groups for p in group["params"] if p.grad is not None]
+        given = [p.grad for p in params]
+        factor = 1.0
+        if self.max_grad_norm is not None:
+            norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in given))
+            factor = min(self.max_grad_norm / (norm + self.opt.param_groups[-1]["eps"]), 1.0)
+        for group in self.opt.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad * factor
+                p.grad = grad if self.decoupled else grad + group["weight_decay"] * p.detach()
+        self.opt.step()
+        for p, g in zip(params, given):
+            p.grad = g
+
+
+@pytest.mark.parametrize("capability", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(12))
+def test_adan_matches_timm_and_the_authors(timm_optim, backend, seed, dtype, capability):
+    backend(capability)
+    shapes, options, overrides = _random_adan_case(seed)
+    theirs = _train(lambda g: _AdanOracle(timm_optim.adan.Adan, g, options), shapes, overrides, dtype, seed)
+    ours = _train(lambda g: ho.Adan(g, **options), shapes, overrides, dtype, seed)
+    _assert_close(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    _assert_close(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adan_clipping_sees_unscaled_gradients(timm_optim, dtype):
+    options = {"lr": 1e-2, "weight_decay": 0.02, "max_grad_norm": 1.0, "decoupled_weight_decay": True}
+    shapes, overrides = [(5, 4), (7,)], [{}]
+    theirs = _train(lambda g: _AdanOracle(timm_optim.adan.Adan, g, options), shapes, overrides, dtype, 3)
+    ours = _train(lambda g: ho.Adan(g, **options), shapes, overrides, dtype, 3, grad_scale=1024.0)
+    _assert_close(ours[0], theirs[0], dtype, "params under a loss scale")
+
+
+def test_each_adan_option_changes_the_numbers():
+    shapes, overrides = [(6, 3), (4,)], [{}]
+    base = {"lr": 1e-2, "weight_decay": 0.05}
+    reference, _ = _train(lambda g: ho.Adan(g, **base), shapes, overrides, torch.float64, 5)
+    for change in ({"decoupled_weight_decay": True}, {"no_prox": True}, {"max_grad_norm": 1.0}):
+        changed, _ = _train(lambda g: ho.Adan(g, **base, **change), shapes, overrides, torch.float64, 5)
+        assert not torch.equal(changed[0], reference[0]), change
+
+
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("seed", range(4))
+def test_adan_cpp_front_matches_timm_and_the_authors(timm_optim, seed):
+    _, options, _ = _random_adan_case(seed)
+    beta1, beta2, beta3 = options["betas"]
+    settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"beta3={beta3!r}",
+                f"eps={options['eps']!r}", f"weight_decay={options['weight_decay']!r}"]
+    settings += [f"{name}={float(options[name])!r}" for name in ADAN_FLAGS]
+    if options["max_grad_norm"] is not None:
+        settings.append(f"max_grad_norm={options['max_grad_norm']!r}")
+    _assert_cpp_front_matches("Adan", settings, lambda params: _AdanOracle(timm_optim.adan.Adan, params, options), seed)
+
+
+def test_adan_groups_with_different_max_grad_norms_are_clipped_apart():
+    gen = torch.Generator().manual_seed(4)
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(4, 3), (5,), (2, 2)]]
+    bounds = [1.0, 0.5, None]
+    together = [t.clone().requires_grad_() for t in init]
+    apart = [t.clone().requires_grad_() for t in init]
+    opt = ho.Adan([{"params": [p], "max_grad_norm": b} for p, b in zip(together, bounds)], lr=0.01)
+    opts = [ho.Adan([p], lr=0.01, max_grad_norm=b) for p, b in zip(apart, bounds)]
+    for _ in range(5):
+        grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64) * 4 for t in init]
+        for a, b, g in zip(together, apart, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for a, b in zip(together, apart):
+        assert torch.equal(a, b)
+
+
+def test_an_adan_checkpoint_from_before_the_options_loads_with_their_defaults():
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = ho.Adan([p], lr=1e-2, weight_decay=0.01)
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        for key in ("max_grad_norm", *ADAN_FLAGS):
+            del group[key]
+    fresh = ho.Adan([p], lr=1e-2, weight_decay=0.01, no_prox=True, max_grad_norm=1.0)
+    fresh.load_state_dict(old)
+    group = fresh.param_groups[0]
+    assert (group["decoupled_weight_decay"], group["no_prox"], group["max_grad_norm"]) == (False, False, None)

@@ -25,8 +25,8 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   TORCH_ARG(betas3_t, betas) = std::make_tuple(0.98, 0.92, 0.99);
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   TORCH_ARG(double, eps) = 1e-8;
-  /// Added to the gradient as `weight_decay * p`, and divides `p` by `1 + weight_decay * lr` after
-  /// the update. Default 0; must be >= 0.
+  /// Added to the gradient as `weight_decay * p` (unless `decoupled_weight_decay`), and divides `p`
+  /// by `1 + weight_decay * lr` after the update (unless `no_prox`). Default 0; must be >= 0.
   TORCH_ARG(double, weight_decay) = 0.0;
   /// AMSGrad: divide by the running maximum of `n` (kept in `max_exp_avg_delta`). Default false.
   TORCH_ARG(bool, amsgrad) = false;
@@ -34,6 +34,18 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// No `weight_decay * p` in the gradient: the decay is then only the division after the update
+  /// (or `no_prox`'s product), as in the authors' code and timm's Adan. Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  /// `p *= 1 - weight_decay * lr` before the update instead of `p /= 1 + weight_decay * lr` after
+  /// it (the authors' and timm's `no_prox`). Default false.
+  TORCH_ARG(bool, no_prox) = false;
+  /// Global gradient-norm clipping, as the authors' code: before anything reads them, the
+  /// gradients of every group are multiplied by `min(max_grad_norm / (norm + eps), 1)`, `norm`
+  /// being the one norm of all of them (unscaled, over all shards) and `eps` the group's; they are
+  /// not modified. Groups holding different values are clipped apart. Default none (no clipping);
+  /// must be > 0.
+  TORCH_ARG(optional_real_t, max_grad_norm) = std::nullopt;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -45,9 +57,14 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
     visit("maximize", self.maximize());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
+    visit("no_prox", self.no_prox());
+    visit("max_grad_norm", self.max_grad_norm());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
+  static std::vector<std::string> fields_added_later() {
+    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm"};
+  }
   /// These options as the functional layer's hyper-parameters.
   functional::AdanHyper hyper() const;
 };
@@ -92,7 +109,8 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
 /// `n = beta3 * n + (1 - beta3) * (g + beta2 * diff)^2`,
 /// `p -= lr * (m / bc1 + beta2 * v / bc2) / (sqrt(n) / sqrt(bc3) + eps)` with `bcK = 1 - betaK^t`,
 /// then `p /= 1 + weight_decay * lr` when `weight_decay != 0` (both weight decay terms are the
-/// reference's).
+/// reference's). The authors' and timm's Adan is `decoupled_weight_decay(true)` (no L2 term),
+/// with `no_prox` for their `adanw` and `max_grad_norm` for the authors' clipping.
 ///
 /// Difference from the reference (pylocron 0.3.0):
 /// - `prev_grad` is kept up to date: it holds the previous step's `g`, and a parameter's

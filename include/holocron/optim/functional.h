@@ -51,8 +51,9 @@ struct GradScaling {
   /// Global gradient-norm clipping (LAMB's and Adan's `max_grad_norm`): the norm of the unscaled
   /// gradients of everything clipped together (one element, as the square root of the sum of
   /// grad_squared_norms() over every group), or undefined for no clipping. The gradients are then
-  /// also divided by `max(1, grad_norm / max_grad_norm)` as they are read; a NaN norm makes them
-  /// NaN, as dividing by it would.
+  /// also divided by `max(1, grad_norm / max_grad_norm)` as they are read (timm's and apex's
+  /// LAMB), or for Adan multiplied by `min(max_grad_norm / (grad_norm + eps), 1)` (its authors'
+  /// rule, with the group's `eps`); a NaN norm makes them NaN, as dividing by it would.
   at::Tensor grad_norm;
   /// The bound of `grad_norm` (> 0); read only when `grad_norm` is defined.
   double max_grad_norm = 1.0;
@@ -338,11 +339,18 @@ struct AdanHyper {
   double beta3;
   /// Added to the denominator (>= 0).
   double eps;
-  /// Added to the gradient as `weight_decay * p`; also divides `p` by `1 + weight_decay * lr`.
-  /// Must be >= 0.
+  /// Added to the gradient as `weight_decay * p` (unless decoupled); also divides `p` by
+  /// `1 + weight_decay * lr` after the update (or, with `no_prox`, multiplies it by
+  /// `1 - weight_decay * lr` before). Must be >= 0.
   double weight_decay;
   /// Divide by the running maximum of `exp_avg_deltas`.
   bool amsgrad;
+  /// No `weight_decay * p` in the gradient: the decay is only the proximal division (or the
+  /// `no_prox` product), as the authors' code and timm's Adan.
+  bool decoupled_weight_decay = false;
+  /// `p *= 1 - weight_decay * lr` before the update instead of `p /= 1 + weight_decay * lr` after
+  /// (the authors' and timm's `no_prox`).
+  bool no_prox = false;
 };
 
 /// One Adan step (see Adan).

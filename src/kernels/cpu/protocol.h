@@ -190,14 +190,16 @@ struct Arrays {
   T param, grad, prev_grad, exp_avg, exp_avg_sq, exp_avg_delta, max_exp_avg_delta;
 };
 struct Constants {
-  double beta1, beta2, beta3, eps, weight_decay;
+  double beta1, beta2, beta3, eps;
+  double weight_decay;  // of g + wd * p: 0 when decoupled
   bool amsgrad;
 };
 struct PerTensor {
   bool first_step;  // the gradient difference is zero
   double inv_bc1, beta2_over_bc2, inv_sqrt_bc3;
   double step;           // -lr
-  double decay_divisor;  // 1 + wd * lr
+  double decay_factor;   // p *= it before the update (no_prox: 1 - wd * lr), unless 1
+  double decay_divisor;  // p /= it after the update (1 + wd * lr), unless 1
 };
 }  // namespace adan
 
