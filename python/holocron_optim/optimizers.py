@@ -642,8 +642,9 @@ class AdEMAMix(FusedStep, Optimizer):
     ``m1 = beta1 * m1 + (1 - beta1) * g``, ``nu = beta2 * nu + (1 - beta2) * g**2``,
     ``m2 = beta3 * m2 + (1 - beta3) * g``,
     ``p -= lr * (m1 / (1 - beta1**t) + alpha * m2) / (sqrt(nu / (1 - beta2**t)) + eps)``.
-    As in the reference, weight decay is an L2 term in the gradient and
-    ``alpha`` and ``beta3`` have no warm-up schedule.
+    As in the reference, weight decay is an L2 term in the gradient; ``alpha`` and
+    ``beta3`` warm up as the paper's Algorithm 1 with ``t_alpha`` and ``t_beta3`` (by
+    default they do not, as the reference).
 
     Args:
         params: iterable of parameters to optimize, or of dicts defining parameter
@@ -659,6 +660,15 @@ class AdEMAMix(FusedStep, Optimizer):
             >= 0. Default `0.0`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        t_alpha: warm-up of ``alpha`` over that many steps (the paper's ``T_alpha``,
+            bitsandbytes' ``t_alpha``): at a parameter's step ``t``,
+            ``alpha_t = min(t * alpha / t_alpha, alpha)``. None: no warm-up; else > 0.
+            Default `None`.
+        t_beta3: warm-up of ``beta3`` from ``beta1`` over that many steps (the paper's
+            ``T_beta3``): for ``t < t_beta3``, ``beta3_t = min(exp(ln(beta1) * ln(beta3) /
+            ((1 - t / t_beta3) * ln(beta3) + t / t_beta3 * ln(beta1))), beta3)``, then
+            ``beta3``. None: no warm-up; else > 0, with ``beta1 > 0`` and ``beta3 > 0``.
+            Default `None`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
@@ -671,7 +681,9 @@ class AdEMAMix(FusedStep, Optimizer):
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_slow"), Buffer("exp_avg_sq"))
 
     _options = (_LR, Option("betas", (0.9, 0.999, 0.9999), betas(), range="[0, 1)"),
-                Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE)
+                Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE,
+                Option("t_alpha", None, positive_or_none("t_alpha"), range="(0, inf)", added_later=True),
+                Option("t_beta3", None, positive_or_none("t_beta3"), range="(0, inf)", added_later=True))
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -682,5 +694,6 @@ class AdEMAMix(FusedStep, Optimizer):
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            t_alpha=group["t_alpha"], t_beta3=group["t_beta3"],
         )
         self._commit_steps(states, steps)

@@ -4,6 +4,30 @@
 
 #include "algorithms/common.h"
 
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+namespace holocron::optim::functional::detail {
+namespace {
+// The paper's warm-ups (its Algorithm 1, as bitsandbytes computes them) at a parameter's step t:
+// alpha rises linearly from 0, and beta3 from beta1 so that the slow average's half-life grows
+// linearly, each reaching its value at the end of its warm-up.
+double ademamix_alpha(const AdEMAMixHyper& h, int64_t step) {
+  if (!h.t_alpha) return h.alpha;
+  return std::min(static_cast<double>(step) * h.alpha / *h.t_alpha, h.alpha);
+}
+double ademamix_beta3(const AdEMAMixHyper& h, int64_t step) {
+  // Past the warm-up the peers' formula (capped at beta3) is beta3 itself when beta1 < beta3, and
+  // its denominator may reach 0 otherwise: beta3 then, in every case.
+  if (!h.t_beta3 || static_cast<double>(step) >= *h.t_beta3) return h.beta3;
+  const double log_beta1 = std::log(h.beta1), log_beta3 = std::log(h.beta3);
+  const double progress = static_cast<double>(step) / *h.t_beta3;
+  return std::min(std::exp(log_beta1 * log_beta3 / ((1.0 - progress) * log_beta3 + progress * log_beta1)), h.beta3);
+}
+}  // namespace
+}  // namespace holocron::optim::functional::detail
+
 // ---- Reference math (ATen ops) ----------------------------------------------
 
 namespace holocron::optim::kernels::reference {
@@ -29,9 +53,10 @@ void ademamix(TensorList params, TensorList grads, TensorList exp_avgs,
     auto nu = scope.inout(exp_avg_sqs[i]);
     m1.mul_(h.beta1).add_(g, 1.0 - h.beta1);
     nu.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
-    m2.mul_(h.beta3).add_(g, 1.0 - h.beta3);
+    const double beta3 = ademamix_beta3(h, steps[i]);
+    m2.mul_(beta3).add_(g, 1.0 - beta3);
     auto denom = adam_denominator(scope, nu, false, {}, i, bias_correction(h.beta2, steps[i]), h.eps);
-    auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, h.alpha);
+    auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, ademamix_alpha(h, steps[i]));
     p.addcdiv_(numerator, denom, -h.lr);
     scope.commit();
   }
@@ -58,6 +83,14 @@ void check(const AdEMAMixHyper& h) {
   // The reference accepts a negative weight decay here; torch refuses it and
   // so do we.
   check_non_negative("AdEMAMix", "weight_decay", h.weight_decay);
+  for (const auto& [name, steps] : {std::pair{"t_alpha", h.t_alpha}, std::pair{"t_beta3", h.t_beta3}}) {
+    TORCH_CHECK_VALUE(!steps || (std::isfinite(*steps) && *steps > 0.0), "AdEMAMix: invalid ", name,
+                      " value: ", steps.value_or(0.0), " (expected None or a finite number > 0)");
+  }
+  // The beta3 warm-up interpolates log(beta1) and log(beta3).
+  TORCH_CHECK_VALUE(!h.t_beta3 || (h.beta1 > 0.0 && h.beta3 > 0.0),
+                    "AdEMAMix: t_beta3 needs betas[0] > 0 and betas[2] > 0, got betas[0]=", h.beta1,
+                    " and betas[2]=", h.beta3);
 }
 
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -85,12 +118,12 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   args.inv_grad_scale = *inv_grad_scale;
   args.constants.set(ademamix::Constants{.beta1 = h.beta1,
                                          .beta2 = h.beta2,
-                                         .beta3 = h.beta3,
-                                         .alpha = h.alpha,
                                          .eps = h.eps,
                                          .weight_decay = h.weight_decay});
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i].set(ademamix::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+    args.per_tensor[i].set(ademamix::PerTensor{.beta3 = ademamix_beta3(h, steps[i]),
+                                               .alpha = ademamix_alpha(h, steps[i]),
+                                               .inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
                                                .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
                                                .step = -h.lr});
   }
@@ -109,8 +142,15 @@ using namespace detail;
 AdEMAMixOptions::AdEMAMixOptions(double lr) : lr_(lr) {}
 
 functional::AdEMAMixHyper AdEMAMixOptions::hyper() const {
-  return {lr(),  std::get<0>(betas()), std::get<1>(betas()), std::get<2>(betas()),
-          alpha(), eps(), weight_decay()};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .beta3 = std::get<2>(betas()),
+          .alpha = alpha(),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .t_alpha = t_alpha(),
+          .t_beta3 = t_beta3()};
 }
 
 AdEMAMix::AdEMAMix(const std::vector<OptimizerParamGroup>& param_groups, AdEMAMixOptions defaults)
@@ -150,7 +190,8 @@ c10::IValue ademamix(const Arguments& a) {
                a.tensors("exp_avg_sqs"), counters.steps(),
                {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
                 .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
-                .weight_decay = a.real("weight_decay")},
+                .weight_decay = a.real("weight_decay"), .t_alpha = a.optional_real("t_alpha"),
+                .t_beta3 = a.optional_real("t_beta3")},
                a.scaling());
   counters.store(a.found_inf());
   return {};
@@ -162,7 +203,7 @@ HOLOCRON_OPTIM_OP(
     "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None) -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -227,7 +227,10 @@ struct AdEMAMixTraits {
   static Options options(double lr) { return Options(lr).alpha(2.0).betas({0.8, 0.9, 0.99}).weight_decay(1e-2); }
   static Options plain(double lr) { return Options(lr).alpha(2.0); }
   static Options from_settings(const Settings& s) {
-    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s).alpha(setting(s, "alpha", 5.0));
+    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
+        .alpha(setting(s, "alpha", 5.0))
+        .t_alpha(optional_setting(s, "t_alpha"))
+        .t_beta3(optional_setting(s, "t_beta3"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input&, double lr, double, double, double, Choose choose) {

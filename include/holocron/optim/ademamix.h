@@ -35,6 +35,14 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// Warm-up of `alpha` (the paper's `T_alpha`, bitsandbytes' `t_alpha`): at a parameter's step
+  /// `t`, `alpha_t = min(t * alpha / t_alpha, alpha)`. Default none (no warm-up); must be > 0.
+  TORCH_ARG(optional_real_t, t_alpha) = std::nullopt;
+  /// Warm-up of `beta3` from `beta1` (the paper's `T_beta3`, bitsandbytes' `t_beta3`): for
+  /// `t < t_beta3`, `beta3_t = min(exp(ln(beta1) ln(beta3) / ((1 - t/t_beta3) ln(beta3) +
+  /// (t/t_beta3) ln(beta1))), beta3)`, then `beta3`. Default none (no warm-up); must be > 0, and then
+  /// `beta1 > 0` and `beta3 > 0`.
+  TORCH_ARG(optional_real_t, t_beta3) = std::nullopt;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -46,9 +54,11 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
     visit("eps", self.eps());
     visit("weight_decay", self.weight_decay());
     visit("maximize", self.maximize());
+    visit("t_alpha", self.t_alpha());
+    visit("t_beta3", self.t_beta3());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "t_alpha", "t_beta3"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
 };
@@ -83,8 +93,8 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
 /// Per parameter, with `g = g + weight_decay * p`: `m1 = beta1 * m1 + (1 - beta1) * g`,
 /// `nu = beta2 * nu + (1 - beta2) * g^2`, `m2 = beta3 * m2 + (1 - beta3) * g`,
 /// `p -= lr * (m1 / (1 - beta1^t) + alpha * m2) / (sqrt(nu) / sqrt(1 - beta2^t) + eps)`. As in the
-/// reference, weight decay is an L2 term in the gradient and `alpha` and `beta3` have no warm-up
-/// schedule.
+/// reference, weight decay is an L2 term in the gradient; `alpha` and `beta3` warm up as the
+/// paper's Algorithm 1 with `t_alpha` and `t_beta3` (by default they do not, as the reference).
 ///
 /// Difference from the reference (pylocron 0.3.0):
 /// - `weight_decay < 0` is refused; pylocron accepts it.

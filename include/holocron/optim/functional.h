@@ -391,6 +391,11 @@ struct AdEMAMixHyper {
   double eps;
   /// L2 penalty added to the gradient as `weight_decay * p` (>= 0; pylocron accepts a negative one).
   double weight_decay;
+  /// Steps over which `alpha` warms up linearly from 0 (the paper's `T_alpha`; > 0), or none.
+  std::optional<double> t_alpha = std::nullopt;
+  /// Steps over which `beta3` warms up from `beta1` (the paper's `T_beta3`; > 0, and then
+  /// `beta1 > 0`, `beta3 > 0`), or none.
+  std::optional<double> t_beta3 = std::nullopt;
 };
 
 /// One AdEMAMix step (see AdEMAMix).

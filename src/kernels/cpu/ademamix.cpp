@@ -42,7 +42,7 @@ struct AdEMAMixApply {
     const auto h = args.constants.get<proto::Constants>();
     const auto c = args.per_tensor[t].get<proto::PerTensor>();
     return {splat<V>(h.beta1),   splat<V>(1.0 - h.beta1),  splat<V>(h.beta2), splat<V>(1.0 - h.beta2),
-            splat<V>(h.beta3),   splat<V>(1.0 - h.beta3),  splat<V>(h.alpha), splat<V>(h.eps),
+            splat<V>(c.beta3),   splat<V>(1.0 - c.beta3),  splat<V>(c.alpha), splat<V>(h.eps),
             splat<V>(h.weight_decay), splat<V>(c.inv_bc1), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
             h.weight_decay != 0.0};
   }

@@ -210,9 +210,10 @@ struct Arrays {
   T param, grad, exp_avg, exp_avg_slow, exp_avg_sq;
 };
 struct Constants {
-  double beta1, beta2, beta3, alpha, eps, weight_decay;
+  double beta1, beta2, eps, weight_decay;
 };
 struct PerTensor {
+  double beta3, alpha;  // at this tensor's step (the warm-ups)
   double inv_bc1, inv_sqrt_bc2;
   double step;  // -lr
 };
