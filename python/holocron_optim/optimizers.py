@@ -49,6 +49,7 @@ _AMSGRAD = Option("amsgrad", False)
 _BETAS2 = Option("betas", (0.9, 0.999), betas(), range="[0, 1)")
 # torch.optim's maximize (the ops read -g); added after the reference's options.
 _MAXIMIZE = Option("maximize", False, flag, added_later=True)
+_DECOUPLED = Option("decoupled_weight_decay", False, flag, added_later=True)
 _DEFAULT_SCALE_CLIP = (0.0, 10.0)
 
 
@@ -89,6 +90,10 @@ class LARS(FusedStep, Optimizer):
             momentum or a zero gradient. Default `False`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the direction: the trust ratio's denominator then
+            has no ``weight_decay * ||p||``, and its ``||p||`` is the decayed parameter's
+            (torch's ``decoupled_weight_decay``). Default `False`.
 
     The five before ``maximize`` are the options of timm's ``Lars`` and apex's ``LARC``, with
     ``local_lr = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)``; their
@@ -118,6 +123,7 @@ class LARS(FusedStep, Optimizer):
         Option("always_adapt", True, flag, added_later=True),
         Option("trust_on_gradient", False, flag, added_later=True),
         _MAXIMIZE,
+        _DECOUPLED,
     )
     _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
     _counts_steps = False
@@ -142,7 +148,8 @@ class LARS(FusedStep, Optimizer):
                 trust_coeff=float(group["trust_coeff"]), eps=float(group["eps"]), trust_clip=group["trust_clip"],
                 always_adapt=group["always_adapt"],
                 trust_on_gradient=group.get("trust_on_gradient", self._trust_on_gradient),
-                grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), sums=True,
+                grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+                decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), sums=True,
             )
         except Exception:
             for state, new in zip(states, is_new):
@@ -216,7 +223,7 @@ class LAMB(FusedStep, Optimizer):
         Option("trust_clip", False, flag, added_later=True),
         Option("always_adapt", True, flag, added_later=True),
         _MAXIMIZE,
-        Option("decoupled_weight_decay", False, flag, added_later=True),
+        _DECOUPLED,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -274,6 +281,9 @@ class RaLars(FusedStep, Optimizer):
             as in the reference. Default `None`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the direction, as LAMB's: the decay stays outside
+            ``||u||``, and ``||p||`` is the decayed parameter's. Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``local_lr`` (as LAMB's). Each group also gets the key
@@ -288,6 +298,7 @@ class RaLars(FusedStep, Optimizer):
         Option("force_adaptive_momentum", False, setting=True),
         Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True),
         _MAXIMIZE,
+        _DECOUPLED,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -308,6 +319,7 @@ class RaLars(FusedStep, Optimizer):
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, **self._ratio_targets(group, params, states), sums=True,
+            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         if record:
             group["sma_inf"] = sma_inf
@@ -351,6 +363,10 @@ class TAdam(FusedStep, Optimizer):
             each parameter's number of elements. Default `None`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
+            AdamW): the moments and the Student-t weight see ``g``.
+            Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq`` (with ``amsgrad``) and ``W_t`` (the
@@ -363,7 +379,8 @@ class TAdam(FusedStep, Optimizer):
         - ``dof <= 0`` is refused.
     """
 
-    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"), _MAXIMIZE)
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"), _MAXIMIZE,
+                _DECOUPLED)
     _state_buffers = _ADAM_BUFFERS
     _scalar_state = ("W_t",)  # the moments' running weight, a one-element tensor
 
@@ -414,6 +431,7 @@ class TAdam(FusedStep, Optimizer):
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
+            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         self._commit_steps(states, steps)
 
@@ -475,6 +493,9 @@ class AdaBelief(_AdamLike):
             ``max_exp_avg_sq``). Default `False`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
+            AdamW). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int, 1 after the first
     update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``. ``exp_avg_sq`` holds ``s``.
@@ -482,7 +503,7 @@ class AdaBelief(_AdamLike):
     No deliberate difference from the reference (pylocron 0.3.0).
     """
 
-    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, _MAXIMIZE)
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, _MAXIMIZE, _DECOUPLED)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -492,6 +513,7 @@ class AdaBelief(_AdamLike):
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group["amsgrad"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         self._commit_steps(states, steps)
 
@@ -526,6 +548,10 @@ class AdamP(_AdamLike):
             reference. Default `0.1`.
         maximize: ascend instead of descend, as torch.optim's ``maximize``: each
             gradient is read as ``-g`` (``p.grad`` is not modified). Default `False`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
+            AdamW): the moments and the cosine see ``g``, the
+            projection is of the decayed parameter. Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int, 1 after the first
     update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``.
@@ -534,7 +560,7 @@ class AdamP(_AdamLike):
     """
 
     _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD,
-                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE)
+                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE, _DECOUPLED)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -544,6 +570,7 @@ class AdamP(_AdamLike):
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group["amsgrad"]), delta=float(self.delta),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
+            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         self._commit_steps(states, steps)
 
@@ -610,7 +637,7 @@ class Adan(FusedStep, Optimizer):
     )
 
     _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD,
-                _MAXIMIZE, Option("decoupled_weight_decay", False, flag, added_later=True),
+                _MAXIMIZE, _DECOUPLED,
                 Option("no_prox", False, flag, added_later=True),
                 Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True))
     # Where a group holds no decoupled_weight_decay (timm's Adan, whose decay is always decoupled).
@@ -669,6 +696,9 @@ class AdEMAMix(FusedStep, Optimizer):
             ((1 - t / t_beta3) * ln(beta3) + t / t_beta3 * ln(beta1))), beta3)``, then
             ``beta3``. None: no warm-up; else > 0, with ``beta1 > 0`` and ``beta3 > 0``.
             Default `None`.
+        decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
+            of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
+            AdamW). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
@@ -683,7 +713,8 @@ class AdEMAMix(FusedStep, Optimizer):
     _options = (_LR, Option("betas", (0.9, 0.999, 0.9999), betas(), range="[0, 1)"),
                 Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE,
                 Option("t_alpha", None, positive_or_none("t_alpha"), range="(0, inf)", added_later=True),
-                Option("t_beta3", None, positive_or_none("t_beta3"), range="(0, inf)", added_later=True))
+                Option("t_beta3", None, positive_or_none("t_beta3"), range="(0, inf)", added_later=True),
+                _DECOUPLED)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -694,6 +725,7 @@ class AdEMAMix(FusedStep, Optimizer):
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
             t_alpha=group["t_alpha"], t_beta3=group["t_beta3"],
         )
         self._commit_steps(states, steps)

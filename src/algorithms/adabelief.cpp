@@ -23,7 +23,8 @@ void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m = scope.inout(exp_avgs[i]);
     auto s = scope.inout(exp_avg_sqs[i]);
     m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
@@ -31,6 +32,7 @@ void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorL
     s.mul_(h.beta2).addcmul_(residual, residual, 1.0 - h.beta2);
     auto denom = adam_denominator(scope, s, h.amsgrad, max_exp_avg_sqs, i,
                                   bias_correction(h.beta2, steps[i]), h.eps);
+    if (decay.factor != 1.0) p.mul_(decay.factor);
     p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
     scope.commit();
   }
@@ -76,8 +78,13 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.constants.set(adabelief::Constants{
-      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  args.constants.set(adabelief::Constants{.beta1 = h.beta1,
+                                          .beta2 = h.beta2,
+                                          .eps = h.eps,
+                                          .weight_decay = decay.coupled,
+                                          .amsgrad = h.amsgrad,
+                                          .decay = decay.factor});
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i].set(adabelief::PerTensor{.inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
                                                 .step = -h.lr / bias_correction(h.beta1, steps[i])});
@@ -97,7 +104,13 @@ using namespace detail;
 AdaBeliefOptions::AdaBeliefOptions(double lr) : lr_(lr) {}
 
 functional::AdaBeliefHyper AdaBeliefOptions::hyper() const {
-  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(), amsgrad()};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .amsgrad = amsgrad(),
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 AdaBelief::AdaBelief(const std::vector<OptimizerParamGroup>& param_groups,
@@ -140,7 +153,7 @@ c10::IValue adabelief(const Arguments& a) {
                 a.tensors("max_exp_avg_sqs"), counters.steps(),
                 {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
                  .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-                 .amsgrad = a.flag("amsgrad")},
+                 .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
                 a.scaling());
   counters.store(a.found_inf());
   return {};
@@ -152,7 +165,7 @@ HOLOCRON_OPTIM_OP(
     "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False) -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

@@ -36,7 +36,7 @@ Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.in(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), p, split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).coupled);
     auto m = scope.in(exp_avgs[i]).clone();
     auto v = scope.in(exp_avg_sqs[i]).clone();
     adamp_moments(m, v, g, h);
@@ -56,7 +56,8 @@ void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
     adamp_moments(m, v, g, h);
@@ -64,7 +65,8 @@ void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
                                                  bias_correction(h.beta2, steps[i]), h.eps),
                              steps[i], h);
     // Where the weight is nearly orthogonal to its gradient (scale-invariant
-    // weights), the radial part of the update was found and is removed.
+    // weights), the radial part of the update was found and is removed (of the decayed weight).
+    if (decay.factor != 1.0) p.mul_(decay.factor);
     if (projections[i] != 0.0) q.sub_(p, projections[i]);
     p.add_(q, -h.lr);
     scope.commit();
@@ -115,8 +117,13 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  args.constants.set(adamp::Constants{
-      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  args.constants.set(adamp::Constants{.beta1 = h.beta1,
+                                      .beta2 = h.beta2,
+                                      .eps = h.eps,
+                                      .weight_decay = decay.coupled,
+                                      .amsgrad = h.amsgrad,
+                                      .decay = decay.factor});
   // The step and the projection are known after pass 1.
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i].set(adamp::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
@@ -134,13 +141,14 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   all_reduce_sums("AdamP", sharding, sums, 4);
   std::vector<double> projections(params.size(), 0.0);
   for (size_t i = 0; i < params.size(); ++i) {
-    const double p_norm = std::sqrt(sums[i][1]);
-    const double cosine =
-        sums[i][0] / (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[i][2]), kCosineEps));
+    // Of the decayed parameter, whose sums are the parameter's times the factor (exact when 1).
+    const double p_norm = std::sqrt(sums[i][1]) * std::abs(decay.factor);
+    const double cosine = sums[i][0] * decay.factor /
+                          (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[i][2]), kCosineEps));
     const int64_t numel = whole_numel(sharding, params, i);
     if (numel > 0 && cosine < adamp_threshold(h.delta, numel)) {
       // q - (n.q) n with n = p / (||p|| + eps), as a multiple of p.
-      projections[i] = sums[i][3] / ((p_norm + h.eps) * (p_norm + h.eps));
+      projections[i] = sums[i][3] * decay.factor / ((p_norm + h.eps) * (p_norm + h.eps));
     }
     auto row = args.per_tensor[i].get<adamp::PerTensor>();
     row.step = -h.lr;
@@ -167,8 +175,14 @@ using namespace detail;
 AdamPOptions::AdamPOptions(double lr) : lr_(lr) {}
 
 functional::AdamPHyper AdamPOptions::hyper() const {
-  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(), amsgrad(),
-          delta()};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .amsgrad = amsgrad(),
+          .delta = delta(),
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 AdamP::AdamP(const std::vector<OptimizerParamGroup>& param_groups, AdamPOptions defaults)
@@ -209,7 +223,8 @@ c10::IValue adamp(const Arguments& a) {
             a.tensors("max_exp_avg_sqs"), counters.steps(),
             {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
              .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-             .amsgrad = a.flag("amsgrad"), .delta = a.real("delta")},
+             .amsgrad = a.flag("amsgrad"), .delta = a.real("delta"),
+             .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
             a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};
@@ -222,7 +237,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
-     ") -> ()",
+     ", bool decoupled_weight_decay=False) -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

@@ -47,7 +47,8 @@ void ademamix(TensorList params, TensorList grads, TensorList exp_avgs,
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m1 = scope.inout(exp_avgs[i]);
     auto m2 = scope.inout(exp_avgs_slow[i]);
     auto nu = scope.inout(exp_avg_sqs[i]);
@@ -57,6 +58,7 @@ void ademamix(TensorList params, TensorList grads, TensorList exp_avgs,
     m2.mul_(beta3).add_(g, 1.0 - beta3);
     auto denom = adam_denominator(scope, nu, false, {}, i, bias_correction(h.beta2, steps[i]), h.eps);
     auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, ademamix_alpha(h, steps[i]));
+    if (decay.factor != 1.0) p.mul_(decay.factor);
     p.addcdiv_(numerator, denom, -h.lr);
     scope.commit();
   }
@@ -116,10 +118,12 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   args.constants.set(ademamix::Constants{.beta1 = h.beta1,
                                          .beta2 = h.beta2,
                                          .eps = h.eps,
-                                         .weight_decay = h.weight_decay});
+                                         .weight_decay = decay.coupled,
+                                         .decay = decay.factor});
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i].set(ademamix::PerTensor{.beta3 = ademamix_beta3(h, steps[i]),
                                                .alpha = ademamix_alpha(h, steps[i]),
@@ -150,7 +154,8 @@ functional::AdEMAMixHyper AdEMAMixOptions::hyper() const {
           .eps = eps(),
           .weight_decay = weight_decay(),
           .t_alpha = t_alpha(),
-          .t_beta3 = t_beta3()};
+          .t_beta3 = t_beta3(),
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 AdEMAMix::AdEMAMix(const std::vector<OptimizerParamGroup>& param_groups, AdEMAMixOptions defaults)
@@ -191,7 +196,8 @@ c10::IValue ademamix(const Arguments& a) {
                {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
                 .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
                 .weight_decay = a.real("weight_decay"), .t_alpha = a.optional_real("t_alpha"),
-                .t_beta3 = a.optional_real("t_beta3")},
+                .t_beta3 = a.optional_real("t_beta3"),
+                .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
                a.scaling());
   counters.store(a.found_inf());
   return {};
@@ -203,7 +209,8 @@ HOLOCRON_OPTIM_OP(
     "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None) -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "
+    "bool decoupled_weight_decay=False) -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -28,12 +28,13 @@ void lars(TensorList params, TensorList grads, TensorList momentum_buffers,
           c10::ArrayRef<bool> buffer_is_new, const LarsHyper& h, c10::ArrayRef<double> direction_scales,
           c10::ArrayRef<double> steps) {
   const bool with_momentum = h.momentum != 0.0;
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
     // An empty tensor has nothing to update.
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    auto direction = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto direction = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     if (direction_scales[i] != 1.0) direction = direction * direction_scales[i];
     if (with_momentum) {
       auto buf = scope.inout(momentum_buffers[i]);
@@ -44,6 +45,7 @@ void lars(TensorList params, TensorList grads, TensorList momentum_buffers,
       }
       direction = h.nesterov ? direction.add(buf, h.momentum) : buf;
     }
+    if (decay.factor != 1.0) p.mul_(decay.factor);
     p.add_(direction, steps[i]);
     scope.commit();
   }
@@ -109,11 +111,16 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   all_reduce_sums("LARS", sharding, norms, 2);
 
   std::vector<double> local_lrs(params.size(), 1.0);
-  args.constants.set(cpu::protocol::lars::Constants{
-      .weight_decay = h.weight_decay, .momentum = h.momentum, .dampening = h.dampening, .nesterov = h.nesterov});
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  args.constants.set(cpu::protocol::lars::Constants{.weight_decay = decay.coupled,
+                                                    .momentum = h.momentum,
+                                                    .dampening = h.dampening,
+                                                    .nesterov = h.nesterov,
+                                                    .decay = decay.factor});
   const bool adapt = h.always_adapt || h.weight_decay != 0.0;
   for (size_t i = 0; i < params.size(); ++i) {
-    const double p_norm = std::sqrt(norms[i][0]);
+    // The decayed parameter's norm (a factor of 1 leaves it exact).
+    const double p_norm = std::sqrt(norms[i][0]) * std::abs(decay.factor);
     const double g_norm = std::sqrt(norms[i][1]);
     const double phi = h.scale_clip ? clamp_norm(p_norm, *h.scale_clip) : p_norm;
     if (!adapt) {
@@ -122,10 +129,10 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
       // timm and apex: 1 where either norm is 0, whatever the weight decay adds.
       local_lrs[i] = (p_norm == 0.0 || g_norm == 0.0)
                          ? 1.0
-                         : h.trust_coeff * phi / (g_norm + h.weight_decay * p_norm + h.eps);
+                         : h.trust_coeff * phi / (g_norm + decay.coupled * p_norm + h.eps);
     } else {
       // With the defaults (coefficient 1, eps 0) the reference's bits.
-      local_lrs[i] = trust_ratio(h.trust_coeff * phi, g_norm + h.weight_decay * p_norm + h.eps);
+      local_lrs[i] = trust_ratio(h.trust_coeff * phi, g_norm + decay.coupled * p_norm + h.eps);
     }
     if (adapt && h.trust_clip) local_lrs[i] = std::min(local_lrs[i] / h.lr, 1.0);
     args.per_tensor[i].set(cpu::protocol::lars::PerTensor{
@@ -171,7 +178,8 @@ functional::LarsHyper LARSOptions::hyper() const {
           .eps = eps(),
           .trust_clip = trust_clip(),
           .always_adapt = always_adapt(),
-          .trust_on_gradient = trust_on_gradient()};
+          .trust_on_gradient = trust_on_gradient(),
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 LARS::LARS(const std::vector<OptimizerParamGroup>& param_groups, LARSOptions defaults)
@@ -240,7 +248,8 @@ c10::IValue lars(const Arguments& a) {
                 .eps = a.real("eps"),
                 .trust_clip = a.flag("trust_clip"),
                 .always_adapt = a.flag("always_adapt"),
-                .trust_on_gradient = a.flag("trust_on_gradient")},
+                .trust_on_gradient = a.flag("trust_on_gradient"),
+                .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
                a.scaling(), a.sharding(params)),
       params);
 }
@@ -252,7 +261,7 @@ HOLOCRON_OPTIM_OP(
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
-    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ") -> Tensor",
+    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False) -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

@@ -20,6 +20,10 @@ namespace {
 
 double default_sma_inf(const RaLarsHyper& h) { return h.sma_inf.value_or(2.0 / (1.0 - h.beta2) - 1.0); }
 
+WeightDecay weight_decay_of(const RaLarsHyper& h) {
+  return split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+}
+
 }  // namespace
 
 Sums ralars_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -31,7 +35,7 @@ Sums ralars_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tenso
 void ralars(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
             c10::ArrayRef<int64_t> steps, const RaLarsHyper& h, c10::ArrayRef<double> local_lrs) {
   trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, 1.0 - h.beta1, h.beta2, h.lr, local_lrs,
-              RaLarsDirection{h, steps, default_sma_inf(h)});
+              RaLarsDirection{h, steps, default_sma_inf(h)}, weight_decay_of(h).factor);
 }
 
 }  // namespace
@@ -60,6 +64,8 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check_sharding("RaLars", sharding, params);
   const auto inv_grad_scale = grad_unscale("RaLars", scaling);
   if (!inv_grad_scale) return {};
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  const TrustRule rule{.clip = h.scale_clip, .p_norm_scale = std::abs(decay.factor)};
   auto& scratch = fused_scratch();
   const cpu::protocol::ralars::Arrays<TensorList> arrays{
       .param = params, .grad = grads, .exp_avg = exp_avgs, .exp_avg_sq = exp_avg_sqs};
@@ -67,7 +73,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
     const auto g = unscaled_grads(grads, *inv_grad_scale);
     auto norms = kernels::reference::ralars_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
     all_reduce_sums("RaLars", sharding, norms, 2);
-    const auto local_lrs = trust_ratios(norms, {h.scale_clip});
+    const auto local_lrs = trust_ratios(norms, rule);
     kernels::reference::ralars(params, g, exp_avgs, exp_avg_sqs, steps, h, local_lrs);
     return local_lrs;
   }
@@ -75,8 +81,8 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
   args.constants.set(cpu::protocol::ralars::Constants{
-      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay,
-      .grad_weight = 1.0 - h.beta1, .decay = 1.0});
+      .beta1 = h.beta1, .beta2 = h.beta2, .eps = h.eps, .weight_decay = decay.coupled,
+      .grad_weight = 1.0 - h.beta1, .decay = decay.factor});
   using Mode = cpu::protocol::ralars::Mode;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto t = static_cast<double>(steps[i]);
@@ -91,8 +97,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
         .step = 0.0});
   }
   auto local_lrs = fused_trust_step<cpu::protocol::ralars::PerTensor>(
-      cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, "RaLars", h.lr, {h.scale_clip},
-      sharding);
+      cpu::Pass::RaLarsMoments, cpu::Pass::RaLarsApply, scratch, "RaLars", h.lr, rule, sharding);
   mark_written({params, exp_avgs, exp_avg_sqs});
   return local_lrs;
 }
@@ -108,8 +113,15 @@ using namespace detail;
 RaLarsOptions::RaLarsOptions(double lr) : lr_(lr) {}
 
 functional::RaLarsHyper RaLarsOptions::hyper() const {
-  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(),
-          force_adaptive_momentum(), clip_or_default(scale_clip()), std::nullopt};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .force_adaptive_momentum = force_adaptive_momentum(),
+          .scale_clip = clip_or_default(scale_clip()),
+          .sma_inf = std::nullopt,
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 RaLars::RaLars(const std::vector<OptimizerParamGroup>& param_groups, RaLarsOptions defaults)
@@ -153,7 +165,8 @@ c10::IValue ralars(const Arguments& a) {
        .weight_decay = a.real("weight_decay"),
        .force_adaptive_momentum = a.flag("force_adaptive_momentum"),
        .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
-       .sma_inf = a.optional_real("sma_inf")},
+       .sma_inf = a.optional_real("sma_inf"),
+       .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
   counters.store(a.found_inf());
@@ -168,7 +181,7 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, " HOLOCRON_MAXIMIZE
-    ") -> Tensor",
+    ", bool decoupled_weight_decay=False) -> Tensor",
     &ralars)
 
 }  // namespace holocron::optim::ops

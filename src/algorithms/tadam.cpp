@@ -20,7 +20,7 @@ Sums tadam_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), scope.in(params[i]), h.weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), scope.in(params[i]), split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).coupled);
     // The Mahalanobis distance of this gradient from the moments before this step.
     sums[i][0] = (g - scope.in(exp_avgs[i])).pow_(2).div_(scope.in(exp_avg_sqs[i]) + h.eps)
                      .sum(at::kDouble).item<double>();
@@ -31,17 +31,19 @@ Sums tadam_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 void tadam(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, c10::ArrayRef<std::array<double, 2>> mixing,
            c10::ArrayRef<int64_t> steps, const TAdamHyper& h) {
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, h.weight_decay);
+    auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
     m.mul_(mixing[i][0]).add_(g, mixing[i][1]);
     v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
     auto denom = adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
                                   bias_correction(h.beta2, steps[i]), h.eps);
+    if (decay.factor != 1.0) p.mul_(decay.factor);
     p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
     scope.commit();
   }
@@ -79,6 +81,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("TAdam", scaling);
   if (!inv_grad_scale) return;
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   auto& scratch = fused_scratch();
   namespace tadam = cpu::protocol::tadam;
   const bool fused =
@@ -86,7 +89,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                   tadam::DistanceArrays<TensorList>{.grad = grads,
                                                     .exp_avg = exp_avgs,
                                                     .exp_avg_sq = exp_avg_sqs,
-                                                    .param = if_used(h.weight_decay != 0.0, params)}) &&
+                                                    .param = if_used(decay.coupled != 0.0, params)}) &&
       fused_group(scratch.group, params,
                   tadam::ApplyArrays<TensorList>{.param = params,
                                                  .grad = grads,
@@ -98,7 +101,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
   if (fused) {
-    args.constants.set(tadam::DistanceConstants{.eps = h.eps, .weight_decay = h.weight_decay});
+    args.constants.set(tadam::DistanceConstants{.eps = h.eps, .weight_decay = decay.coupled});
     cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
   } else {
     distances = kernels::reference::tadam_sums(params, reference_grads, exp_avgs, exp_avg_sqs, h);
@@ -106,7 +109,11 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   all_reduce_sums("TAdam", sharding, distances, 1);
 
   args.constants.set(
-      tadam::ApplyConstants{.beta2 = h.beta2, .eps = h.eps, .weight_decay = h.weight_decay, .amsgrad = h.amsgrad});
+      tadam::ApplyConstants{.beta2 = h.beta2,
+                            .eps = h.eps,
+                            .weight_decay = decay.coupled,
+                            .amsgrad = h.amsgrad,
+                            .decay = decay.factor});
   std::vector<std::array<double, 2>> mixing(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const int64_t numel = whole_numel(sharding, params, i);
@@ -140,7 +147,14 @@ using namespace detail;
 TAdamOptions::TAdamOptions(double lr) : lr_(lr) {}
 
 functional::TAdamHyper TAdamOptions::hyper() const {
-  return {lr(), std::get<0>(betas()), std::get<1>(betas()), eps(), weight_decay(), amsgrad(), dof()};
+  return {.lr = lr(),
+          .beta1 = std::get<0>(betas()),
+          .beta2 = std::get<1>(betas()),
+          .eps = eps(),
+          .weight_decay = weight_decay(),
+          .amsgrad = amsgrad(),
+          .dof = dof(),
+          .decoupled_weight_decay = decoupled_weight_decay()};
 }
 
 TAdam::TAdam(const std::vector<OptimizerParamGroup>& param_groups, TAdamOptions defaults)
@@ -203,7 +217,8 @@ c10::IValue tadam(const Arguments& a) {
             a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
             {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
              .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-             .amsgrad = a.flag("amsgrad"), .dof = a.optional_real("dof")},
+             .amsgrad = a.flag("amsgrad"), .dof = a.optional_real("dof"),
+             .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
             a.scaling(), a.sharding(params));
   for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
   counters.store(a.found_inf());
@@ -217,7 +232,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False) -> ()",
     &tadam)
 
 }  // namespace holocron::optim::ops

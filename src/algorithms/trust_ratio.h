@@ -11,9 +11,11 @@ namespace holocron::optim::functional::detail {
 inline double lamb_grad_weight(const LambHyper& h) { return h.grad_averaging ? 1.0 - h.beta1 : 1.0; }
 // The weight decay inside LAMB's direction (none when decoupled), and the factor the parameter is
 // multiplied by before the step (1 when coupled).
-inline double lamb_coupled_decay(const LambHyper& h) { return h.decoupled_weight_decay ? 0.0 : h.weight_decay; }
+inline double lamb_coupled_decay(const LambHyper& h) {
+  return split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).coupled;
+}
 inline double lamb_decay_factor(const LambHyper& h) {
-  return h.decoupled_weight_decay ? 1.0 - h.lr * h.weight_decay : 1.0;
+  return split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).factor;
 }
 }  // namespace holocron::optim::functional::detail
 
@@ -62,7 +64,7 @@ struct RaLarsDirection {
     } else {
       u = m / bc1;
     }
-    return LambDirection::with_decay(u, p, h.weight_decay);
+    return LambDirection::with_decay(u, p, split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).coupled);
   }
 };
 

@@ -143,6 +143,17 @@ class ComputeScope {
   std::vector<std::pair<at::Tensor, at::Tensor>> written_;
 };
 
+// Weight decay coupled (an L2 term in the gradient, the reference's) or decoupled (torch's
+// decoupled_weight_decay, timm's decoupled_decay: p *= 1 - lr * wd before the update, nothing in
+// the gradient). A factor of 1 is skipped by every path, which keeps the coupled bits.
+struct WeightDecay {
+  double coupled;  // of g + coupled * p
+  double factor;   // p *= factor before the update
+};
+inline WeightDecay split_weight_decay(double weight_decay, double lr, bool decoupled) {
+  return decoupled ? WeightDecay{0.0, 1.0 - lr * weight_decay} : WeightDecay{weight_decay, 1.0};
+}
+
 // `g + wd * p` as a new tensor (never written into the caller's gradient).
 inline at::Tensor decayed_grad(const at::Tensor& grad, const at::Tensor& param, double wd) {
   return wd != 0.0 ? grad.add(param, wd) : grad;

@@ -35,6 +35,10 @@ inline ho::scale_clip_t clip_setting(const Settings& s) {
   return std::make_tuple(s.at("clip_low"), s.at("clip_high"));
 }
 
+inline bool flag_setting(const Settings& s, const std::string& key, bool fallback = false) {
+  return setting(s, key, fallback ? 1.0 : 0.0) != 0.0;
+}
+
 // The options every Adam-like algorithm shares, from settings; betas not given
 // keep the algorithm's own defaults.
 template <typename Options>
@@ -46,12 +50,11 @@ Options adam_like_settings(Options options, const Settings& s) {
       options.betas(std::make_tuple(s.at("beta1"), s.at("beta2"), s.at("beta3")));
     }
   }
-  return options.eps(setting(s, "eps", 1e-8)).weight_decay(setting(s, "weight_decay", 0.0));
+  return options.eps(setting(s, "eps", 1e-8))
+      .weight_decay(setting(s, "weight_decay", 0.0))
+      .decoupled_weight_decay(flag_setting(s, "decoupled_weight_decay"));
 }
 
-inline bool flag_setting(const Settings& s, const std::string& key, bool fallback = false) {
-  return setting(s, key, fallback ? 1.0 : 0.0) != 0.0;
-}
 inline std::optional<double> optional_setting(const Settings& s, const std::string& key) {
   auto it = s.find(key);
   return it == s.end() ? std::nullopt : std::optional<double>(it->second);
@@ -82,7 +85,8 @@ struct LarsTraits {
         .eps(setting(s, "eps", 0.0))
         .trust_clip(flag_setting(s, "trust_clip"))
         .always_adapt(flag_setting(s, "always_adapt", true))
-        .trust_on_gradient(flag_setting(s, "trust_on_gradient"));
+        .trust_on_gradient(flag_setting(s, "trust_on_gradient"))
+        .decoupled_weight_decay(flag_setting(s, "decoupled_weight_decay"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double wd, double, double, Choose choose) {
@@ -113,8 +117,7 @@ struct LambTraits {
         .grad_averaging(flag_setting(s, "grad_averaging", true))
         .max_grad_norm(optional_setting(s, "max_grad_norm"))
         .trust_clip(flag_setting(s, "trust_clip"))
-        .always_adapt(flag_setting(s, "always_adapt", true))
-        .decoupled_weight_decay(flag_setting(s, "decoupled_weight_decay"));
+        .always_adapt(flag_setting(s, "always_adapt", true));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double wd, double b1, double b2, Choose choose) {
@@ -209,7 +212,6 @@ struct AdanTraits {
   static Options from_settings(const Settings& s) {
     return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
         .amsgrad(flag_setting(s, "amsgrad"))
-        .decoupled_weight_decay(flag_setting(s, "decoupled_weight_decay"))
         .no_prox(flag_setting(s, "no_prox"))
         .max_grad_norm(optional_setting(s, "max_grad_norm"));
   }

@@ -459,6 +459,18 @@ ALGORITHMS = {name: replace(
     not_og_supported_flags=tuple(f for f in a.not_og_supported_flags if f != "maximize"),
 ) for name, a in ALGORITHMS.items()}
 
+# torch.optim's decoupled_weight_decay, which all eight take (test_decoupled_weight_decay.py holds
+# it to decaying the weights, then the reference's step without weight decay): the same, and a
+# variant that reaches the decoupled branches, where an entry has none of its own.
+ALGORITHMS = {name: replace(
+    a, full={**a.full, "decoupled_weight_decay": False},
+    variants=a.variants if any(v.get("decoupled_weight_decay") for v in a.variants) else (
+        *a.variants, {**a.typical, "lr": 0.01, "weight_decay": 0.05, "decoupled_weight_decay": True}),
+    samples=a.samples if any(n == "decoupled_weight_decay" for n, _ in a.samples) else (
+        *a.samples, ("decoupled_weight_decay", {"decoupled_weight_decay": True, "weight_decay": 0.05})),
+    reference_ignores=tuple(dict.fromkeys((*a.reference_ignores, "decoupled_weight_decay"))),
+) for name, a in ALGORITHMS.items()}
+
 ALGOS = tuple(ALGORITHMS)
 
 

@@ -33,6 +33,9 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
+  /// (torch's `decoupled_weight_decay`, as AdamW). Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -44,9 +47,10 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
     visit("weight_decay", self.weight_decay());
     visit("amsgrad", self.amsgrad());
     visit("maximize", self.maximize());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdaBeliefHyper hyper() const;
 };

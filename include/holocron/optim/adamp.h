@@ -37,6 +37,9 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
+  /// (torch's `decoupled_weight_decay`, as AdamW): the moments and the cosine see `g`. Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -49,9 +52,10 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
     visit("amsgrad", self.amsgrad());
     visit("delta", self.delta());
     visit("maximize", self.maximize());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdamPHyper hyper() const;
 };

@@ -35,6 +35,9 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
+  /// (torch's `decoupled_weight_decay`, as AdamW). Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
   /// Warm-up of `alpha` (the paper's `T_alpha`, bitsandbytes' `t_alpha`): at a parameter's step
   /// `t`, `alpha_t = min(t * alpha / t_alpha, alpha)`. Default none (no warm-up); must be > 0.
   TORCH_ARG(optional_real_t, t_alpha) = std::nullopt;
@@ -56,9 +59,10 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
     visit("maximize", self.maximize());
     visit("t_alpha", self.t_alpha());
     visit("t_beta3", self.t_beta3());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "t_alpha", "t_beta3"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
 };

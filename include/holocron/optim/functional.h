@@ -107,6 +107,9 @@ struct LarsHyper {
   /// The ratio scales the direction before the momentum (timm's Lars, apex's LARC), and is 1 where
   /// the gradient's norm is 0; false: it scales the step after the momentum, as the reference.
   bool trust_on_gradient = false;
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction:
+  /// the ratio's denominator then has no `weight_decay * ||p||`, and its `||p||` is the decayed one.
+  bool decoupled_weight_decay = false;
 };
 
 /// One LARS step (see LARS). Gradients are not modified (unlike pylocron).
@@ -196,6 +199,9 @@ struct RaLarsHyper {
   /// Maximum length of the approximated SMA (finite when given); none: `2 / (1 - beta2) - 1`.
   /// The reference fixes it in the group on its first step.
   std::optional<double> sma_inf = std::nullopt;
+  /// `p *= 1 - lr * weight_decay` before the step, outside the direction and the trust ratio's
+  /// `||u||`; `||p||` is the decayed parameter's (as LAMB's).
+  bool decoupled_weight_decay = false;
 };
 
 /// One RaLars step (see RaLars).
@@ -233,6 +239,8 @@ struct TAdamHyper {
   /// Degrees of freedom of the Student-t estimate (>= 0); none: each parameter's number of
   /// elements.
   std::optional<double> dof;  // none: the parameter's number of elements; > 0 (unlike pylocron)
+  /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
+  bool decoupled_weight_decay = false;
 };
 
 /// One TAdam step (see TAdam). 0-d parameters work (unlike pylocron).
@@ -270,6 +278,8 @@ struct AdaBeliefHyper {
   double weight_decay;
   /// Divide by the running maximum of the second moment.
   bool amsgrad;
+  /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
+  bool decoupled_weight_decay = false;
 };
 
 /// One AdaBelief step (see AdaBelief).
@@ -306,6 +316,8 @@ struct AdamPHyper {
   bool amsgrad;
   /// Projection threshold: applies when `cos(p, g) < delta / sqrt(numel(p))` (finite).
   double delta;
+  /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
+  bool decoupled_weight_decay = false;
 };
 
 /// One AdamP step (see AdamP).
@@ -396,6 +408,8 @@ struct AdEMAMixHyper {
   /// Steps over which `beta3` warms up from `beta1` (the paper's `T_beta3`; > 0, and then
   /// `beta1 > 0`, `beta3 > 0`), or none.
   std::optional<double> t_beta3 = std::nullopt;
+  /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
+  bool decoupled_weight_decay = false;
 };
 
 /// One AdEMAMix step (see AdEMAMix).

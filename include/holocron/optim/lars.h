@@ -53,6 +53,10 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction:
+  /// the trust ratio then has no `weight_decay * ||p||` in its denominator, and its `||p||` is the
+  /// decayed parameter's (torch's `decoupled_weight_decay`). Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -70,10 +74,12 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
     visit("always_adapt", self.always_adapt());
     visit("trust_on_gradient", self.trust_on_gradient());
     visit("maximize", self.maximize());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient", "maximize"};
+    return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient", "maximize",
+            "decoupled_weight_decay"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LarsHyper hyper() const;

@@ -38,6 +38,10 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction,
+  /// so the decay stays outside the trust ratio's `||u||`; `||p||` is the decayed parameter's (as
+  /// LAMB's, timm's `decoupled_decay`). Default false.
+  TORCH_ARG(bool, decoupled_weight_decay) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -50,9 +54,10 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
     visit("force_adaptive_momentum", self.force_adaptive_momentum());
     visit("scale_clip", self.scale_clip());
     visit("maximize", self.maximize());
+    visit("decoupled_weight_decay", self.decoupled_weight_decay());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::RaLarsHyper hyper() const;
 };

@@ -23,8 +23,8 @@ struct AdaBeliefApply {
   const PassArgs& args;
 
   struct Body {
-    V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, inv_sqrt_bc2, step;
-    bool decay, amsgrad;
+    V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, inv_sqrt_bc2, step, decay_factor;
+    bool decay, amsgrad, decays;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
@@ -34,6 +34,8 @@ struct AdaBeliefApply {
       m = m * beta1 + one_minus_beta1 * g;
       const V residual = g - m;
       s = s * beta2 + one_minus_beta2 * residual * residual;
+      // A branch, not a factor of 1: the compiler may fuse either product into the add.
+      if (decays) p = p * decay_factor;
       p = p + step * (m / adam_denominator(s, amsgrad ? &x[kSlot.max_exp_avg_sq] : nullptr, inv_sqrt_bc2, eps));
     }
   };
@@ -42,7 +44,7 @@ struct AdaBeliefApply {
     const auto c = args.per_tensor[t].get<proto::PerTensor>();
     return {splat<V>(h.beta1), splat<V>(1.0 - h.beta1), splat<V>(h.beta2),        splat<V>(1.0 - h.beta2),
             splat<V>(h.eps),   splat<V>(h.weight_decay), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
-            h.weight_decay != 0.0, h.amsgrad};
+            splat<V>(h.decay), h.weight_decay != 0.0,    h.amsgrad,                h.decay != 1.0};
   }
 };
 

@@ -99,12 +99,15 @@ struct AdamPApply {
   struct Body {
     AdamPMomentUpdate<V> moments;
     AdamPDirection<V> direction;
-    V step, projection;
-    bool project;
+    V step, projection, decay_factor;
+    bool project, decays;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
       if constexpr (kMomentsInApply<T>) moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
+      // Before the projection, which the host computed for the decayed parameter; a branch, not a
+      // factor of 1, which the compiler may fuse into a product.
+      if (decays) p = p * decay_factor;
       V q = direction(x[kSlot.exp_avg], x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
       if (project) q = q - projection * p;
       p = p + step * q;
@@ -114,7 +117,7 @@ struct AdamPApply {
     const auto h = args.constants.get<proto::Constants>();
     const auto c = args.per_tensor[t].get<proto::PerTensor>();
     return {AdamPMomentUpdate<V>(h), AdamPDirection<V>(h, c), splat<V>(c.step), splat<V>(c.projection),
-            c.projection != 0.0};
+            splat<V>(h.decay),       c.projection != 0.0,          h.decay != 1.0};
   }
 };
 

@@ -41,8 +41,8 @@ struct LarsApply {
   const PassArgs& args;
 
   struct Body {
-    V weight_decay, momentum, one_minus_dampening, direction_scale, step;
-    bool decay, with_momentum, nesterov, buffer_is_new;
+    V weight_decay, momentum, one_minus_dampening, direction_scale, step, decay_factor;
+    bool decay, with_momentum, nesterov, buffer_is_new, decays;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
@@ -53,6 +53,8 @@ struct LarsApply {
         buffer = buffer_is_new ? direction : buffer * momentum + one_minus_dampening * direction;
         direction = nesterov ? direction + momentum * buffer : buffer;
       }
+      // A branch, not a factor of 1: the compiler may fuse either product into the add.
+      if (decays) p = p * decay_factor;
       p = p + step * direction;
     }
   };
@@ -64,10 +66,12 @@ struct LarsApply {
             splat<V>(1.0 - h.dampening),
             splat<V>(c.direction_scale),
             splat<V>(c.step),
+            splat<V>(h.decay),
             h.weight_decay != 0.0,
             h.momentum != 0.0,
             h.nesterov,
-            c.buffer_is_new};
+            c.buffer_is_new,
+            h.decay != 1.0};
   }
 };
 

@@ -77,6 +77,7 @@ struct Arrays {
 struct Constants {
   double weight_decay, momentum, dampening;
   bool nesterov;
+  double decay;  // pass 2: p *= decay first (decoupled weight decay: 1 - lr * wd), unless 1
 };
 struct PerTensor {
   double direction_scale;  // 1, or the trust ratio where it scales d before the momentum
@@ -133,6 +134,7 @@ struct Arrays {
 struct Constants {
   double beta1, beta2, eps, weight_decay;
   bool amsgrad;
+  double decay;  // p *= decay before the update (decoupled weight decay: 1 - lr * wd), unless 1
 };
 }  // namespace adam_like
 
@@ -152,6 +154,7 @@ using ApplyArrays = adam_like::Arrays<T>;
 struct ApplyConstants {
   double beta2, eps, weight_decay;
   bool amsgrad;
+  double decay;  // p *= decay before the update (decoupled weight decay: 1 - lr * wd), unless 1
 };
 struct ApplyPerTensor {
   double keep, take;  // m = keep * m + take * g': W / (W + w), w / (W + w)
@@ -211,6 +214,7 @@ struct Arrays {
 };
 struct Constants {
   double beta1, beta2, eps, weight_decay;
+  double decay;  // p *= decay before the update (decoupled weight decay: 1 - lr * wd), unless 1
 };
 struct PerTensor {
   double beta3, alpha;  // at this tensor's step (the warm-ups)

@@ -52,8 +52,8 @@ struct TAdamApply {
   const PassArgs& args;
 
   struct Body {
-    V beta2, one_minus_beta2, eps, weight_decay, keep, take, inv_sqrt_bc2, step;
-    bool decay, amsgrad;
+    V beta2, one_minus_beta2, eps, weight_decay, keep, take, inv_sqrt_bc2, step, decay_factor;
+    bool decay, amsgrad, decays;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
@@ -62,6 +62,8 @@ struct TAdamApply {
       V& v = x[kSlot.exp_avg_sq];
       m = m * keep + take * g;
       v = v * beta2 + one_minus_beta2 * g * g;
+      // A branch, not a factor of 1: the compiler may fuse either product into the add.
+      if (decays) p = p * decay_factor;
       p = p + step * (m / adam_denominator(v, amsgrad ? &x[kSlot.max_exp_avg_sq] : nullptr, inv_sqrt_bc2, eps));
     }
   };
@@ -70,7 +72,7 @@ struct TAdamApply {
     const auto c = args.per_tensor[t].get<proto::ApplyPerTensor>();
     return {splat<V>(h.beta2), splat<V>(1.0 - h.beta2), splat<V>(h.eps),          splat<V>(h.weight_decay),
             splat<V>(c.keep),  splat<V>(c.take),         splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
-            h.weight_decay != 0.0, h.amsgrad};
+            splat<V>(h.decay), h.weight_decay != 0.0,    h.amsgrad,                h.decay != 1.0};
   }
 };
 
