@@ -615,6 +615,10 @@ class Adan(FusedStep, Optimizer):
             them (unscaled by GradScaler first, over all shards) and ``eps`` the group's;
             ``p.grad`` is not modified. Groups holding different values are clipped apart.
             None: no clipping. Default `None`.
+        caution: Cautious Optimizers (Liang et al. 2024, timm's ``caution``): the first
+            moment's term of the update only where ``m * g > 0``, rescaled by
+            ``1 / max(fraction kept, 1e-3)`` (the fraction of the whole tensor, over all
+            shards). Default `False`.
 
     The authors' and timm's Adan is ``decoupled_weight_decay=True``; their ``adanw`` adds
     ``no_prox=True``.
@@ -639,7 +643,8 @@ class Adan(FusedStep, Optimizer):
     _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD,
                 _MAXIMIZE, _DECOUPLED,
                 Option("no_prox", False, flag, added_later=True),
-                Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True))
+                Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True),
+                Option("caution", False, flag, added_later=True))
     # Where a group holds no decoupled_weight_decay (timm's Adan, whose decay is always decoupled).
     _decoupled_default = False
 
@@ -654,7 +659,8 @@ class Adan(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", self._decoupled_default)),
-            no_prox=bool(group["no_prox"]), **self._clipping(group),
+            no_prox=bool(group["no_prox"]), **self._clipping(group), caution=bool(group["caution"]),
+            sums=bool(group["caution"]),
         )
         self._commit_steps(states, steps)
 

@@ -8,8 +8,8 @@ The classes take timm's arguments with timm's defaults and keep timm's group key
 are this library's ``LAMB``, ``LARS`` and ``Adan`` with timm's options set.
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
-maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's and Adan's ``caution``,
-LAMB's ``corrected_weight_decay``; timm's AdamP, AdaBelief and Lookahead, whose variants
+maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's ``caution`` and
+``corrected_weight_decay``; timm's AdamP, AdaBelief and Lookahead, whose variants
 differ from holocron's), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
@@ -221,7 +221,8 @@ class Adan(_Adan):
         weight_decay: decoupled weight decay. Default `0.0`.
         no_prox: ``p *= 1 - lr * weight_decay`` before the update instead of the proximal
             division after it. Default `False`.
-        caution: timm's cautious update; not available yet (only False). Default `False`.
+        caution: Cautious Optimizers: the first moment's term only where it agrees in sign
+            with the gradient, rescaled by ``1 / max(fraction kept, 1e-3)``. Default `False`.
         foreach: timm's implementation switch; changes nothing here. Default `None`.
 
     The state keeps this library's layout (``exp_avg``; ``exp_avg_sq`` is timm's
@@ -235,7 +236,7 @@ class Adan(_Adan):
         Option("eps", 1e-8, finite("epsilon"), range="[0, inf)"),
         Option("weight_decay", 0.0, finite("weight_decay", non_negative=True), range="[0, inf)"),
         Option("no_prox", False, flag),
-        Option("caution", False, _not_available("cautious updates")),
+        Option("caution", False, flag),
         Option("foreach", None, _foreach),
     )
     # Fixed in timm's algorithm: not a group option (timm's groups do not hold it).
@@ -276,6 +277,10 @@ _REGISTRY: dict[str, _Entry] = {
     "adan": _Entry(Adan, "Adaptive Nesterov Momentum Algorithm", {"no_prox": False}, has_betas=True),
     "adanw": _Entry(Adan, "Adaptive Nesterov Momentum with decoupled weight decay", {"no_prox": True},
                     has_betas=True),
+    "cadan": _Entry(Adan, "Cautious Adaptive Nesterov Momentum Algorithm", {"caution": True, "no_prox": False},
+                    has_betas=True),
+    "cadanw": _Entry(Adan, "Cautious Adaptive Nesterov Momentum with decoupled weight decay",
+                     {"caution": True, "no_prox": True}, has_betas=True),
     "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
     "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
     "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
@@ -291,7 +296,7 @@ _REGISTRY: dict[str, _Entry] = {
 
 # timm's names that this library does not reproduce yet, and why.
 _NOT_YET = {
-    **{name: "cautious updates" for name in ("clamb", "clambw", "cadan", "cadanw", "cadamw", "cadopt", "cadoptw",
+    **{name: "cautious updates" for name in ("clamb", "clambw", "cadamw", "cadopt", "cadoptw",
                                              "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
     **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"
        for name in ("adamp", "adabelief", "radabelief")},

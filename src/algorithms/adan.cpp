@@ -2,6 +2,7 @@
 // (src/kernels/cpu/adan.cpp): the reference math, the checks and the functional
 // function, the C++ class, and the Python operator.
 
+#include "algorithms/caution.h"
 #include "algorithms/common.h"
 
 namespace holocron::optim::functional::detail {
@@ -26,7 +27,7 @@ namespace {
 
 void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
            TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
-           c10::ArrayRef<int64_t> steps, const AdanHyper& h) {
+           c10::ArrayRef<int64_t> steps, const AdanHyper& h, c10::ArrayRef<double> caution_scales) {
 
   for (size_t i = 0; i < params.size(); ++i) {
     // An empty tensor has nothing to update (and no norm or cosine to take).
@@ -50,9 +51,9 @@ void adan(TensorList params, TensorList grads, TensorList prev_grads, TensorList
 
     auto denom = adam_denominator(scope, n, h.amsgrad, max_exp_avg_deltas, i,
                                   bias_correction(h.beta3, steps[i]), h.eps);
-    auto direction = (m / bias_correction(h.beta1, steps[i]))
-                         .add_(v, h.beta2 / bias_correction(h.beta2, steps[i]))
-                         .div_(denom);
+    auto momentum = m / bias_correction(h.beta1, steps[i]);
+    if (h.caution) momentum = at::where(m * g > 0, momentum * caution_scales[i], at::zeros_like(momentum));
+    auto direction = momentum.add_(v, h.beta2 / bias_correction(h.beta2, steps[i])).div_(denom);
     if (const double factor = adan_decay_factor(h); factor != 1.0) p.mul_(factor);
     p.add_(direction, -h.lr);
     if (const double divisor = adan_decay_divisor(h); divisor != 1.0) p.div_(divisor);
@@ -77,7 +78,8 @@ void check(const AdanHyper& h) {
 
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
            TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
-           c10::ArrayRef<int64_t> steps, const AdanHyper& h, const GradScaling& scaling) {
+           c10::ArrayRef<int64_t> steps, const AdanHyper& h, const GradScaling& scaling,
+           const Sharding& sharding) {
   check(h);
   check_group("Adan", params, grads,
               {{"prev_grads", prev_grads},
@@ -86,10 +88,16 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                {"exp_avg_deltas", exp_avg_deltas}});
   if (h.amsgrad) check_group("Adan", params, grads, {{"max_exp_avg_deltas", max_exp_avg_deltas}});
   check_steps("Adan", steps, params.size());
+  check_sharding("Adan", sharding, params);
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
   // The authors' clipping rule, min(max_grad_norm / (norm + eps), 1).
   const auto inv_grad_scale = grad_unscale("Adan", scaling, h.eps);
   if (!inv_grad_scale) return;
+  // timm's rescaling of the kept elements.
+  const auto caution_scales =
+      h.caution ? caution_scales_of("Adan", CautionScale::kTimm, params, grads, exp_avgs, h.beta1, 1.0 - h.beta1,
+                                    adan_coupled_decay(h), *inv_grad_scale, sharding)
+                : std::vector<double>(params.size(), 1.0);
   auto& scratch = fused_scratch();
   namespace adan = cpu::protocol::adan;
   if (!fused_group(scratch.group, params,
@@ -102,7 +110,7 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                                             .max_exp_avg_delta = maxima})) {
     kernels::reference::adan(params, unscaled_grads(grads, *inv_grad_scale),
                              prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas,
-                             max_exp_avg_deltas, steps, h);
+                             max_exp_avg_deltas, steps, h, caution_scales);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
@@ -112,7 +120,8 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                                      .beta3 = h.beta3,
                                      .eps = h.eps,
                                      .weight_decay = adan_coupled_decay(h),
-                                     .amsgrad = h.amsgrad});
+                                     .amsgrad = h.amsgrad,
+                                     .caution = h.caution});
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i].set(adan::PerTensor{.first_step = steps[i] == 1,
                                            .inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
@@ -120,7 +129,8 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
                                            .inv_sqrt_bc3 = inverse_sqrt_bias_correction(h.beta3, steps[i]),
                                            .step = -h.lr,
                                            .decay_factor = adan_decay_factor(h),
-                                           .decay_divisor = adan_decay_divisor(h)});
+                                           .decay_divisor = adan_decay_divisor(h),
+                                           .caution_scale = caution_scales[i]});
   }
   cpu::run(cpu::Pass::AdanApply, scratch.group, args);
   mark_written({params, prev_grads, exp_avgs, exp_avg_sqs, exp_avg_deltas, maxima});
@@ -145,7 +155,8 @@ functional::AdanHyper AdanOptions::hyper() const {
           .weight_decay = weight_decay(),
           .amsgrad = amsgrad(),
           .decoupled_weight_decay = decoupled_weight_decay(),
-          .no_prox = no_prox()};
+          .no_prox = no_prox(),
+          .caution = caution()};
 }
 
 Adan::Adan(const std::vector<OptimizerParamGroup>& param_groups, AdanOptions defaults)
@@ -193,8 +204,8 @@ c10::IValue adan(const Arguments& a) {
            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
             .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
             .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
-            .no_prox = a.flag("no_prox")},
-           a.scaling());
+            .no_prox = a.flag("no_prox"), .caution = a.flag("caution")},
+           a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};
 }
@@ -207,7 +218,8 @@ HOLOCRON_OPTIM_OP(
     "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING ") -> ()",
+    ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING
+    ", bool caution=False, " HOLOCRON_SHARDING ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

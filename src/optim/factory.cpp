@@ -65,8 +65,8 @@ LARSOptions timm_lars(const FactoryOptions& o, bool nesterov, bool trust_clip) {
 }
 
 // timm's Adan: the authors' decay, never in the gradient.
-AdanOptions timm_adan(const FactoryOptions& o, bool no_prox) {
-  return AdanOptions(o.lr.value_or(1e-3)).decoupled_weight_decay(true).no_prox(no_prox);
+AdanOptions timm_adan(const FactoryOptions& o, bool no_prox, bool caution) {
+  return AdanOptions(o.lr.value_or(1e-3)).decoupled_weight_decay(true).no_prox(no_prox).caution(caution);
 }
 
 const std::map<std::string, Maker>& registry() {
@@ -75,8 +75,10 @@ const std::map<std::string, Maker>& registry() {
       {"lambc", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, false); })},
       {"lambw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, true); })},
       {"lambcw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, true); })},
-      {"adan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false); })},
-      {"adanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true); })},
+      {"adan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false, false); })},
+      {"adanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true, false); })},
+      {"cadan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false, true); })},
+      {"cadanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true, true); })},
       {"lars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, false); })},
       {"larc", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, true); })},
       {"nlars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, true, false); })},
@@ -97,8 +99,6 @@ const char* not_yet(const std::string& name) {
   static const std::map<std::string, const char*> names = {
       {"clamb", "cautious updates"},
       {"clambw", "cautious updates"},
-      {"cadan", "cautious updates"},
-      {"cadanw", "cautious updates"},
       {"adamp", "timm's variant (holocron's is the class AdamP, with other numbers)"},
       {"adabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},
       {"radabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},

@@ -213,7 +213,8 @@ struct AdanTraits {
     return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
         .amsgrad(flag_setting(s, "amsgrad"))
         .no_prox(flag_setting(s, "no_prox"))
-        .max_grad_norm(optional_setting(s, "max_grad_norm"));
+        .max_grad_norm(optional_setting(s, "max_grad_norm"))
+        .caution(flag_setting(s, "caution"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double, double, double, Choose) {

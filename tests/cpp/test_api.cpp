@@ -817,7 +817,7 @@ TEST(Factory, TimmNamesGiveTimmsOptionsAndGroups) {
   auto scout = ho::create_optimizer("scout_ralars", {torch::optim::OptimizerParamGroup(some_params())});
   EXPECT_NE(dynamic_cast<ho::Scout*>(scout.get()), nullptr);
   EXPECT_EQ(ho::list_optimizers(),
-            (std::vector<std::string>{"adan", "adanw", "ademamix", "lamb", "lambc", "lambcw", "lambw", "larc", "lars", "nlarc",
+            (std::vector<std::string>{"adan", "adanw", "ademamix", "cadan", "cadanw", "lamb", "lambc", "lambcw", "lambw", "larc", "lars", "nlarc",
                                       "nlars", "ralars", "tadam"}));
 }
 

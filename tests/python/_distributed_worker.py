@@ -95,6 +95,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "LAMB(timm)": adam,
             "LARS(timm)": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
             "Adan(authors)": adam,
+            "Adan(cautious)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,6 +118,8 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         # The authors' clipping (one norm over every shard) and decay.
         "Adan(authors)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, decoupled_weight_decay=True, no_prox=True,
                                            max_grad_norm=0.1),
+        # The cautious mask's mean over every shard of the tensor.
+        "Adan(cautious)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, caution=True),
     }
 
 

@@ -24,7 +24,7 @@ CASES = {
     "LAMB(timm)": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01, bias_correction=True, grad_averaging=False,
                                    max_grad_norm=1.0, trust_clip=True, always_adapt=False),
     "Adan(authors)": lambda p: ho.Adan(p, lr=0.01, weight_decay=0.02, decoupled_weight_decay=True, no_prox=True,
-                                       max_grad_norm=1.0),
+                                       max_grad_norm=1.0, caution=True),
 }
 
 

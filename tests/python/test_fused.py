@@ -92,7 +92,10 @@ def test_fused_matches_reference_backend(name, k, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("name,k", CASES)
+# Cautious updates are left out: their mask flips wherever m * g rounds to the other sign in half
+# precision, a step of the whole rescaled momentum there (their fused and reference paths are
+# compared in every dtype above).
+@pytest.mark.parametrize("name,k", [(name, k) for name, k in CASES if not OPTIONS[name][k].get("caution")])
 def test_reduced_precision_follows_the_float32_path(name, k, dtype):
     wide = _run(name, OPTIONS[name][k], torch.float32, "auto")
     narrow = _run(name, OPTIONS[name][k], dtype, "auto")

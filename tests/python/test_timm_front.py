@@ -21,7 +21,7 @@ import holocron_optim.timm as ours
 from conftest import BUILD_DIR
 
 STEPS = 12
-NAMES = ["lamb", "lambc", "lambw", "lambcw", "lars", "larc", "nlars", "nlarc", "adan", "adanw"]
+NAMES = ["lamb", "lambc", "lambw", "lambcw", "lars", "larc", "nlars", "nlarc", "adan", "adanw", "cadan", "cadanw"]
 CLASSES = ["Lamb", "Lars", "Adan"]
 
 
@@ -106,7 +106,7 @@ def test_signatures_and_defaults_are_timms(timm, cls):
 ], ids=["decay", "no-filter", "layer-decay", "explicit"])
 @pytest.mark.parametrize("name", NAMES)
 def test_create_optimizer_v2_gives_timms_groups_and_numbers(timm, name, options):
-    if "betas" in options and name.startswith("adan"):
+    if "betas" in options and "adan" in name:
         options = {**options, "betas": (0.9, 0.9, 0.95)}
     theirs_model, ours_model = _model(1), _model(1)
     theirs = timm.create_optimizer_v2(theirs_model, name, **options)
@@ -151,7 +151,7 @@ def test_list_optimizers_filters_as_timm(timm):
     assert set(ours.list_optimizers()) >= set(NAMES) | {"ralars", "tadam", "ademamix"}
     described = dict(ours.list_optimizers("lamb*", with_description=True))
     assert set(described) == {"lamb", "lambc", "lambcw", "lambw"} and all(described.values())
-    assert ours.list_optimizers("*", exclude_filters=["l*", "n*"]) == ["adan", "adanw", "ademamix", "ralars", "tadam"]
+    assert ours.list_optimizers("*", exclude_filters=["l*", "n*", "c*"]) == ["adan", "adanw", "ademamix", "ralars", "tadam"]
 
 
 def test_our_own_names_and_scout():
@@ -168,7 +168,7 @@ def test_our_own_names_and_scout():
     ("clambw", NotImplementedError, "'clambw' .*cautious.* not available yet"),
     ("clamb", NotImplementedError, "cautious"),
     ("adamp", NotImplementedError, "timm's variant"),
-    ("cadanw", NotImplementedError, "cautious"),
+    ("cadamw", NotImplementedError, "cautious"),
     ("lookahead_lamb", NotImplementedError, "timm's Lookahead is not available yet"),
     ("foo_lamb", ValueError, "not found in registry"),
 ])
@@ -177,8 +177,7 @@ def test_names_not_reproduced_are_refused(name, error, message):
         ours.create_optimizer_v2(_model(0), name, lr=0.01)
 
 
-@pytest.mark.parametrize("cls,option", [("Lamb", "caution"), ("Lamb", "corrected_weight_decay"),
-                                        ("Adan", "caution")])
+@pytest.mark.parametrize("cls,option", [("Lamb", "caution"), ("Lamb", "corrected_weight_decay")])
 def test_options_not_reproduced_are_refused(cls, option):
     model = _model(0)
     with pytest.raises(NotImplementedError, match=f"{option}=True .* not available yet"):

@@ -347,7 +347,7 @@ def test_a_lars_checkpoint_from_before_the_options_loads_with_their_defaults():
 
 # ---- Adan -------------------------------------------------------------------------------
 
-ADAN_FLAGS = ("decoupled_weight_decay", "no_prox")
+ADAN_FLAGS = ("decoupled_weight_decay", "no_prox", "caution")
 
 
 def _random_adan_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
@@ -362,8 +362,8 @@ def _random_adan_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict
         "max_grad_norm": rng.choice([None, 0.5, 5.0, 1e3]),
         **{name: rng.random() < 0.5 for name in ADAN_FLAGS},
     }
-    # Four seeds in a row reach both switches both ways.
-    options[ADAN_FLAGS[seed % 2]] = not options[ADAN_FLAGS[(seed // 2) % 2]]
+    # Six seeds in a row reach every switch both ways.
+    options[ADAN_FLAGS[seed % 3]] = not options[ADAN_FLAGS[(seed + 1) % 3]]
     overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
     return shapes, options, overrides
 
@@ -423,7 +423,7 @@ def test_each_adan_option_changes_the_numbers():
     shapes, overrides = [(6, 3), (4,)], [{}]
     base = {"lr": 1e-2, "weight_decay": 0.05}
     reference, _ = _train(lambda g: ho.Adan(g, **base), shapes, overrides, torch.float64, 5)
-    for change in ({"decoupled_weight_decay": True}, {"no_prox": True}, {"max_grad_norm": 1.0}):
+    for change in ({"decoupled_weight_decay": True}, {"no_prox": True}, {"max_grad_norm": 1.0}, {"caution": True}):
         changed, _ = _train(lambda g: ho.Adan(g, **base, **change), shapes, overrides, torch.float64, 5)
         assert not torch.equal(changed[0], reference[0]), change
 

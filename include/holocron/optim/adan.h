@@ -46,6 +46,10 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   /// not modified. Groups holding different values are clipped apart. Default none (no clipping);
   /// must be > 0.
   TORCH_ARG(optional_real_t, max_grad_norm) = std::nullopt;
+  /// Cautious Optimizers (Liang et al. 2024; timm's `caution`): the first moment's term of the
+  /// update only where `m * g > 0`, rescaled by `1 / max(fraction kept, 1e-3)` (the fraction of the
+  /// whole tensor, over all shards); one more read of `g` and `m` per step. Default false.
+  TORCH_ARG(bool, caution) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -60,10 +64,11 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
     visit("decoupled_weight_decay", self.decoupled_weight_decay());
     visit("no_prox", self.no_prox());
     visit("max_grad_norm", self.max_grad_norm());
+    visit("caution", self.caution());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm"};
+    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm", "caution"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdanHyper hyper() const;

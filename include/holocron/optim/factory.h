@@ -30,7 +30,7 @@ struct FactoryOptions {
   std::vector<std::string> no_weight_decay_names;
 };
 
-/// The names create_optimizer() takes, sorted: timm's `adan`, `adanw`, `lamb`, `lambc`, `lambw`,
+/// The names create_optimizer() takes, sorted: timm's `adan`, `adanw`, `cadan`, `cadanw`, `lamb`, `lambc`, `lambw`,
 /// `lambcw`, `lars`, `larc`, `nlars`, `nlarc` (timm 1.0.31's numbers) and holocron's `ralars`, `tadam`, `ademamix`; each may be
 /// prefixed `scout_` (holocron's Scout around it).
 std::vector<std::string> list_optimizers();
@@ -42,7 +42,7 @@ std::vector<std::string> list_optimizers();
 /// `lambcw` both) and `Lars` (LARSOptions with
 /// `trust_coeff` 0.001, eps 1e-8, the ratio on the gradient, no ratio where weight decay is 0;
 /// `larc` adds `trust_clip`, `nlars` Nesterov momentum, `nlarc` both) and `Adan` (AdanOptions
-/// with `decoupled_weight_decay`; `adanw` adds `no_prox`).
+/// with `decoupled_weight_decay`; `adanw` adds `no_prox`, `cadan` and `cadanw` `caution`).
 ///
 ///     auto optimizer = holocron::optim::create_optimizer("lamb", *model, {.lr = 2e-3, .weight_decay = 0.05});
 ///

@@ -363,6 +363,9 @@ struct AdanHyper {
   /// `p *= 1 - weight_decay * lr` before the update instead of `p /= 1 + weight_decay * lr` after
   /// (the authors' and timm's `no_prox`).
   bool no_prox = false;
+  /// Cautious Optimizers (timm's `caution`): the first moment's term only where `m * g > 0`, times
+  /// `1 / max(mean(m * g > 0), 1e-3)`.
+  bool caution = false;
 };
 
 /// One Adan step (see Adan).
@@ -385,7 +388,8 @@ struct AdanHyper {
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
            TensorList exp_avg_sqs, TensorList exp_avg_deltas, TensorList max_exp_avg_deltas,
-           c10::ArrayRef<int64_t> steps, const AdanHyper& hyper, const GradScaling& scaling = {});
+           c10::ArrayRef<int64_t> steps, const AdanHyper& hyper, const GradScaling& scaling = {},
+           const Sharding& sharding = {});
 
 /// Hyper-parameters of ademamix_(); fields as in AdEMAMixOptions.
 struct AdEMAMixHyper {

@@ -22,8 +22,8 @@ struct AdanApply {
 
   struct Body {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, eps, weight_decay;
-    V inv_bc1, beta2_over_bc2, inv_sqrt_bc3, step, decay_factor, decay_divisor;
-    bool l2, amsgrad, first_step, multiplies, divides;
+    V inv_bc1, beta2_over_bc2, inv_sqrt_bc3, step, decay_factor, decay_divisor, caution_scale;
+    bool l2, amsgrad, first_step, multiplies, divides, caution;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
@@ -43,7 +43,10 @@ struct AdanApply {
       const V denom = adam_denominator(n, amsgrad ? &x[kSlot.max_exp_avg_delta] : nullptr, inv_sqrt_bc3, eps);
       // Branches, not factors of 1: the compiler may fuse a product into the add.
       if (multiplies) p = p * decay_factor;
-      p = p + step * ((m * inv_bc1 + beta2_over_bc2 * v) / denom);
+      V momentum = m * inv_bc1;
+      // Cautious: the momentum only where it agrees in sign with the gradient.
+      if (caution) momentum = V::blendv(V(0), momentum * caution_scale, m * g > V(0));
+      p = p + step * ((momentum + beta2_over_bc2 * v) / denom);
       if (divides) p = p / decay_divisor;
     }
   };
@@ -53,8 +56,9 @@ struct AdanApply {
     return {splat<V>(h.beta1),   splat<V>(1.0 - h.beta1),   splat<V>(h.beta2),          splat<V>(1.0 - h.beta2),
             splat<V>(h.beta3),   splat<V>(1.0 - h.beta3),   splat<V>(h.eps),            splat<V>(h.weight_decay),
             splat<V>(c.inv_bc1), splat<V>(c.beta2_over_bc2), splat<V>(c.inv_sqrt_bc3), splat<V>(c.step),
-            splat<V>(c.decay_factor), splat<V>(c.decay_divisor), h.weight_decay != 0.0, h.amsgrad, c.first_step,
-            c.decay_factor != 1.0,  c.decay_divisor != 1.0};
+            splat<V>(c.decay_factor), splat<V>(c.decay_divisor), splat<V>(c.caution_scale),
+            h.weight_decay != 0.0,    h.amsgrad,                c.first_step,
+            c.decay_factor != 1.0,    c.decay_divisor != 1.0,   h.caution};
   }
 };
 

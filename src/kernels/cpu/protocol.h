@@ -65,6 +65,21 @@ struct Arrays {
 };
 }  // namespace grad_norm
 
+// ---- Cautious updates -------------------------------------------------------
+// One pass counts, per tensor, the elements where this step's first moment
+// m' = beta1 * m + grad_weight * g' (g' = g + wd * p; p is read only when wd != 0)
+// agrees in sign with g' (m' * g' > 0): Cautious Optimizers' mask, whose mean
+// rescales it. Nothing is written; the apply pass recomputes the mask.
+namespace caution {
+template <typename T>
+struct Arrays {
+  T grad, exp_avg, param;
+};
+struct Constants {
+  double beta1, grad_weight, weight_decay;
+};
+}  // namespace caution
+
 // ---- LARS ------------------------------------------------------------------
 namespace lars {
 // Pass 1 (norms) sums ||p||^2 and ||g||^2. Pass 2: d = (g + wd * p) * scale;
@@ -196,6 +211,7 @@ struct Constants {
   double beta1, beta2, beta3, eps;
   double weight_decay;  // of g + wd * p: 0 when decoupled
   bool amsgrad;
+  bool caution;  // m's term only where m * g > 0, times caution_scale
 };
 struct PerTensor {
   bool first_step;  // the gradient difference is zero
@@ -203,6 +219,7 @@ struct PerTensor {
   double step;           // -lr
   double decay_factor;   // p *= it before the update (no_prox: 1 - wd * lr), unless 1
   double decay_divisor;  // p /= it after the update (1 + wd * lr), unless 1
+  double caution_scale;  // with caution: 1 / max(mean(m * g > 0), 1e-3)
 };
 }  // namespace adan
 
@@ -257,6 +274,7 @@ namespace holocron::optim::kernels::cpu {
 // layer runs (cpu::run) and each kernel file registers (src/kernels/cpu/table.cpp).
 enum class Pass : int {
   GradNorms,
+  CautionCount,
   LarsNorms,
   LarsApply,
   LambMoments,
