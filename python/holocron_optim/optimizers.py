@@ -705,6 +705,9 @@ class AdEMAMix(FusedStep, Optimizer):
         decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
             of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
             AdamW). Default `False`.
+        caution: Cautious Optimizers (Liang et al. 2024, pytorch-optimizer's
+            ``cautious``): the fast average's term only where ``m1 * g > 0``, rescaled by
+            ``numel / (kept + 1)`` (over the whole tensor, all shards). Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
@@ -720,7 +723,7 @@ class AdEMAMix(FusedStep, Optimizer):
                 Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE,
                 Option("t_alpha", None, positive_or_none("t_alpha"), range="(0, inf)", added_later=True),
                 Option("t_beta3", None, positive_or_none("t_beta3"), range="(0, inf)", added_later=True),
-                _DECOUPLED)
+                _DECOUPLED, Option("caution", False, flag, added_later=True))
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -732,6 +735,7 @@ class AdEMAMix(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
-            t_alpha=group["t_alpha"], t_beta3=group["t_beta3"],
+            t_alpha=group["t_alpha"], t_beta3=group["t_beta3"], caution=bool(group["caution"]),
+            sums=bool(group["caution"]),
         )
         self._commit_steps(states, steps)

@@ -2,6 +2,7 @@
 // (src/kernels/cpu/ademamix.cpp): the reference math, the checks and the functional
 // function, the C++ class, and the Python operator.
 
+#include "algorithms/caution.h"
 #include "algorithms/common.h"
 
 #include <algorithm>
@@ -40,7 +41,7 @@ namespace {
 
 void ademamix(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-               const AdEMAMixHyper& h) {
+               const AdEMAMixHyper& h, c10::ArrayRef<double> caution_scales) {
 
   for (size_t i = 0; i < params.size(); ++i) {
     // An empty tensor has nothing to update (and no norm or cosine to take).
@@ -57,7 +58,9 @@ void ademamix(TensorList params, TensorList grads, TensorList exp_avgs,
     const double beta3 = ademamix_beta3(h, steps[i]);
     m2.mul_(beta3).add_(g, 1.0 - beta3);
     auto denom = adam_denominator(scope, nu, false, {}, i, bias_correction(h.beta2, steps[i]), h.eps);
-    auto numerator = (m1 / bias_correction(h.beta1, steps[i])).add_(m2, ademamix_alpha(h, steps[i]));
+    auto fast = m1 / bias_correction(h.beta1, steps[i]);
+    if (h.caution) fast = at::where(m1 * g > 0, fast * caution_scales[i], at::zeros_like(fast));
+    auto numerator = fast.add_(m2, ademamix_alpha(h, steps[i]));
     if (decay.factor != 1.0) p.mul_(decay.factor);
     p.addcdiv_(numerator, denom, -h.lr);
     scope.commit();
@@ -97,13 +100,21 @@ void check(const AdEMAMixHyper& h) {
 
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-               const AdEMAMixHyper& h, const GradScaling& scaling) {
+               const AdEMAMixHyper& h, const GradScaling& scaling, const Sharding& sharding) {
   check(h);
   check_group("AdEMAMix", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
+  check_sharding("AdEMAMix", sharding, params);
   const auto inv_grad_scale = grad_unscale("AdEMAMix", scaling);
   if (!inv_grad_scale) return;
+  // pytorch-optimizer's rescaling of the kept elements.
+  const auto caution_scales =
+      h.caution ? caution_scales_of("AdEMAMix", CautionScale::kPytorchOptimizer, params, grads, exp_avgs, h.beta1,
+                                    1.0 - h.beta1,
+                                    split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).coupled,
+                                    *inv_grad_scale, sharding)
+                : std::vector<double>(params.size(), 1.0);
   auto& scratch = fused_scratch();
   namespace ademamix = cpu::protocol::ademamix;
   if (!fused_group(scratch.group, params,
@@ -113,7 +124,7 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                                                 .exp_avg_slow = exp_avgs_slow,
                                                 .exp_avg_sq = exp_avg_sqs})) {
     kernels::reference::ademamix(params, unscaled_grads(grads, *inv_grad_scale),
-                                 exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h);
+                                 exp_avgs, exp_avgs_slow, exp_avg_sqs, steps, h, caution_scales);
     return;
   }
   auto& args = scratch.fresh_args(params.size());
@@ -123,13 +134,15 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                                          .beta2 = h.beta2,
                                          .eps = h.eps,
                                          .weight_decay = decay.coupled,
-                                         .decay = decay.factor});
+                                         .decay = decay.factor,
+                                         .caution = h.caution});
   for (size_t i = 0; i < params.size(); ++i) {
     args.per_tensor[i].set(ademamix::PerTensor{.beta3 = ademamix_beta3(h, steps[i]),
                                                .alpha = ademamix_alpha(h, steps[i]),
                                                .inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
                                                .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
-                                               .step = -h.lr});
+                                               .step = -h.lr,
+                                               .caution_scale = caution_scales[i]});
   }
   cpu::run(cpu::Pass::AdEMAMixApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avgs_slow, exp_avg_sqs});
@@ -155,7 +168,8 @@ functional::AdEMAMixHyper AdEMAMixOptions::hyper() const {
           .weight_decay = weight_decay(),
           .t_alpha = t_alpha(),
           .t_beta3 = t_beta3(),
-          .decoupled_weight_decay = decoupled_weight_decay()};
+          .decoupled_weight_decay = decoupled_weight_decay(),
+          .caution = caution()};
 }
 
 AdEMAMix::AdEMAMix(const std::vector<OptimizerParamGroup>& param_groups, AdEMAMixOptions defaults)
@@ -197,8 +211,8 @@ c10::IValue ademamix(const Arguments& a) {
                 .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
                 .weight_decay = a.real("weight_decay"), .t_alpha = a.optional_real("t_alpha"),
                 .t_beta3 = a.optional_real("t_beta3"),
-                .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
-               a.scaling());
+                .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .caution = a.flag("caution")},
+               a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};
 }
@@ -210,7 +224,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "
-    "bool decoupled_weight_decay=False) -> ()",
+    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ") -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -233,7 +233,8 @@ struct AdEMAMixTraits {
     return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
         .alpha(setting(s, "alpha", 5.0))
         .t_alpha(optional_setting(s, "t_alpha"))
-        .t_beta3(optional_setting(s, "t_beta3"));
+        .t_beta3(optional_setting(s, "t_beta3"))
+        .caution(flag_setting(s, "caution"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input&, double lr, double, double, double, Choose choose) {

@@ -96,6 +96,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "LARS(timm)": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
             "Adan(authors)": adam,
             "Adan(cautious)": adam,
+            "AdEMAMix(cautious)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,6 +121,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
                                            max_grad_norm=0.1),
         # The cautious mask's mean over every shard of the tensor.
         "Adan(cautious)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, caution=True),
+        "AdEMAMix(cautious)": lambda p: ho.AdEMAMix(p, lr=LR, caution=True, t_alpha=3, t_beta3=3),
     }
 
 

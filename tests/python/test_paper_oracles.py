@@ -1,6 +1,7 @@
-"""Options whose only definition is a paper's (no peer class to load): AdEMAMix's warm-ups of alpha
-and beta3 (Pagliardini et al. 2024, arXiv 2409.03137, Algorithm 1; the formulas bitsandbytes
-and pytorch-optimizer use), against a naive float64 implementation written here from the paper,
+"""Options whose definition is a paper's or a peer's formula (no peer class loaded): AdEMAMix's
+warm-ups of alpha and beta3 (Pagliardini et al. 2024, arXiv 2409.03137, Algorithm 1; the formulas
+bitsandbytes and pytorch-optimizer use) and its cautious update (Liang et al. 2024, arXiv
+2411.16085, as pytorch-optimizer rescales it), against a naive float64 implementation written here,
 over 25 steps on randomized shapes, options and groups: float64 to 1e-9 and float32 to 1e-4, on
 both backends and on the C++ front."""
 
@@ -43,9 +44,9 @@ class NaiveAdEMAMix:
     one parameter at a time, each with its own step count."""
 
     def __init__(self, groups, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, eps=1e-8, weight_decay=0.0,
-                 t_alpha=None, t_beta3=None):
+                 t_alpha=None, t_beta3=None, caution=False):
         defaults = dict(lr=lr, betas=betas, alpha=alpha, eps=eps, weight_decay=weight_decay, t_alpha=t_alpha,
-                        t_beta3=t_beta3)
+                        t_beta3=t_beta3, caution=caution)
         self.param_groups = [{**defaults, **g} for g in groups]
         self.state = {}
 
@@ -69,8 +70,12 @@ class NaiveAdEMAMix:
                 m2.mul_(beta3_t).add_((1 - beta3_t) * g)
                 nu.mul_(beta2).add_((1 - beta2) * g * g)
                 denom = (nu / (1 - beta2 ** t)).sqrt() + group["eps"]
+                fast = m1.clone()
+                if group["caution"]:  # pytorch-optimizer's apply_cautious
+                    mask = (fast * g > 0).double()
+                    fast *= mask * (mask.numel() / (mask.sum() + 1))
                 with torch.no_grad():
-                    p.copy_(w - group["lr"] * (m1 / (1 - beta1 ** t) + alpha_t * m2) / denom)
+                    p.copy_(w - group["lr"] * (fast / (1 - beta1 ** t) + alpha_t * m2) / denom)
 
 
 def _random_case(seed: int):
@@ -85,6 +90,7 @@ def _random_case(seed: int):
         # Shorter and longer than the run: warming up, and past the warm-up.
         "t_alpha": rng.choice([None, 3, 10.0, 40]),
         "t_beta3": rng.choice([None, 4, 15.0, 60]),
+        "caution": seed % 3 == 2,
     }
     if seed % 4 == 0:
         options["t_alpha"] = options["t_alpha"] or 7
@@ -165,7 +171,7 @@ def test_each_warm_up_changes_the_numbers():
     shapes, overrides = [(6, 3), (4,)], [{}]
     base = {"lr": 1e-2, "alpha": 5.0}
     reference = _train(lambda g: ho.AdEMAMix(g, **base), shapes, overrides, torch.float64, 5)
-    for change in ({"t_alpha": 10}, {"t_beta3": 10}):
+    for change in ({"t_alpha": 10}, {"t_beta3": 10}, {"caution": True}):
         changed = _train(lambda g: ho.AdEMAMix(g, **base, **change), shapes, overrides, torch.float64, 5)
         assert not torch.equal(changed[0], reference[0]), change
     # A warm-up shorter than one step is no warm-up.
@@ -191,6 +197,7 @@ def test_ademamix_cpp_front_matches_the_paper(seed):
     settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"beta3={beta3!r}",
                 f"alpha={options['alpha']!r}", f"eps={options['eps']!r}", f"weight_decay={options['weight_decay']!r}"]
     settings += [f"{key}={float(options[key])!r}" for key in ("t_alpha", "t_beta3") if options[key] is not None]
+    settings.append(f"caution={float(options['caution'])!r}")
     out = subprocess.run([str(RUNNER), "AdEMAMix", str(seed), str(STEPS), *settings],
                          check=True, capture_output=True, text=True).stdout
     cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]

@@ -38,6 +38,10 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW). Default false.
   TORCH_ARG(bool, decoupled_weight_decay) = false;
+  /// Cautious Optimizers (Liang et al. 2024; pytorch-optimizer's `cautious`): the fast average's
+  /// term only where `m1 * g > 0`, rescaled by `numel / (kept + 1)` (over the whole tensor, all
+  /// shards); one more read of `g` and `m1` per step. Default false.
+  TORCH_ARG(bool, caution) = false;
   /// Warm-up of `alpha` (the paper's `T_alpha`, bitsandbytes' `t_alpha`): at a parameter's step
   /// `t`, `alpha_t = min(t * alpha / t_alpha, alpha)`. Default none (no warm-up); must be > 0.
   TORCH_ARG(optional_real_t, t_alpha) = std::nullopt;
@@ -60,9 +64,10 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
     visit("t_alpha", self.t_alpha());
     visit("t_beta3", self.t_beta3());
     visit("decoupled_weight_decay", self.decoupled_weight_decay());
+    visit("caution", self.caution());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
 };

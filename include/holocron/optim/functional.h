@@ -414,6 +414,9 @@ struct AdEMAMixHyper {
   std::optional<double> t_beta3 = std::nullopt;
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
   bool decoupled_weight_decay = false;
+  /// Cautious Optimizers (pytorch-optimizer's `cautious`): the fast average's term only where
+  /// `m1 * g > 0`, times `numel / (kept + 1)`.
+  bool caution = false;
 };
 
 /// One AdEMAMix step (see AdEMAMix).
@@ -430,7 +433,7 @@ struct AdEMAMixHyper {
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-               const AdEMAMixHyper& hyper, const GradScaling& scaling = {});
+               const AdEMAMixHyper& hyper, const GradScaling& scaling = {}, const Sharding& sharding = {});
 
 /// Lookahead / Scout synchronisation, for every tensor: `slow += sync_rate * (fast - slow)`,
 /// then `fast = slow`.

@@ -22,8 +22,8 @@ struct AdEMAMixApply {
 
   struct Body {
     V beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3, alpha, eps,
-        weight_decay, inv_bc1, inv_sqrt_bc2, step, decay_factor;
-    bool decay, decays;
+        weight_decay, inv_bc1, inv_sqrt_bc2, step, decay_factor, caution_scale;
+    bool decay, decays, caution;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
@@ -37,7 +37,10 @@ struct AdEMAMixApply {
       const V denom = adam_denominator<V>(nu, nullptr, inv_sqrt_bc2, eps);
       // A branch, not a factor of 1: the compiler may fuse either product into the add.
       if (decays) p = p * decay_factor;
-      p = p + step * ((fast * inv_bc1 + alpha * slow) / denom);
+      V fast_term = fast * inv_bc1;
+      // Cautious: the fast average only where it agrees in sign with the gradient.
+      if (caution) fast_term = V::blendv(V(0), fast_term * caution_scale, fast * g > V(0));
+      p = p + step * ((fast_term + alpha * slow) / denom);
     }
   };
   Body for_tensor(int64_t t) const {
@@ -46,7 +49,7 @@ struct AdEMAMixApply {
     return {splat<V>(h.beta1),   splat<V>(1.0 - h.beta1),  splat<V>(h.beta2), splat<V>(1.0 - h.beta2),
             splat<V>(c.beta3),   splat<V>(1.0 - c.beta3),  splat<V>(c.alpha), splat<V>(h.eps),
             splat<V>(h.weight_decay), splat<V>(c.inv_bc1), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
-            splat<V>(h.decay), h.weight_decay != 0.0, h.decay != 1.0};
+            splat<V>(h.decay), splat<V>(c.caution_scale), h.weight_decay != 0.0, h.decay != 1.0, h.caution};
   }
 };
 

@@ -232,11 +232,13 @@ struct Arrays {
 struct Constants {
   double beta1, beta2, eps, weight_decay;
   double decay;  // p *= decay before the update (decoupled weight decay: 1 - lr * wd), unless 1
+  bool caution;  // the fast average's term only where m1 * g > 0, times caution_scale
 };
 struct PerTensor {
   double beta3, alpha;  // at this tensor's step (the warm-ups)
   double inv_bc1, inv_sqrt_bc2;
-  double step;  // -lr
+  double step;           // -lr
+  double caution_scale;  // with caution: numel / (kept + 1)
 };
 }  // namespace ademamix
 
