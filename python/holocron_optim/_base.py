@@ -398,10 +398,11 @@ class FusedStep:
 
     def _grad_clipping(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]
                        ) -> dict[int, dict[str, Any]]:
-        """timm's and apex's clipping by one norm over the unscaled gradients (all shards) of
-        every group holding the same `max_grad_norm` (usually all: the constructor's), which
-        the kernels divide the gradients by, max(1, norm / max_grad_norm), as they read them
-        (never in place). Groups holding None are not clipped."""
+        """Clipping by one norm over the unscaled gradients (all shards) of every group holding
+        the same `max_grad_norm` (usually all: the constructor's), which the kernels scale the
+        gradients by as they read them (never in place): LAMB divides by
+        max(1, norm / max_grad_norm) (timm, apex), Adan multiplies by
+        min(max_grad_norm / (norm + eps), 1) (its authors). Groups holding None are not clipped."""
         if not self._clips_grad_norm:
             return {}
         together: dict[float, list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]] = {}

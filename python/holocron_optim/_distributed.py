@@ -1,6 +1,6 @@
 """DTensor parameters (FSDP2's `fully_shard`, tensor parallelism): the ops run on
 each rank's local shards, and the whole-tensor sums of a group (norms, TAdam's
-distance, AdamP's cosine, Scout's coherence) are all-reduced inside the op, in
+distance, AdamP's cosine, Scout's coherence, the cautious mask's count) are all-reduced inside the op, in
 one collective per step for all tensors of a group laid out alike (FSDP2's
 case; tensors sharded over other mesh dimensions are updated by a call of
 their own), over the process group of each mesh dimension that shards them.

@@ -473,7 +473,7 @@ class AdaBelief(_AdamLike):
     Adapting Stepsizes by the Belief in Observed Gradients", NeurIPS 2020,
     https://arxiv.org/abs/2010.07468
 
-    Per parameter, with ``g = g + weight_decay * p``:
+    Per parameter, with ``g = g + weight_decay * p`` (unless ``decoupled_weight_decay``):
     ``m = beta1 * m + (1 - beta1) * g``, ``s = beta2 * s + (1 - beta2) * (g - m)**2``
     (with the updated ``m``; ``eps`` is not added into ``s``, as in the
     reference), then Adam's bias-corrected update with ``s`` for ``v``. A
@@ -582,7 +582,7 @@ class Adan(FusedStep, Optimizer):
     Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models", 2022,
     https://arxiv.org/abs/2208.06677
 
-    Per parameter, with ``g = g + weight_decay * p`` and ``diff = g - prev_grad``:
+    Per parameter, with ``g = g + weight_decay * p`` (unless ``decoupled_weight_decay``) and ``diff = g - prev_grad``:
     ``m = beta1 * m + (1 - beta1) * g``, ``v = beta2 * v + (1 - beta2) * diff``,
     ``n = beta3 * n + (1 - beta3) * (g + beta2 * diff)**2``,
     ``p -= lr * (m / bc1 + beta2 * v / bc2) / (sqrt(n / bc3) + eps)`` with
@@ -671,7 +671,7 @@ class AdEMAMix(FusedStep, Optimizer):
     Paper: Matteo Pagliardini, Pierre Ablin, David Grangier, "The AdEMAMix
     Optimizer: Better, Faster, Older", 2024, https://arxiv.org/abs/2409.03137
 
-    Per parameter, with ``g = g + weight_decay * p``:
+    Per parameter, with ``g = g + weight_decay * p`` (unless ``decoupled_weight_decay``):
     ``m1 = beta1 * m1 + (1 - beta1) * g``, ``nu = beta2 * nu + (1 - beta2) * g**2``,
     ``m2 = beta3 * m2 + (1 - beta3) * g``,
     ``p -= lr * (m1 / (1 - beta1**t) + alpha * m2) / (sqrt(nu / (1 - beta2**t)) + eps)``.

@@ -40,13 +40,14 @@ def paper_beta3(t: int, beta1: float, beta3: float, t_beta3: float | None) -> fl
 
 
 class NaiveAdEMAMix:
-    """Algorithm 1 of the paper with the reference's L2 weight decay (g + wd * p), in float64,
-    one parameter at a time, each with its own step count."""
+    """Algorithm 1 of the paper with the reference's L2 weight decay (g + wd * p) or, decoupled,
+    the paper's own (p *= 1 - lr * wd first), in float64, one parameter at a time, each with its
+    own step count."""
 
     def __init__(self, groups, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, eps=1e-8, weight_decay=0.0,
-                 t_alpha=None, t_beta3=None, caution=False):
+                 t_alpha=None, t_beta3=None, caution=False, decoupled_weight_decay=False):
         defaults = dict(lr=lr, betas=betas, alpha=alpha, eps=eps, weight_decay=weight_decay, t_alpha=t_alpha,
-                        t_beta3=t_beta3, caution=caution)
+                        t_beta3=t_beta3, caution=caution, decoupled_weight_decay=decoupled_weight_decay)
         self.param_groups = [{**defaults, **g} for g in groups]
         self.state = {}
 
@@ -62,7 +63,11 @@ class NaiveAdEMAMix:
                 state["step"] += 1
                 t = state["step"]
                 w = p.detach().double()
-                g = p.grad.double() + group["weight_decay"] * w
+                if group["decoupled_weight_decay"]:
+                    w = w * (1 - group["lr"] * group["weight_decay"])
+                    g = p.grad.double()
+                else:
+                    g = p.grad.double() + group["weight_decay"] * w
                 alpha_t = paper_alpha(t, group["alpha"], group["t_alpha"])
                 beta3_t = paper_beta3(t, beta1, beta3, group["t_beta3"])
                 m1, m2, nu = state["exp_avg"], state["exp_avg_slow"], state["exp_avg_sq"]
@@ -91,6 +96,7 @@ def _random_case(seed: int):
         "t_alpha": rng.choice([None, 3, 10.0, 40]),
         "t_beta3": rng.choice([None, 4, 15.0, 60]),
         "caution": seed % 3 == 2,
+        "decoupled_weight_decay": seed % 2 == 1,
     }
     if seed % 4 == 0:
         options["t_alpha"] = options["t_alpha"] or 7
@@ -180,9 +186,15 @@ def test_each_warm_up_changes_the_numbers():
 
 
 def test_beta1_above_beta3_past_the_warm_up_is_beta3():
-    """The peers' formula divides by zero past the warm-up when beta1 > beta3 (its denominator
-    crosses 0): ours takes beta3 there."""
-    options = {"lr": 1e-2, "betas": (0.99, 0.999, 0.9), "t_beta3": 2}
+    """Past the warm-up, with beta1 > beta3, the peers' capped formula falls below beta3 (towards 0
+    at a pole, here t = 22.1) before it is beta3 again: ours is beta3 from the warm-up's end on, as
+    the paper's schedule."""
+    beta1, beta3, t_beta3 = 0.99, 0.9, 20
+    s = 21 / t_beta3
+    peers = min(math.exp(math.log(beta1) * math.log(beta3) / ((1 - s) * math.log(beta3) + s * math.log(beta1))),
+                beta3)
+    assert peers < 0.85
+    options = {"lr": 1e-2, "betas": (beta1, 0.999, beta3), "t_beta3": t_beta3}
     plain = _train(lambda g: NaiveAdEMAMix(g, **options), [(3, 2)], [{}], torch.float64, 1)
     ours = _train(lambda g: ho.AdEMAMix(g, **options), [(3, 2)], [{}], torch.float64, 1)
     assert all(torch.isfinite(p).all() for p in ours)
@@ -198,6 +210,7 @@ def test_ademamix_cpp_front_matches_the_paper(seed):
                 f"alpha={options['alpha']!r}", f"eps={options['eps']!r}", f"weight_decay={options['weight_decay']!r}"]
     settings += [f"{key}={float(options[key])!r}" for key in ("t_alpha", "t_beta3") if options[key] is not None]
     settings.append(f"caution={float(options['caution'])!r}")
+    settings.append(f"decoupled_weight_decay={float(options['decoupled_weight_decay'])!r}")
     out = subprocess.run([str(RUNNER), "AdEMAMix", str(seed), str(STEPS), *settings],
                          check=True, capture_output=True, text=True).stdout
     cpp = [torch.tensor([float(v) for v in line.split()], dtype=torch.float64) for line in out.splitlines()]

@@ -83,7 +83,8 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
 /// Papademetris, James S. Duncan, "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
 /// Observed Gradients", NeurIPS 2020, [arXiv:2010.07468](https://arxiv.org/abs/2010.07468).
 ///
-/// Per parameter, with `g = g + weight_decay * p`: `m = beta1 * m + (1 - beta1) * g`,
+/// Per parameter, with `g = g + weight_decay * p` (unless `decoupled_weight_decay`):
+/// `m = beta1 * m + (1 - beta1) * g`,
 /// `s = beta2 * s + (1 - beta2) * (g - m)^2` (with the updated `m`),
 /// `p -= lr / (1 - beta1^t) * m / (sqrt(s) / sqrt(1 - beta2^t) + eps)`. As in the reference, `eps`
 /// is not added into `s` and the options and their checks are torch.optim.Adam's.

@@ -109,7 +109,8 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
 /// Momentum Algorithm for Faster Optimizing Deep Models", 2022,
 /// [arXiv:2208.06677](https://arxiv.org/abs/2208.06677).
 ///
-/// Per parameter, with `g = g + weight_decay * p` and `diff = g - prev_grad`:
+/// Per parameter, with `g = g + weight_decay * p` (unless `decoupled_weight_decay`) and
+/// `diff = g - prev_grad`:
 /// `m = beta1 * m + (1 - beta1) * g`, `v = beta2 * v + (1 - beta2) * diff`,
 /// `n = beta3 * n + (1 - beta3) * (g + beta2 * diff)^2`,
 /// `p -= lr * (m / bc1 + beta2 * v / bc2) / (sqrt(n) / sqrt(bc3) + eps)` with `bcK = 1 - betaK^t`,

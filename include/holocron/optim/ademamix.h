@@ -67,7 +67,9 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
     visit("caution", self.caution());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution"}; }
+  static std::vector<std::string> fields_added_later() {
+    return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution"};
+  }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
 };
@@ -99,8 +101,9 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
 /// Paper: Matteo Pagliardini, Pierre Ablin, David Grangier, "The AdEMAMix Optimizer: Better,
 /// Faster, Older", 2024, [arXiv:2409.03137](https://arxiv.org/abs/2409.03137).
 ///
-/// Per parameter, with `g = g + weight_decay * p`: `m1 = beta1 * m1 + (1 - beta1) * g`,
-/// `nu = beta2 * nu + (1 - beta2) * g^2`, `m2 = beta3 * m2 + (1 - beta3) * g`,
+/// Per parameter, with `g = g + weight_decay * p` (unless `decoupled_weight_decay`):
+/// `m1 = beta1 * m1 + (1 - beta1) * g`, `nu = beta2 * nu + (1 - beta2) * g^2`,
+/// `m2 = beta3 * m2 + (1 - beta3) * g`,
 /// `p -= lr * (m1 / (1 - beta1^t) + alpha * m2) / (sqrt(nu) / sqrt(1 - beta2^t) + eps)`. As in the
 /// reference, weight decay is an L2 term in the gradient; `alpha` and `beta3` warm up as the
 /// paper's Algorithm 1 with `t_alpha` and `t_beta3` (by default they do not, as the reference).

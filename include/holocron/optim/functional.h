@@ -66,7 +66,8 @@ struct GradScaling {
 /// what a step over this process's local shards needs to equal the step over the whole tensors.
 ///
 /// The algorithms with whole-tensor quantities (the norms of LARS, LAMB and RaLars, TAdam's
-/// Mahalanobis sum, AdamP's cosine and projection, Scout's coherence) first sum them per tensor
+/// Mahalanobis sum, AdamP's cosine and projection, Scout's coherence, the cautious mask's count of
+/// Adan and AdEMAMix with `caution`) first sum them per tensor
 /// over the local shards, hand these partial sums to `all_reduce` (once per call, for all tensors
 /// of the group), and take every decision from what it leaves. Element-wise algorithms need none
 /// of this.
@@ -78,7 +79,8 @@ struct Sharding {
   /// advanced the float and double moments, and Scout's statistics hold this step's change.
   std::function<void(at::Tensor& partial_sums)> all_reduce;
   /// Elements of each whole tensor, one per parameter, where the math counts them (TAdam's
-  /// weight and default dof, AdamP's threshold). Empty: each local tensor's own count.
+  /// weight and default dof, AdamP's threshold, the cautious mask's mean). Empty: each local
+  /// tensor's own count.
   std::vector<int64_t> numels;
 };
 
@@ -384,6 +386,8 @@ struct AdanHyper {
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Shards' layout, for the cautious mask's count over the whole tensor (`caution`); see
+///   Sharding.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorList exp_avgs,
@@ -429,6 +433,8 @@ struct AdEMAMixHyper {
 ///   update).
 /// \param hyper Hyper-parameters, checked first (see check()).
 /// \param scaling Loss scaling from a GradScaler, if any: see GradScaling.
+/// \param sharding Shards' layout, for the cautious mask's count over the whole tensor (`caution`); see
+///   Sharding.
 /// \throws c10::Error (nothing written) if a list's length or a tensor does not fit its
 ///   parameter; c10::ValueError if a hyper-parameter is invalid.
 void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
