@@ -202,6 +202,10 @@ class LAMB(FusedStep, Optimizer):
             of ``weight_decay * p`` in the direction, as timm's ``decoupled_decay``: the
             decay stays outside ``||u||``, and ``||p||`` is the decayed parameter's.
             Default `False`.
+        caution: Cautious Optimizers (Liang et al. 2024, timm's ``caution``): the Adam
+            step before the weight decay only where it agrees in sign with the gradient,
+            rescaled by ``1 / max(fraction kept, 1e-3)`` (of the whole tensor, over all
+            shards); the trust ratio is then of the result. Default `False`.
 
     The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
@@ -224,6 +228,7 @@ class LAMB(FusedStep, Optimizer):
         Option("always_adapt", True, flag, added_later=True),
         _MAXIMIZE,
         _DECOUPLED,
+        Option("caution", False, flag, added_later=True),
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -239,7 +244,7 @@ class LAMB(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
             trust_clip=group["trust_clip"], always_adapt=group["always_adapt"],
-            decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
+            decoupled_weight_decay=bool(group.get(self._decoupled_key, False)), caution=bool(group["caution"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,
         )

@@ -8,7 +8,7 @@ The classes take timm's arguments with timm's defaults and keep timm's group key
 are this library's ``LAMB``, ``LARS`` and ``Adan`` with timm's options set.
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
-maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's ``caution`` and
+maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's
 ``corrected_weight_decay``; timm's AdamP, AdaBelief and Lookahead, whose variants
 differ from holocron's), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
@@ -113,7 +113,9 @@ class Lamb(LAMB):
         max_grad_norm: bound of the global gradient norm; None: no clipping. Default `1.0`.
         trust_clip: cap the trust ratio at 1 (LAMBC). Default `False`.
         always_adapt: a trust ratio also where ``weight_decay`` is 0. Default `False`.
-        caution: timm's cautious update; not available yet (only False). Default `False`.
+        caution: Cautious Optimizers: the Adam step only where it agrees in sign with the
+            gradient, rescaled by ``1 / max(fraction kept, 1e-3)``, before the decay and the
+            trust ratio. Default `False`.
         decoupled_decay: ``p *= 1 - lr * weight_decay`` before the step, outside the
             trust ratio (``||p||`` is the decayed parameter's). Default `False`.
         corrected_weight_decay: not available yet (only False). Default `False`.
@@ -130,7 +132,7 @@ class Lamb(LAMB):
         Option("max_grad_norm", 1.0, positive_or_none("max_grad_norm"), range="(0, inf)"),
         Option("trust_clip", False, flag),
         Option("always_adapt", False, flag),
-        Option("caution", False, _not_available("cautious updates")),
+        Option("caution", False, flag),
         Option("decoupled_decay", False, flag),
         Option("corrected_weight_decay", False, _not_available("lr**2 / max_lr weight decay")),
         Option("foreach", None, _foreach),
@@ -281,6 +283,9 @@ _REGISTRY: dict[str, _Entry] = {
                     has_betas=True),
     "cadanw": _Entry(Adan, "Cautious Adaptive Nesterov Momentum with decoupled weight decay",
                      {"caution": True, "no_prox": True}, has_betas=True),
+    "clamb": _Entry(Lamb, "Cautious LAMB", {"caution": True}, has_betas=True),
+    "clambw": _Entry(Lamb, "Cautious LAMB with decoupled weight decay", {"caution": True, "decoupled_decay": True},
+                     has_betas=True),
     "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
     "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
     "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
@@ -296,7 +301,7 @@ _REGISTRY: dict[str, _Entry] = {
 
 # timm's names that this library does not reproduce yet, and why.
 _NOT_YET = {
-    **{name: "cautious updates" for name in ("clamb", "clambw", "cadamw", "cadopt", "cadoptw",
+    **{name: "cautious updates" for name in ("cadamw", "cadopt", "cadoptw",
                                              "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
     **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"
        for name in ("adamp", "adabelief", "radabelief")},

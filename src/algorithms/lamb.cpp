@@ -2,6 +2,7 @@
 // (src/kernels/cpu/lamb.cpp): the reference math, the checks and the functional
 // function, the C++ class, and the Python operator.
 
+#include "algorithms/caution.h"
 #include "algorithms/common.h"
 #include "algorithms/trust_ratio.h"
 
@@ -28,6 +29,48 @@ void lamb(TensorList params, TensorList grads, TensorList exp_avgs, TensorList e
               local_lrs, LambDirection{h, steps}, lamb_decay_factor(h));
 }
 
+// With caution, per tensor: ||p||^2, the count k of d * g > 0, ||kept d||^2 and p . kept d, d being
+// the Adam step before the weight decay (the fused pass's sums).
+Sums lamb_cautious_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                        c10::ArrayRef<int64_t> steps, const LambHyper& h) {
+  Sums sums(params.size(), Sums::value_type{});
+  const LambDirection direction{h, steps};
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].numel() == 0) continue;
+    ComputeScope scope(params[i]);
+    auto p = scope.in(params[i]);
+    auto g = scope.in(grads[i]);
+    auto m = scope.in(exp_avgs[i]).clone();
+    auto v = scope.in(exp_avg_sqs[i]).clone();
+    update_moments(m, v, g, h.beta1, lamb_grad_weight(h), h.beta2);
+    const auto d = direction.adam_step(m, v, i);
+    const auto keep = d * g > 0;
+    const auto kept = at::where(keep, d, at::zeros_like(d));
+    sums[i] = {squared_norm_of(p), keep.sum(at::kDouble).item<double>(), squared_norm_of(kept), dot_of(p, kept)};
+  }
+  return sums;
+}
+
+// The cautious direction: the kept Adam step times its tensor's scale, plus the coupled decay.
+struct CautiousLambDirection {
+  LambDirection direction;
+  TensorList grads;
+  c10::ArrayRef<double> scales;
+  at::Tensor operator()(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, size_t i) const {
+    const auto d = direction.adam_step(m, v, i);
+    const auto g = grads[i].to(d.scalar_type());
+    return LambDirection::with_decay(at::where(d * g > 0, d * scales[i], at::zeros_like(d)), p,
+                                     lamb_coupled_decay(direction.h));
+  }
+};
+
+void lamb_cautious(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
+                   c10::ArrayRef<int64_t> steps, const LambHyper& h, c10::ArrayRef<double> local_lrs,
+                   c10::ArrayRef<double> scales) {
+  trust_apply(params, grads, exp_avgs, exp_avg_sqs, h.beta1, lamb_grad_weight(h), h.beta2, h.lr, local_lrs,
+              CautiousLambDirection{LambDirection{h, steps}, grads, scales}, lamb_decay_factor(h));
+}
+
 }  // namespace
 
 }  // namespace holocron::optim::kernels::reference
@@ -42,6 +85,26 @@ namespace cpu = kernels::cpu;
 void check(const LambHyper& h) {
   check_lamb_family("LAMB", h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.scale_clip);
 }
+
+namespace {
+
+// From the cautious sums (over all shards) the scale of each tensor's kept elements, timm's
+// 1 / max(k / n, 1e-3), and in place of the count the ||u||^2 the trust ratio takes, of
+// u = scale * kept d + wd * p.
+std::vector<double> lamb_caution_scales(cpu::Sums& sums, double weight_decay, const Sharding& sharding,
+                                        TensorList params) {
+  std::vector<double> scales(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto& row = sums[i];
+    const double scale =
+        caution_scale(CautionScale::kTimm, row[1], static_cast<double>(whole_numel(sharding, params, i)));
+    row[1] = scale * scale * row[2] + 2.0 * weight_decay * scale * row[3] + weight_decay * weight_decay * row[0];
+    scales[i] = scale;
+  }
+  return scales;
+}
+
+}  // namespace
 
 std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_avgs,
                           TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps, const LambHyper& h,
@@ -58,6 +121,14 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
       .param = params, .grad = grads, .exp_avg = exp_avgs, .exp_avg_sq = exp_avg_sqs};
   if (!fused_group(scratch.group, params, arrays)) {
     const auto g = unscaled_grads(grads, *inv_grad_scale);
+    if (h.caution) {
+      auto sums = kernels::reference::lamb_cautious_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
+      all_reduce_sums("LAMB", sharding, sums, 4);
+      const auto scales = lamb_caution_scales(sums, lamb_coupled_decay(h), sharding, params);
+      const auto local_lrs = trust_ratios(sums, rule);
+      kernels::reference::lamb_cautious(params, g, exp_avgs, exp_avg_sqs, steps, h, local_lrs, scales);
+      return local_lrs;
+    }
     auto norms = kernels::reference::lamb_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
     all_reduce_sums("LAMB", sharding, norms, 2);
     const auto local_lrs = trust_ratios(norms, rule);
@@ -77,7 +148,24 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
     args.per_tensor[i].set(cpu::protocol::lamb::PerTensor{
         .inv_bc1 = h.bias_correction ? 1.0 / bias_correction(h.beta1, steps[i]) : 1.0,
         .inv_sqrt_bc2 = h.bias_correction ? inverse_sqrt_bias_correction(h.beta2, steps[i]) : 1.0,
-        .step = 0.0});
+        .step = 0.0,
+        .caution_scale = 1.0});
+  }
+  if (h.caution) {
+    auto& sums = scratch.sums;
+    cpu::run(cpu::Pass::LambCautiousMoments, scratch.group, args, &sums);
+    all_reduce_sums("LAMB", sharding, sums, 4);
+    const auto scales = lamb_caution_scales(sums, lamb_coupled_decay(h), sharding, params);
+    auto local_lrs = trust_ratios(sums, rule);
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto row = args.per_tensor[i].get<cpu::protocol::lamb::PerTensor>();
+      row.step = -h.lr * local_lrs[i];
+      row.caution_scale = scales[i];
+      args.per_tensor[i].set(row);
+    }
+    cpu::run(cpu::Pass::LambCautiousApply, scratch.group, args);
+    mark_written({params, exp_avgs, exp_avg_sqs});
+    return local_lrs;
   }
   auto local_lrs = fused_trust_step<cpu::protocol::lamb::PerTensor>(
       cpu::Pass::LambMoments, cpu::Pass::LambApply, scratch, "LAMB", h.lr, rule, sharding);
@@ -116,7 +204,8 @@ functional::LambHyper LAMBOptions::hyper() const {
           .grad_averaging = grad_averaging(),
           .trust_clip = trust_clip(),
           .always_adapt = always_adapt(),
-          .decoupled_weight_decay = decoupled_weight_decay()};
+          .decoupled_weight_decay = decoupled_weight_decay(),
+          .caution = caution()};
 }
 
 LAMB::LAMB(const std::vector<OptimizerParamGroup>& param_groups, LAMBOptions defaults)
@@ -170,7 +259,7 @@ c10::IValue lamb(const Arguments& a) {
        .grad_averaging = a.flag("grad_averaging"),
        .trust_clip = a.flag("trust_clip"),
        .always_adapt = a.flag("always_adapt"),
-       .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
+       .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .caution = a.flag("caution")},
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
   counters.store(a.found_inf());
@@ -186,7 +275,7 @@ HOLOCRON_OPTIM_OP(
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
     "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False) -> Tensor",
+    ", bool decoupled_weight_decay=False, bool caution=False) -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

@@ -35,12 +35,15 @@ inline void update_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, do
 struct LambDirection {
   const LambHyper& h;
   c10::ArrayRef<int64_t> steps;
-  at::Tensor operator()(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, size_t i) const {
-    const double weight_decay = lamb_coupled_decay(h);
-    if (!h.bias_correction) return with_decay(m / v.sqrt().add_(h.eps), p, weight_decay);
+  // Before the weight decay: what caution masks.
+  at::Tensor adam_step(const at::Tensor& m, const at::Tensor& v, size_t i) const {
+    if (!h.bias_correction) return m / v.sqrt().add_(h.eps);
     const double bc1 = bias_correction(h.beta1, steps[i]);
     const double bc2 = bias_correction(h.beta2, steps[i]);
-    return with_decay((m / bc1).div_(v.sqrt().div_(std::sqrt(bc2)).add_(h.eps)), p, weight_decay);
+    return (m / bc1).div_(v.sqrt().div_(std::sqrt(bc2)).add_(h.eps));
+  }
+  at::Tensor operator()(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, size_t i) const {
+    return with_decay(adam_step(m, v, i), p, lamb_coupled_decay(h));
   }
   static at::Tensor with_decay(at::Tensor u, const at::Tensor& p, double weight_decay) {
     if (weight_decay != 0.0) u.add_(p, weight_decay);

@@ -42,8 +42,9 @@ Maker maker(std::function<Options(const FactoryOptions&)> defaults) {
   };
 }
 
-LAMBOptions timm_lamb(const FactoryOptions& o, bool trust_clip, bool decoupled) {
+LAMBOptions timm_lamb(const FactoryOptions& o, bool trust_clip, bool decoupled, bool caution = false) {
   return LAMBOptions(o.lr.value_or(1e-3))
+      .caution(caution)
       .decoupled_weight_decay(decoupled)
       .bias_correction(true)
       .eps(1e-6)
@@ -75,6 +76,8 @@ const std::map<std::string, Maker>& registry() {
       {"lambc", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, false); })},
       {"lambw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, true); })},
       {"lambcw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, true, true); })},
+      {"clamb", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, false, true); })},
+      {"clambw", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, true, true); })},
       {"adan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false, false); })},
       {"adanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true, false); })},
       {"cadan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false, true); })},
@@ -97,8 +100,6 @@ const std::map<std::string, Maker>& registry() {
 // timm's names whose algorithm this library does not compute yet.
 const char* not_yet(const std::string& name) {
   static const std::map<std::string, const char*> names = {
-      {"clamb", "cautious updates"},
-      {"clambw", "cautious updates"},
       {"adamp", "timm's variant (holocron's is the class AdamP, with other numbers)"},
       {"adabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},
       {"radabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},

@@ -117,7 +117,8 @@ struct LambTraits {
         .grad_averaging(flag_setting(s, "grad_averaging", true))
         .max_grad_norm(optional_setting(s, "max_grad_norm"))
         .trust_clip(flag_setting(s, "trust_clip"))
-        .always_adapt(flag_setting(s, "always_adapt", true));
+        .always_adapt(flag_setting(s, "always_adapt", true))
+        .caution(flag_setting(s, "caution"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double wd, double b1, double b2, Choose choose) {

@@ -97,6 +97,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "Adan(authors)": adam,
             "Adan(cautious)": adam,
             "AdEMAMix(cautious)": adam,
+            "LAMB(cautious)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,6 +123,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         # The cautious mask's mean over every shard of the tensor.
         "Adan(cautious)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, caution=True),
         "AdEMAMix(cautious)": lambda p: ho.AdEMAMix(p, lr=LR, caution=True, t_alpha=3, t_beta3=3),
+        "LAMB(cautious)": lambda p: _timm().Lamb(p, lr=LR, weight_decay=0.01, caution=True),
     }
 
 

@@ -27,6 +27,7 @@ CASES = {
     "Lookahead(LAMB)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01), sync_period=2),
     # One clipping norm over every layout's gradients.
     "LAMB(timm)": lambda p: ho_timm.Lamb(p, lr=0.01, max_grad_norm=0.5),
+    "LAMB(cautious)": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01, caution=True),
     "Adan(authors)": lambda p: ho.Adan(p, lr=0.01, decoupled_weight_decay=True, max_grad_norm=0.5, caution=True),
     # Scout refuses parameters laid out differently (see test_scout_refuses_mixed_layouts).
 }

@@ -27,7 +27,7 @@ STEPS = 25
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 # What LAMB's options are called in timm, where ours differ: none (same names).
-LAMB_FLAGS = ("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "decoupled_decay")
+LAMB_FLAGS = ("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "decoupled_decay", "caution")
 # timm's names of ours, where they differ.
 OUR_NAMES = {"decoupled_decay": "decoupled_weight_decay"}
 
@@ -68,8 +68,8 @@ def _random_lamb_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict
         "max_grad_norm": rng.choice([None, 0.5, 1.0, 50.0]),
         **{name: rng.random() < 0.5 for name in LAMB_FLAGS},
     }
-    # Five seeds in a row reach every switch both ways.
-    options[LAMB_FLAGS[seed % 5]] = not options[LAMB_FLAGS[(seed + 1) % 5]]
+    # Six seeds in a row reach every switch both ways.
+    options[LAMB_FLAGS[seed % 6]] = not options[LAMB_FLAGS[(seed + 1) % 6]]
     overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
     return shapes, options, overrides
 
@@ -142,7 +142,7 @@ def test_each_lamb_option_changes_the_numbers(timm_optim):
     reference, _ = _train(_ours(base), shapes, overrides, torch.float64, 5, param_scale=5.0)
     for change in ({"bias_correction": True}, {"grad_averaging": False}, {"max_grad_norm": 1.0},
                    {"trust_clip": True}, {"always_adapt": False, "weight_decay": 0.0},
-                   {"decoupled_decay": True}):
+                   {"decoupled_decay": True}, {"caution": True}):
         changed, _ = _train(_ours({**base, **change}), shapes, overrides, torch.float64, 5, param_scale=5.0)
         if "weight_decay" in change:
             reference_wd0, _ = _train(_ours({**base, "weight_decay": 0.0}), shapes, overrides, torch.float64, 5,

@@ -30,7 +30,7 @@ struct FactoryOptions {
   std::vector<std::string> no_weight_decay_names;
 };
 
-/// The names create_optimizer() takes, sorted: timm's `adan`, `adanw`, `cadan`, `cadanw`, `lamb`,
+/// The names create_optimizer() takes, sorted: timm's `adan`, `adanw`, `cadan`, `cadanw`, `clamb`, `clambw`, `lamb`,
 /// `lambc`, `lambw`, `lambcw`, `lars`, `larc`, `nlars`, `nlarc` (timm 1.0.31's numbers) and
 /// holocron's `ralars`, `tadam`, `ademamix`; each may be
 /// prefixed `scout_` (holocron's Scout around it).

@@ -157,6 +157,9 @@ struct LambHyper {
   /// `p *= 1 - lr * weight_decay` before the step, outside the direction and the trust ratio's
   /// `||u||`; `||p||` is the decayed parameter's (timm's `decoupled_decay`).
   bool decoupled_weight_decay = false;
+  /// Cautious Optimizers (timm's `caution`): the Adam step before the weight decay only where it
+  /// agrees in sign with `g`, times `1 / max(mean(kept), 1e-3)`; the trust ratio is of the result.
+  bool caution = false;
 };
 
 /// One LAMB step (see LAMB).

@@ -55,6 +55,11 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
   TORCH_ARG(bool, maximize) = false;
+  /// Cautious Optimizers (Liang et al. 2024; timm's `caution`): the Adam step before the weight
+  /// decay only where it agrees in sign with the gradient, rescaled by `1 / max(fraction kept,
+  /// 1e-3)` (of the whole tensor, over all shards); the trust ratio is then of the result. Pass 2
+  /// reads the gradient again. Default false.
+  TORCH_ARG(bool, caution) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -72,11 +77,12 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
     visit("always_adapt", self.always_adapt());
     visit("maximize", self.maximize());
     visit("decoupled_weight_decay", self.decoupled_weight_decay());
+    visit("caution", self.caution());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize",
-            "decoupled_weight_decay"};
+            "decoupled_weight_decay", "caution"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;

@@ -35,9 +35,12 @@ struct LambDirection {
   LambDirection(const proto::Constants& h, const PerTensor& c)
       : eps(splat<V>(h.eps)), weight_decay(splat<V>(h.weight_decay)), inv_bc1(splat<V>(c.inv_bc1)),
         inv_sqrt_bc2(splat<V>(c.inv_sqrt_bc2)), decay(h.weight_decay != 0.0) {}
+  // Before the weight decay: what caution masks.
+  HOLOCRON_KERNEL_INLINE V adam_step(const V& m, const V& v) const {
+    return (m * inv_bc1) / (v.sqrt() * inv_sqrt_bc2 + eps);
+  }
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& m, const V& v) const {
-    const V u = (m * inv_bc1) / (v.sqrt() * inv_sqrt_bc2 + eps);
-    return with_weight_decay(u, p, weight_decay, decay);
+    return with_weight_decay(adam_step(m, v), p, weight_decay, decay);
   }
 };
 
@@ -136,6 +139,81 @@ struct TrustApply {
   }
 };
 
+// LAMB with caution (timm's): d = adam_step(m, v) is kept where d * g > 0. Pass 1 sums ||p||^2,
+// the kept count k, ||kept d||^2 and p . kept d, from which the host takes the scale
+// s = 1 / max(k / n, 1e-3) and ||u||^2 = s^2 ||kept d||^2 + 2 wd s (p . kept d) + wd^2 ||p||^2 of
+// u = s * kept d + wd * p; pass 2 applies u, reading g again for the mask.
+template <typename T>
+struct CautiousLambMoments {
+  using scalar_t = T;
+  using V = Vectorized<opmath_t<T>>;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 4;
+  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
+  static constexpr int kGrad = kSlot.grad;
+  const PassArgs& args;
+
+  struct Body {
+    Moments<V> moments;
+    LambDirection<V> direction;
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
+      const V& p = x[kSlot.param];
+      const V& g = x[kSlot.grad];
+      V& m = x[kSlot.exp_avg];
+      V& v = x[kSlot.exp_avg_sq];
+      moments(g, m, v);
+      const V d = direction.adam_step(m, v);
+      const auto keep = d * g > V(0);
+      const V kept = V::blendv(V(0), d, keep);
+      acc.add_square(0, p);
+      acc.add(1, V::blendv(V(0), V(1), keep));
+      acc.add_square(2, kept);
+      acc.add_product(3, kept, p);
+    }
+  };
+  Body for_tensor(int64_t t) const {
+    const auto h = args.constants.get<proto::Constants>();
+    return {Moments<V>(h), LambDirection<V>(h, args.per_tensor[t].get<proto::PerTensor>())};
+  }
+};
+
+template <typename T>
+struct CautiousLambApply {
+  using scalar_t = T;
+  using V = Vectorized<opmath_t<T>>;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kRead = kAll;
+  static constexpr int kGrad = kSlot.grad;
+  static constexpr unsigned kWrite =
+      protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
+  const PassArgs& args;
+
+  struct Body {
+    Moments<V> moments;
+    LambDirection<V> direction;
+    V step, decay, weight_decay, caution_scale;
+    bool decays, coupled;
+    template <typename A>
+    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
+      V& p = x[kSlot.param];
+      const V& g = x[kSlot.grad];
+      V& m = x[kSlot.exp_avg];
+      V& v = x[kSlot.exp_avg_sq];
+      if constexpr (kMomentsInApply<T>) moments(g, m, v);
+      const V d = direction.adam_step(m, v);
+      const V u = with_weight_decay(V::blendv(V(0), d * caution_scale, d * g > V(0)), p, weight_decay, coupled);
+      if (decays) p = p * decay;
+      p = p + step * u;
+    }
+  };
+  Body for_tensor(int64_t t) const {
+    const auto h = args.constants.get<proto::Constants>();
+    const auto c = args.per_tensor[t].get<proto::PerTensor>();
+    return {Moments<V>(h),       LambDirection<V>(h, c),    splat<V>(c.step),   splat<V>(h.decay),
+            splat<V>(h.weight_decay), splat<V>(c.caution_scale), h.decay != 1.0, h.weight_decay != 0.0};
+  }
+};
+
 template <typename T> using LambMoments = TrustMoments<T, LambDirection>;
 template <typename T> using LambApply = TrustApply<T, LambDirection>;
 template <typename T> using RaLarsMoments = TrustMoments<T, RaLarsDirection>;
@@ -146,6 +224,8 @@ template <typename T> using RaLarsApply = TrustApply<T, RaLarsDirection>;
 void register_lamb(PassTable& table) {
   register_pass<LambMoments>(table, Pass::LambMoments);
   register_pass<LambApply>(table, Pass::LambApply);
+  register_pass<CautiousLambMoments>(table, Pass::LambCautiousMoments);
+  register_pass<CautiousLambApply>(table, Pass::LambCautiousApply);
   register_pass<RaLarsMoments>(table, Pass::RaLarsMoments);
   register_pass<RaLarsApply>(table, Pass::RaLarsApply);
 }

@@ -118,7 +118,8 @@ struct Constants {
 // without bias correction both factors are 1, which leaves the reference's bits.
 struct PerTensor {
   double inv_bc1, inv_sqrt_bc2;
-  double step;  // -lr * trust ratio, pass 2
+  double step;           // -lr * trust ratio, pass 2
+  double caution_scale;  // the cautious passes: d's kept elements times 1 / max(mean(mask), 1e-3)
 };
 }  // namespace lamb
 
@@ -281,6 +282,8 @@ enum class Pass : int {
   LarsApply,
   LambMoments,
   LambApply,
+  LambCautiousMoments,
+  LambCautiousApply,
   RaLarsMoments,
   RaLarsApply,
   TAdamDistance,
