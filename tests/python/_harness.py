@@ -179,6 +179,18 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
+# The peer-oracle tests' tolerance (test_timm_oracle, test_paper_oracles,
+# test_decoupled_weight_decay): over 25 steps, relative to the expected tensor's largest magnitude.
+ORACLE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def assert_close_to_oracle(ours, theirs, dtype: torch.dtype, what: str) -> None:
+    """Each tensor of `ours` within ORACLE_RTOL[dtype] of `theirs`' largest magnitude."""
+    for a, b in zip(ours, theirs):
+        scale = b.abs().max().item() or 1.0
+        assert (a.double() - b.double()).abs().max().item() <= ORACLE_RTOL[dtype] * scale, what
+
+
 def assert_states_close(ours_state: dict, ref_st: dict, rtol: float, what: str = "") -> None:
     assert set(ours_state) == set(ref_st), (what, sorted(ours_state), sorted(ref_st))
     for key, expected in ref_st.items():

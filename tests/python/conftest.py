@@ -55,3 +55,16 @@ def reference() -> types.SimpleNamespace:
 @pytest.fixture(scope="session")
 def ref() -> types.SimpleNamespace:
     return reference()
+
+
+@pytest.fixture
+def backend():
+    """Sets the CPU kernels' instruction set (or "reference") for one test, then restores it."""
+    import torch
+
+    import holocron_optim  # noqa: F401 (registers torch.ops.holocron)
+
+    ops = torch.ops.holocron
+    capability = ops.cpu_capability()
+    yield ops.set_cpu_capability
+    ops.set_cpu_capability(capability)

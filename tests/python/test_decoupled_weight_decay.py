@@ -16,12 +16,11 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from _harness import assert_close_to_oracle
 from conftest import BUILD_DIR
 from registry import ALGORITHMS
 
-OPS = torch.ops.holocron
 STEPS = 25
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 NAMES = [name for name, entry in ALGORITHMS.items() if name != "Adan"]
 
@@ -75,18 +74,6 @@ def _train(make, shapes, overrides, dtype, seed):
     return [p.detach().clone() for p in params]
 
 
-def _assert_close(ours, theirs, dtype, what):
-    for a, b in zip(ours, theirs):
-        scale = b.abs().max().item() or 1.0
-        assert (a.double() - b.double()).abs().max().item() <= RTOL[dtype] * scale, what
-
-
-@pytest.fixture
-def backend():
-    capability = OPS.cpu_capability()
-    yield OPS.set_cpu_capability
-    OPS.set_cpu_capability(capability)
-
 
 @pytest.mark.parametrize("capability", ["auto", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -98,7 +85,7 @@ def test_decoupled_weight_decay_is_decay_then_the_step_without_it(ref, backend, 
     theirs = _train(lambda g: DecayThenReference(getattr(ref, name), g, options), shapes, overrides, dtype, seed)
     ours = _train(lambda g: getattr(ho, name)(g, **options, decoupled_weight_decay=True), shapes, overrides,
                   dtype, seed)
-    _assert_close(ours, theirs, dtype, f"{name} {options} {overrides}")
+    assert_close_to_oracle(ours, theirs, dtype, f"{name} {options} {overrides}")
 
 
 @pytest.mark.parametrize("name", list(ALGORITHMS))
@@ -130,4 +117,4 @@ def test_cpp_front_decoupled_weight_decay(ref, name):
         for p in params:
             p.grad = torch.randn(p.shape, dtype=torch.float64)
         opt.step()
-    _assert_close(cpp, [p.reshape(-1) for p in params], torch.float64, f"C++ {name}")
+    assert_close_to_oracle(cpp, [p.reshape(-1) for p in params], torch.float64, f"C++ {name}")

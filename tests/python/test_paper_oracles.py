@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from _harness import assert_close_to_oracle
 from conftest import BUILD_DIR
 
-OPS = torch.ops.holocron
 STEPS = 25
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 
 
@@ -126,11 +125,6 @@ def _train(make, shapes, overrides, dtype, seed, skip_first=False):
     return [p.detach().clone() for p in params]
 
 
-def _assert_close(ours, theirs, dtype, what):
-    for a, b in zip(ours, theirs):
-        scale = b.abs().max().item() or 1.0
-        assert (a.double() - b.double()).abs().max().item() <= RTOL[dtype] * scale, what
-
 
 class _SkippingNaive(NaiveAdEMAMix):
     def step(self):
@@ -142,13 +136,6 @@ class _SkippingNaive(NaiveAdEMAMix):
             self.param_groups = groups
 
 
-@pytest.fixture
-def backend():
-    capability = OPS.cpu_capability()
-    yield OPS.set_cpu_capability
-    OPS.set_cpu_capability(capability)
-
-
 @pytest.mark.parametrize("capability", ["auto", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("seed", range(10))
@@ -157,7 +144,7 @@ def test_ademamix_warm_ups_match_the_paper(backend, seed, dtype, capability):
     shapes, options, overrides = _random_case(seed)
     theirs = _train(lambda g: _SkippingNaive(g, **options), shapes, overrides, torch.float64, seed, skip_first=True)
     ours = _train(lambda g: ho.AdEMAMix(g, **options), shapes, overrides, dtype, seed, skip_first=True)
-    _assert_close(ours, theirs, dtype, f"{options} {overrides}")
+    assert_close_to_oracle(ours, theirs, dtype, f"{options} {overrides}")
 
 
 def test_the_schedules_at_known_steps():
@@ -198,7 +185,7 @@ def test_beta1_above_beta3_past_the_warm_up_is_beta3():
     plain = _train(lambda g: NaiveAdEMAMix(g, **options), [(3, 2)], [{}], torch.float64, 1)
     ours = _train(lambda g: ho.AdEMAMix(g, **options), [(3, 2)], [{}], torch.float64, 1)
     assert all(torch.isfinite(p).all() for p in ours)
-    _assert_close(ours, plain, torch.float64, "beta1 > beta3")
+    assert_close_to_oracle(ours, plain, torch.float64, "beta1 > beta3")
 
 
 @pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
@@ -222,7 +209,7 @@ def test_ademamix_cpp_front_matches_the_paper(seed):
         for p in params:
             p.grad = torch.randn(p.shape, dtype=torch.float64)
         opt.step()
-    _assert_close(cpp, [p.reshape(-1) for p in params], torch.float64, f"C++ AdEMAMix {settings}")
+    assert_close_to_oracle(cpp, [p.reshape(-1) for p in params], torch.float64, f"C++ AdEMAMix {settings}")
 
 
 def test_an_ademamix_checkpoint_from_before_the_warm_ups_loads_without_them():

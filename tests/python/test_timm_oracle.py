@@ -19,12 +19,11 @@ import pytest
 import torch
 
 import holocron_optim as ho
+from _harness import assert_close_to_oracle
 from conftest import BUILD_DIR
 
-OPS = torch.ops.holocron
 
 STEPS = 25
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 # What LAMB's options are called in timm, where ours differ: none (same names).
 LAMB_FLAGS = ("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "decoupled_decay", "caution")
@@ -47,13 +46,6 @@ def timm_optim():
     finally:
         for name in [k for k in sys.modules if k == package.__name__ or k.startswith(package.__name__ + ".")]:
             del sys.modules[name]
-
-
-@pytest.fixture
-def backend():
-    capability = OPS.cpu_capability()
-    yield OPS.set_cpu_capability
-    OPS.set_cpu_capability(capability)
 
 
 def _random_lamb_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
@@ -100,11 +92,6 @@ def _train(make, shapes, overrides, dtype, seed, grad_scale=None, param_scale=1.
                                                   if state_key in opt.state[p]]
 
 
-def _assert_close(ours, theirs, dtype, what):
-    for a, b in zip(ours, theirs):
-        scale = b.abs().max().item() or 1.0
-        assert (a - b).abs().max().item() <= RTOL[dtype] * scale, what
-
 
 def _ours(options):
     options = {OUR_NAMES.get(k, k): v for k, v in options.items()}
@@ -119,8 +106,8 @@ def test_lamb_matches_timm(timm_optim, backend, seed, dtype, capability):
     shapes, options, overrides = _random_lamb_case(seed)
     theirs = _train(lambda g: timm_optim.lamb.Lamb(g, **options), shapes, overrides, dtype, seed)
     ours = _train(_ours(options), shapes, overrides, dtype, seed)
-    _assert_close(ours[0], theirs[0], dtype, f"params {options} {overrides}")
-    _assert_close(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
+    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -130,7 +117,7 @@ def test_lamb_clipping_sees_unscaled_gradients(timm_optim, dtype):
     shapes, overrides = [(5, 4), (7,)], [{}]
     theirs = _train(lambda g: timm_optim.lamb.Lamb(g, **options), shapes, overrides, dtype, 3)
     ours = _train(_ours(options), shapes, overrides, dtype, 3, grad_scale=1024.0)
-    _assert_close(ours[0], theirs[0], dtype, "params under a loss scale")
+    assert_close_to_oracle(ours[0], theirs[0], dtype, "params under a loss scale")
 
 
 def test_each_lamb_option_changes_the_numbers(timm_optim):
@@ -166,7 +153,7 @@ def _assert_cpp_front_matches(algo: str, settings: list[str], make_timm, seed: i
         for p in params:
             p.grad = torch.randn(p.shape, dtype=torch.float64)
         opt.step()
-    _assert_close(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ {algo} {settings}")
+    assert_close_to_oracle(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ {algo} {settings}")
 
 
 @pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
@@ -283,9 +270,9 @@ def test_lars_matches_timm(timm_optim, backend, seed, dtype, capability):
     key = "momentum_buffer"
     theirs = _train(lambda g: timm_optim.lars.Lars(g, **options), shapes, overrides, dtype, seed, state_key=key)
     ours = _train(_ours_lars(options), shapes, overrides, dtype, seed, state_key=key)
-    _assert_close(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
     assert len(ours[1]) == len(theirs[1])
-    _assert_close(ours[1], theirs[1], dtype, f"momentum_buffer {options} {overrides}")
+    assert_close_to_oracle(ours[1], theirs[1], dtype, f"momentum_buffer {options} {overrides}")
 
 
 def test_lars_zero_gradient_keeps_a_ratio_of_one_as_timm(timm_optim):
@@ -300,7 +287,7 @@ def test_lars_zero_gradient_keeps_a_ratio_of_one_as_timm(timm_optim):
             p.grad = torch.zeros_like(p) if step % 2 else torch.ones_like(p)
             opt.step()
         results.append(p.detach().clone())
-    _assert_close([results[1]], [results[0]], torch.float64, "zero gradients")
+    assert_close_to_oracle([results[1]], [results[0]], torch.float64, "zero gradients")
 
 
 def test_each_lars_option_changes_the_numbers():
@@ -406,8 +393,8 @@ def test_adan_matches_timm_and_the_authors(timm_optim, backend, seed, dtype, cap
     shapes, options, overrides = _random_adan_case(seed)
     theirs = _train(lambda g: _AdanOracle(timm_optim.adan.Adan, g, options), shapes, overrides, dtype, seed)
     ours = _train(lambda g: ho.Adan(g, **options), shapes, overrides, dtype, seed)
-    _assert_close(ours[0], theirs[0], dtype, f"params {options} {overrides}")
-    _assert_close(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
+    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -416,7 +403,7 @@ def test_adan_clipping_sees_unscaled_gradients(timm_optim, dtype):
     shapes, overrides = [(5, 4), (7,)], [{}]
     theirs = _train(lambda g: _AdanOracle(timm_optim.adan.Adan, g, options), shapes, overrides, dtype, 3)
     ours = _train(lambda g: ho.Adan(g, **options), shapes, overrides, dtype, 3, grad_scale=1024.0)
-    _assert_close(ours[0], theirs[0], dtype, "params under a loss scale")
+    assert_close_to_oracle(ours[0], theirs[0], dtype, "params under a loss scale")
 
 
 def test_each_adan_option_changes_the_numbers():
