@@ -254,8 +254,11 @@ class FusedStep:
         super().__init__(params, defaults)  # type: ignore[call-arg]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Checkpoints written before a switch existed load with its default.
         super().__setstate__(state)  # type: ignore[misc]
+        self._fill_options_added_later()
+
+    def _fill_options_added_later(self) -> None:
+        """Checkpoints written before a switch existed load with its default."""
         for group in self.param_groups:  # type: ignore[attr-defined]
             for option in self._options:
                 if not option.setting and (option.added_later or isinstance(option.default, bool)):

@@ -3,6 +3,7 @@ param_groups and state layout; the math runs in torch.ops.holocron."""
 
 from __future__ import annotations
 
+import inspect
 from operator import attrgetter
 from typing import Any
 
@@ -447,13 +448,25 @@ class _AdamLike(FusedStep, Adam):
     _state_buffers = _ADAM_BUFFERS
 
     def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
-        Adam.__init__(self, params, **defaults)
+        # Options beyond Adam's join the defaults after Adam's constructor, which takes only its
+        # own: until then add_param_group gives its groups their values.
+        adam_options = inspect.signature(Adam.__init__).parameters
+        self._beyond_adam = {k: v for k, v in defaults.items() if k not in adam_options}
+        Adam.__init__(self, params, **{k: v for k, v in defaults.items() if k in adam_options})
+        self.defaults.update(self._beyond_adam)
+        del self._beyond_adam
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self.__dict__.get("_beyond_adam", {}).items():
+            param_group.setdefault(key, value)
+        super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch.optim.Adam.__setstate__ turns step counters into float tensors
         # on load; the reference's counters are ints, and ours stay ints so that
         # a loaded optimizer's state_dict equals the one it was saved from.
         Adam.__setstate__(self, state)
+        self._fill_options_added_later()
         # Only the parameters' states: an entry of another key (a hook's) is the
         # loaded state dict's own object, which a load must not change.
         for group in self.param_groups:
@@ -481,7 +494,7 @@ class AdaBelief(_AdamLike):
     Per parameter, with ``g = g + weight_decay * p`` (unless ``decoupled_weight_decay``):
     ``m = beta1 * m + (1 - beta1) * g``, ``s = beta2 * s + (1 - beta2) * (g - m)**2``
     (with the updated ``m``; ``eps`` is not added into ``s``, as in the
-    reference), then Adam's bias-corrected update with ``s`` for ``v``. A
+    reference, unless ``eps_in_variance``), then Adam's bias-corrected update with ``s`` for ``v``. A
     subclass of ``torch.optim.Adam``: its constructor checks and group keys.
 
     Args:
@@ -501,6 +514,23 @@ class AdaBelief(_AdamLike):
         decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
             of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
             AdamW). Default `False`.
+        rectify: RAdam's rectification (timm's ``rectify``): while the approximated
+            SMA length ``rho_t`` of the second moment is >= 5,
+            ``p -= lr * r_t * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(s) + eps)``
+            (``r_t`` RAdam's factor; ``s`` is not bias-corrected, and is read rather than its
+            running maximum even with ``amsgrad``, as timm); below, see
+            ``degenerated_to_sgd``. Default `False`.
+        degenerated_to_sgd: with ``rectify``, while ``rho_t < 5``:
+            ``p -= lr * m / (1 - beta1**t)``; False: no step there (the decay still
+            applies). Read only with ``rectify``. Default `True`.
+        fixed_decay: with ``decoupled_weight_decay``, ``p *= 1 - weight_decay`` (not
+            scaled by ``lr``, timm's); refused without it. Default `False`.
+        eps_in_variance: ``s = beta2 * s + (1 - beta2) * (g - m)**2 + eps`` (the paper's
+            Algorithm 1, the authors' and timm's code), stored, so that it accumulates.
+            Default `False`.
+
+    timm's ``AdaBelief`` is ``decoupled_weight_decay``, ``eps_in_variance`` and ``rectify``
+    with ``eps=1e-16`` (``holocron_optim.timm.AdaBelief``).
 
     State (per parameter, the reference's keys): ``step`` (int, 1 after the first
     update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``. ``exp_avg_sq`` holds ``s``.
@@ -508,7 +538,13 @@ class AdaBelief(_AdamLike):
     No deliberate difference from the reference (pylocron 0.3.0).
     """
 
-    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, _MAXIMIZE, _DECOUPLED)
+    _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, _MAXIMIZE, _DECOUPLED,
+                Option("rectify", False, flag, added_later=True),
+                Option("degenerated_to_sgd", True, flag, added_later=True),
+                Option("fixed_decay", False, flag, added_later=True),
+                Option("eps_in_variance", False, flag, added_later=True))
+    # The group key of the decoupled decay (timm's AdaBelief names it decoupled_decay).
+    _decoupled_key = "decoupled_weight_decay"
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -518,7 +554,9 @@ class AdaBelief(_AdamLike):
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group["amsgrad"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
-            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
+            decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
+            rectify=bool(group.get("rectify", False)), degenerated_to_sgd=bool(group.get("degenerated_to_sgd", True)),
+            fixed_decay=bool(group.get("fixed_decay", False)), eps_in_variance=bool(group.get("eps_in_variance", False)),
         )
         self._commit_steps(states, steps)
 

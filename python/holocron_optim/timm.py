@@ -1,16 +1,16 @@
 """timm's optimizers on holocron-optim's kernels: change one import, keep the numbers.
 
 ``from holocron_optim.timm import create_optimizer_v2`` in place of
-``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``,
+``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``, ``AdaBelief``,
 ``list_optimizers``, ``param_groups_weight_decay`` and ``param_groups_layer_decay``)
 gives timm 1.0.31's numbers (to rounding) with the step in this library's fused kernels.
 The classes take timm's arguments with timm's defaults and keep timm's group keys; they
-are this library's ``LAMB``, ``LARS`` and ``Adan`` with timm's options set.
+are this library's ``LAMB``, ``LARS``, ``Adan`` and ``AdaBelief`` with timm's options set.
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
 maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's
-``corrected_weight_decay``; timm's AdamP, AdaBelief and Lookahead, whose variants
-differ from holocron's), an unknown name a ``ValueError`` as
+``corrected_weight_decay``; timm's AdamP and Lookahead, whose variants differ from
+holocron's), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections import defaultdict
 import math
 from typing import Any, Callable, Collection, NamedTuple
 
@@ -34,12 +35,16 @@ import torch
 from torch import nn
 
 from ._base import Option, betas, finite, flag, learning_rate, positive_or_none
+from torch.optim import Optimizer
+
+from ._library import ops
 from .optimizers import LAMB, LARS, AdEMAMix, RaLars, TAdam
+from .optimizers import AdaBelief as _AdaBelief
 from .optimizers import Adan as _Adan
 from .param_groups import param_groups_layer_decay, param_groups_weight_decay
 from .wrapper import Scout
 
-__all__ = ["Lamb", "Lars", "Adan", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
+__all__ = ["Lamb", "Lars", "Adan", "AdaBelief", "Lookahead", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
            "param_groups_layer_decay"]
 
 
@@ -250,10 +255,180 @@ class Adan(_Adan):
         def from_timm(entry: dict[str, Any], count: int) -> dict[str, Any]:
             if "exp_avg_diff" not in entry:
                 return {"step": count, **entry}
-            return {"step": count, "exp_avg": entry["exp_avg"], "exp_avg_sq": entry["exp_avg_diff"],
+            # Other keys (timm's Lookahead's slow weights) stay as they are.
+            others = {k: v for k, v in entry.items() if k not in ("exp_avg_diff", "exp_avg_sq", "neg_pre_grad")}
+            return {"step": count, **others, "exp_avg_sq": entry["exp_avg_diff"],
                     "exp_avg_delta": entry["exp_avg_sq"], "prev_grad": -entry["neg_pre_grad"]}
 
         super().load_state_dict(_from_timm_layout(state_dict, from_timm))
+
+
+class AdaBelief(_AdaBelief):
+    """timm's ``AdaBelief``, with timm 1.0.31's arguments and defaults.
+
+    This library's ``AdaBelief`` with ``eps`` added into the second moment and, by default,
+    the weight decay decoupled and RAdam's rectification: per parameter
+    ``m = beta1 * m + (1 - beta1) * g``, ``s = beta2 * s + (1 - beta2) * (g - m)**2 + eps``
+    (stored), and, while RAdam's approximated SMA length ``rho_t`` is >= 5,
+    ``p -= lr * r_t * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(s) + eps)``; below it,
+    ``p -= lr * m / (1 - beta1**t)`` (``degenerated_to_sgd``) or nothing. Without
+    ``rectify``, Adam's bias-corrected step with ``s`` (or its running maximum with
+    ``amsgrad``).
+
+    Paper: Juntang Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+    Observed Gradients", NeurIPS 2020, https://arxiv.org/abs/2010.07468
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter groups.
+        lr: learning rate. Default `0.001`.
+        betas: coefficients of the moving averages. Default `(0.9, 0.999)`.
+        eps: added to the second moment and to the denominator. Default `1e-16`.
+        weight_decay: weight decay. Default `0`.
+        amsgrad: divide by the running maximum of ``s`` (not in the rectified step, as timm).
+            Default `False`.
+        decoupled_decay: ``p *= 1 - lr * weight_decay`` before the step; False: the L2 term
+            ``g + weight_decay * p``. Default `True`.
+        fixed_decay: with ``decoupled_decay``, ``p *= 1 - weight_decay`` (ignored without it, as
+            timm ignores it). Default `False`.
+        rectify: RAdam's rectification. Default `True`.
+        degenerated_to_sgd: with ``rectify``, a momentum step while the rectification is
+            undefined. Default `True`.
+        foreach: timm's implementation switch; changes nothing here. Default `None`.
+
+    The state keeps this library's keys (``exp_avg_sq`` is timm's ``exp_avg_var``,
+    ``max_exp_avg_sq`` its ``max_exp_avg_var``; a step count per parameter, as timm's);
+    ``load_state_dict`` also takes timm's.
+    """
+
+    _options = (
+        Option("lr", 1e-3, learning_rate, range="[0, inf)"),
+        Option("betas", (0.9, 0.999), betas(), range="[0, 1)"),
+        Option("eps", 1e-16, finite("epsilon"), range="[0, inf)"),
+        Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
+        Option("amsgrad", False, flag),
+        Option("decoupled_decay", True, flag),
+        Option("fixed_decay", False, flag),
+        Option("rectify", True, flag),
+        Option("degenerated_to_sgd", True, flag),
+        Option("foreach", None, _foreach),
+    )
+    _decoupled_key = "decoupled_decay"
+
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        # timm's groups: its options only, none of torch.optim.Adam's.
+        Optimizer.__init__(self, params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Not torch.optim.Adam's, which would add its own keys to timm's groups.
+        Optimizer.__setstate__(self, state)
+        self._fill_options_added_later()
+
+    def _apply(self, group, params, grads, states) -> None:
+        # The variant's constants, timm's: eps in s, the maximize of torch.optim absent, and
+        # fixed_decay read only with the decoupled decay.
+        group = {**group, "eps_in_variance": True, "fixed_decay": bool(group["fixed_decay"]) and bool(group["decoupled_decay"])}
+        super()._apply(group, params, grads, states)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also loads timm's own ``AdaBelief`` state dicts (see the class)."""
+        renamed = {"exp_avg_var": "exp_avg_sq", "max_exp_avg_var": "max_exp_avg_sq"}
+        state = state_dict.get("state", {})
+        if any(isinstance(entry, dict) and "exp_avg_var" in entry for entry in state.values()):
+            state_dict = {**state_dict, "state": {
+                index: {renamed.get(k, k): v for k, v in entry.items()} for index, entry in state.items()}}
+        super().load_state_dict(state_dict)
+
+
+class Lookahead(Optimizer):
+    """timm's ``Lookahead`` wrapper, with timm 1.0.31's arguments, group keys and state layout;
+    the sync runs in this library's kernel.
+
+    Every ``k`` steps of a group, each of its parameters that has a gradient is pulled back:
+    ``slow += alpha * (fast - slow)``, then ``fast = slow``. The slow weights are taken from the
+    parameters at a parameter's first sync (timm's), so the first sync leaves them as they are;
+    holocron's ``Lookahead`` (``holocron_optim.Lookahead``) takes them at construction instead.
+
+    Paper: Michael R. Zhang, James Lucas, Geoffrey Hinton, Jimmy Ba, "Lookahead Optimizer: k steps
+    forward, 1 step back", NeurIPS 2019, https://arxiv.org/abs/1907.08610
+
+    Args:
+        base_optimizer: the optimizer to wrap (this library's or any torch.optim optimizer).
+        alpha: how far the slow weights move toward the fast ones, in [0, 1]. Default `0.5`.
+        k: steps between syncs, >= 1. Default `6`.
+
+    As timm's: the groups are the base's, with ``lookahead_alpha``, ``lookahead_k`` and
+    ``lookahead_step`` added; the slow weights are the base's per-parameter state
+    ``lookahead_slow_buff``; ``state_dict()`` is the base's, and loading one without the
+    Lookahead keys gives them their defaults.
+    """
+
+    def __init__(self, base_optimizer: Optimizer, alpha: float = 0.5, k: int = 6) -> None:
+        # As timm, torch.optim.Optimizer's constructor is not called: the groups are the base's.
+        self._optimizer_step_pre_hooks: dict[int, Callable[..., Any]] = {}
+        self._optimizer_step_post_hooks: dict[int, Callable[..., Any]] = {}
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"Invalid slow update rate: {alpha}")
+        if not 1 <= k:
+            raise ValueError(f"Invalid lookahead steps: {k}")
+        defaults = {"lookahead_alpha": alpha, "lookahead_k": k, "lookahead_step": 0}
+        self._base_optimizer = base_optimizer
+        self.param_groups = base_optimizer.param_groups
+        self.defaults = base_optimizer.defaults
+        self.defaults.update(defaults)
+        self.state: dict[Any, Any] = defaultdict(dict)
+        for name, default in defaults.items():
+            for group in self._base_optimizer.param_groups:
+                group.setdefault(name, default)
+
+    @property
+    def is_second_order(self) -> bool:
+        return getattr(self._base_optimizer, "is_second_order", False)
+
+    @torch.no_grad()
+    def update_slow(self, group: dict[str, Any]) -> None:
+        """Pulls the group's parameters that have a gradient back toward their slow weights."""
+        fast, slow = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self._base_optimizer.state[p]
+            if "lookahead_slow_buff" not in state:
+                state["lookahead_slow_buff"] = p.detach().clone(memory_format=torch.preserve_format)
+            fast.append(p)
+            slow.append(state["lookahead_slow_buff"])
+        # One call per device and dtype, as the op takes them.
+        batches: dict[tuple[Any, Any], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for f, s in zip(fast, slow):
+            batch = batches.setdefault((f.device, f.dtype), ([], []))
+            batch[0].append(f)
+            batch[1].append(s)
+        for f, s in batches.values():
+            ops.lookahead_sync_(f, slow=s, sync_rate=float(group["lookahead_alpha"]))
+
+    def sync_lookahead(self) -> None:
+        """Syncs every group now."""
+        for group in self._base_optimizer.param_groups:
+            self.update_slow(group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = self._base_optimizer.step(closure)
+        for group in self._base_optimizer.param_groups:
+            group["lookahead_step"] += 1
+            if group["lookahead_step"] % group["lookahead_k"] == 0:
+                self.update_slow(group)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return self._base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        self._base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self._base_optimizer.param_groups
+        # A base optimizer's state dict without Lookahead's keys gets their defaults.
+        for name in ("lookahead_alpha", "lookahead_k", "lookahead_step"):
+            for group in self.param_groups:
+                group.setdefault(name, self.defaults[name])
 
 
 # ---- The factory ----------------------------------------------------------------------------
@@ -286,6 +461,10 @@ _REGISTRY: dict[str, _Entry] = {
     "clamb": _Entry(Lamb, "Cautious LAMB", {"caution": True}, has_betas=True),
     "clambw": _Entry(Lamb, "Cautious LAMB with decoupled weight decay", {"caution": True, "decoupled_decay": True},
                      has_betas=True),
+    "adabelief": _Entry(AdaBelief, "Adapts learning rate based on gradient prediction error", {"rectify": False},
+                        has_betas=True),
+    "radabelief": _Entry(AdaBelief, "Rectified AdaBelief with variance adaptation", {"rectify": True},
+                         has_betas=True),
     "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
     "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
     "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
@@ -304,7 +483,7 @@ _NOT_YET = {
     **{name: "cautious updates" for name in ("cadamw", "cadopt", "cadoptw",
                                              "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
     **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"
-       for name in ("adamp", "adabelief", "radabelief")},
+       for name in ("adamp",)},
 }
 
 
@@ -356,10 +535,7 @@ def create_optimizer_v2(
     parts = opt.lower().split("_")
     name = parts[-1]
     wrapper = parts[0] if len(parts) > 1 else None
-    if wrapper is not None and (wrapper != "scout" or len(parts) > 2):
-        if wrapper == "lookahead" and len(parts) == 2:
-            raise NotImplementedError(f"holocron_optim.timm: {opt!r}: timm's Lookahead is not available yet "
-                                      "(holocron_optim.Lookahead is holocron.optim's, with other numbers)")
+    if wrapper is not None and (wrapper not in ("scout", "lookahead") or len(parts) > 2):
         raise ValueError(f"Optimizer {opt} not found in registry")
     if name in _NOT_YET:
         raise NotImplementedError(f"holocron_optim.timm: {name!r} ({_NOT_YET[name]}) is not available yet")
@@ -406,4 +582,6 @@ def create_optimizer_v2(
             raise ValueError(f"holocron_optim.timm: {name!r} takes no foreach")
         args.setdefault("foreach", foreach)
     optimizer = entry.cls(params, **args)
+    if wrapper == "lookahead":
+        return Lookahead(optimizer)
     return Scout(optimizer) if wrapper == "scout" else optimizer

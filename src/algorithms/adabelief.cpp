@@ -4,6 +4,42 @@
 
 #include "algorithms/common.h"
 
+// ---- What both backends take from the options ----------------------------------
+
+namespace holocron::optim::functional::detail {
+namespace {
+
+WeightDecay adabelief_weight_decay(const AdaBeliefHyper& h) {
+  // fixed_decay: timm's p *= 1 - weight_decay, not scaled by lr.
+  return split_weight_decay(h.weight_decay, h.fixed_decay ? 1.0 : h.lr, h.decoupled_weight_decay);
+}
+
+// How a tensor at step t moves, with timm's rectification (forked from RAdam) when asked:
+// rho_t, the approximated length of the second moment's simple moving average, decides
+// between the rectified adaptive step (rho_t >= 5) and a momentum step or none. Written as
+// timm writes it, so that a rho_t on the edge falls on the same side.
+kernels::cpu::protocol::adabelief::PerTensor adabelief_step(const AdaBeliefHyper& h, int64_t t) {
+  using Direction = kernels::cpu::protocol::adabelief::Direction;
+  const double bc1 = bias_correction(h.beta1, t);
+  if (!h.rectify) {
+    return {.inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, t), .step = -h.lr / bc1,
+            .direction = Direction::Adaptive};
+  }
+  const double beta2_t = std::pow(h.beta2, static_cast<double>(t));
+  const double rho_max = 2.0 / (1.0 - h.beta2) - 1.0;
+  const double rho_t = rho_max - 2.0 * static_cast<double>(t) * beta2_t / (1.0 - beta2_t);
+  if (rho_t >= 5.0) {
+    const double step_size = std::sqrt((1.0 - beta2_t) * (rho_t - 4.0) / (rho_max - 4.0) * (rho_t - 2.0) /
+                                       rho_t * rho_max / (rho_max - 2.0)) / bc1;
+    return {.inv_sqrt_bc2 = 1.0, .step = -step_size * h.lr, .direction = Direction::RectifiedAdaptive};
+  }
+  if (h.degenerated_to_sgd) return {.inv_sqrt_bc2 = 1.0, .step = -(1.0 / bc1) * h.lr, .direction = Direction::Momentum};
+  return {.inv_sqrt_bc2 = 1.0, .step = 0.0, .direction = Direction::None};
+}
+
+}  // namespace
+}  // namespace holocron::optim::functional::detail
+
 // ---- Reference math (ATen ops) ----------------------------------------------
 
 namespace holocron::optim::kernels::reference {
@@ -15,25 +51,34 @@ using namespace functional::detail;
 namespace {
 
 void adabelief(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
-                const AdaBeliefHyper& h) {
-
+               TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdaBeliefHyper& h) {
+  using Direction = kernels::cpu::protocol::adabelief::Direction;
+  const auto decay = adabelief_weight_decay(h);
   for (size_t i = 0; i < params.size(); ++i) {
     // An empty tensor has nothing to update (and no norm or cosine to take).
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
     auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m = scope.inout(exp_avgs[i]);
     auto s = scope.inout(exp_avg_sqs[i]);
     m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
     auto residual = g - m;
     s.mul_(h.beta2).addcmul_(residual, residual, 1.0 - h.beta2);
-    auto denom = adam_denominator(scope, s, h.amsgrad, max_exp_avg_sqs, i,
-                                  bias_correction(h.beta2, steps[i]), h.eps);
+    if (h.eps_in_variance) s.add_(h.eps);
     if (decay.factor != 1.0) p.mul_(decay.factor);
-    p.addcdiv_(m, denom, -h.lr / bias_correction(h.beta1, steps[i]));
+    const auto move = adabelief_step(h, steps[i]);
+    if (move.direction == Direction::Adaptive) {
+      p.addcdiv_(m, adam_denominator(scope, s, h.amsgrad, max_exp_avg_sqs, i, bias_correction(h.beta2, steps[i]), h.eps),
+                 move.step);
+    } else {
+      if (h.amsgrad) {
+        auto max_s = scope.inout(max_exp_avg_sqs[i]);
+        at::maximum_out(max_s, max_s, s);
+      }
+      if (move.direction == Direction::RectifiedAdaptive) p.addcdiv_(m, s.sqrt().add_(h.eps), move.step);
+      if (move.direction == Direction::Momentum) p.add_(m, move.step);
+    }
     scope.commit();
   }
 }
@@ -51,6 +96,9 @@ namespace cpu = kernels::cpu;
 
 void check(const AdaBeliefHyper& h) {
   check_adam_like("AdaBelief", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
+  TORCH_CHECK_VALUE(!h.fixed_decay || h.decoupled_weight_decay,
+                    "AdaBelief: fixed_decay=True sets how the decoupled weight decay scales "
+                    "(p *= 1 - weight_decay); it needs decoupled_weight_decay=True, got False");
 }
 
 void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -78,17 +126,15 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   }
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  const auto decay = adabelief_weight_decay(h);
   args.constants.set(adabelief::Constants{.beta1 = h.beta1,
                                           .beta2 = h.beta2,
                                           .eps = h.eps,
                                           .weight_decay = decay.coupled,
                                           .amsgrad = h.amsgrad,
-                                          .decay = decay.factor});
-  for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i].set(adabelief::PerTensor{.inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
-                                                .step = -h.lr / bias_correction(h.beta1, steps[i])});
-  }
+                                          .decay = decay.factor,
+                                          .variance_eps = h.eps_in_variance ? h.eps : 0.0});
+  for (size_t i = 0; i < params.size(); ++i) args.per_tensor[i].set(adabelief_step(h, steps[i]));
   cpu::run(cpu::Pass::AdaBeliefApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
@@ -110,7 +156,11 @@ functional::AdaBeliefHyper AdaBeliefOptions::hyper() const {
           .eps = eps(),
           .weight_decay = weight_decay(),
           .amsgrad = amsgrad(),
-          .decoupled_weight_decay = decoupled_weight_decay()};
+          .decoupled_weight_decay = decoupled_weight_decay(),
+          .rectify = rectify(),
+          .degenerated_to_sgd = degenerated_to_sgd(),
+          .fixed_decay = fixed_decay(),
+          .eps_in_variance = eps_in_variance()};
 }
 
 AdaBelief::AdaBelief(const std::vector<OptimizerParamGroup>& param_groups,
@@ -153,7 +203,9 @@ c10::IValue adabelief(const Arguments& a) {
                 a.tensors("max_exp_avg_sqs"), counters.steps(),
                 {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
                  .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-                 .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
+                 .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
+                 .rectify = a.flag("rectify"), .degenerated_to_sgd = a.flag("degenerated_to_sgd"),
+                 .fixed_decay = a.flag("fixed_decay"), .eps_in_variance = a.flag("eps_in_variance")},
                 a.scaling());
   counters.store(a.found_inf());
   return {};
@@ -165,7 +217,8 @@ HOLOCRON_OPTIM_OP(
     "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False) -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, "
+    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False) -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

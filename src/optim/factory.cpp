@@ -13,6 +13,7 @@
 #include <tuple>
 #include <utility>
 
+#include "holocron/optim/adabelief.h"
 #include "holocron/optim/ademamix.h"
 #include "holocron/optim/adan.h"
 #include "holocron/optim/lamb.h"
@@ -70,6 +71,15 @@ AdanOptions timm_adan(const FactoryOptions& o, bool no_prox, bool caution) {
   return AdanOptions(o.lr.value_or(1e-3)).decoupled_weight_decay(true).no_prox(no_prox).caution(caution);
 }
 
+// timm's AdaBelief: eps in the second moment (and its default 1e-16), the decay decoupled.
+AdaBeliefOptions timm_adabelief(const FactoryOptions& o, bool rectify) {
+  return AdaBeliefOptions(o.lr.value_or(1e-3))
+      .eps(1e-16)
+      .eps_in_variance(true)
+      .decoupled_weight_decay(true)
+      .rectify(rectify);
+}
+
 const std::map<std::string, Maker>& registry() {
   static const std::map<std::string, Maker> makers = {
       {"lamb", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, false); })},
@@ -82,6 +92,10 @@ const std::map<std::string, Maker>& registry() {
       {"adanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true, false); })},
       {"cadan", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, false, true); })},
       {"cadanw", maker<Adan, AdanOptions>([](const FactoryOptions& o) { return timm_adan(o, true, true); })},
+      {"adabelief",
+       maker<AdaBelief, AdaBeliefOptions>([](const FactoryOptions& o) { return timm_adabelief(o, false); })},
+      {"radabelief",
+       maker<AdaBelief, AdaBeliefOptions>([](const FactoryOptions& o) { return timm_adabelief(o, true); })},
       {"lars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, false); })},
       {"larc", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, true); })},
       {"nlars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, true, false); })},
@@ -101,8 +115,9 @@ const std::map<std::string, Maker>& registry() {
 const char* not_yet(const std::string& name) {
   static const std::map<std::string, const char*> names = {
       {"adamp", "timm's variant (holocron's is the class AdamP, with other numbers)"},
-      {"adabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},
-      {"radabelief", "timm's variant (holocron's is the class AdaBelief, with other numbers)"},
+      {"cadamp", "cautious updates"}, {"cadamw", "cautious updates"}, {"cadopt", "cautious updates"},
+      {"cadoptw", "cautious updates"}, {"clion", "cautious updates"}, {"cmars", "cautious updates"},
+      {"cnadamw", "cautious updates"}, {"crmsproptf", "cautious updates"}, {"csgdw", "cautious updates"},
   };
   const auto it = names.find(name);
   return it == names.end() ? nullptr : it->second;

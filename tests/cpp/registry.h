@@ -177,11 +177,23 @@ struct AdaBeliefTraits {
   static Options options(double lr) { return Options(lr).amsgrad(true).weight_decay(1e-2); }
   static Options plain(double lr) { return Options(lr); }
   static Options from_settings(const Settings& s) {
-    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s).amsgrad(flag_setting(s, "amsgrad"));
+    return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
+        .amsgrad(flag_setting(s, "amsgrad"))
+        .rectify(flag_setting(s, "rectify"))
+        .degenerated_to_sgd(flag_setting(s, "degenerated_to_sgd", true))
+        .fixed_decay(flag_setting(s, "fixed_decay"))
+        .eps_in_variance(flag_setting(s, "eps_in_variance"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double, double, double, Choose) {
-    return Options(lr).amsgrad(in.ConsumeBool());
+    const bool decoupled = in.ConsumeBool();
+    return Options(lr)
+        .amsgrad(in.ConsumeBool())
+        .decoupled_weight_decay(decoupled)
+        .fixed_decay(decoupled && in.ConsumeBool())
+        .rectify(in.ConsumeBool())
+        .degenerated_to_sgd(in.ConsumeBool())
+        .eps_in_variance(in.ConsumeBool());
   }
 };
 

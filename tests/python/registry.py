@@ -328,11 +328,18 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     ),
     Algorithm(
         name="AdaBelief", reference="adabelief", papers=("2010.07468",), betas=2, eps=True,
-        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True},
+        # timm's options at the defaults that give the reference's numbers (variants switch them).
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True,
+              "rectify": False, "degenerated_to_sgd": True, "fixed_decay": False, "eps_in_variance": False},
         typical={"amsgrad": True, "weight_decay": 0.01},
         variants=(dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True),
-                  dict(lr=0.02, eps=1e-6)),
-        refused=(),
+                  dict(lr=0.02, eps=1e-6),
+                  # timm's AdaBelief (beta2 = 0.9: the rectified step from the 5th step on).
+                  dict(lr=0.01, betas=(0.9, 0.9), eps=1e-6, weight_decay=0.05, amsgrad=True, rectify=True,
+                       eps_in_variance=True, decoupled_weight_decay=True),
+                  dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, rectify=True, degenerated_to_sgd=False,
+                       decoupled_weight_decay=True, fixed_decay=True)),
+        refused=({"fixed_decay": True},),
         rosenbrock=({"lr": 0.2}, 600, 0.1, 0.005),
         samples=(
             ("default", {}),
@@ -343,8 +350,20 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
             ("weight_decay", {"weight_decay": 0.1}),
             ("weight_decay_amsgrad", {"weight_decay": 0.1, "amsgrad": True}),
             ("tensor_lr", {"lr": torch.tensor(0.01)}),
+            ("rectify", {"rectify": True, "betas": (0.9, 0.9)}),
+            # No step before rho_t reaches 5 (the 6th step at the earliest): only the decay moves p.
+            ("rectify_no_sgd", {"rectify": True, "degenerated_to_sgd": False, "decoupled_weight_decay": True,
+                                "weight_decay": 0.05}),
+            ("eps_in_variance", {"eps_in_variance": True, "eps": 1e-3}),
+            ("fixed_decay", {"fixed_decay": True, "decoupled_weight_decay": True, "weight_decay": 0.05}),
         ),
-        torch_adam_messages=True, not_og_supported_flags=_ADAM_FLAGS,
+        errors=(
+            ("fixed_decay coupled", {"fixed_decay": True}, "AdaBelief: fixed_decay=True", False),
+            ("group fixed_decay coupled", {"fixed_decay": True}, "AdaBelief: fixed_decay=True", True),
+        ),
+        reference_ignores=("rectify", "degenerated_to_sgd", "fixed_decay", "eps_in_variance"),
+        # fixed_decay, newer than decoupled_weight_decay, leaves an older checkpoint with it.
+        torch_adam_messages=True, not_og_supported_flags=(*_ADAM_FLAGS, "fixed_decay"),
         random_options=_adabelief_random,
         state_keys=_ADAM_KEYS,
     ),

@@ -28,7 +28,8 @@ def _run(name: str, options: dict, dtype: torch.dtype, negate: bool, maximize: b
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for s in SHAPES]
     options = {"lr": 0.01 * ALGORITHMS[name].lr_scale, **options, "maximize": maximize}
     opt = ALGORITHMS[name].make(params, **options)
-    for _ in range(5):
+    # Seven steps: RAdam's rectification (AdaBelief's rectify) steps from the 6th at the earliest.
+    for _ in range(7):
         for p in params:
             g = (torch.randn(p.shape, generator=gen, dtype=torch.float64) + 0.3 * p.detach().double()).to(dtype)
             p.grad = -g if negate else g

@@ -42,7 +42,7 @@ def timm_optim():
     sys.modules[package.__name__] = package
     try:
         yield types.SimpleNamespace(**{name: importlib.import_module(f"{package.__name__}.{name}")
-                                       for name in ("lamb", "lars", "adan")})
+                                       for name in ("lamb", "lars", "adan", "adabelief")})
     finally:
         for name in [k for k in sys.modules if k == package.__name__ or k.startswith(package.__name__ + ".")]:
             del sys.modules[name]
@@ -460,3 +460,169 @@ def test_an_adan_checkpoint_from_before_the_options_loads_with_their_defaults():
     fresh.load_state_dict(old)
     group = fresh.param_groups[0]
     assert (group["decoupled_weight_decay"], group["no_prox"], group["max_grad_norm"]) == (False, False, None)
+
+
+# ---- AdaBelief ----------------------------------------------------------------------------
+
+ADABELIEF_FLAGS = ("amsgrad", "decoupled_weight_decay", "fixed_decay", "rectify", "degenerated_to_sgd",
+                   "eps_in_variance")
+
+
+def _random_adabelief_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
+    """Shapes, AdaBelief's options (every switch drawn) and per-group overrides. beta2 = 0.9 and
+    0.99 cross rho_t = 5 within the 25 steps (0.999 sits on it at the 5th step)."""
+    rng = random.Random(3000 + seed)
+    shapes = [tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 5))]
+    options = {
+        "lr": rng.choice([1e-3, 1e-2, 5e-2]),
+        "betas": rng.choice([(0.9, 0.999), (0.9, 0.9), (0.5, 0.99), (0.8, 0.9)]),
+        "eps": rng.choice([1e-16, 1e-8, 1e-3]),
+        "weight_decay": rng.choice([0.0, 0.01, 0.1]),
+        **{name: rng.random() < 0.5 for name in ADABELIEF_FLAGS},
+    }
+    # Six seeds in a row reach every switch both ways.
+    options[ADABELIEF_FLAGS[seed % 6]] = not options[ADABELIEF_FLAGS[(seed + 1) % 6]]
+    options["fixed_decay"] = options["fixed_decay"] and options["decoupled_weight_decay"]
+    overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
+    return shapes, options, overrides
+
+
+class _NaiveAdaBelief(torch.optim.Optimizer):
+    """AdaBelief written from the paper and timm's rectification, one float64 tensor op at a
+    time: the oracle where timm has no switch (eps left out of s)."""
+
+    def __init__(self, params, **options):
+        super().__init__(params, options)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, m=torch.zeros_like(p, dtype=torch.float64),
+                                 s=torch.zeros_like(p, dtype=torch.float64), max_s=torch.zeros_like(p, dtype=torch.float64))
+                state["step"] += 1
+                t = state["step"]
+                w = p.double()
+                g = p.grad.double()
+                if group["decoupled_weight_decay"]:
+                    w = w * (1 - (wd if group["fixed_decay"] else lr * wd))
+                else:
+                    g = g + wd * w
+                m = state["m"] = beta1 * state["m"] + (1 - beta1) * g
+                s = state["s"] = beta2 * state["s"] + (1 - beta2) * (g - m) ** 2 + (eps if group["eps_in_variance"] else 0.0)
+                state["max_s"] = torch.maximum(state["max_s"], s)
+                bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
+                if not group["rectify"]:
+                    second = state["max_s"] if group["amsgrad"] else s
+                    w = w - lr / bc1 * m / (second.sqrt() / math.sqrt(bc2) + eps)
+                else:
+                    rho_max = 2 / (1 - beta2) - 1
+                    rho = rho_max - 2 * t * beta2 ** t / (1 - beta2 ** t)
+                    if rho >= 5:
+                        r = math.sqrt((rho - 4) * (rho - 2) * rho_max / ((rho_max - 4) * (rho_max - 2) * rho))
+                        w = w - lr * r * math.sqrt(bc2) / bc1 * m / (s.sqrt() + eps)
+                    elif group["degenerated_to_sgd"]:
+                        w = w - lr / bc1 * m
+                p.copy_(w)
+                state["exp_avg"] = m
+
+
+def _adabelief_oracle(timm_optim, options):
+    """timm's AdaBelief where it has the variant (eps in s), else the naive one."""
+    if options["eps_in_variance"]:
+        timm_options = {("decoupled_decay" if k == "decoupled_weight_decay" else k): v
+                        for k, v in options.items() if k != "eps_in_variance"}
+        return lambda groups: timm_optim.adabelief.AdaBelief(groups, **timm_options)
+    return lambda groups: _NaiveAdaBelief(groups, **options)
+
+
+@pytest.mark.parametrize("capability", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(12))
+def test_adabelief_matches_timm_and_the_paper(timm_optim, backend, seed, dtype, capability):
+    backend(capability)
+    shapes, options, overrides = _random_adabelief_case(seed)
+    theirs = _train(_adabelief_oracle(timm_optim, options), shapes, overrides, dtype, seed)
+    ours = _train(lambda g: ho.AdaBelief(g, **options), shapes, overrides, dtype, seed)
+    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
+    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
+
+
+def test_the_naive_adabelief_agrees_with_timm(timm_optim):
+    """The naive oracle is itself held to timm where both apply (eps in s)."""
+    for seed in range(6):
+        shapes, options, overrides = _random_adabelief_case(seed)
+        options = {**options, "eps_in_variance": True}
+        theirs = _train(_adabelief_oracle(timm_optim, options), shapes, overrides, torch.float64, seed)
+        naive = _train(lambda g: _NaiveAdaBelief(g, **options), shapes, overrides, torch.float64, seed)
+        assert_close_to_oracle(naive[0], theirs[0], torch.float64, f"naive {options}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adabelief_sees_unscaled_gradients(timm_optim, dtype):
+    options = {"lr": 1e-2, "betas": (0.9, 0.9), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True,
+               "decoupled_weight_decay": True, "fixed_decay": False, "rectify": True, "degenerated_to_sgd": True,
+               "eps_in_variance": True}
+    shapes, overrides = [(5, 4), (7,)], [{}]
+    theirs = _train(_adabelief_oracle(timm_optim, options), shapes, overrides, dtype, 3)
+    ours = _train(lambda g: ho.AdaBelief(g, **options), shapes, overrides, dtype, 3, grad_scale=1024.0)
+    assert_close_to_oracle(ours[0], theirs[0], dtype, "params under a loss scale")
+
+
+def test_each_adabelief_option_changes_the_numbers():
+    shapes, overrides = [(6, 3), (4,)], [{}]
+    base = {"lr": 1e-2, "betas": (0.9, 0.9), "eps": 1e-3, "weight_decay": 0.05}
+    reference, _ = _train(lambda g: ho.AdaBelief(g, **base), shapes, overrides, torch.float64, 5)
+    for change in ({"rectify": True}, {"eps_in_variance": True}, {"decoupled_weight_decay": True}):
+        changed, _ = _train(lambda g: ho.AdaBelief(g, **base, **change), shapes, overrides, torch.float64, 5)
+        assert not torch.equal(changed[0], reference[0]), change
+    rectified = {**base, "rectify": True, "betas": (0.9, 0.999)}  # rho_t < 5 for the first steps
+    reference, _ = _train(lambda g: ho.AdaBelief(g, **rectified), shapes, overrides, torch.float64, 5)
+    changed, _ = _train(lambda g: ho.AdaBelief(g, **rectified, degenerated_to_sgd=False), shapes, overrides,
+                        torch.float64, 5)
+    assert not torch.equal(changed[0], reference[0])
+    decoupled = {**base, "decoupled_weight_decay": True}
+    reference, _ = _train(lambda g: ho.AdaBelief(g, **decoupled), shapes, overrides, torch.float64, 5)
+    changed, _ = _train(lambda g: ho.AdaBelief(g, **decoupled, fixed_decay=True), shapes, overrides, torch.float64, 5)
+    assert not torch.equal(changed[0], reference[0])
+
+
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("seed", range(6))
+def test_adabelief_cpp_front_matches_timm_and_the_paper(timm_optim, seed):
+    _, options, _ = _random_adabelief_case(seed)
+    beta1, beta2 = options["betas"]
+    settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"eps={options['eps']!r}",
+                f"weight_decay={options['weight_decay']!r}"]
+    settings += [f"{name}={float(options[name])!r}" for name in ADABELIEF_FLAGS]
+    _assert_cpp_front_matches("AdaBelief", settings, _adabelief_oracle(timm_optim, options), seed)
+
+
+def test_adabelief_fixed_decay_needs_the_decoupled_decay():
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="AdaBelief: fixed_decay=True .* needs decoupled_weight_decay=True"):
+        ho.AdaBelief([p], fixed_decay=True, weight_decay=0.1)
+    opt = ho.AdaBelief([p])
+    with pytest.raises(ValueError, match="fixed_decay"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "fixed_decay": True})
+    assert len(opt.param_groups) == 1
+
+
+def test_an_adabelief_checkpoint_from_before_the_options_loads_with_their_defaults():
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = ho.AdaBelief([p], lr=1e-2, weight_decay=0.01)
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        for key in ("rectify", "degenerated_to_sgd", "fixed_decay", "eps_in_variance"):
+            del group[key]
+    fresh = ho.AdaBelief([p], lr=1e-2, weight_decay=0.01, rectify=True, eps_in_variance=True)
+    fresh.load_state_dict(old)
+    group = fresh.param_groups[0]
+    assert (group["rectify"], group["degenerated_to_sgd"], group["fixed_decay"], group["eps_in_variance"]) == (
+        False, True, False, False)

@@ -36,6 +36,20 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW). Default false.
   TORCH_ARG(bool, decoupled_weight_decay) = false;
+  /// RAdam's rectification (timm's `rectify`): while the approximated SMA length `rho_t` of the
+  /// second moment is >= 5, `p -= lr * r_t * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(s) + eps)`
+  /// (no bias correction of `s`, and `s`, not its running maximum, even with `amsgrad`, as
+  /// timm); below, see degenerated_to_sgd. Default false.
+  TORCH_ARG(bool, rectify) = false;
+  /// With `rectify`, while `rho_t < 5`: `p -= lr * m / (1 - beta1^t)` (a momentum step); false:
+  /// no step (the weight decay still applies). Read only with `rectify`. Default true (timm's).
+  TORCH_ARG(bool, degenerated_to_sgd) = true;
+  /// With `decoupled_weight_decay`: `p *= 1 - weight_decay`, not scaled by `lr` (timm's);
+  /// refused without it. Default false.
+  TORCH_ARG(bool, fixed_decay) = false;
+  /// Add `eps` into `s` after each update, `s = beta2 * s + (1 - beta2) * (g - m)^2 + eps` (the
+  /// paper's Algorithm 1, the authors' and timm's code); stored, so it accumulates. Default false.
+  TORCH_ARG(bool, eps_in_variance) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -48,9 +62,16 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
     visit("amsgrad", self.amsgrad());
     visit("maximize", self.maximize());
     visit("decoupled_weight_decay", self.decoupled_weight_decay());
+    visit("rectify", self.rectify());
+    visit("degenerated_to_sgd", self.degenerated_to_sgd());
+    visit("fixed_decay", self.fixed_decay());
+    visit("eps_in_variance", self.eps_in_variance());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
+  static std::vector<std::string> fields_added_later() {
+    return {"maximize", "decoupled_weight_decay", "rectify", "degenerated_to_sgd", "fixed_decay",
+            "eps_in_variance"};
+  }
   /// These options as the functional layer's hyper-parameters.
   functional::AdaBeliefHyper hyper() const;
 };
@@ -87,7 +108,9 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
 /// `m = beta1 * m + (1 - beta1) * g`,
 /// `s = beta2 * s + (1 - beta2) * (g - m)^2` (with the updated `m`),
 /// `p -= lr / (1 - beta1^t) * m / (sqrt(s) / sqrt(1 - beta2^t) + eps)`. As in the reference, `eps`
-/// is not added into `s` and the options and their checks are torch.optim.Adam's.
+/// is not added into `s` (unless `eps_in_variance`) and the options and their checks are
+/// torch.optim.Adam's. timm's `AdaBelief` is `decoupled_weight_decay`, `eps_in_variance` and
+/// `rectify` with `eps = 1e-16`.
 class AdaBelief : public detail::Algorithm<AdaBeliefOptions, AdaBeliefParamState> {
  public:
   /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).

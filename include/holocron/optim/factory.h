@@ -30,8 +30,9 @@ struct FactoryOptions {
   std::vector<std::string> no_weight_decay_names;
 };
 
-/// The names create_optimizer() takes, sorted: timm's `adan`, `adanw`, `cadan`, `cadanw`, `clamb`, `clambw`, `lamb`,
-/// `lambc`, `lambw`, `lambcw`, `lars`, `larc`, `nlars`, `nlarc` (timm 1.0.31's numbers) and
+/// The names create_optimizer() takes, sorted: timm's `adabelief`, `adan`, `adanw`, `cadan`, `cadanw`, `clamb`,
+/// `clambw`, `lamb`,
+/// `lambc`, `lambw`, `lambcw`, `lars`, `larc`, `nlars`, `nlarc`, `radabelief` (timm 1.0.31's numbers) and
 /// holocron's `ralars`, `tadam`, `ademamix`; each may be
 /// prefixed `scout_` (holocron's Scout around it).
 std::vector<std::string> list_optimizers();
@@ -43,12 +44,14 @@ std::vector<std::string> list_optimizers();
 /// `lambcw` both) and `Lars` (LARSOptions with
 /// `trust_coeff` 0.001, eps 1e-8, the ratio on the gradient, no ratio where weight decay is 0;
 /// `larc` adds `trust_clip`, `nlars` Nesterov momentum, `nlarc` both) and `Adan` (AdanOptions
-/// with `decoupled_weight_decay`; `adanw` adds `no_prox`, `cadan` and `cadanw` `caution`).
+/// with `decoupled_weight_decay`; `adanw` adds `no_prox`, `cadan` and `cadanw` `caution`) and
+/// `AdaBelief` (AdaBeliefOptions with eps 1e-16 added into the second moment and decoupled weight
+/// decay; `radabelief` adds `rectify`).
 ///
 ///     auto optimizer = holocron::optim::create_optimizer("lamb", *model, {.lr = 2e-3, .weight_decay = 0.05});
 ///
 /// \throws std::invalid_argument for an unknown name; c10::NotImplementedError for one of timm's
-///   names this library does not reproduce yet (`clamb`, `adamp`, `lookahead_lamb`, ...);
+///   names this library does not reproduce yet (`adamp`, `cadamw`, `lookahead_lamb`, ...);
 ///   c10::ValueError for invalid options.
 std::unique_ptr<torch::optim::Optimizer> create_optimizer(const std::string& name,
                                                           const torch::nn::Module& module,

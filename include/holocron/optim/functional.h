@@ -285,6 +285,14 @@ struct AdaBeliefHyper {
   bool amsgrad;
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
   bool decoupled_weight_decay = false;
+  /// RAdam's rectification of the step (timm's).
+  bool rectify = false;
+  /// With `rectify`, a momentum step where the rectification is undefined; false: no step.
+  bool degenerated_to_sgd = true;
+  /// Decoupled decay `p *= 1 - weight_decay` (needs `decoupled_weight_decay`).
+  bool fixed_decay = false;
+  /// Add `eps` into the stored second moment after each update.
+  bool eps_in_variance = false;
 };
 
 /// One AdaBelief step (see AdaBelief).

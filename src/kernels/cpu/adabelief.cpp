@@ -1,5 +1,6 @@
 // AdaBelief: one pass; the second moment tracks the gradient's deviation from
-// its (already updated) mean.
+// its (already updated) mean. With timm's rectification the host picks each
+// tensor's direction from its step count.
 
 #include "kernels/cpu/driver.h"
 
@@ -23,8 +24,10 @@ struct AdaBeliefApply {
   const PassArgs& args;
 
   struct Body {
-    V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, inv_sqrt_bc2, step, decay_factor;
-    bool decay, amsgrad, decays;
+    V beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, inv_sqrt_bc2, step, decay_factor,
+        variance_eps;
+    bool decay, amsgrad, decays, adds_variance_eps;
+    proto::Direction direction;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
@@ -34,17 +37,35 @@ struct AdaBeliefApply {
       m = m * beta1 + one_minus_beta1 * g;
       const V residual = g - m;
       s = s * beta2 + one_minus_beta2 * residual * residual;
+      if (adds_variance_eps) s = s + variance_eps;
       // A branch, not a factor of 1: the compiler may fuse either product into the add.
       if (decays) p = p * decay_factor;
-      p = p + step * (m / adam_denominator(s, amsgrad ? &x[kSlot.max_exp_avg_sq] : nullptr, inv_sqrt_bc2, eps));
+      V* max_s = amsgrad ? &x[kSlot.max_exp_avg_sq] : nullptr;
+      switch (direction) {
+        case proto::Direction::Adaptive:
+          p = p + step * (m / adam_denominator(s, max_s, inv_sqrt_bc2, eps));
+          return;
+        case proto::Direction::RectifiedAdaptive:
+          if (max_s != nullptr) *max_s = at::vec::maximum(*max_s, s);
+          p = p + step * (m / (s.sqrt() + eps));
+          return;
+        case proto::Direction::Momentum:
+          if (max_s != nullptr) *max_s = at::vec::maximum(*max_s, s);
+          p = p + step * m;
+          return;
+        case proto::Direction::None:
+          if (max_s != nullptr) *max_s = at::vec::maximum(*max_s, s);
+          return;
+      }
     }
   };
   Body for_tensor(int64_t t) const {
     const auto h = args.constants.get<proto::Constants>();
     const auto c = args.per_tensor[t].get<proto::PerTensor>();
-    return {splat<V>(h.beta1), splat<V>(1.0 - h.beta1), splat<V>(h.beta2),        splat<V>(1.0 - h.beta2),
-            splat<V>(h.eps),   splat<V>(h.weight_decay), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
-            splat<V>(h.decay), h.weight_decay != 0.0,    h.amsgrad,                h.decay != 1.0};
+    return {splat<V>(h.beta1),        splat<V>(1.0 - h.beta1), splat<V>(h.beta2),        splat<V>(1.0 - h.beta2),
+            splat<V>(h.eps),          splat<V>(h.weight_decay), splat<V>(c.inv_sqrt_bc2), splat<V>(c.step),
+            splat<V>(h.decay),        splat<V>(h.variance_eps), h.weight_decay != 0.0,    h.amsgrad,
+            h.decay != 1.0,           h.variance_eps != 0.0,   c.direction};
   }
 };
 

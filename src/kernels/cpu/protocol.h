@@ -182,10 +182,23 @@ struct ApplyPerTensor {
 // ---- AdaBelief -------------------------------------------------------------
 namespace adabelief {
 using adam_like::Arrays;
-using adam_like::Constants;
+struct Constants {
+  double beta1, beta2, eps, weight_decay;
+  bool amsgrad;
+  double decay;           // p *= decay before the update (decoupled weight decay), unless 1
+  double variance_eps;    // s += variance_eps after its update, unless 0
+};
+// What moves the parameter, per tensor (with `rectify`, by its step count).
+enum class Direction : int32_t {
+  Adaptive,           // m / (sqrt(s or max s) * inv_sqrt_bc2 + eps)
+  RectifiedAdaptive,  // m / (sqrt(s) + eps): s, not its maximum, as timm
+  Momentum,           // m
+  None,               // nothing (the decay and the moments still update)
+};
 struct PerTensor {
   double inv_sqrt_bc2;
-  double step;  // -lr / bc1
+  double step;  // p += step * direction
+  Direction direction;
 };
 }  // namespace adabelief
 
