@@ -1,7 +1,7 @@
 """timm's optimizers on holocron-optim's kernels: change one import, keep the numbers.
 
 ``from holocron_optim.timm import create_optimizer_v2`` in place of
-``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``, ``AdaBelief``,
+``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``, ``AdaBelief``, ``Lookahead``,
 ``list_optimizers``, ``param_groups_weight_decay`` and ``param_groups_layer_decay``)
 gives timm 1.0.31's numbers (to rounding) with the step in this library's fused kernels.
 The classes take timm's arguments with timm's defaults and keep timm's group keys; they
@@ -9,8 +9,7 @@ are this library's ``LAMB``, ``LARS``, ``Adan`` and ``AdaBelief`` with timm's op
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
 maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's
-``corrected_weight_decay``; timm's AdamP and Lookahead, whose variants differ from
-holocron's), an unknown name a ``ValueError`` as
+``corrected_weight_decay``; timm's AdamP, whose variant differs from holocron's), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
 

@@ -130,9 +130,7 @@ std::unique_ptr<torch::optim::Optimizer> create(const std::string& name, const t
   const auto underscore = lower.find('_');
   const std::string prefix = underscore == std::string::npos ? "" : lower.substr(0, underscore);
   const std::string base = underscore == std::string::npos ? lower : lower.substr(underscore + 1);
-  TORCH_CHECK_NOT_IMPLEMENTED(prefix != "lookahead", "create_optimizer: '", name,
-                              "': timm's Lookahead is not available yet (holocron's Lookahead has other numbers)");
-  if (!prefix.empty() && prefix != "scout") {
+  if (!prefix.empty() && prefix != "scout" && prefix != "lookahead") {
     throw std::invalid_argument("create_optimizer: unknown optimizer '" + name + "'");
   }
   const char* missing = not_yet(base);
@@ -144,6 +142,10 @@ std::unique_ptr<torch::optim::Optimizer> create(const std::string& name, const t
   }
   auto made = it->second(module, groups, options);
   if (prefix == "scout") return std::make_unique<Scout>(std::shared_ptr<torch::optim::Optimizer>(std::move(made)));
+  if (prefix == "lookahead") {
+    return std::make_unique<Lookahead>(std::shared_ptr<torch::optim::Optimizer>(std::move(made)),
+                                       LookaheadOptions().sync_rate(0.5).sync_period(6).slow_from_first_sync(true));
+  }
   return made;
 }
 

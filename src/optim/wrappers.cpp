@@ -45,6 +45,10 @@ void check_wrapper_options(const char* name, const LookaheadOptions& options) {
     throw std::invalid_argument(std::string(name) + ": sync_period must be an integer >= 1, got " +
                                 std::to_string(options.sync_period()));
   }
+  // Scout's adaptive rate reads statistics of every step of a period, of every parameter.
+  if (options.slow_from_first_sync() && std::string(name) != "Lookahead") {
+    throw std::invalid_argument(std::string(name) + ": slow_from_first_sync (timm's Lookahead) is Lookahead's only");
+  }
 }
 
 // The sync and Scout's statistics are defined for floating-point weights (a
@@ -100,9 +104,10 @@ void Lookahead::mirror_new_base_groups() {
                                std::make_unique<detail::BaseGroupOptions>(base_, gi));
     auto& slow = slow_.emplace_back();
     for (const auto& p : base_groups[gi].params()) {
-      slow.push_back(p.detach().clone());
+      slow.push_back(options_.slow_from_first_sync() ? torch::Tensor() : p.detach().clone());
       has_complex_ = has_complex_ || p.is_complex();
     }
+    group_start_.push_back(fast_steps_);
     add_group_state(gi);
   }
 }
@@ -182,6 +187,12 @@ torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& b
   const int64_t changes_before = fast_steps_ % options_.sync_period();
   after_base_step(changes_before);
   ++fast_steps_;
+  if (options_.slow_from_first_sync()) {
+    for (size_t gi = 0; gi < slow_.size(); ++gi) {
+      if ((fast_steps_ - group_start_[gi]) % options_.sync_period() == 0) sync_group(gi, options_.sync_rate());
+    }
+    return loss;
+  }
   if (fast_steps_ % options_.sync_period() == 0) {
     sync_params(rate_for_sync(changes_before + 1));
     after_sync();
@@ -191,7 +202,27 @@ torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& b
 
 void Lookahead::sync_params(double sync_rate) {
   torch::NoGradGuard no_grad;
+  if (options_.slow_from_first_sync()) {
+    functional::detail::check_hyper(name_, "sync_rate", sync_rate, 0.0, true, 1.0, true);
+    for (size_t gi = 0; gi < slow_.size(); ++gi) sync_group(gi, sync_rate);
+    return;
+  }
   functional::lookahead_sync_(real_views(fast_params()), real_views(flat_slow_params()), sync_rate);
+}
+
+void Lookahead::sync_group(size_t group_index, double sync_rate) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> fast, slow;
+  const auto& params = param_groups_[group_index].params();
+  for (size_t pi = 0; pi < params.size(); ++pi) {
+    if (!params[pi].grad().defined()) continue;
+    auto& slow_weight = slow_[group_index][pi];
+    // A first sync moves nothing: slow == fast.
+    if (!slow_weight.defined()) slow_weight = params[pi].detach().clone();
+    fast.push_back(params[pi]);
+    slow.push_back(slow_weight);
+  }
+  if (!fast.empty()) functional::lookahead_sync_(real_views(fast), real_views(slow), sync_rate);
 }
 
 void Lookahead::after_base_step(int64_t) {}
@@ -207,10 +238,15 @@ void Lookahead::save(torch::serialize::OutputArchive& archive) const {
   archive.write("fast_steps", fast_steps_);
   archive.write("sync_rate", options_.sync_rate());
   archive.write("sync_period", options_.sync_period());
+  archive.write("slow_from_first_sync", options_.slow_from_first_sync());
   archive.write("groups/size", static_cast<int64_t>(slow_.size()));
   for (size_t gi = 0; gi < slow_.size(); ++gi) {
     archive.write("groups/" + std::to_string(gi) + "/size", static_cast<int64_t>(slow_[gi].size()));
-    for (size_t pi = 0; pi < slow_[gi].size(); ++pi) archive.write(slow_key(gi, pi), slow_[gi][pi]);
+    archive.write("groups/" + std::to_string(gi) + "/start", group_start_[gi]);
+    // Slow weights not taken yet (slow_from_first_sync) are left out.
+    for (size_t pi = 0; pi < slow_[gi].size(); ++pi) {
+      if (slow_[gi][pi].defined()) archive.write(slow_key(gi, pi), slow_[gi][pi]);
+    }
   }
   save_extra(archive);
   torch::serialize::OutputArchive base_archive(archive.compilation_unit());
@@ -235,6 +271,8 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
   options.sync_rate(value.toDouble());
   TORCH_CHECK(archive.try_read("sync_period", value), name_, ": checkpoint lacks sync_period");
   options.sync_period(value.toInt());
+  // Written before the option existed: false.
+  if (archive.try_read("slow_from_first_sync", value)) options.slow_from_first_sync(value.toBool());
   check_wrapper_options(name_, options);
   TORCH_CHECK(archive.try_read("fast_steps", value), name_, ": checkpoint lacks fast_steps");
   const int64_t fast_steps = value.toInt();
@@ -244,7 +282,11 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
   TORCH_CHECK(static_cast<size_t>(value.toInt()) == slow_.size(), name_, ": checkpoint has ",
               value.toInt(), " parameter groups, the optimizer has ", slow_.size());
   std::vector<std::vector<torch::Tensor>> slow(slow_.size());
+  std::vector<int64_t> group_start(slow_.size(), 0);
   for (size_t gi = 0; gi < slow_.size(); ++gi) {
+    if (archive.try_read("groups/" + std::to_string(gi) + "/start", value)) group_start[gi] = value.toInt();
+    TORCH_CHECK(group_start[gi] >= 0 && group_start[gi] <= fast_steps, name_, ": group ", gi,
+                " of the checkpoint starts at step ", group_start[gi], ", after its ", fast_steps, " steps");
     const auto& params = param_groups_[gi].params();
     TORCH_CHECK(archive.try_read("groups/" + std::to_string(gi) + "/size", value), name_,
                 ": checkpoint lacks the size of group ", gi);
@@ -253,8 +295,11 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
                 params.size());
     for (size_t pi = 0; pi < params.size(); ++pi) {
       torch::Tensor t;
-      TORCH_CHECK(archive.try_read(slow_key(gi, pi), t), name_, ": checkpoint lacks slow weight ",
-                  pi, " of group ", gi);
+      if (!archive.try_read(slow_key(gi, pi), t)) {
+        TORCH_CHECK(options.slow_from_first_sync(), name_, ": checkpoint lacks slow weight ", pi, " of group ", gi);
+        slow[gi].emplace_back();  // not taken yet
+        continue;
+      }
       TORCH_CHECK(t.sizes().equals(params[pi].sizes()) &&
                       t.scalar_type() == params[pi].scalar_type(),
                   name_, ": slow weight ", pi, " of group ", gi, " (", t.sizes(), ", ",
@@ -273,6 +318,7 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
   options_ = options;
   fast_steps_ = fast_steps;
   slow_ = std::move(slow);
+  group_start_ = std::move(group_start);
   commit_extra();
 }
 

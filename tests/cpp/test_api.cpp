@@ -828,7 +828,8 @@ TEST(Factory, NamesNotReproducedAreRefused) {
   EXPECT_THROW(ho::create_optimizer("foo_lamb", net), std::invalid_argument);
   EXPECT_THROW(ho::create_optimizer("cadamp", net), c10::NotImplementedError);
   EXPECT_THROW(ho::create_optimizer("adamp", net), c10::NotImplementedError);
-  EXPECT_THROW(ho::create_optimizer("lookahead_lamb", net), c10::NotImplementedError);
+  EXPECT_THROW(ho::create_optimizer("lookahead_adamp", net), c10::NotImplementedError);
+  EXPECT_THROW(ho::create_optimizer("lookahead_scout_lamb", net), std::invalid_argument);
   ho::FactoryOptions bad;
   bad.lr = -1.0;
   expect_throw_naming([&] { ho::create_optimizer("lamb", net, bad); }, "lr", "a negative lr");

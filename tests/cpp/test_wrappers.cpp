@@ -103,6 +103,83 @@ void lookahead_math(const BaseFactory& make_base) {
 }
 
 TEST(Lookahead, MathAroundTorchAdam) { lookahead_math(make_adam); }
+
+// timm's Lookahead: slow weights taken at a parameter's first sync (which moves nothing), syncs
+// skipping the parameters without a gradient, a group added later counting from then.
+TEST(Lookahead, SlowFromFirstSyncIsTimms) {
+  constexpr int kPeriod = 2;
+  constexpr double kRate = 0.3;
+  Fixture f(3 * kPeriod, 23);
+  ho::Lookahead la(make_lamb({f.params[0]}),
+                   ho::LookaheadOptions().sync_rate(kRate).sync_period(kPeriod).slow_from_first_sync(true));
+  auto plain = make_lamb({f.mirror[0]});
+  EXPECT_FALSE(la.slow_params()[0][0].defined());
+  const auto step_both = [&](int k) {
+    f.set_grads(k, f.params);
+    f.set_grads(k, f.mirror);
+    la.step();
+    plain->step();
+  };
+  step_both(0);
+  la.add_param_group(torch::optim::OptimizerParamGroup({f.params[1]}));
+  plain->add_param_group(torch::optim::OptimizerParamGroup({f.mirror[1]}));
+  step_both(1);  // group 0's first sync: nothing moves, its slow weights are taken
+  EXPECT_TRUE(all_equal(f.params, f.mirror));
+  EXPECT_TRUE(torch::equal(la.slow_params()[0][0], f.params[0]));
+  EXPECT_FALSE(la.slow_params()[1][0].defined());
+  step_both(2);  // group 1's first sync (its second step)
+  EXPECT_TRUE(all_equal(f.params, f.mirror));
+  EXPECT_TRUE(torch::equal(la.slow_params()[1][0], f.params[1]));
+  const auto slow0 = la.slow_params()[0][0].clone();
+  step_both(3);  // group 0 syncs: pulled back
+  std::vector<double> expected = to_vec(slow0);
+  const auto fast = to_vec(f.mirror[0]);
+  for (size_t e = 0; e < expected.size(); ++e) expected[e] += kRate * (fast[e] - expected[e]);
+  expect_close(f.params[0], expected, "group 0 at its second sync", 1e-12);
+  EXPECT_TRUE(torch::equal(f.params[1], f.mirror[1]));
+  // Group 1's next sync, with no gradient: neither moved nor taken again.
+  const auto slow1 = la.slow_params()[1][0].clone();
+  f.params[1].mutable_grad() = torch::Tensor();
+  f.params[0].mutable_grad() = f.grads[4][0].clone();
+  la.step();
+  EXPECT_TRUE(torch::equal(la.slow_params()[1][0], slow1));
+}
+
+TEST(Lookahead, SlowFromFirstSyncCheckpointResumes) {
+  constexpr int kSteps = 7;
+  const auto options = ho::LookaheadOptions().sync_rate(0.4).sync_period(4).slow_from_first_sync(true);
+  Fixture full(kSteps, 29), first(kSteps, 29);
+  ho::Lookahead full_opt(make_adabelief(full.params), options);
+  for (int k = 0; k < kSteps; ++k) {
+    full.set_grads(k, full.params);
+    full_opt.step();
+  }
+  ho::Lookahead first_opt(make_adabelief(first.params), options);
+  for (int k = 0; k < 3; ++k) {  // before the first sync: no slow weights yet
+    first.set_grads(k, first.params);
+    first_opt.step();
+  }
+  std::stringstream stream;
+  torch::save(first_opt, stream);
+  auto resumed_params = clones(first.params);
+  for (auto& p : resumed_params) p.set_requires_grad(true);
+  ho::Lookahead resumed(make_adabelief(resumed_params), ho::LookaheadOptions());
+  torch::load(resumed, stream);
+  EXPECT_TRUE(resumed.options().slow_from_first_sync());
+  EXPECT_FALSE(resumed.slow_params()[0][0].defined());
+  for (int k = 3; k < kSteps; ++k) {
+    first.set_grads(k, resumed_params);
+    resumed.step();
+  }
+  EXPECT_TRUE(all_equal(full.params, resumed_params));
+  EXPECT_TRUE(torch::equal(full_opt.slow_params()[0][1], resumed.slow_params()[0][1]));
+}
+
+TEST(Scout, RefusesSlowFromFirstSync) {
+  Fixture f(1, 1);
+  EXPECT_THROW(ho::Scout(make_lamb(f.params), ho::LookaheadOptions().slow_from_first_sync(true)),
+               std::invalid_argument);
+}
 TEST(Lookahead, MathAroundLAMB) { lookahead_math(make_lamb); }
 
 TEST(Lookahead, RateZeroAndOne) {

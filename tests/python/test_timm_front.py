@@ -248,7 +248,7 @@ RUNNER = BUILD_DIR / "tests" / "cpp" / "holocron_parity_runner"
 
 
 @pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
-@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("lookahead_")])
+@pytest.mark.parametrize("name", NAMES)
 def test_cpp_create_optimizer_gives_timms_numbers(timm, name):
     """holocron::optim::create_optimizer(name, groups, options) through the parity runner, against
     timm's create_optimizer_v2 over the same parameters (one group) and random numbers."""

@@ -33,8 +33,9 @@ struct FactoryOptions {
 /// The names create_optimizer() takes, sorted: timm's `adabelief`, `adan`, `adanw`, `cadan`, `cadanw`, `clamb`,
 /// `clambw`, `lamb`,
 /// `lambc`, `lambw`, `lambcw`, `lars`, `larc`, `nlars`, `nlarc`, `radabelief` (timm 1.0.31's numbers) and
-/// holocron's `ralars`, `tadam`, `ademamix`; each may be
-/// prefixed `scout_` (holocron's Scout around it).
+/// holocron's `ralars`, `tadam`, `ademamix`; each may be prefixed `lookahead_` (timm's
+/// Lookahead around it: Lookahead with `slow_from_first_sync`, rate 0.5, period 6) or `scout_`
+/// (holocron's Scout around it).
 std::vector<std::string> list_optimizers();
 
 /// The optimizer `name` (see list_optimizers()) over `module`'s parameters, grouped as timm's
@@ -51,7 +52,7 @@ std::vector<std::string> list_optimizers();
 ///     auto optimizer = holocron::optim::create_optimizer("lamb", *model, {.lr = 2e-3, .weight_decay = 0.05});
 ///
 /// \throws std::invalid_argument for an unknown name; c10::NotImplementedError for one of timm's
-///   names this library does not reproduce yet (`adamp`, `cadamw`, `lookahead_lamb`, ...);
+///   names this library does not reproduce yet (`adamp`, `cadamw`, `lookahead_adamp`, ...);
 ///   c10::ValueError for invalid options.
 std::unique_ptr<torch::optim::Optimizer> create_optimizer(const std::string& name,
                                                           const torch::nn::Module& module,

@@ -34,6 +34,11 @@ struct LookaheadOptions {
   TORCH_ARG(double, sync_rate) = 0.5;
   /// Number of base optimizer steps between syncs. Default 6; must be >= 1.
   TORCH_ARG(int64_t, sync_period) = 6;
+  /// timm's Lookahead (`create_optimizer("lookahead_<name>")`): a parameter's slow weights are
+  /// taken from it at its first sync (which leaves it as it is) rather than at construction, a
+  /// sync skips the parameters without a gradient, and a group added later counts its own
+  /// `sync_period` from then. Lookahead only (Scout refuses it). Default false.
+  TORCH_ARG(bool, slow_from_first_sync) = false;
 };
 /// Options of Scout: the same as Lookahead's.
 using ScoutOptions = LookaheadOptions;
@@ -98,7 +103,8 @@ class Lookahead : public torch::optim::Optimizer {
   /// virtual); a group added to the base optimizer directly is mirrored at the next step.
   void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
 
-  /// For every parameter: `slow += sync_rate * (fast - slow)`, then `fast = slow`.
+  /// For every parameter: `slow += sync_rate * (fast - slow)`, then `fast = slow` (with
+  /// `slow_from_first_sync`, for every parameter that has a gradient).
   /// \param sync_rate In [0, 1] (c10::ValueError otherwise).
   void sync_params(double sync_rate);
 
@@ -118,7 +124,8 @@ class Lookahead : public torch::optim::Optimizer {
   const LookaheadOptions& options() const noexcept { return options_; }
   /// Number of base steps taken since construction (or as loaded).
   int64_t fast_steps() const noexcept { return fast_steps_; }
-  /// Slow weights, per group and parameter, in the base's order.
+  /// Slow weights, per group and parameter, in the base's order (with `slow_from_first_sync`, an
+  /// undefined tensor until the parameter's first sync).
   const std::vector<std::vector<torch::Tensor>>& slow_params() const noexcept { return slow_; }
   /// "Lookahead" or "Scout" (checkpoints record it).
   const char* name() const noexcept { return name_; }
@@ -163,12 +170,16 @@ class Lookahead : public torch::optim::Optimizer {
  private:
   // The base's step (given), then the wrapper's count, statistics and sync.
   torch::Tensor step_after_base(const std::function<torch::Tensor()>& base_step);
+  // slow_from_first_sync's sync of one group: its parameters that have a gradient.
+  void sync_group(size_t group_index, double sync_rate);
 
   std::shared_ptr<torch::optim::Optimizer> base_;
   LookaheadOptions options_;
   const char* name_;
   int64_t fast_steps_ = 0;
   std::vector<std::vector<torch::Tensor>> slow_;
+  // fast_steps_ when each group was mirrored (slow_from_first_sync counts from there).
+  std::vector<int64_t> group_start_;
   bool has_complex_ = false;
 };
 
