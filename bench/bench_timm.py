@@ -1,12 +1,15 @@
-"""timm's LAMB and LARS on ResNet-50's float32 tensors: holocron_optim.timm against timm's own
-classes (foreach), and the cost of LAMB's global gradient-norm clipping, judged per byte against
-torch's fused Adam in the same process (time per byte relative to Adam's, 1.0 = Adam's speed).
+"""timm's LAMB, LARS, Adan, AdaBelief and AdamP on ResNet-50's float32 tensors: holocron_optim.timm
+against timm's own classes (foreach where timm has it), the cost of LAMB's global gradient-norm
+clipping and of AdamP's channel-wise projection (ResNet-50's 161 tensors as 26,000 output
+channels, each with its own sums), judged per byte against torch's fused Adam in the same
+process (time per byte relative to Adam's, 1.0 = Adam's speed).
 
     make bench-timm            # or: python bench/bench_timm.py [--rounds N] [--threads N]
 
 Bytes per float32 element (performance.md's model): LAMB 40 (read p, g, m, v; write p, m, v; read
 p, m, v again in the second pass) and 4 more for max_grad_norm's read of the gradients; LARS with
-momentum 28. timm's classes are loaded from the installed timm, file by file (its package
+momentum 28; Adan 44; AdaBelief 28; AdamP 40 (pass 1 reads p, g, m, v; pass 2 reads them again
+and writes p, m, v) and 4 more with Nesterov (pass 2 reads g). timm's classes are loaded from the installed timm, file by file (its package
 __init__ pulls torchvision).
 """
 
@@ -30,7 +33,8 @@ from bench import resnet50_shapes  # noqa: E402
 import holocron_optim as ho  # noqa: E402
 import holocron_optim.timm as ho_timm  # noqa: E402
 
-BYTES = {"Adam": 28, "LAMB": 40, "LAMB+clip": 44, "LARS": 28}
+BYTES = {"Adam": 28, "LAMB": 40, "LAMB+clip": 44, "LARS": 28, "Adan": 44, "AdaBelief": 28, "AdamP": 40,
+         "AdamP+nesterov": 44}
 
 
 def timm_optim() -> types.SimpleNamespace | None:
@@ -40,8 +44,8 @@ def timm_optim() -> types.SimpleNamespace | None:
     package = types.ModuleType("_timm_optim_bench")
     package.__path__ = [str(Path(next(iter(spec.submodule_search_locations))) / "optim")]
     sys.modules[package.__name__] = package
-    return types.SimpleNamespace(lamb=importlib.import_module(f"{package.__name__}.lamb"),
-                                 lars=importlib.import_module(f"{package.__name__}.lars"))
+    return types.SimpleNamespace(**{name: importlib.import_module(f"{package.__name__}.{name}")
+                                    for name in ("lamb", "lars", "adan", "adabelief", "adamp")})
 
 
 def main() -> int:
@@ -71,10 +75,19 @@ def main() -> int:
         "ours timm.Lamb (clipping)": ("LAMB+clip", ho_timm.Lamb(params())),
         "ours timm.Lamb (max_grad_norm=None)": ("LAMB", ho_timm.Lamb(params(), max_grad_norm=None)),
         "ours timm.Lars": ("LARS", ho_timm.Lars(params(), **lars)),
+        "ours timm.Adan": ("Adan", ho_timm.Adan(params(), weight_decay=0.02)),
+        "ours timm.AdaBelief": ("AdaBelief", ho_timm.AdaBelief(params(), weight_decay=0.01)),
+        "ours AdamP (reference's projection)": ("AdamP", ho.AdamP(params(), weight_decay=0.01)),
+        "ours timm.AdamP (channel-wise)": ("AdamP", ho_timm.AdamP(params(), weight_decay=0.01)),
+        "ours timm.AdamP (channel-wise, Nesterov)": ("AdamP+nesterov", ho_timm.AdamP(params(), weight_decay=0.01,
+                                                                                     nesterov=True)),
     }
     if timm is not None:
         impls["timm Lamb (foreach)"] = ("LAMB+clip", timm.lamb.Lamb(params()))
         impls["timm Lars (foreach)"] = ("LARS", timm.lars.Lars(params(), **lars))
+        impls["timm Adan (foreach)"] = ("Adan", timm.adan.Adan(params(), weight_decay=0.02))
+        impls["timm AdaBelief (foreach)"] = ("AdaBelief", timm.adabelief.AdaBelief(params(), weight_decay=0.01))
+        impls["timm AdamP (per tensor)"] = ("AdamP", timm.adamp.AdamP(params(), weight_decay=0.01))
     samples: dict[str, list[float]] = {label: [] for label in impls}
     for _, opt in impls.values():
         opt.step()  # warm-up: state made

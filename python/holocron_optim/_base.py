@@ -298,6 +298,8 @@ class FusedStep:
         for option in self._options:
             if getattr(option.check, "checks_groups", False):
                 option.check(type(self).__name__, group.get(option.name, option.default), option)
+        if group.get("caution") and "caution" not in {o.name for o in self._options}:
+            raise ValueError(_no_caution(type(self).__name__))
 
     def _validate(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
                   states: list[dict[str, Any] | None]) -> None:
@@ -741,6 +743,14 @@ class FusedStep:
 _CHECKED_FIRST = ("lr", "eps", "weight_decay")
 
 
+def _no_caution(name: str) -> str:
+    if name == "AdamP":
+        return ("AdamP has no caution: timm's AdamP(caution=True) is the spherical cautious update, which this "
+                "library does not compute")
+    return (f"{name} has no caution: Cautious Optimizers (timm, pytorch-optimizer) define it for LAMB, Adan "
+            f"and AdEMAMix among these algorithms, not for {name}")
+
+
 def _constructor(cls: type) -> Callable[..., None]:
     """The `__init__` of an algorithm, from its declared `_options`."""
     options = cls._options  # type: ignore[attr-defined]
@@ -753,6 +763,8 @@ def _constructor(cls: type) -> Callable[..., None]:
     name = cls.__name__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if "caution" in kwargs and "caution" not in signature.parameters:
+            raise TypeError(_no_caution(name))
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         values = bound.arguments

@@ -18,7 +18,8 @@ from ._library import ops
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
 
 # Adam's moments, and the running max of the second with amsgrad.
-_ADAM_BUFFERS = (Buffer("exp_avg"), Buffer("exp_avg_sq"), Buffer("max_exp_avg_sq", exists=lambda group: group["amsgrad"]))
+_ADAM_BUFFERS = (Buffer("exp_avg"), Buffer("exp_avg_sq"),
+                 Buffer("max_exp_avg_sq", exists=lambda group: group.get("amsgrad", False)))
 
 
 def _scale_clip(when_none: tuple[float, float] | None) -> Any:
@@ -479,7 +480,7 @@ class _AdamLike(FusedStep, Adam):
         return {
             "exp_avgs": gather(states, "exp_avg"),
             "exp_avg_sqs": gather(states, "exp_avg_sq"),
-            "max_exp_avg_sqs": gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+            "max_exp_avg_sqs": gather(states, "max_exp_avg_sq") if group.get("amsgrad", False) else [],
         }
 
 
@@ -552,7 +553,7 @@ class AdaBelief(_AdamLike):
         distributed.call(
             ops.adabelief_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-            amsgrad=bool(group["amsgrad"]),
+            amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
             rectify=bool(group.get("rectify", False)), degenerated_to_sgd=bool(group.get("degenerated_to_sgd", True)),
@@ -595,6 +596,24 @@ class AdamP(_AdamLike):
             of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
             AdamW): the moments and the cosine see ``g``, the
             projection is of the decayed parameter. Default `False`.
+        nesterov: Nesterov's direction (timm's, the authors'): ``q`` from
+            ``beta1 * m + (1 - beta1) * g`` in place of ``m``. Default `False`.
+        wd_ratio: the decoupled decay of a parameter the projection projects becomes
+            ``p *= 1 - lr * weight_decay * wd_ratio`` (timm's, the authors'; 0.1 there).
+            Other than 1 only with ``channel_projection`` and
+            ``decoupled_weight_decay``. >= 0. Default `1.0`.
+        channel_projection: timm's and the authors' projection instead of the
+            reference's flattened one, for parameters of more than one dimension only: if
+            ``|cos|`` of every output channel's ``p`` and ``g`` (the rows of
+            ``p.reshape(p.size(0), -1)``) is below ``delta / sqrt(p.numel() / p.size(0))``,
+            each channel's ``q`` loses its component along that channel's
+            ``p / (||p|| + eps)``; else, if the whole tensor's ``|cos|`` is below
+            ``delta / sqrt(p.numel())``, the whole ``q`` loses it; norms in the cosines are
+            clamped at ``eps``, and the decision and the projection are of ``p`` before its
+            decay. Not on sharded parameters (``NotImplementedError`` there). Default `False`.
+
+    timm's ``AdamP`` is ``decoupled_weight_decay``, ``channel_projection`` and
+    ``wd_ratio=0.1`` (``holocron_optim.timm.AdamP``).
 
     State (per parameter, the reference's keys): ``step`` (int, 1 after the first
     update), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``.
@@ -603,7 +622,14 @@ class AdamP(_AdamLike):
     """
 
     _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD,
-                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE, _DECOUPLED)
+                Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE, _DECOUPLED,
+                Option("nesterov", False, flag, added_later=True),
+                Option("wd_ratio", 1.0, finite("wd_ratio", non_negative=True), range="[0, inf)", added_later=True),
+                Option("channel_projection", False, flag, added_later=True))
+    # The group key of the decoupled decay (timm's AdamP decays so always), and whether delta is a
+    # group option (timm's) rather than the optimizer's attribute (the reference's).
+    _decoupled_key: str | None = "decoupled_weight_decay"
+    _delta_in_groups = False
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -611,9 +637,12 @@ class AdamP(_AdamLike):
         distributed.call(
             ops.adamp_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-            amsgrad=bool(group["amsgrad"]), delta=float(self.delta),
+            amsgrad=bool(group.get("amsgrad", False)),
+            delta=float(group["delta"] if self._delta_in_groups else self.delta),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
-            decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
+            decoupled_weight_decay=True if self._decoupled_key is None else bool(group.get(self._decoupled_key, False)),
+            nesterov=bool(group.get("nesterov", False)), wd_ratio=float(group.get("wd_ratio", 1.0)),
+            channel_projection=bool(group.get("channel_projection", False)),
         )
         self._commit_steps(states, steps)
 

@@ -1,15 +1,17 @@
 """timm's optimizers on holocron-optim's kernels: change one import, keep the numbers.
 
 ``from holocron_optim.timm import create_optimizer_v2`` in place of
-``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``, ``AdaBelief``, ``Lookahead``,
+``from timm.optim import create_optimizer_v2`` (and the same for ``Lamb``, ``Lars``, ``Adan``, ``AdaBelief``, ``AdamP``,
+``Lookahead``,
 ``list_optimizers``, ``param_groups_weight_decay`` and ``param_groups_layer_decay``)
 gives timm 1.0.31's numbers (to rounding) with the step in this library's fused kernels.
 The classes take timm's arguments with timm's defaults and keep timm's group keys; they
-are this library's ``LAMB``, ``LARS``, ``Adan`` and ``AdaBelief`` with timm's options set.
+are this library's ``LAMB``, ``LARS``, ``Adan``, ``AdaBelief`` and ``AdamP`` with timm's options set
+(``Lookahead`` is timm's wrapper, its sync in this library's kernel).
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
 maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's
-``corrected_weight_decay``; timm's AdamP, whose variant differs from holocron's), an unknown name a ``ValueError`` as
+``corrected_weight_decay``; AdamP's spherical ``caution``), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
 
@@ -39,11 +41,12 @@ from torch.optim import Optimizer
 from ._library import ops
 from .optimizers import LAMB, LARS, AdEMAMix, RaLars, TAdam
 from .optimizers import AdaBelief as _AdaBelief
+from .optimizers import AdamP as _AdamP
 from .optimizers import Adan as _Adan
 from .param_groups import param_groups_layer_decay, param_groups_weight_decay
 from .wrapper import Scout
 
-__all__ = ["Lamb", "Lars", "Adan", "AdaBelief", "Lookahead", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
+__all__ = ["Lamb", "Lars", "Adan", "AdaBelief", "AdamP", "Lookahead", "create_optimizer_v2", "list_optimizers", "param_groups_weight_decay",
            "param_groups_layer_decay"]
 
 
@@ -338,6 +341,62 @@ class AdaBelief(_AdaBelief):
         super().load_state_dict(state_dict)
 
 
+class AdamP(_AdamP):
+    """timm's ``AdamP`` (the authors' code), with timm 1.0.31's arguments and defaults.
+
+    This library's ``AdamP`` with the authors' projection and a decoupled weight decay: per
+    parameter ``m = beta1 * m + (1 - beta1) * g``, ``v = beta2 * v + (1 - beta2) * g**2``,
+    ``q = (m or, with nesterov, beta1 * m + (1 - beta1) * g) / (1 - beta1**t) /
+    (sqrt(v / (1 - beta2**t)) + eps)``; for a parameter of more than one dimension, if every
+    output channel's ``|cos(p, g)|`` is below ``delta / sqrt(channel size)``, each channel's
+    ``q`` loses its component along ``p / (||p|| + eps)``, else the whole tensor's if its
+    ``|cos|`` is below ``delta / sqrt(numel)``; then ``p *= 1 - lr * weight_decay`` (times
+    ``wd_ratio`` where projected) and ``p -= lr * q``.
+
+    Paper: Byeongho Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+    Scale-invariant Weights", ICLR 2021, https://arxiv.org/abs/2006.08217
+
+    Args:
+        params: iterable of parameters to optimize, or of dicts defining parameter groups.
+        lr: learning rate. Default `0.001`.
+        betas: coefficients of the moving averages. Default `(0.9, 0.999)`.
+        eps: added to the denominator and to the norms of the projection. Default `1e-08`.
+        weight_decay: decoupled weight decay. Default `0`.
+        delta: threshold of the scale-invariance test. Default `0.1`.
+        wd_ratio: multiplies the weight decay of projected parameters. Default `0.1`.
+        nesterov: Nesterov's direction. Default `False`.
+        caution: timm's spherical caution; not available yet (only False). Default `False`.
+
+    The state keys are timm's (``step``, ``exp_avg``, ``exp_avg_sq``). Not on sharded
+    parameters (FSDP2, DTensor, DeepSpeed: ``NotImplementedError`` at the first step).
+    """
+
+    _options = (
+        Option("lr", 1e-3, learning_rate, range="[0, inf)"),
+        Option("betas", (0.9, 0.999), betas(), range="[0, 1)"),
+        Option("eps", 1e-8, finite("epsilon"), range="[0, inf)"),
+        Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
+        Option("delta", 0.1, finite("delta"), range="(-inf, inf)"),
+        Option("wd_ratio", 0.1, finite("wd_ratio", non_negative=True), range="[0, inf)"),
+        Option("nesterov", False, flag),
+        Option("caution", False, _not_available("timm's spherical caution")),
+    )
+    _decoupled_key = None
+    _delta_in_groups = True
+
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        # timm's groups: its options only, none of torch.optim.Adam's.
+        Optimizer.__init__(self, params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Not torch.optim.Adam's, which would add its own keys to timm's groups.
+        Optimizer.__setstate__(self, state)
+        self._fill_options_added_later()
+
+    def _apply(self, group, params, grads, states) -> None:
+        super()._apply({**group, "channel_projection": True}, params, grads, states)
+
+
 class Lookahead(Optimizer):
     """timm's ``Lookahead`` wrapper, with timm 1.0.31's arguments, group keys and state layout;
     the sync runs in this library's kernel.
@@ -464,6 +523,8 @@ _REGISTRY: dict[str, _Entry] = {
                         has_betas=True),
     "radabelief": _Entry(AdaBelief, "Rectified AdaBelief with variance adaptation", {"rectify": True},
                          has_betas=True),
+    "adamp": _Entry(AdamP, "Adam with built-in projection to unit norm sphere", {"wd_ratio": 0.01, "nesterov": True},
+                    has_betas=True),
     "lars": _Entry(Lars, "Layer-wise Adaptive Rate Scaling", {}, has_momentum=True),
     "larc": _Entry(Lars, "LARS with trust ratio clipping for stability", {"trust_clip": True}, has_momentum=True),
     "nlars": _Entry(Lars, "LARS with Nesterov momentum", {"nesterov": True}, has_momentum=True),
@@ -480,9 +541,8 @@ _REGISTRY: dict[str, _Entry] = {
 # timm's names that this library does not reproduce yet, and why.
 _NOT_YET = {
     **{name: "cautious updates" for name in ("cadamw", "cadopt", "cadoptw",
-                                             "clion", "cmars", "cnadamw", "crmsproptf", "csgdw", "cadamp")},
-    **{name: "timm's variant (holocron.optim's is holocron_optim's own class, with other numbers)"
-       for name in ("adamp",)},
+                                             "clion", "cmars", "cnadamw", "crmsproptf", "csgdw")},
+    "cadamp": "timm's spherical cautious updates",
 }
 
 

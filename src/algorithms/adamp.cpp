@@ -4,6 +4,106 @@
 
 #include "algorithms/common.h"
 
+// ---- What both backends share: the rows and the projection decision ---------------
+
+namespace holocron::optim::functional::detail {
+namespace {
+
+using kernels::cpu::Sums;
+
+constexpr double kCosineEps = 1e-8;  // torch.nn.functional.cosine_similarity's default
+
+// What passes 1 and 2 take: each tensor whole, or, with channel_projection, each tensor of more
+// than one dimension as its output channels (the rows of its row-major layout, timm's
+// `x.reshape(x.size(0), -1)`), each with its own sums and coefficients.
+struct AdamPRows {
+  std::vector<size_t> first;      // the rows of tensor i are [first[i], first[i + 1])
+  std::vector<char> by_channel;   // tensor i is split into its output channels
+  size_t count() const { return first.back(); }
+};
+
+AdamPRows adamp_rows(TensorList params, const AdamPHyper& h) {
+  AdamPRows rows;
+  rows.first.reserve(params.size() + 1);
+  rows.first.push_back(0);
+  for (const auto& p : params) {
+    const bool split = h.channel_projection && p.dim() > 1 && p.numel() > 0;
+    rows.by_channel.push_back(split);
+    rows.first.push_back(rows.first.back() + static_cast<size_t>(split ? p.size(0) : 1));
+  }
+  return rows;
+}
+
+// |p.g'| / (max(||p||, eps) * max(||g'||, eps)) of one row's sums (p.g', ||p||^2, ||g'||^2, p.q),
+// as torch's cosine_similarity(..., eps).abs().
+double abs_cosine(const Sums::value_type& sums, double eps) {
+  return std::abs(sums[0]) / (std::max(std::sqrt(sums[1]), eps) * std::max(std::sqrt(sums[2]), eps));
+}
+
+// c in q - c * p: q's component along p / (||p|| + eps).
+double radial_coefficient(const Sums::value_type& sums, double eps) {
+  const double norm = std::sqrt(sums[1]) + eps;
+  return sums[3] / (norm * norm);
+}
+
+struct AdamPUpdate {
+  std::vector<double> projection;  // per row: c in q - c * p, p before its decay
+  std::vector<double> decay;       // per tensor: p = decay * p + step * q
+};
+
+// The projection of each row and the decay of each tensor, from the sums of pass 1 (over all
+// shards).
+AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows& rows, const Sums& sums,
+                         const Sharding& sharding) {
+  AdamPUpdate update{std::vector<double>(rows.count(), 0.0), std::vector<double>(params.size(), 1.0)};
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  for (size_t i = 0; i < params.size(); ++i) {
+    update.decay[i] = decay.factor;
+    const size_t first = rows.first[i];
+    if (!h.channel_projection) {
+      // The reference's: the cosine without abs, torch's eps, and the projection of the decayed
+      // parameter, whose sums are the parameter's times the factor (exact when 1).
+      const double p_norm = std::sqrt(sums[first][1]) * std::abs(decay.factor);
+      const double cosine = sums[first][0] * decay.factor /
+                            (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[first][2]), kCosineEps));
+      const int64_t numel = whole_numel(sharding, params, i);
+      if (numel > 0 && cosine < adamp_threshold(h.delta, numel)) {
+        // q - (n.q) n with n = f p / (||f p|| + eps), as a multiple of the undecayed p.
+        update.projection[first] = sums[first][3] * decay.factor * decay.factor / ((p_norm + h.eps) * (p_norm + h.eps));
+      }
+      continue;
+    }
+    if (!rows.by_channel[i]) continue;  // timm projects only parameters of more than one dimension
+    const size_t last = rows.first[i + 1];
+    const int64_t numel = params[i].numel();
+    const int64_t channel_numel = numel / params[i].size(0);
+    bool projected = false;
+    double max_cosine = 0.0;
+    for (size_t r = first; r < last; ++r) max_cosine = std::max(max_cosine, abs_cosine(sums[r], h.eps));
+    if (max_cosine < adamp_threshold(h.delta, channel_numel)) {
+      for (size_t r = first; r < last; ++r) update.projection[r] = radial_coefficient(sums[r], h.eps);
+      projected = true;
+    } else {
+      Sums::value_type layer{};
+      for (size_t r = first; r < last; ++r) {
+        for (size_t k = 0; k < 4; ++k) layer[k] += sums[r][k];
+      }
+      if (abs_cosine(layer, h.eps) < adamp_threshold(h.delta, numel)) {
+        const double c = radial_coefficient(layer, h.eps);
+        for (size_t r = first; r < last; ++r) update.projection[r] = c;
+        projected = true;
+      }
+    }
+    if (projected) {
+      update.decay[i] = split_weight_decay(h.weight_decay * h.wd_ratio, h.lr, h.decoupled_weight_decay).factor;
+    }
+  }
+  return update;
+}
+
+}  // namespace
+}  // namespace holocron::optim::functional::detail
+
 // ---- Reference math (ATen ops) ----------------------------------------------
 
 namespace holocron::optim::kernels::reference {
@@ -14,60 +114,86 @@ using namespace functional::detail;
 // Only this file's functional function calls them.
 namespace {
 
-namespace {
-
 void adamp_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, const AdamPHyper& h) {
   m.mul_(h.beta1).add_(g, 1.0 - h.beta1);
   v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
 }
 
-// Adam's step m_hat / (sqrt(v_hat) + eps), given the denominator.
-at::Tensor adamp_direction(const at::Tensor& m, const at::Tensor& denominator, int64_t step,
+// Adam's step m_hat / (sqrt(v_hat) + eps), given the denominator; with Nesterov from
+// beta1 * m + (1 - beta1) * g.
+at::Tensor adamp_direction(const at::Tensor& m, const at::Tensor& g, const at::Tensor& denominator, int64_t step,
                            const AdamPHyper& h) {
-  return (m / bias_correction(h.beta1, step)).div_(denominator);
+  const auto first = h.nesterov ? m * h.beta1 + g * (1.0 - h.beta1) : m;
+  return (first / bias_correction(h.beta1, step)).div_(denominator);
 }
 
-}  // namespace
+// Row r of a tensor split by channel, or the whole tensor.
+at::Tensor rows_of(const at::Tensor& t, bool by_channel) {
+  return by_channel ? t.reshape({t.size(0), -1}) : t.reshape({1, -1});
+}
 
 Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h) {
-  Sums sums(params.size(), Sums::value_type{});
+                TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
+                const AdamPRows& rows) {
+  Sums sums(rows.count(), Sums::value_type{});
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.in(params[i]);
-    auto g = decayed_grad(scope.in(grads[i]), p, split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay).coupled);
+    auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m = scope.in(exp_avgs[i]).clone();
     auto v = scope.in(exp_avg_sqs[i]).clone();
     adamp_moments(m, v, g, h);
     // This phase writes nothing: the running maximum too is taken aside.
     auto second = h.amsgrad ? at::maximum(scope.in(max_exp_avg_sqs[i]), v) : v;
-    auto q = adamp_direction(m, denominator_of(second, bias_correction(h.beta2, steps[i]), h.eps),
+    auto q = adamp_direction(m, g, denominator_of(second, bias_correction(h.beta2, steps[i]), h.eps),
                              steps[i], h);
-    sums[i] = {dot_of(p, g), squared_norm_of(p), squared_norm_of(g), dot_of(p, q)};
+    // In double, as the fused kernels sum.
+    const bool split = rows.by_channel[i];
+    const auto pd = rows_of(p, split).to(at::kDouble);
+    const auto gd = rows_of(g, split).to(at::kDouble);
+    const auto qd = rows_of(q, split).to(at::kDouble);
+    const auto columns = at::stack({(pd * gd).sum(1), (pd * pd).sum(1), (gd * gd).sum(1), (pd * qd).sum(1)}, 1).contiguous();
+    const auto* values = columns.data_ptr<double>();
+    for (int64_t r = 0; r < columns.size(0); ++r) {
+      for (int64_t k = 0; k < 4; ++k) sums[rows.first[i] + static_cast<size_t>(r)][static_cast<size_t>(k)] = values[r * 4 + k];
+    }
   }
   return sums;
 }
 
 void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
-           TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
-           c10::ArrayRef<double> projections) {
+           TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h, const AdamPRows& rows,
+           const AdamPUpdate& update) {
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     ComputeScope scope(params[i]);
     auto p = scope.inout(params[i]);
-    const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
     auto g = decayed_grad(scope.in(grads[i]), p, decay.coupled);
     auto m = scope.inout(exp_avgs[i]);
     auto v = scope.inout(exp_avg_sqs[i]);
     adamp_moments(m, v, g, h);
-    auto q = adamp_direction(m, adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
-                                                 bias_correction(h.beta2, steps[i]), h.eps),
+    auto q = adamp_direction(m, g, adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
+                                                    bias_correction(h.beta2, steps[i]), h.eps),
                              steps[i], h);
-    // Where the weight is nearly orthogonal to its gradient (scale-invariant
-    // weights), the radial part of the update was found and is removed (of the decayed weight).
-    if (decay.factor != 1.0) p.mul_(decay.factor);
-    if (projections[i] != 0.0) q.sub_(p, projections[i]);
+    // Where the weight is nearly orthogonal to its gradient (scale-invariant weights), the radial
+    // part of the update is removed: q - c p, c per row, p before its decay.
+    const size_t first = rows.first[i];
+    const size_t count = rows.first[i + 1] - first;
+    const std::vector<double> coefficients(update.projection.begin() + static_cast<std::ptrdiff_t>(first),
+                                           update.projection.begin() + static_cast<std::ptrdiff_t>(first + count));
+    if (std::any_of(coefficients.begin(), coefficients.end(), [](double c) { return c != 0.0; })) {
+      if (count == 1) {
+        q.sub_(p, coefficients[0]);
+      } else {
+        std::vector<int64_t> shape(static_cast<size_t>(p.dim()), 1);
+        shape[0] = p.size(0);
+        q.sub_(p * at::tensor(coefficients, at::TensorOptions().dtype(at::kDouble)).to(p.scalar_type()).view(shape));
+      }
+    }
+    if (update.decay[i] != 1.0) p.mul_(update.decay[i]);
     p.add_(q, -h.lr);
     scope.commit();
   }
@@ -86,13 +212,41 @@ namespace cpu = kernels::cpu;
 
 namespace {
 
-constexpr double kCosineEps = 1e-8;  // torch.nn.functional.cosine_similarity's default
+// The group `whole` with each tensor split by channel as `rows` says: every array of AdamP's
+// passes has the parameter's dtype and row-major layout (checked by the caller).
+void split_by_channel(const cpu::Group& whole, TensorList params, const AdamPRows& rows, cpu::Group& out) {
+  out.tensors.clear();
+  out.tensors.reserve(rows.count());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& slot = whole.tensors[i];
+    if (!rows.by_channel[i]) {
+      out.tensors.push_back(slot);
+      continue;
+    }
+    const int64_t channels = params[i].size(0);
+    const int64_t channel_numel = slot.numel / channels;
+    const auto bytes = static_cast<std::ptrdiff_t>(channel_numel * static_cast<int64_t>(c10::elementSize(slot.dtype)));
+    for (int64_t r = 0; r < channels; ++r) {
+      auto row = slot;
+      row.numel = channel_numel;
+      for (auto& data : row.data) {
+        if (data != nullptr) data = static_cast<char*>(data) + r * bytes;
+      }
+      out.tensors.push_back(row);
+    }
+  }
+}
 
 }  // namespace
 
 void check(const AdamPHyper& h) {
   check_adam_like("AdamP", h.lr, {h.beta1, h.beta2}, h.eps, h.weight_decay);
   check_hyper("AdamP", "delta", h.delta, -INFINITY, false, INFINITY, false);
+  check_hyper("AdamP", "wd_ratio", h.wd_ratio, 0.0, true, INFINITY, false);
+  TORCH_CHECK_VALUE(h.wd_ratio == 1.0 || (h.channel_projection && h.decoupled_weight_decay),
+                    "AdamP: wd_ratio=", h.wd_ratio, " scales the decoupled decay of the parameters timm's "
+                    "projection projects; it needs channel_projection=True and decoupled_weight_decay=True, got ",
+                    h.channel_projection ? "True" : "False", " and ", h.decoupled_weight_decay ? "True" : "False");
 }
 
 void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -103,19 +257,30 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
   check_sharding("AdamP", sharding, params);
+  // Output channels of a shard are not those of the whole tensor (a flat partition has none).
+  TORCH_CHECK_NOT_IMPLEMENTED(!h.channel_projection || (!sharding.all_reduce && sharding.numels.empty()),
+                              "AdamP: channel_projection (timm's per-channel cosines) needs whole "
+                              "parameters; it is not available on sharded ones (FSDP2, DTensor, DeepSpeed) yet");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
   namespace adamp = cpu::protocol::adamp;
-  const bool fused = fused_group(scratch.group, params,
-                                 adamp::Arrays<TensorList>{.param = params,
-                                                           .grad = grads,
-                                                           .exp_avg = exp_avgs,
-                                                           .exp_avg_sq = exp_avg_sqs,
-                                                           .max_exp_avg_sq = maxima});
+  const auto rows = adamp_rows(params, h);
+  bool fused = fused_group(scratch.group, params,
+                           adamp::Arrays<TensorList>{.param = params,
+                                                     .grad = grads,
+                                                     .exp_avg = exp_avgs,
+                                                     .exp_avg_sq = exp_avg_sqs,
+                                                     .max_exp_avg_sq = maxima});
+  const bool splits = rows.count() != params.size();
+  for (size_t i = 0; fused && splits && i < params.size(); ++i) {
+    if (rows.by_channel[i] && !params[i].is_contiguous()) fused = false;  // rows are not contiguous
+  }
+  if (fused && splits) split_by_channel(scratch.group, params, rows, scratch.second_group);
+  const auto& group = splits ? scratch.second_group : scratch.group;
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
-  auto& args = scratch.fresh_args(params.size());
+  auto& args = scratch.fresh_args(rows.count());
   args.inv_grad_scale = *inv_grad_scale;
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   args.constants.set(adamp::Constants{.beta1 = h.beta1,
@@ -123,44 +288,41 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                                       .eps = h.eps,
                                       .weight_decay = decay.coupled,
                                       .amsgrad = h.amsgrad,
-                                      .decay = decay.factor});
-  // The step and the projection are known after pass 1.
+                                      .nesterov = h.nesterov});
+  // The step, the projection and the decay are known after pass 1.
   for (size_t i = 0; i < params.size(); ++i) {
-    args.per_tensor[i].set(adamp::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
-                                            .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
-                                            .step = 0.0,
-                                            .projection = 0.0});
+    for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) {
+      args.per_tensor[r].set(adamp::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                                              .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                                              .step = 0.0,
+                                              .projection = 0.0,
+                                              .decay = 1.0});
+    }
   }
-  auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q
+  auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q per row
   if (fused) {
-    cpu::run(cpu::Pass::AdamPMoments, scratch.group, args, &sums);
+    cpu::run(cpu::Pass::AdamPMoments, group, args, &sums);
   } else {
-    sums = kernels::reference::adamp_sums(params, reference_grads, exp_avgs, exp_avg_sqs,
-                                          max_exp_avg_sqs, steps, h);
+    sums = kernels::reference::adamp_sums(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                                          h, rows);
   }
   all_reduce_sums("AdamP", sharding, sums, 4);
-  std::vector<double> projections(params.size(), 0.0);
-  for (size_t i = 0; i < params.size(); ++i) {
-    // Of the decayed parameter, whose sums are the parameter's times the factor (exact when 1).
-    const double p_norm = std::sqrt(sums[i][1]) * std::abs(decay.factor);
-    const double cosine = sums[i][0] * decay.factor /
-                          (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[i][2]), kCosineEps));
-    const int64_t numel = whole_numel(sharding, params, i);
-    if (numel > 0 && cosine < adamp_threshold(h.delta, numel)) {
-      // q - (n.q) n with n = p / (||p|| + eps), as a multiple of p.
-      projections[i] = sums[i][3] * decay.factor / ((p_norm + h.eps) * (p_norm + h.eps));
-    }
-    auto row = args.per_tensor[i].get<adamp::PerTensor>();
-    row.step = -h.lr;
-    row.projection = projections[i];
-    args.per_tensor[i].set(row);
-  }
+  const auto update = adamp_update(h, params, rows, sums, sharding);
   if (!fused) {
-    kernels::reference::adamp(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                              steps, h, projections);
+    kernels::reference::adamp(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h, rows,
+                              update);
     return;
   }
-  cpu::run(cpu::Pass::AdamPApply, scratch.group, args);
+  for (size_t i = 0; i < params.size(); ++i) {
+    for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) {
+      auto row = args.per_tensor[r].get<adamp::PerTensor>();
+      row.step = -h.lr;
+      row.projection = update.projection[r];
+      row.decay = update.decay[i];
+      args.per_tensor[r].set(row);
+    }
+  }
+  cpu::run(h.nesterov ? cpu::Pass::AdamPNesterovApply : cpu::Pass::AdamPApply, group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
@@ -182,7 +344,10 @@ functional::AdamPHyper AdamPOptions::hyper() const {
           .weight_decay = weight_decay(),
           .amsgrad = amsgrad(),
           .delta = delta(),
-          .decoupled_weight_decay = decoupled_weight_decay()};
+          .decoupled_weight_decay = decoupled_weight_decay(),
+          .nesterov = nesterov(),
+          .wd_ratio = wd_ratio(),
+          .channel_projection = channel_projection()};
 }
 
 AdamP::AdamP(const std::vector<OptimizerParamGroup>& param_groups, AdamPOptions defaults)
@@ -224,7 +389,8 @@ c10::IValue adamp(const Arguments& a) {
             {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
              .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
              .amsgrad = a.flag("amsgrad"), .delta = a.real("delta"),
-             .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
+             .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .nesterov = a.flag("nesterov"),
+             .wd_ratio = a.real("wd_ratio"), .channel_projection = a.flag("channel_projection")},
             a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};
@@ -237,7 +403,8 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
-     ", bool decoupled_weight_decay=False) -> ()",
+     ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
+    "bool channel_projection=False) -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "holocron/optim/adabelief.h"
+#include "holocron/optim/adamp.h"
 #include "holocron/optim/ademamix.h"
 #include "holocron/optim/adan.h"
 #include "holocron/optim/lamb.h"
@@ -80,6 +81,11 @@ AdaBeliefOptions timm_adabelief(const FactoryOptions& o, bool rectify) {
       .rectify(rectify);
 }
 
+// timm's adamp: the authors' projection and decay, with timm's defaults for the name.
+AdamPOptions timm_adamp(const FactoryOptions& o) {
+  return AdamPOptions(o.lr.value_or(1e-3)).decoupled_weight_decay(true).channel_projection(true).wd_ratio(0.01).nesterov(true);
+}
+
 const std::map<std::string, Maker>& registry() {
   static const std::map<std::string, Maker> makers = {
       {"lamb", maker<LAMB, LAMBOptions>([](const FactoryOptions& o) { return timm_lamb(o, false, false); })},
@@ -96,6 +102,7 @@ const std::map<std::string, Maker>& registry() {
        maker<AdaBelief, AdaBeliefOptions>([](const FactoryOptions& o) { return timm_adabelief(o, false); })},
       {"radabelief",
        maker<AdaBelief, AdaBeliefOptions>([](const FactoryOptions& o) { return timm_adabelief(o, true); })},
+      {"adamp", maker<AdamP, AdamPOptions>([](const FactoryOptions& o) { return timm_adamp(o); })},
       {"lars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, false); })},
       {"larc", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, false, true); })},
       {"nlars", maker<LARS, LARSOptions>([](const FactoryOptions& o) { return timm_lars(o, true, false); })},
@@ -114,8 +121,7 @@ const std::map<std::string, Maker>& registry() {
 // timm's names whose algorithm this library does not compute yet.
 const char* not_yet(const std::string& name) {
   static const std::map<std::string, const char*> names = {
-      {"adamp", "timm's variant (holocron's is the class AdamP, with other numbers)"},
-      {"cadamp", "cautious updates"}, {"cadamw", "cautious updates"}, {"cadopt", "cautious updates"},
+      {"cadamp", "timm's spherical cautious updates"}, {"cadamw", "cautious updates"}, {"cadopt", "cautious updates"},
       {"cadoptw", "cautious updates"}, {"clion", "cautious updates"}, {"cmars", "cautious updates"},
       {"cnadamw", "cautious updates"}, {"crmsproptf", "cautious updates"}, {"csgdw", "cautious updates"},
   };

@@ -207,11 +207,20 @@ struct AdamPTraits {
   static Options from_settings(const Settings& s) {
     return adam_like_settings(Options(setting(s, "lr", 1e-3)), s)
         .amsgrad(flag_setting(s, "amsgrad"))
-        .delta(setting(s, "delta", 0.1));
+        .delta(setting(s, "delta", 0.1))
+        .nesterov(flag_setting(s, "nesterov"))
+        .wd_ratio(setting(s, "wd_ratio", 1.0))
+        .channel_projection(flag_setting(s, "channel_projection"));
   }
   template <typename Input, typename Choose>
-  static Options fuzzed(Input&, double lr, double, double, double, Choose choose) {
-    return Options(lr).delta(choose(0.0, 1.0));
+  static Options fuzzed(Input& in, double lr, double, double, double, Choose choose) {
+    const bool timm = in.ConsumeBool();
+    return Options(lr)
+        .delta(choose(0.0, 1.0))
+        .nesterov(in.ConsumeBool())
+        .channel_projection(timm)
+        .decoupled_weight_decay(timm)
+        .wd_ratio(timm ? choose(0.0, 1.0) : 1.0);
   }
 };
 

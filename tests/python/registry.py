@@ -67,6 +67,8 @@ class Algorithm:
     # Options the reference accepts and ignores (a deliberate difference): a case setting them
     # cannot be compared with the reference.
     reference_ignores: tuple[str, ...] = ()
+    # Options an option's values other than its default need (AdamP's wd_ratio, timm's variant).
+    needs: dict[str, Options] = field(default_factory=dict)
     # Per-parameter state keys after a step with `full`.
     state_keys: frozenset[str] = field(default_factory=frozenset)
 
@@ -369,14 +371,21 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     ),
     Algorithm(
         name="AdamP", reference="adamp", papers=("2006.08217",), betas=2, eps=True,
-        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0},
+        # timm's options at the defaults that give the reference's numbers (variants switch them).
+        full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0,
+              "nesterov": False, "wd_ratio": 1.0, "channel_projection": False},
         # delta = 1 projects the updates of some parameters, not all.
         typical={"delta": 1.0, "weight_decay": 0.01},
         variants=(dict(lr=0.01, weight_decay=0.1, delta=0.5),
                   dict(lr=0.02, amsgrad=True, delta=2.0),
                   dict(lr=1e-2, weight_decay=0.01, amsgrad=True, delta=10.0),
-                  dict(lr=1e-2, delta=0.1)),
-        refused=({"delta": nan},),
+                  dict(lr=1e-2, delta=0.1),
+                  # timm's AdamP, and Nesterov on the flattened projection.
+                  dict(lr=1e-2, weight_decay=0.05, delta=2.0, decoupled_weight_decay=True, channel_projection=True,
+                       wd_ratio=0.1, nesterov=True),
+                  dict(lr=1e-2, weight_decay=0.01, amsgrad=True, delta=10.0, channel_projection=True),
+                  dict(lr=1e-2, weight_decay=0.01, delta=2.0, nesterov=True)),
+        refused=({"delta": nan}, {"wd_ratio": 0.1}, {"wd_ratio": -1.0}, {"wd_ratio": nan}),
         rosenbrock=({"lr": 0.2}, 1000, 0.05, 0.001),
         samples=(
             ("default", {}),
@@ -390,12 +399,22 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
             ("delta_large", {"delta": 5.0}),  # the projection on every step
             ("delta_zero", {"delta": 0.0}),
             ("delta_negative", {"delta": -1.0}),  # never projects
+            ("nesterov", {"nesterov": True}),
+            ("channel_projection", {"channel_projection": True, "delta": 5.0}),
+            ("timm", {"channel_projection": True, "delta": 5.0, "decoupled_weight_decay": True, "wd_ratio": 0.1,
+                      "weight_decay": 0.05}),
         ),
         errors=(
             ("delta nan", {"delta": nan}, "Invalid delta value: nan", False),
             ("delta inf", {"delta": inf}, "Invalid delta value: inf", False),
+            ("wd_ratio alone", {"wd_ratio": 0.1}, "AdamP: wd_ratio=0.1", False),
+            ("group wd_ratio alone", {"wd_ratio": 0.1}, "AdamP: wd_ratio=0.1", True),
+            ("wd_ratio negative", {"wd_ratio": -1.0}, "Invalid wd_ratio value: -1", False),
         ),
-        torch_adam_messages=True, not_og_supported_flags=_ADAM_FLAGS,
+        reference_ignores=("nesterov", "wd_ratio", "channel_projection"),
+        needs={"wd_ratio": {"channel_projection": True, "decoupled_weight_decay": True}},
+        # wd_ratio, newer than decoupled_weight_decay, leaves an older checkpoint with it.
+        torch_adam_messages=True, not_og_supported_flags=(*_ADAM_FLAGS, "wd_ratio"),
         random_options=_adamp_random, settings=("delta",),
         state_keys=_ADAM_KEYS,
     ),

@@ -74,7 +74,8 @@ def test_declared_ranges_are_what_the_constructor_enforces(name):
                     arg = value
                 else:
                     arg = tuple(value if i == position else b for i, b in enumerate(option.default))
-                make = lambda: cls([torch.zeros(2, requires_grad=True)], **{option.name: arg})  # noqa: E731
+                needs = ALGORITHMS[name].needs.get(option.name, {})
+                make = lambda: cls([torch.zeros(2, requires_grad=True)], **needs, **{option.name: arg})  # noqa: E731
                 if accepted:
                     make()
                 else:

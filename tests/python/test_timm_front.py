@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import importlib.util
 import inspect
 import sys
@@ -22,9 +23,9 @@ from conftest import BUILD_DIR
 
 STEPS = 12
 NAMES = ["lamb", "lambc", "lambw", "lambcw", "clamb", "clambw", "lars", "larc", "nlars", "nlarc", "adan", "adanw",
-         "cadan", "cadanw", "adabelief", "radabelief", "lookahead_lamb", "lookahead_lars", "lookahead_radabelief",
+         "cadan", "cadanw", "adabelief", "radabelief", "adamp", "lookahead_adamp", "lookahead_lamb", "lookahead_lars", "lookahead_radabelief",
          "lookahead_cadanw"]
-CLASSES = ["Lamb", "Lars", "Adan", "AdaBelief", "Lookahead"]
+CLASSES = ["Lamb", "Lars", "Adan", "AdaBelief", "AdamP", "Lookahead"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def timm():
             Adan=importlib.import_module("timm.optim.adan").Adan,
             AdaBelief=importlib.import_module("timm.optim.adabelief").AdaBelief,
             Lookahead=importlib.import_module("timm.optim.lookahead").Lookahead,
+            AdamP=importlib.import_module("timm.optim.adamp").AdamP,
         )
     finally:
         for name in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
@@ -116,6 +118,8 @@ def test_signatures_and_defaults_are_timms(timm, cls):
 def test_create_optimizer_v2_gives_timms_groups_and_numbers(timm, name, options):
     if "betas" in options and "adan" in name:
         options = {**options, "betas": (0.9, 0.9, 0.95)}
+    if name.endswith("adamp"):  # timm's AdamP takes no foreach (timm itself fails)
+        options = {k: v for k, v in options.items() if k != "foreach"}
     theirs_model, ours_model = _model(1), _model(1)
     theirs = timm.create_optimizer_v2(theirs_model, name, **options)
     mine = ours.create_optimizer_v2(ours_model, name, **options)
@@ -132,7 +136,8 @@ def test_create_optimizer_v2_gives_timms_groups_and_numbers(timm, name, options)
 def test_classes_with_timms_defaults_give_timms_numbers(timm, cls, dtype):
     theirs_model, ours_model = _model(3, dtype), _model(3, dtype)
     lr = {"Lamb": {}, "Lars": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}, "Adan": {"weight_decay": 0.02},
-          "AdaBelief": {"weight_decay": 0.02, "amsgrad": True}}[cls]
+          "AdaBelief": {"weight_decay": 0.02, "amsgrad": True},
+          "AdamP": {"weight_decay": 0.05, "delta": 1.0, "nesterov": True}}[cls]
     expected = _train(getattr(timm, cls)(theirs_model.parameters(), **lr), theirs_model, 4)
     actual = _train(getattr(ours, cls)(ours_model.parameters(), **lr), ours_model, 4)
     tolerance = {torch.float64: 1e-9, torch.float32: 1e-4}[dtype]
@@ -142,7 +147,8 @@ def test_classes_with_timms_defaults_give_timms_numbers(timm, cls, dtype):
 
 @pytest.mark.parametrize("cls,options", [("Lamb", {"lr": 0.01}),
                                          ("Adan", {"lr": 0.01, "weight_decay": 0.05, "no_prox": True}),
-                                         ("AdaBelief", {"lr": 0.01, "weight_decay": 0.05, "amsgrad": True})])
+                                         ("AdaBelief", {"lr": 0.01, "weight_decay": 0.05, "amsgrad": True}),
+                                         ("AdamP", {"lr": 0.01, "weight_decay": 0.05, "delta": 1.0})])
 def test_a_timm_checkpoint_resumes(timm, cls, options):
     theirs_model, ours_model = _model(5), _model(5)
     theirs = getattr(timm, cls)(theirs_model.parameters(), **options)
@@ -193,7 +199,7 @@ def test_list_optimizers_filters_as_timm(timm):
     assert set(described) == {"lamb", "lambc", "lambcw", "lambw"} and all(described.values())
     assert ours.list_optimizers("c*") == ["cadan", "cadanw", "clamb", "clambw"]
     assert ours.list_optimizers("*", exclude_filters=["l*", "n*", "c*"]) == [
-        "adabelief", "adan", "adanw", "ademamix", "radabelief", "ralars", "tadam"]
+        "adabelief", "adamp", "adan", "adanw", "ademamix", "radabelief", "ralars", "tadam"]
 
 
 def test_our_own_names_and_scout():
@@ -208,9 +214,9 @@ def test_our_own_names_and_scout():
 @pytest.mark.parametrize("name,error,message", [
     ("nope", ValueError, "Optimizer nope not found in registry"),
     ("cadoptw", NotImplementedError, "'cadoptw' .*cautious.* not available yet"),
-    ("adamp", NotImplementedError, "timm's variant"),
     ("cadamw", NotImplementedError, "cautious"),
-    ("lookahead_adamp", NotImplementedError, "timm's variant"),
+    ("cadamp", NotImplementedError, "spherical cautious"),
+    ("lookahead_cadamw", NotImplementedError, "cautious"),
     ("lookahead_scout_lamb", ValueError, "not found in registry"),
     ("foo_lamb", ValueError, "not found in registry"),
 ])
@@ -219,7 +225,7 @@ def test_names_not_reproduced_are_refused(name, error, message):
         ours.create_optimizer_v2(_model(0), name, lr=0.01)
 
 
-@pytest.mark.parametrize("cls,option", [("Lamb", "corrected_weight_decay")])
+@pytest.mark.parametrize("cls,option", [("Lamb", "corrected_weight_decay"), ("AdamP", "caution")])
 def test_options_not_reproduced_are_refused(cls, option):
     model = _model(0)
     with pytest.raises(NotImplementedError, match=f"{option}=True .* not available yet"):
@@ -240,6 +246,10 @@ def test_bad_values_are_refused_with_timms_or_clear_errors(timm):
             getattr(timm, cls)(p, **options)
         with pytest.raises(ValueError):
             getattr(ours, cls)(p, **options)
+    # timm's AdamP checks nothing; ours refuses what its step would.
+    for options in ({"lr": -1.0}, {"eps": -1.0}, {"betas": (0.9, 1.0)}, {"delta": math.nan}, {"wd_ratio": -0.1}):
+        with pytest.raises(ValueError):
+            ours.AdamP(p, **options)
     with pytest.raises(TypeError, match="foreach must be None or a bool"):
         ours.Lamb(p, foreach="yes")
 

@@ -42,7 +42,7 @@ def timm_optim():
     sys.modules[package.__name__] = package
     try:
         yield types.SimpleNamespace(**{name: importlib.import_module(f"{package.__name__}.{name}")
-                                       for name in ("lamb", "lars", "adan", "adabelief")})
+                                       for name in ("lamb", "lars", "adan", "adabelief", "adamp")})
     finally:
         for name in [k for k in sys.modules if k == package.__name__ or k.startswith(package.__name__ + ".")]:
             del sys.modules[name]
@@ -626,3 +626,207 @@ def test_an_adabelief_checkpoint_from_before_the_options_loads_with_their_defaul
     group = fresh.param_groups[0]
     assert (group["rectify"], group["degenerated_to_sgd"], group["fixed_decay"], group["eps_in_variance"]) == (
         False, True, False, False)
+
+
+# ---- AdamP --------------------------------------------------------------------------------
+
+ADAMP_FLAGS = ("amsgrad", "decoupled_weight_decay", "nesterov", "channel_projection")
+
+
+def _random_adamp_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict]]:
+    """Shapes (1-d to 4-d: timm projects only the others), AdamP's options (every switch drawn)
+    and per-group overrides. delta 5 projects (nearly) every update, 1 some, 0.1 few."""
+    rng = random.Random(4000 + seed)
+    shapes = [tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(2, 5))]
+    options = {
+        "lr": rng.choice([1e-3, 1e-2, 5e-2]),
+        "betas": rng.choice([(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]),
+        "eps": rng.choice([1e-8, 1e-3]),
+        "weight_decay": rng.choice([0.0, 0.01, 0.1]),
+        "delta": rng.choice([0.1, 1.0, 5.0]),
+        **{name: rng.random() < 0.5 for name in ADAMP_FLAGS},
+    }
+    # Eight seeds in a row reach every switch both ways.
+    options[ADAMP_FLAGS[seed % 4]] = not options[ADAMP_FLAGS[(seed + 1) % 4]]
+    timm_variant = options["channel_projection"] and options["decoupled_weight_decay"]
+    options["wd_ratio"] = rng.choice([0.1, 0.5, 1.0]) if timm_variant else 1.0
+    overrides = [{}] if rng.random() < 0.4 else [{}, {"weight_decay": rng.choice([0.0, 0.05]), "lr": options["lr"] / 2}]
+    return shapes, options, overrides
+
+
+class _NaiveAdamP(torch.optim.Optimizer):
+    """AdamP written from the paper's two projections, one float64 tensor op at a time: the
+    oracle where neither timm (amsgrad, a coupled decay, the flattened projection with Nesterov)
+    nor the reference (Nesterov) has the case."""
+
+    def __init__(self, params, **options):
+        super().__init__(params, options)
+
+    @staticmethod
+    def _cosines(p, g, eps):
+        return (p * g).sum(1) / (p.norm(dim=1).clamp_min(eps) * g.norm(dim=1).clamp_min(eps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd, delta = group["lr"], group["eps"], group["weight_decay"], group["delta"]
+            decoupled = group["decoupled_weight_decay"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, m=torch.zeros_like(p, dtype=torch.float64),
+                                 v=torch.zeros_like(p, dtype=torch.float64),
+                                 max_v=torch.zeros_like(p, dtype=torch.float64))
+                state["step"] += 1
+                t = state["step"]
+                w = p.double()
+                g = p.grad.double() if decoupled else p.grad.double() + wd * p.double()
+                m = state["m"] = beta1 * state["m"] + (1 - beta1) * g
+                v = state["v"] = beta2 * state["v"] + (1 - beta2) * g * g
+                state["max_v"] = torch.maximum(state["max_v"], v)
+                second = state["max_v"] if group["amsgrad"] else v
+                first = beta1 * m + (1 - beta1) * g if group["nesterov"] else m
+                q = first / (1 - beta1 ** t) / (second.sqrt() / math.sqrt(1 - beta2 ** t) + eps)
+                factor = 1 - lr * wd if decoupled else 1.0
+                if not group["channel_projection"]:
+                    w = w * factor
+                    flat_w, flat_g = w.reshape(1, -1), g.reshape(1, -1)
+                    if self._cosines(flat_w, flat_g, 1e-8)[0] < delta / math.sqrt(w.numel()):
+                        n = w / (w.norm() + eps)
+                        q = q - (n * q).sum() * n
+                    p.copy_(w - lr * q)
+                else:
+                    for rows in ((w.shape[0], -1), (1, -1)) if w.dim() > 1 else ():
+                        wv, gv, qv = w.reshape(rows), g.reshape(rows), q.reshape(rows)
+                        if self._cosines(wv, gv, eps).abs().max() < delta / math.sqrt(wv.shape[1]):
+                            n = wv / (wv.norm(dim=1, keepdim=True) + eps)
+                            q = (qv - (n * qv).sum(1, keepdim=True) * n).reshape(w.shape)
+                            factor = 1 - lr * wd * group["wd_ratio"] if decoupled else 1.0
+                            break
+                    p.copy_(w * factor - lr * q)
+                state["exp_avg"] = m
+
+
+def _adamp_oracle(timm_optim, options):
+    """timm's AdamP where it has the case (its projection, a decoupled decay, no amsgrad), else
+    the naive one."""
+    if options["channel_projection"] and options["decoupled_weight_decay"] and not options["amsgrad"]:
+        timm_options = {k: v for k, v in options.items() if k not in ("amsgrad", "decoupled_weight_decay",
+                                                                       "channel_projection")}
+        return lambda groups: timm_optim.adamp.AdamP(groups, **timm_options)
+    return lambda groups: _NaiveAdamP(groups, **options)
+
+
+@pytest.mark.parametrize("capability", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(16))
+def test_adamp_matches_timm_and_the_paper(timm_optim, backend, seed, dtype, capability):
+    backend(capability)
+    shapes, options, overrides = _random_adamp_case(seed)
+    theirs = _train(_adamp_oracle(timm_optim, options), shapes, overrides, dtype, seed, param_scale=0.2)
+    ours = _train(lambda g: ho.AdamP(g, **options), shapes, overrides, dtype, seed, param_scale=0.2)
+    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides} {shapes}")
+    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
+
+
+def test_the_naive_adamp_agrees_with_timm(timm_optim):
+    """The naive oracle is itself held to timm where both apply."""
+    for seed in range(8):
+        shapes, options, overrides = _random_adamp_case(seed)
+        options = {**options, "channel_projection": True, "decoupled_weight_decay": True, "amsgrad": False}
+        theirs = _train(_adamp_oracle(timm_optim, options), shapes, overrides, torch.float64, seed, param_scale=0.2)
+        naive = _train(lambda g: _NaiveAdamP(g, **options), shapes, overrides, torch.float64, seed, param_scale=0.2)
+        assert_close_to_oracle(naive[0], theirs[0], torch.float64, f"naive {options}")
+
+
+def test_adamp_timm_projection_reaches_both_views():
+    """The oracle cases project by channel and by layer (a test that never projected would
+    pass with either view wrong)."""
+    views = set()
+    for seed in range(16):
+        shapes, options, _ = _random_adamp_case(seed)
+        if not options["channel_projection"]:
+            continue
+        gen = torch.Generator().manual_seed(seed)
+        for shape in shapes:
+            if len(shape) < 2:
+                continue
+            w = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.2
+            g = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+            for name, rows in (("channel", (shape[0], -1)), ("layer", (1, -1))):
+                cosines = _NaiveAdamP._cosines(w.reshape(rows), g.reshape(rows), options["eps"]).abs()
+                if cosines.max() < options["delta"] / math.sqrt(w.reshape(rows).shape[1]):
+                    views.add(name)
+                    break
+    assert views == {"channel", "layer"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adamp_sees_unscaled_gradients(timm_optim, dtype):
+    options = {"lr": 1e-2, "eps": 1e-8, "weight_decay": 0.05, "delta": 1.0, "amsgrad": False,
+               "decoupled_weight_decay": True, "nesterov": True, "channel_projection": True, "wd_ratio": 0.1}
+    shapes, overrides = [(5, 4), (7,), (3, 2, 2)], [{}]
+    theirs = _train(_adamp_oracle(timm_optim, options), shapes, overrides, dtype, 3, param_scale=0.2)
+    ours = _train(lambda g: ho.AdamP(g, **options), shapes, overrides, dtype, 3, grad_scale=1024.0, param_scale=0.2)
+    assert_close_to_oracle(ours[0], theirs[0], dtype, "params under a loss scale")
+
+
+def test_each_adamp_option_changes_the_numbers():
+    shapes, overrides = [(6, 3), (4,), (3, 2, 2)], [{}]
+    base = {"lr": 1e-2, "weight_decay": 0.05, "delta": 5.0, "decoupled_weight_decay": True}
+    reference, _ = _train(lambda g: ho.AdamP(g, **base), shapes, overrides, torch.float64, 5)
+    for change in ({"nesterov": True}, {"channel_projection": True}):
+        changed, _ = _train(lambda g: ho.AdamP(g, **base, **change), shapes, overrides, torch.float64, 5)
+        assert not torch.equal(changed[0], reference[0]), change
+    timm_variant = {**base, "channel_projection": True}
+    reference, _ = _train(lambda g: ho.AdamP(g, **timm_variant), shapes, overrides, torch.float64, 5)
+    changed, _ = _train(lambda g: ho.AdamP(g, **timm_variant, wd_ratio=0.1), shapes, overrides, torch.float64, 5)
+    assert not torch.equal(changed[0], reference[0])
+
+
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("seed", range(8))
+def test_adamp_cpp_front_matches_timm_and_the_paper(timm_optim, seed):
+    _, options, _ = _random_adamp_case(seed)
+    beta1, beta2 = options["betas"]
+    settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"eps={options['eps']!r}",
+                f"weight_decay={options['weight_decay']!r}", f"delta={options['delta']!r}",
+                f"wd_ratio={options['wd_ratio']!r}"]
+    settings += [f"{name}={float(options[name])!r}" for name in ADAMP_FLAGS]
+    _assert_cpp_front_matches("AdamP", settings, _adamp_oracle(timm_optim, options), seed)
+
+
+def test_adamp_wd_ratio_needs_timms_projection_and_decay():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    for options in ({"wd_ratio": 0.1}, {"wd_ratio": 0.1, "channel_projection": True},
+                    {"wd_ratio": 0.1, "decoupled_weight_decay": True}):
+        with pytest.raises(ValueError, match="AdamP: wd_ratio=0.1 .* needs channel_projection=True and "
+                                             "decoupled_weight_decay=True"):
+            ho.AdamP([p], **options)
+    ho.AdamP([p], wd_ratio=0.1, channel_projection=True, decoupled_weight_decay=True)
+
+
+def test_adamp_channel_projection_is_refused_on_shards():
+    p = torch.randn(4, 3)
+    with pytest.raises(NotImplementedError, match="channel_projection .* sharded"):
+        torch.ops.holocron.adamp_([p], [torch.randn(4, 3)], [torch.zeros(4, 3)], [torch.zeros(4, 3)], [], [1],
+                                  1e-3, 0.9, 0.999, 1e-8, 0.0, False, 0.1, numels=[24], channel_projection=True)
+
+
+@pytest.mark.parametrize("name", ["LARS", "RaLars", "TAdam", "AdaBelief", "AdamP"])
+def test_caution_is_refused_where_no_peer_defines_it(name):
+    """Neither a constructor argument nor a group key, nor a loaded group, is ignored."""
+    cls = getattr(ho, name)
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(TypeError, match=f"{name} has no caution"):
+        cls([p], caution=True)
+    opt = cls([p])
+    with pytest.raises(ValueError, match=f"{name} has no caution"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "caution": True})
+    assert len(opt.param_groups) == 1
+    saved = opt.state_dict()
+    saved["param_groups"][0]["caution"] = True
+    with pytest.raises(ValueError, match="has no caution"):
+        opt.load_state_dict(saved)
+    assert "caution" not in opt.param_groups[0]

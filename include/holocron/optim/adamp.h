@@ -40,6 +40,21 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW): the moments and the cosine see `g`. Default false.
   TORCH_ARG(bool, decoupled_weight_decay) = false;
+  /// Nesterov's direction (timm's, the authors'): `q` from `beta1 * m + (1 - beta1) * g` in place
+  /// of `m`. Default false.
+  TORCH_ARG(bool, nesterov) = false;
+  /// The decoupled decay of a parameter the projection projects becomes
+  /// `p *= 1 - lr * weight_decay * wd_ratio` (timm's, the authors'; 0.1 there). Other than 1 only
+  /// with `channel_projection` and `decoupled_weight_decay`. Default 1; must be >= 0.
+  TORCH_ARG(double, wd_ratio) = 1.0;
+  /// timm's and the authors' projection instead of the reference's flattened one, for parameters
+  /// of more than one dimension only: if `|cos|` of every output channel's `p` and `g` (the rows
+  /// of `p.reshape(p.size(0), -1)`) is below `delta / sqrt(numel / size(0))`, each channel's `q`
+  /// loses its component along that channel's `p / (||p|| + eps)`; else, if the whole tensor's
+  /// `|cos|` is below `delta / sqrt(numel)`, the whole `q` loses it; the cosines' norms are
+  /// clamped at `eps`, and the decision and the projection are of `p` before its decay. Not on
+  /// sharded parameters (c10::NotImplementedError there). Default false.
+  TORCH_ARG(bool, channel_projection) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -53,9 +68,14 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
     visit("delta", self.delta());
     visit("maximize", self.maximize());
     visit("decoupled_weight_decay", self.decoupled_weight_decay());
+    visit("nesterov", self.nesterov());
+    visit("wd_ratio", self.wd_ratio());
+    visit("channel_projection", self.channel_projection());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
+  static std::vector<std::string> fields_added_later() {
+    return {"maximize", "decoupled_weight_decay", "nesterov", "wd_ratio", "channel_projection"};
+  }
   /// These options as the functional layer's hyper-parameters.
   functional::AdamPHyper hyper() const;
 };
@@ -91,7 +111,8 @@ struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
 /// Per parameter, as the reference: Adam moments of `g = g + weight_decay * p`,
 /// `q = m_hat / (sqrt(v_hat) + eps)`; when the cosine of `p` and `g` (over the flattened tensors)
 /// is below `delta / sqrt(numel(p))`, `q` loses its component along `n = p / (||p|| + eps)`; then
-/// `p -= lr * q`.
+/// `p -= lr * q`. timm's `AdamP` is `decoupled_weight_decay`, `channel_projection` and
+/// `wd_ratio(0.1)`.
 class AdamP : public detail::Algorithm<AdamPOptions, AdamPParamState> {
  public:
   /// Optimizes `param_groups` (see OptimizerBase: defaults, what throws).

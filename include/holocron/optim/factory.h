@@ -30,7 +30,7 @@ struct FactoryOptions {
   std::vector<std::string> no_weight_decay_names;
 };
 
-/// The names create_optimizer() takes, sorted: timm's `adabelief`, `adan`, `adanw`, `cadan`, `cadanw`, `clamb`,
+/// The names create_optimizer() takes, sorted: timm's `adabelief`, `adamp`, `adan`, `adanw`, `cadan`, `cadanw`, `clamb`,
 /// `clambw`, `lamb`,
 /// `lambc`, `lambw`, `lambcw`, `lars`, `larc`, `nlars`, `nlarc`, `radabelief` (timm 1.0.31's numbers) and
 /// holocron's `ralars`, `tadam`, `ademamix`; each may be prefixed `lookahead_` (timm's
@@ -47,12 +47,13 @@ std::vector<std::string> list_optimizers();
 /// `larc` adds `trust_clip`, `nlars` Nesterov momentum, `nlarc` both) and `Adan` (AdanOptions
 /// with `decoupled_weight_decay`; `adanw` adds `no_prox`, `cadan` and `cadanw` `caution`) and
 /// `AdaBelief` (AdaBeliefOptions with eps 1e-16 added into the second moment and decoupled weight
-/// decay; `radabelief` adds `rectify`).
+/// decay; `radabelief` adds `rectify`) and `AdamP` (AdamPOptions with `channel_projection`,
+/// decoupled weight decay, `nesterov` and `wd_ratio` 0.01, the name's defaults in timm).
 ///
 ///     auto optimizer = holocron::optim::create_optimizer("lamb", *model, {.lr = 2e-3, .weight_decay = 0.05});
 ///
 /// \throws std::invalid_argument for an unknown name; c10::NotImplementedError for one of timm's
-///   names this library does not reproduce yet (`adamp`, `cadamw`, `lookahead_adamp`, ...);
+///   names this library does not reproduce yet (`cadamp`, `cadamw`, `lookahead_cadamw`, ...);
 ///   c10::ValueError for invalid options.
 std::unique_ptr<torch::optim::Optimizer> create_optimizer(const std::string& name,
                                                           const torch::nn::Module& module,

@@ -331,6 +331,14 @@ struct AdamPHyper {
   double delta;
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
   bool decoupled_weight_decay = false;
+  /// Nesterov's direction: `beta1 * m + (1 - beta1) * g` in place of `m` (timm's).
+  bool nesterov = false;
+  /// Multiplies the decoupled decay of a projected parameter (>= 0; other than 1 only with
+  /// `channel_projection` and `decoupled_weight_decay`).
+  double wd_ratio = 1.0;
+  /// timm's and the authors' projection: channel-wise, then layer-wise, with `|cos|` and `eps`,
+  /// for parameters of more than one dimension only.
+  bool channel_projection = false;
 };
 
 /// One AdamP step (see AdamP).

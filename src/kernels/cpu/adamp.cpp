@@ -1,6 +1,9 @@
 // AdamP: Adam moments (pass 1, which also sums what the projection decision
 // needs), then the update with the radial part removed when the weight is
 // nearly orthogonal to its gradient (pass 2, recomputing q from the moments).
+// The host hands a tensor over whole, or as one row per output channel for
+// timm's channel-wise projection: each row then gets its own sums and
+// coefficients.
 
 #include "kernels/cpu/driver.h"
 
@@ -11,16 +14,19 @@ namespace {
 namespace proto = protocol::adamp;
 constexpr auto kSlot = protocol::slots<proto::Arrays>();
 
-// q = (m / bc1) / denom; the running max (if any) must already hold this step's v.
+// q = (m / bc1) / denom, or with Nesterov ((beta1 * m + (1 - beta1) * g') / bc1) / denom; the
+// running max (if any) must already hold this step's v.
 template <typename V>
 struct AdamPDirection {
-  V eps, inv_bc1, inv_sqrt_bc2;
-  bool amsgrad;
+  V eps, inv_bc1, inv_sqrt_bc2, beta1, one_minus_beta1;
+  bool amsgrad, nesterov;
   AdamPDirection(const proto::Constants& h, const proto::PerTensor& c)
       : eps(splat<V>(h.eps)), inv_bc1(splat<V>(c.inv_bc1)), inv_sqrt_bc2(splat<V>(c.inv_sqrt_bc2)),
-        amsgrad(h.amsgrad) {}
-  HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& v, V* max_v) const {
-    return (m * inv_bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, inv_sqrt_bc2, eps);
+        beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)), amsgrad(h.amsgrad),
+        nesterov(h.nesterov) {}
+  HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& g, const V& v, V* max_v) const {
+    const V first = nesterov ? beta1 * m + one_minus_beta1 * g : m;
+    return (first * inv_bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, inv_sqrt_bc2, eps);
   }
 };
 
@@ -33,8 +39,11 @@ struct AdamPMomentUpdate {
       : beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)), beta2(splat<V>(h.beta2)),
         one_minus_beta2(splat<V>(1.0 - h.beta2)), weight_decay(splat<V>(h.weight_decay)),
         decay(h.weight_decay != 0.0) {}
+  HOLOCRON_KERNEL_INLINE V decayed_grad(const V& p, const V& grad) const {
+    return with_weight_decay(grad, p, weight_decay, decay);
+  }
   HOLOCRON_KERNEL_INLINE V operator()(const V& p, const V& grad, V& m, V& v) const {
-    const V g = with_weight_decay(grad, p, weight_decay, decay);
+    const V g = decayed_grad(p, grad);
     m = m * beta1 + one_minus_beta1 * g;
     v = v * beta2 + one_minus_beta2 * g * g;
     return g;
@@ -72,7 +81,7 @@ struct AdamPMoments {
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
       const V& p = x[kSlot.param];
       const V g = moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
-      const V q = direction(x[kSlot.exp_avg], x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
+      const V q = direction(x[kSlot.exp_avg], g, x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
       acc.add_product(0, p, g);
       acc.add_square(1, p);
       acc.add_square(2, g);
@@ -85,12 +94,14 @@ struct AdamPMoments {
   }
 };
 
-template <typename T>
-struct AdamPApply {
+// With Nesterov, q reads g' again: the gradient (and p, for a coupled decay) is read in pass 2.
+template <typename T, bool kNesterov>
+struct AdamPApplyPass {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
+  static constexpr bool kReadsGrad = kMomentsInApply<T> || kNesterov;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = kMomentsInApply<T> ? kAll : kAll & ~(1u << kSlot.grad);
+  static constexpr unsigned kRead = kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
   static constexpr int kGrad = kSlot.grad;
   static constexpr unsigned kWrite =
       protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
@@ -104,12 +115,17 @@ struct AdamPApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
-      if constexpr (kMomentsInApply<T>) moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
-      // Before the projection, which the host computed for the decayed parameter; a branch, not a
-      // factor of 1, which the compiler may fuse into a product.
-      if (decays) p = p * decay_factor;
-      V q = direction(x[kSlot.exp_avg], x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
+      V g(0);
+      if constexpr (kMomentsInApply<T>) {
+        g = moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
+      } else if constexpr (kNesterov) {
+        g = moments.decayed_grad(p, x[kSlot.grad]);
+      }
+      V q = direction(x[kSlot.exp_avg], g, x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
+      // Of the parameter before its decay (the host scaled c for the flattened projection, which
+      // is of the decayed one); branches, not factors of 0 or 1, which the compiler may fuse.
       if (project) q = q - projection * p;
+      if (decays) p = p * decay_factor;
       p = p + step * q;
     }
   };
@@ -117,15 +133,21 @@ struct AdamPApply {
     const auto h = args.constants.get<proto::Constants>();
     const auto c = args.per_tensor[t].get<proto::PerTensor>();
     return {AdamPMomentUpdate<V>(h), AdamPDirection<V>(h, c), splat<V>(c.step), splat<V>(c.projection),
-            splat<V>(h.decay),       c.projection != 0.0,          h.decay != 1.0};
+            splat<V>(c.decay),       c.projection != 0.0,          c.decay != 1.0};
   }
 };
+
+template <typename T>
+using AdamPApply = AdamPApplyPass<T, false>;
+template <typename T>
+using AdamPNesterovApply = AdamPApplyPass<T, true>;
 
 }  // namespace
 
 void register_adamp(PassTable& table) {
   register_pass<AdamPMoments>(table, Pass::AdamPMoments);
   register_pass<AdamPApply>(table, Pass::AdamPApply);
+  register_pass<AdamPNesterovApply>(table, Pass::AdamPNesterovApply);
 }
 
 }  // namespace CPU_CAPABILITY

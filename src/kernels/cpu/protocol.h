@@ -147,11 +147,6 @@ template <typename T>
 struct Arrays {
   T param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
 };
-struct Constants {
-  double beta1, beta2, eps, weight_decay;
-  bool amsgrad;
-  double decay;  // p *= decay before the update (decoupled weight decay: 1 - lr * wd), unless 1
-};
 }  // namespace adam_like
 
 // ---- TAdam -----------------------------------------------------------------
@@ -207,11 +202,17 @@ struct PerTensor {
 // applies q, less projection * p where the host decided to project.
 namespace adamp {
 using adam_like::Arrays;
-using adam_like::Constants;
+struct Constants {
+  double beta1, beta2, eps, weight_decay;
+  bool amsgrad;
+  bool nesterov;  // q from beta1 * m + (1 - beta1) * g instead of m
+};
+// One row per tensor, or per output channel of a tensor (timm's channel-wise projection).
 struct PerTensor {
   double inv_bc1, inv_sqrt_bc2;
   double step;        // -lr, pass 2
-  double projection;  // c in q - c * p (0: no projection), pass 2
+  double projection;  // c in q - c * p, p before its decay (0: no projection), pass 2
+  double decay;       // p = decay * p + step * q (decoupled weight decay), pass 2
 };
 }  // namespace adamp
 
@@ -304,6 +305,7 @@ enum class Pass : int {
   AdaBeliefApply,
   AdamPMoments,
   AdamPApply,
+  AdamPNesterovApply,
   AdanApply,
   AdEMAMixApply,
   LookaheadSync,
