@@ -744,11 +744,8 @@ _CHECKED_FIRST = ("lr", "eps", "weight_decay")
 
 
 def _no_caution(name: str) -> str:
-    if name == "AdamP":
-        return ("AdamP has no caution: timm's AdamP(caution=True) is the spherical cautious update, which this "
-                "library does not compute")
-    return (f"{name} has no caution: Cautious Optimizers (timm, pytorch-optimizer) define it for LAMB, Adan "
-            f"and AdEMAMix among these algorithms, not for {name}")
+    return (f"{name} has no caution: Cautious Optimizers (timm, pytorch-optimizer) define it for LAMB, Adan, "
+            f"AdEMAMix and AdamP among these algorithms, not for {name}")
 
 
 def _constructor(cls: type) -> Callable[..., None]:

@@ -611,6 +611,11 @@ class AdamP(_AdamLike):
             ``delta / sqrt(p.numel())``, the whole ``q`` loses it; norms in the cosines are
             clamped at ``eps``, and the decision and the projection are of ``p`` before its
             decay. Not on sharded parameters (``NotImplementedError`` there). Default `False`.
+        caution: Cautious Optimizers (Liang et al. 2024), as pytorch-optimizer's
+            ``AdamP(cautious=True)``: ``m`` enters ``q`` only where ``m * g > 0``, times
+            ``numel / (kept + 1)`` (the whole tensor's count, over all shards), before
+            Nesterov's mix and the projection. timm's AdamP ``caution`` is another, spherical,
+            rule (not available). Default `False`.
 
     timm's ``AdamP`` is ``decoupled_weight_decay``, ``channel_projection`` and
     ``wd_ratio=0.1`` (``holocron_optim.timm.AdamP``).
@@ -625,11 +630,14 @@ class AdamP(_AdamLike):
                 Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE, _DECOUPLED,
                 Option("nesterov", False, flag, added_later=True),
                 Option("wd_ratio", 1.0, finite("wd_ratio", non_negative=True), range="[0, inf)", added_later=True),
-                Option("channel_projection", False, flag, added_later=True))
+                Option("channel_projection", False, flag, added_later=True),
+                Option("caution", False, flag, added_later=True))
     # The group key of the decoupled decay (timm's AdamP decays so always), and whether delta is a
     # group option (timm's) rather than the optimizer's attribute (the reference's).
     _decoupled_key: str | None = "decoupled_weight_decay"
     _delta_in_groups = False
+    # timm's group key `caution` names its spherical rule, refused by its option's check.
+    _spherical_caution = False
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -643,6 +651,7 @@ class AdamP(_AdamLike):
             decoupled_weight_decay=True if self._decoupled_key is None else bool(group.get(self._decoupled_key, False)),
             nesterov=bool(group.get("nesterov", False)), wd_ratio=float(group.get("wd_ratio", 1.0)),
             channel_projection=bool(group.get("channel_projection", False)),
+            caution=bool(group.get("caution", False)) and not self._spherical_caution,
         )
         self._commit_steps(states, steps)
 

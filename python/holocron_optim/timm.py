@@ -383,6 +383,7 @@ class AdamP(_AdamP):
     )
     _decoupled_key = None
     _delta_in_groups = True
+    _spherical_caution = True
 
     def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
         # timm's groups: its options only, none of torch.optim.Adam's.

@@ -2,6 +2,7 @@
 // (src/kernels/cpu/adamp.cpp): the reference math, the checks and the functional
 // function, the C++ class, and the Python operator.
 
+#include "algorithms/caution.h"
 #include "algorithms/common.h"
 
 // ---- What both backends share: the rows and the projection decision ---------------
@@ -119,11 +120,12 @@ void adamp_moments(at::Tensor& m, at::Tensor& v, const at::Tensor& g, const Adam
   v.mul_(h.beta2).addcmul_(g, g, 1.0 - h.beta2);
 }
 
-// Adam's step m_hat / (sqrt(v_hat) + eps), given the denominator; with Nesterov from
-// beta1 * m + (1 - beta1) * g.
+// Adam's step m_hat / (sqrt(v_hat) + eps), given the denominator; with caution m only where it
+// agrees in sign with g, rescaled; with Nesterov from beta1 * m + (1 - beta1) * g.
 at::Tensor adamp_direction(const at::Tensor& m, const at::Tensor& g, const at::Tensor& denominator, int64_t step,
-                           const AdamPHyper& h) {
-  const auto first = h.nesterov ? m * h.beta1 + g * (1.0 - h.beta1) : m;
+                           const AdamPHyper& h, double caution_scale) {
+  const auto kept = h.caution ? at::where(m * g > 0, m * caution_scale, at::zeros_like(m)) : m;
+  const auto first = h.nesterov ? kept * h.beta1 + g * (1.0 - h.beta1) : kept;
   return (first / bias_correction(h.beta1, step)).div_(denominator);
 }
 
@@ -134,7 +136,7 @@ at::Tensor rows_of(const at::Tensor& t, bool by_channel) {
 
 Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
                 TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
-                const AdamPRows& rows) {
+                const AdamPRows& rows, c10::ArrayRef<double> caution_scales) {
   Sums sums(rows.count(), Sums::value_type{});
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
@@ -148,7 +150,7 @@ Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
     // This phase writes nothing: the running maximum too is taken aside.
     auto second = h.amsgrad ? at::maximum(scope.in(max_exp_avg_sqs[i]), v) : v;
     auto q = adamp_direction(m, g, denominator_of(second, bias_correction(h.beta2, steps[i]), h.eps),
-                             steps[i], h);
+                             steps[i], h, caution_scales[i]);
     // In double, as the fused kernels sum.
     const bool split = rows.by_channel[i];
     const auto pd = rows_of(p, split).to(at::kDouble);
@@ -165,7 +167,7 @@ Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 
 void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h, const AdamPRows& rows,
-           const AdamPUpdate& update) {
+           const AdamPUpdate& update, c10::ArrayRef<double> caution_scales) {
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
@@ -177,7 +179,7 @@ void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     adamp_moments(m, v, g, h);
     auto q = adamp_direction(m, g, adam_denominator(scope, v, h.amsgrad, max_exp_avg_sqs, i,
                                                     bias_correction(h.beta2, steps[i]), h.eps),
-                             steps[i], h);
+                             steps[i], h, caution_scales[i]);
     // Where the weight is nearly orthogonal to its gradient (scale-invariant weights), the radial
     // part of the update is removed: q - c p, c per row, p before its decay.
     const size_t first = rows.first[i];
@@ -264,6 +266,12 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;
+  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
+  // Counted first: the count pass uses the scratch the passes below take.
+  const auto caution_scales =
+      h.caution ? caution_scales_of("AdamP", CautionScale::kPytorchOptimizer, params, grads, exp_avgs, h.beta1,
+                                    1.0 - h.beta1, decay.coupled, *inv_grad_scale, sharding)
+                : std::vector<double>(params.size(), 1.0);
   auto& scratch = fused_scratch();
   namespace adamp = cpu::protocol::adamp;
   const auto rows = adamp_rows(params, h);
@@ -282,13 +290,13 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& args = scratch.fresh_args(rows.count());
   args.inv_grad_scale = *inv_grad_scale;
-  const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   args.constants.set(adamp::Constants{.beta1 = h.beta1,
                                       .beta2 = h.beta2,
                                       .eps = h.eps,
                                       .weight_decay = decay.coupled,
                                       .amsgrad = h.amsgrad,
-                                      .nesterov = h.nesterov});
+                                      .nesterov = h.nesterov,
+                                      .caution = h.caution});
   // The step, the projection and the decay are known after pass 1.
   for (size_t i = 0; i < params.size(); ++i) {
     for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) {
@@ -296,7 +304,8 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                                               .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
                                               .step = 0.0,
                                               .projection = 0.0,
-                                              .decay = 1.0});
+                                              .decay = 1.0,
+                                              .caution_scale = caution_scales[i]});
     }
   }
   auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q per row
@@ -304,13 +313,13 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     cpu::run(cpu::Pass::AdamPMoments, group, args, &sums);
   } else {
     sums = kernels::reference::adamp_sums(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                                          h, rows);
+                                          h, rows, caution_scales);
   }
   all_reduce_sums("AdamP", sharding, sums, 4);
   const auto update = adamp_update(h, params, rows, sums, sharding);
   if (!fused) {
     kernels::reference::adamp(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h, rows,
-                              update);
+                              update, caution_scales);
     return;
   }
   for (size_t i = 0; i < params.size(); ++i) {
@@ -322,7 +331,7 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
       args.per_tensor[r].set(row);
     }
   }
-  cpu::run(h.nesterov ? cpu::Pass::AdamPNesterovApply : cpu::Pass::AdamPApply, group, args);
+  cpu::run(h.nesterov || h.caution ? cpu::Pass::AdamPApplyReadingGrad : cpu::Pass::AdamPApply, group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 
@@ -347,7 +356,8 @@ functional::AdamPHyper AdamPOptions::hyper() const {
           .decoupled_weight_decay = decoupled_weight_decay(),
           .nesterov = nesterov(),
           .wd_ratio = wd_ratio(),
-          .channel_projection = channel_projection()};
+          .channel_projection = channel_projection(),
+          .caution = caution()};
 }
 
 AdamP::AdamP(const std::vector<OptimizerParamGroup>& param_groups, AdamPOptions defaults)
@@ -390,7 +400,8 @@ c10::IValue adamp(const Arguments& a) {
              .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
              .amsgrad = a.flag("amsgrad"), .delta = a.real("delta"),
              .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .nesterov = a.flag("nesterov"),
-             .wd_ratio = a.real("wd_ratio"), .channel_projection = a.flag("channel_projection")},
+             .wd_ratio = a.real("wd_ratio"), .channel_projection = a.flag("channel_projection"),
+             .caution = a.flag("caution")},
             a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};
@@ -404,7 +415,7 @@ HOLOCRON_OPTIM_OP(
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
      ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
-    "bool channel_projection=False) -> ()",
+    "bool channel_projection=False, bool caution=False) -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

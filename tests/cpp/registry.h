@@ -210,7 +210,8 @@ struct AdamPTraits {
         .delta(setting(s, "delta", 0.1))
         .nesterov(flag_setting(s, "nesterov"))
         .wd_ratio(setting(s, "wd_ratio", 1.0))
-        .channel_projection(flag_setting(s, "channel_projection"));
+        .channel_projection(flag_setting(s, "channel_projection"))
+        .caution(flag_setting(s, "caution"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double, double, double, Choose choose) {
@@ -220,7 +221,8 @@ struct AdamPTraits {
         .nesterov(in.ConsumeBool())
         .channel_projection(timm)
         .decoupled_weight_decay(timm)
-        .wd_ratio(timm ? choose(0.0, 1.0) : 1.0);
+        .wd_ratio(timm ? choose(0.0, 1.0) : 1.0)
+        .caution(in.ConsumeBool());
   }
 };
 

@@ -98,6 +98,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "Adan(cautious)": adam,
             "AdEMAMix(cautious)": adam,
             "LAMB(cautious)": adam,
+            "AdamP(cautious)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -124,6 +125,8 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         "Adan(cautious)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, caution=True),
         "AdEMAMix(cautious)": lambda p: ho.AdEMAMix(p, lr=LR, caution=True, t_alpha=3, t_beta3=3),
         "LAMB(cautious)": lambda p: _timm().Lamb(p, lr=LR, weight_decay=0.01, caution=True),
+        "AdamP(cautious)": lambda p: ho.AdamP(p, lr=LR, delta=ADAMP_DELTA, weight_decay=0.01, caution=True,
+                                              nesterov=True),
     }
 
 

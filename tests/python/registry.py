@@ -373,7 +373,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
         name="AdamP", reference="adamp", papers=("2006.08217",), betas=2, eps=True,
         # timm's options at the defaults that give the reference's numbers (variants switch them).
         full={"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True, "delta": 1.0,
-              "nesterov": False, "wd_ratio": 1.0, "channel_projection": False},
+              "nesterov": False, "wd_ratio": 1.0, "channel_projection": False, "caution": False},
         # delta = 1 projects the updates of some parameters, not all.
         typical={"delta": 1.0, "weight_decay": 0.01},
         variants=(dict(lr=0.01, weight_decay=0.1, delta=0.5),
@@ -384,7 +384,10 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                   dict(lr=1e-2, weight_decay=0.05, delta=2.0, decoupled_weight_decay=True, channel_projection=True,
                        wd_ratio=0.1, nesterov=True),
                   dict(lr=1e-2, weight_decay=0.01, amsgrad=True, delta=10.0, channel_projection=True),
-                  dict(lr=1e-2, weight_decay=0.01, delta=2.0, nesterov=True)),
+                  dict(lr=1e-2, weight_decay=0.01, delta=2.0, nesterov=True),
+                  dict(lr=1e-2, weight_decay=0.01, amsgrad=True, delta=2.0, caution=True),
+                  dict(lr=1e-2, weight_decay=0.05, delta=5.0, caution=True, nesterov=True, channel_projection=True,
+                       decoupled_weight_decay=True, wd_ratio=0.1)),
         refused=({"delta": nan}, {"wd_ratio": 0.1}, {"wd_ratio": -1.0}, {"wd_ratio": nan}),
         rosenbrock=({"lr": 0.2}, 1000, 0.05, 0.001),
         samples=(
@@ -403,6 +406,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
             ("channel_projection", {"channel_projection": True, "delta": 5.0}),
             ("timm", {"channel_projection": True, "delta": 5.0, "decoupled_weight_decay": True, "wd_ratio": 0.1,
                       "weight_decay": 0.05}),
+            ("caution", {"caution": True}),
         ),
         errors=(
             ("delta nan", {"delta": nan}, "Invalid delta value: nan", False),
@@ -411,7 +415,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
             ("group wd_ratio alone", {"wd_ratio": 0.1}, "AdamP: wd_ratio=0.1", True),
             ("wd_ratio negative", {"wd_ratio": -1.0}, "Invalid wd_ratio value: -1", False),
         ),
-        reference_ignores=("nesterov", "wd_ratio", "channel_projection"),
+        reference_ignores=("nesterov", "wd_ratio", "channel_projection", "caution"),
         needs={"wd_ratio": {"channel_projection": True, "decoupled_weight_decay": True}},
         # wd_ratio, newer than decoupled_weight_decay, leaves an older checkpoint with it.
         torch_adam_messages=True, not_og_supported_flags=(*_ADAM_FLAGS, "wd_ratio"),

@@ -55,6 +55,11 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// clamped at `eps`, and the decision and the projection are of `p` before its decay. Not on
   /// sharded parameters (c10::NotImplementedError there). Default false.
   TORCH_ARG(bool, channel_projection) = false;
+  /// Cautious Optimizers (Liang et al. 2024), as pytorch-optimizer's `AdamP(cautious=True)`: `m`
+  /// enters `q` only where `m * g > 0`, times `numel / (kept + 1)` (the whole tensor's count, over
+  /// all shards), before Nesterov's mix and the projection. timm's `caution` for AdamP is another,
+  /// spherical, rule, not this one. Default false.
+  TORCH_ARG(bool, caution) = false;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -71,10 +76,11 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
     visit("nesterov", self.nesterov());
     visit("wd_ratio", self.wd_ratio());
     visit("channel_projection", self.channel_projection());
+    visit("caution", self.caution());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "decoupled_weight_decay", "nesterov", "wd_ratio", "channel_projection"};
+    return {"maximize", "decoupled_weight_decay", "nesterov", "wd_ratio", "channel_projection", "caution"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdamPHyper hyper() const;

@@ -339,6 +339,8 @@ struct AdamPHyper {
   /// timm's and the authors' projection: channel-wise, then layer-wise, with `|cos|` and `eps`,
   /// for parameters of more than one dimension only.
   bool channel_projection = false;
+  /// pytorch-optimizer's cautious AdamP: `m` only where `m * g > 0`, times `numel / (kept + 1)`.
+  bool caution = false;
 };
 
 /// One AdamP step (see AdamP).

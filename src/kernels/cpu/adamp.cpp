@@ -14,18 +14,20 @@ namespace {
 namespace proto = protocol::adamp;
 constexpr auto kSlot = protocol::slots<proto::Arrays>();
 
-// q = (m / bc1) / denom, or with Nesterov ((beta1 * m + (1 - beta1) * g') / bc1) / denom; the
+// q = (m / bc1) / denom, or with Nesterov ((beta1 * m + (1 - beta1) * g') / bc1) / denom; with
+// caution (pytorch-optimizer's) m only where m * g' > 0, rescaled, before Nesterov's mix. The
 // running max (if any) must already hold this step's v.
 template <typename V>
 struct AdamPDirection {
-  V eps, inv_bc1, inv_sqrt_bc2, beta1, one_minus_beta1;
-  bool amsgrad, nesterov;
+  V eps, inv_bc1, inv_sqrt_bc2, beta1, one_minus_beta1, caution_scale;
+  bool amsgrad, nesterov, caution;
   AdamPDirection(const proto::Constants& h, const proto::PerTensor& c)
       : eps(splat<V>(h.eps)), inv_bc1(splat<V>(c.inv_bc1)), inv_sqrt_bc2(splat<V>(c.inv_sqrt_bc2)),
-        beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)), amsgrad(h.amsgrad),
-        nesterov(h.nesterov) {}
+        beta1(splat<V>(h.beta1)), one_minus_beta1(splat<V>(1.0 - h.beta1)), caution_scale(splat<V>(c.caution_scale)),
+        amsgrad(h.amsgrad), nesterov(h.nesterov), caution(h.caution) {}
   HOLOCRON_KERNEL_INLINE V operator()(const V& m, const V& g, const V& v, V* max_v) const {
-    const V first = nesterov ? beta1 * m + one_minus_beta1 * g : m;
+    const V kept = caution ? V::blendv(V(0), m * caution_scale, m * g > V(0)) : m;
+    const V first = nesterov ? beta1 * kept + one_minus_beta1 * g : kept;
     return (first * inv_bc1) / adam_denominator(v, amsgrad ? max_v : nullptr, inv_sqrt_bc2, eps);
   }
 };
@@ -94,12 +96,13 @@ struct AdamPMoments {
   }
 };
 
-// With Nesterov, q reads g' again: the gradient (and p, for a coupled decay) is read in pass 2.
-template <typename T, bool kNesterov>
+// With Nesterov or caution, q reads g' again: the gradient (and p, for a coupled decay) is read in
+// pass 2.
+template <typename T, bool kGradInDirection>
 struct AdamPApplyPass {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr bool kReadsGrad = kMomentsInApply<T> || kNesterov;
+  static constexpr bool kReadsGrad = kMomentsInApply<T> || kGradInDirection;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
   static constexpr unsigned kRead = kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
   static constexpr int kGrad = kSlot.grad;
@@ -118,7 +121,7 @@ struct AdamPApplyPass {
       V g(0);
       if constexpr (kMomentsInApply<T>) {
         g = moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
-      } else if constexpr (kNesterov) {
+      } else if constexpr (kGradInDirection) {
         g = moments.decayed_grad(p, x[kSlot.grad]);
       }
       V q = direction(x[kSlot.exp_avg], g, x[kSlot.exp_avg_sq], &x[kSlot.max_exp_avg_sq]);
@@ -140,14 +143,14 @@ struct AdamPApplyPass {
 template <typename T>
 using AdamPApply = AdamPApplyPass<T, false>;
 template <typename T>
-using AdamPNesterovApply = AdamPApplyPass<T, true>;
+using AdamPApplyReadingGrad = AdamPApplyPass<T, true>;
 
 }  // namespace
 
 void register_adamp(PassTable& table) {
   register_pass<AdamPMoments>(table, Pass::AdamPMoments);
   register_pass<AdamPApply>(table, Pass::AdamPApply);
-  register_pass<AdamPNesterovApply>(table, Pass::AdamPNesterovApply);
+  register_pass<AdamPApplyReadingGrad>(table, Pass::AdamPApplyReadingGrad);
 }
 
 }  // namespace CPU_CAPABILITY

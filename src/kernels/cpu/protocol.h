@@ -206,13 +206,15 @@ struct Constants {
   double beta1, beta2, eps, weight_decay;
   bool amsgrad;
   bool nesterov;  // q from beta1 * m + (1 - beta1) * g instead of m
+  bool caution;   // m only where m * g > 0, times caution_scale (before Nesterov's mix)
 };
 // One row per tensor, or per output channel of a tensor (timm's channel-wise projection).
 struct PerTensor {
   double inv_bc1, inv_sqrt_bc2;
-  double step;        // -lr, pass 2
-  double projection;  // c in q - c * p, p before its decay (0: no projection), pass 2
-  double decay;       // p = decay * p + step * q (decoupled weight decay), pass 2
+  double step;           // -lr, pass 2
+  double projection;     // c in q - c * p, p before its decay (0: no projection), pass 2
+  double decay;          // p = decay * p + step * q (decoupled weight decay), pass 2
+  double caution_scale;  // the whole tensor's
 };
 }  // namespace adamp
 
@@ -305,7 +307,7 @@ enum class Pass : int {
   AdaBeliefApply,
   AdamPMoments,
   AdamPApply,
-  AdamPNesterovApply,
+  AdamPApplyReadingGrad,
   AdanApply,
   AdEMAMixApply,
   LookaheadSync,

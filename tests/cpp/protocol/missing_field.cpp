@@ -4,5 +4,5 @@
 namespace protocol = holocron::optim::kernels::cpu::protocol;
 
 protocol::adamp::Constants constants(double b1, double b2) {
-  return {.beta1 = b1, .beta2 = b2, .weight_decay = 0.0, .amsgrad = false, .nesterov = false};
+  return {.beta1 = b1, .beta2 = b2, .weight_decay = 0.0, .amsgrad = false, .nesterov = false, .caution = false};
 }
