@@ -265,7 +265,19 @@ class Adan(_Adan):
         super().load_state_dict(_from_timm_layout(state_dict, from_timm))
 
 
-class AdaBelief(_AdaBelief):
+class _TimmGroups:
+    """For timm's classes built on this library's torch.optim.Adam subclasses (AdaBelief, AdamP):
+    timm's group keys only, none of torch.optim.Adam's, at construction and on load."""
+
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        Optimizer.__init__(self, params, defaults)  # type: ignore[arg-type]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Optimizer.__setstate__(self, state)  # type: ignore[arg-type]
+        self._fill_options_added_later()  # type: ignore[attr-defined]
+
+
+class AdaBelief(_TimmGroups, _AdaBelief):
     """timm's ``AdaBelief``, with timm 1.0.31's arguments and defaults.
 
     This library's ``AdaBelief`` with ``eps`` added into the second moment and, by default,
@@ -316,15 +328,6 @@ class AdaBelief(_AdaBelief):
     )
     _decoupled_key = "decoupled_decay"
 
-    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
-        # timm's groups: its options only, none of torch.optim.Adam's.
-        Optimizer.__init__(self, params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Not torch.optim.Adam's, which would add its own keys to timm's groups.
-        Optimizer.__setstate__(self, state)
-        self._fill_options_added_later()
-
     def _apply(self, group, params, grads, states) -> None:
         # The variant's constants, timm's: eps in s, the maximize of torch.optim absent, and
         # fixed_decay read only with the decoupled decay.
@@ -341,7 +344,7 @@ class AdaBelief(_AdaBelief):
         super().load_state_dict(state_dict)
 
 
-class AdamP(_AdamP):
+class AdamP(_TimmGroups, _AdamP):
     """timm's ``AdamP`` (the authors' code), with timm 1.0.31's arguments and defaults.
 
     This library's ``AdamP`` with the authors' projection and a decoupled weight decay: per
@@ -384,15 +387,6 @@ class AdamP(_AdamP):
     _decoupled_key = None
     _delta_in_groups = True
     _spherical_caution = True
-
-    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
-        # timm's groups: its options only, none of torch.optim.Adam's.
-        Optimizer.__init__(self, params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Not torch.optim.Adam's, which would add its own keys to timm's groups.
-        Optimizer.__setstate__(self, state)
-        self._fill_options_added_later()
 
     def _apply(self, group, params, grads, states) -> None:
         super()._apply({**group, "channel_projection": True}, params, grads, states)

@@ -135,7 +135,7 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
                                           .decay = decay.factor,
                                           .variance_eps = h.eps_in_variance ? h.eps : 0.0});
   for (size_t i = 0; i < params.size(); ++i) args.per_tensor[i].set(adabelief_step(h, steps[i]));
-  cpu::run(cpu::Pass::AdaBeliefApply, scratch.group, args);
+  cpu::run(h.rectify ? cpu::Pass::AdaBeliefRectifiedApply : cpu::Pass::AdaBeliefApply, scratch.group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 

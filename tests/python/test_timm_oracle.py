@@ -14,6 +14,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import pytest
 import torch
@@ -98,18 +99,6 @@ def _ours(options):
     return lambda groups: ho.LAMB(groups, **options, scale_clip=(0.0, math.inf))
 
 
-@pytest.mark.parametrize("capability", ["auto", "reference"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("seed", range(15))
-def test_lamb_matches_timm(timm_optim, backend, seed, dtype, capability):
-    backend(capability)
-    shapes, options, overrides = _random_lamb_case(seed)
-    theirs = _train(lambda g: timm_optim.lamb.Lamb(g, **options), shapes, overrides, dtype, seed)
-    ours = _train(_ours(options), shapes, overrides, dtype, seed)
-    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
-    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_lamb_clipping_sees_unscaled_gradients(timm_optim, dtype):
     options = {"lr": 1e-2, "eps": 1e-6, "weight_decay": 0.01, "max_grad_norm": 1.0, "bias_correction": True,
@@ -154,6 +143,12 @@ def _assert_cpp_front_matches(algo: str, settings: list[str], make_timm, seed: i
             p.grad = torch.randn(p.shape, dtype=torch.float64)
         opt.step()
     assert_close_to_oracle(cpp, [p.detach().reshape(-1) for p in params], torch.float64, f"C++ {algo} {settings}")
+
+
+def _runner_settings(options: dict, flags: tuple[str, ...], reals=("lr", "eps", "weight_decay")) -> list[str]:
+    """The parity runner's name=value settings of an Adam-like case: betas, numbers and switches."""
+    betas = [f"beta{i + 1}={beta!r}" for i, beta in enumerate(options["betas"])]
+    return betas + [f"{key}={options[key]!r}" for key in reals] + [f"{name}={float(options[name])!r}" for name in flags]
 
 
 @pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
@@ -259,20 +254,6 @@ def _random_lars_case(seed: int) -> tuple[list[tuple[int, ...]], dict, list[dict
 
 def _ours_lars(options):
     return lambda groups: ho.LARS(groups, **options, trust_on_gradient=True)
-
-
-@pytest.mark.parametrize("capability", ["auto", "reference"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("seed", range(12))
-def test_lars_matches_timm(timm_optim, backend, seed, dtype, capability):
-    backend(capability)
-    shapes, options, overrides = _random_lars_case(seed)
-    key = "momentum_buffer"
-    theirs = _train(lambda g: timm_optim.lars.Lars(g, **options), shapes, overrides, dtype, seed, state_key=key)
-    ours = _train(_ours_lars(options), shapes, overrides, dtype, seed, state_key=key)
-    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
-    assert len(ours[1]) == len(theirs[1])
-    assert_close_to_oracle(ours[1], theirs[1], dtype, f"momentum_buffer {options} {overrides}")
 
 
 def test_lars_zero_gradient_keeps_a_ratio_of_one_as_timm(timm_optim):
@@ -385,18 +366,6 @@ class _AdanOracle:
             p.grad = g
 
 
-@pytest.mark.parametrize("capability", ["auto", "reference"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("seed", range(12))
-def test_adan_matches_timm_and_the_authors(timm_optim, backend, seed, dtype, capability):
-    backend(capability)
-    shapes, options, overrides = _random_adan_case(seed)
-    theirs = _train(lambda g: _AdanOracle(timm_optim.adan.Adan, g, options), shapes, overrides, dtype, seed)
-    ours = _train(lambda g: ho.Adan(g, **options), shapes, overrides, dtype, seed)
-    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
-    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_adan_clipping_sees_unscaled_gradients(timm_optim, dtype):
     options = {"lr": 1e-2, "weight_decay": 0.02, "max_grad_norm": 1.0, "decoupled_weight_decay": True}
@@ -419,10 +388,7 @@ def test_each_adan_option_changes_the_numbers():
 @pytest.mark.parametrize("seed", range(4))
 def test_adan_cpp_front_matches_timm_and_the_authors(timm_optim, seed):
     _, options, _ = _random_adan_case(seed)
-    beta1, beta2, beta3 = options["betas"]
-    settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"beta3={beta3!r}",
-                f"eps={options['eps']!r}", f"weight_decay={options['weight_decay']!r}"]
-    settings += [f"{name}={float(options[name])!r}" for name in ADAN_FLAGS]
+    settings = _runner_settings(options, ADAN_FLAGS)
     if options["max_grad_norm"] is not None:
         settings.append(f"max_grad_norm={options['max_grad_norm']!r}")
     _assert_cpp_front_matches("Adan", settings, lambda params: _AdanOracle(timm_optim.adan.Adan, params, options), seed)
@@ -540,18 +506,6 @@ def _adabelief_oracle(timm_optim, options):
     return lambda groups: _NaiveAdaBelief(groups, **options)
 
 
-@pytest.mark.parametrize("capability", ["auto", "reference"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("seed", range(12))
-def test_adabelief_matches_timm_and_the_paper(timm_optim, backend, seed, dtype, capability):
-    backend(capability)
-    shapes, options, overrides = _random_adabelief_case(seed)
-    theirs = _train(_adabelief_oracle(timm_optim, options), shapes, overrides, dtype, seed)
-    ours = _train(lambda g: ho.AdaBelief(g, **options), shapes, overrides, dtype, seed)
-    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides}")
-    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
-
-
 def test_the_naive_adabelief_agrees_with_timm(timm_optim):
     """The naive oracle is itself held to timm where both apply (eps in s)."""
     for seed in range(6):
@@ -595,10 +549,7 @@ def test_each_adabelief_option_changes_the_numbers():
 @pytest.mark.parametrize("seed", range(6))
 def test_adabelief_cpp_front_matches_timm_and_the_paper(timm_optim, seed):
     _, options, _ = _random_adabelief_case(seed)
-    beta1, beta2 = options["betas"]
-    settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"eps={options['eps']!r}",
-                f"weight_decay={options['weight_decay']!r}"]
-    settings += [f"{name}={float(options[name])!r}" for name in ADABELIEF_FLAGS]
+    settings = _runner_settings(options, ADABELIEF_FLAGS)
     _assert_cpp_front_matches("AdaBelief", settings, _adabelief_oracle(timm_optim, options), seed)
 
 
@@ -724,18 +675,6 @@ def _adamp_oracle(timm_optim, options):
     return lambda groups: _NaiveAdamP(groups, **options)
 
 
-@pytest.mark.parametrize("capability", ["auto", "reference"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("seed", range(20))
-def test_adamp_matches_timm_and_the_paper(timm_optim, backend, seed, dtype, capability):
-    backend(capability)
-    shapes, options, overrides = _random_adamp_case(seed)
-    theirs = _train(_adamp_oracle(timm_optim, options), shapes, overrides, dtype, seed, param_scale=0.2)
-    ours = _train(lambda g: ho.AdamP(g, **options), shapes, overrides, dtype, seed, param_scale=0.2)
-    assert_close_to_oracle(ours[0], theirs[0], dtype, f"params {options} {overrides} {shapes}")
-    assert_close_to_oracle(ours[1], theirs[1], dtype, f"exp_avg {options} {overrides}")
-
-
 def test_the_naive_adamp_agrees_with_timm(timm_optim):
     """The naive oracle is itself held to timm where both apply."""
     for seed in range(8):
@@ -797,11 +736,7 @@ def test_each_adamp_option_changes_the_numbers():
 @pytest.mark.parametrize("seed", range(10))
 def test_adamp_cpp_front_matches_timm_and_the_paper(timm_optim, seed):
     _, options, _ = _random_adamp_case(seed)
-    beta1, beta2 = options["betas"]
-    settings = [f"lr={options['lr']!r}", f"beta1={beta1!r}", f"beta2={beta2!r}", f"eps={options['eps']!r}",
-                f"weight_decay={options['weight_decay']!r}", f"delta={options['delta']!r}",
-                f"wd_ratio={options['wd_ratio']!r}"]
-    settings += [f"{name}={float(options[name])!r}" for name in ADAMP_FLAGS]
+    settings = _runner_settings(options, ADAMP_FLAGS, reals=("lr", "eps", "weight_decay", "delta", "wd_ratio"))
     _assert_cpp_front_matches("AdamP", settings, _adamp_oracle(timm_optim, options), seed)
 
 
@@ -838,3 +773,44 @@ def test_caution_is_refused_where_no_peer_defines_it(name):
     with pytest.raises(ValueError, match="has no caution"):
         opt.load_state_dict(saved)
     assert "caution" not in opt.param_groups[0]
+
+
+# ---- Each algorithm against its oracle ------------------------------------------------------
+
+class _OracleCase(NamedTuple):
+    """An algorithm's randomized case (shapes, options, group overrides) from a seed, its oracle
+    and ours from the options (each a `make(groups)`), and how many seeds run."""
+
+    random_case: Callable[[int], tuple[list[tuple[int, ...]], dict, list[dict]]]
+    theirs: Callable[[Any, dict], Callable[[Any], Any]]
+    ours: Callable[[dict], Callable[[Any], Any]]
+    seeds: int
+    state_key: str = "exp_avg"
+    param_scale: float = 1.0
+
+
+ORACLE_CASES = {
+    "LAMB": _OracleCase(_random_lamb_case, lambda timm, o: lambda g: timm.lamb.Lamb(g, **o), _ours, 15),
+    "LARS": _OracleCase(_random_lars_case, lambda timm, o: lambda g: timm.lars.Lars(g, **o), _ours_lars, 12,
+                        state_key="momentum_buffer"),
+    "Adan": _OracleCase(_random_adan_case, lambda timm, o: lambda g: _AdanOracle(timm.adan.Adan, g, o),
+                        lambda o: lambda g: ho.Adan(g, **o), 12),
+    "AdaBelief": _OracleCase(_random_adabelief_case, _adabelief_oracle, lambda o: lambda g: ho.AdaBelief(g, **o), 12),
+    # Small weights: AdamP's projection then applies to some tensors, by channel or by layer.
+    "AdamP": _OracleCase(_random_adamp_case, _adamp_oracle, lambda o: lambda g: ho.AdamP(g, **o), 20, param_scale=0.2),
+}
+
+
+@pytest.mark.parametrize("capability", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name,seed", [(name, seed) for name, case in ORACLE_CASES.items() for seed in range(case.seeds)])
+def test_matches_timm_and_the_papers(timm_optim, backend, name, seed, dtype, capability):
+    backend(capability)
+    case = ORACLE_CASES[name]
+    shapes, options, overrides = case.random_case(seed)
+    kwargs = {"state_key": case.state_key, "param_scale": case.param_scale}
+    theirs = _train(case.theirs(timm_optim, options), shapes, overrides, dtype, seed, **kwargs)
+    ours = _train(case.ours(options), shapes, overrides, dtype, seed, **kwargs)
+    assert_close_to_oracle(ours[0], theirs[0], dtype, f"{name} params {options} {overrides} {shapes}")
+    assert len(ours[1]) == len(theirs[1])
+    assert_close_to_oracle(ours[1], theirs[1], dtype, f"{name} {case.state_key} {options} {overrides}")

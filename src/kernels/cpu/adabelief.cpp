@@ -10,8 +10,10 @@ namespace {
 
 namespace proto = protocol::adabelief;
 
-template <typename T>
-struct AdaBeliefApply {
+// kRectify: the direction is chosen per tensor (timm's rectification); without, the adaptive one
+// only, with no branch in the loop.
+template <typename T, bool kRectify>
+struct AdaBeliefApplyPass {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
@@ -41,6 +43,10 @@ struct AdaBeliefApply {
       // A branch, not a factor of 1: the compiler may fuse either product into the add.
       if (decays) p = p * decay_factor;
       V* max_s = amsgrad ? &x[kSlot.max_exp_avg_sq] : nullptr;
+      if constexpr (!kRectify) {
+        p = p + step * (m / adam_denominator(s, max_s, inv_sqrt_bc2, eps));
+        return;
+      }
       switch (direction) {
         case proto::Direction::Adaptive:
           p = p + step * (m / adam_denominator(s, max_s, inv_sqrt_bc2, eps));
@@ -69,10 +75,16 @@ struct AdaBeliefApply {
   }
 };
 
+template <typename T>
+using AdaBeliefApply = AdaBeliefApplyPass<T, false>;
+template <typename T>
+using AdaBeliefRectifiedApply = AdaBeliefApplyPass<T, true>;
+
 }  // namespace
 
 void register_adabelief(PassTable& table) {
   register_pass<AdaBeliefApply>(table, Pass::AdaBeliefApply);
+  register_pass<AdaBeliefRectifiedApply>(table, Pass::AdaBeliefRectifiedApply);
 }
 
 }  // namespace CPU_CAPABILITY

@@ -305,6 +305,7 @@ enum class Pass : int {
   TAdamDistance,
   TAdamApply,
   AdaBeliefApply,
+  AdaBeliefRectifiedApply,
   AdamPMoments,
   AdamPApply,
   AdamPApplyReadingGrad,
