@@ -50,13 +50,15 @@ double radial_coefficient(const Sums::value_type& sums, double eps) {
 struct AdamPUpdate {
   std::vector<double> projection;  // per row: c in q - c * p, p before its decay
   std::vector<double> decay;       // per tensor: p = decay * p + step * q
+  std::vector<char> per_channel;   // per tensor: projected channel by channel (rows differ)
 };
 
 // The projection of each row and the decay of each tensor, from the sums of pass 1 (over all
 // shards).
 AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows& rows, const Sums& sums,
                          const Sharding& sharding) {
-  AdamPUpdate update{std::vector<double>(rows.count(), 0.0), std::vector<double>(params.size(), 1.0)};
+  AdamPUpdate update{std::vector<double>(rows.count(), 0.0), std::vector<double>(params.size(), 1.0),
+                     std::vector<char>(params.size(), 0)};
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
     update.decay[i] = decay.factor;
@@ -84,6 +86,7 @@ AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows
     if (max_cosine < adamp_threshold(h.delta, channel_numel)) {
       for (size_t r = first; r < last; ++r) update.projection[r] = radial_coefficient(sums[r], h.eps);
       projected = true;
+      update.per_channel[i] = 1;
     } else {
       Sums::value_type layer{};
       for (size_t r = first; r < last; ++r) {
@@ -298,15 +301,16 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                                       .nesterov = h.nesterov,
                                       .caution = h.caution});
   // The step, the projection and the decay are known after pass 1.
+  const auto coefficients_of = [&](size_t i) {
+    return adamp::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
+                            .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
+                            .step = 0.0,
+                            .projection = 0.0,
+                            .decay = 1.0,
+                            .caution_scale = caution_scales[i]};
+  };
   for (size_t i = 0; i < params.size(); ++i) {
-    for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) {
-      args.per_tensor[r].set(adamp::PerTensor{.inv_bc1 = 1.0 / bias_correction(h.beta1, steps[i]),
-                                              .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
-                                              .step = 0.0,
-                                              .projection = 0.0,
-                                              .decay = 1.0,
-                                              .caution_scale = caution_scales[i]});
-    }
+    for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) args.per_tensor[r].set(coefficients_of(i));
   }
   auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q per row
   if (fused) {
@@ -322,11 +326,26 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                               update, caution_scales);
     return;
   }
+  // Pass 2 takes a tensor's rows only where it is projected channel by channel: elsewhere one
+  // coefficient serves the whole tensor, which the driver then takes in full chunks.
+  const AdamPRows* apply_rows = &rows;
+  AdamPRows projected_rows;
+  if (splits) {
+    projected_rows.first.push_back(0);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const bool split = rows.by_channel[i] && update.per_channel[i];
+      projected_rows.by_channel.push_back(split);
+      projected_rows.first.push_back(projected_rows.first.back() + (split ? rows.first[i + 1] - rows.first[i] : 1));
+    }
+    split_by_channel(scratch.group, params, projected_rows, scratch.second_group);
+    apply_rows = &projected_rows;
+    args.per_tensor.resize(projected_rows.count());
+  }
   for (size_t i = 0; i < params.size(); ++i) {
-    for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) {
-      auto row = args.per_tensor[r].get<adamp::PerTensor>();
+    for (size_t r = apply_rows->first[i]; r < apply_rows->first[i + 1]; ++r) {
+      auto row = coefficients_of(i);
       row.step = -h.lr;
-      row.projection = update.projection[r];
+      row.projection = update.projection[rows.first[i] + (r - apply_rows->first[i])];
       row.decay = update.decay[i];
       args.per_tensor[r].set(row);
     }
