@@ -237,13 +237,17 @@ class LAMB(FusedStep, Optimizer):
     # The group key of decoupled weight decay (timm's Lamb calls it decoupled_decay).
     _decoupled_key = "decoupled_weight_decay"
 
+    def _weight_decay_of(self, group: dict[str, Any]) -> float:
+        """The group's weight decay as the op takes it (timm's Lamb corrects it)."""
+        return float(group["weight_decay"])
+
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
             ops.lamb_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
             steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
+            weight_decay=self._weight_decay_of(group), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
             trust_clip=group["trust_clip"], always_adapt=group["always_adapt"],
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)), caution=bool(group["caution"]),

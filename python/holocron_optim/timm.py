@@ -10,8 +10,8 @@ are this library's ``LAMB``, ``LARS``, ``Adan``, ``AdaBelief`` and ``AdamP`` wit
 (``Lookahead`` is timm's wrapper, its sync in this library's kernel).
 
 What is not reproduced is refused, never ignored: an option or a name of timm's that
-maps onto nothing here raises ``NotImplementedError`` naming it (LAMB's
-``corrected_weight_decay``; AdamP's spherical ``caution``), an unknown name a ``ValueError`` as
+maps onto nothing here raises ``NotImplementedError`` naming it (AdamP's spherical
+``caution``), an unknown name a ``ValueError`` as
 timm's own. ``foreach`` selects an implementation in timm: accepted, it changes nothing
 here.
 
@@ -125,7 +125,9 @@ class Lamb(LAMB):
             trust ratio. Default `False`.
         decoupled_decay: ``p *= 1 - lr * weight_decay`` before the step, outside the
             trust ratio (``||p||`` is the decayed parameter's). Default `False`.
-        corrected_weight_decay: not available yet (only False). Default `False`.
+        corrected_weight_decay: with ``decoupled_decay``, ``p *= 1 - lr**2 / max_lr * weight_decay``,
+            ``max_lr`` the constructor's lr (the group key ``max_lr_snapshot``), which must then be
+            > 0. Default `False`.
         foreach: timm's implementation switch; changes nothing here. Default `None`.
     """
 
@@ -141,7 +143,7 @@ class Lamb(LAMB):
         Option("always_adapt", False, flag),
         Option("caution", False, flag),
         Option("decoupled_decay", False, flag),
-        Option("corrected_weight_decay", False, _not_available("lr**2 / max_lr weight decay")),
+        Option("corrected_weight_decay", False, flag),
         Option("foreach", None, _foreach),
     )
     # timm bounds nothing in the trust ratio.
@@ -151,8 +153,18 @@ class Lamb(LAMB):
     def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
         # timm's group key for corrected_weight_decay (the constructor's lr).
         lr = defaults["lr"]
-        super()._construct(params, {**defaults, "max_lr_snapshot": float(lr.detach()) if isinstance(
-            lr, torch.Tensor) else float(lr)})
+        max_lr = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
+        if defaults["corrected_weight_decay"] and max_lr <= 0:
+            raise ValueError(f"Corrected weight decay requires a positive max lr, got {max_lr}. Construct the "
+                             "optimizer with the peak lr.")
+        super()._construct(params, {**defaults, "max_lr_snapshot": max_lr})
+
+    def _weight_decay_of(self, group: dict[str, Any]) -> float:
+        # timm's corrected decay, lr**2 / max_lr * weight_decay, as the op's lr * weight_decay.
+        weight_decay = float(group["weight_decay"])
+        if group.get("corrected_weight_decay") and group.get("decoupled_decay"):
+            return weight_decay * float(group["lr"]) / float(group["max_lr_snapshot"])
+        return weight_decay
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also loads timm's own ``Lamb`` state dicts: their step count is the group's."""
