@@ -599,7 +599,7 @@ class AdamP(_AdamLike):
         decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
             of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
             AdamW): the moments and the cosine see ``g``, the
-            projection is of the decayed parameter. Default `False`.
+            projection is of the decayed parameter (without ``channel_projection``). Default `False`.
         nesterov: Nesterov's direction (timm's, the authors'): ``q`` from
             ``beta1 * m + (1 - beta1) * g`` in place of ``m``. Default `False`.
         wd_ratio: the decoupled decay of a parameter the projection projects becomes

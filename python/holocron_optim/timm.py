@@ -347,12 +347,24 @@ class AdaBelief(_TimmGroups, _AdaBelief):
         super()._apply(group, params, grads, states)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Also loads timm's own ``AdaBelief`` state dicts (see the class)."""
+        """Also loads timm's own ``AdaBelief`` state dicts (see the class); timm's float32 state of
+        a bfloat16 or float16 parameter is cast to the parameter's dtype, in which this library
+        keeps it."""
         renamed = {"exp_avg_var": "exp_avg_sq", "max_exp_avg_var": "max_exp_avg_sq"}
         state = state_dict.get("state", {})
         if any(isinstance(entry, dict) and "exp_avg_var" in entry for entry in state.values()):
+            params = {index: p for saved, group in zip(state_dict.get("param_groups", ()), self.param_groups)
+                      for index, p in zip(saved.get("params", ()), group["params"])}
+
+            def ours(index: Any, key: str, value: Any) -> Any:
+                p = params.get(index)
+                if p is None or key == "step" or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                    return value
+                return value.to(p.dtype)
+
             state_dict = {**state_dict, "state": {
-                index: {renamed.get(k, k): v for k, v in entry.items()} for index, entry in state.items()}}
+                index: {renamed.get(k, k): ours(index, k, v) for k, v in entry.items()}
+                for index, entry in state.items()}}
         super().load_state_dict(state_dict)
 
 
@@ -459,8 +471,10 @@ class Lookahead(Optimizer):
             state = self._base_optimizer.state[p]
             if "lookahead_slow_buff" not in state:
                 state["lookahead_slow_buff"] = p.detach().clone(memory_format=torch.preserve_format)
-            fast.append(p)
-            slow.append(state["lookahead_slow_buff"])
+            buffer = state["lookahead_slow_buff"]
+            # A complex weight is synced as its real and imaginary parts.
+            fast.append(torch.view_as_real(p.detach()) if p.is_complex() else p)
+            slow.append(torch.view_as_real(buffer) if buffer.is_complex() else buffer)
         # One call per device and dtype, as the op takes them.
         batches: dict[tuple[Any, Any], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for f, s in zip(fast, slow):

@@ -81,9 +81,13 @@ AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows
     const int64_t numel = params[i].numel();
     const int64_t channel_numel = numel / params[i].size(0);
     bool projected = false;
-    double max_cosine = 0.0;
-    for (size_t r = first; r < last; ++r) max_cosine = std::max(max_cosine, abs_cosine(sums[r], h.eps));
-    if (max_cosine < adamp_threshold(h.delta, channel_numel)) {
+    // Every channel below the threshold (timm's max < threshold: a NaN cosine fails it).
+    const double channel_threshold = adamp_threshold(h.delta, channel_numel);
+    bool every_channel_below = true;
+    for (size_t r = first; r < last && every_channel_below; ++r) {
+      every_channel_below = abs_cosine(sums[r], h.eps) < channel_threshold;
+    }
+    if (every_channel_below) {
       for (size_t r = first; r < last; ++r) update.projection[r] = radial_coefficient(sums[r], h.eps);
       projected = true;
       update.per_channel[i] = 1;

@@ -308,7 +308,7 @@ std::map<double, torch::Tensor> OptimizerBase::clipping_norms() const {
 }
 
 void OptimizerBase::save(torch::serialize::OutputArchive& archive) const {
-  archive.write("holocron/format_version", kCheckpointFormatVersion);
+  archive.write("holocron/format_version", int64_t{1});
   archive.write("holocron/optimizer", std::string(name()));
   archive.write("param_groups/size", static_cast<int64_t>(param_groups_.size()));
   for (size_t gi = 0; gi < param_groups_.size(); ++gi) {

@@ -233,7 +233,8 @@ void Lookahead::save_extra(torch::serialize::OutputArchive&) const {}
 std::function<void()> Lookahead::load_extra(torch::serialize::InputArchive&) { return [] {}; }
 
 void Lookahead::save(torch::serialize::OutputArchive& archive) const {
-  archive.write("holocron/format_version", kCheckpointFormatVersion);
+  // Version 2 only where an older build would lose timm's schedule (see kCheckpointFormatVersion).
+  archive.write("holocron/format_version", options_.slow_from_first_sync() ? int64_t{2} : int64_t{1});
   archive.write("holocron/optimizer", std::string(name_));
   archive.write("fast_steps", fast_steps_);
   archive.write("sync_rate", options_.sync_rate());

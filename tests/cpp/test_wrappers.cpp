@@ -161,6 +161,15 @@ TEST(Lookahead, SlowFromFirstSyncCheckpointResumes) {
   }
   std::stringstream stream;
   torch::save(first_opt, stream);
+  {
+    // Version 2: a build that reads only version 1 refuses what it would step otherwise.
+    std::stringstream copy(stream.str());
+    torch::serialize::InputArchive archive;
+    archive.load_from(copy);
+    c10::IValue version;
+    ASSERT_TRUE(archive.try_read("holocron/format_version", version));
+    EXPECT_EQ(version.toInt(), 2);
+  }
   auto resumed_params = clones(first.params);
   for (auto& p : resumed_params) p.set_requires_grad(true);
   ho::Lookahead resumed(make_adabelief(resumed_params), ho::LookaheadOptions());

@@ -217,6 +217,59 @@ def test_lamb_corrected_weight_decay_is_timms(timm):
             cls(p, lr=0.0, corrected_weight_decay=True)
 
 
+def test_adamp_a_nan_channel_cosine_blocks_the_channel_projection_as_timm(timm):
+    """A zero output channel with eps = 0 makes its cosine 0 / 0: timm's max over the channels is
+    then NaN, the channel test fails and the layer-wise one decides."""
+    gen = torch.Generator().manual_seed(0)
+    init, grad = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    init[1] = 0
+    results = []
+    for cls in (timm.AdamP, ours.AdamP):
+        p = nn.Parameter(init.clone())
+        opt = cls([p], lr=0.01, eps=0.0, delta=5.0, weight_decay=0.1)
+        for _ in range(3):
+            p.grad = grad.clone()
+            opt.step()
+        results.append(p.detach().clone())
+    assert torch.isfinite(results[1]).all()
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
+
+
+def test_a_timm_adabelief_checkpoint_of_bfloat16_parameters_loads(timm):
+    """timm keeps the state of a bfloat16 parameter in float32; ours keeps the parameter's dtype."""
+    p_theirs = nn.Parameter(torch.randn(4, 3).to(torch.bfloat16))
+    p_ours = nn.Parameter(p_theirs.detach().clone())
+    theirs = timm.AdaBelief([p_theirs], lr=0.01, amsgrad=True)
+    for _ in range(3):
+        p_theirs.grad = torch.randn(4, 3).to(torch.bfloat16)
+        theirs.step()
+    saved = theirs.state_dict()
+    assert saved["state"][0]["exp_avg_var"].dtype == torch.float32
+    mine = ours.AdaBelief([p_ours], lr=0.01, amsgrad=True)
+    mine.load_state_dict(copy.deepcopy(saved))
+    state = mine.state[p_ours]
+    assert state["exp_avg_sq"].dtype == torch.bfloat16 and state["step"] == 3
+    torch.testing.assert_close(state["max_exp_avg_sq"].float(), saved["state"][0]["max_exp_avg_var"], rtol=1e-2,
+                               atol=0.0)
+    p_ours.grad = torch.randn(4, 3).to(torch.bfloat16)
+    mine.step()
+
+
+def test_lookahead_syncs_complex_parameters_as_timm(timm):
+    gen = torch.Generator().manual_seed(1)
+    init = torch.randn(3, dtype=torch.complex128, generator=gen)
+    grads = [torch.randn(3, dtype=torch.complex128, generator=gen) for _ in range(5)]
+    results = []
+    for wrapper in (timm.Lookahead, ours.Lookahead):
+        p = nn.Parameter(init.clone())
+        opt = wrapper(torch.optim.Adam([p], lr=0.1), alpha=0.3, k=2)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+
+
 def test_list_optimizers_filters_as_timm(timm):
     mine = set(ours.list_optimizers())
     assert ours.list_optimizers(["la*", "nla*"]) == [n for n in timm.list_optimizers(["la*", "nla*"]) if n in mine]

@@ -38,9 +38,11 @@ using optional_real_t = std::optional<double>;
 /// Optional degrees of freedom of TAdam's Student-t estimate.
 using dof_t = optional_real_t;
 
-/// Version of the checkpoint layout that OptimizerBase::save and the wrappers write (loading
-/// accepts 1 to this one). Bumped when the layout of checkpoints changes.
-inline constexpr int64_t kCheckpointFormatVersion = 1;
+/// Newest version of the checkpoint layout (loading accepts 1 to this one). A checkpoint is
+/// written with the oldest version that holds its content, so that older builds refuse only what
+/// they would load with other numbers: 2 is a Lookahead with `slow_from_first_sync` (per-group
+/// periods, slow weights not taken yet); everything else is 1.
+inline constexpr int64_t kCheckpointFormatVersion = 2;
 
 namespace detail {
 
