@@ -24,11 +24,27 @@ struct Moments {
   }
 };
 
+// What a direction u = Derived()(p, m, v) gives the two passes: pass 1 sums ||p||^2 and ||u||^2,
+// pass 2 applies u; g is not read again.
+template <typename Derived, typename V>
+struct PlainTrustDirection {
+  static constexpr int kSums = 2;
+  static constexpr bool kReadsGrad = false;
+  template <typename A>
+  HOLOCRON_KERNEL_INLINE void sum(A& acc, const V& p, const V&, const V& m, const V& v) const {
+    acc.add_square(0, p);
+    acc.add_square(1, update(p, V(), m, v));
+  }
+  HOLOCRON_KERNEL_INLINE V update(const V& p, const V&, const V& m, const V& v) const {
+    return static_cast<const Derived&>(*this)(p, m, v);
+  }
+};
+
 // The direction before the trust ratio, and the step that applies it.
 // LAMB: (m * inv_bc1) / (sqrt(v) * inv_sqrt_bc2 + eps) + wd * p. Without bias
 // correction the factors are 1 and the products exact: the reference's bits.
 template <typename V>
-struct LambDirection {
+struct LambDirection : PlainTrustDirection<LambDirection<V>, V> {
   using PerTensor = protocol::lamb::PerTensor;
   V eps, weight_decay, inv_bc1, inv_sqrt_bc2;
   bool decay;
@@ -47,7 +63,7 @@ struct LambDirection {
 // RaLars: (m / bc1) / (sqrt(v / bc2) + eps), rectified or not, or m / bc1
 // alone (protocol::ralars::Mode), then + wd * p.
 template <typename V>
-struct RaLarsDirection {
+struct RaLarsDirection : PlainTrustDirection<RaLarsDirection<V>, V> {
   using PerTensor = protocol::ralars::PerTensor;
   using Mode = protocol::ralars::Mode;
   V eps, weight_decay, inv_bc1, inv_bc2, rectification;
@@ -65,6 +81,34 @@ struct RaLarsDirection {
   }
 };
 
+// LAMB with caution (timm's): d = adam_step(m, v) is kept where d * g > 0. Pass 1 sums ||p||^2,
+// the kept count k, ||kept d||^2 and p . kept d, from which the host takes the scale
+// s = 1 / max(k / n, 1e-3) and ||u||^2 = s^2 ||kept d||^2 + 2 wd s (p . kept d) + wd^2 ||p||^2 of
+// u = s * kept d + wd * p; pass 2 applies u, reading g again for the mask.
+template <typename V>
+struct CautiousLambDirection : LambDirection<V> {
+  static constexpr int kSums = 4;
+  static constexpr bool kReadsGrad = true;
+  V caution_scale;
+  CautiousLambDirection(const proto::Constants& h, const proto::PerTensor& c)
+      : LambDirection<V>(h, c), caution_scale(splat<V>(c.caution_scale)) {}
+  template <typename A>
+  HOLOCRON_KERNEL_INLINE void sum(A& acc, const V& p, const V& g, const V& m, const V& v) const {
+    const V d = this->adam_step(m, v);
+    const auto keep = d * g > V(0);
+    const V kept = V::blendv(V(0), d, keep);
+    acc.add_square(0, p);
+    acc.add(1, V::blendv(V(0), V(1), keep));
+    acc.add_square(2, kept);
+    acc.add_product(3, kept, p);
+  }
+  HOLOCRON_KERNEL_INLINE V update(const V& p, const V& g, const V& m, const V& v) const {
+    const V d = this->adam_step(m, v);
+    return with_weight_decay(V::blendv(V(0), d * caution_scale, d * g > V(0)), p, this->weight_decay,
+                             this->decay);
+  }
+};
+
 // Half and bfloat16 moments would lose what pass 2 needs if stored rounded
 // (a second moment that rounds to zero turns m / (sqrt(v) + eps) into m / eps):
 // for them pass 1 only reads, and pass 2 updates the moments again from the
@@ -75,12 +119,12 @@ constexpr bool kMomentsInApply = is_reduced_v<T>;
 constexpr unsigned kAll = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq);
 constexpr unsigned kMomentArrays = protocol::slot_set(kSlot.exp_avg, kSlot.exp_avg_sq);
 
-// Pass 1. Sums: ||p||^2, ||u||^2.
+// Pass 1: the moments, and the direction's sums.
 template <typename T, template <typename> class Direction>
 struct TrustMoments {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 2;
+  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = Direction<V>::kSums;
   static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
   static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
@@ -90,12 +134,12 @@ struct TrustMoments {
     Direction<V> direction;
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      V& p = x[kSlot.param];
+      const V& p = x[kSlot.param];
+      const V& g = x[kSlot.grad];
       V& m = x[kSlot.exp_avg];
       V& v = x[kSlot.exp_avg_sq];
-      moments(x[kSlot.grad], m, v);
-      acc.add_square(0, p);
-      acc.add_square(1, direction(p, m, v));
+      moments(g, m, v);
+      direction.sum(acc, p, g, m, v);
     }
   };
   Body for_tensor(int64_t t) const {
@@ -110,7 +154,8 @@ struct TrustApply {
   using scalar_t = T;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = kMomentsInApply<T> ? kAll : kAll & ~(1u << kSlot.grad);
+  static constexpr unsigned kRead =
+      kMomentsInApply<T> || Direction<V>::kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
   static constexpr int kGrad = kSlot.grad;
   static constexpr unsigned kWrite =
       protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
@@ -124,12 +169,14 @@ struct TrustApply {
     template <typename A>
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
+      const V& g = x[kSlot.grad];  // read only where the pass reads it (kRead)
       V& m = x[kSlot.exp_avg];
       V& v = x[kSlot.exp_avg_sq];
-      if constexpr (kMomentsInApply<T>) moments(x[kSlot.grad], m, v);
+      if constexpr (kMomentsInApply<T>) moments(g, m, v);
+      const V u = direction.update(p, g, m, v);
       // A branch, not a factor of 1: the compiler may fuse either product into the add.
       if (decays) p = p * decay;
-      p = p + step * direction(p, m, v);
+      p = p + step * u;
     }
   };
   Body for_tensor(int64_t t) const {
@@ -139,83 +186,10 @@ struct TrustApply {
   }
 };
 
-// LAMB with caution (timm's): d = adam_step(m, v) is kept where d * g > 0. Pass 1 sums ||p||^2,
-// the kept count k, ||kept d||^2 and p . kept d, from which the host takes the scale
-// s = 1 / max(k / n, 1e-3) and ||u||^2 = s^2 ||kept d||^2 + 2 wd s (p . kept d) + wd^2 ||p||^2 of
-// u = s * kept d + wd * p; pass 2 applies u, reading g again for the mask.
-template <typename T>
-struct CautiousLambMoments {
-  using scalar_t = T;
-  using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 4;
-  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
-  static constexpr int kGrad = kSlot.grad;
-  const PassArgs& args;
-
-  struct Body {
-    Moments<V> moments;
-    LambDirection<V> direction;
-    template <typename A>
-    HOLOCRON_KERNEL_INLINE void operator()(V* x, A& acc) const {
-      const V& p = x[kSlot.param];
-      const V& g = x[kSlot.grad];
-      V& m = x[kSlot.exp_avg];
-      V& v = x[kSlot.exp_avg_sq];
-      moments(g, m, v);
-      const V d = direction.adam_step(m, v);
-      const auto keep = d * g > V(0);
-      const V kept = V::blendv(V(0), d, keep);
-      acc.add_square(0, p);
-      acc.add(1, V::blendv(V(0), V(1), keep));
-      acc.add_square(2, kept);
-      acc.add_product(3, kept, p);
-    }
-  };
-  Body for_tensor(int64_t t) const {
-    const auto h = args.constants.get<proto::Constants>();
-    return {Moments<V>(h), LambDirection<V>(h, args.per_tensor[t].get<proto::PerTensor>())};
-  }
-};
-
-template <typename T>
-struct CautiousLambApply {
-  using scalar_t = T;
-  using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
-  static constexpr unsigned kRead = kAll;
-  static constexpr int kGrad = kSlot.grad;
-  static constexpr unsigned kWrite =
-      protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
-  const PassArgs& args;
-
-  struct Body {
-    Moments<V> moments;
-    LambDirection<V> direction;
-    V step, decay, weight_decay, caution_scale;
-    bool decays, coupled;
-    template <typename A>
-    HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
-      V& p = x[kSlot.param];
-      const V& g = x[kSlot.grad];
-      V& m = x[kSlot.exp_avg];
-      V& v = x[kSlot.exp_avg_sq];
-      if constexpr (kMomentsInApply<T>) moments(g, m, v);
-      const V d = direction.adam_step(m, v);
-      const V u = with_weight_decay(V::blendv(V(0), d * caution_scale, d * g > V(0)), p, weight_decay, coupled);
-      if (decays) p = p * decay;
-      p = p + step * u;
-    }
-  };
-  Body for_tensor(int64_t t) const {
-    const auto h = args.constants.get<proto::Constants>();
-    const auto c = args.per_tensor[t].get<proto::PerTensor>();
-    return {Moments<V>(h),       LambDirection<V>(h, c),    splat<V>(c.step),   splat<V>(h.decay),
-            splat<V>(h.weight_decay), splat<V>(c.caution_scale), h.decay != 1.0, h.weight_decay != 0.0};
-  }
-};
-
 template <typename T> using LambMoments = TrustMoments<T, LambDirection>;
 template <typename T> using LambApply = TrustApply<T, LambDirection>;
+template <typename T> using CautiousLambMoments = TrustMoments<T, CautiousLambDirection>;
+template <typename T> using CautiousLambApply = TrustApply<T, CautiousLambDirection>;
 template <typename T> using RaLarsMoments = TrustMoments<T, RaLarsDirection>;
 template <typename T> using RaLarsApply = TrustApply<T, RaLarsDirection>;
 
