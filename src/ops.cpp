@@ -98,6 +98,17 @@ at::Device collective_device(c10d::ProcessGroup& group, at::Device device) {
 
 }  // namespace
 
+std::vector<F::Sharding::ChannelLayout> channel_layouts_of(c10::ArrayRef<int64_t> flat, size_t params) {
+  TORCH_CHECK(flat.size() == 3 * params, "channel_layouts must hold three numbers per parameter (",
+              3 * params, " for ", params, "), got ", flat.size());
+  std::vector<F::Sharding::ChannelLayout> layouts;
+  layouts.reserve(params);
+  for (size_t i = 0; i < params; ++i) {
+    layouts.push_back({.channels = flat[3 * i], .first = flat[3 * i + 1], .width = flat[3 * i + 2]});
+  }
+  return layouts;
+}
+
 // Shards of DTensors (FSDP2) and flat partitions (DeepSpeed ZeRO): the partial
 // sums are all-reduced over each named process group (torch.distributed's
 // group_name) in turn, on a device its backend takes.

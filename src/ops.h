@@ -31,6 +31,8 @@ void write_scalar(const at::Tensor& t, double value);
 F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
                           const OptionalTensor& grad_norm = std::nullopt, double max_grad_norm = 1.0);
 bool skipped(const OptionalTensor& found_inf);
+// Sharding::channel_layouts from the ops' flat list, three numbers per parameter.
+std::vector<F::Sharding::ChannelLayout> channel_layouts_of(c10::ArrayRef<int64_t> flat, size_t params);
 F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
                         const OptionalNames& shard_groups);
 // LAMB's and RaLars' trust ratios go into one-element tensors, when given:
@@ -125,7 +127,13 @@ class Arguments {
     const auto numels = optional_integers("numels");
     at::OptionalIntArrayRef counts;
     if (numels) counts = *numels;
-    return sharding_of(params, counts, optional_strings("shard_groups"));
+    auto sharding = sharding_of(params, counts, optional_strings("shard_groups"));
+    if (schema_.argumentIndexWithName("channel_layouts")) {
+      if (const auto layouts = optional_integers("channel_layouts")) {
+        sharding.channel_layouts = channel_layouts_of(*layouts, params.size());
+      }
+    }
+    return sharding;
   }
   OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
 
@@ -171,6 +179,9 @@ void implement_meta(torch::Library& library, const char* schema);
 // torch.optim's maximize, which every update op takes (GradScaling's).
 #define HOLOCRON_MAXIMIZE "bool maximize=False"
 #define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
+// Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
+// each parameter, its whole tensor's channels, then first and width.
+#define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"
 
 // Declares the operator `schema` with `kernel` (at namespace scope).
 #define HOLOCRON_OPTIM_OP(schema, kernel)                                              \

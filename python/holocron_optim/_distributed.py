@@ -24,6 +24,11 @@ try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # a torch built without distributed support
     DTensor = None
+try:
+    from torch.distributed.tensor.placement_types import _StridedShard
+except ImportError:  # torch without strided shards (or without distributed support)
+    class _StridedShard:  # type: ignore[no-redef]
+        pass
 
 
 class FlatLayout(NamedTuple):
@@ -33,6 +38,11 @@ class FlatLayout(NamedTuple):
     lengths: tuple[int, ...]  # 0 for a tensor of which this rank holds nothing
     numels: tuple[int, ...]  # the whole model tensors'
     group_name: str  # the data-parallel process group the partitions are spread over
+    # Where each piece starts in its model tensor's flattening, and that tensor's output channels
+    # (its size(0), 0 where it has one dimension); empty: not known (AdamP's channel_projection
+    # refuses the partition).
+    firsts: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()
 
 
 FLAT_LAYOUT = "_holocron_optim_flat_layout"
@@ -109,7 +119,7 @@ def _pick(value: Any, indices: list[int], count: int) -> Any:
 
 
 def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any,
-         sums: bool = False, **kwargs: Any) -> Any:
+         sums: bool = False, channels: bool = False, **kwargs: Any) -> Any:
     """`op(params, grads, *rest, **kwargs)` on local shards when the parameters are DTensors.
 
     Lists of DTensors, positional or keyword, are passed as their local shards.
@@ -118,9 +128,11 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     (the op reduces whole tensors), each parameter's whole element count and
     its shard groups are passed; parameters sharded differently are updated
     by separate calls, and a returned per-tensor tensor is put back in order.
+    With `channels` too (the op sums each output channel on its own), where
+    each shard lies among its whole tensor's channels (`channel_layouts`).
     """
     if sums and flat_layouts_exist and any(map(flat_layout, params)):
-        return _call_on_pieces(op, params, grads, *rest, sums=sums, **kwargs)
+        return _call_on_pieces(op, params, grads, *rest, sums=sums, channels=channels, **kwargs)
     if not any_dtensor(params):
         return op(params, grads, *rest, **kwargs)
     count = len(params)
@@ -136,6 +148,8 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
         if sums:
             extra["numels"] = [p.numel() for p in picked[0]]
             extra["shard_groups"] = list(groups)
+            if channels:
+                extra["channel_layouts"] = [n for p in picked[0] for n in _channel_layout(p)]
         results.append((indices, op(*[_as_local(v) for v in picked], **{k: _as_local(v) for k, v in extra.items()})))
     if len(results) == 1:
         return results[0][1]
@@ -147,7 +161,35 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     return merged
 
 
-def _call_on_pieces(op: Callable[..., Any], params: list[Any], *rest: Any, sums: bool = False, **kwargs: Any) -> Any:
+def _channel_layout(p: Any) -> tuple[int, int, int]:
+    """Where `p`'s local shard lies among its output channels (Sharding::ChannelLayout):
+    the whole tensor's channels, and (first, width) such that the local element k is in
+    channel (first + k) // width. A DTensor's shard is a box of the whole tensor (FSDP2's
+    rows, tensor parallelism's columns): its local rows are channels offset[0], ..."""
+    if p.dim() < 2 or p.numel() == 0:
+        return (0, 0, 1)
+    shard = local(p)
+    if not is_dtensor(p):
+        return (p.size(0), 0, p.numel() // p.size(0))
+    mesh, placements = p.device_mesh, tuple(p.placements)
+    cache = mesh.__dict__.setdefault("_holocron_optim_row_offsets", {})
+    key = (tuple(p.shape), placements)
+    first_row = cache.get(key)
+    if first_row is None:
+        if any(isinstance(placement, _StridedShard) for placement in placements):
+            raise NotImplementedError(
+                f"AdamP's channel_projection on a DTensor sharded as {placements}: a strided shard's rows are "
+                "not a range of the whole tensor's channels"
+            )
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        first_row = cache[key] = int(compute_local_shape_and_global_offset(p.shape, mesh, placements)[1][0])
+    width = shard.numel() // shard.size(0) if shard.numel() else 1
+    return (p.size(0), first_row * width, width)
+
+
+def _call_on_pieces(op: Callable[..., Any], params: list[Any], *rest: Any, sums: bool = False,
+                    channels: bool = False, **kwargs: Any) -> Any:
     """`call` on flat partitions: every per-parameter list is handed to the op as
     one entry per model tensor (a piece of a tensor shaped like the partition, an
     element of a per-tensor scalar, the same value otherwise); a returned
@@ -186,10 +228,26 @@ def _call_on_pieces(op: Callable[..., Any], params: list[Any], *rest: Any, sums:
     if sums:
         extra["numels"] = [n for layout in layouts for n in layout.numels]
         extra["shard_groups"] = [layouts[0].group_name]
+        if channels:
+            extra["channel_layouts"] = _pieces_channel_layouts(layouts)
     result = op(expand("params", params), *[expand("", v) for v in rest], **extra)
     if not isinstance(result, torch.Tensor):
         return result
     return torch.full((count,), float("nan"), dtype=result.dtype, device=result.device)
+
+
+def _pieces_channel_layouts(layouts: list[FlatLayout]) -> list[int]:
+    if any(len(layout.firsts) != len(layout.starts) or len(layout.channels) != len(layout.starts)
+           for layout in layouts):
+        raise NotImplementedError(
+            "AdamP's channel_projection on a flat partition whose layout does not say where its pieces lie "
+            "in their model tensors (FlatLayout's firsts and channels)"
+        )
+    out: list[int] = []
+    for layout in layouts:
+        for first, count, numel in zip(layout.firsts, layout.channels, layout.numels):
+            out += (count, first, numel // count) if count else (0, 0, 1)
+    return out
 
 
 _PIECES = "_holocron_optim_pieces"

@@ -149,14 +149,16 @@ def _layout(zero: Any, index: int) -> distributed.FlatLayout:
         )
     start = size * dist.get_rank(group=group)
     end = start + size
-    starts, lengths, numels = [], [], []
+    starts, lengths, numels, firsts, channels = [], [], [], [], []
     for offset, meta in zip(zero.round_robin_bit16_offsets[index], zero.round_robin_bit16_meta[index], strict=True):
         numel = meta.numel()
         low, high = max(offset, start), min(offset + numel, end)
         starts.append(low - start if high > low else 0)
         lengths.append(max(high - low, 0))
         numels.append(numel)
+        firsts.append(low - offset if high > low else 0)
+        channels.append(meta.size(0) if meta.dim() > 1 else 0)
     name = getattr(torch.distributed.group.WORLD if group is None else group, "group_name", None)
     if name is None:
         raise RuntimeError(f"zero_aware: group {index}'s data-parallel process group has no name")
-    return distributed.FlatLayout(tuple(starts), tuple(lengths), tuple(numels), name)
+    return distributed.FlatLayout(tuple(starts), tuple(lengths), tuple(numels), name, tuple(firsts), tuple(channels))

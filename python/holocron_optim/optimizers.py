@@ -614,7 +614,8 @@ class AdamP(_AdamLike):
             ``p / (||p|| + eps)``; else, if the whole tensor's ``|cos|`` is below
             ``delta / sqrt(p.numel())``, the whole ``q`` loses it; norms in the cosines are
             clamped at ``eps``, and the decision and the projection are of ``p`` before its
-            decay. Not on sharded parameters (``NotImplementedError`` there). Default `False`.
+            decay. On sharded parameters too (FSDP2, tensor parallelism, DeepSpeed's flat
+            partitions): each channel's sums are all-reduced over its shards. Default `False`.
         caution: Cautious Optimizers (Liang et al. 2024), as pytorch-optimizer's
             ``AdamP(cautious=True)``: ``m`` enters ``q`` only where ``m * g > 0``, times
             ``numel / (kept + 1)`` (the whole tensor's count, over all shards), before
@@ -655,6 +656,7 @@ class AdamP(_AdamLike):
             decoupled_weight_decay=True if self._decoupled_key is None else bool(group.get(self._decoupled_key, False)),
             nesterov=bool(group.get("nesterov", False)), wd_ratio=float(group.get("wd_ratio", 1.0)),
             channel_projection=bool(group.get("channel_projection", False)),
+            channels=bool(group.get("channel_projection", False)),
             caution=bool(group.get("caution", False)) and not self._spherical_caution,
         )
         self._commit_steps(states, steps)

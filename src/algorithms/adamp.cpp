@@ -16,21 +16,56 @@ constexpr double kCosineEps = 1e-8;  // torch.nn.functional.cosine_similarity's 
 
 // What passes 1 and 2 take: each tensor whole, or, with channel_projection, each tensor of more
 // than one dimension as its output channels (the rows of its row-major layout, timm's
-// `x.reshape(x.size(0), -1)`), each with its own sums and coefficients.
+// `x.reshape(x.size(0), -1)`), each with its own sums and coefficients. A shard holds parts of
+// some of its whole tensor's rows (Sharding::ChannelLayout): its runs of elements within one row
+// (segments) are summed on their own, and the sums of the whole rows are their all-reduce.
+struct Segment {
+  size_t tensor;
+  int64_t start;  // the local element it starts at
+  int64_t length;
+  size_t row;     // among every tensor's rows
+};
+
 struct AdamPRows {
   std::vector<size_t> first;      // the rows of tensor i are [first[i], first[i + 1])
   std::vector<char> by_channel;   // tensor i is split into its output channels
+  std::vector<Segment> segments;  // tensor by tensor, element by element; one per whole tensor
+  std::vector<Sharding::ChannelLayout> layouts;  // of the tensors split into channels
   size_t count() const { return first.back(); }
+  bool splits() const { return std::any_of(by_channel.begin(), by_channel.end(), [](char b) { return b != 0; }); }
+  // Segments in increasing row order, as many as rows: each is its row.
+  bool segments_are_rows() const { return segments.size() == count(); }
 };
 
-AdamPRows adamp_rows(TensorList params, const AdamPHyper& h) {
+Sharding::ChannelLayout channel_layout(const Sharding& sharding, const at::Tensor& param, size_t i) {
+  if (!sharding.channel_layouts.empty()) return sharding.channel_layouts[i];
+  if (param.dim() < 2 || param.numel() == 0) return {};
+  return {.channels = param.size(0), .first = 0, .width = param.numel() / param.size(0)};
+}
+
+AdamPRows adamp_rows(TensorList params, const AdamPHyper& h, const Sharding& sharding) {
   AdamPRows rows;
   rows.first.reserve(params.size() + 1);
   rows.first.push_back(0);
-  for (const auto& p : params) {
-    const bool split = h.channel_projection && p.dim() > 1 && p.numel() > 0;
+  rows.layouts.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto layout = h.channel_projection ? channel_layout(sharding, params[i], i) : Sharding::ChannelLayout{};
+    const bool split = layout.channels > 0 && whole_numel(sharding, params, i) > 0;
+    const size_t first = rows.first.back();
+    const int64_t numel = params[i].numel();
     rows.by_channel.push_back(split);
-    rows.first.push_back(rows.first.back() + static_cast<size_t>(split ? p.size(0) : 1));
+    rows.first.push_back(first + static_cast<size_t>(split ? layout.channels : 1));
+    if (!split) {
+      rows.segments.push_back({.tensor = i, .start = 0, .length = numel, .row = first});
+      continue;
+    }
+    rows.layouts[i] = layout;
+    for (int64_t k = 0; k < numel;) {
+      const int64_t row = (layout.first + k) / layout.width;
+      const int64_t end = std::min(numel, (row + 1) * layout.width - layout.first);
+      rows.segments.push_back({.tensor = i, .start = k, .length = end - k, .row = first + static_cast<size_t>(row)});
+      k = end;
+    }
   }
   return rows;
 }
@@ -78,8 +113,8 @@ AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows
     }
     if (!rows.by_channel[i]) continue;  // timm projects only parameters of more than one dimension
     const size_t last = rows.first[i + 1];
-    const int64_t numel = params[i].numel();
-    const int64_t channel_numel = numel / params[i].size(0);
+    const int64_t numel = whole_numel(sharding, params, i);
+    const int64_t channel_numel = numel / static_cast<int64_t>(last - first);
     bool projected = false;
     // Every channel below the threshold (timm's max < threshold: a NaN cosine fails it).
     const double channel_threshold = adamp_threshold(h.delta, channel_numel);
@@ -136,9 +171,26 @@ at::Tensor adamp_direction(const at::Tensor& m, const at::Tensor& g, const at::T
   return (first / bias_correction(h.beta1, step)).div_(denominator);
 }
 
-// Row r of a tensor split by channel, or the whole tensor.
-at::Tensor rows_of(const at::Tensor& t, bool by_channel) {
-  return by_channel ? t.reshape({t.size(0), -1}) : t.reshape({1, -1});
+// The local rows of tensor i's split: its elements, padded with zeros before and after to whole
+// rows, as [rows, width]; the first is row `first` of its whole tensor.
+struct LocalRows {
+  int64_t first;
+  int64_t count;
+  int64_t lead;  // padding before the first local element
+  int64_t width;
+};
+
+LocalRows local_rows(const AdamPRows& rows, size_t i, int64_t numel) {
+  const auto& layout = rows.layouts[i];
+  const int64_t lead = layout.first % layout.width;
+  return {.first = layout.first / layout.width, .count = (lead + numel + layout.width - 1) / layout.width,
+          .lead = lead, .width = layout.width};
+}
+
+at::Tensor as_rows(const at::Tensor& flat, const LocalRows& local) {
+  const int64_t numel = flat.size(0);
+  return at::constant_pad_nd(flat, {local.lead, local.count * local.width - local.lead - numel})
+      .view({local.count, local.width});
 }
 
 Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
@@ -159,14 +211,19 @@ Sums adamp_sums(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
     auto q = adamp_direction(m, g, denominator_of(second, bias_correction(h.beta2, steps[i]), h.eps),
                              steps[i], h, caution_scales[i]);
     // In double, as the fused kernels sum.
-    const bool split = rows.by_channel[i];
-    const auto pd = rows_of(p, split).to(at::kDouble);
-    const auto gd = rows_of(g, split).to(at::kDouble);
-    const auto qd = rows_of(q, split).to(at::kDouble);
-    const auto columns = at::stack({(pd * gd).sum(1), (pd * pd).sum(1), (gd * gd).sum(1), (pd * qd).sum(1)}, 1).contiguous();
-    const auto* values = columns.data_ptr<double>();
-    for (int64_t r = 0; r < columns.size(0); ++r) {
-      for (int64_t k = 0; k < 4; ++k) sums[rows.first[i] + static_cast<size_t>(r)][static_cast<size_t>(k)] = values[r * 4 + k];
+    const auto pd = p.reshape(-1).to(at::kDouble);
+    const auto gd = g.reshape(-1).to(at::kDouble);
+    const auto qd = q.reshape(-1).to(at::kDouble);
+    const auto products = std::array<at::Tensor, 4>{pd * gd, pd * pd, gd * gd, pd * qd};
+    const auto local = rows.by_channel[i] ? local_rows(rows, i, pd.size(0))
+                                          : LocalRows{.first = 0, .count = 1, .lead = 0, .width = pd.size(0)};
+    std::vector<at::Tensor> columns;
+    for (const auto& product : products) columns.push_back(as_rows(product, local).sum(1));
+    const auto row_sums = at::stack(columns, 1).to(at::kCPU).contiguous();
+    const auto* values = row_sums.data_ptr<double>();
+    for (int64_t r = 0; r < local.count; ++r) {
+      auto& row = sums[rows.first[i] + static_cast<size_t>(local.first + r)];
+      for (int64_t k = 0; k < 4; ++k) row[static_cast<size_t>(k)] = values[r * 4 + k];
     }
   }
   return sums;
@@ -190,17 +247,18 @@ void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     // Where the weight is nearly orthogonal to its gradient (scale-invariant weights), the radial
     // part of the update is removed: q - c p, c per row, p before its decay.
     const size_t first = rows.first[i];
-    const size_t count = rows.first[i + 1] - first;
-    const std::vector<double> coefficients(update.projection.begin() + static_cast<std::ptrdiff_t>(first),
-                                           update.projection.begin() + static_cast<std::ptrdiff_t>(first + count));
-    if (std::any_of(coefficients.begin(), coefficients.end(), [](double c) { return c != 0.0; })) {
-      if (count == 1) {
-        q.sub_(p, coefficients[0]);
-      } else {
-        std::vector<int64_t> shape(static_cast<size_t>(p.dim()), 1);
-        shape[0] = p.size(0);
-        q.sub_(p * at::tensor(coefficients, at::TensorOptions().dtype(at::kDouble)).to(p.scalar_type()).view(shape));
-      }
+    if (!update.per_channel[i]) {
+      if (update.projection[first] != 0.0) q.sub_(p, update.projection[first]);
+    } else if (p.numel() > 0) {
+      const auto local = local_rows(rows, i, p.numel());
+      const auto begin = update.projection.begin() + static_cast<std::ptrdiff_t>(first + static_cast<size_t>(local.first));
+      const std::vector<double> coefficients(begin, begin + local.count);
+      const auto per_element = at::tensor(coefficients, at::TensorOptions().dtype(at::kDouble))
+                                   .repeat_interleave(local.width)
+                                   .narrow(0, local.lead, p.numel())
+                                   .to(p.options())
+                                   .view(p.sizes());
+      q.sub_(p * per_element);
     }
     if (update.decay[i] != 1.0) p.mul_(update.decay[i]);
     p.add_(q, -h.lr);
@@ -221,29 +279,30 @@ namespace cpu = kernels::cpu;
 
 namespace {
 
-// The group `whole` with each tensor split by channel as `rows` says: every array of AdamP's
-// passes has the parameter's dtype and row-major layout (checked by the caller).
-void split_by_channel(const cpu::Group& whole, TensorList params, const AdamPRows& rows, cpu::Group& out) {
+// The group `whole` as the slots `segments` say: every array of AdamP's passes has the
+// parameter's dtype and row-major layout (checked by the caller).
+void slots_of(const cpu::Group& whole, const std::vector<Segment>& segments, cpu::Group& out) {
   out.tensors.clear();
-  out.tensors.reserve(rows.count());
-  for (size_t i = 0; i < params.size(); ++i) {
-    const auto& slot = whole.tensors[i];
-    if (!rows.by_channel[i]) {
-      out.tensors.push_back(slot);
-      continue;
+  out.tensors.reserve(segments.size());
+  for (const auto& segment : segments) {
+    auto slot = whole.tensors[segment.tensor];
+    const auto offset = static_cast<std::ptrdiff_t>(segment.start * static_cast<int64_t>(c10::elementSize(slot.dtype)));
+    slot.numel = segment.length;
+    for (auto& data : slot.data) {
+      if (data != nullptr) data = static_cast<char*>(data) + offset;
     }
-    const int64_t channels = params[i].size(0);
-    const int64_t channel_numel = slot.numel / channels;
-    const auto bytes = static_cast<std::ptrdiff_t>(channel_numel * static_cast<int64_t>(c10::elementSize(slot.dtype)));
-    for (int64_t r = 0; r < channels; ++r) {
-      auto row = slot;
-      row.numel = channel_numel;
-      for (auto& data : row.data) {
-        if (data != nullptr) data = static_cast<char*>(data) + r * bytes;
-      }
-      out.tensors.push_back(row);
-    }
+    out.tensors.push_back(slot);
   }
+}
+
+// Reused across steps: their sizes follow the rows, not the elements.
+struct AdamPScratch {
+  Sums row_sums;
+  std::vector<Segment> applied;
+};
+AdamPScratch& adamp_scratch() {
+  thread_local AdamPScratch scratch;
+  return scratch;
 }
 
 }  // namespace
@@ -266,10 +325,11 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
   check_sharding("AdamP", sharding, params);
-  // Output channels of a shard are not those of the whole tensor (a flat partition has none).
-  TORCH_CHECK_NOT_IMPLEMENTED(!h.channel_projection || (!sharding.all_reduce && sharding.numels.empty()),
-                              "AdamP: channel_projection (timm's per-channel cosines) needs whole "
-                              "parameters; it is not available on sharded ones (FSDP2, DTensor, DeepSpeed) yet");
+  // A sharded caller says where each shard's elements lie among the channels.
+  TORCH_CHECK_NOT_IMPLEMENTED(!h.channel_projection || !sharding.channel_layouts.empty() ||
+                                  (!sharding.all_reduce && sharding.numels.empty()),
+                              "AdamP: channel_projection (timm's per-channel cosines) on sharded parameters "
+                              "needs their channel layouts (Sharding::channel_layouts), which the caller did not give");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;
@@ -280,22 +340,23 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                                     1.0 - h.beta1, decay.coupled, *inv_grad_scale, sharding)
                 : std::vector<double>(params.size(), 1.0);
   auto& scratch = fused_scratch();
+  auto& own = adamp_scratch();
   namespace adamp = cpu::protocol::adamp;
-  const auto rows = adamp_rows(params, h);
+  const auto rows = adamp_rows(params, h, sharding);
   bool fused = fused_group(scratch.group, params,
                            adamp::Arrays<TensorList>{.param = params,
                                                      .grad = grads,
                                                      .exp_avg = exp_avgs,
                                                      .exp_avg_sq = exp_avg_sqs,
                                                      .max_exp_avg_sq = maxima});
-  const bool splits = rows.count() != params.size();
+  const bool splits = rows.splits();
   for (size_t i = 0; fused && splits && i < params.size(); ++i) {
     if (rows.by_channel[i] && !params[i].is_contiguous()) fused = false;  // rows are not contiguous
   }
-  if (fused && splits) split_by_channel(scratch.group, params, rows, scratch.second_group);
+  if (fused && splits) slots_of(scratch.group, rows.segments, scratch.second_group);
   const auto& group = splits ? scratch.second_group : scratch.group;
   const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
-  auto& args = scratch.fresh_args(rows.count());
+  auto& args = scratch.fresh_args(rows.segments.size());
   args.inv_grad_scale = *inv_grad_scale;
   args.constants.set(adamp::Constants{.beta1 = h.beta1,
                                       .beta2 = h.beta2,
@@ -313,46 +374,53 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                             .decay = 1.0,
                             .caution_scale = caution_scales[i]};
   };
-  for (size_t i = 0; i < params.size(); ++i) {
-    for (size_t r = rows.first[i]; r < rows.first[i + 1]; ++r) args.per_tensor[r].set(coefficients_of(i));
-  }
-  auto& sums = scratch.sums;  // p.g, |p|^2, |g|^2, p.q per row
-  if (fused) {
-    cpu::run(cpu::Pass::AdamPMoments, group, args, &sums);
+  for (size_t s = 0; s < rows.segments.size(); ++s) args.per_tensor[s].set(coefficients_of(rows.segments[s].tensor));
+  // p.g, |p|^2, |g|^2, p.q per row
+  Sums* sums = &scratch.sums;
+  if (!fused) {
+    *sums = kernels::reference::adamp_sums(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                                           h, rows, caution_scales);
   } else {
-    sums = kernels::reference::adamp_sums(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                                          h, rows, caution_scales);
+    cpu::run(cpu::Pass::AdamPMoments, group, args, &scratch.sums);
+    if (!rows.segments_are_rows()) {
+      // A shard's parts of rows: a row has one segment here at most (a shard's elements of a row
+      // are contiguous), or none.
+      own.row_sums.assign(rows.count(), Sums::value_type{});
+      for (size_t s = 0; s < rows.segments.size(); ++s) own.row_sums[rows.segments[s].row] = scratch.sums[s];
+      sums = &own.row_sums;
+    }
   }
-  all_reduce_sums("AdamP", sharding, sums, 4);
-  const auto update = adamp_update(h, params, rows, sums, sharding);
+  all_reduce_sums("AdamP", sharding, *sums, 4);
+  const auto update = adamp_update(h, params, rows, *sums, sharding);
   if (!fused) {
     kernels::reference::adamp(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h, rows,
                               update, caution_scales);
     return;
   }
-  // Pass 2 takes a tensor's rows only where it is projected channel by channel: elsewhere one
+  // Pass 2 takes a tensor's segments only where it is projected channel by channel: elsewhere one
   // coefficient serves the whole tensor, which the driver then takes in full chunks.
-  const AdamPRows* apply_rows = &rows;
-  AdamPRows projected_rows;
+  const std::vector<Segment>* applied = &rows.segments;
   if (splits) {
-    projected_rows.first.push_back(0);
-    for (size_t i = 0; i < params.size(); ++i) {
-      const bool split = rows.by_channel[i] && update.per_channel[i];
-      projected_rows.by_channel.push_back(split);
-      projected_rows.first.push_back(projected_rows.first.back() + (split ? rows.first[i + 1] - rows.first[i] : 1));
+    own.applied.clear();
+    for (const auto& segment : rows.segments) {
+      const size_t i = segment.tensor;
+      if (!rows.by_channel[i] || update.per_channel[i]) {
+        own.applied.push_back(segment);
+      } else if (own.applied.empty() || own.applied.back().tensor != i) {
+        own.applied.push_back({.tensor = i, .start = 0, .length = params[i].numel(), .row = rows.first[i]});
+      }
     }
-    split_by_channel(scratch.group, params, projected_rows, scratch.second_group);
-    apply_rows = &projected_rows;
-    args.per_tensor.resize(projected_rows.count());
+    slots_of(scratch.group, own.applied, scratch.second_group);
+    applied = &own.applied;
   }
-  for (size_t i = 0; i < params.size(); ++i) {
-    for (size_t r = apply_rows->first[i]; r < apply_rows->first[i + 1]; ++r) {
-      auto row = coefficients_of(i);
-      row.step = -h.lr;
-      row.projection = update.projection[rows.first[i] + (r - apply_rows->first[i])];
-      row.decay = update.decay[i];
-      args.per_tensor[r].set(row);
-    }
+  args.per_tensor.resize(applied->size());
+  for (size_t s = 0; s < applied->size(); ++s) {
+    const auto& segment = (*applied)[s];
+    auto coefficients = coefficients_of(segment.tensor);
+    coefficients.step = -h.lr;
+    coefficients.projection = update.projection[segment.row];
+    coefficients.decay = update.decay[segment.tensor];
+    args.per_tensor[s].set(coefficients);
   }
   cpu::run(h.nesterov || h.caution ? cpu::Pass::AdamPApplyReadingGrad : cpu::Pass::AdamPApply, group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
@@ -438,7 +506,7 @@ HOLOCRON_OPTIM_OP(
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
      ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
-    "bool channel_projection=False, bool caution=False) -> ()",
+    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ") -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

@@ -193,12 +193,34 @@ std::vector<at::Tensor> unscaled_grads(TensorList grads, double inverse) {
 }
 
 void check_sharding(const char* optimizer, const Sharding& sharding, TensorList params) {
-  if (sharding.numels.empty()) return;
-  TORCH_CHECK(sharding.numels.size() == params.size(), optimizer, ": got ",
-              sharding.numels.size(), " whole-tensor sizes for ", params.size(), " parameters");
+  if (!sharding.numels.empty()) {
+    TORCH_CHECK(sharding.numels.size() == params.size(), optimizer, ": got ",
+                sharding.numels.size(), " whole-tensor sizes for ", params.size(), " parameters");
+    for (size_t i = 0; i < params.size(); ++i) {
+      TORCH_CHECK(sharding.numels[i] >= params[i].numel(), optimizer, ": parameter ", i, " has ",
+                  params[i].numel(), " elements, more than its whole tensor's ", sharding.numels[i]);
+    }
+  }
+  if (sharding.channel_layouts.empty()) return;
+  TORCH_CHECK(sharding.channel_layouts.size() == params.size(), optimizer, ": got ",
+              sharding.channel_layouts.size(), " channel layouts for ", params.size(), " parameters");
   for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(sharding.numels[i] >= params[i].numel(), optimizer, ": parameter ", i, " has ",
-                params[i].numel(), " elements, more than its whole tensor's ", sharding.numels[i]);
+    const auto& layout = sharding.channel_layouts[i];
+    const int64_t numel = params[i].numel();
+    const int64_t whole = whole_numel(sharding, params, i);
+    TORCH_CHECK(layout.channels >= 0 && layout.first >= 0 && layout.width >= 1, optimizer, ": parameter ", i,
+                "'s channel layout (channels=", layout.channels, ", first=", layout.first, ", width=",
+                layout.width, ") needs channels >= 0, first >= 0 and width >= 1");
+    if (layout.channels == 0 || numel == 0) continue;
+    TORCH_CHECK(whole % layout.channels == 0, optimizer, ": parameter ", i, "'s whole tensor of ", whole,
+                " elements cannot have ", layout.channels, " output channels");
+    // The last local element lies in a channel: first + numel - 1 < channels * width (wide: the
+    // values are the caller's).
+    using Wide = __int128;
+    const bool fits = Wide{layout.first} + numel <= Wide{layout.channels} * layout.width;
+    TORCH_CHECK(fits, optimizer, ": parameter ", i, "'s ", numel, " local elements from first=", layout.first,
+                " in rows of width=", layout.width, " go past its whole tensor's ", layout.channels,
+                " output channels");
   }
 }
 

@@ -117,6 +117,7 @@ struct Replica {
   std::vector<std::vector<at::Tensor>> lists;
   std::vector<double> host;
   std::vector<double> returned;  // what the last step returned (trust ratios, ...)
+  int rank = -1;                 // -1: the whole tensors
 };
 
 using Tensors = std::vector<at::Tensor>;
@@ -222,6 +223,7 @@ Replica shard_replica(const Replica& whole, int rank) {
   Replica shard;
   for (const auto& list : whole.lists) shard.lists.push_back(shards_of(list, rank));
   shard.host = whole.host;
+  shard.rank = rank;
   return shard;
 }
 
@@ -433,6 +435,66 @@ Algorithm adamp() {
   return a;
 }
 
+// timm's AdamP (channel_projection): tensor 0's rows are each orthogonal to their gradient (every
+// channel is projected), tensor 3's rows are not but the whole tensor is (it is projected as a
+// layer); both are cut mid-row between the ranks. The other tensors have one dimension, which
+// this projection leaves alone.
+Tensors adamp_channel_grads(const Tensors& params, int64_t step) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(500 + static_cast<uint64_t>(step));
+  Tensors grads;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto p = params[i].to(at::kDouble);
+    auto g = at::randn(p.sizes(), gen, at::kDouble);
+    if (i == 0 || i == 3) {
+      const auto rows = p.reshape({p.size(0), -1});
+      auto across = g.reshape({p.size(0), -1});
+      const auto along = rows / rows.norm(2, {1}, true);
+      across -= along * (across * along).sum(1, true);
+      across /= across.norm(2, {1}, true);
+      if (i == 3) {
+        // Radial parts a_r with sum_r a_r ||p_r|| = 0: the layer's cosine is 0, each row's is not.
+        const auto norms = rows.norm(2, {1});
+        auto radial = at::full({p.size(0)}, 0.5, at::kDouble);
+        radial[p.size(0) - 1] = 0.0;
+        radial[p.size(0) - 1] = -(radial * norms).sum() / norms[p.size(0) - 1];
+        across += along * radial.unsqueeze(1);
+      }
+    }
+    grads.push_back(g.to(params[i].scalar_type()));
+  }
+  return grads;
+}
+
+// Where rank r's elements lie among each tensor's channels (flat shards, as DeepSpeed's).
+std::vector<F::Sharding::ChannelLayout> channel_layouts_of(int rank) {
+  std::vector<F::Sharding::ChannelLayout> layouts;
+  for (const auto& piece : kPieces) {
+    if (piece.shape.size() < 2) {
+      layouts.emplace_back();
+      continue;
+    }
+    int64_t numel = 1;
+    for (auto d : piece.shape) numel *= d;
+    layouts.push_back({.channels = piece.shape[0], .first = rank == 0 ? 0 : piece.split,
+                       .width = numel / piece.shape[0]});
+  }
+  return layouts;
+}
+
+Algorithm adamp_channels() {
+  Algorithm a("AdamP (channel_projection)", 2, adamp_channel_grads);
+  a.step = [](Replica& r, const Tensors& g, int64_t step, const F::Sharding& sharding) {
+    const F::AdamPHyper h{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.05,
+                          .amsgrad = false, .delta = kAdamPDelta, .decoupled_weight_decay = true, .nesterov = true,
+                          .wd_ratio = 0.1, .channel_projection = true, .caution = false};
+    auto with_layouts = sharding;
+    if (r.rank >= 0 && !sharding.numels.empty()) with_layouts.channel_layouts = channel_layouts_of(r.rank);
+    F::adamp_(r.lists[0], g, r.lists[1], r.lists[2], {}, steps_of(r, step), h, {}, with_layouts);
+    return std::vector<double>{};
+  };
+  return a;
+}
+
 // Scout: lists prev, mean, m2, max, min. A step moves the parameters by the
 // gradient, folds the change into the statistics, and returns the coherence.
 Algorithm scout() {
@@ -493,6 +555,58 @@ TEST_F(Sharding, RaLarsShardsEqualWhole) { expect_shards_equal_whole(ralars()); 
 TEST_F(Sharding, TAdamShardsEqualWhole) { expect_shards_equal_whole(tadam()); }
 TEST_F(Sharding, AdamPShardsEqualWhole) { expect_shards_equal_whole(adamp()); }
 TEST_F(Sharding, ScoutCoherenceShardsEqualWhole) { expect_shards_equal_whole(scout()); }
+TEST_F(Sharding, AdamPChannelProjectionShardsEqualWhole) { expect_shards_equal_whole(adamp_channels()); }
+
+TEST_F(Sharding, AdamPChannelGradientsTakeEachBranch) {
+  // Tensor 0 is projected channel by channel, tensor 3 as a layer: the case above tests both only
+  // if each channel's and the layer's cosines fall where adamp_channel_grads puts them.
+  const auto whole = make_whole(adamp_channels(), Dtypes::Double);
+  const auto grads = adamp_channel_grads(whole.lists[0], 1);
+  auto threshold = [](int64_t numel) { return kAdamPDelta / std::sqrt(static_cast<double>(numel)); };
+  auto cosines = [](const at::Tensor& p, const at::Tensor& g) {
+    const auto rows = p.reshape({p.size(0), -1}), grad_rows = g.reshape({p.size(0), -1});
+    return ((rows * grad_rows).sum(1) / (rows.norm(2, {1}) * grad_rows.norm(2, {1}))).abs();
+  };
+  const auto& p0 = whole.lists[0][0];
+  EXPECT_LT(cosines(p0, grads[0]).max().item<double>(), 1e-12);
+  const auto& p3 = whole.lists[0][3];
+  EXPECT_GT(cosines(p3, grads[3]).min().item<double>(), 5 * threshold(p3.numel() / p3.size(0)));
+  const double layer = (p3 * grads[3]).sum().item<double>() / (p3.norm().item<double>() * grads[3].norm().item<double>());
+  EXPECT_LT(std::abs(layer), 1e-12);
+}
+
+TEST_F(Sharding, AdamPChannelProjectionWithoutLayoutsIsRefused) {
+  const auto whole = make_whole(adamp(), Dtypes::Double);
+  Replica shard = shard_replica(whole, 0);
+  const F::AdamPHyper h{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
+                        .amsgrad = false, .delta = kAdamPDelta, .channel_projection = true};
+  const auto before = shard.lists[0][0].clone();
+  F::Sharding sharding{[](at::Tensor&) {}, whole_numels(), {}};
+  EXPECT_THROW(F::adamp_(shard.lists[0], shards_of(adamp_grads(whole.lists[0], 1), 0), shard.lists[1], shard.lists[2],
+                         {}, std::vector<int64_t>(kPieces.size(), 1), h, {}, sharding),
+               c10::NotImplementedError);
+  EXPECT_TRUE(at::equal(before, shard.lists[0][0]));
+}
+
+TEST_F(Sharding, AChannelLayoutPastItsTensorIsRefused) {
+  const auto whole = make_whole(adamp_channels(), Dtypes::Double);
+  Replica shard = shard_replica(whole, 1);
+  const F::AdamPHyper h{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
+                        .amsgrad = false, .delta = kAdamPDelta, .channel_projection = true};
+  auto layouts = channel_layouts_of(1);
+  layouts[0].first += 1;  // one element off: the last one would lie past the third row
+  F::Sharding sharding{[](at::Tensor&) {}, whole_numels(), layouts};
+  const auto before = shard.lists[0][0].clone();
+  try {
+    F::adamp_(shard.lists[0], shards_of(adamp_channel_grads(whole.lists[0], 1), 1), shard.lists[1], shard.lists[2],
+              {}, std::vector<int64_t>(kPieces.size(), 1), h, {}, sharding);
+    ADD_FAILURE() << "no exception";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("go past its whole tensor's 3 output channels"),
+              std::string::npos) << e.what_without_backtrace();
+  }
+  EXPECT_TRUE(at::equal(before, shard.lists[0][0]));
+}
 
 TEST_F(Sharding, TAdamMomentWeightsMoveOnEveryRank) {
   // Tensor 1 has no element on rank 0 and tensor 2 none on rank 1: their
@@ -507,7 +621,7 @@ TEST_F(Sharding, TAdamMomentWeightsMoveOnEveryRank) {
     const auto grads = algorithm.grads(whole.lists[0], 1);
     algorithm.step(whole, grads, 1, {});
     run_two_ranks([&](int rank) {
-      F::Sharding sharding{[&exchange, rank](at::Tensor& s) { exchange.all_reduce(rank, s); }, whole_numels()};
+      F::Sharding sharding{[&exchange, rank](at::Tensor& s) { exchange.all_reduce(rank, s); }, whole_numels(), {}};
       algorithm.step(ranks[rank], shards_of(grads, rank), 1, sharding);
     });
     for (size_t i = 0; i < kPieces.size(); ++i) {
@@ -575,7 +689,7 @@ void expect_refused_unchanged(const Algorithm& algorithm, const std::vector<int6
   before.host = shard.host;
   const auto grads = shards_of(algorithm.grads(make_whole(algorithm, Dtypes::Double).lists[0], 1), 0);
   int calls = 0;
-  F::Sharding sharding{[&calls](at::Tensor&) { ++calls; }, numels};
+  F::Sharding sharding{[&calls](at::Tensor&) { ++calls; }, numels, {}};
   try {
     algorithm.step(shard, grads, 1, sharding);
     ADD_FAILURE() << algorithm.name << ": no exception";
@@ -633,7 +747,7 @@ TEST_F(Sharding, AllReduceThatChangesTheShapeThrows) {
         SCOPED_TRACE(std::string(algorithm.name) + ", " + backend + ", " + what);
         Replica shard = shard_replica(make_whole(algorithm, Dtypes::Double), 1);
         const auto grads = shards_of(algorithm.grads(make_whole(algorithm, Dtypes::Double).lists[0], 1), 1);
-        F::Sharding sharding{reshape, whole_numels()};
+        F::Sharding sharding{reshape, whole_numels(), {}};
         try {
           algorithm.step(shard, grads, 1, sharding);
           ADD_FAILURE() << "no exception";

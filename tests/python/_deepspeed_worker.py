@@ -42,6 +42,10 @@ OPTIONS = {
     "RaLars": {"lr": 1e-2, "weight_decay": 1e-2},
     "TAdam": {"lr": 1e-2, "weight_decay": 1e-2},
     "AdamP": {"lr": 1e-2, "weight_decay": 1e-2, "delta": 0.9},
+    # timm's: each output channel's sums over the partitions, which cut rows (delta 1.5 projects
+    # some weights' updates channel by channel, some as layers, some not at all).
+    "AdamP-timm": {"lr": 1e-2, "weight_decay": 5e-2, "delta": 1.5, "decoupled_weight_decay": True,
+                   "channel_projection": True, "wd_ratio": 0.1, "nesterov": True},
 }
 
 
@@ -63,7 +67,7 @@ def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
         wrappers.append(getattr(ho, wrapper))
     options = OPTIONS[name]
     groups = [{"params": weights}, {"params": biases, "lr": options["lr"] / 2}]
-    optimizer = getattr(ho, name)(groups, **options)
+    optimizer = getattr(ho, name.split("-")[0])(groups, **options)
     for wrapper in reversed(wrappers):
         optimizer = wrapper(optimizer, sync_period=3)
     return optimizer

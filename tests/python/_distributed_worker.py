@@ -76,6 +76,10 @@ def adamp_with_delta(delta: float):
     return lambda p: _ho().AdamP(p, lr=LR, weight_decay=0.01, delta=delta)
 
 
+def adamp_timm(p: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return _timm().AdamP(p, lr=LR, weight_decay=0.05, delta=ADAMP_DELTA, nesterov=True)
+
+
 def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]]:
     """Case name -> constructor. Options exercise the whole-tensor reductions."""
     if STANDIN:
@@ -99,6 +103,7 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "AdEMAMix(cautious)": adam,
             "LAMB(cautious)": adam,
             "AdamP(cautious)": adam,
+            "AdamP(timm)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -127,11 +132,15 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         "LAMB(cautious)": lambda p: _timm().Lamb(p, lr=LR, weight_decay=0.01, caution=True),
         "AdamP(cautious)": lambda p: ho.AdamP(p, lr=LR, delta=ADAMP_DELTA, weight_decay=0.01, caution=True,
                                               nesterov=True),
+        # Each output channel's sums over its shards (test_adamp_timm_takes_each_branch).
+        "AdamP(timm)": adamp_timm,
     }
 
 
 CASES = tuple(_case_factories())
-HSDP_CASES = ("LARS", "LAMB", "TAdam", "AdamP", "Scout(AdamP)")
+HSDP_CASES = ("LARS", "LAMB", "TAdam", "AdamP", "Scout(AdamP)", "AdamP(timm)")
+# Tensor parallelism's layout: a part of every output channel on each rank.
+TP_CASES = ("LAMB", "TAdam", "AdamP", "AdamP(timm)", "LAMB(cautious)")
 HSDP_MESHES = ((1, 2), (2, 1))
 
 
@@ -322,6 +331,42 @@ def run_ddp(name: str, make: Callable, rank: int, world: int) -> dict[str, Any]:
     return result
 
 
+def run_tp(name: str, make: Callable, rank: int, world: int) -> dict[str, Any]:
+    """Tensor parallelism's layout of the optimizer's parameters: each weight split by
+    columns (Shard(1): every rank holds a part of each output channel), the 1-D parameters
+    replicated; the gradients of the whole batch laid out alike. The model that computes
+    them is a plain copy, given the full weights after each step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = make_model(0)
+    sharded = make_model(0)
+    placements = {}
+    for module_name, module in list(sharded.named_modules()):
+        for param_name, p in list(module.named_parameters(recurse=False)):
+            placement = [Shard(1)] if p.dim() > 1 else [Replicate()]
+            placements[f"{module_name}.{param_name}".lstrip(".")] = placement
+            setattr(module, param_name, nn.Parameter(distribute_tensor(p.detach(), mesh, placement)))
+    opt = make(list(sharded.parameters()))
+    shards = dict(sharded.named_parameters())
+    for step in range(STEPS):
+        x, y = batch(step, None, world)
+        model.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        for n, p in model.named_parameters():
+            shards[n].grad = distribute_tensor(p.grad, mesh, placements[n])
+        opt.step()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(shards[n].full_tensor())
+    result = {"got": collect(sharded, opt, distributed=True),
+              "param_placements": {n: str(tuple(p.placements)) for n, p in sharded.named_parameters()}}
+    if rank == 0:
+        result["expected"] = baseline(make, range(STEPS), world)
+    return result
+
+
 def run_dcp(name: str, make: Callable, rank: int, world: int, ckpt_root: Path) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -362,6 +407,8 @@ def scenario_cases(scenario: str) -> list[tuple[str, Callable[..., dict[str, Any
         ]
     if scenario == "ddp":
         return [(n, lambda r, w, n=n: run_ddp(n, factories[n], r, w)) for n in CASES]
+    if scenario == "tp":
+        return [(n, lambda r, w, n=n: run_tp(n, factories[n], r, w)) for n in TP_CASES]
     raise KeyError(scenario)
 
 

@@ -32,7 +32,8 @@ CASES = {
     + [f"{a}:2:raw" for a in ALGORITHMS[:-1]] + ["Scout(LAMB):2:raw-refused", "LAMB:3:refused", "LAMB:2:shifted", "TAdam:1:offload:shifted"]
     + [f"{a}:{s}:bf16" for a in ("LAMB", "LARS") for s in ("1", "2:offload")] + ["LAMB:2:bf16:raw", "LARS:2:bf16:raw"]
     + [f"{a}:2:offload:resume" for a in ALGORITHMS] + ["LAMB:1:resume", "Lookahead(LAMB):2:resume",
-                                                        "Scout(LAMB):2:bf16:resume"],
+                                                        "Scout(LAMB):2:bf16:resume"]
+    + [f"AdamP-timm:{s}" for s in STAGES],
     1: [f"{a}:{s}" for a in ALGORITHMS for s in ("2", "1:offload")] + ["LAMB:2:raw", "LARS:1:raw"],
 }
 

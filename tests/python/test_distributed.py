@@ -48,7 +48,7 @@ else:  # pragma: no cover
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 WORLD = 2
-SCENARIOS = ("fsdp", "hsdp", "ddp", "dcp")
+SCENARIOS = ("fsdp", "hsdp", "tp", "ddp", "dcp")
 LAUNCH_TIMEOUT_S = 120
 GRACE_AFTER_DEATH_S = 5
 TOL = {"rtol": 1e-9, "atol": 1e-9}
@@ -248,6 +248,45 @@ def test_adamp_delta_takes_the_projection_branch_on_some_parameters():
     ours, never, always = runs[delta], runs[-1e6], runs[1e6]
     assert max(float((ours[k] - never[k]).abs().max()) for k in ours) > 1e-6, f"delta={delta} never projects"
     assert max(float((ours[k] - always[k]).abs().max()) for k in ours) > 1e-6, f"delta={delta} always projects"
+
+
+def test_adamp_timm_takes_each_branch():
+    """The AdamP(timm) case projects some weights' updates channel by channel, some as a
+    layer and some not at all (single process, trained as the baseline, the decisions
+    recomputed from timm's formulas before each step)."""
+    if worker.STANDIN:
+        pytest.skip("stand-in optimizers")
+    model = worker.make_model(0)
+    opt = worker.adamp_timm(list(model.parameters()))
+    taken = {"channel": 0, "layer": 0, "none": 0}
+    for step in range(worker.STEPS):
+        x, y = worker.batch(step, None, WORLD)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        for p in model.parameters():
+            if p.dim() < 2:
+                continue
+            rows, grads = p.reshape(p.size(0), -1), p.grad.reshape(p.size(0), -1)
+            channels = torch.nn.functional.cosine_similarity(rows, grads, dim=1, eps=1e-8).abs()
+            layer = torch.nn.functional.cosine_similarity(rows.reshape(1, -1), grads.reshape(1, -1), eps=1e-8).abs()
+            if channels.max() < worker.ADAMP_DELTA / math.sqrt(rows.size(1)):
+                taken["channel"] += 1
+            elif layer.item() < worker.ADAMP_DELTA / math.sqrt(p.numel()):
+                taken["layer"] += 1
+            else:
+                taken["none"] += 1
+        opt.step()
+    assert min(taken.values()) > 0, taken
+
+
+TP_CASES = worker.TP_CASES if worker else ()
+
+
+@pytest.mark.parametrize("case", TP_CASES)
+def test_tp_tensor_parallel_columns_match_single_process(runs, case):
+    ranks = runs.case("tp", case)
+    assert ranks[0]["param_placements"]["fc1.weight"] == "(Shard(dim=1),)"
+    assert_same_run(ranks[0]["got"], ranks[0]["expected"])
 
 
 @pytest.mark.parametrize("case", HSDP_CASES)

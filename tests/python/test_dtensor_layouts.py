@@ -30,6 +30,8 @@ CASES = {
     "LAMB(cautious)": lambda p: ho.LAMB(p, lr=0.01, weight_decay=0.01, caution=True),
     "Adan(authors)": lambda p: ho.Adan(p, lr=0.01, decoupled_weight_decay=True, max_grad_norm=0.5, caution=True),
     "AdamP(cautious)": lambda p: ho.AdamP(p, lr=0.01, weight_decay=0.01, delta=2.0, caution=True, nesterov=True),
+    # Each output channel's sums (the shards' rows).
+    "AdamP(timm)": lambda p: ho_timm.AdamP(p, lr=0.01, weight_decay=0.05, delta=2.0, nesterov=True),
     # Scout refuses parameters laid out differently (see test_scout_refuses_mixed_layouts).
 }
 

@@ -26,6 +26,8 @@ FACTORIES = {
     "AdamP": lambda p: ho.AdamP(p, lr=1e-2, weight_decay=1e-2, delta=0.9),
     "Adan": lambda p: ho.Adan(p, lr=1e-2, weight_decay=1e-2),
     "Scout(LAMB)": lambda p: ho.Scout(ho.LAMB(p, lr=1e-2), sync_period=2),
+    # Each output channel of each piece's model tensor on its own (delta 5: every step projects).
+    "AdamP(channels)": lambda p: ho.AdamP(p, lr=1e-2, weight_decay=1e-2, delta=5.0, channel_projection=True),
 }
 
 
@@ -39,10 +41,13 @@ def group_name(tmp_path_factory):
         dist.destroy_process_group()
 
 
-def layout_of(group_name: str) -> _distributed.FlatLayout:
+def layout_of(group_name: str, channels: bool = True) -> _distributed.FlatLayout:
     numels = [math.prod(s) for s in SHAPES]
     starts = [sum(numels[:i]) + PADDING * i for i in range(len(numels))]
-    return _distributed.FlatLayout(tuple(starts), tuple(numels), tuple(numels), group_name)
+    if not channels:
+        return _distributed.FlatLayout(tuple(starts), tuple(numels), tuple(numels), group_name)
+    return _distributed.FlatLayout(tuple(starts), tuple(numels), tuple(numels), group_name, (0,) * len(SHAPES),
+                                   tuple(s[0] if len(s) > 1 else 0 for s in SHAPES))
 
 
 def flat_of(tensors: list[torch.Tensor], layout: _distributed.FlatLayout) -> torch.Tensor:
@@ -102,5 +107,16 @@ def test_a_flat_partition_with_other_parameters_in_one_group_is_refused(group_na
     optimizer = ho.LAMB([flat, other])
     before = flat.detach().clone()
     with pytest.raises(NotImplementedError, match="flat partitions"):
+        optimizer.step()
+    assert torch.equal(flat.detach(), before)
+
+
+def test_channel_projection_on_a_layout_that_does_not_place_its_pieces_is_refused(group_name):
+    layout = layout_of(group_name, channels=False)
+    flat = flat_of([torch.ones(s, dtype=torch.float64) for s in SHAPES], layout).requires_grad_(True)
+    flat.grad = torch.ones_like(flat)
+    optimizer = FACTORIES["AdamP(channels)"]([flat])
+    before = flat.detach().clone()
+    with pytest.raises(NotImplementedError, match="firsts and channels"):
         optimizer.step()
     assert torch.equal(flat.detach(), before)

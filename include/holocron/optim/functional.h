@@ -82,6 +82,20 @@ struct Sharding {
   /// weight and default dof, AdamP's threshold, the cautious mask's mean). Empty: each local
   /// tensor's own count.
   std::vector<int64_t> numels;
+  /// Where a local tensor's elements lie among the output channels (the rows of dimension 0) of
+  /// its whole tensor, which AdamP's `channel_projection` takes one by one: the whole tensor has
+  /// `channels` of them (0 where it has one dimension), and the local element k (in row-major
+  /// order) lies in channel `(first + k) / width`. This says both what FSDP2 keeps (a range of
+  /// rows: `width` the local row's length, `first` its first row times it), what tensor
+  /// parallelism keeps (a part of every row) and what a flat partition keeps (any range of the
+  /// flattened tensor: `width` the whole row's length, `first` the range's start).
+  struct ChannelLayout {
+    int64_t channels = 0;
+    int64_t first = 0;
+    int64_t width = 1;
+  };
+  /// One per parameter. Empty: each local tensor is whole.
+  std::vector<ChannelLayout> channel_layouts;
 };
 
 /// Hyper-parameters of lars_(); fields as in LARSOptions.
