@@ -249,6 +249,12 @@ class FusedStep:
         if self._counts_steps:
             state["step"] = 0
 
+    def _is_new(self, state: dict[str, Any] | None) -> bool:
+        """Whether `state` holds nothing of this algorithm's own: none, empty, or only what a
+        wrapper keeps in its base's state (timm's Lookahead's `lookahead_slow_buff`, made at a
+        sync before the base's first step of that parameter)."""
+        return not state or not any(key in state for key in (*self._required_state_keys, *self._all_buffers))
+
     def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
         """torch.optim's constructor, with the group options' defaults."""
         super().__init__(params, defaults)  # type: ignore[call-arg]
@@ -452,14 +458,15 @@ class FusedStep:
             keys = self._buffers(group)  # `states` is this step's own list (_group_states): filled in place
             # What this step adds, taken back if its op fails: new states
             # (and their entries in self.state), and buffers added to old ones.
-            made: list[tuple[torch.Tensor, bool]] = []
+            made: list[tuple[torch.Tensor, bool, frozenset[str]]] = []
             added: list[tuple[dict[str, Any], str]] = []
+            own = [*keys, *self._required_state_keys]
             # Past the first steps every state holds every buffer: one pass, in C.
-            if None in states or (keys and not self._hold_all(states, keys)):
+            if None in states or (own and not self._hold_all(states, own)):
                 for i, p in enumerate(params):
                     state = states[i]
-                    if not state:
-                        made.append((p, state is None))
+                    if self._is_new(state):
+                        made.append((p, state is None, frozenset(state or ())))
                         state = states[i] = state_of[p]
                         self._init_state(state, p, group)
                     for key in keys:
@@ -469,11 +476,12 @@ class FusedStep:
             try:
                 self._apply(group, params, grads, states)
             except Exception:
-                for p, had_no_entry in made:
+                for p, had_no_entry, held in made:
                     if had_no_entry:
                         del state_of[p]
                     else:
-                        state_of[p].clear()
+                        for key in set(state_of[p]) - held:
+                            del state_of[p][key]
                 for state, key in added:
                     state.pop(key, None)
                 raise
@@ -563,7 +571,7 @@ class FusedStep:
                 states = []
                 for p in params:
                     state = self.state[p]  # type: ignore[attr-defined]
-                    if not state:
+                    if self._is_new(state):
                         self._init_state(state, p, group)
                     self._compiled_state(state, p, group)
                     states.append(state)

@@ -140,6 +140,8 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     layouts: dict[tuple[str, ...], list[int]] = {}
     for index, p in enumerate(params):
         layouts.setdefault(shard_groups(p), []).append(index)
+    # Before the first call: a layout refused must leave every parameter as it was.
+    channel_layouts = [_channel_layout(p) for p in params] if sums and channels else []
     results = []
     for groups, indices in layouts.items():
         split = len(layouts) > 1
@@ -149,7 +151,7 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
             extra["numels"] = [p.numel() for p in picked[0]]
             extra["shard_groups"] = list(groups)
             if channels:
-                extra["channel_layouts"] = [n for p in picked[0] for n in _channel_layout(p)]
+                extra["channel_layouts"] = [n for i in (indices if split else range(count)) for n in channel_layouts[i]]
         results.append((indices, op(*[_as_local(v) for v in picked], **{k: _as_local(v) for k, v in extra.items()})))
     if len(results) == 1:
         return results[0][1]
@@ -174,8 +176,8 @@ def _channel_layout(p: Any) -> tuple[int, int, int]:
     mesh, placements = p.device_mesh, tuple(p.placements)
     cache = mesh.__dict__.setdefault("_holocron_optim_row_offsets", {})
     key = (tuple(p.shape), placements)
-    first_row = cache.get(key)
-    if first_row is None:
+    found = cache.get(key)
+    if found is None:
         if any(isinstance(placement, _StridedShard) for placement in placements):
             raise NotImplementedError(
                 f"AdamP's channel_projection on a DTensor sharded as {placements}: a strided shard's rows are "
@@ -183,7 +185,14 @@ def _channel_layout(p: Any) -> tuple[int, int, int]:
             )
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-        first_row = cache[key] = int(compute_local_shape_and_global_offset(p.shape, mesh, placements)[1][0])
+        local_shape, offset = compute_local_shape_and_global_offset(p.shape, mesh, placements)
+        found = cache[key] = (tuple(local_shape), int(offset[0]))
+    local_shape, first_row = found
+    if tuple(shard.shape) != local_shape:
+        raise NotImplementedError(
+            f"AdamP's channel_projection on a DTensor whose local shard has shape {tuple(shard.shape)}, not the "
+            f"{local_shape} torch's chunking gives its placements {placements}: where its rows lie is unknown"
+        )
     width = shard.numel() // shard.size(0) if shard.numel() else 1
     return (p.size(0), first_row * width, width)
 
@@ -246,7 +255,7 @@ def _pieces_channel_layouts(layouts: list[FlatLayout]) -> list[int]:
     out: list[int] = []
     for layout in layouts:
         for first, count, numel in zip(layout.firsts, layout.channels, layout.numels):
-            out += (count, first, numel // count) if count else (0, 0, 1)
+            out += (count, first, numel // count) if count and numel else (0, 0, 1)
     return out
 
 

@@ -4,6 +4,7 @@ param_groups and state layout; the math runs in torch.ops.holocron."""
 from __future__ import annotations
 
 import inspect
+import math
 from operator import attrgetter
 from typing import Any
 
@@ -208,6 +209,12 @@ class LAMB(FusedStep, Optimizer):
             step before the weight decay only where it agrees in sign with the gradient,
             rescaled by ``1 / max(fraction kept, 1e-3)`` (of the whole tensor, over all
             shards); the trust ratio is then of the result. Default `False`.
+        corrected_weight_decay: with ``decoupled_weight_decay``, ``p *= 1 - lr**2 / max_lr *
+            weight_decay``, a decay that follows the schedule's lr relative to its peak (timm's
+            ``corrected_weight_decay``). Default `False`.
+        max_lr: the peak lr of ``corrected_weight_decay``, > 0; None: the constructor's lr, as
+            timm takes it (in the defaults and in the groups given to the constructor; a group
+            added later with the correction must hold its own). Default `None`.
 
     The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
@@ -231,15 +238,51 @@ class LAMB(FusedStep, Optimizer):
         _MAXIMIZE,
         _DECOUPLED,
         Option("caution", False, flag, added_later=True),
+        Option("corrected_weight_decay", False, flag, added_later=True),
+        Option("max_lr", None, positive_or_none("max_lr"), range="(0, inf)", added_later=True),
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
-    # The group key of decoupled weight decay (timm's Lamb calls it decoupled_decay).
+    # The group keys of decoupled weight decay and of the corrected decay's peak lr (timm's Lamb
+    # calls them decoupled_decay and max_lr_snapshot).
     _decoupled_key = "decoupled_weight_decay"
+    _max_lr_key = "max_lr"
+
+    def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
+        # timm's snapshot: corrected_weight_decay without max_lr follows the constructor's lr, in
+        # the defaults and in the groups given now (a group added later must say its max_lr).
+        lr = defaults["lr"]
+        self._constructor_lr = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
+        if defaults.get("corrected_weight_decay") and defaults.get(self._max_lr_key, 0.0) is None:
+            defaults = {**defaults, self._max_lr_key: self._constructor_lr}
+        self._constructing = True
+        try:
+            super()._construct(params, defaults)
+        finally:
+            self._constructing = False
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if (getattr(self, "_constructing", False) and isinstance(param_group, dict)
+                and param_group.get("corrected_weight_decay", self.defaults.get("corrected_weight_decay"))
+                and param_group.get(self._max_lr_key, self.defaults.get(self._max_lr_key)) is None):
+            param_group = {**param_group, self._max_lr_key: self._constructor_lr}
+        super().add_param_group(param_group)
+
+    def _check_group_options(self, group: dict[str, Any]) -> None:
+        super()._check_group_options(group)
+        if group.get("corrected_weight_decay") and group.get(self._decoupled_key):
+            peak = group.get(self._max_lr_key)
+            if peak is None or not math.isfinite(float(peak)) or float(peak) <= 0:
+                raise ValueError(f"{type(self).__name__}: corrected_weight_decay needs {self._max_lr_key} > 0 (the "
+                                 f"peak lr the decay follows), got {peak}")
 
     def _weight_decay_of(self, group: dict[str, Any]) -> float:
-        """The group's weight decay as the op takes it (timm's Lamb corrects it)."""
-        return float(group["weight_decay"])
+        """The group's weight decay as the op takes it: timm's corrected decay, lr**2 / max_lr *
+        weight_decay, is lr * (weight_decay * lr / max_lr)."""
+        weight_decay = float(group["weight_decay"])
+        if group.get("corrected_weight_decay") and group.get(self._decoupled_key):
+            return weight_decay * float(group["lr"]) / float(group[self._max_lr_key])
+        return weight_decay
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]

@@ -149,22 +149,16 @@ class Lamb(LAMB):
     # timm bounds nothing in the trust ratio.
     scale_clip = (0.0, math.inf)
     _decoupled_key = "decoupled_decay"
+    _max_lr_key = "max_lr_snapshot"
 
     def _construct(self, params: Any, defaults: dict[str, Any]) -> None:
-        # timm's group key for corrected_weight_decay (the constructor's lr).
+        # timm keeps the constructor's lr in every group (LAMB's corrected decay reads it).
         lr = defaults["lr"]
         max_lr = float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr)
         if defaults["corrected_weight_decay"] and max_lr <= 0:
             raise ValueError(f"Corrected weight decay requires a positive max lr, got {max_lr}. Construct the "
                              "optimizer with the peak lr.")
         super()._construct(params, {**defaults, "max_lr_snapshot": max_lr})
-
-    def _weight_decay_of(self, group: dict[str, Any]) -> float:
-        # timm's corrected decay, lr**2 / max_lr * weight_decay, as the op's lr * weight_decay.
-        weight_decay = float(group["weight_decay"])
-        if group.get("corrected_weight_decay") and group.get("decoupled_decay"):
-            return weight_decay * float(group["lr"]) / float(group["max_lr_snapshot"])
-        return weight_decay
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also loads timm's own ``Lamb`` state dicts: their step count is the group's."""
@@ -394,8 +388,8 @@ class AdamP(_TimmGroups, _AdamP):
         nesterov: Nesterov's direction. Default `False`.
         caution: timm's spherical caution; not available yet (only False). Default `False`.
 
-    The state keys are timm's (``step``, ``exp_avg``, ``exp_avg_sq``). Not on sharded
-    parameters (FSDP2, DTensor, DeepSpeed: ``NotImplementedError`` at the first step).
+    The state keys are timm's (``step``, ``exp_avg``, ``exp_avg_sq``). On sharded parameters
+    too (FSDP2, tensor parallelism, DeepSpeed): each channel's sums over its shards.
     """
 
     _options = (

@@ -187,8 +187,12 @@ LocalRows local_rows(const AdamPRows& rows, size_t i, int64_t numel) {
           .lead = lead, .width = layout.width};
 }
 
+// Whether the local elements are whole rows (a whole tensor, or FSDP2's shard): no padding.
+bool whole_rows(const LocalRows& local, int64_t numel) { return local.lead == 0 && local.count * local.width == numel; }
+
 at::Tensor as_rows(const at::Tensor& flat, const LocalRows& local) {
   const int64_t numel = flat.size(0);
+  if (whole_rows(local, numel)) return flat.view({local.count, local.width});
   return at::constant_pad_nd(flat, {local.lead, local.count * local.width - local.lead - numel})
       .view({local.count, local.width});
 }
@@ -253,12 +257,12 @@ void adamp(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
       const auto local = local_rows(rows, i, p.numel());
       const auto begin = update.projection.begin() + static_cast<std::ptrdiff_t>(first + static_cast<size_t>(local.first));
       const std::vector<double> coefficients(begin, begin + local.count);
-      const auto per_element = at::tensor(coefficients, at::TensorOptions().dtype(at::kDouble))
-                                   .repeat_interleave(local.width)
-                                   .narrow(0, local.lead, p.numel())
-                                   .to(p.options())
-                                   .view(p.sizes());
-      q.sub_(p * per_element);
+      const auto per_row = at::tensor(coefficients, at::TensorOptions().dtype(at::kDouble)).to(p.options());
+      if (whole_rows(local, p.numel())) {
+        q.sub_((p.reshape({local.count, local.width}) * per_row.view({local.count, 1})).view(p.sizes()));
+      } else {
+        q.sub_(p * per_row.repeat_interleave(local.width).narrow(0, local.lead, p.numel()).view(p.sizes()));
+      }
     }
     if (update.decay[i] != 1.0) p.mul_(update.decay[i]);
     p.add_(q, -h.lr);
@@ -326,10 +330,12 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   check_steps("AdamP", steps, params.size());
   check_sharding("AdamP", sharding, params);
   // A sharded caller says where each shard's elements lie among the channels.
-  TORCH_CHECK_NOT_IMPLEMENTED(!h.channel_projection || !sharding.channel_layouts.empty() ||
-                                  (!sharding.all_reduce && sharding.numels.empty()),
+  const bool sharded = sharding.all_reduce || !sharding.numels.empty() || !sharding.channel_layouts.empty();
+  TORCH_CHECK_NOT_IMPLEMENTED(!h.channel_projection || !sharded ||
+                                  (!sharding.channel_layouts.empty() && !sharding.numels.empty()),
                               "AdamP: channel_projection (timm's per-channel cosines) on sharded parameters "
-                              "needs their channel layouts (Sharding::channel_layouts), which the caller did not give");
+                              "needs their whole sizes and channel layouts (Sharding::numels and "
+                              "Sharding::channel_layouts), which the caller did not both give");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;

@@ -194,11 +194,19 @@ using namespace detail;
 LAMBOptions::LAMBOptions(double lr) : lr_(lr) {}
 
 functional::LambHyper LAMBOptions::hyper() const {
+  double decay = weight_decay();
+  if (corrected_weight_decay() && decoupled_weight_decay()) {
+    TORCH_CHECK_VALUE(max_lr().has_value() && *max_lr() > 0 && std::isfinite(*max_lr()),
+                      "LAMB: corrected_weight_decay needs max_lr > 0 (the peak lr the decay follows), got ",
+                      max_lr() ? std::to_string(*max_lr()) : std::string("none"));
+    // The op decays by lr * weight_decay: timm's lr^2 / max_lr * weight_decay.
+    decay *= lr() / *max_lr();
+  }
   return {.lr = lr(),
           .beta1 = std::get<0>(betas()),
           .beta2 = std::get<1>(betas()),
           .eps = eps(),
-          .weight_decay = weight_decay(),
+          .weight_decay = decay,
           .scale_clip = clip_or_default(scale_clip()),
           .bias_correction = bias_correction(),
           .grad_averaging = grad_averaging(),
@@ -208,8 +216,35 @@ functional::LambHyper LAMBOptions::hyper() const {
           .caution = caution()};
 }
 
+namespace {
+
+// timm's max_lr_snapshot: the constructor's lr, where corrected_weight_decay is asked without one.
+LAMBOptions with_max_lr(LAMBOptions options, double peak) {
+  if (options.corrected_weight_decay() && !options.max_lr()) options.max_lr(peak);
+  return options;
+}
+
+double peak_lr(const LAMBOptions& defaults) { return defaults.max_lr().value_or(defaults.lr()); }
+
+std::vector<OptimizerParamGroup> groups_with_max_lr(const std::vector<OptimizerParamGroup>& groups,
+                                                    const LAMBOptions& defaults) {
+  std::vector<OptimizerParamGroup> out;
+  out.reserve(groups.size());
+  for (const auto& group : groups) {
+    const auto* options = group.has_options() ? dynamic_cast<const LAMBOptions*>(&group.options()) : nullptr;
+    if (options == nullptr) {
+      out.push_back(group);  // the defaults' copy, or another type that add_param_group refuses
+    } else {
+      out.emplace_back(group.params(), std::make_unique<LAMBOptions>(with_max_lr(*options, peak_lr(defaults))));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 LAMB::LAMB(const std::vector<OptimizerParamGroup>& param_groups, LAMBOptions defaults)
-    : Algorithm(param_groups, defaults, "LAMB") {}
+    : Algorithm(groups_with_max_lr(param_groups, defaults), with_max_lr(defaults, peak_lr(defaults)), "LAMB") {}
 LAMB::LAMB(TensorVector params, LAMBOptions defaults)
     : LAMB({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 

@@ -211,9 +211,11 @@ void check_sharding(const char* optimizer, const Sharding& sharding, TensorList 
     TORCH_CHECK(layout.channels >= 0 && layout.first >= 0 && layout.width >= 1, optimizer, ": parameter ", i,
                 "'s channel layout (channels=", layout.channels, ", first=", layout.first, ", width=",
                 layout.width, ") needs channels >= 0, first >= 0 and width >= 1");
-    if (layout.channels == 0 || numel == 0) continue;
+    if (layout.channels == 0) continue;
+    // On every rank, its elements or none: the ranks must agree on the rows they all-reduce.
     TORCH_CHECK(whole % layout.channels == 0, optimizer, ": parameter ", i, "'s whole tensor of ", whole,
                 " elements cannot have ", layout.channels, " output channels");
+    if (numel == 0) continue;
     // The last local element lies in a channel: first + numel - 1 < channels * width (wide: the
     // values are the caller's).
     using Wide = __int128;

@@ -118,7 +118,9 @@ struct LambTraits {
         .max_grad_norm(optional_setting(s, "max_grad_norm"))
         .trust_clip(flag_setting(s, "trust_clip"))
         .always_adapt(flag_setting(s, "always_adapt", true))
-        .caution(flag_setting(s, "caution"));
+        .caution(flag_setting(s, "caution"))
+        .corrected_weight_decay(flag_setting(s, "corrected_weight_decay"))
+        .max_lr(optional_setting(s, "max_lr"));
   }
   template <typename Input, typename Choose>
   static Options fuzzed(Input& in, double lr, double wd, double b1, double b2, Choose choose) {

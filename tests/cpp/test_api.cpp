@@ -726,6 +726,56 @@ TEST(LambOptions, RoundTripAndBadMaxGradNorm) {
   }
 }
 
+// timm's corrected_weight_decay: the decoupled decay times lr / max_lr, max_lr the constructor's lr
+// unless given.
+TEST(LambOptions, CorrectedWeightDecayFollowsTheLrBelowItsPeak) {
+  const auto corrected = ho::LAMBOptions(0.05).weight_decay(0.1).decoupled_weight_decay(true)
+                             .corrected_weight_decay(true);
+  auto p = torch::ones({3}, torch::kDouble).set_requires_grad(true);
+  auto q = torch::ones({2}, torch::kDouble).set_requires_grad(true);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{p});
+  // A group's own options without max_lr take the constructor's lr too (timm's snapshot).
+  groups.emplace_back(std::vector<torch::Tensor>{q}, std::make_unique<ho::LAMBOptions>(ho::LAMBOptions(corrected).lr(0.02)));
+  ho::LAMB optimizer(groups, corrected);
+  for (auto& group : optimizer.param_groups()) {
+    EXPECT_EQ(static_cast<const ho::LAMBOptions&>(group.options()).max_lr(), 0.05);
+    group.options().set_lr(0.01);  // a schedule below its peak
+  }
+  // A zero gradient: the step is the decay alone.
+  p.mutable_grad() = torch::zeros_like(p);
+  q.mutable_grad() = torch::zeros_like(q);
+  optimizer.step();
+  const double decayed = 1.0 - 0.01 * 0.01 / 0.05 * 0.1;
+  EXPECT_TRUE(torch::allclose(p, torch::full_like(p, decayed), 0.0, 1e-15)) << p;
+  EXPECT_TRUE(torch::allclose(q, torch::full_like(q, decayed), 0.0, 1e-15)) << q;
+
+  // Saved and loaded with the rest of the options.
+  std::stringstream bytes;
+  torch::save(optimizer, bytes);
+  std::vector<torch::optim::OptimizerParamGroup> fresh;
+  fresh.emplace_back(std::vector<torch::Tensor>{torch::ones({3}, torch::kDouble).set_requires_grad(true)});
+  fresh.emplace_back(std::vector<torch::Tensor>{torch::ones({2}, torch::kDouble).set_requires_grad(true)});
+  ho::LAMB loaded(fresh);
+  torch::load(loaded, bytes);
+  const auto& options = static_cast<const ho::LAMBOptions&>(loaded.param_groups()[1].options());
+  EXPECT_TRUE(options.corrected_weight_decay());
+  EXPECT_EQ(options.max_lr(), 0.05);
+
+  // A group added later must say its peak; nothing is added when it does not.
+  auto later = torch::ones({2}, torch::kDouble).set_requires_grad(true);
+  expect_throw_naming([&] {
+    optimizer.add_param_group(torch::optim::OptimizerParamGroup(
+        {later}, std::make_unique<ho::LAMBOptions>(ho::LAMBOptions(0.01).decoupled_weight_decay(true)
+                                                       .corrected_weight_decay(true))));
+  }, "max_lr", "a group without max_lr");
+  EXPECT_EQ(optimizer.param_groups().size(), 2u);
+  for (const double bad : {0.0, -1.0, kNaN, kInf}) {
+    expect_throw_naming([&] { ho::LAMB(some_params(), ho::LAMBOptions(corrected).max_lr(bad)); }, "max_lr",
+                        "a bad max_lr");
+  }
+}
+
 // Each bound clips by the norm over the groups holding it; none does not clip.
 TEST(LambOptions, GroupsWithDifferentMaxGradNormsAreClippedApart) {
   torch::manual_seed(3);

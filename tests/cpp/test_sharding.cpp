@@ -588,6 +588,24 @@ TEST_F(Sharding, AdamPChannelProjectionWithoutLayoutsIsRefused) {
   EXPECT_TRUE(at::equal(before, shard.lists[0][0]));
 }
 
+TEST_F(Sharding, AChannelCountThatDoesNotDivideItsTensorIsRefusedOnAnEmptyShardToo) {
+  // Rank 0 holds none of tensor 1 (6 elements): it must refuse 4 channels as its peer does, or it
+  // would wait in the all-reduce alone.
+  const auto whole = make_whole(adamp_channels(), Dtypes::Double);
+  Replica shard = shard_replica(whole, 0);
+  ASSERT_EQ(shard.lists[0][1].numel(), 0);
+  const F::AdamPHyper h{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
+                        .amsgrad = false, .delta = kAdamPDelta, .channel_projection = true};
+  auto layouts = channel_layouts_of(0);
+  layouts[1] = {.channels = 4, .first = 0, .width = 1};
+  int calls = 0;
+  F::Sharding sharding{[&calls](at::Tensor&) { ++calls; }, whole_numels(), layouts};
+  EXPECT_THROW(F::adamp_(shard.lists[0], shards_of(adamp_channel_grads(whole.lists[0], 1), 0), shard.lists[1],
+                         shard.lists[2], {}, std::vector<int64_t>(kPieces.size(), 1), h, {}, sharding),
+               c10::Error);
+  EXPECT_EQ(calls, 0);
+}
+
 TEST_F(Sharding, AChannelLayoutPastItsTensorIsRefused) {
   const auto whole = make_whole(adamp_channels(), Dtypes::Double);
   Replica shard = shard_replica(whole, 1);

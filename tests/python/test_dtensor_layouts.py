@@ -93,3 +93,32 @@ def test_scout_refuses_mixed_layouts(mesh):
         p.grad = torch.ones_like(p)
     with pytest.raises(NotImplementedError, match="laid out differently"):
         opt.step()
+
+
+def _adamp_step_is_refused(params, match):
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer = ho_timm.AdamP(params, lr=0.01, delta=2.0)
+    before = [full(p).clone() for p in params]
+    with pytest.raises(NotImplementedError, match=match):
+        optimizer.step()
+    for p, b in zip(params, before):
+        assert torch.equal(full(p), b)
+    assert all(not state for state in optimizer.state.values())
+
+
+def test_channel_projection_refuses_a_shard_of_unknown_rows(mesh):
+    """A DTensor whose local shard is not what torch's chunking gives its placements: where its
+    rows lie is unknown. Refused before anything is written, a plain layout updated first included."""
+    plain = distribute_tensor(torch.ones(3, 2, dtype=torch.float64), mesh, [Replicate()])
+    odd = DTensor.from_local(torch.ones(3, 2, dtype=torch.float64), mesh, [Shard(0)], shape=torch.Size((4, 2)),
+                             stride=(2, 1))
+    _adamp_step_is_refused([torch.nn.Parameter(plain), torch.nn.Parameter(odd)], "local shard has shape")
+
+
+def test_channel_projection_refuses_strided_shards(mesh):
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    plain = distribute_tensor(torch.ones(3, 2, dtype=torch.float64), mesh, [Replicate()])
+    strided = DTensor.from_local(torch.ones(4, 2, dtype=torch.float64), mesh, [_StridedShard(0, split_factor=2)])
+    _adamp_step_is_refused([torch.nn.Parameter(plain), torch.nn.Parameter(strided)], "strided shard")

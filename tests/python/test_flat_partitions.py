@@ -120,3 +120,27 @@ def test_channel_projection_on_a_layout_that_does_not_place_its_pieces_is_refuse
     with pytest.raises(NotImplementedError, match="firsts and channels"):
         optimizer.step()
     assert torch.equal(flat.detach(), before)
+
+
+def test_channel_projection_on_a_partition_holding_an_empty_tensor(group_name):
+    """A (4, 0) model tensor has channels but no elements: no row of it is summed."""
+    shapes = ((3, 2), (4, 0), (2, 2))
+    numels = [math.prod(s) for s in shapes]
+    starts = [sum(numels[:i]) for i in range(len(shapes))]
+    layout = _distributed.FlatLayout(tuple(starts), tuple(numels), tuple(numels), group_name, (0, 0, 0),
+                                     tuple(s[0] for s in shapes))
+    generator = torch.Generator().manual_seed(3)
+    weights = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+    flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_(True)
+    setattr(flat, _distributed.FLAT_LAYOUT, layout)
+    _distributed.flat_layouts_exist = True
+    whole = [w.clone().requires_grad_(True) for w in weights]
+    ours, oracle = FACTORIES["AdamP(channels)"]([flat]), FACTORIES["AdamP(channels)"](whole)
+    for _ in range(3):
+        grads = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+        flat.grad = torch.cat([g.reshape(-1) for g in grads])
+        for w, g in zip(whole, grads):
+            w.grad = g
+        ours.step()
+        oracle.step()
+    torch.testing.assert_close(flat.detach(), torch.cat([w.detach().reshape(-1) for w in whole]), rtol=1e-12, atol=1e-12)

@@ -191,6 +191,30 @@ def test_lookahead_gives_timms_numbers_groups_and_checkpoints(timm, base, option
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("base,options", [("Lamb", {"lr": 0.01}), ("Lars", {"lr": 0.5, "momentum": 0.9})])
+def test_lookahead_synced_before_the_first_step_is_timms(timm, base, options):
+    """sync_lookahead() before any step (gradients present) leaves the base's state holding only
+    the slow weights; the base's first step then starts its own state there. timm's Lamb raises
+    there (its state is not empty, yet lacks its moments): its first step runs with the slow
+    weights set aside."""
+    theirs_model, ours_model = _model(4), _model(4)
+    theirs = timm.Lookahead(getattr(timm, base)(theirs_model.parameters(), **options), alpha=0.5, k=2)
+    mine = ours.Lookahead(getattr(ours, base)(ours_model.parameters(), **options), alpha=0.5, k=2)
+    for opt, model in ((theirs, theirs_model), (mine, ours_model)):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.sync_lookahead()
+    assert all(set(state) == {"lookahead_slow_buff"} for state in mine._base_optimizer.state.values())
+    _train(mine, ours_model, 12, steps=1)
+    base_state = theirs._base_optimizer.state
+    slow = {p: base_state[p].pop("lookahead_slow_buff") for p in list(base_state)}
+    _train(theirs, theirs_model, 12, steps=1)
+    for p, buffer in slow.items():
+        base_state[p]["lookahead_slow_buff"] = buffer
+    for (a, b) in zip(_train(mine, ours_model, 13, steps=4), _train(theirs, theirs_model, 13, steps=4)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_lamb_corrected_weight_decay_is_timms(timm):
     """lr**2 / max_lr * weight_decay under a schedule that lowers lr, and timm's refusal of a max lr
     of 0."""

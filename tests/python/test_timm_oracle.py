@@ -164,6 +164,31 @@ def test_lamb_cpp_front_matches_timm(timm_optim, seed):
     _assert_cpp_front_matches("LAMB", settings, lambda params: timm_optim.lamb.Lamb(params, **options), seed)
 
 
+@pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
+@pytest.mark.parametrize("seed", range(2))
+def test_lamb_cpp_corrected_weight_decay_matches_timm(timm_optim, seed):
+    """LAMBOptions' corrected_weight_decay with max_lr 0.05 and lr 0.01 (a schedule's lr below
+    its peak), against timm's Lamb built with lr 0.05 whose groups' lr is then set to 0.01."""
+    options = {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.1, "max_grad_norm": None,
+               "bias_correction": True, "grad_averaging": True, "trust_clip": bool(seed), "always_adapt": False,
+               "decoupled_decay": True, "caution": False}
+    settings = [f"lr={options['lr']!r}", "beta1=0.9", "beta2=0.999", "eps=1e-06", "weight_decay=0.1",
+                "clip_low=0.0", "clip_high=inf", "corrected_weight_decay=1.0", "max_lr=0.05"]
+    settings += [f"{OUR_NAMES.get(name, name)}={float(options[name])!r}" for name in LAMB_FLAGS]
+
+    def make_timm(params):
+        opt = timm_optim.lamb.Lamb(params, **{**options, "lr": 0.05}, corrected_weight_decay=True)
+        for group in opt.param_groups:
+            group["lr"] = options["lr"]
+        return opt
+
+    _assert_cpp_front_matches("LAMB", settings, make_timm, seed)
+    # Without the correction the numbers differ: the test above sees it.
+    uncorrected = [s for s in settings if not s.startswith("corrected_weight_decay")]
+    with pytest.raises(AssertionError):
+        _assert_cpp_front_matches("LAMB", uncorrected, make_timm, seed)
+
+
 def test_lamb_groups_with_different_max_grad_norms_are_clipped_apart():
     """Each bound clips by the norm over the groups holding it; None does not clip: the same as
     one optimizer per bound."""

@@ -52,8 +52,8 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// of `p.reshape(p.size(0), -1)`) is below `delta / sqrt(numel / size(0))`, each channel's `q`
   /// loses its component along that channel's `p / (||p|| + eps)`; else, if the whole tensor's
   /// `|cos|` is below `delta / sqrt(numel)`, the whole `q` loses it; the cosines' norms are
-  /// clamped at `eps`, and the decision and the projection are of `p` before its decay. Not on
-  /// sharded parameters (c10::NotImplementedError there). Default false.
+  /// clamped at `eps`, and the decision and the projection are of `p` before its decay. On shards,
+  /// functional::adamp_ needs Sharding::numels and Sharding::channel_layouts. Default false.
   TORCH_ARG(bool, channel_projection) = false;
   /// Cautious Optimizers (Liang et al. 2024), as pytorch-optimizer's `AdamP(cautious=True)`: `m`
   /// enters `q` only where `m * g > 0`, times `numel / (kept + 1)` (the whole tensor's count, over

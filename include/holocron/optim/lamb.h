@@ -60,6 +60,13 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// 1e-3)` (of the whole tensor, over all shards); the trust ratio is then of the result. Pass 2
   /// reads the gradient again. Default false.
   TORCH_ARG(bool, caution) = false;
+  /// With `decoupled_weight_decay`: `p *= 1 - lr^2 / max_lr * weight_decay`, a decay that follows
+  /// the schedule's lr relative to its peak (timm's `corrected_weight_decay`). Default false.
+  TORCH_ARG(bool, corrected_weight_decay) = false;
+  /// The peak lr of `corrected_weight_decay` (timm's `max_lr_snapshot`); must then be > 0. None:
+  /// the constructor's lr, as timm takes it (LAMB sets it in its defaults and in the groups given
+  /// options without it; a group added later without it is refused). Default none.
+  TORCH_ARG(optional_real_t, max_lr) = std::nullopt;
 
  public:
   /// Each field, in order (see detail::OptionsBase).
@@ -78,11 +85,13 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
     visit("maximize", self.maximize());
     visit("decoupled_weight_decay", self.decoupled_weight_decay());
     visit("caution", self.caution());
+    visit("corrected_weight_decay", self.corrected_weight_decay());
+    visit("max_lr", self.max_lr());
   }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize",
-            "decoupled_weight_decay", "caution"};
+            "decoupled_weight_decay", "caution", "corrected_weight_decay", "max_lr"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;
@@ -128,7 +137,8 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
 /// (`u = (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * p`),
 /// `grad_averaging` false (`m = beta1 * m + g`), `max_grad_norm` (g divided by
 /// `max(1, ||all g|| / max_grad_norm)`), `trust_clip` (`min(local_lr, 1)`), `always_adapt` false
-/// (`local_lr = 1` where `weight_decay == 0`). timm's numbers also need `scale_clip` `(0, inf)`.
+/// (`local_lr = 1` where `weight_decay == 0`), `corrected_weight_decay` (the decoupled decay times
+/// `lr / max_lr`). timm's numbers also need `scale_clip` `(0, inf)`.
 ///
 /// Difference from the reference (pylocron 0.3.0):
 /// - `weight_decay < 0` is refused; pylocron accepts it.
