@@ -90,3 +90,17 @@ def test_module_docstring_has_an_example():
     assert "Example::" in ho.__doc__
     for name in ho.__all__:
         assert name in ho.__doc__
+
+
+def test_cpp_options_and_states_declare_each_field_once():
+    """C++ options and param states declare their fields with HOLOCRON_FIELD, which also lists
+    them for serialization and comparison: a TORCH_ARG there would be a field no checkpoint holds."""
+    from pathlib import Path
+
+    headers = Path(__file__).resolve().parents[2] / "include" / "holocron" / "optim"
+    for header in sorted(headers.glob("*.h")):
+        text = header.read_text()
+        for struct in re.finditer(r"struct (\w+) : detail::(?:OptionsBase|ParamStateBase)<\w+> \{(.*?)\n\};", text, re.S):
+            name, body = struct.groups()
+            assert "TORCH_ARG(" not in body, f"{header.name}: {name} declares a field with TORCH_ARG"
+            assert "HOLOCRON_FIELDS;" in body and "HOLOCRON_FIELD(" in body, f"{header.name}: {name}"

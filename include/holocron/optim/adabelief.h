@@ -16,57 +16,43 @@ namespace holocron::optim {
 /// Options of AdaBelief (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   AdaBeliefOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
   /// Default (0.9, 0.999); each in [0, 1).
-  TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  HOLOCRON_FIELD(betas2_t, betas) = std::make_tuple(0.9, 0.999);
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
-  TORCH_ARG(double, eps) = 1e-8;
+  HOLOCRON_FIELD(double, eps) = 1e-8;
   /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0.
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
   /// AMSGrad: divide by the running maximum of `s` (kept in `max_exp_avg_sq`). Default false.
-  TORCH_ARG(bool, amsgrad) = false;
+  HOLOCRON_FIELD(bool, amsgrad) = false;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW). Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
   /// RAdam's rectification (timm's `rectify`): while the approximated SMA length `rho_t` of the
   /// second moment is >= 5, `p -= lr * r_t * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(s) + eps)`
   /// (no bias correction of `s`, and `s`, not its running maximum, even with `amsgrad`, as
   /// timm); below, see degenerated_to_sgd. Default false.
-  TORCH_ARG(bool, rectify) = false;
+  HOLOCRON_FIELD(bool, rectify) = false;
   /// With `rectify`, while `rho_t < 5`: `p -= lr * m / (1 - beta1^t)` (a momentum step); false:
   /// no step (the weight decay still applies). Read only with `rectify`. Default true (timm's).
-  TORCH_ARG(bool, degenerated_to_sgd) = true;
+  HOLOCRON_FIELD(bool, degenerated_to_sgd) = true;
   /// With `decoupled_weight_decay`: `p *= 1 - weight_decay`, not scaled by `lr` (timm's);
   /// refused without it. Default false.
-  TORCH_ARG(bool, fixed_decay) = false;
+  HOLOCRON_FIELD(bool, fixed_decay) = false;
   /// Add `eps` into `s` after each update, `s = beta2 * s + (1 - beta2) * (g - m)^2 + eps` (the
   /// paper's Algorithm 1, the authors' and timm's code); stored, so it accumulates. Default false.
-  TORCH_ARG(bool, eps_in_variance) = false;
+  HOLOCRON_FIELD(bool, eps_in_variance) = false;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("betas", self.betas());
-    visit("eps", self.eps());
-    visit("weight_decay", self.weight_decay());
-    visit("amsgrad", self.amsgrad());
-    visit("maximize", self.maximize());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-    visit("rectify", self.rectify());
-    visit("degenerated_to_sgd", self.degenerated_to_sgd());
-    visit("fixed_decay", self.fixed_decay());
-    visit("eps_in_variance", self.eps_in_variance());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"maximize", "decoupled_weight_decay", "rectify", "degenerated_to_sgd", "fixed_decay",
@@ -78,24 +64,15 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
 
 /// State AdaBelief keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
+  HOLOCRON_FIELDS;
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
-  TORCH_ARG(int64_t, step) = 0;
+  HOLOCRON_FIELD(int64_t, step) = 0;
   /// Moving average of the gradient (first moment `m`).
-  TORCH_ARG(torch::Tensor, exp_avg);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg);
   /// Moving average `s` of the squared deviation `(g - m)^2` (the "belief"), under Adam's key.
-  TORCH_ARG(torch::Tensor, exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
-  TORCH_ARG(torch::Tensor, max_exp_avg_sq);
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("step", self.step());
-    visit("exp_avg", self.exp_avg());
-    visit("exp_avg_sq", self.exp_avg_sq());
-    visit("max_exp_avg_sq", self.max_exp_avg_sq());
-  }
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
 };
 
 /// AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean.

@@ -16,37 +16,38 @@ namespace holocron::optim {
 /// Options of AdamP (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   AdamPOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
   /// Default (0.9, 0.999); each in [0, 1).
-  TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  HOLOCRON_FIELD(betas2_t, betas) = std::make_tuple(0.9, 0.999);
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
-  TORCH_ARG(double, eps) = 1e-8;
+  HOLOCRON_FIELD(double, eps) = 1e-8;
   /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0.
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
   /// AMSGrad: divide by the running maximum of the second moment (kept in `max_exp_avg_sq`).
   /// Default false.
-  TORCH_ARG(bool, amsgrad) = false;
+  HOLOCRON_FIELD(bool, amsgrad) = false;
   /// Threshold of the scale-invariance test: the projection applies when
   /// `cos(p, g) < delta / sqrt(numel(p))`. Default 0.1; any finite value.
-  TORCH_ARG(double, delta) = 0.1;
+  HOLOCRON_FIELD(double, delta) = 0.1;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW): the moments and the cosine see `g`. Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
   /// Nesterov's direction (timm's, the authors'): `q` from `beta1 * m + (1 - beta1) * g` in place
   /// of `m`. Default false.
-  TORCH_ARG(bool, nesterov) = false;
+  HOLOCRON_FIELD(bool, nesterov) = false;
   /// The decoupled decay of a parameter the projection projects becomes
   /// `p *= 1 - lr * weight_decay * wd_ratio` (timm's, the authors'; 0.1 there). Other than 1 only
   /// with `channel_projection` and `decoupled_weight_decay`. Default 1; must be >= 0.
-  TORCH_ARG(double, wd_ratio) = 1.0;
+  HOLOCRON_FIELD(double, wd_ratio) = 1.0;
   /// timm's and the authors' projection instead of the reference's flattened one, for parameters
   /// of more than one dimension only: if `|cos|` of every output channel's `p` and `g` (the rows
   /// of `p.reshape(p.size(0), -1)`) is below `delta / sqrt(numel / size(0))`, each channel's `q`
@@ -54,30 +55,14 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// `|cos|` is below `delta / sqrt(numel)`, the whole `q` loses it; the cosines' norms are
   /// clamped at `eps`, and the decision and the projection are of `p` before its decay. On shards,
   /// functional::adamp_ needs Sharding::numels and Sharding::channel_layouts. Default false.
-  TORCH_ARG(bool, channel_projection) = false;
+  HOLOCRON_FIELD(bool, channel_projection) = false;
   /// Cautious Optimizers (Liang et al. 2024), as pytorch-optimizer's `AdamP(cautious=True)`: `m`
   /// enters `q` only where `m * g > 0`, times `numel / (kept + 1)` (the whole tensor's count, over
   /// all shards), before Nesterov's mix and the projection. timm's `caution` for AdamP is another,
   /// spherical, rule, not this one. Default false.
-  TORCH_ARG(bool, caution) = false;
+  HOLOCRON_FIELD(bool, caution) = false;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("betas", self.betas());
-    visit("eps", self.eps());
-    visit("weight_decay", self.weight_decay());
-    visit("amsgrad", self.amsgrad());
-    visit("delta", self.delta());
-    visit("maximize", self.maximize());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-    visit("nesterov", self.nesterov());
-    visit("wd_ratio", self.wd_ratio());
-    visit("channel_projection", self.channel_projection());
-    visit("caution", self.caution());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"maximize", "decoupled_weight_decay", "nesterov", "wd_ratio", "channel_projection", "caution"};
@@ -88,24 +73,15 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
 
 /// State AdamP keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
+  HOLOCRON_FIELDS;
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
-  TORCH_ARG(int64_t, step) = 0;
+  HOLOCRON_FIELD(int64_t, step) = 0;
   /// Moving average of the gradient (first moment `m`).
-  TORCH_ARG(torch::Tensor, exp_avg);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg);
   /// Moving average of the squared gradient (second moment `v`).
-  TORCH_ARG(torch::Tensor, exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
-  TORCH_ARG(torch::Tensor, max_exp_avg_sq);
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("step", self.step());
-    visit("exp_avg", self.exp_avg());
-    visit("exp_avg_sq", self.exp_avg_sq());
-    visit("max_exp_avg_sq", self.max_exp_avg_sq());
-  }
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
 };
 
 /// AdamP: Adam that removes the radial part of updates of scale-invariant weights.

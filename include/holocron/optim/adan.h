@@ -16,56 +16,43 @@ namespace holocron::optim {
 /// Options of Adan (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct AdanOptions : detail::OptionsBase<AdanOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   AdanOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Coefficients `(beta1, beta2, beta3)` of the moving averages of the gradient, of its difference
   /// and of the squared Nesterov direction. Default (0.98, 0.92, 0.99); each in [0, 1).
-  TORCH_ARG(betas3_t, betas) = std::make_tuple(0.98, 0.92, 0.99);
+  HOLOCRON_FIELD(betas3_t, betas) = std::make_tuple(0.98, 0.92, 0.99);
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
-  TORCH_ARG(double, eps) = 1e-8;
+  HOLOCRON_FIELD(double, eps) = 1e-8;
   /// Added to the gradient as `weight_decay * p` (unless `decoupled_weight_decay`), and divides `p`
   /// by `1 + weight_decay * lr` after the update (unless `no_prox`). Default 0; must be >= 0.
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
   /// AMSGrad: divide by the running maximum of `n` (kept in `max_exp_avg_delta`). Default false.
-  TORCH_ARG(bool, amsgrad) = false;
+  HOLOCRON_FIELD(bool, amsgrad) = false;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// No `weight_decay * p` in the gradient: the decay is then only the division after the update
   /// (or `no_prox`'s product), as in the authors' code and timm's Adan. Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
   /// `p *= 1 - weight_decay * lr` before the update instead of `p /= 1 + weight_decay * lr` after
   /// it (the authors' and timm's `no_prox`). Default false.
-  TORCH_ARG(bool, no_prox) = false;
+  HOLOCRON_FIELD(bool, no_prox) = false;
   /// Global gradient-norm clipping, as the authors' code: before anything reads them, the
   /// gradients of every group are multiplied by `min(max_grad_norm / (norm + eps), 1)`, `norm`
   /// being the one norm of all of them (unscaled, over all shards) and `eps` the group's; they are
   /// not modified. Groups holding different values are clipped apart. Default none (no clipping);
   /// must be > 0.
-  TORCH_ARG(optional_real_t, max_grad_norm) = std::nullopt;
+  HOLOCRON_FIELD(optional_real_t, max_grad_norm) = std::nullopt;
   /// Cautious Optimizers (Liang et al. 2024; timm's `caution`): the first moment's term of the
   /// update only where `m * g > 0`, rescaled by `1 / max(fraction kept, 1e-3)` (the fraction of the
   /// whole tensor, over all shards); one more read of `g` and `m` per step. Default false.
-  TORCH_ARG(bool, caution) = false;
+  HOLOCRON_FIELD(bool, caution) = false;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("betas", self.betas());
-    visit("eps", self.eps());
-    visit("weight_decay", self.weight_decay());
-    visit("amsgrad", self.amsgrad());
-    visit("maximize", self.maximize());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-    visit("no_prox", self.no_prox());
-    visit("max_grad_norm", self.max_grad_norm());
-    visit("caution", self.caution());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm", "caution"};
@@ -76,31 +63,20 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
 
 /// State Adan keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdanParamState : detail::ParamStateBase<AdanParamState> {
+  HOLOCRON_FIELDS;
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
-  TORCH_ARG(int64_t, step) = 0;
+  HOLOCRON_FIELD(int64_t, step) = 0;
   /// Moving average of the gradient (first moment `m`).
-  TORCH_ARG(torch::Tensor, exp_avg);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg);
   /// Moving average `v` of the gradient difference `diff` (not of a square, despite the reference's
   /// key).
-  TORCH_ARG(torch::Tensor, exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Moving average `n` of the squared Nesterov direction `(g + beta2 * diff)^2`.
-  TORCH_ARG(torch::Tensor, exp_avg_delta);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_delta);
   /// Running maximum of `exp_avg_delta`; defined only with `amsgrad`.
-  TORCH_ARG(torch::Tensor, max_exp_avg_delta);
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_delta);
   /// The previous step's `g` (weight decay included), updated every step (unlike pylocron).
-  TORCH_ARG(torch::Tensor, prev_grad);
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("step", self.step());
-    visit("exp_avg", self.exp_avg());
-    visit("exp_avg_sq", self.exp_avg_sq());
-    visit("exp_avg_delta", self.exp_avg_delta());
-    visit("max_exp_avg_delta", self.max_exp_avg_delta());
-    visit("prev_grad", self.prev_grad());
-  }
+  HOLOCRON_FIELD(torch::Tensor, prev_grad);
 };
 
 /// Adan: adaptive Nesterov momentum, from moving averages of the gradient and of its differences.

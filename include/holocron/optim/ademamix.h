@@ -16,56 +16,43 @@ namespace holocron::optim {
 /// Options of AdEMAMix (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   AdEMAMixOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Coefficients `(beta1, beta2, beta3)` of the fast average of the gradient, of the average of
   /// its square and of the slow average of the gradient. Default (0.9, 0.999, 0.9999); each in [0,
   /// 1).
-  TORCH_ARG(betas3_t, betas) = std::make_tuple(0.9, 0.999, 0.9999);
+  HOLOCRON_FIELD(betas3_t, betas) = std::make_tuple(0.9, 0.999, 0.9999);
   /// Weight of the slow average in the update. Default 5; any finite value.
-  TORCH_ARG(double, alpha) = 5.0;
+  HOLOCRON_FIELD(double, alpha) = 5.0;
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
-  TORCH_ARG(double, eps) = 1e-8;
+  HOLOCRON_FIELD(double, eps) = 1e-8;
   /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0 (fix 9:
   /// the reference accepts a negative value).
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW). Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
   /// Cautious Optimizers (Liang et al. 2024; pytorch-optimizer's `cautious`): the fast average's
   /// term only where `m1 * g > 0`, rescaled by `numel / (kept + 1)` (over the whole tensor, all
   /// shards); one more read of `g` and `m1` per step. Default false.
-  TORCH_ARG(bool, caution) = false;
+  HOLOCRON_FIELD(bool, caution) = false;
   /// Warm-up of `alpha` (the paper's `T_alpha`, bitsandbytes' `t_alpha`): at a parameter's step
   /// `t`, `alpha_t = min(t * alpha / t_alpha, alpha)`. Default none (no warm-up); must be > 0.
-  TORCH_ARG(optional_real_t, t_alpha) = std::nullopt;
+  HOLOCRON_FIELD(optional_real_t, t_alpha) = std::nullopt;
   /// Warm-up of `beta3` from `beta1` (the paper's `T_beta3`, bitsandbytes' `t_beta3`): for
   /// `t < t_beta3`, `beta3_t = min(exp(ln(beta1) ln(beta3) / ((1 - t/t_beta3) ln(beta3) +
   /// (t/t_beta3) ln(beta1))), beta3)`, then `beta3`. Default none (no warm-up); must be > 0, and then
   /// `beta1 > 0` and `beta3 > 0`.
-  TORCH_ARG(optional_real_t, t_beta3) = std::nullopt;
+  HOLOCRON_FIELD(optional_real_t, t_beta3) = std::nullopt;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("betas", self.betas());
-    visit("alpha", self.alpha());
-    visit("eps", self.eps());
-    visit("weight_decay", self.weight_decay());
-    visit("maximize", self.maximize());
-    visit("t_alpha", self.t_alpha());
-    visit("t_beta3", self.t_beta3());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-    visit("caution", self.caution());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution"};
@@ -76,24 +63,15 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
 
 /// State AdEMAMix keeps per parameter (conventions: see detail::ParamStateBase).
 struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
+  HOLOCRON_FIELDS;
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
-  TORCH_ARG(int64_t, step) = 0;
+  HOLOCRON_FIELD(int64_t, step) = 0;
   /// Fast moving average `m1` of the gradient.
-  TORCH_ARG(torch::Tensor, exp_avg);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg);
   /// Slow moving average `m2` of the gradient (not bias-corrected).
-  TORCH_ARG(torch::Tensor, exp_avg_slow);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_slow);
   /// Moving average `nu` of the squared gradient.
-  TORCH_ARG(torch::Tensor, exp_avg_sq);
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("step", self.step());
-    visit("exp_avg", self.exp_avg());
-    visit("exp_avg_slow", self.exp_avg_slow());
-    visit("exp_avg_sq", self.exp_avg_sq());
-  }
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
 };
 
 /// AdEMAMix: Adam with a second, slow moving average of gradients.

@@ -90,8 +90,11 @@ struct Sharding {
   /// parallelism keeps (a part of every row) and what a flat partition keeps (any range of the
   /// flattened tensor: `width` the whole row's length, `first` the range's start).
   struct ChannelLayout {
+    /// Output channels of the whole tensor (its size(0)); 0 where it has one dimension.
     int64_t channels = 0;
+    /// Offset of the local element 0, counted in elements of `width` per channel.
     int64_t first = 0;
+    /// Local elements per channel's run: the local row's length, or the whole row's.
     int64_t width = 1;
   };
   /// One per parameter. Empty: each local tensor is whole.

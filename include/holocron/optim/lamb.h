@@ -16,78 +16,60 @@ namespace holocron::optim {
 /// Options of LAMB (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   LAMBOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
   /// Default (0.9, 0.999); each in [0, 1).
-  TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  HOLOCRON_FIELD(betas2_t, betas) = std::make_tuple(0.9, 0.999);
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
-  TORCH_ARG(double, eps) = 1e-8;
+  HOLOCRON_FIELD(double, eps) = 1e-8;
   /// Added to the direction as `weight_decay * p`, before the trust ratio. Default 0; must be >= 0
   /// (pylocron accepts a negative value).
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
   /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
   /// infinite). Default none, meaning (0, 10), as in the reference.
-  TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
+  HOLOCRON_FIELD(scale_clip_t, scale_clip) = std::nullopt;
   /// Divides the moments by `1 - beta^t` (timm's and apex's LAMB). Default false, as the reference.
-  TORCH_ARG(bool, bias_correction) = false;
+  HOLOCRON_FIELD(bool, bias_correction) = false;
   /// The gradient enters the first moment weighted `1 - beta1`; false: weighted 1 (timm's and
   /// apex's `grad_averaging`). Default true, as the reference.
-  TORCH_ARG(bool, grad_averaging) = true;
+  HOLOCRON_FIELD(bool, grad_averaging) = true;
   /// Global gradient-norm clipping (timm, apex): before anything reads them, the gradients of every
   /// group are divided by `max(1, norm / max_grad_norm)`, `norm` being the one norm of all of them
   /// (unscaled); they are not modified. Groups holding different values are clipped apart, each by
   /// the norm over the groups holding its value. Default none (no clipping); must be > 0.
-  TORCH_ARG(optional_real_t, max_grad_norm) = std::nullopt;
+  HOLOCRON_FIELD(optional_real_t, max_grad_norm) = std::nullopt;
   /// Caps the trust ratio at 1 (LAMBC). Default false.
-  TORCH_ARG(bool, trust_clip) = false;
+  HOLOCRON_FIELD(bool, trust_clip) = false;
   /// A trust ratio also where `weight_decay` is 0; false: ratio 1 there, as timm and apex. Default
   /// true, as the reference.
-  TORCH_ARG(bool, always_adapt) = true;
+  HOLOCRON_FIELD(bool, always_adapt) = true;
 
   /// Decoupled weight decay (timm's `decoupled_decay`, torch's `decoupled_weight_decay`):
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction,
   /// so the decay stays outside the trust ratio's `||u||`; `||p||` is the decayed parameter's.
   /// Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// Cautious Optimizers (Liang et al. 2024; timm's `caution`): the Adam step before the weight
   /// decay only where it agrees in sign with the gradient, rescaled by `1 / max(fraction kept,
   /// 1e-3)` (of the whole tensor, over all shards); the trust ratio is then of the result. Pass 2
   /// reads the gradient again. Default false.
-  TORCH_ARG(bool, caution) = false;
+  HOLOCRON_FIELD(bool, caution) = false;
   /// With `decoupled_weight_decay`: `p *= 1 - lr^2 / max_lr * weight_decay`, a decay that follows
   /// the schedule's lr relative to its peak (timm's `corrected_weight_decay`). Default false.
-  TORCH_ARG(bool, corrected_weight_decay) = false;
+  HOLOCRON_FIELD(bool, corrected_weight_decay) = false;
   /// The peak lr of `corrected_weight_decay` (timm's `max_lr_snapshot`); must then be > 0. None:
   /// the constructor's lr, as timm takes it (LAMB sets it in its defaults and in the groups given
   /// options without it; a group added later without it is refused). Default none.
-  TORCH_ARG(optional_real_t, max_lr) = std::nullopt;
+  HOLOCRON_FIELD(optional_real_t, max_lr) = std::nullopt;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("betas", self.betas());
-    visit("eps", self.eps());
-    visit("weight_decay", self.weight_decay());
-    visit("scale_clip", self.scale_clip());
-    visit("bias_correction", self.bias_correction());
-    visit("grad_averaging", self.grad_averaging());
-    visit("max_grad_norm", self.max_grad_norm());
-    visit("trust_clip", self.trust_clip());
-    visit("always_adapt", self.always_adapt());
-    visit("maximize", self.maximize());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-    visit("caution", self.caution());
-    visit("corrected_weight_decay", self.corrected_weight_decay());
-    visit("max_lr", self.max_lr());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize",
@@ -99,25 +81,16 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
 
 /// State LAMB keeps per parameter (conventions: see detail::ParamStateBase).
 struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
+  HOLOCRON_FIELDS;
   /// Number of updates of this parameter (LAMB has no bias correction; counted as the reference
   /// does).
-  TORCH_ARG(int64_t, step) = 0;
+  HOLOCRON_FIELD(int64_t, step) = 0;
   /// Moving average of the gradient (first moment `m`).
-  TORCH_ARG(torch::Tensor, exp_avg);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg);
   /// Moving average of the squared gradient (second moment `v`).
-  TORCH_ARG(torch::Tensor, exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Trust ratio of the last step: `clamp(||p||, scale_clip) / ||u||`, or 1 when either is 0.
-  TORCH_ARG(double, local_lr) = 1.0;
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("step", self.step());
-    visit("exp_avg", self.exp_avg());
-    visit("exp_avg_sq", self.exp_avg_sq());
-    visit("local_lr", self.local_lr());
-  }
+  HOLOCRON_FIELD(double, local_lr) = 1.0;
 };
 
 /// LAMB (Layer-wise Adaptive Moments for Batch training): Adam moments, one trust ratio per tensor.

@@ -16,66 +16,50 @@ namespace holocron::optim {
 /// Options of LARS (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct LARSOptions : detail::OptionsBase<LARSOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   LARSOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Momentum factor. Default 0 (no momentum buffer is kept); must be >= 0.
-  TORCH_ARG(double, momentum) = 0.0;
+  HOLOCRON_FIELD(double, momentum) = 0.0;
   /// Dampening of the momentum: `buf = momentum * buf + (1 - dampening) * d`. Default 0; any
   /// finite value, but 0 with `nesterov`.
-  TORCH_ARG(double, dampening) = 0.0;
+  HOLOCRON_FIELD(double, dampening) = 0.0;
   /// L2 penalty added to the gradient (`d = g + weight_decay * p`); it also enters the trust
   /// ratio's denominator. Default 0; must be >= 0.
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
   /// Nesterov momentum (`u = d + momentum * buf`). Default false; requires `momentum > 0` and
   /// `dampening == 0`.
-  TORCH_ARG(bool, nesterov) = false;
+  HOLOCRON_FIELD(bool, nesterov) = false;
   /// Bounds `(low, high)` for `||p||` in the trust ratio, with `0 <= low <= high` (`high` may be
   /// infinite). Default none: `||p||` is used unclamped, as in the reference, which ignores
   /// this argument even when given (unlike pylocron).
-  TORCH_ARG(scale_clip_t, scale_clip) = std::nullopt;
+  HOLOCRON_FIELD(scale_clip_t, scale_clip) = std::nullopt;
   /// Multiplies the trust ratio (timm's and apex's `trust_coeff`). Default 1, as the reference;
   /// must be >= 0.
-  TORCH_ARG(double, trust_coeff) = 1.0;
+  HOLOCRON_FIELD(double, trust_coeff) = 1.0;
   /// Added to the trust ratio's denominator. Default 0, as the reference; must be >= 0.
-  TORCH_ARG(double, eps) = 0.0;
+  HOLOCRON_FIELD(double, eps) = 0.0;
   /// LARC (apex, timm): the ratio becomes `min(ratio / lr, 1)`. Default false.
-  TORCH_ARG(bool, trust_clip) = false;
+  HOLOCRON_FIELD(bool, trust_clip) = false;
   /// A trust ratio also where `weight_decay` is 0; false: ratio 1 there (plain SGD), as timm and
   /// apex. Default true, as the reference.
-  TORCH_ARG(bool, always_adapt) = true;
+  HOLOCRON_FIELD(bool, always_adapt) = true;
   /// The ratio scales the direction `d` before it enters the momentum, and is 1 where `||g||` is
   /// 0, as timm's Lars and apex's LARC do; false: it scales the step after the momentum, as the
   /// reference. The two differ only with momentum or a zero gradient. Default false.
-  TORCH_ARG(bool, trust_on_gradient) = false;
+  HOLOCRON_FIELD(bool, trust_on_gradient) = false;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction:
   /// the trust ratio then has no `weight_decay * ||p||` in its denominator, and its `||p||` is the
   /// decayed parameter's (torch's `decoupled_weight_decay`). Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("momentum", self.momentum());
-    visit("dampening", self.dampening());
-    visit("weight_decay", self.weight_decay());
-    visit("nesterov", self.nesterov());
-    visit("scale_clip", self.scale_clip());
-    visit("trust_coeff", self.trust_coeff());
-    visit("eps", self.eps());
-    visit("trust_clip", self.trust_clip());
-    visit("always_adapt", self.always_adapt());
-    visit("trust_on_gradient", self.trust_on_gradient());
-    visit("maximize", self.maximize());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient", "maximize",
@@ -88,20 +72,13 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
 /// State LARS keeps per parameter. `momentum_buffer` is the reference's state key; `local_lr` is
 /// kept for inspection only (the reference does not store it).
 struct LARSParamState : detail::ParamStateBase<LARSParamState> {
+  HOLOCRON_FIELDS;
   /// Momentum buffer: the first step's direction `d`, then `momentum * buf + (1 - dampening) * d`.
   /// Undefined while `momentum` is 0.
-  TORCH_ARG(torch::Tensor, momentum_buffer);
+  HOLOCRON_FIELD(torch::Tensor, momentum_buffer);
   /// Trust ratio of the last step: `||p|| / (||g|| + weight_decay * ||p||)`, or 1 when either
   /// norm is 0.
-  TORCH_ARG(double, local_lr) = 1.0;
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("momentum_buffer", self.momentum_buffer());
-    visit("local_lr", self.local_lr());
-  }
+  HOLOCRON_FIELD(double, local_lr) = 1.0;
 };
 
 /// Layer-wise Adaptive Rate Scaling: SGD whose step is scaled per tensor by a trust ratio.

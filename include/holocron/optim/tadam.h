@@ -16,47 +16,36 @@ namespace holocron::optim {
 /// Options of TAdam (a parameter group's hyper-parameters).
 /// Conventions (setters, checks): see detail::OptionsBase.
 struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
+  HOLOCRON_FIELDS;
   /// Options with learning rate `lr` and every other field at its default.
   TAdamOptions(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch's AdamOptions
   /// Learning rate. Default 1e-3; must be >= 0.
-  TORCH_ARG(double, lr) = 1e-3;
+  HOLOCRON_FIELD(double, lr) = 1e-3;
   /// Coefficients `(beta1, beta2)` of the moving averages of the gradient and of its square.
   /// Default (0.9, 0.999); each in [0, 1).
-  TORCH_ARG(betas2_t, betas) = std::make_tuple(0.9, 0.999);
+  HOLOCRON_FIELD(betas2_t, betas) = std::make_tuple(0.9, 0.999);
   /// Added to the denominator of the update and to `v` in the Student-t weight. Default 1e-8; must
   /// be >= 0.
-  TORCH_ARG(double, eps) = 1e-8;
+  HOLOCRON_FIELD(double, eps) = 1e-8;
   /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0.
-  TORCH_ARG(double, weight_decay) = 0.0;
+  HOLOCRON_FIELD(double, weight_decay) = 0.0;
   /// AMSGrad: divide by the running maximum of the second moment (kept in `max_exp_avg_sq`).
   /// Default false.
-  TORCH_ARG(bool, amsgrad) = false;
+  HOLOCRON_FIELD(bool, amsgrad) = false;
   /// Degrees of freedom of the Student-t distribution. Default none: each parameter's number of
   /// elements. Must be > 0 when given (pylocron accepts 0, which makes a step whose
   /// gradient equals the mean NaN).
-  TORCH_ARG(dof_t, dof) = std::nullopt;
+  HOLOCRON_FIELD(dof_t, dof) = std::nullopt;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
   /// gradients are not modified. Default false.
-  TORCH_ARG(bool, maximize) = false;
+  HOLOCRON_FIELD(bool, maximize) = false;
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the gradient
   /// (torch's `decoupled_weight_decay`, as AdamW): the moments and the Mahalanobis weight see `g`.
   /// Default false.
-  TORCH_ARG(bool, decoupled_weight_decay) = false;
+  HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
 
  public:
-  /// Each field, in order (see detail::OptionsBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("lr", self.lr());
-    visit("betas", self.betas());
-    visit("eps", self.eps());
-    visit("weight_decay", self.weight_decay());
-    visit("amsgrad", self.amsgrad());
-    visit("dof", self.dof());
-    visit("maximize", self.maximize());
-    visit("decoupled_weight_decay", self.decoupled_weight_decay());
-  }
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
   /// These options as the functional layer's hyper-parameters.
@@ -65,28 +54,18 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
 
 /// State TAdam keeps per parameter (conventions: see detail::ParamStateBase).
 struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
+  HOLOCRON_FIELDS;
   /// Number of updates of this parameter: `t` of the bias corrections, 1 on its first update.
-  TORCH_ARG(int64_t, step) = 0;
+  HOLOCRON_FIELD(int64_t, step) = 0;
   /// Moving average of the gradient (first moment `m`).
-  TORCH_ARG(torch::Tensor, exp_avg);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg);
   /// Moving average of the squared gradient (second moment `v`).
-  TORCH_ARG(torch::Tensor, exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
-  TORCH_ARG(torch::Tensor, max_exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
   /// Accumulated weight `W` of the first moment, `beta1 / (1 - beta1)` before the first update. A
   /// double here; the reference (and the Python package) keep it as a one-element tensor.
-  TORCH_ARG(double, W_t) = 0.0;
-
- public:
-  /// Each field, in order (see detail::ParamStateBase).
-  template <typename Self, typename Visitor>
-  static void fields(Self& self, Visitor& visit) {
-    visit("step", self.step());
-    visit("exp_avg", self.exp_avg());
-    visit("exp_avg_sq", self.exp_avg_sq());
-    visit("max_exp_avg_sq", self.max_exp_avg_sq());
-    visit("W_t", self.W_t());
-  }
+  HOLOCRON_FIELD(double, W_t) = 0.0;
 };
 
 /// TAdam: Adam whose first moment is a Student-t estimate, robust to outlier gradients.

@@ -25,6 +25,27 @@
 #include <variant>
 #include <vector>
 
+/// Starts the fields of an options or param-state struct (before its first HOLOCRON_FIELD).
+#define HOLOCRON_FIELDS static constexpr int kHolocronFieldBase = __COUNTER__
+
+/// A field: TORCH_ARG's accessors (`opts.lr()`, `opts.lr(1e-2)`), the default after it as with
+/// TORCH_ARG (`HOLOCRON_FIELD(double, lr) = 1e-3;`), and its entry in the struct's fields().
+#define HOLOCRON_FIELD(T, name) HOLOCRON_FIELD_NUMBERED(T, name, __COUNTER__)
+#define HOLOCRON_FIELD_NUMBERED(T, name, counter)                                                        \
+ public:                                                                                                 \
+  static constexpr const char* field_name(                                                              \
+      ::holocron::optim::detail::FieldIndex<counter - kHolocronFieldBase - 1>) {                        \
+    static_assert(counter - kHolocronFieldBase - 1 < ::holocron::optim::detail::kMaxFields,              \
+                  "more fields than detail::kMaxFields");                                               \
+    return #name;                                                                                       \
+  }                                                                                                     \
+  template <typename Self, typename Visitor>                                                            \
+  static void visit_field(::holocron::optim::detail::FieldIndex<counter - kHolocronFieldBase - 1>,       \
+                          Self& self, Visitor& visit) {                                                 \
+    visit(#name, self.name());                                                                          \
+  }                                                                                                     \
+  TORCH_ARG(T, name)
+
 namespace holocron::optim {
 
 /// Two moving-average coefficients `(beta1, beta2)`, each in `[0, 1)`.
@@ -46,8 +67,39 @@ inline constexpr int64_t kCheckpointFormatVersion = 2;
 
 namespace detail {
 
-// Field visitors: options and param states list their fields once, in a
-// static `fields(self, visitor)`, and these give them serialization.
+// A field of options or of a param state is declared once, by HOLOCRON_FIELD (TORCH_ARG's
+// accessors, and a visitor numbered by __COUNTER__ from the struct's HOLOCRON_FIELDS), so that
+// serialization, comparison and the defaults' listing cannot miss one. fields() visits them in
+// declaration order.
+template <int N>
+struct FieldIndex {};
+
+// The most fields a struct may declare (a static_assert in HOLOCRON_FIELD holds it).
+inline constexpr int kMaxFields = 48;
+
+template <typename Derived, int N, typename = void>
+struct HasField : std::false_type {};
+template <typename Derived, int N>
+struct HasField<Derived, N, std::void_t<decltype(Derived::field_name(FieldIndex<N>{}))>> : std::true_type {};
+
+// Every index below kMaxFields is tried, so that a number taken by another use of __COUNTER__
+// between two fields leaves no field out.
+template <typename Derived, typename Self, typename Visitor, int... N>
+void visit_declared_fields(Self& self, Visitor& visit, std::integer_sequence<int, N...>) {
+  (
+      [&] {
+        if constexpr (HasField<Derived, N>::value) Derived::visit_field(FieldIndex<N>{}, self, visit);
+      }(),
+      ...);
+}
+
+template <typename Derived, typename Self, typename Visitor>
+void visit_fields(Self& self, Visitor& visit) {
+  visit_declared_fields<Derived>(self, visit, std::make_integer_sequence<int, kMaxFields>{});
+}
+
+// Field visitors: options and param states list their fields once (HOLOCRON_FIELD), and these
+// give them serialization.
 struct FieldWriter {
   torch::serialize::OutputArchive& archive;
   void operator()(const char* name, const torch::Tensor& t) const;
@@ -118,9 +170,14 @@ bool same_fields(const T& lhs, const T& rhs) {
 ///
 /// Each field is a `TORCH_ARG` named as the reference's state key; buffers have the parameter's
 /// shape, dtype and device, and an optional buffer (such as amsgrad's) is undefined when unused.
-/// `Derived::fields(self, visit)` calls `visit(name, value)` on each field, in order.
+/// Its fields are declared with HOLOCRON_FIELD after HOLOCRON_FIELDS.
 template <typename Derived>
 struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
+  /// Calls `visit(name, value)` on each field, in declaration order.
+  template <typename Self, typename Visitor>
+  static void fields(Self& self, Visitor& visit) {
+    visit_fields<Derived>(self, visit);
+  }
   /// Field-by-field equality; tensors are compared by value.
   friend bool operator==(const Derived& lhs, const Derived& rhs) { return same_fields(lhs, rhs); }
   /// Negation of operator==.
@@ -144,10 +201,15 @@ struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
 /// Each field is a `TORCH_ARG`: `opts.lr()` reads it, `opts.lr(1e-2)` sets it and returns the
 /// options, so setters chain. Invalid values throw `c10::ValueError` naming the field, when the
 /// optimizer is built, in add_param_group and when a checkpoint is loaded.
-/// `Derived::fields(self, visit)` calls `visit(name, value)` on each field, in order: what
-/// serialization and comparison read.
+/// Its fields are declared with HOLOCRON_FIELD after HOLOCRON_FIELDS: what serialization and
+/// comparison read.
 template <typename Derived>
 struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
+  /// Calls `visit(name, value)` on each field, in declaration order.
+  template <typename Self, typename Visitor>
+  static void fields(Self& self, Visitor& visit) {
+    visit_fields<Derived>(self, visit);
+  }
   /// Field-by-field equality.
   friend bool operator==(const Derived& lhs, const Derived& rhs) { return same_fields(lhs, rhs); }
   /// Negation of operator==.
