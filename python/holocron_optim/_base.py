@@ -697,7 +697,7 @@ class FusedStep:
             if "step" in state and not valid_step(state["step"]):
                 raise ValueError(f"{name}: state 'step' of parameter {key} must be an integer >= 0, got {state['step']!r}")
             missing = [k for k in self._required_state_keys if k not in state]
-            if state and missing:
+            if not self._is_new(state) and missing:
                 raise ValueError(f"{name}: the state of parameter {key} lacks {', '.join(missing)}")
             for buffer_name in (k for k in self._all_buffers if k in state):
                 buffer = state[buffer_name]

@@ -214,7 +214,7 @@ class LAMB(FusedStep, Optimizer):
             ``corrected_weight_decay``). Default `False`.
         max_lr: the peak lr of ``corrected_weight_decay``, > 0; None: the constructor's lr, as
             timm takes it (in the defaults and in the groups given to the constructor; a group
-            added later with the correction must hold its own). Default `None`.
+            added later takes the defaults', or must hold its own). Default `None`.
 
     The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
@@ -276,6 +276,12 @@ class LAMB(FusedStep, Optimizer):
                 raise ValueError(f"{type(self).__name__}: corrected_weight_decay needs {self._max_lr_key} > 0 (the "
                                  f"peak lr the decay follows), got {peak}")
 
+    def _always_adapt(self, group: dict[str, Any]) -> bool:
+        """The op's always_adapt: the trust ratio's gate reads the group's weight decay (timm's),
+        not the corrected one handed to the op, which is 0 where lr is."""
+        corrected = group.get("corrected_weight_decay") and group.get(self._decoupled_key)
+        return bool(group["always_adapt"] or (corrected and float(group["weight_decay"]) != 0))
+
     def _weight_decay_of(self, group: dict[str, Any]) -> float:
         """The group's weight decay as the op takes it: timm's corrected decay, lr**2 / max_lr *
         weight_decay, is lr * (weight_decay * lr / max_lr)."""
@@ -292,7 +298,7 @@ class LAMB(FusedStep, Optimizer):
             steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=self._weight_decay_of(group), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
-            trust_clip=group["trust_clip"], always_adapt=group["always_adapt"],
+            trust_clip=group["trust_clip"], always_adapt=self._always_adapt(group),
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)), caution=bool(group["caution"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,

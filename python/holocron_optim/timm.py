@@ -160,6 +160,14 @@ class Lamb(LAMB):
                              "optimizer with the peak lr.")
         super()._construct(params, {**defaults, "max_lr_snapshot": max_lr})
 
+    def _fill_options_added_later(self) -> None:
+        # As timm's __setstate__: a state dict pickled before the snapshot existed takes the lr.
+        super()._fill_options_added_later()
+        lr = self.defaults["lr"]
+        self.defaults.setdefault("max_lr_snapshot", float(lr.detach()) if isinstance(lr, torch.Tensor) else float(lr))
+        for group in self.param_groups:
+            group.setdefault("max_lr_snapshot", self.defaults["max_lr_snapshot"])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also loads timm's own ``Lamb`` state dicts: their step count is the group's."""
 

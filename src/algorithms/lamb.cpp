@@ -195,10 +195,12 @@ LAMBOptions::LAMBOptions(double lr) : lr_(lr) {}
 
 functional::LambHyper LAMBOptions::hyper() const {
   double decay = weight_decay();
-  if (corrected_weight_decay() && decoupled_weight_decay()) {
-    TORCH_CHECK_VALUE(max_lr().has_value() && *max_lr() > 0 && std::isfinite(*max_lr()),
-                      "LAMB: corrected_weight_decay needs max_lr > 0 (the peak lr the decay follows), got ",
-                      max_lr() ? std::to_string(*max_lr()) : std::string("none"));
+  TORCH_CHECK_VALUE(!max_lr() || (*max_lr() > 0 && std::isfinite(*max_lr())), "LAMB: invalid max_lr value: ",
+                    max_lr() ? *max_lr() : 0.0, "; it must be > 0 and finite");
+  const bool corrected = corrected_weight_decay() && decoupled_weight_decay();
+  if (corrected) {
+    TORCH_CHECK_VALUE(max_lr().has_value(),
+                      "LAMB: corrected_weight_decay needs max_lr > 0 (the peak lr the decay follows), got none");
     // The op decays by lr * weight_decay: timm's lr^2 / max_lr * weight_decay.
     decay *= lr() / *max_lr();
   }
@@ -211,7 +213,8 @@ functional::LambHyper LAMBOptions::hyper() const {
           .bias_correction = bias_correction(),
           .grad_averaging = grad_averaging(),
           .trust_clip = trust_clip(),
-          .always_adapt = always_adapt(),
+          // The ratio's gate reads the option's decay (timm's), not the corrected one (0 where lr is).
+          .always_adapt = always_adapt() || (corrected && weight_decay() != 0),
           .decoupled_weight_decay = decoupled_weight_decay(),
           .caution = caution()};
 }

@@ -773,7 +773,23 @@ TEST(LambOptions, CorrectedWeightDecayFollowsTheLrBelowItsPeak) {
   for (const double bad : {0.0, -1.0, kNaN, kInf}) {
     expect_throw_naming([&] { ho::LAMB(some_params(), ho::LAMBOptions(corrected).max_lr(bad)); }, "max_lr",
                         "a bad max_lr");
+    expect_throw_naming([&] { ho::LAMB(some_params(), ho::LAMBOptions().max_lr(bad)); }, "max_lr",
+                        "a bad max_lr without the correction");
   }
+
+  // The trust ratio's gate reads the option's decay (timm's), not the corrected one, 0 at lr 0.
+  std::vector<double> ratios;
+  for (const bool with_correction : {true, false}) {
+    auto w = torch::linspace(0.5, 2.0, 6, torch::kDouble).reshape({2, 3}).set_requires_grad(true);
+    ho::LAMB lamb({w}, ho::LAMBOptions(corrected).always_adapt(false).corrected_weight_decay(with_correction));
+    static_cast<ho::LAMBOptions&>(lamb.param_groups()[0].options()).lr(0.0);
+    w.mutable_grad() = torch::linspace(-1.0, 1.0, 6, torch::kDouble).reshape({2, 3});
+    lamb.step();
+    ratios.push_back(static_cast<const ho::LAMBParamState&>(
+                         *lamb.state().at(w.unsafeGetTensorImpl())).local_lr());
+  }
+  EXPECT_EQ(ratios[0], ratios[1]);
+  EXPECT_NE(ratios[0], 1.0);
 }
 
 // Each bound clips by the norm over the groups holding it; none does not clip.

@@ -215,6 +215,52 @@ def test_lookahead_synced_before_the_first_step_is_timms(timm, base, options):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_lookahead_synced_before_the_first_step_saves_and_loads():
+    """The checkpoint of that state (the base's state: slow weights only) loads back and steps as
+    the optimizer it came from."""
+    models = [_model(4), _model(4)]
+    optimizers = [ours.Lookahead(ours.Lamb(m.parameters(), lr=0.01), alpha=0.5, k=2) for m in models]
+    for p in models[0].parameters():
+        p.grad = torch.ones_like(p)
+    optimizers[0].sync_lookahead()
+    optimizers[1].load_state_dict(copy.deepcopy(optimizers[0].state_dict()))
+    for (a, b) in zip(_train(optimizers[0], models[0], 14, steps=3), _train(optimizers[1], models[1], 14, steps=3)):
+        assert torch.equal(a, b)
+
+
+def test_lamb_loads_timms_state_dicts_pickled_before_the_snapshot(timm):
+    """timm fills max_lr_snapshot from the lr when a saved group lacks it; so does ours."""
+    options = {"lr": 0.02, "weight_decay": 0.1, "decoupled_decay": True, "corrected_weight_decay": True}
+    theirs_model, ours_model = _model(9), _model(9)
+    theirs = timm.Lamb(theirs_model.parameters(), **options)
+    _train(theirs, theirs_model, 15, steps=2)
+    ours_model.load_state_dict(theirs_model.state_dict())
+    saved = copy.deepcopy(theirs.state_dict())
+    for group in saved["param_groups"]:
+        del group["max_lr_snapshot"]
+    reloaded = timm.Lamb(_model(9).parameters(), **options)
+    reloaded.load_state_dict(copy.deepcopy(saved))
+    mine = ours.Lamb(ours_model.parameters(), **options)
+    mine.load_state_dict(copy.deepcopy(saved))
+    assert [g["max_lr_snapshot"] for g in mine.param_groups] == [g["max_lr_snapshot"] for g in reloaded.param_groups]
+    for (a, b) in zip(_train(mine, ours_model, 16, steps=2), _train(theirs, theirs_model, 16, steps=2)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_lamb_corrected_weight_decay_keeps_the_trust_ratio_at_lr_zero():
+    """timm gates the trust ratio on the group's weight decay, not the corrected one (0 at lr 0)."""
+    ratios = []
+    for corrected in (True, False):
+        model = _model(10)
+        opt = ours.Lamb(model.parameters(), lr=0.02, weight_decay=0.1, decoupled_decay=True,
+                        corrected_weight_decay=corrected)
+        for group in opt.param_groups:
+            group["lr"] = 0.0
+        _train(opt, model, 17, steps=1)
+        ratios.append([float(opt.state[p]["local_lr"]) for p in model.parameters()])
+    assert ratios[0] == ratios[1] and any(r != 1.0 for r in ratios[0])
+
+
 def test_lamb_corrected_weight_decay_is_timms(timm):
     """lr**2 / max_lr * weight_decay under a schedule that lowers lr, and timm's refusal of a max lr
     of 0."""

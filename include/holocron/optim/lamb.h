@@ -64,9 +64,10 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// With `decoupled_weight_decay`: `p *= 1 - lr^2 / max_lr * weight_decay`, a decay that follows
   /// the schedule's lr relative to its peak (timm's `corrected_weight_decay`). Default false.
   HOLOCRON_FIELD(bool, corrected_weight_decay) = false;
-  /// The peak lr of `corrected_weight_decay` (timm's `max_lr_snapshot`); must then be > 0. None:
+  /// The peak lr of `corrected_weight_decay` (timm's `max_lr_snapshot`); > 0 and finite. None:
   /// the constructor's lr, as timm takes it (LAMB sets it in its defaults and in the groups given
-  /// options without it; a group added later without it is refused). Default none.
+  /// options without it; a group added later with options of its own must hold it, a group
+  /// without options takes the defaults'). Default none.
   HOLOCRON_FIELD(optional_real_t, max_lr) = std::nullopt;
 
  public:
