@@ -8,7 +8,7 @@ import math
 from collections import defaultdict, deque
 from collections.abc import Callable
 from itertools import chain, repeat
-from operator import is_, itemgetter, setitem
+from operator import attrgetter, is_, itemgetter, setitem
 from typing import Any, NamedTuple
 
 import torch
@@ -193,11 +193,12 @@ class _RatioTargets(NamedTuple):
 
 class _Pins(NamedTuple):
     """A group's state buffers as last handed to its op, with the C++ references that
-    pin them (FusedStep._pin)."""
+    pin them (FusedStep._pin), and its parameters' dtypes then."""
 
     group: dict[str, Any]
     lists: list[list[Any]]
     pins: Any  # torch.classes.holocron.TensorPins
+    dtypes: list[torch.dtype]
 
 
 class FusedStep:
@@ -393,14 +394,22 @@ class FusedStep:
         # is checked whole first too).
         group_states = self._group_states([params for _, params, _ in work])
         split = any(distributed.is_split(params) for _, params, _ in work)
+        still_pinned = set()
         for index, ((group, params, grads), states) in enumerate(zip(work, group_states)):
-            if index > 0 or split:
+            # The first group's op checks its lists itself, but it also takes state of another
+            # dtype than its parameter's (lean state, which the classes do not make yet): buffers
+            # other than those its last step pinned (replaced, loaded) are checked here.
+            if self._pinned_still(group, params, states):
+                still_pinned.add(id(group))
+            if index > 0 or split or id(group) not in still_pinned:
                 self._validate(group, params, grads, states)
         self._clipping_now = self._grad_clipping(work)
+        self._still_pinned_now = still_pinned
         try:
             self._update_groups(work, group_states)
         finally:
             self._clipping_now = {}
+            self._still_pinned_now = frozenset()
 
     # Global gradient-norm clipping of the step in progress: per group (by id),
     # the keywords (grad_norm, max_grad_norm) that the ops of the algorithms
@@ -501,16 +510,37 @@ class FusedStep:
         collected. The buffers are the optimizer's own. DTensors are not pinned either:
         the op is handed their local shards."""
         keys = self._state_keys(group)
-        if not keys or not states or distributed.any_dtensor(params):
+        if not keys or not states or id(group) in self._still_pinned_now or distributed.any_dtensor(params):
             return
         lists = [list(map(dict.get, states, repeat(key))) for key in keys]
         pinned = self.__dict__.setdefault("_pinned", {})
         held = pinned.get(id(group))
         if (held is not None and held.group is group and len(held.lists) == len(lists)
-                and all(len(a) == len(b) and all(map(is_, a, b)) for a, b in zip(held.lists, lists))):
+                and all(len(a) == len(b) and all(map(is_, a, b)) for a, b in zip(held.lists, lists))
+                and list(map(attrgetter("dtype"), params)) == held.dtypes):
             return
         tensors = [t for values in lists for t in values if isinstance(t, torch.Tensor)]
-        pinned[id(group)] = _Pins(group, lists, torch.classes.holocron.TensorPins(tensors))
+        pinned[id(group)] = _Pins(group, lists, torch.classes.holocron.TensorPins(tensors),
+                                  list(map(attrgetter("dtype"), params)))
+
+    # Groups whose state buffers were, when this step began, those pinned after the last.
+    _still_pinned_now: frozenset[int] | set[int] = frozenset()
+
+    def _pinned_still(self, group: dict[str, Any], params: list[torch.Tensor],
+                      states: list[dict[str, Any] | None]) -> bool:
+        """Whether this group's state buffers are those its last step pinned (_pin), which
+        were checked then, and its parameters still have the dtypes they had (Module.half()
+        converts them in place); true as well when the group keeps no buffers. A buffer whose
+        dtype is changed in place (`.data = ...`) goes unseen: the op then takes it as lean state."""
+        keys = self._state_keys(group)
+        if not keys:
+            return True
+        held = self.__dict__.get("_pinned", {}).get(id(group))
+        if (held is None or held.group is not group or None in states or len(held.lists) != len(keys)
+                or list(map(attrgetter("dtype"), params)) != held.dtypes):
+            return False
+        return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
+                   for key, pinned in zip(keys, held.lists))
 
     def _forget_removed_groups(self) -> None:
         """Drops what is kept per group (pins, trust-ratio targets) for groups no longer in

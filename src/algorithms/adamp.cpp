@@ -284,16 +284,20 @@ namespace cpu = kernels::cpu;
 namespace {
 
 // The group `whole` as the slots `segments` say: every array of AdamP's passes has the
-// parameter's dtype and row-major layout (checked by the caller).
+// parameter's row-major layout (checked by the caller), and the parameter's dtype or, for state,
+// the slot's state dtype.
 void slots_of(const cpu::Group& whole, const std::vector<Segment>& segments, cpu::Group& out) {
+  constexpr unsigned kState = state_lists<cpu::protocol::adamp::Arrays>();
   out.tensors.clear();
   out.tensors.reserve(segments.size());
   for (const auto& segment : segments) {
     auto slot = whole.tensors[segment.tensor];
-    const auto offset = static_cast<std::ptrdiff_t>(segment.start * static_cast<int64_t>(c10::elementSize(slot.dtype)));
+    const auto state_dtype = slot.state_dtype == at::ScalarType::Undefined ? slot.dtype : slot.state_dtype;
     slot.numel = segment.length;
-    for (auto& data : slot.data) {
-      if (data != nullptr) data = static_cast<char*>(data) + offset;
+    for (size_t j = 0; j < slot.data.size(); ++j) {
+      if (slot.data[j] == nullptr) continue;
+      const auto dtype = ((kState >> j) & 1u) ? state_dtype : slot.dtype;
+      slot.data[j] = static_cast<char*>(slot.data[j]) + segment.start * static_cast<int64_t>(c10::elementSize(dtype));
     }
     out.tensors.push_back(slot);
   }

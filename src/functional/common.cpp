@@ -11,15 +11,18 @@ namespace holocron::optim::functional::detail {
 namespace {
 
 void check_fits(const char* optimizer, const char* what, size_t index, const at::Tensor& t,
-                const at::Tensor& param) {
+                const at::Tensor& param, bool is_state = false) {
   TORCH_CHECK(t.defined(), optimizer, ": ", what, "[", index, "] is undefined");
   TORCH_CHECK(t.layout() == at::kStrided, optimizer, " does not support sparse ", what,
               " (", what, "[", index, "] has layout ", t.layout(), ")");
   TORCH_CHECK(t.sizes().equals(param.sizes()), optimizer, ": ", what, "[", index,
               "] has shape ", t.sizes(), " but its parameter has shape ", param.sizes());
-  TORCH_CHECK(t.scalar_type() == param.scalar_type(), optimizer, ": ", what, "[", index,
+  // State may also be float32 or bfloat16 (lean or mixed-precision state), whatever the
+  // parameter's dtype; the math runs in the parameter's math type.
+  const bool lean = is_state && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  TORCH_CHECK(t.scalar_type() == param.scalar_type() || lean, optimizer, ": ", what, "[", index,
               "] has dtype ", t.scalar_type(), " but its parameter has dtype ",
-              param.scalar_type());
+              param.scalar_type(), is_state ? " (state may also be float32 or bfloat16)" : "");
   TORCH_CHECK(t.device() == param.device(), optimizer, ": ", what, "[", index,
               "] is on ", t.device(), " but its parameter is on ", param.device());
 }
@@ -41,7 +44,7 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
     TORCH_CHECK(at::isFloatingType(p.scalar_type()), optimizer, ": params[", i,
                 "] has dtype ", p.scalar_type(), "; only floating-point parameters can be optimized");
     check_fits(optimizer, "gradients", i, grads[i], p);
-    for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p);
+    for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p, true);
   }
 }
 
@@ -63,7 +66,7 @@ FusedScratch& fused_scratch() {
 }
 
 bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::ArrayRef<TensorList> lists,
-                       size_t narrow) {
+                       size_t narrow, unsigned state) {
   namespace cpu = kernels::cpu;
   if (!cpu::fused_enabled()) return false;
   // Where ATen's in-place checks would refuse the update (a parameter that
@@ -87,6 +90,16 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
     auto& slot = group.tensors[i];
     slot.dtype = dtype;
     slot.numel = p.numel();
+    // The first state tensor given sets the state dtype; the kernels take one per tensor.
+    auto state_dtype = at::ScalarType::Undefined;
+    for (size_t k = 0; k < lists.size() && k < narrow; ++k) {
+      if (((state >> k) & 1u) && !lists[k].empty()) {
+        state_dtype = lists[k][i].scalar_type();
+        break;
+      }
+    }
+    if (state_dtype != at::ScalarType::Undefined && cpu::state_slot(dtype, state_dtype) < 0) return false;
+    slot.state_dtype = state_dtype;
     size_t j = 0;
     auto take = [&](TensorList list, at::ScalarType expected) {
       if (list.empty()) return true;
@@ -99,7 +112,8 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
       return true;
     };
     for (const auto& list : lists) {
-      if (!take(list, j < narrow ? dtype : wide_dtype)) return false;
+      const bool is_state = (state >> j) & 1u;
+      if (!take(list, is_state ? state_dtype : j < narrow ? dtype : wide_dtype)) return false;
       ++j;
     }
   }

@@ -32,7 +32,8 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
                  std::initializer_list<NamedList> state_lists);
 
 // check_group for state held per parameter as a flat list: buffers[i]
-// belongs to params[owners[i]].
+// belongs to params[owners[i]], and has its dtype (the classes' state, which they make in the
+// parameter's dtype; lean state is the functional layer's only, so far).
 void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
                       c10::ArrayRef<int64_t> owners);
 
@@ -71,8 +72,23 @@ void check_hyper(const char* optimizer, const char* name, double value, double l
 // strides differ from its parameter's. The first `narrow` lists have the
 // parameters' dtype, the others (Scout's statistics) their math type. An
 // empty list leaves its array absent.
+// Lists whose bit is set in `state` are state, which may also be float32 or bfloat16 (the same for
+// all of one tensor's state: lean or mixed-precision state, TensorSlot::state_dtype).
 bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::ArrayRef<TensorList> lists,
-                       size_t narrow);
+                       size_t narrow, unsigned state = 0);
+
+// An algorithm's state arrays: all but `param` and `grad` (none for Arrays without both, such as
+// the wrappers', whose arrays are parameters).
+template <template <typename> class Arrays>
+constexpr unsigned state_lists() {
+  constexpr auto slots = kernels::cpu::protocol::slots<Arrays>();
+  constexpr unsigned all = (1u << kernels::cpu::protocol::array_count<Arrays>()) - 1u;
+  if constexpr (kernels::cpu::protocol::has_param_and_grad<Arrays>()) {
+    return all & ~(1u << slots.param) & ~(1u << slots.grad);
+  } else {
+    return 0u;
+  }
+}
 
 // The same for a pass's arrays, by name (kernels/cpu/protocol.h), e.g.
 // `fused_group(group, params, adabelief::Arrays<TensorList>{.param = params, ...})`.
@@ -80,7 +96,7 @@ template <template <typename> class Arrays>
 bool fused_group(kernels::cpu::Group& group, TensorList params, const Arrays<TensorList>& arrays,
                  size_t narrow = kernels::cpu::protocol::array_count<Arrays>()) {
   const auto lists = kernels::cpu::protocol::in_slot_order(arrays);
-  return fused_group_lists(group, params, lists, narrow);
+  return fused_group_lists(group, params, lists, narrow, state_lists<Arrays>());
 }
 
 // What a fused call builds besides the tensors (per-tensor views,
@@ -114,24 +130,25 @@ inline void check_beta(const char* optimizer, const char* name, double value) {
   check_hyper(optimizer, name, value, 0.0, true, 1.0, false);
 }
 
-// Reduced-precision tensors (half, bfloat16) are updated through float32
-// stand-ins and written back, so the math never runs in 8 mantissa bits.
+// Tensors are updated in the parameter's math type: half and bfloat16 ones through float32
+// stand-ins written back, so the math never runs in 8 mantissa bits, and so is state of another
+// dtype than its parameter's (lean or mixed-precision state: rounded when written back).
 class ComputeScope {
  public:
   explicit ComputeScope(const at::Tensor& reference)
-      : reduced_(at::isReducedFloatingType(reference.scalar_type())) {}
+      : math_(at::isReducedFloatingType(reference.scalar_type()) ? at::kFloat : reference.scalar_type()) {}
   ComputeScope(const ComputeScope&) = delete;
   ComputeScope& operator=(const ComputeScope&) = delete;
 
   // A tensor the update writes: its stand-in is copied back by commit().
   at::Tensor inout(const at::Tensor& t) {
-    if (!reduced_) return t;
-    auto wide = t.to(at::kFloat);
+    if (t.scalar_type() == math_) return t;
+    auto wide = t.to(math_);
     written_.emplace_back(t, wide);
     return wide;
   }
   // A tensor the update only reads.
-  at::Tensor in(const at::Tensor& t) const { return reduced_ ? t.to(at::kFloat) : t; }
+  at::Tensor in(const at::Tensor& t) const { return t.to(math_); }
 
   void commit() {
     for (auto& [narrow, wide] : written_) narrow.copy_(wide);
@@ -139,7 +156,7 @@ class ComputeScope {
   }
 
  private:
-  bool reduced_;
+  at::ScalarType math_;
   std::vector<std::pair<at::Tensor, at::Tensor>> written_;
 };
 

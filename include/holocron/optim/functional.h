@@ -21,8 +21,11 @@
 /// Each function checks its hyper-parameters and every list before it writes anything, so a call
 /// that throws leaves all tensors as they were. `steps` are the per-parameter step counters
 /// *after* this step's increment (1 on a parameter's first update), as the reference counts them.
-/// State tensors have their parameter's shape, dtype and device. Fused CPU kernels or ATen ops
-/// run the math: see cpu_capability(). Every algorithm's function takes a last, optional
+/// State tensors have their parameter's shape and device, and its dtype or float32 or bfloat16
+/// (lean or mixed-precision state: the math still runs in the parameter's math type, float32 for
+/// half and bfloat16, and the state is rounded to its dtype when stored; the fused kernels take
+/// one dtype for all of a tensor's state, and any mix runs the ATen ops). Fused CPU kernels or
+/// ATen ops run the math: see cpu_capability(). Every algorithm's function takes a last, optional
 /// GradScaling (`scaling`) for mixed precision.
 namespace holocron::optim::functional {
 

@@ -12,12 +12,14 @@ namespace proto = protocol::adabelief;
 
 // kRectify: the direction is chosen per tensor (timm's rectification); without, the adaptive one
 // only, with no branch in the loop.
-template <typename T, bool kRectify>
+template <typename T, typename S, bool kRectify>
 struct AdaBeliefApplyPass {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead =
       protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
   static constexpr unsigned kWrite =
@@ -75,10 +77,10 @@ struct AdaBeliefApplyPass {
   }
 };
 
-template <typename T>
-using AdaBeliefApply = AdaBeliefApplyPass<T, false>;
-template <typename T>
-using AdaBeliefRectifiedApply = AdaBeliefApplyPass<T, true>;
+template <typename T, typename S>
+using AdaBeliefApply = AdaBeliefApplyPass<T, S, false>;
+template <typename T, typename S>
+using AdaBeliefRectifiedApply = AdaBeliefApplyPass<T, S, true>;
 
 }  // namespace
 

@@ -52,11 +52,12 @@ struct AdamPMomentUpdate {
   }
 };
 
-// Half and bfloat16 moments would lose what pass 2 needs if stored rounded:
+// Moments stored narrower than the math type (half or bfloat16, or float32 state of float64
+// parameters) would lose what pass 2 needs if stored rounded:
 // for them pass 1 only reads, and pass 2 updates the moments (and the
 // running max) again from the same inputs and stores them.
-template <typename T>
-constexpr bool kMomentsInApply = is_reduced_v<T>;
+template <typename T, typename S>
+constexpr bool kMomentsInApply = !std::is_same_v<S, opmath_t<T>>;
 
 constexpr unsigned kAll =
     protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
@@ -66,13 +67,15 @@ constexpr unsigned kMomentArrays = protocol::slot_set(kSlot.exp_avg, kSlot.exp_a
 // comparing their cosine with delta / sqrt(numel), and a 1-element parameter
 // with delta = 1 sits exactly on that edge (cosine +-1 only if the products
 // are exact).
-template <typename T>
+template <typename T, typename S>
 struct AdamPMoments {
   using scalar_t = T;
+  using state_t = S;
   using sum_t = double;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 4;
-  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
+  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T, S> ? 0 : kMomentArrays;
   static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
@@ -98,16 +101,18 @@ struct AdamPMoments {
 
 // With Nesterov or caution, q reads g' again: the gradient (and p, for a coupled decay) is read in
 // pass 2.
-template <typename T, bool kGradInDirection>
+template <typename T, typename S, bool kGradInDirection>
 struct AdamPApplyPass {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr bool kReadsGrad = kMomentsInApply<T> || kGradInDirection;
+  static constexpr bool kReadsGrad = kMomentsInApply<T, S> || kGradInDirection;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
   static constexpr int kGrad = kSlot.grad;
   static constexpr unsigned kWrite =
-      protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
+      protocol::slot_set(kSlot.param) | (kMomentsInApply<T, S> ? kMomentArrays : 0u);
   const PassArgs& args;
 
   struct Body {
@@ -119,7 +124,7 @@ struct AdamPApplyPass {
     HOLOCRON_KERNEL_INLINE void operator()(V* x, A&) const {
       V& p = x[kSlot.param];
       V g(0);
-      if constexpr (kMomentsInApply<T>) {
+      if constexpr (kMomentsInApply<T, S>) {
         g = moments(p, x[kSlot.grad], x[kSlot.exp_avg], x[kSlot.exp_avg_sq]);
       } else if constexpr (kGradInDirection) {
         g = moments.decayed_grad(p, x[kSlot.grad]);
@@ -140,10 +145,10 @@ struct AdamPApplyPass {
   }
 };
 
-template <typename T>
-using AdamPApply = AdamPApplyPass<T, false>;
-template <typename T>
-using AdamPApplyReadingGrad = AdamPApplyPass<T, true>;
+template <typename T, typename S>
+using AdamPApply = AdamPApplyPass<T, S, false>;
+template <typename T, typename S>
+using AdamPApplyReadingGrad = AdamPApplyPass<T, S, true>;
 
 }  // namespace
 

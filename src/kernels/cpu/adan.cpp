@@ -8,12 +8,14 @@ namespace {
 
 namespace proto = protocol::adan;
 
-template <typename T>
+template <typename T, typename S>
 struct AdanApply {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.prev_grad, kSlot.exp_avg,
                                                        kSlot.exp_avg_sq, kSlot.exp_avg_delta, kSlot.max_exp_avg_delta);
   static constexpr unsigned kWrite = kRead & ~(1u << kSlot.grad);

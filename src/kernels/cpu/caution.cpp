@@ -13,12 +13,14 @@ namespace proto = protocol::caution;
 
 // Sums: the count of m' * g' > 0 (whole numbers: exact in any lane type for a
 // chunk's lane, and summed in double across lanes and chunks).
-template <typename T>
+template <typename T, typename S>
 struct CautionCount {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 1;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.grad, kSlot.exp_avg, kSlot.param), kWrite = 0;
   static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;

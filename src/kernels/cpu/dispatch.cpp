@@ -115,6 +115,13 @@ int dtype_slot(at::ScalarType dtype) {
   }
 }
 
+int state_slot(at::ScalarType dtype, at::ScalarType state_dtype) {
+  if (state_dtype == dtype || state_dtype == at::ScalarType::Undefined) return 0;
+  if (state_dtype == at::kFloat) return 1;
+  if (state_dtype == at::kBFloat16) return 2;
+  return -1;
+}
+
 Capability selected_capability() {
   const int c = choice().load();
   return c == kReference ? Capability::Default : static_cast<Capability>(c);
@@ -146,37 +153,43 @@ bool fused_enabled() { return choice().load() != kReference; }
 
 void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
   const auto& row = table_of(selected_capability())[static_cast<size_t>(pass)];
-  auto kernel = [&](at::ScalarType dtype) {
-    const int slot = dtype_slot(dtype);
-    TORCH_INTERNAL_ASSERT(slot >= 0 && row[slot] != nullptr, "no fused kernel for ", dtype);
-    return row[slot];
+  auto kernel = [&](const TensorSlot& slot) {
+    const int d = dtype_slot(slot.dtype);
+    const int s = state_slot(slot.dtype, slot.state_dtype);
+    TORCH_INTERNAL_ASSERT(d >= 0 && s >= 0 && row[d][s] != nullptr, "no fused kernel for ", slot.dtype,
+                          " with state of ", slot.state_dtype);
+    return row[d][s];
+  };
+  // Tensors whose kernels are the same: the same dtype and state slot.
+  auto same_kernel = [](const TensorSlot& a, const TensorSlot& b) {
+    return a.dtype == b.dtype && state_slot(a.dtype, a.state_dtype) == state_slot(b.dtype, b.state_dtype);
   };
   const auto& tensors = group.tensors;
-  const bool one_dtype = std::all_of(tensors.begin(), tensors.end(),
-                                     [&](const TensorSlot& t) { return t.dtype == tensors[0].dtype; });
-  if (one_dtype) {
-    kernel(tensors.empty() ? at::kFloat : tensors[0].dtype)(group, args, sums);
+  const bool one_kernel = std::all_of(tensors.begin(), tensors.end(),
+                                      [&](const TensorSlot& t) { return same_kernel(t, tensors[0]); });
+  if (one_kernel) {
+    kernel(tensors.empty() ? TensorSlot{} : tensors[0])(group, args, sums);
     return;
   }
-  // A group mixing dtypes: one run per dtype, over its tensors only.
+  // A group mixing dtypes or state dtypes: one run per kernel, over its tensors only.
   if (sums != nullptr) reset_sums(*sums, tensors.size());
   std::vector<bool> done(tensors.size(), false);
   for (size_t first = 0; first < tensors.size(); ++first) {
     if (done[first]) continue;
-    const auto dtype = tensors[first].dtype;
     Group part;
     PassArgs part_args;
     part_args.constants = args.constants;
+    part_args.inv_grad_scale = args.inv_grad_scale;
     std::vector<size_t> index;
     for (size_t i = first; i < tensors.size(); ++i) {
-      if (tensors[i].dtype != dtype) continue;
+      if (!same_kernel(tensors[i], tensors[first])) continue;
       done[i] = true;
       index.push_back(i);
       part.tensors.push_back(tensors[i]);
       if (!args.per_tensor.empty()) part_args.per_tensor.push_back(args.per_tensor[i]);
     }
     Sums part_sums;
-    kernel(dtype)(part, part_args, sums != nullptr ? &part_sums : nullptr);
+    kernel(tensors[first])(part, part_args, sums != nullptr ? &part_sums : nullptr);
     if (sums != nullptr) {
       for (size_t k = 0; k < index.size(); ++k) (*sums)[index[k]] = part_sums[k];
     }

@@ -12,6 +12,11 @@
 //   kRead, kWrite                       the arrays loaded / stored, as
 //                                       protocol::slot_set(kSlot.param, ...)
 //                                       of the slots of its protocol Arrays
+//   using state_t; kState (optional)    the dtype its state arrays are stored
+//                                       in, and which narrow arrays they are:
+//                                       a pass declaring them is also built
+//                                       for float32 and bfloat16 state, loaded
+//                                       into and stored from the math type
 //   kSums                               per-tensor reductions (0: none)
 //   kGrad (optional)                    the gradient's slot: loaded as
 //                                       g * args.inv_grad_scale
@@ -108,6 +113,77 @@ struct WideIo {
     for (int k = 0; k < kPack; ++k) {
       const int64_t n = part(count, k);
       if (n == V::size()) in[k].store(ptr + k * V::size()); else if (n > 0) in[k].store(ptr + k * V::size(), n);
+    }
+  }
+};
+
+// State arrays stored as S, walked in step with T's iterations (kPack vectors of T's math type
+// W): S == T is NarrowIo, S == W is WideIo; float32 parameters with bfloat16 state load half a
+// bfloat16 vector; any other pair goes element by element (float64 parameters with lean state).
+// Stores round to nearest even, as ATen's conversions do.
+template <typename T, typename S>
+struct StateIo {
+  using W = opmath_t<T>;
+  using V = Vectorized<W>;
+  static constexpr int kPack = NarrowIo<T>::kPack;
+  static constexpr int64_t kStep = NarrowIo<T>::kStep;
+
+  HOLOCRON_KERNEL_INLINE static void load(const S* ptr, int64_t count, V* out) {
+    if constexpr (std::is_same_v<S, T>) {
+      NarrowIo<T>::load(ptr, count, out);
+    } else if constexpr (std::is_same_v<S, W>) {
+      WideIo<T>::load(ptr, count, out);
+    } else if constexpr (std::is_same_v<W, float> && kStep == Vectorized<S>::size()) {
+      NarrowIo<S>::load(ptr, count, out);  // half parameters, bfloat16 state
+    } else if constexpr (std::is_same_v<T, float> && 2 * kStep == Vectorized<S>::size()) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      // A whole iteration: one half-width load (ATen's counted load goes through memcpy).
+      if constexpr (std::is_same_v<S, c10::BFloat16>) {
+        if (count == kStep) {
+#if defined(CPU_CAPABILITY_AVX512)
+          __m512 wide;
+          at::vec::cvtbf16_fp32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ptr)), wide);
+#else
+          __m256 wide;
+          at::vec::cvtbf16_fp32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ptr)), wide);
+#endif
+          out[0] = wide;
+          return;
+        }
+      }
+#endif
+      out[0] = std::get<0>(at::vec::convert_to_float<S>(Vectorized<S>::loadu(ptr, count)));
+    } else {
+      alignas(64) W values[kStep] = {};
+      for (int64_t l = 0; l < count; ++l) values[l] = static_cast<W>(ptr[l]);
+      for (int k = 0; k < kPack; ++k) out[k] = V::loadu(values + k * V::size());
+    }
+  }
+  HOLOCRON_KERNEL_INLINE static void store(S* ptr, int64_t count, const V* in) {
+    if constexpr (std::is_same_v<S, T>) {
+      NarrowIo<T>::store(ptr, count, in);
+    } else if constexpr (std::is_same_v<S, W>) {
+      WideIo<T>::store(ptr, count, in);
+    } else if constexpr (std::is_same_v<W, float> && kStep == Vectorized<S>::size()) {
+      NarrowIo<S>::store(ptr, count, in);
+    } else if constexpr (std::is_same_v<T, float> && 2 * kStep == Vectorized<S>::size()) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      if constexpr (std::is_same_v<S, c10::BFloat16>) {
+        if (count == kStep) {
+#if defined(CPU_CAPABILITY_AVX512)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(ptr), at::vec::cvtfp32_bf16(__m512(in[0])));
+#else
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(ptr), at::vec::cvtfp32_bf16(__m256(in[0])));
+#endif
+          return;
+        }
+      }
+#endif
+      at::vec::convert_from_float<S>(in[0], in[0]).store(ptr, count);
+    } else {
+      alignas(64) W values[kStep];
+      for (int k = 0; k < kPack; ++k) in[k].store(values + k * V::size());
+      for (int64_t l = 0; l < count; ++l) ptr[l] = static_cast<S>(values[l]);
     }
   }
 };
@@ -237,6 +313,19 @@ struct SumType<P, std::void_t<typename P::sum_t>> {
   using type = typename P::sum_t;
 };
 
+// The pass's state dtype and state arrays: its own (state_t, kState), or the parameter's dtype
+// and none for passes that do not declare them.
+template <typename P, typename = void>
+struct StateOf {
+  using type = typename P::scalar_t;
+  static constexpr unsigned kArrays = 0;
+};
+template <typename P>
+struct StateOf<P, std::void_t<typename P::state_t>> {
+  using type = typename P::state_t;
+  static constexpr unsigned kArrays = P::kState;
+};
+
 // The pass's gradient array, or -1 for passes that read none.
 template <typename P, typename = void>
 struct GradArray : std::integral_constant<int, -1> {};
@@ -251,6 +340,11 @@ HOLOCRON_KERNEL_INLINE void static_for_impl(F& f, std::integer_sequence<int, I..
 template <int N, typename F>
 HOLOCRON_KERNEL_INLINE void static_for(F&& f) {
   static_for_impl(f, std::make_integer_sequence<int, N>{});
+}
+
+// Every narrow array but the parameter and its gradient: an algorithm pass's state (kState).
+constexpr unsigned state_arrays(int narrow, int param, int grad) {
+  return ((1u << narrow) - 1u) & ~(1u << param) & ~(1u << grad);
 }
 
 // Below this many elements a group runs on the calling thread: a parallel
@@ -270,8 +364,12 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   constexpr int kR = P::kSums;
   static_assert(kA <= kMaxArrays);
 
+  using Stored = typename StateOf<P>::type;
+  using State = StateIo<T, Stored>;
+  constexpr unsigned kState = std::is_same_v<Stored, T> ? 0u : StateOf<P>::kArrays;
   const P pass{args};
   constexpr int kG = GradArray<P>::value;
+  static_assert(kG < 0 || !((kState >> kG) & 1u), "the gradient is not state");
   static_assert(kG < kN, "the gradient is an array of the parameter's dtype");
   const bool unscale = kG >= 0 && args.inv_grad_scale != 1.0;
   const V inv_grad_scale(static_cast<typename V::value_type>(args.inv_grad_scale));
@@ -310,7 +408,8 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
             constexpr int j = decltype(j_)::value;
             // An absent array (amsgrad off, no momentum) is neither read nor written.
             if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) return;
-            if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
+            if constexpr ((kState >> j) & 1u) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
+            else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
             else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
           });
           if constexpr (kG >= 0) {
@@ -330,7 +429,8 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
           static_for<kA>([&](auto j_) {
             constexpr int j = decltype(j_)::value;
             if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
-            if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
+            if constexpr ((kState >> j) & 1u) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
+            else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
             else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
           });
         });
@@ -357,14 +457,32 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   }
 }
 
-// Fills `table[pass]` with P<float>, P<double>, P<BFloat16>, P<Half>.
+// Fills `table[pass]` with P<float>, P<double>, P<BFloat16>, P<Half>, for state of the
+// parameter's dtype.
 template <template <typename> class P>
 void register_pass(PassTable& table, Pass pass) {
   auto& row = table[static_cast<size_t>(pass)];
-  row[0] = &run_pass<P<float>>;
-  row[1] = &run_pass<P<double>>;
-  row[2] = &run_pass<P<c10::BFloat16>>;
-  row[3] = &run_pass<P<c10::Half>>;
+  row[0][0] = &run_pass<P<float>>;
+  row[1][0] = &run_pass<P<double>>;
+  row[2][0] = &run_pass<P<c10::BFloat16>>;
+  row[3][0] = &run_pass<P<c10::Half>>;
+}
+
+// The same for a pass with state arrays, P<T, S>: also for each parameter dtype T with float32
+// and bfloat16 state S (state_slot's order).
+template <template <typename, typename> class P>
+void register_pass(PassTable& table, Pass pass) {
+  auto& row = table[static_cast<size_t>(pass)];
+  auto fill = [&](auto param, int d) {
+    using T = decltype(param);
+    row[d][0] = &run_pass<P<T, T>>;
+    if constexpr (!std::is_same_v<T, float>) row[d][1] = &run_pass<P<T, float>>;
+    if constexpr (!std::is_same_v<T, c10::BFloat16>) row[d][2] = &run_pass<P<T, c10::BFloat16>>;
+  };
+  fill(float{}, 0);
+  fill(double{}, 1);
+  fill(c10::BFloat16{}, 2);
+  fill(c10::Half{}, 3);
 }
 
 // Math helpers shared by the algorithms: V is Vectorized<float or double>.

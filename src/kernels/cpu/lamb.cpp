@@ -109,23 +109,26 @@ struct CautiousLambDirection : LambDirection<V> {
   }
 };
 
-// Half and bfloat16 moments would lose what pass 2 needs if stored rounded
+// Moments stored narrower than the math type (half or bfloat16, or float32 state of float64
+// parameters) would lose what pass 2 needs if stored rounded
 // (a second moment that rounds to zero turns m / (sqrt(v) + eps) into m / eps):
 // for them pass 1 only reads, and pass 2 updates the moments again from the
 // same inputs and stores them (2 more bytes per element).
-template <typename T>
-constexpr bool kMomentsInApply = is_reduced_v<T>;
+template <typename T, typename S>
+constexpr bool kMomentsInApply = !std::is_same_v<S, opmath_t<T>>;
 
 constexpr unsigned kAll = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq);
 constexpr unsigned kMomentArrays = protocol::slot_set(kSlot.exp_avg, kSlot.exp_avg_sq);
 
 // Pass 1: the moments, and the direction's sums.
-template <typename T, template <typename> class Direction>
+template <typename T, typename S, template <typename> class Direction>
 struct TrustMoments {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = Direction<V>::kSums;
-  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T> ? 0 : kMomentArrays;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
+  static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T, S> ? 0 : kMomentArrays;
   static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
 
@@ -149,16 +152,18 @@ struct TrustMoments {
 };
 
 // Pass 2: p += step * u.
-template <typename T, template <typename> class Direction>
+template <typename T, typename S, template <typename> class Direction>
 struct TrustApply {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead =
-      kMomentsInApply<T> || Direction<V>::kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
+      kMomentsInApply<T, S> || Direction<V>::kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
   static constexpr int kGrad = kSlot.grad;
   static constexpr unsigned kWrite =
-      protocol::slot_set(kSlot.param) | (kMomentsInApply<T> ? kMomentArrays : 0u);
+      protocol::slot_set(kSlot.param) | (kMomentsInApply<T, S> ? kMomentArrays : 0u);
   const PassArgs& args;
 
   struct Body {
@@ -172,7 +177,7 @@ struct TrustApply {
       const V& g = x[kSlot.grad];  // read only where the pass reads it (kRead)
       V& m = x[kSlot.exp_avg];
       V& v = x[kSlot.exp_avg_sq];
-      if constexpr (kMomentsInApply<T>) moments(g, m, v);
+      if constexpr (kMomentsInApply<T, S>) moments(g, m, v);
       const V u = direction.update(p, g, m, v);
       // A branch, not a factor of 1: the compiler may fuse either product into the add.
       if (decays) p = p * decay;
@@ -186,12 +191,12 @@ struct TrustApply {
   }
 };
 
-template <typename T> using LambMoments = TrustMoments<T, LambDirection>;
-template <typename T> using LambApply = TrustApply<T, LambDirection>;
-template <typename T> using CautiousLambMoments = TrustMoments<T, CautiousLambDirection>;
-template <typename T> using CautiousLambApply = TrustApply<T, CautiousLambDirection>;
-template <typename T> using RaLarsMoments = TrustMoments<T, RaLarsDirection>;
-template <typename T> using RaLarsApply = TrustApply<T, RaLarsDirection>;
+template <typename T, typename S> using LambMoments = TrustMoments<T, S, LambDirection>;
+template <typename T, typename S> using LambApply = TrustApply<T, S, LambDirection>;
+template <typename T, typename S> using CautiousLambMoments = TrustMoments<T, S, CautiousLambDirection>;
+template <typename T, typename S> using CautiousLambApply = TrustApply<T, S, CautiousLambDirection>;
+template <typename T, typename S> using RaLarsMoments = TrustMoments<T, S, RaLarsDirection>;
+template <typename T, typename S> using RaLarsApply = TrustApply<T, S, RaLarsDirection>;
 
 }  // namespace
 

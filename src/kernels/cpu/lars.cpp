@@ -9,12 +9,14 @@ namespace {
 namespace proto = protocol::lars;
 
 // Sums: ||p||^2, ||g||^2.
-template <typename T>
+template <typename T, typename S>
 struct LarsNorms {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 2;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad), kWrite = 0;
   static constexpr int kGrad = kSlot.grad;
   const PassArgs& args;
@@ -29,12 +31,14 @@ struct LarsNorms {
   Body for_tensor(int64_t) const { return {}; }
 };
 
-template <typename T>
+template <typename T, typename S>
 struct LarsApply {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.momentum_buffer);
   static constexpr unsigned kWrite = protocol::slot_set(kSlot.param, kSlot.momentum_buffer);
   static constexpr int kGrad = kSlot.grad;

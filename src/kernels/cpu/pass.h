@@ -39,6 +39,10 @@ constexpr int kMaxCoefficients = 8;
 
 struct TensorSlot {
   at::ScalarType dtype = at::kFloat;
+  // The dtype of its state arrays (a pass's kState): the parameter's, or float32 or bfloat16
+  // (lean or mixed-precision state); Undefined is the parameter's. The math runs in the
+  // parameter's math type either way.
+  at::ScalarType state_dtype = at::ScalarType::Undefined;
   int64_t numel = 0;
   // In the order the pass names them. "Narrow" arrays have the tensor's
   // dtype; the "wide" ones after them (Scout's statistics) have its math type
@@ -130,11 +134,16 @@ Capability selected_capability();
 std::vector<Capability> available_capabilities();
 const char* name_of(Capability capability);
 
-// Pass tables, one per instruction set build, indexed [pass][dtype slot].
+// Pass tables, one per instruction set build, indexed [pass][dtype slot][state slot].
 using PassFn = void (*)(const Group&, const PassArgs&, Sums*);
-using PassTable = std::array<std::array<PassFn, 4>, static_cast<size_t>(Pass::Count)>;
+constexpr size_t kStateSlots = 3;
+using PassTable =
+    std::array<std::array<std::array<PassFn, kStateSlots>, 4>, static_cast<size_t>(Pass::Count)>;
 
 // Index of a supported dtype in a PassTable row: float, double, bfloat16, half.
 int dtype_slot(at::ScalarType dtype);
+// Index of a state dtype for parameters of `dtype`: 0 its own, 1 float32, 2 bfloat16; -1 for
+// any other.
+int state_slot(at::ScalarType dtype, at::ScalarType state_dtype);
 
 }  // namespace holocron::optim::kernels::cpu

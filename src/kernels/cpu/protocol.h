@@ -45,6 +45,18 @@ template <typename... S>
 constexpr unsigned slot_set(S... s) {
   return ((1u << s) | ... | 0u);
 }
+// Whether an Arrays struct names a `param` and a `grad` (an algorithm's; its other arrays are
+// then state).
+template <template <typename> class Arrays, typename = void>
+struct HasParamAndGrad : std::false_type {};
+template <template <typename> class Arrays>
+struct HasParamAndGrad<Arrays, std::void_t<decltype(Arrays<int>{}.param), decltype(Arrays<int>{}.grad)>>
+    : std::true_type {};
+template <template <typename> class Arrays>
+constexpr bool has_param_and_grad() {
+  return HasParamAndGrad<Arrays>::value;
+}
+
 // The host's Arrays<L> as the list the driver takes, in slot order.
 template <template <typename> class Arrays, typename L>
 std::array<L, array_count<Arrays>()> in_slot_order(const Arrays<L>& arrays) {

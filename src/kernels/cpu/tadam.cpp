@@ -11,12 +11,14 @@ namespace {
 namespace proto = protocol::tadam;
 
 // Sum: sum((g + wd*p - m)^2 / (v + eps)).
-template <typename T>
+template <typename T, typename S>
 struct TAdamDistance {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::DistanceArrays>();
   static constexpr int kNarrow = protocol::array_count<proto::DistanceArrays>(), kWide = 0, kSums = 1;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.param);
   static constexpr unsigned kWrite = 0;
   static constexpr int kGrad = kSlot.grad;
@@ -38,12 +40,14 @@ struct TAdamDistance {
   }
 };
 
-template <typename T>
+template <typename T, typename S>
 struct TAdamApply {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<proto::ApplyArrays>();
   static constexpr int kNarrow = protocol::array_count<proto::ApplyArrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead =
       protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
   static constexpr unsigned kWrite =
