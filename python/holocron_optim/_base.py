@@ -510,17 +510,12 @@ class FusedStep:
         collected. The buffers are the optimizer's own. DTensors are not pinned either:
         the op is handed their local shards."""
         keys = self._state_keys(group)
-        if not keys or not states or id(group) in self._still_pinned_now or distributed.any_dtensor(params):
+        if (not keys or not states or id(group) in self._still_pinned_now or distributed.any_dtensor(params)
+                or self._pinned_still(group, params, states)):
             return
         lists = [list(map(dict.get, states, repeat(key))) for key in keys]
-        pinned = self.__dict__.setdefault("_pinned", {})
-        held = pinned.get(id(group))
-        if (held is not None and held.group is group and len(held.lists) == len(lists)
-                and all(len(a) == len(b) and all(map(is_, a, b)) for a, b in zip(held.lists, lists))
-                and list(map(attrgetter("dtype"), params)) == held.dtypes):
-            return
         tensors = [t for values in lists for t in values if isinstance(t, torch.Tensor)]
-        pinned[id(group)] = _Pins(group, lists, torch.classes.holocron.TensorPins(tensors),
+        self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(group, lists, torch.classes.holocron.TensorPins(tensors),
                                   list(map(attrgetter("dtype"), params)))
 
     # Groups whose state buffers were, when this step began, those pinned after the last.
