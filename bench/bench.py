@@ -23,6 +23,11 @@ workloads share no allocator state. A worker, with torch.set_num_threads(--threa
   - a block of Lookahead and Scout (ours) around fused Adam against bare fused Adam, timed over
     whole sync periods (6 steps) so that each sample holds one sync; likewise the C++ Lookahead
     and Scout around torch::optim::Adam (not fused) against it, in turns in one holocron_bench;
+  - on float32 ResNet-50 shapes only, a block per algorithm of our class with
+    state_precision="bfloat16" against the same class with its default float32 state, in turns
+    (with fused Adam for time per byte): the ratio, the state bytes per parameter measured from
+    the tensors, and efficiency against each mode's own bytes (each state array moves 4 bytes
+    per element fewer in bfloat16);
   - the extra peak memory of one step (VmHWM after it - VmRSS before it, after writing 5 to
     /proc/self/clear_refs), for ours and the reference (and fused Adam), after all timing: glibc
     then maps blocks of 64 KiB and more on their own and gets its free memory back to the system
@@ -449,6 +454,37 @@ class Worker:
         out["cpp"] = cpp
         return out
 
+    def state_precision_block(self, name: str) -> dict[str, Any]:
+        """Our class with bfloat16 state against float32 state, in turns."""
+        impls: dict[str, Any] = {"adam": self.adam}
+        errors: dict[str, str] = {}
+        for precision in ("param", "bfloat16"):
+            try:
+                impls[precision] = getattr(self.ours, name)(self.params, **constructor_kwargs(name),
+                                                            state_precision=precision)
+            except Exception as exc:
+                errors[precision] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        samples, step_errors, rounds = self.interleaved(impls)
+        errors.update(step_errors)
+        out: dict[str, Any] = {"rounds": rounds, "adam_ms": median(samples.get("adam", []))}
+        for precision in ("param", "bfloat16"):
+            ms = median(samples.get(precision, []))
+            opt = impls.get(precision)
+            if ms is None or opt is None:
+                out[precision] = {"error": errors.get(precision, "no samples")}
+                continue
+            buffers = [t for state in opt.state.values() for key, t in state.items() if key in opt._all_buffers]
+            out[precision] = {
+                "median_ms": ms,
+                "state_arrays": round(sum(t.numel() for t in buffers) / self.elements),
+                "state_bytes_per_param": sum(t.numel() * t.element_size() for t in buffers) / self.elements,
+                "samples_ms": samples[precision],
+            }
+        del impls
+        gc.collect()
+        self.restore_grads()
+        return out
+
     def peak_memory(self) -> dict[str, dict[str, float | None]]:
         """Extra peak bytes of one step, per algorithm, for ours and the reference; and Adam."""
         measure_mode()
@@ -502,6 +538,12 @@ class Worker:
             self.log(f"{name}: " + ", ".join(parts) + f" ({block['rounds']} rounds)")
         wrappers = self.wrapper_block()
         self.log("wrappers done")
+        lean: dict[str, Any] = {}
+        if self.name == "resnet50-f32":
+            for name in ALGORITHMS:
+                lean[name] = self.state_precision_block(name)
+                f32, bf16 = (lean[name][k].get("median_ms") for k in ("param", "bfloat16"))
+                self.log(f"{name} state: float32 {fmt(f32)} ms, bfloat16 {fmt(bf16)} ms")
         peaks = self.peak_memory()
         self.log("peak memory done")
         os.unlink(self.shapes_path)
@@ -553,6 +595,18 @@ class Worker:
                 entry["roofline_ms"] = roof
                 entry["efficiency"] = roof / ms if roof else None
 
+        for name, block in lean.items():
+            f32, bf16 = block["param"], block["bfloat16"]
+            if "error" in f32 or "error" in bf16:
+                continue
+            # Each state array moves 4 bytes per element fewer in bfloat16 (read and written).
+            bf16_bytes = FLOAT32_BYTES[name] - 4 * f32["state_arrays"]
+            block["bytes_per_element"] = {"param": FLOAT32_BYTES[name], "bfloat16": bf16_bytes}
+            block["ratio"] = bf16["median_ms"] / f32["median_ms"]
+            for key, nbytes in block["bytes_per_element"].items():
+                roof = roofline_ms(nbytes)
+                block[key]["efficiency"] = roof / block[key]["median_ms"] if roof else None
+
         adam_peak = peaks.get("Adam", {}).get("python")
         return {
             "workload": self.name,
@@ -575,6 +629,7 @@ class Worker:
             },
             "algorithms": algorithms,
             "wrappers": wrappers,
+            "state_precision": lean,
             "reference_error": self.ref_error,
             "load_average_1min_at_start": self.load_at_start,
             "torch": torch.__version__,
@@ -652,6 +707,24 @@ def report(result: dict[str, Any]) -> str:
     if errors:
         lines.append("")
         lines += [f"- error: {e}" for e in errors]
+    lean = result.get("state_precision") or {}
+    if lean:
+        lines.append("")
+        lines.append("state_precision (our Python classes, bfloat16 state against float32 state, in turns):")
+        lines.append("")
+        lines.append("| algorithm | state B/param f32 / bf16 | f32 ms | bf16 ms | bf16 / f32 | B/elem f32 / bf16 "
+                     "| efficiency f32 / bf16 |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        for algo, block in lean.items():
+            f32, bf16 = block["param"], block["bfloat16"]
+            if "error" in f32 or "error" in bf16:
+                lines.append(f"| {algo} | err: {f32.get('error') or bf16.get('error')} | | | | | |")
+                continue
+            nbytes = block.get("bytes_per_element", {})
+            lines.append(f"| {algo} | {fmt(f32['state_bytes_per_param'], 'g')} / {fmt(bf16['state_bytes_per_param'], 'g')} "
+                         f"| {fmt(f32['median_ms'])} | {fmt(bf16['median_ms'])} | {fmt(block.get('ratio'), '.3f')} "
+                         f"| {nbytes.get('param')} / {nbytes.get('bfloat16')} "
+                         f"| {fmt(f32.get('efficiency'))} / {fmt(bf16.get('efficiency'))} |")
     lines.append("")
     lines.append(f"(worker took {result['elapsed_s']:.0f} s)")
     return "\n".join(lines)

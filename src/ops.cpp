@@ -188,7 +188,8 @@ c10::IValue validate_group(const Arguments& a) {
   const auto optimizer = a.string("optimizer");
   const auto params = a.tensors("params");
   F::detail::check_group(optimizer.c_str(), params, a.tensors("grads"), {});
-  F::detail::check_flat_state(optimizer.c_str(), params, a.tensors("buffers"), a.integers("owners"));
+  F::detail::check_flat_state(optimizer.c_str(), params, a.tensors("buffers"), a.integers("owners"),
+                              a.optional_dtype("state_dtype"));
   for (int64_t step : a.integers("steps")) {
     TORCH_CHECK(step >= 1, optimizer, ": a state 'step' is ", step - 1,
                 "; counters cannot be negative");
@@ -278,7 +279,7 @@ struct Declaration {
 // declaration) and kernel.
 const Declaration kOps[] = {
     {"validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
-     "int[] owners, int[] steps) -> ()",
+     "int[] owners, int[] steps, ScalarType? state_dtype=None) -> ()",
      &validate_group},
     {"write_scalars_(Tensor(a!)[] targets, float[] values) -> ()", &write_scalars},
     {"lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()",

@@ -103,6 +103,9 @@ class Arguments {
   OptionalTensors optional_tensors(const char* name) const { return optional(name, &Arguments::tensors); }
   OptionalTensor optional_tensor(const char* name) const { return optional(name, &Arguments::tensor); }
   std::optional<double> optional_real(const char* name) const { return optional(name, &Arguments::real); }
+  std::optional<at::ScalarType> optional_dtype(const char* name) const {
+    return optional(name, [](const Arguments& self, const char* key) { return self.at(key).toScalarType(); });
+  }
   std::optional<std::vector<int64_t>> optional_integers(const char* name) const {
     return optional(name, &Arguments::integers);
   }

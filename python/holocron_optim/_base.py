@@ -158,8 +158,44 @@ def betas(count_in_words: str | None = None) -> Callable[[str, Any, Option], Any
     return check
 
 
+# What `state_precision` names: the dtype of a group's per-element state buffers (None: each
+# parameter's own). Step counters, trust ratios and TAdam's W_t keep the parameter's dtype.
+STATE_PRECISIONS: dict[str, torch.dtype | None] = {"param": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+# The dtypes state may have besides its parameter's (what the ops take).
+LEAN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def state_precision(name: str, value: Any, option: Option) -> str:
+    """One of STATE_PRECISIONS' names."""
+    if not isinstance(value, str) or value not in STATE_PRECISIONS:
+        later = " (8-bit state is not available yet)" if value == "8bit" else ""
+        raise ValueError(f"{name}: state_precision must be one of {', '.join(map(repr, STATE_PRECISIONS))}, "
+                         f"got {value!r}{later}")
+    return value
+
+
+state_precision.checks_groups = True  # type: ignore[attr-defined]
+
+
+def group_state_dtype(group: dict[str, Any]) -> torch.dtype | None:
+    """The dtype of this group's per-element state buffers; None: each parameter's."""
+    return STATE_PRECISIONS[group.get("state_precision", "param")]
+
+
+def state_dtype(group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
+    """The dtype of `p`'s per-element state buffers in this group."""
+    return group_state_dtype(group) or p.dtype
+
+
+def zero_buffer(group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
+    """A new state buffer of `p` in this group: zeros of `p`'s shape, layout and device, of the
+    group's state dtype."""
+    return torch.zeros_like(p, dtype=state_dtype(group, p), memory_format=torch.preserve_format)
+
+
 class Buffer(NamedTuple):
-    """A per-element state buffer of an algorithm, shaped and typed like its parameter."""
+    """A per-element state buffer of an algorithm, shaped like its parameter and typed as the
+    group's `state_precision` says."""
 
     name: str
     # Whether a group's states hold it (amsgrad's running max); None: always.
@@ -199,6 +235,7 @@ class _Pins(NamedTuple):
     lists: list[list[Any]]
     pins: Any  # torch.classes.holocron.TensorPins
     dtypes: list[torch.dtype]
+    precision: str
 
 
 class FusedStep:
@@ -341,7 +378,8 @@ class FusedStep:
         name = type(self).__name__
         distributed.call_on_locals(
             lambda params, grads, buffers, owners, steps: ops.validate_group(
-                optimizer=name, params=params, grads=grads, buffers=buffers, owners=owners, steps=steps),
+                optimizer=name, params=params, grads=grads, buffers=buffers, owners=owners, steps=steps,
+                state_dtype=group_state_dtype(group)),
             params, grads, buffers, owners, steps
         )
 
@@ -480,7 +518,7 @@ class FusedStep:
                         self._init_state(state, p, group)
                     for key in keys:
                         if key not in state:
-                            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                            state[key] = zero_buffer(group, p)
                             added.append((state, key))
             try:
                 self._apply(group, params, grads, states)
@@ -515,8 +553,9 @@ class FusedStep:
             return
         lists = [list(map(dict.get, states, repeat(key))) for key in keys]
         tensors = [t for values in lists for t in values if isinstance(t, torch.Tensor)]
-        self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(group, lists, torch.classes.holocron.TensorPins(tensors),
-                                  list(map(attrgetter("dtype"), params)))
+        self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(
+            group, lists, torch.classes.holocron.TensorPins(tensors), list(map(attrgetter("dtype"), params)),
+            group.get("state_precision", "param"))
 
     # Groups whose state buffers were, when this step began, those pinned after the last.
     _still_pinned_now: frozenset[int] | set[int] = frozenset()
@@ -525,14 +564,16 @@ class FusedStep:
                       states: list[dict[str, Any] | None]) -> bool:
         """Whether this group's state buffers are those its last step pinned (_pin), which
         were checked then, and its parameters still have the dtypes they had (Module.half()
-        converts them in place); true as well when the group keeps no buffers. A buffer whose
-        dtype is changed in place (`.data = ...`) goes unseen: the op then takes it as lean state."""
+        converts them in place) and its state_precision the value it had; true as well when the
+        group keeps no buffers. A buffer whose dtype is changed in place (`.data = ...`) goes
+        unseen: the op then takes it as state of that dtype (float32 or bfloat16 only)."""
         keys = self._state_keys(group)
         if not keys:
             return True
         held = self.__dict__.get("_pinned", {}).get(id(group))
         if (held is None or held.group is not group or None in states or len(held.lists) != len(keys)
-                or list(map(attrgetter("dtype"), params)) != held.dtypes):
+                or list(map(attrgetter("dtype"), params)) != held.dtypes
+                or group.get("state_precision", "param") != held.precision):
             return False
         return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                    for key, pinned in zip(keys, held.lists))
@@ -609,7 +650,7 @@ class FusedStep:
         """Buffers made, and the step counter as a tensor."""
         for key in self._buffers(group):
             if key not in state:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[key] = zero_buffer(group, p)
         if "step" in state and not isinstance(state["step"], torch.Tensor):
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         if self._keeps_trust_ratios:
@@ -700,7 +741,12 @@ class FusedStep:
                 state["step"] = step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Refuses, before changing anything, buffers that do not fit their parameters."""
+        """Refuses, before changing anything, buffers that do not fit their parameters.
+
+        Each group keeps its own `state_precision`, as each parameter keeps its device: the
+        loaded buffers are converted to it, from the values saved (torch.optim's load first
+        casts them to the parameter's dtype, which would round float32 state of bfloat16
+        parameters)."""
         name = type(self).__name__
         check_state_dict_layout(name, state_dict)
         saved_groups = state_dict["param_groups"]
@@ -714,10 +760,12 @@ class FusedStep:
         self._check_loaded_groups(saved_groups)
         by_id = dict(zip(ids, params))
         for key, state in state_dict.get("state", {}).items():
-            if not isinstance(key, int):
-                continue  # not a parameter's: torch.optim keeps such entries (hooks put them) as they are
+            # A parameter's key is what its group lists: an index, or a name where
+            # torch.distributed.checkpoint's set_state_dict hands names.
             p = by_id.get(key)
             if p is None:
+                if not isinstance(key, int):
+                    continue  # not a parameter's: torch.optim keeps such entries (hooks put them) as they are
                 raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")
             if "step" in state and not valid_step(state["step"]):
                 raise ValueError(f"{name}: state 'step' of parameter {key} must be an integer >= 0, got {state['step']!r}")
@@ -726,16 +774,42 @@ class FusedStep:
                 raise ValueError(f"{name}: the state of parameter {key} lacks {', '.join(missing)}")
             for buffer_name in (k for k in self._all_buffers if k in state):
                 buffer = state[buffer_name]
-                if not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape or buffer.dtype != p.dtype:
+                if (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape
+                        or buffer.dtype not in (p.dtype, *LEAN_DTYPES)):
                     raise ValueError(
                         f"{name}: state '{buffer_name}' of parameter {key} "
                         f"({tuple(getattr(buffer, 'shape', ()))}, {getattr(buffer, 'dtype', type(buffer))}) "
-                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype})"
+                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may also be float32 "
+                        "or bfloat16)"
                     )
+        precisions = [group.get("state_precision") for group in self.param_groups]  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
+        self._convert_loaded_state(state_dict["state"], by_id, precisions)
         # The buffers just replaced go now, not at the next step.
         self.__dict__.pop("_pinned", None)
         self.__dict__.pop("_trust_ratio_targets", None)
+
+    def _convert_loaded_state(self, saved_state: dict[Any, Any], by_id: dict[Any, torch.Tensor],
+                              precisions: list[str | None]) -> None:
+        """After torch.optim's load: each group's state_precision as it was before, and its
+        buffers converted to it from the saved values."""
+        group_of = {}
+        for group, precision in zip(self.param_groups, precisions):  # type: ignore[attr-defined]
+            if precision is not None:
+                group["state_precision"] = precision
+            if group_state_dtype(group) is not None:
+                group_of.update((id(p), group) for p in group["params"])
+        if not group_of:
+            return  # every buffer is in its parameter's dtype, as torch.optim's load made it
+        for key, saved in saved_state.items():
+            p = by_id.get(key)
+            if p is None or id(p) not in group_of:
+                continue
+            want = state_dtype(group_of[id(p)], p)
+            state = self.state[p]  # type: ignore[attr-defined]
+            for buffer_name in self._all_buffers:
+                if buffer_name in state and state[buffer_name].dtype != want:
+                    state[buffer_name] = saved[buffer_name].to(device=p.device, dtype=want)
 
     def _check_loaded_groups(self, saved_groups: list[dict[str, Any]]) -> None:
         """The groups a load would install, validated as the constructor and every step validate
@@ -747,6 +821,9 @@ class FusedStep:
         reproduced on copies, through a stand-in of this optimizer."""
         name = type(self).__name__
         groups = [dict(saved, params=current["params"]) for saved, current in zip(saved_groups, self.param_groups)]  # type: ignore[attr-defined]
+        for group, current in zip(groups, self.param_groups):  # type: ignore[attr-defined]
+            if "state_precision" in current:  # kept by the load (_convert_loaded_state)
+                group["state_precision"] = current["state_precision"]
         stand_in = object.__new__(type(self))
         stand_in.__dict__.update(self.__dict__)
         stand_in.__dict__["defaults"] = dict(self.defaults)  # type: ignore[attr-defined]

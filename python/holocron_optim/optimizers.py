@@ -12,7 +12,8 @@ import torch
 from torch.optim import Adam, Optimizer
 
 from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
-                    learning_rate, per_tensor_shape, positive_or_none, step_count, types_of)
+                    learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count, zero_buffer,
+                    types_of)
 from . import _distributed as distributed
 from ._library import ops
 
@@ -53,6 +54,8 @@ _BETAS2 = Option("betas", (0.9, 0.999), betas(), range="[0, 1)")
 # torch.optim's maximize (the ops read -g); added after the reference's options.
 _MAXIMIZE = Option("maximize", False, flag, added_later=True)
 _DECOUPLED = Option("decoupled_weight_decay", False, flag, added_later=True)
+# The dtype of the per-element state (issue 17): the last option of every algorithm.
+_STATE_PRECISION = Option("state_precision", "param", state_precision, added_later=True)
 _DEFAULT_SCALE_CLIP = (0.0, 10.0)
 
 
@@ -97,6 +100,11 @@ class LARS(FusedStep, Optimizer):
             of ``weight_decay * p`` in the direction: the trust ratio's denominator then
             has no ``weight_decay * ||p||``, and its ``||p||`` is the decayed parameter's
             (torch's ``decoupled_weight_decay``). Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     The five before ``maximize`` are the options of timm's ``Lars`` and apex's ``LARC``, with
     ``local_lr = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)``; their
@@ -127,6 +135,7 @@ class LARS(FusedStep, Optimizer):
         Option("trust_on_gradient", False, flag, added_later=True),
         _MAXIMIZE,
         _DECOUPLED,
+        _STATE_PRECISION,
     )
     _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
     _counts_steps = False
@@ -140,7 +149,7 @@ class LARS(FusedStep, Optimizer):
             for p, state in zip(params, states):
                 is_new.append("momentum_buffer" not in state)
                 if is_new[-1]:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = zero_buffer(group, p)
                 buffers.append(state["momentum_buffer"])
         try:
             distributed.call(
@@ -215,6 +224,11 @@ class LAMB(FusedStep, Optimizer):
         max_lr: the peak lr of ``corrected_weight_decay``, > 0; None: the constructor's lr, as
             timm takes it (in the defaults and in the groups given to the constructor; a group
             added later takes the defaults', or must hold its own). Default `None`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
@@ -240,6 +254,7 @@ class LAMB(FusedStep, Optimizer):
         Option("caution", False, flag, added_later=True),
         Option("corrected_weight_decay", False, flag, added_later=True),
         Option("max_lr", None, positive_or_none("max_lr"), range="(0, inf)", added_later=True),
+        _STATE_PRECISION,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -344,6 +359,11 @@ class RaLars(FusedStep, Optimizer):
         decoupled_weight_decay: ``p *= 1 - lr * weight_decay`` before the step instead
             of ``weight_decay * p`` in the direction, as LAMB's: the decay stays outside
             ``||u||``, and ``||p||`` is the decayed parameter's. Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``local_lr`` (as LAMB's). Each group also gets the key
@@ -359,6 +379,7 @@ class RaLars(FusedStep, Optimizer):
         Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True),
         _MAXIMIZE,
         _DECOUPLED,
+        _STATE_PRECISION,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -427,6 +448,11 @@ class TAdam(FusedStep, Optimizer):
             of ``weight_decay * p`` in the gradient (torch's ``decoupled_weight_decay``, as
             AdamW): the moments and the Student-t weight see ``g``.
             Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq`` (with ``amsgrad``) and ``W_t`` (the
@@ -440,7 +466,7 @@ class TAdam(FusedStep, Optimizer):
     """
 
     _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"), _MAXIMIZE,
-                _DECOUPLED)
+                _DECOUPLED, _STATE_PRECISION)
     _state_buffers = _ADAM_BUFFERS
     _scalar_state = ("W_t",)  # the moments' running weight, a one-element tensor
 
@@ -582,6 +608,11 @@ class AdaBelief(_AdamLike):
         eps_in_variance: ``s = beta2 * s + (1 - beta2) * (g - m)**2 + eps`` (the paper's
             Algorithm 1, the authors' and timm's code), stored, so that it accumulates.
             Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     timm's ``AdaBelief`` is ``decoupled_weight_decay``, ``eps_in_variance`` and ``rectify``
     with ``eps=1e-16`` (``holocron_optim.timm.AdaBelief``).
@@ -596,7 +627,7 @@ class AdaBelief(_AdamLike):
                 Option("rectify", False, flag, added_later=True),
                 Option("degenerated_to_sgd", True, flag, added_later=True),
                 Option("fixed_decay", False, flag, added_later=True),
-                Option("eps_in_variance", False, flag, added_later=True))
+                Option("eps_in_variance", False, flag, added_later=True), _STATE_PRECISION)
     # The group key of the decoupled decay (timm's AdaBelief names it decoupled_decay).
     _decoupled_key = "decoupled_weight_decay"
 
@@ -670,6 +701,11 @@ class AdamP(_AdamLike):
             ``numel / (kept + 1)`` (the whole tensor's count, over all shards), before
             Nesterov's mix and the projection. timm's AdamP ``caution`` is another, spherical,
             rule (not available). Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     timm's ``AdamP`` is ``decoupled_weight_decay``, ``channel_projection`` and
     ``wd_ratio=0.1`` (``holocron_optim.timm.AdamP``).
@@ -685,7 +721,7 @@ class AdamP(_AdamLike):
                 Option("nesterov", False, flag, added_later=True),
                 Option("wd_ratio", 1.0, finite("wd_ratio", non_negative=True), range="[0, inf)", added_later=True),
                 Option("channel_projection", False, flag, added_later=True),
-                Option("caution", False, flag, added_later=True))
+                Option("caution", False, flag, added_later=True), _STATE_PRECISION)
     # The group key of the decoupled decay (timm's AdamP decays so always), and whether delta is a
     # group option (timm's) rather than the optimizer's attribute (the reference's).
     _decoupled_key: str | None = "decoupled_weight_decay"
@@ -755,6 +791,11 @@ class Adan(FusedStep, Optimizer):
             moment's term of the update only where ``m * g > 0``, rescaled by
             ``1 / max(fraction kept, 1e-3)`` (the fraction of the whole tensor, over all
             shards). Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     The authors' and timm's Adan is ``decoupled_weight_decay=True``; their ``adanw`` adds
     ``no_prox=True``.
@@ -780,7 +821,7 @@ class Adan(FusedStep, Optimizer):
                 _MAXIMIZE, _DECOUPLED,
                 Option("no_prox", False, flag, added_later=True),
                 Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True),
-                Option("caution", False, flag, added_later=True))
+                Option("caution", False, flag, added_later=True), _STATE_PRECISION)
     # Where a group holds no decoupled_weight_decay (timm's Adan, whose decay is always decoupled).
     _decoupled_default = False
 
@@ -844,6 +885,11 @@ class AdEMAMix(FusedStep, Optimizer):
         caution: Cautious Optimizers (Liang et al. 2024, pytorch-optimizer's
             ``cautious``): the fast average's term only where ``m1 * g > 0``, rescaled by
             ``numel / (kept + 1)`` (over the whole tensor, all shards). Default `False`.
+        state_precision: the dtype of the per-element state (moments, momentum, maxima):
+            ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
+            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
+            parameter's math type; the state is rounded to nearest even when stored. A load
+            converts a checkpoint's state to each group's precision. Default `'param'`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
@@ -859,7 +905,7 @@ class AdEMAMix(FusedStep, Optimizer):
                 Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE,
                 Option("t_alpha", None, positive_or_none("t_alpha"), range="(0, inf)", added_later=True),
                 Option("t_beta3", None, positive_or_none("t_beta3"), range="(0, inf)", added_later=True),
-                _DECOUPLED, Option("caution", False, flag, added_later=True))
+                _DECOUPLED, Option("caution", False, flag, added_later=True), _STATE_PRECISION)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]

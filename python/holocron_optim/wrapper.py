@@ -17,13 +17,24 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._base import check_state_dict_layout
+from ._base import LEAN_DTYPES, STATE_PRECISIONS, check_state_dict_layout
 from . import _distributed as distributed
 from ._library import ops
 
 __all__ = ["Lookahead", "Scout"]
 
 _SCOUT_STATS = ("prev", "mean", "m2", "max", "min")
+
+
+def _precision_dtype(group: dict[str, Any]) -> torch.dtype | None:
+    """The dtype a base's group keeps its state in (holocron's `state_precision`); None: each
+    parameter's own (that precision, or an optimizer without the option)."""
+    return STATE_PRECISIONS.get(group.get("state_precision", "param"))
+
+
+def _state_dtype(group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
+    """The dtype of `p`'s slow weights: its base's state dtype, which they follow."""
+    return _precision_dtype(group) or p.dtype
 
 
 def _group_params(param_group: dict[str, Any]) -> list[Any]:
@@ -217,7 +228,7 @@ class Lookahead(Optimizer):
             self._check_wrappable(group["params"], index)
         for group in new_groups:
             self._has_complex = getattr(self, "_has_complex", False) or any(p.is_complex() for p in group["params"])
-            self.slow_params.append([p.detach().clone() for p in group["params"]])
+            self.slow_params.append([p.detach().to(_state_dtype(group, p), copy=True) for p in group["params"]])
             self._add_group_state(group)
 
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
@@ -431,11 +442,15 @@ class Lookahead(Optimizer):
             state[param if param is not None else key] = value
         return state
 
-    def _check_tensors(self, name: str, tensors: Any, like: list[torch.Tensor], exact_dtype: bool = True) -> None:
+    def _check_tensors(self, name: str, tensors: Any, like: list[torch.Tensor], exact_dtype: bool = True,
+                       lean: bool = False) -> None:
+        """`tensors` fit `like` in shape, and in dtype with `exact_dtype` (`lean`: float32 and
+        bfloat16 fit too: state of another precision, converted by the load)."""
         if not isinstance(tensors, (list, tuple)) or len(tensors) != len(like):
             raise ValueError(f"{type(self).__name__}: '{name}' must hold {len(like)} tensors")
         for t, p in zip(tensors, like):
-            if not isinstance(t, torch.Tensor) or t.shape != p.shape or (exact_dtype and t.dtype != p.dtype):
+            fits_dtype = not exact_dtype or getattr(t, "dtype", None) in (p.dtype, *(LEAN_DTYPES if lean else ()))
+            if not isinstance(t, torch.Tensor) or t.shape != p.shape or not fits_dtype:
                 raise ValueError(
                     f"{type(self).__name__}: '{name}' holds a tensor of shape {tuple(getattr(t, 'shape', ()))} "
                     f"and dtype {getattr(t, 'dtype', type(t))} for a parameter of shape {tuple(p.shape)} and dtype {p.dtype}"
@@ -467,7 +482,7 @@ class Lookahead(Optimizer):
         fast = self._fast_params()
         slow = state_dict.get("slow_params")
         if slow is not None:
-            self._check_tensors("slow_params", slow, fast)
+            self._check_tensors("slow_params", slow, fast, lean=True)
         commit_extra = self._load_extra(state_dict, fast)
         sync_period = state_dict.get("sync_period", self.defaults["sync_period"])
         sync_rate = state_dict.get("sync_rate", self.defaults["sync_rate"])
@@ -483,18 +498,21 @@ class Lookahead(Optimizer):
         own_state = self._unpack_own_state(self._without_own_entries(state_dict.get("state")))
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
         # The top-level groups are what users and load hooks see and edit (the
-        # base's copy is nested): their hyper-parameters win.
+        # base's copy is nested): their hyper-parameters win. Each group keeps its own
+        # state_precision, as the base's load keeps it.
+        kept = ("params", "param_names", self._SETTINGS_KEY, "state_precision")
         for group, saved in zip(self.param_groups, saved_groups):
-            group.update({k: v for k, v in saved.items() if k not in ("params", "param_names", self._SETTINGS_KEY)})
+            group.update({k: v for k, v in saved.items() if k not in kept})
         self.state = own_state
         with torch.no_grad():
             source = slow if slow is not None else fast
             self.slow_params, index = [], 0
             for group in self.param_groups:
                 count = len(group["params"])
-                self.slow_params.append(
-                    [t.detach().to(device=p.device).clone() for t, p in zip(source[index : index + count], group["params"])]
-                )
+                self.slow_params.append([
+                    t.detach().to(device=p.device, dtype=_state_dtype(group, p), copy=True)
+                    for t, p in zip(source[index : index + count], group["params"])
+                ])
                 index += count
         self.fast_steps = fast_steps
         self.defaults.update(self.base_optimizer.defaults)
@@ -629,8 +647,8 @@ class Scout(Lookahead):
 
     def _add_group_state(self, group: dict[str, Any]) -> None:
         for p in group["params"]:
-            # Statistics of half and bfloat16 parameters are kept in float32.
-            dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            # The base's state dtype; for its parameters' own, float32 for half and bfloat16 ones.
+            dtype = _precision_dtype(group) or (torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype)
             self.scout_stats["prev"].append(p.detach().clone())
             for key in _SCOUT_STATS[1:]:
                 self.scout_stats[key].append(torch.zeros_like(p, dtype=dtype))

@@ -171,9 +171,9 @@ AdaBelief::AdaBelief(TensorVector params, AdaBeliefOptions defaults)
 
 void AdaBelief::init_state(AdaBeliefParamState& state, const torch::Tensor& param,
                            const AdaBeliefOptions& options) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
-  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param);
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
+  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param, options);
 }
 
 void AdaBelief::update(const AdaBeliefOptions& options, const TensorVector& params,

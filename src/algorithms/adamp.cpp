@@ -468,9 +468,9 @@ AdamP::AdamP(TensorVector params, AdamPOptions defaults)
 
 void AdamP::init_state(AdamPParamState& state, const torch::Tensor& param,
                        const AdamPOptions& options) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
-  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param);
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
+  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param, options);
 }
 
 void AdamP::update(const AdamPOptions& options, const TensorVector& params,

@@ -166,11 +166,11 @@ Adan::Adan(TensorVector params, AdanOptions defaults)
 
 void Adan::init_state(AdanParamState& state, const torch::Tensor& param,
                       const AdanOptions& options) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
-  detail::ensure_buffer(state.exp_avg_delta(), param);
-  detail::ensure_buffer(state.prev_grad(), param);
-  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_delta(), param);
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
+  detail::ensure_buffer(state.exp_avg_delta(), param, options);
+  detail::ensure_buffer(state.prev_grad(), param, options);
+  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_delta(), param, options);
 }
 
 void Adan::update(const AdanOptions& options, const TensorVector& params, const TensorVector& grads,

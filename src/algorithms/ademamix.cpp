@@ -178,10 +178,10 @@ AdEMAMix::AdEMAMix(TensorVector params, AdEMAMixOptions defaults)
     : AdEMAMix({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
 void AdEMAMix::init_state(AdEMAMixParamState& state, const torch::Tensor& param,
-                          const AdEMAMixOptions&) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_slow(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
+                          const AdEMAMixOptions& options) const {
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_slow(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
 }
 
 void AdEMAMix::update(const AdEMAMixOptions& options, const TensorVector& params,

@@ -252,9 +252,9 @@ LAMB::LAMB(TensorVector params, LAMBOptions defaults)
     : LAMB({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
 void LAMB::init_state(LAMBParamState& state, const torch::Tensor& param,
-                      const LAMBOptions&) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
+                      const LAMBOptions& options) const {
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
 }
 
 void LAMB::update(const LAMBOptions& options, const TensorVector& params, const TensorVector& grads,

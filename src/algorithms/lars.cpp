@@ -200,7 +200,7 @@ void LARS::update(const LARSOptions& options, const TensorVector& params, const 
     for (size_t i = 0; i < n; ++i) {
       auto& buffer = states[i]->momentum_buffer();
       is_new[i] = !buffer.defined();
-      detail::ensure_buffer(buffer, params[i]);
+      detail::ensure_buffer(buffer, params[i], options);
       buffers.push_back(buffer);
     }
   }

@@ -130,9 +130,9 @@ RaLars::RaLars(TensorVector params, RaLarsOptions defaults)
     : RaLars({OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
 void RaLars::init_state(RaLarsParamState& state, const torch::Tensor& param,
-                        const RaLarsOptions&) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
+                        const RaLarsOptions& options) const {
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
 }
 
 void RaLars::update(const RaLarsOptions& options, const TensorVector& params,

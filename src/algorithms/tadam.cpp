@@ -164,9 +164,9 @@ TAdam::TAdam(TensorVector params, TAdamOptions defaults)
 
 void TAdam::init_state(TAdamParamState& state, const torch::Tensor& param,
                        const TAdamOptions& options) const {
-  detail::ensure_buffer(state.exp_avg(), param);
-  detail::ensure_buffer(state.exp_avg_sq(), param);
-  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param);
+  detail::ensure_buffer(state.exp_avg(), param, options);
+  detail::ensure_buffer(state.exp_avg_sq(), param, options);
+  if (options.amsgrad()) detail::ensure_buffer(state.max_exp_avg_sq(), param, options);
   if (state.step() == 0) {
     const double beta1 = std::get<0>(options.betas());
     state.W_t(beta1 / (1.0 - beta1));

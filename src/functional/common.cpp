@@ -49,14 +49,18 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
 }
 
 void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
-                      c10::ArrayRef<int64_t> owners) {
+                      c10::ArrayRef<int64_t> owners, std::optional<at::ScalarType> state_dtype) {
   TORCH_CHECK(owners.size() == buffers.size(), optimizer, ": got ", owners.size(), " owners for ",
               buffers.size(), " state buffers");
   for (size_t i = 0; i < buffers.size(); ++i) {
     const int64_t owner = owners[i];
     TORCH_CHECK(owner >= 0 && owner < static_cast<int64_t>(params.size()), optimizer,
                 ": state buffer ", i, " belongs to parameter ", owner, " of ", params.size());
-    check_fits(optimizer, "state", static_cast<size_t>(owner), buffers[i], params[owner]);
+    const auto& p = params[owner];
+    const auto expected = state_dtype.value_or(p.scalar_type());
+    check_fits(optimizer, "state", static_cast<size_t>(owner), buffers[i], p, expected != p.scalar_type());
+    TORCH_CHECK(buffers[i].scalar_type() == expected, optimizer, ": state[", owner, "] has dtype ",
+                buffers[i].scalar_type(), " but its group's state_precision keeps ", expected);
   }
 }
 

@@ -32,10 +32,11 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
                  std::initializer_list<NamedList> state_lists);
 
 // check_group for state held per parameter as a flat list: buffers[i]
-// belongs to params[owners[i]], and has its dtype (the classes' state, which they make in the
-// parameter's dtype; lean state is the functional layer's only, so far).
+// belongs to params[owners[i]], and has exactly the dtype its group's state_precision keeps:
+// `state_dtype`, or without one its parameter's (the classes make their state so; the functional
+// layer takes any state of float32 or bfloat16).
 void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
-                      c10::ArrayRef<int64_t> owners);
+                      c10::ArrayRef<int64_t> owners, std::optional<at::ScalarType> state_dtype = std::nullopt);
 
 void check_steps(const char* optimizer, c10::ArrayRef<int64_t> steps, size_t expected);
 
@@ -77,17 +78,10 @@ void check_hyper(const char* optimizer, const char* name, double value, double l
 bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::ArrayRef<TensorList> lists,
                        size_t narrow, unsigned state = 0);
 
-// An algorithm's state arrays: all but `param` and `grad` (none for Arrays without both, such as
-// the wrappers', whose arrays are parameters).
+// A pass's state arrays (protocol::StateArrays): an algorithm's all but `param` and `grad`.
 template <template <typename> class Arrays>
 constexpr unsigned state_lists() {
-  constexpr auto slots = kernels::cpu::protocol::slots<Arrays>();
-  constexpr unsigned all = (1u << kernels::cpu::protocol::array_count<Arrays>()) - 1u;
-  if constexpr (kernels::cpu::protocol::has_param_and_grad<Arrays>()) {
-    return all & ~(1u << slots.param) & ~(1u << slots.grad);
-  } else {
-    return 0u;
-  }
+  return kernels::cpu::protocol::StateArrays<Arrays>::value;
 }
 
 // The same for a pass's arrays, by name (kernels/cpu/protocol.h), e.g.

@@ -21,6 +21,18 @@ void check_stats(const char* what, TensorList fast, const ScoutStats& s) {
       TORCH_CHECK(t.defined() && t.sizes().equals(f.sizes()) && t.device() == f.device(), what,
                   ": statistics of parameter ", i, " do not fit its shape ", f.sizes());
     }
+    // prev holds parameter values; the statistics are state, of one floating dtype: the
+    // parameter's, float32 (the math type of half and bfloat16 ones) or bfloat16.
+    TORCH_CHECK(s.prev[i].scalar_type() == f.scalar_type(), what, ": prev[", i, "] has dtype ",
+                s.prev[i].scalar_type(), " but its parameter has dtype ", f.scalar_type());
+    const auto stats = s.mean[i].scalar_type();
+    TORCH_CHECK(stats == f.scalar_type() || stats == at::kFloat || stats == at::kBFloat16, what,
+                ": the statistics of parameter ", i, " have dtype ", stats, ", not the parameter's (",
+                f.scalar_type(), "), float32 or bfloat16");
+    for (const auto* list : {&s.m2, &s.max, &s.min}) {
+      TORCH_CHECK((*list)[i].scalar_type() == stats, what, ": the statistics of parameter ", i,
+                  " differ in dtype (", stats, " and ", (*list)[i].scalar_type(), ")");
+    }
   }
 }
 
@@ -32,7 +44,8 @@ cpu::protocol::scout::Arrays<TensorList> scout_arrays(TensorList fast, const Sco
 
 void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate) {
   check_hyper("Lookahead", "sync_rate", sync_rate, 0.0, true, 1.0, true);
-  check_group("Lookahead", fast, slow, {});
+  // The slow weights are the base's state: the parameter's dtype, float32 or bfloat16.
+  check_group("Lookahead", fast, fast, {{"slow weights", slow}});
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, fast, cpu::protocol::lookahead::Arrays<TensorList>{.fast = fast, .slow = slow})) {
     return kernels::reference::lookahead_sync(fast, slow, sync_rate);
@@ -47,7 +60,7 @@ void scout_accumulate_(TensorList fast, const ScoutStats& s, int64_t count) {
   TORCH_CHECK(count >= 0, "Scout: count must be >= 0, got ", count);
   check_stats("Scout", fast, s);
   auto& scratch = fused_scratch();
-  if (!fused_group(scratch.group, fast, scout_arrays(fast, s), cpu::protocol::scout::kNarrowArrays)) {
+  if (!fused_group(scratch.group, fast, scout_arrays(fast, s))) {
     return kernels::reference::scout_accumulate(fast, s, count);
   }
   auto& args = scratch.fresh_args(0);
@@ -63,7 +76,7 @@ double scout_coherence(const ScoutStats& s, int64_t count, const Sharding& shard
   auto& scratch = fused_scratch();
   auto& sums = scratch.sums;  // sum of the ratios that are numbers, and their count
   // The coherence reads only the statistics; prev stands in for fast.
-  if (fused_group(scratch.group, s.prev, scout_arrays(s.prev, s), cpu::protocol::scout::kNarrowArrays)) {
+  if (fused_group(scratch.group, s.prev, scout_arrays(s.prev, s))) {
     scratch.fresh_args(0).constants.set(cpu::protocol::scout::CoherenceConstants{.count = count});
     cpu::run(cpu::Pass::ScoutCoherence, scratch.group, scratch.args, &sums);
   } else {

@@ -16,6 +16,38 @@
 
 namespace holocron::optim {
 
+const char* to_string(StatePrecision precision) {
+  switch (precision) {
+    case StatePrecision::param:
+      return "param";
+    case StatePrecision::float32:
+      return "float32";
+    case StatePrecision::bfloat16:
+      return "bfloat16";
+  }
+  C10_THROW_ERROR(ValueError, c10::str("state_precision ", static_cast<int>(precision), " is not a StatePrecision"));
+}
+
+StatePrecision state_precision_from_string(const std::string& name) {
+  for (const auto precision : {StatePrecision::param, StatePrecision::float32, StatePrecision::bfloat16}) {
+    if (name == to_string(precision)) return precision;
+  }
+  C10_THROW_ERROR(ValueError, c10::str("state_precision must be 'param', 'float32' or 'bfloat16', got '", name, "'",
+                                       name == "8bit" ? " (8-bit state is not available yet)" : ""));
+}
+
+at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param) {
+  switch (precision) {
+    case StatePrecision::float32:
+      return at::kFloat;
+    case StatePrecision::bfloat16:
+      return at::kBFloat16;
+    case StatePrecision::param:
+      break;
+  }
+  return param.scalar_type();
+}
+
 namespace detail {
 
 namespace {
@@ -55,6 +87,10 @@ void FieldWriter::operator()(const char* name, const scale_clip_t& v) const {
 }
 void FieldWriter::operator()(const char* name, const dof_t& v) const {
   archive.write(name, v ? std::vector<double>{*v} : std::vector<double>{});
+}
+
+void FieldWriter::operator()(const char* name, StatePrecision v) const {
+  archive.write(name, std::string(to_string(v)));
 }
 
 void FieldReader::operator()(const char* name, torch::Tensor& t) const {
@@ -102,6 +138,14 @@ void FieldReader::operator()(const char* name, dof_t& v) const {
   TORCH_CHECK(d.size() <= 1, "checkpoint field '", name, "' holds ", d.size(),
               " values, expected 0 or 1");
   v = d.empty() ? dof_t{} : dof_t{d[0]};
+}
+
+void FieldReader::operator()(const char* name, StatePrecision& v) const {
+  if (keeps_value(name)) return;
+  const auto value = read_ivalue(archive, name);
+  TORCH_CHECK_VALUE(value.isString(), "checkpoint field '", name, "' holds ", value.tagKind(),
+                    ", expected a string");
+  v = state_precision_from_string(value.toStringRef());
 }
 
 bool same_values(const std::vector<FieldValue>& lhs, const std::vector<FieldValue>& rhs) {
@@ -177,9 +221,17 @@ void OptimizerBase::add_param_group(const torch::optim::OptimizerParamGroup& par
   param_groups_.emplace_back(param_group.params(), std::move(options));
 }
 
+StatePrecision OptimizerBase::group_state_precision(size_t group_index) const {
+  TORCH_CHECK(group_index < param_groups_.size(), name(), ": no parameter group ", group_index, " (it has ",
+              param_groups_.size(), ")");
+  const auto& group = param_groups_[group_index];
+  return state_precision(group.has_options() ? group.options() : *defaults_);
+}
+
 void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& state,
-                                     const torch::Tensor& param, size_t group_index,
-                                     size_t param_index) const {
+                                     const torch::Tensor& param, StatePrecision precision,
+                                     size_t group_index, size_t param_index) const {
+  const auto dtype = state_dtype(precision, param);
   const auto check_counter = [&](const char* counter, int64_t value) {
     TORCH_CHECK(value >= 0, name(), ": state '", counter, "' of parameter ", param_index,
                 " in group ", group_index, " is ", value, "; counters cannot be negative");
@@ -189,9 +241,9 @@ void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& st
                 name(), ": state '", buffer, "' of parameter ", param_index, " in group ",
                 group_index, " has shape ", t.sizes(), " but the parameter has shape ",
                 param.sizes());
-    TORCH_CHECK(t.scalar_type() == param.scalar_type(), name(), ": state '", buffer,
-                "' of parameter ", param_index, " in group ", group_index, " has dtype ",
-                t.scalar_type(), " but the parameter has dtype ", param.scalar_type());
+    TORCH_CHECK(t.scalar_type() == dtype, name(), ": state '", buffer, "' of parameter ", param_index,
+                " in group ", group_index, " has dtype ", t.scalar_type(), " but its group's state_precision ",
+                to_string(precision), " keeps ", dtype, " for the parameter's ", param.scalar_type());
     TORCH_CHECK(t.device() == param.device(), name(), ": state '", buffer, "' of parameter ",
                 param_index, " in group ", group_index, " is on ", t.device(),
                 " but the parameter is on ", param.device());
@@ -249,7 +301,7 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
                   ", ", g.scalar_type(), ", ", g.device(), ") does not match the parameter (",
                   p.sizes(), ", ", p.scalar_type(), ", ", p.device(), ")");
       auto it = state_.find(p.unsafeGetTensorImpl());
-      if (it != state_.end()) check_state_fits(*it->second, p, gi, pi);
+      if (it != state_.end()) check_state_fits(*it->second, p, state_precision(group.options()), gi, pi);
     }
   }
 
@@ -362,6 +414,11 @@ void OptimizerBase::load(torch::serialize::InputArchive& archive) {
                 ": checkpoint lacks the options of group ", gi);
     auto options = make_options();
     options->serialize(options_archive);
+    // Each group keeps its state precision, as each parameter keeps its device: the loaded
+    // buffers are converted to it below.
+    const auto& current = param_groups_[gi];
+    const auto precision = state_precision(current.has_options() ? current.options() : *defaults_);
+    set_state_precision(*options, precision);
     check_options(*options);
     new_options.push_back(std::move(options));
 
@@ -385,15 +442,20 @@ void OptimizerBase::load(torch::serialize::InputArchive& archive) {
       }
       auto state = make_state();
       state->serialize(state_archive);
-      // Buffers come back on the CPU; they live beside their parameter.
+      // Buffers come back on the CPU; they live beside their parameter, in the dtype its group
+      // keeps (a checkpoint's state of another precision is converted; any other dtype is
+      // refused below).
+      const auto dtype = state_dtype(precision, p);
       visit_fields(
           *state,
           [&](const char*, const torch::Tensor& t) {
+            const auto convertible = t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
+                                     t.scalar_type() == at::kBFloat16;
             // A freshly read state owns its tensors: move them in place.
-            const_cast<torch::Tensor&>(t) = t.to(p.device());
+            const_cast<torch::Tensor&>(t) = convertible ? t.to(p.device(), dtype) : t.to(p.device());
           },
           [](const char*, int64_t) {});
-      check_state_fits(*state, p, gi, pi);
+      check_state_fits(*state, p, precision, gi, pi);
       group_states.push_back(std::move(state));
     }
   }

@@ -103,13 +103,33 @@ void Lookahead::mirror_new_base_groups() {
     param_groups_.emplace_back(base_groups[gi].params(),
                                std::make_unique<detail::BaseGroupOptions>(base_, gi));
     auto& slow = slow_.emplace_back();
+    const auto slow_dtype = base_state_dtype(gi);
     for (const auto& p : base_groups[gi].params()) {
-      slow.push_back(options_.slow_from_first_sync() ? torch::Tensor() : p.detach().clone());
+      // The slow weights follow the base's state precision.
+      slow.push_back(options_.slow_from_first_sync()
+                         ? torch::Tensor()
+                         : p.detach().to(slow_dtype.value_or(p.scalar_type()), false, true));
       has_complex_ = has_complex_ || p.is_complex();
     }
     group_start_.push_back(fast_steps_);
     add_group_state(gi);
   }
+}
+
+std::optional<at::ScalarType> Lookahead::base_state_dtype(size_t group_index) const {
+  if (const auto* ours = dynamic_cast<const OptimizerBase*>(base_.get())) {
+    switch (ours->group_state_precision(group_index)) {
+      case StatePrecision::float32:
+        return at::kFloat;
+      case StatePrecision::bfloat16:
+        return at::kBFloat16;
+      case StatePrecision::param:
+        break;
+    }
+    return std::nullopt;
+  }
+  if (const auto* wrapper = dynamic_cast<const Lookahead*>(base_.get())) return wrapper->base_state_dtype(group_index);
+  return std::nullopt;
 }
 
 void Lookahead::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
@@ -217,8 +237,10 @@ void Lookahead::sync_group(size_t group_index, double sync_rate) {
   for (size_t pi = 0; pi < params.size(); ++pi) {
     if (!params[pi].grad().defined()) continue;
     auto& slow_weight = slow_[group_index][pi];
-    // A first sync moves nothing: slow == fast.
-    if (!slow_weight.defined()) slow_weight = params[pi].detach().clone();
+    // A first sync moves nothing: slow == fast (as the base's state precision holds it).
+    if (!slow_weight.defined()) {
+      slow_weight = params[pi].detach().to(base_state_dtype(group_index).value_or(params[pi].scalar_type()), false, true);
+    }
     fast.push_back(params[pi]);
     slow.push_back(slow_weight);
   }
@@ -301,12 +323,14 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
         slow[gi].emplace_back();  // not taken yet
         continue;
       }
+      // Slow weights of another state precision are converted to the base's.
       TORCH_CHECK(t.sizes().equals(params[pi].sizes()) &&
-                      t.scalar_type() == params[pi].scalar_type(),
+                      (t.scalar_type() == params[pi].scalar_type() || t.scalar_type() == at::kFloat ||
+                       t.scalar_type() == at::kBFloat16),
                   name_, ": slow weight ", pi, " of group ", gi, " (", t.sizes(), ", ",
                   t.scalar_type(), ") does not fit its parameter (", params[pi].sizes(), ", ",
-                  params[pi].scalar_type(), ")");
-      slow[gi].push_back(t.to(params[pi].device()));
+                  params[pi].scalar_type(), "; slow weights may also be float32 or bfloat16)");
+      slow[gi].push_back(t.to(params[pi].device(), base_state_dtype(gi).value_or(params[pi].scalar_type())));
     }
   }
   auto commit_extra = load_extra(archive);
@@ -343,10 +367,10 @@ functional::ScoutStats Scout::view(const Stats& stats) {
 }
 
 void Scout::add_group_state(size_t group_index) {
+  const auto base_dtype = base_state_dtype(group_index);
   for (const auto& p : param_groups()[group_index].params()) {
-    // Statistics of reduced-precision parameters are kept in float32.
-    const auto stats_dtype =
-        at::isReducedFloatingType(p.scalar_type()) ? at::kFloat : p.scalar_type();
+    // The base's state precision; for its parameters' own, float32 for reduced-precision ones.
+    const auto stats_dtype = base_dtype.value_or(at::isReducedFloatingType(p.scalar_type()) ? at::kFloat : p.scalar_type());
     const auto options = p.options().dtype(stats_dtype);
     stats_.prev.push_back(p.detach().clone());
     stats_.mean.push_back(torch::zeros(p.sizes(), options));
@@ -410,10 +434,13 @@ std::function<void()> Scout::load_extra(torch::serialize::InputArchive& archive)
       const auto key = "scout/" + std::to_string(i) + "/" + kStatNames[k];
       TORCH_CHECK(archive.try_read(key, t), name(), ": checkpoint lacks ", key);
       const auto& expected = (*current[k])[i];
-      TORCH_CHECK(t.sizes().equals(expected.sizes()) && t.scalar_type() == expected.scalar_type(),
-                  name(), ": ", key, " (", t.sizes(), ", ", t.scalar_type(),
-                  ") does not fit its parameter");
-      lists[k]->push_back(t.to(expected.device()));
+      // The statistics (not prev) of another state precision are converted to the current one.
+      const bool fits_dtype = t.scalar_type() == expected.scalar_type() ||
+                              (k > 0 && (t.scalar_type() == fast[i].scalar_type() || t.scalar_type() == at::kFloat ||
+                                         t.scalar_type() == at::kBFloat16));
+      TORCH_CHECK(t.sizes().equals(expected.sizes()) && fits_dtype, name(), ": ", key, " (", t.sizes(), ", ",
+                  t.scalar_type(), ") does not fit its parameter");
+      lists[k]->push_back(t.to(expected.device(), expected.scalar_type()));
     }
   }
   return [this, loaded = std::move(loaded), last_rate]() mutable {

@@ -76,6 +76,7 @@ std::string value_text(double v) {
 }
 std::string value_text(int64_t v) { return std::to_string(v); }
 std::string value_text(bool v) { return v ? "True" : "False"; }
+std::string value_text(ho::StatePrecision v) { return std::string("'") + ho::to_string(v) + "'"; }
 template <typename... T>
 std::string value_text(const std::tuple<T...>& v) {
   std::string out = "(";

@@ -291,7 +291,11 @@ inline std::shared_ptr<torch::optim::Optimizer> make_by_name(const std::string& 
   std::shared_ptr<torch::optim::Optimizer> made;
   Algorithms::for_each([&](auto traits) {
     using T = decltype(traits);
-    if (!made && name == T::name) made = std::make_shared<typename T::Opt>(params, T::from_settings(settings));
+    if (made || name != T::name) return;
+    auto options = T::from_settings(settings);
+    // 0: the parameter's dtype, 1: float32, 2: bfloat16 (StatePrecision's order).
+    options.state_precision(static_cast<ho::StatePrecision>(setting(settings, "state_precision", 0.0)));
+    made = std::make_shared<typename T::Opt>(params, options);
   });
   return made;
 }

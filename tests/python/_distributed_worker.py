@@ -104,6 +104,8 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
             "LAMB(cautious)": adam,
             "AdamP(cautious)": adam,
             "AdamP(timm)": adam,
+            "LAMB(bfloat16 state)": adam,
+            "Adan(bfloat16 state)": adam,
         }
     ho = _ho()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,6 +136,9 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
                                               nesterov=True),
         # Each output channel's sums over its shards (test_adamp_timm_takes_each_branch).
         "AdamP(timm)": adamp_timm,
+        # state_precision: bfloat16 buffers sharded as their parameters, the sums as ever.
+        "LAMB(bfloat16 state)": lambda p: ho.LAMB(p, lr=LR, weight_decay=0.01, state_precision="bfloat16"),
+        "Adan(bfloat16 state)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, caution=True, state_precision="bfloat16"),
     }
 
 

@@ -525,6 +525,17 @@ ALGORITHMS = {name: replace(
     reference_ignores=tuple(dict.fromkeys((*a.reference_ignores, "decoupled_weight_decay"))),
 ) for name, a in ALGORITHMS.items()}
 
+# state_precision, which all eight take (test_state_precision.py holds it to the reference with its
+# state rounded): spelled out in `full` at its default, bfloat16 state as a sample for torch's
+# generic tests, a refused value, and not given to the reference, which lacks it.
+ALGORITHMS = {name: replace(
+    a, full={**a.full, "state_precision": "param"},
+    samples=(*a.samples, ("state_precision bfloat16", {"state_precision": "bfloat16"})),
+    errors=(*a.errors, ("state_precision float16", {"state_precision": "float16"},
+                        f"{name}: state_precision must be one of", False)),
+    reference_ignores=(*a.reference_ignores, "state_precision"),
+) for name, a in ALGORITHMS.items()}
+
 ALGOS = tuple(ALGORITHMS)
 
 

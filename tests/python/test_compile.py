@@ -25,6 +25,9 @@ CASES = {
                                    max_grad_norm=1.0, trust_clip=True, always_adapt=False),
     "Adan(authors)": lambda p: ho.Adan(p, lr=0.01, weight_decay=0.02, decoupled_weight_decay=True, no_prox=True,
                                        max_grad_norm=1.0, caution=True),
+    # state_precision: bfloat16 moments and slow weights, made by the compiled step too.
+    "Lookahead(LAMB, bfloat16 state)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01, state_precision="bfloat16"),
+                                                              sync_period=3),
 }
 
 

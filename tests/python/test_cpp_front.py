@@ -7,6 +7,8 @@ import subprocess
 import pytest
 import torch
 
+import holocron_optim as ho
+
 from _harness import AdanReference
 from conftest import BUILD_DIR, reference
 from registry import ALGORITHMS
@@ -21,6 +23,10 @@ VARIANTS = {name: algorithm.comparable_variants() for name, algorithm in ALGORIT
 pytestmark = pytest.mark.skipif(not RUNNER.exists(), reason="the C++ tests are not built (make build)")
 
 
+# StatePrecision's values, in its order.
+_PRECISION_CODES = {"param": 0, "float32": 1, "bfloat16": 2}
+
+
 def _settings(options):
     flat = []
     for key, value in options.items():
@@ -31,6 +37,8 @@ def _settings(options):
             flat += [f"beta{i + 1}={v!r}" for i, v in enumerate(value)]
         elif key == "scale_clip":
             flat += [f"clip_low={value[0]!r}", f"clip_high={value[1]!r}"]
+        elif key == "state_precision":
+            flat.append(f"state_precision={_PRECISION_CODES[value]}")
         else:
             flat.append(f"{key}={float(value)!r}")
     return flat
@@ -44,10 +52,13 @@ def _cpp_run(name, seed, options, wrapper=None):
 
 
 def _reference_run(name, seed, options, wrapper=None):
+    """The reference's run; with `state_precision`, its per-element state rounded to that dtype
+    after each step (what a narrower buffer holds)."""
     torch.manual_seed(seed)
     params = [torch.randn(shape, dtype=torch.float64) for shape in SHAPES]
     options = dict(options)
     wrapper_options = options.pop("wrapper", {})
+    round_to = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.pop("state_precision", "param"))
     if name == "Adan":  # fix 1: the corrected reference
         opt = AdanReference([{"params": params}], **{"betas": (0.98, 0.92, 0.99), **options})
     else:
@@ -59,6 +70,12 @@ def _reference_run(name, seed, options, wrapper=None):
         for p in params:
             p.grad = torch.randn(p.shape, dtype=torch.float64)
         opt.step()
+        if round_to is not None:
+            for p in params:
+                state = opt.state_of(p) if name == "Adan" else opt.state[p]
+                for key in getattr(ho, name)._all_buffers:
+                    if isinstance(state.get(key), torch.Tensor):
+                        state[key].copy_(state[key].to(round_to))
     return [p.detach().reshape(-1) for p in params]
 
 
@@ -69,6 +86,20 @@ def test_cpp_class_matches_reference(name, variant, seed):
     for ours, expected in zip(_cpp_run(name, seed, options), _reference_run(name, seed, options), strict=True):
         scale = expected.abs().max().item() or 1.0
         assert torch.allclose(ours, expected, rtol=1e-9, atol=1e-12 * scale), (name, variant, (ours - expected).abs().max())
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_cpp_class_with_lean_state_matches_reference(name, precision):
+    """state_precision on the C++ front: float64 parameters, state rounded as the reference's is
+    after each step; a run whose state were kept wider would differ far beyond the tolerance."""
+    options = {**VARIANTS[name][-1], "state_precision": precision}
+    ours = _cpp_run(name, 0, options)
+    for a, b in zip(ours, _reference_run(name, 0, options), strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * (b.abs().max().item() or 1.0)), (name, (a - b).abs().max())
+    if precision == "bfloat16":
+        wide = _reference_run(name, 0, {**options, "state_precision": "float32"})
+        assert not all(torch.allclose(a, b, rtol=1e-9, atol=0) for a, b in zip(ours, wide))
 
 
 def test_cpp_front_comparison_detects_a_wrong_coefficient():

@@ -7,6 +7,7 @@ from copy import deepcopy
 
 import pytest
 import torch
+from torch.testing._internal.common_utils import TestCase
 
 import holocron_optim as H
 from registry import ALGORITHMS
@@ -109,12 +110,14 @@ def test_state_dict_round_trip_with_equal_but_not_identical_params(name):
     state_dict = deepcopy(opt.state_dict())
     state_dict_c = deepcopy(opt.state_dict())
     opt_c.load_state_dict(state_dict_c)
-    torch.testing.assert_close(state_dict, state_dict_c)  # loading did not modify its input
+    # Loading did not modify its input. torch's and timm's suites compare with TestCase.assertEqual,
+    # which also takes the groups' strings (state_precision; torch.testing.assert_close does not).
+    TestCase().assertEqual(state_dict, state_dict_c)
     for _ in range(5):
         opt.step(lambda: closure(weight, bias, opt))
         opt_c.step(lambda: closure(weight_c, bias_c, opt_c))
         assert torch.equal(weight, weight_c) and torch.equal(bias, bias_c), name
-    torch.testing.assert_close(opt.state_dict(), opt_c.state_dict())
+    TestCase().assertEqual(opt.state_dict(), opt_c.state_dict())
 
 
 @pytest.mark.parametrize("name", ["LAMB", "TAdam", "AdamP", "LARS"])

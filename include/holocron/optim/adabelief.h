@@ -52,11 +52,15 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   /// paper's Algorithm 1, the authors' and timm's code); stored, so it accumulates. Default false.
   HOLOCRON_FIELD(bool, eps_in_variance) = false;
 
+  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
+  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"maximize", "decoupled_weight_decay", "rectify", "degenerated_to_sgd", "fixed_decay",
-            "eps_in_variance"};
+            "eps_in_variance", "state_precision"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdaBeliefHyper hyper() const;

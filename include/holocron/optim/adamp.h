@@ -62,10 +62,14 @@ struct AdamPOptions : detail::OptionsBase<AdamPOptions> {
   /// spherical, rule, not this one. Default false.
   HOLOCRON_FIELD(bool, caution) = false;
 
+  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
+  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "decoupled_weight_decay", "nesterov", "wd_ratio", "channel_projection", "caution"};
+    return {"maximize", "decoupled_weight_decay", "nesterov", "wd_ratio", "channel_projection", "caution", "state_precision"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdamPHyper hyper() const;

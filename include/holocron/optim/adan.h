@@ -52,10 +52,14 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   /// whole tensor, over all shards); one more read of `g` and `m` per step. Default false.
   HOLOCRON_FIELD(bool, caution) = false;
 
+  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
+  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm", "caution"};
+    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm", "caution", "state_precision"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdanHyper hyper() const;

@@ -52,10 +52,14 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// `beta1 > 0` and `beta3 > 0`.
   HOLOCRON_FIELD(optional_real_t, t_beta3) = std::nullopt;
 
+  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
+  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution"};
+    return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution", "state_precision"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;

@@ -6,6 +6,8 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include "holocron/optim/detail/optimizer_base.h"
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +30,9 @@ struct FactoryOptions {
   /// From a module: name patterns (as name_matches()) that go without weight decay, as a timm
   /// model's `no_weight_decay()`.
   std::vector<std::string> no_weight_decay_names;
+  /// The dtype of the optimizer's per-element state (not one of timm's arguments): the
+  /// parameter's, float32 or bfloat16. Groups given with options of their own keep theirs.
+  StatePrecision state_precision = StatePrecision::param;
 };
 
 /// The names create_optimizer() takes, sorted: timm's `adabelief`, `adamp`, `adan`, `adanw`, `cadan`, `cadanw`, `clamb`,

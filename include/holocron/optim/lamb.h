@@ -70,11 +70,15 @@ struct LAMBOptions : detail::OptionsBase<LAMBOptions> {
   /// without options takes the defaults'). Default none.
   HOLOCRON_FIELD(optional_real_t, max_lr) = std::nullopt;
 
+  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
+  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt", "maximize",
-            "decoupled_weight_decay", "caution", "corrected_weight_decay", "max_lr"};
+            "decoupled_weight_decay", "caution", "corrected_weight_decay", "max_lr", "state_precision"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LambHyper hyper() const;

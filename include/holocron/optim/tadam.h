@@ -45,9 +45,13 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   /// Default false.
   HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
 
+  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
+  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay", "state_precision"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::TAdamHyper hyper() const;
 };

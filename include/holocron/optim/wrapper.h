@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <vector>
 
@@ -166,6 +167,9 @@ class Lookahead : public torch::optim::Optimizer {
   /// Gives each base group not yet mirrored a wrapper group and slow copies, and checks that the
   /// groups already mirrored still match the base's.
   void mirror_new_base_groups();
+  /// The dtype group `group_index` of the base keeps its state in: its `state_precision`'s
+  /// (a holocron base, or a wrapper of one), or none for the parameters' own.
+  std::optional<at::ScalarType> base_state_dtype(size_t group_index) const;
 
  private:
   // The base's step (given), then the wrapper's count, statistics and sync.

@@ -201,6 +201,40 @@ HOLOCRON_KERNEL_INLINE V round_to(const V& x) {
   }
 }
 
+// `x` as a value stored as S holds it: rounded to nearest even where S is narrower than x's
+// type, as StateIo stores it (float64 through bfloat16 goes through float32, as c10's and
+// ATen's conversions do).
+template <typename S, typename V>
+HOLOCRON_KERNEL_INLINE V round_through(const V& x) {
+  using W = typename V::value_type;
+  if constexpr (sizeof(S) >= sizeof(W)) {
+    return x;
+  } else if constexpr (std::is_same_v<W, float>) {
+    return round_to<S>(x);
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  } else if constexpr (std::is_same_v<S, float>) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return V(_mm512_cvtps_pd(_mm512_cvtpd_ps(x)));
+#else
+    return V(_mm256_cvtps_pd(_mm256_cvtpd_ps(x)));
+#endif
+#endif
+  } else {
+    // GCC 12's SLP vectorizer at -O3 drops a double -> float -> double round trip in registers
+    // (as `v = double(float(v))` over an array): the narrowed values go through memory it must
+    // read back.
+    alignas(64) W values[V::size()];
+    S stored[V::size()];
+    x.store(values);
+    for (int l = 0; l < V::size(); ++l) stored[l] = static_cast<S>(values[l]);
+#if defined(__GNUC__)
+    asm volatile("" : : "r"(stored) : "memory");
+#endif
+    for (int l = 0; l < V::size(); ++l) values[l] = static_cast<W>(stored[l]);
+    return V::loadu(values);
+  }
+}
+
 // `x` widened to double, as Vectorized<double> pieces in lane order.
 template <typename V>
 HOLOCRON_KERNEL_INLINE auto widen(const V& x) {

@@ -273,6 +273,7 @@ struct PerTensor {
 
 // ---- Lookahead and Scout ---------------------------------------------------
 namespace lookahead {
+// slow is state: stored as the base's state dtype (its group's state_precision).
 template <typename T>
 struct Arrays {
   T fast, slow;
@@ -283,12 +284,12 @@ struct Constants {
 }  // namespace lookahead
 
 namespace scout {
-// fast and prev have the parameter's dtype, the statistics its math type.
+// fast and prev have the parameter's dtype; the statistics are state, in the base's state dtype
+// (its math type for bfloat16 and half parameters when that is theirs).
 template <typename T>
 struct Arrays {
   T fast, prev, mean, m2, max, min;
 };
-constexpr int kNarrowArrays = 2;
 struct AccumulateConstants {
   int64_t count;  // changes folded in before this one
 };
@@ -296,6 +297,29 @@ struct CoherenceConstants {
   int64_t count;  // changes in the period
 };
 }  // namespace scout
+
+// The arrays a pass keeps as state, stored in the state dtype: an algorithm's all but its
+// parameter and gradient; the wrappers' as stated above.
+template <template <typename> class Arrays>
+struct StateArrays {
+  static constexpr unsigned value = [] {
+    if constexpr (has_param_and_grad<Arrays>()) {
+      constexpr auto s = slots<Arrays>();
+      return ((1u << array_count<Arrays>()) - 1u) & ~(1u << s.param) & ~(1u << s.grad);
+    } else {
+      return 0u;
+    }
+  }();
+};
+template <>
+struct StateArrays<lookahead::Arrays> {
+  static constexpr unsigned value = slot_set(slots<lookahead::Arrays>().slow);
+};
+template <>
+struct StateArrays<scout::Arrays> {
+  static constexpr auto kSlot = slots<scout::Arrays>();
+  static constexpr unsigned value = slot_set(kSlot.mean, kSlot.m2, kSlot.max, kSlot.min);
+};
 
 }  // namespace holocron::optim::kernels::cpu::protocol
 

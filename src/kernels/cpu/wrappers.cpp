@@ -6,13 +6,15 @@ namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// slow += rate * (fast - slow) with ATen's lerp formula; fast = slow.
-template <typename T>
+// slow += rate * (fast - slow) with ATen's lerp formula; fast = slow, as stored (S).
+template <typename T, typename S>
 struct LookaheadSync {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
   static constexpr auto kSlot = protocol::slots<protocol::lookahead::Arrays>();
   static constexpr int kNarrow = protocol::array_count<protocol::lookahead::Arrays>(), kWide = 0, kSums = 0;
+  static constexpr unsigned kState = protocol::StateArrays<protocol::lookahead::Arrays>::value;
   static constexpr unsigned kRead = protocol::slot_set(kSlot.fast, kSlot.slow), kWrite = kRead;
   const PassArgs& args;
 
@@ -25,7 +27,7 @@ struct LookaheadSync {
       V& slow = x[kSlot.slow];
       if (move) {
         // ATen's lerp formula for this weight (it rounds once more than ATen's fused one).
-        slow = small_rate ? slow + rate * (fast - slow) : fast - (fast - slow) * one_minus_rate;
+        slow = round_through<S>(small_rate ? slow + rate * (fast - slow) : fast - (fast - slow) * one_minus_rate);
       }
       fast = slow;
     }
@@ -41,12 +43,14 @@ constexpr auto kScoutSlot = protocol::slots<scout::Arrays>();
 constexpr int kScoutArrays = protocol::array_count<scout::Arrays>();
 
 // Welford's update with the change u = fast - prev, rounded to the
-// parameter's dtype as the reference's parameter copies are.
-template <typename T>
+// parameter's dtype as the reference's parameter copies are. The statistics are stored as S.
+template <typename T, typename S>
 struct ScoutAccumulate {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = scout::kNarrowArrays, kWide = kScoutArrays - scout::kNarrowArrays, kSums = 0;
+  static constexpr int kNarrow = kScoutArrays, kWide = 0, kSums = 0;
+  static constexpr unsigned kState = protocol::StateArrays<scout::Arrays>::value;
   static constexpr unsigned kRead = protocol::slot_set(kScoutSlot.fast, kScoutSlot.prev, kScoutSlot.mean,
                                                        kScoutSlot.m2, kScoutSlot.max, kScoutSlot.min);
   static constexpr unsigned kWrite = kRead & ~(1u << kScoutSlot.fast);
@@ -84,11 +88,13 @@ struct ScoutAccumulate {
 };
 
 // Sums: the ratios std(u) / max|u - mean(u)| that are numbers, and how many.
-template <typename T>
+template <typename T, typename S>
 struct ScoutCoherence {
   using scalar_t = T;
+  using state_t = S;
   using V = Vectorized<opmath_t<T>>;
-  static constexpr int kNarrow = scout::kNarrowArrays, kWide = kScoutArrays - scout::kNarrowArrays, kSums = 2;
+  static constexpr int kNarrow = kScoutArrays, kWide = 0, kSums = 2;
+  static constexpr unsigned kState = protocol::StateArrays<scout::Arrays>::value;
   static constexpr unsigned kRead =
       protocol::slot_set(kScoutSlot.mean, kScoutSlot.m2, kScoutSlot.max, kScoutSlot.min);
   static constexpr unsigned kWrite = 0;

@@ -60,6 +60,30 @@ using optional_real_t = std::optional<double>;
 /// Optional degrees of freedom of TAdam's Student-t estimate.
 using dof_t = optional_real_t;
 
+/// The dtype of a group's per-element state buffers (moments, momentum buffers, running maxima,
+/// Adan's previous gradient), the options' `state_precision`. The math runs in the parameter's
+/// math type (float32 for bfloat16 and half parameters) whatever the state's dtype: a buffer is
+/// loaded into it and rounded to nearest even when stored. Step counters, trust ratios and
+/// TAdam's `W_t` stay exact.
+enum class StatePrecision {
+  /// The parameter's own dtype (the default, and the only choice before this option existed).
+  param,
+  /// float32: mixed precision for bfloat16 and half parameters; 4 bytes per value for any.
+  float32,
+  /// bfloat16: 2 bytes per value for any parameter dtype (torch's fused CUDA AdamW keeps such
+  /// moments; DeepSpeed's CPU Adam on request).
+  bfloat16,
+};
+
+/// The name of a state precision as the Python classes and checkpoints spell it ("param",
+/// "float32", "bfloat16").
+const char* to_string(StatePrecision precision);
+/// The state precision named `name`.
+/// \throws c10::ValueError for another name.
+StatePrecision state_precision_from_string(const std::string& name);
+/// The dtype of `param`'s state buffers under `precision`.
+at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param);
+
 /// Newest version of the checkpoint layout (loading accepts 1 to this one). A checkpoint is
 /// written with the oldest version that holds its content, so that older builds refuse only what
 /// they would load with other numbers: 2 is a Lookahead with `slow_from_first_sync` (per-group
@@ -110,6 +134,7 @@ struct FieldWriter {
   void operator()(const char* name, const betas3_t& v) const;
   void operator()(const char* name, const scale_clip_t& v) const;
   void operator()(const char* name, const dof_t& v) const;
+  void operator()(const char* name, StatePrecision v) const;
 };
 
 // Reads what FieldWriter wrote. A tensor that was not written (an optional
@@ -128,6 +153,7 @@ struct FieldReader {
   void operator()(const char* name, betas3_t& v) const;
   void operator()(const char* name, scale_clip_t& v) const;
   void operator()(const char* name, dof_t& v) const;
+  void operator()(const char* name, StatePrecision& v) const;
 };
 
 // Calls `on_tensor(name, tensor)` on each defined tensor field and
@@ -145,7 +171,7 @@ struct StateFieldVisitor {
 
 // Field-by-field equality (tensors compared by value), for operator==.
 using FieldValue =
-    std::variant<torch::Tensor, int64_t, double, bool, betas2_t, betas3_t, scale_clip_t, dof_t>;
+    std::variant<torch::Tensor, int64_t, double, bool, betas2_t, betas3_t, scale_clip_t, dof_t, StatePrecision>;
 
 struct FieldCollector {
   std::vector<FieldValue>& out;
@@ -169,7 +195,7 @@ bool same_fields(const T& lhs, const T& rhs) {
 /// Base of every `XParamState`: comparison and serialization from `Derived::fields`.
 ///
 /// Each field is a `TORCH_ARG` named as the reference's state key; buffers have the parameter's
-/// shape, dtype and device, and an optional buffer (such as amsgrad's) is undefined when unused.
+/// shape and device, and the dtype its group's `state_precision` keeps (StatePrecision), and an optional buffer (such as amsgrad's) is undefined when unused.
 /// Its fields are declared with HOLOCRON_FIELD after HOLOCRON_FIELDS.
 template <typename Derived>
 struct ParamStateBase : torch::optim::OptimizerCloneableParamState<Derived> {
@@ -296,6 +322,10 @@ class OptimizerBase : public torch::optim::Optimizer {
   /// The algorithm's name as the reference spells it ("LAMB", ...).
   const char* name() const noexcept { return name_; }
 
+  /// The `state_precision` of group `group_index` (the defaults' for a group without options):
+  /// what Lookahead's slow weights and Scout's statistics follow.
+  StatePrecision group_state_precision(size_t group_index) const;
+
  protected:
   /// \cond INTERNAL
 
@@ -326,6 +356,10 @@ class OptimizerBase : public torch::optim::Optimizer {
   }
   /// Whether these options ascend (`maximize`).
   virtual bool maximize(const torch::optim::OptimizerOptions&) const { return false; }
+  /// These options' `state_precision`.
+  virtual StatePrecision state_precision(const torch::optim::OptimizerOptions&) const = 0;
+  /// Sets `options`' `state_precision` (a load keeps each group's).
+  virtual void set_state_precision(torch::optim::OptimizerOptions& options, StatePrecision precision) const = 0;
   /// Updates one group: every param has a gradient and a prepared state.
   virtual void update_group(const torch::optim::OptimizerOptions& options,
                             const std::vector<torch::Tensor>& params,
@@ -336,7 +370,7 @@ class OptimizerBase : public torch::optim::Optimizer {
 
  private:
   void check_state_fits(const torch::optim::OptimizerParamState& state, const torch::Tensor& param,
-                        size_t group_index, size_t param_index) const;
+                        StatePrecision precision, size_t group_index, size_t param_index) const;
   // For each max_grad_norm the groups hold, the norm of the unscaled gradients of those groups.
   std::map<double, torch::Tensor> clipping_norms() const;
 
@@ -417,6 +451,14 @@ class Algorithm : public OptimizerBase {
   bool maximize(const torch::optim::OptimizerOptions& options) const override {
     return static_cast<const Options&>(options).maximize();
   }
+  /// The options' `state_precision`.
+  StatePrecision state_precision(const torch::optim::OptimizerOptions& options) const override {
+    return static_cast<const Options&>(options).state_precision();
+  }
+  /// Sets the options' `state_precision`.
+  void set_state_precision(torch::optim::OptimizerOptions& options, StatePrecision precision) const override {
+    static_cast<Options&>(options).state_precision(precision);
+  }
   /// Forwards to init_state() with the concrete types.
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                      const torch::optim::OptimizerOptions& options) const override {
@@ -434,9 +476,14 @@ class Algorithm : public OptimizerBase {
   /// \endcond
 };
 
-// A zero buffer shaped like `param` unless `buffer` already holds one.
-inline void ensure_buffer(torch::Tensor& buffer, const torch::Tensor& param) {
-  if (!buffer.defined()) buffer = torch::zeros_like(param, at::MemoryFormat::Preserve);
+// A zero buffer shaped like `param`, of the dtype `options`' state_precision keeps, unless
+// `buffer` already holds one.
+template <typename Options>
+void ensure_buffer(torch::Tensor& buffer, const torch::Tensor& param, const Options& options) {
+  if (!buffer.defined()) {
+    buffer = torch::zeros_like(param, param.options().dtype(state_dtype(options.state_precision(), param)),
+                               at::MemoryFormat::Preserve);
+  }
 }
 
 }  // namespace detail
