@@ -257,6 +257,7 @@ c10::IValue scout_step(const Arguments& a) {
   const int64_t changes_before = (count - 1) % sync_period;
   // Before the statistics change: a group that cannot be used throws with nothing changed.
   const auto sharding = sharding_of(prev, std::nullopt, a.optional_strings("shard_groups"));
+  F::detail::check_group("Scout", fast, fast, {{"slow weights", a.tensors("slow")}});
   F::scout_accumulate_(fast, stats, changes_before);
   if (count % sync_period == 0) {
     const double coherence = F::scout_coherence(stats, changes_before + 1, sharding);

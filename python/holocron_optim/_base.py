@@ -177,22 +177,6 @@ def state_precision(name: str, value: Any, option: Option) -> str:
 state_precision.checks_groups = True  # type: ignore[attr-defined]
 
 
-def group_state_dtype(group: dict[str, Any]) -> torch.dtype | None:
-    """The dtype of this group's per-element state buffers; None: each parameter's."""
-    return STATE_PRECISIONS[group.get("state_precision", "param")]
-
-
-def state_dtype(group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
-    """The dtype of `p`'s per-element state buffers in this group."""
-    return group_state_dtype(group) or p.dtype
-
-
-def zero_buffer(group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
-    """A new state buffer of `p` in this group: zeros of `p`'s shape, layout and device, of the
-    group's state dtype."""
-    return torch.zeros_like(p, dtype=state_dtype(group, p), memory_format=torch.preserve_format)
-
-
 class Buffer(NamedTuple):
     """A per-element state buffer of an algorithm, shaped like its parameter and typed as the
     group's `state_precision` says."""
@@ -265,11 +249,31 @@ class FusedStep:
             cls.__init__ = _constructor(cls)  # type: ignore[method-assign]
             cls._settings = tuple(o.name for o in cls._options if o.setting)
             cls._clips_grad_norm = any(o.name == "max_grad_norm" for o in cls._options)
+            cls._has_state_precision = any(o.name == "state_precision" for o in cls._options)
         cls._all_buffers = tuple(b.name for b in cls._state_buffers)
         cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
         # A load requires the group options among these (torch.optim's base may add
         # others to `defaults`, such as `differentiable`, which saved groups need not hold).
         cls._constructor_options = tuple(inspect.signature(cls.__init__).parameters)
+
+    # Whether the class takes `state_precision` (set from `_options`): holocron_optim.timm's
+    # classes keep timm's signatures, and their state in the parameters' dtype.
+    _has_state_precision = False
+
+    def _precision(self, group: dict[str, Any]) -> str:
+        """This group's state_precision, checked ("param" for a class without the option)."""
+        if not self._has_state_precision:
+            return "param"
+        return state_precision(type(self).__name__, group.get("state_precision", "param"), None)  # type: ignore[arg-type]
+
+    def _state_dtype(self, group: dict[str, Any]) -> torch.dtype | None:
+        """The dtype of this group's per-element state buffers; None: each parameter's."""
+        return STATE_PRECISIONS[self._precision(group)]
+
+    def _zero_buffer(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
+        """A new state buffer of `p` in this group: zeros of `p`'s shape, layout and device, in
+        the group's state dtype."""
+        return torch.zeros_like(p, dtype=self._state_dtype(group) or p.dtype, memory_format=torch.preserve_format)
 
     def _buffers(self, group: dict[str, Any]) -> list[str]:
         """The buffers made as zeros before a step of this group."""
@@ -379,7 +383,7 @@ class FusedStep:
         distributed.call_on_locals(
             lambda params, grads, buffers, owners, steps: ops.validate_group(
                 optimizer=name, params=params, grads=grads, buffers=buffers, owners=owners, steps=steps,
-                state_dtype=group_state_dtype(group)),
+                state_dtype=self._state_dtype(group)),
             params, grads, buffers, owners, steps
         )
 
@@ -518,7 +522,7 @@ class FusedStep:
                         self._init_state(state, p, group)
                     for key in keys:
                         if key not in state:
-                            state[key] = zero_buffer(group, p)
+                            state[key] = self._zero_buffer(group, p)
                             added.append((state, key))
             try:
                 self._apply(group, params, grads, states)
@@ -555,7 +559,7 @@ class FusedStep:
         tensors = [t for values in lists for t in values if isinstance(t, torch.Tensor)]
         self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(
             group, lists, torch.classes.holocron.TensorPins(tensors), list(map(attrgetter("dtype"), params)),
-            group.get("state_precision", "param"))
+            self._precision(group))
 
     # Groups whose state buffers were, when this step began, those pinned after the last.
     _still_pinned_now: frozenset[int] | set[int] = frozenset()
@@ -573,7 +577,7 @@ class FusedStep:
         held = self.__dict__.get("_pinned", {}).get(id(group))
         if (held is None or held.group is not group or None in states or len(held.lists) != len(keys)
                 or list(map(attrgetter("dtype"), params)) != held.dtypes
-                or group.get("state_precision", "param") != held.precision):
+                or self._precision(group) != held.precision):
             return False
         return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                    for key, pinned in zip(keys, held.lists))
@@ -650,7 +654,7 @@ class FusedStep:
         """Buffers made, and the step counter as a tensor."""
         for key in self._buffers(group):
             if key not in state:
-                state[key] = zero_buffer(group, p)
+                state[key] = self._zero_buffer(group, p)
         if "step" in state and not isinstance(state["step"], torch.Tensor):
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         if self._keeps_trust_ratios:
@@ -746,8 +750,16 @@ class FusedStep:
         Each group keeps its own `state_precision`, as each parameter keeps its device: the
         loaded buffers are converted to it, from the values saved (torch.optim's load first
         casts them to the parameter's dtype, which would round float32 state of bfloat16
-        parameters)."""
+        parameters). Load hooks run as torch.optim runs them: the pre-hooks first (what they
+        return is what is checked and loaded), the post-hooks once the state is converted."""
         name = type(self).__name__
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{name}: a state dict must be a dict, got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()  # shallow, as torch.optim's load
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():  # type: ignore[attr-defined]
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         check_state_dict_layout(name, state_dict)
         saved_groups = state_dict["param_groups"]
         params = [p for group in self.param_groups for p in group["params"]]  # type: ignore[attr-defined]
@@ -782,34 +794,33 @@ class FusedStep:
                         f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may also be float32 "
                         "or bfloat16)"
                     )
+        # Each group's precision, kept; the buffers whose saved dtype torch.optim's cast would not
+        # leave as the group keeps them, converted from the saved values once it has loaded.
         precisions = [group.get("state_precision") for group in self.param_groups]  # type: ignore[attr-defined]
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        self._convert_loaded_state(state_dict["state"], by_id, precisions)
-        # The buffers just replaced go now, not at the next step.
-        self.__dict__.pop("_pinned", None)
-        self.__dict__.pop("_trust_ratio_targets", None)
-
-    def _convert_loaded_state(self, saved_state: dict[Any, Any], by_id: dict[Any, torch.Tensor],
-                              precisions: list[str | None]) -> None:
-        """After torch.optim's load: each group's state_precision as it was before, and its
-        buffers converted to it from the saved values."""
-        group_of = {}
+        wanted = {id(p): dtype for group in self.param_groups  # type: ignore[attr-defined]
+                  if (dtype := self._state_dtype(group)) is not None for p in group["params"]}
+        conversions = [(p, buffer_name, state[buffer_name], wanted[id(p)])
+                       for key, state in state_dict.get("state", {}).items()
+                       if (p := by_id.get(key)) is not None and id(p) in wanted and wanted[id(p)] != p.dtype
+                       for buffer_name in self._all_buffers if buffer_name in state]
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks  # type: ignore[attr-defined]
+        post_hooks = self._optimizer_load_state_dict_post_hooks  # type: ignore[attr-defined]
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        try:
+            super().load_state_dict(state_dict)  # type: ignore[misc]
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
         for group, precision in zip(self.param_groups, precisions):  # type: ignore[attr-defined]
             if precision is not None:
                 group["state_precision"] = precision
-            if group_state_dtype(group) is not None:
-                group_of.update((id(p), group) for p in group["params"])
-        if not group_of:
-            return  # every buffer is in its parameter's dtype, as torch.optim's load made it
-        for key, saved in saved_state.items():
-            p = by_id.get(key)
-            if p is None or id(p) not in group_of:
-                continue
-            want = state_dtype(group_of[id(p)], p)
-            state = self.state[p]  # type: ignore[attr-defined]
-            for buffer_name in self._all_buffers:
-                if buffer_name in state and state[buffer_name].dtype != want:
-                    state[buffer_name] = saved[buffer_name].to(device=p.device, dtype=want)
+        for p, buffer_name, saved, dtype in conversions:
+            self.state[p][buffer_name] = saved.to(device=p.device, dtype=dtype)  # type: ignore[attr-defined]
+        # The buffers just replaced go now, not at the next step.
+        self.__dict__.pop("_pinned", None)
+        self.__dict__.pop("_trust_ratio_targets", None)
+        for post_hook in post_hooks.values():
+            post_hook(self)
 
     def _check_loaded_groups(self, saved_groups: list[dict[str, Any]]) -> None:
         """The groups a load would install, validated as the constructor and every step validate
@@ -822,7 +833,7 @@ class FusedStep:
         name = type(self).__name__
         groups = [dict(saved, params=current["params"]) for saved, current in zip(saved_groups, self.param_groups)]  # type: ignore[attr-defined]
         for group, current in zip(groups, self.param_groups):  # type: ignore[attr-defined]
-            if "state_precision" in current:  # kept by the load (_convert_loaded_state)
+            if "state_precision" in current:  # kept by the load
                 group["state_precision"] = current["state_precision"]
         stand_in = object.__new__(type(self))
         stand_in.__dict__.update(self.__dict__)

@@ -12,7 +12,7 @@ import torch
 from torch.optim import Adam, Optimizer
 
 from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
-                    learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count, zero_buffer,
+                    learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count,
                     types_of)
 from . import _distributed as distributed
 from ._library import ops
@@ -149,7 +149,7 @@ class LARS(FusedStep, Optimizer):
             for p, state in zip(params, states):
                 is_new.append("momentum_buffer" not in state)
                 if is_new[-1]:
-                    state["momentum_buffer"] = zero_buffer(group, p)
+                    state["momentum_buffer"] = self._zero_buffer(group, p)
                 buffers.append(state["momentum_buffer"])
         try:
             distributed.call(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._base import LEAN_DTYPES, STATE_PRECISIONS, check_state_dict_layout
+from ._base import LEAN_DTYPES, FusedStep, check_state_dict_layout
 from . import _distributed as distributed
 from ._library import ops
 
@@ -26,15 +26,13 @@ __all__ = ["Lookahead", "Scout"]
 _SCOUT_STATS = ("prev", "mean", "m2", "max", "min")
 
 
-def _precision_dtype(group: dict[str, Any]) -> torch.dtype | None:
-    """The dtype a base's group keeps its state in (holocron's `state_precision`); None: each
-    parameter's own (that precision, or an optimizer without the option)."""
-    return STATE_PRECISIONS.get(group.get("state_precision", "param"))
-
-
-def _state_dtype(group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
-    """The dtype of `p`'s slow weights: its base's state dtype, which they follow."""
-    return _precision_dtype(group) or p.dtype
+def _precision_dtype(base: Optimizer, group: dict[str, Any]) -> torch.dtype | None:
+    """The dtype `base` keeps this group's state in (holocron's `state_precision`; through a
+    wrapper, its base's); None: each parameter's own (that precision, or an optimizer without
+    the option)."""
+    if isinstance(base, Lookahead):
+        return _precision_dtype(base.base_optimizer, group)
+    return base._state_dtype(group) if isinstance(base, FusedStep) else None
 
 
 def _group_params(param_group: dict[str, Any]) -> list[Any]:
@@ -228,7 +226,9 @@ class Lookahead(Optimizer):
             self._check_wrappable(group["params"], index)
         for group in new_groups:
             self._has_complex = getattr(self, "_has_complex", False) or any(p.is_complex() for p in group["params"])
-            self.slow_params.append([p.detach().to(_state_dtype(group, p), copy=True) for p in group["params"]])
+            # The slow weights follow the base's state precision.
+            dtype = _precision_dtype(self.base_optimizer, group)
+            self.slow_params.append([p.detach().to(dtype or p.dtype, copy=True) for p in group["params"]])
             self._add_group_state(group)
 
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
@@ -451,9 +451,11 @@ class Lookahead(Optimizer):
         for t, p in zip(tensors, like):
             fits_dtype = not exact_dtype or getattr(t, "dtype", None) in (p.dtype, *(LEAN_DTYPES if lean else ()))
             if not isinstance(t, torch.Tensor) or t.shape != p.shape or not fits_dtype:
+                also = " (slow weights may also be float32 or bfloat16)" if lean else ""
                 raise ValueError(
                     f"{type(self).__name__}: '{name}' holds a tensor of shape {tuple(getattr(t, 'shape', ()))} "
-                    f"and dtype {getattr(t, 'dtype', type(t))} for a parameter of shape {tuple(p.shape)} and dtype {p.dtype}"
+                    f"and dtype {getattr(t, 'dtype', type(t))} for a parameter of shape {tuple(p.shape)} and dtype "
+                    f"{p.dtype}{also}"
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -509,8 +511,9 @@ class Lookahead(Optimizer):
             self.slow_params, index = [], 0
             for group in self.param_groups:
                 count = len(group["params"])
+                dtype = _precision_dtype(self.base_optimizer, group)
                 self.slow_params.append([
-                    t.detach().to(device=p.device, dtype=_state_dtype(group, p), copy=True)
+                    t.detach().to(device=p.device, dtype=dtype or p.dtype, copy=True)
                     for t, p in zip(source[index : index + count], group["params"])
                 ])
                 index += count
@@ -648,7 +651,8 @@ class Scout(Lookahead):
     def _add_group_state(self, group: dict[str, Any]) -> None:
         for p in group["params"]:
             # The base's state dtype; for its parameters' own, float32 for half and bfloat16 ones.
-            dtype = _precision_dtype(group) or (torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype)
+            dtype = (_precision_dtype(self.base_optimizer, group)
+                     or (torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype))
             self.scout_stats["prev"].append(p.detach().clone())
             for key in _SCOUT_STATS[1:]:
                 self.scout_stats[key].append(torch.zeros_like(p, dtype=dtype))

@@ -58,9 +58,12 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
                 ": state buffer ", i, " belongs to parameter ", owner, " of ", params.size());
     const auto& p = params[owner];
     const auto expected = state_dtype.value_or(p.scalar_type());
-    check_fits(optimizer, "state", static_cast<size_t>(owner), buffers[i], p, expected != p.scalar_type());
-    TORCH_CHECK(buffers[i].scalar_type() == expected, optimizer, ": state[", owner, "] has dtype ",
-                buffers[i].scalar_type(), " but its group's state_precision keeps ", expected);
+    if (buffers[i].defined()) {
+      TORCH_CHECK(buffers[i].scalar_type() == expected, optimizer, ": state[", owner, "] has dtype ",
+                  buffers[i].scalar_type(), " but its group's state_precision ",
+                  state_dtype ? "keeps " : "('param') keeps the parameter's ", expected);
+    }
+    check_fits(optimizer, "state", static_cast<size_t>(owner), buffers[i], p, true);
   }
 }
 

@@ -36,7 +36,7 @@ StatePrecision state_precision_from_string(const std::string& name) {
                                        name == "8bit" ? " (8-bit state is not available yet)" : ""));
 }
 
-at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param) {
+std::optional<at::ScalarType> state_dtype(StatePrecision precision) {
   switch (precision) {
     case StatePrecision::float32:
       return at::kFloat;
@@ -45,7 +45,11 @@ at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param) {
     case StatePrecision::param:
       break;
   }
-  return param.scalar_type();
+  return std::nullopt;
+}
+
+at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param) {
+  return state_dtype(precision).value_or(param.scalar_type());
 }
 
 namespace detail {
@@ -145,7 +149,12 @@ void FieldReader::operator()(const char* name, StatePrecision& v) const {
   const auto value = read_ivalue(archive, name);
   TORCH_CHECK_VALUE(value.isString(), "checkpoint field '", name, "' holds ", value.tagKind(),
                     ", expected a string");
-  v = state_precision_from_string(value.toStringRef());
+  // A load gives each group its own precision back (OptimizerBase::load), so a name this build
+  // does not know (a later build's) changes nothing and is not refused, as in Python.
+  const auto& text = value.toStringRef();
+  for (const auto precision : {StatePrecision::param, StatePrecision::float32, StatePrecision::bfloat16}) {
+    if (text == to_string(precision)) v = precision;
+  }
 }
 
 bool same_values(const std::vector<FieldValue>& lhs, const std::vector<FieldValue>& rhs) {

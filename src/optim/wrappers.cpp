@@ -118,15 +118,7 @@ void Lookahead::mirror_new_base_groups() {
 
 std::optional<at::ScalarType> Lookahead::base_state_dtype(size_t group_index) const {
   if (const auto* ours = dynamic_cast<const OptimizerBase*>(base_.get())) {
-    switch (ours->group_state_precision(group_index)) {
-      case StatePrecision::float32:
-        return at::kFloat;
-      case StatePrecision::bfloat16:
-        return at::kBFloat16;
-      case StatePrecision::param:
-        break;
-    }
-    return std::nullopt;
+    return state_dtype(ours->group_state_precision(group_index));
   }
   if (const auto* wrapper = dynamic_cast<const Lookahead*>(base_.get())) return wrapper->base_state_dtype(group_index);
   return std::nullopt;
@@ -439,7 +431,8 @@ std::function<void()> Scout::load_extra(torch::serialize::InputArchive& archive)
                               (k > 0 && (t.scalar_type() == fast[i].scalar_type() || t.scalar_type() == at::kFloat ||
                                          t.scalar_type() == at::kBFloat16));
       TORCH_CHECK(t.sizes().equals(expected.sizes()) && fits_dtype, name(), ": ", key, " (", t.sizes(), ", ",
-                  t.scalar_type(), ") does not fit its parameter");
+                  t.scalar_type(), ") does not fit its parameter (", fast[i].sizes(), ", ", fast[i].scalar_type(),
+                  k > 0 ? "; statistics may also be float32 or bfloat16)" : ")");
       lists[k]->push_back(t.to(expected.device(), expected.scalar_type()));
     }
   }

@@ -385,3 +385,31 @@ def test_a_wrapper_refuses_slow_weights_of_another_kind():
     with pytest.raises(ValueError, match="slow"):
         opt.load_state_dict(bad)
     assert all(torch.equal(a, b) for a, b in zip(opt._flat_slow(), before))
+
+
+def test_load_hooks_see_what_loads():
+    """Pre-hooks run first (what they return is checked, converted and loaded); post-hooks run
+    once the buffers are in the group's precision."""
+    params = _model(torch.bfloat16)
+    opt = ho.AdaBelief(params, lr=1e-2, state_precision="float32")
+    _run(opt, params, 2)
+    saved = copy.deepcopy(opt.state_dict())
+    seen = {}
+
+    def pre_hook(optimizer, state_dict):
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["state"][0]["exp_avg"].fill_(0.25)
+        return state_dict
+
+    def post_hook(optimizer):
+        seen["precision"] = optimizer.param_groups[0]["state_precision"]
+        seen["exp_avg"] = optimizer.state[params[0]]["exp_avg"].clone()
+        seen["exp_avg_sq"] = optimizer.state[params[1]]["exp_avg_sq"].clone()
+
+    fresh = ho.AdaBelief(params, lr=1e-2, state_precision="float32")
+    fresh.register_load_state_dict_pre_hook(pre_hook)
+    fresh.register_load_state_dict_post_hook(post_hook)
+    fresh.load_state_dict(saved)
+    assert seen["precision"] == "float32"
+    assert seen["exp_avg"].dtype == torch.float32 and bool((seen["exp_avg"] == 0.25).all())
+    assert torch.equal(seen["exp_avg_sq"], saved["state"][1]["exp_avg_sq"])  # float32, not rounded

@@ -81,6 +81,8 @@ const char* to_string(StatePrecision precision);
 /// The state precision named `name`.
 /// \throws c10::ValueError for another name.
 StatePrecision state_precision_from_string(const std::string& name);
+/// The dtype of state buffers under `precision`; none for `param` (each parameter's own).
+std::optional<at::ScalarType> state_dtype(StatePrecision precision);
 /// The dtype of `param`'s state buffers under `precision`.
 at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param);
 
