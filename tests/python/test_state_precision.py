@@ -413,3 +413,26 @@ def test_load_hooks_see_what_loads():
     assert seen["precision"] == "float32"
     assert seen["exp_avg"].dtype == torch.float32 and bool((seen["exp_avg"] == 0.25).all())
     assert torch.equal(seen["exp_avg_sq"], saved["state"][1]["exp_avg_sq"])  # float32, not rounded
+
+
+@pytest.mark.parametrize("name", ["LAMB", "Adan", "AdamP"])
+def test_grad_scaler_with_lean_state(name):
+    """GradScaler's scale (a power of two: unscaling is exact) and a skipped step, with bfloat16
+    state: the same bits as unscaled gradients, and nothing changed by the skipped step."""
+    algorithm = ALGORITHMS[name]
+    options = {**algorithm.full, "lr": 1e-2, "state_precision": "bfloat16"}
+    plain_p, scaled_p = _model(), _model()
+    plain, scaled = algorithm.make(plain_p, **options), algorithm.make(scaled_p, **options)
+    scaled.grad_scale = torch.tensor(1024.0)
+    for k in range(3):
+        _grads(plain_p, k)
+        _grads(scaled_p, k)
+        for p in scaled_p:
+            p.grad.mul_(1024.0)
+        scaled.found_inf = torch.tensor(1.0 if k == 1 else 0.0)
+        if k != 1:
+            plain.step()
+        scaled.step()
+    assert all(torch.equal(a, b) for a, b in zip(plain_p, scaled_p))
+    assert all(torch.equal(plain.state[a][key], scaled.state[b][key])
+               for a, b in zip(plain_p, scaled_p) for key in plain._all_buffers if key in plain.state[a])
