@@ -485,6 +485,30 @@ class Worker:
         self.restore_grads()
         return out
 
+    def kahan_block(self, name: str) -> dict[str, Any]:
+        """Our class on bfloat16 weights with kahan_summation against without, in turns: the cost
+        of the compensation's read and write (2 bytes each per weight)."""
+        impls: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for label, kahan in (("plain", False), ("kahan", True)):
+            try:
+                impls[label] = getattr(self.ours, name)(self.params, **constructor_kwargs(name), kahan_summation=kahan)
+            except Exception as exc:
+                errors[label] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        samples, step_errors, rounds = self.interleaved(impls)
+        errors.update(step_errors)
+        out: dict[str, Any] = {"rounds": rounds}
+        for label in ("plain", "kahan"):
+            ms = median(samples.get(label, []))
+            out[label] = {"median_ms": ms, "samples_ms": samples.get(label, [])} if ms is not None else {
+                "error": errors.get(label, "no samples")}
+        plain, kahan = out["plain"].get("median_ms"), out["kahan"].get("median_ms")
+        out["ratio"] = kahan / plain if plain and kahan else None
+        del impls
+        gc.collect()
+        self.restore_grads()
+        return out
+
     def peak_memory(self) -> dict[str, dict[str, float | None]]:
         """Extra peak bytes of one step, per algorithm, for ours and the reference; and Adam."""
         measure_mode()
@@ -544,6 +568,12 @@ class Worker:
                 lean[name] = self.state_precision_block(name)
                 f32, bf16 = (lean[name][k].get("median_ms") for k in ("param", "bfloat16"))
                 self.log(f"{name} state: float32 {fmt(f32)} ms, bfloat16 {fmt(bf16)} ms")
+        kahan: dict[str, Any] = {}
+        if self.name == "resnet50-bf16":
+            for name in ALGORITHMS:
+                kahan[name] = self.kahan_block(name)
+                self.log(f"{name} kahan_summation: {fmt(kahan[name]['plain'].get('median_ms'))} ms without, "
+                         f"{fmt(kahan[name]['kahan'].get('median_ms'))} ms with")
         peaks = self.peak_memory()
         self.log("peak memory done")
         os.unlink(self.shapes_path)
@@ -630,6 +660,7 @@ class Worker:
             "algorithms": algorithms,
             "wrappers": wrappers,
             "state_precision": lean,
+            "kahan_summation": kahan,
             "reference_error": self.ref_error,
             "load_average_1min_at_start": self.load_at_start,
             "torch": torch.__version__,
@@ -725,6 +756,16 @@ def report(result: dict[str, Any]) -> str:
                          f"| {fmt(f32['median_ms'])} | {fmt(bf16['median_ms'])} | {fmt(block.get('ratio'), '.3f')} "
                          f"| {nbytes.get('param')} / {nbytes.get('bfloat16')} "
                          f"| {fmt(f32.get('efficiency'))} / {fmt(bf16.get('efficiency'))} |")
+    kahan = result.get("kahan_summation") or {}
+    if kahan:
+        lines.append("")
+        lines.append("kahan_summation (our Python classes on bfloat16 weights, with against without, in turns):")
+        lines.append("")
+        lines.append("| algorithm | without ms | with ms | with / without |")
+        lines.append("|---|---:|---:|---:|")
+        for algo, block in kahan.items():
+            lines.append(f"| {algo} | {fmt(block['plain'].get('median_ms'))} | {fmt(block['kahan'].get('median_ms'))} "
+                         f"| {fmt(block.get('ratio'), '.3f')} |")
     lines.append("")
     lines.append(f"(worker took {result['elapsed_s']:.0f} s)")
     return "\n".join(lines)

@@ -198,7 +198,7 @@ c10::IValue validate_group(const Arguments& a) {
 }
 
 c10::IValue lookahead_sync(const Arguments& a) {
-  F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"));
+  F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"), a.optional_tensor_slots("kahan_comps"));
   return {};
 }
 
@@ -239,7 +239,7 @@ c10::IValue lookahead_step(const Arguments& a) {
   const int64_t count = advanced_counter(fast_steps, sync_period);
   if (skipped(a.found_inf())) return {};
   if (count % sync_period == 0) {
-    F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"));
+    F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"), a.optional_tensor_slots("kahan_comps"));
   }
   write_scalar(fast_steps, static_cast<double>(count));
   return {};
@@ -283,10 +283,10 @@ const Declaration kOps[] = {
      "int[] owners, int[] steps, ScalarType? state_dtype=None) -> ()",
      &validate_group},
     {"write_scalars_(Tensor(a!)[] targets, float[] values) -> ()", &write_scalars},
-    {"lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate) -> ()",
+    {"lookahead_sync_(Tensor(a!)[] fast, Tensor(b!)[] slow, float sync_rate, " HOLOCRON_KAHAN ") -> ()",
      &lookahead_sync},
     {"lookahead_step_(Tensor(a!)[] fast, Tensor(b!)[] slow, Tensor(c!) fast_steps, "
-     "int sync_period, float sync_rate, Tensor? found_inf=None) -> ()",
+     "int sync_period, float sync_rate, Tensor? found_inf=None, " HOLOCRON_KAHAN ") -> ()",
      &lookahead_step},
     {"scout_step_(Tensor(a!)[] fast, Tensor(b!)[] slow, Tensor(c!)[] prev, Tensor(d!)[] mean, "
      "Tensor(e!)[] m2, Tensor(f!)[] max, Tensor(g!)[] min, Tensor(h!) fast_steps, "

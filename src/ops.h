@@ -124,6 +124,7 @@ class Arguments {
                                     optional_tensor("grad_norm"), real("max_grad_norm"))
                        : scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
     if (schema_.argumentIndexWithName("maximize")) scaling.maximize = flag("maximize");
+    if (schema_.argumentIndexWithName("kahan_comps")) scaling.compensation = optional_tensor_slots("kahan_comps");
     return scaling;
   }
   F::Sharding sharding(TensorList params) const {
@@ -139,6 +140,13 @@ class Arguments {
     return sharding;
   }
   OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
+  // A `Tensor?[]?` argument: empty for None, else one tensor per entry, undefined for a None one.
+  std::vector<at::Tensor> optional_tensor_slots(const char* name) const {
+    std::vector<at::Tensor> out;
+    if (at(name).isNone()) return out;
+    for (const auto& item : at(name).toListRef()) out.push_back(item.isNone() ? at::Tensor() : item.toTensor());
+    return out;
+  }
 
  private:
   template <typename Read>
@@ -182,6 +190,9 @@ void implement_meta(torch::Library& library, const char* schema);
 // torch.optim's maximize, which every update op takes (GradScaling's).
 #define HOLOCRON_MAXIMIZE "bool maximize=False"
 #define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
+// Kahan-compensated weights (GradScaling::compensation): one per parameter, None where its weight
+// is not compensated.
+#define HOLOCRON_KAHAN "Tensor(k!)?[]? kahan_comps=None"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

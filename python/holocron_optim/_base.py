@@ -177,6 +177,10 @@ def state_precision(name: str, value: Any, option: Option) -> str:
 state_precision.checks_groups = True  # type: ignore[attr-defined]
 
 
+# The parameter dtypes whose weights `kahan_summation` compensates (others are exact enough).
+KAHAN_DTYPES = (torch.bfloat16, torch.float16)
+
+
 class Buffer(NamedTuple):
     """A per-element state buffer of an algorithm, shaped like its parameter and typed as the
     group's `state_precision` says."""
@@ -250,6 +254,7 @@ class FusedStep:
             cls._settings = tuple(o.name for o in cls._options if o.setting)
             cls._clips_grad_norm = any(o.name == "max_grad_norm" for o in cls._options)
             cls._has_state_precision = any(o.name == "state_precision" for o in cls._options)
+            cls._has_kahan_summation = any(o.name == "kahan_summation" for o in cls._options)
         cls._all_buffers = tuple(b.name for b in cls._state_buffers)
         cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
         # A load requires the group options among these (torch.optim's base may add
@@ -275,6 +280,50 @@ class FusedStep:
         the group's state dtype."""
         return torch.zeros_like(p, dtype=self._state_dtype(group) or p.dtype, memory_format=torch.preserve_format)
 
+    # Whether the class takes `kahan_summation` (set from `_options`).
+    _has_kahan_summation = False
+
+    def _kahan(self, group: dict[str, Any]) -> bool:
+        """Whether this group's bfloat16 and float16 weights are Kahan-compensated."""
+        return self._has_kahan_summation and bool(group.get("kahan_summation", False))
+
+    def _compensation(self, group: dict[str, Any], params: list[torch.Tensor],
+                      states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The op's `kahan_comps` keyword: with kahan_summation, each bfloat16 or float16
+        parameter's `kahan_comp` (None for the others); nothing without it."""
+        if not params or not self._kahan(group):
+            return {}
+        return {"kahan_comps": [s.get("kahan_comp") if p.dtype in KAHAN_DTYPES else None
+                                for p, s in zip(params, states)]}
+
+    def _check_compensation(self, group: dict[str, Any], params: list[torch.Tensor],
+                            states: list[dict[str, Any] | None]) -> None:
+        """ValueError for a `kahan_comp` (a loaded one) that does not fit its parameter, before
+        any group is updated (the op checks its own group's too)."""
+        if not self._kahan(group):
+            return
+        for index, (p, state) in enumerate(zip(params, states)):
+            c = state.get("kahan_comp") if state else None
+            if c is None or p.dtype not in KAHAN_DTYPES:
+                continue
+            if not isinstance(c, torch.Tensor) or (c.shape, c.dtype, c.device) != (p.shape, p.dtype, p.device):
+                raise ValueError(
+                    f"{type(self).__name__}: the kahan_comp of parameter {index} of its group "
+                    f"({getattr(c, 'dtype', type(c).__name__)} {tuple(getattr(c, 'shape', ()))}) does not fit its "
+                    f"parameter ({p.dtype} {tuple(p.shape)} on {p.device})")
+
+    def _make_compensation(self, group: dict[str, Any], params: list[torch.Tensor],
+                           states: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """With kahan_summation, a `kahan_comp` of zeros for each bfloat16 or float16 parameter
+        lacking one; returns what was added (taken back if the step fails)."""
+        added = []
+        if self._kahan(group):
+            for p, state in zip(params, states):
+                if p.dtype in KAHAN_DTYPES and "kahan_comp" not in state:
+                    state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    added.append((state, "kahan_comp"))
+        return added
+
     def _buffers(self, group: dict[str, Any]) -> list[str]:
         """The buffers made as zeros before a step of this group."""
         return [b.name for b in self._state_buffers if not b.made_by_step and b.exists_in(group)]
@@ -285,7 +334,7 @@ class FusedStep:
 
     def _stateless(self, group: dict[str, Any]) -> bool:
         """True when this group's update keeps no per-parameter state."""
-        return not (self._counts_steps or self._scalar_state or self._state_keys(group))
+        return not (self._counts_steps or self._scalar_state or self._state_keys(group) or self._kahan(group))
 
     def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
         if self._counts_steps:
@@ -445,6 +494,7 @@ class FusedStep:
                 still_pinned.add(id(group))
             if index > 0 or split or id(group) not in still_pinned:
                 self._validate(group, params, grads, states)
+            self._check_compensation(group, params, states)
         self._clipping_now = self._grad_clipping(work)
         self._still_pinned_now = still_pinned
         try:
@@ -524,6 +574,7 @@ class FusedStep:
                         if key not in state:
                             state[key] = self._zero_buffer(group, p)
                             added.append((state, key))
+            added += self._make_compensation(group, params, states)
             try:
                 self._apply(group, params, grads, states)
             except Exception:
@@ -655,6 +706,7 @@ class FusedStep:
         for key in self._buffers(group):
             if key not in state:
                 state[key] = self._zero_buffer(group, p)
+        self._make_compensation(group, [p], [state])
         if "step" in state and not isinstance(state["step"], torch.Tensor):
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         if self._keeps_trust_ratios:
@@ -794,6 +846,13 @@ class FusedStep:
                         f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may also be float32 "
                         "or bfloat16)"
                     )
+            comp = state.get("kahan_comp")
+            if comp is not None and (not isinstance(comp, torch.Tensor) or comp.shape != p.shape
+                                     or not comp.is_floating_point()):
+                raise ValueError(
+                    f"{name}: state 'kahan_comp' of parameter {key} ({tuple(getattr(comp, 'shape', ()))}, "
+                    f"{getattr(comp, 'dtype', type(comp))}) does not fit the parameter ({tuple(p.shape)}, {p.dtype})"
+                )
         # Each group's precision, kept; the buffers whose saved dtype torch.optim's cast would not
         # leave as the group keeps them, converted from the saved values once it has loaded.
         precisions = [group.get("state_precision") for group in self.param_groups]  # type: ignore[attr-defined]

@@ -56,6 +56,7 @@ _MAXIMIZE = Option("maximize", False, flag, added_later=True)
 _DECOUPLED = Option("decoupled_weight_decay", False, flag, added_later=True)
 # The dtype of the per-element state (issue 17): the last option of every algorithm.
 _STATE_PRECISION = Option("state_precision", "param", state_precision, added_later=True)
+_KAHAN = Option("kahan_summation", False, flag, added_later=True)
 _DEFAULT_SCALE_CLIP = (0.0, 10.0)
 
 
@@ -105,6 +106,11 @@ class LARS(FusedStep, Optimizer):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     The five before ``maximize`` are the options of timm's ``Lars`` and apex's ``LARC``, with
     ``local_lr = trust_coeff * ||p|| / (||g|| + weight_decay * ||p|| + eps)``; their
@@ -135,7 +141,7 @@ class LARS(FusedStep, Optimizer):
         Option("trust_on_gradient", False, flag, added_later=True),
         _MAXIMIZE,
         _DECOUPLED,
-        _STATE_PRECISION,
+        _STATE_PRECISION, _KAHAN,
     )
     _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
     _counts_steps = False
@@ -161,6 +167,7 @@ class LARS(FusedStep, Optimizer):
                 always_adapt=group["always_adapt"],
                 trust_on_gradient=group.get("trust_on_gradient", self._trust_on_gradient),
                 grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+                **self._compensation(group, params, states),
                 decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), sums=True,
             )
         except Exception:
@@ -229,6 +236,11 @@ class LAMB(FusedStep, Optimizer):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     The five before ``maximize`` are the options of timm's ``Lamb`` and apex's ``FusedLAMB``; their
     defaults give the reference's numbers. timm's numbers also need
@@ -254,7 +266,7 @@ class LAMB(FusedStep, Optimizer):
         Option("caution", False, flag, added_later=True),
         Option("corrected_weight_decay", False, flag, added_later=True),
         Option("max_lr", None, positive_or_none("max_lr"), range="(0, inf)", added_later=True),
-        _STATE_PRECISION,
+        _STATE_PRECISION, _KAHAN,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -315,7 +327,8 @@ class LAMB(FusedStep, Optimizer):
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
             trust_clip=group["trust_clip"], always_adapt=self._always_adapt(group),
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)), caution=bool(group["caution"]),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **self._clipping(group),
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if counters:
@@ -364,6 +377,11 @@ class RaLars(FusedStep, Optimizer):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``local_lr`` (as LAMB's). Each group also gets the key
@@ -379,7 +397,7 @@ class RaLars(FusedStep, Optimizer):
         Option("scale_clip", None, _scale_clip(_DEFAULT_SCALE_CLIP), setting=True),
         _MAXIMIZE,
         _DECOUPLED,
-        _STATE_PRECISION,
+        _STATE_PRECISION, _KAHAN,
     )
     _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
     _keeps_trust_ratios = True
@@ -399,7 +417,8 @@ class RaLars(FusedStep, Optimizer):
             weight_decay=float(group["weight_decay"]), force_adaptive_momentum=bool(self.force_adaptive_momentum),
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, **self._ratio_targets(group, params, states), sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **counters, **self._ratio_targets(group, params, states), sums=True,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         if record:
@@ -453,6 +472,11 @@ class TAdam(FusedStep, Optimizer):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq`` (with ``amsgrad``) and ``W_t`` (the
@@ -466,7 +490,7 @@ class TAdam(FusedStep, Optimizer):
     """
 
     _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD, Option("dof", None, _dof, range="(0, inf)"), _MAXIMIZE,
-                _DECOUPLED, _STATE_PRECISION)
+                _DECOUPLED, _STATE_PRECISION, _KAHAN)
     _state_buffers = _ADAM_BUFFERS
     _scalar_state = ("W_t",)  # the moments' running weight, a one-element tensor
 
@@ -516,7 +540,8 @@ class TAdam(FusedStep, Optimizer):
             W_ts=gather(states, "W_t"), steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **counters, sums=True,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         self._commit_steps(states, steps)
@@ -613,6 +638,11 @@ class AdaBelief(_AdamLike):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     timm's ``AdaBelief`` is ``decoupled_weight_decay``, ``eps_in_variance`` and ``rectify``
     with ``eps=1e-16`` (``holocron_optim.timm.AdaBelief``).
@@ -627,7 +657,7 @@ class AdaBelief(_AdamLike):
                 Option("rectify", False, flag, added_later=True),
                 Option("degenerated_to_sgd", True, flag, added_later=True),
                 Option("fixed_decay", False, flag, added_later=True),
-                Option("eps_in_variance", False, flag, added_later=True), _STATE_PRECISION)
+                Option("eps_in_variance", False, flag, added_later=True), _STATE_PRECISION, _KAHAN)
     # The group key of the decoupled decay (timm's AdaBelief names it decoupled_decay).
     _decoupled_key = "decoupled_weight_decay"
 
@@ -638,7 +668,8 @@ class AdaBelief(_AdamLike):
             ops.adabelief_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group.get("amsgrad", False)),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **counters,
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
             rectify=bool(group.get("rectify", False)), degenerated_to_sgd=bool(group.get("degenerated_to_sgd", True)),
             fixed_decay=bool(group.get("fixed_decay", False)), eps_in_variance=bool(group.get("eps_in_variance", False)),
@@ -706,6 +737,11 @@ class AdamP(_AdamLike):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     timm's ``AdamP`` is ``decoupled_weight_decay``, ``channel_projection`` and
     ``wd_ratio=0.1`` (``holocron_optim.timm.AdamP``).
@@ -721,7 +757,7 @@ class AdamP(_AdamLike):
                 Option("nesterov", False, flag, added_later=True),
                 Option("wd_ratio", 1.0, finite("wd_ratio", non_negative=True), range="[0, inf)", added_later=True),
                 Option("channel_projection", False, flag, added_later=True),
-                Option("caution", False, flag, added_later=True), _STATE_PRECISION)
+                Option("caution", False, flag, added_later=True), _STATE_PRECISION, _KAHAN)
     # The group key of the decoupled decay (timm's AdamP decays so always), and whether delta is a
     # group option (timm's) rather than the optimizer's attribute (the reference's).
     _decoupled_key: str | None = "decoupled_weight_decay"
@@ -737,7 +773,8 @@ class AdamP(_AdamLike):
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group.get("amsgrad", False)),
             delta=float(group["delta"] if self._delta_in_groups else self.delta),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters, sums=True,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **counters, sums=True,
             decoupled_weight_decay=True if self._decoupled_key is None else bool(group.get(self._decoupled_key, False)),
             nesterov=bool(group.get("nesterov", False)), wd_ratio=float(group.get("wd_ratio", 1.0)),
             channel_projection=bool(group.get("channel_projection", False)),
@@ -796,6 +833,11 @@ class Adan(FusedStep, Optimizer):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     The authors' and timm's Adan is ``decoupled_weight_decay=True``; their ``adanw`` adds
     ``no_prox=True``.
@@ -821,7 +863,7 @@ class Adan(FusedStep, Optimizer):
                 _MAXIMIZE, _DECOUPLED,
                 Option("no_prox", False, flag, added_later=True),
                 Option("max_grad_norm", None, positive_or_none("max_grad_norm"), range="(0, inf)", added_later=True),
-                Option("caution", False, flag, added_later=True), _STATE_PRECISION)
+                Option("caution", False, flag, added_later=True), _STATE_PRECISION, _KAHAN)
     # Where a group holds no decoupled_weight_decay (timm's Adan, whose decay is always decoupled).
     _decoupled_default = False
 
@@ -834,7 +876,8 @@ class Adan(FusedStep, Optimizer):
             max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group.get("amsgrad", False) else [], steps=steps,
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", self._decoupled_default)),
             no_prox=bool(group["no_prox"]), **self._clipping(group), caution=bool(group["caution"]),
             sums=bool(group["caution"]),
@@ -890,6 +933,11 @@ class AdEMAMix(FusedStep, Optimizer):
             parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
             parameter's math type; the state is rounded to nearest even when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
+        kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
+            keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
+            in float32 by the step, which stores ``p`` rounded and in ``kahan_comp`` what the
+            rounding dropped, so that updates smaller than half a unit in the last place of ``p``
+            accumulate instead of vanishing. Other parameters are unaffected. Default `False`.
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``
     (``m1``), ``exp_avg_slow`` (``m2``, not bias-corrected) and ``exp_avg_sq``
@@ -905,7 +953,7 @@ class AdEMAMix(FusedStep, Optimizer):
                 Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE,
                 Option("t_alpha", None, positive_or_none("t_alpha"), range="(0, inf)", added_later=True),
                 Option("t_beta3", None, positive_or_none("t_beta3"), range="(0, inf)", added_later=True),
-                _DECOUPLED, Option("caution", False, flag, added_later=True), _STATE_PRECISION)
+                _DECOUPLED, Option("caution", False, flag, added_later=True), _STATE_PRECISION, _KAHAN)
 
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2, beta3 = group["betas"]
@@ -915,7 +963,8 @@ class AdEMAMix(FusedStep, Optimizer):
             exp_avg_sqs=gather(states, "exp_avg_sq"), steps=steps, lr=float(group["lr"]), beta1=float(beta1),
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
-            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)), **counters,
+            grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
+            **self._compensation(group, params, states), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
             t_alpha=group["t_alpha"], t_beta3=group["t_beta3"], caution=bool(group["caution"]),
             sums=bool(group["caution"]),

@@ -35,7 +35,7 @@ from typing import Any, Callable, Collection, NamedTuple
 import torch
 from torch import nn
 
-from ._base import Option, betas, finite, flag, learning_rate, positive_or_none
+from ._base import KAHAN_DTYPES, FusedStep, Option, betas, finite, flag, learning_rate, positive_or_none
 from torch.optim import Optimizer
 
 from ._library import ops
@@ -466,7 +466,8 @@ class Lookahead(Optimizer):
     @torch.no_grad()
     def update_slow(self, group: dict[str, Any]) -> None:
         """Pulls the group's parameters that have a gradient back toward their slow weights."""
-        fast, slow = [], []
+        fast, slow, comps = [], [], []
+        kahan = isinstance(self._base_optimizer, FusedStep) and self._base_optimizer._kahan(group)
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -477,14 +478,18 @@ class Lookahead(Optimizer):
             # A complex weight is synced as its real and imaginary parts.
             fast.append(torch.view_as_real(p.detach()) if p.is_complex() else p)
             slow.append(torch.view_as_real(buffer) if buffer.is_complex() else buffer)
+            # Kahan-compensated weights (holocron's kahan_summation): the sync reads p + c.
+            comps.append(state.get("kahan_comp") if kahan and p.dtype in KAHAN_DTYPES else None)
         # One call per device and dtype, as the op takes them.
-        batches: dict[tuple[Any, Any], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-        for f, s in zip(fast, slow):
-            batch = batches.setdefault((f.device, f.dtype), ([], []))
+        batches: dict[tuple[Any, Any], tuple[list[torch.Tensor], list[torch.Tensor], list[Any]]] = {}
+        for f, s, c in zip(fast, slow, comps):
+            batch = batches.setdefault((f.device, f.dtype), ([], [], []))
             batch[0].append(f)
             batch[1].append(s)
-        for f, s in batches.values():
-            ops.lookahead_sync_(f, slow=s, sync_rate=float(group["lookahead_alpha"]))
+            batch[2].append(c)
+        for f, s, c in batches.values():
+            extra = {"kahan_comps": c} if any(t is not None for t in c) else {}
+            ops.lookahead_sync_(f, slow=s, sync_rate=float(group["lookahead_alpha"]), **extra)
 
     def sync_lookahead(self) -> None:
         """Syncs every group now."""

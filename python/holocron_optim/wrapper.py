@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._base import LEAN_DTYPES, FusedStep, check_state_dict_layout
+from ._base import KAHAN_DTYPES, LEAN_DTYPES, FusedStep, check_state_dict_layout
 from . import _distributed as distributed
 from ._library import ops
 
@@ -248,7 +248,7 @@ class Lookahead(Optimizer):
         (the sync interpolates each; Scout's statistics count each)."""
         if getattr(self, "_has_complex", False):
             def real(arg: Any) -> Any:
-                return [torch.view_as_real(t) if t.is_complex() else t for t in arg] if isinstance(arg, list) else arg
+                return [torch.view_as_real(t) if t is not None and t.is_complex() else t for t in arg] if isinstance(arg, list) else arg
 
             args = tuple(real(arg) for arg in args)
             kwargs = {key: real(value) for key, value in kwargs.items()}
@@ -319,7 +319,27 @@ class Lookahead(Optimizer):
 
     _registered = 0
 
+    def _compensation(self, fast: list[torch.Tensor]) -> dict[str, Any]:
+        """The sync's `kahan_comps`: the base's Kahan compensation of each fast weight whose group
+        has `kahan_summation` (None for the others), so that the sync reads p + c and leaves
+        p + c equal to the slow weight; nothing when no group has it."""
+        base = self.base_optimizer
+        while isinstance(base, Lookahead):
+            base = base.base_optimizer
+        if not isinstance(base, FusedStep):
+            return {}
+        compensated = {id(p) for group in base.param_groups if base._kahan(group) for p in group["params"]}
+        if not compensated:
+            return {}
+        return {"kahan_comps": [base.state.get(p, {}).get("kahan_comp") if id(p) in compensated and p.dtype in KAHAN_DTYPES
+                                else None for p in fast]}
+
+    def _check_base(self) -> None:
+        """Raises, before anything changes, for a base this wrapper cannot step as it is (Scout's
+        refusal of Kahan-compensated weights); Lookahead takes any."""
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        self._check_base()
         self._mirror_new_groups()
         found_inf = getattr(self, "found_inf", None)
         compiling = torch.compiler.is_compiling()
@@ -354,16 +374,19 @@ class Lookahead(Optimizer):
 
     def _advance(self, found_inf: torch.Tensor | None) -> None:
         """Counts the base's step and syncs at the end of a period (one op: no Python branch)."""
+        fast = self._fast_params()
         self._call(
-            ops.lookahead_step_, self._fast_params(), slow=self._flat_slow(), fast_steps=self._fast_steps,
+            ops.lookahead_step_, fast, slow=self._flat_slow(), fast_steps=self._fast_steps,
             sync_period=int(self.defaults["sync_period"]), sync_rate=float(self.defaults["sync_rate"]),
-            found_inf=found_inf,
+            found_inf=found_inf, **self._compensation(fast),
         )
 
     @torch.no_grad()
     def sync_params(self, sync_rate: float = 0.0) -> None:
         """slow += sync_rate * (fast - slow); fast = slow."""
-        self._call(ops.lookahead_sync_, self._fast_params(), slow=self._flat_slow(), sync_rate=float(sync_rate))
+        fast = self._fast_params()
+        self._call(ops.lookahead_sync_, fast, slow=self._flat_slow(), sync_rate=float(sync_rate),
+                   **self._compensation(fast))
 
     def state_dict(self) -> dict[str, Any]:
         """The reference's layout (state, param_groups, base_state_dict), plus
@@ -678,6 +701,19 @@ class Scout(Lookahead):
             sync_period=int(self.defaults["sync_period"]), sync_rate=float(self.defaults["sync_rate"]),
             found_inf=found_inf, shard_groups=distributed.common_shard_groups(fast, "Scout") or None,
         )
+
+    def _check_base(self) -> None:
+        # Scout's statistics take the weights' changes from copies in the weights' dtype, which
+        # cannot hold a Kahan-compensated weight (p + c): its adaptive rate would see only the
+        # rounded moves. Refused before the base steps, so nothing changes.
+        base = self.base_optimizer
+        if isinstance(base, FusedStep):
+            for index, group in enumerate(base.param_groups):
+                if base._kahan(group):
+                    raise NotImplementedError(
+                        f"Scout: group {index} of its base {type(base).__name__} has kahan_summation=True, which "
+                        "Scout does not support (its statistics would see only the rounded weights' moves); "
+                        "Lookahead does")
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
         return {"scout_stats": {key: copies[f"scout_{key}"] for key in _SCOUT_STATS}}

@@ -110,6 +110,7 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
   if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdaBelief", steps, params.size());
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  const CompensatedWeights compensated_weights("AdaBelief", params, scaling);
   const auto inv_grad_scale = grad_unscale("AdaBelief", scaling);
   if (!inv_grad_scale) return;
   auto& scratch = fused_scratch();
@@ -218,7 +219,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, "
-    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False) -> ()",
+    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ") -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

@@ -341,6 +341,7 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                               "needs their whole sizes and channel layouts (Sharding::numels and "
                               "Sharding::channel_layouts), which the caller did not both give");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  const CompensatedWeights compensated_weights("AdamP", params, scaling);
   const auto inv_grad_scale = grad_unscale("AdamP", scaling);
   if (!inv_grad_scale) return;
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
@@ -516,7 +517,7 @@ HOLOCRON_OPTIM_OP(
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
      ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
-    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ") -> ()",
+    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ") -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

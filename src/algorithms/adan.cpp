@@ -91,6 +91,7 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
   check_sharding("Adan", sharding, params);
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_deltas);
   // The authors' clipping rule, min(max_grad_norm / (norm + eps), 1).
+  const CompensatedWeights compensated_weights("Adan", params, scaling);
   const auto inv_grad_scale = grad_unscale("Adan", scaling, h.eps);
   if (!inv_grad_scale) return;
   // timm's rescaling of the kept elements.
@@ -219,7 +220,7 @@ HOLOCRON_OPTIM_OP(
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
     ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING
-    ", bool caution=False, " HOLOCRON_SHARDING ") -> ()",
+    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

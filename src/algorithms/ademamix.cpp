@@ -106,6 +106,7 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
   check_sharding("AdEMAMix", sharding, params);
+  const CompensatedWeights compensated_weights("AdEMAMix", params, scaling);
   const auto inv_grad_scale = grad_unscale("AdEMAMix", scaling);
   if (!inv_grad_scale) return;
   // pytorch-optimizer's rescaling of the kept elements.
@@ -224,7 +225,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "
-    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ") -> ()",
+    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ") -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -113,6 +113,7 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("LAMB", steps, params.size());
   check_sharding("LAMB", sharding, params);
+  const CompensatedWeights compensated_weights("LAMB", params, scaling);
   const auto inv_grad_scale = grad_unscale("LAMB", scaling);
   if (!inv_grad_scale) return {};
   const auto rule = lamb_trust_rule(h);
@@ -313,7 +314,7 @@ HOLOCRON_OPTIM_OP(
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
     "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, bool caution=False) -> Tensor",
+    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ") -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

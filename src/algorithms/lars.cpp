@@ -17,7 +17,8 @@ namespace {
 Sums lars_sums(TensorList params, TensorList grads) {
   Sums sums(params.size(), Sums::value_type{});
   for (size_t i = 0; i < params.size(); ++i) {
-    sums[i][0] = squared_norm_of(params[i]);
+    ComputeScope scope(params[i]);  // a Kahan-compensated weight is p + c
+    sums[i][0] = squared_norm_of(scope.in(params[i]));
     sums[i][1] = squared_norm_of(grads[i]);
   }
   return sums;
@@ -93,6 +94,7 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   }
   check_sharding("LARS", sharding, params);
   const TensorList buffers = with_momentum ? momentum_buffers : TensorList{};
+  const CompensatedWeights compensated_weights("LARS", params, scaling);
   const auto inv_grad_scale = grad_unscale("LARS", scaling);
   if (!inv_grad_scale) return {};
   auto& scratch = fused_scratch();
@@ -261,7 +263,7 @@ HOLOCRON_OPTIM_OP(
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
-    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False) -> Tensor",
+    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ") -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

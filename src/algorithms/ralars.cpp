@@ -62,6 +62,7 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
   check_sharding("RaLars", sharding, params);
+  const CompensatedWeights compensated_weights("RaLars", params, scaling);
   const auto inv_grad_scale = grad_unscale("RaLars", scaling);
   if (!inv_grad_scale) return {};
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
@@ -181,7 +182,7 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False) -> Tensor",
+    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ") -> Tensor",
     &ralars)
 
 }  // namespace holocron::optim::ops

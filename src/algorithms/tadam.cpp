@@ -79,6 +79,7 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   TORCH_CHECK(moment_weights.size() == params.size(), "TAdam: got ", moment_weights.size(),
               " moment weights for ", params.size(), " parameters");
   const TensorList maxima = if_used(h.amsgrad, max_exp_avg_sqs);
+  const CompensatedWeights compensated_weights("TAdam", params, scaling);
   const auto inv_grad_scale = grad_unscale("TAdam", scaling);
   if (!inv_grad_scale) return;
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
@@ -232,7 +233,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False) -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ") -> ()",
     &tadam)
 
 }  // namespace holocron::optim::ops

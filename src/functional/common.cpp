@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <exception>
 #include <sstream>
 
 namespace holocron::optim::functional::detail {
@@ -67,6 +68,50 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
   }
 }
 
+namespace {
+thread_local const CompensatedWeights* compensated_weights = nullptr;
+}  // namespace
+
+CompensatedWeights::CompensatedWeights(const char* optimizer, TensorList params, TensorList compensation)
+    : params_(params), compensation_(compensation), outer_(compensated_weights) {
+  if (!compensation_.empty()) {
+    TORCH_CHECK(compensation_.size() == params.size(), optimizer, ": got ", compensation_.size(),
+                " Kahan compensations for ", params.size(), " parameters");
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& c = compensation_[i];
+      if (!c.defined()) continue;
+      const auto& p = params[i];
+      TORCH_CHECK(at::isReducedFloatingType(p.scalar_type()), optimizer, ": a Kahan compensation is for ",
+                  "bfloat16 and float16 weights; parameter ", i, " has dtype ", p.scalar_type());
+      TORCH_CHECK(c.scalar_type() == p.scalar_type() && c.sizes().equals(p.sizes()) && c.device() == p.device(),
+                  optimizer, ": the Kahan compensation of parameter ", i, " (", c.scalar_type(), " ", c.sizes(),
+                  " on ", c.device(), ") does not fit its parameter (", p.scalar_type(), " ", p.sizes(), " on ",
+                  p.device(), ")");
+    }
+  }
+  // Set even without compensations: a call inside another does not see the outer call's.
+  compensated_weights = this;
+}
+
+CompensatedWeights::~CompensatedWeights() {
+  compensated_weights = outer_;
+  if (std::uncaught_exceptions() == 0) mark_written({compensation_});
+}
+
+at::Tensor CompensatedWeights::of(const at::Tensor& param) {
+  const auto* self = compensated_weights;
+  if (self == nullptr || self->compensation_.empty()) return {};
+  const size_t n = self->params_.size();
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (self->cursor_ + k) % n;
+    if (self->params_[i].is_same(param)) {
+      self->cursor_ = i + 1;
+      return self->compensation_[i];
+    }
+  }
+  return {};
+}
+
 FusedScratch& fused_scratch() {
   thread_local FusedScratch scratch;
   return scratch;
@@ -122,6 +167,10 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
       const bool is_state = (state >> j) & 1u;
       if (!take(list, is_state ? state_dtype : j < narrow ? dtype : wide_dtype)) return false;
       ++j;
+    }
+    if (const auto compensation = CompensatedWeights::of(p); compensation.defined()) {
+      if (!compensation.device().is_cpu() || !compensation.strides().equals(p.strides())) return false;
+      slot.compensation = compensation.data_ptr();
     }
   }
   // A parameter listed twice would be two chunks of work on the same memory,

@@ -124,33 +124,71 @@ inline void check_beta(const char* optimizer, const char* name, double value) {
   check_hyper(optimizer, name, value, 0.0, true, 1.0, false);
 }
 
+// Kahan-compensated weights (GradScaling::compensation) of the functional call in progress on
+// this thread, while this object lives: checked when made (one per parameter or none; each defined
+// one of its bfloat16 or half parameter's shape, dtype and device), then seen by fused_group
+// (TensorSlot::compensation) and ComputeScope (the reference backend), where the weight is read
+// as p + c and stored as p = the weight rounded, c = what the rounding dropped. Each algorithm's
+// function makes one after its checks, so that neither backend's math names it.
+class CompensatedWeights {
+ public:
+  CompensatedWeights(const char* optimizer, TensorList params, const GradScaling& scaling)
+      : CompensatedWeights(optimizer, params, TensorList(scaling.compensation)) {}
+  CompensatedWeights(const char* optimizer, TensorList params, TensorList compensation);
+  CompensatedWeights(const CompensatedWeights&) = delete;
+  CompensatedWeights& operator=(const CompensatedWeights&) = delete;
+  // Bumps the compensations' version counters (the fused kernels write through raw pointers).
+  ~CompensatedWeights();
+
+  // The compensation of `param` in the call in progress: undefined for none.
+  static at::Tensor of(const at::Tensor& param);
+
+ private:
+  TensorList params_;
+  TensorList compensation_;
+  const CompensatedWeights* outer_;
+  mutable size_t cursor_ = 0;  // where the last lookup matched: lookups go in parameter order
+};
+
 // Tensors are updated in the parameter's math type: half and bfloat16 ones through float32
 // stand-ins written back, so the math never runs in 8 mantissa bits, and so is state of another
 // dtype than its parameter's (lean or mixed-precision state: rounded when written back).
 class ComputeScope {
  public:
+  // `reference`: the parameter (its dtype sets the math type; with Kahan compensation,
+  // CompensatedWeights, it is read as p + c and committed as the rounded weight and its residue).
   explicit ComputeScope(const at::Tensor& reference)
-      : math_(at::isReducedFloatingType(reference.scalar_type()) ? at::kFloat : reference.scalar_type()) {}
+      : math_(at::isReducedFloatingType(reference.scalar_type()) ? at::kFloat : reference.scalar_type()),
+        weights_(reference),
+        compensation_(CompensatedWeights::of(reference)) {}
   ComputeScope(const ComputeScope&) = delete;
   ComputeScope& operator=(const ComputeScope&) = delete;
 
   // A tensor the update writes: its stand-in is copied back by commit().
   at::Tensor inout(const at::Tensor& t) {
     if (t.scalar_type() == math_) return t;
-    auto wide = t.to(math_);
+    auto wide = in(t);
     written_.emplace_back(t, wide);
     return wide;
   }
   // A tensor the update only reads.
-  at::Tensor in(const at::Tensor& t) const { return t.to(math_); }
+  at::Tensor in(const at::Tensor& t) const {
+    if (compensation_.defined() && t.is_same(weights_)) return t.to(math_).add_(compensation_.to(math_));
+    return t.to(math_);
+  }
 
   void commit() {
-    for (auto& [narrow, wide] : written_) narrow.copy_(wide);
+    for (auto& [narrow, wide] : written_) {
+      narrow.copy_(wide);
+      if (compensation_.defined() && narrow.is_same(weights_)) compensation_.copy_(wide.sub_(narrow.to(math_)));
+    }
     written_.clear();
   }
 
  private:
   at::ScalarType math_;
+  at::Tensor weights_;
+  at::Tensor compensation_;
   std::vector<std::pair<at::Tensor, at::Tensor>> written_;
 };
 

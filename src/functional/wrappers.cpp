@@ -42,10 +42,11 @@ cpu::protocol::scout::Arrays<TensorList> scout_arrays(TensorList fast, const Sco
 
 }  // namespace
 
-void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate) {
+void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate, TensorList compensation) {
   check_hyper("Lookahead", "sync_rate", sync_rate, 0.0, true, 1.0, true);
   // The slow weights are the base's state: the parameter's dtype, float32 or bfloat16.
   check_group("Lookahead", fast, fast, {{"slow weights", slow}});
+  const CompensatedWeights compensated_weights("Lookahead", fast, compensation);
   auto& scratch = fused_scratch();
   if (!fused_group(scratch.group, fast, cpu::protocol::lookahead::Arrays<TensorList>{.fast = fast, .slow = slow})) {
     return kernels::reference::lookahead_sync(fast, slow, sync_rate);

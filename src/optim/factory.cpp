@@ -36,7 +36,7 @@ template <typename Optimizer, typename Options>
 Maker maker(std::function<Options(const FactoryOptions&)> defaults) {
   return [defaults](const torch::nn::Module* module, const Groups& groups, const FactoryOptions& options) {
     auto base = defaults(options);
-    base.state_precision(options.state_precision);
+    base.state_precision(options.state_precision).kahan_summation(options.kahan_summation);
     if (!module) return std::unique_ptr<torch::optim::Optimizer>(new Optimizer(groups, base.weight_decay(options.weight_decay)));
     auto made = param_groups_weight_decay(*module, options.weight_decay, options.no_weight_decay_names, base,
                                           options.filter_bias_and_bn);

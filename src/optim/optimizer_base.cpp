@@ -7,6 +7,7 @@
 #include <torch/utils.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <stdexcept>
 #include <typeinfo>
@@ -230,6 +231,33 @@ void OptimizerBase::add_param_group(const torch::optim::OptimizerParamGroup& par
   param_groups_.emplace_back(param_group.params(), std::move(options));
 }
 
+bool OptimizerBase::group_kahan_summation(size_t group_index) const {
+  TORCH_CHECK(group_index < param_groups_.size(), name(), ": no parameter group ", group_index, " (it has ",
+              param_groups_.size(), ")");
+  const auto& group = param_groups_[group_index];
+  return kahan_summation(group.has_options() ? group.options() : *defaults_);
+}
+
+std::vector<torch::Tensor> OptimizerBase::kahan_compensation(const std::vector<torch::Tensor>& params) const {
+  std::map<const c10::TensorImpl*, bool> compensated;
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    const bool kahan = group_kahan_summation(gi);
+    for (const auto& p : param_groups_[gi].params()) compensated.emplace(p.unsafeGetTensorImpl(), kahan);
+  }
+  if (std::none_of(compensated.begin(), compensated.end(), [](const auto& entry) { return entry.second; })) return {};
+  std::vector<torch::Tensor> out(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto* key = params[i].unsafeGetTensorImpl();
+    const auto group = compensated.find(key);
+    const auto state = state_.find(key);
+    if (group == compensated.end() || !group->second || state == state_.end()) continue;
+    visit_fields(*state->second, [&](const char* name, const torch::Tensor& t) {
+      if (std::strcmp(name, detail::kKahanCompensation) == 0) out[i] = t;
+    }, [](const char*, int64_t) {});
+  }
+  return out;
+}
+
 StatePrecision OptimizerBase::group_state_precision(size_t group_index) const {
   TORCH_CHECK(group_index < param_groups_.size(), name(), ": no parameter group ", group_index, " (it has ",
               param_groups_.size(), ")");
@@ -240,16 +268,20 @@ StatePrecision OptimizerBase::group_state_precision(size_t group_index) const {
 void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& state,
                                      const torch::Tensor& param, StatePrecision precision,
                                      size_t group_index, size_t param_index) const {
-  const auto dtype = state_dtype(precision, param);
   const auto check_counter = [&](const char* counter, int64_t value) {
     TORCH_CHECK(value >= 0, name(), ": state '", counter, "' of parameter ", param_index,
                 " in group ", group_index, " is ", value, "; counters cannot be negative");
   };
   visit_fields(state, [&](const char* buffer, const torch::Tensor& t) {
+    const bool compensation = std::strcmp(buffer, detail::kKahanCompensation) == 0;
+    const auto dtype = compensation ? param.scalar_type() : state_dtype(precision, param);
     TORCH_CHECK(t.sizes().equals(param.sizes()),
                 name(), ": state '", buffer, "' of parameter ", param_index, " in group ",
                 group_index, " has shape ", t.sizes(), " but the parameter has shape ",
                 param.sizes());
+    TORCH_CHECK(!compensation || t.scalar_type() == dtype, name(), ": state '", buffer, "' of parameter ",
+                param_index, " in group ", group_index, " has dtype ", t.scalar_type(),
+                " but a Kahan compensation has its parameter's, ", dtype);
     TORCH_CHECK(t.scalar_type() == dtype, name(), ": state '", buffer, "' of parameter ", param_index,
                 " in group ", group_index, " has dtype ", t.scalar_type(), " but its group's state_precision ",
                 to_string(precision), " keeps ", dtype, " for the parameter's ", param.scalar_type());
@@ -457,11 +489,13 @@ void OptimizerBase::load(torch::serialize::InputArchive& archive) {
       const auto dtype = state_dtype(precision, p);
       visit_fields(
           *state,
-          [&](const char*, const torch::Tensor& t) {
+          [&](const char* buffer, const torch::Tensor& t) {
             const auto convertible = t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
                                      t.scalar_type() == at::kBFloat16;
+            // A Kahan compensation keeps its parameter's dtype whatever the state's precision.
+            const auto wanted = std::strcmp(buffer, detail::kKahanCompensation) == 0 ? p.scalar_type() : dtype;
             // A freshly read state owns its tensors: move them in place.
-            const_cast<torch::Tensor&>(t) = convertible ? t.to(p.device(), dtype) : t.to(p.device());
+            const_cast<torch::Tensor&>(t) = convertible ? t.to(p.device(), wanted) : t.to(p.device());
           },
           [](const char*, int64_t) {});
       check_state_fits(*state, p, precision, gi, pi);

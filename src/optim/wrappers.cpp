@@ -194,6 +194,7 @@ torch::Tensor Lookahead::step(LossClosure closure) {
 }
 
 torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& base_step) {
+  check_base();
   auto loss = base_step();
   torch::NoGradGuard no_grad;
   const int64_t changes_before = fast_steps_ % options_.sync_period();
@@ -219,7 +220,14 @@ void Lookahead::sync_params(double sync_rate) {
     for (size_t gi = 0; gi < slow_.size(); ++gi) sync_group(gi, sync_rate);
     return;
   }
-  functional::lookahead_sync_(real_views(fast_params()), real_views(flat_slow_params()), sync_rate);
+  const auto fast = fast_params();
+  functional::lookahead_sync_(real_views(fast), real_views(flat_slow_params()), sync_rate, base_compensation(fast));
+}
+
+std::vector<torch::Tensor> Lookahead::base_compensation(const std::vector<torch::Tensor>& fast) const {
+  if (const auto* ours = dynamic_cast<const OptimizerBase*>(base_.get())) return ours->kahan_compensation(fast);
+  if (const auto* wrapper = dynamic_cast<const Lookahead*>(base_.get())) return wrapper->base_compensation(fast);
+  return {};
 }
 
 void Lookahead::sync_group(size_t group_index, double sync_rate) {
@@ -236,7 +244,7 @@ void Lookahead::sync_group(size_t group_index, double sync_rate) {
     fast.push_back(params[pi]);
     slow.push_back(slow_weight);
   }
-  if (!fast.empty()) functional::lookahead_sync_(real_views(fast), real_views(slow), sync_rate);
+  if (!fast.empty()) functional::lookahead_sync_(real_views(fast), real_views(slow), sync_rate, base_compensation(fast));
 }
 
 void Lookahead::after_base_step(int64_t) {}
@@ -369,6 +377,18 @@ void Scout::add_group_state(size_t group_index) {
     stats_.m2.push_back(torch::zeros(p.sizes(), options));
     stats_.max.push_back(torch::zeros(p.sizes(), options));
     stats_.min.push_back(torch::zeros(p.sizes(), options));
+  }
+}
+
+void Scout::check_base() const {
+  // Scout's statistics take the weights' changes from copies in the weights' dtype, which cannot
+  // hold a Kahan-compensated weight's (p + c): its adaptive rate would see only the rounded moves.
+  if (const auto* ours = dynamic_cast<const OptimizerBase*>(&base_optimizer())) {
+    for (size_t gi = 0; gi < ours->param_groups().size(); ++gi) {
+      TORCH_CHECK(!ours->group_kahan_summation(gi), "Scout: group ", gi, " of its base ", ours->name(),
+                  " has kahan_summation, which Scout does not support (its statistics would see only the ",
+                  "rounded weights' moves); Lookahead does");
+    }
   }
 }
 

@@ -6,7 +6,9 @@
 
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <sstream>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -187,6 +189,170 @@ TEST(StatePrecision, WrappersFollowTheirBase) {
   }
   other.backward(5);
   wide.step();
+}
+
+
+// kahan_summation: a bfloat16 weight is p + kahan_comp. A class stepping bfloat16 weights with it
+// equals, bit for bit, the same class stepping float32 weights with bfloat16 state whose weights
+// are split after each step into p (rounded) and c (what that dropped, rounded) and put back as
+// p + c: the step reads p + c in float32 and stores the rounded split. A checkpoint resumes bit for
+// bit with its compensations.
+namespace kahan {
+
+std::vector<torch::Tensor> weights(uint64_t seed) {
+  torch::manual_seed(seed);
+  return {(1.0 + 0.5 * torch::rand({33, 7})).to(torch::kBFloat16).requires_grad_(),
+          (torch::randn({5}) * 0.1).to(torch::kBFloat16).requires_grad_(),
+          torch::randn({2, 3, 3}).to(torch::kBFloat16).requires_grad_()};
+}
+
+// Step k's gradients of `targets` (in their dtype), bfloat16 values from the weights the model
+// holds (`held`, its p).
+void set_grads(const std::vector<torch::Tensor>& held, const std::vector<torch::Tensor>& targets, int k) {
+  for (size_t i = 0; i < held.size(); ++i) {
+    targets[i].mutable_grad() = (torch::sin(held[i].detach().to(torch::kFloat) * (k + 1)) * 0.5)
+                                 .to(torch::kBFloat16)
+                                 .to(targets[i].scalar_type());
+  }
+}
+
+}  // namespace kahan
+
+TYPED_TEST(StatePrecisionTest, KahanSummationStepsOnTheCompensatedWeights) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  auto low = kahan::weights(7);
+  std::vector<torch::Tensor> wide;
+  for (const auto& p : low) wide.push_back(p.detach().to(torch::kFloat).requires_grad_());
+  Opt low_opt(low, TypeParam::options(1e-3).kahan_summation(true));
+  Opt wide_opt(wide, TypeParam::options(1e-3).state_precision(ho::StatePrecision::bfloat16));
+  for (int k = 0; k < 8; ++k) {
+    kahan::set_grads(low, low, k);
+    kahan::set_grads(low, wide, k);
+    low_opt.step();
+    wide_opt.step();
+    torch::NoGradGuard no_grad;
+    for (const auto& w : wide) {
+      const auto p = w.to(torch::kBFloat16);
+      const auto c = (w - p.to(torch::kFloat)).to(torch::kBFloat16);
+      w.copy_(p.to(torch::kFloat) + c.to(torch::kFloat));
+      // What the class keeps in the parameter's dtype (TAdam's W_t), as bfloat16 weights keep it.
+      auto& state = static_cast<State&>(*wide_opt.state().at(w.unsafeGetTensorImpl()));
+      auto round_w_t = [](const char* name, auto& value) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(value)>, torch::Tensor>) {
+          if (std::string(name) == "W_t" && value.defined()) value.copy_(value.to(torch::kBFloat16));
+        }
+      };
+      State::fields(state, round_w_t);
+    }
+  }
+  // TAdam's W_t is kept in the parameter's dtype: the float32 run rounds it to float32 and then to
+  // bfloat16 (twice), so there the weights agree to a tolerance, not bit for bit.
+  const bool exact = std::string(TypeParam::name) != "TAdam";
+  bool compensated = false;
+  for (size_t i = 0; i < low.size(); ++i) {
+    auto& state = static_cast<State&>(*low_opt.state().at(low[i].unsafeGetTensorImpl()));
+    ASSERT_TRUE(state.kahan_comp().defined());
+    EXPECT_EQ(state.kahan_comp().scalar_type(), at::kBFloat16);
+    compensated = compensated || state.kahan_comp().ne(0).any().template item<bool>();
+    const auto p = wide[i].detach().to(torch::kBFloat16);
+    if (exact) {
+      EXPECT_TRUE(torch::equal(low[i].detach(), p)) << i;
+      EXPECT_TRUE(torch::equal(state.kahan_comp(), (wide[i].detach() - p.to(torch::kFloat)).to(torch::kBFloat16)))
+          << i;
+    } else {
+      const auto weight = low[i].detach().to(torch::kFloat) + state.kahan_comp().to(torch::kFloat);
+      EXPECT_TRUE(torch::allclose(weight, wide[i].detach(), 1e-4, 1e-5)) << i;
+    }
+  }
+  EXPECT_TRUE(compensated);
+}
+
+TYPED_TEST(StatePrecisionTest, KahanSummationResumesFromACheckpoint) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  auto first = kahan::weights(9);
+  Opt opt(first, TypeParam::options(1e-3).kahan_summation(true));
+  for (int k = 0; k < 3; ++k) {
+    kahan::set_grads(first, first, k);
+    opt.step();
+  }
+  std::stringstream stream;
+  torch::save(opt, stream);
+  std::vector<torch::Tensor> second;
+  for (const auto& p : first) second.push_back(p.detach().clone().requires_grad_());
+  Opt resumed(second, TypeParam::options(1e-3).kahan_summation(true));
+  torch::load(resumed, stream);
+  for (int k = 3; k < 6; ++k) {
+    kahan::set_grads(first, first, k);
+    kahan::set_grads(second, second, k);
+    opt.step();
+    resumed.step();
+  }
+  EXPECT_TRUE(all_equal(first, second));
+  for (size_t i = 0; i < first.size(); ++i) {
+    const auto& a = static_cast<State&>(*opt.state().at(first[i].unsafeGetTensorImpl())).kahan_comp();
+    const auto& b = static_cast<State&>(*resumed.state().at(second[i].unsafeGetTensorImpl())).kahan_comp();
+    EXPECT_TRUE(torch::equal(a, b)) << i;
+  }
+  // A compensation of another dtype than its weight's is refused, with nothing changed.
+  auto& state = static_cast<State&>(*resumed.state().at(second[0].unsafeGetTensorImpl()));
+  state.kahan_comp(state.kahan_comp().to(torch::kFloat));
+  const auto before = second[1].detach().clone();
+  kahan::set_grads(second, second, 7);
+  EXPECT_THROW(resumed.step(), c10::Error);
+  EXPECT_TRUE(torch::equal(before, second[1].detach()));
+}
+
+// Lookahead's sync reads a compensated weight as p + c and leaves p + c equal to the slow weight
+// (float32 slow weights with float32 state): the run stays within float32's last bits of one on
+// float32 weights split after each step, where one without compensation ends far away. Scout
+// refuses such a base, with nothing changed.
+TEST(StatePrecision, LookaheadSyncsCompensatedWeights) {
+  auto low = kahan::weights(13);
+  std::vector<torch::Tensor> wide, plain;
+  for (const auto& p : low) {
+    wide.push_back(p.detach().to(torch::kFloat).requires_grad_());
+    plain.push_back(p.detach().clone().requires_grad_());
+  }
+  auto options = [](bool kahan) {
+    return ho::AdanOptions(3e-3).state_precision(ho::StatePrecision::float32).kahan_summation(kahan);
+  };
+  auto low_base = std::make_shared<ho::Adan>(low, options(true));
+  ho::Lookahead low_opt(low_base, ho::LookaheadOptions().sync_period(3));
+  ho::Lookahead wide_opt(std::make_shared<ho::Adan>(wide, options(false)), ho::LookaheadOptions().sync_period(3));
+  ho::Lookahead plain_opt(std::make_shared<ho::Adan>(plain, options(false)), ho::LookaheadOptions().sync_period(3));
+  for (int k = 0; k < 9; ++k) {
+    kahan::set_grads(low, low, k);
+    kahan::set_grads(low, wide, k);
+    kahan::set_grads(low, plain, k);
+    low_opt.step();
+    wide_opt.step();
+    plain_opt.step();
+    torch::NoGradGuard no_grad;
+    for (const auto& w : wide) {
+      const auto p = w.to(torch::kBFloat16);
+      w.copy_(p.to(torch::kFloat) + (w - p.to(torch::kFloat)).to(torch::kBFloat16).to(torch::kFloat));
+    }
+  }
+  double kahan_error = 0.0, plain_error = 0.0;
+  for (size_t i = 0; i < low.size(); ++i) {
+    const auto& state = static_cast<ho::AdanParamState&>(*low_base->state().at(low[i].unsafeGetTensorImpl()));
+    const auto weight = low[i].detach().to(torch::kFloat) + state.kahan_comp().to(torch::kFloat);
+    kahan_error = std::max(kahan_error, (weight - wide[i].detach()).abs().max().item<double>());
+    plain_error = std::max(plain_error, (plain[i].detach().to(torch::kFloat) - wide[i].detach()).abs().max().item<double>());
+  }
+  EXPECT_LT(kahan_error, 5e-5);
+  EXPECT_GT(plain_error, 1e-3);
+
+  auto scouted = kahan::weights(13);
+  auto scout_base = std::make_shared<ho::Adan>(scouted, options(true));
+  ho::Scout scout(scout_base, ho::ScoutOptions().sync_period(3));
+  const auto before = scouted[0].detach().clone();
+  kahan::set_grads(scouted, scouted, 0);
+  EXPECT_THROW(scout.step(), c10::Error);
+  EXPECT_TRUE(torch::equal(before, scouted[0].detach()));
+  EXPECT_TRUE(scout_base->state().empty());
 }
 
 }  // namespace

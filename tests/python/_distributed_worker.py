@@ -139,10 +139,17 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
         # state_precision: bfloat16 buffers sharded as their parameters, the sums as ever.
         "LAMB(bfloat16 state)": lambda p: ho.LAMB(p, lr=LR, weight_decay=0.01, state_precision="bfloat16"),
         "Adan(bfloat16 state)": lambda p: ho.Adan(p, lr=LR, weight_decay=0.02, caution=True, state_precision="bfloat16"),
+        # kahan_summation on a bfloat16 model (CASE_DTYPES): compensations sharded as their
+        # parameters, LAMB's norms read p + c on every shard; Lookahead syncs p + c.
+        "Lookahead(LAMB, Kahan)": lambda p: ho.Lookahead(
+            ho.LAMB(p, lr=LR, weight_decay=0.01, state_precision="float32", kahan_summation=True),
+            sync_rate=0.5, sync_period=3),
     }
 
 
 CASES = tuple(_case_factories())
+# The model's dtype in a case, when not DTYPE's float64 (main() sets DTYPE per case).
+CASE_DTYPES = {"Lookahead(LAMB, Kahan)": torch.bfloat16}
 HSDP_CASES = ("LARS", "LAMB", "TAdam", "AdamP", "Scout(AdamP)", "AdamP(timm)")
 # Tensor parallelism's layout: a part of every output channel on each rank.
 TP_CASES = ("LAMB", "TAdam", "AdamP", "AdamP(timm)", "LAMB(cautious)")
@@ -418,6 +425,7 @@ def scenario_cases(scenario: str) -> list[tuple[str, Callable[..., dict[str, Any
 
 
 def main() -> int:
+    global DTYPE
     started = time.perf_counter()
     torch.set_num_threads(1)  # 2 ranks on a small machine (the test also sets OMP_NUM_THREADS=1)
     rank, world = int(sys.argv[1]), int(sys.argv[2])
@@ -450,6 +458,7 @@ def main() -> int:
         else:
             cases = scenario_cases(scenario)
         for index, (case, run) in enumerate(cases):
+            DTYPE = CASE_DTYPES.get(case, torch.float64)
             key = f"{scenario}/{case}"
             if aborted is not None:
                 save(f"{scenario}-{index}", {"case": key, "error": f"not run: {aborted}"})

@@ -145,6 +145,30 @@ def ref_state(opt, p):
     return opt.state.get(p, {})
 
 
+def step_in_lockstep(case: Case, t: int, ours, ours_p: list[torch.Tensor], ref, ref_p: list[torch.Tensor]) -> None:
+    """Step t of both: ours on the case's gradients, the reference on the same values in its
+    parameters' dtype."""
+    for p, g in zip(ours_p, case.grads(t, ours_p)):
+        p.grad = g
+    for q, p in zip(ref_p, ours_p):
+        q.grad = None if p.grad is None else p.grad.to(q.dtype)
+    ours.step()
+    ref.step()
+
+
+def round_reference_state_(ref, q: torch.Tensor, buffers: tuple[str, ...], state_dtype: torch.dtype,
+                           param_dtype: torch.dtype) -> None:
+    """The reference's per-element state of `q` rounded to `state_dtype`, as a narrower buffer
+    holds it, and TAdam's W_t to the parameters' dtype (ours keeps it there)."""
+    state = ref_state(ref, q)
+    with torch.no_grad():
+        for key in buffers:
+            if isinstance(state.get(key), torch.Tensor):
+                state[key].copy_(state[key].to(state_dtype))
+        if q.dtype != param_dtype and isinstance(state.get("W_t"), torch.Tensor):
+            state["W_t"].copy_(state["W_t"].to(param_dtype))
+
+
 def run_lockstep(case: Case, dtype: torch.dtype, perturb: float = 1.0, check_grads: bool = True):
     """Runs ours and the reference on the same case; yields nothing, returns both."""
     ours_p, ref_p = case.params(dtype), case.params(dtype)

@@ -28,7 +28,13 @@ CASES = {
     # state_precision: bfloat16 moments and slow weights, made by the compiled step too.
     "Lookahead(LAMB, bfloat16 state)": lambda p: ho.Lookahead(ho.LAMB(p, lr=0.01, state_precision="bfloat16"),
                                                               sync_period=3),
+    # kahan_summation on bfloat16 weights (CASE_DTYPES): compensations made by the compiled step,
+    # written by the update and by the sync.
+    "Lookahead(AdEMAMix, Kahan)": lambda p: ho.Lookahead(
+        ho.AdEMAMix(p, lr=0.01, state_precision="float32", kahan_summation=True), sync_period=3),
 }
+# The weights' dtype of a case, when not float64.
+CASE_DTYPES = {"Lookahead(AdEMAMix, Kahan)": torch.bfloat16}
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +88,7 @@ def assert_same_state(eager, compiled):
 
 
 def run_pair(name: str, backend: str, found_inf_steps=(), eager_steps_first: int = 0):
-    start = make_params()
+    start = make_params(CASE_DTYPES.get(name, torch.float64))
     eager_params = [p.clone().requires_grad_() for p in start]
     compiled_params = [p.clone().requires_grad_() for p in start]
     eager, compiled = CASES[name](eager_params), CASES[name](compiled_params)

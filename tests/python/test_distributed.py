@@ -52,6 +52,9 @@ SCENARIOS = ("fsdp", "hsdp", "tp", "ddp", "dcp")
 LAUNCH_TIMEOUT_S = 120
 GRACE_AFTER_DEATH_S = 5
 TOL = {"rtol": 1e-9, "atol": 1e-9}
+# bfloat16 models (worker.CASE_DTYPES): the gradients summed over ranks round differently from the
+# single process's, so weights may land one bfloat16 unit apart (2**-8 relative).
+LOW_PRECISION_TOL = {"rtol": 1e-2, "atol": 1e-2}
 
 CASES = worker.CASES if worker else ()
 HSDP_CASES = (
@@ -159,7 +162,7 @@ def runs(request, tmp_path_factory) -> Runs:
 
 # ------------------------------------------------------------- comparisons
 
-def _close(got: torch.Tensor, expected: torch.Tensor, what: str, exact: bool) -> None:
+def _close(got: torch.Tensor, expected: torch.Tensor, what: str, exact: bool, tol: dict[str, float] = TOL) -> None:
     if exact:
         same = got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected)
         if not same:
@@ -171,23 +174,24 @@ def _close(got: torch.Tensor, expected: torch.Tensor, what: str, exact: bool) ->
                 f"{expected.dtype}{tuple(expected.shape)}{detail})"
             )
     else:
-        torch.testing.assert_close(got, expected, equal_nan=True, msg=lambda m: f"{what}: {m}", **TOL)
+        torch.testing.assert_close(got, expected, equal_nan=True, msg=lambda m: f"{what}: {m}", **tol)
 
 
-def assert_same_run(got: dict[str, Any], expected: dict[str, Any], exact: bool = False) -> None:
+def assert_same_run(got: dict[str, Any], expected: dict[str, Any], exact: bool = False, case: str = "") -> None:
+    tol = LOW_PRECISION_TOL if worker and case in worker.CASE_DTYPES else TOL
     assert sorted(got["params"]) == sorted(expected["params"])
     for name, value in expected["params"].items():
-        _close(got["params"][name], value, f"parameter {name}", exact)
+        _close(got["params"][name], value, f"parameter {name}", exact, tol)
     for name, state in expected["state"].items():
         assert sorted(got["state"][name]) == sorted(state), f"state keys of {name}"
         for key, value in state.items():
-            _close(got["state"][name][key], value, f"state {name}/{key}", exact)
+            _close(got["state"][name][key], value, f"state {name}/{key}", exact, tol)
     for extra in ("slow_params", "last_sync_rate", "fast_steps"):
         assert (extra in got) == (extra in expected), extra
     if "slow_params" in expected:
         assert len(got["slow_params"]) == len(expected["slow_params"])
         for i, (g, e) in enumerate(zip(got["slow_params"], expected["slow_params"])):
-            _close(g, e, f"slow_params[{i}]", exact)
+            _close(g, e, f"slow_params[{i}]", exact, tol)
     if "last_sync_rate" in expected:
         g, e = got["last_sync_rate"], expected["last_sync_rate"]
         assert not math.isnan(e), "the run never synced"
@@ -216,7 +220,8 @@ def check_named_state(runs: Runs, case: str, result: dict[str, Any]) -> None:
         return
     base = case.removesuffix("(timm)").split("(")[-1].rstrip(")")
     wanted = {"LARS": {"momentum_buffer"}, "LAMB": {"exp_avg", "local_lr"}, "RaLars": {"exp_avg", "local_lr"},
-              "TAdam-amsgrad": {"exp_avg", "max_exp_avg_sq"}}.get(base, {"exp_avg"})
+              "TAdam-amsgrad": {"exp_avg", "max_exp_avg_sq"},
+              "LAMB, Kahan": {"exp_avg", "local_lr", "kahan_comp"}}.get(base, {"exp_avg"})
     for name, state in result["expected"]["state"].items():
         assert wanted <= set(state), f"{name}: the state lacks {sorted(wanted - set(state))}"
 
@@ -227,7 +232,7 @@ def check_named_state(runs: Runs, case: str, result: dict[str, Any]) -> None:
 def test_fsdp_matches_single_process(runs, case):
     ranks = runs.case("fsdp", case)
     check_named_state(runs, case, ranks[0])
-    assert_same_run(ranks[0]["got"], ranks[0]["expected"])
+    assert_same_run(ranks[0]["got"], ranks[0]["expected"], case=case)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -303,7 +308,7 @@ def test_hsdp_2d_mesh_matches_single_process(runs, case):
 def test_ddp_matches_single_process(runs, case):
     ranks = runs.case("ddp", case)
     check_named_state(runs, case, ranks[0])
-    assert_same_run(ranks[0]["got"], ranks[0]["expected"])
+    assert_same_run(ranks[0]["got"], ranks[0]["expected"], case=case)
     assert_same_run(ranks[1]["got"], ranks[0]["got"], exact=True)  # the replicas stay identical
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
-from _harness import ALGOS, Case, assert_close, make_ref, ref_state
+from _harness import ALGOS, Case, assert_close, make_ref, ref_state, round_reference_state_, step_in_lockstep
 from registry import ALGORITHMS
 
 PRECISION_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -47,22 +47,12 @@ def _lockstep(name, seed, param_dtype, precision, round_to=None):
     ours = getattr(ho, name)(case.groups(ours_p), **case.options, state_precision=precision)
     refo = make_ref(case, ref_p)
     for t in range(case.steps):
-        for p, g in zip(ours_p, case.grads(t, ours_p)):
-            p.grad = g
-        for q, p in zip(ref_p, ours_p):
-            q.grad = None if p.grad is None else p.grad.to(ref_dtype)
-        ours.step()
-        refo.step()
+        step_in_lockstep(case, t, ours, ours_p, refo, ref_p)
         with torch.no_grad():
             for q in ref_p:
-                state = ref_state(refo, q)
-                for key in buffers:
-                    if isinstance(state.get(key), torch.Tensor):
-                        _round_(state[key], round_to)
+                round_reference_state_(refo, q, buffers, round_to, param_dtype)
                 if ref_dtype != param_dtype:
                     _round_(q, param_dtype)
-                    if isinstance(state.get("W_t"), torch.Tensor):  # kept in the parameter's dtype
-                        _round_(state["W_t"], param_dtype)
     return ours, ours_p, refo, ref_p, buffers
 
 

@@ -55,12 +55,17 @@ struct AdaBeliefOptions : detail::OptionsBase<AdaBeliefOptions> {
   /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
   /// (StatePrecision). A checkpoint's state is converted to the group's on load.
   HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+  /// Kahan-compensated bfloat16 and float16 weights: such a parameter keeps `kahan_comp` (its
+  /// dtype and shape) and its weight is `p + kahan_comp`, so that updates below half a unit in the
+  /// last place of `p` accumulate (functional::GradScaling::compensation). Other parameters are
+  /// unaffected. Default false.
+  HOLOCRON_FIELD(bool, kahan_summation) = false;
 
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"maximize", "decoupled_weight_decay", "rectify", "degenerated_to_sgd", "fixed_decay",
-            "eps_in_variance", "state_precision"};
+            "eps_in_variance", "state_precision", "kahan_summation"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdaBeliefHyper hyper() const;
@@ -76,7 +81,9 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
   /// Moving average `s` of the squared deviation `(g - m)^2` (the "belief"), under Adam's key.
   HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
-  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  /// only with `kahan_summation`.
+  HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };
 
 /// AdaBelief: Adam whose second moment tracks the gradient's deviation from its mean.

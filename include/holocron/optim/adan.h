@@ -55,11 +55,16 @@ struct AdanOptions : detail::OptionsBase<AdanOptions> {
   /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
   /// (StatePrecision). A checkpoint's state is converted to the group's on load.
   HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+  /// Kahan-compensated bfloat16 and float16 weights: such a parameter keeps `kahan_comp` (its
+  /// dtype and shape) and its weight is `p + kahan_comp`, so that updates below half a unit in the
+  /// last place of `p` accumulate (functional::GradScaling::compensation). Other parameters are
+  /// unaffected. Default false.
+  HOLOCRON_FIELD(bool, kahan_summation) = false;
 
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm", "caution", "state_precision"};
+    return {"maximize", "decoupled_weight_decay", "no_prox", "max_grad_norm", "caution", "state_precision", "kahan_summation"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdanHyper hyper() const;
@@ -80,7 +85,9 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
   /// Running maximum of `exp_avg_delta`; defined only with `amsgrad`.
   HOLOCRON_FIELD(torch::Tensor, max_exp_avg_delta);
   /// The previous step's `g` (weight decay included), updated every step (unlike pylocron).
-  HOLOCRON_FIELD(torch::Tensor, prev_grad);
+  HOLOCRON_FIELD(torch::Tensor, prev_grad);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  /// only with `kahan_summation`.
+  HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };
 
 /// Adan: adaptive Nesterov momentum, from moving averages of the gradient and of its differences.

@@ -55,11 +55,16 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
   /// (StatePrecision). A checkpoint's state is converted to the group's on load.
   HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+  /// Kahan-compensated bfloat16 and float16 weights: such a parameter keeps `kahan_comp` (its
+  /// dtype and shape) and its weight is `p + kahan_comp`, so that updates below half a unit in the
+  /// last place of `p` accumulate (functional::GradScaling::compensation). Other parameters are
+  /// unaffected. Default false.
+  HOLOCRON_FIELD(bool, kahan_summation) = false;
 
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
-    return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution", "state_precision"};
+    return {"maximize", "t_alpha", "t_beta3", "decoupled_weight_decay", "caution", "state_precision", "kahan_summation"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::AdEMAMixHyper hyper() const;
@@ -75,7 +80,9 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
   /// Slow moving average `m2` of the gradient (not bias-corrected).
   HOLOCRON_FIELD(torch::Tensor, exp_avg_slow);
   /// Moving average `nu` of the squared gradient.
-  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  /// only with `kahan_summation`.
+  HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };
 
 /// AdEMAMix: Adam with a second, slow moving average of gradients.

@@ -33,6 +33,9 @@ struct FactoryOptions {
   /// The dtype of the optimizer's per-element state (not one of timm's arguments): the
   /// parameter's, float32 or bfloat16. Groups given with options of their own keep theirs.
   StatePrecision state_precision = StatePrecision::param;
+  /// Kahan-compensated bfloat16 and float16 weights (not one of timm's arguments; the options'
+  /// `kahan_summation`). Groups given with options of their own keep theirs.
+  bool kahan_summation = false;
 };
 
 /// The names create_optimizer() takes, sorted: timm's `adabelief`, `adamp`, `adan`, `adanw`, `cadan`, `cadanw`, `clamb`,

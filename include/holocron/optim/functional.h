@@ -63,6 +63,13 @@ struct GradScaling {
   /// Ascend (torch.optim's `maximize`): every read of a gradient reads `-g`, as minimizing the
   /// negated loss would. The gradients are not modified.
   bool maximize = false;
+  /// Kahan-compensated weights (the options' `kahan_summation`): empty, or one tensor per
+  /// parameter, undefined where its weight is not compensated, else of a bfloat16 or float16
+  /// parameter's shape, dtype and device. A compensated weight is `p + c`: every read of the
+  /// parameter reads that sum in float32, and the update stores `p` = the new weight rounded to
+  /// the parameter's dtype and `c` = what the rounding dropped (rounded to that dtype), so that
+  /// updates below half a unit in the last place of `p` accumulate in `c` instead of vanishing.
+  std::vector<at::Tensor> compensation;
 };
 
 /// Parameters split across processes (FSDP2 or DTensor shards, or any sharding of one's own):
@@ -487,7 +494,10 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
 /// \param fast The parameters (fast weights), overwritten.
 /// \param slow Their slow copies, one per parameter, same shape, dtype and device; updated.
 /// \param sync_rate In [0, 1] (c10::ValueError otherwise).
-void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate);
+/// \param compensation Kahan compensations of the fast weights (the base's `kahan_summation`), as
+///   GradScaling::compensation: a compensated weight is read as `p + c`, and left as the slow
+///   weight rounded and what that dropped, so that `p + c` equals the slow weight.
+void lookahead_sync_(TensorList fast, TensorList slow, double sync_rate, TensorList compensation = {});
 
 /// Scout's running statistics, per element, of the per-step changes `u = fast - prev` over the
 /// current period (unlike pylocron: memory does not grow with the period). Each list holds one tensor per

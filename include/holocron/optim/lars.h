@@ -62,12 +62,17 @@ struct LARSOptions : detail::OptionsBase<LARSOptions> {
   /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
   /// (StatePrecision). A checkpoint's state is converted to the group's on load.
   HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+  /// Kahan-compensated bfloat16 and float16 weights: such a parameter keeps `kahan_comp` (its
+  /// dtype and shape) and its weight is `p + kahan_comp`, so that updates below half a unit in the
+  /// last place of `p` accumulate (functional::GradScaling::compensation). Other parameters are
+  /// unaffected. Default false.
+  HOLOCRON_FIELD(bool, kahan_summation) = false;
 
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
   static std::vector<std::string> fields_added_later() {
     return {"trust_coeff", "eps", "trust_clip", "always_adapt", "trust_on_gradient", "maximize",
-            "decoupled_weight_decay", "state_precision"};
+            "decoupled_weight_decay", "state_precision", "kahan_summation"};
   }
   /// These options as the functional layer's hyper-parameters.
   functional::LarsHyper hyper() const;
@@ -82,7 +87,9 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
   HOLOCRON_FIELD(torch::Tensor, momentum_buffer);
   /// Trust ratio of the last step: `||p|| / (||g|| + weight_decay * ||p||)`, or 1 when either
   /// norm is 0.
-  HOLOCRON_FIELD(double, local_lr) = 1.0;
+  HOLOCRON_FIELD(double, local_lr) = 1.0;  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  /// only with `kahan_summation`.
+  HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };
 
 /// Layer-wise Adaptive Rate Scaling: SGD whose step is scaled per tensor by a trust ratio.

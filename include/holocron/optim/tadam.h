@@ -48,10 +48,15 @@ struct TAdamOptions : detail::OptionsBase<TAdamOptions> {
   /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
   /// (StatePrecision). A checkpoint's state is converted to the group's on load.
   HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
+  /// Kahan-compensated bfloat16 and float16 weights: such a parameter keeps `kahan_comp` (its
+  /// dtype and shape) and its weight is `p + kahan_comp`, so that updates below half a unit in the
+  /// last place of `p` accumulate (functional::GradScaling::compensation). Other parameters are
+  /// unaffected. Default false.
+  HOLOCRON_FIELD(bool, kahan_summation) = false;
 
  public:
   /// Options that checkpoints written before they existed lack: those load with their defaults.
-  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay", "state_precision"}; }
+  static std::vector<std::string> fields_added_later() { return {"maximize", "decoupled_weight_decay", "state_precision", "kahan_summation"}; }
   /// These options as the functional layer's hyper-parameters.
   functional::TAdamHyper hyper() const;
 };
@@ -69,7 +74,9 @@ struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
   HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
   /// Accumulated weight `W` of the first moment, `beta1 / (1 - beta1)` before the first update. A
   /// double here; the reference (and the Python package) keep it as a one-element tensor.
-  HOLOCRON_FIELD(double, W_t) = 0.0;
+  HOLOCRON_FIELD(double, W_t) = 0.0;  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  /// only with `kahan_summation`.
+  HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };
 
 /// TAdam: Adam whose first moment is a Student-t estimate, robust to outlier gradients.

@@ -138,6 +138,9 @@ class Lookahead : public torch::optim::Optimizer {
   Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOptions options,
             const char* name);
 
+  /// Hook called before each base step, which throws (nothing changed) for a base it cannot
+  /// wrap as it is now. Lookahead takes any.
+  virtual void check_base() const {}
   /// Hook called after each base step. `changes_before` counts the steps of this period before
   /// the one just taken.
   virtual void after_base_step(int64_t changes_before);
@@ -170,6 +173,8 @@ class Lookahead : public torch::optim::Optimizer {
   /// The dtype group `group_index` of the base keeps its state in: its `state_precision`'s
   /// (a holocron base, or a wrapper of one), or none for the parameters' own.
   std::optional<at::ScalarType> base_state_dtype(size_t group_index) const;
+  // The Kahan compensations of `fast` in the base's state (OptimizerBase::kahan_compensation).
+  std::vector<torch::Tensor> base_compensation(const std::vector<torch::Tensor>& fast) const;
 
  private:
   // The base's step (given), then the wrapper's count, statistics and sync.
@@ -216,6 +221,7 @@ class Scout : public Lookahead {
  protected:
   /// \cond INTERNAL
 
+  void check_base() const override;
   void after_base_step(int64_t changes_before) override;
   double rate_for_sync(int64_t changes_in_period) override;
   void after_sync() override;

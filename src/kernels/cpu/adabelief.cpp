@@ -24,7 +24,7 @@ struct AdaBeliefApplyPass {
       protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
   static constexpr unsigned kWrite =
       protocol::slot_set(kSlot.param, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {

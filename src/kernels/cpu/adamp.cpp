@@ -76,7 +76,7 @@ struct AdamPMoments {
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 4;
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T, S> ? 0 : kMomentArrays;
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {
@@ -110,7 +110,7 @@ struct AdamPApplyPass {
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 0;
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   static constexpr unsigned kWrite =
       protocol::slot_set(kSlot.param) | (kMomentsInApply<T, S> ? kMomentArrays : 0u);
   const PassArgs& args;

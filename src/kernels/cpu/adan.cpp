@@ -19,7 +19,7 @@ struct AdanApply {
   static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.prev_grad, kSlot.exp_avg,
                                                        kSlot.exp_avg_sq, kSlot.exp_avg_delta, kSlot.max_exp_avg_delta);
   static constexpr unsigned kWrite = kRead & ~(1u << kSlot.grad);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {

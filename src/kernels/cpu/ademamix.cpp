@@ -19,7 +19,7 @@ struct AdEMAMixApply {
   static constexpr unsigned kRead =
       protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_slow, kSlot.exp_avg_sq);
   static constexpr unsigned kWrite = kRead & ~(1u << kSlot.grad);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {

@@ -22,7 +22,7 @@ struct CautionCount {
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 1;
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.grad, kSlot.exp_avg, kSlot.param), kWrite = 0;
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {

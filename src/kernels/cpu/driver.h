@@ -20,6 +20,9 @@
 //   kSums                               per-tensor reductions (0: none)
 //   kGrad (optional)                    the gradient's slot: loaded as
 //                                       g * args.inv_grad_scale
+//   kParam (with kGrad)                 the weights' slot (-1: none), read as
+//                                       p + c where they are Kahan-compensated
+//                                       (TensorSlot::compensation)
 //   sum_t (optional)                    the type they are summed in: double
 //                                       where float lanes are not enough
 //   Body for_tensor(int64_t t) const    constants of tensor t, once per chunk,
@@ -366,6 +369,17 @@ struct GradArray : std::integral_constant<int, -1> {};
 template <typename P>
 struct GradArray<P, std::void_t<decltype(P::kGrad)>> : std::integral_constant<int, P::kGrad> {};
 
+// The pass's weights array (its kParam; -1 where it reads none), or -1 for a pass that does not
+// say: run_pass requires every pass reading a gradient to say.
+template <typename P, typename = void>
+struct ParamArray : std::integral_constant<int, -1> {
+  static constexpr bool kDeclared = false;
+};
+template <typename P>
+struct ParamArray<P, std::void_t<decltype(P::kParam)>> : std::integral_constant<int, P::kParam> {
+  static constexpr bool kDeclared = true;
+};
+
 template <typename F, int... I>
 HOLOCRON_KERNEL_INLINE void static_for_impl(F& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
@@ -405,6 +419,14 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   constexpr int kG = GradArray<P>::value;
   static_assert(kG < 0 || !((kState >> kG) & 1u), "the gradient is not state");
   static_assert(kG < kN, "the gradient is an array of the parameter's dtype");
+  // Kahan-compensated weights (TensorSlot::compensation): the weight is read as p + c in the math
+  // type, and a pass that writes it stores p = the weight rounded to T, c = what that dropped
+  // (exact in the math type, then rounded to T), so updates below p's ulp accumulate in c.
+  constexpr int kP = ParamArray<P>::value;
+  static_assert(kG < 0 || ParamArray<P>::kDeclared, "a pass reading a gradient names its weights (kParam)");
+  constexpr auto holds = [](unsigned set, int slot) { return slot >= 0 && ((set >> slot) & 1u) != 0; };
+  constexpr bool kCompensates = is_reduced_v<T> && kP < kN && holds(P::kRead, kP) && !holds(kState, kP);
+  constexpr bool kWritesWeights = kCompensates && holds(P::kWrite, kP);
   const bool unscale = kG >= 0 && args.inv_grad_scale != 1.0;
   const V inv_grad_scale(static_cast<typename V::value_type>(args.inv_grad_scale));
   const int64_t num_tensors = static_cast<int64_t>(group.tensors.size());
@@ -427,6 +449,8 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
       const int64_t begin = (c - first_chunk[t]) * kChunk;
       const int64_t end = std::min(begin + kChunk, slot.numel);
       const auto body = pass.for_tensor(t);
+      T* const compensation = kCompensates && slot.data[kP < 0 ? 0 : kP] != nullptr
+                                  ? static_cast<T*>(slot.compensation) : nullptr;
       using S = typename SumType<P>::type;
       Acc<kR == 0 ? 1 : kR, S> acc;
       // Enough iterations per round that every vector's lane offset is a
@@ -446,6 +470,13 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
             else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
             else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
           });
+          [[maybe_unused]] V compensated[kPack];
+          if constexpr (kCompensates) {
+            if (compensation != nullptr) {
+              Narrow::load(compensation + i, count, compensated);
+              for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
+            }
+          }
           if constexpr (kG >= 0) {
             if (unscale) {
               for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
@@ -460,9 +491,26 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
             body(x, lanes);
             for (int j = 0; j < kA; ++j) values[j][k] = x[j];
           });
+          if constexpr (kWritesWeights) {
+            if (compensation != nullptr) {
+              // The weight rounded once: stored as it is (the loop below skips it), and read back
+              // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
+              static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
+              const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
+              const auto [low, high] = at::vec::convert_to_float<T>(rounded);
+              compensated[0] = values[kP][0] - low;
+              compensated[1] = values[kP][1] - high;
+              T* const weights = static_cast<T*>(slot.data[kP]) + i;
+              if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
+              Narrow::store(compensation + i, count, compensated);
+            }
+          }
           static_for<kA>([&](auto j_) {
             constexpr int j = decltype(j_)::value;
             if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
+            if constexpr (kWritesWeights && j == kP) {
+              if (compensation != nullptr) return;  // stored with its compensation above
+            }
             if constexpr ((kState >> j) & 1u) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
             else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
             else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);

@@ -18,7 +18,7 @@ struct GradNorms {
   static constexpr auto kSlot = protocol::slots<proto::Arrays>();
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 1;
   static constexpr unsigned kRead = protocol::slot_set(kSlot.grad), kWrite = 0;
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = -1;  // reads no weights
   const PassArgs& args;
 
   struct Body {

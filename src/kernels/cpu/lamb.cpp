@@ -129,7 +129,7 @@ struct TrustMoments {
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = Direction<V>::kSums;
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = kAll, kWrite = kMomentsInApply<T, S> ? 0 : kMomentArrays;
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {
@@ -161,7 +161,7 @@ struct TrustApply {
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead =
       kMomentsInApply<T, S> || Direction<V>::kReadsGrad ? kAll : kAll & ~(1u << kSlot.grad);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   static constexpr unsigned kWrite =
       protocol::slot_set(kSlot.param) | (kMomentsInApply<T, S> ? kMomentArrays : 0u);
   const PassArgs& args;

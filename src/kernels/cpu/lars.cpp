@@ -18,7 +18,7 @@ struct LarsNorms {
   static constexpr int kNarrow = protocol::array_count<proto::Arrays>(), kWide = 0, kSums = 2;
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad), kWrite = 0;
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {
@@ -41,7 +41,7 @@ struct LarsApply {
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.param, kSlot.grad, kSlot.momentum_buffer);
   static constexpr unsigned kWrite = protocol::slot_set(kSlot.param, kSlot.momentum_buffer);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {

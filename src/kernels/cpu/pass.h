@@ -48,6 +48,10 @@ struct TensorSlot {
   // dtype; the "wide" ones after them (Scout's statistics) have its math type
   // (float for half/bfloat16).
   std::array<void*, kMaxArrays> data{};
+  // Kahan-compensated weights (bfloat16 and half parameters only; the parameter's dtype, laid out
+  // as it): the weight is parameter + compensation. Passes read that sum as the parameter, and
+  // one that writes the parameter stores it rounded, and what the rounding dropped here.
+  void* compensation = nullptr;
 };
 
 // The tensors of one parameter group. They may differ in dtype: `run` then

@@ -21,7 +21,7 @@ struct TAdamDistance {
   static constexpr unsigned kState = state_arrays(kNarrow, kSlot.param, kSlot.grad);
   static constexpr unsigned kRead = protocol::slot_set(kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.param);
   static constexpr unsigned kWrite = 0;
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {
@@ -52,7 +52,7 @@ struct TAdamApply {
       protocol::slot_set(kSlot.param, kSlot.grad, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
   static constexpr unsigned kWrite =
       protocol::slot_set(kSlot.param, kSlot.exp_avg, kSlot.exp_avg_sq, kSlot.max_exp_avg_sq);
-  static constexpr int kGrad = kSlot.grad;
+  static constexpr int kGrad = kSlot.grad, kParam = kSlot.param;
   const PassArgs& args;
 
   struct Body {

@@ -16,6 +16,9 @@ struct LookaheadSync {
   static constexpr int kNarrow = protocol::array_count<protocol::lookahead::Arrays>(), kWide = 0, kSums = 0;
   static constexpr unsigned kState = protocol::StateArrays<protocol::lookahead::Arrays>::value;
   static constexpr unsigned kRead = protocol::slot_set(kSlot.fast, kSlot.slow), kWrite = kRead;
+  // The weights, Kahan-compensated where the base compensates them: the sync reads p + c, and
+  // leaves p + c equal to the slow weights.
+  static constexpr int kParam = kSlot.fast;
   const PassArgs& args;
 
   struct Body {

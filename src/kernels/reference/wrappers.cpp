@@ -26,6 +26,19 @@ void commit_math(const at::Tensor& t, const at::Tensor& math) {
 
 void lookahead_sync(TensorList fast, TensorList slow, double sync_rate) {
   for (size_t i = 0; i < fast.size(); ++i) {
+    if (CompensatedWeights::of(fast[i]).defined()) {
+      // A Kahan-compensated weight: read as p + c in float32, left as the slow weight split.
+      ComputeScope scope(fast[i]);
+      auto weight = scope.inout(fast[i]);
+      if (sync_rate > 0.0) {
+        auto moved = in_math(slow[i], at::kFloat);
+        moved.lerp_(weight, sync_rate);
+        commit_math(slow[i], moved);
+      }
+      weight.copy_(slow[i]);
+      scope.commit();
+      continue;
+    }
     if (sync_rate > 0.0) {
       if (slow[i].scalar_type() == fast[i].scalar_type()) {
         slow[i].lerp_(fast[i], sync_rate);

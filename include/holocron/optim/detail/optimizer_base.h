@@ -86,6 +86,12 @@ std::optional<at::ScalarType> state_dtype(StatePrecision precision);
 /// The dtype of `param`'s state buffers under `precision`.
 at::ScalarType state_dtype(StatePrecision precision, const at::Tensor& param);
 
+namespace detail {
+/// The state key of a Kahan compensation (`kahan_summation`): a buffer of the parameter's dtype
+/// whatever the group's state_precision.
+inline constexpr const char* kKahanCompensation = "kahan_comp";
+}  // namespace detail
+
 /// Newest version of the checkpoint layout (loading accepts 1 to this one). A checkpoint is
 /// written with the oldest version that holds its content, so that older builds refuse only what
 /// they would load with other numbers: 2 is a Lookahead with `slow_from_first_sync` (per-group
@@ -328,14 +334,27 @@ class OptimizerBase : public torch::optim::Optimizer {
   /// what Lookahead's slow weights and Scout's statistics follow.
   StatePrecision group_state_precision(size_t group_index) const;
 
+  /// The `kahan_summation` of group `group_index` (the defaults' for a group without options).
+  bool group_kahan_summation(size_t group_index) const;
+
+  /// The Kahan compensations of `params` (functional::GradScaling::compensation): each one's
+  /// `kahan_comp` where its group has `kahan_summation` and its state holds one, else undefined;
+  /// empty when no group has the option. What Lookahead's and Scout's syncs take.
+  std::vector<torch::Tensor> kahan_compensation(const std::vector<torch::Tensor>& params) const;
+
  protected:
   /// \cond INTERNAL
 
   /// `defaults`: the options of groups added without their own; `name`: the algorithm's name.
   OptimizerBase(std::unique_ptr<torch::optim::OptimizerOptions> defaults, const char* name);
 
-  /// The loss scaling of the step in progress (empty outside step(scaling, closure)).
+  /// The loss scaling of the step in progress (empty outside step(scaling, closure)), with the
+  /// group's maximize, clipping and Kahan compensations while it is updated.
   const functional::GradScaling& grad_scaling() const noexcept { return grad_scaling_; }
+  /// Sets the Kahan compensations of the group about to be updated (GradScaling::compensation).
+  void set_compensation(std::vector<torch::Tensor> compensation) {
+    grad_scaling_.compensation = std::move(compensation);
+  }
 
   /// Throws c10::ValueError naming the argument when options are invalid.
   virtual void check_options(const torch::optim::OptimizerOptions& options) const = 0;
@@ -360,6 +379,8 @@ class OptimizerBase : public torch::optim::Optimizer {
   virtual bool maximize(const torch::optim::OptimizerOptions&) const { return false; }
   /// These options' `state_precision`.
   virtual StatePrecision state_precision(const torch::optim::OptimizerOptions&) const = 0;
+  /// These options' `kahan_summation`.
+  virtual bool kahan_summation(const torch::optim::OptimizerOptions&) const = 0;
   /// Sets `options`' `state_precision` (a load keeps each group's).
   virtual void set_state_precision(torch::optim::OptimizerOptions& options, StatePrecision precision) const = 0;
   /// Updates one group: every param has a gradient and a prepared state.
@@ -457,14 +478,25 @@ class Algorithm : public OptimizerBase {
   StatePrecision state_precision(const torch::optim::OptimizerOptions& options) const override {
     return static_cast<const Options&>(options).state_precision();
   }
+  /// The options' `kahan_summation`.
+  bool kahan_summation(const torch::optim::OptimizerOptions& options) const override {
+    return static_cast<const Options&>(options).kahan_summation();
+  }
   /// Sets the options' `state_precision`.
   void set_state_precision(torch::optim::OptimizerOptions& options, StatePrecision precision) const override {
     static_cast<Options&>(options).state_precision(precision);
   }
-  /// Forwards to init_state() with the concrete types.
+  /// Forwards to init_state() with the concrete types; with `kahan_summation`, also makes the
+  /// compensation of a bfloat16 or float16 weight.
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                      const torch::optim::OptimizerOptions& options) const override {
-    init_state(static_cast<State&>(state), param, static_cast<const Options&>(options));
+    auto& typed = static_cast<State&>(state);
+    const auto& typed_options = static_cast<const Options&>(options);
+    init_state(typed, param, typed_options);
+    if (typed_options.kahan_summation() && at::isReducedFloatingType(param.scalar_type()) &&
+        !typed.kahan_comp().defined()) {
+      typed.kahan_comp(torch::zeros_like(param, at::MemoryFormat::Preserve));
+    }
   }
   /// Forwards to update() with the concrete types.
   void update_group(const torch::optim::OptimizerOptions& options,
@@ -473,6 +505,14 @@ class Algorithm : public OptimizerBase {
                     const std::vector<torch::optim::OptimizerParamState*>& states) override {
     std::vector<State*> typed(states.size());
     for (size_t i = 0; i < states.size(); ++i) typed[i] = static_cast<State*>(states[i]);
+    std::vector<torch::Tensor> compensation;
+    if (static_cast<const Options&>(options).kahan_summation()) {
+      for (size_t i = 0; i < params.size(); ++i) {
+        compensation.push_back(at::isReducedFloatingType(params[i].scalar_type()) ? typed[i]->kahan_comp()
+                                                                                   : torch::Tensor());
+      }
+    }
+    set_compensation(std::move(compensation));
     update(static_cast<const Options&>(options), params, grads, typed);
   }
   /// \endcond
