@@ -198,7 +198,7 @@ c10::IValue validate_group(const Arguments& a) {
 }
 
 c10::IValue lookahead_sync(const Arguments& a) {
-  F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"), a.optional_tensor_slots("kahan_comps"));
+  F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"), a.compensation());
   return {};
 }
 
@@ -239,7 +239,7 @@ c10::IValue lookahead_step(const Arguments& a) {
   const int64_t count = advanced_counter(fast_steps, sync_period);
   if (skipped(a.found_inf())) return {};
   if (count % sync_period == 0) {
-    F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"), a.optional_tensor_slots("kahan_comps"));
+    F::lookahead_sync_(a.tensors("fast"), a.tensors("slow"), a.real("sync_rate"), a.compensation());
   }
   write_scalar(fast_steps, static_cast<double>(count));
   return {};

@@ -124,7 +124,7 @@ class Arguments {
                                     optional_tensor("grad_norm"), real("max_grad_norm"))
                        : scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
     if (schema_.argumentIndexWithName("maximize")) scaling.maximize = flag("maximize");
-    if (schema_.argumentIndexWithName("kahan_comps")) scaling.compensation = optional_tensor_slots("kahan_comps");
+    if (schema_.argumentIndexWithName("kahan_comps")) scaling.compensation = compensation();
     return scaling;
   }
   F::Sharding sharding(TensorList params) const {
@@ -140,12 +140,15 @@ class Arguments {
     return sharding;
   }
   OptionalTensor found_inf() const { return optional_tensor("found_inf"); }
-  // A `Tensor?[]?` argument: empty for None, else one tensor per entry, undefined for a None one.
-  std::vector<at::Tensor> optional_tensor_slots(const char* name) const {
-    std::vector<at::Tensor> out;
-    if (at(name).isNone()) return out;
-    for (const auto& item : at(name).toListRef()) out.push_back(item.isNone() ? at::Tensor() : item.toTensor());
-    return out;
+  // `kahan_comps` as GradScaling::compensation: none, or one per parameter, a tensor without
+  // elements standing for no compensation (torch's functionalization of a mutable `Tensor?[]`
+  // fails on None entries, so the ops take `Tensor[]` with such placeholders).
+  std::vector<at::Tensor> compensation() const {
+    auto list = optional_tensors("kahan_comps").value_or(std::vector<at::Tensor>{});
+    for (auto& t : list) {
+      if (t.numel() == 0) t = at::Tensor();
+    }
+    return list;
   }
 
  private:
@@ -190,9 +193,9 @@ void implement_meta(torch::Library& library, const char* schema);
 // torch.optim's maximize, which every update op takes (GradScaling's).
 #define HOLOCRON_MAXIMIZE "bool maximize=False"
 #define HOLOCRON_SHARDING "int[]? numels=None, str[]? shard_groups=None"
-// Kahan-compensated weights (GradScaling::compensation): one per parameter, None where its weight
-// is not compensated.
-#define HOLOCRON_KAHAN "Tensor(k!)?[]? kahan_comps=None"
+// Kahan-compensated weights (GradScaling::compensation): one per parameter, a tensor without
+// elements where its weight is not compensated (Arguments::compensation).
+#define HOLOCRON_KAHAN "Tensor(k!)[]? kahan_comps=None"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

@@ -181,6 +181,15 @@ state_precision.checks_groups = True  # type: ignore[attr-defined]
 KAHAN_DTYPES = (torch.bfloat16, torch.float16)
 
 
+def compensation_list(params: list[Any], comps: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """`comps` as the ops' `kahan_comps` take them: a tensor without elements for each None
+    (torch's functionalization of a mutable list of optional tensors fails on None entries)."""
+    if None not in comps:
+        return comps  # type: ignore[return-value]
+    none = torch.empty(0, device=distributed.local(params[0]).device)
+    return [none if c is None else c for c in comps]
+
+
 class Buffer(NamedTuple):
     """A per-element state buffer of an algorithm, shaped like its parameter and typed as the
     group's `state_precision` says."""
@@ -290,11 +299,12 @@ class FusedStep:
     def _compensation(self, group: dict[str, Any], params: list[torch.Tensor],
                       states: list[dict[str, Any]]) -> dict[str, Any]:
         """The op's `kahan_comps` keyword: with kahan_summation, each bfloat16 or float16
-        parameter's `kahan_comp` (None for the others); nothing without it."""
+        parameter's `kahan_comp` (for the others, a tensor without elements: `compensation_list`);
+        nothing without it."""
         if not params or not self._kahan(group):
             return {}
-        return {"kahan_comps": [s.get("kahan_comp") if p.dtype in KAHAN_DTYPES else None
-                                for p, s in zip(params, states)]}
+        return {"kahan_comps": compensation_list(
+            params, [s.get("kahan_comp") if p.dtype in KAHAN_DTYPES else None for p, s in zip(params, states)])}
 
     def _check_compensation(self, group: dict[str, Any], params: list[torch.Tensor],
                             states: list[dict[str, Any] | None]) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Collection, NamedTuple
 import torch
 from torch import nn
 
-from ._base import KAHAN_DTYPES, FusedStep, Option, betas, finite, flag, learning_rate, positive_or_none
+from ._base import KAHAN_DTYPES, FusedStep, Option, compensation_list, betas, finite, flag, learning_rate, positive_or_none
 from torch.optim import Optimizer
 
 from ._library import ops
@@ -488,7 +488,7 @@ class Lookahead(Optimizer):
             batch[1].append(s)
             batch[2].append(c)
         for f, s, c in batches.values():
-            extra = {"kahan_comps": c} if any(t is not None for t in c) else {}
+            extra = {"kahan_comps": compensation_list(f, c)} if any(t is not None for t in c) else {}
             ops.lookahead_sync_(f, slow=s, sync_rate=float(group["lookahead_alpha"]), **extra)
 
     def sync_lookahead(self) -> None:

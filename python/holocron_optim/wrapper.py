@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._base import KAHAN_DTYPES, LEAN_DTYPES, FusedStep, check_state_dict_layout
+from ._base import KAHAN_DTYPES, LEAN_DTYPES, FusedStep, check_state_dict_layout, compensation_list
 from . import _distributed as distributed
 from ._library import ops
 
@@ -226,9 +226,14 @@ class Lookahead(Optimizer):
             self._check_wrappable(group["params"], index)
         for group in new_groups:
             self._has_complex = getattr(self, "_has_complex", False) or any(p.is_complex() for p in group["params"])
-            # The slow weights follow the base's state precision.
+            # The slow weights follow the base's state precision, and take Kahan-compensated
+            # weights as p + c (a base that has stepped already).
             dtype = _precision_dtype(self.base_optimizer, group)
-            self.slow_params.append([p.detach().to(dtype or p.dtype, copy=True) for p in group["params"]])
+            comps = self._compensation(group["params"]).get("kahan_comps") or [None] * len(group["params"])
+            self.slow_params.append([
+                (p.detach() if c is None or c.numel() == 0 else p.detach().float() + c.float()).to(
+                    dtype or p.dtype, copy=True)
+                for p, c in zip(group["params"], comps)])
             self._add_group_state(group)
 
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
@@ -331,8 +336,9 @@ class Lookahead(Optimizer):
         compensated = {id(p) for group in base.param_groups if base._kahan(group) for p in group["params"]}
         if not compensated:
             return {}
-        return {"kahan_comps": [base.state.get(p, {}).get("kahan_comp") if id(p) in compensated and p.dtype in KAHAN_DTYPES
-                                else None for p in fast]}
+        comps = [base.state.get(p, {}).get("kahan_comp") if id(p) in compensated and p.dtype in KAHAN_DTYPES else None
+                 for p in fast]
+        return {"kahan_comps": compensation_list(fast, comps)}
 
     def _check_base(self) -> None:
         """Raises, before anything changes, for a base this wrapper cannot step as it is (Scout's
@@ -707,6 +713,8 @@ class Scout(Lookahead):
         # cannot hold a Kahan-compensated weight (p + c): its adaptive rate would see only the
         # rounded moves. Refused before the base steps, so nothing changes.
         base = self.base_optimizer
+        while isinstance(base, Lookahead):  # through wrappers too
+            base = base.base_optimizer
         if isinstance(base, FusedStep):
             for index, group in enumerate(base.param_groups):
                 if base._kahan(group):

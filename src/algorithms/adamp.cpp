@@ -299,6 +299,11 @@ void slots_of(const cpu::Group& whole, const std::vector<Segment>& segments, cpu
       const auto dtype = ((kState >> j) & 1u) ? state_dtype : slot.dtype;
       slot.data[j] = static_cast<char*>(slot.data[j]) + segment.start * static_cast<int64_t>(c10::elementSize(dtype));
     }
+    // A Kahan compensation (TensorSlot::compensation) has the parameter's dtype and layout.
+    if (slot.compensation != nullptr) {
+      slot.compensation =
+          static_cast<char*>(slot.compensation) + segment.start * static_cast<int64_t>(c10::elementSize(slot.dtype));
+    }
     out.tensors.push_back(slot);
   }
 }

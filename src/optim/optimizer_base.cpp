@@ -250,7 +250,10 @@ std::vector<torch::Tensor> OptimizerBase::kahan_compensation(const std::vector<t
     auto* key = params[i].unsafeGetTensorImpl();
     const auto group = compensated.find(key);
     const auto state = state_.find(key);
-    if (group == compensated.end() || !group->second || state == state_.end()) continue;
+    if (group == compensated.end() || !group->second || state == state_.end() ||
+        !at::isReducedFloatingType(params[i].scalar_type())) {
+      continue;
+    }
     visit_fields(*state->second, [&](const char* name, const torch::Tensor& t) {
       if (std::strcmp(name, detail::kKahanCompensation) == 0) out[i] = t;
     }, [](const char*, int64_t) {});

@@ -104,12 +104,15 @@ void Lookahead::mirror_new_base_groups() {
                                std::make_unique<detail::BaseGroupOptions>(base_, gi));
     auto& slow = slow_.emplace_back();
     const auto slow_dtype = base_state_dtype(gi);
-    for (const auto& p : base_groups[gi].params()) {
+    const auto& params = base_groups[gi].params();
+    const auto compensation = options_.slow_from_first_sync() ? std::vector<torch::Tensor>() : base_compensation(params);
+    for (size_t pi = 0; pi < params.size(); ++pi) {
       // The slow weights follow the base's state precision.
       slow.push_back(options_.slow_from_first_sync()
                          ? torch::Tensor()
-                         : p.detach().to(slow_dtype.value_or(p.scalar_type()), false, true));
-      has_complex_ = has_complex_ || p.is_complex();
+                         : weight_of(params[pi], compensation, pi).to(slow_dtype.value_or(params[pi].scalar_type()),
+                                                                       false, true));
+      has_complex_ = has_complex_ || params[pi].is_complex();
     }
     group_start_.push_back(fast_steps_);
     add_group_state(gi);
@@ -168,6 +171,7 @@ torch::Tensor Lookahead::step(const functional::GradScaling& scaling, LossClosur
     at::AutoGradMode enable_grad(true);
     return closure();
   }
+  check_base();
   mirror_new_base_groups();
   return step_after_base([&] {
     if (auto* ours = dynamic_cast<OptimizerBase*>(base_.get())) return ours->step(scaling, closure);
@@ -189,12 +193,12 @@ torch::Tensor Lookahead::step(const functional::GradScaling& scaling, LossClosur
 }
 
 torch::Tensor Lookahead::step(LossClosure closure) {
+  check_base();
   mirror_new_base_groups();
   return step_after_base([&] { return base_->step(closure); });
 }
 
 torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& base_step) {
-  check_base();
   auto loss = base_step();
   torch::NoGradGuard no_grad;
   const int64_t changes_before = fast_steps_ % options_.sync_period();
@@ -224,6 +228,12 @@ void Lookahead::sync_params(double sync_rate) {
   functional::lookahead_sync_(real_views(fast), real_views(flat_slow_params()), sync_rate, base_compensation(fast));
 }
 
+torch::Tensor Lookahead::weight_of(const torch::Tensor& param, const std::vector<torch::Tensor>& compensation,
+                                   size_t index) {
+  if (index >= compensation.size() || !compensation[index].defined()) return param.detach();
+  return param.detach().to(at::kFloat) + compensation[index].to(at::kFloat);
+}
+
 std::vector<torch::Tensor> Lookahead::base_compensation(const std::vector<torch::Tensor>& fast) const {
   if (const auto* ours = dynamic_cast<const OptimizerBase*>(base_.get())) return ours->kahan_compensation(fast);
   if (const auto* wrapper = dynamic_cast<const Lookahead*>(base_.get())) return wrapper->base_compensation(fast);
@@ -234,12 +244,14 @@ void Lookahead::sync_group(size_t group_index, double sync_rate) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> fast, slow;
   const auto& params = param_groups_[group_index].params();
+  const auto compensation = base_compensation(params);
   for (size_t pi = 0; pi < params.size(); ++pi) {
     if (!params[pi].grad().defined()) continue;
     auto& slow_weight = slow_[group_index][pi];
     // A first sync moves nothing: slow == fast (as the base's state precision holds it).
     if (!slow_weight.defined()) {
-      slow_weight = params[pi].detach().to(base_state_dtype(group_index).value_or(params[pi].scalar_type()), false, true);
+      slow_weight = weight_of(params[pi], compensation, pi)
+                        .to(base_state_dtype(group_index).value_or(params[pi].scalar_type()), false, true);
     }
     fast.push_back(params[pi]);
     slow.push_back(slow_weight);
@@ -382,8 +394,11 @@ void Scout::add_group_state(size_t group_index) {
 
 void Scout::check_base() const {
   // Scout's statistics take the weights' changes from copies in the weights' dtype, which cannot
-  // hold a Kahan-compensated weight's (p + c): its adaptive rate would see only the rounded moves.
-  if (const auto* ours = dynamic_cast<const OptimizerBase*>(&base_optimizer())) {
+  // hold a Kahan-compensated weight's (p + c): its adaptive rate would see only the rounded moves,
+  // and its sync would leave the compensations stale. Through wrappers too.
+  const torch::optim::Optimizer* base = &base_optimizer();
+  while (const auto* wrapper = dynamic_cast<const Lookahead*>(base)) base = &wrapper->base_optimizer();
+  if (const auto* ours = dynamic_cast<const OptimizerBase*>(base)) {
     for (size_t gi = 0; gi < ours->param_groups().size(); ++gi) {
       TORCH_CHECK(!ours->group_kahan_summation(gi), "Scout: group ", gi, " of its base ", ours->name(),
                   " has kahan_summation, which Scout does not support (its statistics would see only the ",

@@ -353,6 +353,11 @@ TEST(StatePrecision, LookaheadSyncsCompensatedWeights) {
   EXPECT_THROW(scout.step(), c10::Error);
   EXPECT_TRUE(torch::equal(before, scouted[0].detach()));
   EXPECT_TRUE(scout_base->state().empty());
+  // Through a Lookahead too.
+  ho::Scout nested(std::make_shared<ho::Lookahead>(scout_base), ho::ScoutOptions().sync_period(3));
+  EXPECT_THROW(nested.step(), c10::Error);
+  EXPECT_TRUE(torch::equal(before, scouted[0].detach()));
+  EXPECT_TRUE(scout_base->state().empty());
 }
 
 }  // namespace

@@ -310,13 +310,59 @@ def test_wrappers_sync_the_compensated_weights(wrapper, backend_name):
         torch.ops.holocron.set_cpu_capability(before)
 
 
-def test_scout_refuses_a_compensated_base_with_nothing_changed():
+@pytest.mark.parametrize("nested", [False, True], ids=["direct", "through_lookahead"])
+def test_scout_refuses_a_compensated_base_with_nothing_changed(nested):
     """Scout's statistics take the changes from copies in the weights' dtype, which cannot hold
-    p + c: refused (Lookahead takes such a base)."""
+    p + c: refused, through a Lookahead too (Lookahead alone takes such a base)."""
     p = torch.ones(10, dtype=torch.bfloat16, requires_grad=True)
     base = ho.Adan([p], lr=1e-3, kahan_summation=True)
-    opt = ho.Scout(base)
+    opt = ho.Scout(ho.Lookahead(base) if nested else base)
     p.grad = torch.ones_like(p)
     with pytest.raises(NotImplementedError, match="kahan_summation"):
         opt.step()
     assert torch.equal(p, torch.ones_like(p)) and not base.state
+
+
+def test_adamp_channel_projection_compensates_every_row():
+    """AdamP's channel-wise projection runs its passes row by row: each row's compensation is its
+    own (fused and reference backends agree, and every row holds residues)."""
+    results = {}
+    for backend_name in ("auto", "reference"):
+        before = torch.ops.holocron.cpu_capability()
+        torch.ops.holocron.set_cpu_capability(backend_name)
+        try:
+            gen = torch.Generator().manual_seed(8)
+            p = (1 + 0.3 * torch.rand(8, 64, generator=gen)).to(torch.bfloat16).requires_grad_()
+            opt = ho.AdamP([p], lr=1e-3, delta=5.0, channel_projection=True, kahan_summation=True)
+            for _ in range(6):
+                p.grad = torch.randn(8, 64, generator=gen).to(torch.bfloat16)
+                opt.step()
+            results[backend_name] = (p.detach().float() + opt.state[p]["kahan_comp"].float(),
+                                     opt.state[p]["kahan_comp"].clone())
+        finally:
+            torch.ops.holocron.set_cpu_capability(before)
+    torch.testing.assert_close(results["auto"][0], results["reference"][0], rtol=0, atol=1e-4)
+    assert (results["auto"][1] != 0).any(dim=1).all()
+
+
+def test_compiled_step_with_a_mixed_group():
+    """torch.compile (aot_eager: functionalization) over a group mixing bfloat16 weights, which are
+    compensated, and float32 ones, which are not (placeholders in the op's list): eager's bits."""
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        gen = torch.Generator().manual_seed(11)
+        params = [(1 + 0.3 * torch.rand(40, generator=gen)).to(torch.bfloat16).requires_grad_(),
+                  torch.randn(7, generator=gen).requires_grad_()]
+        opt = ho.AdEMAMix(params, lr=1e-3, kahan_summation=True)
+        step = torch.compile(lambda: opt.step(), backend="aot_eager", fullgraph=True) if compiled else opt.step
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            step()
+        runs.append((params, opt.state[params[0]]["kahan_comp"].clone(), "kahan_comp" in opt.state[params[1]]))
+    torch._dynamo.reset()
+    (eager, eager_comp, eager_f32), (compiled, compiled_comp, compiled_f32) = runs
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    assert torch.equal(eager_comp, compiled_comp) and (eager_comp != 0).any()
+    assert not eager_f32 and not compiled_f32

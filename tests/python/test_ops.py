@@ -133,3 +133,28 @@ def test_tensor_counters_advance_unless_found_inf():
         ops.adan_(p, g, prev_grads=_zeros(p), exp_avgs=_zeros(p), exp_avg_sqs=_zeros(p), exp_avg_deltas=_zeros(p),
                   max_exp_avg_deltas=[], steps=[5] * len(p), lr=0.01, beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8,
                   weight_decay=0.0, amsgrad=False, step_tensors=counters)
+
+
+def _kahan_cases():
+    """Kahan-compensated bfloat16 weights (`kahan_comps`, a tensor without elements where a weight
+    is not compensated): the compensations are declared as written (opcheck's schema test
+    mutates-and-compares), and torch's functionalization takes the list."""
+    p = [t.to(torch.bfloat16) for t in _tensors()]
+    g = [torch.randn_like(t) for t in p]
+    comps = [torch.empty(0), *[torch.full_like(t, 1e-3) for t in p[1:]]]
+    steps = [3] * len(p)
+    z = _zeros
+    return {
+        "lamb_": ((p, g), dict(exp_avgs=z(p), exp_avg_sqs=z(p), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                               weight_decay=0.01, clip_low=0.0, clip_high=10.0, kahan_comps=comps)),
+        "adan_": ((p, g), dict(prev_grads=z(p), exp_avgs=z(p), exp_avg_sqs=z(p), exp_avg_deltas=z(p),
+                               max_exp_avg_deltas=[], steps=steps, lr=0.01, beta1=0.98, beta2=0.92, beta3=0.99,
+                               eps=1e-8, weight_decay=0.0, amsgrad=False, kahan_comps=comps)),
+        "lookahead_sync_": ((p, [t.float() for t in p]), dict(sync_rate=0.5, kahan_comps=comps)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_kahan_cases()))
+def test_opcheck_kahan_compensations(name):
+    args, kwargs = _kahan_cases()[name]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)

@@ -81,7 +81,8 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
   /// Moving average `s` of the squared deviation `(g - m)^2` (the "belief"), under Adam's key.
   HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
-  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

@@ -90,7 +90,8 @@ struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
   /// Moving average of the squared gradient (second moment `v`).
   HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Running maximum of `exp_avg_sq`; defined only with `amsgrad`.
-  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

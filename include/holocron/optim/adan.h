@@ -85,7 +85,8 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
   /// Running maximum of `exp_avg_delta`; defined only with `amsgrad`.
   HOLOCRON_FIELD(torch::Tensor, max_exp_avg_delta);
   /// The previous step's `g` (weight decay included), updated every step (unlike pylocron).
-  HOLOCRON_FIELD(torch::Tensor, prev_grad);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(torch::Tensor, prev_grad);
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

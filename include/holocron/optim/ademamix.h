@@ -80,7 +80,8 @@ struct AdEMAMixParamState : detail::ParamStateBase<AdEMAMixParamState> {
   /// Slow moving average `m2` of the gradient (not bias-corrected).
   HOLOCRON_FIELD(torch::Tensor, exp_avg_slow);
   /// Moving average `nu` of the squared gradient.
-  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

@@ -100,7 +100,8 @@ struct LAMBParamState : detail::ParamStateBase<LAMBParamState> {
   /// Moving average of the squared gradient (second moment `v`).
   HOLOCRON_FIELD(torch::Tensor, exp_avg_sq);
   /// Trust ratio of the last step: `clamp(||p||, scale_clip) / ||u||`, or 1 when either is 0.
-  HOLOCRON_FIELD(double, local_lr) = 1.0;  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(double, local_lr) = 1.0;
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

@@ -87,7 +87,8 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
   HOLOCRON_FIELD(torch::Tensor, momentum_buffer);
   /// Trust ratio of the last step: `||p|| / (||g|| + weight_decay * ||p||)`, or 1 when either
   /// norm is 0.
-  HOLOCRON_FIELD(double, local_lr) = 1.0;  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(double, local_lr) = 1.0;
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

@@ -74,7 +74,8 @@ struct TAdamParamState : detail::ParamStateBase<TAdamParamState> {
   HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq);
   /// Accumulated weight `W` of the first moment, `beta1 / (1 - beta1)` before the first update. A
   /// double here; the reference (and the Python package) keep it as a one-element tensor.
-  HOLOCRON_FIELD(double, W_t) = 0.0;  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
+  HOLOCRON_FIELD(double, W_t) = 0.0;
+  /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
 };

@@ -175,6 +175,9 @@ class Lookahead : public torch::optim::Optimizer {
   std::optional<at::ScalarType> base_state_dtype(size_t group_index) const;
   // The Kahan compensations of `fast` in the base's state (OptimizerBase::kahan_compensation).
   std::vector<torch::Tensor> base_compensation(const std::vector<torch::Tensor>& fast) const;
+  // Parameter `index` as a weight (detached): p, or p + c in float32 where `compensation` holds its c.
+  static torch::Tensor weight_of(const torch::Tensor& param, const std::vector<torch::Tensor>& compensation,
+                                 size_t index);
 
  private:
   // The base's step (given), then the wrapper's count, statistics and sync.
