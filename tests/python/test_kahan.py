@@ -366,3 +366,27 @@ def test_compiled_step_with_a_mixed_group():
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     assert torch.equal(eager_comp, compiled_comp) and (eager_comp != 0).any()
     assert not eager_f32 and not compiled_f32
+
+
+@pytest.mark.parametrize("name", ["LAMB", "AdaBelief"])
+def test_grad_scaler_with_compensated_weights(name):
+    """GradScaler's scale (a power of two: unscaling is exact) and a skipped step: the bits of
+    unscaled gradients, weights and compensations, and nothing changed by the skipped step."""
+    runs = []
+    for scale in (None, 1024.0):
+        gen = torch.Generator().manual_seed(12)
+        params = [(1 + 0.3 * torch.rand(50, generator=gen)).to(torch.bfloat16).requires_grad_()]
+        opt = getattr(ho, name)(params, lr=1e-3, kahan_summation=True)
+        if scale:
+            opt.grad_scale = torch.tensor(scale)
+        for k in range(4):
+            g = torch.randn(50, generator=gen).to(torch.bfloat16)
+            params[0].grad = g * scale if scale else g
+            if scale:
+                opt.found_inf = torch.tensor(1.0 if k == 2 else 0.0)
+            elif k == 2:
+                continue  # the step the scaled run skips
+            opt.step()
+        runs.append((params[0].detach().clone(), opt.state[params[0]]["kahan_comp"].clone()))
+    (p, c), (scaled_p, scaled_c) = runs
+    assert torch.equal(p, scaled_p) and torch.equal(c, scaled_c) and (c != 0).any()
