@@ -173,9 +173,9 @@ class Lookahead : public torch::optim::Optimizer {
   /// The dtype group `group_index` of the base keeps its state in: its `state_precision`'s
   /// (a holocron base, or a wrapper of one), or none for the parameters' own.
   std::optional<at::ScalarType> base_state_dtype(size_t group_index) const;
-  // The Kahan compensations of `fast` in the base's state (OptimizerBase::kahan_compensation).
+  /// The Kahan compensations of `fast` in the base's state (OptimizerBase::kahan_compensation).
   std::vector<torch::Tensor> base_compensation(const std::vector<torch::Tensor>& fast) const;
-  // Parameter `index` as a weight (detached): p, or p + c in float32 where `compensation` holds its c.
+  /// Parameter `index` as a weight (detached): p, or p + c in float32 where `compensation` holds its c.
   static torch::Tensor weight_of(const torch::Tensor& param, const std::vector<torch::Tensor>& compensation,
                                  size_t index);
 
