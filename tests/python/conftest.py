@@ -57,6 +57,20 @@ def ref() -> types.SimpleNamespace:
     return reference()
 
 
+@pytest.fixture(params=["fused", "reference"])
+def fused_or_reference(request):
+    """Runs a test on the fused kernels (the best instruction set) and on the reference backend;
+    the test sees which as the fixture's value."""
+    import torch
+
+    import holocron_optim  # noqa: F401 (registers torch.ops.holocron)
+
+    before = torch.ops.holocron.cpu_capability()
+    torch.ops.holocron.set_cpu_capability("auto" if request.param == "fused" else "reference")
+    yield request.param
+    torch.ops.holocron.set_cpu_capability(before)
+
+
 @pytest.fixture
 def backend():
     """Sets the CPU kernels' instruction set (or "reference") for one test, then restores it."""

@@ -23,14 +23,6 @@ STEPS = 16
 LOW = (torch.bfloat16, torch.float16)
 
 
-@pytest.fixture(params=["fused", "reference"])
-def backend(request):
-    before = torch.ops.holocron.cpu_capability()
-    torch.ops.holocron.set_cpu_capability("auto" if request.param == "fused" else "reference")
-    yield request.param
-    torch.ops.holocron.set_cpu_capability(before)
-
-
 def _split(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A float32 weight as a compensated one: `p` rounded to dtype, `c` what that dropped."""
     p = weight.to(dtype)
@@ -73,7 +65,7 @@ def _weights(optimizer, params):
 @pytest.mark.parametrize("dtype", LOW, ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", ALGOS)
-def test_matches_the_reference_on_compensated_weights(name, seed, dtype, precision, backend):
+def test_matches_the_reference_on_compensated_weights(name, seed, dtype, precision, fused_or_reference):
     ours, ours_p, refo, ref_p = _lockstep(name, seed, dtype, precision)
     for i, (w, q) in enumerate(zip(_weights(ours, ours_p), ref_p)):
         assert_close(w, q, 2e-3 if dtype == torch.bfloat16 and precision == "param" else 5e-4, f"{name} weight {i}")
@@ -150,40 +142,32 @@ def test_float32_weights_and_others_are_untouched():
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_fused_and_reference_backends_agree(name):
+def test_fused_and_reference_backends_agree(name, backend):
     results = {}
-    for backend_name in ("auto", "reference"):
-        before = torch.ops.holocron.cpu_capability()
-        torch.ops.holocron.set_cpu_capability(backend_name)
-        try:
-            ours, ours_p, _, _ = _lockstep(name, 2, torch.bfloat16, "float32", steps=6)
-        finally:
-            torch.ops.holocron.set_cpu_capability(before)
-        results[backend_name] = _weights(ours, ours_p)
+    for capability in ("auto", "reference"):
+        backend(capability)
+        ours, ours_p, _, _ = _lockstep(name, 2, torch.bfloat16, "float32", steps=6)
+        results[capability] = _weights(ours, ours_p)
     for i, (a, b) in enumerate(zip(results["auto"], results["reference"])):
         assert_close(a, b, 1e-4, f"{name} weight {i}")
 
 
-def test_bitwise_across_instruction_sets_and_threads():
+def test_bitwise_across_instruction_sets_and_threads(backend):
     outputs = []
     capabilities = [c for c in torch.ops.holocron.available_cpu_capabilities() if c != "reference"]
     threads = torch.get_num_threads()
     try:
         for capability in capabilities:
+            backend(capability)
             for n in sorted({1, max(threads, 2)}):
                 torch.set_num_threads(n)
-                before = torch.ops.holocron.cpu_capability()
-                torch.ops.holocron.set_cpu_capability(capability)
-                try:
-                    gen = torch.Generator().manual_seed(3)
-                    p = (1 + 0.01 * torch.randn(70000, generator=gen)).to(torch.bfloat16).requires_grad_()
-                    opt = ho.Adan([p], lr=1e-4, kahan_summation=True)
-                    for step in range(4):
-                        p.grad = torch.randn(70000, generator=gen).to(torch.bfloat16)
-                        opt.step()
-                    outputs.append((p.detach().clone(), opt.state[p]["kahan_comp"].clone()))
-                finally:
-                    torch.ops.holocron.set_cpu_capability(before)
+                gen = torch.Generator().manual_seed(3)
+                p = (1 + 0.01 * torch.randn(70000, generator=gen)).to(torch.bfloat16).requires_grad_()
+                opt = ho.Adan([p], lr=1e-4, kahan_summation=True)
+                for _ in range(4):
+                    p.grad = torch.randn(70000, generator=gen).to(torch.bfloat16)
+                    opt.step()
+                outputs.append((p.detach().clone(), opt.state[p]["kahan_comp"].clone()))
     finally:
         torch.set_num_threads(threads)
     for p, c in outputs[1:]:
@@ -265,9 +249,8 @@ def test_turned_on_after_steps_and_off_again():
     opt.step()
 
 
-@pytest.mark.parametrize("backend_name", ["auto", "reference"])
 @pytest.mark.parametrize("wrapper", ["Lookahead", "timm.Lookahead"])
-def test_wrappers_sync_the_compensated_weights(wrapper, backend_name):
+def test_wrappers_sync_the_compensated_weights(wrapper, fused_or_reference):
     """A sync reads the fast weights as p + c and leaves p + c equal to the slow weights (float32
     state: float32 slow weights), so that the weights' sub-unit progress is kept across syncs: the
     run equals, to float32's last bits, one with float32 weights split after each step."""
@@ -279,35 +262,30 @@ def test_wrappers_sync_the_compensated_weights(wrapper, backend_name):
             return ho_timm.Lookahead(base, alpha=0.5, k=3), base
         return ho.Lookahead(base, sync_rate=0.5, sync_period=3), base
 
-    before = torch.ops.holocron.cpu_capability()
-    torch.ops.holocron.set_cpu_capability(backend_name)
-    try:
-        gen = torch.Generator().manual_seed(5)
-        start = (1 + 0.3 * torch.rand(300, generator=gen)).to(torch.bfloat16)
-        low, wide, plain = start.clone().requires_grad_(), start.float().requires_grad_(), start.clone().requires_grad_()
-        low_opt, low_base = make([low], True)
-        wide_opt, _ = make([wide], False)
-        plain_opt, _ = make([plain], False)
-        for step in range(9):
-            g = torch.randn(300, generator=gen).to(torch.bfloat16)
-            low.grad, wide.grad, plain.grad = g, g.float(), g
-            for opt in (low_opt, wide_opt, plain_opt):
-                opt.step()
-            with torch.no_grad():
-                p, c = _split(wide, torch.bfloat16)
-                wide.copy_(p.float() + c.float())
-        weight = low.detach().float() + low_base.state[low]["kahan_comp"].float()
-        if wrapper == "timm.Lookahead":
-            # timm's layout keeps the slow weights in the weights' dtype: after the sync of step 9,
-            # p + c is exactly the bfloat16 slow weight.
-            assert torch.equal(weight, low_base.state[low]["lookahead_slow_buff"].float())
-            assert (low_base.state[low]["kahan_comp"] == 0).all()
-            return
-        torch.testing.assert_close(weight, wide.detach(), rtol=0, atol=5e-5)
-        # Without compensation the weights end elsewhere, beyond that tolerance.
-        assert (plain.detach().float() - wide.detach()).abs().max() > 1e-3
-    finally:
-        torch.ops.holocron.set_cpu_capability(before)
+    gen = torch.Generator().manual_seed(5)
+    start = (1 + 0.3 * torch.rand(300, generator=gen)).to(torch.bfloat16)
+    low, wide, plain = start.clone().requires_grad_(), start.float().requires_grad_(), start.clone().requires_grad_()
+    low_opt, low_base = make([low], True)
+    wide_opt, _ = make([wide], False)
+    plain_opt, _ = make([plain], False)
+    for step in range(9):
+        g = torch.randn(300, generator=gen).to(torch.bfloat16)
+        low.grad, wide.grad, plain.grad = g, g.float(), g
+        for opt in (low_opt, wide_opt, plain_opt):
+            opt.step()
+        with torch.no_grad():
+            p, c = _split(wide, torch.bfloat16)
+            wide.copy_(p.float() + c.float())
+    weight = low.detach().float() + low_base.state[low]["kahan_comp"].float()
+    if wrapper == "timm.Lookahead":
+        # timm's layout keeps the slow weights in the weights' dtype: after the sync of step 9,
+        # p + c is exactly the bfloat16 slow weight.
+        assert torch.equal(weight, low_base.state[low]["lookahead_slow_buff"].float())
+        assert (low_base.state[low]["kahan_comp"] == 0).all()
+        return
+    torch.testing.assert_close(weight, wide.detach(), rtol=0, atol=5e-5)
+    # Without compensation the weights end elsewhere, beyond that tolerance.
+    assert (plain.detach().float() - wide.detach()).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["direct", "through_lookahead"])
@@ -323,24 +301,20 @@ def test_scout_refuses_a_compensated_base_with_nothing_changed(nested):
     assert torch.equal(p, torch.ones_like(p)) and not base.state
 
 
-def test_adamp_channel_projection_compensates_every_row():
+def test_adamp_channel_projection_compensates_every_row(backend):
     """AdamP's channel-wise projection runs its passes row by row: each row's compensation is its
     own (fused and reference backends agree, and every row holds residues)."""
     results = {}
-    for backend_name in ("auto", "reference"):
-        before = torch.ops.holocron.cpu_capability()
-        torch.ops.holocron.set_cpu_capability(backend_name)
-        try:
-            gen = torch.Generator().manual_seed(8)
-            p = (1 + 0.3 * torch.rand(8, 64, generator=gen)).to(torch.bfloat16).requires_grad_()
-            opt = ho.AdamP([p], lr=1e-3, delta=5.0, channel_projection=True, kahan_summation=True)
-            for _ in range(6):
-                p.grad = torch.randn(8, 64, generator=gen).to(torch.bfloat16)
-                opt.step()
-            results[backend_name] = (p.detach().float() + opt.state[p]["kahan_comp"].float(),
-                                     opt.state[p]["kahan_comp"].clone())
-        finally:
-            torch.ops.holocron.set_cpu_capability(before)
+    for capability in ("auto", "reference"):
+        backend(capability)
+        gen = torch.Generator().manual_seed(8)
+        p = (1 + 0.3 * torch.rand(8, 64, generator=gen)).to(torch.bfloat16).requires_grad_()
+        opt = ho.AdamP([p], lr=1e-3, delta=5.0, channel_projection=True, kahan_summation=True)
+        for _ in range(6):
+            p.grad = torch.randn(8, 64, generator=gen).to(torch.bfloat16)
+            opt.step()
+        results[capability] = (p.detach().float() + opt.state[p]["kahan_comp"].float(),
+                               opt.state[p]["kahan_comp"].clone())
     torch.testing.assert_close(results["auto"][0], results["reference"][0], rtol=0, atol=1e-4)
     assert (results["auto"][1] != 0).any(dim=1).all()
 

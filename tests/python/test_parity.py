@@ -14,20 +14,10 @@ from _harness import ALGOS, TOL, Case, assert_close, assert_states_close, ref_st
 SEEDS = (0, 1, 2, 3)
 
 
-@pytest.fixture(params=["fused", "reference"])
-def backend(request):
-    """Both backends of the functional layer: the fused CPU kernels (the
-    default) and the ATen reference path."""
-    before = torch.ops.holocron.cpu_capability()
-    torch.ops.holocron.set_cpu_capability("auto" if request.param == "fused" else "reference")
-    yield request.param
-    torch.ops.holocron.set_cpu_capability(before)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", ALGOS)
-def test_parity_with_reference(name, seed, dtype, backend):
+def test_parity_with_reference(name, seed, dtype, fused_or_reference):
     case = Case(name, seed)
     ours, ours_p, refo, ref_p = run_lockstep(case, dtype)
     rtol = TOL[dtype]

@@ -22,14 +22,6 @@ PRECISION_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STEPS = 16
 
 
-@pytest.fixture(params=["fused", "reference"])
-def backend(request):
-    before = torch.ops.holocron.cpu_capability()
-    torch.ops.holocron.set_cpu_capability("auto" if request.param == "fused" else "reference")
-    yield request.param
-    torch.ops.holocron.set_cpu_capability(before)
-
-
 def _round_(tensor: torch.Tensor, dtype: torch.dtype) -> None:
     tensor.copy_(tensor.to(dtype))
 
@@ -76,7 +68,7 @@ CASES = [
                          ids=[f"{str(d).removeprefix('torch.')}-{p}" for d, p, _, _ in CASES])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("name", ALGOS)
-def test_matches_the_reference_with_rounded_state(name, seed, param_dtype, precision, rtol, state_rtol, backend):
+def test_matches_the_reference_with_rounded_state(name, seed, param_dtype, precision, rtol, state_rtol, fused_or_reference):
     ours, ours_p, refo, ref_p, buffers = _lockstep(name, seed, param_dtype, precision)
     want = PRECISION_DTYPE[precision]
     for i, (p, q) in enumerate(zip(ours_p, ref_p)):
@@ -302,7 +294,7 @@ def _round_state_of(opt, dtype):
     # weights does not.
     if not (wrapper == "Scout" and param_dtype == torch.bfloat16)
 ])
-def test_wrappers_keep_their_tensors_in_the_bases_precision(wrapper, base, param_dtype, precision, backend):
+def test_wrappers_keep_their_tensors_in_the_bases_precision(wrapper, base, param_dtype, precision, fused_or_reference):
     """Lookahead's slow weights and Scout's statistics follow the base's state_precision. A run
     equals the run in the math type whose base state, slow weights and statistics are rounded to
     the state's dtype after each step, and whose weights are rounded to theirs (after a sync, the
