@@ -238,6 +238,16 @@ bool OptimizerBase::group_kahan_summation(size_t group_index) const {
   return kahan_summation(group.has_options() ? group.options() : *defaults_);
 }
 
+namespace {
+bool is_compensation(const char* buffer) { return std::strcmp(buffer, detail::kKahanCompensation) == 0; }
+
+// The dtype state buffer `buffer` of `param` keeps: a Kahan compensation its parameter's, any other
+// the one its group's state precision says.
+at::ScalarType buffer_dtype(const char* buffer, StatePrecision precision, const at::Tensor& param) {
+  return is_compensation(buffer) ? param.scalar_type() : state_dtype(precision, param);
+}
+}  // namespace
+
 std::vector<torch::Tensor> OptimizerBase::kahan_compensation(const std::vector<torch::Tensor>& params) const {
   std::map<const c10::TensorImpl*, bool> compensated;
   for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
@@ -255,7 +265,7 @@ std::vector<torch::Tensor> OptimizerBase::kahan_compensation(const std::vector<t
       continue;
     }
     visit_fields(*state->second, [&](const char* name, const torch::Tensor& t) {
-      if (std::strcmp(name, detail::kKahanCompensation) == 0) out[i] = t;
+      if (is_compensation(name)) out[i] = t;
     }, [](const char*, int64_t) {});
   }
   return out;
@@ -276,8 +286,8 @@ void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& st
                 " in group ", group_index, " is ", value, "; counters cannot be negative");
   };
   visit_fields(state, [&](const char* buffer, const torch::Tensor& t) {
-    const bool compensation = std::strcmp(buffer, detail::kKahanCompensation) == 0;
-    const auto dtype = compensation ? param.scalar_type() : state_dtype(precision, param);
+    const bool compensation = is_compensation(buffer);
+    const auto dtype = buffer_dtype(buffer, precision, param);
     TORCH_CHECK(t.sizes().equals(param.sizes()),
                 name(), ": state '", buffer, "' of parameter ", param_index, " in group ",
                 group_index, " has shape ", t.sizes(), " but the parameter has shape ",
@@ -489,16 +499,14 @@ void OptimizerBase::load(torch::serialize::InputArchive& archive) {
       // Buffers come back on the CPU; they live beside their parameter, in the dtype its group
       // keeps (a checkpoint's state of another precision is converted; any other dtype is
       // refused below).
-      const auto dtype = state_dtype(precision, p);
       visit_fields(
           *state,
           [&](const char* buffer, const torch::Tensor& t) {
             const auto convertible = t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
                                      t.scalar_type() == at::kBFloat16;
-            // A Kahan compensation keeps its parameter's dtype whatever the state's precision.
-            const auto wanted = std::strcmp(buffer, detail::kKahanCompensation) == 0 ? p.scalar_type() : dtype;
             // A freshly read state owns its tensors: move them in place.
-            const_cast<torch::Tensor&>(t) = convertible ? t.to(p.device(), wanted) : t.to(p.device());
+            const_cast<torch::Tensor&>(t) =
+                convertible ? t.to(p.device(), buffer_dtype(buffer, precision, p)) : t.to(p.device());
           },
           [](const char*, int64_t) {});
       check_state_fits(*state, p, precision, gi, pi);
