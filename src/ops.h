@@ -125,6 +125,9 @@ class Arguments {
                        : scaling_of(optional_tensor("grad_scale"), optional_tensor("found_inf"));
     if (schema_.argumentIndexWithName("maximize")) scaling.maximize = flag("maximize");
     if (schema_.argumentIndexWithName("kahan_comps")) scaling.compensation = compensation();
+    if (schema_.argumentIndexWithName("state_absmax")) {
+      scaling.state_absmax = optional_tensors("state_absmax").value_or(std::vector<at::Tensor>{});
+    }
     return scaling;
   }
   F::Sharding sharding(TensorList params) const {
@@ -196,6 +199,9 @@ void implement_meta(torch::Library& library, const char* schema);
 // Kahan-compensated weights (GradScaling::compensation): one per parameter, a tensor without
 // elements where its weight is not compensated (Arguments::compensation).
 #define HOLOCRON_KAHAN "Tensor(k!)[]? kahan_comps=None"
+// 8-bit state (GradScaling::state_absmax): the scales of the uint8 state tensors, in the order of
+// the op's state lists.
+#define HOLOCRON_BLOCKWISE "Tensor(q!)[]? state_absmax=None"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

@@ -160,18 +160,36 @@ def betas(count_in_words: str | None = None) -> Callable[[str, Any, Option], Any
 
 # What `state_precision` names: the dtype of a group's per-element state buffers (None: each
 # parameter's own). Step counters, trust ratios and TAdam's W_t keep the parameter's dtype.
-STATE_PRECISIONS: dict[str, torch.dtype | None] = {"param": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+# "8bit" keeps the moments of tensors of BLOCKWISE_MIN_NUMEL elements or more as 8-bit block-wise
+# codes (Buffer.signed), and everything else of the state in float32.
+STATE_PRECISIONS: dict[str, torch.dtype | None] = {
+    "param": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "8bit": torch.float32}
 # The dtypes state may have besides its parameter's (what the ops take).
 LEAN_DTYPES = (torch.float32, torch.bfloat16)
+# Smaller tensors keep float32 moments under "8bit" (bitsandbytes' rule): their scales would
+# cost more than the codes save, and they are often the most sensitive (norms, biases).
+BLOCKWISE_MIN_NUMEL = 4096
+# Elements per block of codes, each with one float32 scale (`<name>_absmax` in the state).
+BLOCKWISE_BLOCK = 256
+ABSMAX_SUFFIX = "_absmax"
 
 
 def state_precision(name: str, value: Any, option: Option) -> str:
     """One of STATE_PRECISIONS' names."""
     if not isinstance(value, str) or value not in STATE_PRECISIONS:
-        later = " (8-bit state is not available yet)" if value == "8bit" else ""
         raise ValueError(f"{name}: state_precision must be one of {', '.join(map(repr, STATE_PRECISIONS))}, "
-                         f"got {value!r}{later}")
+                         f"got {value!r}")
     return value
+
+
+def blockwise_codes_of(values: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`values` as 8-bit codes (the values' shape, contiguous) and their float32 scales."""
+    codes, absmax = ops.quantize_blockwise(values.detach(), signed)
+    return codes.contiguous(), absmax
+
+
+def blockwise_blocks(numel: int) -> int:
+    return (numel + BLOCKWISE_BLOCK - 1) // BLOCKWISE_BLOCK
 
 
 state_precision.checks_groups = True  # type: ignore[attr-defined]
@@ -200,6 +218,10 @@ class Buffer(NamedTuple):
     # Made by the algorithm's own step (LARS' momentum starts as the first
     # direction) rather than as zeros before it.
     made_by_step: bool = False
+    # Under state_precision "8bit": kept as codes through the signed map (a first moment, a
+    # momentum) or the unsigned one (a second moment, its running max); None: kept in float32
+    # (Adan's previous gradient). The op's C++ function states the same per list.
+    signed: bool | None = None
 
     def exists_in(self, group: dict[str, Any]) -> bool:
         return self.exists is None or bool(self.exists(group))
@@ -265,6 +287,8 @@ class FusedStep:
             cls._has_state_precision = any(o.name == "state_precision" for o in cls._options)
             cls._has_kahan_summation = any(o.name == "kahan_summation" for o in cls._options)
         cls._all_buffers = tuple(b.name for b in cls._state_buffers)
+        cls._buffer_maps = {b.name: b.signed for b in cls._state_buffers}
+        cls._coded_keys = tuple(b.name for b in cls._state_buffers if b.signed is not None)
         cls._required_state_keys = ("step",) * cls._counts_steps + cls._scalar_state
         # A load requires the group options among these (torch.optim's base may add
         # others to `defaults`, such as `differentiable`, which saved groups need not hold).
@@ -288,6 +312,53 @@ class FusedStep:
         """A new state buffer of `p` in this group: zeros of `p`'s shape, layout and device, in
         the group's state dtype."""
         return torch.zeros_like(p, dtype=self._state_dtype(group) or p.dtype, memory_format=torch.preserve_format)
+
+    def _make_buffer(self, state: dict[str, Any], name: str, group: dict[str, Any], p: torch.Tensor) -> list[str]:
+        """Puts a new buffer `name` of `p` (zeros) into `state`: codes of zeros and their scales
+        (`<name>_absmax`) where the group keeps it as 8-bit codes, else `_zero_buffer`; returns
+        the keys added."""
+        signed = self._coded(group, name, p)
+        if signed is None:
+            state[name] = self._zero_buffer(group, p)
+            return [name]
+        state[name], state[name + ABSMAX_SUFFIX] = blockwise_codes_of(torch.zeros(p.shape, device=p.device), signed)
+        return [name, name + ABSMAX_SUFFIX]
+
+    def _blockwise(self, group: dict[str, Any]) -> bool:
+        """Whether this group keeps 8-bit state."""
+        return self._has_state_precision and self._precision(group) == "8bit"
+
+    def _coded(self, group: dict[str, Any], name: str, p: torch.Tensor) -> bool | None:
+        """The map (True: signed) through which this group keeps `p`'s buffer `name` as 8-bit
+        codes; None where it keeps it as floats (no 8-bit state, a buffer that is not a moment,
+        a tensor of fewer than BLOCKWISE_MIN_NUMEL elements)."""
+        if not self._blockwise(group):
+            return None
+        signed = self._buffer_maps.get(name)
+        if signed is None or p.numel() < BLOCKWISE_MIN_NUMEL:
+            return None
+        if distributed.is_dtensor(p) or (distributed.flat_layouts_exist and distributed.flat_layout(p) is not None):
+            raise NotImplementedError(
+                f"{type(self).__name__}: state_precision='8bit' keeps block-wise codes of whole local tensors; "
+                "sharded parameters (DTensor, FSDP2) and DeepSpeed's flat partitions are not supported yet: "
+                "use 'bfloat16' state there")
+        return signed
+
+    def _blockwise_scales(self, group: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The op's `state_absmax` keyword: the scales of every buffer held as codes, in the order
+        of the op's state lists (the declared buffers'), parameter by parameter; nothing when none
+        is."""
+        # Other groups hold no codes: their step checked that (validate_group) when the buffers
+        # were new, and when the precision changed.
+        if not self._blockwise(group):
+            return {}
+        scales = []
+        for key in self._coded_keys:
+            for state in states:
+                codes = state.get(key)
+                if isinstance(codes, torch.Tensor) and codes.dtype is torch.uint8:
+                    scales.append(state[key + ABSMAX_SUFFIX])
+        return {"state_absmax": scales} if scales else {}
 
     # Whether the class takes `kahan_summation` (set from `_options`).
     _has_kahan_summation = False
@@ -436,6 +507,8 @@ class FusedStep:
                         owners.append(index)
                 if "step" in state:
                     steps.append(step_count(state["step"]) + 1)
+        if self._blockwise(group) or any(getattr(b, "dtype", None) is torch.uint8 for b in buffers):
+            buffers, owners = self._check_codes(group, params, states, keys, buffers, owners)
         if distributed.any_dtensor(params):
             grads = [distributed.grad_like(g, p) for g, p in zip(grads, params)]
         name = type(self).__name__
@@ -445,6 +518,46 @@ class FusedStep:
                 state_dtype=self._state_dtype(group)),
             params, grads, buffers, owners, steps
         )
+
+    def _check_codes(self, group: dict[str, Any], params: list[torch.Tensor], states: list[dict[str, Any] | None],
+                     keys: list[str], buffers: list[Any], owners: list[int]) -> tuple[list[Any], list[int]]:
+        """8-bit state, checked where validate_group cannot see it: each buffer this group keeps
+        as codes must be uint8 codes of its parameter's shape, contiguous, with scales
+        (`<name>_absmax`: float32, one per block, on its device); codes anywhere else are refused.
+        Returns the other buffers and their owners, for validate_group."""
+        name = type(self).__name__
+        kept, kept_owners = [], []
+        for buffer, owner in zip(buffers, owners):
+            p, state = params[owner], states[owner] or {}
+            key = next((k for k in keys if state.get(k) is buffer), None)
+            signed = self._coded(group, key, p) if key is not None else None
+            is_codes = getattr(buffer, "dtype", None) is torch.uint8
+            if signed is None and not is_codes:
+                kept.append(buffer)
+                kept_owners.append(owner)
+                continue
+            where = f"{name}: state '{key}' of parameter {owner} of its group"
+            if signed is None:
+                raise ValueError(f"{where} holds 8-bit codes, but its group keeps it as floats (state_precision="
+                                 f"{self._precision(group)!r}; codes are kept for moments of tensors of at least "
+                                 f"{BLOCKWISE_MIN_NUMEL} elements under '8bit'); load a checkpoint to convert it")
+            if not is_codes:
+                raise ValueError(f"{where} has dtype {getattr(buffer, 'dtype', type(buffer).__name__)}, but its "
+                                 "group's state_precision '8bit' keeps it as uint8 codes; load a checkpoint to "
+                                 "convert it")
+            absmax = state.get(key + ABSMAX_SUFFIX)
+            blocks = blockwise_blocks(p.numel())
+            if buffer.shape != p.shape or not buffer.is_contiguous() or buffer.device != p.device:
+                raise ValueError(f"{where}: its codes ({tuple(buffer.shape)} on {buffer.device}, contiguous: "
+                                 f"{buffer.is_contiguous()}) must be contiguous, of its parameter's shape "
+                                 f"{tuple(p.shape)} on {p.device}")
+            if (not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32 or absmax.shape != (blocks,)
+                    or not absmax.is_contiguous() or absmax.device != p.device):
+                raise ValueError(f"{where}: its scales '{key}{ABSMAX_SUFFIX}' "
+                                 f"({getattr(absmax, 'dtype', type(absmax).__name__)} "
+                                 f"{tuple(getattr(absmax, 'shape', ()))}) must be a contiguous float32 tensor of "
+                                 f"{blocks} elements (one per block of {BLOCKWISE_BLOCK}) on {p.device}")
+        return kept, kept_owners
 
     # torch.amp.GradScaler hands such optimizers its scale and found_inf
     # (attributes `grad_scale` and `found_inf`) instead of unscaling the
@@ -582,8 +695,7 @@ class FusedStep:
                         self._init_state(state, p, group)
                     for key in keys:
                         if key not in state:
-                            state[key] = self._zero_buffer(group, p)
-                            added.append((state, key))
+                            added += [(state, made) for made in self._make_buffer(state, key, group, p)]
             added += self._make_compensation(group, params, states)
             try:
                 self._apply(group, params, grads, states)
@@ -715,7 +827,7 @@ class FusedStep:
         """Buffers made, and the step counter as a tensor."""
         for key in self._buffers(group):
             if key not in state:
-                state[key] = self._zero_buffer(group, p)
+                self._make_buffer(state, key, group, p)
         self._make_compensation(group, [p], [state])
         if "step" in state and not isinstance(state["step"], torch.Tensor):
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
@@ -848,13 +960,17 @@ class FusedStep:
                 raise ValueError(f"{name}: the state of parameter {key} lacks {', '.join(missing)}")
             for buffer_name in (k for k in self._all_buffers if k in state):
                 buffer = state[buffer_name]
+                codes = isinstance(buffer, torch.Tensor) and buffer.dtype is torch.uint8
+                if codes and self._buffer_maps.get(buffer_name) is not None:
+                    self._check_loaded_codes(key, p, buffer_name, buffer, state.get(buffer_name + ABSMAX_SUFFIX))
+                    continue
                 if (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape
                         or buffer.dtype not in (p.dtype, *LEAN_DTYPES)):
                     raise ValueError(
                         f"{name}: state '{buffer_name}' of parameter {key} "
                         f"({tuple(getattr(buffer, 'shape', ()))}, {getattr(buffer, 'dtype', type(buffer))}) "
                         f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may also be float32 "
-                        "or bfloat16)"
+                        "or bfloat16, or 8-bit codes of a moment with their scales)"
                     )
             comp = state.get("kahan_comp")
             if comp is not None and (not isinstance(comp, torch.Tensor) or comp.shape != p.shape
@@ -866,12 +982,20 @@ class FusedStep:
         # Each group's precision, kept; the buffers whose saved dtype torch.optim's cast would not
         # leave as the group keeps them, converted from the saved values once it has loaded.
         precisions = [group.get("state_precision") for group in self.param_groups]  # type: ignore[attr-defined]
-        wanted = {id(p): dtype for group in self.param_groups  # type: ignore[attr-defined]
-                  if (dtype := self._state_dtype(group)) is not None for p in group["params"]}
-        conversions = [(p, buffer_name, state[buffer_name], wanted[id(p)])
-                       for key, state in state_dict.get("state", {}).items()
-                       if (p := by_id.get(key)) is not None and id(p) in wanted and wanted[id(p)] != p.dtype
-                       for buffer_name in self._all_buffers if buffer_name in state]
+        group_of = {id(p): group for group in self.param_groups for p in group["params"]}  # type: ignore[attr-defined]
+        conversions = []
+        for key, state in state_dict.get("state", {}).items():
+            p = by_id.get(key)
+            if p is None:
+                continue
+            group = group_of[id(p)]
+            wanted = self._state_dtype(group) or p.dtype
+            for buffer_name in (k for k in self._all_buffers if k in state):
+                saved = state[buffer_name]
+                signed = self._coded(group, buffer_name, p)
+                if signed is not None or saved.dtype is torch.uint8 or wanted != p.dtype:
+                    conversions.append((p, buffer_name, saved, state.get(buffer_name + ABSMAX_SUFFIX), signed,
+                                        wanted))
         pre_hooks = self._optimizer_load_state_dict_pre_hooks  # type: ignore[attr-defined]
         post_hooks = self._optimizer_load_state_dict_post_hooks  # type: ignore[attr-defined]
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
@@ -883,13 +1007,47 @@ class FusedStep:
         for group, precision in zip(self.param_groups, precisions):  # type: ignore[attr-defined]
             if precision is not None:
                 group["state_precision"] = precision
-        for p, buffer_name, saved, dtype in conversions:
-            self.state[p][buffer_name] = saved.to(device=p.device, dtype=dtype)  # type: ignore[attr-defined]
+        for p, buffer_name, saved, saved_absmax, signed, dtype in conversions:
+            self._convert_loaded(self.state[p], p, buffer_name, saved, saved_absmax, signed, dtype)  # type: ignore[attr-defined]
         # The buffers just replaced go now, not at the next step.
         self.__dict__.pop("_pinned", None)
         self.__dict__.pop("_trust_ratio_targets", None)
         for post_hook in post_hooks.values():
             post_hook(self)
+
+    def _check_loaded_codes(self, key: Any, p: torch.Tensor, buffer_name: str, codes: torch.Tensor,
+                            absmax: Any) -> None:
+        """A saved buffer of 8-bit codes: its parameter's shape, with fitting scales."""
+        name = type(self).__name__
+        blocks = blockwise_blocks(p.numel())
+        if codes.shape != p.shape:
+            raise ValueError(f"{name}: state '{buffer_name}' of parameter {key} ({tuple(codes.shape)}, uint8 codes) "
+                             f"does not fit the parameter ({tuple(p.shape)}, {p.dtype})")
+        if (not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32 or absmax.shape != (blocks,)):
+            raise ValueError(
+                f"{name}: state '{buffer_name}' of parameter {key} holds 8-bit codes, but its scales "
+                f"'{buffer_name}{ABSMAX_SUFFIX}' ({getattr(absmax, 'dtype', type(absmax).__name__)} "
+                f"{tuple(getattr(absmax, 'shape', ()))}) are not a float32 tensor of {blocks} elements "
+                f"(one per block of {BLOCKWISE_BLOCK})")
+
+    def _convert_loaded(self, state: dict[str, Any], p: torch.Tensor, buffer_name: str, saved: torch.Tensor,
+                        saved_absmax: torch.Tensor | None, signed: bool | None, dtype: torch.dtype) -> None:
+        """A loaded buffer as its group keeps it, from the values saved (torch.optim's load cast
+        them to the parameter's dtype, codes and scales included): codes with their scales where
+        the group keeps 8-bit codes (encoded from a float buffer), else floats of `dtype`
+        (decoded from codes)."""
+        if saved.dtype is torch.uint8:
+            if signed is not None:
+                state[buffer_name] = saved.to(device=p.device).contiguous()
+                state[buffer_name + ABSMAX_SUFFIX] = saved_absmax.to(device=p.device).contiguous()  # type: ignore[union-attr]
+                return
+            values = ops.dequantize_blockwise(saved.contiguous(), saved_absmax, self._buffer_maps[buffer_name])
+            saved = values.to(device=p.device)
+        state.pop(buffer_name + ABSMAX_SUFFIX, None)
+        if signed is not None:
+            state[buffer_name], state[buffer_name + ABSMAX_SUFFIX] = blockwise_codes_of(saved.to(p.device), signed)
+        else:
+            state[buffer_name] = saved.to(device=p.device, dtype=dtype)
 
     def _check_loaded_groups(self, saved_groups: list[dict[str, Any]]) -> None:
         """The groups a load would install, validated as the constructor and every step validate
@@ -925,6 +1083,8 @@ class FusedStep:
     # per-element buffer a state may hold, and what a (non-empty) state must
     # hold for the next step (missing buffers are made then).
     _all_buffers: tuple[str, ...] = ()
+    _buffer_maps: dict[str, bool | None] = {}
+    _coded_keys: tuple[str, ...] = ()
     _required_state_keys: tuple[str, ...] = ("step",)
     _constructor_options: tuple[str, ...] = ()
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import (Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
+from ._base import (ABSMAX_SUFFIX, Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
                     learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count,
                     types_of)
 from . import _distributed as distributed
@@ -20,8 +20,8 @@ from ._library import ops
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
 
 # Adam's moments, and the running max of the second with amsgrad.
-_ADAM_BUFFERS = (Buffer("exp_avg"), Buffer("exp_avg_sq"),
-                 Buffer("max_exp_avg_sq", exists=lambda group: group.get("amsgrad", False)))
+_ADAM_BUFFERS = (Buffer("exp_avg", signed=True), Buffer("exp_avg_sq", signed=False),
+                 Buffer("max_exp_avg_sq", exists=lambda group: group.get("amsgrad", False), signed=False))
 
 
 def _scale_clip(when_none: tuple[float, float] | None) -> Any:
@@ -143,7 +143,8 @@ class LARS(FusedStep, Optimizer):
         _DECOUPLED,
         _STATE_PRECISION, _KAHAN,
     )
-    _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True),)
+    _state_buffers = (Buffer("momentum_buffer", exists=lambda group: group["momentum"] != 0, made_by_step=True,
+                             signed=True),)
     _counts_steps = False
     # Where a group holds no trust_on_gradient (classes without that option: timm's Lars).
     _trust_on_gradient = False
@@ -155,7 +156,7 @@ class LARS(FusedStep, Optimizer):
             for p, state in zip(params, states):
                 is_new.append("momentum_buffer" not in state)
                 if is_new[-1]:
-                    state["momentum_buffer"] = self._zero_buffer(group, p)
+                    self._make_buffer(state, "momentum_buffer", group, p)
                 buffers.append(state["momentum_buffer"])
         try:
             distributed.call(
@@ -167,13 +168,14 @@ class LARS(FusedStep, Optimizer):
                 always_adapt=group["always_adapt"],
                 trust_on_gradient=group.get("trust_on_gradient", self._trust_on_gradient),
                 grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-                **self._compensation(group, params, states),
+                **self._compensation(group, params, states), **self._blockwise_scales(group, states),
                 decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), sums=True,
             )
         except Exception:
             for state, new in zip(states, is_new):
                 if new:
                     del state["momentum_buffer"]
+                    state.pop("momentum_buffer" + ABSMAX_SUFFIX, None)
             raise
 
 
@@ -268,7 +270,7 @@ class LAMB(FusedStep, Optimizer):
         Option("max_lr", None, positive_or_none("max_lr"), range="(0, inf)", added_later=True),
         _STATE_PRECISION, _KAHAN,
     )
-    _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
+    _state_buffers = (Buffer("exp_avg", signed=True), Buffer("exp_avg_sq", signed=False))
     _keeps_trust_ratios = True
     # The group keys of decoupled weight decay and of the corrected decay's peak lr (timm's Lamb
     # calls them decoupled_decay and max_lr_snapshot).
@@ -328,7 +330,7 @@ class LAMB(FusedStep, Optimizer):
             trust_clip=group["trust_clip"], always_adapt=self._always_adapt(group),
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)), caution=bool(group["caution"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._clipping(group),
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if counters:
@@ -399,7 +401,7 @@ class RaLars(FusedStep, Optimizer):
         _DECOUPLED,
         _STATE_PRECISION, _KAHAN,
     )
-    _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_sq"))
+    _state_buffers = (Buffer("exp_avg", signed=True), Buffer("exp_avg_sq", signed=False))
     _keeps_trust_ratios = True
 
     def _apply(self, group, params, grads, states) -> None:
@@ -418,7 +420,7 @@ class RaLars(FusedStep, Optimizer):
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **counters, **self._ratio_targets(group, params, states), sums=True,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters, **self._ratio_targets(group, params, states), sums=True,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         if record:
@@ -541,7 +543,7 @@ class TAdam(FusedStep, Optimizer):
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **counters, sums=True,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters, sums=True,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         self._commit_steps(states, steps)
@@ -669,7 +671,7 @@ class AdaBelief(_AdamLike):
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **counters,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters,
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
             rectify=bool(group.get("rectify", False)), degenerated_to_sgd=bool(group.get("degenerated_to_sgd", True)),
             fixed_decay=bool(group.get("fixed_decay", False)), eps_in_variance=bool(group.get("eps_in_variance", False)),
@@ -774,7 +776,7 @@ class AdamP(_AdamLike):
             amsgrad=bool(group.get("amsgrad", False)),
             delta=float(group["delta"] if self._delta_in_groups else self.delta),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **counters, sums=True,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters, sums=True,
             decoupled_weight_decay=True if self._decoupled_key is None else bool(group.get(self._decoupled_key, False)),
             nesterov=bool(group.get("nesterov", False)), wd_ratio=float(group.get("wd_ratio", 1.0)),
             channel_projection=bool(group.get("channel_projection", False)),
@@ -855,8 +857,10 @@ class Adan(FusedStep, Optimizer):
     """
 
     _state_buffers = (
-        Buffer("exp_avg"), Buffer("exp_avg_sq"), Buffer("exp_avg_delta"),
-        Buffer("max_exp_avg_delta", exists=lambda group: group.get("amsgrad", False)), Buffer("prev_grad"),
+        # exp_avg_sq holds the gradients' differences' moment (signed), exp_avg_delta the squares'.
+        Buffer("exp_avg", signed=True), Buffer("exp_avg_sq", signed=True), Buffer("exp_avg_delta", signed=False),
+        Buffer("max_exp_avg_delta", exists=lambda group: group.get("amsgrad", False), signed=False),
+        Buffer("prev_grad"),
     )
 
     _options = (_LR, Option("betas", (0.98, 0.92, 0.99), betas("three"), range="[0, 1)"), _EPS, _WEIGHT_DECAY, _AMSGRAD,
@@ -877,7 +881,7 @@ class Adan(FusedStep, Optimizer):
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **counters,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", self._decoupled_default)),
             no_prox=bool(group["no_prox"]), **self._clipping(group), caution=bool(group["caution"]),
             sums=bool(group["caution"]),
@@ -947,7 +951,8 @@ class AdEMAMix(FusedStep, Optimizer):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
     """
 
-    _state_buffers = (Buffer("exp_avg"), Buffer("exp_avg_slow"), Buffer("exp_avg_sq"))
+    _state_buffers = (Buffer("exp_avg", signed=True), Buffer("exp_avg_slow", signed=True),
+                      Buffer("exp_avg_sq", signed=False))
 
     _options = (_LR, Option("betas", (0.9, 0.999, 0.9999), betas(), range="[0, 1)"),
                 Option("alpha", 5.0, finite("alpha"), range="(-inf, inf)"), _EPS, _WEIGHT_DECAY, _MAXIMIZE,
@@ -964,7 +969,7 @@ class AdEMAMix(FusedStep, Optimizer):
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **counters,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
             t_alpha=group["t_alpha"], t_beta3=group["t_beta3"], caution=bool(group["caution"]),
             sums=bool(group["caution"]),

@@ -105,6 +105,10 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
                 TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps,
                 const AdaBeliefHyper& h, const GradScaling& scaling) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("AdaBelief", {{"exp_avgs", exp_avgs, true},
+                                                     {"exp_avg_sqs", exp_avg_sqs, false},
+                                                     {"max_exp_avg_sqs", if_used(h.amsgrad, max_exp_avg_sqs), false}}, scaling);
   check_group("AdaBelief", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdaBelief", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
@@ -219,7 +223,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, "
-    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ") -> ()",
+    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

@@ -334,6 +334,10 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
             TensorList max_exp_avg_sqs, c10::ArrayRef<int64_t> steps, const AdamPHyper& h,
             const GradScaling& scaling, const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("AdamP", {{"exp_avgs", exp_avgs, true},
+                                                 {"exp_avg_sqs", exp_avg_sqs, false},
+                                                 {"max_exp_avg_sqs", if_used(h.amsgrad, max_exp_avg_sqs), false}}, scaling);
   check_group("AdamP", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("AdamP", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("AdamP", steps, params.size());
@@ -522,7 +526,7 @@ HOLOCRON_OPTIM_OP(
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
      ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
-    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ") -> ()",
+    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

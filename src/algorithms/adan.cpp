@@ -81,6 +81,11 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
            c10::ArrayRef<int64_t> steps, const AdanHyper& h, const GradScaling& scaling,
            const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("Adan", {{"exp_avgs", exp_avgs, true},
+                                                {"exp_avg_sqs", exp_avg_sqs, true},
+                                                {"exp_avg_deltas", exp_avg_deltas, false},
+                                                {"max_exp_avg_deltas", if_used(h.amsgrad, max_exp_avg_deltas), false}}, scaling);
   check_group("Adan", params, grads,
               {{"prev_grads", prev_grads},
                {"exp_avgs", exp_avgs},
@@ -220,7 +225,7 @@ HOLOCRON_OPTIM_OP(
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
     ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING
-    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ") -> ()",
+    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

@@ -102,6 +102,10 @@ void ademamix_(TensorList params, TensorList grads, TensorList exp_avgs,
                TensorList exp_avgs_slow, TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps,
                const AdEMAMixHyper& h, const GradScaling& scaling, const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("AdEMAMix", {{"exp_avgs", exp_avgs, true},
+                                                    {"exp_avgs_slow", exp_avgs_slow, true},
+                                                    {"exp_avg_sqs", exp_avg_sqs, false}}, scaling);
   check_group("AdEMAMix", params, grads,
               {{"exp_avgs", exp_avgs}, {"exp_avgs_slow", exp_avgs_slow}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("AdEMAMix", steps, params.size());
@@ -225,7 +229,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "
-    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ") -> ()",
+    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -110,6 +110,9 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
                           TensorList exp_avg_sqs, c10::ArrayRef<int64_t> steps, const LambHyper& h,
                           const GradScaling& scaling, const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("LAMB", {{"exp_avgs", exp_avgs, true},
+                                                {"exp_avg_sqs", exp_avg_sqs, false}}, scaling);
   check_group("LAMB", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("LAMB", steps, params.size());
   check_sharding("LAMB", sharding, params);
@@ -314,7 +317,7 @@ HOLOCRON_OPTIM_OP(
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
     "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ") -> Tensor",
+    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

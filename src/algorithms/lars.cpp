@@ -84,6 +84,8 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
                           c10::ArrayRef<bool> buffer_is_new, const LarsHyper& h,
                           const GradScaling& scaling, const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("LARS", {{"momentum_buffers", if_used(h.momentum != 0.0, momentum_buffers), true}}, scaling);
   const bool with_momentum = h.momentum != 0.0;
   if (with_momentum) {
     check_group("LARS", params, grads, {{"momentum_buffers", momentum_buffers}});
@@ -263,7 +265,7 @@ HOLOCRON_OPTIM_OP(
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
-    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ") -> Tensor",
+    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

@@ -59,6 +59,9 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
                             const RaLarsHyper& h, const GradScaling& scaling,
                             const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("RaLars", {{"exp_avgs", exp_avgs, true},
+                                                  {"exp_avg_sqs", exp_avg_sqs, false}}, scaling);
   check_group("RaLars", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   check_steps("RaLars", steps, params.size());
   check_sharding("RaLars", sharding, params);
@@ -182,7 +185,7 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ") -> Tensor",
+    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> Tensor",
     &ralars)
 
 }  // namespace holocron::optim::ops

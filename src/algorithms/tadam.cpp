@@ -72,6 +72,10 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
             c10::ArrayRef<int64_t> steps, const TAdamHyper& h, const GradScaling& scaling,
             const Sharding& sharding) {
   check(h);
+  // 8-bit codes are taken for the moments (signed maps for the signed ones).
+  const BlockwiseState blockwise_state("TAdam", {{"exp_avgs", exp_avgs, true},
+                                                 {"exp_avg_sqs", exp_avg_sqs, false},
+                                                 {"max_exp_avg_sqs", if_used(h.amsgrad, max_exp_avg_sqs), false}}, scaling);
   check_group("TAdam", params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
   if (h.amsgrad) check_group("TAdam", params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}});
   check_steps("TAdam", steps, params.size());
@@ -233,7 +237,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
     &tadam)
 
 }  // namespace holocron::optim::ops

@@ -19,11 +19,15 @@ void check_fits(const char* optimizer, const char* what, size_t index, const at:
   TORCH_CHECK(t.sizes().equals(param.sizes()), optimizer, ": ", what, "[", index,
               "] has shape ", t.sizes(), " but its parameter has shape ", param.sizes());
   // State may also be float32 or bfloat16 (lean or mixed-precision state), whatever the
-  // parameter's dtype; the math runs in the parameter's math type.
-  const bool lean = is_state && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  // parameter's dtype, or 8-bit codes where its algorithm takes them (BlockwiseState); the math
+  // runs in the parameter's math type.
+  const bool lean = is_state && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 ||
+                                 (t.scalar_type() == at::kByte && BlockwiseState::of(t).has_value()));
   TORCH_CHECK(t.scalar_type() == param.scalar_type() || lean, optimizer, ": ", what, "[", index,
-              "] has dtype ", t.scalar_type(), " but its parameter has dtype ",
-              param.scalar_type(), is_state ? " (state may also be float32 or bfloat16)" : "");
+              "] has dtype ", t.scalar_type(), " but its parameter has dtype ", param.scalar_type(),
+              is_state ? " (state may also be float32 or bfloat16, or uint8 codes with their scales in "
+                         "state_absmax where the algorithm keeps 8-bit moments)"
+                       : "");
   TORCH_CHECK(t.device() == param.device(), optimizer, ": ", what, "[", index,
               "] is on ", t.device(), " but its parameter is on ", param.device());
 }
@@ -112,6 +116,58 @@ at::Tensor CompensatedWeights::of(const at::Tensor& param) {
   return {};
 }
 
+namespace {
+thread_local const BlockwiseState* blockwise_state = nullptr;
+}  // namespace
+
+BlockwiseState::BlockwiseState(const char* optimizer, std::initializer_list<BlockwiseList> lists,
+                               const GradScaling& scaling)
+    : absmax_(scaling.state_absmax), outer_(blockwise_state) {
+  size_t next = 0;
+  for (const auto& list : lists) {
+    for (size_t i = 0; i < list.tensors.size(); ++i) {
+      const auto& codes = list.tensors[i];
+      if (!codes.defined() || codes.scalar_type() != at::kByte) continue;
+      TORCH_CHECK(next < absmax_.size(), optimizer, ": ", list.name, "[", i, "] holds 8-bit codes (uint8) but ",
+                  "state_absmax has ", absmax_.size(), " scale tensors, one per uint8 state tensor in order");
+      const auto& absmax = absmax_[next++];
+      const int64_t blocks = (codes.numel() + kQuantizationBlock - 1) / kQuantizationBlock;
+      TORCH_CHECK(codes.layout() == at::kStrided && codes.is_contiguous(), optimizer, ": the 8-bit codes ", list.name,
+                  "[", i, "] must be contiguous (blocks run in row-major order)");
+      TORCH_CHECK(absmax.defined() && absmax.scalar_type() == at::kFloat && absmax.dim() == 1 &&
+                      absmax.numel() == blocks && absmax.is_contiguous() && absmax.device() == codes.device(),
+                  optimizer, ": the scales of ", list.name, "[", i, "] (state_absmax[", next - 1, "]: ",
+                  absmax.defined() ? c10::toString(absmax.scalar_type()) : "undefined", " ",
+                  absmax.defined() ? absmax.sizes() : at::IntArrayRef{}, ") must be a contiguous float32 tensor of ",
+                  blocks, " elements (one per block of ", kQuantizationBlock, ") on ", codes.device());
+      entries_.push_back({codes.unsafeGetTensorImpl(), {absmax, list.is_signed}});
+    }
+  }
+  TORCH_CHECK(next == absmax_.size(), optimizer, ": got ", absmax_.size(), " state_absmax tensors for ", next,
+              " uint8 state tensors");
+  std::sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) { return a.codes < b.codes; });
+  for (size_t k = 1; k < entries_.size(); ++k) {
+    TORCH_CHECK(entries_[k].codes != entries_[k - 1].codes, optimizer, ": one uint8 state tensor is passed twice");
+  }
+  // Set even without codes: a call inside another does not see the outer call's.
+  blockwise_state = this;
+}
+
+BlockwiseState::~BlockwiseState() {
+  blockwise_state = outer_;
+  if (std::uncaught_exceptions() == 0) mark_written({absmax_});
+}
+
+std::optional<BlockwiseState::Codes> BlockwiseState::of(const at::Tensor& codes) {
+  const auto* self = blockwise_state;
+  if (self == nullptr || self->entries_.empty()) return std::nullopt;
+  const auto* impl = codes.unsafeGetTensorImpl();
+  const auto it = std::lower_bound(self->entries_.begin(), self->entries_.end(), impl,
+                                   [](const Entry& e, const c10::TensorImpl* key) { return e.codes < key; });
+  if (it == self->entries_.end() || it->codes != impl) return std::nullopt;
+  return it->scales;
+}
+
 FusedScratch& fused_scratch() {
   thread_local FusedScratch scratch;
   return scratch;
@@ -142,12 +198,13 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
     auto& slot = group.tensors[i];
     slot.dtype = dtype;
     slot.numel = p.numel();
-    // The first state tensor given sets the state dtype; the kernels take one per tensor.
+    // The first state tensor given sets the state dtype (the kernels take one per tensor), but
+    // any 8-bit codes make it Byte: their float32 neighbours are then the 8-bit build's plain arrays.
     auto state_dtype = at::ScalarType::Undefined;
     for (size_t k = 0; k < lists.size() && k < narrow; ++k) {
       if (((state >> k) & 1u) && !lists[k].empty()) {
-        state_dtype = lists[k][i].scalar_type();
-        break;
+        const auto dtype_k = lists[k][i].scalar_type();
+        if (state_dtype == at::ScalarType::Undefined || dtype_k == at::kByte) state_dtype = dtype_k;
       }
     }
     if (state_dtype != at::ScalarType::Undefined && cpu::state_slot(dtype, state_dtype) < 0) return false;
@@ -156,6 +213,14 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
     auto take = [&](TensorList list, at::ScalarType expected) {
       if (list.empty()) return true;
       const auto& t = list[i];
+      if (expected == at::kByte && t.scalar_type() == at::kByte) {
+        // Codes walk their blocks in memory order: the parameter's must be row-major too.
+        const auto blockwise = BlockwiseState::of(t);
+        if (!blockwise || !p.is_contiguous() || !blockwise->absmax.device().is_cpu()) return false;
+        slot.blockwise[j] = {&blockwise_map(blockwise->is_signed), blockwise->absmax.data_ptr<float>()};
+      } else if (expected == at::kByte) {
+        expected = at::kFloat;  // the 8-bit build's arrays without codes
+      }
       if (!t.device().is_cpu() || t.scalar_type() != expected || !t.sizes().equals(p.sizes()) ||
           !t.strides().equals(p.strides())) {
         return false;

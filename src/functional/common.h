@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "holocron/optim/functional.h"
+#include "holocron/optim/quantization.h"
 #include "kernels/cpu/pass.h"
 
 namespace holocron::optim::functional::detail {
@@ -150,6 +151,48 @@ class CompensatedWeights {
   mutable size_t cursor_ = 0;  // where the last lookup matched: lookups go in parameter order
 };
 
+// 8-bit block-wise state (GradScaling::state_absmax) of the functional call in progress on this
+// thread, while this object lives. Each algorithm's function makes one before its checks, naming
+// the state lists that may hold codes and the map each takes (signed for first moments and
+// momentum, unsigned for second moments and their maxima); the checks then take uint8 tensors
+// in those lists only, and both backends see the codes' scales: fused_group_lists
+// (TensorSlot::blockwise) and ComputeScope (decoded into the math type, encoded on commit).
+struct BlockwiseList {
+  const char* name;
+  TensorList tensors;
+  bool is_signed;
+};
+class BlockwiseState {
+ public:
+  // Pairs each uint8 tensor of `lists` (in order) with the next of `scaling.state_absmax`, and
+  // checks them: as many scales as codes; codes contiguous; scales float32, contiguous, one per
+  // block, on the codes' device.
+  BlockwiseState(const char* optimizer, std::initializer_list<BlockwiseList> lists, const GradScaling& scaling);
+  BlockwiseState(const BlockwiseState&) = delete;
+  BlockwiseState& operator=(const BlockwiseState&) = delete;
+  // Bumps the scales' version counters (the fused kernels write through raw pointers).
+  ~BlockwiseState();
+
+  struct Codes {
+    at::Tensor absmax;
+    bool is_signed = false;
+  };
+  // The scales and map of `codes` in the call in progress, or nothing where it holds no codes.
+  static std::optional<Codes> of(const at::Tensor& codes);
+
+ private:
+  struct Entry {
+    const c10::TensorImpl* codes;
+    Codes scales;
+  };
+  std::vector<Entry> entries_;  // sorted by codes
+  TensorList absmax_;
+  const BlockwiseState* outer_;
+};
+
+// The two dynamic maps as the fused kernels read them (functional/quantization.cpp).
+const kernels::cpu::QuantizationMap& blockwise_map(bool is_signed);
+
 // Tensors are updated in the parameter's math type: half and bfloat16 ones through float32
 // stand-ins written back, so the math never runs in 8 mantissa bits, and so is state of another
 // dtype than its parameter's (lean or mixed-precision state: rounded when written back).
@@ -174,11 +217,23 @@ class ComputeScope {
   // A tensor the update only reads.
   at::Tensor in(const at::Tensor& t) const {
     if (compensation_.defined() && t.is_same(weights_)) return t.to(math_).add_(compensation_.to(math_));
+    if (t.scalar_type() == at::kByte) {
+      const auto blockwise = BlockwiseState::of(t);
+      TORCH_INTERNAL_ASSERT(blockwise, "uint8 state without scales passed the checks");
+      return dequantize_blockwise(t, blockwise->absmax, blockwise->is_signed, math_);
+    }
     return t.to(math_);
   }
 
   void commit() {
     for (auto& [narrow, wide] : written_) {
+      if (narrow.scalar_type() == at::kByte) {
+        const auto blockwise = BlockwiseState::of(narrow);
+        auto encoded = quantize_blockwise(wide, blockwise->is_signed);
+        narrow.copy_(encoded.codes);
+        blockwise->absmax.copy_(encoded.absmax);
+        continue;
+      }
       narrow.copy_(wide);
       if (compensation_.defined() && narrow.is_same(weights_)) compensation_.copy_(wide.sub_(narrow.to(math_)));
     }

@@ -14,9 +14,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <tuple>
 #include <vector>
 
+#include "functional/common.h"
+#include "kernels/cpu/blockwise.h"
 #include "kernels/cpu/pass.h"
 
 namespace {
@@ -32,18 +35,9 @@ c10::SymInt blocks_of(const c10::SymInt& numel) {
 namespace holocron::optim::functional {
 namespace {
 
-// The search without a search, for the CPU: a normalized value's sign, exponent and first 7
-// mantissa bits (its top 16 bits, as a bfloat16's) pick a bucket of floats, and no bucket holds
-// more than one threshold (checked when the map is made), so the code is the bucket's first code
-// plus one comparison. Magnitudes below 2^-24 share bucket 0: every code there is that of 0.
-constexpr uint32_t kFirstBucketBits = 0x3380;  // 2^-24
-constexpr uint32_t kBuckets = 0x3F80 - kFirstBucketBits + 1;  // up to 1.0
-
-uint32_t bits_of(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
-}
+using kernels::cpu::blockwise::bucket_of;
+using kernels::cpu::blockwise::kBuckets;
+using kernels::cpu::blockwise::kFirstBucketBits;
 
 float float_of(uint32_t bits) {
   float value;
@@ -51,13 +45,8 @@ float float_of(uint32_t bits) {
   return value;
 }
 
-// The bucket of a normalized value (|y| <= 1): [0, kBuckets) for y >= +0, then the negatives.
-uint32_t bucket_of(float normalized) {
-  const uint32_t top = bits_of(normalized) >> 16;
-  const uint32_t magnitude = std::clamp<uint32_t>(top & 0x7FFF, kFirstBucketBits, 0x3F80) - kFirstBucketBits;
-  return (top >> 15) * kBuckets + magnitude;
-}
-
+// The search without a search, for the CPU (kernels/cpu/blockwise.h): a bucket per top 16 bits
+// of a normalized value, and one comparison.
 struct DynamicMap {
   at::Tensor values;  // 256, ascending
   // thresholds[k]: the smallest float32 above the exact midpoint of values k and k + 1, so that
@@ -66,11 +55,9 @@ struct DynamicMap {
   std::array<float, 256> threshold_list{};  // the thresholds, then +inf
   std::vector<uint8_t> first_code;  // per bucket: the number of thresholds <= its least value
   uint8_t zero_code = 0;
+  kernels::cpu::QuantizationMap view;  // the above, as the fused kernels read it
 
-  uint8_t encode(float normalized) const {
-    const uint8_t first = first_code[bucket_of(normalized)];
-    return static_cast<uint8_t>(first + (normalized >= threshold_list[first] ? 1 : 0));
-  }
+  uint8_t encode(float normalized) const { return kernels::cpu::blockwise::encode(view, normalized); }
 };
 
 void make_buckets(DynamicMap& map) {
@@ -93,9 +80,13 @@ void make_buckets(DynamicMap& map) {
     }
   }
   map.zero_code = static_cast<uint8_t>(count_up_to(0.0f));
+  map.view = {.values = map.values.const_data_ptr<float>(),
+              .thresholds = map.threshold_list.data(),
+              .first_code = map.first_code.data(),
+              .zero_code = map.zero_code};
 }
 
-DynamicMap make_map(bool is_signed) {
+std::unique_ptr<DynamicMap> make_map(bool is_signed) {
   // bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), operation for
   // operation in float32 (linspace, the midpoints of its bins, their product with each decade),
   // so that our codes mean what its codes mean. Its 10 ** -6 ... 10 ** 0 are correctly rounded
@@ -124,16 +115,17 @@ DynamicMap make_map(bool is_signed) {
     if (static_cast<double>(above) <= midpoint) above = std::nextafter(above, std::numeric_limits<float>::infinity());
     t[k] = above;
   }
-  DynamicMap map;
-  map.values = values;
-  map.thresholds = thresholds;
-  make_buckets(map);
+  auto map = std::make_unique<DynamicMap>();
+  map->values = values;
+  map->thresholds = thresholds;
+  make_buckets(*map);
   return map;
 }
 
 const DynamicMap& dynamic_map(bool is_signed) {
-  static const DynamicMap maps[2] = {make_map(false), make_map(true)};
-  return maps[is_signed ? 1 : 0];
+  // Never moved once made: the kernels' views point into them.
+  static const std::unique_ptr<DynamicMap> maps[2] = {make_map(false), make_map(true)};
+  return *maps[is_signed ? 1 : 0];
 }
 
 
@@ -152,6 +144,10 @@ at::Tensor unblocked(const at::Tensor& blocks, const c10::SymInt& numel, c10::Sy
 }  // namespace
 
 at::Tensor dynamic_quantization_map(bool is_signed) { return dynamic_map(is_signed).values.clone(); }
+
+namespace detail {
+const kernels::cpu::QuantizationMap& blockwise_map(bool is_signed) { return dynamic_map(is_signed).view; }
+}  // namespace detail
 
 namespace {
 

@@ -32,9 +32,15 @@ CASES = {
     # written by the update and by the sync.
     "Lookahead(AdEMAMix, Kahan)": lambda p: ho.Lookahead(
         ho.AdEMAMix(p, lr=0.01, state_precision="float32", kahan_summation=True), sync_period=3),
+    # 8-bit state (a tensor large enough for codes, CASE_SHAPES): codes and scales made by the
+    # compiled step and written by the op; float32 slow weights.
+    "Lookahead(Adan, 8bit)": lambda p: ho.Lookahead(ho.Adan(p, lr=0.01, state_precision="8bit", amsgrad=True),
+                                                    sync_period=3),
 }
 # The weights' dtype of a case, when not float64.
-CASE_DTYPES = {"Lookahead(AdEMAMix, Kahan)": torch.bfloat16}
+CASE_DTYPES = {"Lookahead(AdEMAMix, Kahan)": torch.bfloat16, "Lookahead(Adan, 8bit)": torch.float32}
+# The weights' shapes of a case, when not make_params' own.
+CASE_SHAPES = {"Lookahead(Adan, 8bit)": [(5, 3), (70, 70), (3,)]}
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +50,8 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def make_params(dtype=torch.float64):
+def make_params(dtype=torch.float64, shapes=((5, 3), (3,), (1,), (4, 2, 2))):
     gen = torch.Generator().manual_seed(0)
-    shapes = [(5, 3), (3,), (1,), (4, 2, 2)]
     return [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
 
 
@@ -88,7 +93,7 @@ def assert_same_state(eager, compiled):
 
 
 def run_pair(name: str, backend: str, found_inf_steps=(), eager_steps_first: int = 0):
-    start = make_params(CASE_DTYPES.get(name, torch.float64))
+    start = make_params(CASE_DTYPES.get(name, torch.float64), *([CASE_SHAPES[name]] if name in CASE_SHAPES else []))
     eager_params = [p.clone().requires_grad_() for p in start]
     compiled_params = [p.clone().requires_grad_() for p in start]
     eager, compiled = CASES[name](eager_params), CASES[name](compiled_params)

@@ -145,7 +145,7 @@ def test_state_of_another_dtype_must_be_float32_or_bfloat16():
     g = [torch.randn(4)]
     before = p[0].clone()
     with pytest.raises(RuntimeError, match=r"exp_avgs\[0\] has dtype Half but its parameter has dtype Float "
-                                           r"\(state may also be float32 or bfloat16\)"):
+                                           r"\(state may also be float32 or bfloat16, or uint8 codes"):
         ops.adabelief_(p, g, exp_avgs=[torch.zeros(4, dtype=torch.float16)], exp_avg_sqs=[torch.zeros(4)],
                        max_exp_avg_sqs=[], steps=[1], lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                        amsgrad=False)

@@ -126,13 +126,11 @@ def test_each_group_keeps_its_own_precision(name):
     assert [g["state_precision"] for g in opt.param_groups] == ["bfloat16", "float32", "param"]
 
 
-@pytest.mark.parametrize("value", ["8bit", "float16", "bf16", None, 1, torch.bfloat16])
+@pytest.mark.parametrize("value", ["8-bit", "float16", "bf16", None, 1, torch.bfloat16])
 def test_other_values_are_refused(value):
     params = _model()
-    with pytest.raises(ValueError, match="state_precision") as error:
+    with pytest.raises(ValueError, match="state_precision"):
         ho.LAMB(params, state_precision=value)
-    if value == "8bit":
-        assert "not available yet" in str(error.value)
     opt = ho.LAMB(params[:1])
     with pytest.raises(ValueError, match="state_precision"):
         opt.add_param_group({"params": params[1:], "state_precision": value})

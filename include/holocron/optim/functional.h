@@ -70,6 +70,16 @@ struct GradScaling {
   /// the parameter's dtype and `c` = what the rounding dropped (rounded to that dtype), so that
   /// updates below half a unit in the last place of `p` accumulate in `c` instead of vanishing.
   std::vector<at::Tensor> compensation;
+  /// 8-bit block-wise state (quantization.h): the scales of the state tensors kept as codes. A
+  /// state tensor of dtype uint8, in one of the lists an algorithm keeps its moments in, holds
+  /// the codes of its parameter's shape (contiguous); its scales are the next entry here, in the
+  /// order of the algorithm's state arguments, list by list and parameter by parameter: float32,
+  /// one per block of kQuantizationBlock elements. Its values are decoded before the update reads
+  /// them, and the update stores the new values encoded, each block with its new largest
+  /// magnitude as scale (first moments and momentum through the signed map, second moments and
+  /// their maxima through the unsigned one). Which lists take codes is stated per algorithm; the
+  /// other state stays float32 beside them. The math is that of float32 state.
+  std::vector<at::Tensor> state_absmax;
 };
 
 /// Parameters split across processes (FSDP2 or DTensor shards, or any sharding of one's own):

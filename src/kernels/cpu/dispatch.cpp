@@ -119,6 +119,9 @@ int state_slot(at::ScalarType dtype, at::ScalarType state_dtype) {
   if (state_dtype == dtype || state_dtype == at::ScalarType::Undefined) return 0;
   if (state_dtype == at::kFloat) return 1;
   if (state_dtype == at::kBFloat16) return 2;
+  // Float64 parameters with 8-bit state are left to the ATen path (no fused build: rare, and each
+  // build costs compile time on every instruction set).
+  if (state_dtype == at::kByte && dtype != at::kDouble) return 3;
   return -1;
 }
 

@@ -16,7 +16,9 @@
 //                                       in, and which narrow arrays they are:
 //                                       a pass declaring them is also built
 //                                       for float32 and bfloat16 state, loaded
-//                                       into and stored from the math type
+//                                       into and stored from the math type,
+//                                       and for 8-bit block-wise state
+//                                       (state_t Blockwise8, below)
 //   kSums                               per-tensor reductions (0: none)
 //   kGrad (optional)                    the gradient's slot: loaded as
 //                                       g * args.inv_grad_scale
@@ -48,6 +50,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -57,6 +60,11 @@
 // Everything a pass body calls is forced inline: a body left out of line
 // keeps its sums in memory instead of registers, at half the speed.
 #define HOLOCRON_KERNEL_INLINE C10_ALWAYS_INLINE
+#if defined(__GNUC__)
+#define HOLOCRON_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define HOLOCRON_LAMBDA_INLINE
+#endif
 
 namespace holocron::optim::kernels::cpu {
 inline namespace CPU_CAPABILITY {
@@ -189,6 +197,16 @@ struct StateIo {
       for (int64_t l = 0; l < count; ++l) ptr[l] = static_cast<S>(values[l]);
     }
   }
+};
+
+// The state_t of a pass built for 8-bit block-wise state (TensorSlot::blockwise): each state
+// array is either codes of blocks of kBlock elements with one scale each, or float32. A block's
+// new values are needed whole before its scale is known, so the driver stages each block of those
+// arrays in the math type on the stack: decoded before the block's iterations, which read and
+// write the staged values, and encoded after them where the pass writes the array. The encoding
+// is the definition's (functional/quantization.cpp): the same codes and scales bit for bit.
+struct Blockwise8 {
+  uint8_t code;
 };
 
 // `x` rounded to the dtype T (a no-op unless T is half or bfloat16): the
@@ -395,6 +413,46 @@ constexpr unsigned state_arrays(int narrow, int param, int grad) {
   return ((1u << narrow) - 1u) & ~(1u << param) & ~(1u << grad);
 }
 
+// 8-bit state (Blockwise8): elements [first, first + n) of a tensor's state array j, n <= kBlock
+// from a block's start, decoded into `out` (codes: map value * the block's scale, in float; else
+// float32 values).
+inline void stage_in(const TensorSlot& slot, int j, int64_t first, int64_t n, float* out) {
+  const auto& blockwise = slot.blockwise[j];
+  if (blockwise.map != nullptr) {
+    const uint8_t* codes = static_cast<const uint8_t*>(slot.data[j]) + first;
+    const float* table = blockwise.map->values;
+    const float scale = blockwise.absmax[first / kBlock];
+    for (int64_t e = 0; e < n; ++e) out[e] = table[codes[e]] * scale;
+  } else {
+    std::copy_n(static_cast<const float*>(slot.data[j]) + first, n, out);
+  }
+}
+// ... and stored back: the block's largest magnitude is its scale, each value divided by it (in
+// float) is encoded; a block holding an inf or a NaN gets a NaN scale and the code of 0.
+inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, const float* in) {
+  const auto& blockwise = slot.blockwise[j];
+  if (blockwise.map == nullptr) {
+    std::copy_n(in, n, static_cast<float*>(slot.data[j]) + first);
+    return;
+  }
+  float largest = 0.0f;
+  bool finite = true;
+  for (int64_t e = 0; e < n; ++e) {
+    finite = finite && std::isfinite(in[e]);
+    largest = std::max(largest, std::fabs(in[e]));
+  }
+  uint8_t* codes = static_cast<uint8_t*>(slot.data[j]) + first;
+  const QuantizationMap& map = *blockwise.map;
+  if (!finite) {
+    blockwise.absmax[first / kBlock] = std::numeric_limits<float>::quiet_NaN();
+    std::fill_n(codes, n, map.zero_code);
+    return;
+  }
+  blockwise.absmax[first / kBlock] = largest;
+  const float divisor = largest > 0.0f ? largest : 1.0f;
+  for (int64_t e = 0; e < n; ++e) codes[e] = blockwise::encode(map, in[e] / divisor);
+}
+
 // Below this many elements a group runs on the calling thread: a parallel
 // region costs more than it saves.
 constexpr int64_t kMinParallelElements = int64_t{1} << 15;
@@ -415,6 +473,8 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   using Stored = typename StateOf<P>::type;
   using State = StateIo<T, Stored>;
   constexpr unsigned kState = std::is_same_v<Stored, T> ? 0u : StateOf<P>::kArrays;
+  constexpr bool kBlockwise = std::is_same_v<Stored, Blockwise8>;
+  static_assert(!kBlockwise || std::is_same_v<W, float>, "8-bit state is built for float math only");
   const P pass{args};
   constexpr int kG = GradArray<P>::value;
   static_assert(kG < 0 || !((kState >> kG) & 1u), "the gradient is not state");
@@ -453,20 +513,25 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
                                   ? static_cast<T*>(slot.compensation) : nullptr;
       using S = typename SumType<P>::type;
       Acc<kR == 0 ? 1 : kR, S> acc;
+      // 8-bit state: the block in progress, its state arrays staged in the math type.
+      [[maybe_unused]] alignas(64) W staged[kBlockwise ? kA : 1][kBlockwise ? kBlock : 1];
+      [[maybe_unused]] int64_t block_begin = 0;
       // Enough iterations per round that every vector's lane offset is a
       // compile-time constant.
       constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
-      for (int64_t round = begin; round < end; round += kRound * Narrow::kStep) {
+      auto iterate = [&](int64_t from, int64_t to) HOLOCRON_LAMBDA_INLINE {
+      for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
         static_for<kRound>([&](auto sub) {
           const int64_t i = round + decltype(sub)::value * Narrow::kStep;
-          if (i >= end) return;
-          const int64_t count = std::min<int64_t>(Narrow::kStep, end - i);
+          if (i >= to) return;
+          const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
           V values[kA][kPack] = {};
           static_for<kA>([&](auto j_) {
             constexpr int j = decltype(j_)::value;
             // An absent array (amsgrad off, no momentum) is neither read nor written.
             if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) return;
-            if constexpr ((kState >> j) & 1u) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
+            if constexpr (kBlockwise && ((kState >> j) & 1u)) Wide::load(staged[j] + (i - block_begin), count, values[j]);
+            else if constexpr ((kState >> j) & 1u) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
             else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
             else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
           });
@@ -511,11 +576,33 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
             if constexpr (kWritesWeights && j == kP) {
               if (compensation != nullptr) return;  // stored with its compensation above
             }
-            if constexpr ((kState >> j) & 1u) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
+            if constexpr (kBlockwise && ((kState >> j) & 1u)) Wide::store(staged[j] + (i - block_begin), count, values[j]);
+            else if constexpr ((kState >> j) & 1u) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
             else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
             else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
           });
         });
+      }
+      };
+      if constexpr (kBlockwise) {
+        for (block_begin = begin; block_begin < end; block_begin += kBlock) {
+          const int64_t n = std::min(kBlock, end - block_begin);
+          static_for<kA>([&](auto j_) {
+            constexpr int j = decltype(j_)::value;
+            if constexpr ((kState >> j) & 1u) {
+              if (((P::kRead >> j) & 1u) && slot.data[j] != nullptr) stage_in(slot, j, block_begin, n, staged[j]);
+            }
+          });
+          iterate(block_begin, block_begin + n);
+          static_for<kA>([&](auto j_) {
+            constexpr int j = decltype(j_)::value;
+            if constexpr ((kState >> j) & 1u) {
+              if (((P::kWrite >> j) & 1u) && slot.data[j] != nullptr) stage_out(slot, j, block_begin, n, staged[j]);
+            }
+          });
+        }
+      } else {
+        iterate(begin, end);
       }
       if constexpr (kR > 0) {
         for (int r = 0; r < kR; ++r) partials[c * kR + r] = acc.total(r);
@@ -551,8 +638,9 @@ void register_pass(PassTable& table, Pass pass) {
 }
 
 // The same for a pass with state arrays, P<T, S>: also for each parameter dtype T with float32
-// and bfloat16 state S (state_slot's order).
-template <template <typename, typename> class P>
+// and bfloat16 state S (state_slot's order), and, unless kBlockwise is false, with 8-bit state
+// (Blockwise8) for every T but double.
+template <template <typename, typename> class P, bool kBlockwise = true>
 void register_pass(PassTable& table, Pass pass) {
   auto& row = table[static_cast<size_t>(pass)];
   auto fill = [&](auto param, int d) {
@@ -560,6 +648,7 @@ void register_pass(PassTable& table, Pass pass) {
     row[d][0] = &run_pass<P<T, T>>;
     if constexpr (!std::is_same_v<T, float>) row[d][1] = &run_pass<P<T, float>>;
     if constexpr (!std::is_same_v<T, c10::BFloat16>) row[d][2] = &run_pass<P<T, c10::BFloat16>>;
+    if constexpr (kBlockwise && !std::is_same_v<T, double>) row[d][3] = &run_pass<P<T, Blockwise8>>;
   };
   fill(float{}, 0);
   fill(double{}, 1);

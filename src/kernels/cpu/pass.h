@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/blockwise.h"
 #include "kernels/cpu/protocol.h"
 
 namespace holocron::optim::kernels::cpu {
@@ -32,6 +33,7 @@ constexpr int64_t kChunk = int64_t{1} << 14;
 // Fixed number of partial sums per reduction (element i of a tensor goes to
 // lane i % kLanes), summed in order at the end of each chunk.
 constexpr int kLanes = 16;
+static_assert(kChunk % kBlock == 0 && kBlock % kLanes == 0, "8-bit blocks lie inside chunks, on the lane cycle");
 
 constexpr int kMaxArrays = 8;
 constexpr int kMaxSums = 4;
@@ -41,7 +43,8 @@ struct TensorSlot {
   at::ScalarType dtype = at::kFloat;
   // The dtype of its state arrays (a pass's kState): the parameter's, or float32 or bfloat16
   // (lean or mixed-precision state); Undefined is the parameter's. The math runs in the
-  // parameter's math type either way.
+  // parameter's math type either way. Byte (8-bit state): each state array is either 8-bit
+  // block-wise codes (`blockwise[j]` set) or float32.
   at::ScalarType state_dtype = at::ScalarType::Undefined;
   int64_t numel = 0;
   // In the order the pass names them. "Narrow" arrays have the tensor's
@@ -52,6 +55,13 @@ struct TensorSlot {
   // as it): the weight is parameter + compensation. Passes read that sum as the parameter, and
   // one that writes the parameter stores it rounded, and what the rounding dropped here.
   void* compensation = nullptr;
+  // 8-bit state (state_dtype Byte): for each state array kept as codes, its map and its blocks'
+  // scales (one float per kBlock elements); a state array without them is float32.
+  struct Blockwise {
+    const QuantizationMap* map = nullptr;
+    float* absmax = nullptr;
+  };
+  std::array<Blockwise, kMaxArrays> blockwise{};
 };
 
 // The tensors of one parameter group. They may differ in dtype: `run` then
@@ -140,14 +150,14 @@ const char* name_of(Capability capability);
 
 // Pass tables, one per instruction set build, indexed [pass][dtype slot][state slot].
 using PassFn = void (*)(const Group&, const PassArgs&, Sums*);
-constexpr size_t kStateSlots = 3;
+constexpr size_t kStateSlots = 4;
 using PassTable =
     std::array<std::array<std::array<PassFn, kStateSlots>, 4>, static_cast<size_t>(Pass::Count)>;
 
 // Index of a supported dtype in a PassTable row: float, double, bfloat16, half.
 int dtype_slot(at::ScalarType dtype);
-// Index of a state dtype for parameters of `dtype`: 0 its own, 1 float32, 2 bfloat16; -1 for
-// any other.
+// Index of a state dtype for parameters of `dtype`: 0 its own, 1 float32, 2 bfloat16, 3 8-bit
+// (Byte: block-wise codes); -1 for any other.
 int state_slot(at::ScalarType dtype, at::ScalarType state_dtype);
 
 }  // namespace holocron::optim::kernels::cpu

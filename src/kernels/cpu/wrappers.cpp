@@ -122,9 +122,11 @@ struct ScoutCoherence {
 }  // namespace
 
 void register_wrappers(PassTable& table) {
-  register_pass<LookaheadSync>(table, Pass::LookaheadSync);
-  register_pass<ScoutAccumulate>(table, Pass::ScoutAccumulate);
-  register_pass<ScoutCoherence>(table, Pass::ScoutCoherence);
+  // Slow weights and Scout's statistics are never 8-bit (their base's 8-bit state keeps them in
+  // float32).
+  register_pass<LookaheadSync, false>(table, Pass::LookaheadSync);
+  register_pass<ScoutAccumulate, false>(table, Pass::ScoutAccumulate);
+  register_pass<ScoutCoherence, false>(table, Pass::ScoutCoherence);
 }
 
 }  // namespace CPU_CAPABILITY
