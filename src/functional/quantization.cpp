@@ -67,7 +67,8 @@ void make_buckets(DynamicMap& map) {
   auto count_up_to = [&](float y) {
     return static_cast<int>(std::upper_bound(t, t + 255, y) - t);
   };
-  map.first_code.resize(2 * kBuckets);
+  // Padded: the fused kernels' vector encoders gather 4 bytes at each bucket's offset.
+  map.first_code.assign(2 * kBuckets + 4, 0);
   for (uint32_t sign = 0; sign < 2; ++sign) {
     for (uint32_t k = 0; k < kBuckets; ++k) {
       const float least_magnitude = k == 0 ? 0.0f : float_of((k + kFirstBucketBits) << 16);

@@ -20,7 +20,9 @@ constexpr int64_t kBlock = 256;
 struct QuantizationMap {
   const float* values = nullptr;        // 256, ascending
   const float* thresholds = nullptr;    // 256: the smallest float above each midpoint, then +inf
-  const uint8_t* first_code = nullptr;  // per bucket (blockwise::kBuckets per sign)
+  // Per bucket (blockwise::kBuckets per sign), then 4 bytes of padding: the vector encoders
+  // gather 4 bytes at each bucket's offset.
+  const uint8_t* first_code = nullptr;
   uint8_t zero_code = 0;                // the code of 0: a block holding an inf or a NaN
 };
 

@@ -415,20 +415,36 @@ constexpr unsigned state_arrays(int narrow, int param, int grad) {
 
 // 8-bit state (Blockwise8): elements [first, first + n) of a tensor's state array j, n <= kBlock
 // from a block's start, decoded into `out` (codes: map value * the block's scale, in float; else
-// float32 values).
+// float32 values). The vector paths compute what the scalar one does, operation for operation.
 inline void stage_in(const TensorSlot& slot, int j, int64_t first, int64_t n, float* out) {
   const auto& blockwise = slot.blockwise[j];
-  if (blockwise.map != nullptr) {
-    const uint8_t* codes = static_cast<const uint8_t*>(slot.data[j]) + first;
-    const float* table = blockwise.map->values;
-    const float scale = blockwise.absmax[first / kBlock];
-    for (int64_t e = 0; e < n; ++e) out[e] = table[codes[e]] * scale;
-  } else {
+  if (blockwise.map == nullptr) {
     std::copy_n(static_cast<const float*>(slot.data[j]) + first, n, out);
+    return;
   }
+  const uint8_t* codes = static_cast<const uint8_t*>(slot.data[j]) + first;
+  const float* table = blockwise.map->values;
+  const float scale = blockwise.absmax[first / kBlock];
+  int64_t e = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 scales = _mm512_set1_ps(scale);
+  for (; e + 16 <= n; e += 16) {
+    const __m512i index = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + e)));
+    _mm512_storeu_ps(out + e, _mm512_mul_ps(_mm512_i32gather_ps(index, table, 4), scales));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256 scales = _mm256_set1_ps(scale);
+  for (; e + 8 <= n; e += 8) {
+    const __m256i index = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + e)));
+    _mm256_storeu_ps(out + e, _mm256_mul_ps(_mm256_i32gather_ps(table, index, 4), scales));
+  }
+#endif
+  for (; e < n; ++e) out[e] = table[codes[e]] * scale;
 }
+
 // ... and stored back: the block's largest magnitude is its scale, each value divided by it (in
-// float) is encoded; a block holding an inf or a NaN gets a NaN scale and the code of 0.
+// float) is encoded (blockwise::encode: a bucket from the top 16 bits, one comparison); a block
+// holding an inf or a NaN gets a NaN scale and the code of 0.
 inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, const float* in) {
   const auto& blockwise = slot.blockwise[j];
   if (blockwise.map == nullptr) {
@@ -437,7 +453,39 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
   }
   float largest = 0.0f;
   bool finite = true;
-  for (int64_t e = 0; e < n; ++e) {
+  int64_t e = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  {
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
+    __m512 widest = _mm512_setzero_ps();
+    __mmask16 special = 0;
+    for (; e + 16 <= n; e += 16) {
+      const __m512 x = _mm512_loadu_ps(in + e);
+      widest = _mm512_max_ps(widest, _mm512_abs_ps(x));
+      special |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), exponent), exponent);
+    }
+    largest = _mm512_reduce_max_ps(widest);
+    finite = special == 0;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  {
+    const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 widest = _mm256_setzero_ps();
+    __m256i special = _mm256_setzero_si256();
+    for (; e + 8 <= n; e += 8) {
+      const __m256 x = _mm256_loadu_ps(in + e);
+      widest = _mm256_max_ps(widest, _mm256_andnot_ps(sign, x));
+      special = _mm256_or_si256(special,
+                                _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), exponent), exponent));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, widest);
+    for (float lane : lanes) largest = std::max(largest, lane);
+    finite = _mm256_testz_si256(special, special) != 0;
+  }
+#endif
+  for (; e < n; ++e) {
     finite = finite && std::isfinite(in[e]);
     largest = std::max(largest, std::fabs(in[e]));
   }
@@ -450,7 +498,59 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
   }
   blockwise.absmax[first / kBlock] = largest;
   const float divisor = largest > 0.0f ? largest : 1.0f;
-  for (int64_t e = 0; e < n; ++e) codes[e] = blockwise::encode(map, in[e] / divisor);
+  e = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  {
+    // blockwise::encode, 16 lanes at a time: QuantizationMap::first_code is padded for the
+    // 4-byte gathers at byte offsets.
+    const __m512 divisors = _mm512_set1_ps(divisor);
+    const __m512i low = _mm512_set1_epi32(static_cast<int>(blockwise::kFirstBucketBits));
+    const __m512i high = _mm512_set1_epi32(0x3F80);
+    const __m512i buckets = _mm512_set1_epi32(static_cast<int>(blockwise::kBuckets));
+    const __m512i magnitude_bits = _mm512_set1_epi32(0x7FFF);
+    const __m512i byte = _mm512_set1_epi32(0xFF);
+    const __m512i one = _mm512_set1_epi32(1);
+    for (; e + 16 <= n; e += 16) {
+      const __m512 y = _mm512_div_ps(_mm512_loadu_ps(in + e), divisors);
+      const __m512i top = _mm512_srli_epi32(_mm512_castps_si512(y), 16);
+      const __m512i magnitude =
+          _mm512_min_epu32(_mm512_max_epu32(_mm512_and_si512(top, magnitude_bits), low), high);
+      const __m512i bucket = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(top, 15), buckets),
+                                              _mm512_sub_epi32(magnitude, low));
+      const __m512i first_code =
+          _mm512_and_si512(_mm512_i32gather_epi32(bucket, reinterpret_cast<const int*>(map.first_code), 1), byte);
+      const __mmask16 above =
+          _mm512_cmp_ps_mask(y, _mm512_i32gather_ps(first_code, map.thresholds, 4), _CMP_GE_OQ);
+      const __m512i code = _mm512_mask_add_epi32(first_code, above, first_code, one);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + e), _mm512_cvtepi32_epi8(code));
+    }
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  {
+    const __m256 divisors = _mm256_set1_ps(divisor);
+    const __m256i low = _mm256_set1_epi32(static_cast<int>(blockwise::kFirstBucketBits));
+    const __m256i high = _mm256_set1_epi32(0x3F80);
+    const __m256i buckets = _mm256_set1_epi32(static_cast<int>(blockwise::kBuckets));
+    const __m256i magnitude_bits = _mm256_set1_epi32(0x7FFF);
+    const __m256i byte = _mm256_set1_epi32(0xFF);
+    for (; e + 8 <= n; e += 8) {
+      const __m256 y = _mm256_div_ps(_mm256_loadu_ps(in + e), divisors);
+      const __m256i top = _mm256_srli_epi32(_mm256_castps_si256(y), 16);
+      const __m256i magnitude =
+          _mm256_min_epu32(_mm256_max_epu32(_mm256_and_si256(top, magnitude_bits), low), high);
+      const __m256i bucket = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(top, 15), buckets),
+                                              _mm256_sub_epi32(magnitude, low));
+      const __m256i first_code =
+          _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(map.first_code), bucket, 1), byte);
+      const __m256 above = _mm256_cmp_ps(y, _mm256_i32gather_ps(map.thresholds, first_code, 4), _CMP_GE_OQ);
+      // `above` is all ones (-1 as an integer) where the value reaches the next code.
+      const __m256i code = _mm256_sub_epi32(first_code, _mm256_castps_si256(above));
+      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + e), _mm_packus_epi16(words, words));
+    }
+  }
+#endif
+  for (; e < n; ++e) codes[e] = blockwise::encode(map, in[e] / divisor);
 }
 
 // Below this many elements a group runs on the calling thread: a parallel
