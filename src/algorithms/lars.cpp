@@ -205,8 +205,11 @@ void LARS::update(const LARSOptions& options, const TensorVector& params, const 
       auto& buffer = states[i]->momentum_buffer();
       is_new[i] = !buffer.defined();
       detail::ensure_buffer(buffer, params[i], options);
+      if (is_new[i]) encode_new_moments(*states[i], params[i], options);
       buffers.push_back(buffer);
     }
+    // The momentum buffers made here: their scales join the group's (set before update()).
+    if (options.state_precision() == StatePrecision::blockwise8) set_state_absmax(blockwise_scales(states));
   }
   std::vector<double> local_lrs;
   try {
@@ -215,7 +218,7 @@ void LARS::update(const LARSOptions& options, const TensorVector& params, const 
   } catch (...) {
     // A buffer created for this step must not outlive a failed one.
     for (size_t i = 0; i < n; ++i) {
-      if (is_new[i]) states[i]->momentum_buffer(torch::Tensor());
+      if (is_new[i]) states[i]->momentum_buffer(torch::Tensor()).momentum_buffer_absmax(torch::Tensor());
     }
     throw;
   }

@@ -25,21 +25,29 @@ const char* to_string(StatePrecision precision) {
       return "float32";
     case StatePrecision::bfloat16:
       return "bfloat16";
+    case StatePrecision::blockwise8:
+      return "8bit";
   }
   C10_THROW_ERROR(ValueError, c10::str("state_precision ", static_cast<int>(precision), " is not a StatePrecision"));
 }
 
+namespace {
+constexpr StatePrecision kStatePrecisions[] = {StatePrecision::param, StatePrecision::float32,
+                                               StatePrecision::bfloat16, StatePrecision::blockwise8};
+}  // namespace
+
 StatePrecision state_precision_from_string(const std::string& name) {
-  for (const auto precision : {StatePrecision::param, StatePrecision::float32, StatePrecision::bfloat16}) {
+  for (const auto precision : kStatePrecisions) {
     if (name == to_string(precision)) return precision;
   }
-  C10_THROW_ERROR(ValueError, c10::str("state_precision must be 'param', 'float32' or 'bfloat16', got '", name, "'",
-                                       name == "8bit" ? " (8-bit state is not available yet)" : ""));
+  C10_THROW_ERROR(ValueError,
+                  c10::str("state_precision must be 'param', 'float32', 'bfloat16' or '8bit', got '", name, "'"));
 }
 
 std::optional<at::ScalarType> state_dtype(StatePrecision precision) {
   switch (precision) {
     case StatePrecision::float32:
+    case StatePrecision::blockwise8:  // what it keeps beside the codes
       return at::kFloat;
     case StatePrecision::bfloat16:
       return at::kBFloat16;
@@ -153,7 +161,7 @@ void FieldReader::operator()(const char* name, StatePrecision& v) const {
   // A load gives each group its own precision back (OptimizerBase::load), so a name this build
   // does not know (a later build's) changes nothing and is not refused, as in Python.
   const auto& text = value.toStringRef();
-  for (const auto precision : {StatePrecision::param, StatePrecision::float32, StatePrecision::bfloat16}) {
+  for (const auto precision : kStatePrecisions) {
     if (text == to_string(precision)) v = precision;
   }
 }
@@ -248,6 +256,25 @@ at::ScalarType buffer_dtype(const char* buffer, StatePrecision precision, const 
 }
 }  // namespace
 
+const detail::CodedMoment* OptimizerBase::coded(const char* name, StatePrecision precision,
+                                                  const torch::Tensor& param) const {
+  if (precision != StatePrecision::blockwise8 || param.numel() < detail::kBlockwiseMinNumel) return nullptr;
+  for (const auto& moment : coded_moments()) {
+    if (std::strcmp(moment.name, name) == 0) return &moment;
+  }
+  return nullptr;
+}
+
+namespace {
+// The coded moment whose scales field is `name`, or null.
+const detail::CodedMoment* scales_of(c10::ArrayRef<detail::CodedMoment> moments, const char* name) {
+  for (const auto& moment : moments) {
+    if (std::strcmp(moment.absmax, name) == 0) return &moment;
+  }
+  return nullptr;
+}
+}  // namespace
+
 std::vector<torch::Tensor> OptimizerBase::kahan_compensation(const std::vector<torch::Tensor>& params) const {
   std::map<const c10::TensorImpl*, bool> compensated;
   for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
@@ -285,7 +312,42 @@ void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& st
     TORCH_CHECK(value >= 0, name(), ": state '", counter, "' of parameter ", param_index,
                 " in group ", group_index, " is ", value, "; counters cannot be negative");
   };
+  auto& fields = const_cast<torch::optim::OptimizerParamState&>(state);
   visit_fields(state, [&](const char* buffer, const torch::Tensor& t) {
+    // 8-bit state: codes where the group keeps them (the parameter's shape, contiguous), with
+    // their scales (float32, one per block); floats anywhere else.
+    if (const auto* moment = scales_of(coded_moments(), buffer)) {
+      const auto* codes = tensor_field(fields, moment->name);
+      const int64_t blocks = (param.numel() + functional::kQuantizationBlock - 1) / functional::kQuantizationBlock;
+      TORCH_CHECK(codes != nullptr && codes->defined() && codes->scalar_type() == at::kByte, name(), ": state '",
+                  buffer, "' of parameter ", param_index, " in group ", group_index, " holds scales, but '",
+                  moment->name, "' holds no 8-bit codes");
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 1 && t.numel() == blocks && t.is_contiguous() &&
+                      t.device() == param.device(),
+                  name(), ": state '", buffer, "' of parameter ", param_index, " in group ", group_index, " (",
+                  t.scalar_type(), " ", t.sizes(), ") must be a contiguous float32 tensor of ", blocks,
+                  " scales (one per block of ", functional::kQuantizationBlock, ") on ", param.device());
+      return;
+    }
+    const auto* moment = coded(buffer, precision, param);
+    TORCH_CHECK((moment != nullptr) == (t.scalar_type() == at::kByte), name(), ": state '", buffer,
+                "' of parameter ", param_index, " in group ", group_index, " has dtype ", t.scalar_type(),
+                " but its group's state_precision ", to_string(precision), " keeps it as ",
+                moment != nullptr ? "8-bit codes (Byte)" : "floats",
+                moment != nullptr || precision == StatePrecision::blockwise8
+                    ? c10::str(" (codes are kept for the moments of tensors of at least ", detail::kBlockwiseMinNumel,
+                               " elements)")
+                    : std::string());
+    if (moment != nullptr) {
+      TORCH_CHECK(t.sizes().equals(param.sizes()) && t.is_contiguous() && t.device() == param.device(), name(),
+                  ": the 8-bit codes '", buffer, "' of parameter ", param_index, " in group ", group_index, " (",
+                  t.sizes(), " on ", t.device(), ") must be contiguous, of the parameter's shape ", param.sizes(),
+                  " on ", param.device());
+      TORCH_CHECK(tensor_field(fields, moment->absmax) != nullptr && tensor_field(fields, moment->absmax)->defined(),
+                  name(), ": the 8-bit codes '", buffer, "' of parameter ", param_index, " in group ", group_index,
+                  " lack their scales '", moment->absmax, "'");
+      return;
+    }
     const bool compensation = is_compensation(buffer);
     const auto dtype = buffer_dtype(buffer, precision, param);
     TORCH_CHECK(t.sizes().equals(param.sizes()),
@@ -437,6 +499,43 @@ void OptimizerBase::save(torch::serialize::OutputArchive& archive) const {
   }
 }
 
+void OptimizerBase::convert_loaded(torch::optim::OptimizerParamState& state, const torch::Tensor& p,
+                                   StatePrecision precision) const {
+  // 8-bit moments first: decoded where the group keeps floats (with their scales dropped), or
+  // floats encoded where it keeps codes; the checks after the conversion refuse what does not fit.
+  for (const auto& moment : coded_moments()) {
+    auto* buffer = tensor_field(state, moment.name);
+    auto* absmax = tensor_field(state, moment.absmax);
+    if (buffer == nullptr || !buffer->defined() || absmax == nullptr) continue;
+    const bool is_codes = buffer->scalar_type() == at::kByte;
+    const bool keeps_codes = coded(moment.name, precision, p) != nullptr;
+    if (is_codes && !keeps_codes) {
+      TORCH_CHECK(absmax->defined(), name(), ": the checkpoint's 8-bit '", moment.name, "' lacks its scales '",
+                  moment.absmax, "'");
+      *buffer = functional::dequantize_blockwise(*buffer, *absmax, moment.is_signed, at::kFloat);
+      *absmax = torch::Tensor();
+    } else if (!is_codes && keeps_codes && buffer->is_floating_point()) {
+      auto encoded = functional::quantize_blockwise(*buffer, moment.is_signed);
+      *buffer = std::move(encoded.codes);
+      *absmax = std::move(encoded.absmax);
+    }
+  }
+  // Buffers come back on the CPU; they live beside their parameter, in the dtype its group keeps
+  // (a checkpoint's state of another precision is converted; any other dtype is refused by the
+  // checks after this).
+  visit_fields(
+      state,
+      [&](const char* buffer, const torch::Tensor& t) {
+        const auto convertible = t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
+                                 t.scalar_type() == at::kBFloat16;
+        const bool keeps = t.scalar_type() == at::kByte || scales_of(coded_moments(), buffer) != nullptr;
+        // A freshly read state owns its tensors: move them in place.
+        const_cast<torch::Tensor&>(t) = convertible && !keeps ? t.to(p.device(), buffer_dtype(buffer, precision, p))
+                                                              : t.to(p.device());
+      },
+      [](const char*, int64_t) {});
+}
+
 void OptimizerBase::load(torch::serialize::InputArchive& archive) {
   c10::IValue value;
   TORCH_CHECK(archive.try_read("holocron/format_version", value), name(),
@@ -499,16 +598,7 @@ void OptimizerBase::load(torch::serialize::InputArchive& archive) {
       // Buffers come back on the CPU; they live beside their parameter, in the dtype its group
       // keeps (a checkpoint's state of another precision is converted; any other dtype is
       // refused below).
-      visit_fields(
-          *state,
-          [&](const char* buffer, const torch::Tensor& t) {
-            const auto convertible = t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
-                                     t.scalar_type() == at::kBFloat16;
-            // A freshly read state owns its tensors: move them in place.
-            const_cast<torch::Tensor&>(t) =
-                convertible ? t.to(p.device(), buffer_dtype(buffer, precision, p)) : t.to(p.device());
-          },
-          [](const char*, int64_t) {});
+      convert_loaded(*state, p, precision);
       check_state_fits(*state, p, precision, gi, pi);
       group_states.push_back(std::move(state));
     }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -136,16 +137,194 @@ TYPED_TEST(StatePrecisionTest, StateOfAnotherPrecisionIsRefusedWithNothingChange
 }
 
 TEST(StatePrecision, NamesAreThePythonClassesOnes) {
-  for (const auto precision : {ho::StatePrecision::param, ho::StatePrecision::float32, ho::StatePrecision::bfloat16}) {
+  for (const auto precision : {ho::StatePrecision::param, ho::StatePrecision::float32, ho::StatePrecision::bfloat16,
+                               ho::StatePrecision::blockwise8}) {
     EXPECT_EQ(ho::state_precision_from_string(ho::to_string(precision)), precision);
   }
+  EXPECT_EQ(std::string(ho::to_string(ho::StatePrecision::blockwise8)), "8bit");
   EXPECT_THROW(ho::state_precision_from_string("float16"), c10::ValueError);
-  try {
-    ho::state_precision_from_string("8bit");
-    FAIL();
-  } catch (const c10::ValueError& error) {
-    EXPECT_NE(std::string(error.what()).find("not available yet"), std::string::npos) << error.what();
+  EXPECT_THROW(ho::state_precision_from_string("8-bit"), c10::ValueError);
+}
+
+// ---- 8-bit state ---------------------------------------------------------------------------
+
+namespace blockwise {
+
+// Two tensors large enough for codes (>= 4096 elements) and one that keeps float32 moments.
+std::vector<torch::Tensor> weights(int64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  std::vector<torch::Tensor> out;
+  for (const auto& shape : {std::vector<int64_t>{70, 64}, std::vector<int64_t>{30}, std::vector<int64_t>{64, 72}}) {
+    out.push_back(at::randn(shape, gen, torch::kFloat).requires_grad_());
   }
+  return out;
+}
+
+void set_grads(const std::vector<torch::Tensor>& params, int step) {
+  auto gen = at::detail::createCPUGenerator(100 + step);
+  for (const auto& p : params) p.mutable_grad() = 0.3 * p.detach() + at::randn(p.sizes(), gen, torch::kFloat);
+}
+
+template <typename State>
+torch::Tensor* field(State& state, const char* name) {
+  torch::Tensor* found = nullptr;
+  auto visit = [&](const char* field_name, auto& value) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(value)>, torch::Tensor>) {
+      if (std::string(field_name) == name) found = &value;
+    }
+  };
+  State::fields(state, visit);
+  return found;
+}
+
+template <typename State>
+State& state_of(torch::optim::Optimizer& opt, const torch::Tensor& p) {
+  return static_cast<State&>(*opt.state().at(p.unsafeGetTensorImpl()));
+}
+
+}  // namespace blockwise
+
+// The class with 8-bit state equals, bit for bit, the class with float32 state whose moments of
+// the large tensors are replaced by their decoded codes after every step.
+TYPED_TEST(StatePrecisionTest, BlockwiseStepsAsFloat32StateRoundedThroughCodes) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  auto coded = blockwise::weights(3);
+  std::vector<torch::Tensor> emulated;
+  for (const auto& p : coded) emulated.push_back(p.detach().clone().requires_grad_());
+  Opt coded_opt(coded, TypeParam::options(1e-2).state_precision(ho::StatePrecision::blockwise8));
+  Opt emulated_opt(emulated, TypeParam::options(1e-2).state_precision(ho::StatePrecision::float32));
+  for (int k = 0; k < 5; ++k) {
+    blockwise::set_grads(coded, k);
+    blockwise::set_grads(emulated, k);
+    coded_opt.step();
+    emulated_opt.step();
+    for (const auto& p : emulated) {
+      if (p.numel() < ho::detail::kBlockwiseMinNumel) continue;
+      for (const auto& moment : State::coded_moments()) {
+        auto* buffer = blockwise::field(blockwise::state_of<State>(emulated_opt, p), moment.name);
+        if (!buffer->defined()) continue;
+        const auto encoded = ho::functional::quantize_blockwise(*buffer, moment.is_signed);
+        buffer->copy_(ho::functional::dequantize_blockwise(encoded.codes, encoded.absmax, moment.is_signed));
+      }
+    }
+  }
+  EXPECT_TRUE(all_equal(coded, emulated));
+  size_t codes = 0;
+  for (size_t i = 0; i < coded.size(); ++i) {
+    auto& state = blockwise::state_of<State>(coded_opt, coded[i]);
+    for (const auto& moment : State::coded_moments()) {
+      const auto* buffer = blockwise::field(state, moment.name);
+      if (!buffer->defined()) continue;
+      const bool large = coded[i].numel() >= ho::detail::kBlockwiseMinNumel;
+      EXPECT_EQ(buffer->scalar_type(), large ? torch::kByte : torch::kFloat) << moment.name;
+      EXPECT_EQ(blockwise::field(state, moment.absmax)->defined(), large) << moment.absmax;
+      codes += large;
+    }
+  }
+  EXPECT_GT(codes, 0u);
+}
+
+TYPED_TEST(StatePrecisionTest, BlockwiseCheckpointsResumeAndConvert) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  const auto eight = ho::StatePrecision::blockwise8;
+  auto first = blockwise::weights(5);
+  Opt opt(first, TypeParam::options(1e-2).state_precision(eight));
+  for (int k = 0; k < 3; ++k) {
+    blockwise::set_grads(first, k);
+    opt.step();
+  }
+  std::stringstream stream;
+  torch::save(opt, stream);
+  std::vector<torch::Tensor> second;
+  for (const auto& p : first) second.push_back(p.detach().clone().requires_grad_());
+
+  // Into float32 state: decoded, scales dropped.
+  Opt wide(second, TypeParam::options(1e-2).state_precision(ho::StatePrecision::float32));
+  torch::load(wide, stream);
+  for (size_t i = 0; i < first.size(); ++i) {
+    for (const auto& moment : State::coded_moments()) {
+      const auto* saved = blockwise::field(blockwise::state_of<State>(opt, first[i]), moment.name);
+      auto& loaded = blockwise::state_of<State>(wide, second[i]);
+      if (!saved->defined()) continue;
+      EXPECT_EQ(blockwise::field(loaded, moment.name)->scalar_type(), torch::kFloat);
+      EXPECT_FALSE(blockwise::field(loaded, moment.absmax)->defined());
+      const auto expected =
+          saved->scalar_type() == torch::kByte
+              ? ho::functional::dequantize_blockwise(
+                    *saved, *blockwise::field(blockwise::state_of<State>(opt, first[i]), moment.absmax),
+                    moment.is_signed)
+              : *saved;
+      EXPECT_TRUE(torch::equal(*blockwise::field(loaded, moment.name), expected)) << moment.name;
+    }
+  }
+
+  // Into 8-bit state: the same codes and scales, and the same bits after more steps.
+  stream.seekg(0);
+  Opt resumed(second, TypeParam::options(1e-2).state_precision(eight));
+  torch::load(resumed, stream);
+  for (int k = 3; k < 6; ++k) {
+    blockwise::set_grads(first, k);
+    blockwise::set_grads(second, k);
+    opt.step();
+    resumed.step();
+  }
+  EXPECT_TRUE(all_equal(first, second));
+
+  // Float32 state into 8-bit: encoded from the values saved.
+  std::stringstream wide_stream;
+  torch::save(wide, wide_stream);
+  Opt narrow(second, TypeParam::options(1e-2).state_precision(eight));
+  torch::load(narrow, wide_stream);
+  for (size_t i = 0; i < second.size(); ++i) {
+    if (second[i].numel() < ho::detail::kBlockwiseMinNumel) continue;
+    for (const auto& moment : State::coded_moments()) {
+      const auto* values = blockwise::field(blockwise::state_of<State>(wide, second[i]), moment.name);
+      if (!values->defined()) continue;
+      const auto encoded = ho::functional::quantize_blockwise(*values, moment.is_signed);
+      auto& loaded = blockwise::state_of<State>(narrow, second[i]);
+      EXPECT_TRUE(torch::equal(*blockwise::field(loaded, moment.name), encoded.codes)) << moment.name;
+      EXPECT_TRUE(torch::equal(*blockwise::field(loaded, moment.absmax), encoded.absmax)) << moment.absmax;
+    }
+  }
+}
+
+TYPED_TEST(StatePrecisionTest, BlockwiseStateThatDoesNotFitIsRefusedWithNothingChanged) {
+  using Opt = typename TypeParam::Opt;
+  using Options = typename TypeParam::Options;
+  using State = typename TypeParam::State;
+  auto params = blockwise::weights(7);
+  Opt opt(params, TypeParam::options(1e-2).state_precision(ho::StatePrecision::blockwise8));
+  for (int k = 0; k < 2; ++k) {
+    blockwise::set_grads(params, k);
+    opt.step();
+  }
+  auto expect_refused = [&](const char* what, const char* message) {
+    const auto before = snapshot<State>(opt);
+    std::vector<torch::Tensor> weights;
+    for (const auto& p : params) weights.push_back(p.detach().clone());
+    blockwise::set_grads(params, 9);
+    try {
+      opt.step();
+      ADD_FAILURE() << "a step took " << what;
+    } catch (const c10::Error& error) {
+      EXPECT_NE(std::string(error.what()).find(message), std::string::npos) << error.what();
+    }
+    expect_same(before, snapshot<State>(opt), what);
+    for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(weights[i], params[i].detach())) << what;
+  };
+  // Scales of the wrong length.
+  auto& state = blockwise::state_of<State>(opt, params[0]);
+  const auto& moment = State::coded_moments()[0];
+  auto* absmax = blockwise::field(state, moment.absmax);
+  const auto kept = *absmax;
+  *absmax = kept.narrow(0, 0, kept.numel() - 1).clone();
+  expect_refused("short scales", "must be a contiguous float32 tensor of");
+  *absmax = kept;
+  // The group switched to float32 state after steps: its codes are refused until a load converts.
+  static_cast<Options&>(opt.param_groups()[0].options()).state_precision(ho::StatePrecision::float32);
+  expect_refused("codes in a float32 group", "keeps it as floats");
 }
 
 TEST(StatePrecision, FactoryGivesItsOptimizersThePrecision) {

@@ -94,6 +94,27 @@ struct AdamPParamState : detail::ParamStateBase<AdamPParamState> {
   /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
+  /// Under state_precision "8bit", the scales of `exp_avg` where it holds 8-bit codes (one
+  /// float32 per block of 256 elements); else undefined.
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_absmax);
+  /// Under state_precision "8bit", the scales of `exp_avg_sq` where it holds 8-bit codes (one
+  /// float32 per block of 256 elements); else undefined.
+  HOLOCRON_FIELD(torch::Tensor, exp_avg_sq_absmax);
+  /// Under state_precision "8bit", the scales of `max_exp_avg_sq` where it holds 8-bit codes (one
+  /// float32 per block of 256 elements); else undefined.
+  HOLOCRON_FIELD(torch::Tensor, max_exp_avg_sq_absmax);
+
+ public:
+  /// The moments state_precision "8bit" keeps as codes, with their maps, in the order of the
+  /// functional function's state lists.
+  static c10::ArrayRef<detail::CodedMoment> coded_moments() {
+    static constexpr detail::CodedMoment kMoments[] = {
+        {"exp_avg", "exp_avg_absmax", true},
+        {"exp_avg_sq", "exp_avg_sq_absmax", false},
+        {"max_exp_avg_sq", "max_exp_avg_sq_absmax", false},
+    };
+    return kMoments;
+  }
 };
 
 /// AdamP: Adam that removes the radial part of updates of scale-invariant weights.

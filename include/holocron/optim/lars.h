@@ -91,6 +91,17 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
   /// The Kahan compensation of a bfloat16 or float16 weight (the parameter's dtype); defined
   /// only with `kahan_summation`.
   HOLOCRON_FIELD(torch::Tensor, kahan_comp);
+  /// Under state_precision "8bit", the scales of `momentum_buffer` where it holds 8-bit codes (one
+  /// float32 per block of 256 elements); else undefined.
+  HOLOCRON_FIELD(torch::Tensor, momentum_buffer_absmax);
+
+ public:
+  /// The moments state_precision "8bit" keeps as codes, with their maps, in the order of the
+  /// functional function's state lists.
+  static c10::ArrayRef<detail::CodedMoment> coded_moments() {
+    static constexpr detail::CodedMoment kMoments[] = {{"momentum_buffer", "momentum_buffer_absmax", true}};
+    return kMoments;
+  }
 };
 
 /// Layer-wise Adaptive Rate Scaling: SGD whose step is scaled per tensor by a trust ratio.

@@ -12,8 +12,10 @@
 #include <torch/serialize/archive.h>
 
 #include "holocron/optim/functional.h"
+#include "holocron/optim/quantization.h"
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -73,10 +75,16 @@ enum class StatePrecision {
   /// bfloat16: 2 bytes per value for any parameter dtype (torch's fused CUDA AdamW keeps such
   /// moments; DeepSpeed's CPU Adam on request).
   bfloat16,
+  /// "8bit": each moment (the state's detail::CodedMoment list) of a tensor of at least
+  /// detail::kBlockwiseMinNumel elements is kept as 8-bit block-wise codes (uint8, the
+  /// parameter's shape) with one float32 scale per block of 256 (`<moment>_absmax`), about 1.02
+  /// bytes per value (quantization.h); everything else of the state is float32. Trust ratios,
+  /// norms, TAdam's distance and AdamP's cosines are taken from the decoded values as in float32.
+  blockwise8,
 };
 
 /// The name of a state precision as the Python classes and checkpoints spell it ("param",
-/// "float32", "bfloat16").
+/// "float32", "bfloat16", "8bit").
 const char* to_string(StatePrecision precision);
 /// The state precision named `name`.
 /// \throws c10::ValueError for another name.
@@ -90,6 +98,18 @@ namespace detail {
 /// The state key of a Kahan compensation (`kahan_summation`): a buffer of the parameter's dtype
 /// whatever the group's state_precision.
 inline constexpr const char* kKahanCompensation = "kahan_comp";
+
+/// A per-element buffer that StatePrecision::blockwise8 keeps as codes: its field, its scales'
+/// field, and its map (signed for first moments and momentum, unsigned for second moments and
+/// their maxima). Each param state lists its own (`coded_moments()`), in the order of its
+/// functional function's state lists.
+struct CodedMoment {
+  const char* name;
+  const char* absmax;
+  bool is_signed;
+};
+/// Smaller tensors keep float32 moments under "8bit" (bitsandbytes' rule).
+inline constexpr int64_t kBlockwiseMinNumel = 4096;
 }  // namespace detail
 
 /// Newest version of the checkpoint layout (loading accepts 1 to this one). A checkpoint is
@@ -175,6 +195,17 @@ struct StateFieldVisitor {
   void operator()(const char* name, int64_t v) const { on_counter(name, v); }
   template <typename T>
   void operator()(const char*, const T&) const {}
+};
+
+// Points `found` at the tensor field named `name` (Algorithm::field_of).
+struct TensorFieldFinder {
+  const char* name;
+  torch::Tensor*& found;
+  void operator()(const char* field, torch::Tensor& t) const {
+    if (std::strcmp(field, name) == 0) found = &t;
+  }
+  template <typename T>
+  void operator()(const char*, T&) const {}
 };
 
 // Field-by-field equality (tensors compared by value), for operator==.
@@ -355,6 +386,16 @@ class OptimizerBase : public torch::optim::Optimizer {
   void set_compensation(std::vector<torch::Tensor> compensation) {
     grad_scaling_.compensation = std::move(compensation);
   }
+  /// Sets the scales of the 8-bit moments of the group about to be updated
+  /// (GradScaling::state_absmax).
+  void set_state_absmax(std::vector<torch::Tensor> absmax) { grad_scaling_.state_absmax = std::move(absmax); }
+  /// The coded moment `name` of `param` under `precision` (its scales' field and map), or null
+  /// where it is kept as floats.
+  const detail::CodedMoment* coded(const char* name, StatePrecision precision, const torch::Tensor& param) const;
+  /// The moments the algorithm's state may keep as codes (StatePrecision::blockwise8).
+  virtual c10::ArrayRef<detail::CodedMoment> coded_moments() const = 0;
+  /// The tensor field `name` of `state`, or null where it has none.
+  virtual torch::Tensor* tensor_field(torch::optim::OptimizerParamState& state, const char* name) const = 0;
 
   /// Throws c10::ValueError naming the argument when options are invalid.
   virtual void check_options(const torch::optim::OptimizerOptions& options) const = 0;
@@ -394,6 +435,10 @@ class OptimizerBase : public torch::optim::Optimizer {
  private:
   void check_state_fits(const torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                         StatePrecision precision, size_t group_index, size_t param_index) const;
+  // A freshly read state's buffers, moved beside `param` and converted to what a group of
+  // `precision` keeps (8-bit moments decoded or encoded, floats to its dtype).
+  void convert_loaded(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
+                      StatePrecision precision) const;
   // For each max_grad_norm the groups hold, the norm of the unscaled gradients of those groups.
   std::map<double, torch::Tensor> clipping_norms() const;
 
@@ -487,7 +532,7 @@ class Algorithm : public OptimizerBase {
     static_cast<Options&>(options).state_precision(precision);
   }
   /// Forwards to init_state() with the concrete types; with `kahan_summation`, also makes the
-  /// compensation of a bfloat16 or float16 weight.
+  /// compensation of a bfloat16 or float16 weight; under "8bit", encodes the moments it made.
   void prepare_state(torch::optim::OptimizerParamState& state, const torch::Tensor& param,
                      const torch::optim::OptimizerOptions& options) const override {
     auto& typed = static_cast<State&>(state);
@@ -497,6 +542,50 @@ class Algorithm : public OptimizerBase {
         !typed.kahan_comp().defined()) {
       typed.kahan_comp(torch::zeros_like(param, at::MemoryFormat::Preserve));
     }
+    encode_new_moments(typed, param, typed_options);
+  }
+  /// The moments `State::coded_moments()` lists.
+  c10::ArrayRef<CodedMoment> coded_moments() const override { return State::coded_moments(); }
+  /// The tensor field `name` of `state` (a State), or null.
+  torch::Tensor* tensor_field(torch::optim::OptimizerParamState& state, const char* name) const override {
+    return field_of(static_cast<State&>(state), name);
+  }
+
+  /// Under "8bit": each moment of `state` that its group keeps as codes but holds as floats (one
+  /// just made as zeros) replaced by its codes and scales. A step refuses such floats in a state
+  /// that existed (check_state_fits), so only new buffers are encoded here.
+  void encode_new_moments(State& state, const torch::Tensor& param, const Options& options) const {
+    if (options.state_precision() != StatePrecision::blockwise8) return;
+    for (const auto& moment : State::coded_moments()) {
+      auto* buffer = field_of(state, moment.name);
+      if (buffer == nullptr || !buffer->defined() || buffer->scalar_type() == at::kByte ||
+          coded(moment.name, options.state_precision(), param) == nullptr) {
+        continue;
+      }
+      auto encoded = functional::quantize_blockwise(*buffer, moment.is_signed);
+      *buffer = std::move(encoded.codes);
+      *field_of(state, moment.absmax) = std::move(encoded.absmax);
+    }
+  }
+  /// The scales of the moments of `states` held as codes, in the order of the functional
+  /// function's state lists (GradScaling::state_absmax).
+  static std::vector<torch::Tensor> blockwise_scales(const std::vector<State*>& states) {
+    std::vector<torch::Tensor> scales;
+    for (const auto& moment : State::coded_moments()) {
+      for (auto* state : states) {
+        const auto* codes = field_of(*state, moment.name);
+        if (codes != nullptr && codes->defined() && codes->scalar_type() == at::kByte) {
+          scales.push_back(*field_of(*state, moment.absmax));
+        }
+      }
+    }
+    return scales;
+  }
+  static torch::Tensor* field_of(State& state, const char* name) {
+    torch::Tensor* found = nullptr;
+    TensorFieldFinder finder{name, found};
+    State::fields(state, finder);
+    return found;
   }
   /// Forwards to update() with the concrete types.
   void update_group(const torch::optim::OptimizerOptions& options,
@@ -513,6 +602,9 @@ class Algorithm : public OptimizerBase {
       }
     }
     set_compensation(std::move(compensation));
+    set_state_absmax(static_cast<const Options&>(options).state_precision() == StatePrecision::blockwise8
+                         ? blockwise_scales(typed)
+                         : std::vector<torch::Tensor>{});
     update(static_cast<const Options&>(options), params, grads, typed);
   }
   /// \endcond
