@@ -60,7 +60,7 @@ struct DynamicMap {
   uint8_t encode(float normalized) const { return kernels::cpu::blockwise::encode(view, normalized); }
 };
 
-void make_buckets(DynamicMap& map) {
+void make_buckets(DynamicMap& map, bool keeps_positive) {
   const float* t = map.thresholds.const_data_ptr<float>();
   std::copy(t, t + 255, map.threshold_list.begin());
   map.threshold_list[255] = std::numeric_limits<float>::infinity();
@@ -84,7 +84,8 @@ void make_buckets(DynamicMap& map) {
   map.view = {.values = map.values.const_data_ptr<float>(),
               .thresholds = map.threshold_list.data(),
               .first_code = map.first_code.data(),
-              .zero_code = map.zero_code};
+              .zero_code = map.zero_code,
+              .keeps_positive = keeps_positive};
 }
 
 std::unique_ptr<DynamicMap> make_map(bool is_signed) {
@@ -119,7 +120,9 @@ std::unique_ptr<DynamicMap> make_map(bool is_signed) {
   auto map = std::make_unique<DynamicMap>();
   map->values = values;
   map->thresholds = thresholds;
-  make_buckets(*map);
+  // Unsigned (second moments): no positive value becomes 0 (QuantizationMap::keeps_positive).
+  TORCH_INTERNAL_ASSERT(is_signed || v[0] == 0.0f, "the unsigned map starts at 0");
+  make_buckets(*map, !is_signed);
   return map;
 }
 
@@ -222,7 +225,9 @@ BlockwiseCodes quantize_blockwise(const at::Tensor& values, bool is_signed) {
   absmax = at::where(finite, absmax, at::full_like(absmax, std::numeric_limits<float>::quiet_NaN()));
 
   const auto thresholds = map.thresholds.to(values.device());
-  auto codes = at::searchsorted(thresholds, normalized, /*out_int32=*/true, /*right=*/true).to(at::kByte);
+  auto codes = at::searchsorted(thresholds, normalized, /*out_int32=*/true, /*right=*/true);
+  if (!is_signed) codes = at::where((normalized > 0) & (codes == 0), at::ones_like(codes), codes);
+  codes = codes.to(at::kByte);
   codes = unblocked(codes, values.sym_numel(), values.sym_sizes()).contiguous();
   return {codes, absmax.reshape({-1}).contiguous()};
 }

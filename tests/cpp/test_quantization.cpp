@@ -13,14 +13,16 @@ namespace {
 
 namespace F = holocron::optim::functional;
 
-// The nearest map value's index in exact arithmetic, the lower one on a tie.
+// The nearest map value's index in exact arithmetic, the lower one on a tie; with the unsigned
+// map (which starts at 0), never 0 for a positive value.
 int64_t nearest(const at::Tensor& map, float normalized) {
   const auto* v = map.const_data_ptr<float>();
   int64_t best = 0;
   for (int64_t k = 1; k < 256; ++k) {
     if (std::fabs(double{normalized} - v[k]) < std::fabs(double{normalized} - v[best])) best = k;
   }
-  return best;
+  const bool is_unsigned = v[0] == 0.0f;
+  return is_unsigned && best == 0 && normalized > 0.0f ? 1 : best;
 }
 
 TEST(Quantization, CodesAreTheNearestMapValues) {

@@ -521,3 +521,23 @@ def test_wrappers_over_8bit_state_keep_float32_slow_weights(wrapper):
     resumed.load_state_dict(saved)
     assert torch.equal(resumed.base_optimizer.state[resumed.base_optimizer.param_groups[0]["params"][0]]["exp_avg"],
                        base.state[params[0]]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ["LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"])
+def test_a_rare_gradient_does_not_make_8bit_steps_jump(name):
+    """A weight whose gradient is small once and zero after, in a block whose other gradients are
+    about 1e4 times larger (an input that is almost always zero): its second moment, 1e-9 of the
+    block's largest, would round to 0 under its first moment, and the update become m / eps. The
+    unsigned map keeps it positive, so 8-bit steps move that weight about as far as float32 ones."""
+    moved = {}
+    for precision in ("float32", "8bit"):
+        gen = torch.Generator().manual_seed(0)
+        p = torch.zeros(64, 128, requires_grad=True)
+        opt = getattr(ho, name)([p], lr=1e-3, state_precision=precision)
+        for step in range(6):
+            g = torch.randn(64, 128, generator=gen)
+            g[0, 0] = 1e-4 if step == 0 else 0.0
+            p.grad = g
+            opt.step()
+        moved[precision] = p.detach()[0, 0].abs().item()
+    assert moved["8bit"] <= 2 * moved["float32"] + 1e-6, moved

@@ -59,7 +59,9 @@ def _naive_codes(values, signed):
         absmax = block.abs().max()
         scales.append(absmax.item())
         normalized = (block / absmax if absmax > 0 else torch.zeros_like(block)).double().numpy()
-        codes += [int(np.argmin(np.abs(table - y))) for y in normalized]
+        nearest = [int(np.argmin(np.abs(table - y))) for y in normalized]
+        # Unsigned (second moments): a positive value is never coded as 0.
+        codes += [1 if not signed and code == zero_code and y > 0 else code for code, y in zip(nearest, normalized)]
     return (torch.tensor(codes, dtype=torch.uint8).reshape(values.shape),
             torch.tensor(scales, dtype=torch.float32))
 
@@ -161,7 +163,8 @@ def test_exact_ties_take_the_lower_code(signed, path, backend):
         blocks[:, 1] = 1.0
         codes, absmax = ops.quantize_blockwise(blocks, signed)
         assert bool((absmax == 1).all())
-        assert codes[:, 0].tolist() == [k for k, _ in cases]
+        # (The unsigned map never codes a positive value as 0: the tie above 0 takes code 1.)
+        assert codes[:, 0].tolist() == [1 if not signed and k == 0 and value > 0 else k for k, value in cases]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -186,8 +189,10 @@ def test_edge_values(signed, path, backend):
     for block in (2, 3):
         assert math.isnan(absmax[block]) and bool(decoded[block * BLOCK:(block + 1) * BLOCK].isnan().all())
     assert bool(decoded[4 * BLOCK:].isfinite().all())
-    # Values far below the block's largest (1e-30 / 1e-3) fall to the code of 0.
-    assert codes[4 * BLOCK] == zero_code and codes[5 * BLOCK - 1] == 255
+    # Values far below the block's largest (1e-30 / 1e-3) fall to the code of 0; with the unsigned
+    # map (second moments) to the least positive value's instead, so that they do not vanish.
+    assert codes[4 * BLOCK] == (zero_code if signed else zero_code + 1) and codes[5 * BLOCK - 1] == 255
+    assert signed or bool((decoded[4 * BLOCK:] > 0).all())
 
 
 def test_error_is_within_half_a_gap():

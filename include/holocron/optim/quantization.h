@@ -37,7 +37,10 @@ struct BlockwiseCodes {
 /// divided by its block's absmax (in float32) becomes the code of the nearest map value, the lower
 /// one on an exact tie, so that the codes do not depend on how the search is done. A block of
 /// zeros has absmax 0 and the code of 0 everywhere; with the unsigned map a negative value gets
-/// the code of 0, its nearest. Runs on the values' device; nothing is written to them.
+/// the code of 0, its nearest, and a positive value whose nearest is 0 gets the least positive
+/// value's code instead (bitsandbytes' encoder would give 0): a second moment must not vanish
+/// under a first moment that does not, or m / (sqrt(v) + eps) becomes m / eps. Runs on the
+/// values' device; nothing is written to them.
 /// \throws c10::TypeError for values that are not floating point.
 /// \throws c10::Error for a sparse tensor.
 BlockwiseCodes quantize_blockwise(const at::Tensor& values, bool is_signed);

@@ -24,6 +24,11 @@ struct QuantizationMap {
   // gather 4 bytes at each bucket's offset.
   const uint8_t* first_code = nullptr;
   uint8_t zero_code = 0;                // the code of 0: a block holding an inf or a NaN
+  // The unsigned map (second moments): a positive value whose nearest map value is 0 takes the
+  // least positive one instead, code zero_code + 1. A second moment rounded to 0 under a first
+  // moment that is not would turn m / (sqrt(v) + eps) into m / eps: weights whose gradients are
+  // rare (inputs mostly zero, embeddings) would jump.
+  bool keeps_positive = false;
 };
 
 namespace blockwise {
@@ -47,10 +52,12 @@ inline uint32_t bucket_of(float normalized) {
   return (top >> 15) * kBuckets + (magnitude - kFirstBucketBits);
 }
 
-// The code of the map value nearest to `normalized`, the lower one on an exact tie.
+// The code of the map value nearest to `normalized`, the lower one on an exact tie (but never 0
+// for a positive value under QuantizationMap::keeps_positive).
 inline uint8_t encode(const QuantizationMap& map, float normalized) {
   const uint8_t first = map.first_code[bucket_of(normalized)];
-  return static_cast<uint8_t>(first + (normalized >= map.thresholds[first] ? 1 : 0));
+  const uint8_t code = static_cast<uint8_t>(first + (normalized >= map.thresholds[first] ? 1 : 0));
+  return static_cast<uint8_t>(code + (map.keeps_positive && code == map.zero_code && normalized > 0.0f ? 1 : 0));
 }
 
 }  // namespace

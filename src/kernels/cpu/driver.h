@@ -510,6 +510,7 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
     const __m512i magnitude_bits = _mm512_set1_epi32(0x7FFF);
     const __m512i byte = _mm512_set1_epi32(0xFF);
     const __m512i one = _mm512_set1_epi32(1);
+    const __m512i zero_code = _mm512_set1_epi32(map.zero_code);
     for (; e + 16 <= n; e += 16) {
       const __m512 y = _mm512_div_ps(_mm512_loadu_ps(in + e), divisors);
       const __m512i top = _mm512_srli_epi32(_mm512_castps_si512(y), 16);
@@ -521,7 +522,12 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
           _mm512_and_si512(_mm512_i32gather_epi32(bucket, reinterpret_cast<const int*>(map.first_code), 1), byte);
       const __mmask16 above =
           _mm512_cmp_ps_mask(y, _mm512_i32gather_ps(first_code, map.thresholds, 4), _CMP_GE_OQ);
-      const __m512i code = _mm512_mask_add_epi32(first_code, above, first_code, one);
+      __m512i code = _mm512_mask_add_epi32(first_code, above, first_code, one);
+      if (map.keeps_positive) {
+        const __mmask16 lifted = _mm512_cmpeq_epi32_mask(code, zero_code) &
+                                 _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);
+        code = _mm512_mask_add_epi32(code, lifted, code, one);
+      }
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + e), _mm512_cvtepi32_epi8(code));
     }
   }
@@ -533,6 +539,7 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
     const __m256i buckets = _mm256_set1_epi32(static_cast<int>(blockwise::kBuckets));
     const __m256i magnitude_bits = _mm256_set1_epi32(0x7FFF);
     const __m256i byte = _mm256_set1_epi32(0xFF);
+    const __m256i zero_code = _mm256_set1_epi32(map.zero_code);
     for (; e + 8 <= n; e += 8) {
       const __m256 y = _mm256_div_ps(_mm256_loadu_ps(in + e), divisors);
       const __m256i top = _mm256_srli_epi32(_mm256_castps_si256(y), 16);
@@ -544,7 +551,12 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
           _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(map.first_code), bucket, 1), byte);
       const __m256 above = _mm256_cmp_ps(y, _mm256_i32gather_ps(map.thresholds, first_code, 4), _CMP_GE_OQ);
       // `above` is all ones (-1 as an integer) where the value reaches the next code.
-      const __m256i code = _mm256_sub_epi32(first_code, _mm256_castps_si256(above));
+      __m256i code = _mm256_sub_epi32(first_code, _mm256_castps_si256(above));
+      if (map.keeps_positive) {
+        const __m256i lifted = _mm256_and_si256(_mm256_cmpeq_epi32(code, zero_code),
+                                                _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ)));
+        code = _mm256_sub_epi32(code, lifted);
+      }
       const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
       _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + e), _mm_packus_epi16(words, words));
     }
