@@ -13,7 +13,7 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 
-.PHONY: all build deps apt-deps venv configure cpp python test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-timm bench-fsdp2 bench-zero-offload clean
+.PHONY: all build deps apt-deps venv configure cpp python package test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-timm bench-fsdp2 bench-zero-offload clean
 
 all: build
 
@@ -57,7 +57,11 @@ cpp: configure
 
 # The Python package loads the library built above from inside its folder;
 # a .pth file puts python/ on .venv's path (a wheel is `make wheel`).
-python: cpp
+python: cpp package
+
+# The library alone, into the Python package (what the demo needs of it).
+package: configure
+	cmake --build $(BUILD) -j2 --target holocron_optim
 	mkdir -p python/holocron_optim/lib
 	cp -u $(BUILD)/libholocron_optim.so $(BUILD)/torch_version.txt python/holocron_optim/lib/
 	@echo "$(CURDIR)/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/holocron_optim_dev.pth"
@@ -149,11 +153,13 @@ test-cpp: cpp
 test-python: python
 	$(PY) -m pytest -q tests/python
 
-# Trains with every optimizer, then plots: PNGs in build/demo. Builds only
-# the library and the demo program (make build / make test build the rest).
-demo: configure venv
+# Trains with every optimizer, then the state precisions' quality table (demo/quality.py, with
+# the Python package), then plots: PNGs in build/demo. Builds only the library and the demo
+# program (make build / make test build the rest).
+demo: configure venv package
 	cmake --build $(BUILD) -j2 --target holocron_demo
 	$(BUILD)/holocron_demo --out $(DEMO_OUT)
+	$(PY) demo/quality.py --out $(DEMO_OUT)
 	$(PY) demo/plot.py $(DEMO_OUT)
 
 # The C++ API reference: build/docs/html/index.html (warnings are errors).

@@ -82,6 +82,10 @@ FLOAT32_BYTES = {
 }
 
 
+# The state precisions the state_precision block compares ("param": float32 on float32 weights).
+LEAN_PRECISIONS = ("param", "bfloat16", "8bit")
+
+
 def constructor_kwargs(name: str) -> dict[str, Any]:
     """Arguments given to ours and to the reference alike (default options otherwise)."""
     kwargs: dict[str, Any] = {"lr": LR, "weight_decay": WEIGHT_DECAY}
@@ -455,10 +459,10 @@ class Worker:
         return out
 
     def state_precision_block(self, name: str) -> dict[str, Any]:
-        """Our class with bfloat16 state against float32 state, in turns."""
+        """Our class with bfloat16 and 8-bit state against float32 state, in turns."""
         impls: dict[str, Any] = {"adam": self.adam}
         errors: dict[str, str] = {}
-        for precision in ("param", "bfloat16"):
+        for precision in LEAN_PRECISIONS:
             try:
                 impls[precision] = getattr(self.ours, name)(self.params, **constructor_kwargs(name),
                                                             state_precision=precision)
@@ -467,16 +471,18 @@ class Worker:
         samples, step_errors, rounds = self.interleaved(impls)
         errors.update(step_errors)
         out: dict[str, Any] = {"rounds": rounds, "adam_ms": median(samples.get("adam", []))}
-        for precision in ("param", "bfloat16"):
+        for precision in LEAN_PRECISIONS:
             ms = median(samples.get(precision, []))
             opt = impls.get(precision)
             if ms is None or opt is None:
                 out[precision] = {"error": errors.get(precision, "no samples")}
                 continue
-            buffers = [t for state in opt.state.values() for key, t in state.items() if key in opt._all_buffers]
+            buffers = [t for state in opt.state.values() for key, t in state.items()
+                       if key in opt._all_buffers or key.endswith("_absmax")]
             out[precision] = {
                 "median_ms": ms,
-                "state_arrays": round(sum(t.numel() for t in buffers) / self.elements),
+                "state_arrays": round(sum(t.numel() for t in buffers if t.element_size() > 1) / self.elements),
+                "coded_arrays": sum(t.numel() for t in buffers if t.element_size() == 1) / self.elements,
                 "state_bytes_per_param": sum(t.numel() * t.element_size() for t in buffers) / self.elements,
                 "samples_ms": samples[precision],
             }
@@ -566,8 +572,8 @@ class Worker:
         if self.name == "resnet50-f32":
             for name in ALGORITHMS:
                 lean[name] = self.state_precision_block(name)
-                f32, bf16 = (lean[name][k].get("median_ms") for k in ("param", "bfloat16"))
-                self.log(f"{name} state: float32 {fmt(f32)} ms, bfloat16 {fmt(bf16)} ms")
+                f32, bf16, q8 = (lean[name][k].get("median_ms") for k in LEAN_PRECISIONS)
+                self.log(f"{name} state: float32 {fmt(f32)} ms, bfloat16 {fmt(bf16)} ms, 8-bit {fmt(q8)} ms")
         kahan: dict[str, Any] = {}
         if self.name == "resnet50-bf16":
             for name in ALGORITHMS:
@@ -626,13 +632,16 @@ class Worker:
                 entry["efficiency"] = roof / ms if roof else None
 
         for name, block in lean.items():
-            f32, bf16 = block["param"], block["bfloat16"]
-            if "error" in f32 or "error" in bf16:
+            f32, bf16, q8 = (block[k] for k in LEAN_PRECISIONS)
+            if "error" in f32 or "error" in bf16 or "error" in q8:
                 continue
-            # Each state array moves 4 bytes per element fewer in bfloat16 (read and written).
+            # Each state array moves 4 bytes per element fewer in bfloat16 (read and written); a
+            # coded one 6 fewer (a byte and 1/64 of a scale's, read and written, for 4 + 4).
             bf16_bytes = FLOAT32_BYTES[name] - 4 * f32["state_arrays"]
-            block["bytes_per_element"] = {"param": FLOAT32_BYTES[name], "bfloat16": bf16_bytes}
+            q8_bytes = round(FLOAT32_BYTES[name] - 2 * (4 - 1 - 4 / 256) * q8["coded_arrays"], 1)
+            block["bytes_per_element"] = {"param": FLOAT32_BYTES[name], "bfloat16": bf16_bytes, "8bit": q8_bytes}
             block["ratio"] = bf16["median_ms"] / f32["median_ms"]
+            block["ratio_8bit"] = q8["median_ms"] / f32["median_ms"]
             for key, nbytes in block["bytes_per_element"].items():
                 roof = roofline_ms(nbytes)
                 block[key]["efficiency"] = roof / block[key]["median_ms"] if roof else None
@@ -741,21 +750,24 @@ def report(result: dict[str, Any]) -> str:
     lean = result.get("state_precision") or {}
     if lean:
         lines.append("")
-        lines.append("state_precision (our Python classes, bfloat16 state against float32 state, in turns):")
+        lines.append("state_precision (our Python classes, bfloat16 and 8-bit state against float32 state, in turns):")
         lines.append("")
-        lines.append("| algorithm | state B/param f32 / bf16 | f32 ms | bf16 ms | bf16 / f32 | B/elem f32 / bf16 "
-                     "| efficiency f32 / bf16 |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("| algorithm | state B/param f32 / bf16 / 8-bit | f32 ms | bf16 ms | 8-bit ms | bf16 / f32 "
+                     "| 8-bit / f32 | B/elem f32 / bf16 / 8-bit | efficiency f32 / bf16 / 8-bit |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for algo, block in lean.items():
-            f32, bf16 = block["param"], block["bfloat16"]
-            if "error" in f32 or "error" in bf16:
-                lines.append(f"| {algo} | err: {f32.get('error') or bf16.get('error')} | | | | | |")
+            f32, bf16, q8 = (block[k] for k in LEAN_PRECISIONS)
+            if "error" in f32 or "error" in bf16 or "error" in q8:
+                lines.append(f"| {algo} | err: {f32.get('error') or bf16.get('error') or q8.get('error')} "
+                             "| | | | | | | |")
                 continue
             nbytes = block.get("bytes_per_element", {})
-            lines.append(f"| {algo} | {fmt(f32['state_bytes_per_param'], 'g')} / {fmt(bf16['state_bytes_per_param'], 'g')} "
-                         f"| {fmt(f32['median_ms'])} | {fmt(bf16['median_ms'])} | {fmt(block.get('ratio'), '.3f')} "
-                         f"| {nbytes.get('param')} / {nbytes.get('bfloat16')} "
-                         f"| {fmt(f32.get('efficiency'))} / {fmt(bf16.get('efficiency'))} |")
+            lines.append(f"| {algo} | {fmt(f32['state_bytes_per_param'], '.3g')} / "
+                         f"{fmt(bf16['state_bytes_per_param'], '.3g')} / {fmt(q8['state_bytes_per_param'], '.3g')} "
+                         f"| {fmt(f32['median_ms'])} | {fmt(bf16['median_ms'])} | {fmt(q8['median_ms'])} "
+                         f"| {fmt(block.get('ratio'), '.3f')} | {fmt(block.get('ratio_8bit'), '.3f')} "
+                         f"| {nbytes.get('param')} / {nbytes.get('bfloat16')} / {nbytes.get('8bit')} "
+                         f"| {fmt(f32.get('efficiency'))} / {fmt(bf16.get('efficiency'))} / {fmt(q8.get('efficiency'))} |")
     kahan = result.get("kahan_summation") or {}
     if kahan:
         lines.append("")

@@ -132,11 +132,65 @@ def plot_trajectories(folder, name):
     return path
 
 
+PRECISION_COLOURS = {"float32": "tab:blue", "bfloat16": "tab:orange", "8bit": "tab:green",
+                     "bfloat16+Kahan": "tab:purple"}
+
+
+def bars(ax, groups, series, values, ylabel, title):
+    """Grouped bars: one group per optimizer, one bar per series."""
+    width = 0.8 / len(series)
+    for k, label in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, [values.get((g, label), math.nan) for g in groups], width, label=label,
+               color=PRECISION_COLOURS.get(label))
+    ax.set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_state_quality(folder):
+    """Part 3 and demo/quality.py: held-out accuracy per state precision on both tasks, and the
+    fine-tuning task's loss fall with plain and Kahan-compensated bfloat16 weights."""
+    shapes_path, quality_path = folder / "state_precision.csv", folder / "state_quality.csv"
+    if not shapes_path.exists() or not quality_path.exists():
+        return None
+    shapes = defaultdict(list)
+    for row in read_rows(shapes_path):
+        shapes[(row["optimizer"], row["precision"])].append(100 * float(row["heldout_accuracy"]))
+    shapes_mean = {key: sum(v) / len(v) for key, v in shapes.items()}
+    quality = read_rows(quality_path)
+    digits = {(r["optimizer"], r["precision"]): float(r["mean_accuracy"]) for r in quality if r["task"] == "digits"}
+    falls = {(r["optimizer"], r["precision"]): float(r["loss_fall"]) for r in quality if r["task"] == "fine-tune"}
+    relative = {(name, w): fall / falls[(name, "float32")] for (name, w), fall in falls.items() if w != "float32"}
+    names = list(dict.fromkeys(name for name, _ in list(shapes_mean) + list(digits)))
+
+    fig, (ax_shapes, ax_digits, ax_kahan) = plt.subplots(1, 3, figsize=(18, 5))
+    low = min(list(shapes_mean.values()) + list(digits.values()))
+    bars(ax_shapes, names, ["float32", "bfloat16", "8bit"], shapes_mean, "held-out accuracy (%)",
+         "shapes CNN (the demo's task), mean over seeds")
+    bars(ax_digits, names, ["float32", "bfloat16", "8bit"], digits, "held-out accuracy (%)",
+         "scikit-learn's digits, an MLP, mean over seeds")
+    for ax in (ax_shapes, ax_digits):
+        ax.set_ylim(max(0.0, low - 5), 100)
+    bars(ax_kahan, names, ["bfloat16", "bfloat16+Kahan"], relative, "loss fall / float32 weights' fall",
+         "fine-tuning below a bfloat16 ulp: bfloat16 weights")
+    ax_kahan.axhline(1.0, color="black", linewidth=0.8)
+    ax_kahan.set_ylim(0, 1.2)
+    fig.suptitle("Lean state: float32, bfloat16 and 8-bit moments; Kahan-compensated bfloat16 weights")
+    fig.tight_layout()
+    path = folder / "state_quality.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     folder = Path(sys.argv[1])
     written = [plot_training(folder)] + [plot_trajectories(folder, name) for name in FUNCTIONS]
+    written += [path for path in [plot_state_quality(folder)] if path is not None]
     print("PNG files:")
     for path in written:
         print(f"  {path.resolve()}")

@@ -108,22 +108,27 @@ def main() -> None:
 
     data = digits()
     print(f"\nState precision on scikit-learn's digits (1400 to train on, 397 held out): an MLP 64-128-64-10, "
-          f"{args.epochs} epochs of batch 64, {args.seeds} seeds; mean held-out accuracy (%), and the lean "
-          "precisions' difference from float32 state (points):\n")
-    header = f"{'optimizer':<10} {'float32':>8} {'bfloat16':>9} {'8bit':>8} {'bf16 - f32':>11} {'8bit - f32':>11}"
+          f"{args.epochs} epochs of batch 64, {args.seeds} seeds; mean held-out accuracy (%), the lean "
+          "precisions' difference from float32 state (points), and the standard deviation over seeds of float32 "
+          "state's accuracy:\n")
+    header = (f"{'optimizer':<10} {'float32':>8} {'bfloat16':>9} {'8bit':>8} {'bf16 - f32':>11} {'8bit - f32':>11} "
+              f"{'f32 sd':>7}")
     print(header)
     print("-" * len(header))
     rows = []
     started = time.time()
     for name in ALGORITHMS:
-        means = {}
+        means, spread = {}, 0.0
         for precision in PRECISIONS:
             accuracies = [train_digits(name, precision, seed, args.epochs, data) for seed in range(args.seeds)]
             means[precision] = statistics.mean(accuracies)
+            if precision == "float32" and len(accuracies) > 1:
+                spread = statistics.stdev(accuracies)
             rows.append({"task": "digits", "optimizer": name, "precision": precision,
                          "mean_accuracy": means[precision], "accuracies": " ".join(f"{a:.2f}" for a in accuracies)})
         print(f"{name:<10} {means['float32']:>8.2f} {means['bfloat16']:>9.2f} {means['8bit']:>8.2f} "
-              f"{means['bfloat16'] - means['float32']:>+11.2f} {means['8bit'] - means['float32']:>+11.2f}")
+              f"{means['bfloat16'] - means['float32']:>+11.2f} {means['8bit'] - means['float32']:>+11.2f} "
+              f"{spread:>7.2f}")
     print(f"({time.time() - started:.0f} s)")
 
     print("\nKahan summation: a fine-tuning task whose updates are about 1/20 of a bfloat16 unit in the last place "

@@ -337,12 +337,23 @@ class FusedStep:
         signed = self._buffer_maps.get(name)
         if signed is None or p.numel() < BLOCKWISE_MIN_NUMEL:
             return None
+        self._refuse_sharded_codes(p)
+        return signed
+
+    def _refuse_sharded_codes(self, p: torch.Tensor) -> None:
         if distributed.is_dtensor(p) or (distributed.flat_layouts_exist and distributed.flat_layout(p) is not None):
             raise NotImplementedError(
                 f"{type(self).__name__}: state_precision='8bit' keeps block-wise codes of whole local tensors; "
                 "sharded parameters (DTensor, FSDP2) and DeepSpeed's flat partitions are not supported yet: "
                 "use 'bfloat16' state there")
-        return signed
+
+    def _check_codable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Refuses, before any group is updated, parameters whose moments this group would keep as
+        codes but cannot (_refuse_sharded_codes)."""
+        if self._blockwise(group):
+            for p in params:
+                if p.numel() >= BLOCKWISE_MIN_NUMEL:
+                    self._refuse_sharded_codes(p)
 
     def _blockwise_scales(self, group: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
         """The op's `state_absmax` keyword: the scales of every buffer held as codes, in the order
@@ -618,6 +629,7 @@ class FusedStep:
             if index > 0 or split or id(group) not in still_pinned:
                 self._validate(group, params, grads, states)
             self._check_compensation(group, params, states)
+            self._check_codable(group, params)
         self._clipping_now = self._grad_clipping(work)
         self._still_pinned_now = still_pinned
         try:

@@ -103,8 +103,10 @@ class LARS(FusedStep, Optimizer):
             (torch's ``decoupled_weight_decay``). Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -235,8 +237,10 @@ class LAMB(FusedStep, Optimizer):
             added later takes the defaults', or must hold its own). Default `None`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -376,8 +380,10 @@ class RaLars(FusedStep, Optimizer):
             ``||u||``, and ``||p||`` is the decayed parameter's. Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -471,8 +477,10 @@ class TAdam(FusedStep, Optimizer):
             Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -637,8 +645,10 @@ class AdaBelief(_AdamLike):
             Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -736,8 +746,10 @@ class AdamP(_AdamLike):
             rule (not available). Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -832,8 +844,10 @@ class Adan(FusedStep, Optimizer):
             shards). Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read
@@ -934,8 +948,10 @@ class AdEMAMix(FusedStep, Optimizer):
             ``numel / (kept + 1)`` (over the whole tensor, all shards). Default `False`.
         state_precision: the dtype of the per-element state (moments, momentum, maxima):
             ``"param"``, the parameter's; ``"float32"`` (mixed precision for bfloat16 and half
-            parameters); ``"bfloat16"`` (half the bytes of float32 state). The math runs in the
-            parameter's math type; the state is rounded to nearest even when stored. A load
+            parameters); ``"bfloat16"`` (half the bytes of float32 state); ``"8bit"`` (the
+            moments of tensors of 4096 elements or more as 8-bit block-wise codes with a float32
+            scale per 256, ``<name>_absmax``; the rest float32). The math runs in the
+            parameter's math type; the state is rounded (or encoded) when stored. A load
             converts a checkpoint's state to each group's precision. Default `'param'`.
         kahan_summation: Kahan-compensated bfloat16 and float16 weights: each such parameter
             keeps ``kahan_comp`` (its dtype and shape), and its weight is ``p + kahan_comp``, read

@@ -122,3 +122,23 @@ def test_channel_projection_refuses_strided_shards(mesh):
     plain = distribute_tensor(torch.ones(3, 2, dtype=torch.float64), mesh, [Replicate()])
     strided = DTensor.from_local(torch.ones(4, 2, dtype=torch.float64), mesh, [_StridedShard(0, split_factor=2)])
     _adamp_step_is_refused([torch.nn.Parameter(plain), torch.nn.Parameter(strided)], "strided shard")
+
+
+def test_8bit_state_refuses_sharded_parameters_with_nothing_changed(mesh):
+    """8-bit moments of a DTensor's local shard are not supported yet: refused by name, and the
+    failed first step leaves no state; small DTensors (float32 moments) still step."""
+    large = torch.nn.Parameter(as_layout(torch.randn(80, 64), Shard(0), mesh))
+    small = torch.nn.Parameter(as_layout(torch.randn(30), Shard(0), mesh))
+    for params, refused in (([small], False), ([large, small], True)):
+        opt = ho.LAMB(params, lr=0.01, state_precision="8bit")
+        for p in params:
+            p.grad = torch.ones_like(p)
+        before = [full(p).clone() for p in params]
+        if not refused:
+            opt.step()
+            assert opt.state[small]["exp_avg"].dtype == torch.float32
+            continue
+        with pytest.raises(NotImplementedError, match="state_precision='8bit'.*DTensor"):
+            opt.step()
+        assert all(torch.equal(full(p), b) for p, b in zip(params, before))
+        assert all(not state for state in opt.state.values())

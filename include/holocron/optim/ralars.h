@@ -44,8 +44,9 @@ struct RaLarsOptions : detail::OptionsBase<RaLarsOptions> {
   /// LAMB's, timm's `decoupled_decay`). Default false.
   HOLOCRON_FIELD(bool, decoupled_weight_decay) = false;
 
-  /// The dtype of the per-element state: the parameter's (the default), float32 or bfloat16
-  /// (StatePrecision). A checkpoint's state is converted to the group's on load.
+  /// The dtype of the per-element state: the parameter's (the default), float32, bfloat16, or
+  /// 8-bit codes of the moments of large tensors (StatePrecision). A checkpoint's state is
+  /// converted to the group's on load.
   HOLOCRON_FIELD(StatePrecision, state_precision) = StatePrecision::param;
   /// Kahan-compensated bfloat16 and float16 weights: such a parameter keeps `kahan_comp` (its
   /// dtype and shape) and its weight is `p + kahan_comp`, so that updates below half a unit in the
