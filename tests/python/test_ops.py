@@ -158,3 +158,33 @@ def _kahan_cases():
 def test_opcheck_kahan_compensations(name):
     args, kwargs = _kahan_cases()[name]
     torch.library.opcheck(getattr(ops, name).default, args, kwargs)
+
+
+def _blockwise_cases():
+    """8-bit state (`state_absmax`, the scales of the uint8 state tensors in list order): the
+    scales are declared as written, and torch's functionalization takes the list."""
+    gen = torch.Generator().manual_seed(4)
+    p = [torch.randn(600, generator=gen), torch.randn(3, 5, generator=gen)]
+    g = [torch.randn(t.shape, generator=gen) for t in p]
+
+    def coded(signed):
+        pairs = [ops.quantize_blockwise(torch.rand(t.shape, generator=gen) * (2 if signed else 1)
+                                        - (1 if signed else 0), signed) for t in p]
+        return [c for c, _ in pairs], [a for _, a in pairs]
+
+    m, m_scales = coded(True)
+    v, v_scales = coded(False)
+    steps = [3] * len(p)
+    return {
+        "lamb_": ((p, g), dict(exp_avgs=m, exp_avg_sqs=v, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                               weight_decay=0.01, clip_low=0.0, clip_high=10.0, state_absmax=m_scales + v_scales)),
+        "adabelief_": ((p, g), dict(exp_avgs=m, exp_avg_sqs=v, max_exp_avg_sqs=[], steps=steps, lr=0.01, beta1=0.9,
+                                    beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
+                                    state_absmax=m_scales + v_scales)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_blockwise_cases()))
+def test_opcheck_8bit_state(name):
+    args, kwargs = _blockwise_cases()[name]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)

@@ -632,69 +632,71 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
       // compile-time constant.
       constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
       auto iterate = [&](int64_t from, int64_t to) HOLOCRON_LAMBDA_INLINE {
-      for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
-        static_for<kRound>([&](auto sub) {
-          const int64_t i = round + decltype(sub)::value * Narrow::kStep;
-          if (i >= to) return;
-          const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
-          V values[kA][kPack] = {};
-          static_for<kA>([&](auto j_) {
-            constexpr int j = decltype(j_)::value;
-            // An absent array (amsgrad off, no momentum) is neither read nor written.
-            if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) return;
-            if constexpr (kBlockwise && ((kState >> j) & 1u)) Wide::load(staged[j] + (i - block_begin), count, values[j]);
-            else if constexpr ((kState >> j) & 1u) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
-            else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
-            else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
+        for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
+          static_for<kRound>([&](auto sub) {
+            const int64_t i = round + decltype(sub)::value * Narrow::kStep;
+            if (i >= to) return;
+            const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
+            V values[kA][kPack] = {};
+            static_for<kA>([&](auto j_) {
+              constexpr int j = decltype(j_)::value;
+              // An absent array (amsgrad off, no momentum) is neither read nor written.
+              if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) return;
+              constexpr bool kIsState = (kState >> j) & 1u;
+              if constexpr (kBlockwise && kIsState) Wide::load(staged[j] + (i - block_begin), count, values[j]);
+              else if constexpr (kIsState) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
+              else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
+              else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
+            });
+            [[maybe_unused]] V compensated[kPack];
+            if constexpr (kCompensates) {
+              if (compensation != nullptr) {
+                Narrow::load(compensation + i, count, compensated);
+                for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
+              }
+            }
+            if constexpr (kG >= 0) {
+              if (unscale) {
+                for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
+              }
+            }
+            static_for<kPack>([&](auto k_) {
+              constexpr int k = decltype(k_)::value;
+              constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
+              V x[kA];
+              for (int j = 0; j < kA; ++j) x[j] = values[j][k];
+              LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
+              body(x, lanes);
+              for (int j = 0; j < kA; ++j) values[j][k] = x[j];
+            });
+            if constexpr (kWritesWeights) {
+              if (compensation != nullptr) {
+                // The weight rounded once: stored as it is (the loop below skips it), and read back
+                // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
+                static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
+                const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
+                const auto [low, high] = at::vec::convert_to_float<T>(rounded);
+                compensated[0] = values[kP][0] - low;
+                compensated[1] = values[kP][1] - high;
+                T* const weights = static_cast<T*>(slot.data[kP]) + i;
+                if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
+                Narrow::store(compensation + i, count, compensated);
+              }
+            }
+            static_for<kA>([&](auto j_) {
+              constexpr int j = decltype(j_)::value;
+              if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
+              if constexpr (kWritesWeights && j == kP) {
+                if (compensation != nullptr) return;  // stored with its compensation above
+              }
+              constexpr bool kIsState = (kState >> j) & 1u;
+              if constexpr (kBlockwise && kIsState) Wide::store(staged[j] + (i - block_begin), count, values[j]);
+              else if constexpr (kIsState) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
+              else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
+              else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
+            });
           });
-          [[maybe_unused]] V compensated[kPack];
-          if constexpr (kCompensates) {
-            if (compensation != nullptr) {
-              Narrow::load(compensation + i, count, compensated);
-              for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
-            }
-          }
-          if constexpr (kG >= 0) {
-            if (unscale) {
-              for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
-            }
-          }
-          static_for<kPack>([&](auto k_) {
-            constexpr int k = decltype(k_)::value;
-            constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
-            V x[kA];
-            for (int j = 0; j < kA; ++j) x[j] = values[j][k];
-            LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
-            body(x, lanes);
-            for (int j = 0; j < kA; ++j) values[j][k] = x[j];
-          });
-          if constexpr (kWritesWeights) {
-            if (compensation != nullptr) {
-              // The weight rounded once: stored as it is (the loop below skips it), and read back
-              // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
-              static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
-              const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
-              const auto [low, high] = at::vec::convert_to_float<T>(rounded);
-              compensated[0] = values[kP][0] - low;
-              compensated[1] = values[kP][1] - high;
-              T* const weights = static_cast<T*>(slot.data[kP]) + i;
-              if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
-              Narrow::store(compensation + i, count, compensated);
-            }
-          }
-          static_for<kA>([&](auto j_) {
-            constexpr int j = decltype(j_)::value;
-            if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
-            if constexpr (kWritesWeights && j == kP) {
-              if (compensation != nullptr) return;  // stored with its compensation above
-            }
-            if constexpr (kBlockwise && ((kState >> j) & 1u)) Wide::store(staged[j] + (i - block_begin), count, values[j]);
-            else if constexpr ((kState >> j) & 1u) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
-            else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
-            else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
-          });
-        });
-      }
+        }
       };
       if constexpr (kBlockwise) {
         for (block_begin = begin; block_begin < end; block_begin += kBlock) {
