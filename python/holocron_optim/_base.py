@@ -348,12 +348,12 @@ class FusedStep:
                 "use 'bfloat16' state there")
 
     def _check_codable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        """Refuses, before any group is updated, parameters whose moments this group would keep as
-        codes but cannot (_refuse_sharded_codes)."""
+        """Refuses, before any group is updated, an 8-bit group holding sharded parameters
+        (_refuse_sharded_codes), whatever their size: a group of several layouts is updated by one
+        call per layout, and the scales' list is not per parameter."""
         if self._blockwise(group):
             for p in params:
-                if p.numel() >= BLOCKWISE_MIN_NUMEL:
-                    self._refuse_sharded_codes(p)
+                self._refuse_sharded_codes(p)
 
     def _blockwise_scales(self, group: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
         """The op's `state_absmax` keyword: the scales of every buffer held as codes, in the order
@@ -364,7 +364,11 @@ class FusedStep:
         if not self._blockwise(group):
             return {}
         scales = []
-        for key in self._coded_keys:
+        for buffer in self._state_buffers:
+            # A moment the op does not take this step (amsgrad switched off) has no scales there.
+            if buffer.signed is None or not buffer.exists_in(group):
+                continue
+            key = buffer.name
             for state in states:
                 codes = state.get(key)
                 if isinstance(codes, torch.Tensor) and codes.dtype is torch.uint8:

@@ -372,6 +372,9 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
   const bool splits = rows.splits();
   for (size_t i = 0; fused && splits && i < params.size(); ++i) {
     if (rows.by_channel[i] && !params[i].is_contiguous()) fused = false;  // rows are not contiguous
+    // 8-bit codes: a row's slot would count its blocks from the row, not from the tensor (whose
+    // blocks own the scales), so split tensors with codes take the ATen path.
+    if (rows.by_channel[i] && scratch.group.tensors[i].state_dtype == at::kByte) fused = false;
   }
   if (fused && splits) slots_of(scratch.group, rows.segments, scratch.second_group);
   const auto& group = splits ? scratch.second_group : scratch.group;

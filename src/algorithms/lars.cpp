@@ -209,7 +209,7 @@ void LARS::update(const LARSOptions& options, const TensorVector& params, const 
       buffers.push_back(buffer);
     }
     // The momentum buffers made here: their scales join the group's (set before update()).
-    if (options.state_precision() == StatePrecision::blockwise8) set_state_absmax(blockwise_scales(states));
+    if (options.state_precision() == StatePrecision::blockwise8) set_state_absmax(blockwise_scales(states, options));
   }
   std::vector<double> local_lrs;
   try {

@@ -541,3 +541,31 @@ TEST(StatePrecision, LookaheadSyncsCompensatedWeights) {
 
 }  // namespace
 }  // namespace holocron_test
+
+namespace holocron_test {
+namespace {
+
+// A moment the update no longer takes (amsgrad switched off, LARS' momentum set to 0) keeps its
+// codes in the state, unused: the steps go on, as with float32 state.
+TEST(StatePrecision, BlockwiseMomentsAnUpdateNoLongerTakesAreLeftAlone) {
+  for (const auto precision : {ho::StatePrecision::float32, ho::StatePrecision::blockwise8}) {
+    auto params = blockwise::weights(11);
+    ho::TAdam tadam(params, ho::TAdamOptions(1e-3).amsgrad(true).state_precision(precision));
+    blockwise::set_grads(params, 0);
+    tadam.step();
+    static_cast<ho::TAdamOptions&>(tadam.param_groups()[0].options()).amsgrad(false);
+    blockwise::set_grads(params, 1);
+    EXPECT_NO_THROW(tadam.step()) << ho::to_string(precision);
+
+    auto more = blockwise::weights(12);
+    ho::LARS lars(more, ho::LARSOptions(1e-2).momentum(0.9).state_precision(precision));
+    blockwise::set_grads(more, 0);
+    lars.step();
+    static_cast<ho::LARSOptions&>(lars.param_groups()[0].options()).momentum(0.0);
+    blockwise::set_grads(more, 1);
+    EXPECT_NO_THROW(lars.step()) << ho::to_string(precision);
+  }
+}
+
+}  // namespace
+}  // namespace holocron_test

@@ -136,8 +136,9 @@ def test_8bit_state_is_float32_state_decoded_then_encoded(name, param_dtype, bac
             decoded = {key: [t.clone() if maps[key] is None else _decode(t, a, maps[key])
                              for t, a in zip(state[key], absmax.get(key, state[key]))] for key in maps}
             expected_params = [p.to(math, copy=True) for p in params]
-            # Float64 parameters with 8-bit state have no fused build: they take the ATen path.
-            backend("reference" if param_dtype == torch.float64 else capability)
+            # Float64 parameters with 8-bit state have no fused build, and AdamP's per-channel rows do
+            # not start on the blocks: they take the ATen path.
+            backend("reference" if param_dtype == torch.float64 or name == "adamp_channels" else capability)
             _step(name, expected_params, [g.to(math) for g in grads[k - 1]], decoded, {}, k, emulated_extra)
             backend(capability)
             _step(name, params, grads[k - 1], state, absmax, k, extra)
@@ -541,3 +542,47 @@ def test_a_rare_gradient_does_not_make_8bit_steps_jump(name):
             opt.step()
         moved[precision] = p.detach()[0, 0].abs().item()
     assert moved["8bit"] <= 2 * moved["float32"] + 1e-6, moved
+
+
+def test_adamp_channel_projection_with_codes_is_the_aten_step(backend):
+    """timm's per-channel projection splits a tensor into rows, which do not start on the
+    tensor's blocks: such tensors with 8-bit codes take the ATen path, so the fused and reference
+    backends agree where projections happen. (Reading rows' blocks from the row's start wiped the
+    scales and moved the weights 2.5e-2 away.) Both are ATen's math here, whose reductions may
+    round differently with the threads it gets: compared to float32's last bits."""
+    results = {}
+    for capability in ("auto", "reference"):
+        backend(capability)
+        gen = torch.Generator().manual_seed(2)
+        p = torch.randn(64, 100, generator=gen).requires_grad_()
+        opt = ho.AdamP([p], lr=1e-2, delta=10.0, channel_projection=True, decoupled_weight_decay=True,
+                       weight_decay=0.01, state_precision="8bit")
+        for _ in range(4):
+            p.grad = torch.randn(64, 100, generator=gen) + 0.5 * p.detach()
+            opt.step()
+        state = opt.state[p]
+        results[capability] = (p.detach().clone(), _decode(state["exp_avg"], state["exp_avg_absmax"], True),
+                               state["exp_avg_absmax"].clone())
+    (fused, moment, scales), (reference, reference_moment, reference_scales) = results["auto"], results["reference"]
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scales, reference_scales, rtol=1e-5, atol=0)
+    torch.testing.assert_close(moment, reference_moment, rtol=0, atol=2e-2 * float(reference_scales.max()))
+
+
+@pytest.mark.parametrize("name", ["TAdam", "AdaBelief", "AdamP", "Adan"])
+def test_amsgrad_switched_off_after_8bit_steps(name):
+    """The running maximum's codes stay in the state, unused: later steps take neither them nor
+    their scales, as with float32 state."""
+    runs = {}
+    for precision in ("float32", "8bit"):
+        gen = torch.Generator().manual_seed(6)
+        a, b = (torch.randn(8192, generator=gen).requires_grad_() for _ in range(2))
+        opt = getattr(ho, name)([{"params": [a]}, {"params": [b]}], lr=1e-3, amsgrad=True, state_precision=precision)
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[1]["amsgrad"] = False
+            a.grad, b.grad = torch.randn(8192, generator=gen), torch.randn(8192, generator=gen)
+            opt.step()
+        runs[precision] = (a.detach(), b.detach())
+    for got, expected in zip(runs["8bit"], runs["float32"]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)

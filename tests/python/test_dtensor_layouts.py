@@ -125,19 +125,19 @@ def test_channel_projection_refuses_strided_shards(mesh):
 
 
 def test_8bit_state_refuses_sharded_parameters_with_nothing_changed(mesh):
-    """8-bit moments of a DTensor's local shard are not supported yet: refused by name, and the
-    failed first step leaves no state; small DTensors (float32 moments) still step."""
+    """8-bit moments of a DTensor's local shard are not supported yet: a group holding a DTensor
+    (large or small, beside plain tensors whose moments are coded) is refused by name, before any
+    group steps, and the failed first step leaves no state."""
     large = torch.nn.Parameter(as_layout(torch.randn(80, 64), Shard(0), mesh))
     small = torch.nn.Parameter(as_layout(torch.randn(30), Shard(0), mesh))
-    for params, refused in (([small], False), ([large, small], True)):
-        opt = ho.LAMB(params, lr=0.01, state_precision="8bit")
+    plain = torch.nn.Parameter(torch.randn(80, 64))
+    for sharded in (large, small):
+        first = torch.nn.Parameter(torch.randn(80, 64))
+        opt = ho.LAMB([{"params": [first]}, {"params": [plain, sharded]}], lr=0.01, state_precision="8bit")
+        params = [first, plain, sharded]
         for p in params:
             p.grad = torch.ones_like(p)
         before = [full(p).clone() for p in params]
-        if not refused:
-            opt.step()
-            assert opt.state[small]["exp_avg"].dtype == torch.float32
-            continue
         with pytest.raises(NotImplementedError, match="state_precision='8bit'.*DTensor"):
             opt.step()
         assert all(torch.equal(full(p), b) for p, b in zip(params, before))

@@ -103,7 +103,7 @@ struct AdaBeliefParamState : detail::ParamStateBase<AdaBeliefParamState> {
     static constexpr detail::CodedMoment kMoments[] = {
         {"exp_avg", "exp_avg_absmax", true},
         {"exp_avg_sq", "exp_avg_sq_absmax", false},
-        {"max_exp_avg_sq", "max_exp_avg_sq_absmax", false},
+        {"max_exp_avg_sq", "max_exp_avg_sq_absmax", false, detail::CodedMoment::KeptWith::amsgrad},
     };
     return kMoments;
   }

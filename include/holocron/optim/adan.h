@@ -111,7 +111,7 @@ struct AdanParamState : detail::ParamStateBase<AdanParamState> {
         {"exp_avg", "exp_avg_absmax", true},
         {"exp_avg_sq", "exp_avg_sq_absmax", true},
         {"exp_avg_delta", "exp_avg_delta_absmax", false},
-        {"max_exp_avg_delta", "max_exp_avg_delta_absmax", false},
+        {"max_exp_avg_delta", "max_exp_avg_delta_absmax", false, detail::CodedMoment::KeptWith::amsgrad},
     };
     return kMoments;
   }

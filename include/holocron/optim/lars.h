@@ -100,7 +100,9 @@ struct LARSParamState : detail::ParamStateBase<LARSParamState> {
   /// The moments state_precision "8bit" keeps as codes, with their maps, in the order of the
   /// functional function's state lists.
   static c10::ArrayRef<detail::CodedMoment> coded_moments() {
-    static constexpr detail::CodedMoment kMoments[] = {{"momentum_buffer", "momentum_buffer_absmax", true}};
+    static constexpr detail::CodedMoment kMoments[] = {
+        {"momentum_buffer", "momentum_buffer_absmax", true, detail::CodedMoment::KeptWith::momentum},
+    };
     return kMoments;
   }
 };

@@ -104,9 +104,13 @@ inline constexpr const char* kKahanCompensation = "kahan_comp";
 /// their maxima). Each param state lists its own (`coded_moments()`), in the order of its
 /// functional function's state lists.
 struct CodedMoment {
+  /// The option without which an update does not take the moment (a state may still hold it:
+  /// amsgrad switched off after steps).
+  enum class KeptWith { always, amsgrad, momentum };
   const char* name;
   const char* absmax;
   bool is_signed;
+  KeptWith kept_with = KeptWith::always;
 };
 /// Smaller tensors keep float32 moments under "8bit" (bitsandbytes' rule).
 inline constexpr int64_t kBlockwiseMinNumel = 4096;
@@ -449,6 +453,15 @@ class OptimizerBase : public torch::optim::Optimizer {
 namespace detail {
 
 template <typename Options, typename = void>
+struct has_amsgrad : std::false_type {};
+template <typename Options>
+struct has_amsgrad<Options, std::void_t<decltype(std::declval<const Options&>().amsgrad())>> : std::true_type {};
+template <typename Options, typename = void>
+struct has_momentum : std::false_type {};
+template <typename Options>
+struct has_momentum<Options, std::void_t<decltype(std::declval<const Options&>().momentum())>> : std::true_type {};
+
+template <typename Options, typename = void>
 struct has_max_grad_norm : std::false_type {};
 template <typename Options>
 struct has_max_grad_norm<Options, std::void_t<decltype(std::declval<const Options&>().max_grad_norm())>>
@@ -567,11 +580,26 @@ class Algorithm : public OptimizerBase {
       *field_of(state, moment.absmax) = std::move(encoded.absmax);
     }
   }
-  /// The scales of the moments of `states` held as codes, in the order of the functional
-  /// function's state lists (GradScaling::state_absmax).
-  static std::vector<torch::Tensor> blockwise_scales(const std::vector<State*>& states) {
+  /// Whether an update under `options` hands the moment to the functional layer.
+  static bool takes(const CodedMoment& moment, const Options& options) {
+    switch (moment.kept_with) {
+      case CodedMoment::KeptWith::amsgrad:
+        if constexpr (has_amsgrad<Options>::value) return options.amsgrad();
+        return true;
+      case CodedMoment::KeptWith::momentum:
+        if constexpr (has_momentum<Options>::value) return options.momentum() != 0.0;
+        return true;
+      case CodedMoment::KeptWith::always:
+        break;
+    }
+    return true;
+  }
+  /// The scales of the moments of `states` held as codes that an update under `options` takes,
+  /// in the order of the functional function's state lists (GradScaling::state_absmax).
+  static std::vector<torch::Tensor> blockwise_scales(const std::vector<State*>& states, const Options& options) {
     std::vector<torch::Tensor> scales;
     for (const auto& moment : State::coded_moments()) {
+      if (!takes(moment, options)) continue;
       for (auto* state : states) {
         const auto* codes = field_of(*state, moment.name);
         if (codes != nullptr && codes->defined() && codes->scalar_type() == at::kByte) {
@@ -603,7 +631,7 @@ class Algorithm : public OptimizerBase {
     }
     set_compensation(std::move(compensation));
     set_state_absmax(static_cast<const Options&>(options).state_precision() == StatePrecision::blockwise8
-                         ? blockwise_scales(typed)
+                         ? blockwise_scales(typed, static_cast<const Options&>(options))
                          : std::vector<torch::Tensor>{});
     update(static_cast<const Options&>(options), params, grads, typed);
   }
