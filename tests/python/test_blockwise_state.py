@@ -586,3 +586,25 @@ def test_amsgrad_switched_off_after_8bit_steps(name):
         runs[precision] = (a.detach(), b.detach())
     for got, expected in zip(runs["8bit"], runs["float32"]):
         torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["LAMB", "RaLars"])
+def test_8bit_trust_ratios_are_the_32bit_ones_within_the_quantization_error(name):
+    """8-bit LAMB and RaLars keep their per-tensor trust ratios (bitsandbytes' 8-bit LAMB drops
+    them): taken from the decoded moments, they stay within the codes' error of the float32-state
+    run's over many steps. (LARS' ratio reads the weights and gradients only, not its momentum.)"""
+    ratios = {}
+    for precision in ("float32", "8bit"):
+        gen = torch.Generator().manual_seed(9)
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in [(96, 64), (64, 80)]]
+        opt = getattr(ho, name)(params, lr=1e-3, weight_decay=0.01, state_precision=precision)
+        history = []
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) + 0.2 * p.detach()
+            opt.step()
+            history.append([float(opt.state[p]["local_lr"]) for p in params])
+        ratios[precision] = torch.tensor(history, dtype=torch.float64)
+        assert opt.state[params[0]][opt._coded_keys[0]].dtype == torch.uint8 or precision == "float32"
+    assert not torch.equal(ratios["8bit"], ratios["float32"])  # the codes do round the moments
+    torch.testing.assert_close(ratios["8bit"], ratios["float32"], rtol=1e-2, atol=0)
