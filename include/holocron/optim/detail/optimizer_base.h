@@ -106,10 +106,18 @@ inline constexpr const char* kKahanCompensation = "kahan_comp";
 struct CodedMoment {
   /// The option without which an update does not take the moment (a state may still hold it:
   /// amsgrad switched off after steps).
-  enum class KeptWith { always, amsgrad, momentum };
+  enum class KeptWith {
+    always,   ///< every update takes it
+    amsgrad,  ///< only with `amsgrad` (a running maximum)
+    momentum  ///< only with `momentum != 0` (LARS' momentum buffer)
+  };
+  /// The state field holding the codes (or floats where the tensor is too small).
   const char* name;
+  /// The state field holding the codes' scales, `<name>_absmax`.
   const char* absmax;
+  /// Through the signed map (first moments, momentum), else the unsigned one.
   bool is_signed;
+  /// When an update takes the moment.
   KeptWith kept_with = KeptWith::always;
 };
 /// Smaller tensors keep float32 moments under "8bit" (bitsandbytes' rule).
