@@ -192,6 +192,62 @@ def blockwise_blocks(numel: int) -> int:
     return (numel + BLOCKWISE_BLOCK - 1) // BLOCKWISE_BLOCK
 
 
+def blockwise_state_of(values: torch.Tensor, signed: bool, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`values` (of `p`'s shape; for a DTensor `p`, laid out as it, or its local shard) as the
+    codes and scales of `p`'s 8-bit moment: for a DTensor, each local shard coded on its own
+    and the scales laid out by `distributed.scales_layout`."""
+    if not distributed.is_dtensor(p):
+        return blockwise_codes_of(values, signed)
+    codes, absmax = blockwise_codes_of(distributed.local(values), signed)
+    shape, layout = distributed.scales_layout(p, blockwise_blocks)
+    if absmax.numel() > shape[-1]:
+        raise RuntimeError(f"a local shard of {codes.numel()} elements has more blocks than the {shape[-1]} its "
+                           f"DTensor's scales hold (placements {tuple(p.placements)})")
+    padded = absmax.new_zeros(shape[-1])
+    padded[:absmax.numel()] = absmax
+    padded = padded.view((1,) * (len(shape) - 1) + (shape[-1],))
+    scales = distributed.DTensor.from_local(
+        padded, p.device_mesh, layout, run_check=False, shape=torch.Size(shape),
+        stride=torch.empty(shape, device="meta").stride())
+    return distributed.wrap_like(codes, p), scales
+
+
+def local_scales(absmax: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The scales of the local codes `codes` (a view: the ops write them in place)."""
+    if not distributed.is_dtensor(absmax):
+        return absmax
+    return distributed.local(absmax).view(-1)[:blockwise_blocks(distributed.local(codes).numel())]
+
+
+def blockwise_values_of(codes: torch.Tensor, absmax: torch.Tensor, signed: bool, p: torch.Tensor) -> torch.Tensor:
+    """The float32 values of `p`'s moment held as `codes` and `absmax` (blockwise_state_of's)."""
+    values = ops.dequantize_blockwise(distributed.local(codes).contiguous(), local_scales(absmax, codes), signed)
+    return distributed.wrap_like(values, p) if distributed.is_dtensor(p) else values
+
+
+def blockwise_scales_problem(p: torch.Tensor, absmax: Any) -> str | None:
+    """What `p`'s moment's scales should be, where `absmax` is not that; None where it fits."""
+    if distributed.is_dtensor(p):
+        shape, layout = distributed.scales_layout(p, blockwise_blocks)
+        if (distributed.is_dtensor(absmax) and absmax.dtype == torch.float32 and tuple(absmax.shape) == shape
+                and tuple(absmax.placements) == layout and absmax.device_mesh == p.device_mesh
+                and distributed.local(absmax).is_contiguous()):
+            return None
+        return (f"a float32 DTensor of shape {shape} laid out as {layout} on its parameter's mesh (one row of "
+                f"{shape[-1]} per local shard, one per block of {BLOCKWISE_BLOCK})")
+    blocks = blockwise_blocks(p.numel())
+    if (isinstance(absmax, torch.Tensor) and not distributed.is_dtensor(absmax) and absmax.dtype == torch.float32
+            and absmax.shape == (blocks,) and absmax.is_contiguous()):
+        return None
+    return f"a contiguous float32 tensor of {blocks} elements (one per block of {BLOCKWISE_BLOCK})"
+
+
+def _describe_tensor(value: Any) -> str:
+    if distributed.is_dtensor(value):
+        return f"DTensor {value.dtype} {tuple(value.shape)} {tuple(value.placements)}"
+    return f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}"
+
+
 state_precision.checks_groups = True  # type: ignore[attr-defined]
 
 
@@ -321,7 +377,8 @@ class FusedStep:
         if signed is None:
             state[name] = self._zero_buffer(group, p)
             return [name]
-        state[name], state[name + ABSMAX_SUFFIX] = blockwise_codes_of(torch.zeros(p.shape, device=p.device), signed)
+        zeros = torch.zeros(distributed.local(p).shape, device=p.device)
+        state[name], state[name + ABSMAX_SUFFIX] = blockwise_state_of(zeros, signed, p)
         return [name, name + ABSMAX_SUFFIX]
 
     def _blockwise(self, group: dict[str, Any]) -> bool:
@@ -337,23 +394,21 @@ class FusedStep:
         signed = self._buffer_maps.get(name)
         if signed is None or p.numel() < BLOCKWISE_MIN_NUMEL:
             return None
-        self._refuse_sharded_codes(p)
+        self._refuse_flat_codes(p)
         return signed
 
-    def _refuse_sharded_codes(self, p: torch.Tensor) -> None:
-        if distributed.is_dtensor(p) or (distributed.flat_layouts_exist and distributed.flat_layout(p) is not None):
+    def _refuse_flat_codes(self, p: torch.Tensor) -> None:
+        if distributed.flat_layouts_exist and distributed.flat_layout(p) is not None:
             raise NotImplementedError(
-                f"{type(self).__name__}: state_precision='8bit' keeps block-wise codes of whole local tensors; "
-                "sharded parameters (DTensor, FSDP2) and DeepSpeed's flat partitions are not supported yet: "
-                "use 'bfloat16' state there")
+                f"{type(self).__name__}: state_precision='8bit' on DeepSpeed's flat partitions: a partition's "
+                "pieces of model tensors would need blocks of their own; use 'bfloat16' state there")
 
     def _check_codable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        """Refuses, before any group is updated, an 8-bit group holding sharded parameters
-        (_refuse_sharded_codes), whatever their size: a group of several layouts is updated by one
-        call per layout, and the scales' list is not per parameter."""
-        if self._blockwise(group):
+        """Refuses, before any group is updated, an 8-bit group holding DeepSpeed's flat partitions
+        (_refuse_flat_codes), whatever their size."""
+        if self._blockwise(group) and distributed.flat_layouts_exist:
             for p in params:
-                self._refuse_sharded_codes(p)
+                self._refuse_flat_codes(p)
 
     def _blockwise_scales(self, group: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
         """The op's `state_absmax` keyword: the scales of every buffer held as codes, in the order
@@ -363,17 +418,23 @@ class FusedStep:
         # were new, and when the precision changed.
         if not self._blockwise(group):
             return {}
-        scales = []
+        scales, owners, sharded = [], [], False
         for buffer in self._state_buffers:
             # A moment the op does not take this step (amsgrad switched off) has no scales there.
             if buffer.signed is None or not buffer.exists_in(group):
                 continue
             key = buffer.name
-            for state in states:
+            for owner, state in enumerate(states):
                 codes = state.get(key)
                 if isinstance(codes, torch.Tensor) and codes.dtype is torch.uint8:
-                    scales.append(state[key + ABSMAX_SUFFIX])
-        return {"state_absmax": scales} if scales else {}
+                    sharded = sharded or distributed.is_dtensor(codes)
+                    scales.append(local_scales(state[key + ABSMAX_SUFFIX], codes))
+                    owners.append(owner)
+        if not scales:
+            return {}
+        # A group of DTensors laid out differently is updated by one call per layout, each taking
+        # its own parameters' scales.
+        return {"state_absmax": distributed.PerParameter(scales, owners) if sharded else scales}
 
     # Whether the class takes `kahan_summation` (set from `_options`).
     _has_kahan_summation = False
@@ -561,17 +622,20 @@ class FusedStep:
                                  "group's state_precision '8bit' keeps it as uint8 codes; load a checkpoint to "
                                  "convert it")
             absmax = state.get(key + ABSMAX_SUFFIX)
-            blocks = blockwise_blocks(p.numel())
-            if buffer.shape != p.shape or not buffer.is_contiguous() or buffer.device != p.device:
-                raise ValueError(f"{where}: its codes ({tuple(buffer.shape)} on {buffer.device}, contiguous: "
-                                 f"{buffer.is_contiguous()}) must be contiguous, of its parameter's shape "
-                                 f"{tuple(p.shape)} on {p.device}")
-            if (not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32 or absmax.shape != (blocks,)
-                    or not absmax.is_contiguous() or absmax.device != p.device):
-                raise ValueError(f"{where}: its scales '{key}{ABSMAX_SUFFIX}' "
-                                 f"({getattr(absmax, 'dtype', type(absmax).__name__)} "
-                                 f"{tuple(getattr(absmax, 'shape', ()))}) must be a contiguous float32 tensor of "
-                                 f"{blocks} elements (one per block of {BLOCKWISE_BLOCK}) on {p.device}")
+            if (buffer.shape != p.shape or not distributed.local(buffer).is_contiguous() or buffer.device != p.device
+                    or distributed.is_dtensor(buffer) != distributed.is_dtensor(p)
+                    or (distributed.is_dtensor(p) and (buffer.placements != p.placements
+                                                       or buffer.device_mesh != p.device_mesh))):
+                raise ValueError(f"{where}: its codes ({_describe_tensor(buffer)} on {buffer.device}) must be "
+                                 f"contiguous, of its parameter's shape {tuple(p.shape)} on {p.device}"
+                                 + (f", laid out as it ({tuple(p.placements)})" if distributed.is_dtensor(p) else ""))
+            wanted = blockwise_scales_problem(p, absmax)
+            if wanted is not None:
+                raise ValueError(f"{where}: its scales '{key}{ABSMAX_SUFFIX}' ({_describe_tensor(absmax)}) must be "
+                                 f"{wanted} on {p.device}")
+            if absmax.device != p.device:
+                raise ValueError(f"{where}: its scales '{key}{ABSMAX_SUFFIX}' are on {absmax.device}, its "
+                                 f"parameter on {p.device}")
         return kept, kept_owners
 
     # torch.amp.GradScaler hands such optimizers its scale and found_inf
@@ -834,10 +898,21 @@ class FusedStep:
                         self._init_state(state, p, group)
                     self._compiled_state(state, p, group)
                     states.append(state)
+                self._check_compiled_codes(group, params, states)
                 self._apply(group, params, [p.grad for p in params], states)
         finally:
             self._grad_scale_now = self._found_inf_now = None
             self._clipping_now = {}
+
+    def _check_compiled_codes(self, group: dict[str, Any], params: list[torch.Tensor],
+                              states: list[dict[str, Any]]) -> None:
+        """_check_codes for a compiled step: floats left where its group now keeps codes (or codes
+        where it keeps floats) are refused, as the eager step refuses them, not stepped as float
+        state. Reads dtypes, shapes and layouts only, which torch.compile guards on."""
+        keys = self._state_keys(group)
+        present = [(state[key], owner) for owner, state in enumerate(states) for key in keys if key in state]
+        if self._blockwise(group) or any(getattr(b, "dtype", None) is torch.uint8 for b, _ in present):
+            self._check_codes(group, params, states, keys, [b for b, _ in present], [o for _, o in present])
 
     def _compiled_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
         """Buffers made, and the step counter as a tensor."""
@@ -1010,6 +1085,13 @@ class FusedStep:
                 saved = state[buffer_name]
                 signed = self._coded(group, buffer_name, p)
                 if signed is not None or saved.dtype is torch.uint8 or wanted != p.dtype:
+                    if (signed is not None or saved.dtype is torch.uint8) and (
+                            distributed.is_dtensor(saved) != distributed.is_dtensor(p)
+                            or (distributed.is_dtensor(p) and saved.placements != p.placements)):
+                        raise ValueError(
+                            f"{name}: state '{buffer_name}' of parameter {key} ({_describe_tensor(saved)}) is not "
+                            f"laid out as its parameter ({_describe_tensor(p)}), which its 8-bit codes must be: "
+                            "8-bit state of a sharded parameter loads on the mesh it was saved on")
                     conversions.append((p, buffer_name, saved, state.get(buffer_name + ABSMAX_SUFFIX), signed,
                                         wanted))
         pre_hooks = self._optimizer_load_state_dict_pre_hooks  # type: ignore[attr-defined]
@@ -1035,16 +1117,18 @@ class FusedStep:
                             absmax: Any) -> None:
         """A saved buffer of 8-bit codes: its parameter's shape, with fitting scales."""
         name = type(self).__name__
-        blocks = blockwise_blocks(p.numel())
-        if codes.shape != p.shape:
-            raise ValueError(f"{name}: state '{buffer_name}' of parameter {key} ({tuple(codes.shape)}, uint8 codes) "
-                             f"does not fit the parameter ({tuple(p.shape)}, {p.dtype})")
-        if (not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32 or absmax.shape != (blocks,)):
+        sharded = distributed.is_dtensor(p)
+        if (codes.shape != p.shape or distributed.is_dtensor(codes) != sharded
+                or (sharded and (codes.placements != p.placements or codes.device_mesh != p.device_mesh))):
+            raise ValueError(f"{name}: state '{buffer_name}' of parameter {key} ({_describe_tensor(codes)}, uint8 "
+                             f"codes) does not fit the parameter ({_describe_tensor(p)})"
+                             + ("; 8-bit state of a sharded parameter loads on the mesh it was saved on"
+                                if sharded or distributed.is_dtensor(codes) else ""))
+        wanted = blockwise_scales_problem(p, absmax.contiguous() if isinstance(absmax, torch.Tensor) else absmax)
+        if wanted is not None:
             raise ValueError(
                 f"{name}: state '{buffer_name}' of parameter {key} holds 8-bit codes, but its scales "
-                f"'{buffer_name}{ABSMAX_SUFFIX}' ({getattr(absmax, 'dtype', type(absmax).__name__)} "
-                f"{tuple(getattr(absmax, 'shape', ()))}) are not a float32 tensor of {blocks} elements "
-                f"(one per block of {BLOCKWISE_BLOCK})")
+                f"'{buffer_name}{ABSMAX_SUFFIX}' ({_describe_tensor(absmax)}) are not {wanted}")
 
     def _convert_loaded(self, state: dict[str, Any], p: torch.Tensor, buffer_name: str, saved: torch.Tensor,
                         saved_absmax: torch.Tensor | None, signed: bool | None, dtype: torch.dtype) -> None:
@@ -1057,11 +1141,11 @@ class FusedStep:
                 state[buffer_name] = saved.to(device=p.device).contiguous()
                 state[buffer_name + ABSMAX_SUFFIX] = saved_absmax.to(device=p.device).contiguous()  # type: ignore[union-attr]
                 return
-            values = ops.dequantize_blockwise(saved.contiguous(), saved_absmax, self._buffer_maps[buffer_name])
+            values = blockwise_values_of(saved, saved_absmax.contiguous(), self._buffer_maps[buffer_name], p)  # type: ignore[union-attr]
             saved = values.to(device=p.device)
         state.pop(buffer_name + ABSMAX_SUFFIX, None)
         if signed is not None:
-            state[buffer_name], state[buffer_name + ABSMAX_SUFFIX] = blockwise_codes_of(saved.to(p.device), signed)
+            state[buffer_name], state[buffer_name + ABSMAX_SUFFIX] = blockwise_state_of(saved.to(p.device), signed, p)
         else:
             state[buffer_name] = saved.to(device=p.device, dtype=dtype)
 

@@ -112,7 +112,19 @@ def _as_local(value: Any) -> Any:
     return value
 
 
+class PerParameter(list):
+    """A keyword's list whose entries belong to the parameters `owners` (several, one or none
+    each, such as 8-bit state's scales): `call` hands each layout's call its parameters' entries."""
+
+    def __init__(self, values: list[Any], owners: list[int]) -> None:
+        super().__init__(values)
+        self.owners = owners
+
+
 def _pick(value: Any, indices: list[int], count: int) -> Any:
+    if isinstance(value, PerParameter):
+        wanted = set(indices)
+        return [v for v, owner in zip(value, value.owners) if owner in wanted]
     if isinstance(value, list) and len(value) == count:
         return [value[i] for i in indices]
     return value
@@ -303,3 +315,46 @@ def common_shard_groups(tensors: list[Any], what: str) -> list[str]:
             "with plain tensors) are not supported together"
         )
     return list(layouts.pop()) if layouts else []
+
+
+def wrap_like(local_values: torch.Tensor, p: Any) -> Any:
+    """A local shard of `p`'s shape (on this rank) as a DTensor laid out as `p`."""
+    return DTensor.from_local(local_values, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                              stride=p.stride())
+
+
+def scales_layout(p: Any, blocks_of: Callable[[int], int]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    """The global shape and placements of the 8-bit scales of a DTensor parameter `p`'s moment.
+
+    The codes are sharded as `p`, and their blocks lie inside each rank's local shard (a block
+    never spans two ranks' elements), so each rank holds the scales of its own shard's blocks:
+    one leading dimension per mesh dimension that shards `p` (of that dimension's size, sharded
+    over it; replicated over the others), then the blocks of the largest local shard, which
+    smaller shards pad with zeros. torch.distributed.checkpoint then saves and loads every rank's
+    scales where they belong, on the same mesh."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh, placements = p.device_mesh, tuple(p.placements)
+    cache = mesh.__dict__.setdefault("_holocron_optim_scales_layouts", {})
+    key = (tuple(p.shape), placements)
+    found = cache.get(key)
+    if found is None:
+        largest = list(p.shape)
+        leading: list[int] = []
+        layout: list[Any] = []
+        for mesh_dim, placement in enumerate(placements):
+            if not placement.is_shard():
+                layout.append(Replicate())
+                continue
+            # torch.chunk's first chunk is the largest; a strided shard's pieces are bounded
+            # by the whole dimension only.
+            if not isinstance(placement, _StridedShard) and p.dim() > 0:
+                dim = placement.dim % p.dim()
+                largest[dim] = -(-largest[dim] // mesh.size(mesh_dim))
+            layout.append(Shard(len(leading)))
+            leading.append(mesh.size(mesh_dim))
+        numel = 1
+        for size in largest:
+            numel *= size
+        found = cache[key] = ((*leading, blocks_of(numel)), tuple(layout))
+    return found

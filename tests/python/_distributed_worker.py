@@ -15,7 +15,10 @@ Scenarios:
     ddp   DistributedDataParallel, compared likewise;
     dcp   FSDP2 + torch.distributed.checkpoint: a run saved, loaded into a fresh
           model and optimizer and continued equals the uninterrupted run bit
-          for bit.
+          for bit (8-bit state too);
+    blockwise
+          FSDP2 with 8-bit state, against one process whose float32 state is
+          rounded through each rank's codes after every step.
 
 After each case the ranks compare their outcome through the store; if they
 ended differently (one raised, the other timed out in a collective waiting for
@@ -147,6 +150,28 @@ def _case_factories() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Op
     }
 
 
+def _blockwise_factories() -> dict[str, Callable[..., torch.optim.Optimizer]]:
+    """8-bit state cases: name -> constructor taking the state precision ("8bit", or "float32"
+    for the emulation that rounds its moments through each rank's codes after every step)."""
+    if STANDIN:
+        return {name: (lambda p, precision="8bit": torch.optim.Adam(p, lr=LR)) for name in BLOCKWISE_CASES}
+    ho = _ho()
+    return {
+        # The trust ratio's norms from the decoded moments of both shards; LARS makes its momentum
+        # in the op's first step; Adan's signed second moment; AdamP's cosines.
+        "LAMB(8bit)": lambda p, precision="8bit": ho.LAMB(p, lr=LR, weight_decay=0.01, state_precision=precision),
+        "LARS(8bit)": lambda p, precision="8bit": ho.LARS(p, lr=0.1, momentum=0.9, weight_decay=0.01,
+                                                          state_precision=precision),
+        "Adan(8bit)": lambda p, precision="8bit": ho.Adan(p, lr=LR, weight_decay=0.02, state_precision=precision),
+        "AdamP(8bit)": lambda p, precision="8bit": ho.AdamP(p, lr=LR, weight_decay=0.01, delta=ADAMP_DELTA,
+                                                            state_precision=precision),
+    }
+
+
+# Every moment of this model's small tensors is kept as codes in these cases: the ranks (main, not
+# a process importing this module) lower the 4096-element floor to 1, so that the odd shapes give
+# uneven blocks and an empty shard. Other cases keep no 8-bit state.
+BLOCKWISE_CASES = ("LAMB(8bit)", "LARS(8bit)", "Adan(8bit)", "AdamP(8bit)")
 CASES = tuple(_case_factories())
 # The model's dtype in a case, when not DTYPE's float64 (main() sets DTYPE per case).
 CASE_DTYPES = {"Lookahead(LAMB, Kahan)": torch.bfloat16}
@@ -405,6 +430,70 @@ def run_dcp(name: str, make: Callable, rank: int, world: int, ckpt_root: Path) -
     return {"expected": uninterrupted, "got": collect(fresh, fresh_opt, distributed=True)}
 
 
+def _coded_keys(opt: torch.optim.Optimizer, p: Any) -> dict[str, bool]:
+    """The 8-bit moments (name -> signed map) of `p`'s state."""
+    state = opt.state.get(p, {})
+    return {k: signed for k, signed in type(opt)._buffer_maps.items()
+            if signed is not None and getattr(state.get(k), "dtype", None) is torch.uint8}
+
+
+def _round_through_shards(opt: torch.optim.Optimizer, world: int) -> None:
+    """The emulation's float32 moments, rounded through the codes each rank would keep: FSDP2's
+    shards are torch.chunk's row ranges, and each is coded on its own."""
+    from holocron_optim._library import ops
+
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, signed in type(opt)._buffer_maps.items():
+                if signed is None or key not in state:
+                    continue
+                for chunk in torch.chunk(state[key], world, dim=0):
+                    flat = chunk.reshape(-1)
+                    codes, absmax = ops.quantize_blockwise(flat, signed)
+                    chunk.copy_(ops.dequantize_blockwise(codes, absmax, signed).view_as(chunk))
+
+
+def run_blockwise(name: str, make: Callable, rank: int, world: int) -> dict[str, Any]:
+    """FSDP2 with 8-bit state: the parameters and the decoded moments, against one process with
+    float32 state rounded through each rank's codes after every step (what the codes must
+    hold), and where the codes and their scales lie."""
+    from holocron_optim._base import ABSMAX_SUFFIX, blockwise_values_of
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = shard(make_model(0), mesh)
+    opt = make(list(model.parameters()))
+    train(model, opt, range(STEPS), rank, world)
+    got = {"params": {n: _full(p) for n, p in model.named_parameters()}, "moments": {}, "layout": {}}
+    for n, p in model.named_parameters():
+        for key, signed in (_coded_keys(opt, p).items() if not STANDIN else ()):
+            state = opt.state[p]
+            codes, absmax = state[key], state[key + ABSMAX_SUFFIX]
+            got["moments"][f"{n}/{key}"] = _full(blockwise_values_of(codes, absmax, signed, p))
+            got["layout"][f"{n}/{key}"] = {
+                "codes": (str(tuple(codes.placements)), tuple(codes.to_local().shape)),
+                "param": (str(tuple(p.placements)), tuple(p.to_local().shape)),
+                "absmax": (tuple(absmax.shape), str(tuple(absmax.placements)), tuple(absmax.to_local().shape)),
+            }
+    result = {"got": got}
+    if rank == 0:
+        model = make_model(0)
+        emulation = make(list(model.parameters()), "float32") if not STANDIN else make(list(model.parameters()))
+        expected: dict[str, Any] = {"params": {}, "moments": {}}
+        for step in range(STEPS):
+            train(model, emulation, range(step, step + 1), None, world)
+            if not STANDIN:
+                _round_through_shards(emulation, world)
+        expected["params"] = {n: _full(p) for n, p in model.named_parameters()}
+        for n, p in model.named_parameters():
+            for key in got["moments"]:
+                if key.startswith(n + "/"):
+                    expected["moments"][key] = _full(emulation.state[p][key.split("/", 1)[1]]).float()
+        result["expected"] = expected
+    return result
+
+
 # -------------------------------------------------------------------- driver
 
 def scenario_cases(scenario: str) -> list[tuple[str, Callable[..., dict[str, Any]]]]:
@@ -418,7 +507,11 @@ def scenario_cases(scenario: str) -> list[tuple[str, Callable[..., dict[str, Any
             for n in HSDP_CASES
         ]
     if scenario == "ddp":
-        return [(n, lambda r, w, n=n: run_ddp(n, factories[n], r, w)) for n in CASES]
+        factories.update(_blockwise_factories())
+        return [(n, lambda r, w, n=n: run_ddp(n, factories[n], r, w)) for n in (*CASES, *BLOCKWISE_CASES)]
+    if scenario == "blockwise":
+        blockwise = _blockwise_factories()
+        return [(n, lambda r, w, n=n: run_blockwise(n, blockwise[n], r, w)) for n in BLOCKWISE_CASES]
     if scenario == "tp":
         return [(n, lambda r, w, n=n: run_tp(n, factories[n], r, w)) for n in TP_CASES]
     raise KeyError(scenario)
@@ -428,6 +521,10 @@ def main() -> int:
     global DTYPE
     started = time.perf_counter()
     torch.set_num_threads(1)  # 2 ranks on a small machine (the test also sets OMP_NUM_THREADS=1)
+    if not STANDIN:
+        import holocron_optim._base
+
+        holocron_optim._base.BLOCKWISE_MIN_NUMEL = 1  # BLOCKWISE_CASES
     rank, world = int(sys.argv[1]), int(sys.argv[2])
     store_file, out_dir = sys.argv[3], Path(sys.argv[4])
     scenarios = sys.argv[5].split(",")
@@ -453,8 +550,9 @@ def main() -> int:
     aborted = None
     for scenario in scenarios:
         if scenario == "dcp":
-            factories = _case_factories()
-            cases = [(n, lambda r, w, n=n: run_dcp(n, factories[n], r, w, out_dir / "dcp")) for n in CASES]
+            factories = {**_case_factories(), **_blockwise_factories()}
+            cases = [(n, lambda r, w, n=n: run_dcp(n, factories[n], r, w, out_dir / "dcp"))
+                     for n in (*CASES, *BLOCKWISE_CASES)]
         else:
             cases = scenario_cases(scenario)
         for index, (case, run) in enumerate(cases):

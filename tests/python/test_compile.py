@@ -172,3 +172,20 @@ def test_eager_steps_continue_a_compiled_state(name):
         resumed.step()
     for a, b in zip(eager_params, resumed_params):
         assert torch.equal(a, b)
+
+
+def test_compiled_step_refuses_floats_where_its_group_now_keeps_codes():
+    """A group switched to "8bit" after float32 steps holds float moments: the compiled step
+    refuses them as the eager step does (a checkpoint load converts them), with nothing changed."""
+    params = [p.requires_grad_() for p in make_params(torch.float32, ((70, 70), (3,)))]
+    opt = ho.Adan(params, lr=0.01, state_precision="float32")
+    for p, g in zip(params, grads_at(0, params)):
+        p.grad = g
+    opt.step()
+    opt.param_groups[0]["state_precision"] = "8bit"
+    before = [p.detach().clone() for p in params]
+    compiled_step = torch.compile(lambda: opt.step(), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match="has dtype torch.float32, but its group's state_precision '8bit' keeps it "
+                                        "as uint8 codes"):
+        compiled_step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))

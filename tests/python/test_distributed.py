@@ -48,7 +48,7 @@ else:  # pragma: no cover
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 WORLD = 2
-SCENARIOS = ("fsdp", "hsdp", "tp", "ddp", "dcp")
+SCENARIOS = ("fsdp", "hsdp", "tp", "ddp", "dcp", "blockwise")
 LAUNCH_TIMEOUT_S = 120
 GRACE_AFTER_DEATH_S = 5
 TOL = {"rtol": 1e-9, "atol": 1e-9}
@@ -57,6 +57,7 @@ TOL = {"rtol": 1e-9, "atol": 1e-9}
 LOW_PRECISION_TOL = {"rtol": 1e-2, "atol": 1e-2}
 
 CASES = worker.CASES if worker else ()
+BLOCKWISE_CASES = worker.BLOCKWISE_CASES if worker else ()
 HSDP_CASES = (
     [f"{shape[0]}x{shape[1]}-{n}" for shape in worker.HSDP_MESHES for n in worker.HSDP_CASES] if worker else []
 )
@@ -218,7 +219,7 @@ def check_named_state(runs: Runs, case: str, result: dict[str, Any]) -> None:
     """The buffers the issue names are among those compared (not silently absent)."""
     if runs.standin:
         return
-    base = case.removesuffix("(timm)").split("(")[-1].rstrip(")")
+    base = case.removesuffix("(timm)").removesuffix("(8bit)").split("(")[-1].rstrip(")")
     wanted = {"LARS": {"momentum_buffer"}, "LAMB": {"exp_avg", "local_lr"}, "RaLars": {"exp_avg", "local_lr"},
               "TAdam-amsgrad": {"exp_avg", "max_exp_avg_sq"},
               "LAMB, Kahan": {"exp_avg", "local_lr", "kahan_comp"}}.get(base, {"exp_avg"})
@@ -304,7 +305,7 @@ def test_hsdp_2d_mesh_matches_single_process(runs, case):
 
 # -------------------------------------------------------------------- DDP
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", (*CASES, *BLOCKWISE_CASES))
 def test_ddp_matches_single_process(runs, case):
     ranks = runs.case("ddp", case)
     check_named_state(runs, case, ranks[0])
@@ -314,10 +315,40 @@ def test_ddp_matches_single_process(runs, case):
 
 # -------------------------------------------------------------------- DCP
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", (*CASES, *BLOCKWISE_CASES))
 def test_dcp_resume_equals_uninterrupted_run_bitwise(runs, case):
     for rank, result in enumerate(runs.case("dcp", case)):
         try:
             assert_same_run(result["got"], result["expected"], exact=True)
         except AssertionError as error:
             raise AssertionError(f"rank {rank}: {error}") from None
+
+
+# ------------------------------------------------------------ 8-bit state
+
+@pytest.mark.parametrize("case", BLOCKWISE_CASES)
+def test_blockwise_fsdp_codes_each_shard_on_its_own(runs, case):
+    """FSDP2 with state_precision="8bit": each rank codes its own shard (blocks never span two
+    ranks), the whole-tensor sums come from the decoded moments of every shard, and the scales
+    are a DTensor with one row per rank, so the run equals one process whose float32 moments are
+    rounded through each shard's codes after every step."""
+    ranks = runs.case("blockwise", case)
+    if runs.standin:
+        pytest.skip("stand-in optimizers")
+    got, expected = ranks[0]["got"], ranks[0]["expected"]
+    assert sorted(got["params"]) == sorted(expected["params"])
+    for name, value in expected["params"].items():
+        _close(got["params"][name], value, f"parameter {name}", False)
+    assert sorted(got["moments"]) == sorted(expected["moments"]) and len(got["moments"]) >= len(got["params"])
+    for key, value in expected["moments"].items():
+        _close(got["moments"][key], value, f"decoded moment {key}", False)
+    empty_shards = 0
+    for rank, result in enumerate(ranks):
+        for key, layout in result["got"]["layout"].items():
+            assert layout["codes"] == layout["param"], f"rank {rank}: {key}: codes laid out as {layout['codes']}"
+            local_numel = math.prod(layout["param"][1])
+            shape, placements, local_shape = layout["absmax"]
+            assert placements == "(Shard(dim=0),)" and shape[0] == WORLD and local_shape == (1, shape[1]), layout
+            assert shape[1] >= -(-local_numel // 256), f"rank {rank}: {key}: {shape[1]} scales for {local_numel}"
+            empty_shards += local_numel == 0
+    assert empty_shards > 0, "no rank held an empty shard of a coded moment"

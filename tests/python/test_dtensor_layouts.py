@@ -10,7 +10,8 @@ import torch
 
 import holocron_optim as ho
 import holocron_optim.timm as ho_timm
-from registry import factories
+from holocron_optim._library import ops
+from registry import ALGORITHMS, factories
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -124,21 +125,82 @@ def test_channel_projection_refuses_strided_shards(mesh):
     _adamp_step_is_refused([torch.nn.Parameter(plain), torch.nn.Parameter(strided)], "strided shard")
 
 
-def test_8bit_state_refuses_sharded_parameters_with_nothing_changed(mesh):
-    """8-bit moments of a DTensor's local shard are not supported yet: a group holding a DTensor
-    (large or small, beside plain tensors whose moments are coded) is refused by name, before any
-    group steps, and the failed first step leaves no state."""
-    large = torch.nn.Parameter(as_layout(torch.randn(80, 64), Shard(0), mesh))
-    small = torch.nn.Parameter(as_layout(torch.randn(30), Shard(0), mesh))
-    plain = torch.nn.Parameter(torch.randn(80, 64))
-    for sharded in (large, small):
-        first = torch.nn.Parameter(torch.randn(80, 64))
-        opt = ho.LAMB([{"params": [first]}, {"params": [plain, sharded]}], lr=0.01, state_precision="8bit")
-        params = [first, plain, sharded]
+# 8-bit state of DTensors: the same bits as on plain tensors on one rank (each local shard is the
+# whole tensor), a group of several layouts updated by one call per layout with each call's own
+# scales, and the scales a DTensor with a row per rank (the two-rank runs are in
+# test_distributed.py). The tensors are large enough to keep codes.
+BLOCKWISE_SHAPES = [(80, 64), (30,), (70, 70), (5000,)]
+BLOCKWISE_LAYOUTS = [Shard(0), Shard(0), Replicate(), None]
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_8bit_state_of_dtensors_in_several_layouts_equals_plain_tensors(mesh, name):
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(s, generator=gen) for s in BLOCKWISE_SHAPES]
+    grads = [[torch.randn(s, generator=gen) for s in BLOCKWISE_SHAPES] for _ in range(3)]
+    plain = [torch.nn.Parameter(t.clone()) for t in start]
+    sharded = [torch.nn.Parameter(as_layout(t.clone(), layout, mesh)) for t, layout in zip(start, BLOCKWISE_LAYOUTS)]
+    plain_opt, sharded_opt = (ALGORITHMS[name].make(ps, lr=0.01, state_precision="8bit") for ps in (plain, sharded))
+    for step_grads in grads:
+        for p, q, g, layout in zip(plain, sharded, step_grads, BLOCKWISE_LAYOUTS):
+            p.grad, q.grad = g.clone(), as_layout(g.clone(), layout, mesh)
+        plain_opt.step()
+        sharded_opt.step()
+    for p, q in zip(plain, sharded):
+        assert torch.equal(p, full(q))
+    coded = 0
+    for p, q, layout in zip(plain, sharded, BLOCKWISE_LAYOUTS):
+        assert sorted(plain_opt.state[p]) == sorted(sharded_opt.state[q])
+        for key, value in plain_opt.state[p].items():
+            other = sharded_opt.state[q][key]
+            if key.endswith("_absmax") and layout is not None:
+                # A row per rank of each mesh dimension that shards the parameter.
+                assert other.placements == ((Shard(0),) if layout.is_shard() else (Replicate(),))
+                assert tuple(other.shape) == ((1, value.numel()) if layout.is_shard() else (value.numel(),))
+                coded += 1
+            elif layout is not None and isinstance(value, torch.Tensor) and value.shape == p.shape:
+                assert isinstance(other, DTensor) and other.placements == q.placements, key
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(full(other).reshape(value.shape), value), key
+    assert coded >= 2
+
+
+def test_8bit_state_of_dtensors_loads_both_ways_and_refuses_plain_codes(mesh):
+    """A float32 checkpoint of DTensors loads into 8-bit state (coded per local shard) and back;
+    plain codes or floats (saved without FSDP2) are refused for a DTensor's codes, before anything
+    changes."""
+    gen = torch.Generator().manual_seed(4)
+    start = [torch.randn(s, generator=gen) for s in BLOCKWISE_SHAPES[:2]]
+
+    def run(precision, params):
+        opt = ho.LAMB(params, lr=0.01, state_precision=precision)
         for p in params:
-            p.grad = torch.ones_like(p)
-        before = [full(p).clone() for p in params]
-        with pytest.raises(NotImplementedError, match="state_precision='8bit'.*DTensor"):
-            opt.step()
-        assert all(torch.equal(full(p), b) for p, b in zip(params, before))
-        assert all(not state for state in opt.state.values())
+            g = torch.randn(p.shape, generator=gen)
+            p.grad = as_layout(g, p.placements[0], mesh) if isinstance(p, DTensor) else g
+        opt.step()
+        return opt
+
+    sharded = [torch.nn.Parameter(as_layout(t.clone(), Shard(0), mesh)) for t in start]
+    eight = run("8bit", sharded)
+    to_float = ho.LAMB(sharded, lr=0.01, state_precision="float32")
+    to_float.load_state_dict(eight.state_dict())
+    state = to_float.state[sharded[0]]
+    assert "exp_avg_absmax" not in state and state["exp_avg"].dtype == torch.float32
+    assert isinstance(state["exp_avg"], DTensor) and state["exp_avg"].placements == (Shard(0),)
+    back = ho.LAMB(sharded, lr=0.01, state_precision="8bit")
+    back.load_state_dict(to_float.state_dict())
+    for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+        # Encoded again from the decoded values (the signed map has no -1: a block whose largest
+        # magnitude is negative gets a slightly smaller scale).
+        saved = [full(eight.state[sharded[0]][k]) for k in (key, key + "_absmax")]
+        codes, absmax = ops.quantize_blockwise(ops.dequantize_blockwise(saved[0], saved[1].view(-1), signed), signed)
+        assert torch.equal(full(back.state[sharded[0]][key]), codes), key
+        assert torch.equal(full(back.state[sharded[0]][key + "_absmax"]).view(-1), absmax), key
+
+    before = {k: full(v).clone() for k, v in back.state[sharded[0]].items() if isinstance(v, torch.Tensor)}
+    for precision, message in (("8bit", "does not fit the parameter"), ("float32", "is not laid out as its parameter")):
+        plain = run(precision, [torch.nn.Parameter(t.clone()) for t in start])
+        with pytest.raises(ValueError, match=f"{message}.*8-bit state of a sharded parameter loads on the mesh it "
+                                             "was saved on"):
+            back.load_state_dict(plain.state_dict())
+        assert all(torch.equal(full(back.state[sharded[0]][k]), v) for k, v in before.items())

@@ -111,6 +111,21 @@ def test_a_flat_partition_with_other_parameters_in_one_group_is_refused(group_na
     assert torch.equal(flat.detach(), before)
 
 
+def test_8bit_state_on_a_flat_partition_is_refused_before_any_group_steps(group_name):
+    """A flat partition's pieces of model tensors would need blocks of their own: refused by
+    name, whatever its size, before an earlier group's plain tensor is updated."""
+    layout = layout_of(group_name)
+    flat = flat_of([torch.ones(s, dtype=torch.float64) for s in SHAPES], layout).requires_grad_(True)
+    first = torch.ones(5000, dtype=torch.float64, requires_grad=True)
+    flat.grad, first.grad = torch.ones_like(flat), torch.ones_like(first)
+    optimizer = ho.LAMB([{"params": [first]}, {"params": [flat]}], state_precision="8bit")
+    before = [flat.detach().clone(), first.detach().clone()]
+    with pytest.raises(NotImplementedError, match="state_precision='8bit' on DeepSpeed's flat partitions"):
+        optimizer.step()
+    assert torch.equal(flat.detach(), before[0]) and torch.equal(first.detach(), before[1])
+    assert not any(optimizer.state.values())
+
+
 def test_channel_projection_on_a_layout_that_does_not_place_its_pieces_is_refused(group_name):
     layout = layout_of(group_name, channels=False)
     flat = flat_of([torch.ones(s, dtype=torch.float64) for s in SHAPES], layout).requires_grad_(True)
