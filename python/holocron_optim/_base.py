@@ -405,12 +405,30 @@ class FusedStep:
 
     def _check_codable(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """Refuses, before any group is updated, an 8-bit group holding DeepSpeed's flat partitions
-        (_refuse_flat_codes), whatever their size."""
-        if self._blockwise(group) and distributed.flat_layouts_exist:
+        (_refuse_flat_codes), whatever their size, or a DTensor whose local shard is larger than
+        torch.chunk's (_refuse_unchunked)."""
+        if not self._blockwise(group):
+            return
+        if distributed.flat_layouts_exist:
             for p in params:
                 self._refuse_flat_codes(p)
+        if distributed.any_dtensor(params):
+            for p in params:
+                if distributed.is_dtensor(p) and p.numel() >= BLOCKWISE_MIN_NUMEL:
+                    self._refuse_unchunked(p)
 
-    def _blockwise_scales(self, group: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
+    def _refuse_unchunked(self, p: torch.Tensor) -> None:
+        """A DTensor's scales hold the blocks of the largest local shard torch.chunk makes
+        (distributed.scales_layout); one made otherwise (from_local with uneven shards) may not fit."""
+        room = distributed.scales_layout(p, blockwise_blocks)[0][-1]
+        if blockwise_blocks(distributed.local(p).numel()) > room:
+            raise NotImplementedError(
+                f"{type(self).__name__}: state_precision='8bit' on a DTensor whose local shard "
+                f"({tuple(distributed.local(p).shape)}) is larger than torch.chunk's for its placements "
+                f"{tuple(p.placements)}: its scales hold {room} blocks per rank")
+
+    def _blockwise_scales(self, group: dict[str, Any], params: list[torch.Tensor],
+                          states: list[dict[str, Any]]) -> dict[str, Any]:
         """The op's `state_absmax` keyword: the scales of every buffer held as codes, in the order
         of the op's state lists (the declared buffers'), parameter by parameter; nothing when none
         is."""
@@ -418,7 +436,7 @@ class FusedStep:
         # were new, and when the precision changed.
         if not self._blockwise(group):
             return {}
-        scales, owners, sharded = [], [], False
+        scales, owners = [], []
         for buffer in self._state_buffers:
             # A moment the op does not take this step (amsgrad switched off) has no scales there.
             if buffer.signed is None or not buffer.exists_in(group):
@@ -427,14 +445,13 @@ class FusedStep:
             for owner, state in enumerate(states):
                 codes = state.get(key)
                 if isinstance(codes, torch.Tensor) and codes.dtype is torch.uint8:
-                    sharded = sharded or distributed.is_dtensor(codes)
                     scales.append(local_scales(state[key + ABSMAX_SUFFIX], codes))
                     owners.append(owner)
         if not scales:
             return {}
-        # A group of DTensors laid out differently is updated by one call per layout, each taking
-        # its own parameters' scales.
-        return {"state_absmax": distributed.PerParameter(scales, owners) if sharded else scales}
+        # A group of DTensors laid out differently (or beside plain tensors) is updated by one call
+        # per layout, each taking its own parameters' scales.
+        return {"state_absmax": distributed.PerParameter(scales, owners) if distributed.any_dtensor(params) else scales}
 
     # Whether the class takes `kahan_summation` (set from `_options`).
     _has_kahan_summation = False
@@ -1087,11 +1104,15 @@ class FusedStep:
                 if signed is not None or saved.dtype is torch.uint8 or wanted != p.dtype:
                     if (signed is not None or saved.dtype is torch.uint8) and (
                             distributed.is_dtensor(saved) != distributed.is_dtensor(p)
-                            or (distributed.is_dtensor(p) and saved.placements != p.placements)):
+                            or (distributed.is_dtensor(p) and (
+                                saved.device_mesh != p.device_mesh
+                                or (saved.dtype is torch.uint8 and saved.placements != p.placements)))):
                         raise ValueError(
                             f"{name}: state '{buffer_name}' of parameter {key} ({_describe_tensor(saved)}) is not "
                             f"laid out as its parameter ({_describe_tensor(p)}), which its 8-bit codes must be: "
                             "8-bit state of a sharded parameter loads on the mesh it was saved on")
+                    if signed is not None and distributed.is_dtensor(p):
+                        self._refuse_unchunked(p)
                     conversions.append((p, buffer_name, saved, state.get(buffer_name + ABSMAX_SUFFIX), signed,
                                         wanted))
         pre_hooks = self._optimizer_load_state_dict_pre_hooks  # type: ignore[attr-defined]
@@ -1145,6 +1166,8 @@ class FusedStep:
             saved = values.to(device=p.device)
         state.pop(buffer_name + ABSMAX_SUFFIX, None)
         if signed is not None:
+            if distributed.is_dtensor(saved) and saved.placements != p.placements:
+                saved = saved.redistribute(p.device_mesh, p.placements)  # float state saved otherwise laid out
             state[buffer_name], state[buffer_name + ABSMAX_SUFFIX] = blockwise_state_of(saved.to(p.device), signed, p)
         else:
             state[buffer_name] = saved.to(device=p.device, dtype=dtype)

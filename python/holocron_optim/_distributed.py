@@ -76,6 +76,13 @@ def local(t: Any) -> Any:
     return t._local_tensor if is_dtensor(t) else t
 
 
+def shards(placement: Any) -> bool:
+    """Whether a placement splits the tensor over its mesh dimension: Shard, and _StridedShard
+    (FSDP2's placement over tensor parallelism's, which is no Shard, and whose is_shard() is
+    False in torch 2.13)."""
+    return placement.is_shard() or isinstance(placement, _StridedShard)
+
+
 def shard_groups(t: Any) -> tuple[str, ...]:
     """Names of the process groups across which `t`'s elements are spread (none for a plain tensor)."""
     if not is_dtensor(t):
@@ -88,7 +95,7 @@ def shard_groups(t: Any) -> tuple[str, ...]:
     if groups is None:
         # A replicated mesh dimension holds whole copies: summing over it would count them twice.
         groups = cache[placements] = tuple(
-            mesh.get_group(dim).group_name for dim, placement in enumerate(placements) if placement.is_shard()
+            mesh.get_group(dim).group_name for dim, placement in enumerate(placements) if shards(placement)
         )
     return groups
 
@@ -331,7 +338,11 @@ def scales_layout(p: Any, blocks_of: Callable[[int], int]) -> tuple[tuple[int, .
     one leading dimension per mesh dimension that shards `p` (of that dimension's size, sharded
     over it; replicated over the others), then the blocks of the largest local shard, which
     smaller shards pad with zeros. torch.distributed.checkpoint then saves and loads every rank's
-    scales where they belong, on the same mesh."""
+    scales where they belong. Each leading dimension is followed by dimensions of size 1 that
+    count which of `p`'s dimensions it splits (and how, for a strided shard): the shards' blocks
+    hold other elements under other placements, so a checkpoint resharded to them would
+    otherwise load each rank's scales beside other codes; this way its shape differs and the
+    load is refused."""
     from torch.distributed.tensor import Replicate, Shard
 
     mesh, placements = p.device_mesh, tuple(p.placements)
@@ -343,16 +354,19 @@ def scales_layout(p: Any, blocks_of: Callable[[int], int]) -> tuple[tuple[int, .
         leading: list[int] = []
         layout: list[Any] = []
         for mesh_dim, placement in enumerate(placements):
-            if not placement.is_shard():
+            if not shards(placement):
                 layout.append(Replicate())
                 continue
-            # torch.chunk's first chunk is the largest; a strided shard's pieces are bounded
-            # by the whole dimension only.
-            if not isinstance(placement, _StridedShard) and p.dim() > 0:
-                dim = placement.dim % p.dim()
+            dim = placement.dim % max(p.dim(), 1)
+            if isinstance(placement, _StridedShard):
+                # Its pieces are bounded by the whole dimension only.
+                tags = p.dim() * (1 + int(placement.split_factor)) + dim
+            else:
+                # torch.chunk's first chunk is the largest.
                 largest[dim] = -(-largest[dim] // mesh.size(mesh_dim))
+                tags = dim
             layout.append(Shard(len(leading)))
-            leading.append(mesh.size(mesh_dim))
+            leading += [mesh.size(mesh_dim)] + [1] * tags
         numel = 1
         for size in largest:
             numel *= size

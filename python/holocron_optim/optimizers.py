@@ -170,7 +170,7 @@ class LARS(FusedStep, Optimizer):
                 always_adapt=group["always_adapt"],
                 trust_on_gradient=group.get("trust_on_gradient", self._trust_on_gradient),
                 grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-                **self._compensation(group, params, states), **self._blockwise_scales(group, states),
+                **self._compensation(group, params, states), **self._blockwise_scales(group, params, states),
                 decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), sums=True,
             )
         except Exception:
@@ -334,7 +334,7 @@ class LAMB(FusedStep, Optimizer):
             trust_clip=group["trust_clip"], always_adapt=self._always_adapt(group),
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)), caution=bool(group["caution"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **self._clipping(group),
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **self._clipping(group),
             **counters, **self._ratio_targets(group, params, states), sums=True,
         )
         if counters:
@@ -426,7 +426,7 @@ class RaLars(FusedStep, Optimizer):
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters, **self._ratio_targets(group, params, states), sums=True,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters, **self._ratio_targets(group, params, states), sums=True,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         if record:
@@ -551,7 +551,7 @@ class TAdam(FusedStep, Optimizer):
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters, sums=True,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters, sums=True,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
         )
         self._commit_steps(states, steps)
@@ -681,7 +681,7 @@ class AdaBelief(_AdamLike):
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters,
             decoupled_weight_decay=bool(group.get(self._decoupled_key, False)),
             rectify=bool(group.get("rectify", False)), degenerated_to_sgd=bool(group.get("degenerated_to_sgd", True)),
             fixed_decay=bool(group.get("fixed_decay", False)), eps_in_variance=bool(group.get("eps_in_variance", False)),
@@ -788,7 +788,7 @@ class AdamP(_AdamLike):
             amsgrad=bool(group.get("amsgrad", False)),
             delta=float(group["delta"] if self._delta_in_groups else self.delta),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters, sums=True,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters, sums=True,
             decoupled_weight_decay=True if self._decoupled_key is None else bool(group.get(self._decoupled_key, False)),
             nesterov=bool(group.get("nesterov", False)), wd_ratio=float(group.get("wd_ratio", 1.0)),
             channel_projection=bool(group.get("channel_projection", False)),
@@ -895,7 +895,7 @@ class Adan(FusedStep, Optimizer):
             lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", self._decoupled_default)),
             no_prox=bool(group["no_prox"]), **self._clipping(group), caution=bool(group["caution"]),
             sums=bool(group["caution"]),
@@ -985,7 +985,7 @@ class AdEMAMix(FusedStep, Optimizer):
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
-            **self._compensation(group, params, states), **self._blockwise_scales(group, states), **counters,
+            **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters,
             decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
             t_alpha=group["t_alpha"], t_beta3=group["t_beta3"], caution=bool(group["caution"]),
             sums=bool(group["caution"]),

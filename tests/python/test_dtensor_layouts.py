@@ -130,26 +130,33 @@ def test_channel_projection_refuses_strided_shards(mesh):
 # scales, and the scales a DTensor with a row per rank (the two-rank runs are in
 # test_distributed.py). The tensors are large enough to keep codes.
 BLOCKWISE_SHAPES = [(80, 64), (30,), (70, 70), (5000,)]
-BLOCKWISE_LAYOUTS = [Shard(0), Shard(0), Replicate(), None]
+BLOCKWISE_LAYOUTS = {
+    "several layouts": [Shard(0), Shard(0), Replicate(), None],
+    # Only plain tensors keep codes: the small DTensor's call must still get none of their scales.
+    "codes beside small DTensors": [None, Shard(0), None, Replicate()],
+}
 
 
+@pytest.mark.parametrize("layouts", list(BLOCKWISE_LAYOUTS))
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_8bit_state_of_dtensors_in_several_layouts_equals_plain_tensors(mesh, name):
+def test_8bit_state_of_dtensors_in_several_layouts_equals_plain_tensors(mesh, name, layouts):
+    layouts = BLOCKWISE_LAYOUTS[layouts]
+    shapes = BLOCKWISE_SHAPES if layouts[-1] is None else [(80, 64), (30,), (5000,), (6,)]
     gen = torch.Generator().manual_seed(3)
-    start = [torch.randn(s, generator=gen) for s in BLOCKWISE_SHAPES]
-    grads = [[torch.randn(s, generator=gen) for s in BLOCKWISE_SHAPES] for _ in range(3)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
     plain = [torch.nn.Parameter(t.clone()) for t in start]
-    sharded = [torch.nn.Parameter(as_layout(t.clone(), layout, mesh)) for t, layout in zip(start, BLOCKWISE_LAYOUTS)]
+    sharded = [torch.nn.Parameter(as_layout(t.clone(), layout, mesh)) for t, layout in zip(start, layouts)]
     plain_opt, sharded_opt = (ALGORITHMS[name].make(ps, lr=0.01, state_precision="8bit") for ps in (plain, sharded))
     for step_grads in grads:
-        for p, q, g, layout in zip(plain, sharded, step_grads, BLOCKWISE_LAYOUTS):
+        for p, q, g, layout in zip(plain, sharded, step_grads, layouts):
             p.grad, q.grad = g.clone(), as_layout(g.clone(), layout, mesh)
         plain_opt.step()
         sharded_opt.step()
     for p, q in zip(plain, sharded):
         assert torch.equal(p, full(q))
     coded = 0
-    for p, q, layout in zip(plain, sharded, BLOCKWISE_LAYOUTS):
+    for p, q, layout in zip(plain, sharded, layouts):
         assert sorted(plain_opt.state[p]) == sorted(sharded_opt.state[q])
         for key, value in plain_opt.state[p].items():
             other = sharded_opt.state[q][key]
@@ -162,6 +169,7 @@ def test_8bit_state_of_dtensors_in_several_layouts_equals_plain_tensors(mesh, na
                 assert isinstance(other, DTensor) and other.placements == q.placements, key
             if isinstance(value, torch.Tensor):
                 assert torch.equal(full(other).reshape(value.shape), value), key
+            coded += key.endswith("_absmax") and layout is None
     assert coded >= 2
 
 
@@ -204,3 +212,35 @@ def test_8bit_state_of_dtensors_loads_both_ways_and_refuses_plain_codes(mesh):
                                              "was saved on"):
             back.load_state_dict(plain.state_dict())
         assert all(torch.equal(full(back.state[sharded[0]][k]), v) for k, v in before.items())
+
+
+def test_a_strided_shard_shards_and_tags_the_scales(mesh):
+    """FSDP2 over tensor parallelism places a weight as (_StridedShard, Shard): the strided mesh
+    dimension is summed over (whole-tensor norms) and gets a row of scales per rank, though
+    _StridedShard is no Shard in torch 2.13. The scales' shape also tells which dimension each
+    mesh dimension splits, so a checkpoint of other placements cannot load beside these codes."""
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    from holocron_optim import _distributed
+    from holocron_optim._base import blockwise_blocks
+
+    grid = init_device_mesh("cpu", (1, 1))
+    weight = torch.randn(80, 64)
+    strided = DTensor.from_local(weight.clone(), grid, [_StridedShard(0, split_factor=2), Shard(0)], run_check=False)
+    assert len(_distributed.shard_groups(strided)) == 2
+    shape, layout = _distributed.scales_layout(strided, blockwise_blocks)
+    assert shape[0] == 1 and shape[-1] == 20 and [type(x) for x in layout] == [Shard, Shard]
+    by_dim = [_distributed.scales_layout(as_layout(torch.randn(64, 64), Shard(d), mesh), blockwise_blocks)[0]
+              for d in (0, 1)]
+    assert by_dim[0] != by_dim[1] and by_dim[0] != shape
+
+    p, q = torch.nn.Parameter(weight.clone()), torch.nn.Parameter(strided)
+    plain_opt, strided_opt = (ho.LAMB([x], lr=0.01, state_precision="8bit") for x in (p, q))
+    for _ in range(2):
+        g = torch.randn(80, 64)
+        p.grad = g.clone()
+        q.grad = DTensor.from_local(g.clone(), grid, q.placements, run_check=False)
+        plain_opt.step()
+        strided_opt.step()
+    assert torch.equal(p.detach(), q.to_local().detach())
+    assert tuple(strided_opt.state[q]["exp_avg_absmax"].shape) == shape
