@@ -54,6 +54,7 @@ struct DynamicMap {
   at::Tensor thresholds;  // 255
   std::array<float, 256> threshold_list{};  // the thresholds, then +inf
   std::vector<uint8_t> first_code;  // per bucket: the number of thresholds <= its least value
+  std::vector<uint32_t> packed;     // per bucket: QuantizationMap::packed
   uint8_t zero_code = 0;
   kernels::cpu::QuantizationMap view;  // the above, as the fused kernels read it
 
@@ -69,6 +70,7 @@ void make_buckets(DynamicMap& map, bool keeps_positive) {
   };
   // Padded: the fused kernels' vector encoders gather 4 bytes at each bucket's offset.
   map.first_code.assign(2 * kBuckets + 4, 0);
+  map.packed.assign(2 * kBuckets, 0);
   for (uint32_t sign = 0; sign < 2; ++sign) {
     for (uint32_t k = 0; k < kBuckets; ++k) {
       const float least_magnitude = k == 0 ? 0.0f : float_of((k + kFirstBucketBits) << 16);
@@ -76,14 +78,23 @@ void make_buckets(DynamicMap& map, bool keeps_positive) {
       const float least = sign ? -largest_magnitude : least_magnitude;
       const float largest = sign ? -least_magnitude : largest_magnitude;
       const int first = count_up_to(least);
-      TORCH_INTERNAL_ASSERT(count_up_to(largest) - first <= 1, "a bucket of the quantization map holds two thresholds");
+      const int inside = count_up_to(largest) - first;
+      TORCH_INTERNAL_ASSERT(inside <= 1, "a bucket of the quantization map holds two thresholds");
+      // Bucket 0 also holds the magnitudes below it, whose low bits say nothing.
+      TORCH_INTERNAL_ASSERT(k > 0 || inside == 0, "the quantization map's first bucket holds a threshold");
       map.first_code[sign * kBuckets + k] = static_cast<uint8_t>(first);
+      uint32_t threshold_bits = 0;
+      if (inside == 1) std::memcpy(&threshold_bits, &map.threshold_list[first], sizeof threshold_bits);
+      const uint32_t key = inside == 1 ? kernels::cpu::blockwise::low_key(threshold_bits)
+                                       : kernels::cpu::blockwise::kNoThreshold;
+      map.packed[sign * kBuckets + k] = static_cast<uint32_t>(first) | key << 8;
     }
   }
   map.zero_code = static_cast<uint8_t>(count_up_to(0.0f));
   map.view = {.values = map.values.const_data_ptr<float>(),
               .thresholds = map.threshold_list.data(),
               .first_code = map.first_code.data(),
+              .packed = map.packed.data(),
               .zero_code = map.zero_code,
               .keeps_positive = keeps_positive};
 }

@@ -608,3 +608,55 @@ def test_8bit_trust_ratios_are_the_32bit_ones_within_the_quantization_error(name
         assert opt.state[params[0]][opt._coded_keys[0]].dtype == torch.uint8 or precision == "float32"
     assert not torch.equal(ratios["8bit"], ratios["float32"])  # the codes do round the moments
     torch.testing.assert_close(ratios["8bit"], ratios["float32"], rtol=1e-2, atol=0)
+
+
+def _thresholds(signed):
+    """The map's thresholds as the definition makes them: the smallest float32 above each
+    midpoint of two neighbouring values."""
+    values = _decode(torch.arange(256, dtype=torch.uint8), torch.ones(1), signed).double()
+    midpoints = (values[:-1] + values[1:]) / 2
+    above = midpoints.float()
+    return torch.where(above.double() <= midpoints, torch.nextafter(above, torch.tensor(float("inf"))), above)
+
+
+def _around(targets, ulps=3):
+    """Each target and the floats up to `ulps` away on either side."""
+    out = [targets]
+    for direction in (float("inf"), float("-inf")):
+        t = targets
+        for _ in range(ulps):
+            t = torch.nextafter(t, torch.full_like(t, direction))
+            out.append(t)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.7, 1.1e-3, 12345.678])
+def test_the_fused_encoder_agrees_with_the_definition_next_to_every_threshold(scale, backend):
+    """The vector encoders multiply by the scale's inverse, within an ulp of the definition's
+    quotient, and fall back to it near a threshold or a bucket's edge: values a few ulps from
+    every threshold times the scale (and from the buckets' edges), coded by an op whose new
+    moments are its gradients (AdEMAMix with beta1 = beta2 = 0: m = g, v = g * g), give the
+    definition's codes on every instruction set."""
+    signed_targets = _around((_thresholds(True) * scale).float())
+    # v = g * g near the unsigned map's thresholds times the scale.
+    unsigned_targets = _around((_thresholds(False).double() * scale).sqrt().float())
+    edges = _around(torch.tensor([2.0 ** -k for k in range(1, 25)]) * scale)
+    grads = torch.cat([signed_targets, -signed_targets, unsigned_targets, edges, -edges])
+    grads = grads[grads.abs() <= scale]
+    # Each block starts with the scale itself (its largest magnitude), then the values.
+    per_block = 256 - 1
+    blocks = -(-grads.numel() // per_block)
+    grads = torch.cat([grads, torch.zeros(blocks * per_block - grads.numel())]).view(blocks, per_block)
+    grads = torch.cat([torch.full((blocks, 1), scale), grads], dim=1).reshape(-1)
+    for capability in ops.available_cpu_capabilities():
+        backend(capability)
+        params = [torch.zeros_like(grads)]
+        codes = {key: _encode(torch.zeros_like(grads), signed) for key, signed in
+                 (("exp_avgs", True), ("exp_avgs_slow", True), ("exp_avg_sqs", False))}
+        ops.ademamix_(params, [grads], [codes["exp_avgs"][0]], [codes["exp_avgs_slow"][0]], [codes["exp_avg_sqs"][0]],
+                      [1], lr=0.0, beta1=0.0, beta2=0.0, beta3=0.9, alpha=1.0, eps=1e-8, weight_decay=0.0,
+                      state_absmax=[codes[k][1] for k in ("exp_avgs", "exp_avgs_slow", "exp_avg_sqs")])
+        for key, expected in (("exp_avgs", _encode(grads, True)), ("exp_avg_sqs", _encode(grads * grads, False))):
+            assert torch.equal(codes[key][1], expected[1]), f"{capability}: {key} scales"
+            wrong = (codes[key][0] != expected[0]).nonzero().flatten()
+            assert wrong.numel() == 0, f"{capability}: {key}: {wrong.numel()} codes differ, first at {wrong[:5].tolist()}"

@@ -23,6 +23,12 @@ struct QuantizationMap {
   // Per bucket (blockwise::kBuckets per sign), then 4 bytes of padding: the vector encoders
   // gather 4 bytes at each bucket's offset.
   const uint8_t* first_code = nullptr;
+  // Per bucket (blockwise::kBuckets per sign), what the vector encoders gather instead of the
+  // code and then its threshold: the bucket's first code in bits 0-7, and in bits 8-24 the key a
+  // value's low 16 bits (reversed for negatives: blockwise::low_key) must reach to take the
+  // next code; kNoThreshold where the bucket holds none. A bucket's values share their top 16
+  // bits, so that comparison is the float comparison with the threshold.
+  const uint32_t* packed = nullptr;
   uint8_t zero_code = 0;                // the code of 0: a block holding an inf or a NaN
   // The unsigned map (second moments): a positive value whose nearest map value is 0 takes the
   // least positive one instead, code zero_code + 1. A second moment rounded to 0 under a first
@@ -37,6 +43,12 @@ namespace {
 // Magnitudes below 2^-24 share bucket 0 (every code there is that of 0); the buckets end at 1.0.
 constexpr uint32_t kFirstBucketBits = 0x3380;
 constexpr uint32_t kBuckets = 0x3F80 - kFirstBucketBits + 1;
+// QuantizationMap::packed's key of a bucket without a threshold: above every low_key.
+constexpr uint32_t kNoThreshold = 0x10000;
+
+// A value's low 16 bits, ordered as the value within its bucket: for a negative one, the larger
+// the magnitude the smaller the value.
+inline uint32_t low_key(uint32_t bits) { return (bits & 0xFFFF) ^ (bits >> 31 ? 0xFFFFu : 0u); }
 
 inline uint32_t bits_of(float value) {
   uint32_t bits;

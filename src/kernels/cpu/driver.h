@@ -53,6 +53,7 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cpu/pass.h"
@@ -501,57 +502,121 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
   e = 0;
 #if defined(CPU_CAPABILITY_AVX512)
   {
-    // blockwise::encode, 16 lanes at a time: QuantizationMap::first_code is padded for the
-    // 4-byte gathers at byte offsets.
+    // blockwise::encode, 16 lanes at a time, without its division and with one gather
+    // (QuantizationMap::packed). The product with the scale's inverse is within one ulp of the
+    // quotient, so it picks the same code except within 2 of a threshold's key or of a bucket's
+    // edges, where a vector takes the exact path; the block's largest magnitude is exactly +-1.
     const __m512 divisors = _mm512_set1_ps(divisor);
+    const __m512 inverse = _mm512_set1_ps(1.0f / divisor);
+    const __m512 widest = _mm512_set1_ps(largest);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     const __m512i low = _mm512_set1_epi32(static_cast<int>(blockwise::kFirstBucketBits));
     const __m512i high = _mm512_set1_epi32(0x3F80);
     const __m512i buckets = _mm512_set1_epi32(static_cast<int>(blockwise::kBuckets));
     const __m512i magnitude_bits = _mm512_set1_epi32(0x7FFF);
+    const __m512i low_bits = _mm512_set1_epi32(0xFFFF);
     const __m512i byte = _mm512_set1_epi32(0xFF);
-    const __m512i one = _mm512_set1_epi32(1);
+    const __m512i margin = _mm512_set1_epi32(2);
+    const __m512i edge = _mm512_set1_epi32(0xFFFF - 2);
+    const __m512i next = _mm512_set1_epi32(1);
     const __m512i zero_code = _mm512_set1_epi32(map.zero_code);
-    for (; e + 16 <= n; e += 16) {
-      const __m512 y = _mm512_div_ps(_mm512_loadu_ps(in + e), divisors);
-      const __m512i top = _mm512_srli_epi32(_mm512_castps_si512(y), 16);
+    auto bucket_of = [&](__m512i top) {
       const __m512i magnitude =
           _mm512_min_epu32(_mm512_max_epu32(_mm512_and_si512(top, magnitude_bits), low), high);
-      const __m512i bucket = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(top, 15), buckets),
-                                              _mm512_sub_epi32(magnitude, low));
-      const __m512i first_code =
-          _mm512_and_si512(_mm512_i32gather_epi32(bucket, reinterpret_cast<const int*>(map.first_code), 1), byte);
+      return _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(top, 15), buckets), _mm512_sub_epi32(magnitude, low));
+    };
+    // blockwise::encode as written: the quotient, the bucket's first code, its threshold.
+    auto exact = [&](__m512 x) {
+      const __m512 y = _mm512_div_ps(x, divisors);
+      const __m512i first_code = _mm512_and_si512(
+          _mm512_i32gather_epi32(bucket_of(_mm512_srli_epi32(_mm512_castps_si512(y), 16)),
+                                 reinterpret_cast<const int*>(map.first_code), 1), byte);
       const __mmask16 above =
           _mm512_cmp_ps_mask(y, _mm512_i32gather_ps(first_code, map.thresholds, 4), _CMP_GE_OQ);
-      __m512i code = _mm512_mask_add_epi32(first_code, above, first_code, one);
+      return std::pair{y, _mm512_mask_add_epi32(first_code, above, first_code, next)};
+    };
+    for (; e + 16 <= n; e += 16) {
+      const __m512 x = _mm512_loadu_ps(in + e);
+      const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), sign_bit);
+      const __mmask16 widest_lanes = _mm512_cmp_ps_mask(_mm512_abs_ps(x), widest, _CMP_EQ_OQ);
+      __m512 y = _mm512_mask_mov_ps(_mm512_mul_ps(x, inverse), widest_lanes,
+                                    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(one), sign)));
+      const __m512i bits = _mm512_castps_si512(y);
+      const __m512i top = _mm512_srli_epi32(bits, 16);
+      const __m512i packed = _mm512_i32gather_epi32(bucket_of(top), reinterpret_cast<const int*>(map.packed), 4);
+      const __m512i key = _mm512_srli_epi32(packed, 8);
+      const __m512i low_half = _mm512_and_si512(bits, low_bits);
+      const __m512i value_key = _mm512_xor_si512(low_half, _mm512_and_si512(_mm512_srai_epi32(bits, 31), low_bits));
+      // A magnitude below bucket 0's shares its code (that of 0), whatever its low bits.
+      const __mmask16 below = _mm512_cmplt_epu32_mask(_mm512_and_si512(top, magnitude_bits), low);
+      const __mmask16 above = _mm512_mask_cmpge_epu32_mask(static_cast<__mmask16>(~below), value_key, key);
+      __m512i code = _mm512_mask_add_epi32(_mm512_and_si512(packed, byte), above, _mm512_and_si512(packed, byte), next);
+      const __mmask16 near_threshold =
+          _mm512_cmple_epu32_mask(_mm512_abs_epi32(_mm512_sub_epi32(value_key, key)), margin);
+      const __mmask16 near_edge = _mm512_cmple_epu32_mask(low_half, margin) | _mm512_cmpge_epu32_mask(low_half, edge);
+      if (static_cast<__mmask16>((near_threshold | near_edge) & ~widest_lanes) != 0) {
+        std::tie(y, code) = exact(x);
+      }
       if (map.keeps_positive) {
         const __mmask16 lifted = _mm512_cmpeq_epi32_mask(code, zero_code) &
                                  _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);
-        code = _mm512_mask_add_epi32(code, lifted, code, one);
+        code = _mm512_mask_add_epi32(code, lifted, code, next);
       }
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + e), _mm512_cvtepi32_epi8(code));
     }
   }
 #elif defined(CPU_CAPABILITY_AVX2)
   {
+    // As the AVX-512 encoder above, 8 lanes at a time (keys and magnitudes fit signed compares).
     const __m256 divisors = _mm256_set1_ps(divisor);
+    const __m256 inverse = _mm256_set1_ps(1.0f / divisor);
+    const __m256 widest = _mm256_set1_ps(largest);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
     const __m256i low = _mm256_set1_epi32(static_cast<int>(blockwise::kFirstBucketBits));
     const __m256i high = _mm256_set1_epi32(0x3F80);
     const __m256i buckets = _mm256_set1_epi32(static_cast<int>(blockwise::kBuckets));
     const __m256i magnitude_bits = _mm256_set1_epi32(0x7FFF);
+    const __m256i low_bits = _mm256_set1_epi32(0xFFFF);
     const __m256i byte = _mm256_set1_epi32(0xFF);
+    const __m256i beyond_margin = _mm256_set1_epi32(3);
+    const __m256i edge = _mm256_set1_epi32(0xFFFF - 3);
     const __m256i zero_code = _mm256_set1_epi32(map.zero_code);
-    for (; e + 8 <= n; e += 8) {
-      const __m256 y = _mm256_div_ps(_mm256_loadu_ps(in + e), divisors);
-      const __m256i top = _mm256_srli_epi32(_mm256_castps_si256(y), 16);
+    auto bucket_of = [&](__m256i top) {
       const __m256i magnitude =
           _mm256_min_epu32(_mm256_max_epu32(_mm256_and_si256(top, magnitude_bits), low), high);
-      const __m256i bucket = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(top, 15), buckets),
-                                              _mm256_sub_epi32(magnitude, low));
-      const __m256i first_code =
-          _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(map.first_code), bucket, 1), byte);
+      return _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(top, 15), buckets), _mm256_sub_epi32(magnitude, low));
+    };
+    auto exact = [&](__m256 x) {
+      const __m256 y = _mm256_div_ps(x, divisors);
+      const __m256i first_code = _mm256_and_si256(
+          _mm256_i32gather_epi32(reinterpret_cast<const int*>(map.first_code),
+                                 bucket_of(_mm256_srli_epi32(_mm256_castps_si256(y), 16)), 1), byte);
       const __m256 above = _mm256_cmp_ps(y, _mm256_i32gather_ps(map.thresholds, first_code, 4), _CMP_GE_OQ);
       // `above` is all ones (-1 as an integer) where the value reaches the next code.
-      __m256i code = _mm256_sub_epi32(first_code, _mm256_castps_si256(above));
+      return std::pair{y, _mm256_sub_epi32(first_code, _mm256_castps_si256(above))};
+    };
+    for (; e + 8 <= n; e += 8) {
+      const __m256 x = _mm256_loadu_ps(in + e);
+      const __m256 widest_lanes = _mm256_cmp_ps(_mm256_andnot_ps(sign_mask, x), widest, _CMP_EQ_OQ);
+      __m256 y = _mm256_blendv_ps(_mm256_mul_ps(x, inverse), _mm256_or_ps(one, _mm256_and_ps(sign_mask, x)),
+                                  widest_lanes);
+      const __m256i bits = _mm256_castps_si256(y);
+      const __m256i top = _mm256_srli_epi32(bits, 16);
+      const __m256i packed =
+          _mm256_i32gather_epi32(reinterpret_cast<const int*>(map.packed), bucket_of(top), 4);
+      const __m256i key = _mm256_srli_epi32(packed, 8);
+      const __m256i low_half = _mm256_and_si256(bits, low_bits);
+      const __m256i value_key = _mm256_xor_si256(low_half, _mm256_and_si256(_mm256_srai_epi32(bits, 31), low_bits));
+      const __m256i below = _mm256_cmpgt_epi32(low, _mm256_and_si256(top, magnitude_bits));
+      const __m256i above = _mm256_andnot_si256(below, _mm256_cmpgt_epi32(_mm256_add_epi32(value_key, _mm256_set1_epi32(1)), key));
+      __m256i code = _mm256_sub_epi32(_mm256_and_si256(packed, byte), above);
+      const __m256i near = _mm256_or_si256(
+          _mm256_cmpgt_epi32(beyond_margin, _mm256_abs_epi32(_mm256_sub_epi32(value_key, key))),
+          _mm256_or_si256(_mm256_cmpgt_epi32(beyond_margin, low_half), _mm256_cmpgt_epi32(low_half, edge)));
+      const __m256i refine = _mm256_andnot_si256(_mm256_castps_si256(widest_lanes), near);
+      if (!_mm256_testz_si256(refine, refine)) std::tie(y, code) = exact(x);
       if (map.keeps_positive) {
         const __m256i lifted = _mm256_and_si256(_mm256_cmpeq_epi32(code, zero_code),
                                                 _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ)));
