@@ -496,6 +496,7 @@ class FusedStep:
                 if p.dtype in KAHAN_DTYPES and "kahan_comp" not in state:
                     state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     added.append((state, "kahan_comp"))
+                    self._kahan_comps_made = True
         return added
 
     def _buffers(self, group: dict[str, Any]) -> list[str]:
@@ -807,6 +808,15 @@ class FusedStep:
                     state.pop(key, None)
                 raise
             self._pin(group, params, states)
+            if self._kahan_comps_made and not self._kahan(group):
+                # Turned off, a group's weights go on from p: what the compensation held is dropped
+                # with it, so that turning it on again starts from zeros, not from a stale residue.
+                for state in states:
+                    state.pop("kahan_comp", None)
+
+    # Set once this optimizer has held a `kahan_comp` (made or loaded): until then a step of a
+    # group without kahan_summation looks for none.
+    _kahan_comps_made = False
 
     def _pin(self, group: dict[str, Any], params: list[torch.Tensor], states: list[dict[str, Any]]) -> None:
         """Holds a C++ reference to the state buffers this group's op was handed, so that
@@ -1081,6 +1091,7 @@ class FusedStep:
                         "or bfloat16, or 8-bit codes of a moment with their scales)"
                     )
             comp = state.get("kahan_comp")
+            self._kahan_comps_made = self._kahan_comps_made or comp is not None
             if comp is not None and (not isinstance(comp, torch.Tensor) or comp.shape != p.shape
                                      or not comp.is_floating_point()):
                 raise ValueError(

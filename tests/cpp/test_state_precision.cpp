@@ -447,6 +447,47 @@ TYPED_TEST(StatePrecisionTest, KahanSummationStepsOnTheCompensatedWeights) {
   EXPECT_TRUE(compensated);
 }
 
+// Turned off, a group's weights go on from p and its compensations are dropped: turned on again,
+// they start from zeros, as for a twin whose compensations were cleared by hand.
+TYPED_TEST(StatePrecisionTest, KahanSummationTurnedOffDropsTheCompensations) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  using Options = std::decay_t<decltype(TypeParam::options(1e-3))>;
+  auto first = kahan::weights(11);
+  Opt opt(first, TypeParam::options(1e-3).kahan_summation(true));
+  for (int k = 0; k < 3; ++k) {
+    kahan::set_grads(first, first, k);
+    opt.step();
+  }
+  static_cast<Options&>(opt.param_groups()[0].options()).kahan_summation(false);
+  kahan::set_grads(first, first, 3);
+  opt.step();
+  for (const auto& p : first) {
+    EXPECT_FALSE(static_cast<State&>(*opt.state().at(p.unsafeGetTensorImpl())).kahan_comp().defined());
+  }
+  std::stringstream stream;
+  torch::save(opt, stream);
+  std::vector<torch::Tensor> second;
+  for (const auto& p : first) second.push_back(p.detach().clone().requires_grad_());
+  Opt twin(second, TypeParam::options(1e-3));
+  torch::load(twin, stream);
+  static_cast<Options&>(opt.param_groups()[0].options()).kahan_summation(true);
+  static_cast<Options&>(twin.param_groups()[0].options()).kahan_summation(true);
+  for (int k = 4; k < 6; ++k) {
+    kahan::set_grads(first, first, k);
+    kahan::set_grads(second, second, k);
+    opt.step();
+    twin.step();
+  }
+  EXPECT_TRUE(all_equal(first, second));
+  for (size_t i = 0; i < first.size(); ++i) {
+    const auto& a = static_cast<State&>(*opt.state().at(first[i].unsafeGetTensorImpl())).kahan_comp();
+    const auto& b = static_cast<State&>(*twin.state().at(second[i].unsafeGetTensorImpl())).kahan_comp();
+    ASSERT_TRUE(a.defined() && b.defined()) << i;
+    EXPECT_TRUE(torch::equal(a, b)) << i;
+  }
+}
+
 TYPED_TEST(StatePrecisionTest, KahanSummationResumesFromACheckpoint) {
   using Opt = typename TypeParam::Opt;
   using State = typename TypeParam::State;

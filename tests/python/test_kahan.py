@@ -232,7 +232,7 @@ def test_bad_compensation_is_refused_with_nothing_changed():
 
 def test_turned_on_after_steps_and_off_again():
     """A group switched to kahan_summation gets its compensations at its next step (zeros);
-    switched off, its weights go on from p alone."""
+    switched off, its weights go on from p alone, and its compensations are dropped."""
     p = torch.ones(300, dtype=torch.bfloat16, requires_grad=True)
     opt = ho.AdEMAMix([p], lr=1e-4)
     for step in range(3):
@@ -247,6 +247,19 @@ def test_turned_on_after_steps_and_off_again():
     opt.param_groups[0]["kahan_summation"] = False
     p.grad = torch.full_like(p, 0.5)
     opt.step()
+    # Turned off, the compensation goes with the option: turned on again, it starts from zeros
+    # (as a twin whose key was deleted by hand), not from the residue of before.
+    assert "kahan_comp" not in opt.state[p]
+    twin_p = p.detach().clone().requires_grad_(True)
+    twin = ho.AdEMAMix([twin_p], lr=1e-4, kahan_summation=True)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch.optim's load keeps the tensors it is given
+    twin.state[twin_p].pop("kahan_comp", None)
+    opt.param_groups[0]["kahan_summation"] = twin.param_groups[0]["kahan_summation"] = True
+    for _ in range(2):
+        p.grad, twin_p.grad = torch.full_like(p, 0.5), torch.full_like(p, 0.5)
+        opt.step()
+        twin.step()
+    assert torch.equal(p, twin_p) and torch.equal(opt.state[p]["kahan_comp"], twin.state[twin_p]["kahan_comp"])
 
 
 @pytest.mark.parametrize("wrapper", ["Lookahead", "timm.Lookahead"])

@@ -642,6 +642,13 @@ class Algorithm : public OptimizerBase {
                          ? blockwise_scales(typed, static_cast<const Options&>(options))
                          : std::vector<torch::Tensor>{});
     update(static_cast<const Options&>(options), params, grads, typed);
+    if (!static_cast<const Options&>(options).kahan_summation()) {
+      // Turned off, a group's weights go on from p: what the compensation held is dropped with
+      // it, so that turning it on again starts from zeros, not from a stale residue.
+      for (State* state : typed) {
+        if (state->kahan_comp().defined()) state->kahan_comp(torch::Tensor());
+      }
+    }
   }
   /// \endcond
 };
