@@ -636,7 +636,7 @@ def test_the_fused_encoder_agrees_with_the_definition_next_to_every_threshold(sc
     quotient, and fall back to it near a threshold or a bucket's edge: values a few ulps from
     every threshold times the scale (and from the buckets' edges), coded by an op whose new
     moments are its gradients (AdEMAMix with beta1 = beta2 = 0: m = g, v = g * g), give the
-    definition's codes on every instruction set."""
+    definition's codes on every instruction set, as does a block of zeros."""
     signed_targets = _around((_thresholds(True) * scale).float())
     # v = g * g near the unsigned map's thresholds times the scale.
     unsigned_targets = _around((_thresholds(False).double() * scale).sqrt().float())
@@ -648,6 +648,10 @@ def test_the_fused_encoder_agrees_with_the_definition_next_to_every_threshold(sc
     blocks = -(-grads.numel() // per_block)
     grads = torch.cat([grads, torch.zeros(blocks * per_block - grads.numel())]).view(blocks, per_block)
     grads = torch.cat([torch.full((blocks, 1), scale), grads], dim=1).reshape(-1)
+    # And a block of zeros (-0.0 among them): no largest magnitude, every code that of 0.
+    zeros = torch.zeros(256)
+    zeros[::3] = -0.0
+    grads = torch.cat([grads, zeros])
     for capability in ops.available_cpu_capabilities():
         backend(capability)
         params = [torch.zeros_like(grads)]

@@ -508,7 +508,8 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
     // edges, where a vector takes the exact path; the block's largest magnitude is exactly +-1.
     const __m512 divisors = _mm512_set1_ps(divisor);
     const __m512 inverse = _mm512_set1_ps(1.0f / divisor);
-    const __m512 widest = _mm512_set1_ps(largest);
+    // A block of zeros has no largest magnitude to map to +-1 (its values code as 0).
+    const __m512 widest = _mm512_set1_ps(largest > 0.0f ? largest : std::numeric_limits<float>::quiet_NaN());
     const __m512 one = _mm512_set1_ps(1.0f);
     const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     const __m512i low = _mm512_set1_epi32(static_cast<int>(blockwise::kFirstBucketBits));
@@ -571,7 +572,7 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
     // As the AVX-512 encoder above, 8 lanes at a time (keys and magnitudes fit signed compares).
     const __m256 divisors = _mm256_set1_ps(divisor);
     const __m256 inverse = _mm256_set1_ps(1.0f / divisor);
-    const __m256 widest = _mm256_set1_ps(largest);
+    const __m256 widest = _mm256_set1_ps(largest > 0.0f ? largest : std::numeric_limits<float>::quiet_NaN());
     const __m256 one = _mm256_set1_ps(1.0f);
     const __m256 sign_mask = _mm256_set1_ps(-0.0f);
     const __m256i low = _mm256_set1_epi32(static_cast<int>(blockwise::kFirstBucketBits));
