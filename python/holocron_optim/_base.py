@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections import defaultdict, deque
 from collections.abc import Callable
 from itertools import chain, repeat
@@ -40,6 +41,20 @@ def check_state_dict_layout(name: str, state_dict: Any, state_key: str = "state"
     for key, value in state_dict[state_key].items():
         if isinstance(key, int) and not isinstance(value, dict):
             raise ValueError(f"{name}: the state of parameter {key} must be a dict, got {type(value).__name__}")
+
+
+def check_number(optimizer: str, option: str, value: Any) -> None:
+    """A group's number as the ops take it (`float(value)`): a real number or a one-element real
+    tensor. Others are refused by name, not converted: `float("0.01")` would take a string that
+    a scheduler then fails to multiply, and a bool would pass for 1."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {option} must be 1-element")  # torch.optim's words for lr
+        if not value.is_complex() and value.dtype is not torch.bool:
+            return
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return
+    raise TypeError(f"{optimizer}: {option} must be a real number, got {value!r:.80}")
 
 
 def check_betas(betas: Any, count: int, name: str) -> None:
@@ -151,7 +166,7 @@ def betas(count_in_words: str | None = None) -> Callable[[str, Any, Option], Any
     def check(name: str, value: Any, option: Option) -> Any:
         count = len(option.default)
         if count_in_words and (not isinstance(value, (tuple, list)) or len(value) != count):
-            raise ValueError(f"{name} requires {count_in_words} beta parameters")
+            raise ValueError(f"{name} requires {count_in_words} beta parameters, got {value!r}")
         check_betas(value, count, name)
         return value
 
@@ -313,6 +328,11 @@ class _Pins(NamedTuple):
     precision: str
 
 
+# The algorithms (holocron_optim.optimizers registers its eight): the state keys of one that another
+# never holds tell their checkpoints apart at load (FusedStep._foreign_state_keys).
+ALGORITHMS: list[type] = []
+
+
 class FusedStep:
     """Mixin for torch.optim.Optimizer subclasses.
 
@@ -349,6 +369,28 @@ class FusedStep:
         # A load requires the group options among these (torch.optim's base may add
         # others to `defaults`, such as `differentiable`, which saved groups need not hold).
         cls._constructor_options = tuple(inspect.signature(cls.__init__).parameters)
+
+    @classmethod
+    def _own_state_keys(cls) -> frozenset[str]:
+        """Every key a state of this class may hold."""
+        keys = {"step", "kahan_comp", *cls._all_buffers, *cls._required_state_keys,
+                *(key + ABSMAX_SUFFIX for key in cls._coded_keys)}
+        if cls._keeps_trust_ratios:
+            keys.add("local_lr")
+        return frozenset(keys)
+
+    def _foreign_state_keys(self) -> dict[str, str]:
+        """The state keys of the other algorithms (ALGORITHMS) that this one never holds, each with
+        the algorithms that do: a loaded state holding one is another optimizer's. Keys of no
+        algorithm (a wrapper's, a user's) are not foreign."""
+        mine = [cls for cls in ALGORITHMS if isinstance(self, cls)]
+        own = type(self)._own_state_keys().union(*(cls._own_state_keys() for cls in mine))
+        holders: dict[str, list[str]] = {}
+        for cls in ALGORITHMS:
+            if cls not in mine:
+                for key in sorted(cls._own_state_keys() - own):
+                    holders.setdefault(key, []).append(cls.__name__)
+        return {key: " and ".join(names) for key, names in holders.items()}
 
     # Whether the class takes `state_precision` (set from `_options`): holocron_optim.timm's
     # classes keep timm's signatures, and their state in the parameters' dtype.
@@ -570,6 +612,10 @@ class FusedStep:
         for option in self._options:
             if getattr(option.check, "checks_groups", False):
                 option.check(type(self).__name__, group.get(option.name, option.default), option)
+            elif option.range is not None and option.name != "betas" and not option.setting:
+                value = group.get(option.name, option.default)
+                if value is not None or option.default is not None:  # None: an optional number unset
+                    check_number(type(self).__name__, option.name, value)
         if group.get("caution") and "caution" not in {o.name for o in self._options}:
             raise ValueError(_no_caution(type(self).__name__))
 
@@ -1063,6 +1109,7 @@ class FusedStep:
             )
         self._check_loaded_groups(saved_groups)
         by_id = dict(zip(ids, params))
+        foreign = self._foreign_state_keys()
         for key, state in state_dict.get("state", {}).items():
             # A parameter's key is what its group lists: an index, or a name where
             # torch.distributed.checkpoint's set_state_dict hands names.
@@ -1073,6 +1120,11 @@ class FusedStep:
                 raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")
             if "step" in state and not valid_step(state["step"]):
                 raise ValueError(f"{name}: state 'step' of parameter {key} must be an integer >= 0, got {state['step']!r}")
+            stray = [k for k in state if k in foreign]
+            if stray:
+                raise ValueError(
+                    f"{name}: the state of parameter {key} holds "
+                    f"{', '.join(f'{k!r} (kept by {foreign[k]})' for k in stray)}; is it another optimizer's?")
             missing = [k for k in self._required_state_keys if k not in state]
             if not self._is_new(state) and missing:
                 raise ValueError(f"{name}: the state of parameter {key} lacks {', '.join(missing)}")
@@ -1092,11 +1144,14 @@ class FusedStep:
                     )
             comp = state.get("kahan_comp")
             self._kahan_comps_made = self._kahan_comps_made or comp is not None
+            # Of its weight's dtype only: torch.optim's load would cast another one to it, rounding
+            # the residues it holds (a float32 one), or taking a float16 one's range for bfloat16's.
             if comp is not None and (not isinstance(comp, torch.Tensor) or comp.shape != p.shape
-                                     or not comp.is_floating_point()):
+                                     or comp.dtype != p.dtype):
                 raise ValueError(
                     f"{name}: state 'kahan_comp' of parameter {key} ({tuple(getattr(comp, 'shape', ()))}, "
-                    f"{getattr(comp, 'dtype', type(comp))}) does not fit the parameter ({tuple(p.shape)}, {p.dtype})"
+                    f"{getattr(comp, 'dtype', type(comp))}) does not fit the parameter ({tuple(p.shape)}, {p.dtype}): "
+                    "a compensation has its weight's shape and dtype"
                 )
         # Each group's precision, kept; the buffers whose saved dtype torch.optim's cast would not
         # leave as the group keeps them, converted from the saved values once it has loaded.

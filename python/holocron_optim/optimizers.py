@@ -14,7 +14,7 @@ from torch.optim import Adam, Optimizer
 from ._base import (ABSMAX_SUFFIX, Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
                     learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count,
                     types_of)
-from . import _distributed as distributed
+from . import _base, _distributed as distributed
 from ._library import ops
 
 __all__ = ["LARS", "LAMB", "RaLars", "TAdam", "AdaBelief", "AdamP", "Adan", "AdEMAMix"]
@@ -49,7 +49,7 @@ def _dof(name: str, value: Any, _: Option) -> float | None:
 _LR = Option("lr", 1e-3, learning_rate, range="[0, inf)")
 _EPS = Option("eps", 1e-8, finite("epsilon"), range="[0, inf)")
 _WEIGHT_DECAY = Option("weight_decay", 0.0, finite("weight_decay", non_negative=True), range="[0, inf)")
-_AMSGRAD = Option("amsgrad", False)
+_AMSGRAD = Option("amsgrad", False, flag)
 _BETAS2 = Option("betas", (0.9, 0.999), betas(), range="[0, 1)")
 # torch.optim's maximize (the ops read -g); added after the reference's options.
 _MAXIMIZE = Option("maximize", False, flag, added_later=True)
@@ -134,7 +134,7 @@ class LARS(FusedStep, Optimizer):
         Option("momentum", 0.0, finite("momentum"), range="[0, inf)"),
         Option("dampening", 0.0, finite("dampening"), range="(-inf, inf)"),
         _WEIGHT_DECAY,
-        Option("nesterov", False),
+        Option("nesterov", False, flag),
         Option("scale_clip", None, _scale_clip(None), setting=True),
         Option("trust_coeff", 1.0, finite("trust_coeff"), range="[0, inf)", added_later=True),
         Option("eps", 0.0, finite("epsilon"), range="[0, inf)", added_later=True),
@@ -439,7 +439,14 @@ class RaLars(FusedStep, Optimizer):
 
 def _w_t_size(count: int) -> str:
     # A flat partition (DeepSpeed ZeRO) holds one W_t per model tensor in it.
-    return "a one-element tensor" if count == 1 else f"a tensor of {count} elements (one per model tensor)"
+    return ("a one-element floating-point tensor" if count == 1
+            else f"a floating-point tensor of {count} elements (one per model tensor)")
+
+
+def _describe_w_t(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.numel()} elements of {value.dtype}"
+    return repr(value)[:80]
 
 
 class TAdam(FusedStep, Optimizer):
@@ -536,8 +543,12 @@ class TAdam(FusedStep, Optimizer):
                 continue  # not a parameter's (see the base class)
             w_t = state.get("W_t")
             count = per_tensor_shape(params[key], (1,))[0] if key in params else 1
-            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != count):
-                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be {_w_t_size(count)}")
+            # A W_t of integers, bools or complex numbers would be cast to the parameter's dtype
+            # by torch.optim's load, silently: 1 for any True, the real part of a complex one.
+            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != count
+                                    or not w_t.is_floating_point()):
+                raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be {_w_t_size(count)}, "
+                                 f"got {_describe_w_t(w_t)}")
         super().load_state_dict(state_dict)
 
     def _apply(self, group, params, grads, states) -> None:
@@ -991,3 +1002,6 @@ class AdEMAMix(FusedStep, Optimizer):
             sums=bool(group["caution"]),
         )
         self._commit_steps(states, steps)
+
+
+_base.ALGORITHMS[:] = [LARS, LAMB, RaLars, TAdam, AdaBelief, AdamP, Adan, AdEMAMix]

@@ -209,7 +209,7 @@ class Lars(LARS):
         Option("momentum", 0, finite("momentum"), range="[0, inf)"),
         Option("dampening", 0, finite("dampening"), range="(-inf, inf)"),
         Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
-        Option("nesterov", False),
+        Option("nesterov", False, flag),
         Option("trust_coeff", 0.001, finite("trust_coeff"), range="[0, inf)"),
         Option("eps", 1e-8, finite("epsilon"), range="[0, inf)"),
         Option("trust_clip", False, flag),

@@ -331,6 +331,114 @@ def test_another_optimizers_checkpoint_is_refused_at_load(source, target):
     opt.step()
 
 
+@pytest.mark.parametrize("source, target, key", [
+    ("LAMB", "AdamP", "local_lr"), ("RaLars", "AdaBelief", "local_lr"), ("TAdam", "AdaBelief", "W_t"),
+    ("TAdam", "LAMB", "W_t"), ("AdEMAMix", "Adan", "exp_avg_slow"), ("LAMB", "AdaBelief", "local_lr"),
+])
+def test_a_checkpoint_holding_another_algorithms_state_is_refused_at_load(source, target, key):
+    """Groups alike (their options filled in as older checkpoints' are) and the state keys of
+    another algorithm: LAMB's used to load into AdamP, its `local_lr` left in AdamP's state, and
+    AdEMAMix's into Adan, whose step then made `exp_avg_delta` and `prev_grad` from zeros."""
+    src_params = params_((4, 3), (5,))
+    src = getattr(ho, source)(src_params, lr=0.01)
+    set_grads(src_params, 0)
+    src.step()
+    params = [p.detach().clone().requires_grad_() for p in src_params]
+    opt = getattr(ho, target)(params, lr=0.01)
+    set_grads(params, 1)
+    opt.step()
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match=rf"{target}: the state of parameter 0 holds '{key}' \(kept by .*{source}.*"
+                                         "is it another optimizer's"):
+        opt.load_state_dict(src.state_dict())
+    assert_same(snapshot(opt, params), before)
+    opt.step()
+
+
+def test_a_wrappers_keys_in_its_bases_state_are_not_another_algorithms():
+    params = params_((4, 3), (5,))
+    opt = ho.Lookahead(ho.LAMB(params, lr=0.01), sync_period=2)
+    for seed in range(3):
+        set_grads(params, seed)
+        opt.step()
+    again = ho.Lookahead(ho.LAMB([p.detach().clone().requires_grad_() for p in params], lr=0.01), sync_period=2)
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+
+
+NUMBER_OPTIONS = sorted({(name, option.name) for name, algorithm in ALGORITHMS.items()
+                         for option in algorithm.cls._options
+                         if option.range is not None and option.name != "betas" and not option.setting
+                         and not getattr(option.check, "checks_groups", False)})  # those check groups themselves
+
+
+@pytest.mark.parametrize("name, option", NUMBER_OPTIONS)
+@pytest.mark.parametrize("value", ["0.01", True, 1 + 2j, torch.tensor(True), [0.01]],
+                         ids=["str", "bool", "complex", "bool-tensor", "list"])
+def test_a_group_number_that_is_not_a_number_is_refused_everywhere(name, option, value):
+    """Set on a group after construction, added with a group or loaded, a number that is not one
+    is refused by name. A string used to pass (the ops take float(value)) until a scheduler failed
+    to multiply it; a bool passed for 1."""
+    params = params_((4, 3), (5,))
+    opt = ALGORITHMS[name].make(params)
+    set_grads(params, 0)
+    opt.step()
+    before = snapshot(opt, params)
+    saved = copy.deepcopy(opt.state_dict())
+    kept = opt.param_groups[0].get(option)
+    opt.param_groups[0][option] = value
+    with pytest.raises(TypeError, match=rf"{name}: {option} must be a real number, got"):
+        opt.step()
+    opt.param_groups[0][option] = kept
+    assert_same(snapshot(opt, params), before)
+    with pytest.raises(TypeError, match=rf"{name}: {option} must be a real number"):
+        opt.add_param_group({"params": params_((2,), seed=1), option: value})
+    assert len(opt.param_groups) == 1
+    saved["param_groups"][0][option] = value
+    with pytest.raises(ValueError, match=rf"{name}: group 0 of the loaded state dict: {option} must be a real number"):
+        opt.load_state_dict(saved)
+    assert_same(snapshot(opt, params), before)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_add_param_group_refuses_a_tensor_lr_of_two_elements_in_torchs_words(name):
+    params = params_((3,))
+    opt = getattr(ho, name)(params)
+    with pytest.raises(ValueError, match="^Tensor lr must be 1-element$"):
+        opt.add_param_group({"params": params_((2,), seed=1), "lr": torch.tensor([0.1, 0.2])})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": params_((2,), seed=1), "lr": torch.tensor(0.1)})
+
+
+@pytest.mark.parametrize("name, option", [
+    (name, option) for name, algorithm in ALGORITHMS.items() for option in ("amsgrad", "nesterov")
+    if any(o.name == option for o in algorithm.cls._options)])
+def test_switches_refuse_what_is_not_a_bool(name, option):
+    """amsgrad and LARS' nesterov took any value (as torch.optim.Adam's amsgrad does) and kept
+    it: "yes" was kept as "yes". They are switches like the others now (True, False, 1 or 0)."""
+    with pytest.raises(TypeError, match=rf"{option} must be a bool, got 'yes'"):
+        ALGORITHMS[name].make(params_((3,)), **{option: "yes"})
+    opt = ALGORITHMS[name].make(params_((3,)), **{option: 1})
+    assert opt.param_groups[0][option] is True
+
+
+def test_a_tadam_w_t_that_is_not_floating_point_is_refused_at_load():
+    params = params_((4, 3))
+    opt = ho.TAdam(params)
+    set_grads(params, 0)
+    opt.step()
+    for bad in (torch.tensor([True]), torch.tensor([3]), torch.tensor([1 + 1j])):
+        saved = copy.deepcopy(opt.state_dict())
+        saved["state"][0]["W_t"] = bad
+        with pytest.raises(ValueError, match=rf"W_t' of parameter 0 must be a one-element floating-point tensor, got 1 "
+                                             rf"elements of {bad.dtype}"):
+            opt.load_state_dict(saved)
+
+
+def test_a_wrong_count_of_betas_names_what_was_given():
+    with pytest.raises(ValueError, match=r"Adan requires three beta parameters, got \(0.9,\)"):
+        ho.Adan(params_((3,)), betas=(0.9,))
+
+
 def test_a_subclass_with_its_own_constructor_loads_its_checkpoints():
     """The options a load requires are the class's own group options: a user's subclass taking
     **kwargs (or extra non-option arguments) still loads what it saved."""

@@ -95,7 +95,7 @@ def test_per_tensor_state_holds_one_element_per_model_tensor(group_name):
     assert tadam.state[flat]["W_t"].shape == (len(SHAPES),)
     state = tadam.state_dict()
     state["state"][0]["W_t"] = torch.ones(1, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"W_t' of parameter 0 must be a tensor of 4 elements"):
+    with pytest.raises(ValueError, match=r"W_t' of parameter 0 must be a floating-point tensor of 4 elements"):
         tadam.load_state_dict(state)
 
 
