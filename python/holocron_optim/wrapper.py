@@ -639,9 +639,10 @@ class Scout(Lookahead):
     construction and in ``add_param_group``) and ``fast_steps`` (base steps
     taken). ``state_dict()`` has the reference's layout (``state``,
     ``param_groups``, ``base_state_dict``) plus the keys ``slow_params``,
-    ``fast_steps``, ``sync_rate``, ``sync_period`` and ``scout_stats``; a
-    reference checkpoint still loads (the slow weights then come from the
-    current parameters and the period restarts). ``scout_stats`` holds running
+    ``fast_steps``, ``sync_rate``, ``sync_period``, ``scout_stats`` and
+    ``last_sync_rate``; a reference checkpoint still loads (the slow weights
+    then come from the current parameters, the period restarts and
+    ``last_sync_rate`` is NaN). ``scout_stats`` holds running
     per-element statistics of the period's changes (``prev``, ``mean``, ``m2``,
     ``max``, ``min``; float32 for half and bfloat16 parameters).
 
@@ -724,16 +725,23 @@ class Scout(Lookahead):
                         "Lookahead does")
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
-        return {"scout_stats": {key: copies[f"scout_{key}"] for key in _SCOUT_STATS}}
+        return {"scout_stats": {key: copies[f"scout_{key}"] for key in _SCOUT_STATS},
+                "last_sync_rate": self.last_sync_rate}
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         saved = state_dict.get("scout_stats")
+        # The rate of the last sync, as the C++ front's checkpoints keep it; NaN where the checkpoint
+        # predates it (a reference one, or one of this library's before it was saved).
+        last_rate = state_dict.get("last_sync_rate", math.nan)
+        if isinstance(last_rate, bool) or not isinstance(last_rate, (int, float)):
+            raise ValueError(f"Scout: 'last_sync_rate' must be a number, got {last_rate!r:.80}")
         if saved is None:
             # A reference checkpoint: the period restarts from the current weights.
             def restart() -> None:
                 self.scout_stats = {key: [] for key in _SCOUT_STATS}
                 for group in self.param_groups:
                     self._add_group_state(group)
+                self.last_sync_rate = last_rate
 
             return restart
         if not isinstance(saved, dict):
@@ -746,5 +754,6 @@ class Scout(Lookahead):
                 key: [t.detach().to(device=p.device, dtype=cur.dtype).clone() for t, p, cur in zip(saved[key], fast, self.scout_stats[key])]
                 for key in _SCOUT_STATS
             }
+            self.last_sync_rate = last_rate
 
         return commit

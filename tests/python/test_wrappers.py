@@ -513,6 +513,37 @@ def test_add_param_group_matches_reference(cls):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
+def test_scout_resume_keeps_the_last_sync_rate():
+    """The rate of the last sync is saved (it was NaN after a resume until the next sync); a
+    checkpoint without it (older, or the reference's layout) loads with NaN."""
+    params = make_params()
+    opt = ho.Scout(ho.AdaBelief(params, lr=1e-2), sync_period=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        opt.step()
+    assert not math.isnan(opt.last_sync_rate)
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = ho.Scout(ho.AdaBelief(clone_params(params), lr=1e-2), sync_period=2)
+    resumed.load_state_dict(copy.deepcopy(saved))
+    assert resumed.last_sync_rate == opt.last_sync_rate
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    again = ho.Scout(ho.AdaBelief(clone_params(params), lr=1e-2), sync_period=2)
+    again.load_state_dict(torch.load(buffer))
+    assert again.last_sync_rate == opt.last_sync_rate
+    older = copy.deepcopy(saved)
+    del older["last_sync_rate"]
+    resumed.load_state_dict(older)
+    assert math.isnan(resumed.last_sync_rate)
+    older["last_sync_rate"] = "0.5"
+    with pytest.raises(ValueError, match="last_sync_rate' must be a number"):
+        resumed.load_state_dict(older)
+    assert math.isnan(resumed.last_sync_rate)
+
+
 def test_scout_add_param_group_later():
     params = make_params()
     w = ho.Scout(torch.optim.SGD(params[:2], lr=0.1), sync_rate=0.0, sync_period=3)
