@@ -226,3 +226,19 @@ def assert_states_close(ours_state: dict, ref_st: dict, rtol: float, what: str =
         else:
             assert actual.dtype == expected.dtype, (what, key)
             assert_close(actual, expected, rtol, f"{what}/{key}")
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Bit for bit: tensors (shape, dtype, values), and dicts, lists and tuples of them."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert set(a) == set(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import holocron_optim as ho
-from _harness import ALGOS, Case, assert_close, make_ref, round_reference_state_, step_in_lockstep
+from _harness import ALGOS, Case, assert_close, assert_same, make_ref, round_reference_state_, step_in_lockstep
 from registry import ALGORITHMS
 
 STEPS = 16
@@ -201,21 +201,6 @@ def test_checkpoints_resume_bitwise(name):
         assert torch.equal(opt.state[a]["kahan_comp"], resumed.state[b]["kahan_comp"])
 
 
-def assert_same_state(a, b):
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same_state(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same_state(x, y)
-    else:
-        assert a == b
-
-
 def test_bad_compensation_is_refused_with_nothing_changed():
     params = [torch.randn(4, 3).to(torch.bfloat16).requires_grad_() for _ in range(2)]
     opt = ho.AdaBelief(params, lr=1e-3, kahan_summation=True)
@@ -240,7 +225,7 @@ def test_bad_compensation_is_refused_with_nothing_changed():
         saved["state"][0]["kahan_comp"] = torch.full((4, 3), 1e-3, dtype=dtype)
         with pytest.raises(ValueError, match="a compensation has its weight's shape and dtype"):
             opt.load_state_dict(saved)
-    assert_same_state(opt.state_dict(), state_before)
+    assert_same(opt.state_dict(), state_before)
     with pytest.raises(TypeError, match="kahan_summation must be a bool"):
         ho.LAMB(params, kahan_summation="yes")
     # The op names the mismatch too.
