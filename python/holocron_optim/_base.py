@@ -18,11 +18,30 @@ from . import _distributed as distributed
 from ._library import ops
 
 
+def as_real(value: Any) -> float | None:
+    """`float(value)` for what the ops take as a number: a real number (numpy's included) or a
+    one-element real tensor (torch.optim accepts a tensor lr); None for anything else, among them
+    what `float()` would take but is no number: a string, a bool, a complex with no imaginary part."""
+    if value is None or isinstance(value, (str, bytes, bool, complex)):
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype is torch.bool:
+            return None
+        return float(value.item())
+    if getattr(getattr(value, "dtype", None), "kind", "f") not in "iuf" or getattr(value, "ndim", 0) != 0:
+        return None  # numpy: bools, complex numbers, arrays of one or more dimensions
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def check_finite(name: str, value: Any) -> None:
     """ValueError for non-numbers and nan/inf, which the ops' range checks would also refuse."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-        value = value.item()  # torch.optim accepts a tensor lr
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = as_real(value)
+    if number is None or not math.isfinite(number):
         raise ValueError(f"Invalid {name} value: {value}")
 
 
@@ -47,14 +66,11 @@ def check_number(optimizer: str, option: str, value: Any) -> None:
     """A group's number as the ops take it (`float(value)`): a real number or a one-element real
     tensor. Others are refused by name, not converted: `float("0.01")` would take a string that
     a scheduler then fails to multiply, and a bool would pass for 1."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"Tensor {option} must be 1-element")  # torch.optim's words for lr
-        if not value.is_complex() and value.dtype is not torch.bool:
-            return
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return
-    raise TypeError(f"{optimizer}: {option} must be a real number, got {value!r:.80}")
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        # torch.optim's words for lr
+        raise ValueError("Tensor lr must be 1-element" if option == "lr" else f"{optimizer}: Tensor {option} must be 1-element")
+    if as_real(value) is None:
+        raise TypeError(f"{optimizer}: {option} must be a real number, got {value!r:.80}")
 
 
 def check_betas(betas: Any, count: int, name: str) -> None:
@@ -121,9 +137,14 @@ def flag(name: str, value: Any, option: Option) -> bool:
     return bool(value)
 
 
+def flag_or_none(name: str, value: Any, option: Option) -> bool:
+    """A switch that torch.optim also takes as None (Adam's amsgrad, SGD's nesterov): off."""
+    return False if value is None else flag(name, value, option)
+
+
 # Checks that only refuse (they return what they are given, or its bool): also run on each
 # group's value, which the ops would take as it is.
-flag.checks_groups = True  # type: ignore[attr-defined]
+flag.checks_groups = flag_or_none.checks_groups = True  # type: ignore[attr-defined]
 
 
 def positive_or_none(label: str) -> Callable[[str, Any, Option], Any]:
@@ -132,9 +153,10 @@ def positive_or_none(label: str) -> Callable[[str, Any, Option], Any]:
     def check(name: str, value: Any, option: Option) -> Any:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        number = as_real(value)
+        if number is None or not math.isfinite(number) or number <= 0:
             raise ValueError(f"{name}: invalid {label} value: {value!r} (expected None or a finite number > 0)")
-        return float(value)
+        return number
 
     check.checks_groups = True  # type: ignore[attr-defined]
     return check
@@ -145,7 +167,7 @@ def finite(label: str, non_negative: bool = False) -> Callable[[str, Any, Option
 
     def check(_: str, value: Any, __: Option) -> Any:
         check_finite(label, value)
-        if non_negative and value < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
+        if non_negative and as_real(value) < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
             raise ValueError(f"Invalid {label} value: {value}")
         return value
 
@@ -1146,8 +1168,9 @@ class FusedStep:
             self._kahan_comps_made = self._kahan_comps_made or comp is not None
             # Of its weight's dtype only: torch.optim's load would cast another one to it, rounding
             # the residues it holds (a float32 one), or taking a float16 one's range for bfloat16's.
+            # A float32 weight (a bfloat16 model turned float32 since) reads none: it loads as it is.
             if comp is not None and (not isinstance(comp, torch.Tensor) or comp.shape != p.shape
-                                     or comp.dtype != p.dtype):
+                                     or (p.dtype in KAHAN_DTYPES and comp.dtype != p.dtype)):
                 raise ValueError(
                     f"{name}: state 'kahan_comp' of parameter {key} ({tuple(getattr(comp, 'shape', ()))}, "
                     f"{getattr(comp, 'dtype', type(comp))}) does not fit the parameter ({tuple(p.shape)}, {p.dtype}): "

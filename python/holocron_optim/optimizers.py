@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import (ABSMAX_SUFFIX, Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, gather,
+from ._base import (ABSMAX_SUFFIX, Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, flag_or_none, gather,
                     learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count,
                     types_of)
 from . import _base, _distributed as distributed
@@ -49,7 +49,7 @@ def _dof(name: str, value: Any, _: Option) -> float | None:
 _LR = Option("lr", 1e-3, learning_rate, range="[0, inf)")
 _EPS = Option("eps", 1e-8, finite("epsilon"), range="[0, inf)")
 _WEIGHT_DECAY = Option("weight_decay", 0.0, finite("weight_decay", non_negative=True), range="[0, inf)")
-_AMSGRAD = Option("amsgrad", False, flag)
+_AMSGRAD = Option("amsgrad", False, flag_or_none)
 _BETAS2 = Option("betas", (0.9, 0.999), betas(), range="[0, 1)")
 # torch.optim's maximize (the ops read -g); added after the reference's options.
 _MAXIMIZE = Option("maximize", False, flag, added_later=True)
@@ -134,7 +134,7 @@ class LARS(FusedStep, Optimizer):
         Option("momentum", 0.0, finite("momentum"), range="[0, inf)"),
         Option("dampening", 0.0, finite("dampening"), range="(-inf, inf)"),
         _WEIGHT_DECAY,
-        Option("nesterov", False, flag),
+        Option("nesterov", False, flag_or_none),
         Option("scale_clip", None, _scale_clip(None), setting=True),
         Option("trust_coeff", 1.0, finite("trust_coeff"), range="[0, inf)", added_later=True),
         Option("eps", 0.0, finite("epsilon"), range="[0, inf)", added_later=True),
@@ -779,7 +779,7 @@ class AdamP(_AdamLike):
 
     _options = (_LR, _BETAS2, _EPS, _WEIGHT_DECAY, _AMSGRAD,
                 Option("delta", 0.1, finite("delta"), setting=True, range="(-inf, inf)"), _MAXIMIZE, _DECOUPLED,
-                Option("nesterov", False, flag, added_later=True),
+                Option("nesterov", False, flag_or_none, added_later=True),
                 Option("wd_ratio", 1.0, finite("wd_ratio", non_negative=True), range="[0, inf)", added_later=True),
                 Option("channel_projection", False, flag, added_later=True),
                 Option("caution", False, flag, added_later=True), _STATE_PRECISION, _KAHAN)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Collection, NamedTuple
 import torch
 from torch import nn
 
-from ._base import KAHAN_DTYPES, FusedStep, Option, compensation_list, betas, finite, flag, learning_rate, positive_or_none
+from ._base import KAHAN_DTYPES, FusedStep, Option, compensation_list, betas, finite, flag, flag_or_none, learning_rate, positive_or_none
 from torch.optim import Optimizer
 
 from ._library import ops
@@ -209,7 +209,7 @@ class Lars(LARS):
         Option("momentum", 0, finite("momentum"), range="[0, inf)"),
         Option("dampening", 0, finite("dampening"), range="(-inf, inf)"),
         Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
-        Option("nesterov", False, flag),
+        Option("nesterov", False, flag_or_none),
         Option("trust_coeff", 0.001, finite("trust_coeff"), range="[0, inf)"),
         Option("eps", 1e-8, finite("epsilon"), range="[0, inf)"),
         Option("trust_clip", False, flag),
@@ -333,7 +333,7 @@ class AdaBelief(_TimmGroups, _AdaBelief):
         Option("betas", (0.9, 0.999), betas(), range="[0, 1)"),
         Option("eps", 1e-16, finite("epsilon"), range="[0, inf)"),
         Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
-        Option("amsgrad", False, flag),
+        Option("amsgrad", False, flag_or_none),
         Option("decoupled_decay", True, flag),
         Option("fixed_decay", False, flag),
         Option("rectify", True, flag),
@@ -407,7 +407,7 @@ class AdamP(_TimmGroups, _AdamP):
         Option("weight_decay", 0, finite("weight_decay", non_negative=True), range="[0, inf)"),
         Option("delta", 0.1, finite("delta"), range="(-inf, inf)"),
         Option("wd_ratio", 0.1, finite("wd_ratio", non_negative=True), range="[0, inf)"),
-        Option("nesterov", False, flag),
+        Option("nesterov", False, flag_or_none),
         Option("caution", False, _not_available("timm's spherical caution")),
     )
     _decoupled_key = None

@@ -405,7 +405,7 @@ class Lookahead(Optimizer):
         # wrapper's counter and options first in `wrapper_settings` (a wrapped
         # wrapper's follow).
         settings = {"fast_steps": self.fast_steps, "sync_rate": self.defaults["sync_rate"],
-                    "sync_period": self.defaults["sync_period"]}
+                    "sync_period": self.defaults["sync_period"], **self._extra_settings()}
         param_groups = []
         for group in base_state_dict["param_groups"]:
             group = dict(group)
@@ -558,6 +558,11 @@ class Lookahead(Optimizer):
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         return lambda: None
+
+    def _extra_settings(self) -> dict[str, Any]:
+        """A subclass's numbers beside the counter: top-level keys of state_dict(), and in each
+        group's `wrapper_settings`, which torch.distributed.checkpoint keeps."""
+        return {}
 
     def _without_own_entries(self, packed: Any) -> Any:
         """The saved `state` less what _sync_state_entries and state_dict put in its entries."""
@@ -725,16 +730,23 @@ class Scout(Lookahead):
                         "Lookahead does")
 
     def _extra_state(self, copies: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
-        return {"scout_stats": {key: copies[f"scout_{key}"] for key in _SCOUT_STATS},
-                "last_sync_rate": self.last_sync_rate}
+        return {"scout_stats": {key: copies[f"scout_{key}"] for key in _SCOUT_STATS}, **self._extra_settings()}
+
+    def _extra_settings(self) -> dict[str, Any]:
+        # None before the first sync: a NaN would make two equal state dicts compare unequal.
+        rate = self.last_sync_rate
+        return {"last_sync_rate": None if math.isnan(rate) else rate}
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         saved = state_dict.get("scout_stats")
         # The rate of the last sync, as the C++ front's checkpoints keep it; NaN where the checkpoint
         # predates it (a reference one, or one of this library's before it was saved).
-        last_rate = state_dict.get("last_sync_rate", math.nan)
-        if isinstance(last_rate, bool) or not isinstance(last_rate, (int, float)):
-            raise ValueError(f"Scout: 'last_sync_rate' must be a number, got {last_rate!r:.80}")
+        last_rate = state_dict.get("last_sync_rate")
+        if last_rate is None:
+            last_rate = math.nan
+        elif isinstance(last_rate, bool) or not isinstance(last_rate, (int, float)) or not 0 <= last_rate <= 1:
+            raise ValueError(f"Scout: 'last_sync_rate' must be None or a number in [0, 1], got {last_rate!r:.80}")
+        last_rate = float(last_rate)
         if saved is None:
             # A reference checkpoint: the period restarts from the current weights.
             def restart() -> None:

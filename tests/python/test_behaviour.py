@@ -395,6 +395,30 @@ def test_switches_refuse_what_is_not_a_bool(name, option):
         ALGORITHMS[name].make(params_((3,)), **{option: "yes"})
     opt = ALGORITHMS[name].make(params_((3,)), **{option: 1})
     assert opt.param_groups[0][option] is True
+    opt = ALGORITHMS[name].make(params_((3,)), **{option: None})  # torch.optim takes None as off
+    assert opt.param_groups[0][option] is False
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_numbers_of_numpy_and_one_element_tensors_are_numbers_everywhere(name):
+    """What torch.optim takes as a number, the constructor, a group and a load take too: numpy's
+    scalars (a numpy lr was refused by the constructor, while add_param_group took it), integers,
+    0-d and one-element tensors; the step equals the one with the float."""
+    np = pytest.importorskip("numpy")
+    lr = 2.0**-6  # exact in float32 too
+    results = []
+    for value in (lr, np.float32(lr), np.float64(lr), np.int64(0), torch.tensor(lr), torch.tensor([lr], dtype=torch.float64)):
+        params = params_((4, 3), (5,))
+        opt = ALGORITHMS[name].make(params, lr=value, weight_decay=np.float64(0.0))
+        opt.add_param_group({"params": params_((2,), seed=1), "lr": value, "eps": np.float32(2.0**-20)})
+        set_grads(params, 0)
+        opt.step()
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for value, result in zip(("np.float32", "np.float64", None, "0-d tensor", "1-element tensor"), results[1:]):
+        if value is not None:
+            assert_same(result, results[0])
 
 
 def test_a_tadam_w_t_that_is_not_floating_point_is_refused_at_load():

@@ -226,6 +226,15 @@ def test_bad_compensation_is_refused_with_nothing_changed():
         with pytest.raises(ValueError, match="a compensation has its weight's shape and dtype"):
             opt.load_state_dict(saved)
     assert_same(opt.state_dict(), state_before)
+    # A float32 weight reads none: a bfloat16 model turned float32 since resumes from it.
+    widened = [p.detach().float().requires_grad_() for p in params]
+    resumed = ho.AdaBelief(widened, lr=1e-3, kahan_summation=True)
+    saved = copy.deepcopy(state_before)
+    saved["state"][1]["kahan_comp"] = torch.zeros(4, 3, dtype=torch.bfloat16)  # the one broken above
+    resumed.load_state_dict(saved)
+    for p in widened:
+        p.grad = torch.ones_like(p)
+    resumed.step()
     with pytest.raises(TypeError, match="kahan_summation must be a bool"):
         ho.LAMB(params, kahan_summation="yes")
     # The op names the mismatch too.

@@ -375,7 +375,8 @@ def test_state_dict_layout_contains_the_reference_keys(cls):
     # superset of the reference's, which torch's load_state_dict takes as it is.
     assert all(set(g) <= set(h) for g, h in zip(b["param_groups"], a["param_groups"]))
     assert [g["params"] for g in a["param_groups"]] == [g["params"] for g in b["param_groups"]]
-    settings = {"fast_steps": 3, "sync_rate": ours.defaults["sync_rate"], "sync_period": ours.defaults["sync_period"]}
+    settings = {"fast_steps": 3, "sync_rate": ours.defaults["sync_rate"], "sync_period": ours.defaults["sync_period"],
+                **({"last_sync_rate": None} if cls == "Scout" else {})}  # no sync yet
     assert a["param_groups"] == [{**g, "wrapper_settings": [settings]} for g in a["base_state_dict"]["param_groups"]]
     assert set(a["base_state_dict"]) == set(b["base_state_dict"])
 
@@ -534,14 +535,24 @@ def test_scout_resume_keeps_the_last_sync_rate():
     again = ho.Scout(ho.AdaBelief(clone_params(params), lr=1e-2), sync_period=2)
     again.load_state_dict(torch.load(buffer))
     assert again.last_sync_rate == opt.last_sync_rate
+    # As torch.distributed.checkpoint keeps it: the groups' wrapper_settings hold it.
+    reduced = ho.Scout(ho.AdaBelief(clone_params(params), lr=1e-2), sync_period=2)
+    reduced.load_state_dict({key: copy.deepcopy(saved[key]) for key in ("state", "param_groups")})
+    assert reduced.last_sync_rate == opt.last_sync_rate
     older = copy.deepcopy(saved)
     del older["last_sync_rate"]
+    for group in older["param_groups"]:
+        del group["wrapper_settings"][0]["last_sync_rate"]
     resumed.load_state_dict(older)
     assert math.isnan(resumed.last_sync_rate)
-    older["last_sync_rate"] = "0.5"
-    with pytest.raises(ValueError, match="last_sync_rate' must be a number"):
-        resumed.load_state_dict(older)
-    assert math.isnan(resumed.last_sync_rate)
+    # Before the first sync it is saved as None, so that equal state dicts compare equal.
+    fresh = ho.Scout(ho.AdaBelief(clone_params(params), lr=1e-2), sync_period=2)
+    assert fresh.state_dict()["last_sync_rate"] is None
+    for bad in ("0.5", 5.0, -1.0, math.inf, 2**80):
+        older["last_sync_rate"] = bad
+        with pytest.raises(ValueError, match=r"last_sync_rate' must be None or a number in \[0, 1\]"):
+            resumed.load_state_dict(older)
+        assert math.isnan(resumed.last_sync_rate) and resumed.fast_steps == saved["fast_steps"]
 
 
 def test_scout_add_param_group_later():
