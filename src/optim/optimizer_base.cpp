@@ -222,18 +222,25 @@ void OptimizerBase::add_param_group(const torch::optim::OptimizerParamGroup& par
   }
   check_options(*options);
 
-  std::unordered_set<const void*> seen;
+  std::unordered_set<const void*> in_groups;
   for (const auto& group : param_groups_) {
-    for (const auto& p : group.params()) seen.insert(p.unsafeGetTensorImpl());
+    for (const auto& p : group.params()) in_groups.insert(p.unsafeGetTensorImpl());
   }
-  for (const auto& p : param_group.params()) {
+  std::unordered_set<const void*> in_this_group;
+  for (size_t i = 0; i < param_group.params().size(); ++i) {
+    const auto& p = param_group.params()[i];
     if (!p.defined()) throw std::invalid_argument(std::string(name()) + ": a parameter is undefined");
     if (!p.is_leaf()) {
       throw std::invalid_argument(std::string(name()) + ": can't optimize a non-leaf Tensor");
     }
-    if (!seen.insert(p.unsafeGetTensorImpl()).second) {
+    if (in_groups.count(p.unsafeGetTensorImpl()) != 0) {
       throw std::invalid_argument(std::string(name()) +
                                   ": some parameters appear in more than one parameter group");
+    }
+    // torch.optim's words (it only warns, then steps such a parameter twice).
+    if (!in_this_group.insert(p.unsafeGetTensorImpl()).second) {
+      throw std::invalid_argument(c10::str(name(), ": parameter ", i,
+                                           " appears twice in the group: a parameter group has duplicate parameters"));
     }
   }
   param_groups_.emplace_back(param_group.params(), std::move(options));

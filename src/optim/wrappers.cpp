@@ -38,8 +38,7 @@ std::string slow_key(size_t group, size_t param) {
 void check_wrapper_options(const char* name, const LookaheadOptions& options) {
   const double rate = options.sync_rate();
   if (!(rate >= 0.0 && rate <= 1.0)) {
-    throw std::invalid_argument(std::string(name) + ": sync_rate must be in [0, 1], got " +
-                                std::to_string(rate));
+    throw std::invalid_argument(c10::str(name, ": sync_rate must be in [0, 1], got ", rate));
   }
   if (options.sync_period() < 1) {
     throw std::invalid_argument(std::string(name) + ": sync_period must be an integer >= 1, got " +

@@ -283,9 +283,16 @@ TYPED_TEST(EveryAlgorithm, AddParamGroupKeepsItsOptions) {
   }
   EXPECT_TRUE(all_equal(a.params(), b.params()));
 
-  // A parameter already in a group is refused.
+  // A parameter already in a group is refused, and one listed twice in the new group, each by its words.
   EXPECT_THROW(opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{a.bias})),
                std::invalid_argument);
+  expect_throw_naming([&] { opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{a.bias})); },
+                      "appear in more than one parameter group", "a parameter of another group");
+  const auto extra = torch::zeros({2}, torch::kFloat64).requires_grad_();
+  EXPECT_THROW(opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{extra, extra})),
+               std::invalid_argument);
+  expect_throw_naming([&] { opt.add_param_group(OptimizerParamGroup(std::vector<torch::Tensor>{extra, extra})); },
+                      "parameter 1 appears twice in the group", "a parameter listed twice");
   EXPECT_EQ(opt.param_groups().size(), 3u);
 }
 

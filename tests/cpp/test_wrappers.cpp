@@ -189,6 +189,14 @@ TEST(Scout, RefusesSlowFromFirstSync) {
   EXPECT_THROW(ho::Scout(make_lamb(f.params), ho::LookaheadOptions().slow_from_first_sync(true)),
                std::invalid_argument);
 }
+TEST(Lookahead, BadSyncOptionsAreNamedWithTheirValues) {
+  Fixture f(1, 1);
+  expect_throw_naming([&] { ho::Lookahead(make_lamb(f.params), ho::LookaheadOptions().sync_rate(-0.1)); },
+                      "sync_rate must be in [0, 1], got -0.1", "a negative sync_rate");
+  expect_throw_naming([&] { ho::Scout(make_lamb(f.params), ho::LookaheadOptions().sync_period(0)); },
+                      "sync_period must be an integer >= 1, got 0", "sync_period 0");
+}
+
 TEST(Lookahead, MathAroundLAMB) { lookahead_math(make_lamb); }
 
 TEST(Lookahead, RateZeroAndOne) {
