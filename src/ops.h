@@ -89,6 +89,17 @@ class Arguments {
   std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
   at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
   double real(const char* name) const { return at(name).toDouble(); }
+  // `lr`, or the value of `lr_tensor` where the op takes one and is given one.
+  double lr() const {
+    if (schema_.argumentIndexWithName("lr_tensor")) {
+      if (const auto lr = optional_tensor("lr_tensor")) {
+        TORCH_CHECK(lr->numel() == 1 && !lr->is_complex() && lr->scalar_type() != at::kBool,
+                    "lr_tensor must be a real one-element tensor, got ", lr->sizes(), " ", lr->scalar_type());
+        return read_scalar(*lr);
+      }
+    }
+    return real("lr");
+  }
   std::vector<double> reals(const char* name) const { return at(name).toDoubleVector(); }
   bool flag(const char* name) const { return at(name).toBool(); }
   std::vector<bool> flags(const char* name) const {
@@ -202,6 +213,9 @@ void implement_meta(torch::Library& library, const char* schema);
 // 8-bit state (GradScaling::state_absmax): the scales of the uint8 state tensors, in the order of
 // the op's state lists.
 #define HOLOCRON_BLOCKWISE "Tensor(q!)[]? state_absmax=None"
+// The learning rate as a one-element tensor (read at run time), which compiled steps hand over
+// where the group holds one: a float argument would be a constant of the graph, or refused.
+#define HOLOCRON_LR_TENSOR "Tensor? lr_tensor=None"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

@@ -1025,6 +1025,17 @@ class FusedStep:
     # LAMB and RaLars store each tensor's trust ratio as `local_lr`.
     _keeps_trust_ratios = False
 
+    @staticmethod
+    def _lr(group: dict[str, Any]) -> dict[str, Any]:
+        """The op's learning-rate keywords. A compiled step hands a tensor lr over as it is
+        (`lr_tensor`, read when the op runs), as torch recommends for compiled optimizers whose lr
+        changes: as a float it would be a constant of the graph (a new graph per value), and with
+        fullgraph=True reading it is refused."""
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and torch.compiler.is_compiling():
+            return {"lr": 0.0, "lr_tensor": lr}
+        return {"lr": float(lr)}
+
     def _counters(self, states: list[dict[str, Any]]) -> tuple[list[int], dict[str, Any]]:
         """This step's counters for an op: the advanced ints (eager; stored by
         `_commit_steps` once the op has run), or the state's tensors, which the

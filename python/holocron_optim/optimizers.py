@@ -163,7 +163,7 @@ class LARS(FusedStep, Optimizer):
         try:
             distributed.call(
                 ops.lars_, params, grads, momentum_buffers=buffers, buffer_is_new=is_new,
-                lr=float(group["lr"]), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
+                **self._lr(group), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
                 weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
                 scale_clip=tuple(self.scale_clip) if self.scale_clip is not None else (),
                 trust_coeff=float(group["trust_coeff"]), eps=float(group["eps"]), trust_clip=group["trust_clip"],
@@ -328,7 +328,7 @@ class LAMB(FusedStep, Optimizer):
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
             ops.lamb_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
-            steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
+            steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=self._weight_decay_of(group), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
             trust_clip=group["trust_clip"], always_adapt=self._always_adapt(group),
@@ -421,7 +421,7 @@ class RaLars(FusedStep, Optimizer):
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
             ops.ralars_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
-            steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
+            steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), force_adaptive_momentum=bool(self.force_adaptive_momentum),
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             sma_inf=None if sma_inf is None else float(sma_inf),
@@ -558,7 +558,7 @@ class TAdam(FusedStep, Optimizer):
         distributed.call(
             ops.tadam_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
             max_exp_avg_sqs=gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
-            W_ts=gather(states, "W_t"), steps=steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+            W_ts=gather(states, "W_t"), steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2),
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
@@ -688,7 +688,7 @@ class AdaBelief(_AdamLike):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adabelief_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
+            ops.adabelief_, params, grads, **self._adam_lists(group, states), steps=steps, **self._lr(group),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
@@ -794,7 +794,7 @@ class AdamP(_AdamLike):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adamp_, params, grads, **self._adam_lists(group, states), steps=steps, lr=float(group["lr"]),
+            ops.adamp_, params, grads, **self._adam_lists(group, states), steps=steps, **self._lr(group),
             beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             amsgrad=bool(group.get("amsgrad", False)),
             delta=float(group["delta"] if self._delta_in_groups else self.delta),
@@ -903,7 +903,7 @@ class Adan(FusedStep, Optimizer):
             ops.adan_, params, grads, prev_grads=gather(states, "prev_grad"), exp_avgs=gather(states, "exp_avg"),
             exp_avg_sqs=gather(states, "exp_avg_sq"), exp_avg_deltas=gather(states, "exp_avg_delta"),
             max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group.get("amsgrad", False) else [], steps=steps,
-            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
+            **self._lr(group), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
             **self._compensation(group, params, states), **self._blockwise_scales(group, params, states), **counters,
@@ -992,7 +992,7 @@ class AdEMAMix(FusedStep, Optimizer):
         steps, counters = self._counters(states)
         distributed.call(
             ops.ademamix_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avgs_slow=gather(states, "exp_avg_slow"),
-            exp_avg_sqs=gather(states, "exp_avg_sq"), steps=steps, lr=float(group["lr"]), beta1=float(beta1),
+            exp_avg_sqs=gather(states, "exp_avg_sq"), steps=steps, **self._lr(group), beta1=float(beta1),
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),

@@ -206,7 +206,7 @@ c10::IValue adabelief(const Arguments& a) {
                               params.size());
   F::adabelief_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
                 a.tensors("max_exp_avg_sqs"), counters.steps(),
-                {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+                {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
                  .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
                  .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
                  .rectify = a.flag("rectify"), .degenerated_to_sgd = a.flag("degenerated_to_sgd"),
@@ -223,7 +223,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, "
-    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
+    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

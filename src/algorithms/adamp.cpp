@@ -510,7 +510,7 @@ c10::IValue adamp(const Arguments& a) {
                               params.size());
   F::adamp_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
             a.tensors("max_exp_avg_sqs"), counters.steps(),
-            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+            {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
              .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
              .amsgrad = a.flag("amsgrad"), .delta = a.real("delta"),
              .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .nesterov = a.flag("nesterov"),
@@ -529,7 +529,7 @@ HOLOCRON_OPTIM_OP(
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
      ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
-    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
+    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

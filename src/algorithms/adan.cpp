@@ -207,7 +207,7 @@ c10::IValue adan(const Arguments& a) {
   F::adan_(params, a.tensors("grads"), a.tensors("prev_grads"), a.tensors("exp_avgs"),
            a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
            counters.steps(),
-           {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+           {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
             .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
             .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
             .no_prox = a.flag("no_prox"), .caution = a.flag("caution")},
@@ -225,7 +225,7 @@ HOLOCRON_OPTIM_OP(
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
     ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING
-    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
+    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

@@ -212,7 +212,7 @@ c10::IValue ademamix(const Arguments& a) {
                               params.size());
   F::ademamix_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
                a.tensors("exp_avg_sqs"), counters.steps(),
-               {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+               {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
                 .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
                 .weight_decay = a.real("weight_decay"), .t_alpha = a.optional_real("t_alpha"),
                 .t_beta3 = a.optional_real("t_beta3"),
@@ -229,7 +229,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "
-    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
+    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

@@ -294,7 +294,7 @@ c10::IValue lamb(const Arguments& a) {
   check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(
       params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
-      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
+      {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
        .weight_decay = a.real("weight_decay"),
        .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
        .bias_correction = a.flag("bias_correction"),
@@ -317,7 +317,7 @@ HOLOCRON_OPTIM_OP(
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
     "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> Tensor",
+    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

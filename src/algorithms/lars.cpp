@@ -245,7 +245,7 @@ c10::IValue lars(const Arguments& a) {
   return ratios_out(
       F::lars_(params, a.tensors("grads"), a.tensors("momentum_buffers"),
                c10::ArrayRef<bool>(flags.get(), is_new.size()),
-               {.lr = a.real("lr"),
+               {.lr = a.lr(),
                 .momentum = a.real("momentum"),
                 .dampening = a.real("dampening"),
                 .weight_decay = a.real("weight_decay"),
@@ -268,7 +268,7 @@ HOLOCRON_OPTIM_OP(
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
-    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> Tensor",
+    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

@@ -165,7 +165,7 @@ c10::IValue ralars(const Arguments& a) {
   check_ratio_targets("RaLars", local_lrs, params.size());
   const auto ratios = F::ralars_(
       params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
-      {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
+      {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
        .weight_decay = a.real("weight_decay"),
        .force_adaptive_momentum = a.flag("force_adaptive_momentum"),
        .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
@@ -185,7 +185,7 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> Tensor",
+    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> Tensor",
     &ralars)
 
 }  // namespace holocron::optim::ops

@@ -220,7 +220,7 @@ c10::IValue tadam(const Arguments& a) {
                               params.size());
   F::tadam_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
             a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
-            {.lr = a.real("lr"), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
+            {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
              .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
              .amsgrad = a.flag("amsgrad"), .dof = a.optional_real("dof"),
              .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
@@ -237,7 +237,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
     &tadam)
 
 }  // namespace holocron::optim::ops

@@ -128,6 +128,47 @@ def test_compiled_step_equals_eager_without_recompiling(name):
             assert eager.last_sync_rate == compiled.last_sync_rate and 0.0 < compiled.last_sync_rate <= 1.0
 
 
+TENSOR_LR_CASES = [*factories(0.01, wrappers=False), "Lookahead(LAMB)", "Scout(AdamP)"]
+
+
+@pytest.mark.parametrize("name", TENSOR_LR_CASES)
+def test_a_tensor_lr_changed_between_compiled_steps_neither_breaks_nor_recompiles(name):
+    """torch's way to change the lr of a compiled optimizer: a tensor lr, changed in place. The ops
+    took only a float lr, so with fullgraph=True the first compiled step failed (a data-dependent
+    float), and without it every step broke the graph and each new value recompiled."""
+    start = make_params()
+    eager_params = [p.clone().requires_grad_() for p in start]
+    compiled_params = [p.clone().requires_grad_() for p in start]
+    eager, compiled = CASES[name](eager_params), CASES[name](compiled_params)
+    for opt in (eager, compiled):
+        for group in opt.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64)
+    counting = CountingBackend("aot_eager")
+    compiled_step = torch.compile(lambda: compiled.step(), backend=counting, fullgraph=True)
+    for step in range(STEPS):
+        for params in (eager_params, compiled_params):
+            for p, g in zip(params, grads_at(step, start)):
+                p.grad = g
+        for opt in (eager, compiled):
+            for group in opt.param_groups:
+                group["lr"].fill_(0.01 * 0.8**step)  # a scheduler's decay
+        eager.step()
+        with torch._dynamo.config.patch(error_on_recompile=step >= WARMUP):
+            compiled_step()
+        if step == WARMUP:
+            graphs = counting.compiles
+    assert counting.compiles == graphs  # none after the first steps, whatever the lr's values
+    for a, b in zip(eager_params, compiled_params):
+        assert torch.equal(a, b)
+    # A bad value is refused when the op reads it, with nothing changed.
+    before = [p.detach().clone() for p in compiled_params]
+    for group in compiled.param_groups:
+        group["lr"].fill_(-1.0)
+    with pytest.raises(Exception, match="lr"):
+        compiled_step()
+    assert all(torch.equal(a, b) for a, b in zip(before, compiled_params))
+
+
 @pytest.mark.parametrize("name", ["LAMB", "Adan", "Scout(AdamP)", "LAMB(timm)"])
 def test_inductor_compiled_step_equals_eager(name):
     _, _, eager_params, compiled_params, counting = run_pair(name, "inductor")
