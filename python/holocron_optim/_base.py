@@ -22,7 +22,7 @@ def as_real(value: Any) -> float | None:
     """`float(value)` for what the ops take as a number: a real number (numpy's included) or a
     one-element real tensor (torch.optim accepts a tensor lr); None for anything else, among them
     what `float()` would take but is no number: a string, a bool, a complex with no imaginary part."""
-    if value is None or isinstance(value, (str, bytes, bool, complex)):
+    if value is None or isinstance(value, (str, bytes, bool)):
         return None
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex() or value.dtype is torch.bool:
@@ -38,11 +38,13 @@ def as_real(value: Any) -> float | None:
         return None
 
 
-def check_finite(name: str, value: Any) -> None:
-    """ValueError for non-numbers and nan/inf, which the ops' range checks would also refuse."""
+def check_finite(name: str, value: Any) -> float:
+    """The number `value` is (as_real); ValueError for non-numbers and nan/inf, which the ops'
+    range checks would also refuse."""
     number = as_real(value)
     if number is None or not math.isfinite(number):
         raise ValueError(f"Invalid {name} value: {value}")
+    return number
 
 
 def check_state_dict_layout(name: str, state_dict: Any, state_key: str = "state") -> None:
@@ -166,8 +168,8 @@ def finite(label: str, non_negative: bool = False) -> Callable[[str, Any, Option
     """A finite number, named `label` in the error (torch.optim's wording)."""
 
     def check(_: str, value: Any, __: Option) -> Any:
-        check_finite(label, value)
-        if non_negative and as_real(value) < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
+        number = check_finite(label, value)
+        if non_negative and number < 0:  # torch.optim refuses it; pylocron's LAMB, RaLars and AdEMAMix do not
             raise ValueError(f"Invalid {label} value: {value}")
         return value
 
