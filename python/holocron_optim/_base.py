@@ -350,6 +350,7 @@ class _Pins(NamedTuple):
     pins: Any  # torch.classes.holocron.TensorPins
     dtypes: list[torch.dtype]
     precision: str
+    complete: list[bool]  # per list: whether every state held its buffer
 
 
 # The algorithms (holocron_optim.optimizers registers its eight): the state keys of one that another
@@ -853,8 +854,11 @@ class FusedStep:
             made: list[tuple[torch.Tensor, bool, frozenset[str]]] = []
             added: list[tuple[dict[str, Any], str]] = []
             own = [*keys, *self._required_state_keys]
-            # Past the first steps every state holds every buffer: one pass, in C.
-            if None in states or (own and not self._hold_all(states, own)):
+            pinned = self._pinned_lists(group)
+            # Past the first steps every state holds every buffer: one pass, in C (none where the
+            # buffers are those pinned after the last step, which every state held then).
+            walk = not keys or not all(key in pinned for key in keys)
+            if walk and (None in states or (own and not self._hold_all(states, own))):
                 for i, p in enumerate(params):
                     state = states[i]
                     if self._is_new(state):
@@ -865,6 +869,7 @@ class FusedStep:
                         if key not in state:
                             added += [(state, made) for made in self._make_buffer(state, key, group, p)]
             added += self._make_compensation(group, params, states)
+            self._lists_now = pinned
             try:
                 self._apply(group, params, grads, states)
             except Exception:
@@ -877,6 +882,8 @@ class FusedStep:
                 for state, key in added:
                     state.pop(key, None)
                 raise
+            finally:
+                self._lists_now = {}
             self._pin(group, params, states)
             if self._kahan_comps_made and not self._kahan(group):
                 # Turned off, a group's weights go on from p: what the compensation held is dropped
@@ -906,13 +913,32 @@ class FusedStep:
                 or self._pinned_still(group, params, states)):
             return
         lists = [list(map(dict.get, states, repeat(key))) for key in keys]
-        tensors = [t for values in lists for t in values if isinstance(t, torch.Tensor)]
+        tensors = [[t for t in values if isinstance(t, torch.Tensor)] for values in lists]
         self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(
-            group, lists, torch.classes.holocron.TensorPins(tensors), list(map(attrgetter("dtype"), params)),
-            self._precision(group))
+            group, lists, torch.classes.holocron.TensorPins(list(chain.from_iterable(tensors))),
+            list(map(attrgetter("dtype"), params)), self._precision(group),
+            [len(held) == len(values) for held, values in zip(tensors, lists)])
 
     # Groups whose state buffers were, when this step began, those pinned after the last.
     _still_pinned_now: frozenset[int] | set[int] = frozenset()
+
+    def _pinned_lists(self, group: dict[str, Any]) -> dict[str, list[torch.Tensor]]:
+        """The buffers of a group still pinned (`_still_pinned_now`), by key, for the keys that
+        every state held when pinned (and so still holds: the same tensors); empty otherwise."""
+        held = self.__dict__.get("_pinned", {}).get(id(group))
+        if id(group) not in self._still_pinned_now or held is None or held.group is not group:
+            return {}
+        return {key: values for key, values, complete in zip(self._state_keys(group), held.lists, held.complete)
+                if complete}
+
+    # The pinned lists (`_pinned_lists`) of the group whose op is being called: `_gather` hands
+    # them over instead of walking the states again.
+    _lists_now: dict[str, list[torch.Tensor]] = {}
+
+    def _gather(self, states: list[dict[str, Any]], key: str) -> list[Any]:
+        """`gather(states, key)` for the group being updated."""
+        held = self._lists_now.get(key)
+        return held if held is not None else gather(states, key)
 
     def _pinned_still(self, group: dict[str, Any], params: list[torch.Tensor],
                       states: list[dict[str, Any] | None]) -> bool:
@@ -1098,17 +1124,28 @@ class FusedStep:
 
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
         counters = gather(states, "step")
-        steps = list(map((1).__add__, counters))
-        if NotImplemented in steps:  # not all ints: int() reads a tensor counter (torch.optim.Adam's load makes them)
-            steps = [int(n) + 1 for n in counters]
+        self._counters_were_ints = bool(counters) and types_of(counters) == {int}
+        if self._counters_were_ints and counters.count(counters[0]) == len(counters):
+            # Parameters stepped together share one counter value (and, as stored by _store_steps,
+            # one int object): the common case costs a count in C, not a call per parameter.
+            steps = [counters[0] + 1] * len(counters)
+            lowest = steps[0]
+        else:
+            # int() reads a tensor counter (torch.optim.Adam's load makes them).
+            steps = list(map((1).__add__, counters)) if self._counters_were_ints else [int(n) + 1 for n in counters]
+            lowest = min(steps, default=1)
         # Checked here, before any write, for every algorithm (LAMB's op takes no counters).
-        if steps and min(steps) < 1:
-            raise RuntimeError(f"{type(self).__name__}: a state 'step' is {min(steps) - 1}; counters cannot be negative")
+        if lowest < 1:
+            raise RuntimeError(f"{type(self).__name__}: a state 'step' is {lowest - 1}; counters cannot be negative")
         return steps
 
-    @staticmethod
-    def _store_steps(states: list[dict[str, Any]], steps: list[int]) -> None:
-        if not any(issubclass(kind, torch.Tensor) for kind in types_of(gather(states, "step"))):
+    # Set by _advance_steps: whether every counter it read was an int, so that _store_steps,
+    # which runs after the op (that leaves the states' entries alone), need not look again.
+    _counters_were_ints = False
+
+    def _store_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
+        if self._counters_were_ints or not any(
+                issubclass(kind, torch.Tensor) for kind in types_of(gather(states, "step"))):
             deque(map(setitem, states, repeat("step"), steps), maxlen=0)
             return
         for state, step in zip(states, steps):

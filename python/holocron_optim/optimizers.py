@@ -154,7 +154,9 @@ class LARS(FusedStep, Optimizer):
     def _apply(self, group, params, grads, states) -> None:
         with_momentum = group["momentum"] != 0
         buffers, is_new = [], []
-        if with_momentum:
+        if with_momentum and "momentum_buffer" in self._lists_now:
+            buffers, is_new = self._lists_now["momentum_buffer"], [False] * len(params)
+        elif with_momentum:
             for p, state in zip(params, states):
                 is_new.append("momentum_buffer" not in state)
                 if is_new[-1]:
@@ -327,7 +329,8 @@ class LAMB(FusedStep, Optimizer):
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
-            ops.lamb_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
+            ops.lamb_, params, grads, exp_avgs=self._gather(states, "exp_avg"),
+            exp_avg_sqs=self._gather(states, "exp_avg_sq"),
             steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=self._weight_decay_of(group), clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
             bias_correction=group["bias_correction"], grad_averaging=group["grad_averaging"],
@@ -420,7 +423,8 @@ class RaLars(FusedStep, Optimizer):
             sma_inf = 2 / (1 - beta2) - 1
         steps, counters = self._counters(states)
         local_lrs = distributed.call(
-            ops.ralars_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
+            ops.ralars_, params, grads, exp_avgs=self._gather(states, "exp_avg"),
+            exp_avg_sqs=self._gather(states, "exp_avg_sq"),
             steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), force_adaptive_momentum=bool(self.force_adaptive_momentum),
             clip_low=self.scale_clip[0], clip_high=self.scale_clip[1],
@@ -556,9 +560,10 @@ class TAdam(FusedStep, Optimizer):
         steps, counters = self._counters(states)
         dof = group["dof"]
         distributed.call(
-            ops.tadam_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avg_sqs=gather(states, "exp_avg_sq"),
-            max_exp_avg_sqs=gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
-            W_ts=gather(states, "W_t"), steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2),
+            ops.tadam_, params, grads, exp_avgs=self._gather(states, "exp_avg"),
+            exp_avg_sqs=self._gather(states, "exp_avg_sq"),
+            max_exp_avg_sqs=self._gather(states, "max_exp_avg_sq") if group["amsgrad"] else [],
+            W_ts=self._gather(states, "W_t"), steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2),
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
             dof=None if dof is None else float(dof),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
@@ -603,9 +608,9 @@ class _AdamLike(FusedStep, Adam):
 
     def _adam_lists(self, group, states):
         return {
-            "exp_avgs": gather(states, "exp_avg"),
-            "exp_avg_sqs": gather(states, "exp_avg_sq"),
-            "max_exp_avg_sqs": gather(states, "max_exp_avg_sq") if group.get("amsgrad", False) else [],
+            "exp_avgs": self._gather(states, "exp_avg"),
+            "exp_avg_sqs": self._gather(states, "exp_avg_sq"),
+            "max_exp_avg_sqs": self._gather(states, "max_exp_avg_sq") if group.get("amsgrad", False) else [],
         }
 
 
@@ -900,9 +905,11 @@ class Adan(FusedStep, Optimizer):
         beta1, beta2, beta3 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.adan_, params, grads, prev_grads=gather(states, "prev_grad"), exp_avgs=gather(states, "exp_avg"),
-            exp_avg_sqs=gather(states, "exp_avg_sq"), exp_avg_deltas=gather(states, "exp_avg_delta"),
-            max_exp_avg_deltas=gather(states, "max_exp_avg_delta") if group.get("amsgrad", False) else [], steps=steps,
+            ops.adan_, params, grads, prev_grads=self._gather(states, "prev_grad"),
+            exp_avgs=self._gather(states, "exp_avg"), exp_avg_sqs=self._gather(states, "exp_avg_sq"),
+            exp_avg_deltas=self._gather(states, "exp_avg_delta"),
+            max_exp_avg_deltas=self._gather(states, "max_exp_avg_delta") if group.get("amsgrad", False) else [],
+            steps=steps,
             **self._lr(group), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]), amsgrad=bool(group.get("amsgrad", False)),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),
@@ -991,8 +998,9 @@ class AdEMAMix(FusedStep, Optimizer):
         beta1, beta2, beta3 = group["betas"]
         steps, counters = self._counters(states)
         distributed.call(
-            ops.ademamix_, params, grads, exp_avgs=gather(states, "exp_avg"), exp_avgs_slow=gather(states, "exp_avg_slow"),
-            exp_avg_sqs=gather(states, "exp_avg_sq"), steps=steps, **self._lr(group), beta1=float(beta1),
+            ops.ademamix_, params, grads, exp_avgs=self._gather(states, "exp_avg"),
+            exp_avgs_slow=self._gather(states, "exp_avg_slow"),
+            exp_avg_sqs=self._gather(states, "exp_avg_sq"), steps=steps, **self._lr(group), beta1=float(beta1),
             beta2=float(beta2), beta3=float(beta3), alpha=float(group["alpha"]), eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             grad_scale=self._grad_scale_now, found_inf=self._found_inf_now, maximize=bool(group.get("maximize", False)),

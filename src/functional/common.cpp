@@ -16,7 +16,7 @@ void check_fits(const char* optimizer, const char* what, size_t index, const at:
   TORCH_CHECK(t.defined(), optimizer, ": ", what, "[", index, "] is undefined");
   TORCH_CHECK(t.layout() == at::kStrided, optimizer, " does not support sparse ", what,
               " (", what, "[", index, "] has layout ", t.layout(), ")");
-  TORCH_CHECK(t.sizes().equals(param.sizes()), optimizer, ": ", what, "[", index,
+  TORCH_CHECK(same_extents(t.sizes(), param.sizes()), optimizer, ": ", what, "[", index,
               "] has shape ", t.sizes(), " but its parameter has shape ", param.sizes());
   // State may also be float32 or bfloat16 (lean or mixed-precision state), whatever the
   // parameter's dtype, or 8-bit codes where its algorithm takes them (BlockwiseState); the math
@@ -221,8 +221,8 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
       } else if (expected == at::kByte) {
         expected = at::kFloat;  // the 8-bit build's arrays without codes
       }
-      if (!t.device().is_cpu() || t.scalar_type() != expected || !t.sizes().equals(p.sizes()) ||
-          !t.strides().equals(p.strides())) {
+      if (!t.device().is_cpu() || t.scalar_type() != expected || !same_extents(t.sizes(), p.sizes()) ||
+          !same_extents(t.strides(), p.strides())) {
         return false;
       }
       slot.data[j] = t.data_ptr();
@@ -234,7 +234,7 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
       ++j;
     }
     if (const auto compensation = CompensatedWeights::of(p); compensation.defined()) {
-      if (!compensation.device().is_cpu() || !compensation.strides().equals(p.strides())) return false;
+      if (!compensation.device().is_cpu() || !same_extents(compensation.strides(), p.strides())) return false;
       slot.compensation = compensation.data_ptr();
     }
   }

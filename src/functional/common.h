@@ -18,6 +18,17 @@
 
 namespace holocron::optim::functional::detail {
 
+// Whether two size or stride lists are equal. IntArrayRef::equals calls memcmp, which on the
+// one- or two-dimensional tensors of a step over thousands of small ones costs more than the
+// comparison: the checks make four such calls per tensor and list.
+inline bool same_extents(c10::IntArrayRef a, c10::IntArrayRef b) {
+  if (a.size() != b.size()) return false;
+  for (size_t d = 0; d < a.size(); ++d) {
+    if (a[d] != b[d]) return false;
+  }
+  return true;
+}
+
 // `list` where the update reads it (amsgrad's maxima, ...), else empty.
 inline TensorList if_used(bool used, TensorList list) { return used ? list : TensorList{}; }
 

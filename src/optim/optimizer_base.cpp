@@ -357,7 +357,7 @@ void OptimizerBase::check_state_fits(const torch::optim::OptimizerParamState& st
     }
     const bool compensation = is_compensation(buffer);
     const auto dtype = buffer_dtype(buffer, precision, param);
-    TORCH_CHECK(t.sizes().equals(param.sizes()),
+    TORCH_CHECK(functional::detail::same_extents(t.sizes(), param.sizes()),
                 name(), ": state '", buffer, "' of parameter ", param_index, " in group ",
                 group_index, " has shape ", t.sizes(), " but the parameter has shape ",
                 param.sizes());
@@ -418,7 +418,7 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
       TORCH_CHECK(at::isFloatingType(p.scalar_type()), name(), ": parameter ", pi, " in group ",
                   gi, " has dtype ", p.scalar_type(), "; only floating-point parameters can be "
                   "optimized");
-      TORCH_CHECK(g.sizes().equals(p.sizes()) && g.scalar_type() == p.scalar_type() &&
+      TORCH_CHECK(functional::detail::same_extents(g.sizes(), p.sizes()) && g.scalar_type() == p.scalar_type() &&
                       g.device() == p.device(),
                   name(), ": the gradient of parameter ", pi, " in group ", gi, " (", g.sizes(),
                   ", ", g.scalar_type(), ", ", g.device(), ") does not match the parameter (",

@@ -137,3 +137,54 @@ def test_a_failed_first_step_pins_nothing(name):
         opt.step()
     assert not opt.__dict__.get("_pinned")
     assert not any(opt.state.values())
+
+
+def _edit(opt, params, edit: str) -> None:
+    """One change a user may make to the state between steps."""
+    key = opt._state_keys(opt.param_groups[0])[0]
+    state = opt.state[params[1]]
+    if edit == "buffer replaced":
+        state[key] = state[key] * 2 + 1
+    elif edit == "buffer removed":
+        del state[key]
+    elif edit == "one counter behind" and "step" in state:
+        state["step"] -= 1
+    elif edit == "one tensor counter" and "step" in state:
+        state["step"] = torch.tensor(float(state["step"]))
+    elif edit == "every counter a tensor":
+        for p in params:
+            if "step" in opt.state[p]:
+                opt.state[p]["step"] = torch.tensor(float(opt.state[p]["step"]))
+
+
+@pytest.mark.parametrize("edit", ["buffer replaced", "buffer removed", "one counter behind",
+                                  "one tensor counter", "every counter a tensor"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_a_step_reads_the_state_as_edited_since_the_last(name, edit):
+    """Past the first steps, a step hands its op the lists pinned after the last (and a shared
+    counter is advanced once): an edit of the state between steps must be read as it is,
+    exactly as by an optimizer that pins nothing and walks every state."""
+    algorithm = ALGORITHMS[name]
+    pinned, plain = _params(), _params()
+    opt = algorithm.make(pinned, lr=1e-2)
+    twin = algorithm.make(plain, lr=1e-2)
+    twin._pin = lambda *args: None
+    for step in range(6):
+        if step == 3:
+            _edit(opt, pinned, edit), _edit(twin, plain, edit)
+        _set_grads(pinned, step), _set_grads(plain, step)
+        opt.step(), twin.step()
+    for a, b in zip(pinned, plain):
+        assert torch.equal(a, b)
+    # The twin shares the counters' code: they are checked against what they must be.
+    if "step" in opt.state[pinned[0]]:
+        behind = 1 if edit == "one counter behind" else 0
+        assert [int(opt.state[p]["step"]) for p in pinned] == [6, 6 - behind, 6]
+        # A tensor counter (torch.optim.Adam's load makes them) is advanced in place.
+        assert isinstance(opt.state[pinned[1]]["step"], torch.Tensor) == ("tensor" in edit)
+    for a, b in zip(pinned, plain):
+        assert opt.state[a].keys() == twin.state[b].keys()
+        for key, value in opt.state[a].items():
+            other = twin.state[b][key]
+            assert type(value) is type(other), key
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
