@@ -31,13 +31,20 @@ def _buffers(opt) -> list[torch.Tensor]:
     return [v for state in opt.state.values() for k, v in state.items() if k in keys]
 
 
-@pytest.mark.parametrize("name", ALGOS)
-def test_buffers_are_pinned_and_repinned_when_replaced(name):
+def _pinned_and_twin(name: str):
+    """An optimizer over some parameters, and its twin over equal ones, which pins nothing (and
+    so walks every state at every step)."""
     algorithm = ALGORITHMS[name]
     pinned, plain = _params(), _params()
     opt = algorithm.make(pinned, lr=1e-2)
     twin = algorithm.make(plain, lr=1e-2)
     twin._pin = lambda *args: None
+    return pinned, opt, plain, twin
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_buffers_are_pinned_and_repinned_when_replaced(name):
+    pinned, opt, plain, twin = _pinned_and_twin(name)
     for step in range(3):
         _set_grads(pinned, step), _set_grads(plain, step)
         opt.step(), twin.step()
@@ -164,11 +171,7 @@ def test_a_step_reads_the_state_as_edited_since_the_last(name, edit):
     """Past the first steps, a step hands its op the lists pinned after the last (and a shared
     counter is advanced once): an edit of the state between steps must be read as it is,
     exactly as by an optimizer that pins nothing and walks every state."""
-    algorithm = ALGORITHMS[name]
-    pinned, plain = _params(), _params()
-    opt = algorithm.make(pinned, lr=1e-2)
-    twin = algorithm.make(plain, lr=1e-2)
-    twin._pin = lambda *args: None
+    pinned, opt, plain, twin = _pinned_and_twin(name)
     for step in range(6):
         if step == 3:
             _edit(opt, pinned, edit), _edit(twin, plain, edit)
