@@ -1124,28 +1124,30 @@ class FusedStep:
 
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
         counters = gather(states, "step")
-        self._counters_were_ints = bool(counters) and types_of(counters) == {int}
-        if self._counters_were_ints and counters.count(counters[0]) == len(counters):
+        all_ints = bool(counters) and types_of(counters) == {int}
+        self._int_counters_of = states if all_ints else None
+        if all_ints and counters.count(counters[0]) == len(counters):
             # Parameters stepped together share one counter value (and, as stored by _store_steps,
             # one int object): the common case costs a count in C, not a call per parameter.
             steps = [counters[0] + 1] * len(counters)
             lowest = steps[0]
         else:
             # int() reads a tensor counter (torch.optim.Adam's load makes them).
-            steps = list(map((1).__add__, counters)) if self._counters_were_ints else [int(n) + 1 for n in counters]
+            steps = list(map((1).__add__, counters)) if all_ints else [int(n) + 1 for n in counters]
             lowest = min(steps, default=1)
         # Checked here, before any write, for every algorithm (LAMB's op takes no counters).
         if lowest < 1:
             raise RuntimeError(f"{type(self).__name__}: a state 'step' is {lowest - 1}; counters cannot be negative")
         return steps
 
-    # Set by _advance_steps: whether every counter it read was an int, so that _store_steps,
-    # which runs after the op (that leaves the states' entries alone), need not look again.
-    _counters_were_ints = False
+    # The states list whose counters _advance_steps last read, when every one was an int: storing
+    # the steps of that list after its op (which leaves the states' entries alone) need not look
+    # at them again.
+    _int_counters_of: list[dict[str, Any]] | None = None
 
     def _store_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
-        if self._counters_were_ints or not any(
-                issubclass(kind, torch.Tensor) for kind in types_of(gather(states, "step"))):
+        known_ints, self._int_counters_of = states is self._int_counters_of, None
+        if known_ints or not any(issubclass(kind, torch.Tensor) for kind in types_of(gather(states, "step"))):
             deque(map(setitem, states, repeat("step"), steps), maxlen=0)
             return
         for state, step in zip(states, steps):
