@@ -89,14 +89,13 @@ class Arguments {
   std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
   at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
   double real(const char* name) const { return at(name).toDouble(); }
-  // `lr`, or the value of `lr_tensor` where the op takes one and is given one.
+  // `lr`, or the value of `lr_tensor` where one is given (an op reading it declares
+  // HOLOCRON_LR_TENSOR).
   double lr() const {
-    if (schema_.argumentIndexWithName("lr_tensor")) {
-      if (const auto lr = optional_tensor("lr_tensor")) {
-        TORCH_CHECK(lr->numel() == 1 && !lr->is_complex() && lr->scalar_type() != at::kBool,
-                    "lr_tensor must be a real one-element tensor, got ", lr->sizes(), " ", lr->scalar_type());
-        return read_scalar(*lr);
-      }
+    if (const auto lr = optional_tensor("lr_tensor")) {
+      TORCH_CHECK(lr->numel() == 1 && !lr->is_complex() && lr->scalar_type() != at::kBool,
+                  "lr_tensor must be a real one-element tensor, got ", lr->sizes(), " ", lr->scalar_type());
+      return read_scalar(*lr);
     }
     return real("lr");
   }

@@ -350,7 +350,7 @@ class _Pins(NamedTuple):
     pins: Any  # torch.classes.holocron.TensorPins
     dtypes: list[torch.dtype]
     precision: str
-    complete: list[bool]  # per list: whether every state held its buffer
+    complete: dict[str, list[Any]]  # the lists of the keys that every state held, by key
 
 
 # The algorithms (holocron_optim.optimizers registers its eight): the state keys of one that another
@@ -917,7 +917,7 @@ class FusedStep:
         self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(
             group, lists, torch.classes.holocron.TensorPins(list(chain.from_iterable(tensors))),
             list(map(attrgetter("dtype"), params)), self._precision(group),
-            [len(held) == len(values) for held, values in zip(tensors, lists)])
+            {key: values for key, values, held in zip(keys, lists, tensors) if len(held) == len(values)})
 
     # Groups whose state buffers were, when this step began, those pinned after the last.
     _still_pinned_now: frozenset[int] | set[int] = frozenset()
@@ -928,8 +928,7 @@ class FusedStep:
         held = self.__dict__.get("_pinned", {}).get(id(group))
         if id(group) not in self._still_pinned_now or held is None or held.group is not group:
             return {}
-        return {key: values for key, values, complete in zip(self._state_keys(group), held.lists, held.complete)
-                if complete}
+        return held.complete
 
     # The pinned lists (`_pinned_lists`) of the group whose op is being called: `_gather` hands
     # them over instead of walking the states again.
