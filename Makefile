@@ -12,6 +12,19 @@ WHEEL_VENV := $(BUILD)/wheel-test/venv
 # torch warns on import when NumPy is missing, which the wheel test venv is on purpose.
 QUIET_NUMPY := -W "ignore:Failed to initialize NumPy"
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+# ccache shares the objects of builds that compile the same sources with the
+# same flags in different folders: the library of build/ and of the wheel
+# (build-wheel/), of build-torch-X/wheel/ and build-torch-X/cmake/. It hashes
+# paths under the checkout relative to each build's folder (the folders of a
+# pair lie at one depth), and the compiler's name: every build is given one
+# ($(CXX), g++ unless set), since CMake alone picks c++ and scikit-build g++.
+# The sloppiness lets it cache files compiled with a precompiled header
+# (CMakeLists.txt), which it otherwise compiles every time.
+CCACHE_BASEDIR ?= $(CURDIR)
+CCACHE_NOHASHDIR ?= 1
+CCACHE_SLOPPINESS ?= pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_BASEDIR CCACHE_NOHASHDIR CCACHE_SLOPPINESS CXX
+WHEEL_BUILD := $(BUILD)-wheel
 
 .PHONY: all build deps apt-deps venv configure cpp python package test test-cpp test-python test-wheel test-torch test-asan fuzz wheel demo docs install bench bench-timm bench-fsdp2 bench-zero-offload clean
 
@@ -78,7 +91,7 @@ test: build
 # `pip install --no-build-isolation .` (the wheel must require that torch),
 # then a CMake build in build-torch-$(TORCH)/ for the C++ tests and the
 # programs the Python tests drive, CTest, and pytest on the installed package.
-# CCACHE_NOHASHDIR lets the two builds share ccache's objects. The wheel is
+# The two builds share ccache's objects (CCACHE_BASEDIR above). The wheel is
 # built with no nvcc on PATH (a machine without a CUDA toolkit, as most users'
 # are), the CMake build with the toolkit when there is one: both ways of
 # meeting a CUDA torch (cmake/holocron_optimTorch.cmake) run every time.
@@ -92,7 +105,7 @@ test-torch: | apt-deps
 	$(TORCH_PY) -m pip install -q torch==$(TORCH) -r requirements-test.txt
 	$(TORCH_PY) -m pip install -q --no-deps pylocron==0.3.0 timm==1.0.31
 	env -u CUDACXX PATH="$$(printf '%s\n' "$$PATH" | tr : '\n' | while read -r d; do [ -x "$$d/nvcc" ] || printf '%s\n' "$$d"; done | paste -sd:)" \
-	  CCACHE_NOHASHDIR=1 $(TORCH_PY) -m pip install -q --no-build-isolation -C build-dir=$(TORCH_BUILD)/wheel \
+	  $(TORCH_PY) -m pip install -q --no-build-isolation -C build-dir=$(TORCH_BUILD)/wheel \
 	  $$(command -v ccache >/dev/null && echo -C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache) .
 	cd $(TORCH_BUILD) && $(TORCH_PY) $(QUIET_NUMPY) -c 'import importlib.metadata as m, holocron_optim, sys, torch; \
 	  assert holocron_optim.__file__.startswith(sys.prefix), holocron_optim.__file__; \
@@ -102,7 +115,7 @@ test-torch: | apt-deps
 	  -DCMAKE_PREFIX_PATH="$$($(TORCH_PY) $(QUIET_NUMPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  -DPython3_EXECUTABLE=$(TORCH_PY) \
 	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
-	CCACHE_NOHASHDIR=1 cmake --build $(TORCH_BUILD)/cmake -j2
+	cmake --build $(TORCH_BUILD)/cmake -j2
 	cd $(TORCH_BUILD)/cmake && ctest --output-on-failure -j2
 	cd $(TORCH_BUILD) && HOLOCRON_OPTIM_BUILD_DIR=$(CURDIR)/$(TORCH_BUILD)/cmake \
 	  $(TORCH_PY) -m pytest -q -p no:cacheprovider --rootdir $(CURDIR) $(CURDIR)/tests/python
@@ -112,7 +125,7 @@ test-torch: | apt-deps
 # uninstrumented program against it). LeakSanitizer is on.
 ASAN_BUILD := build-asan
 test-asan: venv | apt-deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DHOLOCRON_OPTIM_SANITIZE=ON \
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g" -DHOLOCRON_OPTIM_SANITIZE=ON \
 	  -DHOLOCRON_OPTIM_BUILD_EXAMPLES=OFF -DHOLOCRON_OPTIM_BUILD_BENCH=OFF \
 	  -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" -DPython3_EXECUTABLE=$(CURDIR)/$(PY) \
 	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
@@ -172,7 +185,7 @@ docs: apt-deps
 # scikit-build-core against .venv's torch: build/dist/*.whl.
 wheel: venv | apt-deps
 	rm -f $(DIST)/holocron_optim-*.whl
-	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST) \
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST) -C build-dir=$(WHEEL_BUILD) \
 	  $$(command -v ccache >/dev/null && echo -C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache) .
 
 # The wheel installed into a new virtual environment that has only torch,
