@@ -33,7 +33,7 @@ class Case:
             count = rng.randint(4, 6)
             shapes = [rng.choice(SHAPES) for _ in range(count)]
             shapes[0] = (8, 3, 3, 3)  # always a conv weight
-            if name == "TAdam":  # the reference fails on 0-d parameters (fix 6): tested separately
+            if name == "TAdam":  # the reference fails on 0-d parameters, which ours take: tested separately
                 shapes = [s if s != () else (1,) for s in shapes]
         self.shapes = list(shapes)
         self.options = dict(options) if options is not None else random_options(name, rng, seed)
@@ -73,13 +73,14 @@ def ours_options(case: Case) -> dict[str, Any]:
 def ref_options(case: Case) -> dict[str, Any]:
     opts = dict(case.options)
     if case.name == "LARS":
-        opts.pop("scale_clip", None)  # the reference ignores it (fix 3)
+        opts.pop("scale_clip", None)  # the reference ignores it; ours clamps ||p|| (tested separately)
     return opts
 
 
 class AdanReference:
     """The reference's functional `adan()` with `prev_grad` kept up to date by
-    the test (fix 1): prev = g' on a first step, then prev = g' after each step."""
+    the test (the reference never updates it; ours does, as the paper): prev = g' on a first
+    step, then prev = g' after each step."""
 
     def __init__(self, groups: list[dict[str, Any]], lr: float, betas, eps=1e-8, weight_decay=0.0, amsgrad=False,
                  perturb: float = 1.0) -> None:
@@ -178,7 +179,7 @@ def run_lockstep(case: Case, dtype: torch.dtype, perturb: float = 1.0, check_gra
             p.grad = g
         saved = [None if p.grad is None else p.grad.clone() for p in ours_p]
         for p, g in zip(ref_p, case.grads(t, ref_p)):
-            p.grad = g  # a fresh tensor: the reference's LARS writes into it (fix 2)
+            p.grad = g  # a fresh tensor: the reference's LARS writes into it (ours never does)
         ours.step()
         refo.step()
         if check_grads:

@@ -59,7 +59,7 @@ def _reference_run(name, seed, options, wrapper=None):
     options = dict(options)
     wrapper_options = options.pop("wrapper", {})
     round_to = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.pop("state_precision", "param"))
-    if name == "Adan":  # fix 1: the corrected reference
+    if name == "Adan":  # the reference with prev_grad kept up to date, as ours keeps it
         opt = AdanReference([{"params": params}], **{"betas": (0.98, 0.92, 0.99), **options})
     else:
         ref_options = {k: v for k, v in options.items() if not (name == "LARS" and k == "scale_clip")}

@@ -139,7 +139,8 @@ def test_scout_coherence_fused_equals_reference():
         fast = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
         stats = {k: [torch.zeros(s, dtype=wide) for s in shapes] for k in ("mean", "m2", "max", "min")}
         prev = [f.clone() for f in fast]
-        # The second tensor's first half never moves: 0/0 there (fix 5).
+        # The second tensor's first half never moves: 0/0 there, left out of the coherence (unlike the
+        # reference, whose NaN resets every fast weight).
         results = {}
         for backend in ("reference", "auto"):
             OPS.set_cpu_capability(backend)

@@ -40,7 +40,7 @@ def test_parity_detects_a_perturbed_lr(name):
             assert_close(p, q, TOL[torch.float64], f"param {i}")
 
 
-# -- Fix 1: Adan's prev_grad -----------------------------------------------------
+# -- Adan's prev_grad, kept up to date (the reference never updates it) ----------
 
 
 def test_adan_prev_grad_is_the_last_decayed_gradient():
@@ -71,7 +71,7 @@ def test_adan_differs_from_the_reference_class(ref):
     assert torch.count_nonzero(ob.state[b]["prev_grad"]) == 0
 
 
-# -- Fixes 2 and 3: LARS -----------------------------------------------------------
+# -- LARS: p.grad left untouched, an explicit scale_clip applied (unlike the reference) --
 
 
 def test_lars_reference_writes_grad_ours_does_not(ref):
@@ -148,7 +148,7 @@ def test_lars_scale_clip_low_bound_raises_small_norms():
     torch.testing.assert_close(a.detach(), expected, rtol=1e-12, atol=1e-14)
 
 
-# -- Fix 6: TAdam on 0-d parameters ---------------------------------------------------
+# -- TAdam on 0-d parameters (the reference fails on them) ----------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -175,7 +175,7 @@ def test_tadam_scalar_param_equals_one_element(ref, dtype, amsgrad):
 
 
 def test_reference_tadam_fails_on_scalars(ref):
-    """Documents why fix 6 exists."""
+    """Documents why ours differs here: the reference cannot step a 0-d parameter."""
     s = torch.tensor(0.7, requires_grad=True)
     opt = ref.TAdam([s])
     s.grad = torch.tensor(0.1)

@@ -140,7 +140,7 @@ def test_our_checkpoint_loads_into_reference(name):
     refo.load_state_dict(sd)
     for p, q in zip(ours_p, ref_p):
         assert_states_close(ours.state[p], refo.state[q], 0.0, name)
-    if name == "Adan":  # continue with the corrected reference (fix 1)
+    if name == "Adan":  # continue with the reference whose prev_grad is kept up to date, as ours
         refo = _adan_reference_from(case, ref_p, sd)
     if name in ("AdaBelief", "AdamP"):
         # torch.optim.Adam's __setstate__ turns loaded steps into float32 tensors, with which

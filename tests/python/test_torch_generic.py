@@ -339,7 +339,8 @@ OPTIM_DB: list[OptimizerInfo] = [
     _info(H.Lookahead, inputs_lookahead, _wrapper_errors, not_og_supported_flags=()),
     _info(H.Scout, inputs_scout, _wrapper_errors, not_og_supported_flags=()),
 ]
-# What our wrappers add to the reference's checkpoint layout (fix 7).
+# What our wrappers add to the reference's checkpoint layout (slow weights, the period's counter,
+# Scout's statistics), so that a resumed run continues exactly.
 WRAPPER_KEYS = ("slow_params", "fast_steps", "sync_rate", "sync_period", "scout_stats")
 
 DTYPES = (torch.float32, torch.float64)

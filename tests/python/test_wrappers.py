@@ -1,4 +1,6 @@
-"""Lookahead and Scout: parity with the reference, and fixes 4, 5, 7 and 8."""
+"""Lookahead and Scout: parity with the reference, and where ours differs on purpose: Scout's
+running statistics (fixed memory), its coherence without 0/0, checkpoints that resume exactly,
+and schedulers on a wrapper driving the base's lr."""
 
 from __future__ import annotations
 
@@ -197,7 +199,7 @@ def test_scout_parity(kind, sync_period):
 
 
 def coherence_oracle(history):
-    """The corrected coherence (fix 5) from stacked copies: per parameter, the
+    """The coherence without 0/0 (unlike the reference's) from stacked copies: per parameter, the
     mean over the elements whose ratio is a number; parameters with none are left out."""
     values = []
     for copies in history:
@@ -304,7 +306,8 @@ def _tensor_numel(obj, seen=None) -> int:
 
 
 def test_scout_memory_does_not_grow_with_sync_period():
-    """Fix 4: a fixed number of copies, whatever the period."""
+    """Running statistics, not the reference's stack of copies: a fixed number of copies,
+    whatever the period."""
     held = {}
     for period in (2, 20):
         params = make_params()
@@ -319,7 +322,7 @@ def test_scout_memory_does_not_grow_with_sync_period():
     assert held[2][1] == 5 * n_params  # prev, mean, m2, max, min
 
 
-# -- Fix 7: checkpoints -----------------------------------------------------------------------------
+# -- Checkpoints that hold the slow weights and resume exactly (the reference's hold neither) -------
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
@@ -458,7 +461,7 @@ def test_bad_checkpoint_is_refused_before_any_change(cls):
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(after[0]["base_state_dict"]["state"][key][k]))
 
 
-# -- Fix 8: schedulers on the wrapper ------------------------------------------------------------------
+# -- Schedulers on the wrapper drive the base's lr (the reference's change only its own copy) --------
 
 
 @pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
@@ -486,7 +489,7 @@ def test_lr_scheduler_on_the_wrapper_drives_the_base(cls):
 
 
 def test_reference_scheduler_does_not_reach_the_base():
-    """Documents fix 8: the reference's wrapper keeps its own lr copy."""
+    """Documents why ours differs: the reference's wrapper keeps its own lr copy."""
     base = torch.optim.SGD(make_params(), lr=0.1)
     w = ref_wrapper("Lookahead", base)
     sched = torch.optim.lr_scheduler.StepLR(w, step_size=1, gamma=0.1)

@@ -29,8 +29,8 @@ struct AdEMAMixOptions : detail::OptionsBase<AdEMAMixOptions> {
   HOLOCRON_FIELD(double, alpha) = 5.0;
   /// Added to the denominator for numerical stability. Default 1e-8; must be >= 0.
   HOLOCRON_FIELD(double, eps) = 1e-8;
-  /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0 (fix 9:
-  /// the reference accepts a negative value).
+  /// L2 penalty added to the gradient: `g = g + weight_decay * p`. Default 0; must be >= 0
+  /// (refuses a negative weight_decay, unlike pylocron).
   HOLOCRON_FIELD(double, weight_decay) = 0.0;
 
   /// Ascend instead of descend (torch.optim's `maximize`): each gradient is read as `-g`; the
