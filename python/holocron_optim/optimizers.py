@@ -520,8 +520,8 @@ class TAdam(FusedStep, Optimizer):
         beta1 = group["betas"][0]
         state["W_t"] = beta1 / (1 - beta1) * torch.ones(per_tensor_shape(p, (1,)), dtype=p.dtype, device=p.device)
 
-    def _validate(self, group, params, grads, states) -> None:
-        super()._validate(group, params, grads, states)
+    def _validate(self, group, params, grads, states, pinned_still=False) -> None:
+        super()._validate(group, params, grads, states, pinned_still)
         # In C where every state holds a W_t of its parameters' one dtype and device (past the
         # first step); one by one otherwise, to name the first that does not fit.
         if None not in states and self._hold_all(states, ["W_t"]):

@@ -107,3 +107,80 @@ def test_ralars_uses_the_sma_length_recorded_in_its_group():
     _run(a, [p], 8, seed=3)
     _run(b, [q], 8, seed=3)
     assert not torch.equal(p, q)
+
+
+# -- Group options changed between steps ---------------------------------------------------------
+# A step checks every group's options before it updates any group; a group whose options have not
+# changed since their last check is not checked again (_validate_options). Each change below must be
+# seen, in place or not, by the step after it: it raises before anything is written.
+
+
+def _two_group_optimizer(name, **group_options):
+    from registry import ALGORITHMS
+
+    algo = ALGORITHMS[name]
+    first, second = _param(0), _param(1)
+    opt = algo.make([{"params": [first]}, {"params": [second], **group_options}], lr=0.01)
+    _run(opt, [first, second], 2)
+    for p in (first, second):
+        p.grad = torch.ones_like(p)
+    return opt, first, second
+
+
+def _refuses_whole(opt, params, error, match):
+    before = [p.detach().clone() for p in params]
+    states = copy.deepcopy(opt.state_dict()["state"])
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    after = opt.state_dict()["state"]
+    assert all(torch.equal(torch.as_tensor(states[i][k]), torch.as_tensor(after[i][k]))
+               for i in states for k in states[i])
+
+
+@pytest.mark.parametrize("name", list(H.__all__[:8]))
+def test_an_option_set_between_steps_is_checked_before_any_group_steps(name):
+    opt, first, second = _two_group_optimizer(name)
+    opt.param_groups[1]["lr"] = -1.0
+    _refuses_whole(opt, [first, second], ValueError, "lr")
+    opt.param_groups[1]["lr"] = 0.01
+    opt.param_groups[1]["weight_decay"] = float("nan")
+    _refuses_whole(opt, [first, second], ValueError, "weight_decay")
+    opt.param_groups[1]["weight_decay"] = 0.0
+    opt.step()
+
+
+@pytest.mark.parametrize("name", [n for n in H.__all__[:8] if n != "LARS"])
+def test_betas_changed_in_place_are_checked_again(name):
+    from registry import ALGORITHMS
+
+    betas = [0.9] * ALGORITHMS[name].betas
+    opt, first, second = _two_group_optimizer(name, betas=betas)
+    assert opt.param_groups[1]["betas"] is betas
+    betas[0] = 1.5  # the same list: a check keyed on identity would miss it
+    _refuses_whole(opt, [first, second], ValueError, "beta")
+    betas[0] = 0.9
+    opt.step()
+
+
+@pytest.mark.parametrize("name", list(H.__all__[:8]))
+def test_a_tensor_lr_written_in_place_is_checked_every_step(name):
+    lr = torch.tensor(0.01, dtype=torch.float64)
+    opt, first, second = _two_group_optimizer(name, lr=lr)
+    lr.fill_(-1.0)  # as a scheduler writes a tensor lr
+    _refuses_whole(opt, [first, second], ValueError, "lr")
+    lr.fill_(0.01)
+    opt.step()
+
+
+def test_a_setting_changed_between_steps_is_refused_before_any_group_steps():
+    opt, first, second = _two_group_optimizer("AdamP")
+    opt.delta = float("nan")
+    _refuses_whole(opt, [first, second], ValueError, "delta")
+
+
+def test_a_bool_set_where_an_equal_number_was_is_refused():
+    # 1 == True: the check must see the bool, which a learning rate cannot be.
+    opt, first, second = _two_group_optimizer("AdaBelief", lr=1)
+    opt.param_groups[1]["lr"] = True
+    _refuses_whole(opt, [first, second], TypeError, "lr")
