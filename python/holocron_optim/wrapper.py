@@ -236,6 +236,69 @@ class Lookahead(Optimizer):
                 for p, c in zip(group["params"], comps)])
             self._add_group_state(group)
 
+    def _check_copies_fit(self) -> None:
+        """Before the base moves anything: the wrapper's copies (slow weights, Scout's statistics)
+        still fit their parameters in shape, dtype and device. A parameter converted or moved in
+        place since they were taken (`model.double()`, `model.to(device)`, `p.data = ...`) is
+        taken anew before the first step; after it, the step is refused, where syncing would
+        round the weights to the copies' dtype or fail once the base has stepped."""
+        # One C++ check per dtype the copies must have: a group's state precision, or (None) each
+        # parameter's own.
+        buckets: dict[torch.dtype | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        start = 0
+        for group, slow in zip(self.param_groups, self.slow_params):
+            params = group["params"]
+            for _, copies, dtype in self._copies_of(group, slow, slice(start, start + len(params))):
+                held = buckets.setdefault(dtype, ([], []))
+                held[0].extend(params)
+                held[1].extend(copies)
+            start += len(params)
+        name = type(self).__name__
+        try:
+            for dtype, (params, copies) in buckets.items():
+                if getattr(self, "_has_complex", False):
+                    params, copies = ([torch.view_as_real(t) if t.is_complex() else t for t in ts] for ts in (params, copies))
+                distributed.call_on_locals(
+                    lambda params, copies, dtype=dtype: ops.validate_group(
+                        optimizer=name, params=params, grads=params, buffers=copies, owners=list(range(len(copies))),
+                        steps=[], state_dtype=dtype),
+                    params, copies)
+        except (RuntimeError, ValueError):
+            if not self.fast_steps and not self._registered:
+                self._retake_from_params()
+                return
+            self._refuse_misfit()
+            raise
+
+    def _copies_read_by_next_step(self) -> bool:
+        """Whether the next step reads the copies (a sync), or is the first (when copies that no
+        longer fit are taken anew): Lookahead's other steps only count, and a parameter changed
+        meanwhile is refused by the sync's check, still before its base moves."""
+        steps = self.fast_steps
+        return steps == 0 or (steps + 1) % int(self.defaults["sync_period"]) == 0
+
+    def _refuse_misfit(self) -> None:
+        """Raises for the first copy that does not fit its parameter (the check above failed)."""
+        start = 0
+        for index, (group, slow) in enumerate(zip(self.param_groups, self.slow_params)):
+            params = group["params"]
+            for what, copies, dtype in self._copies_of(group, slow, slice(start, start + len(params))):
+                for i, (p, t) in enumerate(zip(params, copies)):
+                    if t.shape != p.shape or t.device != p.device or t.dtype != (dtype or p.dtype):
+                        raise RuntimeError(
+                            f"{type(self).__name__}: parameter {i} of group {index} is now {tuple(p.shape)} {p.dtype} "
+                            f"on {p.device}, and its {what} {tuple(t.shape)} {t.dtype} on {t.device}: a parameter "
+                            "cannot change shape, dtype or device after the wrapper's first step (convert or move "
+                            "the model before making its optimizers)")
+            start += len(params)
+
+    def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor],
+                   indices: slice) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
+        """The wrapper's copies of a group's parameters (`indices`: theirs among all parameters),
+        with the dtype each must have (None: its parameter's): (what, tensors, dtype). Slow weights
+        follow the base's state precision."""
+        return [("slow weight", slow, _precision_dtype(self.base_optimizer, group))]
+
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
         """The sync and Scout's statistics are defined for floating-point weights
         (a complex one through its real view): others are refused before the
@@ -347,6 +410,8 @@ class Lookahead(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self._check_base()
         self._mirror_new_groups()
+        if not torch.compiler.is_compiling() and self._copies_read_by_next_step():
+            self._check_copies_fit()
         found_inf = getattr(self, "found_inf", None)
         compiling = torch.compiler.is_compiling()
         if found_inf is None:
@@ -527,11 +592,12 @@ class Lookahead(Optimizer):
         # The base's own groups hold the lr it trained with; the reference's
         # wrapper-level "lr" may be a scheduler's value that never reached it.
         own_state = self._unpack_own_state(self._without_own_entries(state_dict.get("state")))
-        self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
         # The top-level groups are what users and load hooks see and edit (the
         # base's copy is nested): their hyper-parameters win. Each group keeps its own
         # state_precision, as the base's load keeps it.
         kept = ("params", "param_names", self._SETTINGS_KEY, "state_precision")
+        self._check_groups_to_install(state_dict["base_state_dict"], saved_groups, kept)
+        self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
         for group, saved in zip(self.param_groups, saved_groups):
             group.update({k: v for k, v in saved.items() if k not in kept})
         self.state = own_state
@@ -555,6 +621,24 @@ class Lookahead(Optimizer):
         self._sync_state_entries()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+    def _check_groups_to_install(self, base_state_dict: Any, saved_groups: list[dict[str, Any]],
+                                 kept: tuple[str, ...]) -> None:
+        """The groups this load installs (the base's, with the top-level hyper-parameters over
+        them), validated by our base optimizer as its own load validates groups, before anything
+        changes. A base of torch's validates nothing at load, as torch.optim does not."""
+        base = self.base_optimizer
+        while isinstance(base, Lookahead):
+            base = base.base_optimizer
+        if not isinstance(base, FusedStep):
+            return
+        nested = base_state_dict.get("param_groups") if isinstance(base_state_dict, dict) else None
+        if not isinstance(nested, list) or len(nested) != len(saved_groups):
+            return  # the base's load refuses it, naming what is wrong
+        candidates = [{**{k: v for k, v in inner.items() if k != self._SETTINGS_KEY},
+                       **{k: v for k, v in outer.items() if k not in kept}}
+                      for inner, outer in zip(nested, saved_groups)]
+        base._check_loaded_groups(candidates)
 
     def _load_extra(self, state_dict: dict[str, Any], fast: list[torch.Tensor]) -> Callable[[], None]:
         return lambda: None
@@ -691,6 +775,16 @@ class Scout(Lookahead):
             self.scout_stats["prev"].append(p.detach().clone())
             for key in _SCOUT_STATS[1:]:
                 self.scout_stats[key].append(torch.zeros_like(p, dtype=dtype))
+
+    def _copies_read_by_next_step(self) -> bool:
+        return True  # every step accumulates the statistics
+
+    def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor],
+                   indices: slice) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
+        # The previous weights are the parameters' own dtype, whatever the precision: a parameter
+        # converted in place is seen there; the other statistics have their shape.
+        return [*super()._copies_of(group, slow, indices),
+                ("previous weight (Scout's statistics)", self.scout_stats["prev"][indices], None)]
 
     _OWN_KEYS = ("slow_param", *(f"scout_{key}" for key in _SCOUT_STATS))
 

@@ -855,3 +855,89 @@ def test_pickles_of_the_earlier_layout_load(cls):
     assert restored.fast_steps == 2
     train(restored, params, 2, 4)
     assert restored.fast_steps == 4
+
+
+# -- A parameter converted, moved or resized in place after the copies were taken ---------------------
+# The wrapper holds copies of the parameters (slow weights, Scout's statistics). Before the first step,
+# copies that no longer fit are taken anew; after it, the step that would read them is refused before
+# the base optimizer moves anything (it used to run the base first, then fail, or sync float64
+# weights through float32 copies).
+
+
+def _stateless_base(params):
+    return ho.LARS(params, lr=0.1, momentum=0.0)  # no state of its own: nothing refuses before us
+
+
+@pytest.mark.parametrize("wrapper", ["Lookahead", "Scout"])
+@pytest.mark.parametrize("change", ["dtype", "shape"])
+def test_a_parameter_changed_after_the_first_step_is_refused_before_the_base_moves(wrapper, change):
+    params = make_params(dtype=torch.float32)
+    opt = getattr(ho, wrapper)(_stateless_base(params), sync_period=3)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    p = params[0]
+    p.data = p.data.double() if change == "dtype" else torch.randn(p.shape[0] + 1, *p.shape[1:])
+    p.grad = torch.randn_like(p)
+    for q in params[1:]:
+        q.grad = torch.randn_like(q)
+    if wrapper == "Lookahead":
+        opt.step()  # counts only: the copies are read by the sync
+    before = [q.detach().clone() for q in params]
+    steps = opt.fast_steps
+    with pytest.raises(RuntimeError, match=f"parameter 0 of group 0 is now .*{change}|parameter 0 of group 0 is now"):
+        opt.step()
+    assert opt.fast_steps == steps
+    assert all(torch.equal(q, b) for q, b in zip(params, before))
+
+
+def test_lookahead_does_not_round_float64_weights_through_float32_copies():
+    params = make_params(dtype=torch.float32)
+    opt = ho.Lookahead(_stateless_base(params), sync_period=2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for p in params:
+        p.data = p.data.double()
+        p.grad = torch.randn_like(p)
+    with pytest.raises(RuntimeError, match="slow weight"):
+        opt.step()  # the sync
+
+
+@pytest.mark.parametrize("wrapper", ["Lookahead", "Scout"])
+def test_copies_are_taken_anew_for_parameters_converted_before_the_first_step(wrapper):
+    params = make_params(dtype=torch.float32)
+    opt = getattr(ho, wrapper)(ho.AdaBelief(params, lr=0.1), sync_period=2)
+    for p in params:
+        p.data = p.data.double()  # model.double() after making the optimizers
+    twin = clone_params(params)
+    ref = getattr(ho, wrapper)(ho.AdaBelief(twin, lr=0.1), sync_period=2)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        for p, q, g in zip(params, twin, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    assert all(s.dtype == torch.float64 for group in opt.slow_params for s in group)
+    assert all(torch.equal(p, q) for p, q in zip(params, twin))
+
+
+@pytest.mark.parametrize("wrapper", ["Lookahead", "Scout"])
+@pytest.mark.parametrize("key, value", [("lr", float("nan")), ("weight_decay", -1.0), ("betas", (0.9, 2.0)),
+                                        ("lr", "0.1"), ("eps", None)])
+def test_a_wrapper_load_refuses_top_level_options_the_base_would_refuse(wrapper, key, value):
+    # The top-level groups win over the base's nested copy: they are checked as the base checks its own.
+    params = make_params()
+    opt = getattr(ho, wrapper)(ho.LAMB(params, lr=0.1))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["param_groups"][0][key] = value
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises((ValueError, TypeError), match=key):
+        opt.load_state_dict(saved)
+    after = opt.state_dict()
+    assert [{k: v for k, v in g.items()} for g in after["param_groups"]] == before["param_groups"]
+    assert all(torch.equal(a, b) for a, b in zip(after["slow_params"], before["slow_params"]))
