@@ -91,7 +91,11 @@ def valid_step(value: Any) -> bool:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return math.isfinite(value) and value >= 0 and float(value).is_integer()
+    return math.isfinite(value) and 0 <= value <= MAX_STEP - 1 and float(value).is_integer()
+
+
+# The largest step counter the ops take (int64), which a counter saved must stay below to be advanced.
+MAX_STEP = 2**63 - 1
 
 
 def gather(states: list[dict[str, Any]], key: str) -> list[Any]:
@@ -1178,14 +1182,17 @@ class FusedStep:
             # Parameters stepped together share one counter value (and, as stored by _store_steps,
             # one int object): the common case costs a count in C, not a call per parameter.
             steps = [counters[0] + 1] * len(counters)
-            lowest = steps[0]
+            lowest = highest = steps[0]
         else:
             # int() reads a tensor counter (torch.optim.Adam's load makes them).
             steps = list(map((1).__add__, counters)) if all_ints else [int(n) + 1 for n in counters]
-            lowest = min(steps, default=1)
+            lowest, highest = min(steps, default=1), max(steps, default=1)
         # Checked here, before any write, for every algorithm (LAMB's op takes no counters).
         if lowest < 1:
             raise RuntimeError(f"{type(self).__name__}: a state 'step' is {lowest - 1}; counters cannot be negative")
+        if highest > MAX_STEP:
+            raise RuntimeError(f"{type(self).__name__}: a state 'step' is {highest - 1}; a counter cannot pass "
+                               f"{MAX_STEP} (int64)")
         return steps
 
     # The states list whose counters _advance_steps last read, when every one was an int: storing
@@ -1241,7 +1248,8 @@ class FusedStep:
                     continue  # not a parameter's: torch.optim keeps such entries (hooks put them) as they are
                 raise ValueError(f"{name}: the loaded state dict has state for unknown parameter {key!r}")
             if "step" in state and not valid_step(state["step"]):
-                raise ValueError(f"{name}: state 'step' of parameter {key} must be an integer >= 0, got {state['step']!r}")
+                raise ValueError(f"{name}: state 'step' of parameter {key} must be an integer from 0 to {MAX_STEP - 1}, "
+                                 f"got {state['step']!r}")
             stray = [k for k in state if k in foreign]
             if stray:
                 raise ValueError(
@@ -1256,13 +1264,16 @@ class FusedStep:
                 if codes and self._buffer_maps.get(buffer_name) is not None:
                     self._check_loaded_codes(key, p, buffer_name, buffer, state.get(buffer_name + ABSMAX_SUFFIX))
                     continue
+                # Floats of any dtype are converted to the group's (torch.optim's load casts them to
+                # the parameter's: a float64 checkpoint loads into float32 parameters).
                 if (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape
-                        or buffer.dtype not in (p.dtype, *LEAN_DTYPES)):
+                        or not buffer.is_floating_point()):
                     raise ValueError(
                         f"{name}: state '{buffer_name}' of parameter {key} "
                         f"({tuple(getattr(buffer, 'shape', ()))}, {getattr(buffer, 'dtype', type(buffer))}) "
-                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may also be float32 "
-                        "or bfloat16, or 8-bit codes of a moment with their scales)"
+                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may be of any floating "
+                        "dtype, converted to the group's state_precision, or 8-bit codes of a moment with their "
+                        "scales)"
                     )
             comp = state.get("kahan_comp")
             self._kahan_comps_made = self._kahan_comps_made or comp is not None

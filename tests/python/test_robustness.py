@@ -184,3 +184,47 @@ def test_a_bool_set_where_an_equal_number_was_is_refused():
     opt, first, second = _two_group_optimizer("AdaBelief", lr=1)
     opt.param_groups[1]["lr"] = True
     _refuses_whole(opt, [first, second], TypeError, "lr")
+
+
+# -- Checkpoints whose state has another floating dtype ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(H.__all__[:8]))
+@pytest.mark.parametrize("saved_dtype, dtype", [(torch.float64, torch.float32), (torch.float16, torch.float32),
+                                                (torch.float64, torch.bfloat16), (torch.float32, torch.float64)])
+def test_state_of_any_floating_dtype_loads_cast_as_torch_casts_it(name, saved_dtype, dtype):
+    from registry import ALGORITHMS
+
+    algo = ALGORITHMS[name]
+    source = [_param(0).detach().to(saved_dtype).requires_grad_()]
+    opt = algo.make(source, lr=0.01)
+    _run(opt, source, 2)
+    saved = opt.state_dict()
+    target = [_param(0).detach().to(dtype).requires_grad_()]
+    fresh = algo.make(target, lr=0.01)
+    fresh.load_state_dict(copy.deepcopy(saved))
+    # As torch.optim's load: every floating tensor of a state but its counter cast to its parameter's dtype.
+    for key, value in saved["state"][0].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and key != "step":
+            loaded = fresh.state[target[0]][key]
+            assert loaded.dtype == dtype and torch.equal(loaded, value.to(dtype)), key
+    _run(fresh, target, 1)
+    assert torch.isfinite(target[0]).all()
+
+
+@pytest.mark.parametrize("counter", [2**63 - 1, 2**63, 10**30, 1e30])
+def test_a_counter_past_int64_is_refused_by_name(counter):
+    p = _param()
+    opt = H.AdaBelief([p], lr=0.1)
+    _run(opt, [p], 1)
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["step"] = counter
+    with pytest.raises(ValueError, match="state 'step' of parameter 0 must be an integer from 0 to"):
+        opt.load_state_dict(saved)
+    # Set in place: the step refuses it before it writes anything.
+    opt.state[p]["step"] = 2**63 - 1
+    before = p.detach().clone()
+    p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="cannot pass"):
+        opt.step()
+    assert torch.equal(p, before)
