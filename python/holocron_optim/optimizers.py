@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch.optim import Adam, Optimizer
 
-from ._base import (ABSMAX_SUFFIX, Buffer, FusedStep, Option, betas, check_finite, check_state_dict_layout, finite, flag, flag_or_none, gather,
+from ._base import (ABSMAX_SUFFIX, Buffer, FusedStep, Option, betas, check_finite, check_number, check_state_dict_layout, finite, flag,
+                    flag_or_none, gather,
                     learning_rate, per_tensor_shape, positive_or_none, state_precision, step_count,
                     types_of)
 from . import _base, _distributed as distributed
@@ -32,6 +33,8 @@ def _scale_clip(when_none: tuple[float, float] | None) -> Any:
             return when_none
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise ValueError(f"{name}: scale_clip must be a (low, high) pair, got {value!r}")
+        for bound in value:  # numbers, not what float() would also take ("0.5")
+            check_number(name, "scale_clip", bound)
         return float(value[0]), float(value[1])
 
     return check

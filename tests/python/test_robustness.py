@@ -228,3 +228,10 @@ def test_a_counter_past_int64_is_refused_by_name(counter):
     with pytest.raises(RuntimeError, match="cannot pass"):
         opt.step()
     assert torch.equal(p, before)
+
+
+@pytest.mark.parametrize("name", ["LARS", "LAMB", "RaLars"])
+@pytest.mark.parametrize("bounds", [("0", "10"), ("a", "b"), (0.0, None)])
+def test_scale_clip_bounds_that_are_not_numbers_are_refused_by_name(name, bounds):
+    with pytest.raises(TypeError, match=f"{name}: scale_clip must be a real number"):
+        getattr(H, name)([_param()], scale_clip=bounds)
