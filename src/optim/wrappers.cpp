@@ -197,7 +197,47 @@ torch::Tensor Lookahead::step(LossClosure closure) {
   return step_after_base([&] { return base_->step(closure); });
 }
 
+void Lookahead::check_copies_fit() {
+  std::vector<Copy> copies;
+  size_t flat = 0;
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    const auto& params = param_groups_[gi].params();
+    for (size_t pi = 0; pi < params.size(); ++pi, ++flat) {
+      copies.clear();
+      copies_of(gi, pi, flat, copies);
+      const auto& p = params[pi];
+      for (const auto& copy : copies) {
+        const auto& t = *copy.tensor;
+        if (!t.defined() || (functional::detail::same_extents(t.sizes(), p.sizes()) && t.device() == p.device() &&
+                             t.scalar_type() == copy.dtype.value_or(p.scalar_type()))) {
+          continue;
+        }
+        if (fast_steps_ == 0) {
+          slow_.clear();
+          param_groups_.clear();
+          group_start_.clear();
+          has_complex_ = false;
+          clear_group_states();
+          mirror_new_base_groups();
+          return;
+        }
+        TORCH_CHECK(false, name_, ": parameter ", pi, " of group ", gi, " is now ", p.sizes(), " ", p.scalar_type(),
+                    " on ", p.device(), ", and its ", copy.what, " ", t.sizes(), " ", t.scalar_type(), " on ",
+                    t.device(), ": a parameter cannot change shape, dtype or device after the wrapper's first step ",
+                    "(convert or move the model before making its optimizers)");
+      }
+    }
+  }
+}
+
+void Lookahead::copies_of(size_t group_index, size_t index, size_t, std::vector<Copy>& out) const {
+  out.push_back({"slow weight", &slow_[group_index][index], base_state_dtype(group_index)});
+}
+
+void Lookahead::clear_group_states() {}
+
 torch::Tensor Lookahead::step_after_base(const std::function<torch::Tensor()>& base_step) {
+  check_copies_fit();
   auto loss = base_step();
   torch::NoGradGuard no_grad;
   const int64_t changes_before = fast_steps_ % options_.sync_period();
@@ -389,6 +429,15 @@ void Scout::add_group_state(size_t group_index) {
     stats_.max.push_back(torch::zeros(p.sizes(), options));
     stats_.min.push_back(torch::zeros(p.sizes(), options));
   }
+}
+
+void Scout::clear_group_states() { stats_ = {}; }
+
+void Scout::copies_of(size_t group_index, size_t index, size_t flat, std::vector<Copy>& out) const {
+  Lookahead::copies_of(group_index, index, flat, out);
+  // The previous weights are the parameters' own dtype, whatever the precision: a parameter
+  // converted in place is seen there; the other statistics have their shape.
+  out.push_back({"previous weight (Scout's statistics)", &stats_.prev[flat], std::nullopt});
 }
 
 void Scout::check_base() const {

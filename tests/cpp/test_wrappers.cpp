@@ -631,5 +631,45 @@ TEST(Lookahead, WrapperOfWrapperAddsGroupsToTheInnermostBase) {
   EXPECT_EQ(inner->fast_steps(), 7);
 }
 
+// A parameter converted or resized in place after the wrapper copied it: before the first step the
+// copies are taken anew; after it the step throws before the base moves (it used to step the base,
+// then fail in the sync or the statistics, or sync double weights through float copies).
+template <typename Wrapper>
+void changed_parameter(bool resize) {
+  auto p = torch::randn({4, 3}).requires_grad_();
+  auto q = torch::randn({5}).requires_grad_();
+  auto sgd = std::make_shared<torch::optim::SGD>(std::vector<torch::Tensor>{p, q}, torch::optim::SGDOptions(0.1));
+  Wrapper opt(sgd, ho::LookaheadOptions().sync_period(2));
+  const auto change = [&] {
+    torch::NoGradGuard no_grad;
+    p.set_data(resize ? torch::randn({5, 3}) : p.detach().to(torch::kDouble));
+    p.mutable_grad() = torch::ones_like(p);
+    q.mutable_grad() = torch::ones_like(q);
+  };
+  change();  // before the first step: new copies
+  opt.step();
+  opt.step();  // a sync
+  EXPECT_EQ(opt.slow_params()[0][0].sizes(), p.sizes());
+  EXPECT_EQ(opt.slow_params()[0][0].scalar_type(), p.scalar_type());
+  // After it: refused, with nothing changed.
+  {
+    torch::NoGradGuard no_grad;
+    p.set_data(resize ? torch::randn({6, 3}) : p.detach().to(torch::kFloat));
+  }
+  p.mutable_grad() = torch::ones_like(p);
+  const auto p_before = p.detach().clone();
+  const auto q_before = q.detach().clone();
+  const auto steps = opt.fast_steps();
+  expect_throw_naming([&] { opt.step(); }, "parameter 0 of group 0 is now", "a changed parameter");
+  EXPECT_TRUE(torch::equal(p, p_before));
+  EXPECT_TRUE(torch::equal(q, q_before));
+  EXPECT_EQ(opt.fast_steps(), steps);
+}
+
+TEST(Lookahead, ConvertedParameterIsCopiedAnewThenRefused) { changed_parameter<ho::Lookahead>(false); }
+TEST(Lookahead, ResizedParameterIsCopiedAnewThenRefused) { changed_parameter<ho::Lookahead>(true); }
+TEST(Scout, ConvertedParameterIsCopiedAnewThenRefused) { changed_parameter<ho::Scout>(false); }
+TEST(Scout, ResizedParameterIsCopiedAnewThenRefused) { changed_parameter<ho::Scout>(true); }
+
 }  // namespace
 }  // namespace holocron_test

@@ -151,6 +151,18 @@ class Lookahead : public torch::optim::Optimizer {
   virtual void after_sync();
   /// Hook called when group `group_index` is mirrored, to create its extra state.
   virtual void add_group_state(size_t group_index);
+  /// Hook dropping every group's extra state, before the copies are taken anew.
+  virtual void clear_group_states();
+  /// A copy of a parameter the wrapper holds, with the dtype it must have (none: the
+  /// parameter's): see check_copies_fit().
+  struct Copy {
+    const char* what;
+    const torch::Tensor* tensor;
+    std::optional<at::ScalarType> dtype;
+  };
+  /// Hook listing the copies of parameter `index` of group `group_index` (`flat`: its index
+  /// among all parameters): Lookahead's slow weight, and Scout's previous weight.
+  virtual void copies_of(size_t group_index, size_t index, size_t flat, std::vector<Copy>& out) const;
   /// Hook writing extra state into a checkpoint.
   virtual void save_extra(torch::serialize::OutputArchive& archive) const;
   /// Hook reading and checking extra state; returns what commits the read state (called once
@@ -182,6 +194,11 @@ class Lookahead : public torch::optim::Optimizer {
  private:
   // The base's step (given), then the wrapper's count, statistics and sync.
   torch::Tensor step_after_base(const std::function<torch::Tensor()>& base_step);
+  // Before the base moves anything: each copy (copies_of) still has its parameter's shape and
+  // device and its dtype. A parameter converted or moved in place since the copies were taken
+  // gets new copies before the first step; after it, the step throws (nothing changed), where the
+  // sync or the statistics would fail once the base had stepped, or round the weights.
+  void check_copies_fit();
   // slow_from_first_sync's sync of one group: its parameters that have a gradient.
   void sync_group(size_t group_index, double sync_rate);
 
@@ -229,6 +246,8 @@ class Scout : public Lookahead {
   double rate_for_sync(int64_t changes_in_period) override;
   void after_sync() override;
   void add_group_state(size_t group_index) override;
+  void clear_group_states() override;
+  void copies_of(size_t group_index, size_t index, size_t flat, std::vector<Copy>& out) const override;
   void save_extra(torch::serialize::OutputArchive& archive) const override;
   std::function<void()> load_extra(torch::serialize::InputArchive& archive) override;
   /// \endcond
