@@ -527,14 +527,17 @@ void OptimizerBase::convert_loaded(torch::optim::OptimizerParamState& state, con
       *absmax = std::move(encoded.absmax);
     }
   }
-  // Buffers come back on the CPU; they live beside their parameter, in the dtype its group keeps
-  // (a checkpoint's state of another precision is converted; any other dtype is refused by the
-  // checks after this).
+  // Buffers come back on the CPU; they live beside their parameter, in the dtype its group keeps:
+  // floats of any dtype are converted, as torch.optim's (Python) load casts them (a float64
+  // checkpoint loads into a float32 model), a compensation only from its weight's dtype, float32
+  // or bfloat16; any other dtype is refused by the checks after this.
   visit_fields(
       state,
       [&](const char* buffer, const torch::Tensor& t) {
-        const auto convertible = t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
-                                 t.scalar_type() == at::kBFloat16;
+        const auto convertible = std::strcmp(buffer, "kahan_comp") != 0
+                                     ? t.is_floating_point()
+                                     : t.scalar_type() == p.scalar_type() || t.scalar_type() == at::kFloat ||
+                                           t.scalar_type() == at::kBFloat16;
         const bool keeps = t.scalar_type() == at::kByte || scales_of(coded_moments(), buffer) != nullptr;
         // A freshly read state owns its tensors: move them in place.
         const_cast<torch::Tensor&>(t) = convertible && !keeps ? t.to(p.device(), buffer_dtype(buffer, precision, p))

@@ -5,8 +5,10 @@
 #include <torch/serialize.h>
 
 #include <cstdio>
+#include <map>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "test_util.h"
@@ -201,6 +203,50 @@ TYPED_TEST(Checkpoint, MismatchedCheckpointChangesNothing) {
   }
 }
 
+
+// A float64 model's checkpoint loads into a float32 one: floating state of another dtype is converted,
+// as torch.optim's (Python) load casts it.
+TYPED_TEST(Checkpoint, StateOfAnotherFloatingDtypeIsConverted) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  auto a = TinyModel::make(14);
+  Opt opt(a.params(), TypeParam::options(0.1));
+  for (int k = 0; k < 2; ++k) {
+    a.backward(k);
+    opt.step();
+  }
+  std::stringstream stream;
+  torch::save(opt, stream);
+  std::vector<torch::Tensor> narrow;
+  for (const auto& p : a.params()) narrow.push_back(p.detach().to(torch::kFloat).requires_grad_());
+  Opt loaded(narrow, TypeParam::options(0.1));
+  torch::load(loaded, stream);
+  int compared = 0;
+  for (size_t i = 0; i < narrow.size(); ++i) {
+    auto& saved = static_cast<State&>(*opt.state().at(a.params()[i].unsafeGetTensorImpl()));
+    auto& got = static_cast<State&>(*loaded.state().at(narrow[i].unsafeGetTensorImpl()));
+    std::map<std::string, torch::Tensor> expected;
+    auto collect = [&](const char* name, auto& value) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(value)>, torch::Tensor>) {
+        if (value.defined()) expected[name] = value;
+      }
+    };
+    State::fields(saved, collect);
+    auto check = [&](const char* name, auto& value) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(value)>, torch::Tensor>) {
+        if (!expected.count(name)) return;
+        EXPECT_EQ(value.scalar_type(), torch::kFloat) << name;
+        EXPECT_TRUE(torch::equal(value, expected[name].to(torch::kFloat))) << name;
+        ++compared;
+      }
+    };
+    State::fields(got, check);
+  }
+  EXPECT_GT(compared, 0);
+  for (const auto& p : narrow) p.mutable_grad() = torch::ones_like(p);
+  loaded.step();
+  for (const auto& p : narrow) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+}
 
 TEST(CheckpointCounters, NegativeStepIsRefusedOnLoad) {
   auto p = torch::randn({4}, torch::kDouble).requires_grad_();
