@@ -162,8 +162,8 @@ def _corrupt(sd, name, how):
     key = "momentum_buffer" if name == "LARS" else "exp_avg"
     if how == "shape":
         st[key] = torch.zeros(st[key].numel() + 1, dtype=st[key].dtype)
-    elif how == "dtype":  # float32 and bfloat16 state would be converted (state_precision)
-        st[key] = st[key].half()
+    elif how == "dtype":  # floating state of any dtype is converted, as torch.optim's load casts it
+        st[key] = st[key].to(torch.int32)
     elif how == "W_t":
         st["W_t"] = torch.ones(2, dtype=st["W_t"].dtype)
     elif how == "missing_param":
