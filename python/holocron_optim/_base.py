@@ -115,6 +115,10 @@ def step_count(value: Any) -> int:
     return int(value.item()) if isinstance(value, torch.Tensor) else int(value)
 
 
+# A group's entries that no check of its options reads (and as long as its parameters).
+_NOT_OPTIONS = frozenset({"params", "param_names"})
+
+
 class _Mutable(Exception):
     """A value that may change without being replaced (`_frozen`)."""
 
@@ -644,7 +648,7 @@ class FusedStep:
         state.update({key: getattr(self, key) for key in self._settings})
         return state
 
-    def _validate_options(self, group: dict[str, Any]) -> None:
+    def _validate_options(self, group: dict[str, Any], remember: bool = True) -> None:
         """A group's hyper-parameters, checked as every step checks them: the op's
         own checks run on empty lists (nothing to update), and what the op cannot
         see (betas unpacked in Python) is checked here first.
@@ -659,19 +663,19 @@ class FusedStep:
             return
         self._check_group_options(group)
         self._apply(group, [], [], [])
-        if key is not None:
+        if key is not None and remember:
             validated[id(group)] = (group, key)
 
     @staticmethod
     def _options_key(group: dict[str, Any]) -> tuple[Any, ...] | None:
         """What a check of this group's options reads, as values that cannot change in place:
-        every entry of the group but its parameters, each with its type (True and 1 are checked
+        every entry of the group but its parameters and their names, each with its type (True and 1 are checked
         differently); None where one can change in place (a tensor learning rate a scheduler
         writes into), so that the group is checked every step. The settings kept as attributes
         need not be part of it: they are every group's, and a step's first op checks them before
         anything is written."""
         try:
-            return tuple((name, _frozen(value)) for name, value in group.items() if name != "params")
+            return tuple((name, _frozen(value)) for name, value in group.items() if name not in _NOT_OPTIONS)
         except _Mutable:
             return None
 
@@ -1398,7 +1402,7 @@ class FusedStep:
                     "is it another optimizer's?"
                 )
             try:
-                self._validate_options(group)
+                self._validate_options(group, remember=False)  # a group that may never be installed
             except (ValueError, RuntimeError, TypeError) as error:
                 reason = str(error).removeprefix(f"{name}: ")
                 raise ValueError(f"{name}: group {index} of the loaded state dict: {reason}") from error

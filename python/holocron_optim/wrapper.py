@@ -284,11 +284,14 @@ class Lookahead(Optimizer):
             params = group["params"]
             for what, copies, dtype in self._copies_of(group, slow, slice(start, start + len(params))):
                 for i, (p, t) in enumerate(zip(params, copies)):
-                    if t.shape != p.shape or t.device != p.device or t.dtype != (dtype or p.dtype):
+                    expected = dtype or p.dtype
+                    if t.shape != p.shape or t.device != p.device or t.dtype != expected:
+                        why = "" if dtype is None else f", the group's state_precision {group.get('state_precision')!r}"
                         raise RuntimeError(
                             f"{type(self).__name__}: parameter {i} of group {index} is now {tuple(p.shape)} {p.dtype} "
-                            f"on {p.device}, and its {what} {tuple(t.shape)} {t.dtype} on {t.device}: a parameter "
-                            "cannot change shape, dtype or device after the wrapper's first step (convert or move "
+                            f"on {p.device}, and its {what} {tuple(t.shape)} {t.dtype} on {t.device} where "
+                            f"{expected}{why} is expected: neither a parameter's shape, dtype or device nor a "
+                            "group's state_precision can change after the wrapper's first step (convert or move "
                             "the model before making its optimizers)")
             start += len(params)
 

@@ -223,7 +223,9 @@ void Lookahead::check_copies_fit() {
         }
         TORCH_CHECK(false, name_, ": parameter ", pi, " of group ", gi, " is now ", p.sizes(), " ", p.scalar_type(),
                     " on ", p.device(), ", and its ", copy.what, " ", t.sizes(), " ", t.scalar_type(), " on ",
-                    t.device(), ": a parameter cannot change shape, dtype or device after the wrapper's first step ",
+                    t.device(), " where ", copy.dtype.value_or(p.scalar_type()),
+                    copy.dtype ? " (the group's state_precision)" : "", " is expected: neither a parameter's shape, ",
+                    "dtype or device nor a group's state_precision can change after the wrapper's first step ",
                     "(convert or move the model before making its optimizers)");
       }
     }

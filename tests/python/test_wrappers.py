@@ -941,3 +941,18 @@ def test_a_wrapper_load_refuses_top_level_options_the_base_would_refuse(wrapper,
     after = opt.state_dict()
     assert [{k: v for k, v in g.items()} for g in after["param_groups"]] == before["param_groups"]
     assert all(torch.equal(a, b) for a, b in zip(after["slow_params"], before["slow_params"]))
+
+
+@pytest.mark.parametrize("wrapper", ["Lookahead", "Scout"])
+def test_a_state_precision_changed_after_the_first_step_is_refused_by_name(wrapper):
+    params = [p.detach().to(torch.bfloat16).requires_grad_() for p in make_params()]
+    opt = getattr(ho, wrapper)(ho.AdaBelief(params, lr=0.01), sync_period=2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    opt.param_groups[0]["state_precision"] = "float32"
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match="state_precision"):
+        opt.step()
+        opt.step()  # Lookahead reads its copies on the sync
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
