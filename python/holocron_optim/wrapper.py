@@ -258,8 +258,12 @@ class Lookahead(Optimizer):
             for dtype, (params, copies) in buckets.items():
                 if getattr(self, "_has_complex", False):
                     params, copies = ([torch.view_as_real(t) if t.is_complex() else t for t in ts] for ts in (params, copies))
+                # Copies of the parameters' own dtype are checked as gradients are (their shape,
+                # dtype and device): one list fewer to hand over than as state of a given dtype.
                 distributed.call_on_locals(
                     lambda params, copies, dtype=dtype: ops.validate_group(
+                        optimizer=name, params=params, grads=copies, buffers=[], owners=[], steps=[])
+                    if dtype is None else ops.validate_group(
                         optimizer=name, params=params, grads=params, buffers=copies, owners=list(range(len(copies))),
                         steps=[], state_dtype=dtype),
                     params, copies)
@@ -271,9 +275,13 @@ class Lookahead(Optimizer):
             raise
 
     def _copies_read_by_next_step(self) -> bool:
-        """Whether the next step reads the copies (a sync), or is the first (when copies that no
-        longer fit are taken anew): Lookahead's other steps only count, and a parameter changed
-        meanwhile is refused by the sync's check, still before its base moves."""
+        """Whether the next step reads any copy: Lookahead's only at a sync."""
+        return self._syncs_next()
+
+    def _syncs_next(self) -> bool:
+        """Whether the next step syncs, or is the first (when copies that no longer fit are taken
+        anew). The slow weights are read only then: a parameter changed meanwhile is refused by the
+        sync's check, still before its base moves, and the other steps pay for no check of them."""
         steps = self.fast_steps
         return steps == 0 or (steps + 1) % int(self.defaults["sync_period"]) == 0
 
@@ -297,10 +305,10 @@ class Lookahead(Optimizer):
 
     def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor],
                    indices: slice) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
-        """The wrapper's copies of a group's parameters (`indices`: theirs among all parameters),
-        with the dtype each must have (None: its parameter's): (what, tensors, dtype). Slow weights
-        follow the base's state precision."""
-        return [("slow weight", slow, _precision_dtype(self.base_optimizer, group))]
+        """The wrapper's copies of a group's parameters that the next step reads (`indices`: theirs
+        among all parameters), with the dtype each must have (None: its parameter's): (what,
+        tensors, dtype). Slow weights follow the base's state precision."""
+        return [("slow weight", slow, _precision_dtype(self.base_optimizer, group))] if self._syncs_next() else []
 
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
         """The sync and Scout's statistics are defined for floating-point weights
@@ -784,8 +792,9 @@ class Scout(Lookahead):
 
     def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor],
                    indices: slice) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
-        # The previous weights are the parameters' own dtype, whatever the precision: a parameter
-        # converted in place is seen there; the other statistics have their shape.
+        # Every step reads the previous weights, of the parameters' own dtype whatever the
+        # precision: a parameter converted, moved or resized in place is seen there (the other
+        # statistics are made and loaded with their shape and device).
         return [*super()._copies_of(group, slow, indices),
                 ("previous weight (Scout's statistics)", self.scout_stats["prev"][indices], None)]
 
