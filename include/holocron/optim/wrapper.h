@@ -156,8 +156,11 @@ class Lookahead : public torch::optim::Optimizer {
   /// A copy of a parameter the wrapper holds, with the dtype it must have (none: the
   /// parameter's): see check_copies_fit().
   struct Copy {
+    /// What the copy is, for messages ("slow weight").
     const char* what;
+    /// The copy itself (undefined: not taken yet, as slow_from_first_sync's before a sync).
     const torch::Tensor* tensor;
+    /// The dtype it must have; none: its parameter's.
     std::optional<at::ScalarType> dtype;
   };
   /// Hook listing the copies of parameter `index` of group `group_index` (`flat`: its index
