@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -245,14 +245,10 @@ class Lookahead(Optimizer):
         # One C++ check per dtype the copies must have: a group's state precision, or (None) each
         # parameter's own.
         buckets: dict[torch.dtype | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-        start = 0
-        for group, slow in zip(self.param_groups, self.slow_params):
-            params = group["params"]
-            for _, copies, dtype in self._copies_of(group, slow, slice(start, start + len(params))):
-                held = buckets.setdefault(dtype, ([], []))
-                held[0].extend(params)
-                held[1].extend(copies)
-            start += len(params)
+        for _, _, params, _, copies, dtype in self._copies():
+            held = buckets.setdefault(dtype, ([], []))
+            held[0].extend(params)
+            held[1].extend(copies)
         name = type(self).__name__
         try:
             for dtype, (params, copies) in buckets.items():
@@ -274,10 +270,6 @@ class Lookahead(Optimizer):
             self._refuse_misfit()
             raise
 
-    def _copies_read_by_next_step(self) -> bool:
-        """Whether the next step reads any copy: Lookahead's only at a sync."""
-        return self._syncs_next()
-
     def _syncs_next(self) -> bool:
         """Whether the next step syncs, or is the first (when copies that no longer fit are taken
         anew). The slow weights are read only then: a parameter changed meanwhile is refused by the
@@ -287,28 +279,36 @@ class Lookahead(Optimizer):
 
     def _refuse_misfit(self) -> None:
         """Raises for the first copy that does not fit its parameter (the check above failed)."""
+        for index, group, params, what, copies, dtype in self._copies():
+            for i, (p, t) in enumerate(zip(params, copies)):
+                expected = dtype or p.dtype
+                if t.shape != p.shape or t.device != p.device or t.dtype != expected:
+                    why = "" if dtype is None else f", the group's state_precision {group.get('state_precision')!r}"
+                    raise RuntimeError(
+                        f"{type(self).__name__}: parameter {i} of group {index} is now {tuple(p.shape)} {p.dtype} "
+                        f"on {p.device}, and its {what} {tuple(t.shape)} {t.dtype} on {t.device} where "
+                        f"{expected}{why} is expected: neither a parameter's shape, dtype or device nor a "
+                        "group's state_precision can change after the wrapper's first step (convert or move "
+                        "the model before making its optimizers)")
+
+    def _copies(self) -> Iterator[tuple[int, dict[str, Any], list[torch.Tensor], str, list[torch.Tensor],
+                                        torch.dtype | None]]:
+        """Every copy the next step reads, group by group: (group index, group, parameters, what,
+        copies, the dtype they must have or None for each parameter's)."""
+        syncing = self._syncs_next()
         start = 0
         for index, (group, slow) in enumerate(zip(self.param_groups, self.slow_params)):
             params = group["params"]
-            for what, copies, dtype in self._copies_of(group, slow, slice(start, start + len(params))):
-                for i, (p, t) in enumerate(zip(params, copies)):
-                    expected = dtype or p.dtype
-                    if t.shape != p.shape or t.device != p.device or t.dtype != expected:
-                        why = "" if dtype is None else f", the group's state_precision {group.get('state_precision')!r}"
-                        raise RuntimeError(
-                            f"{type(self).__name__}: parameter {i} of group {index} is now {tuple(p.shape)} {p.dtype} "
-                            f"on {p.device}, and its {what} {tuple(t.shape)} {t.dtype} on {t.device} where "
-                            f"{expected}{why} is expected: neither a parameter's shape, dtype or device nor a "
-                            "group's state_precision can change after the wrapper's first step (convert or move "
-                            "the model before making its optimizers)")
+            for what, copies, dtype in self._copies_of(group, slow, slice(start, start + len(params)), syncing):
+                yield index, group, params, what, copies, dtype
             start += len(params)
 
-    def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor],
-                   indices: slice) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
+    def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor], indices: slice,
+                   syncing: bool) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
         """The wrapper's copies of a group's parameters that the next step reads (`indices`: theirs
-        among all parameters), with the dtype each must have (None: its parameter's): (what,
-        tensors, dtype). Slow weights follow the base's state precision."""
-        return [("slow weight", slow, _precision_dtype(self.base_optimizer, group))] if self._syncs_next() else []
+        among all parameters; `syncing`: `_syncs_next()`), with the dtype each must have (None:
+        its parameter's): (what, tensors, dtype). Slow weights follow the base's state precision."""
+        return [("slow weight", slow, _precision_dtype(self.base_optimizer, group))] if syncing else []
 
     def _check_wrappable(self, params: list[Any], group_index: int) -> None:
         """The sync and Scout's statistics are defined for floating-point weights
@@ -421,7 +421,7 @@ class Lookahead(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self._check_base()
         self._mirror_new_groups()
-        if not torch.compiler.is_compiling() and self._copies_read_by_next_step():
+        if not torch.compiler.is_compiling():
             self._check_copies_fit()
         found_inf = getattr(self, "found_inf", None)
         compiling = torch.compiler.is_compiling()
@@ -787,15 +787,12 @@ class Scout(Lookahead):
             for key in _SCOUT_STATS[1:]:
                 self.scout_stats[key].append(torch.zeros_like(p, dtype=dtype))
 
-    def _copies_read_by_next_step(self) -> bool:
-        return True  # every step accumulates the statistics
-
-    def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor],
-                   indices: slice) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
+    def _copies_of(self, group: dict[str, Any], slow: list[torch.Tensor], indices: slice,
+                   syncing: bool) -> list[tuple[str, list[torch.Tensor], torch.dtype | None]]:
         # Every step reads the previous weights, of the parameters' own dtype whatever the
         # precision: a parameter converted, moved or resized in place is seen there (the other
         # statistics are made and loaded with their shape and device).
-        return [*super()._copies_of(group, slow, indices),
+        return [*super()._copies_of(group, slow, indices, syncing),
                 ("previous weight (Scout's statistics)", self.scout_stats["prev"][indices], None)]
 
     _OWN_KEYS = ("slow_param", *(f"scout_{key}" for key in _SCOUT_STATS))
