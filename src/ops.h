@@ -9,6 +9,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <type_traits>
@@ -127,6 +128,18 @@ class Arguments {
     });
   }
 
+  // The functional layer's hyper-parameters `Hyper` of `optimizer` (an XHyper), each field from
+  // the schema's argument of its name, so that an op's kernel restates none of them (and cannot
+  // forget one: a field the schema lacks fails the first call, and test_ops_schema.cpp checks
+  // every schema's types and defaults against its struct). `lr` is read through lr().
+  template <typename Hyper>
+  Hyper hyper(const char* optimizer) const {
+    Hyper hyper{};
+    HyperReader reader{*this, optimizer};
+    detail::visit_fields<Hyper>(hyper, reader);
+    return hyper;
+  }
+
   // The loss scaling and the whole-tensor sums' sharding every update op may take.
   F::GradScaling scaling() const {
     auto scaling = schema_.argumentIndexWithName("grad_norm")
@@ -165,6 +178,28 @@ class Arguments {
   }
 
  private:
+  // How each type of hyper-parameter is taken from the schema (hyper()).
+  struct HyperReader {
+    const Arguments& a;
+    const char* optimizer;
+    void operator()(const char* name, double& value) const {
+      value = std::strcmp(name, "lr") == 0 ? a.lr() : a.real(name);
+    }
+    void operator()(const char* name, bool& value) const { value = a.flag(name); }
+    void operator()(const char* name, std::optional<double>& value) const { value = a.optional_real(name); }
+    // Bounds always given (LAMB's and RaLars' scale_clip): the schema's clip_low and clip_high.
+    void operator()(const char*, F::ScaleClip& value) const {
+      value = clip_of(a.real("clip_low"), a.real("clip_high"));
+    }
+    // Optional bounds (LARS' scale_clip): a list of none or two.
+    void operator()(const char* name, std::optional<F::ScaleClip>& value) const {
+      const auto bounds = a.reals(name);
+      TORCH_CHECK_VALUE(bounds.empty() || bounds.size() == 2, optimizer, ": ", name,
+                        " must hold two values (low, high), got ", bounds.size());
+      value = bounds.empty() ? std::nullopt : std::optional<F::ScaleClip>(clip_of(bounds[0], bounds[1]));
+    }
+  };
+
   template <typename Read>
   auto optional(const char* name, Read read) const
       -> std::optional<std::decay_t<std::invoke_result_t<Read, const Arguments&, const char*>>> {

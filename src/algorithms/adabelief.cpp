@@ -155,17 +155,7 @@ using namespace detail;
 AdaBeliefOptions::AdaBeliefOptions(double lr) : lr_(lr) {}
 
 functional::AdaBeliefHyper AdaBeliefOptions::hyper() const {
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .eps = eps(),
-          .weight_decay = weight_decay(),
-          .amsgrad = amsgrad(),
-          .decoupled_weight_decay = decoupled_weight_decay(),
-          .rectify = rectify(),
-          .degenerated_to_sgd = degenerated_to_sgd(),
-          .fixed_decay = fixed_decay(),
-          .eps_in_variance = eps_in_variance()};
+  return hyper_of<functional::AdaBeliefHyper>(*this);
 }
 
 AdaBelief::AdaBelief(const std::vector<OptimizerParamGroup>& param_groups,
@@ -206,11 +196,7 @@ c10::IValue adabelief(const Arguments& a) {
                               params.size());
   F::adabelief_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
                 a.tensors("max_exp_avg_sqs"), counters.steps(),
-                {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-                 .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-                 .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
-                 .rectify = a.flag("rectify"), .degenerated_to_sgd = a.flag("degenerated_to_sgd"),
-                 .fixed_decay = a.flag("fixed_decay"), .eps_in_variance = a.flag("eps_in_variance")},
+                a.hyper<F::AdaBeliefHyper>("AdaBelief"),
                 a.scaling());
   counters.store(a.found_inf());
   return {};

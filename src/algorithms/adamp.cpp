@@ -460,18 +460,7 @@ using namespace detail;
 AdamPOptions::AdamPOptions(double lr) : lr_(lr) {}
 
 functional::AdamPHyper AdamPOptions::hyper() const {
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .eps = eps(),
-          .weight_decay = weight_decay(),
-          .amsgrad = amsgrad(),
-          .delta = delta(),
-          .decoupled_weight_decay = decoupled_weight_decay(),
-          .nesterov = nesterov(),
-          .wd_ratio = wd_ratio(),
-          .channel_projection = channel_projection(),
-          .caution = caution()};
+  return hyper_of<functional::AdamPHyper>(*this);
 }
 
 AdamP::AdamP(const std::vector<OptimizerParamGroup>& param_groups, AdamPOptions defaults)
@@ -510,12 +499,7 @@ c10::IValue adamp(const Arguments& a) {
                               params.size());
   F::adamp_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
             a.tensors("max_exp_avg_sqs"), counters.steps(),
-            {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-             .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-             .amsgrad = a.flag("amsgrad"), .delta = a.real("delta"),
-             .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .nesterov = a.flag("nesterov"),
-             .wd_ratio = a.real("wd_ratio"), .channel_projection = a.flag("channel_projection"),
-             .caution = a.flag("caution")},
+            a.hyper<F::AdamPHyper>("AdamP"),
             a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};

@@ -153,16 +153,7 @@ using namespace detail;
 AdanOptions::AdanOptions(double lr) : lr_(lr) {}
 
 functional::AdanHyper AdanOptions::hyper() const {
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .beta3 = std::get<2>(betas()),
-          .eps = eps(),
-          .weight_decay = weight_decay(),
-          .amsgrad = amsgrad(),
-          .decoupled_weight_decay = decoupled_weight_decay(),
-          .no_prox = no_prox(),
-          .caution = caution()};
+  return hyper_of<functional::AdanHyper>(*this);
 }
 
 Adan::Adan(const std::vector<OptimizerParamGroup>& param_groups, AdanOptions defaults)
@@ -207,10 +198,7 @@ c10::IValue adan(const Arguments& a) {
   F::adan_(params, a.tensors("grads"), a.tensors("prev_grads"), a.tensors("exp_avgs"),
            a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
            counters.steps(),
-           {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-            .beta3 = a.real("beta3"), .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-            .amsgrad = a.flag("amsgrad"), .decoupled_weight_decay = a.flag("decoupled_weight_decay"),
-            .no_prox = a.flag("no_prox"), .caution = a.flag("caution")},
+           a.hyper<F::AdanHyper>("Adan"),
            a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};

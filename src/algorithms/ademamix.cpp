@@ -164,17 +164,7 @@ using namespace detail;
 AdEMAMixOptions::AdEMAMixOptions(double lr) : lr_(lr) {}
 
 functional::AdEMAMixHyper AdEMAMixOptions::hyper() const {
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .beta3 = std::get<2>(betas()),
-          .alpha = alpha(),
-          .eps = eps(),
-          .weight_decay = weight_decay(),
-          .t_alpha = t_alpha(),
-          .t_beta3 = t_beta3(),
-          .decoupled_weight_decay = decoupled_weight_decay(),
-          .caution = caution()};
+  return hyper_of<functional::AdEMAMixHyper>(*this);
 }
 
 AdEMAMix::AdEMAMix(const std::vector<OptimizerParamGroup>& param_groups, AdEMAMixOptions defaults)
@@ -212,11 +202,7 @@ c10::IValue ademamix(const Arguments& a) {
                               params.size());
   F::ademamix_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
                a.tensors("exp_avg_sqs"), counters.steps(),
-               {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-                .beta3 = a.real("beta3"), .alpha = a.real("alpha"), .eps = a.real("eps"),
-                .weight_decay = a.real("weight_decay"), .t_alpha = a.optional_real("t_alpha"),
-                .t_beta3 = a.optional_real("t_beta3"),
-                .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .caution = a.flag("caution")},
+               a.hyper<F::AdEMAMixHyper>("AdEMAMix"),
                a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
   return {};

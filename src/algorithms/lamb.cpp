@@ -208,19 +208,11 @@ functional::LambHyper LAMBOptions::hyper() const {
     // The op decays by lr * weight_decay: timm's lr^2 / max_lr * weight_decay.
     decay *= lr() / *max_lr();
   }
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .eps = eps(),
-          .weight_decay = decay,
-          .scale_clip = clip_or_default(scale_clip()),
-          .bias_correction = bias_correction(),
-          .grad_averaging = grad_averaging(),
-          .trust_clip = trust_clip(),
-          // The ratio's gate reads the option's decay (timm's), not the corrected one (0 where lr is).
-          .always_adapt = always_adapt() || (corrected && weight_decay() != 0),
-          .decoupled_weight_decay = decoupled_weight_decay(),
-          .caution = caution()};
+  auto hyper = hyper_of<functional::LambHyper>(*this);
+  hyper.weight_decay = decay;
+  // The ratio's gate reads the option's decay (timm's), not the corrected one (0 where lr is).
+  hyper.always_adapt = always_adapt() || (corrected && weight_decay() != 0);
+  return hyper;
 }
 
 namespace {
@@ -294,14 +286,7 @@ c10::IValue lamb(const Arguments& a) {
   check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(
       params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
-      {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
-       .weight_decay = a.real("weight_decay"),
-       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
-       .bias_correction = a.flag("bias_correction"),
-       .grad_averaging = a.flag("grad_averaging"),
-       .trust_clip = a.flag("trust_clip"),
-       .always_adapt = a.flag("always_adapt"),
-       .decoupled_weight_decay = a.flag("decoupled_weight_decay"), .caution = a.flag("caution")},
+      a.hyper<F::LambHyper>("LAMB"),
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
   counters.store(a.found_inf());

@@ -170,20 +170,7 @@ using namespace detail;
 LARSOptions::LARSOptions(double lr) : lr_(lr) {}
 
 functional::LarsHyper LARSOptions::hyper() const {
-  std::optional<functional::ScaleClip> clip;
-  if (scale_clip()) clip = to_clip(*scale_clip());
-  return {.lr = lr(),
-          .momentum = momentum(),
-          .dampening = dampening(),
-          .weight_decay = weight_decay(),
-          .nesterov = nesterov(),
-          .scale_clip = clip,
-          .trust_coeff = trust_coeff(),
-          .eps = eps(),
-          .trust_clip = trust_clip(),
-          .always_adapt = always_adapt(),
-          .trust_on_gradient = trust_on_gradient(),
-          .decoupled_weight_decay = decoupled_weight_decay()};
+  return hyper_of<functional::LarsHyper>(*this);
 }
 
 LARS::LARS(const std::vector<OptimizerParamGroup>& param_groups, LARSOptions defaults)
@@ -234,29 +221,13 @@ namespace {
 
 c10::IValue lars(const Arguments& a) {
   const auto params = a.tensors("params");
-  const auto scale_clip = a.reals("scale_clip");
-  TORCH_CHECK_VALUE(scale_clip.empty() || scale_clip.size() == 2,
-                    "LARS: scale_clip must hold two values (low, high), got ", scale_clip.size());
-  std::optional<F::ScaleClip> clip;
-  if (!scale_clip.empty()) clip = clip_of(scale_clip[0], scale_clip[1]);
   const auto is_new = a.flags("buffer_is_new");
   std::unique_ptr<bool[]> flags(new bool[is_new.size()]());
   std::copy(is_new.begin(), is_new.end(), flags.get());
   return ratios_out(
       F::lars_(params, a.tensors("grads"), a.tensors("momentum_buffers"),
                c10::ArrayRef<bool>(flags.get(), is_new.size()),
-               {.lr = a.lr(),
-                .momentum = a.real("momentum"),
-                .dampening = a.real("dampening"),
-                .weight_decay = a.real("weight_decay"),
-                .nesterov = a.flag("nesterov"),
-                .scale_clip = clip,
-                .trust_coeff = a.real("trust_coeff"),
-                .eps = a.real("eps"),
-                .trust_clip = a.flag("trust_clip"),
-                .always_adapt = a.flag("always_adapt"),
-                .trust_on_gradient = a.flag("trust_on_gradient"),
-                .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
+               a.hyper<F::LarsHyper>("LARS"),
                a.scaling(), a.sharding(params)),
       params);
 }

@@ -117,15 +117,9 @@ using namespace detail;
 RaLarsOptions::RaLarsOptions(double lr) : lr_(lr) {}
 
 functional::RaLarsHyper RaLarsOptions::hyper() const {
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .eps = eps(),
-          .weight_decay = weight_decay(),
-          .force_adaptive_momentum = force_adaptive_momentum(),
-          .scale_clip = clip_or_default(scale_clip()),
-          .sma_inf = std::nullopt,
-          .decoupled_weight_decay = decoupled_weight_decay()};
+  // No option holds sma_inf: none, the math then takes 2 / (1 - beta2) - 1 (only the operator is
+  // handed one, by a group that fixed it as the reference does).
+  return hyper_of<functional::RaLarsHyper>(*this, {"sma_inf"});
 }
 
 RaLars::RaLars(const std::vector<OptimizerParamGroup>& param_groups, RaLarsOptions defaults)
@@ -165,12 +159,7 @@ c10::IValue ralars(const Arguments& a) {
   check_ratio_targets("RaLars", local_lrs, params.size());
   const auto ratios = F::ralars_(
       params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
-      {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"), .eps = a.real("eps"),
-       .weight_decay = a.real("weight_decay"),
-       .force_adaptive_momentum = a.flag("force_adaptive_momentum"),
-       .scale_clip = clip_of(a.real("clip_low"), a.real("clip_high")),
-       .sma_inf = a.optional_real("sma_inf"),
-       .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
+      a.hyper<F::RaLarsHyper>("RaLars"),
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
   counters.store(a.found_inf());

@@ -152,14 +152,7 @@ using namespace detail;
 TAdamOptions::TAdamOptions(double lr) : lr_(lr) {}
 
 functional::TAdamHyper TAdamOptions::hyper() const {
-  return {.lr = lr(),
-          .beta1 = std::get<0>(betas()),
-          .beta2 = std::get<1>(betas()),
-          .eps = eps(),
-          .weight_decay = weight_decay(),
-          .amsgrad = amsgrad(),
-          .dof = dof(),
-          .decoupled_weight_decay = decoupled_weight_decay()};
+  return hyper_of<functional::TAdamHyper>(*this);
 }
 
 TAdam::TAdam(const std::vector<OptimizerParamGroup>& param_groups, TAdamOptions defaults)
@@ -220,10 +213,7 @@ c10::IValue tadam(const Arguments& a) {
                               params.size());
   F::tadam_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
             a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
-            {.lr = a.lr(), .beta1 = a.real("beta1"), .beta2 = a.real("beta2"),
-             .eps = a.real("eps"), .weight_decay = a.real("weight_decay"),
-             .amsgrad = a.flag("amsgrad"), .dof = a.optional_real("dof"),
-             .decoupled_weight_decay = a.flag("decoupled_weight_decay")},
+            a.hyper<F::TAdamHyper>("TAdam"),
             a.scaling(), a.sharding(params));
   for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
   counters.store(a.found_inf());

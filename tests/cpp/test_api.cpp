@@ -6,7 +6,13 @@
 #include <torch/optim/schedulers/step_lr.h>
 #include <torch/serialize.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstring>
+#include <set>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -219,6 +225,114 @@ TEST(Options, WrapperValidation) {
 template <typename T>
 class EveryAlgorithm : public ::testing::Test {};
 TYPED_TEST_SUITE(EveryAlgorithm, AllAlgorithms, TraitsName);
+
+// The operator's schema and the functional hyper-parameters are one list: the op's kernel reads each
+// field by its name (Arguments::hyper), so each must be an argument of the field's type, with the
+// default the options and the struct give it where the schema has one; and each scalar argument
+// of the schema that is not one every update op shares must be a field (none read by nothing).
+struct SchemaCheck {
+  const c10::FunctionSchema& schema;
+  std::set<std::string>& read;
+  const c10::Argument& argument(const std::string& name) const {
+    const auto index = schema.argumentIndexWithName(name);
+    if (!index) throw std::runtime_error(schema.name() + " has no argument " + name);
+    read.insert(name);
+    return schema.arguments()[*index];
+  }
+  void expect(const std::string& name, const c10::TypePtr& type) const {
+    const auto& arg = argument(name);
+    EXPECT_EQ(*arg.type(), *type) << schema.name() << ": " << name;
+  }
+  template <typename T>
+  void expect_default(const std::string& name, const T& options_value, const T& struct_value) const {
+    const auto& arg = argument(name);
+    if (!arg.default_value()) return;
+    c10::IValue expected;
+    if constexpr (std::is_same_v<T, std::optional<double>>) {
+      if (options_value) expected = *options_value;
+    } else {
+      expected = options_value;
+    }
+    EXPECT_EQ(*arg.default_value(), expected) << schema.name() << ": the default of " << name;
+    EXPECT_TRUE(options_value == struct_value) << schema.name() << ": " << name
+                                               << " defaults differently in the options and the struct";
+  }
+};
+
+template <typename Hyper>
+struct HyperAgainstSchema {
+  const SchemaCheck& check;
+  const Hyper& from_options;
+  const Hyper& from_struct;
+  // The struct's value of the field `name` (by visiting it again).
+  template <typename T>
+  T struct_value(const char* name) const {
+    T found{};
+    auto pick = [&](const char* field, const auto& value) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(value)>, T>) {
+        if (std::strcmp(field, name) == 0) found = value;
+      }
+    };
+    ho::detail::visit_fields<Hyper>(from_struct, pick);
+    return found;
+  }
+  template <typename T>
+  T options_value(const char* name) const {
+    T found{};
+    auto pick = [&](const char* field, const auto& value) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(value)>, T>) {
+        if (std::strcmp(field, name) == 0) found = value;
+      }
+    };
+    ho::detail::visit_fields<Hyper>(from_options, pick);
+    return found;
+  }
+  template <typename T>
+  void operator()(const char* name, const T&) const {
+    if constexpr (std::is_same_v<T, double>) {
+      check.expect(name, c10::FloatType::get());
+      if (std::strcmp(name, "lr") != 0) check.expect_default<double>(name, options_value<double>(name), struct_value<double>(name));
+    } else if constexpr (std::is_same_v<T, bool>) {
+      check.expect(name, c10::BoolType::get());
+      check.expect_default<bool>(name, options_value<bool>(name), struct_value<bool>(name));
+    } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+      check.expect(name, c10::OptionalType::create(c10::FloatType::get()));
+      check.expect_default<std::optional<double>>(name, options_value<T>(name), struct_value<T>(name));
+    } else if constexpr (std::is_same_v<T, ho::functional::ScaleClip>) {
+      check.expect("clip_low", c10::FloatType::get());
+      check.expect("clip_high", c10::FloatType::get());
+    } else if constexpr (std::is_same_v<T, std::optional<ho::functional::ScaleClip>>) {
+      check.expect(name, c10::ListType::create(c10::FloatType::get()));
+    } else {
+      static_assert(!sizeof(T), "a hyper-parameter type that Arguments::hyper does not read");
+    }
+  }
+};
+
+TYPED_TEST(EveryAlgorithm, HyperParametersAreTheOperatorsArguments) {
+  using Options = typename TypeParam::Options;
+  using Hyper = decltype(Options().hyper());
+  std::string op = std::string("holocron::") + TypeParam::name + "_";
+  std::transform(op.begin(), op.end(), op.begin(), [](unsigned char c) { return std::tolower(c); });
+  const auto& schema = c10::Dispatcher::singleton().findSchemaOrThrow(op.c_str(), "").schema();
+  std::set<std::string> read;
+  const SchemaCheck check{schema, read};
+  const Hyper from_options = Options().hyper();
+  const Hyper from_struct{};
+  HyperAgainstSchema<Hyper> visit{check, from_options, from_struct};
+  ho::detail::visit_fields<Hyper>(from_struct, visit);
+  // What every update op takes besides its hyper-parameters (GradScaling's, the clipping's).
+  const std::set<std::string> shared = {"maximize", "max_grad_norm"};
+  for (const auto& arg : schema.arguments()) {
+    const auto& type = *arg.type();
+    const bool scalar = type == *c10::FloatType::get() || type == *c10::BoolType::get() ||
+                        type == *c10::OptionalType::create(c10::FloatType::get()) ||
+                        type == *c10::ListType::create(c10::FloatType::get());
+    if (scalar && !shared.count(arg.name())) {
+      EXPECT_TRUE(read.count(arg.name())) << op << ": argument " << arg.name() << " is no hyper-parameter";
+    }
+  }
+}
 
 // Two groups with their own lr behave as two single-group optimizers.
 TYPED_TEST(EveryAlgorithm, GroupsKeepTheirOptions) {

@@ -6,6 +6,8 @@
 #include <ATen/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include "holocron/optim/detail/fields.h"
+
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -123,32 +125,33 @@ struct Sharding {
 
 /// Hyper-parameters of lars_(); fields as in LARSOptions.
 struct LarsHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Momentum factor (>= 0); 0: no momentum buffer.
-  double momentum;
+  HOLOCRON_HYPER(double, momentum);
   /// Dampening of the momentum (finite; 0 with `nesterov`).
-  double dampening;
+  HOLOCRON_HYPER(double, dampening);
   /// L2 penalty added to the gradient as `weight_decay * p` (>= 0). It also enters the trust ratio.
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Nesterov momentum (needs `momentum > 0` and `dampening == 0`).
-  bool nesterov;
+  HOLOCRON_HYPER(bool, nesterov);
   /// Bounds of `||p||` in the trust ratio; none: unclamped (unlike pylocron: an explicit clip bounds it).
-  std::optional<ScaleClip> scale_clip;
+  HOLOCRON_HYPER(std::optional<ScaleClip>, scale_clip);
   /// Multiplies the trust ratio (timm's and apex's `trust_coeff`, >= 0).
-  double trust_coeff = 1.0;
+  HOLOCRON_HYPER(double, trust_coeff) = 1.0;
   /// Added to the trust ratio's denominator (>= 0).
-  double eps = 0.0;
+  HOLOCRON_HYPER(double, eps) = 0.0;
   /// LARC: the ratio becomes `min(ratio / lr, 1)`.
-  bool trust_clip = false;
+  HOLOCRON_HYPER(bool, trust_clip) = false;
   /// A trust ratio also where `weight_decay` is 0; false: ratio 1 there (timm, apex).
-  bool always_adapt = true;
+  HOLOCRON_HYPER(bool, always_adapt) = true;
   /// The ratio scales the direction before the momentum (timm's Lars, apex's LARC), and is 1 where
   /// the gradient's norm is 0; false: it scales the step after the momentum, as the reference.
-  bool trust_on_gradient = false;
+  HOLOCRON_HYPER(bool, trust_on_gradient) = false;
   /// `p *= 1 - lr * weight_decay` before the step instead of `weight_decay * p` in the direction:
   /// the ratio's denominator then has no `weight_decay * ||p||`, and its `||p||` is the decayed one.
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
 };
 
 /// One LARS step (see LARS). Gradients are not modified (unlike pylocron).
@@ -171,32 +174,33 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
 
 /// Hyper-parameters of lamb_(); fields as in LAMBOptions.
 struct LambHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the squared gradient, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// Added as `weight_decay * p` (>= 0; pylocron accepts a negative one).
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Bounds of `||p||` in the trust ratio (LAMBOptions' none is (0, 10)).
-  ScaleClip scale_clip;
+  HOLOCRON_HYPER(ScaleClip, scale_clip);
   /// Divides the moments by their bias corrections `1 - beta^t` (timm, apex).
-  bool bias_correction = false;
+  HOLOCRON_HYPER(bool, bias_correction) = false;
   /// The gradient enters the first moment weighted `1 - beta1`; false: weighted 1 (timm, apex).
-  bool grad_averaging = true;
+  HOLOCRON_HYPER(bool, grad_averaging) = true;
   /// Caps the trust ratio at 1 (LAMBC).
-  bool trust_clip = false;
+  HOLOCRON_HYPER(bool, trust_clip) = false;
   /// A trust ratio where `weight_decay` is 0 too; false: ratio 1 there (timm, apex).
-  bool always_adapt = true;
+  HOLOCRON_HYPER(bool, always_adapt) = true;
   /// `p *= 1 - lr * weight_decay` before the step, outside the direction and the trust ratio's
   /// `||u||`; `||p||` is the decayed parameter's (timm's `decoupled_decay`).
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
   /// Cautious Optimizers (timm's `caution`): the Adam step before the weight decay only where it
   /// agrees in sign with `g`, times `1 / max(mean(kept), 1e-3)`; the trust ratio is of the result.
-  bool caution = false;
+  HOLOCRON_HYPER(bool, caution) = false;
 };
 
 /// One LAMB step (see LAMB).
@@ -224,26 +228,27 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
 
 /// Hyper-parameters of ralars_(); fields as in RaLarsOptions.
 struct RaLarsHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the squared gradient, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// Added as `weight_decay * p` (>= 0; pylocron accepts a negative one).
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Unrectified Adam step while `sma_t <= 4`, instead of the momentum.
-  bool force_adaptive_momentum;
+  HOLOCRON_HYPER(bool, force_adaptive_momentum);
   /// Bounds of `||p||` in the trust ratio (RaLarsOptions' none is (0, 10)).
-  ScaleClip scale_clip;
+  HOLOCRON_HYPER(ScaleClip, scale_clip);
   /// Maximum length of the approximated SMA (finite when given); none: `2 / (1 - beta2) - 1`.
   /// The reference fixes it in the group on its first step.
-  std::optional<double> sma_inf = std::nullopt;
+  HOLOCRON_HYPER(std::optional<double>, sma_inf) = std::nullopt;
   /// `p *= 1 - lr * weight_decay` before the step, outside the direction and the trust ratio's
   /// `||u||`; `||p||` is the decayed parameter's (as LAMB's).
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
 };
 
 /// One RaLars step (see RaLars).
@@ -266,23 +271,24 @@ std::vector<double> ralars_(TensorList params, TensorList grads, TensorList exp_
 
 /// Hyper-parameters of tadam_(); fields as in TAdamOptions.
 struct TAdamHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the squared gradient, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// L2 penalty added to the gradient as `weight_decay * p` (>= 0).
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Divide by the running maximum of the second moment.
-  bool amsgrad;
+  HOLOCRON_HYPER(bool, amsgrad);
   /// Degrees of freedom of the Student-t estimate (>= 0); none: each parameter's number of
   /// elements.
-  std::optional<double> dof;  // none: the parameter's number of elements; > 0 (unlike pylocron)
+  HOLOCRON_HYPER(std::optional<double>, dof);  // none: the parameter's number of elements; > 0 (unlike pylocron)
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
 };
 
 /// One TAdam step (see TAdam). 0-d parameters work (unlike pylocron).
@@ -308,28 +314,29 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
 
 /// Hyper-parameters of adabelief_(); fields as in AdaBeliefOptions.
 struct AdaBeliefHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the squared deviation, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// L2 penalty added to the gradient as `weight_decay * p` (>= 0).
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Divide by the running maximum of the second moment.
-  bool amsgrad;
+  HOLOCRON_HYPER(bool, amsgrad);
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
   /// RAdam's rectification of the step (timm's).
-  bool rectify = false;
+  HOLOCRON_HYPER(bool, rectify) = false;
   /// With `rectify`, a momentum step where the rectification is undefined; false: no step.
-  bool degenerated_to_sgd = true;
+  HOLOCRON_HYPER(bool, degenerated_to_sgd) = true;
   /// Decoupled decay `p *= 1 - weight_decay` (needs `decoupled_weight_decay`).
-  bool fixed_decay = false;
+  HOLOCRON_HYPER(bool, fixed_decay) = false;
   /// Add `eps` into the stored second moment after each update.
-  bool eps_in_variance = false;
+  HOLOCRON_HYPER(bool, eps_in_variance) = false;
 };
 
 /// One AdaBelief step (see AdaBelief).
@@ -352,32 +359,33 @@ void adabelief_(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 
 /// Hyper-parameters of adamp_(); fields as in AdamPOptions.
 struct AdamPHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the squared gradient, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// L2 penalty added to the gradient as `weight_decay * p` (>= 0).
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Divide by the running maximum of the second moment.
-  bool amsgrad;
+  HOLOCRON_HYPER(bool, amsgrad);
   /// Projection threshold: applies when `cos(p, g) < delta / sqrt(numel(p))` (finite).
-  double delta;
+  HOLOCRON_HYPER(double, delta);
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
   /// Nesterov's direction: `beta1 * m + (1 - beta1) * g` in place of `m` (timm's).
-  bool nesterov = false;
+  HOLOCRON_HYPER(bool, nesterov) = false;
   /// Multiplies the decoupled decay of a projected parameter (>= 0; other than 1 only with
   /// `channel_projection` and `decoupled_weight_decay`).
-  double wd_ratio = 1.0;
+  HOLOCRON_HYPER(double, wd_ratio) = 1.0;
   /// timm's and the authors' projection: channel-wise, then layer-wise, with `|cos|` and `eps`,
   /// for parameters of more than one dimension only.
-  bool channel_projection = false;
+  HOLOCRON_HYPER(bool, channel_projection) = false;
   /// pytorch-optimizer's cautious AdamP: `m` only where `m * g > 0`, times `numel / (kept + 1)`.
-  bool caution = false;
+  HOLOCRON_HYPER(bool, caution) = false;
 };
 
 /// One AdamP step (see AdamP).
@@ -401,31 +409,32 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
 
 /// Hyper-parameters of adan_(); fields as in AdanOptions.
 struct AdanHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the gradient difference, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Coefficient of the moving average of the squared Nesterov direction, in [0, 1).
-  double beta3;
+  HOLOCRON_HYPER(double, beta3);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// Added to the gradient as `weight_decay * p` (unless decoupled); also divides `p` by
   /// `1 + weight_decay * lr` after the update (or, with `no_prox`, multiplies it by
   /// `1 - weight_decay * lr` before). Must be >= 0.
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Divide by the running maximum of `exp_avg_deltas`.
-  bool amsgrad;
+  HOLOCRON_HYPER(bool, amsgrad);
   /// No `weight_decay * p` in the gradient: the decay is only the proximal division (or the
   /// `no_prox` product), as the authors' code and timm's Adan.
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
   /// `p *= 1 - weight_decay * lr` before the update instead of `p /= 1 + weight_decay * lr` after
   /// (the authors' and timm's `no_prox`).
-  bool no_prox = false;
+  HOLOCRON_HYPER(bool, no_prox) = false;
   /// Cautious Optimizers (timm's `caution`): the first moment's term only where `m * g > 0`, times
   /// `1 / max(mean(m * g > 0), 1e-3)`.
-  bool caution = false;
+  HOLOCRON_HYPER(bool, caution) = false;
 };
 
 /// One Adan step (see Adan).
@@ -455,30 +464,31 @@ void adan_(TensorList params, TensorList grads, TensorList prev_grads, TensorLis
 
 /// Hyper-parameters of ademamix_(); fields as in AdEMAMixOptions.
 struct AdEMAMixHyper {
+  HOLOCRON_FIELDS;
   /// Learning rate (>= 0).
-  double lr;
+  HOLOCRON_HYPER(double, lr);
   /// Coefficient of the fast moving average of the gradient, in [0, 1).
-  double beta1;
+  HOLOCRON_HYPER(double, beta1);
   /// Coefficient of the moving average of the squared gradient, in [0, 1).
-  double beta2;
+  HOLOCRON_HYPER(double, beta2);
   /// Coefficient of the slow moving average of the gradient, in [0, 1).
-  double beta3;
+  HOLOCRON_HYPER(double, beta3);
   /// Weight of the slow average in the update (finite).
-  double alpha;
+  HOLOCRON_HYPER(double, alpha);
   /// Added to the denominator (>= 0).
-  double eps;
+  HOLOCRON_HYPER(double, eps);
   /// L2 penalty added to the gradient as `weight_decay * p` (>= 0; pylocron accepts a negative one).
-  double weight_decay;
+  HOLOCRON_HYPER(double, weight_decay);
   /// Steps over which `alpha` warms up linearly from 0 (the paper's `T_alpha`; > 0), or none.
-  std::optional<double> t_alpha = std::nullopt;
+  HOLOCRON_HYPER(std::optional<double>, t_alpha) = std::nullopt;
   /// Steps over which `beta3` warms up from `beta1` (the paper's `T_beta3`; > 0, and then
   /// `beta1 > 0`, `beta3 > 0`), or none.
-  std::optional<double> t_beta3 = std::nullopt;
+  HOLOCRON_HYPER(std::optional<double>, t_beta3) = std::nullopt;
   /// `p *= 1 - lr * weight_decay` before the update instead of `weight_decay * p` in the gradient.
-  bool decoupled_weight_decay = false;
+  HOLOCRON_HYPER(bool, decoupled_weight_decay) = false;
   /// Cautious Optimizers (pytorch-optimizer's `cautious`): the fast average's term only where
   /// `m1 * g > 0`, times `numel / (kept + 1)`.
-  bool caution = false;
+  HOLOCRON_HYPER(bool, caution) = false;
 };
 
 /// One AdEMAMix step (see AdEMAMix).

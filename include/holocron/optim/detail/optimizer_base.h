@@ -11,6 +11,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "holocron/optim/detail/fields.h"
 #include "holocron/optim/functional.h"
 #include "holocron/optim/quantization.h"
 
@@ -27,26 +28,13 @@
 #include <variant>
 #include <vector>
 
-/// Starts the fields of an options or param-state struct (before its first HOLOCRON_FIELD).
-#define HOLOCRON_FIELDS static constexpr int kHolocronFieldBase = __LINE__
-
 /// A field: TORCH_ARG's accessors (`opts.lr()`, `opts.lr(1e-2)`), the default after it as with
-/// TORCH_ARG (`HOLOCRON_FIELD(double, lr) = 1e-3;`), and its entry in the struct's fields(). Fields
-/// are numbered by their line below HOLOCRON_FIELDS (the same in every translation unit, as the
-/// one-definition rule wants; two on one line do not compile).
+/// TORCH_ARG (`HOLOCRON_FIELD(double, lr) = 1e-3;`), and its entry in the struct's fields()
+/// (after HOLOCRON_FIELDS: see detail/fields.h).
 #define HOLOCRON_FIELD(T, name) HOLOCRON_FIELD_NUMBERED(T, name, __LINE__)
-#define HOLOCRON_FIELD_NUMBERED(T, name, line)                                                           \
- public:                                                                                                 \
-  static constexpr const char* field_name(::holocron::optim::detail::FieldIndex<line - kHolocronFieldBase>) { \
-    static_assert(line - kHolocronFieldBase < ::holocron::optim::detail::kMaxFieldLines,                 \
-                  "a field more than detail::kMaxFieldLines lines below HOLOCRON_FIELDS");               \
-    return #name;                                                                                       \
-  }                                                                                                     \
-  template <typename Self, typename Visitor>                                                            \
-  static void visit_field(::holocron::optim::detail::FieldIndex<line - kHolocronFieldBase>, Self& self,  \
-                          Visitor& visit) {                                                             \
-    visit(#name, self.name());                                                                          \
-  }                                                                                                     \
+#define HOLOCRON_FIELD_NUMBERED(T, name, line) \
+ public:                                       \
+  HOLOCRON_FIELD_VISITOR(name, line, self.name()) \
   TORCH_ARG(T, name)
 
 namespace holocron::optim {
@@ -131,36 +119,6 @@ inline constexpr int64_t kBlockwiseMinNumel = 4096;
 inline constexpr int64_t kCheckpointFormatVersion = 2;
 
 namespace detail {
-
-// A field of options or of a param state is declared once, by HOLOCRON_FIELD (TORCH_ARG's
-// accessors, and a visitor numbered by its line below the struct's HOLOCRON_FIELDS), so that
-// serialization, comparison and the defaults' listing cannot miss one. fields() visits them in
-// declaration order.
-template <int N>
-struct FieldIndex {};
-
-// How far below HOLOCRON_FIELDS a field may stand (a static_assert in HOLOCRON_FIELD holds it).
-inline constexpr int kMaxFieldLines = 192;
-
-template <typename Derived, int N, typename = void>
-struct HasField : std::false_type {};
-template <typename Derived, int N>
-struct HasField<Derived, N, std::void_t<decltype(Derived::field_name(FieldIndex<N>{}))>> : std::true_type {};
-
-// Every line below HOLOCRON_FIELDS is tried, in order.
-template <typename Derived, typename Self, typename Visitor, int... N>
-void visit_declared_fields(Self& self, Visitor& visit, std::integer_sequence<int, N...>) {
-  (
-      [&] {
-        if constexpr (HasField<Derived, N>::value) Derived::visit_field(FieldIndex<N>{}, self, visit);
-      }(),
-      ...);
-}
-
-template <typename Derived, typename Self, typename Visitor>
-void visit_fields(Self& self, Visitor& visit) {
-  visit_declared_fields<Derived>(self, visit, std::make_integer_sequence<int, kMaxFieldLines>{});
-}
 
 // Field visitors: options and param states list their fields once (HOLOCRON_FIELD), and these
 // give them serialization.
