@@ -130,8 +130,9 @@ class Arguments {
 
   // The functional layer's hyper-parameters `Hyper` of `optimizer` (an XHyper), each field from
   // the schema's argument of its name, so that an op's kernel restates none of them (and cannot
-  // forget one: a field the schema lacks fails the first call, and test_ops_schema.cpp checks
-  // every schema's types and defaults against its struct). `lr` is read through lr().
+  // forget one: a field the schema lacks fails the first call, and test_api.cpp's
+  // HyperParametersAreTheOperatorsArguments holds every schema to its struct: types, the defaults
+  // the schema gives, no argument read by nothing). `lr` is read through lr().
   template <typename Hyper>
   Hyper hyper(const char* optimizer) const {
     Hyper hyper{};

@@ -39,7 +39,9 @@ inline functional::ScaleClip clip_or_default(const scale_clip_t& clip) {
 // from the option of its name, `beta1`, `beta2` and `beta3` from `betas`, a ScaleClip from
 // `scale_clip` (none standing for (0, 10) where the math always clips), so that hyper() restates
 // none of them. A field that no option holds is set by the caller afterwards and named in
-// `set_by_caller`; any other such field is a bug, which the first step of any test reports.
+// `set_by_caller`; any other such field, or an option of its name but another type, is a bug,
+// reported (at run time: the names are strings) by the construction of any such optimizer, whose
+// options check calls hyper().
 template <typename Hyper, typename Options>
 Hyper hyper_of(const Options& options, std::initializer_list<std::string_view> set_by_caller = {}) {
   Hyper hyper{};

@@ -321,16 +321,26 @@ TYPED_TEST(EveryAlgorithm, HyperParametersAreTheOperatorsArguments) {
   const Hyper from_struct{};
   HyperAgainstSchema<Hyper> visit{check, from_options, from_struct};
   ho::detail::visit_fields<Hyper>(from_struct, visit);
-  // What every update op takes besides its hyper-parameters (GradScaling's, the clipping's).
-  const std::set<std::string> shared = {"maximize", "max_grad_norm"};
+  // What update ops take besides their tensors and hyper-parameters: step counters, LARS' new
+  // buffers, GradScaling's maximize, the clipping's bound, the sharding's layout.
+  const std::set<std::string> not_hyper = {"steps",  "buffer_is_new", "maximize",       "max_grad_norm",
+                                           "numels", "shard_groups",  "channel_layouts"};
+  const auto tensors = c10::TensorType::get();
+  bool defaulted = false;
   for (const auto& arg : schema.arguments()) {
-    const auto& type = *arg.type();
-    const bool scalar = type == *c10::FloatType::get() || type == *c10::BoolType::get() ||
-                        type == *c10::OptionalType::create(c10::FloatType::get()) ||
-                        type == *c10::ListType::create(c10::FloatType::get());
-    if (scalar && !shared.count(arg.name())) {
+    const auto& type = arg.type();
+    const bool holds_tensors = type->isSubtypeOf(*c10::OptionalType::create(tensors)) ||
+                               type->isSubtypeOf(*c10::OptionalType::create(c10::ListType::create(tensors)));
+    if (!holds_tensors && !not_hyper.count(arg.name())) {
       EXPECT_TRUE(read.count(arg.name())) << op << ": argument " << arg.name() << " is no hyper-parameter";
     }
+    // Arguments added later go last, each with the default that keeps older callers' meaning (a
+    // default check above skips an argument without one; torch refuses a positional one without,
+    // not one after `*`).
+    if (defaulted) {
+      EXPECT_TRUE(arg.default_value().has_value()) << op << ": " << arg.name() << " has no default";
+    }
+    defaulted = defaulted || arg.default_value().has_value();
   }
 }
 

@@ -16,9 +16,11 @@
 
 /// A hyper-parameter of the functional layer: a plain member (designated initializers fill the
 /// struct, which stays an aggregate), visited as `visit("name", self.name)`. A default follows it
-/// as a member initializer: `HOLOCRON_HYPER(double, eps) = 0.0;`.
+/// as a member initializer: `HOLOCRON_HYPER(double, eps) = 0.0;`. Public, as any field: the visitor
+/// is found by substitution, which would skip an inaccessible one without a word.
 #define HOLOCRON_HYPER(T, name) HOLOCRON_HYPER_NUMBERED(T, name, __LINE__)
 #define HOLOCRON_HYPER_NUMBERED(T, name, line) \
+ public:                                        \
   HOLOCRON_FIELD_VISITOR(name, line, self.name) \
   T name
 
