@@ -259,23 +259,11 @@ struct SchemaCheck {
   }
 };
 
+// Visits the struct's defaults (`Hyper{}`), each compared with the options' (`from_options`).
 template <typename Hyper>
 struct HyperAgainstSchema {
   const SchemaCheck& check;
   const Hyper& from_options;
-  const Hyper& from_struct;
-  // The struct's value of the field `name` (by visiting it again).
-  template <typename T>
-  T struct_value(const char* name) const {
-    T found{};
-    auto pick = [&](const char* field, const auto& value) {
-      if constexpr (std::is_same_v<std::decay_t<decltype(value)>, T>) {
-        if (std::strcmp(field, name) == 0) found = value;
-      }
-    };
-    ho::detail::visit_fields<Hyper>(from_struct, pick);
-    return found;
-  }
   template <typename T>
   T options_value(const char* name) const {
     T found{};
@@ -288,16 +276,16 @@ struct HyperAgainstSchema {
     return found;
   }
   template <typename T>
-  void operator()(const char* name, const T&) const {
+  void operator()(const char* name, const T& struct_value) const {
     if constexpr (std::is_same_v<T, double>) {
       check.expect(name, c10::FloatType::get());
-      if (std::strcmp(name, "lr") != 0) check.expect_default<double>(name, options_value<double>(name), struct_value<double>(name));
+      if (std::strcmp(name, "lr") != 0) check.expect_default<double>(name, options_value<double>(name), struct_value);
     } else if constexpr (std::is_same_v<T, bool>) {
       check.expect(name, c10::BoolType::get());
-      check.expect_default<bool>(name, options_value<bool>(name), struct_value<bool>(name));
+      check.expect_default<bool>(name, options_value<bool>(name), struct_value);
     } else if constexpr (std::is_same_v<T, std::optional<double>>) {
       check.expect(name, c10::OptionalType::create(c10::FloatType::get()));
-      check.expect_default<std::optional<double>>(name, options_value<T>(name), struct_value<T>(name));
+      check.expect_default<std::optional<double>>(name, options_value<T>(name), struct_value);
     } else if constexpr (std::is_same_v<T, ho::functional::ScaleClip>) {
       check.expect("clip_low", c10::FloatType::get());
       check.expect("clip_high", c10::FloatType::get());
@@ -319,7 +307,7 @@ TYPED_TEST(EveryAlgorithm, HyperParametersAreTheOperatorsArguments) {
   const SchemaCheck check{schema, read};
   const Hyper from_options = Options().hyper();
   const Hyper from_struct{};
-  HyperAgainstSchema<Hyper> visit{check, from_options, from_struct};
+  HyperAgainstSchema<Hyper> visit{check, from_options};
   ho::detail::visit_fields<Hyper>(from_struct, visit);
   // What update ops take besides their tensors and hyper-parameters: step counters, LARS' new
   // buffers, GradScaling's maximize, the clipping's bound, the sharding's layout.
