@@ -406,10 +406,20 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
   }
 
   // Everything is checked before anything is written, so a step that throws
-  // leaves parameters and state as they were.
+  // leaves parameters and state as they were. The check also gathers what the
+  // updates take: each gradient and state is looked up once (a parameter's
+  // autograd metadata and its state's entry are cache misses after the last
+  // step swept every buffer).
+  struct GroupWork {
+    std::vector<torch::Tensor> params;
+    std::vector<torch::Tensor> grads;
+    std::vector<torch::optim::OptimizerParamState*> states;  // null: made by this step
+  };
+  std::vector<GroupWork> work(param_groups_.size());
   for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
     const auto& group = param_groups_[gi];
     check_options(group.options());
+    auto& gathered = work[gi];
     for (size_t pi = 0; pi < group.params().size(); ++pi) {
       const auto& p = group.params()[pi];
       const auto& g = p.grad();
@@ -423,8 +433,14 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
                   name(), ": the gradient of parameter ", pi, " in group ", gi, " (", g.sizes(),
                   ", ", g.scalar_type(), ", ", g.device(), ") does not match the parameter (",
                   p.sizes(), ", ", p.scalar_type(), ", ", p.device(), ")");
-      auto it = state_.find(p.unsafeGetTensorImpl());
-      if (it != state_.end()) check_state_fits(*it->second, p, state_precision(group.options()), gi, pi);
+      torch::optim::OptimizerParamState* state = nullptr;
+      if (const auto it = state_.find(p.unsafeGetTensorImpl()); it != state_.end() && it->second) {
+        state = it->second.get();
+        check_state_fits(*state, p, state_precision(group.options()), gi, pi);
+      }
+      gathered.params.push_back(p);
+      gathered.grads.push_back(g);
+      gathered.states.push_back(state);
     }
   }
 
@@ -438,27 +454,27 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     ~RestoreScaling() { target = saved; }
   } restore{grad_scaling_, saved_scaling};
   const auto clip_norms = clipping_norms();
-  for (auto& group : param_groups_) {
-    std::vector<torch::Tensor> params;
-    std::vector<torch::Tensor> grads;
-    std::vector<torch::optim::OptimizerParamState*> states;
-    for (const auto& p : group.params()) {
-      if (!p.grad().defined()) continue;
-      auto& slot = state_[p.unsafeGetTensorImpl()];
-      if (!slot) slot = make_state();
-      prepare_state(*slot, p, group.options());
-      params.push_back(p);
-      grads.push_back(p.grad());
-      states.push_back(slot.get());
+  for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+    auto& group = param_groups_[gi];
+    auto& gathered = work[gi];
+    if (gathered.params.empty()) continue;
+    for (size_t i = 0; i < gathered.params.size(); ++i) {
+      auto*& state = gathered.states[i];
+      if (state == nullptr) {
+        // Looked up again: a parameter listed twice in a group gets one state.
+        auto& slot = state_[gathered.params[i].unsafeGetTensorImpl()];
+        if (!slot) slot = make_state();
+        state = slot.get();
+      }
+      prepare_state(*state, gathered.params[i], group.options());
     }
-    if (params.empty()) continue;
     grad_scaling_ = saved_scaling;
     grad_scaling_.maximize = maximize(group.options());
     if (const auto bound = max_grad_norm(group.options())) {
       grad_scaling_.grad_norm = clip_norms.at(*bound);
       grad_scaling_.max_grad_norm = *bound;
     }
-    update_group(group.options(), params, grads, states);
+    update_group(group.options(), gathered.params, gathered.grads, gathered.states);
   }
   return loss;
 }
