@@ -137,7 +137,6 @@ F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
   return sharding;
 }
 
-
 // LAMB's and RaLars' trust ratios go into one-element tensors, when given:
 // checked before the update, written after it.
 void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, size_t n) {
@@ -176,11 +175,6 @@ c10::IValue write_scalars(const Arguments& a) {
   for (size_t i = 0; i < targets.size(); ++i) write_scalar(targets[i], values[i]);
   return {};
 }
-
-
-
-
-
 
 // What every update op checks before it writes, for one group, so that a
 // step over several groups can check them all before updating any.

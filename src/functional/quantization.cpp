@@ -143,7 +143,6 @@ const DynamicMap& dynamic_map(bool is_signed) {
   return *maps[is_signed ? 1 : 0];
 }
 
-
 // `flat` (1-D) padded with zeros to whole blocks, as [blocks, kQuantizationBlock].
 at::Tensor as_blocks(const at::Tensor& flat) {
   const auto numel = flat.sym_numel();

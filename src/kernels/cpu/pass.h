@@ -118,7 +118,6 @@ struct PassArgs {
 // Per-tensor sums of a reducing pass: one row per tensor.
 using Sums = std::vector<std::array<double, kMaxSums>>;
 
-
 enum class Capability : int { Default = 0, AVX2 = 1, AVX512 = 2 };
 
 // Scratch of the driver, per calling thread, reused across steps: where each
