@@ -915,19 +915,19 @@ class FusedStep:
             # Past the first steps every state holds every buffer: one pass, in C (none where the
             # buffers are those pinned after the last step, which every state held then).
             walk = not keys or not all(key in pinned for key in keys)
-            if walk and (None in states or (own and not self._hold_all(states, own))):
-                for i, p in enumerate(params):
-                    state = states[i]
-                    if self._is_new(state):
-                        made.append((p, state is None, frozenset(state or ())))
-                        state = states[i] = state_of[p]
-                        self._init_state(state, p, group)
-                    for key in keys:
-                        if key not in state:
-                            added += [(state, made) for made in self._make_buffer(state, key, group, p)]
-            added += self._make_compensation(group, params, states)
             self._lists_now = pinned
             try:
+                if walk and (None in states or (own and not self._hold_all(states, own))):
+                    for i, p in enumerate(params):
+                        state = states[i]
+                        if self._is_new(state):
+                            made.append((p, state is None, frozenset(state or ())))
+                            state = states[i] = state_of[p]
+                            self._init_state(state, p, group)
+                        for key in keys:
+                            if key not in state:
+                                added += [(state, made) for made in self._make_buffer(state, key, group, p)]
+                added += self._make_compensation(group, params, states)
                 self._apply(group, params, grads, states)
             except Exception:
                 for p, had_no_entry, held in made:
@@ -1045,7 +1045,26 @@ class FusedStep:
                 out.append(values[start:start + len(params)])
                 start += len(params)
             return out
+        # Checked here only: the states' keys, unique, cannot be a list holding a tensor twice.
+        listed = list(chain.from_iterable(groups))
+        if len(set(map(id, listed))) != len(listed):
+            self._refuse_listed_twice()
         return [list(map(state_of.get, params)) for params in groups]
+
+    def _refuse_listed_twice(self) -> None:
+        """ValueError naming a parameter listed twice (torch.optim only warns about such a group):
+        its op would update it twice with one state, its counter advanced once."""
+        seen: dict[int, tuple[int, int]] = {}
+        for g, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
+            for i, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if id(p) in seen:
+                    h, j = seen[id(p)]
+                    raise ValueError(f"{type(self).__name__}: parameter {i} of group {g} is also parameter {j} of "
+                                     f"group {h}; a parameter listed twice would be updated twice with one state "
+                                     "(list it once)")
+                seen[id(p)] = (g, i)
 
     def _compiled_step(self) -> None:
         """The step torch.compile traces: one graph without breaks, the same
@@ -1270,21 +1289,23 @@ class FusedStep:
                     continue
                 # Floats of any dtype are converted to the group's (torch.optim's load casts them to
                 # the parameter's: a float64 checkpoint loads into float32 parameters).
-                if (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape
+                if (not isinstance(buffer, torch.Tensor) or buffer.layout != torch.strided or buffer.shape != p.shape
                         or not buffer.is_floating_point()):
                     raise ValueError(
                         f"{name}: state '{buffer_name}' of parameter {key} "
-                        f"({tuple(getattr(buffer, 'shape', ()))}, {getattr(buffer, 'dtype', type(buffer))}) "
-                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may be of any floating "
-                        "dtype, converted to the group's state_precision, or 8-bit codes of a moment with their "
-                        "scales)"
+                        f"({tuple(getattr(buffer, 'shape', ()))}, {getattr(buffer, 'dtype', type(buffer))}"
+                        f"{', ' + str(buffer.layout) if isinstance(buffer, torch.Tensor) else ''}) "
+                        f"does not fit the parameter ({tuple(p.shape)}, {p.dtype}; state may be a dense tensor of any "
+                        "floating dtype, converted to the group's state_precision, or 8-bit codes of a moment with "
+                        "their scales)"
                     )
             comp = state.get("kahan_comp")
             self._kahan_comps_made = self._kahan_comps_made or comp is not None
             # Of its weight's dtype only: torch.optim's load would cast another one to it, rounding
             # the residues it holds (a float32 one), or taking a float16 one's range for bfloat16's.
             # A float32 weight (a bfloat16 model turned float32 since) reads none: it loads as it is.
-            if comp is not None and (not isinstance(comp, torch.Tensor) or comp.shape != p.shape
+            if comp is not None and (not isinstance(comp, torch.Tensor) or comp.layout != torch.strided
+                                     or comp.shape != p.shape
                                      or (p.dtype in KAHAN_DTYPES and comp.dtype != p.dtype)):
                 raise ValueError(
                     f"{name}: state 'kahan_comp' of parameter {key} ({tuple(getattr(comp, 'shape', ()))}, "

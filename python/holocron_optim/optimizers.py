@@ -452,7 +452,7 @@ def _w_t_size(count: int) -> str:
 
 def _describe_w_t(value: Any) -> str:
     if isinstance(value, torch.Tensor):
-        return f"{value.numel()} elements of {value.dtype}"
+        return f"{value.numel()} elements of {value.dtype}" + ("" if value.layout == torch.strided else f", {value.layout}")
     return repr(value)[:80]
 
 
@@ -521,7 +521,8 @@ class TAdam(FusedStep, Optimizer):
     def _init_state(self, state, p, group) -> None:
         state["step"] = 0
         beta1 = group["betas"][0]
-        state["W_t"] = beta1 / (1 - beta1) * torch.ones(per_tensor_shape(p, (1,)), dtype=p.dtype, device=p.device)
+        # full, not a product with ones: the same value, and made for every floating dtype (float8 has no mul).
+        state["W_t"] = torch.full(per_tensor_shape(p, (1,)), beta1 / (1 - beta1), dtype=p.dtype, device=p.device)
 
     def _validate(self, group, params, grads, states, pinned_still=False) -> None:
         super()._validate(group, params, grads, states, pinned_still)
@@ -552,8 +553,8 @@ class TAdam(FusedStep, Optimizer):
             count = per_tensor_shape(params[key], (1,))[0] if key in params else 1
             # A W_t of integers, bools or complex numbers would be cast to the parameter's dtype
             # by torch.optim's load, silently: 1 for any True, the real part of a complex one.
-            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != count
-                                    or not w_t.is_floating_point()):
+            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.layout != torch.strided
+                                    or w_t.numel() != count or not w_t.is_floating_point()):
                 raise ValueError(f"TAdam: state 'W_t' of parameter {key} must be {_w_t_size(count)}, "
                                  f"got {_describe_w_t(w_t)}")
         super().load_state_dict(state_dict)

@@ -10,6 +10,7 @@ growing stack of copies and ignores elements that did not move.
 from __future__ import annotations
 
 import math
+import operator
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._base import KAHAN_DTYPES, LEAN_DTYPES, FusedStep, check_state_dict_layout, compensation_list
+from ._base import KAHAN_DTYPES, FusedStep, as_real, check_state_dict_layout, compensation_list
 from . import _distributed as distributed
 from ._library import ops
 
@@ -43,11 +44,19 @@ def _group_params(param_group: dict[str, Any]) -> list[Any]:
     return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in list(params)]
 
 
-def _check_sync_options(sync_rate: Any, sync_period: Any) -> None:
-    if isinstance(sync_rate, bool) or not isinstance(sync_rate, (int, float)) or not 0 <= sync_rate <= 1:
+def _check_sync_options(sync_rate: Any, sync_period: Any) -> tuple[float, int]:
+    """(sync_rate, sync_period) as a float and an int, from any real number and integer (numpy's, a
+    one-element tensor's) as the optimizers take their options; ValueError in the reference's words."""
+    rate = as_real(sync_rate)
+    if rate is None or not 0 <= rate <= 1:
         raise ValueError(f"expected positive float lower than 1 as sync_rate, received: {sync_rate}")
-    if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+    try:
+        period = None if isinstance(sync_period, bool) else operator.index(sync_period)
+    except TypeError:
+        period = None
+    if period is None or period < 1:
         raise ValueError(f"expected positive integer as sync_period, received: {sync_period}")
+    return rate, period
 
 
 def _step_without_global_hooks(optimizer: Optimizer, closure: Callable[[], Any] | None) -> Any:
@@ -145,7 +154,7 @@ class Lookahead(Optimizer):
                 f"{type(self).__name__}: base_optimizer must be a torch.optim.Optimizer, "
                 f"got {type(base_optimizer).__name__}"
             )
-        _check_sync_options(sync_rate, sync_period)
+        sync_rate, sync_period = _check_sync_options(sync_rate, sync_period)
         # torch.optim.Optimizer's bookkeeping, without its param-group handling.
         # The base's defaults too: schedulers read them from the optimizer they
         # are given (OneCycleLR and CyclicLR look for `betas` or `momentum`),
@@ -547,20 +556,21 @@ class Lookahead(Optimizer):
             state[param if param is not None else key] = value
         return state
 
-    def _check_tensors(self, name: str, tensors: Any, like: list[torch.Tensor], exact_dtype: bool = True,
-                       lean: bool = False) -> None:
-        """`tensors` fit `like` in shape, and in dtype with `exact_dtype` (`lean`: float32 and
-        bfloat16 fit too: state of another precision, converted by the load)."""
+    def _check_tensors(self, name: str, tensors: Any, like: list[torch.Tensor]) -> None:
+        """`tensors` fit `like`: dense, of the same shape, and of the same dtype or, for a
+        floating-point one, of any floating-point dtype, converted by the load (as the base's load
+        converts its state: a float64 checkpoint loads into a float32 model, another
+        state_precision into this one)."""
         if not isinstance(tensors, (list, tuple)) or len(tensors) != len(like):
             raise ValueError(f"{type(self).__name__}: '{name}' must hold {len(like)} tensors")
         for t, p in zip(tensors, like):
-            fits_dtype = not exact_dtype or getattr(t, "dtype", None) in (p.dtype, *(LEAN_DTYPES if lean else ()))
-            if not isinstance(t, torch.Tensor) or t.shape != p.shape or not fits_dtype:
-                also = " (slow weights may also be float32 or bfloat16)" if lean else ""
+            if (not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.shape != p.shape
+                    or not (t.dtype == p.dtype or (t.is_floating_point() and p.is_floating_point()))):
                 raise ValueError(
-                    f"{type(self).__name__}: '{name}' holds a tensor of shape {tuple(getattr(t, 'shape', ()))} "
-                    f"and dtype {getattr(t, 'dtype', type(t))} for a parameter of shape {tuple(p.shape)} and dtype "
-                    f"{p.dtype}{also}"
+                    f"{type(self).__name__}: '{name}' holds a {getattr(t, 'layout', '')} tensor of shape "
+                    f"{tuple(getattr(t, 'shape', ()))} and dtype {getattr(t, 'dtype', type(t))} for a parameter of "
+                    f"shape {tuple(p.shape)} and dtype {p.dtype} (a dense tensor of its shape and dtype, or of "
+                    "another floating-point dtype, which is converted)"
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -589,28 +599,29 @@ class Lookahead(Optimizer):
         fast = self._fast_params()
         slow = state_dict.get("slow_params")
         if slow is not None:
-            self._check_tensors("slow_params", slow, fast, lean=True)
+            self._check_tensors("slow_params", slow, fast)
         commit_extra = self._load_extra(state_dict, fast)
         sync_period = state_dict.get("sync_period", self.defaults["sync_period"])
         sync_rate = state_dict.get("sync_rate", self.defaults["sync_rate"])
         # A reference checkpoint has neither slow weights nor a counter: the
         # period restarts from the current weights.
         fast_steps = state_dict.get("fast_steps", 0) if slow is not None else 0
-        _check_sync_options(sync_rate, sync_period)
+        sync_rate, sync_period = _check_sync_options(sync_rate, sync_period)
         if isinstance(fast_steps, bool) or not isinstance(fast_steps, int) or fast_steps < 0:
             raise ValueError(f"{name}: 'fast_steps' must be an integer >= 0, got {fast_steps!r}")
 
-        # The base's own groups hold the lr it trained with; the reference's
-        # wrapper-level "lr" may be a scheduler's value that never reached it.
         own_state = self._unpack_own_state(self._without_own_entries(state_dict.get("state")))
-        # The top-level groups are what users and load hooks see and edit (the
+        # In ours, the top-level groups are what users and load hooks see and edit (the
         # base's copy is nested): their hyper-parameters win. Each group keeps its own
-        # state_precision, as the base's load keeps it.
+        # state_precision, as the base's load keeps it. In the reference's (no slow weights),
+        # the base's own groups hold the lr it trained with, and the wrapper-level "lr" may be a
+        # scheduler's value that never reached it: the base's win.
         kept = ("params", "param_names", self._SETTINGS_KEY, "state_precision")
         self._check_groups_to_install(state_dict["base_state_dict"], saved_groups, kept)
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
-        for group, saved in zip(self.param_groups, saved_groups):
-            group.update({k: v for k, v in saved.items() if k not in kept})
+        if slow is not None:
+            for group, saved in zip(self.param_groups, saved_groups):
+                group.update({k: v for k, v in saved.items() if k not in kept})
         self.state = own_state
         with torch.no_grad():
             source = slow if slow is not None else fast
@@ -862,7 +873,7 @@ class Scout(Lookahead):
         if not isinstance(saved, dict):
             raise ValueError(f"Scout: 'scout_stats' must be a dict of tensor lists, got {type(saved).__name__}")
         for key in _SCOUT_STATS:
-            self._check_tensors(f"scout_stats/{key}", saved.get(key), fast, exact_dtype=key == "prev")
+            self._check_tensors(f"scout_stats/{key}", saved.get(key), fast)
 
         def commit() -> None:
             self.scout_stats = {

@@ -1,5 +1,6 @@
 #include "functional/common.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 
@@ -8,6 +9,16 @@
 #include <sstream>
 
 namespace holocron::optim::functional::detail {
+
+const char* why_not_writable(const at::Tensor& t) {
+  if (t.is_inference() && !c10::InferenceMode::is_enabled()) {
+    return "is an inference tensor, which can be updated in place only inside InferenceMode";
+  }
+  if (at::has_internal_overlap(t) == at::MemOverlap::Yes) {
+    return "has elements that share memory (an expanded tensor, say), which cannot be updated in place";
+  }
+  return nullptr;
+}
 
 namespace {
 
@@ -30,6 +41,10 @@ void check_fits(const char* optimizer, const char* what, size_t index, const at:
                        : "");
   TORCH_CHECK(t.device() == param.device(), optimizer, ": ", what, "[", index,
               "] is on ", t.device(), " but its parameter is on ", param.device());
+  if (is_state) {
+    const char* unwritable = why_not_writable(t);
+    TORCH_CHECK(unwritable == nullptr, optimizer, ": ", what, "[", index, "] ", unwritable);
+  }
 }
 
 }  // namespace
@@ -48,6 +63,8 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
     TORCH_CHECK(p.layout() == at::kStrided, optimizer, " does not support sparse parameters");
     TORCH_CHECK(at::isFloatingType(p.scalar_type()), optimizer, ": params[", i,
                 "] has dtype ", p.scalar_type(), "; only floating-point parameters can be optimized");
+    const char* unwritable = why_not_writable(p);
+    TORCH_CHECK(unwritable == nullptr, optimizer, ": params[", i, "] ", unwritable);
     check_fits(optimizer, "gradients", i, grads[i], p);
     for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p, true);
   }

@@ -37,8 +37,12 @@ struct NamedList {
   TensorList tensors;
 };
 
+// Why `t` cannot be updated in place (an inference tensor outside InferenceMode, elements sharing
+// memory), or null: checked before any write, where ATen would refuse it in the middle of an update.
+const char* why_not_writable(const at::Tensor& t);
+
 // Checks that every list fits `params` (same length; each tensor same shape,
-// dtype and device as its parameter) and that every gradient is dense.
+// dtype and device as its parameter, parameters and state writable) and that every gradient is dense.
 // Called before any write so that a failing call changes nothing.
 void check_group(const char* optimizer, TensorList params, TensorList grads,
                  std::initializer_list<NamedList> state_lists);

@@ -428,6 +428,11 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
       TORCH_CHECK(at::isFloatingType(p.scalar_type()), name(), ": parameter ", pi, " in group ",
                   gi, " has dtype ", p.scalar_type(), "; only floating-point parameters can be "
                   "optimized");
+      const char* unwritable = functional::detail::why_not_writable(p);
+      TORCH_CHECK(unwritable == nullptr, name(), ": parameter ", pi, " in group ", gi, " ", unwritable);
+      // The updates read norms and trust ratios on the host, which a meta tensor does not hold.
+      TORCH_CHECK(!p.is_meta(), name(), ": parameter ", pi, " in group ", gi,
+                  " is on the meta device, which holds no values to update");
       TORCH_CHECK(functional::detail::same_extents(g.sizes(), p.sizes()) && g.scalar_type() == p.scalar_type() &&
                       g.device() == p.device(),
                   name(), ": the gradient of parameter ", pi, " in group ", gi, " (", g.sizes(),
@@ -442,6 +447,25 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
       gathered.grads.push_back(g);
       gathered.states.push_back(state);
     }
+  }
+  // A parameter listed twice (in two groups, which only LibTorch's add_param_group lets through,
+  // or twice in a group put straight into param_groups()) would be updated twice with one state.
+  listed_.clear();
+  for (const auto& gathered : work) {
+    for (const auto& p : gathered.params) listed_.push_back(p.unsafeGetTensorImpl());
+  }
+  std::sort(listed_.begin(), listed_.end());
+  if (const auto twice = std::adjacent_find(listed_.begin(), listed_.end()); twice != listed_.end()) {
+    std::vector<std::string> places;
+    for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
+      for (size_t pi = 0; pi < param_groups_[gi].params().size(); ++pi) {
+        if (param_groups_[gi].params()[pi].unsafeGetTensorImpl() == *twice) {
+          places.push_back(c10::str("parameter ", pi, " in group ", gi));
+        }
+      }
+    }
+    TORCH_CHECK_VALUE(false, name(), ": ", places.at(0), " is also ", places.at(1),
+                      "; a parameter listed twice would be updated twice with one state (list it once)");
   }
 
   // Global gradient-norm clipping: one norm over the gradients of every group
@@ -461,7 +485,6 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     for (size_t i = 0; i < gathered.params.size(); ++i) {
       auto*& state = gathered.states[i];
       if (state == nullptr) {
-        // Looked up again: a parameter listed twice in a group gets one state.
         auto& slot = state_[gathered.params[i].unsafeGetTensorImpl()];
         if (!slot) slot = make_state();
         state = slot.get();

@@ -35,19 +35,27 @@ std::string slow_key(size_t group, size_t param) {
   return "slow/" + std::to_string(group) + "/" + std::to_string(param);
 }
 
-void check_wrapper_options(const char* name, const LookaheadOptions& options) {
+// What is wrong with `options`, or an empty string: the constructor throws it as
+// std::invalid_argument, a checkpoint's load as c10::ValueError (wrapper.h).
+std::string wrapper_options_problem(const char* name, const LookaheadOptions& options) {
   const double rate = options.sync_rate();
-  if (!(rate >= 0.0 && rate <= 1.0)) {
-    throw std::invalid_argument(c10::str(name, ": sync_rate must be in [0, 1], got ", rate));
-  }
+  if (!(rate >= 0.0 && rate <= 1.0)) return c10::str(name, ": sync_rate must be in [0, 1], got ", rate);
   if (options.sync_period() < 1) {
-    throw std::invalid_argument(std::string(name) + ": sync_period must be an integer >= 1, got " +
-                                std::to_string(options.sync_period()));
+    return c10::str(name, ": sync_period must be an integer >= 1, got ", options.sync_period());
   }
   // Scout's adaptive rate reads statistics of every step of a period, of every parameter.
   if (options.slow_from_first_sync() && std::string(name) != "Lookahead") {
-    throw std::invalid_argument(std::string(name) + ": slow_from_first_sync (timm's Lookahead) is Lookahead's only");
+    return c10::str(name, ": slow_from_first_sync (timm's Lookahead) is Lookahead's only");
   }
+  return {};
+}
+
+// A checkpoint's tensor of another floating-point dtype is converted to the one kept, as
+// OptimizerBase's load converts its buffers (a float64 checkpoint loads into a float32 model);
+// for a complex parameter only its own dtype is taken.
+bool loads_into(const torch::Tensor& loaded, const torch::Tensor& param) {
+  return loaded.layout() == at::kStrided &&
+         (loaded.scalar_type() == param.scalar_type() || (loaded.is_floating_point() && param.is_floating_point()));
 }
 
 // The sync and Scout's statistics are defined for floating-point weights (a
@@ -78,7 +86,9 @@ Lookahead::Lookahead(std::shared_ptr<torch::optim::Optimizer> base, LookaheadOpt
       options_(options),
       name_(name) {
   if (!base_) throw std::invalid_argument(std::string(name) + ": the base optimizer is null");
-  check_wrapper_options(name, options_);
+  if (const auto problem = wrapper_options_problem(name, options_); !problem.empty()) {
+    throw std::invalid_argument(problem);
+  }
   // The groups are mirrored by the most-derived constructor, once the
   // add_group_state hook of that class is in place.
 }
@@ -124,6 +134,14 @@ std::optional<at::ScalarType> Lookahead::base_state_dtype(size_t group_index) co
   }
   if (const auto* wrapper = dynamic_cast<const Lookahead*>(base_.get())) return wrapper->base_state_dtype(group_index);
   return std::nullopt;
+}
+
+void Lookahead::zero_grad(bool set_to_none) {
+  if (auto* wrapper = dynamic_cast<Lookahead*>(base_.get())) {
+    wrapper->zero_grad(set_to_none);
+  } else {
+    base_->zero_grad(set_to_none);
+  }
 }
 
 void Lookahead::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
@@ -349,7 +367,8 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
   options.sync_period(value.toInt());
   // Written before the option existed: false.
   if (archive.try_read("slow_from_first_sync", value)) options.slow_from_first_sync(value.toBool());
-  check_wrapper_options(name_, options);
+  const auto problem = wrapper_options_problem(name_, options);
+  TORCH_CHECK_VALUE(problem.empty(), problem, " (in the checkpoint)");
   TORCH_CHECK(archive.try_read("fast_steps", value), name_, ": checkpoint lacks fast_steps");
   const int64_t fast_steps = value.toInt();
   TORCH_CHECK(fast_steps >= 0, name_, ": checkpoint has a negative step count");
@@ -376,13 +395,11 @@ void Lookahead::load(torch::serialize::InputArchive& archive) {
         slow[gi].emplace_back();  // not taken yet
         continue;
       }
-      // Slow weights of another state precision are converted to the base's.
-      TORCH_CHECK(t.sizes().equals(params[pi].sizes()) &&
-                      (t.scalar_type() == params[pi].scalar_type() || t.scalar_type() == at::kFloat ||
-                       t.scalar_type() == at::kBFloat16),
+      // Slow weights of another floating-point dtype are converted to the base's state precision.
+      TORCH_CHECK(t.sizes().equals(params[pi].sizes()) && loads_into(t, params[pi]),
                   name_, ": slow weight ", pi, " of group ", gi, " (", t.sizes(), ", ",
                   t.scalar_type(), ") does not fit its parameter (", params[pi].sizes(), ", ",
-                  params[pi].scalar_type(), "; slow weights may also be float32 or bfloat16)");
+                  params[pi].scalar_type(), "; slow weights of another floating-point dtype are converted)");
       slow[gi].push_back(t.to(params[pi].device(), base_state_dtype(gi).value_or(params[pi].scalar_type())));
     }
   }
@@ -511,13 +528,10 @@ std::function<void()> Scout::load_extra(torch::serialize::InputArchive& archive)
       const auto key = "scout/" + std::to_string(i) + "/" + kStatNames[k];
       TORCH_CHECK(archive.try_read(key, t), name(), ": checkpoint lacks ", key);
       const auto& expected = (*current[k])[i];
-      // The statistics (not prev) of another state precision are converted to the current one.
-      const bool fits_dtype = t.scalar_type() == expected.scalar_type() ||
-                              (k > 0 && (t.scalar_type() == fast[i].scalar_type() || t.scalar_type() == at::kFloat ||
-                                         t.scalar_type() == at::kBFloat16));
-      TORCH_CHECK(t.sizes().equals(expected.sizes()) && fits_dtype, name(), ": ", key, " (", t.sizes(), ", ",
-                  t.scalar_type(), ") does not fit its parameter (", fast[i].sizes(), ", ", fast[i].scalar_type(),
-                  k > 0 ? "; statistics may also be float32 or bfloat16)" : ")");
+      // Of another floating-point dtype (another state precision, a float64 run), converted.
+      TORCH_CHECK(t.sizes().equals(expected.sizes()) && loads_into(t, expected), name(), ": ", key, " (",
+                  t.sizes(), ", ", t.scalar_type(), ") does not fit its parameter (", fast[i].sizes(), ", ",
+                  fast[i].scalar_type(), "; another floating-point dtype is converted)");
       lists[k]->push_back(t.to(expected.device(), expected.scalar_type()));
     }
   }

@@ -583,6 +583,51 @@ TYPED_TEST(EveryAlgorithm, FailedFirstStepCreatesNoState) {
   EXPECT_TRUE(opt.state().empty());
 }
 
+// What ATen would refuse only in the middle of an update (a parameter whose elements share memory,
+// an inference tensor), a meta tensor (no values for the host's norms) and a parameter listed in
+// two groups, in a group put straight into param_groups(): refused before the first group is written.
+TYPED_TEST(EveryAlgorithm, UnwritableOrTwiceListedParameterChangesNothing) {
+  using Opt = typename TypeParam::Opt;
+  using State = typename TypeParam::State;
+  const auto dense = torch::TensorOptions().dtype(torch::kDouble);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"expanded", "share memory"}, {"inference", "inference tensor"}, {"meta", "meta device"},
+      {"listed twice", "parameter 1 in group 0 is also parameter 0 in group 1"}};
+  for (const auto& [what, words] : cases) {
+    auto a = TinyModel::make(8);
+    Opt opt(a.params(), TypeParam::options(0.1));
+    a.backward(0);
+    opt.step();
+    torch::Tensor bad;
+    if (what == "expanded") {
+      bad = torch::empty_strided({3}, {0}, dense).fill_(1.0).requires_grad_();
+    } else if (what == "inference") {
+      c10::InferenceMode inference;
+      bad = torch::ones({3}, dense);
+    } else if (what == "meta") {
+      bad = torch::empty({3}, dense.device(torch::kMeta)).requires_grad_();
+    } else {
+      bad = a.bias;
+    }
+    opt.param_groups().emplace_back(std::vector<torch::Tensor>{bad});  // past add_param_group's checks
+    a.backward(1);
+    if (what != "listed twice") bad.mutable_grad() = torch::ones({3}, dense.device(bad.device()));
+    std::vector<torch::Tensor> params_before;
+    std::vector<StateSnapshot> states_before;
+    for (const auto& p : a.params()) {
+      params_before.push_back(p.detach().clone());
+      states_before.push_back(snapshot_state<State>(*opt.state().at(p.unsafeGetTensorImpl())));
+    }
+    expect_throw_naming([&] { opt.step(); }, words, what);
+    EXPECT_TRUE(all_equal(a.params(), params_before)) << what;
+    EXPECT_EQ(opt.state().size(), a.params().size()) << what;
+    for (size_t i = 0; i < params_before.size(); ++i) {
+      expect_same_snapshot(states_before[i], snapshot_state<State>(*opt.state().at(a.params()[i].unsafeGetTensorImpl())),
+                           what);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace holocron_test
 

@@ -256,6 +256,28 @@ TEST(Lookahead, ZeroGradForwards) {
   EXPECT_EQ(scout.base_optimizer().param_groups()[0].params().size(), 2u);
 }
 
+// A group added to the base behind the wrapper's back (LibTorch's add_param_group) is mirrored
+// only at the next step; zero_grad clears its gradients already, through nested wrappers too.
+TEST(Lookahead, ZeroGradClearsAGroupAddedToTheBaseDirectly) {
+  for (int kind = 0; kind < 3; ++kind) {
+    auto a = torch::randn({3}, torch::kDouble).requires_grad_();
+    auto b = torch::randn({2}, torch::kDouble).requires_grad_();
+    auto base = make_lamb({a});
+    std::unique_ptr<ho::Lookahead> wrapper;
+    if (kind == 0) wrapper = std::make_unique<ho::Lookahead>(base);
+    if (kind == 1) wrapper = std::make_unique<ho::Scout>(base);
+    if (kind == 2) wrapper = std::make_unique<ho::Lookahead>(std::make_shared<ho::Scout>(base));
+    base->add_param_group(torch::optim::OptimizerParamGroup({b}));
+    a.mutable_grad() = torch::ones_like(a);
+    b.mutable_grad() = torch::ones_like(b);
+    wrapper->zero_grad(false);
+    EXPECT_EQ(b.grad().abs().sum().item<double>(), 0.0) << kind;
+    wrapper->zero_grad();
+    EXPECT_FALSE(a.grad().defined()) << kind;
+    EXPECT_FALSE(b.grad().defined()) << kind;
+  }
+}
+
 TEST(Lookahead, StepWithClosure) {
   for (const auto& make_base : {BaseFactory(make_adam), BaseFactory(make_lamb)}) {
     auto a = TinyModel::make(25);
@@ -410,6 +432,64 @@ TEST(Lookahead, MismatchedCheckpointChangesNothing) {
     torch::save(other, stream);
     EXPECT_ANY_THROW(torch::load(target, stream));
     expect_unchanged("different shape");
+  }
+}
+
+// A checkpoint of another floating-point dtype (a float64 run resumed in float32, and back) loads
+// as the base's own load converts its state; invalid options in a checkpoint are a c10::Error.
+template <typename Wrapper>
+void other_dtype_checkpoint() {
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    auto m = TinyModel::make(40);
+    Wrapper saved(make_lamb(m.params()), ho::ScoutOptions().sync_period(3));
+    for (int k = 0; k < 2; ++k) {
+      m.backward(k);
+      saved.step();
+    }
+    std::stringstream stream;
+    torch::save(saved, stream);
+    std::vector<torch::Tensor> narrow;
+    for (const auto& p : m.params()) narrow.push_back(p.detach().to(dtype).requires_grad_());
+    Wrapper loaded(make_lamb(narrow), ho::ScoutOptions().sync_period(3));
+    torch::load(loaded, stream);
+    EXPECT_EQ(loaded.fast_steps(), 2);
+    for (size_t i = 0; i < narrow.size(); ++i) {
+      EXPECT_EQ(loaded.slow_params()[0][i].scalar_type(), dtype);
+      EXPECT_TRUE(torch::equal(loaded.slow_params()[0][i], saved.slow_params()[0][i].to(dtype))) << i;
+    }
+    m.backward(2);
+    for (size_t i = 0; i < narrow.size(); ++i) narrow[i].mutable_grad() = m.params()[i].grad().to(dtype);
+    loaded.step();  // the converted state steps
+  }
+}
+
+TEST(Lookahead, CheckpointOfAnotherFloatingDtypeIsConverted) { other_dtype_checkpoint<ho::Lookahead>(); }
+TEST(Scout, CheckpointOfAnotherFloatingDtypeIsConverted) { other_dtype_checkpoint<ho::Scout>(); }
+
+TEST(Lookahead, InvalidOptionsInACheckpointAreAValueError) {
+  auto p = torch::randn({3}, torch::kDouble).requires_grad_();
+  auto base = make_lamb({p});
+  ho::Lookahead wrapper(base);
+  for (const double rate : {1.5, std::nan("")}) {
+    torch::serialize::OutputArchive archive;
+    archive.write("holocron/format_version", int64_t{1});
+    archive.write("holocron/optimizer", std::string("Lookahead"));
+    archive.write("fast_steps", int64_t{0});
+    archive.write("sync_rate", rate);
+    archive.write("sync_period", int64_t{6});
+    archive.write("groups/size", int64_t{1});
+    archive.write("groups/0/size", int64_t{1});
+    archive.write("slow/0/0", p.detach().clone());
+    torch::serialize::OutputArchive base_archive(archive.compilation_unit());
+    base->save(base_archive);
+    archive.write("base", base_archive);
+    std::ostringstream out;
+    archive.save_to(out);
+    std::istringstream in_stream(out.str());
+    torch::serialize::InputArchive in;
+    in.load_from(in_stream);
+    EXPECT_THROW(wrapper.load(in), c10::ValueError) << rate;
+    EXPECT_EQ(wrapper.options().sync_rate(), 0.5);
   }
 }
 

@@ -235,3 +235,100 @@ def test_a_counter_past_int64_is_refused_by_name(counter):
 def test_scale_clip_bounds_that_are_not_numbers_are_refused_by_name(name, bounds):
     with pytest.raises(TypeError, match=f"{name}: scale_clip must be a real number"):
         getattr(H, name)([_param()], scale_clip=bounds)
+
+
+@pytest.mark.parametrize("name", list(H.__all__[:8]))
+def test_a_parameter_listed_twice_is_refused_before_anything_changes(name):
+    """Its op would update it twice with one state, the counter advanced once (torch.optim only
+    warns about such a group; the reference steps it twice, counting two steps)."""
+    from registry import ALGORITHMS
+
+    first, second = _param(0), _param(1)
+    with pytest.warns(UserWarning, match="duplicate"):
+        opt = ALGORITHMS[name].make([first, second, first], lr=0.01)
+    for p in (first, second):
+        p.grad = torch.ones_like(p)
+    _refuses_whole(opt, [first, second], ValueError, "parameter 2 of group 0 is also parameter 0 of group 0")
+    assert not opt.state
+    # Listed twice after some steps, in two groups (past add_param_group's check).
+    opt = ALGORITHMS[name].make([{"params": [first]}, {"params": [second]}], lr=0.01)
+    _run(opt, [first, second], 2)
+    opt.param_groups[1]["params"].append(first)
+    _refuses_whole(opt, [first, second], ValueError, "parameter 1 of group 1 is also parameter 0 of group 0")
+
+
+def _expanded():
+    return torch.empty_strided((4, 3), (0, 0), dtype=torch.float64).fill_(1.0).requires_grad_()
+
+
+def _inference():
+    with torch.inference_mode():
+        return torch.ones(4, 3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", list(H.__all__[:8]))
+@pytest.mark.parametrize("make_bad, words", [(_expanded, "share memory"), (_inference, "inference tensor")],
+                         ids=["expanded", "inference"])
+def test_a_parameter_that_cannot_be_written_in_place_is_refused_before_any_group_steps(name, make_bad, words):
+    """ATen refuses it only in the middle of an update, after other groups were written."""
+    opt, first, second = _two_group_optimizer(name)
+    bad = make_bad()
+    opt.add_param_group({"params": [bad]})
+    bad.grad = torch.ones(4, 3, dtype=torch.float64)
+    _refuses_whole(opt, [first, second], RuntimeError, words)
+
+
+def test_a_state_that_fails_to_be_made_is_taken_back():
+    """An exception while a first step makes its state leaves no half-made state behind."""
+    first, second = _param(0), _param(1)
+    opt = H.TAdam([first, second], lr=0.01)
+    make = opt._init_state
+
+    def failing(state, p, group):
+        if p is second:
+            raise RuntimeError("no state for you")
+        make(state, p, group)
+
+    opt._init_state = failing
+    for p in (first, second):
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="no state for you"):
+        opt.step()
+    assert not opt.state
+
+
+def test_tadam_makes_its_state_for_every_floating_dtype():
+    """W_t starts at beta1 / (1 - beta1) in the parameter's dtype, float8 included, whose
+    tensors have no product: the other algorithms step float8 parameters too."""
+    p = torch.nn.Parameter(torch.randn(5).to(torch.float8_e4m3fn))
+    p.grad = torch.ones(5).to(torch.float8_e4m3fn)
+    opt = H.TAdam([p], lr=0.01)
+    opt.step()
+    assert opt.state[p]["W_t"].dtype == torch.float8_e4m3fn
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        q = torch.nn.Parameter(torch.randn(5, dtype=dtype))
+        opt = H.TAdam([q], lr=0.01, betas=(0.8, 0.99))
+        state = {}
+        opt._init_state(state, q, opt.param_groups[0])
+        # The value the product with ones gave, bit for bit.
+        assert torch.equal(state["W_t"], 0.8 / (1 - 0.8) * torch.ones(1, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", list(H.__all__[:8]))
+def test_a_sparse_state_buffer_is_refused_by_the_load(name):
+    """Accepted, it would fail every step after the load."""
+    from registry import ALGORITHMS
+
+    p = _param(0)
+    opt = ALGORITHMS[name].make([p], lr=0.01)
+    _run(opt, [p], 2)
+    sd = copy.deepcopy(opt.state_dict())
+    before = copy.deepcopy(opt.state_dict())
+    key = next(k for k, v in sd["state"][0].items() if isinstance(v, torch.Tensor) and v.dim() > 0 and k != "W_t")
+    sd["state"][0][key] = sd["state"][0][key].to_sparse()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert all(torch.equal(torch.as_tensor(before["state"][0][k]), torch.as_tensor(after["state"][0][k]))
+               for k in before["state"][0])
+    _run(opt, [p], 1)

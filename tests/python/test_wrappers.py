@@ -8,6 +8,7 @@ import copy
 from collections import OrderedDict
 import io
 import math
+from itertools import chain
 
 import pytest
 import torch
@@ -382,6 +383,70 @@ def test_state_dict_layout_contains_the_reference_keys(cls):
                 **({"last_sync_rate": None} if cls == "Scout" else {})}  # no sync yet
     assert a["param_groups"] == [{**g, "wrapper_settings": [settings]} for g in a["base_state_dict"]["param_groups"]]
     assert set(a["base_state_dict"]) == set(b["base_state_dict"])
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_reference_checkpoint_resumes_at_the_lr_its_base_trained_with(cls):
+    """A scheduler on the reference's wrapper changes only the wrapper's copy of the groups; its
+    base went on at its own lr, and so does ours, resumed from that checkpoint."""
+    ref_params = make_params()
+    refw = ref_wrapper(cls, make_base("adam", ref_params, "ref"), sync_period=4)
+    scheduler = torch.optim.lr_scheduler.StepLR(refw, step_size=1, gamma=0.1)
+    for t in range(2):
+        grads_at(t, ref_params)
+        refw.step()
+        scheduler.step()
+    sd = copy.deepcopy(refw.state_dict())
+    trained = [g["lr"] for g in sd["base_state_dict"]["param_groups"]]
+    assert [g["lr"] for g in sd["param_groups"]] != trained
+    ref2 = ref_wrapper(cls, make_base("adam", clone_params(ref_params), "ref"), sync_period=4)
+    ref2.load_state_dict(copy.deepcopy(sd))
+    ours = getattr(ho, cls)(make_base("adam", clone_params(ref_params)), sync_period=4)
+    ours.load_state_dict(copy.deepcopy(sd))
+    assert [g["lr"] for g in ref2.base_optimizer.param_groups] == trained
+    assert [g["lr"] for g in ours.base_optimizer.param_groups] == trained
+    assert [g["lr"] for g in ours.param_groups] == trained
+
+
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_sync_options_are_taken_as_the_optimizers_take_numbers(cls):
+    """numpy's numbers and one-element tensors, as the optimizers' options (and the reference's
+    numpy rate); kept as a float and an int, which a checkpoint loads with weights_only."""
+    import numpy as np
+
+    for rate, period in [(np.float32(0.25), np.int64(3)), (torch.tensor(0.25), torch.tensor(3)), (0.25, 3)]:
+        wrapper = getattr(ho, cls)(make_base("adam", make_params()), sync_rate=rate, sync_period=period)
+        assert (type(wrapper.defaults["sync_rate"]), type(wrapper.defaults["sync_period"])) == (float, int)
+        assert (wrapper.defaults["sync_rate"], wrapper.defaults["sync_period"]) == (0.25, 3)
+        buffer = io.BytesIO()
+        torch.save(wrapper.state_dict(), buffer)
+        buffer.seek(0)
+        getattr(ho, cls)(make_base("adam", make_params())).load_state_dict(torch.load(buffer, weights_only=True))
+    for rate, period in [(torch.tensor([0.5, 0.5]), 3), ("0.5", 3), (True, 3), (0.5, 2.0), (0.5, torch.tensor(2.5))]:
+        with pytest.raises(ValueError, match="expected positive"):
+            getattr(ho, cls)(make_base("adam", make_params()), sync_rate=rate, sync_period=period)
+
+
+@pytest.mark.parametrize("saved_dtype, dtype", [(torch.float64, torch.float32), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
+def test_a_checkpoint_of_another_floating_dtype_is_converted_as_the_base_converts_it(cls, saved_dtype, dtype):
+    """A float64 run resumed in float32 (and float32 in bfloat16): the slow weights and Scout's
+    statistics are converted, as the base's load converts its state; a sparse one is refused."""
+    saved_params = make_params(dtype=saved_dtype)
+    saved = getattr(ho, cls)(make_base("ours", saved_params), sync_period=3)
+    train(saved, saved_params, 0, 2)
+    sd = copy.deepcopy(saved.state_dict())
+    params = [p.detach().to(dtype).requires_grad_() for p in saved_params]
+    loaded = getattr(ho, cls)(make_base("ours", params), sync_period=3)
+    loaded.load_state_dict(copy.deepcopy(sd))
+    assert loaded.fast_steps == 2
+    for mine, theirs in zip(chain.from_iterable(loaded.slow_params), chain.from_iterable(saved.slow_params)):
+        assert mine.dtype == dtype and torch.equal(mine, theirs.to(dtype))
+    train(loaded, params, 2, 4)
+    sd["slow_params"][0] = sd["slow_params"][0].to_sparse()
+    with pytest.raises(ValueError, match="sparse"):
+        getattr(ho, cls)(make_base("ours", [p.detach().clone().requires_grad_() for p in params]),
+                         sync_period=3).load_state_dict(sd)
 
 
 @pytest.mark.parametrize("kind", ["adam", "ours"])

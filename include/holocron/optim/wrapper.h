@@ -104,6 +104,11 @@ class Lookahead : public torch::optim::Optimizer {
   /// virtual); a group added to the base optimizer directly is mirrored at the next step.
   void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
 
+  /// Clears the gradients of the base optimizer's parameters, those of a group added to the base
+  /// directly included (the wrapper's own groups mirror such a group only from the next step).
+  /// Call it on the wrapper type: torch::optim::Optimizer::zero_grad is not virtual.
+  void zero_grad(bool set_to_none = true);
+
   /// For every parameter: `slow += sync_rate * (fast - slow)`, then `fast = slow` (with
   /// `slow_from_first_sync`, for every parameter that has a gradient).
   /// \param sync_rate In [0, 1] (c10::ValueError otherwise).

@@ -284,7 +284,8 @@ struct OptionsBase : torch::optim::OptimizerCloneableOptions<Derived> {
 /// - A step validates every parameter of every group (options, gradient shape, dtype and
 ///   device, state buffers) before it writes anything, so a step that throws leaves parameters
 ///   and state as they were. Parameters without a gradient are skipped, their state untouched.
-///   Sparse gradients and non-floating-point parameters are refused.
+///   Sparse gradients, non-floating-point parameters, parameters that cannot be written in place
+///   (inference tensors, expanded ones), meta tensors and a parameter listed twice are refused.
 /// - Parameter groups keep their own options (LibTorch gives non-builtin optimizers' groups the
 ///   defaults).
 /// - Checkpoints (`torch::save(opt, path)` / `torch::load(opt, path)`) hold each group's options
@@ -414,6 +415,8 @@ class OptimizerBase : public torch::optim::Optimizer {
 
   const char* name_;
   functional::GradScaling grad_scaling_;
+  // The parameters a step updates, sorted to find one listed twice (kept: no allocation per step).
+  std::vector<const c10::TensorImpl*> listed_;
 };
 
 namespace detail {
