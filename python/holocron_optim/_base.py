@@ -1036,7 +1036,8 @@ class FusedStep:
         """`[self.state.get(p) for p in params]` for each group's parameters. A lookup
         hashes its tensor in Python (`Tensor.__hash__`); when the states' keys are these
         parameters in their order (past the first step, what made them), the states are
-        read in order instead, after a check of the keys' identities in C."""
+        read in order instead, after a check of the keys' identities in C. ValueError for a
+        parameter listed twice (`_refuse_listed_twice`), which only the lookups can hold."""
         state_of = self.state  # type: ignore[attr-defined]
         if len(state_of) == sum(map(len, groups)) and all(map(is_, state_of, chain.from_iterable(groups))):
             values = list(state_of.values())
@@ -1046,8 +1047,7 @@ class FusedStep:
                 start += len(params)
             return out
         # Checked here only: the states' keys, unique, cannot be a list holding a tensor twice.
-        listed = list(chain.from_iterable(groups))
-        if len(set(map(id, listed))) != len(listed):
+        if len(set(map(id, chain.from_iterable(groups)))) != sum(map(len, groups)):
             self._refuse_listed_twice()
         return [list(map(state_of.get, params)) for params in groups]
 
@@ -1074,6 +1074,10 @@ class FusedStep:
         eager step that read values on the host are the ops' own."""
         self._grad_scale_now = getattr(self, "grad_scale", None)
         self._found_inf_now = getattr(self, "found_inf", None)
+        # Traced once (the parameters are guarded on), as the eager step's `_group_states` checks.
+        listed = [p for group in self.param_groups for p in group["params"] if p.grad is not None]  # type: ignore[attr-defined]
+        if len({id(p) for p in listed}) != len(listed):
+            self._refuse_listed_twice()
         try:
             if self._clips_grad_norm:
                 work = []

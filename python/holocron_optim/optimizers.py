@@ -419,6 +419,8 @@ class RaLars(FusedStep, Optimizer):
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         sma_inf = group.get("sma_inf")
+        if sma_inf is not None:
+            check_number("RaLars", "sma_inf", sma_inf)  # a string would reach float() below
         record = bool(params) and not isinstance(sma_inf, float)
         if record:
             # The reference records the SMA's maximum length in the group on its

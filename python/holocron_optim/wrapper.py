@@ -50,8 +50,9 @@ def _check_sync_options(sync_rate: Any, sync_period: Any) -> tuple[float, int]:
     rate = as_real(sync_rate)
     if rate is None or not 0 <= rate <= 1:
         raise ValueError(f"expected positive float lower than 1 as sync_rate, received: {sync_rate}")
+    is_bool = isinstance(sync_period, bool) or getattr(sync_period, "dtype", None) is torch.bool
     try:
-        period = None if isinstance(sync_period, bool) else operator.index(sync_period)
+        period = None if is_bool else operator.index(sync_period)
     except TypeError:
         period = None
     if period is None or period < 1:
@@ -563,14 +564,15 @@ class Lookahead(Optimizer):
         state_precision into this one)."""
         if not isinstance(tensors, (list, tuple)) or len(tensors) != len(like):
             raise ValueError(f"{type(self).__name__}: '{name}' must hold {len(like)} tensors")
-        for t, p in zip(tensors, like):
+        for index, (t, p) in enumerate(zip(tensors, like)):
             if (not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.shape != p.shape
                     or not (t.dtype == p.dtype or (t.is_floating_point() and p.is_floating_point()))):
+                held = (f"a {t.dtype} tensor of shape {tuple(t.shape)}" + ("" if t.layout == torch.strided else f", {t.layout}")
+                        if isinstance(t, torch.Tensor) else f"{t!r:.80}")
                 raise ValueError(
-                    f"{type(self).__name__}: '{name}' holds a {getattr(t, 'layout', '')} tensor of shape "
-                    f"{tuple(getattr(t, 'shape', ()))} and dtype {getattr(t, 'dtype', type(t))} for a parameter of "
-                    f"shape {tuple(p.shape)} and dtype {p.dtype} (a dense tensor of its shape and dtype, or of "
-                    "another floating-point dtype, which is converted)"
+                    f"{type(self).__name__}: '{name}' holds {held} at {index}, for a parameter of shape "
+                    f"{tuple(p.shape)} and dtype {p.dtype} (a dense tensor of its shape and dtype, or of another "
+                    "floating-point dtype, which is converted)"
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -614,14 +616,14 @@ class Lookahead(Optimizer):
         # In ours, the top-level groups are what users and load hooks see and edit (the
         # base's copy is nested): their hyper-parameters win. Each group keeps its own
         # state_precision, as the base's load keeps it. In the reference's (no slow weights),
-        # the base's own groups hold the lr it trained with, and the wrapper-level "lr" may be a
-        # scheduler's value that never reached it: the base's win.
+        # the base's own groups hold the hyper-parameters it trained with, and the wrapper-level
+        # ones may be a scheduler's values that never reached it (lr, betas): the base's win.
         kept = ("params", "param_names", self._SETTINGS_KEY, "state_precision")
         self._check_groups_to_install(state_dict["base_state_dict"], saved_groups, kept)
         self.base_optimizer.load_state_dict(state_dict["base_state_dict"])
-        if slow is not None:
-            for group, saved in zip(self.param_groups, saved_groups):
-                group.update({k: v for k, v in saved.items() if k not in kept})
+        for group, saved in zip(self.param_groups, saved_groups):
+            # The reference's: only what its base's groups lack (a scheduler's initial_lr).
+            group.update({k: v for k, v in saved.items() if k not in kept and (slow is not None or k not in group)})
         self.state = own_state
         with torch.no_grad():
             source = slow if slow is not None else fast

@@ -12,7 +12,7 @@ namespace cpu = kernels::cpu;
 
 std::vector<double> grad_squared_norms(TensorList grads, const GradScaling& scaling,
                                        const Sharding& sharding) {
-  check_group("grad_squared_norms", grads, grads, {});
+  check_group("grad_squared_norms", grads, grads, {}, /*params_written=*/false);  // read only
   check_sharding("grad_squared_norms", sharding, grads);
   const auto inv_grad_scale =
       grad_unscale("grad_squared_norms", GradScaling(scaling.grad_scale, scaling.found_inf));

@@ -50,7 +50,7 @@ void check_fits(const char* optimizer, const char* what, size_t index, const at:
 }  // namespace
 
 void check_group(const char* optimizer, TensorList params, TensorList grads,
-                 std::initializer_list<NamedList> state_lists) {
+                 std::initializer_list<NamedList> state_lists, bool params_written) {
   TORCH_CHECK(grads.size() == params.size(), optimizer, ": got ", grads.size(),
               " gradients for ", params.size(), " parameters");
   for (const auto& list : state_lists) {
@@ -63,8 +63,10 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
     TORCH_CHECK(p.layout() == at::kStrided, optimizer, " does not support sparse parameters");
     TORCH_CHECK(at::isFloatingType(p.scalar_type()), optimizer, ": params[", i,
                 "] has dtype ", p.scalar_type(), "; only floating-point parameters can be optimized");
-    const char* unwritable = why_not_writable(p);
-    TORCH_CHECK(unwritable == nullptr, optimizer, ": params[", i, "] ", unwritable);
+    if (params_written) {
+      const char* unwritable = why_not_writable(p);
+      TORCH_CHECK(unwritable == nullptr, optimizer, ": params[", i, "] ", unwritable);
+    }
     check_fits(optimizer, "gradients", i, grads[i], p);
     for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p, true);
   }

@@ -42,10 +42,10 @@ struct NamedList {
 const char* why_not_writable(const at::Tensor& t);
 
 // Checks that every list fits `params` (same length; each tensor same shape,
-// dtype and device as its parameter, parameters and state writable) and that every gradient is dense.
-// Called before any write so that a failing call changes nothing.
+// dtype and device as its parameter, state and, where `params_written`, parameters writable) and
+// that every gradient is dense. Called before any write so that a failing call changes nothing.
 void check_group(const char* optimizer, TensorList params, TensorList grads,
-                 std::initializer_list<NamedList> state_lists);
+                 std::initializer_list<NamedList> state_lists, bool params_written = true);
 
 // check_group for state held per parameter as a flat list: buffers[i]
 // belongs to params[owners[i]], and has exactly the dtype its group's state_precision keeps:

@@ -631,6 +631,26 @@ TYPED_TEST(EveryAlgorithm, UnwritableOrTwiceListedParameterChangesNothing) {
 }  // namespace
 }  // namespace holocron_test
 
+// Gradients are only read, by global clipping's norm too: an expanded one is taken.
+namespace holocron_test {
+namespace {
+
+TEST(Clipping, AnExpandedGradientIsRead) {
+  namespace ho = holocron::optim;
+  auto p = torch::linspace(-1, 1, 12, torch::kDouble).reshape({4, 3}).requires_grad_();
+  auto q = p.detach().clone().requires_grad_();
+  ho::LAMB expanded({p}, ho::LAMBOptions(0.01).max_grad_norm(0.5));
+  ho::LAMB dense({q}, ho::LAMBOptions(0.01).max_grad_norm(0.5));
+  p.mutable_grad() = torch::ones({1}, torch::kDouble).expand({4, 3});
+  q.mutable_grad() = torch::ones({4, 3}, torch::kDouble);
+  expanded.step();
+  dense.step();
+  EXPECT_TRUE(torch::allclose(p, q, 1e-12, 1e-15));
+}
+
+}  // namespace
+}  // namespace holocron_test
+
 // LibTorch's own optimizer tests compare options and states with ==.
 namespace holocron_test {
 namespace {

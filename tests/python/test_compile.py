@@ -230,3 +230,17 @@ def test_compiled_step_refuses_floats_where_its_group_now_keeps_codes():
                                         "as uint8 codes"):
         compiled_step()
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize("fullgraph, error", [(False, ValueError), (True, RuntimeError)])
+def test_a_parameter_listed_twice_is_refused_by_a_compiled_step(fullgraph, error):
+    """As by an eager step (it would be updated twice with one state); with fullgraph, dynamo
+    hands the ValueError on as its own error, with the message."""
+    a, b = (p.requires_grad_() for p in make_params(shapes=((3,), (2,))))
+    with pytest.warns(UserWarning, match="duplicate"):
+        opt = ho.LAMB([a, b, a], lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    before = (a.detach().clone(), b.detach().clone())
+    with pytest.raises(error, match="parameter 2 of group 0 is also parameter 0 of group 0"):
+        torch.compile(opt.step, backend="eager", fullgraph=fullgraph)()
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1]) and not opt.state

@@ -332,3 +332,29 @@ def test_a_sparse_state_buffer_is_refused_by_the_load(name):
     assert all(torch.equal(torch.as_tensor(before["state"][0][k]), torch.as_tensor(after["state"][0][k]))
                for k in before["state"][0])
     _run(opt, [p], 1)
+
+
+def test_ralars_sma_inf_that_is_not_a_number_is_refused_by_name():
+    p = _param(0)
+    opt = H.RaLars([p], lr=0.01)
+    _run(opt, [p], 1)
+    opt.param_groups[0]["sma_inf"] = "x"
+    with pytest.raises(TypeError, match="RaLars: sma_inf must be a real number, got 'x'"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["LAMB", "Adan"])
+@pytest.mark.parametrize("make_grad", [lambda: torch.ones(1, dtype=torch.float64).expand(4, 3), lambda: _inference()],
+                         ids=["expanded", "inference"])
+def test_a_gradient_that_cannot_be_written_is_read_by_global_clipping(name, make_grad):
+    """Gradients are only read, also by max_grad_norm's norm: nothing refuses them as unwritable."""
+    from registry import ALGORITHMS
+
+    p, q = _param(0), _param(0)
+    clipped = ALGORITHMS[name].make([p], lr=0.01, max_grad_norm=0.5)
+    plain = ALGORITHMS[name].make([q], lr=0.01, max_grad_norm=0.5)
+    p.grad = make_grad()
+    q.grad = torch.ones(4, 3, dtype=torch.float64)
+    clipped.step()
+    plain.step()
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)  # a strided gradient takes another loop

@@ -354,17 +354,24 @@ def test_wrappers_keep_their_tensors_in_the_bases_precision(wrapper, base, param
     wide.step()
 
 
-def test_a_wrapper_refuses_slow_weights_of_another_kind():
+def test_a_wrapper_converts_floating_slow_weights_and_refuses_others():
+    """Slow weights of any floating dtype are converted to the base's state precision, as the
+    base's load converts its state; integers are refused, leaving everything as it was."""
     params = _model()
     opt = ho.Lookahead(ho.LAMB(params, state_precision="bfloat16"), sync_period=2)
     _run(opt, params, 3)
     saved = opt.state_dict()
+    half = copy.deepcopy(saved)
+    half["slow_params"][1] = half["slow_params"][1].to(torch.float16)
     bad = copy.deepcopy(saved)
-    bad["slow_params"][1] = bad["slow_params"][1].to(torch.float16)
+    bad["slow_params"][1] = bad["slow_params"][1].to(torch.int32)
     before = [t.clone() for t in opt._flat_slow()]
     with pytest.raises(ValueError, match="slow"):
         opt.load_state_dict(bad)
     assert all(torch.equal(a, b) for a, b in zip(opt._flat_slow(), before))
+    opt.load_state_dict(half)
+    assert opt._flat_slow()[1].dtype == torch.bfloat16
+    assert torch.equal(opt._flat_slow()[1], saved["slow_params"][1].to(torch.float16).to(torch.bfloat16))
 
 
 def test_load_hooks_see_what_loads():

@@ -406,6 +406,9 @@ def test_reference_checkpoint_resumes_at_the_lr_its_base_trained_with(cls):
     assert [g["lr"] for g in ref2.base_optimizer.param_groups] == trained
     assert [g["lr"] for g in ours.base_optimizer.param_groups] == trained
     assert [g["lr"] for g in ours.param_groups] == trained
+    # What only the wrapper's groups held (the scheduler's initial_lr) is taken: it resumes.
+    assert [g["initial_lr"] for g in ours.param_groups] == [g["initial_lr"] for g in sd["param_groups"]]
+    torch.optim.lr_scheduler.StepLR(ours, step_size=1, gamma=0.1, last_epoch=1)
 
 
 @pytest.mark.parametrize("cls", ["Lookahead", "Scout"])
@@ -422,7 +425,8 @@ def test_sync_options_are_taken_as_the_optimizers_take_numbers(cls):
         torch.save(wrapper.state_dict(), buffer)
         buffer.seek(0)
         getattr(ho, cls)(make_base("adam", make_params())).load_state_dict(torch.load(buffer, weights_only=True))
-    for rate, period in [(torch.tensor([0.5, 0.5]), 3), ("0.5", 3), (True, 3), (0.5, 2.0), (0.5, torch.tensor(2.5))]:
+    for rate, period in [(torch.tensor([0.5, 0.5]), 3), ("0.5", 3), (True, 3), (0.5, 2.0), (0.5, torch.tensor(2.5)),
+                         (0.5, torch.tensor(True)), (0.5, np.bool_(True))]:
         with pytest.raises(ValueError, match="expected positive"):
             getattr(ho, cls)(make_base("adam", make_params()), sync_rate=rate, sync_period=period)
 
