@@ -365,8 +365,16 @@ class _RatioTargets(NamedTuple):
     params: list[torch.Tensor]
     states: list[dict[str, Any]]
     targets: list[torch.Tensor]
-    held: list[Any]  # each state's local_lr: its target, or the int 1
+    held: list[Any]  # what each state held as local_lr when the targets were made
     pins: Any  # torch.classes.holocron.TensorPins of the targets (FusedStep._pin)
+
+
+@torch.compiler.disable
+def _step_eagerly(optimizer: Any) -> None:
+    """A step of DTensor parameters inside a compiled function: not traced (its shards' process
+    groups, read from their meshes, are no values dynamo can hold), but run eagerly there, a
+    graph break (an error under fullgraph=True)."""
+    optimizer._eager_step()
 
 
 class _Pins(NamedTuple):
@@ -801,17 +809,23 @@ class FusedStep:
             with torch.enable_grad():
                 loss = closure()
         if torch.compiler.is_compiling():
-            self._compiled_step()
+            if any(distributed.any_dtensor(group["params"]) for group in self.param_groups):  # type: ignore[attr-defined]
+                _step_eagerly(self)
+            else:
+                self._compiled_step()
             return loss
+        self._eager_step()
+        return loss
+
+    def _eager_step(self) -> None:
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
-            return loss
+            return
         self._grad_scale_now = getattr(self, "grad_scale", None)
         try:
             self._step_groups()
         finally:
             self._grad_scale_now = None
-        return loss
 
     def _step_groups(self) -> None:
         self._forget_removed_groups()
@@ -1155,9 +1169,8 @@ class FusedStep:
                        states: list[dict[str, Any]]) -> dict[str, Any]:
         """The 0-d tensors into which LAMB's and RaLars' ops write each trust ratio.
 
-        Compiled: the state's own. Eager, the reference's layout: a state holds its
-        ratio as a 0-d tensor of the parameter's dtype, or the int 1 when a norm
-        was zero (`_settle_ratios`); the tensors are made once per parameter and
+        Compiled: the state's own. Eager: a state holds its ratio as a 0-d tensor of the
+        parameter's dtype (`_settle_ratios`); the tensors are made once per parameter and
         kept with the group's lists, so that a step makes no tensor per parameter
         and, past the first, walks no list in Python: the op writes them."""
         if torch.compiler.is_compiling():
@@ -1182,20 +1195,21 @@ class FusedStep:
             group, params, states, targets, held, torch.classes.holocron.TensorPins(targets))
         return {"local_lrs": targets}
 
-    def _settle_ratios(self, group: dict[str, Any], states: list[dict[str, Any]], ratios: torch.Tensor) -> None:
-        """Each state's `local_lr` after an eager step: its tensor, now holding the
-        ratio, or the int 1 where a norm was zero (the reference's choice)."""
+    def _settle_ratios(self, group: dict[str, Any], states: list[dict[str, Any]]) -> None:
+        """Each state's `local_lr` after an eager step: its tensor, now holding the ratio, 1
+        where a norm was zero. The reference holds the int 1 there; a tensor always keeps the
+        entry's type from step to step, as torch.distributed.checkpoint's load needs (it fills
+        a fresh optimizer's state with one step of zero gradients, where the norms are zero, and
+        refuses a checkpoint whose entries are of other types)."""
         if not states:
             return
         cache = self._trust_ratio_targets[id(group)]
-        ones = set((ratios == 1.0).nonzero().flatten().tolist())
-        settled = [1 if i in ones else t for i, t in enumerate(cache.targets)] if ones else cache.targets
-        if all(map(is_, settled, cache.held)):
+        if all(map(is_, cache.targets, cache.held)):
             return
-        for state, value, before in zip(states, settled, cache.held):
+        for state, value, before in zip(states, cache.targets, cache.held):
             if value is not before:
                 state["local_lr"] = value
-        self._trust_ratio_targets[id(group)] = cache._replace(held=settled)
+        self._trust_ratio_targets[id(group)] = cache._replace(held=cache.targets)
 
     def _commit_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
         if not torch.compiler.is_compiling():

@@ -258,8 +258,8 @@ class LAMB(FusedStep, Optimizer):
     ``scale_clip=(0, inf)`` (timm does not bound ``||p||``).
 
     State (per parameter, the reference's keys): ``step`` (int), ``exp_avg``,
-    ``exp_avg_sq`` and ``local_lr`` (the last trust ratio: a 0-d tensor, or the
-    int 1 when a norm was 0).
+    ``exp_avg_sq`` and ``local_lr`` (the last trust ratio: a 0-d tensor, holding 1 when a norm
+    was 0, where the reference holds the int 1).
 
     Differences from the reference (pylocron 0.3.0):
         - ``weight_decay < 0`` is refused; pylocron accepts it.
@@ -331,7 +331,7 @@ class LAMB(FusedStep, Optimizer):
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         steps, counters = self._counters(states)
-        local_lrs = distributed.call(
+        distributed.call(
             ops.lamb_, params, grads, exp_avgs=self._gather(states, "exp_avg"),
             exp_avg_sqs=self._gather(states, "exp_avg_sq"),
             steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
@@ -346,7 +346,7 @@ class LAMB(FusedStep, Optimizer):
         if counters:
             return  # compiled: the op advanced the counters and wrote the ratios
         self._commit_steps(states, steps)
-        self._settle_ratios(group, states, local_lrs)
+        self._settle_ratios(group, states)
 
 
 class RaLars(FusedStep, Optimizer):
@@ -427,7 +427,7 @@ class RaLars(FusedStep, Optimizer):
             # first step (here once that step has succeeded).
             sma_inf = 2 / (1 - beta2) - 1
         steps, counters = self._counters(states)
-        local_lrs = distributed.call(
+        distributed.call(
             ops.ralars_, params, grads, exp_avgs=self._gather(states, "exp_avg"),
             exp_avg_sqs=self._gather(states, "exp_avg_sq"),
             steps=steps, **self._lr(group), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
@@ -443,7 +443,7 @@ class RaLars(FusedStep, Optimizer):
         if counters:
             return  # compiled: the op advanced the counters and wrote the ratios
         self._commit_steps(states, steps)
-        self._settle_ratios(group, states, local_lrs)
+        self._settle_ratios(group, states)
 
 
 def _w_t_size(count: int) -> str:

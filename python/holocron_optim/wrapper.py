@@ -44,6 +44,13 @@ def _group_params(param_group: dict[str, Any]) -> list[Any]:
     return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in list(params)]
 
 
+@torch.compiler.disable
+def _step_eagerly(wrapper: Any, closure: Callable[[], Any] | None) -> Any:
+    """A step of DTensor parameters inside a compiled function, run eagerly there (a graph break),
+    as FusedStep's (_base._step_eagerly)."""
+    return wrapper.step(closure)
+
+
 def _check_sync_options(sync_rate: Any, sync_period: Any) -> tuple[float, int]:
     """(sync_rate, sync_period) as a float and an int, from any real number and integer (numpy's, a
     one-element tensor's) as the optimizers take their options; ValueError in the reference's words."""
@@ -394,12 +401,13 @@ class Lookahead(Optimizer):
         return {"slow_param": self._flat_slow()}
 
     def _sync_state_entries(self) -> None:
-        """Puts the wrapper's tensors in `state` once the base has state (a
-        fresh pair stays empty, so that DCP makes its state by a zero-lr step
-        before loading into it), and again when groups were added or the
-        tensors replaced by a load."""
+        """Puts the wrapper's tensors in `state` once the base has state or the wrapper has
+        stepped (a fresh pair stays empty, so that DCP makes its state by a zero-lr step before
+        loading into it; a base that keeps no state, SGD without momentum, still gets entries,
+        which DCP's checkpoint is made of), and again when groups were added or the tensors
+        replaced by a load."""
         fast = self._fast_params()
-        if self._registered == len(fast) or not self.base_optimizer.state:
+        if self._registered == len(fast) or not (self.base_optimizer.state or self._stepped):
             return
         for key, tensors in self._own_tensors().items():
             for p, t in zip(fast, tensors):
@@ -407,6 +415,9 @@ class Lookahead(Optimizer):
         self._registered = len(fast)
 
     _registered = 0
+    # Set by a step, and by a load of a checkpoint past its first (fast_steps holds it as a tensor,
+    # whose read a compiled step could not make).
+    _stepped = False
 
     def _compensation(self, fast: list[torch.Tensor]) -> dict[str, Any]:
         """The sync's `kahan_comps`: the base's Kahan compensation of each fast weight whose group
@@ -429,6 +440,8 @@ class Lookahead(Optimizer):
         refusal of Kahan-compensated weights); Lookahead takes any."""
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        if torch.compiler.is_compiling() and any(distributed.any_dtensor(group["params"]) for group in self.param_groups):
+            return _step_eagerly(self, closure)
         self._check_base()
         self._mirror_new_groups()
         if not torch.compiler.is_compiling():
@@ -447,6 +460,7 @@ class Lookahead(Optimizer):
             loss = self._base_step_with_scaling(closure, found_inf)
         with torch.no_grad():
             self._advance(found_inf)
+        self._stepped = True
         self._sync_state_entries()
         return loss
 
@@ -642,6 +656,7 @@ class Lookahead(Optimizer):
         self.defaults["sync_rate"] = sync_rate
         commit_extra()
         self._registered = 0  # the tensors were replaced: entries made anew
+        self._stepped = fast_steps > 0
         self._sync_state_entries()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

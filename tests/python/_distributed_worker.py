@@ -178,6 +178,8 @@ CASE_DTYPES = {"Lookahead(LAMB, Kahan)": torch.bfloat16}
 HSDP_CASES = ("LARS", "LAMB", "TAdam", "AdamP", "Scout(AdamP)", "AdamP(timm)")
 # Tensor parallelism's layout: a part of every output channel on each rank.
 TP_CASES = ("LAMB", "TAdam", "AdamP", "AdamP(timm)", "LAMB(cautious)")
+# FSDP2 with torch.compile(opt.step).
+COMPILED_CASES = ("LAMB", "AdaBelief", "Scout(AdamP)")
 HSDP_MESHES = ((1, 2), (2, 1))
 
 
@@ -216,13 +218,14 @@ def batch(step: int, rank: int | None, world: int) -> tuple[torch.Tensor, torch.
     return x[rank * BATCH : (rank + 1) * BATCH], y[rank * BATCH : (rank + 1) * BATCH]
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, rank: int | None, world: int) -> None:
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, rank: int | None, world: int,
+          step_of: Callable[[], Any] | None = None) -> None:
     for step in steps:
         x, y = batch(step, rank, world)
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
-        opt.step()
+        (step_of or opt.step)()
 
 
 # ---------------------------------------------------------------- collection
@@ -338,7 +341,8 @@ def baseline(make: Callable, steps: range, world: int) -> dict[str, Any]:
     return collect(model, opt, distributed=False)
 
 
-def run_fsdp(name: str, make: Callable, rank: int, world: int, mesh_shape: tuple[int, ...] = (2,)) -> dict[str, Any]:
+def run_fsdp(name: str, make: Callable, rank: int, world: int, mesh_shape: tuple[int, ...] = (2,),
+             compiled: bool = False) -> dict[str, Any]:
     from torch.distributed.device_mesh import init_device_mesh
 
     if len(mesh_shape) == 1:
@@ -347,7 +351,8 @@ def run_fsdp(name: str, make: Callable, rank: int, world: int, mesh_shape: tuple
         mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=("replicate", "shard"))
     model = shard(make_model(0), mesh)
     opt = make(list(model.parameters()))
-    train(model, opt, range(STEPS), rank, world)
+    # Compiled, a step of DTensors runs eagerly inside the compiled function (a graph break).
+    train(model, opt, range(STEPS), rank, world, torch.compile(opt.step, backend="eager") if compiled else None)
     result = {"got": collect(model, opt, distributed=True), "placement_problems": placement_problems(model, opt),
               "param_placements": {n: str(tuple(p.placements)) for n, p in model.named_parameters()}}
     if rank == 0:
@@ -514,6 +519,8 @@ def scenario_cases(scenario: str) -> list[tuple[str, Callable[..., dict[str, Any
         return [(n, lambda r, w, n=n: run_blockwise(n, blockwise[n], r, w)) for n in BLOCKWISE_CASES]
     if scenario == "tp":
         return [(n, lambda r, w, n=n: run_tp(n, factories[n], r, w)) for n in TP_CASES]
+    if scenario == "compiled":
+        return [(n, lambda r, w, n=n: run_fsdp(n, factories[n], r, w, compiled=True)) for n in COMPILED_CASES]
     raise KeyError(scenario)
 
 

@@ -48,7 +48,7 @@ else:  # pragma: no cover
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 WORLD = 2
-SCENARIOS = ("fsdp", "hsdp", "tp", "ddp", "dcp", "blockwise")
+SCENARIOS = ("fsdp", "hsdp", "tp", "ddp", "dcp", "blockwise", "compiled")
 LAUNCH_TIMEOUT_S = 120
 GRACE_AFTER_DEATH_S = 5
 TOL = {"rtol": 1e-9, "atol": 1e-9}
@@ -57,6 +57,7 @@ TOL = {"rtol": 1e-9, "atol": 1e-9}
 LOW_PRECISION_TOL = {"rtol": 1e-2, "atol": 1e-2}
 
 CASES = worker.CASES if worker else ()
+COMPILED_CASES = worker.COMPILED_CASES if worker else ()
 BLOCKWISE_CASES = worker.BLOCKWISE_CASES if worker else ()
 HSDP_CASES = (
     [f"{shape[0]}x{shape[1]}-{n}" for shape in worker.HSDP_MESHES for n in worker.HSDP_CASES] if worker else []
@@ -233,6 +234,14 @@ def check_named_state(runs: Runs, case: str, result: dict[str, Any]) -> None:
 def test_fsdp_matches_single_process(runs, case):
     ranks = runs.case("fsdp", case)
     check_named_state(runs, case, ranks[0])
+    assert_same_run(ranks[0]["got"], ranks[0]["expected"], case=case)
+
+
+@pytest.mark.parametrize("case", COMPILED_CASES)
+def test_compiled_fsdp_step_matches_single_process(runs, case):
+    """torch.compile(opt.step) on FSDP2's DTensors: the step runs eagerly inside the compiled
+    function (a graph break), as torch.optim's compiled steps of DTensors run."""
+    ranks = runs.case("compiled", case)
     assert_same_run(ranks[0]["got"], ranks[0]["expected"], case=case)
 
 

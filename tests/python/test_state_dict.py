@@ -276,3 +276,50 @@ def test_a_load_leaves_entries_of_other_keys_as_they_were(name):
     saved["state"]["note"] = note
     opt.load_state_dict(saved)
     assert saved["state"]["note"] is note and type(note["step"]) is torch.Tensor and note["step"].item() == 7
+
+
+def _dcp_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))  # LayerNorm's bias starts at zero
+    return model.double()
+
+
+def _dcp_train(model, opt, steps) -> None:
+    for step in steps:
+        gen = torch.Generator().manual_seed(step)
+        opt.zero_grad()
+        model(torch.randn(8, 4, generator=gen, dtype=torch.float64)).pow(2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("wrap", [None, "Lookahead", "Scout"])
+@pytest.mark.parametrize("name", [*ALGOS, "SGD"])
+def test_dcp_resume_with_default_options_continues_bitwise(name, wrap, tmp_path):
+    """README's torch.distributed.checkpoint recipe, with each class's defaults. get_state_dict
+    fills a fresh optimizer's state with one step of zero gradients, where LAMB's norms are zero
+    (weight_decay=0): each entry must keep its type from step to step (a trust ratio of 1 is a
+    tensor, not the reference's int), or DCP refuses the checkpoint. A wrapper's slow weights are
+    per-parameter entries also around a base that keeps no state (SGD, LARS without momentum)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def make(model):
+        opt = (torch.optim.SGD if name == "SGD" else ALGORITHMS[name].cls)(model.parameters(), lr=1e-2)
+        return getattr(ho, wrap)(opt, sync_period=3) if wrap else opt
+
+    model = _dcp_model()
+    opt = make(model)
+    _dcp_train(model, opt, range(2))
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_path))
+    _dcp_train(model, opt, range(2, 4))
+
+    fresh = _dcp_model()
+    fresh_opt = make(fresh)
+    msd, osd = get_state_dict(fresh, fresh_opt)
+    loaded = {"model": msd, "optim": osd}
+    dcp.load(loaded, checkpoint_id=str(tmp_path))
+    set_state_dict(fresh, fresh_opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    _dcp_train(fresh, fresh_opt, range(2, 4))
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
