@@ -181,7 +181,7 @@ c10::IValue write_scalars(const Arguments& a) {
 c10::IValue validate_group(const Arguments& a) {
   const auto optimizer = a.string("optimizer");
   const auto params = a.tensors("params");
-  F::detail::check_group(optimizer.c_str(), params, a.tensors("grads"), {});
+  F::detail::check_group(optimizer.c_str(), params, a.grads(optimizer.c_str(), params), {});
   F::detail::check_flat_state(optimizer.c_str(), params, a.tensors("buffers"), a.integers("owners"),
                               a.optional_dtype("state_dtype"));
   for (int64_t step : a.integers("steps")) {
@@ -273,7 +273,7 @@ struct Declaration {
 // The operators that are not one algorithm's: each one's schema (its only
 // declaration) and kernel.
 const Declaration kOps[] = {
-    {"validate_group(str optimizer, Tensor[] params, Tensor[] grads, Tensor[] buffers, "
+    {"validate_group(str optimizer, Tensor[] params, Tensor[]? grads, Tensor[] buffers, "
      "int[] owners, int[] steps, ScalarType? state_dtype=None) -> ()",
      &validate_group},
     {"write_scalars_(Tensor(a!)[] targets, float[] values) -> ()", &write_scalars},

@@ -88,6 +88,21 @@ class Arguments {
       : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {}
 
   std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
+  // `grads`, or where it is None each parameter's own .grad, read here: a Python step that
+  // gathers p.grad for 3000 small parameters pays about half a millisecond, a tenth of the step.
+  // A parameter without a gradient is refused before anything is written.
+  std::vector<at::Tensor> grads(const char* optimizer, const std::vector<at::Tensor>& params) const {
+    if (auto given = optional_tensors("grads")) return std::move(*given);
+    std::vector<at::Tensor> read;
+    read.reserve(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& grad = params[i].grad();
+      TORCH_CHECK(grad.defined(), optimizer, ": grads=None takes each parameter's .grad, and params[", i,
+                  "] has none (pass the gradients, or only parameters that have one)");
+      read.push_back(grad);
+    }
+    return read;
+  }
   at::Tensor tensor(const char* name) const { return at(name).toTensor(); }
   double real(const char* name) const { return at(name).toDouble(); }
   // `lr`, or the value of `lr_tensor` where one is given (an op reading it declares

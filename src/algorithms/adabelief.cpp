@@ -194,7 +194,7 @@ c10::IValue adabelief(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("AdaBelief", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::adabelief_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+  F::adabelief_(params, a.grads("AdaBelief", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
                 a.tensors("max_exp_avg_sqs"), counters.steps(),
                 a.hyper<F::AdaBeliefHyper>("AdaBelief"),
                 a.scaling());
@@ -205,7 +205,7 @@ c10::IValue adabelief(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "adabelief_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, "

@@ -497,7 +497,7 @@ c10::IValue adamp(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("AdamP", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::adamp_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+  F::adamp_(params, a.grads("AdamP", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
             a.tensors("max_exp_avg_sqs"), counters.steps(),
             a.hyper<F::AdamPHyper>("AdamP"),
             a.scaling(), a.sharding(params));
@@ -508,7 +508,7 @@ c10::IValue adamp(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "adamp_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "adamp_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE

@@ -195,7 +195,7 @@ c10::IValue adan(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("Adan", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::adan_(params, a.tensors("grads"), a.tensors("prev_grads"), a.tensors("exp_avgs"),
+  F::adan_(params, a.grads("Adan", params), a.tensors("prev_grads"), a.tensors("exp_avgs"),
            a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
            counters.steps(),
            a.hyper<F::AdanHyper>("Adan"),
@@ -207,7 +207,7 @@ c10::IValue adan(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "adan_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] prev_grads, "
+    "adan_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] prev_grads, "
     "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_deltas, "
     "Tensor(f!)[] max_exp_avg_deltas, int[] steps, float lr, float beta1, float beta2, "
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING

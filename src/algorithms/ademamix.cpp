@@ -200,7 +200,7 @@ c10::IValue ademamix(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("AdEMAMix", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::ademamix_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
+  F::ademamix_(params, a.grads("AdEMAMix", params), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
                a.tensors("exp_avg_sqs"), counters.steps(),
                a.hyper<F::AdEMAMixHyper>("AdEMAMix"),
                a.scaling(), a.sharding(params));
@@ -211,7 +211,7 @@ c10::IValue ademamix(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "ademamix_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "ademamix_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "

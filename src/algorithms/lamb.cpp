@@ -285,7 +285,7 @@ c10::IValue lamb(const Arguments& a) {
   const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(
-      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
+      params, a.grads("LAMB", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
       a.hyper<F::LambHyper>("LAMB"),
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
@@ -296,7 +296,7 @@ c10::IValue lamb(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "lamb_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, float lr, float beta1, float beta2, float eps, "
     "float weight_decay, float clip_low, float clip_high, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "

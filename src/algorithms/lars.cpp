@@ -225,7 +225,7 @@ c10::IValue lars(const Arguments& a) {
   std::unique_ptr<bool[]> flags(new bool[is_new.size()]());
   std::copy(is_new.begin(), is_new.end(), flags.get());
   return ratios_out(
-      F::lars_(params, a.tensors("grads"), a.tensors("momentum_buffers"),
+      F::lars_(params, a.grads("LARS", params), a.tensors("momentum_buffers"),
                c10::ArrayRef<bool>(flags.get(), is_new.size()),
                a.hyper<F::LarsHyper>("LARS"),
                a.scaling(), a.sharding(params)),
@@ -235,7 +235,7 @@ c10::IValue lars(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+    "lars_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] momentum_buffers, "
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "

@@ -158,7 +158,7 @@ c10::IValue ralars(const Arguments& a) {
   const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("RaLars", local_lrs, params.size());
   const auto ratios = F::ralars_(
-      params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
+      params, a.grads("RaLars", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
       a.hyper<F::RaLarsHyper>("RaLars"),
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
@@ -169,7 +169,7 @@ c10::IValue ralars(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "ralars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "ralars_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, int[] steps, float lr, float beta1, float beta2, float eps, "
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING

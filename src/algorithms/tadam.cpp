@@ -211,7 +211,7 @@ c10::IValue tadam(const Arguments& a) {
   }
   const StepCounters counters("TAdam", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::tadam_(params, a.tensors("grads"), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
+  F::tadam_(params, a.grads("TAdam", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
             a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
             a.hyper<F::TAdamHyper>("TAdam"),
             a.scaling(), a.sharding(params));
@@ -223,7 +223,7 @@ c10::IValue tadam(const Arguments& a) {
 }  // namespace
 
 HOLOCRON_OPTIM_OP(
-    "tadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+    "tadam_(Tensor(a!)[] params, Tensor[]? grads, Tensor(b!)[] exp_avgs, "
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
