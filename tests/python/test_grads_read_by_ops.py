@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from holocron_optim import _distributed
-from holocron_optim._base import _NO_GRAD_TO_READ
+from holocron_optim import _base, _distributed
 from registry import ALGORITHMS, ALGOS
+
+NO_GRAD_TO_READ = r"grads=None takes each parameter's \.grad"
 
 SHAPES = ((3, 4), (5,), (2, 3, 2), (7,))
 
@@ -75,7 +76,9 @@ PATTERN = ((), (), (1,), (), (2,), (3,), (), (0, 1, 2, 3), (), ())
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_gradients_read_by_the_ops_give_what_gathered_ones_give(name):
+def test_gradients_read_by_the_ops_give_what_gathered_ones_give(name, monkeypatch):
+    # Every step after one that found every gradient is an attempt (none gather after a miss).
+    monkeypatch.setattr(_base, "_GATHERING_STEPS_AFTER_A_MISS", 0)
     ours, opt, plain, twin, read_by_ops = _reads_and_twin(name)
     for step, missing in enumerate(PATTERN):
         _set_grads(ours, step, missing), _set_grads(plain, step, missing)
@@ -83,12 +86,63 @@ def test_gradients_read_by_the_ops_give_what_gathered_ones_give(name):
         opt.step(), twin.step()
         _assert_same(ours, opt, plain, twin)
         # After a step that found every gradient, the ops are handed none.
-        if step > 0 and not PATTERN[step - 1]:
+        assert bool(read_by_ops) == (step > 0 and not PATTERN[step - 1])
+        if read_by_ops:
             assert read_by_ops[:2] == [True, True]
         assert opt._every_grad_was_there == (not missing)
     if "step" in opt.state[ours[0]]:
         assert [int(opt.state[p]["step"]) for p in ours] == [
             sum(i not in missing for missing in PATTERN) for i in range(len(ours))]
+
+
+@pytest.mark.parametrize("edit", ["buffer of another shape", "counter below zero"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_a_parameter_whose_gradient_went_missing_is_not_checked(name, edit):
+    """torch.optim skips a parameter without a gradient, state and all: a state the step would
+    refuse (edited, or kept in a form its group no longer keeps) is not read either."""
+    ours, opt, plain, twin, _ = _reads_and_twin(name)
+    for step in range(3):
+        _set_grads(ours, step, ()), _set_grads(plain, step, ())
+        opt.step(), twin.step()
+    for o, params in ((opt, ours), (twin, plain)):
+        state = o.state[params[1]]
+        if edit == "counter below zero":
+            if "step" not in state:
+                pytest.skip("keeps no counter")
+            state["step"] = -1
+        else:
+            key = o._state_keys(o.param_groups[0])[0]
+            state[key] = torch.zeros(3, dtype=state[key].dtype)
+    for step in range(3, 6):
+        _set_grads(ours, step, (1,)), _set_grads(plain, step, (1,))
+        opt.step(), twin.step()
+        _assert_same(ours, opt, plain, twin)
+
+
+@pytest.mark.parametrize("name", ["LARS", "AdaBelief"])
+def test_gradients_missing_every_other_step_cost_an_attempt_in_seventeen(name):
+    ours, opt, plain, twin, _ = _reads_and_twin(name)
+    attempts = []
+    step_groups = opt._step_groups_reading_grads
+
+    def recorded(in_ops):
+        try:
+            step_groups(in_ops)
+        except Exception:
+            attempts.append("refused")
+            raise
+        attempts.append("in ops" if in_ops else "gathered")
+
+    opt._step_groups_reading_grads = recorded
+    for step in range(40):
+        missing = (1,) if step % 2 else ()
+        _set_grads(ours, step, missing), _set_grads(plain, step, missing)
+        opt.step(), twin.step()
+    _assert_same(ours, opt, plain, twin)
+    # Steps 1, 19 and 37 find gradient 1 missing (after steps that found all), each taken again.
+    assert attempts.count("refused") == 3
+    assert attempts.count("in ops") == 0
+    assert attempts.count("gathered") == 40
 
 
 @pytest.mark.parametrize("group_missing", [0, 1])
@@ -104,7 +158,7 @@ def test_a_missing_gradient_is_refused_before_anything_is_written(name, group_mi
     before = [p.detach().clone() for p in ours]
     state_before = {id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
                     for p in ours}
-    with pytest.raises(RuntimeError, match=_NO_GRAD_TO_READ.replace(".", r"\.")):
+    with pytest.raises(RuntimeError, match=NO_GRAD_TO_READ):
         opt._step_groups_reading_grads(in_ops=True)
     for p, old in zip(ours, before):
         assert torch.equal(p, old)
