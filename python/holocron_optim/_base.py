@@ -373,11 +373,11 @@ class _RatioTargets(NamedTuple):
 
 
 @torch.compiler.disable
-def _step_eagerly(optimizer: Any) -> None:
-    """A step of DTensor parameters inside a compiled function: not traced (its shards' process
-    groups, read from their meshes, are no values dynamo can hold), but run eagerly there, a
-    graph break (an error under fullgraph=True)."""
-    optimizer._eager_step()
+def run_eagerly(step: Callable[..., Any], *args: Any) -> Any:
+    """`step(*args)` inside a compiled function, for a step of DTensor parameters: not traced (its
+    shards' process groups, read from their meshes, are no values dynamo can hold), but run
+    eagerly there, a graph break (an error under fullgraph=True)."""
+    return step(*args)
 
 
 class _Pins(NamedTuple):
@@ -813,7 +813,7 @@ class FusedStep:
                 loss = closure()
         if torch.compiler.is_compiling():
             if any(distributed.any_dtensor(group["params"]) for group in self.param_groups):  # type: ignore[attr-defined]
-                _step_eagerly(self)
+                run_eagerly(self._eager_step)
             else:
                 self._compiled_step()
             return loss

@@ -416,11 +416,16 @@ class RaLars(FusedStep, Optimizer):
     _state_buffers = (Buffer("exp_avg", signed=True), Buffer("exp_avg_sq", signed=False))
     _keeps_trust_ratios = True
 
+    def _check_group_options(self, group: dict[str, Any]) -> None:
+        super()._check_group_options(group)
+        # Not an option but recorded in the group by the first step, as the reference does: a
+        # string put there would reach float() in the step.
+        if group.get("sma_inf") is not None:
+            check_number("RaLars", "sma_inf", group["sma_inf"])
+
     def _apply(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         sma_inf = group.get("sma_inf")
-        if sma_inf is not None:
-            check_number("RaLars", "sma_inf", sma_inf)  # a string would reach float() below
         record = bool(params) and not isinstance(sma_inf, float)
         if record:
             # The reference records the SMA's maximum length in the group on its

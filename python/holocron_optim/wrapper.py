@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._base import KAHAN_DTYPES, FusedStep, as_real, check_state_dict_layout, compensation_list
+from ._base import KAHAN_DTYPES, FusedStep, as_real, check_state_dict_layout, compensation_list, run_eagerly
 from . import _distributed as distributed
 from ._library import ops
 
@@ -42,13 +42,6 @@ def _group_params(param_group: dict[str, Any]) -> list[Any]:
     if isinstance(params, torch.Tensor):
         return [params]
     return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in list(params)]
-
-
-@torch.compiler.disable
-def _step_eagerly(wrapper: Any, closure: Callable[[], Any] | None) -> Any:
-    """A step of DTensor parameters inside a compiled function, run eagerly there (a graph break),
-    as FusedStep's (_base._step_eagerly)."""
-    return wrapper.step(closure)
 
 
 def _check_sync_options(sync_rate: Any, sync_period: Any) -> tuple[float, int]:
@@ -441,7 +434,7 @@ class Lookahead(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         if torch.compiler.is_compiling() and any(distributed.any_dtensor(group["params"]) for group in self.param_groups):
-            return _step_eagerly(self, closure)
+            return run_eagerly(self.step, closure)
         self._check_base()
         self._mirror_new_groups()
         if not torch.compiler.is_compiling():
