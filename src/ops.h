@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "functional/common.h"
 #include "holocron/optim/functional.h"
 
 namespace holocron::optim::ops {
@@ -93,14 +94,13 @@ class Arguments {
   // A parameter without a gradient is refused before anything is written.
   std::vector<at::Tensor> grads(const char* optimizer, const std::vector<at::Tensor>& params) const {
     if (auto given = optional_tensors("grads")) return std::move(*given);
-    std::vector<at::Tensor> read;
-    read.reserve(params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
+    std::vector<at::Tensor> read(params.size());
+    functional::detail::check_each(params.size(), [&](size_t i) {
       const auto& grad = params[i].grad();
       TORCH_CHECK(grad.defined(), optimizer, ": grads=None takes each parameter's .grad, and params[", i,
                   "] has none (pass the gradients, or only parameters that have one)");
-      read.push_back(grad);
-    }
+      read[i] = grad;
+    });
     return read;
   }
   at::Tensor tensor(const char* name) const { return at(name).toTensor(); }

@@ -5,6 +5,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <sstream>
 
@@ -18,6 +19,10 @@ const char* why_not_writable(const at::Tensor& t) {
     return "has elements that share memory (an expanded tensor, say), which cannot be updated in place";
   }
   return nullptr;
+}
+
+bool host_work_in_parallel(size_t n) {
+  return n >= static_cast<size_t>(kMinParallelTensors) && at::get_num_threads() > 1 && !at::in_parallel_region();
 }
 
 namespace {
@@ -57,7 +62,7 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
     TORCH_CHECK(list.tensors.size() == params.size(), optimizer, ": got ",
                 list.tensors.size(), " ", list.name, " for ", params.size(), " parameters");
   }
-  for (size_t i = 0; i < params.size(); ++i) {
+  check_each(params.size(), [&](size_t i) {
     const auto& p = params[i];
     TORCH_CHECK(p.defined(), optimizer, ": params[", i, "] is undefined");
     TORCH_CHECK(p.layout() == at::kStrided, optimizer, " does not support sparse parameters");
@@ -69,14 +74,14 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
     }
     check_fits(optimizer, "gradients", i, grads[i], p);
     for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p, true);
-  }
+  });
 }
 
 void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
                       c10::ArrayRef<int64_t> owners, std::optional<at::ScalarType> state_dtype) {
   TORCH_CHECK(owners.size() == buffers.size(), optimizer, ": got ", owners.size(), " owners for ",
               buffers.size(), " state buffers");
-  for (size_t i = 0; i < buffers.size(); ++i) {
+  check_each(buffers.size(), [&](size_t i) {
     const int64_t owner = owners[i];
     TORCH_CHECK(owner >= 0 && owner < static_cast<int64_t>(params.size()), optimizer,
                 ": state buffer ", i, " belongs to parameter ", owner, " of ", params.size());
@@ -88,7 +93,7 @@ void check_flat_state(const char* optimizer, TensorList params, TensorList buffe
                   state_dtype ? "keeps " : "('param') keeps the parameter's ", expected);
     }
     check_fits(optimizer, "state", static_cast<size_t>(owner), buffers[i], p, true);
-  }
+  });
 }
 
 namespace {
@@ -119,6 +124,10 @@ CompensatedWeights::CompensatedWeights(const char* optimizer, TensorList params,
 CompensatedWeights::~CompensatedWeights() {
   compensated_weights = outer_;
   if (std::uncaught_exceptions() == 0) mark_written({compensation_});
+}
+
+bool CompensatedWeights::active() {
+  return compensated_weights != nullptr && !compensated_weights->compensation_.empty();
 }
 
 at::Tensor CompensatedWeights::of(const at::Tensor& param) {
@@ -177,6 +186,8 @@ BlockwiseState::~BlockwiseState() {
   if (std::uncaught_exceptions() == 0) mark_written({absmax_});
 }
 
+bool BlockwiseState::active() { return blockwise_state != nullptr && !blockwise_state->entries_.empty(); }
+
 std::optional<BlockwiseState::Codes> BlockwiseState::of(const at::Tensor& codes) {
   const auto* self = blockwise_state;
   if (self == nullptr || self->entries_.empty()) return std::nullopt;
@@ -199,20 +210,23 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
   // Where ATen's in-place checks would refuse the update (a parameter that
   // requires grad under grad mode, an inference tensor outside inference
   // mode), the reference path runs them. The classes step under NoGradGuard.
-  if (at::GradMode::is_enabled() && !c10::InferenceMode::is_enabled()) {
-    for (const auto& p : params) {
-      if (p.requires_grad()) return false;
-    }
-  }
+  // The calling thread's modes, read here: the loop below may run on other threads.
+  const bool inference_mode = c10::InferenceMode::is_enabled();
+  const bool refuses_requires_grad = at::GradMode::is_enabled() && !inference_mode;
   TORCH_INTERNAL_ASSERT(lists.size() <= cpu::kMaxArrays && narrow <= lists.size());
-  group.tensors.assign(params.size(), {});
-  for (size_t i = 0; i < params.size(); ++i) {
+  const size_t n = params.size();
+  group.tensors.assign(n, {});
+  auto& addresses = fused_scratch().addresses;
+  addresses.assign(n, nullptr);
+  // Fills tensor i's slot; false where the kernels cannot take it.
+  auto fill = [&](size_t i) {
     const auto& p = params[i];
+    if (refuses_requires_grad && p.requires_grad()) return false;
     const auto dtype = p.scalar_type();
     if (!p.device().is_cpu() || !cpu::supports_dtype(dtype) || !p.is_non_overlapping_and_dense()) {
       return false;
     }
-    if (p.is_inference() && !c10::InferenceMode::is_enabled()) return false;
+    if (p.is_inference() && !inference_mode) return false;
     const auto wide_dtype = at::isReducedFloatingType(dtype) ? at::kFloat : dtype;
     auto& slot = group.tensors[i];
     slot.dtype = dtype;
@@ -256,24 +270,39 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
       if (!compensation.device().is_cpu() || !same_extents(compensation.strides(), p.strides())) return false;
       slot.compensation = compensation.data_ptr();
     }
+    if (slot.numel > 0) addresses[i] = p.data_ptr();
+    return true;
+  };
+  // 8-bit codes and Kahan compensations are found through the calling thread's call.
+  if (BlockwiseState::active() || CompensatedWeights::active() || !host_work_in_parallel(n)) {
+    for (size_t i = 0; i < n; ++i) {
+      if (!fill(i)) return false;
+    }
+  } else {
+    std::atomic<bool> fusable{true};
+    at::parallel_for(0, static_cast<int64_t>(n), kMinParallelTensors / 2, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end && fusable.load(std::memory_order_relaxed); ++i) {
+        if (!fill(static_cast<size_t>(i))) fusable = false;
+      }
+    });
+    if (!fusable) return false;
   }
   // A parameter listed twice would be two chunks of work on the same memory,
   // possibly on two threads at once: the reference path updates it twice, in
   // order, as torch's optimizers do.
-  auto& addresses = fused_scratch().addresses;
-  addresses.clear();
-  for (const auto& p : params) {
-    if (p.numel() > 0) addresses.push_back(p.data_ptr());
-  }
+  addresses.erase(std::remove(addresses.begin(), addresses.end(), nullptr), addresses.end());
   std::sort(addresses.begin(), addresses.end());
   return std::adjacent_find(addresses.begin(), addresses.end()) == addresses.end();
 }
 
 void mark_written(std::initializer_list<TensorList> lists) {
   for (const auto& list : lists) {
-    for (const auto& t : list) {
-      if (t.defined() && !t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
-    }
+    for_tensor_ranges(list.size(), [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) {
+        const auto& t = list[i];
+        if (t.defined() && !t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+      }
+    });
   }
 }
 

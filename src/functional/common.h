@@ -3,8 +3,10 @@
 // Shared checks and helpers of the functional layer.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cmath>
 #include <initializer_list>
 #include <optional>
@@ -40,6 +42,51 @@ struct NamedList {
 // Why `t` cannot be updated in place (an inference tensor outside InferenceMode, elements sharing
 // memory), or null: checked before any write, where ATen would refuse it in the middle of an update.
 const char* why_not_writable(const at::Tensor& t);
+
+// Per-tensor host work on a group (checks, gathering data pointers, version bumps) is pointer
+// chasing through TensorImpls that the last step's sweep of every buffer left cold; on the
+// intra-op threads their cache misses overlap. Below this many tensors a parallel region costs
+// more than it saves.
+constexpr int64_t kMinParallelTensors = 512;
+
+// Whether the host work on `n` tensors runs on the intra-op threads. That work must read no
+// thread-local state of the calling thread (grad or inference mode, BlockwiseState,
+// CompensatedWeights): the callers take it before.
+bool host_work_in_parallel(size_t n);
+
+// f(begin, end) over [0, n): on the intra-op threads where host_work_in_parallel(n).
+template <class F>
+void for_tensor_ranges(size_t n, const F& f) {
+  if (host_work_in_parallel(n)) {
+    at::parallel_for(0, static_cast<int64_t>(n), kMinParallelTensors / 2,
+                     [&](int64_t begin, int64_t end) { f(static_cast<size_t>(begin), static_cast<size_t>(end)); });
+  } else {
+    f(0, n);
+  }
+}
+
+// check(i) for every i in [0, n), throwing what the first failing i throws, as a loop in order
+// would. On the intra-op threads a check may fail where the calling thread's would pass (it sees
+// the worker's thread-local modes, never laxer ones): any failure runs the checks again in order
+// on the calling thread, which throws the first error, or none.
+template <class Check>
+void check_each(size_t n, const Check& check) {
+  if (!host_work_in_parallel(n)) {
+    for (size_t i = 0; i < n; ++i) check(i);
+    return;
+  }
+  std::atomic<bool> failed{false};
+  at::parallel_for(0, static_cast<int64_t>(n), kMinParallelTensors / 2, [&](int64_t begin, int64_t end) {
+    try {
+      for (int64_t i = begin; i < end && !failed.load(std::memory_order_relaxed); ++i) check(static_cast<size_t>(i));
+    } catch (...) {
+      failed = true;
+    }
+  });
+  if (failed) {
+    for (size_t i = 0; i < n; ++i) check(i);
+  }
+}
 
 // Checks that every list fits `params` (same length; each tensor same shape,
 // dtype and device as its parameter, state and, where `params_written`, parameters writable) and
@@ -158,6 +205,8 @@ class CompensatedWeights {
 
   // The compensation of `param` in the call in progress: undefined for none.
   static at::Tensor of(const at::Tensor& param);
+  // Whether the calling thread is inside a call that holds compensations.
+  static bool active();
 
  private:
   TensorList params_;
@@ -194,6 +243,8 @@ class BlockwiseState {
   };
   // The scales and map of `codes` in the call in progress, or nothing where it holds no codes.
   static std::optional<Codes> of(const at::Tensor& codes);
+  // Whether the calling thread is inside a call that holds 8-bit codes.
+  static bool active();
 
  private:
   struct Entry {

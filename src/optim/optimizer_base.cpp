@@ -420,10 +420,15 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     const auto& group = param_groups_[gi];
     check_options(group.options());
     auto& gathered = work[gi];
-    for (size_t pi = 0; pi < group.params().size(); ++pi) {
+    const size_t n = group.params().size();
+    found_grads_.assign(n, torch::Tensor());
+    found_states_.assign(n, nullptr);
+    // Each parameter on its own (no state is made here): on the intra-op threads, where their
+    // cache misses overlap, for long groups.
+    functional::detail::check_each(n, [&](size_t pi) {
       const auto& p = group.params()[pi];
       const auto& g = p.grad();
-      if (!g.defined()) continue;
+      if (!g.defined()) return;
       TORCH_CHECK(g.layout() == at::kStrided, name(), " does not support sparse gradients");
       TORCH_CHECK(at::isFloatingType(p.scalar_type()), name(), ": parameter ", pi, " in group ",
                   gi, " has dtype ", p.scalar_type(), "; only floating-point parameters can be "
@@ -438,16 +443,20 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
                   name(), ": the gradient of parameter ", pi, " in group ", gi, " (", g.sizes(),
                   ", ", g.scalar_type(), ", ", g.device(), ") does not match the parameter (",
                   p.sizes(), ", ", p.scalar_type(), ", ", p.device(), ")");
-      torch::optim::OptimizerParamState* state = nullptr;
       if (const auto it = state_.find(p.unsafeGetTensorImpl()); it != state_.end() && it->second) {
-        state = it->second.get();
-        check_state_fits(*state, p, state_precision(group.options()), gi, pi);
+        check_state_fits(*it->second, p, state_precision(group.options()), gi, pi);
+        found_states_[pi] = it->second.get();
       }
-      gathered.params.push_back(p);
-      gathered.grads.push_back(g);
-      gathered.states.push_back(state);
+      found_grads_[pi] = g;
+    });
+    for (size_t pi = 0; pi < n; ++pi) {
+      if (!found_grads_[pi].defined()) continue;
+      gathered.params.push_back(group.params()[pi]);
+      gathered.grads.push_back(std::move(found_grads_[pi]));
+      gathered.states.push_back(found_states_[pi]);
     }
   }
+  found_grads_.clear();
   // A parameter listed twice (in two groups, which only LibTorch's add_param_group lets through,
   // or twice in a group put straight into param_groups()) would be updated twice with one state.
   listed_.clear();

@@ -7,6 +7,8 @@
 #include <torch/optim/adam.h>
 
 #include <functional>
+#include <sstream>
+#include <utility>
 #include <memory>
 #include <string>
 #include <thread>
@@ -86,6 +88,85 @@ TEST(Threads, TwoScoutsAtOnce) {
     return std::make_shared<ho::Scout>(std::make_shared<ho::AdEMAMix>(p, ho::AdEMAMixOptions(1e-2)),
                                        ho::ScoutOptions().sync_period(2));
   });
+}
+
+// A step over a group of many tensors checks and gathers them on the intra-op threads
+// (functional::detail::check_each, from 512 tensors): the bits of one thread, the first bad
+// parameter in order named whatever thread meets it first, nothing written by a step that throws.
+constexpr int kMany = 600;
+
+std::vector<torch::Tensor> many_params(torch::ScalarType dtype) {
+  torch::manual_seed(7);
+  std::vector<torch::Tensor> params;
+  // The last few of 4096 elements or more: 8-bit codes are kept for those only.
+  for (int i = 0; i < kMany; ++i) params.push_back(torch::randn({i < kMany - 8 ? 1 + (i * 37) % 300 : 4096 + i}).to(dtype));
+  return params;
+}
+
+// The parameters, and the optimizer's checkpoint (its state, bit for bit).
+template <typename Traits>
+std::pair<std::vector<torch::Tensor>, std::string> train_many(int threads, typename Traits::Options options,
+                                                              torch::ScalarType dtype) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(threads);
+  auto params = many_params(dtype);
+  typename Traits::Opt optimizer(params, options);
+  auto generator = at::detail::createCPUGenerator(11);
+  for (int step = 0; step < 3; ++step) {
+    for (auto& p : params) p.mutable_grad() = at::randn(p.sizes(), generator, at::kFloat).to(dtype);
+    optimizer.step();
+  }
+  at::set_num_threads(before);
+  std::ostringstream checkpoint;
+  torch::save(optimizer, checkpoint);
+  return {params, checkpoint.str()};
+}
+
+template <typename T>
+class ManyTensors : public ::testing::Test {};
+TYPED_TEST_SUITE(ManyTensors, AllAlgorithms, TraitsName);
+
+TYPED_TEST(ManyTensors, TwoThreadsGiveTheBitsOfOne) {
+  using Traits = TypeParam;
+  const std::vector<std::pair<typename Traits::Options, torch::ScalarType>> setups = {
+      {Traits::options(1e-3), torch::kFloat},
+      {Traits::options(1e-3).state_precision(ho::StatePrecision::blockwise8), torch::kFloat},
+      {Traits::options(1e-3).kahan_summation(true), torch::kBFloat16},
+  };
+  for (const auto& [options, dtype] : setups) {
+    const auto [one, one_state] = train_many<Traits>(1, options, dtype);
+    const auto [two, two_state] = train_many<Traits>(2, options, dtype);
+    ASSERT_EQ(one.size(), two.size());
+    for (size_t i = 0; i < one.size(); ++i) {
+      EXPECT_TRUE(torch::equal(one[i].view(torch::kByte), two[i].view(torch::kByte)))
+          << "parameter " << i << ", " << c10::toString(dtype);
+    }
+    EXPECT_TRUE(one_state == two_state) << "the state differs, " << c10::toString(dtype);
+  }
+}
+
+TYPED_TEST(ManyTensors, TheFirstBadParameterInOrderIsNamed) {
+  using Traits = TypeParam;
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  auto params = many_params(torch::kFloat);
+  for (auto& p : params) p.mutable_grad() = torch::randn(p.sizes());
+  typename Traits::Opt optimizer(params, Traits::options(1e-3));
+  optimizer.step();
+  // The second bad one lies on the other thread, which reaches it first.
+  for (const int i : {290, 305}) params[i].mutable_grad() = torch::randn({params[i].numel() + 1});
+  std::vector<torch::Tensor> before_step;
+  for (const auto& p : params) before_step.push_back(p.clone());
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    try {
+      optimizer.step();
+      ADD_FAILURE() << "a gradient of another shape was taken";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("parameter 290 in group 0"), std::string::npos) << e.what();
+    }
+  }
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(params[i], before_step[i])) << i;
+  at::set_num_threads(before);
 }
 
 }  // namespace

@@ -417,6 +417,9 @@ class OptimizerBase : public torch::optim::Optimizer {
   functional::GradScaling grad_scaling_;
   // The parameters a step updates, sorted to find one listed twice (kept: no allocation per step).
   std::vector<const c10::TensorImpl*> listed_;
+  // A group's gradients and states found by a step, by position (kept: no allocation per step).
+  std::vector<torch::Tensor> found_grads_;
+  std::vector<torch::optim::OptimizerParamState*> found_states_;
 };
 
 namespace detail {

@@ -1,0 +1,185 @@
+"""A step over a group of many tensors does its per-tensor host work (checks, reading the
+gradients, gathering data pointers, version bumps) on the intra-op threads
+(functional::detail::check_each, from 512 tensors): the same bits as on one thread, the first
+error in order whatever the threads, nothing written by a step that throws, and the calling
+thread's modes (inference mode), 8-bit codes and Kahan compensations still seen."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from holocron_optim._library import ops
+from registry import ALGORITHMS, ALGOS
+
+MANY = 600  # above kMinParallelTensors (src/functional/common.h)
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _params(seed, dtype=torch.float32, big=0):
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    # A few of 4096 elements or more: 8-bit codes are kept for those only.
+    sizes = [rng.randint(1, 300) for _ in range(MANY - big)] + [rng.randint(4096, 6000) for _ in range(big)]
+    return [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+
+
+SETUPS = {
+    "typical": ({}, torch.float32, 0),
+    "full": ("full", torch.float32, 0),
+    "8bit": ({"state_precision": "8bit"}, torch.float32, 8),
+    "kahan": ({"kahan_summation": True}, torch.bfloat16, 0),
+}
+
+
+def _train(name, setup, num_threads, set_threads, steps=3, missing=()):
+    options, dtype, big = SETUPS[setup]
+    algorithm = ALGORITHMS[name]
+    options = {**(algorithm.full if options == "full" else options)}
+    options.setdefault("lr", 1e-3 * algorithm.lr_scale)
+    set_threads(num_threads)
+    params = _params(0, dtype, big)
+    opt = algorithm.make(params, **options)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        for i, p in enumerate(params):
+            grad = torch.randn(p.shape, generator=gen).to(dtype)
+            p.grad = None if (step == steps - 1 and i in missing) else grad
+        opt.step()
+    return params, opt.state_dict()["state"]
+
+
+def _assert_same_bits(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
+        else:
+            assert x == y
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("name", ALGOS)
+def test_two_threads_give_the_bits_of_one(name, setup, threads):
+    params_1, state_1 = _train(name, setup, 1, threads)
+    params_2, state_2 = _train(name, setup, 2, threads)
+    _assert_same_bits(params_1, params_2)
+    assert state_1.keys() == state_2.keys()
+    for key in state_1:
+        assert state_1[key].keys() == state_2[key].keys()
+        _assert_same_bits(list(state_1[key].values()), list(state_2[key].values()))
+    if setup == "8bit":
+        assert any(v.dtype == torch.uint8 for s in state_2.values() for v in s.values() if isinstance(v, torch.Tensor))
+    if setup == "kahan":
+        assert all("kahan_comp" in s for s in state_2.values())
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_gradients_gone_missing_are_skipped_on_two_threads_as_on_one(name, threads):
+    # The ops read the gradients (grads=None) after a step that found them all: two missing
+    # far apart refuse that attempt, and the step is taken again without them.
+    missing = (100, 520)
+    params_1, state_1 = _train(name, "typical", 1, threads, missing=missing)
+    params_2, state_2 = _train(name, "typical", 2, threads, missing=missing)
+    _assert_same_bits(params_1, params_2)
+    for key in state_1:
+        _assert_same_bits(list(state_1[key].values()), list(state_2[key].values()))
+
+
+def _adabelief(params, grads, exp_avgs, exp_avg_sqs):
+    ops.adabelief_(params, grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=[],
+                   steps=[1] * len(params), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                   amsgrad=False)
+
+
+@pytest.mark.parametrize("bad", ["gradient shape", "state dtype", "no gradient"])
+def test_the_first_bad_tensor_in_order_is_named_and_nothing_is_written(bad, threads):
+    threads(2)
+    params = _params(3)
+    grads = [torch.randn_like(p) for p in params]
+    exp_avgs = [torch.full_like(p, 0.5) for p in params]
+    exp_avg_sqs = [torch.full_like(p, 0.25) for p in params]
+    for i in (290, 305):  # the second on the other thread, which reaches it first
+        if bad == "gradient shape":
+            grads[i] = torch.randn(params[i].numel() + 1)
+        elif bad == "state dtype":
+            exp_avg_sqs[i] = exp_avg_sqs[i].to(torch.int32)
+        else:
+            params[i].grad = None
+    if bad == "no gradient":
+        for p, g in zip(params, grads):
+            if p.grad is None and p is not params[290] and p is not params[305]:
+                p.grad = g
+    before = [p.clone() for p in params]
+    versions = [p._version for p in params]
+    for _ in range(5):  # the message names 290, whichever thread fails first
+        with pytest.raises(RuntimeError, match=r"\[290\]"):
+            _adabelief(params, None if bad == "no gradient" else grads, exp_avgs, exp_avg_sqs)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert [p._version for p in params] == versions
+    assert all(bool((m == 0.5).all()) for m in exp_avgs)
+
+
+def test_inference_tensors_are_updated_in_inference_mode(threads):
+    # The intra-op threads are not in the caller's inference mode: their stricter check is
+    # taken again on the calling thread, which accepts the tensors.
+    threads(2)
+    with torch.inference_mode():
+        params = _params(4)
+        grads = [torch.randn_like(p) for p in params]
+        exp_avgs = [torch.zeros_like(p) for p in params]
+        exp_avg_sqs = [torch.zeros_like(p) for p in params]
+        before = [p.clone() for p in params]
+        _adabelief(params, grads, exp_avgs, exp_avg_sqs)
+        assert not any(torch.equal(p, b) for p, b in zip(params, before) if p.numel())
+    with pytest.raises(RuntimeError, match=r"params\[0\] is an inference tensor"):
+        _adabelief(params, grads, exp_avgs, exp_avg_sqs)
+
+
+def test_versions_are_bumped_once_per_step(threads):
+    threads(2)
+    params = _params(5)
+    grads = [torch.randn_like(p) for p in params]
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    tensors = params + exp_avgs + exp_avg_sqs
+    versions = [t._version for t in tensors]
+    _adabelief(params, grads, exp_avgs, exp_avg_sqs)
+    assert [t._version for t in tensors] == [v + 1 for v in versions]
+
+
+@pytest.mark.parametrize("name,options", [(name, {}) for name in ALGOS] + [("LARS", {"momentum": 0.0})])
+def test_a_step_allocates_no_python_object_per_parameter(name, options):
+    # Objects made per parameter and step would run Python's garbage collector every few
+    # hundred parameters (700 new objects start a collection), on every step.
+    import gc
+
+    params = [torch.randn(20) for _ in range(2000)]
+    for p in params:
+        p.grad = torch.randn(20)
+    opt = ALGORITHMS[name].make(params, lr=1e-3, **options)
+    for _ in range(3):
+        opt.step()
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        for _ in range(5):
+            opt.step()
+    finally:
+        gc.callbacks.remove(count)
+    assert collections == []
