@@ -334,7 +334,10 @@ void meta_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
 }  // namespace
 
-void define_op(torch::Library& library, const char* schema) { library.def(schema); }
+void define_op(torch::Library& library, const char* schema) {
+  register_tensor_pins();
+  library.def(schema);
+}
 
 void implement_op(torch::Library& library, const char* schema, Kernel kernel) {
   library.impl(name_of(schema).c_str(),
@@ -366,30 +369,14 @@ TORCH_LIBRARY_IMPL(holocron, Meta, m) {
 }  // namespace holocron::optim::ops
 
 namespace holocron::optim::ops {
-namespace {
 
-// torch.classes.holocron.TensorPins(tensors): holds one C++ reference to each
-// tensor, and nothing else. In torch 2.13 a tensor made in Python and held
-// only there has one C++ reference, its PyObject's, and every call that takes
-// it in a list adds a second and drops it again: each 1 -> 2 -> 1 transition
-// increfs and decrefs the PyObject under the GIL (c10/util/intrusive_ptr.h,
-// has_pyobject), about 70 ns a tensor, 0.4 ms per step on 3000 parameters with
-// two state buffers. The Python classes pin their state buffers, which they
-// hold anyway, so that a step passes them at 2 -> 3 -> 2 (not their parameters:
-// see FusedStep._pin).
-struct TensorPins : torch::CustomClassHolder {
-  explicit TensorPins(std::vector<at::Tensor> pinned) : tensors(std::move(pinned)) {}
-  std::vector<at::Tensor> tensors;
-};
-
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(holocron, m) {
-  m.class_<TensorPins>("TensorPins")
-      .def(torch::init<std::vector<at::Tensor>>())
-      .def("__len__", [](const c10::intrusive_ptr<TensorPins>& self) {
-        return static_cast<int64_t>(self->tensors.size());
-      });
+void register_tensor_pins() {
+  static const auto pins = torch::class_<TensorPins>("holocron", "TensorPins")
+                               .def(torch::init<std::vector<at::Tensor>>())
+                               .def("__len__", [](const c10::intrusive_ptr<TensorPins>& self) {
+                                 return static_cast<int64_t>(self->tensors.size());
+                               });
+  (void)pins;
 }
 
 }  // namespace holocron::optim::ops

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -26,6 +27,55 @@ using at::TensorList;
 using OptionalTensor = std::optional<at::Tensor>;
 using OptionalTensors = std::optional<std::vector<at::Tensor>>;
 using OptionalNames = std::optional<std::vector<std::string>>;
+
+// torch.classes.holocron.TensorPins(tensors): holds one C++ reference to each
+// tensor, and nothing else. In torch 2.13 a tensor made in Python and held
+// only there has one C++ reference, its PyObject's, and every call that takes
+// it in a list adds a second and drops it again: each 1 -> 2 -> 1 transition
+// increfs and decrefs the PyObject under the GIL (c10/util/intrusive_ptr.h,
+// has_pyobject), about 70 ns a tensor, 0.4 ms per step on 3000 parameters with
+// two state buffers. The Python classes pin their state buffers, which they
+// hold anyway, so that a step passes them at 2 -> 3 -> 2 (not their parameters:
+// see FusedStep._pin). An update op also takes its state lists from the pins
+// themselves (`pinned_state`, HOLOCRON_PINNED): no list is converted from Python
+// (about 0.16 us a tensor with cold caches, 1 ms a step on 3000 parameters with
+// two buffers).
+struct TensorPins : torch::CustomClassHolder {
+  explicit TensorPins(std::vector<at::Tensor> pinned) : tensors(std::move(pinned)) {}
+  std::vector<at::Tensor> tensors;
+};
+
+// Registers torch.classes.holocron.TensorPins, once: before the first schema that names it is
+// parsed (define_op), whatever the order in which the operators' files register theirs.
+void register_tensor_pins();
+
+// A state list argument of an update op (Arguments::state): the list given, or a view of the
+// tensors pinned in `pinned_state` where the call names the argument in `pinned_lists`.
+class StateList {
+ public:
+  explicit StateList(std::vector<at::Tensor> given) : given_(std::move(given)), view_(given_) {}
+  StateList(c10::intrusive_ptr<TensorPins> pins, size_t begin, size_t count)
+      : pins_(std::move(pins)), view_(pins_->tensors.data() + begin, count) {}
+  StateList(const StateList& other)
+      : given_(other.given_), pins_(other.pins_), view_(pins_ ? other.view_ : c10::ArrayRef<at::Tensor>(given_)) {}
+  StateList(StateList&& other) noexcept
+      : given_(std::move(other.given_)), pins_(std::move(other.pins_)),
+        view_(pins_ ? other.view_ : c10::ArrayRef<at::Tensor>(given_)) {}
+  StateList& operator=(const StateList&) = delete;
+  StateList& operator=(StateList&&) = delete;
+
+  operator TensorList() const { return view_; }  // NOLINT(google-explicit-constructor)
+  size_t size() const { return view_.size(); }
+  bool empty() const { return view_.empty(); }
+  const at::Tensor& operator[](size_t i) const { return view_[i]; }
+  const at::Tensor* begin() const { return view_.begin(); }
+  const at::Tensor* end() const { return view_.end(); }
+
+ private:
+  std::vector<at::Tensor> given_;
+  c10::intrusive_ptr<TensorPins> pins_;
+  c10::ArrayRef<at::Tensor> view_;
+};
 
 F::ScaleClip clip_of(double low, double high);
 double read_scalar(const at::Tensor& t);
@@ -86,9 +136,38 @@ class StepCounters {
 class Arguments {
  public:
   Arguments(const c10::OperatorHandle& op, torch::jit::Stack* stack)
-      : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {}
+      : schema_(op.schema()), values_(torch::jit::last(*stack, schema_.arguments().size())) {
+    check_pinned_lists();
+  }
 
   std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
+  // A state list (`Tensor(x!)[] name`): as given, or where the call names it in `pinned_lists`,
+  // the tensors of `pinned_state` from the matching `pinned_at`, one per parameter.
+  StateList state(const char* name) const {
+    const auto pinned = schema_.argumentIndexWithName("pinned_lists");
+    if (pinned && !values_[*pinned].isNone()) {
+      const auto names = values_[*pinned].toListRef();
+      for (size_t k = 0; k < names.size(); ++k) {
+        if (names[k].toStringRef() != name) continue;
+        TORCH_CHECK(at(name).toListRef().empty(), schema_.name(), ": ", name,
+                    " is named in pinned_lists, so it must be given as an empty list (got ",
+                    at(name).toListRef().size(), " tensors)");
+        TORCH_CHECK(!at("pinned_state").isNone(), schema_.name(), ": pinned_lists names ", name,
+                    " but no pinned_state is given");
+        const auto offsets = at("pinned_at").toIntVector();
+        TORCH_CHECK(offsets.size() == names.size(), schema_.name(), ": got ", offsets.size(),
+                    " pinned_at offsets for ", names.size(), " pinned_lists");
+        auto pins = at("pinned_state").toCustomClass<TensorPins>();
+        const size_t count = at("params").toListRef().size();
+        const int64_t offset = offsets[k];
+        TORCH_CHECK(offset >= 0 && static_cast<size_t>(offset) + count <= pins->tensors.size(), schema_.name(),
+                    ": ", name, " at pinned_at ", offset, " takes ", count, " tensors, but pinned_state holds ",
+                    pins->tensors.size());
+        return StateList(std::move(pins), static_cast<size_t>(offset), count);
+      }
+    }
+    return StateList(tensors(name));
+  }
   // `grads`, or where it is None each parameter's own .grad, read here: a Python step that
   // gathers p.grad for 3000 small parameters pays about half a millisecond, a tenth of the step.
   // A parameter without a gradient is refused before anything is written.
@@ -223,6 +302,24 @@ class Arguments {
     return std::invoke(read, *this, name);
   }
 
+  // Each name in `pinned_lists` is one of the op's state lists (a `Tensor[]` other than params),
+  // named once: one the kernel does not read through state() would be silently not updated.
+  void check_pinned_lists() const {
+    const auto pinned = schema_.argumentIndexWithName("pinned_lists");
+    if (!pinned || values_[*pinned].isNone()) return;
+    const auto names = values_[*pinned].toListRef();
+    for (size_t k = 0; k < names.size(); ++k) {
+      const auto& name = names[k].toStringRef();
+      const auto index = schema_.argumentIndexWithName(name);
+      TORCH_CHECK(index && name != "params" &&
+                      *schema_.arguments()[*index].type() == *c10::ListType::ofTensors(),
+                  schema_.name(), ": pinned_lists names '", name, "', which is not one of its state lists");
+      for (size_t j = 0; j < k; ++j) {
+        TORCH_CHECK(names[j].toStringRef() != name, schema_.name(), ": pinned_lists names '", name, "' twice");
+      }
+    }
+  }
+
   const c10::IValue& at(const char* name) const {
     const auto index = schema_.argumentIndexWithName(name);
     // A kernel reading a name its schema lacks: a bug here, caught by any call.
@@ -266,6 +363,12 @@ void implement_meta(torch::Library& library, const char* schema);
 // The learning rate as a one-element tensor (read at run time), which compiled steps hand over
 // where the group holds one: a float argument would be a constant of the graph, or refused.
 #define HOLOCRON_LR_TENSOR "Tensor? lr_tensor=None"
+// State lists taken from pinned tensors (TensorPins, Arguments::state): `pinned_lists` names the
+// op's state lists given so (each as an empty list), `pinned_at` where each one's tensors start in
+// `pinned_state`.
+#define HOLOCRON_PINNED                                                                  \
+  "__torch__.torch.classes.holocron.TensorPins? pinned_state=None, str[]? pinned_lists=None, " \
+  "int[] pinned_at=[]"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

@@ -1037,10 +1037,14 @@ class FusedStep:
             return
         lists = [list(map(dict.get, states, repeat(key))) for key in keys]
         tensors = [[t for t in values if isinstance(t, torch.Tensor)] for values in lists]
+        pins = torch.classes.holocron.TensorPins(list(chain.from_iterable(tensors)))
+        complete, start = {}, 0
+        for key, values, held in zip(keys, lists, tensors):
+            if len(held) == len(values):
+                complete[key] = distributed.PinnedList(values, pins, start)
+            start += len(held)
         self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(
-            group, lists, torch.classes.holocron.TensorPins(list(chain.from_iterable(tensors))),
-            list(map(attrgetter("dtype"), params)), self._precision(group),
-            {key: values for key, values, held in zip(keys, lists, tensors) if len(held) == len(values)})
+            group, lists, pins, list(map(attrgetter("dtype"), params)), self._precision(group), complete)
 
     # Groups whose state buffers were, when this step began, those pinned after the last.
     _still_pinned_now: frozenset[int] | set[int] = frozenset()

@@ -128,6 +128,43 @@ class PerParameter(list):
         self.owners = owners
 
 
+class PinnedList(list):
+    """A group's state list whose tensors are also held, from `at` on, by `pins` (a
+    torch.classes.holocron.TensorPins, FusedStep._pin): `call` hands an op that takes
+    `pinned_state` the pins instead of the list, which then converts no tensor from Python."""
+
+    def __init__(self, values: list[Any], pins: Any, at: int) -> None:
+        super().__init__(values)
+        self.pins = pins
+        self.at = at
+
+
+# Per operator: whether its schema takes `pinned_state` (HOLOCRON_PINNED in src/ops.h).
+_TAKES_PINS: dict[Any, bool] = {}
+
+
+def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with each PinnedList of one pins object given as an empty list, named in
+    `pinned_lists`, where `op` takes them (not while compiling: the lists are traced)."""
+    pinned = [name for name, value in kwargs.items() if type(value) is PinnedList]
+    if not pinned or torch.compiler.is_compiling():
+        return kwargs
+    takes = _TAKES_PINS.get(op)
+    if takes is None:
+        schema = getattr(getattr(op, "default", op), "_schema", None)
+        takes = _TAKES_PINS[op] = schema is not None and any(a.name == "pinned_state" for a in schema.arguments)
+    if not takes:
+        return kwargs
+    pins = kwargs[pinned[0]].pins
+    pinned = [name for name in pinned if kwargs[name].pins is pins]
+    out = dict(kwargs)
+    out.update(dict.fromkeys(pinned, []))
+    out["pinned_state"] = pins
+    out["pinned_lists"] = pinned
+    out["pinned_at"] = [kwargs[name].at for name in pinned]
+    return out
+
+
 def _pick(value: Any, indices: list[int], count: int) -> Any:
     if isinstance(value, PerParameter):
         wanted = set(indices)
@@ -153,7 +190,7 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     if sums and flat_layouts_exist and any(map(flat_layout, params)):
         return _call_on_pieces(op, params, grads, *rest, sums=sums, channels=channels, **kwargs)
     if not any_dtensor(params):
-        return op(params, grads, *rest, **kwargs)
+        return op(params, grads, *rest, **_with_pins(op, kwargs))
     count = len(params)
     grads = [grad_like(g, p) for g, p in zip(grads, params)]
     layouts: dict[tuple[str, ...], list[int]] = {}

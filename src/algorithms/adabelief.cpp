@@ -194,8 +194,8 @@ c10::IValue adabelief(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("AdaBelief", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::adabelief_(params, a.grads("AdaBelief", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-                a.tensors("max_exp_avg_sqs"), counters.steps(),
+  F::adabelief_(params, a.grads("AdaBelief", params), a.state("exp_avgs"), a.state("exp_avg_sqs"),
+                a.state("max_exp_avg_sqs"), counters.steps(),
                 a.hyper<F::AdaBeliefHyper>("AdaBelief"),
                 a.scaling());
   counters.store(a.found_inf());
@@ -209,7 +209,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, int[] steps, float lr, "
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, "
-    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
+    "bool rectify=False, bool degenerated_to_sgd=True, bool fixed_decay=False, bool eps_in_variance=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> ()",
     &adabelief)
 
 }  // namespace holocron::optim::ops

@@ -497,8 +497,8 @@ c10::IValue adamp(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("AdamP", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::adamp_(params, a.grads("AdamP", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-            a.tensors("max_exp_avg_sqs"), counters.steps(),
+  F::adamp_(params, a.grads("AdamP", params), a.state("exp_avgs"), a.state("exp_avg_sqs"),
+            a.state("max_exp_avg_sqs"), counters.steps(),
             a.hyper<F::AdamPHyper>("AdamP"),
             a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
@@ -513,7 +513,7 @@ HOLOCRON_OPTIM_OP(
     "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, float delta, "
      HOLOCRON_SCALING ", " HOLOCRON_SHARDING ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
      ", bool decoupled_weight_decay=False, bool nesterov=False, float wd_ratio=1.0, "
-    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
+    "bool channel_projection=False, bool caution=False, " HOLOCRON_CHANNEL_LAYOUTS ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> ()",
     &adamp)
 
 }  // namespace holocron::optim::ops

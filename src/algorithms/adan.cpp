@@ -195,8 +195,8 @@ c10::IValue adan(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("Adan", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::adan_(params, a.grads("Adan", params), a.tensors("prev_grads"), a.tensors("exp_avgs"),
-           a.tensors("exp_avg_sqs"), a.tensors("exp_avg_deltas"), a.tensors("max_exp_avg_deltas"),
+  F::adan_(params, a.grads("Adan", params), a.state("prev_grads"), a.state("exp_avgs"),
+           a.state("exp_avg_sqs"), a.state("exp_avg_deltas"), a.state("max_exp_avg_deltas"),
            counters.steps(),
            a.hyper<F::AdanHyper>("Adan"),
            a.scaling(), a.sharding(params));
@@ -213,7 +213,7 @@ HOLOCRON_OPTIM_OP(
     "float beta3, float eps, float weight_decay, bool amsgrad, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE
     ", bool decoupled_weight_decay=False, bool no_prox=False, " HOLOCRON_CLIPPING
-    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
+    ", bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> ()",
     &adan)
 
 }  // namespace holocron::optim::ops

@@ -200,8 +200,8 @@ c10::IValue ademamix(const Arguments& a) {
   const auto params = a.tensors("params");
   const StepCounters counters("AdEMAMix", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::ademamix_(params, a.grads("AdEMAMix", params), a.tensors("exp_avgs"), a.tensors("exp_avgs_slow"),
-               a.tensors("exp_avg_sqs"), counters.steps(),
+  F::ademamix_(params, a.grads("AdEMAMix", params), a.state("exp_avgs"), a.state("exp_avgs_slow"),
+               a.state("exp_avg_sqs"), counters.steps(),
                a.hyper<F::AdEMAMixHyper>("AdEMAMix"),
                a.scaling(), a.sharding(params));
   counters.store(a.found_inf());
@@ -215,7 +215,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avgs_slow, Tensor(d!)[] exp_avg_sqs, int[] steps, float lr, float beta1, "
     "float beta2, float beta3, float alpha, float eps, float weight_decay, " HOLOCRON_SCALING
     ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", float? t_alpha=None, float? t_beta3=None, "
-    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
+    "bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_SHARDING ", " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> ()",
     &ademamix)
 
 }  // namespace holocron::optim::ops

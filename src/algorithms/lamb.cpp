@@ -285,7 +285,7 @@ c10::IValue lamb(const Arguments& a) {
   const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(
-      params, a.grads("LAMB", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
+      params, a.grads("LAMB", params), a.state("exp_avgs"), a.state("exp_avg_sqs"), counters.steps(),
       a.hyper<F::LambHyper>("LAMB"),
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
@@ -302,7 +302,7 @@ HOLOCRON_OPTIM_OP(
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, int[]? steps=None, "
     "bool bias_correction=False, bool grad_averaging=True, bool trust_clip=False, "
     "bool always_adapt=True, " HOLOCRON_CLIPPING ", " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> Tensor",
+    ", bool decoupled_weight_decay=False, bool caution=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> Tensor",
     &lamb)
 
 }  // namespace holocron::optim::ops

@@ -225,7 +225,7 @@ c10::IValue lars(const Arguments& a) {
   std::unique_ptr<bool[]> flags(new bool[is_new.size()]());
   std::copy(is_new.begin(), is_new.end(), flags.get());
   return ratios_out(
-      F::lars_(params, a.grads("LARS", params), a.tensors("momentum_buffers"),
+      F::lars_(params, a.grads("LARS", params), a.state("momentum_buffers"),
                c10::ArrayRef<bool>(flags.get(), is_new.size()),
                a.hyper<F::LarsHyper>("LARS"),
                a.scaling(), a.sharding(params)),
@@ -239,7 +239,7 @@ HOLOCRON_OPTIM_OP(
     "bool[] buffer_is_new, float lr, float momentum, float dampening, float weight_decay, "
     "bool nesterov, float[] scale_clip, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", float trust_coeff=1.0, float eps=0.0, bool trust_clip=False, bool always_adapt=True, "
-    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> Tensor",
+    "bool trust_on_gradient=False, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> Tensor",
     &lars)
 
 }  // namespace holocron::optim::ops

@@ -158,7 +158,7 @@ c10::IValue ralars(const Arguments& a) {
   const auto local_lrs = a.optional_tensors("local_lrs");
   check_ratio_targets("RaLars", local_lrs, params.size());
   const auto ratios = F::ralars_(
-      params, a.grads("RaLars", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"), counters.steps(),
+      params, a.grads("RaLars", params), a.state("exp_avgs"), a.state("exp_avg_sqs"), counters.steps(),
       a.hyper<F::RaLarsHyper>("RaLars"),
       a.scaling(), a.sharding(params));
   store_ratios(local_lrs, ratios);
@@ -174,7 +174,7 @@ HOLOCRON_OPTIM_OP(
     "float weight_decay, bool force_adaptive_momentum, float clip_low, float clip_high, "
     "float? sma_inf=None, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
     ", Tensor(s!)[]? step_tensors=None, Tensor(l!)[]? local_lrs=None, " HOLOCRON_MAXIMIZE
-    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> Tensor",
+    ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> Tensor",
     &ralars)
 
 }  // namespace holocron::optim::ops

@@ -195,7 +195,7 @@ namespace {
 // The reference keeps TAdam's moment weight as a one-element tensor (W_t).
 c10::IValue tadam(const Arguments& a) {
   const auto params = a.tensors("params");
-  const auto W_ts = a.tensors("W_ts");
+  const auto W_ts = a.state("W_ts");
   TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
               params.size(), " parameters");
   std::vector<double> weights(W_ts.size());
@@ -211,8 +211,8 @@ c10::IValue tadam(const Arguments& a) {
   }
   const StepCounters counters("TAdam", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  F::tadam_(params, a.grads("TAdam", params), a.tensors("exp_avgs"), a.tensors("exp_avg_sqs"),
-            a.tensors("max_exp_avg_sqs"), weights, counters.steps(),
+  F::tadam_(params, a.grads("TAdam", params), a.state("exp_avgs"), a.state("exp_avg_sqs"),
+            a.state("max_exp_avg_sqs"), weights, counters.steps(),
             a.hyper<F::TAdamHyper>("TAdam"),
             a.scaling(), a.sharding(params));
   for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
@@ -227,7 +227,7 @@ HOLOCRON_OPTIM_OP(
     "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] W_ts, int[] steps, "
     "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
     "float? dof, " HOLOCRON_SCALING ", " HOLOCRON_SHARDING
-    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ") -> ()",
+    ", Tensor(s!)[]? step_tensors=None, " HOLOCRON_MAXIMIZE ", bool decoupled_weight_decay=False, " HOLOCRON_KAHAN ", " HOLOCRON_BLOCKWISE ", " HOLOCRON_LR_TENSOR ", " HOLOCRON_PINNED ") -> ()",
     &tadam)
 
 }  // namespace holocron::optim::ops

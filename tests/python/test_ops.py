@@ -188,3 +188,45 @@ def _blockwise_cases():
 def test_opcheck_8bit_state(name):
     args, kwargs = _blockwise_cases()[name]
     torch.library.opcheck(getattr(ops, name).default, args, kwargs)
+
+
+def _pinned_call(pinned_lists, pinned_at, given=None, pins="made"):
+    """adabelief_ with its state lists taken from pins (HOLOCRON_PINNED)."""
+    p = _tensors()
+    g = [torch.randn_like(t) for t in p]
+    exp_avgs, exp_avg_sqs = _zeros(p), _zeros(p)
+    pinned_state = torch.classes.holocron.TensorPins(exp_avgs + exp_avg_sqs) if pins == "made" else pins
+    lists = {"exp_avgs": [], "exp_avg_sqs": [], **(given or {})}
+    ops.adabelief_(p, g, **lists, max_exp_avg_sqs=[], steps=[1] * len(p), lr=0.01, beta1=0.9, beta2=0.999,
+                   eps=1e-8, weight_decay=0.0, amsgrad=False, pinned_state=pinned_state,
+                   pinned_lists=pinned_lists, pinned_at=pinned_at)
+    return p, exp_avgs, exp_avg_sqs
+
+
+def test_state_lists_taken_from_pins_equal_lists_given():
+    p, exp_avgs, exp_avg_sqs = _pinned_call(["exp_avg_sqs", "exp_avgs"], [3, 0])
+    torch.manual_seed(0)  # the draws of _pinned_call
+    q = [torch.randn(s, dtype=torch.float64) for s in SHAPES]
+    g = [torch.randn_like(t) for t in q]
+    m, v = _zeros(q), _zeros(q)
+    ops.adabelief_(q, g, exp_avgs=m, exp_avg_sqs=v, max_exp_avg_sqs=[], steps=[1] * len(q), lr=0.01, beta1=0.9,
+                   beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False)
+    assert all(torch.equal(a, b) for a, b in zip(p + exp_avgs + exp_avg_sqs, q + m + v))
+    assert not torch.equal(exp_avgs[0], torch.zeros_like(exp_avgs[0]))
+
+
+@pytest.mark.parametrize("pinned_lists,pinned_at,given,pins,message", [
+    (["exp_avgs", "params"], [0, 3], None, "made", "pinned_lists names 'params'"),
+    (["exp_avgs", "bogus"], [0, 3], None, "made", "pinned_lists names 'bogus'"),
+    (["exp_avgs", "kahan_comps"], [0, 3], None, "made", "pinned_lists names 'kahan_comps'"),
+    (["exp_avgs", "exp_avgs"], [0, 3], None, "made", "names 'exp_avgs' twice"),
+    (["exp_avgs", "exp_avg_sqs"], [0], None, "made", "got 1 pinned_at offsets for 2 pinned_lists"),
+    (["exp_avgs", "exp_avg_sqs"], [0, 4], None, "made", "exp_avg_sqs at pinned_at 4 takes 3 tensors"),
+    (["exp_avgs", "exp_avg_sqs"], [-1, 3], None, "made", "exp_avgs at pinned_at -1"),
+    (["exp_avgs", "exp_avg_sqs"], [0, 3], {"exp_avgs": _zeros(_tensors())}, "made", "must be given as an empty list"),
+    (["exp_avgs", "exp_avg_sqs"], [0, 3], None, None, "no pinned_state is given"),
+])
+def test_bad_pinned_lists_are_refused_before_any_write(pinned_lists, pinned_at, given, pins, message):
+    p = _tensors()
+    with pytest.raises(RuntimeError, match=message):
+        _pinned_call(pinned_lists, pinned_at, given, pins)

@@ -191,3 +191,36 @@ def test_a_step_reads_the_state_as_edited_since_the_last(name, edit):
             other = twin.state[b][key]
             assert type(value) is type(other), key
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_the_op_takes_the_pinned_lists_from_the_pins(name, monkeypatch):
+    """Past the first steps the op is handed the pins themselves (`pinned_state`) for every
+    state list each state holds, not lists converted tensor by tensor from Python."""
+    from holocron_optim import _distributed
+
+    calls = []
+    with_pins = _distributed._with_pins
+
+    def spy(op, kwargs):
+        out = with_pins(op, kwargs)
+        calls.append(out)
+        return out
+
+    pinned, opt, plain, twin = _pinned_and_twin(name)
+    for step in range(4):
+        _set_grads(plain, step)
+        twin.step()
+    monkeypatch.setattr(_distributed, "_with_pins", spy)
+    for step in range(4):
+        _set_grads(pinned, step)
+        opt.step()
+    handed = [call for call in calls if "pinned_state" in call]
+    assert len(handed) >= 2  # every step but the first, which pins
+    keys = opt._state_keys(opt.param_groups[0])
+    assert len(handed[-1]["pinned_lists"]) == len(keys) > 0
+    assert handed[-1]["pinned_state"] is opt._pinned[id(opt.param_groups[0])].pins
+    assert all(handed[-1][list_name] == [] for list_name in handed[-1]["pinned_lists"])
+    assert sorted(handed[-1]["pinned_at"]) == [k * len(pinned) for k in range(len(keys))]
+    for a, b in zip(pinned, plain):
+        assert torch.equal(a, b)
