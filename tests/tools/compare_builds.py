@@ -28,6 +28,11 @@ SHAPES = [(37, 5), (1,), (3, 4, 5, 7), (17000,)]  # tails, a 1-element tensor, s
 # The test registry's variants (every branch), after each algorithm's defaults.
 VARIANTS = {name: [dict(lr=0.01), *algorithm.variants] for name, algorithm in ALGORITHMS.items()}
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# A group long enough for its host work to run on the intra-op threads (kMinParallelTensors), with
+# a few tensors big enough for 8-bit codes.
+MANY = [(1 + (i * 37) % 64,) for i in range(600)] + [(5000,)] * 4
+MANY_VARIANTS = [(dict(lr=0.01), torch.float32), (dict(lr=0.01, state_precision="8bit"), torch.float32),
+                 (dict(lr=0.01, kahan_summation=True), torch.bfloat16)]
 
 
 def make(name: str, options: dict, params: list[torch.Tensor]):
@@ -38,14 +43,14 @@ def make(name: str, options: dict, params: list[torch.Tensor]):
     return getattr(ho, name)(params, **options)
 
 
-def params_for(dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+def params_for(dtype: torch.dtype, seed: int, shapes: list[tuple[int, ...]] = SHAPES) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
 
 
 def train(name: str, options: dict, dtype: torch.dtype, steps: int = 7, scaled: bool = False,
-          compiled: bool = False) -> list[torch.Tensor]:
-    params = params_for(dtype, 0)
+          compiled: bool = False, shapes: list[tuple[int, ...]] = SHAPES) -> list[torch.Tensor]:
+    params = params_for(dtype, 0, shapes)
     opt = make(name, options, params)
     step = torch.compile(opt.step, fullgraph=False) if compiled else opt.step
     for t in range(steps):
@@ -92,6 +97,10 @@ def run(out_path: str) -> None:
                     results[key] = train(name, options, dtype)
                 results[f"{capability}/{threads}/{name}/{options}/scaled"] = train(name, options, torch.float32, scaled=True)
     OPS.set_cpu_capability(capabilities[-1])
+    torch.set_num_threads(2)
+    for name in ALGORITHMS:
+        for options, dtype in MANY_VARIANTS:
+            results[f"many/{name}/{options}/{dtype}"] = train(name, options, dtype, steps=4, shapes=MANY)
     for name in ("LAMB", "Adan", "Scout(AdamP)"):
         results[f"compiled/{name}"] = train(name, VARIANTS.get(name, [{}])[0], torch.float32, steps=4, compiled=True)
     torch.save(results, out_path)
