@@ -365,7 +365,8 @@ void implement_meta(torch::Library& library, const char* schema);
 #define HOLOCRON_LR_TENSOR "Tensor? lr_tensor=None"
 // State lists taken from pinned tensors (TensorPins, Arguments::state): `pinned_lists` names the
 // op's state lists given so (each as an empty list), `pinned_at` where each one's tensors start in
-// `pinned_state`.
+// `pinned_state`. For eager calls: the tensors written through the pins are in no alias annotation,
+// so traced calls (torch.compile, fake tensors, functionalization) pass the lists themselves.
 #define HOLOCRON_PINNED                                                                  \
   "__torch__.torch.classes.holocron.TensorPins? pinned_state=None, str[]? pinned_lists=None, " \
   "int[] pinned_at=[]"

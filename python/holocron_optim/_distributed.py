@@ -145,9 +145,12 @@ _TAKES_PINS: dict[Any, bool] = {}
 
 def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """`kwargs` with each PinnedList of one pins object given as an empty list, named in
-    `pinned_lists`, where `op` takes them (not while compiling: the lists are traced)."""
+    `pinned_lists`, where `op` takes them. Eager calls only: the tensors written through the pins
+    are not in the op's alias annotations, so a traced call (torch.compile, a dispatch mode such
+    as FakeTensorMode, make_fx or functionalization, a torch function mode) is given the lists."""
     pinned = [name for name, value in kwargs.items() if type(value) is PinnedList]
-    if not pinned or torch.compiler.is_compiling():
+    if (not pinned or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled()):
         return kwargs
     takes = _TAKES_PINS.get(op)
     if takes is None:

@@ -3,9 +3,11 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/COW.h>
 
 #include <algorithm>
 #include <atomic>
+#include <pthread.h>
 #include <exception>
 #include <sstream>
 
@@ -21,8 +23,23 @@ const char* why_not_writable(const at::Tensor& t) {
   return nullptr;
 }
 
+namespace {
+// Set in a child forked from this process: GNU OpenMP cannot run a parallel region there once the
+// parent has run one (the child hangs), so the host work stays on the calling thread in children,
+// as it did before it ran in parallel (torch's DataLoader workers and Hogwild-style training fork).
+std::atomic<bool> forked_child{false};
+const bool at_fork_registered = [] {
+  return pthread_atfork(nullptr, nullptr, [] { forked_child.store(true, std::memory_order_relaxed); }) == 0;
+}();
+}  // namespace
+
 bool host_work_in_parallel(size_t n) {
-  return n >= static_cast<size_t>(kMinParallelTensors) && at::get_num_threads() > 1 && !at::in_parallel_region();
+  (void)at_fork_registered;
+  // 8-bit codes and Kahan compensations are found through the calling thread's call
+  // (BlockwiseState, CompensatedWeights): on a worker every check of codes would fail and run
+  // again in order.
+  return n >= static_cast<size_t>(kMinParallelTensors) && at::get_num_threads() > 1 && !at::in_parallel_region() &&
+         !forked_child.load(std::memory_order_relaxed) && !BlockwiseState::active() && !CompensatedWeights::active();
 }
 
 namespace {
@@ -273,19 +290,37 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
     if (slot.numel > 0) addresses[i] = p.data_ptr();
     return true;
   };
-  // 8-bit codes and Kahan compensations are found through the calling thread's call.
-  if (BlockwiseState::active() || CompensatedWeights::active() || !host_work_in_parallel(n)) {
+  bool filled = false;
+  if (host_work_in_parallel(n)) {
+    // A copy-on-write storage is materialized by data_ptr(), which ATen forbids inside
+    // parallel_for: a group holding one is filled on the calling thread.
+    auto shares_on_write = [&](size_t i) {
+      if (c10::impl::cow::is_cow_data_ptr(params[i].storage().data_ptr())) return true;
+      for (const auto& list : lists) {
+        if (!list.empty() && list[i].has_storage() && c10::impl::cow::is_cow_data_ptr(list[i].storage().data_ptr())) {
+          return true;
+        }
+      }
+      return false;
+    };
+    std::atomic<bool> fusable{true}, serial{false};
+    at::parallel_for(0, static_cast<int64_t>(n), kMinParallelTensors / 2, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end && fusable.load(std::memory_order_relaxed) && !serial.load(std::memory_order_relaxed);
+           ++i) {
+        if (params[i].has_storage() && shares_on_write(static_cast<size_t>(i))) {
+          serial = true;
+        } else if (!fill(static_cast<size_t>(i))) {
+          fusable = false;
+        }
+      }
+    });
+    if (!fusable && !serial) return false;
+    filled = !serial;
+  }
+  if (!filled) {
     for (size_t i = 0; i < n; ++i) {
       if (!fill(i)) return false;
     }
-  } else {
-    std::atomic<bool> fusable{true};
-    at::parallel_for(0, static_cast<int64_t>(n), kMinParallelTensors / 2, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end && fusable.load(std::memory_order_relaxed); ++i) {
-        if (!fill(static_cast<size_t>(i))) fusable = false;
-      }
-    });
-    if (!fusable) return false;
   }
   // A parameter listed twice would be two chunks of work on the same memory,
   // possibly on two threads at once: the reference path updates it twice, in

@@ -416,6 +416,11 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     std::vector<torch::optim::OptimizerParamState*> states;  // null: made by this step
   };
   std::vector<GroupWork> work(param_groups_.size());
+  // Holds no gradient past the gather, also where a check refuses the step.
+  struct ForgetFound {
+    std::vector<torch::Tensor>& grads;
+    ~ForgetFound() { grads.clear(); }
+  } forget_found{found_grads_};
   for (size_t gi = 0; gi < param_groups_.size(); ++gi) {
     const auto& group = param_groups_[gi];
     check_options(group.options());
@@ -456,7 +461,6 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
       gathered.states.push_back(found_states_[pi]);
     }
   }
-  found_grads_.clear();
   // A parameter listed twice (in two groups, which only LibTorch's add_param_group lets through,
   // or twice in a group put straight into param_groups()) would be updated twice with one state.
   listed_.clear();

@@ -166,6 +166,10 @@ TYPED_TEST(ManyTensors, TheFirstBadParameterInOrderIsNamed) {
     }
   }
   for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(params[i], before_step[i])) << i;
+  // The refused step holds none of the gradients it gathered.
+  const c10::weak_intrusive_ptr<c10::TensorImpl> gradient(params[0].grad().getIntrusivePtr());
+  optimizer.zero_grad();
+  EXPECT_TRUE(gradient.expired()) << "a gradient outlived zero_grad after a refused step";
   at::set_num_threads(before);
 }
 

@@ -183,3 +183,77 @@ def test_a_step_allocates_no_python_object_per_parameter(name, options):
     finally:
         gc.callbacks.remove(count)
     assert collections == []
+
+
+def _child_steps(conn):
+    import holocron_optim as ho
+
+    params = [torch.randn(8) for _ in range(MANY)]
+    for p in params:
+        p.grad = torch.randn(8)
+    ho.AdaBelief(params, lr=1e-3).step()
+    conn.send("stepped")
+    conn.close()
+
+
+def test_a_process_forked_after_a_step_can_step(threads):
+    # GNU OpenMP cannot run a parallel region in a child forked after the parent ran one: the
+    # host work of a forked child stays on its calling thread (as before it ran in parallel).
+    import multiprocessing
+
+    import holocron_optim as ho
+
+    threads(2)
+    params = [torch.randn(8) for _ in range(MANY)]  # 4800 elements: the kernels run on one thread
+    for p in params:
+        p.grad = torch.randn(8)
+    ho.AdaBelief(params, lr=1e-3).step()
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_steps, args=(send,))
+    child.start()
+    stepped = receive.poll(60) and receive.recv() == "stepped"
+    if not stepped:
+        child.kill()
+    child.join(10)
+    assert stepped, "the forked child hung in its step"
+    assert child.exitcode == 0
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_copy_on_write_tensors_are_updated(name, threads):
+    # A copy-on-write storage is materialized by its first write, which ATen forbids inside a
+    # parallel region: such a group is gathered on the calling thread.
+    threads(2)
+    base = _params(6)
+    algorithm = ALGORITHMS[name]
+    lazy = [torch._lazy_clone(b) for b in base]
+    eager = [b.clone() for b in base]
+    for params in (lazy, eager):
+        opt = algorithm.make(params, lr=1e-3 * algorithm.lr_scale)
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(2):  # TAdam's first step moves nothing
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+    _assert_same_bits(lazy, eager)
+    assert not torch.equal(lazy[0], base[0]) or base[0].numel() == 0
+    _assert_same_bits(base, _params(6))  # the originals are not written through their clones
+
+
+def test_traced_calls_are_given_the_lists_not_the_pins():
+    # The tensors written through pinned_state are in no alias annotation of the op's schema.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from holocron_optim import _distributed
+
+    pins = torch.classes.holocron.TensorPins([torch.zeros(1)])
+    kwargs = {"exp_avgs": _distributed.PinnedList([torch.zeros(1)], pins, 0)}
+    assert _distributed._with_pins(ops.adabelief_, kwargs)["pinned_lists"] == ["exp_avgs"]
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passing():
+        assert _distributed._with_pins(ops.adabelief_, kwargs) is kwargs
