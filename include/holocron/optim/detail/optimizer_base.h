@@ -375,7 +375,9 @@ class OptimizerBase : public torch::optim::Optimizer {
   /// New, empty param state of the algorithm's type.
   virtual std::unique_ptr<torch::optim::OptimizerParamState> make_state() const = 0;
   /// Calls `on_tensor` on each defined tensor field of `state` and `on_counter` on each step
-  /// counter (for the checks of step() and load()).
+  /// counter (for the checks of step() and load()). step() may call it, name(), coded_moments()
+  /// and tensor_field() for several parameters at once from the intra-op threads (groups of 512
+  /// tensors or more): an override must only read.
   virtual void visit_fields(const torch::optim::OptimizerParamState& state,
                             const std::function<void(const char*, const torch::Tensor&)>& on_tensor,
                             const std::function<void(const char*, int64_t)>& on_counter) const = 0;
