@@ -56,13 +56,9 @@ class StateList {
   explicit StateList(std::vector<at::Tensor> given) : given_(std::move(given)), view_(given_) {}
   StateList(c10::intrusive_ptr<TensorPins> pins, size_t begin, size_t count)
       : pins_(std::move(pins)), view_(pins_->tensors.data() + begin, count) {}
-  StateList(const StateList& other)
-      : given_(other.given_), pins_(other.pins_), view_(pins_ ? other.view_ : c10::ArrayRef<at::Tensor>(given_)) {}
-  StateList(StateList&& other) noexcept
-      : given_(std::move(other.given_)), pins_(std::move(other.pins_)),
-        view_(pins_ ? other.view_ : c10::ArrayRef<at::Tensor>(given_)) {}
+  // Made where it is used (a view of its own list cannot be copied or moved as it is).
+  StateList(const StateList&) = delete;
   StateList& operator=(const StateList&) = delete;
-  StateList& operator=(StateList&&) = delete;
 
   operator TensorList() const { return view_; }  // NOLINT(google-explicit-constructor)
   size_t size() const { return view_.size(); }
@@ -144,27 +140,8 @@ class Arguments {
   // A state list (`Tensor(x!)[] name`): as given, or where the call names it in `pinned_lists`,
   // the tensors of `pinned_state` from the matching `pinned_at`, one per parameter.
   StateList state(const char* name) const {
-    const auto pinned = schema_.argumentIndexWithName("pinned_lists");
-    if (pinned && !values_[*pinned].isNone()) {
-      const auto names = values_[*pinned].toListRef();
-      for (size_t k = 0; k < names.size(); ++k) {
-        if (names[k].toStringRef() != name) continue;
-        TORCH_CHECK(at(name).toListRef().empty(), schema_.name(), ": ", name,
-                    " is named in pinned_lists, so it must be given as an empty list (got ",
-                    at(name).toListRef().size(), " tensors)");
-        TORCH_CHECK(!at("pinned_state").isNone(), schema_.name(), ": pinned_lists names ", name,
-                    " but no pinned_state is given");
-        const auto offsets = at("pinned_at").toIntVector();
-        TORCH_CHECK(offsets.size() == names.size(), schema_.name(), ": got ", offsets.size(),
-                    " pinned_at offsets for ", names.size(), " pinned_lists");
-        auto pins = at("pinned_state").toCustomClass<TensorPins>();
-        const size_t count = at("params").toListRef().size();
-        const int64_t offset = offsets[k];
-        TORCH_CHECK(offset >= 0 && static_cast<size_t>(offset) + count <= pins->tensors.size(), schema_.name(),
-                    ": ", name, " at pinned_at ", offset, " takes ", count, " tensors, but pinned_state holds ",
-                    pins->tensors.size());
-        return StateList(std::move(pins), static_cast<size_t>(offset), count);
-      }
+    if (const auto pinned = pinned_offset(name)) {
+      return StateList(at("pinned_state").toCustomClass<TensorPins>(), *pinned, at("params").toListRef().size());
     }
     return StateList(tensors(name));
   }
@@ -303,7 +280,9 @@ class Arguments {
   }
 
   // Each name in `pinned_lists` is one of the op's state lists (a `Tensor[]` other than params),
-  // named once: one the kernel does not read through state() would be silently not updated.
+  // named once: one the kernel does not read through state() would be silently not updated. Each
+  // is given as an empty list, and its `pinned_at` offset takes one tensor per parameter from
+  // `pinned_state`.
   void check_pinned_lists() const {
     const auto pinned = schema_.argumentIndexWithName("pinned_lists");
     if (!pinned || values_[*pinned].isNone()) return;
@@ -317,7 +296,35 @@ class Arguments {
       for (size_t j = 0; j < k; ++j) {
         TORCH_CHECK(names[j].toStringRef() != name, schema_.name(), ": pinned_lists names '", name, "' twice");
       }
+      TORCH_CHECK(values_[*index].toListRef().empty(), schema_.name(), ": ", name,
+                  " is named in pinned_lists, so it must be given as an empty list (got ",
+                  values_[*index].toListRef().size(), " tensors)");
     }
+    if (names.empty()) return;
+    TORCH_CHECK(!at("pinned_state").isNone(), schema_.name(), ": pinned_lists names ", names[0].toStringRef(),
+                " but no pinned_state is given");
+    const auto offsets = at("pinned_at").toIntList();
+    TORCH_CHECK(offsets.size() == names.size(), schema_.name(), ": got ", offsets.size(),
+                " pinned_at offsets for ", names.size(), " pinned_lists");
+    const size_t pinned_count = at("pinned_state").toCustomClass<TensorPins>()->tensors.size();
+    const size_t count = at("params").toListRef().size();
+    for (size_t k = 0; k < names.size(); ++k) {
+      const int64_t offset = offsets[k];
+      TORCH_CHECK(offset >= 0 && static_cast<size_t>(offset) + count <= pinned_count, schema_.name(), ": ",
+                  names[k].toStringRef(), " at pinned_at ", offset, " takes ", count,
+                  " tensors, but pinned_state holds ", pinned_count);
+    }
+  }
+
+  // Where the tensors of the state list `name` start in `pinned_state`, if the call pins it.
+  std::optional<size_t> pinned_offset(const char* name) const {
+    const auto pinned = schema_.argumentIndexWithName("pinned_lists");
+    if (!pinned || values_[*pinned].isNone()) return std::nullopt;
+    const auto names = values_[*pinned].toListRef();
+    for (size_t k = 0; k < names.size(); ++k) {
+      if (names[k].toStringRef() == name) return static_cast<size_t>(at("pinned_at").toIntList().get(k));
+    }
+    return std::nullopt;
   }
 
   const c10::IValue& at(const char* name) const {

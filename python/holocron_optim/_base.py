@@ -99,12 +99,11 @@ def valid_step(value: Any) -> bool:
 MAX_STEP = 2**63 - 1
 # After an attempt to let the ops read the gradients found one missing: how many steps gather
 # them in Python before the next attempt (FusedStep._step_groups).
+_GATHERING_STEPS_AFTER_A_MISS = 16
 # The states a stateless group's op is given: one read-only empty mapping for every parameter, so
 # that a step allocates no object per parameter (3000 dicts a step ran Python's garbage collector
 # about four times a step).
 _NO_STATE: Any = MappingProxyType({})
-
-_GATHERING_STEPS_AFTER_A_MISS = 16
 
 
 def gather(states: list[dict[str, Any]], key: str) -> list[Any]:

@@ -290,34 +290,30 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
     if (slot.numel > 0) addresses[i] = p.data_ptr();
     return true;
   };
-  bool filled = false;
-  if (host_work_in_parallel(n)) {
-    // A copy-on-write storage is materialized by data_ptr(), which ATen forbids inside
-    // parallel_for: a group holding one is filled on the calling thread.
-    auto shares_on_write = [&](size_t i) {
-      if (c10::impl::cow::is_cow_data_ptr(params[i].storage().data_ptr())) return true;
-      for (const auto& list : lists) {
-        if (!list.empty() && list[i].has_storage() && c10::impl::cow::is_cow_data_ptr(list[i].storage().data_ptr())) {
-          return true;
-        }
-      }
-      return false;
-    };
-    std::atomic<bool> fusable{true}, serial{false};
+  // A copy-on-write storage is materialized by data_ptr(), which ATen forbids inside
+  // parallel_for: a group holding one is filled on the calling thread.
+  auto shares_on_write = [&](size_t i) {
+    if (params[i].has_storage() && c10::impl::cow::is_cow_data_ptr(params[i].storage().data_ptr())) return true;
+    return std::any_of(lists.begin(), lists.end(), [&](TensorList list) {
+      return !list.empty() && list[i].has_storage() && c10::impl::cow::is_cow_data_ptr(list[i].storage().data_ptr());
+    });
+  };
+  enum Outcome : int { kFilled, kRefused, kOnCaller };
+  std::atomic<int> outcome{host_work_in_parallel(n) ? kFilled : kOnCaller};
+  if (outcome == kFilled) {
+    // A refusal is final (fill reads no thread-local state); either outcome ends the loop.
     at::parallel_for(0, static_cast<int64_t>(n), kMinParallelTensors / 2, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end && fusable.load(std::memory_order_relaxed) && !serial.load(std::memory_order_relaxed);
-           ++i) {
-        if (params[i].has_storage() && shares_on_write(static_cast<size_t>(i))) {
-          serial = true;
+      for (int64_t i = begin; i < end && outcome.load(std::memory_order_relaxed) == kFilled; ++i) {
+        if (shares_on_write(static_cast<size_t>(i))) {
+          outcome = kOnCaller;
         } else if (!fill(static_cast<size_t>(i))) {
-          fusable = false;
+          outcome = kRefused;
         }
       }
     });
-    if (!fusable && !serial) return false;
-    filled = !serial;
   }
-  if (!filled) {
+  if (outcome == kRefused) return false;
+  if (outcome == kOnCaller) {
     for (size_t i = 0; i < n; ++i) {
       if (!fill(i)) return false;
     }
