@@ -88,20 +88,13 @@ void check(const LambHyper& h) {
 
 namespace {
 
-// From the cautious sums (over all shards) the scale of each tensor's kept elements, timm's
+// From a tensor's cautious sums (over all shards) the scale of its kept elements, timm's
 // 1 / max(k / n, 1e-3), and in place of the count the ||u||^2 the trust ratio takes, of
 // u = scale * kept d + wd * p.
-std::vector<double> lamb_caution_scales(cpu::Sums& sums, double weight_decay, const Sharding& sharding,
-                                        TensorList params) {
-  std::vector<double> scales(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    auto& row = sums[i];
-    const double scale =
-        caution_scale(CautionScale::kTimm, row[1], static_cast<double>(whole_numel(sharding, params, i)));
-    row[1] = scale * scale * row[2] + 2.0 * weight_decay * scale * row[3] + weight_decay * weight_decay * row[0];
-    scales[i] = scale;
-  }
-  return scales;
+double lamb_caution_scale(std::array<double, cpu::kMaxSums>& row, double weight_decay, int64_t numel) {
+  const double scale = caution_scale(CautionScale::kTimm, row[1], static_cast<double>(numel));
+  row[1] = scale * scale * row[2] + 2.0 * weight_decay * scale * row[3] + weight_decay * weight_decay * row[0];
+  return scale;
 }
 
 }  // namespace
@@ -128,7 +121,10 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
     if (h.caution) {
       auto sums = kernels::reference::lamb_cautious_sums(params, g, exp_avgs, exp_avg_sqs, steps, h);
       all_reduce_sums("LAMB", sharding, sums, 4);
-      const auto scales = lamb_caution_scales(sums, lamb_coupled_decay(h), sharding, params);
+      std::vector<double> scales(params.size());
+      for (size_t i = 0; i < params.size(); ++i) {
+        scales[i] = lamb_caution_scale(sums[i], lamb_coupled_decay(h), whole_numel(sharding, params, i));
+      }
       const auto local_lrs = trust_ratios(sums, rule);
       kernels::reference::lamb_cautious(params, g, exp_avgs, exp_avg_sqs, steps, h, local_lrs, scales);
       return local_lrs;
@@ -156,18 +152,17 @@ std::vector<double> lamb_(TensorList params, TensorList grads, TensorList exp_av
         .caution_scale = 1.0});
   }
   if (h.caution) {
-    auto& sums = scratch.sums;
-    cpu::run(cpu::Pass::LambCautiousMoments, scratch.group, args, &sums);
-    all_reduce_sums("LAMB", sharding, sums, 4);
-    const auto scales = lamb_caution_scales(sums, lamb_coupled_decay(h), sharding, params);
-    auto local_lrs = trust_ratios(sums, rule);
-    for (size_t i = 0; i < params.size(); ++i) {
-      auto row = args.per_tensor[i].get<cpu::protocol::lamb::PerTensor>();
-      row.step = -h.lr * local_lrs[i];
-      row.caution_scale = scales[i];
-      args.per_tensor[i].set(row);
-    }
-    cpu::run(cpu::Pass::LambCautiousApply, scratch.group, args);
+    std::vector<double> local_lrs(params.size());
+    two_passes("LAMB", sharding, 4, {cpu::Pass::LambCautiousMoments, scratch.group, args},
+               {cpu::Pass::LambCautiousApply, scratch.group, args}, scratch.sums,
+               [&](int64_t t, std::array<double, cpu::kMaxSums>& sums) {
+                 const auto i = static_cast<size_t>(t);
+                 auto row = args.per_tensor[i].get<cpu::protocol::lamb::PerTensor>();
+                 row.caution_scale = lamb_caution_scale(sums, lamb_coupled_decay(h), whole_numel(sharding, params, i));
+                 local_lrs[i] = trust_ratio_of(sums, rule);
+                 row.step = -h.lr * local_lrs[i];
+                 args.per_tensor[i].set(row);
+               });
     mark_written({params, exp_avgs, exp_avg_sqs});
     return local_lrs;
   }

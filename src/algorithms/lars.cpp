@@ -103,17 +103,9 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
   const bool fused = fused_group(
       scratch.group, params,
       cpu::protocol::lars::Arrays<TensorList>{.param = params, .grad = grads, .momentum_buffer = buffers});
-  const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& norms = scratch.sums;  // ||p||^2, ||g||^2
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  if (fused) {
-    cpu::run(cpu::Pass::LarsNorms, scratch.group, args, &norms);
-  } else {
-    norms = kernels::reference::lars_sums(params, reference_grads);
-  }
-  all_reduce_sums("LARS", sharding, norms, 2);
-
   std::vector<double> local_lrs(params.size(), 1.0);
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   args.constants.set(cpu::protocol::lars::Constants{.weight_decay = decay.coupled,
@@ -122,10 +114,12 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
                                                     .nesterov = h.nesterov,
                                                     .decay = decay.factor});
   const bool adapt = h.always_adapt || h.weight_decay != 0.0;
-  for (size_t i = 0; i < params.size(); ++i) {
+  // Tensor t's trust ratio and step from its norms (over all shards).
+  const auto coefficients = [&](int64_t t, const std::array<double, cpu::kMaxSums>& norm) {
+    const auto i = static_cast<size_t>(t);
     // The decayed parameter's norm (a factor of 1 leaves it exact).
-    const double p_norm = std::sqrt(norms[i][0]) * std::abs(decay.factor);
-    const double g_norm = std::sqrt(norms[i][1]);
+    const double p_norm = std::sqrt(norm[0]) * std::abs(decay.factor);
+    const double g_norm = std::sqrt(norm[1]);
     const double phi = h.scale_clip ? clamp_norm(p_norm, *h.scale_clip) : p_norm;
     if (!adapt) {
       local_lrs[i] = 1.0;
@@ -143,19 +137,24 @@ std::vector<double> lars_(TensorList params, TensorList grads, TensorList moment
         .direction_scale = h.trust_on_gradient ? local_lrs[i] : 1.0,
         .step = h.trust_on_gradient ? -h.lr : -h.lr * local_lrs[i],
         .buffer_is_new = with_momentum && buffer_is_new[i]});
-  }
-  if (!fused) {
-    std::vector<double> scales(params.size()), steps(params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto row = args.per_tensor[i].get<cpu::protocol::lars::PerTensor>();
-      scales[i] = row.direction_scale;
-      steps[i] = row.step;
-    }
-    kernels::reference::lars(params, reference_grads, momentum_buffers, buffer_is_new, h, scales, steps);
+  };
+  if (fused) {
+    two_passes("LARS", sharding, 2, {cpu::Pass::LarsNorms, scratch.group, args},
+               {cpu::Pass::LarsApply, scratch.group, args}, norms, coefficients);
+    mark_written({params, buffers});
     return local_lrs;
   }
-  cpu::run(cpu::Pass::LarsApply, scratch.group, args);
-  mark_written({params, buffers});
+  const auto reference_grads = unscaled_grads(grads, *inv_grad_scale);
+  norms = kernels::reference::lars_sums(params, reference_grads);
+  all_reduce_sums("LARS", sharding, norms, 2);
+  for (size_t i = 0; i < params.size(); ++i) coefficients(static_cast<int64_t>(i), norms[i]);
+  std::vector<double> scales(params.size()), steps(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto row = args.per_tensor[i].get<cpu::protocol::lars::PerTensor>();
+    scales[i] = row.direction_scale;
+    steps[i] = row.step;
+  }
+  kernels::reference::lars(params, reference_grads, momentum_buffers, buffer_is_new, h, scales, steps);
   return local_lrs;
 }
 

@@ -101,18 +101,9 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                                                  .exp_avg = exp_avgs,
                                                  .exp_avg_sq = exp_avg_sqs,
                                                  .max_exp_avg_sq = maxima});
-  const auto reference_grads = fused ? std::vector<at::Tensor>{} : unscaled_grads(grads, *inv_grad_scale);
   auto& distances = scratch.sums;
   auto& args = scratch.fresh_args(params.size());
   args.inv_grad_scale = *inv_grad_scale;
-  if (fused) {
-    args.constants.set(tadam::DistanceConstants{.eps = h.eps, .weight_decay = decay.coupled});
-    cpu::run(cpu::Pass::TAdamDistance, scratch.second_group, args, &distances);
-  } else {
-    distances = kernels::reference::tadam_sums(params, reference_grads, exp_avgs, exp_avg_sqs, h);
-  }
-  all_reduce_sums("TAdam", sharding, distances, 1);
-
   args.constants.set(
       tadam::ApplyConstants{.beta2 = h.beta2,
                             .eps = h.eps,
@@ -120,10 +111,12 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                             .amsgrad = h.amsgrad,
                             .decay = decay.factor});
   std::vector<std::array<double, 2>> mixing(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
+  // Tensor t's weight of this gradient from its distance (over all shards), and the moment weight.
+  const auto weigh = [&](int64_t t, const std::array<double, cpu::kMaxSums>& distance) {
+    const auto i = static_cast<size_t>(t);
     const int64_t numel = whole_numel(sharding, params, i);
-    if (numel == 0) continue;  // nothing to weigh: W stays
-    const double w = tadam_weight(h.dof, numel, distances[i][0]);
+    if (numel == 0) return;  // nothing to weigh: W stays
+    const double w = tadam_weight(h.dof, numel, distance[0]);
     double& W = moment_weights[i];
     mixing[i] = {W / (W + w), w / (W + w)};
     args.per_tensor[i].set(tadam::ApplyPerTensor{.keep = mixing[i][0],
@@ -131,14 +124,21 @@ void tadam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                                                  .inv_sqrt_bc2 = inverse_sqrt_bias_correction(h.beta2, steps[i]),
                                                  .step = -h.lr / bias_correction(h.beta1, steps[i])});
     W = next_moment_weight(W, h.beta1, w, params[i].scalar_type());
-  }
-  if (!fused) {
-    kernels::reference::tadam(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                              mixing, steps, h);
+  };
+  if (fused) {
+    cpu::PassArgs distance_args;
+    distance_args.inv_grad_scale = *inv_grad_scale;
+    distance_args.constants.set(tadam::DistanceConstants{.eps = h.eps, .weight_decay = decay.coupled});
+    two_passes("TAdam", sharding, 1, {cpu::Pass::TAdamDistance, scratch.second_group, distance_args},
+               {cpu::Pass::TAdamApply, scratch.group, args}, distances, weigh);
+    mark_written({params, exp_avgs, exp_avg_sqs, maxima});
     return;
   }
-  cpu::run(cpu::Pass::TAdamApply, scratch.group, args);
-  mark_written({params, exp_avgs, exp_avg_sqs, maxima});
+  const auto reference_grads = unscaled_grads(grads, *inv_grad_scale);
+  distances = kernels::reference::tadam_sums(params, reference_grads, exp_avgs, exp_avg_sqs, h);
+  all_reduce_sums("TAdam", sharding, distances, 1);
+  for (size_t i = 0; i < params.size(); ++i) weigh(static_cast<int64_t>(i), distances[i]);
+  kernels::reference::tadam(params, reference_grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, mixing, steps, h);
 }
 
 }  // namespace holocron::optim::functional

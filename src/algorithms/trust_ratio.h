@@ -141,37 +141,38 @@ inline TrustRule lamb_trust_rule(const LambHyper& h) {
   return {h.scale_clip, std::abs(lamb_decay_factor(h)), h.trust_clip, h.always_adapt || h.weight_decay != 0.0};
 }
 
-// The trust ratio of each tensor from ||p||^2 and ||u||^2 (over all shards).
+// A tensor's trust ratio from its ||p||^2 and ||u||^2 (over all shards).
+inline double trust_ratio_of(const std::array<double, cpu::kMaxSums>& norms, const TrustRule& rule) {
+  if (!rule.adapt) return 1.0;
+  // A scale of 1 leaves the product exact.
+  const double ratio = trust_ratio(clamp_norm(std::sqrt(norms[0]) * rule.p_norm_scale, rule.clip), std::sqrt(norms[1]));
+  return rule.cap_at_one ? std::min(ratio, 1.0) : ratio;
+}
+
 inline std::vector<double> trust_ratios(const cpu::Sums& norms, const TrustRule& rule) {
-  std::vector<double> local_lrs(norms.size(), 1.0);
-  if (!rule.adapt) return local_lrs;
-  for (size_t i = 0; i < norms.size(); ++i) {
-    // A scale of 1 leaves the product exact.
-    local_lrs[i] = trust_ratio(clamp_norm(std::sqrt(norms[i][0]) * rule.p_norm_scale, rule.clip),
-                               std::sqrt(norms[i][1]));
-    if (rule.cap_at_one) local_lrs[i] = std::min(local_lrs[i], 1.0);
-  }
+  std::vector<double> local_lrs(norms.size());
+  for (size_t i = 0; i < norms.size(); ++i) local_lrs[i] = trust_ratio_of(norms[i], rule);
   return local_lrs;
 }
 
-// The fused kernels' two passes around the host phase. Pass 1 stores the
-// float and double moments (pass 2 reads them), so a throwing all-reduce
-// leaves them advanced; every check has run before it. The per-tensor rows
-// (PerTensor of protocol::lamb or ::ralars) already hold the direction's
-// coefficients; their step is set here, from the trust ratios.
+// The fused kernels' two passes around the host phase (two_passes). Pass 1 stores the float and
+// double moments (pass 2 reads them), so a throwing all-reduce leaves them advanced; every check
+// has run before it. The per-tensor rows (PerTensor of protocol::lamb or ::ralars) already hold
+// the direction's coefficients; their step is set here, from the trust ratios.
 template <typename PerTensor>
 std::vector<double> fused_trust_step(cpu::Pass moments, cpu::Pass apply, FusedScratch& scratch,
                                      const char* name, double lr, const TrustRule& rule,
                                      const Sharding& sharding) {
-  cpu::run(moments, scratch.group, scratch.args, &scratch.sums);
-  all_reduce_sums(name, sharding, scratch.sums, 2);
-  auto local_lrs = trust_ratios(scratch.sums, rule);
-  for (size_t i = 0; i < local_lrs.size(); ++i) {
-    auto row = scratch.args.per_tensor[i].get<PerTensor>();
-    row.step = -lr * local_lrs[i];
-    scratch.args.per_tensor[i].set(row);
-  }
-  cpu::run(apply, scratch.group, scratch.args);
+  auto& args = scratch.args;
+  std::vector<double> local_lrs(args.per_tensor.size());
+  two_passes(name, sharding, 2, {moments, scratch.group, args}, {apply, scratch.group, args}, scratch.sums,
+             [&](int64_t t, const std::array<double, cpu::kMaxSums>& norms) {
+               const auto i = static_cast<size_t>(t);
+               local_lrs[i] = trust_ratio_of(norms, rule);
+               auto row = args.per_tensor[i].get<PerTensor>();
+               row.step = -lr * local_lrs[i];
+               args.per_tensor[i].set(row);
+             });
   return local_lrs;
 }
 

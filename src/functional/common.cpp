@@ -440,6 +440,19 @@ void check_sharding(const char* optimizer, const Sharding& sharding, TensorList 
   }
 }
 
+void two_passes(const char* optimizer, const Sharding& sharding, int width, const PassCall& first,
+                const PassCall& second, kernels::cpu::Sums& sums, kernels::cpu::TensorPhase phase) {
+  namespace cpu = kernels::cpu;
+  if (!sharding.all_reduce) {
+    cpu::run_pair(first.pass, first.group, first.args, second.pass, second.group, second.args, sums, phase);
+    return;
+  }
+  cpu::run(first.pass, first.group, first.args, &sums);
+  all_reduce_sums(optimizer, sharding, sums, width);
+  for (size_t t = 0; t < sums.size(); ++t) phase(static_cast<int64_t>(t), sums[t]);
+  cpu::run(second.pass, second.group, second.args);
+}
+
 void all_reduce_sums(const char* optimizer, const Sharding& sharding, kernels::cpu::Sums& sums,
                      int width) {
   if (!sharding.all_reduce) return;

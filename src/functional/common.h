@@ -114,6 +114,20 @@ inline int64_t whole_numel(const Sharding& sharding, TensorList params, size_t i
 void all_reduce_sums(const char* optimizer, const Sharding& sharding, kernels::cpu::Sums& sums,
                      int width);
 
+// One pass of a two-pass fused kernel: which, over which arrays, with what.
+struct PassCall {
+  kernels::cpu::Pass pass;
+  const kernels::cpu::Group& group;
+  const kernels::cpu::PassArgs& args;
+};
+// `first` (a reducing pass whose first `width` sums the sharding all-reduces), then `phase` for
+// each tensor (kernels::cpu::TensorPhase: its coefficients for `second` from its sums), then
+// `second`. Whole tensors take the pair in one sweep (kernels::cpu::run_pair); sharded ones take
+// the passes in turn around the all-reduce, so a throwing collective leaves written only what
+// `first` writes.
+void two_passes(const char* optimizer, const Sharding& sharding, int width, const PassCall& first,
+                const PassCall& second, kernels::cpu::Sums& sums, kernels::cpu::TensorPhase phase);
+
 // Loss scaling (GradScaling), checked with the rest, before anything is
 // written: what the kernels multiply gradients by (GradScaler's own float32
 // reciprocal of the scale, so that both unscaling paths give the same bits;

@@ -777,5 +777,72 @@ TEST_F(Sharding, AllReduceThatChangesTheShapeThrows) {
   }
 }
 
+// ---- One sweep per small tensor ---------------------------------------------
+
+// Whole tensors take the two passes of LARS, LAMB, RaLars and TAdam in one sweep per tensor of
+// one chunk (kernels::cpu::run_pair), sharded ones in turn around the all-reduce. An all-reduce
+// that leaves the sums as they are makes a whole group take the second way: both must give the
+// same bits, on groups mixing empty, one-chunk and several-chunk tensors, on one thread and two.
+Algorithm lamb_cautious() {
+  Algorithm a("LAMB(caution)", 2, random_grads);
+  a.step = [](Replica& r, const Tensors& g, int64_t step, const F::Sharding& sharding) {
+    F::LambHyper h{1e-2, 0.9, 0.999, 1e-8, 1e-2, {0.0, 10.0}};
+    h.bias_correction = true;
+    h.caution = true;
+    return F::lamb_(r.lists[0], g, r.lists[1], r.lists[2], steps_of(r, step), h, {}, sharding);
+  };
+  return a;
+}
+
+Replica mixed_sizes(const Algorithm& algorithm, at::ScalarType dtype) {
+  // 16384 elements is one chunk (kernels/cpu/pass.h kChunk); 40000 is three.
+  const std::vector<int64_t> sizes = {0, 1, 100, 16384, 16385, 40000, 7, 2048, 0, 513, 40000, 3};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  Replica group;
+  group.lists.resize(1 + algorithm.state_lists);
+  for (int64_t n : sizes) {
+    auto p = (at::randn({n}, gen, at::kDouble) + 0.5).to(dtype);
+    group.lists[0].push_back(p);
+    for (int j = 1; j <= algorithm.state_lists; ++j) group.lists[j].push_back(at::zeros_like(p));
+  }
+  if (algorithm.init) algorithm.init(group);
+  if (algorithm.has_host) group.host.assign(sizes.size(), algorithm.host_init);
+  return group;
+}
+
+TEST_F(Sharding, OneSweepPerSmallTensorGivesTheBitsOfTwoPasses) {
+  const int threads = at::get_num_threads();
+  for (const auto& algorithm : {lars(), lars_with_clip(), lamb(), lamb_cautious(), ralars(), tadam()}) {
+    for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16}) {
+      for (const int thread_count : {1, 2}) {
+        SCOPED_TRACE(std::string(algorithm.name) + ", " + c10::toString(dtype) + ", " +
+                     std::to_string(thread_count) + " threads");
+        at::set_num_threads(thread_count);
+        Replica swept = mixed_sizes(algorithm, dtype), passes = mixed_sizes(algorithm, dtype);
+        F::Sharding in_turn;
+        in_turn.all_reduce = [](at::Tensor&) {};
+        for (int64_t step = 1; step <= 4; ++step) {
+          const auto grads = algorithm.grads(swept.lists[0], step);
+          swept.returned = algorithm.step(swept, grads, step, F::Sharding{});
+          passes.returned = algorithm.step(passes, grads, step, in_turn);
+          for (size_t j = 0; j < swept.lists.size(); ++j) {
+            for (size_t i = 0; i < swept.lists[j].size(); ++i) {
+              EXPECT_TRUE(at::equal(swept.lists[j][i], passes.lists[j][i]))
+                  << "step " << step << ", list " << j << ", tensor " << i;
+            }
+          }
+          EXPECT_EQ(swept.returned, passes.returned) << "step " << step;
+          EXPECT_EQ(swept.host, passes.host) << "step " << step;
+        }
+        // The steps moved the parameters of one chunk and of three (a group left as it was would
+        // compare equal too; TAdam's steps are below a bfloat16 ulp on most elements).
+        EXPECT_FALSE(at::equal(swept.lists[0][7], mixed_sizes(algorithm, dtype).lists[0][7]));
+        EXPECT_FALSE(at::equal(swept.lists[0][5], mixed_sizes(algorithm, dtype).lists[0][5]));
+      }
+    }
+  }
+  at::set_num_threads(threads);
+}
+
 }  // namespace
 }  // namespace holocron_test

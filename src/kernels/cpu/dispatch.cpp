@@ -154,8 +154,22 @@ void reset_sums(Sums& sums, size_t tensors) { sums.assign(tensors, {}); }
 
 bool fused_enabled() { return choice().load() != kReference; }
 
+namespace {
+
+// Tensors whose kernels are the same: the same dtype and state slot.
+bool same_kernel(const TensorSlot& a, const TensorSlot& b) {
+  return a.dtype == b.dtype && state_slot(a.dtype, a.state_dtype) == state_slot(b.dtype, b.state_dtype);
+}
+
+bool one_kernel(const Group& group) {
+  const auto& tensors = group.tensors;
+  return std::all_of(tensors.begin(), tensors.end(), [&](const TensorSlot& t) { return same_kernel(t, tensors[0]); });
+}
+
+}  // namespace
+
 void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
-  const auto& row = table_of(selected_capability())[static_cast<size_t>(pass)];
+  const auto& row = table_of(selected_capability()).passes[static_cast<size_t>(pass)];
   auto kernel = [&](const TensorSlot& slot) {
     const int d = dtype_slot(slot.dtype);
     const int s = state_slot(slot.dtype, slot.state_dtype);
@@ -163,14 +177,8 @@ void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
                           " with state of ", slot.state_dtype);
     return row[d][s];
   };
-  // Tensors whose kernels are the same: the same dtype and state slot.
-  auto same_kernel = [](const TensorSlot& a, const TensorSlot& b) {
-    return a.dtype == b.dtype && state_slot(a.dtype, a.state_dtype) == state_slot(b.dtype, b.state_dtype);
-  };
   const auto& tensors = group.tensors;
-  const bool one_kernel = std::all_of(tensors.begin(), tensors.end(),
-                                      [&](const TensorSlot& t) { return same_kernel(t, tensors[0]); });
-  if (one_kernel) {
+  if (one_kernel(group)) {
     kernel(tensors.empty() ? TensorSlot{} : tensors[0])(group, args, sums);
     return;
   }
@@ -197,6 +205,30 @@ void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
       for (size_t k = 0; k < index.size(); ++k) (*sums)[index[k]] = part_sums[k];
     }
   }
+}
+
+void run_pair(Pass first, const Group& first_group, const PassArgs& first_args, Pass second,
+              const Group& second_group, const PassArgs& second_args, Sums& sums, TensorPhase phase) {
+  const auto& table = table_of(selected_capability());
+  TORCH_INTERNAL_ASSERT(table.second_of[static_cast<size_t>(first)] == second && first != second,
+                        "run_pair: the passes are not registered as a pair");
+  TORCH_INTERNAL_ASSERT(first_group.tensors.size() == second_group.tensors.size(),
+                        "run_pair: the groups hold different tensors");
+  PairFn pair = nullptr;
+  if (!first_group.tensors.empty() && one_kernel(first_group) && one_kernel(second_group)) {
+    const auto& a = first_group.tensors[0];
+    const auto& b = second_group.tensors[0];
+    const int d = dtype_slot(a.dtype);
+    const int s = state_slot(a.dtype, a.state_dtype);
+    if (d >= 0 && s >= 0 && same_kernel(a, b)) pair = table.pairs[static_cast<size_t>(first)][d][s];
+  }
+  if (pair != nullptr) {
+    pair(first_group, first_args, second_group, second_args, sums, phase);
+    return;
+  }
+  run(first, first_group, first_args, &sums);
+  for (size_t t = 0; t < sums.size(); ++t) phase(static_cast<int64_t>(t), sums[t]);
+  run(second, second_group, second_args);
 }
 
 }  // namespace holocron::optim::kernels::cpu

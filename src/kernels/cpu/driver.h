@@ -635,176 +635,209 @@ inline void stage_out(const TensorSlot& slot, int j, int64_t first, int64_t n, c
 // region costs more than it saves.
 constexpr int64_t kMinParallelElements = int64_t{1} << 15;
 
+constexpr bool holds_slot(unsigned set, int slot) { return slot >= 0 && ((set >> slot) & 1u) != 0; }
+
+// Pass P over one chunk of a tensor at a time: what run_pass and run_pair share.
 template <typename P>
-void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
+class PassRunner {
+ public:
   using T = typename P::scalar_t;
   using W = opmath_t<T>;
   using V = Vectorized<W>;
   using Narrow = NarrowIo<T>;
   using Wide = WideIo<T>;
-  constexpr int kN = P::kNarrow;
-  constexpr int kA = P::kNarrow + P::kWide;
-  constexpr int kPack = Narrow::kPack;
-  constexpr int kR = P::kSums;
+  static constexpr int kN = P::kNarrow;
+  static constexpr int kA = P::kNarrow + P::kWide;
+  static constexpr int kPack = Narrow::kPack;
+  static constexpr int kR = P::kSums;
   static_assert(kA <= kMaxArrays);
 
   using Stored = typename StateOf<P>::type;
   using State = StateIo<T, Stored>;
-  constexpr unsigned kState = std::is_same_v<Stored, T> ? 0u : StateOf<P>::kArrays;
-  constexpr bool kBlockwise = std::is_same_v<Stored, Blockwise8>;
+  static constexpr unsigned kState = std::is_same_v<Stored, T> ? 0u : StateOf<P>::kArrays;
+  static constexpr bool kBlockwise = std::is_same_v<Stored, Blockwise8>;
   static_assert(!kBlockwise || std::is_same_v<W, float>, "8-bit state is built for float math only");
-  const P pass{args};
-  constexpr int kG = GradArray<P>::value;
+  static constexpr int kG = GradArray<P>::value;
   static_assert(kG < 0 || !((kState >> kG) & 1u), "the gradient is not state");
   static_assert(kG < kN, "the gradient is an array of the parameter's dtype");
   // Kahan-compensated weights (TensorSlot::compensation): the weight is read as p + c in the math
   // type, and a pass that writes it stores p = the weight rounded to T, c = what that dropped
   // (exact in the math type, then rounded to T), so updates below p's ulp accumulate in c.
-  constexpr int kP = ParamArray<P>::value;
+  static constexpr int kP = ParamArray<P>::value;
   static_assert(kG < 0 || ParamArray<P>::kDeclared, "a pass reading a gradient names its weights (kParam)");
-  constexpr auto holds = [](unsigned set, int slot) { return slot >= 0 && ((set >> slot) & 1u) != 0; };
-  constexpr bool kCompensates = is_reduced_v<T> && kP < kN && holds(P::kRead, kP) && !holds(kState, kP);
-  constexpr bool kWritesWeights = kCompensates && holds(P::kWrite, kP);
-  const bool unscale = kG >= 0 && args.inv_grad_scale != 1.0;
-  const V inv_grad_scale(static_cast<typename V::value_type>(args.inv_grad_scale));
+  static constexpr bool kCompensates =
+      is_reduced_v<T> && kP < kN && holds_slot(P::kRead, kP) && !holds_slot(kState, kP);
+  static constexpr bool kWritesWeights = kCompensates && holds_slot(P::kWrite, kP);
+
+  PassRunner(const Group& group, const PassArgs& args)
+      : group_(group),
+        pass_{args},
+        unscale_(kG >= 0 && args.inv_grad_scale != 1.0),
+        inv_grad_scale_(static_cast<typename V::value_type>(args.inv_grad_scale)) {}
+
+  // Elements [begin, end) of tensor t, inside one chunk; a reducing pass leaves the chunk's sums
+  // in sums[0, kSums). Inlined, so that each caller's loop keeps the sums in registers.
+  HOLOCRON_KERNEL_INLINE void chunk(int64_t t, int64_t begin, int64_t end, [[maybe_unused]] double* sums) const {
+    const TensorSlot& slot = group_.tensors[t];
+    const auto body = pass_.for_tensor(t);
+    T* const compensation = kCompensates && slot.data[kP < 0 ? 0 : kP] != nullptr
+                                ? static_cast<T*>(slot.compensation) : nullptr;
+    using S = typename SumType<P>::type;
+    Acc<kR == 0 ? 1 : kR, S> acc;
+    // 8-bit state: the block in progress, its state arrays staged in the math type.
+    [[maybe_unused]] alignas(64) W staged[kBlockwise ? kA : 1][kBlockwise ? kBlock : 1];
+    [[maybe_unused]] int64_t block_begin = 0;
+    // Enough iterations per round that every vector's lane offset is a
+    // compile-time constant.
+    constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
+    auto iterate = [&](int64_t from, int64_t to) HOLOCRON_LAMBDA_INLINE {
+      for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
+        static_for<kRound>([&](auto sub) {
+          const int64_t i = round + decltype(sub)::value * Narrow::kStep;
+          if (i >= to) return;
+          const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
+          // Each vector is assigned once below, loaded or zero. Vectorized's constructor zeroes
+          // it, which made `V values[kA][kPack]` a memset of the whole array every iteration that
+          // also kept it in memory: the union skips the constructors (AdaBelief's float32 step in
+          // cache went from 2.6 to 1.0 ns an element on an AVX2 AMD EPYC).
+          union Unconstructed {
+            V v[kA][kPack];
+            Unconstructed() {}
+          } storage;
+          auto& values = storage.v;
+          static_for<kA>([&](auto j_) {
+            constexpr int j = decltype(j_)::value;
+            // An absent array (amsgrad off, no momentum) is neither read nor written.
+            if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) {
+              for (int k = 0; k < kPack; ++k) values[j][k] = V(W(0));
+              return;
+            }
+            constexpr bool kIsState = (kState >> j) & 1u;
+            if constexpr (kBlockwise && kIsState) Wide::load(staged[j] + (i - block_begin), count, values[j]);
+            else if constexpr (kIsState) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
+            else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
+            else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
+          });
+          [[maybe_unused]] V compensated[kPack];
+          if constexpr (kCompensates) {
+            if (compensation != nullptr) {
+              Narrow::load(compensation + i, count, compensated);
+              for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
+            }
+          }
+          if constexpr (kG >= 0) {
+            if (unscale_) {
+              for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale_;
+            }
+          }
+          static_for<kPack>([&](auto k_) {
+            constexpr int k = decltype(k_)::value;
+            constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
+            V x[kA];
+            for (int j = 0; j < kA; ++j) x[j] = values[j][k];
+            LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
+            body(x, lanes);
+            for (int j = 0; j < kA; ++j) values[j][k] = x[j];
+          });
+          if constexpr (kWritesWeights) {
+            if (compensation != nullptr) {
+              // The weight rounded once: stored as it is (the loop below skips it), and read back
+              // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
+              static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
+              const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
+              const auto [low, high] = at::vec::convert_to_float<T>(rounded);
+              compensated[0] = values[kP][0] - low;
+              compensated[1] = values[kP][1] - high;
+              T* const weights = static_cast<T*>(slot.data[kP]) + i;
+              if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
+              Narrow::store(compensation + i, count, compensated);
+            }
+          }
+          static_for<kA>([&](auto j_) {
+            constexpr int j = decltype(j_)::value;
+            if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
+            if constexpr (kWritesWeights && j == kP) {
+              if (compensation != nullptr) return;  // stored with its compensation above
+            }
+            constexpr bool kIsState = (kState >> j) & 1u;
+            if constexpr (kBlockwise && kIsState) Wide::store(staged[j] + (i - block_begin), count, values[j]);
+            else if constexpr (kIsState) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
+            else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
+            else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
+          });
+        });
+      }
+    };
+    if constexpr (kBlockwise) {
+      for (block_begin = begin; block_begin < end; block_begin += kBlock) {
+        const int64_t n = std::min(kBlock, end - block_begin);
+        static_for<kA>([&](auto j_) {
+          constexpr int j = decltype(j_)::value;
+          if constexpr ((kState >> j) & 1u) {
+            if (((P::kRead >> j) & 1u) && slot.data[j] != nullptr) stage_in(slot, j, block_begin, n, staged[j]);
+          }
+        });
+        iterate(block_begin, block_begin + n);
+        static_for<kA>([&](auto j_) {
+          constexpr int j = decltype(j_)::value;
+          if constexpr ((kState >> j) & 1u) {
+            if (((P::kWrite >> j) & 1u) && slot.data[j] != nullptr) stage_out(slot, j, block_begin, n, staged[j]);
+          }
+        });
+      }
+    } else {
+      iterate(begin, end);
+    }
+    if constexpr (kR > 0) {
+      for (int r = 0; r < kR; ++r) sums[r] = acc.total(r);
+    }
+  }
+
+ private:
+  const Group& group_;
+  const P pass_;
+  const bool unscale_;
+  const V inv_grad_scale_;
+};
+
+// The tensor holding chunk c: the last t with first_chunk[t] <= c.
+inline int64_t tensor_of_chunk(const int64_t* first_chunk, int64_t num_tensors, int64_t c) {
+  int64_t t = 0;
+  for (int64_t step = num_tensors; step > 0; step /= 2) {
+    while (t + step < num_tensors && first_chunk[t + step] <= c) t += step;
+  }
+  return t;
+}
+
+// Runs `chunks(begin, end)` over [0, num_chunks) in one parallel region, or on the calling thread
+// where the group is small or this is already inside a region.
+template <typename F>
+void for_chunks(const Group& group, int64_t num_chunks, const F& chunks) {
+  int64_t elements = 0;
+  for (const auto& slot : group.tensors) elements += slot.numel;
+  if (elements < kMinParallelElements || at::in_parallel_region()) {
+    chunks(int64_t{0}, num_chunks);
+  } else {
+    at::parallel_for(0, num_chunks, 1, chunks);
+  }
+}
+
+template <typename P>
+void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
+  constexpr int kR = P::kSums;
+  const PassRunner<P> runner(group, args);
   const int64_t num_tensors = static_cast<int64_t>(group.tensors.size());
   auto& ws = prepare_workspace(group, kR);
   const int64_t* first_chunk = ws.first_chunk.data();
-  const int64_t num_chunks = first_chunk[num_tensors];
   double* partials = ws.partials.data();
-  int64_t elements = 0;
-  for (const auto& slot : group.tensors) elements += slot.numel;
-
-  auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
-    // The tensor holding chunk_begin: the last t with first_chunk[t] <= chunk_begin.
-    int64_t t = 0;
-    for (int64_t step = num_tensors; step > 0; step /= 2) {
-      while (t + step < num_tensors && first_chunk[t + step] <= chunk_begin) t += step;
-    }
+  for_chunks(group, first_chunk[num_tensors], [&](int64_t chunk_begin, int64_t chunk_end) {
+    int64_t t = tensor_of_chunk(first_chunk, num_tensors, chunk_begin);
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       while (c >= first_chunk[t + 1]) ++t;
-      const TensorSlot& slot = group.tensors[t];
       const int64_t begin = (c - first_chunk[t]) * kChunk;
-      const int64_t end = std::min(begin + kChunk, slot.numel);
-      const auto body = pass.for_tensor(t);
-      T* const compensation = kCompensates && slot.data[kP < 0 ? 0 : kP] != nullptr
-                                  ? static_cast<T*>(slot.compensation) : nullptr;
-      using S = typename SumType<P>::type;
-      Acc<kR == 0 ? 1 : kR, S> acc;
-      // 8-bit state: the block in progress, its state arrays staged in the math type.
-      [[maybe_unused]] alignas(64) W staged[kBlockwise ? kA : 1][kBlockwise ? kBlock : 1];
-      [[maybe_unused]] int64_t block_begin = 0;
-      // Enough iterations per round that every vector's lane offset is a
-      // compile-time constant.
-      constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
-      auto iterate = [&](int64_t from, int64_t to) HOLOCRON_LAMBDA_INLINE {
-        for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
-          static_for<kRound>([&](auto sub) {
-            const int64_t i = round + decltype(sub)::value * Narrow::kStep;
-            if (i >= to) return;
-            const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
-            // Each vector is assigned once below, loaded or zero. Vectorized's constructor zeroes
-            // it, which made `V values[kA][kPack]` a memset of the whole array every iteration that
-            // also kept it in memory: the union skips the constructors (AdaBelief's float32 step in
-            // cache went from 2.6 to 1.0 ns an element on an AVX2 AMD EPYC).
-            union Unconstructed {
-              V v[kA][kPack];
-              Unconstructed() {}
-            } storage;
-            auto& values = storage.v;
-            static_for<kA>([&](auto j_) {
-              constexpr int j = decltype(j_)::value;
-              // An absent array (amsgrad off, no momentum) is neither read nor written.
-              if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) {
-                for (int k = 0; k < kPack; ++k) values[j][k] = V(W(0));
-                return;
-              }
-              constexpr bool kIsState = (kState >> j) & 1u;
-              if constexpr (kBlockwise && kIsState) Wide::load(staged[j] + (i - block_begin), count, values[j]);
-              else if constexpr (kIsState) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
-              else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
-              else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
-            });
-            [[maybe_unused]] V compensated[kPack];
-            if constexpr (kCompensates) {
-              if (compensation != nullptr) {
-                Narrow::load(compensation + i, count, compensated);
-                for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
-              }
-            }
-            if constexpr (kG >= 0) {
-              if (unscale) {
-                for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
-              }
-            }
-            static_for<kPack>([&](auto k_) {
-              constexpr int k = decltype(k_)::value;
-              constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
-              V x[kA];
-              for (int j = 0; j < kA; ++j) x[j] = values[j][k];
-              LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
-              body(x, lanes);
-              for (int j = 0; j < kA; ++j) values[j][k] = x[j];
-            });
-            if constexpr (kWritesWeights) {
-              if (compensation != nullptr) {
-                // The weight rounded once: stored as it is (the loop below skips it), and read back
-                // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
-                static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
-                const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
-                const auto [low, high] = at::vec::convert_to_float<T>(rounded);
-                compensated[0] = values[kP][0] - low;
-                compensated[1] = values[kP][1] - high;
-                T* const weights = static_cast<T*>(slot.data[kP]) + i;
-                if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
-                Narrow::store(compensation + i, count, compensated);
-              }
-            }
-            static_for<kA>([&](auto j_) {
-              constexpr int j = decltype(j_)::value;
-              if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
-              if constexpr (kWritesWeights && j == kP) {
-                if (compensation != nullptr) return;  // stored with its compensation above
-              }
-              constexpr bool kIsState = (kState >> j) & 1u;
-              if constexpr (kBlockwise && kIsState) Wide::store(staged[j] + (i - block_begin), count, values[j]);
-              else if constexpr (kIsState) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
-              else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
-              else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
-            });
-          });
-        }
-      };
-      if constexpr (kBlockwise) {
-        for (block_begin = begin; block_begin < end; block_begin += kBlock) {
-          const int64_t n = std::min(kBlock, end - block_begin);
-          static_for<kA>([&](auto j_) {
-            constexpr int j = decltype(j_)::value;
-            if constexpr ((kState >> j) & 1u) {
-              if (((P::kRead >> j) & 1u) && slot.data[j] != nullptr) stage_in(slot, j, block_begin, n, staged[j]);
-            }
-          });
-          iterate(block_begin, block_begin + n);
-          static_for<kA>([&](auto j_) {
-            constexpr int j = decltype(j_)::value;
-            if constexpr ((kState >> j) & 1u) {
-              if (((P::kWrite >> j) & 1u) && slot.data[j] != nullptr) stage_out(slot, j, block_begin, n, staged[j]);
-            }
-          });
-        }
-      } else {
-        iterate(begin, end);
-      }
-      if constexpr (kR > 0) {
-        for (int r = 0; r < kR; ++r) partials[c * kR + r] = acc.total(r);
-      }
+      runner.chunk(t, begin, std::min(begin + kChunk, group.tensors[t].numel), partials + c * kR);
     }
-  };
-  if (elements < kMinParallelElements || at::in_parallel_region()) {
-    run_chunks(0, num_chunks);
-  } else {
-    at::parallel_for(0, num_chunks, 1, run_chunks);
-  }
+  });
 
   if constexpr (kR > 0) {
     reset_sums(*sums, num_tensors);
@@ -817,11 +850,70 @@ void run_pass(const Group& group, const PassArgs& args, Sums* sums) {
   }
 }
 
+// A reducing pass P1, the host phase of each tensor, then the pass P2 reading what it computed
+// (pass.h, run_pair), with the same chunks and per-tensor sums as run_pass would give. A tensor
+// of one chunk goes through all three while its arrays are in this core's cache: the gain on many
+// small tensors, whose second pass otherwise reads them from memory again and starts each of its
+// short streams cold. Larger tensors keep the two regions: their sums need all their chunks.
+template <typename P1, typename P2>
+void run_pair(const Group& first_group, const PassArgs& first_args, const Group& second_group,
+              const PassArgs& second_args, Sums& sums, TensorPhase phase) {
+  constexpr int kR = P1::kSums;
+  static_assert(kR > 0, "the first pass of a pair reduces");
+  static_assert(std::is_same_v<typename P1::scalar_t, typename P2::scalar_t>);
+  const PassRunner<P1> first(first_group, first_args);
+  const PassRunner<P2> second(second_group, second_args);
+  const int64_t num_tensors = static_cast<int64_t>(first_group.tensors.size());
+  auto& ws = prepare_workspace(first_group, kR);
+  const int64_t* first_chunk = ws.first_chunk.data();
+  double* partials = ws.partials.data();
+  reset_sums(sums, num_tensors);
+  const auto numel = [&](int64_t t) { return first_group.tensors[t].numel; };
+  const auto whole = [&](int64_t t) { return first_chunk[t + 1] - first_chunk[t] == 1; };
+  bool any_split = false;
+  for_chunks(first_group, first_chunk[num_tensors], [&](int64_t chunk_begin, int64_t chunk_end) {
+    int64_t t = tensor_of_chunk(first_chunk, num_tensors, chunk_begin);
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      while (c >= first_chunk[t + 1]) ++t;
+      if (whole(t)) {
+        double part[kR];
+        first.chunk(t, 0, numel(t), part);
+        auto& row = sums[t];
+        for (int r = 0; r < kR; ++r) row[r] += part[r];  // onto 0, as run_pass sums its chunks
+        phase(t, row);
+        second.chunk(t, 0, numel(t), nullptr);
+      } else {
+        const int64_t begin = (c - first_chunk[t]) * kChunk;
+        first.chunk(t, begin, std::min(begin + kChunk, numel(t)), partials + c * kR);
+      }
+    }
+  });
+  for (int64_t t = 0; t < num_tensors; ++t) {
+    if (whole(t)) continue;
+    auto& row = sums[t];
+    for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+      for (int r = 0; r < kR; ++r) row[r] += partials[c * kR + r];
+    }
+    phase(t, row);
+    any_split = any_split || numel(t) > 0;
+  }
+  if (!any_split) return;
+  for_chunks(second_group, first_chunk[num_tensors], [&](int64_t chunk_begin, int64_t chunk_end) {
+    int64_t t = tensor_of_chunk(first_chunk, num_tensors, chunk_begin);
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      while (c >= first_chunk[t + 1]) ++t;
+      if (whole(t)) continue;
+      const int64_t begin = (c - first_chunk[t]) * kChunk;
+      second.chunk(t, begin, std::min(begin + kChunk, numel(t)), nullptr);
+    }
+  });
+}
+
 // Fills `table[pass]` with P<float>, P<double>, P<BFloat16>, P<Half>, for state of the
 // parameter's dtype.
 template <template <typename> class P>
 void register_pass(PassTable& table, Pass pass) {
-  auto& row = table[static_cast<size_t>(pass)];
+  auto& row = table.passes[static_cast<size_t>(pass)];
   row[0][0] = &run_pass<P<float>>;
   row[1][0] = &run_pass<P<double>>;
   row[2][0] = &run_pass<P<c10::BFloat16>>;
@@ -833,13 +925,34 @@ void register_pass(PassTable& table, Pass pass) {
 // (Blockwise8) for every T but double.
 template <template <typename, typename> class P, bool kBlockwise = true>
 void register_pass(PassTable& table, Pass pass) {
-  auto& row = table[static_cast<size_t>(pass)];
+  auto& row = table.passes[static_cast<size_t>(pass)];
   auto fill = [&](auto param, int d) {
     using T = decltype(param);
     row[d][0] = &run_pass<P<T, T>>;
     if constexpr (!std::is_same_v<T, float>) row[d][1] = &run_pass<P<T, float>>;
     if constexpr (!std::is_same_v<T, c10::BFloat16>) row[d][2] = &run_pass<P<T, c10::BFloat16>>;
     if constexpr (kBlockwise && !std::is_same_v<T, double>) row[d][3] = &run_pass<P<T, Blockwise8>>;
+  };
+  fill(float{}, 0);
+  fill(double{}, 1);
+  fill(c10::BFloat16{}, 2);
+  fill(c10::Half{}, 3);
+}
+
+// Registers P1 and P2 (passes with state arrays) and, for state of the parameter's dtype,
+// float32 or bfloat16, their pair for run_pair. 8-bit state runs as the two passes: a pair's
+// build for it would add compile time on every instruction set for no gain measured yet.
+template <template <typename, typename> class P1, template <typename, typename> class P2>
+void register_pair(PassTable& table, Pass first, Pass second) {
+  register_pass<P1>(table, first);
+  register_pass<P2>(table, second);
+  table.second_of[static_cast<size_t>(first)] = second;
+  auto& row = table.pairs[static_cast<size_t>(first)];
+  auto fill = [&](auto param, int d) {
+    using T = decltype(param);
+    row[d][0] = &run_pair<P1<T, T>, P2<T, T>>;
+    if constexpr (!std::is_same_v<T, float>) row[d][1] = &run_pair<P1<T, float>, P2<T, float>>;
+    if constexpr (!std::is_same_v<T, c10::BFloat16>) row[d][2] = &run_pair<P1<T, c10::BFloat16>, P2<T, c10::BFloat16>>;
   };
   fill(float{}, 0);
   fill(double{}, 1);

@@ -201,12 +201,9 @@ template <typename T, typename S> using RaLarsApply = TrustApply<T, S, RaLarsDir
 }  // namespace
 
 void register_lamb(PassTable& table) {
-  register_pass<LambMoments>(table, Pass::LambMoments);
-  register_pass<LambApply>(table, Pass::LambApply);
-  register_pass<CautiousLambMoments>(table, Pass::LambCautiousMoments);
-  register_pass<CautiousLambApply>(table, Pass::LambCautiousApply);
-  register_pass<RaLarsMoments>(table, Pass::RaLarsMoments);
-  register_pass<RaLarsApply>(table, Pass::RaLarsApply);
+  register_pair<LambMoments, LambApply>(table, Pass::LambMoments, Pass::LambApply);
+  register_pair<CautiousLambMoments, CautiousLambApply>(table, Pass::LambCautiousMoments, Pass::LambCautiousApply);
+  register_pair<RaLarsMoments, RaLarsApply>(table, Pass::RaLarsMoments, Pass::RaLarsApply);
 }
 
 }  // namespace CPU_CAPABILITY

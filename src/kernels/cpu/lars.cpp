@@ -82,8 +82,7 @@ struct LarsApply {
 }  // namespace
 
 void register_lars(PassTable& table) {
-  register_pass<LarsNorms>(table, Pass::LarsNorms);
-  register_pass<LarsApply>(table, Pass::LarsApply);
+  register_pair<LarsNorms, LarsApply>(table, Pass::LarsNorms, Pass::LarsApply);
 }
 
 }  // namespace CPU_CAPABILITY

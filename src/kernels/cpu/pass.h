@@ -13,6 +13,7 @@
 #include <c10/core/ScalarType.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/FunctionRef.h>
 
 #include <array>
 #include <cstdint>
@@ -137,6 +138,20 @@ void reset_sums(Sums& sums, size_t tensors);
 // is resized to one row per tensor. Runs in one parallel region.
 void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums = nullptr);
 
+// The host phase of one tensor between the passes of a pair: from the tensor's sums (which it may
+// rewrite) it sets what the second pass reads of it (its per_tensor row, through the caller's own
+// reference to the PassArgs). Called from several intra-op threads at once, for distinct tensors,
+// so it writes only what belongs to its tensor; it must not throw.
+using TensorPhase = c10::function_ref<void(int64_t, std::array<double, kMaxSums>&)>;
+
+// What `run(first, ...); phase(t, sums[t]) for every t; run(second, ...)` does, with the same
+// results bit for bit, where each tensor of one chunk goes through the three in turn while its
+// arrays are in cache (driver.h, run_pair). `first` must be registered with `second` as its pair
+// (register_pair); a group the pair has no kernel for (dtypes mixed, or state kept in 8-bit
+// codes) runs as the two passes. The groups list the same tensors, each pass's arrays.
+void run_pair(Pass first, const Group& first_group, const PassArgs& first_args, Pass second,
+              const Group& second_group, const PassArgs& second_args, Sums& sums, TensorPhase phase);
+
 bool supports_dtype(at::ScalarType dtype);
 
 // False when the reference backend was chosen (set_cpu_capability("reference")).
@@ -149,9 +164,17 @@ const char* name_of(Capability capability);
 
 // Pass tables, one per instruction set build, indexed [pass][dtype slot][state slot].
 using PassFn = void (*)(const Group&, const PassArgs&, Sums*);
+using PairFn = void (*)(const Group&, const PassArgs&, const Group&, const PassArgs&, Sums&, TensorPhase);
 constexpr size_t kStateSlots = 4;
-using PassTable =
-    std::array<std::array<std::array<PassFn, kStateSlots>, 4>, static_cast<size_t>(Pass::Count)>;
+template <typename Fn>
+using KernelRows = std::array<std::array<std::array<Fn, kStateSlots>, 4>, static_cast<size_t>(Pass::Count)>;
+struct PassTable {
+  KernelRows<PassFn> passes{};
+  // run_pair's kernels, indexed by the first pass (a reducing pass has one pair at most), and
+  // each first pass's second.
+  KernelRows<PairFn> pairs{};
+  std::array<Pass, static_cast<size_t>(Pass::Count)> second_of{};
+};
 
 // Index of a supported dtype in a PassTable row: float, double, bfloat16, half.
 int dtype_slot(at::ScalarType dtype);

@@ -83,8 +83,7 @@ struct TAdamApply {
 }  // namespace
 
 void register_tadam(PassTable& table) {
-  register_pass<TAdamDistance>(table, Pass::TAdamDistance);
-  register_pass<TAdamApply>(table, Pass::TAdamApply);
+  register_pair<TAdamDistance, TAdamApply>(table, Pass::TAdamDistance, Pass::TAdamApply);
 }
 
 }  // namespace CPU_CAPABILITY
