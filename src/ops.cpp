@@ -305,7 +305,10 @@ class Boxed final : public c10::OperatorKernel {
  public:
   explicit Boxed(Kernel kernel) : kernel_(kernel) {}
   void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
-    c10::IValue result = kernel_(Arguments(op, stack));
+    const Arguments arguments(op, stack);
+    const auto as_param = op.schema().argumentIndexWithName("state_as_param");
+    const F::detail::StateAsParam scope(as_param && arguments.flag("state_as_param"));
+    c10::IValue result = kernel_(arguments);
     torch::jit::drop(*stack, op.schema().arguments().size());
     if (!op.schema().returns().empty()) stack->push_back(std::move(result));
   }

@@ -374,9 +374,10 @@ void implement_meta(torch::Library& library, const char* schema);
 // op's state lists given so (each as an empty list), `pinned_at` where each one's tensors start in
 // `pinned_state`. For eager calls: the tensors written through the pins are in no alias annotation,
 // so traced calls (torch.compile, fake tensors, functionalization) pass the lists themselves.
+// `state_as_param`: every state tensor must have its parameter's dtype (functional::StateAsParam).
 #define HOLOCRON_PINNED                                                                  \
   "__torch__.torch.classes.holocron.TensorPins? pinned_state=None, str[]? pinned_lists=None, " \
-  "int[] pinned_at=[]"
+  "int[] pinned_at=[], bool state_as_param=False"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

@@ -1040,7 +1040,7 @@ class FusedStep:
         complete, start = {}, 0
         for key, values, held in zip(keys, lists, tensors):
             if len(held) == len(values):
-                complete[key] = distributed.PinnedList(values, pins, start)
+                complete[key] = distributed.PinnedList(values, pins, start, as_param=self._precision(group) == "param")
             start += len(held)
         self.__dict__.setdefault("_pinned", {})[id(group)] = _Pins(
             group, lists, pins, list(map(attrgetter("dtype"), params)), self._precision(group), complete)
@@ -1068,17 +1068,24 @@ class FusedStep:
     def _pinned_still(self, group: dict[str, Any], params: list[torch.Tensor],
                       states: list[dict[str, Any] | None]) -> bool:
         """Whether this group's state buffers are those its last step pinned (_pin), which
-        were checked then, and its parameters still have the dtypes they had (Module.half()
-        converts them in place) and its state_precision the value it had; true as well when the
+        were checked then, and its state_precision the value it had; true as well when the
         group keeps no buffers. A buffer whose dtype is changed in place (`.data = ...`) goes
-        unseen: the op then takes it as state of that dtype (float32 or bfloat16 only)."""
+        unseen: the op then takes it as state of that dtype (float32 or bfloat16 only).
+
+        Parameters converted in place since (Module.half()) leave the buffers valid under a
+        float32 or bfloat16 precision, and under "param" the op refuses them, as validate_group
+        would (`state_as_param`, handed with the pinned lists): the parameters' dtypes are walked
+        only for an 8-bit group, or one not every list of which is pinned."""
         keys = self._state_keys(group)
         if not keys:
             return True
         held = self.__dict__.get("_pinned", {}).get(id(group))
         if (held is None or held.group is not group or None in states or len(held.lists) != len(keys)
-                or list(map(attrgetter("dtype"), params)) != held.dtypes
                 or self._precision(group) != held.precision):
+            return False
+        if ((held.precision != "param" or len(held.complete) != len(keys))
+                and held.precision not in ("float32", "bfloat16")
+                and list(map(attrgetter("dtype"), params)) != held.dtypes):
             return False
         return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                    for key, pinned in zip(keys, held.lists))

@@ -133,10 +133,13 @@ class PinnedList(list):
     torch.classes.holocron.TensorPins, FusedStep._pin): `call` hands an op that takes
     `pinned_state` the pins instead of the list, which then converts no tensor from Python."""
 
-    def __init__(self, values: list[Any], pins: Any, at: int) -> None:
+    def __init__(self, values: list[Any], pins: Any, at: int, as_param: bool = False) -> None:
         super().__init__(values)
         self.pins = pins
         self.at = at
+        # Whether its group keeps state of its parameters' dtypes (state_precision "param"), which
+        # the op is then asked to check (`state_as_param`): the step walks no parameter's dtype.
+        self.as_param = as_param
 
 
 # Per operator: whether its schema takes `pinned_state` (HOLOCRON_PINNED in src/ops.h).
@@ -145,12 +148,12 @@ _TAKES_PINS: dict[Any, bool] = {}
 
 def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """`kwargs` with each PinnedList of one pins object given as an empty list, named in
-    `pinned_lists`, where `op` takes them. Eager calls only: the tensors written through the pins
+    `pinned_lists`, where `op` takes them, and `state_as_param` where their group keeps state of
+    its parameters' dtypes (PinnedList.as_param). The pins are for eager calls only: the tensors written through the pins
     are not in the op's alias annotations, so a traced call (torch.compile, a dispatch mode such
     as FakeTensorMode, make_fx or functionalization, a torch function mode) is given the lists."""
     pinned = [name for name, value in kwargs.items() if type(value) is PinnedList]
-    if (not pinned or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled()):
+    if not pinned:
         return kwargs
     takes = _TAKES_PINS.get(op)
     if takes is None:
@@ -158,9 +161,12 @@ def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]
         takes = _TAKES_PINS[op] = schema is not None and any(a.name == "pinned_state" for a in schema.arguments)
     if not takes:
         return kwargs
+    out = {**kwargs, "state_as_param": True} if any(kwargs[name].as_param for name in pinned) else kwargs
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return out
+    out = dict(out)
     pins = kwargs[pinned[0]].pins
     pinned = [name for name in pinned if kwargs[name].pins is pins]
-    out = dict(kwargs)
     out.update(dict.fromkeys(pinned, []))
     out["pinned_state"] = pins
     out["pinned_lists"] = pinned

@@ -79,6 +79,8 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
     TORCH_CHECK(list.tensors.size() == params.size(), optimizer, ": got ",
                 list.tensors.size(), " ", list.name, " for ", params.size(), " parameters");
   }
+  // Read here: the checks may run on other threads.
+  const bool state_as_param = StateAsParam::active();
   check_each(params.size(), [&](size_t i) {
     const auto& p = params[i];
     TORCH_CHECK(p.defined(), optimizer, ": params[", i, "] is undefined");
@@ -90,9 +92,24 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
       TORCH_CHECK(unwritable == nullptr, optimizer, ": params[", i, "] ", unwritable);
     }
     check_fits(optimizer, "gradients", i, grads[i], p);
-    for (const auto& list : state_lists) check_fits(optimizer, list.name, i, list.tensors[i], p, true);
+    for (const auto& list : state_lists) {
+      const auto& t = list.tensors[i];
+      // validate_group's refusal, in its words: what the Python step would have raised.
+      TORCH_CHECK(!state_as_param || !t.defined() || t.scalar_type() == p.scalar_type(), optimizer, ": state[", i,
+                  "] has dtype ", t.scalar_type(), " but its group's state_precision ('param') keeps the parameter's ",
+                  p.scalar_type());
+      check_fits(optimizer, list.name, i, t, p, true);
+    }
   });
 }
+
+namespace {
+thread_local bool state_as_param_now = false;
+}  // namespace
+
+StateAsParam::StateAsParam(bool on) : previous_(state_as_param_now) { state_as_param_now = on; }
+StateAsParam::~StateAsParam() { state_as_param_now = previous_; }
+bool StateAsParam::active() { return state_as_param_now; }
 
 void check_flat_state(const char* optimizer, TensorList params, TensorList buffers,
                       c10::ArrayRef<int64_t> owners, std::optional<at::ScalarType> state_dtype) {

@@ -94,6 +94,23 @@ void check_each(size_t n, const Check& check) {
 void check_group(const char* optimizer, TensorList params, TensorList grads,
                  std::initializer_list<NamedList> state_lists, bool params_written = true);
 
+// While one is in scope on this thread, check_group refuses state of another dtype than its
+// parameter's, as validate_group does for a group whose state_precision is 'param'; the ops take
+// float32 and bfloat16 state of any parameter otherwise. A Python step whose buffers are those it
+// pinned asks for it (the op's `state_as_param`, HOLOCRON_PINNED) instead of walking its
+// parameters' dtypes: a model converted since (`.half()`) leaves them float32.
+class StateAsParam {
+ public:
+  explicit StateAsParam(bool on);
+  ~StateAsParam();
+  StateAsParam(const StateAsParam&) = delete;
+  StateAsParam& operator=(const StateAsParam&) = delete;
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
 // check_group for state held per parameter as a flat list: buffers[i]
 // belongs to params[owners[i]], and has exactly the dtype its group's state_precision keeps:
 // `state_dtype`, or without one its parameter's (the classes make their state so; the functional

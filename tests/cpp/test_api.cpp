@@ -311,10 +311,10 @@ TYPED_TEST(EveryAlgorithm, HyperParametersAreTheOperatorsArguments) {
   ho::detail::visit_fields<Hyper>(from_struct, visit);
   // What update ops take besides their tensors and hyper-parameters: step counters, LARS' new
   // buffers, GradScaling's maximize, the clipping's bound, the sharding's layout, state lists
-  // handed as pinned tensors (HOLOCRON_PINNED).
+  // handed as pinned tensors and the dtype rule they come with (HOLOCRON_PINNED).
   const std::set<std::string> not_hyper = {"steps",  "buffer_is_new", "maximize",       "max_grad_norm",
                                            "numels", "shard_groups",  "channel_layouts", "pinned_state",
-                                           "pinned_lists", "pinned_at"};
+                                           "pinned_lists", "pinned_at", "state_as_param"};
   const auto tensors = c10::TensorType::get();
   bool defaulted = false;
   for (const auto& arg : schema.arguments()) {

@@ -1,6 +1,8 @@
 """The torch.ops.holocron operators: schemas, alias annotations and fake
 kernels are honest (torch.library.opcheck), and they refuse bad lists."""
 
+import re
+
 import pytest
 import torch
 
@@ -230,3 +232,34 @@ def test_bad_pinned_lists_are_refused_before_any_write(pinned_lists, pinned_at, 
     p = _tensors()
     with pytest.raises(RuntimeError, match=message):
         _pinned_call(pinned_lists, pinned_at, given, pins)
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_state_as_param_refuses_state_of_another_dtype_before_any_write(state_dtype, pinned):
+    """`state_as_param` (HOLOCRON_PINNED): state of another dtype than its parameter's, which the
+    op takes otherwise (lean state), is refused in validate_group's words, from lists or pins."""
+    def call(state_as_param):
+        torch.manual_seed(0)
+        p = [torch.randn(s, dtype=torch.float64) for s in SHAPES]
+        g = [torch.randn_like(t) for t in p]
+        m = [torch.zeros_like(t, dtype=state_dtype) for t in p]
+        v = _zeros(p)
+        lists = {"exp_avgs": m, "exp_avg_sqs": v}
+        if pinned:
+            lists = {"exp_avgs": [], "exp_avg_sqs": [], "pinned_state": torch.classes.holocron.TensorPins(m + v),
+                     "pinned_lists": ["exp_avgs", "exp_avg_sqs"], "pinned_at": [0, len(p)]}
+        before = [t.clone() for t in p + m + v]
+        error = None
+        try:
+            ops.adabelief_(p, g, **lists, max_exp_avg_sqs=[], steps=[1] * len(p), lr=0.01, beta1=0.9, beta2=0.999,
+                           eps=1e-8, weight_decay=0.0, amsgrad=False, state_as_param=state_as_param)
+        except RuntimeError as e:
+            error = str(e)
+        return error, not all(torch.equal(a, b) for a, b in zip(p + m + v, before))
+
+    assert call(False) == (None, True)
+    error, written = call(True)
+    assert not written
+    assert re.match(r"AdaBelief: state\[0\] has dtype (Float|BFloat16) but its group's state_precision "
+                    r"\('param'\) keeps the parameter's Double", error), error

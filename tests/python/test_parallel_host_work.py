@@ -257,3 +257,9 @@ def test_traced_calls_are_given_the_lists_not_the_pins():
 
     with Passing():
         assert _distributed._with_pins(ops.adabelief_, kwargs) is kwargs
+    # The dtype rule the pinned lists carry goes with the lists too (test_pins.py).
+    kwargs = {"exp_avgs": _distributed.PinnedList([torch.zeros(1)], pins, 0, as_param=True)}
+    with Passing():
+        traced = _distributed._with_pins(ops.adabelief_, kwargs)
+    assert traced["state_as_param"] is True and "pinned_state" not in traced
+    assert traced["exp_avgs"] is kwargs["exp_avgs"]

@@ -224,3 +224,59 @@ def test_the_op_takes_the_pinned_lists_from_the_pins(name, monkeypatch):
     assert sorted(handed[-1]["pinned_at"]) == [k * len(pinned) for k in range(len(keys))]
     for a, b in zip(pinned, plain):
         assert torch.equal(a, b)
+
+
+def _set_grads_of(params: list[torch.Tensor], step: int, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(100 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("precision", ["param", "float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ALGOS)
+def test_parameters_converted_in_place_are_taken_as_by_a_step_that_walks_them(name, dtype, precision):
+    """Past the first steps a step walks no parameter's dtype: parameters converted in place
+    since (Module.to) leave a "param" group's pinned buffers of the old dtype, which its op then
+    refuses (`state_as_param`) with the error the walk would give, writing nothing; under a
+    float32 or bfloat16 precision the buffers still fit and the step goes on as the twin's (TAdam's
+    W_t keeps the parameter's dtype whatever the precision: both refuse it)."""
+    algorithm = ALGORITHMS[name]
+    pinned, plain = _params(), _params()
+    opt = algorithm.make(pinned, lr=1e-2, state_precision=precision)
+    twin = algorithm.make(plain, lr=1e-2, state_precision=precision)
+    twin._pin = lambda *args: None
+    for step in range(3):
+        _set_grads(pinned, step), _set_grads(plain, step)
+        opt.step(), twin.step()
+    for params in (pinned, plain):
+        for p in params:
+            p.data = p.data.to(dtype)
+        _set_grads_of(params, 3, dtype)
+    before = [p.clone() for p in pinned]
+    errors = []
+    for o in (twin, opt):
+        try:
+            o.step()
+            errors.append(None)
+        except RuntimeError as error:
+            errors.append(str(error).splitlines()[0])
+    twin_error, error = errors
+    assert (error is None) == (twin_error is None), (error, twin_error)
+    assert (error is not None) == (precision == "param" or name == "TAdam")
+    if error is not None:
+        assert all(torch.equal(a, b) for a, b in zip(pinned, before))
+        assert {torch.float64: "double", torch.bfloat16: "bfloat16", torch.float16: "half"}[dtype] in error.lower()
+        if name == "TAdam":
+            # Its op reads W_t before the buffers, in its own words; the twin checks W_t in Python,
+            # after validate_group's check of the buffers.
+            assert "W_t" in error
+            assert ("state_precision ('param')" if precision == "param" else "W_t") in twin_error
+        else:
+            assert error == twin_error
+        return
+    for step in range(4, 6):
+        opt.step(), twin.step()
+        _set_grads_of(pinned, step, dtype), _set_grads_of(plain, step, dtype)
+    for a, b in zip(pinned, plain):
+        assert a.dtype == dtype and torch.equal(a, b)
