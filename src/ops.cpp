@@ -40,6 +40,18 @@ bool with_cpu_scalar(const at::Tensor& t, F f) {
 
 }  // namespace
 
+bool read_cpu_scalar(const at::Tensor& t, double& value) {
+  if (!t.device().is_cpu()) return false;
+  switch (t.scalar_type()) {
+    case at::kFloat: value = *t.const_data_ptr<float>(); return true;
+    case at::kDouble: value = *t.const_data_ptr<double>(); return true;
+    case at::kLong: value = static_cast<double>(*t.const_data_ptr<int64_t>()); return true;
+    case at::kBFloat16: value = static_cast<double>(*t.const_data_ptr<at::BFloat16>()); return true;
+    case at::kHalf: value = static_cast<double>(*t.const_data_ptr<at::Half>()); return true;
+    default: return false;
+  }
+}
+
 double read_scalar(const at::Tensor& t) {
   double value = 0.0;
   if (with_cpu_scalar(t, [&](auto* ptr) { value = static_cast<double>(*ptr); })) return value;
@@ -143,10 +155,11 @@ void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, 
   if (!targets) return;
   TORCH_CHECK(targets->size() == n, optimizer, ": got ", targets->size(), " local_lr tensors for ",
               n, " parameters");
-  for (const auto& t : *targets) {
-    TORCH_CHECK(t.numel() == 1, optimizer, ": a local_lr tensor has shape ", t.sizes(),
-                "; expected one element");
-  }
+  const TensorList list = *targets;
+  F::detail::check_each(list.size(), [&](size_t i) {
+    TORCH_CHECK(list[i].numel() == 1, optimizer, ": the local_lr tensor of parameter ", i, " has shape ",
+                list[i].sizes(), "; expected one element");
+  });
 }
 
 void store_ratios(const OptionalTensors& targets, const std::vector<double>& ratios) {

@@ -76,6 +76,35 @@ class StateList {
 F::ScaleClip clip_of(double low, double high);
 double read_scalar(const at::Tensor& t);
 void write_scalar(const at::Tensor& t, double value);
+// read_scalar of a CPU tensor of a dtype it reads in place, without writing it (a copy-on-write
+// storage stays shared); false for any other.
+bool read_cpu_scalar(const at::Tensor& t, double& value);
+
+// Each of `tensors`' value (read_scalar), after `check(i)`, which refuses a tensor that is not
+// one-element: on the intra-op threads where there are many (check_each, which throws the error a
+// loop in order would), since their first touch, cold, is what they cost a step over many small
+// parameters. Device tensors are read on the calling thread.
+template <class Check>
+std::vector<double> read_scalars(TensorList tensors, const Check& check) {
+  std::vector<double> values(tensors.size());
+  const bool on_cpu = tensors.empty() || tensors[0].device().is_cpu();
+  F::detail::check_each(on_cpu ? tensors.size() : 0, [&](size_t i) {
+    check(i);
+    if (!at::in_parallel_region()) {
+      values[i] = read_scalar(tensors[i]);
+    } else {
+      // Not one a worker reads: check_each takes every tensor again on the calling thread.
+      TORCH_CHECK(read_cpu_scalar(tensors[i], values[i]), "read on the calling thread");
+    }
+  });
+  if (!on_cpu) {
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      check(i);
+      values[i] = read_scalar(tensors[i]);
+    }
+  }
+  return values;
+}
 F::GradScaling scaling_of(const OptionalTensor& grad_scale, const OptionalTensor& found_inf,
                           const OptionalTensor& grad_norm = std::nullopt, double max_grad_norm = 1.0);
 bool skipped(const OptionalTensor& found_inf);
@@ -107,10 +136,12 @@ class StepCounters {
     TORCH_CHECK(steps.empty(), optimizer, ": pass the step counters as ints or as tensors, not both");
     TORCH_CHECK(counters_->size() == n, optimizer, ": got ", counters_->size(),
                 " step tensors for ", n, " parameters");
-    for (const auto& t : *counters_) {
-      TORCH_CHECK(t.numel() == 1, optimizer, ": a step tensor has shape ", t.sizes(),
-                  "; expected one element");
-      steps_.push_back(static_cast<int64_t>(read_scalar(t)) + 1);
+    const TensorList counters_list = *counters_;
+    for (const double value : read_scalars(counters_list, [&](size_t i) {
+           TORCH_CHECK(counters_list[i].numel() == 1, optimizer, ": the step tensor of parameter ", i,
+                       " has shape ", counters_list[i].sizes(), "; expected one element");
+         })) {
+      steps_.push_back(static_cast<int64_t>(value) + 1);
     }
   }
   c10::IntArrayRef steps() const { return steps_; }

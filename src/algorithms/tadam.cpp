@@ -198,8 +198,7 @@ c10::IValue tadam(const Arguments& a) {
   const auto W_ts = a.state("W_ts");
   TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
               params.size(), " parameters");
-  std::vector<double> weights(W_ts.size());
-  for (size_t i = 0; i < W_ts.size(); ++i) {
+  auto weights = read_scalars(W_ts, [&](size_t i) {
     TORCH_CHECK(W_ts[i].numel() == 1, "TAdam: W_t of parameter ", i,
                 " must hold one element, it has shape ", W_ts[i].sizes());
     TORCH_CHECK(W_ts[i].scalar_type() == params[i].scalar_type() &&
@@ -207,8 +206,7 @@ c10::IValue tadam(const Arguments& a) {
                 "TAdam: state 'W_t' of parameter ", i, " must be a one-element tensor of dtype ",
                 params[i].scalar_type(), " on ", params[i].device(), ", got ",
                 W_ts[i].scalar_type(), " on ", W_ts[i].device());
-    weights[i] = read_scalar(W_ts[i]);
-  }
+  });
   const StepCounters counters("TAdam", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
   F::tadam_(params, a.grads("TAdam", params), a.state("exp_avgs"), a.state("exp_avg_sqs"),

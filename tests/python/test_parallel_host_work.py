@@ -263,3 +263,72 @@ def test_traced_calls_are_given_the_lists_not_the_pins():
         traced = _distributed._with_pins(ops.adabelief_, kwargs)
     assert traced["state_as_param"] is True and "pinned_state" not in traced
     assert traced["exp_avgs"] is kwargs["exp_avgs"]
+
+
+def test_tadam_w_t_read_on_the_threads_names_the_first_bad_one(threads):
+    """TAdam's W_t are read (and checked) on the intra-op threads for large groups: the values
+    read are those of one thread, and a bad one is named in order, with nothing written."""
+    target = "W_t"
+    def make():
+        algorithm = ALGORITHMS["TAdam"]
+        params = _params(0)
+        opt = algorithm.make(params, lr=1e-3 * algorithm.lr_scale)
+        gen = torch.Generator().manual_seed(1)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+        return params, opt
+
+    results = []
+    for num_threads in (1, 2):
+        threads(num_threads)
+        params, opt = make()
+        for _ in range(2):
+            opt.step()
+        results.append(params + [opt.state[p]["W_t"] for p in params])
+    _assert_same_bits(*results)
+    threads(2)
+    params, opt = make()
+    for i in (290, 305):  # the second on the other thread, which reaches it first
+        opt.state[params[i]][target] = torch.zeros(2)
+    before = [p.clone() for p in params]
+    for _ in range(3):
+        with pytest.raises((RuntimeError, ValueError), match=r"parameter 290\b"):
+            opt.step()
+        assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize("target", ["local_lrs", "step_tensors"])
+def test_one_element_tensors_of_an_op_are_read_on_the_threads_in_order(target, threads):
+    """LAMB's local_lr targets and tensor step counters (a compiled step's) are checked, and the
+    counters read, on the intra-op threads: the same bits as one thread, the first bad one named."""
+    def call(params, tensors):
+        grads = [torch.ones_like(p) * 0.1 for p in params]
+        ops.lamb_(params, grads, exp_avgs=[torch.zeros_like(p) for p in params],
+                  exp_avg_sqs=[torch.zeros_like(p) for p in params], lr=0.01, beta1=0.9, beta2=0.999,
+                  eps=1e-6, weight_decay=0.0, clip_low=0.0, clip_high=10.0, bias_correction=True,
+                  **({target: tensors} if target == "step_tensors" else {target: tensors, "steps": [1] * len(params)}))
+
+    def counters(params):
+        # Counts that differ per parameter: the bias corrections (and so the update) read each.
+        return [torch.tensor(float(i % 7)) if target == "step_tensors" else torch.zeros(()) for i in range(len(params))]
+
+    results = []
+    for num_threads in (1, 2):
+        threads(num_threads)
+        params, tensors = _params(0), None
+        tensors = counters(params)
+        call(params, tensors)
+        results.append(params + tensors)
+    _assert_same_bits(*results)
+    threads(2)
+    params = _params(0)
+    tensors = counters(params)
+    for i in (290, 305):
+        tensors[i] = torch.zeros(2)
+    before = [p.clone() for p in params]
+    what = "local_lr" if target == "local_lrs" else "step"
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match=rf"LAMB: the {what} tensor of parameter 290 has shape \[2\]"):
+            call(params, tensors)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))
