@@ -88,9 +88,12 @@ template <class Check>
 std::vector<double> read_scalars(TensorList tensors, const Check& check) {
   std::vector<double> values(tensors.size());
   const bool on_cpu = tensors.empty() || tensors[0].device().is_cpu();
+  // On a worker of check_each's region, not merely inside a region: an op called inside one runs
+  // its checks in order on its own thread, which reads any tensor.
+  const bool on_workers = on_cpu && F::detail::host_work_in_parallel(tensors.size());
   F::detail::check_each(on_cpu ? tensors.size() : 0, [&](size_t i) {
     check(i);
-    if (!at::in_parallel_region()) {
+    if (!on_workers || !at::in_parallel_region()) {
       values[i] = read_scalar(tensors[i]);
     } else {
       // Not one a worker reads: check_each takes every tensor again on the calling thread.

@@ -1074,8 +1074,9 @@ class FusedStep:
 
         Parameters converted in place since (Module.half()) leave the buffers valid under a
         float32 or bfloat16 precision, and under "param" the op refuses them, as validate_group
-        would (`state_as_param`, handed with the pinned lists): the parameters' dtypes are walked
-        only for an 8-bit group, or one not every list of which is pinned."""
+        would (`state_as_param`, which `distributed.call` hands with the pinned lists, to whole
+        tensors and flat partitions alike): the parameters' dtypes are walked only for an 8-bit
+        group, and for a "param" group not every list of which is pinned."""
         keys = self._state_keys(group)
         if not keys:
             return True

@@ -146,6 +146,15 @@ class PinnedList(list):
 _TAKES_PINS: dict[Any, bool] = {}
 
 
+def _takes_pins(op: Callable[..., Any]) -> bool:
+    """Whether `op`'s schema takes `pinned_state` and `state_as_param` (HOLOCRON_PINNED)."""
+    takes = _TAKES_PINS.get(op)
+    if takes is None:
+        schema = getattr(getattr(op, "default", op), "_schema", None)
+        takes = _TAKES_PINS[op] = schema is not None and any(a.name == "pinned_state" for a in schema.arguments)
+    return takes
+
+
 def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """`kwargs` with each PinnedList of one pins object given as an empty list, named in
     `pinned_lists`, where `op` takes them, and `state_as_param` where their group keeps state of
@@ -153,13 +162,7 @@ def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]
     are not in the op's alias annotations, so a traced call (torch.compile, a dispatch mode such
     as FakeTensorMode, make_fx or functionalization, a torch function mode) is given the lists."""
     pinned = [name for name, value in kwargs.items() if type(value) is PinnedList]
-    if not pinned:
-        return kwargs
-    takes = _TAKES_PINS.get(op)
-    if takes is None:
-        schema = getattr(getattr(op, "default", op), "_schema", None)
-        takes = _TAKES_PINS[op] = schema is not None and any(a.name == "pinned_state" for a in schema.arguments)
-    if not takes:
+    if not pinned or not _takes_pins(op):
         return kwargs
     out = {**kwargs, "state_as_param": True} if any(kwargs[name].as_param for name in pinned) else kwargs
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
@@ -299,6 +302,10 @@ def _call_on_pieces(op: Callable[..., Any], params: list[Any], *rest: Any, sums:
         return out
 
     extra = {name: expand(name, value) for name, value in kwargs.items()}
+    # The pinned lists' dtype rule goes with their pieces (a step that pinned them walks no
+    # parameter's dtype: FusedStep._pinned_still).
+    if any(type(v) is PinnedList and v.as_param for v in kwargs.values()) and _takes_pins(op):
+        extra["state_as_param"] = True
     if sums:
         extra["numels"] = [n for layout in layouts for n in layout.numels]
         extra["shard_groups"] = [layouts[0].group_name]

@@ -159,3 +159,25 @@ def test_channel_projection_on_a_partition_holding_an_empty_tensor(group_name):
         ours.step()
         oracle.step()
     torch.testing.assert_close(flat.detach(), torch.cat([w.detach().reshape(-1) for w in whole]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_a_flat_partition_converted_in_place_is_refused_as_a_tensor_is(group_name, name):
+    """A step past the first walks no parameter's dtype: the op is asked to refuse state of
+    another dtype (`state_as_param`), for the pieces of a flat partition as for whole tensors,
+    so a partition converted in place (Module.float()) after some steps is refused, not stepped
+    with its float64 state."""
+    generator = torch.Generator().manual_seed(0)
+    layout = layout_of(group_name)
+    flat = flat_of([torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES], layout)
+    flat.requires_grad_(True)
+    opt = FACTORIES[name]([flat])
+    for _ in range(3):
+        flat.grad = flat_of([torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES], layout)
+        opt.step()
+    flat.data = flat.data.float()
+    flat.grad = flat.grad.float()
+    before = flat.detach().clone()
+    with pytest.raises(RuntimeError, match="has dtype Double but its group.s state_precision|W_t|wrapper.s first step"):
+        opt.step()
+    assert torch.equal(flat.detach(), before)

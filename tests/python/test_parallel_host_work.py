@@ -332,3 +332,40 @@ def test_one_element_tensors_of_an_op_are_read_on_the_threads_in_order(target, t
         with pytest.raises(RuntimeError, match=rf"LAMB: the {what} tensor of parameter 290 has shape \[2\]"):
             call(params, tensors)
         assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_an_op_called_inside_a_parallel_region_reads_any_step_tensor():
+    """An op called inside an OpenMP region (from a user's parallel code) runs its host work in
+    order on its own thread, which reads a one-element tensor of any dtype, as outside one."""
+    import ctypes
+    import os
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+    if not os.path.exists(path):
+        pytest.skip("torch is not built with GNU OpenMP")
+    gomp = ctypes.CDLL(path)
+    gomp.omp_get_thread_num.restype = ctypes.c_int
+    gomp.omp_in_parallel.restype = ctypes.c_int
+
+    def call(dtype):
+        counters = [torch.tensor(2, dtype=dtype)]
+        ops.lamb_([torch.ones(4)], [torch.ones(4)], exp_avgs=[torch.zeros(4)], exp_avg_sqs=[torch.zeros(4)],
+                  lr=0.01, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, clip_low=0.0, clip_high=10.0,
+                  bias_correction=True, step_tensors=counters)
+        return int(counters[0])
+
+    outcomes = []
+
+    def body(_):
+        if gomp.omp_get_thread_num() != 0:
+            return
+        outcomes.append(gomp.omp_in_parallel())
+        for dtype in (torch.float32, torch.int32, torch.int64):
+            try:
+                outcomes.append(call(dtype))
+            except Exception as error:  # reported below: an exception must not cross the C frame
+                outcomes.append(repr(error))
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(body)
+    gomp.GOMP_parallel(callback, None, 2, 0)
+    assert outcomes == [1, 3, 3, 3]
