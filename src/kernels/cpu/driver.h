@@ -637,6 +637,15 @@ constexpr int64_t kMinParallelElements = int64_t{1} << 15;
 
 constexpr bool holds_slot(unsigned set, int slot) { return slot >= 0 && ((set >> slot) & 1u) != 0; }
 
+// The tensor holding chunk c: the last t with first_chunk[t] <= c.
+inline int64_t tensor_of_chunk(const int64_t* first_chunk, int64_t num_tensors, int64_t c) {
+  int64_t t = 0;
+  for (int64_t step = num_tensors; step > 0; step /= 2) {
+    while (t + step < num_tensors && first_chunk[t + step] <= c) t += step;
+  }
+  return t;
+}
+
 // Pass P over one chunk of a tensor at a time: what run_pass and run_pair share.
 template <typename P>
 class PassRunner {
@@ -685,129 +694,125 @@ class PassRunner {
     const P& pass = pass_;
     const bool unscale = unscale_;
     const V inv_grad_scale = inv_grad_scale_;
-    // The tensor holding chunk_begin: the last t with first_chunk[t] <= chunk_begin.
-    int64_t t = 0;
-    for (int64_t step = num_tensors; step > 0; step /= 2) {
-      while (t + step < num_tensors && first_chunk[t + step] <= chunk_begin) t += step;
-    }
+    int64_t t = tensor_of_chunk(first_chunk, num_tensors, chunk_begin);
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       while (c >= first_chunk[t + 1]) ++t;
       if (split_only && first_chunk[t + 1] - first_chunk[t] == 1) continue;
       const TensorSlot& slot = group_.tensors[t];
       const int64_t begin = (c - first_chunk[t]) * kChunk;
       const int64_t end = std::min(begin + kChunk, slot.numel);
-    const auto body = pass.for_tensor(t);
-    T* const compensation = kCompensates && slot.data[kP < 0 ? 0 : kP] != nullptr
-                                ? static_cast<T*>(slot.compensation) : nullptr;
-    using S = typename SumType<P>::type;
-    Acc<kR == 0 ? 1 : kR, S> acc;
-    // 8-bit state: the block in progress, its state arrays staged in the math type.
-    [[maybe_unused]] alignas(64) W staged[kBlockwise ? kA : 1][kBlockwise ? kBlock : 1];
-    [[maybe_unused]] int64_t block_begin = 0;
-    // Enough iterations per round that every vector's lane offset is a
-    // compile-time constant.
-    constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
-    auto iterate = [&](int64_t from, int64_t to) HOLOCRON_LAMBDA_INLINE {
-      for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
-        static_for<kRound>([&](auto sub) HOLOCRON_LAMBDA_INLINE {
-          const int64_t i = round + decltype(sub)::value * Narrow::kStep;
-          if (i >= to) return;
-          const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
-          // Each vector is assigned once below, loaded or zero. Vectorized's constructor zeroes
-          // it, which made `V values[kA][kPack]` a memset of the whole array every iteration that
-          // also kept it in memory: the union skips the constructors (AdaBelief's float32 step in
-          // cache went from 2.6 to 1.0 ns an element on an AVX2 AMD EPYC).
-          union Unconstructed {
-            V v[kA][kPack];
-            Unconstructed() {}
-          } storage;
-          auto& values = storage.v;
+      const auto body = pass.for_tensor(t);
+      T* const compensation = kCompensates && slot.data[kP < 0 ? 0 : kP] != nullptr
+                                  ? static_cast<T*>(slot.compensation) : nullptr;
+      using S = typename SumType<P>::type;
+      Acc<kR == 0 ? 1 : kR, S> acc;
+      // 8-bit state: the block in progress, its state arrays staged in the math type.
+      [[maybe_unused]] alignas(64) W staged[kBlockwise ? kA : 1][kBlockwise ? kBlock : 1];
+      [[maybe_unused]] int64_t block_begin = 0;
+      // Enough iterations per round that every vector's lane offset is a
+      // compile-time constant.
+      constexpr int kRound = Narrow::kStep >= kLanes ? 1 : kLanes / Narrow::kStep;
+      auto iterate = [&](int64_t from, int64_t to) HOLOCRON_LAMBDA_INLINE {
+        for (int64_t round = from; round < to; round += kRound * Narrow::kStep) {
+          static_for<kRound>([&](auto sub) HOLOCRON_LAMBDA_INLINE {
+            const int64_t i = round + decltype(sub)::value * Narrow::kStep;
+            if (i >= to) return;
+            const int64_t count = std::min<int64_t>(Narrow::kStep, to - i);
+            // Each vector is assigned once below, loaded or zero. Vectorized's constructor zeroes
+            // it, which made `V values[kA][kPack]` a memset of the whole array every iteration that
+            // also kept it in memory: the union skips the constructors (AdaBelief's float32 step in
+            // cache went from 2.6 to 1.0 ns an element on an AVX2 AMD EPYC).
+            union Unconstructed {
+              V v[kA][kPack];
+              Unconstructed() {}
+            } storage;
+            auto& values = storage.v;
+            static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
+              constexpr int j = decltype(j_)::value;
+              // An absent array (amsgrad off, no momentum) is neither read nor written.
+              if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) {
+                for (int k = 0; k < kPack; ++k) values[j][k] = V(W(0));
+                return;
+              }
+              constexpr bool kIsState = (kState >> j) & 1u;
+              if constexpr (kBlockwise && kIsState) Wide::load(staged[j] + (i - block_begin), count, values[j]);
+              else if constexpr (kIsState) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
+              else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
+              else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
+            });
+            [[maybe_unused]] V compensated[kPack];
+            if constexpr (kCompensates) {
+              if (compensation != nullptr) {
+                Narrow::load(compensation + i, count, compensated);
+                for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
+              }
+            }
+            if constexpr (kG >= 0) {
+              if (unscale) {
+                for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
+              }
+            }
+            static_for<kPack>([&](auto k_) HOLOCRON_LAMBDA_INLINE {
+              constexpr int k = decltype(k_)::value;
+              constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
+              V x[kA];
+              for (int j = 0; j < kA; ++j) x[j] = values[j][k];
+              LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
+              body(x, lanes);
+              for (int j = 0; j < kA; ++j) values[j][k] = x[j];
+            });
+            if constexpr (kWritesWeights) {
+              if (compensation != nullptr) {
+                // The weight rounded once: stored as it is (the loop below skips it), and read back
+                // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
+                static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
+                const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
+                const auto [low, high] = at::vec::convert_to_float<T>(rounded);
+                compensated[0] = values[kP][0] - low;
+                compensated[1] = values[kP][1] - high;
+                T* const weights = static_cast<T*>(slot.data[kP]) + i;
+                if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
+                Narrow::store(compensation + i, count, compensated);
+              }
+            }
+            static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
+              constexpr int j = decltype(j_)::value;
+              if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
+              if constexpr (kWritesWeights && j == kP) {
+                if (compensation != nullptr) return;  // stored with its compensation above
+              }
+              constexpr bool kIsState = (kState >> j) & 1u;
+              if constexpr (kBlockwise && kIsState) Wide::store(staged[j] + (i - block_begin), count, values[j]);
+              else if constexpr (kIsState) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
+              else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
+              else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
+            });
+          });
+        }
+      };
+      if constexpr (kBlockwise) {
+        for (block_begin = begin; block_begin < end; block_begin += kBlock) {
+          const int64_t n = std::min(kBlock, end - block_begin);
           static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
             constexpr int j = decltype(j_)::value;
-            // An absent array (amsgrad off, no momentum) is neither read nor written.
-            if (!((P::kRead >> j) & 1u) || slot.data[j] == nullptr) {
-              for (int k = 0; k < kPack; ++k) values[j][k] = V(W(0));
-              return;
+            if constexpr ((kState >> j) & 1u) {
+              if (((P::kRead >> j) & 1u) && slot.data[j] != nullptr) stage_in(slot, j, block_begin, n, staged[j]);
             }
-            constexpr bool kIsState = (kState >> j) & 1u;
-            if constexpr (kBlockwise && kIsState) Wide::load(staged[j] + (i - block_begin), count, values[j]);
-            else if constexpr (kIsState) State::load(static_cast<const Stored*>(slot.data[j]) + i, count, values[j]);
-            else if constexpr (j < kN) Narrow::load(static_cast<const T*>(slot.data[j]) + i, count, values[j]);
-            else Wide::load(static_cast<const W*>(slot.data[j]) + i, count, values[j]);
           });
-          [[maybe_unused]] V compensated[kPack];
-          if constexpr (kCompensates) {
-            if (compensation != nullptr) {
-              Narrow::load(compensation + i, count, compensated);
-              for (int k = 0; k < kPack; ++k) values[kP][k] = values[kP][k] + compensated[k];
-            }
-          }
-          if constexpr (kG >= 0) {
-            if (unscale) {
-              for (int k = 0; k < kPack; ++k) values[kG][k] = values[kG][k] * inv_grad_scale;
-            }
-          }
-          static_for<kPack>([&](auto k_) HOLOCRON_LAMBDA_INLINE {
-            constexpr int k = decltype(k_)::value;
-            constexpr int kOffset = (decltype(sub)::value * Narrow::kStep + k * V::size()) % kLanes;
-            V x[kA];
-            for (int j = 0; j < kA; ++j) x[j] = values[j][k];
-            LaneView<kR == 0 ? 1 : kR, W, S, kOffset> lanes{acc, std::clamp<int64_t>(count - k * V::size(), 0, V::size())};
-            body(x, lanes);
-            for (int j = 0; j < kA; ++j) values[j][k] = x[j];
-          });
-          if constexpr (kWritesWeights) {
-            if (compensation != nullptr) {
-              // The weight rounded once: stored as it is (the loop below skips it), and read back
-              // exactly to take the residue. Conversions, not bytes, bound reduced-precision passes.
-              static_assert(kPack == 2, "a reduced type's iteration is two float vectors");
-              const auto rounded = at::vec::convert_from_float<T>(values[kP][0], values[kP][1]);
-              const auto [low, high] = at::vec::convert_to_float<T>(rounded);
-              compensated[0] = values[kP][0] - low;
-              compensated[1] = values[kP][1] - high;
-              T* const weights = static_cast<T*>(slot.data[kP]) + i;
-              if (count == Narrow::kStep) rounded.store(weights); else rounded.store(weights, count);
-              Narrow::store(compensation + i, count, compensated);
-            }
-          }
+          iterate(block_begin, block_begin + n);
           static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
             constexpr int j = decltype(j_)::value;
-            if (!((P::kWrite >> j) & 1u) || slot.data[j] == nullptr) return;
-            if constexpr (kWritesWeights && j == kP) {
-              if (compensation != nullptr) return;  // stored with its compensation above
+            if constexpr ((kState >> j) & 1u) {
+              if (((P::kWrite >> j) & 1u) && slot.data[j] != nullptr) stage_out(slot, j, block_begin, n, staged[j]);
             }
-            constexpr bool kIsState = (kState >> j) & 1u;
-            if constexpr (kBlockwise && kIsState) Wide::store(staged[j] + (i - block_begin), count, values[j]);
-            else if constexpr (kIsState) State::store(static_cast<Stored*>(slot.data[j]) + i, count, values[j]);
-            else if constexpr (j < kN) Narrow::store(static_cast<T*>(slot.data[j]) + i, count, values[j]);
-            else Wide::store(static_cast<W*>(slot.data[j]) + i, count, values[j]);
           });
-        });
+        }
+      } else {
+        iterate(begin, end);
       }
-    };
-    if constexpr (kBlockwise) {
-      for (block_begin = begin; block_begin < end; block_begin += kBlock) {
-        const int64_t n = std::min(kBlock, end - block_begin);
-        static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
-          constexpr int j = decltype(j_)::value;
-          if constexpr ((kState >> j) & 1u) {
-            if (((P::kRead >> j) & 1u) && slot.data[j] != nullptr) stage_in(slot, j, block_begin, n, staged[j]);
-          }
-        });
-        iterate(block_begin, block_begin + n);
-        static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
-          constexpr int j = decltype(j_)::value;
-          if constexpr ((kState >> j) & 1u) {
-            if (((P::kWrite >> j) & 1u) && slot.data[j] != nullptr) stage_out(slot, j, block_begin, n, staged[j]);
-          }
-        });
+      if constexpr (kR > 0) {
+        for (int r = 0; r < kR; ++r) partials[c * kR + r] = acc.total(r);
       }
-    } else {
-      iterate(begin, end);
-    }
-    if constexpr (kR > 0) {
-      for (int r = 0; r < kR; ++r) partials[c * kR + r] = acc.total(r);
-    }
     }
   }
 
@@ -875,7 +880,7 @@ void run_pair(const Group& first_group, const PassArgs& first_args, const Group&
   const auto whole = [&](int64_t t) { return first_chunk[t + 1] - first_chunk[t] == 1; };
   bool any_split = false;
   for_chunks(first_group, first_chunk[num_tensors], [&](int64_t chunk_begin, int64_t chunk_end) {
-    int64_t t = 0;
+    int64_t t = tensor_of_chunk(first_chunk, num_tensors, chunk_begin);
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       while (c >= first_chunk[t + 1]) ++t;
       first.chunks(c, c + 1, first_chunk, num_tensors, partials, false);
