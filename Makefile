@@ -125,7 +125,7 @@ test-torch: | apt-deps
 # uninstrumented program against it). LeakSanitizer is on.
 ASAN_BUILD := build-asan
 test-asan: venv | apt-deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g" -DHOLOCRON_OPTIM_SANITIZE=ON \
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O0" -DHOLOCRON_OPTIM_SANITIZE=ON \
 	  -DHOLOCRON_OPTIM_BUILD_EXAMPLES=OFF -DHOLOCRON_OPTIM_BUILD_BENCH=OFF \
 	  -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" -DPython3_EXECUTABLE=$(CURDIR)/$(PY) \
 	  $$(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
