@@ -88,6 +88,29 @@ struct AdamPUpdate {
   std::vector<char> per_channel;   // per tensor: projected channel by channel (rows differ)
 };
 
+struct WholeTensorUpdate {
+  double projection;
+  double decay;
+};
+
+// The projection and decay of a tensor taken whole (one row), from its sums over all shards and
+// its whole size; `decay_factor` is split_weight_decay's. Called for one tensor at a time between
+// the fused passes (a TensorPhase), so it must not throw.
+WholeTensorUpdate whole_tensor_update(const AdamPHyper& h, double decay_factor, const Sums::value_type& sums,
+                                      int64_t numel) {
+  // timm projects only parameters of more than one dimension, split into channels.
+  if (h.channel_projection) return {.projection = 0.0, .decay = decay_factor};
+  // The reference's: the cosine without abs, torch's eps, and the projection of the decayed
+  // parameter, whose sums are the parameter's times the factor (exact when 1).
+  const double p_norm = std::sqrt(sums[1]) * std::abs(decay_factor);
+  const double cosine =
+      sums[0] * decay_factor / (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[2]), kCosineEps));
+  if (numel == 0 || !(cosine < adamp_threshold(h.delta, numel))) return {.projection = 0.0, .decay = decay_factor};
+  // q - (n.q) n with n = f p / (||f p|| + eps), as a multiple of the undecayed p.
+  return {.projection = sums[3] * decay_factor * decay_factor / ((p_norm + h.eps) * (p_norm + h.eps)),
+          .decay = decay_factor};
+}
+
 // The projection of each row and the decay of each tensor, from the sums of pass 1 (over all
 // shards).
 AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows& rows, const Sums& sums,
@@ -96,22 +119,14 @@ AdamPUpdate adamp_update(const AdamPHyper& h, TensorList params, const AdamPRows
                      std::vector<char>(params.size(), 0)};
   const auto decay = split_weight_decay(h.weight_decay, h.lr, h.decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
-    update.decay[i] = decay.factor;
     const size_t first = rows.first[i];
-    if (!h.channel_projection) {
-      // The reference's: the cosine without abs, torch's eps, and the projection of the decayed
-      // parameter, whose sums are the parameter's times the factor (exact when 1).
-      const double p_norm = std::sqrt(sums[first][1]) * std::abs(decay.factor);
-      const double cosine = sums[first][0] * decay.factor /
-                            (std::max(p_norm, kCosineEps) * std::max(std::sqrt(sums[first][2]), kCosineEps));
-      const int64_t numel = whole_numel(sharding, params, i);
-      if (numel > 0 && cosine < adamp_threshold(h.delta, numel)) {
-        // q - (n.q) n with n = f p / (||f p|| + eps), as a multiple of the undecayed p.
-        update.projection[first] = sums[first][3] * decay.factor * decay.factor / ((p_norm + h.eps) * (p_norm + h.eps));
-      }
+    if (!rows.by_channel[i]) {
+      const auto whole = whole_tensor_update(h, decay.factor, sums[first], whole_numel(sharding, params, i));
+      update.projection[first] = whole.projection;
+      update.decay[i] = whole.decay;
       continue;
     }
-    if (!rows.by_channel[i]) continue;  // timm projects only parameters of more than one dimension
+    update.decay[i] = decay.factor;
     const size_t last = rows.first[i + 1];
     const int64_t numel = whole_numel(sharding, params, i);
     const int64_t channel_numel = numel / static_cast<int64_t>(last - first);
@@ -398,6 +413,23 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
                             .caution_scale = caution_scales[i]};
   };
   for (size_t s = 0; s < rows.segments.size(); ++s) args.per_tensor[s].set(coefficients_of(rows.segments[s].tensor));
+  const auto apply = h.nesterov || h.caution ? cpu::Pass::AdamPApplyReadingGrad : cpu::Pass::AdamPApply;
+  if (fused && !splits) {
+    // Each tensor is one row, whose step follows from its own sums: a tensor of one chunk takes
+    // both passes in one sweep (two_passes), as LAMB's do.
+    two_passes("AdamP", sharding, 4, {cpu::Pass::AdamPMoments, group, args}, {apply, group, args}, scratch.sums,
+               [&](int64_t t, Sums::value_type& row) {
+                 const auto whole = whole_tensor_update(h, decay.factor, row,
+                                                        whole_numel(sharding, params, static_cast<size_t>(t)));
+                 auto coefficients = args.per_tensor[t].get<adamp::PerTensor>();
+                 coefficients.step = -h.lr;
+                 coefficients.projection = whole.projection;
+                 coefficients.decay = whole.decay;
+                 args.per_tensor[t].set(coefficients);
+               });
+    mark_written({params, exp_avgs, exp_avg_sqs, maxima});
+    return;
+  }
   // p.g, |p|^2, |g|^2, p.q per row
   Sums* sums = &scratch.sums;
   if (!fused) {
@@ -445,7 +477,7 @@ void adamp_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList
     coefficients.decay = update.decay[segment.tensor];
     args.per_tensor[s].set(coefficients);
   }
-  cpu::run(h.nesterov || h.caution ? cpu::Pass::AdamPApplyReadingGrad : cpu::Pass::AdamPApply, group, args);
+  cpu::run(apply, group, args);
   mark_written({params, exp_avgs, exp_avg_sqs, maxima});
 }
 

@@ -779,10 +779,11 @@ TEST_F(Sharding, AllReduceThatChangesTheShapeThrows) {
 
 // ---- One sweep per small tensor ---------------------------------------------
 
-// Whole tensors take the two passes of LARS, LAMB, RaLars and TAdam in one sweep per tensor of
-// one chunk (kernels::cpu::run_pair), sharded ones in turn around the all-reduce. An all-reduce
-// that leaves the sums as they are makes a whole group take the second way: both must give the
-// same bits, on groups mixing empty, one-chunk and several-chunk tensors, on one thread and two.
+// Whole tensors take the two passes of LARS, LAMB, RaLars, TAdam and AdamP in one sweep per
+// tensor of one chunk (kernels::cpu::run_pair), sharded ones in turn around the all-reduce. An
+// all-reduce that leaves the sums as they are makes a whole group take the second way: both must
+// give the same bits, on groups mixing empty, one-chunk and several-chunk tensors, on one thread
+// and two.
 Algorithm lamb_cautious() {
   Algorithm a("LAMB(caution)", 2, random_grads);
   a.step = [](Replica& r, const Tensors& g, int64_t step, const F::Sharding& sharding) {
@@ -790,6 +791,37 @@ Algorithm lamb_cautious() {
     h.bias_correction = true;
     h.caution = true;
     return F::lamb_(r.lists[0], g, r.lists[1], r.lists[2], steps_of(r, step), h, {}, sharding);
+  };
+  return a;
+}
+
+// AdamP on mixed_sizes: every other tensor's gradient orthogonal to its parameter (projected), the
+// others' not (kept), with a decoupled decay; with Nesterov the update reads the gradient again
+// (AdamPApplyReadingGrad), and with channel_projection the 1-dimensional tensors are all kept.
+Tensors adamp_mixed_grads(const Tensors& params, int64_t step) {
+  auto grads = random_grads(params, step);
+  for (size_t i = 0; i < params.size(); i += 2) {
+    if (params[i].numel() < 2) continue;
+    const auto p = params[i].to(at::kDouble), g = grads[i].to(at::kDouble);
+    grads[i] = (g - p * ((p * g).sum() / (p * p).sum())).to(params[i].scalar_type());
+  }
+  return grads;
+}
+
+Algorithm adamp_mixed(const char* name, bool nesterov, bool channel_projection) {
+  Algorithm a(name, 2, adamp_mixed_grads);
+  a.step = [=](Replica& r, const Tensors& g, int64_t step, const F::Sharding& sharding) {
+    const F::AdamPHyper h{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.05,
+                          .amsgrad = false, .delta = 0.1, .decoupled_weight_decay = true, .nesterov = nesterov,
+                          .wd_ratio = 1.0, .channel_projection = channel_projection, .caution = false};
+    auto with_layouts = sharding;
+    if (channel_projection && sharding.all_reduce) {
+      // A sharded call says where its elements lie among the channels: here, of no channels.
+      for (const auto& p : r.lists[0]) with_layouts.numels.push_back(p.numel());
+      with_layouts.channel_layouts.resize(r.lists[0].size());
+    }
+    F::adamp_(r.lists[0], g, r.lists[1], r.lists[2], {}, steps_of(r, step), h, {}, with_layouts);
+    return std::vector<double>{};
   };
   return a;
 }
@@ -812,7 +844,9 @@ Replica mixed_sizes(const Algorithm& algorithm, at::ScalarType dtype) {
 
 TEST_F(Sharding, OneSweepPerSmallTensorGivesTheBitsOfTwoPasses) {
   const int threads = at::get_num_threads();
-  for (const auto& algorithm : {lars(), lars_with_clip(), lamb(), lamb_cautious(), ralars(), tadam()}) {
+  for (const auto& algorithm :
+       {lars(), lars_with_clip(), lamb(), lamb_cautious(), ralars(), tadam(), adamp_mixed("AdamP", false, false),
+        adamp_mixed("AdamP(nesterov)", true, false), adamp_mixed("AdamP(channel_projection)", false, true)}) {
     for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16}) {
       for (const int thread_count : {1, 2}) {
         SCOPED_TRACE(std::string(algorithm.name) + ", " + c10::toString(dtype) + ", " +

@@ -153,9 +153,8 @@ using AdamPApplyReadingGrad = AdamPApplyPass<T, S, true>;
 }  // namespace
 
 void register_adamp(PassTable& table) {
-  register_pass<AdamPMoments>(table, Pass::AdamPMoments);
-  register_pass<AdamPApply>(table, Pass::AdamPApply);
-  register_pass<AdamPApplyReadingGrad>(table, Pass::AdamPApplyReadingGrad);
+  register_pair<AdamPMoments, AdamPApply>(table, Pass::AdamPMoments, Pass::AdamPApply);
+  register_pair<AdamPMoments, AdamPApplyReadingGrad>(table, Pass::AdamPMoments, Pass::AdamPApplyReadingGrad);
 }
 
 }  // namespace CPU_CAPABILITY

@@ -210,7 +210,7 @@ void run(Pass pass, const Group& group, const PassArgs& args, Sums* sums) {
 void run_pair(Pass first, const Group& first_group, const PassArgs& first_args, Pass second,
               const Group& second_group, const PassArgs& second_args, Sums& sums, TensorPhase phase) {
   const auto& table = table_of(selected_capability());
-  TORCH_INTERNAL_ASSERT(table.second_of[static_cast<size_t>(first)] == second && first != second,
+  TORCH_INTERNAL_ASSERT(table.first_of[static_cast<size_t>(second)] == first && first != second,
                         "run_pair: the passes are not registered as a pair");
   TORCH_INTERNAL_ASSERT(first_group.tensors.size() == second_group.tensors.size(),
                         "run_pair: the groups hold different tensors");
@@ -220,7 +220,7 @@ void run_pair(Pass first, const Group& first_group, const PassArgs& first_args, 
     const auto& b = second_group.tensors[0];
     const int d = dtype_slot(a.dtype);
     const int s = state_slot(a.dtype, a.state_dtype);
-    if (d >= 0 && s >= 0 && same_kernel(a, b)) pair = table.pairs[static_cast<size_t>(first)][d][s];
+    if (d >= 0 && s >= 0 && same_kernel(a, b)) pair = table.pairs[static_cast<size_t>(second)][d][s];
   }
   if (pair != nullptr) {
     pair(first_group, first_args, second_group, second_args, sums, phase);

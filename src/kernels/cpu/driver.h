@@ -938,13 +938,14 @@ void register_pass(PassTable& table, Pass pass) {
 
 // Registers P1 and P2 (passes with state arrays) and, for state of the parameter's dtype,
 // float32 or bfloat16, their pair for run_pair. 8-bit state runs as the two passes: a pair's
-// build for it would add compile time on every instruction set for no gain measured yet.
+// build for it would add compile time on every instruction set for no gain measured yet. A P1
+// that precedes several updates is registered once per pair, with the same kernels each time.
 template <template <typename, typename> class P1, template <typename, typename> class P2>
 void register_pair(PassTable& table, Pass first, Pass second) {
   register_pass<P1>(table, first);
   register_pass<P2>(table, second);
-  table.second_of[static_cast<size_t>(first)] = second;
-  auto& row = table.pairs[static_cast<size_t>(first)];
+  table.first_of[static_cast<size_t>(second)] = first;
+  auto& row = table.pairs[static_cast<size_t>(second)];
   auto fill = [&](auto param, int d) {
     using T = decltype(param);
     row[d][0] = &run_pair<P1<T, T>, P2<T, T>>;

@@ -170,10 +170,11 @@ template <typename Fn>
 using KernelRows = std::array<std::array<std::array<Fn, kStateSlots>, 4>, static_cast<size_t>(Pass::Count)>;
 struct PassTable {
   KernelRows<PassFn> passes{};
-  // run_pair's kernels, indexed by the first pass (a reducing pass has one pair at most), and
-  // each first pass's second.
+  // run_pair's kernels, indexed by the second pass, and each second pass's first: an update
+  // reads the sums of one reducing pass, which may come before several updates (AdamP's moments,
+  // before the update that reads the gradient again and the one that does not).
   KernelRows<PairFn> pairs{};
-  std::array<Pass, static_cast<size_t>(Pass::Count)> second_of{};
+  std::array<Pass, static_cast<size_t>(Pass::Count)> first_of{};
 };
 
 // Index of a supported dtype in a PassTable row: float, double, bfloat16, half.
