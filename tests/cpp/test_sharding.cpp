@@ -808,11 +808,11 @@ Tensors adamp_mixed_grads(const Tensors& params, int64_t step) {
   return grads;
 }
 
-Algorithm adamp_mixed(const char* name, bool nesterov, bool channel_projection) {
+Algorithm adamp_mixed(const char* name, bool nesterov, bool channel_projection, double delta = 0.1) {
   Algorithm a(name, 2, adamp_mixed_grads);
   a.step = [=](Replica& r, const Tensors& g, int64_t step, const F::Sharding& sharding) {
     const F::AdamPHyper h{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.05,
-                          .amsgrad = false, .delta = 0.1, .decoupled_weight_decay = true, .nesterov = nesterov,
+                          .amsgrad = false, .delta = delta, .decoupled_weight_decay = true, .nesterov = nesterov,
                           .wd_ratio = 1.0, .channel_projection = channel_projection, .caution = false};
     auto with_layouts = sharding;
     if (channel_projection && sharding.all_reduce) {
@@ -876,6 +876,29 @@ TEST_F(Sharding, OneSweepPerSmallTensorGivesTheBitsOfTwoPasses) {
     }
   }
   at::set_num_threads(threads);
+}
+
+TEST_F(Sharding, AdamPMixedSizesProjectEveryOtherTensor) {
+  // The test above compares two fused paths with each other; this one checks that their AdamP
+  // steps project where adamp_mixed_grads says: against a threshold that no cosine passes, the
+  // orthogonal tensors step differently, the others the same.
+  const auto projecting = adamp_mixed("AdamP", false, false);
+  const auto keeping = adamp_mixed("AdamP (delta=-1e9)", false, false, -1e9);
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    Replica projected = mixed_sizes(projecting, dtype), kept = mixed_sizes(keeping, dtype);
+    const auto grads = projecting.grads(projected.lists[0], 1);
+    projecting.step(projected, grads, 1, {});
+    keeping.step(kept, grads, 1, {});
+    for (size_t i = 0; i < grads.size(); ++i) {
+      const int64_t numel = grads[i].numel();
+      if (i % 2 == 0 && numel >= 2) {
+        EXPECT_FALSE(at::equal(projected.lists[0][i], kept.lists[0][i])) << "tensor " << i << " was not projected";
+      } else if (i % 2 == 1 && numel >= 100) {
+        EXPECT_TRUE(at::equal(projected.lists[0][i], kept.lists[0][i])) << "tensor " << i << " was projected";
+      }
+    }
+  }
 }
 
 }  // namespace
