@@ -25,15 +25,24 @@ namespace {
 
 // One-element CPU tensors are read and written in place: a dispatched
 // item()/fill_() per parameter would cost more than the update of a small one.
-template <typename F>
+// A read takes const_data_ptr, which leaves a copy-on-write storage shared.
+template <bool kWrites, typename F>
 bool with_cpu_scalar(const at::Tensor& t, F f) {
   if (!t.device().is_cpu()) return false;
+  const auto pointer = [&](auto element) {
+    using T = decltype(element);
+    if constexpr (kWrites) {
+      return t.data_ptr<T>();
+    } else {
+      return t.const_data_ptr<T>();
+    }
+  };
   switch (t.scalar_type()) {
-    case at::kFloat: f(t.data_ptr<float>()); return true;
-    case at::kDouble: f(t.data_ptr<double>()); return true;
-    case at::kLong: f(t.data_ptr<int64_t>()); return true;
-    case at::kBFloat16: f(t.data_ptr<at::BFloat16>()); return true;
-    case at::kHalf: f(t.data_ptr<at::Half>()); return true;
+    case at::kFloat: f(pointer(float{})); return true;
+    case at::kDouble: f(pointer(double{})); return true;
+    case at::kLong: f(pointer(int64_t{})); return true;
+    case at::kBFloat16: f(pointer(at::BFloat16{})); return true;
+    case at::kHalf: f(pointer(at::Half{})); return true;
     default: return false;
   }
 }
@@ -41,25 +50,17 @@ bool with_cpu_scalar(const at::Tensor& t, F f) {
 }  // namespace
 
 bool read_cpu_scalar(const at::Tensor& t, double& value) {
-  if (!t.device().is_cpu()) return false;
-  switch (t.scalar_type()) {
-    case at::kFloat: value = *t.const_data_ptr<float>(); return true;
-    case at::kDouble: value = *t.const_data_ptr<double>(); return true;
-    case at::kLong: value = static_cast<double>(*t.const_data_ptr<int64_t>()); return true;
-    case at::kBFloat16: value = static_cast<double>(*t.const_data_ptr<at::BFloat16>()); return true;
-    case at::kHalf: value = static_cast<double>(*t.const_data_ptr<at::Half>()); return true;
-    default: return false;
-  }
+  return with_cpu_scalar<false>(t, [&](const auto* ptr) { value = static_cast<double>(*ptr); });
 }
 
 double read_scalar(const at::Tensor& t) {
   double value = 0.0;
-  if (with_cpu_scalar(t, [&](auto* ptr) { value = static_cast<double>(*ptr); })) return value;
+  if (read_cpu_scalar(t, value)) return value;
   return t.item<double>();
 }
 
 void write_scalar(const at::Tensor& t, double value) {
-  if (t.is_inference() || !with_cpu_scalar(t, [&](auto* ptr) {
+  if (t.is_inference() || !with_cpu_scalar<true>(t, [&](auto* ptr) {
         using T = std::remove_pointer_t<decltype(ptr)>;
         *ptr = static_cast<T>(value);
       })) {
