@@ -170,7 +170,7 @@ class Arguments {
     check_pinned_lists();
   }
 
-  std::vector<at::Tensor> tensors(const char* name) const { return at(name).toTensorVector(); }
+  functional::detail::HeldTensors tensors(const char* name) const { return at(name).toTensorVector(); }
   // A state list (`Tensor(x!)[] name`): as given, or where the call names it in `pinned_lists`,
   // the tensors of `pinned_state` from the matching `pinned_at`, one per parameter.
   StateList state(const char* name) const {
@@ -182,10 +182,11 @@ class Arguments {
   // `grads`, or where it is None each parameter's own .grad, read here: a Python step that
   // gathers p.grad for 3000 small parameters pays about half a millisecond, a tenth of the step.
   // A parameter without a gradient is refused before anything is written.
-  std::vector<at::Tensor> grads(const char* optimizer, const std::vector<at::Tensor>& params) const {
+  functional::detail::HeldTensors grads(const char* optimizer, const std::vector<at::Tensor>& params) const {
     if (auto given = optional_tensors("grads")) return std::move(*given);
-    std::vector<at::Tensor> read(params.size());
+    functional::detail::HeldTensors read(params.size());
     functional::detail::check_each(params.size(), [&](size_t i) {
+      functional::detail::prefetch_metadata(params, i);
       const auto& grad = params[i].grad();
       TORCH_CHECK(grad.defined(), optimizer, ": grads=None takes each parameter's .grad, and params[", i,
                   "] has none (pass the gradients, or only parameters that have one)");

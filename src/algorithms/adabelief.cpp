@@ -178,7 +178,7 @@ void AdaBelief::update(const AdaBeliefOptions& options, const TensorVector& para
   functional::adabelief_(
       params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
       gather(states, [](auto& s) { return s.exp_avg_sq(); }),
-      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : TensorVector{},
+      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : functional::detail::HeldTensors{},
       steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
 }

@@ -513,7 +513,7 @@ void AdamP::update(const AdamPOptions& options, const TensorVector& params,
   functional::adamp_(
       params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
       gather(states, [](auto& s) { return s.exp_avg_sq(); }),
-      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : TensorVector{},
+      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); }) : functional::detail::HeldTensors{},
       steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
 }

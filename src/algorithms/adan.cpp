@@ -179,7 +179,7 @@ void Adan::update(const AdanOptions& options, const TensorVector& params, const 
                     gather(states, [](auto& s) { return s.exp_avg_delta(); }),
                     options.amsgrad()
                         ? gather(states, [](auto& s) { return s.max_exp_avg_delta(); })
-                        : TensorVector{},
+                        : functional::detail::HeldTensors{},
                     steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
 }

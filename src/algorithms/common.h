@@ -92,13 +92,18 @@ std::vector<int64_t> next_steps(const std::vector<State*>& states) {
 
 template <typename State>
 void store_steps(const std::vector<State*>& states, const std::vector<int64_t>& steps) {
-  for (size_t i = 0; i < states.size(); ++i) states[i]->step(steps[i]);
+  // After the update's sweep the states are cold: each requested ahead (prefetch_metadata).
+  const size_t n = states.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (i + functional::detail::kMetadataAhead < n) __builtin_prefetch(states[i + functional::detail::kMetadataAhead], 1);
+    states[i]->step(steps[i]);
+  }
 }
 
 // One list per state buffer, in parameter order.
 template <typename State, typename Getter>
-TensorVector gather(const std::vector<State*>& states, Getter getter) {
-  TensorVector out;
+functional::detail::HeldTensors gather(const std::vector<State*>& states, Getter getter) {
+  functional::detail::HeldTensors out;
   out.reserve(states.size());
   for (auto* s : states) out.push_back(getter(*s));
   return out;

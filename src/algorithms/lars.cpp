@@ -184,7 +184,7 @@ void LARS::init_state(LARSParamState&, const torch::Tensor&, const LARSOptions&)
 void LARS::update(const LARSOptions& options, const TensorVector& params, const TensorVector& grads,
                   const std::vector<LARSParamState*>& states) {
   const size_t n = states.size();
-  TensorVector buffers;
+  functional::detail::HeldTensors buffers;
   std::unique_ptr<bool[]> is_new(new bool[n]());
   if (options.momentum() != 0.0) {
     for (size_t i = 0; i < n; ++i) {

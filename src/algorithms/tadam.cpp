@@ -179,7 +179,7 @@ void TAdam::update(const TAdamOptions& options, const TensorVector& params,
   functional::tadam_(params, grads, gather(states, [](auto& s) { return s.exp_avg(); }),
                      gather(states, [](auto& s) { return s.exp_avg_sq(); }),
                      options.amsgrad() ? gather(states, [](auto& s) { return s.max_exp_avg_sq(); })
-                                       : TensorVector{},
+                                       : functional::detail::HeldTensors{},
                      weights, steps, options.hyper(), grad_scaling());
   store_steps(states, steps);
   for (size_t i = 0; i < states.size(); ++i) states[i]->W_t(weights[i]);

@@ -82,6 +82,9 @@ void check_group(const char* optimizer, TensorList params, TensorList grads,
   // Read here: the checks may run on other threads.
   const bool state_as_param = StateAsParam::active();
   check_each(params.size(), [&](size_t i) {
+    prefetch_metadata(params, i);
+    prefetch_metadata(grads, i);
+    for (const auto& list : state_lists) prefetch_metadata(list.tensors, i);
     const auto& p = params[i];
     TORCH_CHECK(p.defined(), optimizer, ": params[", i, "] is undefined");
     TORCH_CHECK(p.layout() == at::kStrided, optimizer, " does not support sparse parameters");
@@ -254,6 +257,8 @@ bool fused_group_lists(kernels::cpu::Group& group, TensorList params, c10::Array
   addresses.assign(n, nullptr);
   // Fills tensor i's slot; false where the kernels cannot take it.
   auto fill = [&](size_t i) {
+    prefetch_metadata(params, i);
+    for (const auto& list : lists) prefetch_metadata(list, i);
     const auto& p = params[i];
     if (refuses_requires_grad && p.requires_grad()) return false;
     const auto dtype = p.scalar_type();
@@ -347,6 +352,7 @@ void mark_written(std::initializer_list<TensorList> lists) {
   for (const auto& list : lists) {
     for_tensor_ranges(list.size(), [&](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) {
+        prefetch_metadata(list, i);
         const auto& t = list[i];
         if (t.defined() && !t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
       }

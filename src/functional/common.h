@@ -31,6 +31,51 @@ inline bool same_extents(c10::IntArrayRef a, c10::IntArrayRef b) {
   return true;
 }
 
+// A walk over many tensors' metadata (checks, gathering data pointers, version bumps) finds each
+// TensorImpl, its storage and its autograd metadata cold after the last step's sweep of every
+// buffer: one dependent miss after another, about 0.1 us each. Called with the walk's index i,
+// this requests those of list[i + kMetadataAhead] and, once that TensorImpl has arrived, the
+// storage and autograd metadata it points to (list[i + kMetadataAhead / 2]), so that the misses
+// of a dozen tensors overlap. Only speed depends on it.
+constexpr size_t kMetadataAhead = 16;
+
+inline void prefetch_metadata(TensorList list, size_t i) {
+  if (i + kMetadataAhead < list.size()) {
+    const char* const impl = reinterpret_cast<const char*>(list[i + kMetadataAhead].unsafeGetTensorImpl());
+    for (size_t offset = 0; offset < sizeof(c10::TensorImpl); offset += 64) __builtin_prefetch(impl + offset);
+  }
+  if (i + kMetadataAhead / 2 < list.size()) {
+    const auto* impl = list[i + kMetadataAhead / 2].unsafeGetTensorImpl();
+    __builtin_prefetch(impl->unsafe_storage().unsafeGetStorageImpl());  // null without one: a prefetch never faults
+    if (const auto* meta = impl->autograd_meta()) __builtin_prefetch(meta);
+  }
+}
+
+// Drops the references `tensors` holds, in order, each TensorImpl requested kMetadataAhead drops
+// ahead: a drop writes a reference count that the step's sweep left cold, and a list of thousands
+// dropped one miss after another costs a step over small tensors a tenth of its time.
+inline void release_tensors(std::vector<at::Tensor>& tensors) {
+  const size_t n = tensors.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kMetadataAhead < n) __builtin_prefetch(tensors[i + kMetadataAhead].unsafeGetTensorImpl(), 1);
+    tensors[i].reset();
+  }
+  tensors.clear();
+}
+
+// A std::vector of tensors that drops them through release_tensors when it goes.
+class HeldTensors : public std::vector<at::Tensor> {
+ public:
+  HeldTensors() = default;
+  explicit HeldTensors(size_t n) : std::vector<at::Tensor>(n) {}
+  HeldTensors(std::vector<at::Tensor>&& tensors) : std::vector<at::Tensor>(std::move(tensors)) {}  // NOLINT
+  HeldTensors(HeldTensors&&) = default;
+  HeldTensors& operator=(HeldTensors&&) = default;
+  HeldTensors(const HeldTensors&) = default;
+  HeldTensors& operator=(const HeldTensors&) = default;
+  ~HeldTensors() { release_tensors(*this); }
+};
+
 // `list` where the update reads it (amsgrad's maxima, ...), else empty.
 inline TensorList if_used(bool used, TensorList list) { return used ? list : TensorList{}; }
 

@@ -411,8 +411,8 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
   // autograd metadata and its state's entry are cache misses after the last
   // step swept every buffer).
   struct GroupWork {
-    std::vector<torch::Tensor> params;
-    std::vector<torch::Tensor> grads;
+    functional::detail::HeldTensors params;
+    functional::detail::HeldTensors grads;
     std::vector<torch::optim::OptimizerParamState*> states;  // null: made by this step
   };
   std::vector<GroupWork> work(param_groups_.size());
@@ -431,6 +431,7 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     // Each parameter on its own (no state is made here): on the intra-op threads, where their
     // cache misses overlap, for long groups.
     functional::detail::check_each(n, [&](size_t pi) {
+      functional::detail::prefetch_metadata(group.params(), pi);
       const auto& p = group.params()[pi];
       const auto& g = p.grad();
       if (!g.defined()) return;
@@ -495,7 +496,9 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     auto& group = param_groups_[gi];
     auto& gathered = work[gi];
     if (gathered.params.empty()) continue;
+    const size_t ahead = functional::detail::kMetadataAhead;
     for (size_t i = 0; i < gathered.params.size(); ++i) {
+      if (i + ahead < gathered.states.size()) __builtin_prefetch(gathered.states[i + ahead]);  // null: a no-op
       auto*& state = gathered.states[i];
       if (state == nullptr) {
         auto& slot = state_[gathered.params[i].unsafeGetTensorImpl()];
