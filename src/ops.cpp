@@ -165,7 +165,10 @@ void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, 
 
 void store_ratios(const OptionalTensors& targets, const std::vector<double>& ratios) {
   if (!targets || ratios.empty()) return;  // empty: found_inf skipped the step
-  for (size_t i = 0; i < ratios.size(); ++i) write_scalar((*targets)[i], ratios[i]);
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    F::detail::prefetch_values(*targets, i);
+    write_scalar((*targets)[i], ratios[i]);
+  }
 }
 
 // What the ops return: the trust ratios, or ones for a skipped step (what the
@@ -186,7 +189,10 @@ c10::IValue write_scalars(const Arguments& a) {
     TORCH_CHECK(t.numel() == 1, "write_scalars_: a target has shape ", t.sizes(),
                 "; expected one element");
   }
-  for (size_t i = 0; i < targets.size(); ++i) write_scalar(targets[i], values[i]);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    F::detail::prefetch_values(targets, i);
+    write_scalar(targets[i], values[i]);
+  }
   return {};
 }
 

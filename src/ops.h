@@ -92,6 +92,7 @@ std::vector<double> read_scalars(TensorList tensors, const Check& check) {
   // its checks in order on its own thread, which reads any tensor.
   const bool on_workers = on_cpu && F::detail::host_work_in_parallel(tensors.size());
   F::detail::check_each(on_cpu ? tensors.size() : 0, [&](size_t i) {
+    F::detail::prefetch_values(tensors, i);
     check(i);
     if (!on_workers || !at::in_parallel_region()) {
       values[i] = read_scalar(tensors[i]);

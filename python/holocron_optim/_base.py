@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _distributed as distributed
-from ._library import ops
+from ._library import ops, walks
 
 
 def as_real(value: Any) -> float | None:
@@ -112,6 +112,16 @@ def gather(states: list[dict[str, Any]], key: str) -> list[Any]:
     if torch.compiler.is_compiling():
         return [s[key] for s in states]
     return list(map(itemgetter(key), states))
+
+
+def state_walks(states: Any) -> Any:
+    """The library's walks over state dicts (`_library.walks`) where they can take `states` (a
+    list, in an eager step), else None. A step over thousands of small parameters spends about a
+    millisecond walking their states in Python, one cache miss after another; these request each
+    dict ahead of its turn (src/python_walks.cpp)."""
+    if walks is None or type(states) is not list or not states or torch.compiler.is_compiling():
+        return None
+    return walks
 
 
 def types_of(values: list[Any]) -> set[type]:
@@ -1088,6 +1098,10 @@ class FusedStep:
                 and held.precision not in ("float32", "bfloat16")
                 and list(map(attrgetter("dtype"), params)) != held.dtypes):
             return False
+        c_walks = state_walks(states)
+        if c_walks:
+            return all(type(pinned) is list and c_walks.holocron_entries_are(states, key, pinned)
+                       for key, pinned in zip(keys, held.lists))
         return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                    for key, pinned in zip(keys, held.lists))
 
@@ -1279,15 +1293,24 @@ class FusedStep:
             self._store_steps(states, steps)
 
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
-        counters = gather(states, "step")
-        all_ints = bool(counters) and types_of(counters) == {int}
-        self._int_counters_of = states if all_ints else None
-        if all_ints and counters.count(counters[0]) == len(counters):
+        c_walks = state_walks(states)
+        first = states[0].get("step") if c_walks and type(states[0]) is dict else None
+        if type(first) is int and c_walks.holocron_entries_all(states, "step", first):
+            # Parameters stepped together share one int object (as stored by _store_steps): one
+            # walk in C, which requests the states ahead of their turn.
+            self._int_counters_of = states
+            steps = [first + 1] * len(states)
+            lowest = highest = steps[0]
+        elif (counters := gather(states, "step")) and types_of(counters) == {int} and (
+                counters.count(counters[0]) == len(counters)):
+            self._int_counters_of = states
             # Parameters stepped together share one counter value (and, as stored by _store_steps,
             # one int object): the common case costs a count in C, not a call per parameter.
             steps = [counters[0] + 1] * len(counters)
             lowest = highest = steps[0]
         else:
+            all_ints = bool(counters) and types_of(counters) == {int}
+            self._int_counters_of = states if all_ints else None
             # int() reads a tensor counter (torch.optim.Adam's load makes them).
             steps = list(map((1).__add__, counters)) if all_ints else [int(n) + 1 for n in counters]
             lowest, highest = min(steps, default=1), max(steps, default=1)
@@ -1307,7 +1330,11 @@ class FusedStep:
     def _store_steps(self, states: list[dict[str, Any]], steps: list[int]) -> None:
         known_ints, self._int_counters_of = states is self._int_counters_of, None
         if known_ints or not any(issubclass(kind, torch.Tensor) for kind in types_of(gather(states, "step"))):
-            deque(map(setitem, states, repeat("step"), steps), maxlen=0)
+            c_walks = state_walks(states)
+            if c_walks and steps and len(steps) == len(states) and steps.count(steps[0]) == len(steps):
+                c_walks.holocron_set_entries(states, "step", steps[0])
+            else:
+                deque(map(setitem, states, repeat("step"), steps), maxlen=0)
             return
         for state, step in zip(states, steps):
             if isinstance(state["step"], torch.Tensor):

@@ -1,5 +1,6 @@
 """Loads the C++ library that registers the torch.ops.holocron operators."""
 
+import ctypes
 import re
 from pathlib import Path
 
@@ -50,3 +51,24 @@ def load() -> None:
 
 load()
 ops = torch.ops.holocron
+
+
+def _state_walks() -> ctypes.PyDLL | None:
+    """The library's walks over state dicts (src/python_walks.cpp), called with the GIL held:
+    `holocron_entries_are(states, key, expected)`, `holocron_entries_all(states, key, value)` (1
+    or 0) and `holocron_set_entries(states, key, value)`, each over a list of dicts; None where the
+    library cannot call into this interpreter (its CPython functions unresolved)."""
+    try:
+        library = ctypes.PyDLL(str(_LIBRARY))
+        if not library.holocron_walks_ready():
+            return None
+    except (OSError, AttributeError):
+        return None
+    for name in ("holocron_entries_are", "holocron_entries_all", "holocron_set_entries"):
+        function = getattr(library, name)
+        function.argtypes = (ctypes.py_object, ctypes.py_object, ctypes.py_object)
+        function.restype = ctypes.c_int
+    return library
+
+
+walks = _state_walks()

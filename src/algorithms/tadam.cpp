@@ -213,7 +213,10 @@ c10::IValue tadam(const Arguments& a) {
             a.state("max_exp_avg_sqs"), weights, counters.steps(),
             a.hyper<F::TAdamHyper>("TAdam"),
             a.scaling(), a.sharding(params));
-  for (size_t i = 0; i < W_ts.size(); ++i) write_scalar(W_ts[i], weights[i]);
+  for (size_t i = 0; i < W_ts.size(); ++i) {
+    F::detail::prefetch_values(W_ts, i);
+    write_scalar(W_ts[i], weights[i]);
+  }
   counters.store(a.found_inf());
   return {};
 }

@@ -51,6 +51,21 @@ inline void prefetch_metadata(TensorList list, size_t i) {
   }
 }
 
+// prefetch_metadata, and the element of list[i + kMetadataAhead / 4] (a one-element tensor's
+// value: TAdam's W_t, a trust ratio), once its storage has arrived: reading or writing thousands
+// of them is three dependent misses each otherwise. Only speed depends on it.
+inline void prefetch_values(TensorList list, size_t i) {
+  prefetch_metadata(list, i);
+  if (i + kMetadataAhead / 4 < list.size()) {
+    const auto* impl = list[i + kMetadataAhead / 4].unsafeGetTensorImpl();
+    auto* storage = impl->unsafe_storage().unsafeGetStorageImpl();
+    if (storage == nullptr) return;
+    // The address only, without the checks of data() (which may throw) or any materialization.
+    const char* data = static_cast<const char*>(storage->_mutable_data_ptr_no_checks().get());
+    __builtin_prefetch(data + impl->storage_offset() * static_cast<int64_t>(impl->dtype().itemsize()), 1);
+  }
+}
+
 // Drops the references `tensors` holds, in order, each TensorImpl requested kMetadataAhead drops
 // ahead: a drop writes a reference count that the step's sweep left cold, and a list of thousands
 // dropped one miss after another costs a step over small tensors a tenth of its time.

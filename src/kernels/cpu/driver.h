@@ -698,7 +698,6 @@ class PassRunner {
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       while (c >= first_chunk[t + 1]) ++t;
       if (split_only && first_chunk[t + 1] - first_chunk[t] == 1) continue;
-      if (c + 1 < chunk_end) prefetch_if_new_tensor(c + 1, first_chunk, num_tensors, t);
       const TensorSlot& slot = group_.tensors[t];
       const int64_t begin = (c - first_chunk[t]) * kChunk;
       const int64_t end = std::min(begin + kChunk, slot.numel);
@@ -817,35 +816,7 @@ class PassRunner {
     }
   }
 
-  // Chunk c's arrays, requested from memory ahead of its sweep where c begins a tensor (t is the
-  // tensor of chunk c - 1): the first kPrefetchBytes of each. Within a tensor the hardware
-  // prefetchers follow the streams; at a tensor's start each of its arrays is a new stream,
-  // found cold, which on many small tensors costs more than moving their bytes.
-  HOLOCRON_KERNEL_INLINE void prefetch_if_new_tensor(int64_t c, const int64_t* first_chunk, int64_t num_tensors,
-                                                     int64_t t) const {
-    if (c != first_chunk[t + 1]) return;
-    do { ++t; } while (t < num_tensors && first_chunk[t + 1] == c);  // past empty tensors
-    if (t >= num_tensors) return;
-    const TensorSlot& slot = group_.tensors[t];
-    static_for<kA>([&](auto j_) HOLOCRON_LAMBDA_INLINE {
-      constexpr int j = decltype(j_)::value;
-      if (!(((P::kRead | P::kWrite) >> j) & 1u) || slot.data[j] == nullptr) return;
-      constexpr bool kIsState = (kState >> j) & 1u;
-      int64_t size = j < kN ? sizeof(T) : sizeof(W);
-      if constexpr (kBlockwise && kIsState) size = slot.blockwise[j].map != nullptr ? 1 : sizeof(float);
-      else if constexpr (kIsState) size = sizeof(Stored);
-      const char* const bytes = static_cast<const char*>(slot.data[j]);
-      const int64_t span = std::min(slot.numel * size, kPrefetchBytes);
-      for (int64_t offset = 0; offset < span; offset += 64) {
-        if constexpr ((P::kWrite >> j) & 1u) __builtin_prefetch(bytes + offset, 1, 3);
-        else __builtin_prefetch(bytes + offset, 0, 3);
-      }
-    });
-  }
-
  private:
-  static constexpr int64_t kPrefetchBytes = int64_t{1} << 13;
-
   const Group& group_;
   const P pass_;
   const bool unscale_;
@@ -912,10 +883,6 @@ void run_pair(const Group& first_group, const PassArgs& first_args, const Group&
     int64_t t = tensor_of_chunk(first_chunk, num_tensors, chunk_begin);
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       while (c >= first_chunk[t + 1]) ++t;
-      if (c + 1 < chunk_end) {
-        first.prefetch_if_new_tensor(c + 1, first_chunk, num_tensors, t);
-        second.prefetch_if_new_tensor(c + 1, first_chunk, num_tensors, t);
-      }
       first.chunks(c, c + 1, first_chunk, num_tensors, partials, false);
       if (!whole(t)) continue;
       auto& row = sums[t];
