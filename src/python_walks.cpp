@@ -42,20 +42,27 @@ bool ready() {
 }
 
 // Where CPython (3.8 to 3.14, without free threading) keeps an object's type and a dict's table of
-// keys. Only prefetches read them, and only in an object whose type field holds &PyDict_Type: in
-// another layout they request the wrong lines, which costs speed, never a wrong result.
+// keys. The type field is read in every object (all begin with a reference count and a type); the
+// table only where that field holds &PyDict_Type, and only to prefetch it. In another layout (a
+// free-threaded build) no object reads as a dict: the prefetches are lost, and holocron_entries_all
+// answers 0, which sends the step to the Python walk.
 constexpr std::size_t kTypeOffset = sizeof(Py_ssize_t);
 constexpr std::size_t kDictKeysOffset = 2 * sizeof(void*) + sizeof(Py_ssize_t) + sizeof(std::uint64_t);
 
-void prefetch_ahead(PyObj* states, Py_ssize_t i, Py_ssize_t n) {
-  if (i + kAhead < n) __builtin_prefetch(PyList_GetItem(states, i + kAhead));
-  if (i + kAhead / 2 < n) {
-    const char* dict = static_cast<const char*>(PyList_GetItem(states, i + kAhead / 2));
-    if (*reinterpret_cast<const void* const*>(dict + kTypeOffset) == &PyDict_Type) {
-      const char* keys = *reinterpret_cast<const char* const*>(dict + kDictKeysOffset);
-      __builtin_prefetch(keys);
-      __builtin_prefetch(keys + 64);
-    }
+bool is_exact_dict(const void* object) {
+  return *reinterpret_cast<const void* const*>(static_cast<const char*>(object) + kTypeOffset) == &PyDict_Type;
+}
+
+// states[i], or null past its end: the list is read afresh at every turn, since code a walk calls
+// (a mapping's __setitem__, a key's __eq__) could shorten it.
+PyObj* item(PyObj* states, Py_ssize_t i) { return i < PyList_Size(states) ? PyList_GetItem(states, i) : nullptr; }
+
+void prefetch_ahead(PyObj* states, Py_ssize_t i) {
+  if (PyObj* const ahead = item(states, i + kAhead)) __builtin_prefetch(ahead);
+  if (PyObj* const dict = item(states, i + kAhead / 2); dict != nullptr && is_exact_dict(dict)) {
+    const char* keys = *reinterpret_cast<const char* const*>(static_cast<const char*>(dict) + kDictKeysOffset);
+    __builtin_prefetch(keys);
+    __builtin_prefetch(keys + 64);
   }
 }
 
@@ -67,34 +74,40 @@ __attribute__((visibility("default"))) int holocron_walks_ready() { return ready
 
 // 1 where every states[i] is a dict holding `expected[i]` itself under `key`; 0 otherwise (a
 // missing entry, another object, a state that is not a dict, lists of different lengths).
+// 1 where every states[i] is a dict (or a subclass: read as dict.get reads it) holding `expected[i]`
+// itself under `key`; 0 otherwise (a missing entry, another object, a state that is not a dict,
+// lists of different lengths). Both must be lists.
 __attribute__((visibility("default"))) int holocron_entries_are(PyObj* states, PyObj* key, PyObj* expected) {
   const Py_ssize_t n = PyList_Size(states);
-  if (n < 0 || PyList_Size(expected) != n) return 0;
+  if (PyList_Size(expected) != n) return 0;
   for (Py_ssize_t i = 0; i < n; ++i) {
-    prefetch_ahead(states, i, n);
-    PyObj* const held = PyDict_GetItem(PyList_GetItem(states, i), key);  // null for a non-dict
-    if (held == nullptr || held != PyList_GetItem(expected, i)) return 0;
+    prefetch_ahead(states, i);
+    PyObj* const state = item(states, i);
+    PyObj* const wanted = item(expected, i);
+    if (state == nullptr || wanted == nullptr) return 0;
+    PyObj* const held = PyDict_GetItem(state, key);  // borrowed, only compared; null for a non-dict
+    if (held == nullptr || held != wanted) return 0;
   }
   return 1;
 }
 
-// 1 where every states[i] is a dict holding `value` itself under `key`; 0 otherwise.
+// 1 where every states[i] is a dict, not a subclass (whose __getitem__ may answer otherwise than
+// its storage), holding `value` itself under `key`; 0 otherwise. `states` must be a list.
 __attribute__((visibility("default"))) int holocron_entries_all(PyObj* states, PyObj* key, PyObj* value) {
   const Py_ssize_t n = PyList_Size(states);
-  if (n < 0) return 0;
   for (Py_ssize_t i = 0; i < n; ++i) {
-    prefetch_ahead(states, i, n);
-    if (PyDict_GetItem(PyList_GetItem(states, i), key) != value) return 0;
+    prefetch_ahead(states, i);
+    PyObj* const state = item(states, i);
+    if (state == nullptr || !is_exact_dict(state) || PyDict_GetItem(state, key) != value) return 0;
   }
   return 1;
 }
 
-// states[i][key] = value for every i, in order; -1 with the exception of the first that fails.
+// states[i][key] = value for each i in order, as `setitem` would; -1 with the exception of the first
+// that fails. `states` must be a list.
 __attribute__((visibility("default"))) int holocron_set_entries(PyObj* states, PyObj* key, PyObj* value) {
-  const Py_ssize_t n = PyList_Size(states);
-  if (n < 0) return -1;
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    prefetch_ahead(states, i, n);
+  for (Py_ssize_t i = 0; i < PyList_Size(states); ++i) {
+    prefetch_ahead(states, i);
     if (PyObject_SetItem(PyList_GetItem(states, i), key, value) < 0) return -1;
   }
   return 0;

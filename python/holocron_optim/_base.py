@@ -1100,7 +1100,10 @@ class FusedStep:
             return False
         c_walks = state_walks(states)
         if c_walks:
-            return all(type(pinned) is list and c_walks.holocron_entries_are(states, key, pinned)
+            # In C where every state held the key (a list of tensors); a missing entry pinned as
+            # None (kahan_comp of a float32 parameter) must still be missing: checked here.
+            return all(c_walks.holocron_entries_are(states, key, pinned) if key in held.complete else
+                       len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                        for key, pinned in zip(keys, held.lists))
         return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                    for key, pinned in zip(keys, held.lists))

@@ -1,6 +1,7 @@
 """Loads the C++ library that registers the torch.ops.holocron operators."""
 
 import ctypes
+import os
 import re
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def _state_walks() -> ctypes.PyDLL | None:
     or 0) and `holocron_set_entries(states, key, value)`, each over a list of dicts; None where the
     library cannot call into this interpreter (its CPython functions unresolved)."""
     try:
-        library = ctypes.PyDLL(str(_LIBRARY))
+        # Only the copy load() loaded: where another copy registered the operators first, opening
+        # this one would load it beside it, and its registrations would abort the process.
+        library = ctypes.PyDLL(str(_LIBRARY), mode=os.RTLD_NOLOAD)
         if not library.holocron_walks_ready():
             return None
     except (OSError, AttributeError):

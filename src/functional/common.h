@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -60,9 +61,12 @@ inline void prefetch_values(TensorList list, size_t i) {
     const auto* impl = list[i + kMetadataAhead / 4].unsafeGetTensorImpl();
     auto* storage = impl->unsafe_storage().unsafeGetStorageImpl();
     if (storage == nullptr) return;
-    // The address only, without the checks of data() (which may throw) or any materialization.
-    const char* data = static_cast<const char*>(storage->_mutable_data_ptr_no_checks().get());
-    __builtin_prefetch(data + impl->storage_offset() * static_cast<int64_t>(impl->dtype().itemsize()), 1);
+    // The address only, without the checks of data() (which may throw) or any materialization;
+    // computed as an integer: an empty storage's data is null, and its offset need not be 0.
+    const auto data = reinterpret_cast<uintptr_t>(storage->_mutable_data_ptr_no_checks().get());
+    if (data == 0) return;
+    const auto offset = static_cast<uintptr_t>(impl->storage_offset()) * impl->dtype().itemsize();
+    __builtin_prefetch(reinterpret_cast<const void*>(data + offset), 1);
   }
 }
 

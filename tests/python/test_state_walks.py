@@ -58,6 +58,15 @@ def test_entries_all_holds_only_for_one_object():
     del states[30]["step"]
     assert walks.holocron_entries_all(states, "step", shared) == 0
 
+    # A dict subclass may answer otherwise than its storage: not answered for (the caller walks).
+    class Doubling(dict):
+        def __getitem__(self, key):
+            return 2 * super().__getitem__(key)
+
+    states, _ = _states()
+    states[12] = Doubling(states[12])
+    assert walks.holocron_entries_all(states, "step", states[0]["step"]) == 0
+
 
 def test_set_entries_stores_in_order_and_raises_as_python_would():
     states, _ = _states()
