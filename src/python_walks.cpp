@@ -1,5 +1,5 @@
-// Walks of the Python classes' per-parameter state dicts (python/holocron_optim/_walks.py),
-// called through ctypes.PyDLL, with the GIL held.
+// Walks of the Python classes' per-parameter state dicts (`state_walks` in
+// python/holocron_optim/_base.py), called through ctypes.PyDLL, with the GIL held.
 //
 // A Python step over thousands of small parameters checks that every state still holds the
 // buffers pinned after its last step, reads every counter and stores the next: walks over dicts
@@ -72,8 +72,6 @@ extern "C" {
 
 __attribute__((visibility("default"))) int holocron_walks_ready() { return ready() ? 1 : 0; }
 
-// 1 where every states[i] is a dict holding `expected[i]` itself under `key`; 0 otherwise (a
-// missing entry, another object, a state that is not a dict, lists of different lengths).
 // 1 where every states[i] is a dict (or a subclass: read as dict.get reads it) holding `expected[i]`
 // itself under `key`; 0 otherwise (a missing entry, another object, a state that is not a dict,
 // lists of different lengths). Both must be lists.

@@ -1098,14 +1098,11 @@ class FusedStep:
                 and held.precision not in ("float32", "bfloat16")
                 and list(map(attrgetter("dtype"), params)) != held.dtypes):
             return False
+        # In C where every state held the key when pinned (a list of tensors); in Python where one
+        # lacked it (kahan_comp of a float32 parameter), pinned as None, which a missing entry matches.
         c_walks = state_walks(states)
-        if c_walks:
-            # In C where every state held the key (a list of tensors); a missing entry pinned as
-            # None (kahan_comp of a float32 parameter) must still be missing: checked here.
-            return all(c_walks.holocron_entries_are(states, key, pinned) if key in held.complete else
-                       len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
-                       for key, pinned in zip(keys, held.lists))
-        return all(len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
+        return all(c_walks.holocron_entries_are(states, key, pinned) if c_walks and key in held.complete
+                   else len(pinned) == len(states) and all(map(is_, pinned, map(dict.get, states, repeat(key))))
                    for key, pinned in zip(keys, held.lists))
 
     def _forget_removed_groups(self) -> None:
@@ -1296,24 +1293,22 @@ class FusedStep:
             self._store_steps(states, steps)
 
     def _advance_steps(self, states: list[dict[str, Any]]) -> list[int]:
+        # Parameters stepped together share one counter value (and, as stored by _store_steps, one
+        # int object): the common case is one walk in C (state_walks), or else a count in C, not a
+        # call per parameter.
         c_walks = state_walks(states)
         first = states[0].get("step") if c_walks and type(states[0]) is dict else None
-        if type(first) is int and c_walks.holocron_entries_all(states, "step", first):
-            # Parameters stepped together share one int object (as stored by _store_steps): one
-            # walk in C, which requests the states ahead of their turn.
-            self._int_counters_of = states
+        all_ints = shared = type(first) is int and bool(c_walks.holocron_entries_all(states, "step", first))
+        if not shared:
+            counters = gather(states, "step")
+            all_ints = bool(counters) and types_of(counters) == {int}
+            first = counters[0] if all_ints else None
+            shared = all_ints and counters.count(first) == len(counters)
+        self._int_counters_of = states if all_ints else None
+        if shared:
             steps = [first + 1] * len(states)
             lowest = highest = steps[0]
-        elif (counters := gather(states, "step")) and types_of(counters) == {int} and (
-                counters.count(counters[0]) == len(counters)):
-            self._int_counters_of = states
-            # Parameters stepped together share one counter value (and, as stored by _store_steps,
-            # one int object): the common case costs a count in C, not a call per parameter.
-            steps = [counters[0] + 1] * len(counters)
-            lowest = highest = steps[0]
         else:
-            all_ints = bool(counters) and types_of(counters) == {int}
-            self._int_counters_of = states if all_ints else None
             # int() reads a tensor counter (torch.optim.Adam's load makes them).
             steps = list(map((1).__add__, counters)) if all_ints else [int(n) + 1 for n in counters]
             lowest, highest = min(steps, default=1), max(steps, default=1)

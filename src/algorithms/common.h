@@ -92,10 +92,8 @@ std::vector<int64_t> next_steps(const std::vector<State*>& states) {
 
 template <typename State>
 void store_steps(const std::vector<State*>& states, const std::vector<int64_t>& steps) {
-  // After the update's sweep the states are cold: each requested ahead (prefetch_metadata).
-  const size_t n = states.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (i + functional::detail::kMetadataAhead < n) __builtin_prefetch(states[i + functional::detail::kMetadataAhead], 1);
+  for (size_t i = 0; i < states.size(); ++i) {
+    functional::detail::prefetch_object(states, i);  // cold after the update's sweep
     states[i]->step(steps[i]);
   }
 }

@@ -52,6 +52,14 @@ inline void prefetch_metadata(TensorList list, size_t i) {
   }
 }
 
+// objects[i + kMetadataAhead] requested from memory, for a walk (that may write them) over objects
+// the last step's sweep left cold, such as the C++ classes' per-parameter states. A null pointer
+// is a no-op: a prefetch never faults.
+template <class T>
+inline void prefetch_object(const std::vector<T*>& objects, size_t i) {
+  if (i + kMetadataAhead < objects.size()) __builtin_prefetch(objects[i + kMetadataAhead], 1);
+}
+
 // prefetch_metadata, and the element of list[i + kMetadataAhead / 4] (a one-element tensor's
 // value: TAdam's W_t, a trust ratio), once its storage has arrived: reading or writing thousands
 // of them is three dependent misses each otherwise. Only speed depends on it.

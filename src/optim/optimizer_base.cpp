@@ -496,9 +496,8 @@ torch::Tensor OptimizerBase::step(LossClosure closure) {
     auto& group = param_groups_[gi];
     auto& gathered = work[gi];
     if (gathered.params.empty()) continue;
-    const size_t ahead = functional::detail::kMetadataAhead;
     for (size_t i = 0; i < gathered.params.size(); ++i) {
-      if (i + ahead < gathered.states.size()) __builtin_prefetch(gathered.states[i + ahead]);  // null: a no-op
+      functional::detail::prefetch_object(gathered.states, i);
       auto*& state = gathered.states[i];
       if (state == nullptr) {
         auto& slot = state_[gathered.params[i].unsafeGetTensorImpl()];
