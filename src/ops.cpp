@@ -200,7 +200,7 @@ c10::IValue write_scalars(const Arguments& a) {
 // step over several groups can check them all before updating any.
 c10::IValue validate_group(const Arguments& a) {
   const auto optimizer = a.string("optimizer");
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   F::detail::check_group(optimizer.c_str(), params, a.grads(optimizer.c_str(), params), {});
   F::detail::check_flat_state(optimizer.c_str(), params, a.tensors("buffers"), a.integers("owners"),
                               a.optional_dtype("state_dtype"));
@@ -393,13 +393,62 @@ TORCH_LIBRARY_IMPL(holocron, Meta, m) {
 
 namespace holocron::optim::ops {
 
+namespace {
+
+// Where a tensor's PyObject (torch's THPVariable) holds its at::Tensor: right after the object
+// header of a CPython build without free threading or Py_TRACE_REFS. BorrowedParams checks it
+// in every parameter it is made from, and is not used where it does not hold.
+constexpr size_t kPyObjectTensorOffset = 2 * sizeof(void*);
+
+const c10::TensorImpl* tensor_held_by(const void* owner) {
+  const c10::TensorImpl* impl = nullptr;
+  std::memcpy(&impl, static_cast<const char*>(owner) + kPyObjectTensorOffset, sizeof impl);
+  return impl;
+}
+
+}  // namespace
+
+BorrowedParams::BorrowedParams(const std::vector<at::Tensor>& params) {
+  owners_.reserve(params.size());
+  borrowed_.reserve(params.size());
+  for (const auto& p : params) {
+    TORCH_CHECK(p.defined(), "BorrowedParams: an undefined tensor cannot be borrowed");
+    // Alive here: the caller's list holds it.
+    const void* owner = p.unsafeGetTensorImpl()->pyobj_slot()->load_pyobj();
+    usable_ = usable_ && owner != nullptr && tensor_held_by(owner) == p.unsafeGetTensorImpl();
+    owners_.push_back(owner);
+    borrowed_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(p));
+  }
+}
+
+BorrowedParams::~BorrowedParams() {
+  for (auto& t : borrowed_) c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+}
+
+bool BorrowedParams::borrowed_from(size_t i, const void* owner) const {
+  return usable_ && i < owners_.size() && owner == owners_[i] &&
+         tensor_held_by(owner) == borrowed_[i].unsafeGetTensorImpl();
+}
+
 void register_tensor_pins() {
   static const auto pins = torch::class_<TensorPins>("holocron", "TensorPins")
                                .def(torch::init<std::vector<at::Tensor>>())
                                .def("__len__", [](const c10::intrusive_ptr<TensorPins>& self) {
                                  return static_cast<int64_t>(self->tensors.size());
                                });
+  static const auto borrowed =
+      torch::class_<BorrowedParams>("holocron", "BorrowedParams")
+          .def(torch::init<std::vector<at::Tensor>>())
+          .def("__len__", [](const c10::intrusive_ptr<BorrowedParams>& self) {
+            return static_cast<int64_t>(self->size());
+          })
+          .def("usable", [](const c10::intrusive_ptr<BorrowedParams>& self) { return self->usable(); })
+          // For holocron_params_are (src/python_walks.cpp), which the caller hands it to.
+          .def("address", [](const c10::intrusive_ptr<BorrowedParams>& self) {
+            return static_cast<int64_t>(reinterpret_cast<intptr_t>(self.get()));
+          });
   (void)pins;
+  (void)borrowed;
 }
 
 }  // namespace holocron::optim::ops

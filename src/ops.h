@@ -36,7 +36,7 @@ using OptionalNames = std::optional<std::vector<std::string>>;
 // has_pyobject), about 70 ns a tensor, 0.4 ms per step on 3000 parameters with
 // two state buffers. The Python classes pin their state buffers, which they
 // hold anyway, so that a step passes them at 2 -> 3 -> 2 (not their parameters:
-// see FusedStep._pin). An update op also takes its state lists from the pins
+// see BorrowedParams). An update op also takes its state lists from the pins
 // themselves (`pinned_state`, HOLOCRON_PINNED): no list is converted from Python
 // (about 0.16 us a tensor with cold caches, 1 ms a step on 3000 parameters with
 // two buffers).
@@ -45,20 +45,53 @@ struct TensorPins : torch::CustomClassHolder {
   std::vector<at::Tensor> tensors;
 };
 
-// Registers torch.classes.holocron.TensorPins, once: before the first schema that names it is
-// parsed (define_op), whatever the order in which the operators' files register theirs.
+// torch.classes.holocron.BorrowedParams(params): a group's parameters for its update op
+// (`param_refs`, HOLOCRON_PINNED), without a reference of its own. Converting the parameters'
+// list at every call costs what TensorPins saves the state lists (a parameter held only by Python
+// goes 1 -> 2 -> 1, and the decref takes the GIL again per tensor: about 0.5 ms a step on 3000),
+// but C++ references would hide a parameter -> optimizer cycle (hooks, attributes a framework
+// sets) from Python's garbage collector, and would make torch.utils.swap_tensors refuse the
+// parameters (it requires no other reference, strong or weak). So these are references at +0,
+// valid while the caller holds the parameters: FusedStep._params_of hands them to an op only
+// after `holocron_params_are` (src/python_walks.cpp) found its list to be the same PyObjects,
+// each still holding the same tensor (swap_tensors exchanges the tensors of two PyObjects).
+class BorrowedParams : public torch::CustomClassHolder {
+ public:
+  explicit BorrowedParams(const std::vector<at::Tensor>& params);
+  ~BorrowedParams() override;
+  BorrowedParams(const BorrowedParams&) = delete;
+  BorrowedParams& operator=(const BorrowedParams&) = delete;
+
+  // Whether `owner` is the PyObject that params[i] was borrowed from and still holds its tensor.
+  // `owner` must be alive (the caller's list holds it).
+  bool borrowed_from(size_t i, const void* owner) const;
+  // Whether each parameter had a PyObject whose tensor could be read (CPython's object layout,
+  // torch's THPVariable): if not, borrowed_from is always false and the caller passes lists.
+  bool usable() const { return usable_; }
+  size_t size() const { return borrowed_.size(); }
+  TensorList tensors() const { return borrowed_; }
+
+ private:
+  std::vector<const void*> owners_;  // each parameter's PyObject when borrowed
+  std::vector<at::Tensor> borrowed_;  // references at +0 (c10::MaybeOwnedTraits::createBorrow)
+  bool usable_ = true;
+};
+
+// Registers torch.classes.holocron.TensorPins and BorrowedParams, once: before the first schema
+// that names them is parsed (define_op), whatever the order in which the operators' files
+// register theirs.
 void register_tensor_pins();
 
-// A state list argument of an update op (Arguments::state): the list given, or a view of the
-// tensors pinned in `pinned_state` where the call names the argument in `pinned_lists`.
-class StateList {
+// A list argument of an op (Arguments::params, Arguments::state): the list given, or a view of
+// tensors that a custom class holds (pinned state, borrowed parameters), kept alive by this.
+class ListArgument {
  public:
-  explicit StateList(std::vector<at::Tensor> given) : given_(std::move(given)), view_(given_) {}
-  StateList(c10::intrusive_ptr<TensorPins> pins, size_t begin, size_t count)
-      : pins_(std::move(pins)), view_(pins_->tensors.data() + begin, count) {}
+  explicit ListArgument(functional::detail::HeldTensors given) : given_(std::move(given)), view_(given_) {}
+  ListArgument(c10::intrusive_ptr<torch::CustomClassHolder> holder, TensorList view)
+      : holder_(std::move(holder)), view_(view) {}
   // Made where it is used (a view of its own list cannot be copied or moved as it is).
-  StateList(const StateList&) = delete;
-  StateList& operator=(const StateList&) = delete;
+  ListArgument(const ListArgument&) = delete;
+  ListArgument& operator=(const ListArgument&) = delete;
 
   operator TensorList() const { return view_; }  // NOLINT(google-explicit-constructor)
   size_t size() const { return view_.size(); }
@@ -68,8 +101,8 @@ class StateList {
   const at::Tensor* end() const { return view_.end(); }
 
  private:
-  std::vector<at::Tensor> given_;
-  c10::intrusive_ptr<TensorPins> pins_;
+  functional::detail::HeldTensors given_;
+  c10::intrusive_ptr<torch::CustomClassHolder> holder_;
   c10::ArrayRef<at::Tensor> view_;
 };
 
@@ -172,18 +205,29 @@ class Arguments {
   }
 
   functional::detail::HeldTensors tensors(const char* name) const { return at(name).toTensorVector(); }
+  // `params` as given, or where the call gives `param_refs` (and `params` empty), the tensors it
+  // borrows (valid while the caller holds them: see BorrowedParams).
+  ListArgument params() const {
+    const auto refs = borrowed_params();
+    if (!refs) return ListArgument(tensors("params"));
+    TORCH_CHECK(refs->usable(), schema_.name(), ": param_refs holds parameters it could not borrow");
+    const TensorList view = refs->tensors();
+    return ListArgument(refs, view);
+  }
   // A state list (`Tensor(x!)[] name`): as given, or where the call names it in `pinned_lists`,
   // the tensors of `pinned_state` from the matching `pinned_at`, one per parameter.
-  StateList state(const char* name) const {
+  ListArgument state(const char* name) const {
     if (const auto pinned = pinned_offset(name)) {
-      return StateList(at("pinned_state").toCustomClass<TensorPins>(), *pinned, at("params").toListRef().size());
+      auto pins = at("pinned_state").toCustomClass<TensorPins>();
+      const TensorList view(pins->tensors.data() + *pinned, param_count());
+      return ListArgument(std::move(pins), view);
     }
-    return StateList(tensors(name));
+    return ListArgument(tensors(name));
   }
   // `grads`, or where it is None each parameter's own .grad, read here: a Python step that
   // gathers p.grad for 3000 small parameters pays about half a millisecond, a tenth of the step.
   // A parameter without a gradient is refused before anything is written.
-  functional::detail::HeldTensors grads(const char* optimizer, const std::vector<at::Tensor>& params) const {
+  functional::detail::HeldTensors grads(const char* optimizer, TensorList params) const {
     if (auto given = optional_tensors("grads")) return std::move(*given);
     functional::detail::HeldTensors read(params.size());
     functional::detail::check_each(params.size(), [&](size_t i) {
@@ -343,13 +387,26 @@ class Arguments {
     TORCH_CHECK(offsets.size() == names.size(), schema_.name(), ": got ", offsets.size(),
                 " pinned_at offsets for ", names.size(), " pinned_lists");
     const size_t pinned_count = at("pinned_state").toCustomClass<TensorPins>()->tensors.size();
-    const size_t count = at("params").toListRef().size();
+    const size_t count = param_count();
     for (size_t k = 0; k < names.size(); ++k) {
       const int64_t offset = offsets[k];
       TORCH_CHECK(offset >= 0 && static_cast<size_t>(offset) + count <= pinned_count, schema_.name(), ": ",
                   names[k].toStringRef(), " at pinned_at ", offset, " takes ", count,
                   " tensors, but pinned_state holds ", pinned_count);
     }
+  }
+
+  // `param_refs`, where the schema has it and the call gives it; `params` must then be empty.
+  c10::intrusive_ptr<BorrowedParams> borrowed_params() const {
+    const auto index = schema_.argumentIndexWithName("param_refs");
+    if (!index || values_[*index].isNone()) return {};
+    TORCH_CHECK(at("params").toListRef().empty(), schema_.name(), ": params must be an empty list when param_refs is "
+                "given (got ", at("params").toListRef().size(), " tensors)");
+    return values_[*index].toCustomClass<BorrowedParams>();
+  }
+  size_t param_count() const {
+    const auto refs = borrowed_params();
+    return refs ? refs->size() : at("params").toListRef().size();
   }
 
   // Where the tensors of the state list `name` start in `pinned_state`, if the call pins it.
@@ -411,9 +468,11 @@ void implement_meta(torch::Library& library, const char* schema);
 // `pinned_state`. For eager calls: the tensors written through the pins are in no alias annotation,
 // so traced calls (torch.compile, fake tensors, functionalization) pass the lists themselves.
 // `state_as_param`: every state tensor must have its parameter's dtype (functional::StateAsParam).
+// `param_refs`: the parameters, borrowed (BorrowedParams), where `params` is given empty.
 #define HOLOCRON_PINNED                                                                  \
   "__torch__.torch.classes.holocron.TensorPins? pinned_state=None, str[]? pinned_lists=None, " \
-  "int[] pinned_at=[], bool state_as_param=False"
+  "int[] pinned_at=[], bool state_as_param=False, "                                        \
+  "__torch__.torch.classes.holocron.BorrowedParams? param_refs=None"
 // Where each shard lies among its whole tensor's output channels (Sharding::channel_layouts): for
 // each parameter, its whole tensor's channels, then first and width.
 #define HOLOCRON_CHANNEL_LAYOUTS "int[]? channel_layouts=None"

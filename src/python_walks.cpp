@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops.h"
+
 namespace {
 
 using PyObj = void;
@@ -109,6 +111,21 @@ __attribute__((visibility("default"))) int holocron_set_entries(PyObj* states, P
     if (PyObject_SetItem(PyList_GetItem(states, i), key, value) < 0) return -1;
   }
   return 0;
+}
+
+// 1 where `params` (a list) holds, in order, the PyObjects that the BorrowedParams at `refs` was
+// made from, each still holding the tensor it borrowed (ops::BorrowedParams::borrowed_from); 0
+// otherwise. The op may then take `refs` for them, while the caller holds the list.
+__attribute__((visibility("default"))) int holocron_params_are(PyObj* params, const void* refs) {
+  const auto& borrowed = *static_cast<const holocron::optim::ops::BorrowedParams*>(refs);
+  const Py_ssize_t n = PyList_Size(params);
+  if (n < 0 || static_cast<std::size_t>(n) != borrowed.size()) return 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (PyObj* const ahead = item(params, i + kAhead)) __builtin_prefetch(ahead);
+    PyObj* const p = item(params, i);
+    if (p == nullptr || !borrowed.borrowed_from(static_cast<std::size_t>(i), p)) return 0;
+  }
+  return 1;
 }
 
 }  // extern "C"

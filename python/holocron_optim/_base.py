@@ -395,6 +395,14 @@ def run_eagerly(step: Callable[..., Any], *args: Any) -> Any:
     return step(*args)
 
 
+class _Borrowed(NamedTuple):
+    """A group's parameters as an op borrows them (FusedStep._params_of)."""
+
+    group: dict[str, Any]
+    refs: Any  # torch.classes.holocron.BorrowedParams
+    address: int | None  # its address for holocron_params_are; None where it could not borrow them
+
+
 class _Pins(NamedTuple):
     """A group's state buffers as last handed to its op, with the C++ references that
     pin them (FusedStep._pin), and its parameters' dtypes then."""
@@ -885,7 +893,7 @@ class FusedStep:
             self._validate_options(group)  # before any state is made
             # Two flat lists, no object per parameter: what is allocated per
             # step (and so Python's garbage collector) does not grow with them.
-            params = list(group["params"])
+            params = self._params_of(group)
             grads: list[torch.Tensor] | None = None
             if not in_ops or not self._ops_can_read_grads(group, params):
                 grads = [p.grad for p in params]
@@ -920,6 +928,24 @@ class FusedStep:
         finally:
             self._clipping_now = {}
             self._still_pinned_now = frozenset()
+
+    def _params_of(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        """The group's parameters, as a list that an eager op takes without converting it
+        (distributed.BorrowedList) where the C walks can check it: an op handed a list of 3000
+        parameters converts each, about 0.5 ms a step (BorrowedParams in src/ops.h). The borrowed
+        parameters are made again whenever the list differs from theirs (a parameter added, removed
+        or replaced, a tensor swapped into one by torch.utils.swap_tensors)."""
+        params = list(group["params"])
+        if (walks is None or not params or torch.compiler.is_compiling() or distributed.flat_layouts_exist
+                or distributed.any_dtensor(params)):
+            return params
+        cache = self.__dict__.setdefault("_borrowed", {})
+        held = cache.get(id(group))
+        if held is None or held.group is not group or (
+                held.address is not None and not walks.holocron_params_are(params, held.address)):
+            refs = torch.classes.holocron.BorrowedParams(params)
+            held = cache[id(group)] = _Borrowed(group, refs, refs.address() if refs.usable() else None)
+        return params if held.address is None else distributed.BorrowedList(params, held.refs)
 
     def _ops_can_read_grads(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         """Whether nothing but the group's op needs its gradients: no clipping (whose norm is
@@ -1109,7 +1135,7 @@ class FusedStep:
         """Drops what is kept per group (pins, trust-ratio targets) for groups no longer in
         param_groups, so that their buffers can go."""
         current = {id(group) for group in self.param_groups}  # type: ignore[attr-defined]
-        for cache in ("_pinned", "_trust_ratio_targets", "_validated"):
+        for cache in ("_pinned", "_trust_ratio_targets", "_validated", "_borrowed"):
             kept = self.__dict__.get(cache)
             if kept and not kept.keys() <= current:
                 for key in [k for k in kept if k not in current]:

@@ -155,6 +155,24 @@ def _takes_pins(op: Callable[..., Any]) -> bool:
     return takes
 
 
+class BorrowedList(list):
+    """A group's parameters, also borrowed by `refs` (a torch.classes.holocron.BorrowedParams,
+    FusedStep._params_of), checked this step to be these very tensors: `call` hands an op that
+    takes `param_refs` the refs and an empty list, which then converts no parameter from Python."""
+
+    def __init__(self, values: list[Any], refs: Any) -> None:
+        super().__init__(values)
+        self.refs = refs
+
+
+def _traced() -> bool:
+    """Whether an op called now is traced (torch.compile, a dispatch mode such as
+    FakeTensorMode, make_fx or functionalization, a torch function mode): then it is handed
+    lists, not pins or borrowed parameters, whose tensors are in no alias annotation."""
+    return (torch.compiler.is_compiling() or bool(torch._C._len_torch_dispatch_stack())
+            or torch._C._is_torch_function_mode_enabled())
+
+
 def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """`kwargs` with each PinnedList of one pins object given as an empty list, named in
     `pinned_lists`, where `op` takes them, and `state_as_param` where their group keeps state of
@@ -165,7 +183,7 @@ def _with_pins(op: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]
     if not pinned or not _takes_pins(op):
         return kwargs
     out = {**kwargs, "state_as_param": True} if any(kwargs[name].as_param for name in pinned) else kwargs
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+    if _traced():
         return out
     out = dict(out)
     pins = kwargs[pinned[0]].pins
@@ -202,6 +220,8 @@ def call(op: Callable[..., Any], params: list[Any], grads: list[Any], *rest: Any
     if sums and flat_layouts_exist and any(map(flat_layout, params)):
         return _call_on_pieces(op, params, grads, *rest, sums=sums, channels=channels, **kwargs)
     if not any_dtensor(params):
+        if type(params) is BorrowedList and _takes_pins(op) and not _traced():
+            return op([], grads, *rest, **_with_pins(op, kwargs), param_refs=params.refs)
         return op(params, grads, *rest, **_with_pins(op, kwargs))
     count = len(params)
     grads = [grad_like(g, p) for g, p in zip(grads, params)]

@@ -57,8 +57,10 @@ ops = torch.ops.holocron
 def _state_walks() -> ctypes.PyDLL | None:
     """The library's walks over state dicts (src/python_walks.cpp), called with the GIL held:
     `holocron_entries_are(states, key, expected)`, `holocron_entries_all(states, key, value)` (1
-    or 0) and `holocron_set_entries(states, key, value)`, each over a list of dicts; None where the
-    library cannot call into this interpreter (its CPython functions unresolved)."""
+    or 0) and `holocron_set_entries(states, key, value)`, each over a list of dicts, and
+    `holocron_params_are(params, address)` (1 or 0: whether a list holds the parameters that the
+    BorrowedParams at that address borrowed); None where the library cannot call into this
+    interpreter (its CPython functions unresolved)."""
     try:
         # Only the copy load() loaded: where another copy registered the operators first, opening
         # this one would load it beside it, and its registrations would abort the process.
@@ -71,6 +73,8 @@ def _state_walks() -> ctypes.PyDLL | None:
         function = getattr(library, name)
         function.argtypes = (ctypes.py_object, ctypes.py_object, ctypes.py_object)
         function.restype = ctypes.c_int
+    library.holocron_params_are.argtypes = (ctypes.py_object, ctypes.c_void_p)
+    library.holocron_params_are.restype = ctypes.c_int
     return library
 
 

@@ -191,7 +191,7 @@ namespace holocron::optim::ops {
 namespace {
 
 c10::IValue adabelief(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const StepCounters counters("AdaBelief", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
   F::adabelief_(params, a.grads("AdaBelief", params), a.state("exp_avgs"), a.state("exp_avg_sqs"),

@@ -526,7 +526,7 @@ namespace holocron::optim::ops {
 namespace {
 
 c10::IValue adamp(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const StepCounters counters("AdamP", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
   F::adamp_(params, a.grads("AdamP", params), a.state("exp_avgs"), a.state("exp_avg_sqs"),

@@ -192,7 +192,7 @@ namespace holocron::optim::ops {
 namespace {
 
 c10::IValue adan(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const StepCounters counters("Adan", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
   F::adan_(params, a.grads("Adan", params), a.state("prev_grads"), a.state("exp_avgs"),

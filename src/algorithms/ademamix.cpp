@@ -197,7 +197,7 @@ namespace holocron::optim::ops {
 namespace {
 
 c10::IValue ademamix(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const StepCounters counters("AdEMAMix", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
   F::ademamix_(params, a.grads("AdEMAMix", params), a.state("exp_avgs"), a.state("exp_avgs_slow"),

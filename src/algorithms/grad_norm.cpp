@@ -45,7 +45,7 @@ namespace {
 
 // `params` only give the gradients' expected shapes and the shards' layout.
 c10::IValue grad_squared_norms(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const auto grads = a.tensors("grads");
   F::detail::check_group("grad_squared_norms", params, grads, {});
   const auto sums = F::grad_squared_norms(grads, a.scaling(), a.sharding(params));

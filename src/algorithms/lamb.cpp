@@ -267,7 +267,7 @@ namespace {
 
 // LAMB's and RaLars' trust ratios: returned, and written into local_lrs when given.
 c10::IValue lamb(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   // Counters given neither as ints nor as tensors (a caller from before bias_correction) are only
   // read by it.
   const auto steps = a.optional_integers("steps");

@@ -219,7 +219,7 @@ namespace holocron::optim::ops {
 namespace {
 
 c10::IValue lars(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const auto is_new = a.flags("buffer_is_new");
   std::unique_ptr<bool[]> flags(new bool[is_new.size()]());
   std::copy(is_new.begin(), is_new.end(), flags.get());

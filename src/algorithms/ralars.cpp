@@ -152,7 +152,7 @@ namespace holocron::optim::ops {
 namespace {
 
 c10::IValue ralars(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const StepCounters counters("RaLars", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
   const auto local_lrs = a.optional_tensors("local_lrs");

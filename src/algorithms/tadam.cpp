@@ -194,7 +194,7 @@ namespace {
 
 // The reference keeps TAdam's moment weight as a one-element tensor (W_t).
 c10::IValue tadam(const Arguments& a) {
-  const auto params = a.tensors("params");
+  const auto params = a.params();
   const auto W_ts = a.state("W_ts");
   TORCH_CHECK(W_ts.size() == params.size(), "TAdam: got ", W_ts.size(), " W_t for ",
               params.size(), " parameters");

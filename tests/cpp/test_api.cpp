@@ -314,7 +314,7 @@ TYPED_TEST(EveryAlgorithm, HyperParametersAreTheOperatorsArguments) {
   // handed as pinned tensors and the dtype rule they come with (HOLOCRON_PINNED).
   const std::set<std::string> not_hyper = {"steps",  "buffer_is_new", "maximize",       "max_grad_norm",
                                            "numels", "shard_groups",  "channel_layouts", "pinned_state",
-                                           "pinned_lists", "pinned_at", "state_as_param"};
+                                           "pinned_lists", "pinned_at", "state_as_param", "param_refs"};
   const auto tensors = c10::TensorType::get();
   bool defaulted = false;
   for (const auto& arg : schema.arguments()) {
