@@ -152,7 +152,7 @@ F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
 
 // LAMB's and RaLars' trust ratios go into one-element tensors, when given:
 // checked before the update, written after it.
-void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, size_t n) {
+void check_ratio_targets(const char* optimizer, const std::optional<ListArgument>& targets, size_t n) {
   if (!targets) return;
   TORCH_CHECK(targets->size() == n, optimizer, ": got ", targets->size(), " local_lr tensors for ",
               n, " parameters");
@@ -163,11 +163,12 @@ void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, 
   });
 }
 
-void store_ratios(const OptionalTensors& targets, const std::vector<double>& ratios) {
+void store_ratios(const std::optional<ListArgument>& targets, const std::vector<double>& ratios) {
   if (!targets || ratios.empty()) return;  // empty: found_inf skipped the step
+  const TensorList list = *targets;
   for (size_t i = 0; i < ratios.size(); ++i) {
-    F::detail::prefetch_values(*targets, i);
-    write_scalar((*targets)[i], ratios[i]);
+    F::detail::prefetch_values(list, i);
+    write_scalar(list[i], ratios[i]);
   }
 }
 

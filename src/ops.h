@@ -89,9 +89,14 @@ class ListArgument {
   explicit ListArgument(functional::detail::HeldTensors given) : given_(std::move(given)), view_(given_) {}
   ListArgument(c10::intrusive_ptr<torch::CustomClassHolder> holder, TensorList view)
       : holder_(std::move(holder)), view_(view) {}
-  // Made where it is used (a view of its own list cannot be copied or moved as it is).
   ListArgument(const ListArgument&) = delete;
   ListArgument& operator=(const ListArgument&) = delete;
+  // A moved vector keeps its buffer, so the view stays on it.
+  ListArgument(ListArgument&& other) noexcept
+      : given_(std::move(other.given_)), holder_(std::move(other.holder_)), view_(other.view_) {
+    other.view_ = {};
+  }
+  ListArgument& operator=(ListArgument&&) = delete;
 
   operator TensorList() const { return view_; }  // NOLINT(google-explicit-constructor)
   size_t size() const { return view_.size(); }
@@ -151,8 +156,8 @@ F::Sharding sharding_of(TensorList params, at::OptionalIntArrayRef numels,
                         const OptionalNames& shard_groups);
 // LAMB's and RaLars' trust ratios go into one-element tensors, when given:
 // checked before the update, written after it.
-void check_ratio_targets(const char* optimizer, const OptionalTensors& targets, size_t n);
-void store_ratios(const OptionalTensors& targets, const std::vector<double>& ratios);
+void check_ratio_targets(const char* optimizer, const std::optional<ListArgument>& targets, size_t n);
+void store_ratios(const std::optional<ListArgument>& targets, const std::vector<double>& ratios);
 // What the ops return: the trust ratios, or ones for a skipped step (what the
 // fake kernels promise: one per tensor).
 at::Tensor ratios_out(const std::vector<double>& ratios, TensorList params);
@@ -223,6 +228,11 @@ class Arguments {
       return ListArgument(std::move(pins), view);
     }
     return ListArgument(tensors(name));
+  }
+  // An optional state list (`Tensor(x!)[]? name`): none, or as state() takes it.
+  std::optional<ListArgument> optional_state(const char* name) const {
+    if (!pinned_offset(name) && at(name).isNone()) return std::nullopt;
+    return state(name);
   }
   // `grads`, or where it is None each parameter's own .grad, read here: a Python step that
   // gathers p.grad for 3000 small parameters pays about half a millisecond, a tenth of the step.
@@ -359,7 +369,8 @@ class Arguments {
     return std::invoke(read, *this, name);
   }
 
-  // Each name in `pinned_lists` is one of the op's state lists (a `Tensor[]` other than params),
+  // Each name in `pinned_lists` is one of the op's state lists (a `Tensor[]` other than params, or
+  // an optional one that it reads through optional_state),
   // named once: one the kernel does not read through state() would be silently not updated. Each
   // is given as an empty list, and its `pinned_at` offset takes one tensor per parameter from
   // `pinned_state`.
@@ -370,15 +381,19 @@ class Arguments {
     for (size_t k = 0; k < names.size(); ++k) {
       const auto& name = names[k].toStringRef();
       const auto index = schema_.argumentIndexWithName(name);
-      TORCH_CHECK(index && name != "params" &&
-                      *schema_.arguments()[*index].type() == *c10::ListType::ofTensors(),
+      // The optional lists that ops read through optional_state: LAMB's and RaLars' trust ratios.
+      const bool optional_state = name == "local_lrs";
+      const c10::TypePtr tensor_list = c10::ListType::ofTensors();
+      const c10::TypePtr wanted = optional_state ? c10::OptionalType::create(tensor_list) : tensor_list;
+      TORCH_CHECK(index && name != "params" && *schema_.arguments()[*index].type() == *wanted,
                   schema_.name(), ": pinned_lists names '", name, "', which is not one of its state lists");
       for (size_t j = 0; j < k; ++j) {
         TORCH_CHECK(names[j].toStringRef() != name, schema_.name(), ": pinned_lists names '", name, "' twice");
       }
-      TORCH_CHECK(values_[*index].toListRef().empty(), schema_.name(), ": ", name,
+      const auto& given = values_[*index];
+      TORCH_CHECK(!given.isNone() && given.toListRef().empty(), schema_.name(), ": ", name,
                   " is named in pinned_lists, so it must be given as an empty list (got ",
-                  values_[*index].toListRef().size(), " tensors)");
+                  given.isNone() ? std::string("None") : std::to_string(given.toListRef().size()) + " tensors", ")");
     }
     if (names.empty()) return;
     TORCH_CHECK(!at("pinned_state").isNone(), schema_.name(), ": pinned_lists names ", names[0].toStringRef(),

@@ -636,6 +636,12 @@ class FusedStep:
         """The per-element buffers a state of this group may hold already."""
         return [b.name for b in self._state_buffers if b.exists_in(group)]
 
+    def _pinned_keys(self, group: dict[str, Any]) -> list[str]:
+        """The state entries pinned after a step (_pin): the per-element buffers, and the
+        one-element values kept per parameter (TAdam's W_t, LAMB's and RaLars' trust ratios),
+        which their ops take as lists too."""
+        return [*self._state_keys(group), *self._scalar_state, *("local_lr",) * self._keeps_trust_ratios]
+
     def _stateless(self, group: dict[str, Any]) -> bool:
         """True when this group's update keeps no per-parameter state."""
         return not (self._counts_steps or self._scalar_state or self._state_keys(group) or self._kahan(group))
@@ -1066,7 +1072,7 @@ class FusedStep:
         optimizer (hooks, attributes set by frameworks): such a cycle would never be
         collected. The buffers are the optimizer's own. DTensors are not pinned either:
         the op is handed their local shards."""
-        keys = self._state_keys(group)
+        keys = self._pinned_keys(group)
         if (not keys or not states or id(group) in self._still_pinned_now or distributed.any_dtensor(params)
                 or self._pinned_still(group, params, states)):
             return
@@ -1113,7 +1119,7 @@ class FusedStep:
         would (`state_as_param`, which `distributed.call` hands with the pinned lists, to whole
         tensors and flat partitions alike): the parameters' dtypes are walked only for an 8-bit
         group, and for a "param" group not every list of which is pinned."""
-        keys = self._state_keys(group)
+        keys = self._pinned_keys(group)
         if not keys:
             return True
         held = self.__dict__.get("_pinned", {}).get(id(group))
@@ -1280,6 +1286,9 @@ class FusedStep:
             return {"local_lrs": [s["local_lr"] for s in states]}
         if not params:
             return {}  # a validation of the options (_validate_options)
+        pinned = self._lists_now.get("local_lr")
+        if pinned is not None:
+            return {"local_lrs": pinned}  # the states' own, pinned after the last step (_pin)
         held = list(map(dict.get, states, repeat("local_lr")))
         cache = self.__dict__.setdefault("_trust_ratio_targets", {}).get(id(group))
         if (cache is not None and cache.group is group and len(cache.params) == len(params)
@@ -1304,8 +1313,8 @@ class FusedStep:
         entry's type from step to step, as torch.distributed.checkpoint's load needs (it fills
         a fresh optimizer's state with one step of zero gradients, where the norms are zero, and
         refuses a checkpoint whose entries are of other types)."""
-        if not states:
-            return
+        if not states or self._lists_now.get("local_lr") is not None:
+            return  # none, or the states' own were written (_ratio_targets)
         cache = self._trust_ratio_targets[id(group)]
         if all(map(is_, cache.targets, cache.held)):
             return

@@ -542,11 +542,12 @@ class TAdam(FusedStep, Optimizer):
                     and set(map(torch.Tensor.numel, w_ts)) == {1} and set(map(attrgetter("dtype"), w_ts)) == dtypes
                     and set(map(attrgetter("device"), w_ts)) == devices):
                 return
-        for p, state in zip(params, states):
+        for index, (p, state) in enumerate(zip(params, states)):
             w_t = (state or {}).get("W_t")
             count = per_tensor_shape(p, (1,))[0]
             if w_t is not None and (w_t.numel() != count or w_t.dtype != p.dtype or w_t.device != p.device):
-                raise RuntimeError(f"TAdam: state 'W_t' must be {_w_t_size(count)} of dtype {p.dtype} on {p.device}")
+                raise RuntimeError(f"TAdam: state 'W_t' of parameter {index} must be {_w_t_size(count)} of dtype "
+                                   f"{p.dtype} on {p.device}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.

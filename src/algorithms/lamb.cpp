@@ -277,7 +277,7 @@ c10::IValue lamb(const Arguments& a) {
   const std::vector<int64_t> unknown_steps(steps || step_tensors ? 0 : params.size(), 1);
   const StepCounters counters("LAMB", steps ? c10::IntArrayRef(*steps) : unknown_steps, step_tensors,
                               params.size());
-  const auto local_lrs = a.optional_tensors("local_lrs");
+  const auto local_lrs = a.optional_state("local_lrs");
   check_ratio_targets("LAMB", local_lrs, params.size());
   const auto ratios = F::lamb_(
       params, a.grads("LAMB", params), a.state("exp_avgs"), a.state("exp_avg_sqs"), counters.steps(),

@@ -155,7 +155,7 @@ c10::IValue ralars(const Arguments& a) {
   const auto params = a.params();
   const StepCounters counters("RaLars", a.integers("steps"), a.optional_tensors("step_tensors"),
                               params.size());
-  const auto local_lrs = a.optional_tensors("local_lrs");
+  const auto local_lrs = a.optional_state("local_lrs");
   check_ratio_targets("RaLars", local_lrs, params.size());
   const auto ratios = F::ralars_(
       params, a.grads("RaLars", params), a.state("exp_avgs"), a.state("exp_avg_sqs"), counters.steps(),

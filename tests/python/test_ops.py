@@ -234,6 +234,30 @@ def test_bad_pinned_lists_are_refused_before_any_write(pinned_lists, pinned_at, 
         _pinned_call(pinned_lists, pinned_at, given, pins)
 
 
+def _lamb_call(lists):
+    """lamb_ on two parameters, its moments and trust ratios (`local_lrs`) taken from one pins."""
+    torch.manual_seed(1)
+    p = [torch.randn(4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)]
+    g = [torch.randn_like(t) for t in p]
+    m, v, ratios = _zeros(p), _zeros(p), [torch.zeros((), dtype=torch.float64) for _ in p]
+    out = ops.lamb_(p, g, **{"exp_avgs": m, "exp_avg_sqs": v, **lists(m, v, ratios)}, lr=0.01, beta1=0.9,
+                    beta2=0.999, eps=1e-6, weight_decay=0.0, clip_low=0.0, clip_high=10.0, steps=[1, 1])
+    return p + m + v + ratios, out
+
+
+def test_optional_trust_ratio_targets_taken_from_pins_equal_a_list_given():
+    pinned, pinned_out = _lamb_call(lambda m, v, ratios: {
+        "exp_avgs": [], "exp_avg_sqs": [], "local_lrs": [],
+        "pinned_state": torch.classes.holocron.TensorPins(ratios + m + v),
+        "pinned_lists": ["local_lrs", "exp_avgs", "exp_avg_sqs"], "pinned_at": [0, 2, 4]})
+    given, given_out = _lamb_call(lambda m, v, ratios: {"local_lrs": ratios})
+    assert all(torch.equal(a, b) for a, b in zip(pinned, given)) and torch.equal(pinned_out, given_out)
+    assert not torch.equal(pinned[-1], torch.zeros_like(pinned[-1]))  # a ratio was written
+    with pytest.raises(RuntimeError, match=r"local_lrs is named in pinned_lists, so it must be given as an empty list \(got None\)"):
+        _lamb_call(lambda m, v, ratios: {"local_lrs": None, "pinned_state": torch.classes.holocron.TensorPins(ratios),
+                                         "pinned_lists": ["local_lrs"], "pinned_at": [0]})
+
+
 @pytest.mark.parametrize("pinned", [False, True])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 def test_state_as_param_refuses_state_of_another_dtype_before_any_write(state_dtype, pinned):

@@ -290,12 +290,19 @@ def test_tadam_w_t_read_on_the_threads_names_the_first_bad_one(threads):
     threads(2)
     params, opt = make()
     for i in (290, 305):  # the second on the other thread, which reaches it first
-        opt.state[params[i]][target] = torch.zeros(2)
+        # Changed in place, the W_t pinned after the last step are still the states' own: the op
+        # reads them, on the threads (a W_t replaced is checked in Python first, in order too).
+        opt.state[params[i]][target].data = torch.zeros(2)
     before = [p.clone() for p in params]
     for _ in range(3):
-        with pytest.raises((RuntimeError, ValueError), match=r"parameter 290\b"):
+        with pytest.raises((RuntimeError, ValueError), match=r"W_t of parameter 290\b"):
             opt.step()
         assert all(torch.equal(p, b) for p, b in zip(params, before))
+    for i in (290, 305):
+        opt.state[params[i]][target] = torch.zeros(2)
+    with pytest.raises(RuntimeError, match=r"state 'W_t' of parameter 290\b"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
 @pytest.mark.parametrize("target", ["local_lrs", "step_tensors"])

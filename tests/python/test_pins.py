@@ -26,8 +26,9 @@ def _set_grads(params: list[torch.Tensor], step: int) -> None:
 
 
 def _buffers(opt) -> list[torch.Tensor]:
-    """The per-element state buffers (not TAdam's W_t, LAMB's local_lr)."""
-    keys = opt._state_keys(opt.param_groups[0])
+    """The state entries pinned: the per-element buffers and TAdam's W_t (not LAMB's local_lr,
+    which its ratio targets hold)."""
+    keys = opt._pinned_keys(opt.param_groups[0])
     return [v for state in opt.state.values() for k, v in state.items() if k in keys]
 
 
@@ -217,7 +218,7 @@ def test_the_op_takes_the_pinned_lists_from_the_pins(name, monkeypatch):
         opt.step()
     handed = [call for call in calls if "pinned_state" in call]
     assert len(handed) >= 2  # every step but the first, which pins
-    keys = opt._state_keys(opt.param_groups[0])
+    keys = opt._pinned_keys(opt.param_groups[0])  # TAdam's W_t too
     assert len(handed[-1]["pinned_lists"]) == len(keys) > 0
     assert handed[-1]["pinned_state"] is opt._pinned[id(opt.param_groups[0])].pins
     assert all(handed[-1][list_name] == [] for list_name in handed[-1]["pinned_lists"])
@@ -280,3 +281,8 @@ def test_parameters_converted_in_place_are_taken_as_by_a_step_that_walks_them(na
         _set_grads_of(pinned, step, dtype), _set_grads_of(plain, step, dtype)
     for a, b in zip(pinned, plain):
         assert a.dtype == dtype and torch.equal(a, b)
+        # LAMB's and RaLars' trust ratios, pinned too: the same tensors of the same dtype as the
+        # twin's (which keep the dtype their parameters had when they were made).
+        if "local_lr" in twin.state[b]:
+            ratio, twin_ratio = opt.state[a]["local_lr"], twin.state[b]["local_lr"]
+            assert ratio.dtype == twin_ratio.dtype and torch.equal(ratio, twin_ratio)
