@@ -346,7 +346,12 @@ void meta_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t count = schema.arguments().size();
   const auto first = torch::jit::peek(*stack, 0, count);
-  const int64_t tensors = first.isTensorList() ? static_cast<int64_t>(first.toListRef().size()) : 0;
+  int64_t tensors = first.isTensorList() ? static_cast<int64_t>(first.toListRef().size()) : 0;
+  // Parameters handed borrowed (`param_refs`) leave the list empty.
+  if (const auto refs = schema.argumentIndexWithName("param_refs")) {
+    const auto& given = torch::jit::peek(*stack, *refs, count);
+    if (!given.isNone()) tensors = static_cast<int64_t>(given.toCustomClass<BorrowedParams>()->size());
+  }
   torch::jit::drop(*stack, count);
   if (schema.returns().empty()) return;
   if (schema.returns()[0].type()->kind() == c10::TypeKind::FloatType) {
@@ -407,6 +412,14 @@ const c10::TensorImpl* tensor_held_by(const void* owner) {
   return impl;
 }
 
+// The object's type (CPython's ob_type, after its reference count): a parameter whose class is
+// assigned anew (`p.__class__ = ...`, which keeps its tensor) is borrowed again, and its type checked.
+const void* type_of(const void* owner) {
+  const void* type = nullptr;
+  std::memcpy(&type, static_cast<const char*>(owner) + sizeof(void*), sizeof type);
+  return type;
+}
+
 }  // namespace
 
 BorrowedParams::BorrowedParams(const std::vector<at::Tensor>& params) {
@@ -418,6 +431,7 @@ BorrowedParams::BorrowedParams(const std::vector<at::Tensor>& params) {
     const void* owner = p.unsafeGetTensorImpl()->pyobj_slot()->load_pyobj();
     usable_ = usable_ && owner != nullptr && tensor_held_by(owner) == p.unsafeGetTensorImpl();
     owners_.push_back(owner);
+    types_.push_back(owner != nullptr ? type_of(owner) : nullptr);
     borrowed_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(p));
   }
 }
@@ -428,7 +442,7 @@ BorrowedParams::~BorrowedParams() {
 
 bool BorrowedParams::borrowed_from(size_t i, const void* owner) const {
   return usable_ && i < owners_.size() && owner == owners_[i] &&
-         tensor_held_by(owner) == borrowed_[i].unsafeGetTensorImpl();
+         tensor_held_by(owner) == borrowed_[i].unsafeGetTensorImpl() && type_of(owner) == types_[i];
 }
 
 void register_tensor_pins() {

@@ -62,8 +62,8 @@ class BorrowedParams : public torch::CustomClassHolder {
   BorrowedParams(const BorrowedParams&) = delete;
   BorrowedParams& operator=(const BorrowedParams&) = delete;
 
-  // Whether `owner` is the PyObject that params[i] was borrowed from and still holds its tensor.
-  // `owner` must be alive (the caller's list holds it).
+  // Whether `owner` is the PyObject that params[i] was borrowed from, of the same type, and still
+  // holds its tensor. `owner` must be alive (the caller's list holds it).
   bool borrowed_from(size_t i, const void* owner) const;
   // Whether each parameter had a PyObject whose tensor could be read (CPython's object layout,
   // torch's THPVariable): if not, borrowed_from is always false and the caller passes lists.
@@ -73,6 +73,7 @@ class BorrowedParams : public torch::CustomClassHolder {
 
  private:
   std::vector<const void*> owners_;  // each parameter's PyObject when borrowed
+  std::vector<const void*> types_;   // and its type then
   std::vector<at::Tensor> borrowed_;  // references at +0 (c10::MaybeOwnedTraits::createBorrow)
   bool usable_ = true;
 };

@@ -942,13 +942,17 @@ class FusedStep:
         parameters are made again whenever the list differs from theirs (a parameter added, removed
         or replaced, a tensor swapped into one by torch.utils.swap_tensors)."""
         params = list(group["params"])
-        if (walks is None or not params or torch.compiler.is_compiling() or distributed.flat_layouts_exist
-                or distributed.any_dtensor(params)):
+        if walks is None or not params or torch.compiler.is_compiling() or distributed.flat_layouts_exist:
             return params
         cache = self.__dict__.setdefault("_borrowed", {})
         held = cache.get(id(group))
         if held is None or held.group is not group or (
                 held.address is not None and not walks.holocron_params_are(params, held.address)):
+            # Only plain tensors and Parameters: an op handed no tensor would not reach a subclass's
+            # __torch_function__ or __torch_dispatch__ (a DTensor's shards are handed as lists).
+            if not types_of(params) <= {torch.Tensor, torch.nn.Parameter}:
+                cache.pop(id(group), None)
+                return params
             refs = torch.classes.holocron.BorrowedParams(params)
             held = cache[id(group)] = _Borrowed(group, refs, refs.address() if refs.usable() else None)
         return params if held.address is None else distributed.BorrowedList(params, held.refs)

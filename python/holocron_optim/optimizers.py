@@ -545,9 +545,10 @@ class TAdam(FusedStep, Optimizer):
         for index, (p, state) in enumerate(zip(params, states)):
             w_t = (state or {}).get("W_t")
             count = per_tensor_shape(p, (1,))[0]
-            if w_t is not None and (w_t.numel() != count or w_t.dtype != p.dtype or w_t.device != p.device):
+            if w_t is not None and (not isinstance(w_t, torch.Tensor) or w_t.numel() != count
+                                    or w_t.dtype != p.dtype or w_t.device != p.device):
                 raise RuntimeError(f"TAdam: state 'W_t' of parameter {index} must be {_w_t_size(count)} of dtype "
-                                   f"{p.dtype} on {p.device}")
+                                   f"{p.dtype} on {p.device}, got {_describe_w_t(w_t)}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # W_t is not shaped like its parameter: checked here, before anything changes.

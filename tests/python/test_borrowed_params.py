@@ -229,3 +229,64 @@ def test_no_borrowing_without_the_walks(monkeypatch):
         _set_grads(params, k)
         opt.step()
     assert not opt.__dict__.get("_borrowed")
+
+
+class _Traced(torch.Tensor):
+    """A tensor subclass with __torch_function__: every op called with one passes through it."""
+
+    seen = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch._ops.holocron" or "holocron" in str(func):
+            cls.seen += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_subclass_parameters_are_handed_as_lists():
+    """An op handed no parameter would not reach a subclass's __torch_function__ (or
+    __torch_dispatch__): a group holding one is handed its list, as before."""
+    params = [torch.randn(4, 3).as_subclass(_Traced).requires_grad_() for _ in range(5)]
+    opt = ALGORITHMS["AdaBelief"].make(params, lr=1e-2)
+    _Traced.seen = 0
+    for k in range(3):
+        _set_grads(params, k)
+        opt.step()
+    assert _Traced.seen >= 3
+    assert opt.__dict__.get("_borrowed", {}).get(id(opt.param_groups[0])) is None
+
+
+def test_a_class_assigned_anew_is_borrowed_again():
+    """`p.__class__ = ...` keeps the tensor but changes the object's type: the check sees it."""
+    params = _params(7, count=6)
+    refs = torch.classes.holocron.BorrowedParams(params)
+    assert _library.walks.holocron_params_are(params, refs.address()) == 1
+    params[4].__class__ = torch.Tensor
+    assert _library.walks.holocron_params_are(params, refs.address()) == 0
+    params[4].__class__ = torch.nn.Parameter
+    assert _library.walks.holocron_params_are(params, refs.address()) == 1
+
+
+def test_the_fake_kernel_counts_borrowed_params():
+    """The Meta kernel returns one trust ratio per parameter, handed as a list or borrowed."""
+    params = [torch.empty(3, 2, device="meta"), torch.empty(5, device="meta")]
+    refs = torch.classes.holocron.BorrowedParams(params)
+    lists = dict(exp_avgs=[torch.empty_like(p) for p in params], exp_avg_sqs=[torch.empty_like(p) for p in params],
+                 lr=0.01, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, clip_low=0.0, clip_high=10.0,
+                 steps=[1, 1])
+    grads = [torch.empty_like(p) for p in params]
+    assert ops.lamb_(params, grads, **lists).shape == (2,)
+    assert ops.lamb_([], grads, **lists, param_refs=refs).shape == (2,)
+
+
+def test_a_w_t_that_is_no_tensor_is_refused_by_name():
+    params = _params(8, count=4)
+    opt = ALGORITHMS["TAdam"].make(params, lr=1e-2)
+    for k in range(2):
+        _set_grads(params, k)
+        opt.step()
+    opt.state[params[2]]["W_t"] = 0.5
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"state 'W_t' of parameter 2 must be .*got 0\.5"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
