@@ -15,6 +15,7 @@ import torch
 
 from holocron_optim import _base, _distributed, _library
 from holocron_optim._library import ops
+from _harness import assert_same
 from registry import ALGORITHMS, ALGOS
 
 
@@ -50,14 +51,8 @@ def _spy_on_borrowing(monkeypatch) -> list[bool]:
 
 def _assert_same(opt, params, twin, twin_params) -> None:
     for a, b in zip(params, twin_params, strict=True):
-        assert torch.equal(a, b)
-        sa, sb = opt.state[a], twin.state[b]
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            if isinstance(sa[key], torch.Tensor):
-                assert torch.equal(sa[key], sb[key]), key
-            else:
-                assert sa[key] == sb[key], key
+        assert_same(a, b)
+        assert_same(opt.state[a], twin.state[b])
 
 
 @pytest.mark.parametrize("name", ALGOS)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from holocron_optim import _base, _library
+from _harness import assert_same
 from registry import ALGORITHMS, ALGOS
 
 walks = _library.walks
@@ -121,12 +122,5 @@ def test_steps_with_and_without_the_walks_are_identical(name, monkeypatch):
     for k in range(6, 8):
         step(k)
     for a, b in zip(with_walks, without):
-        assert torch.equal(a, b)
-    for a, b in zip(with_walks, without):
-        sa, sb = fast.state[a], slow.state[b]
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            if isinstance(sa[key], torch.Tensor):
-                assert torch.equal(sa[key], sb[key]), key
-            else:
-                assert sa[key] == sb[key], key
+        assert_same(a, b)
+        assert_same(fast.state[a], slow.state[b])
