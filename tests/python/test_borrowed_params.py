@@ -30,6 +30,15 @@ def _set_grads(params: list[torch.Tensor], k: int) -> None:
         p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
 
 
+def _stepped(name: str, params: list[torch.Tensor], steps: int):
+    """An optimizer of `name` over `params`, after `steps` steps."""
+    opt = ALGORITHMS[name].make(params, lr=1e-2)
+    for k in range(steps):
+        _set_grads(params, k)
+        opt.step()
+    return opt
+
+
 def _never_borrowing(monkeypatch, opt) -> None:
     monkeypatch.setattr(opt, "_params_of", lambda group: list(group["params"]))
 
@@ -143,10 +152,7 @@ def test_borrowed_params_hold_no_reference():
     elsewhere) sees a reference from the borrowed parameters; a parameter -> optimizer cycle
     (a hook or an attribute that a framework sets) is collected."""
     params = _params(2, count=8)
-    opt = ALGORITHMS["AdaBelief"].make(params, lr=1e-2)
-    for k in range(3):
-        _set_grads(params, k)
-        opt.step()
+    opt = _stepped("AdaBelief", params, 3)
     assert opt._borrowed[id(opt.param_groups[0])].address is not None
     counts = [p._use_count() for p in params]
     refs = torch.classes.holocron.BorrowedParams(params)
@@ -202,10 +208,7 @@ def test_an_op_refuses_borrowed_params_beside_a_list():
 def test_a_copy_of_the_optimizer_borrows_its_own_params():
     """What is kept to borrow the parameters is not copied, pickled or shared by a deepcopy."""
     params = _params(5, count=6)
-    opt = ALGORITHMS["Adan"].make(params, lr=1e-2)
-    for k in range(2):
-        _set_grads(params, k)
-        opt.step()
+    opt = _stepped("Adan", params, 2)
     clone = copy.deepcopy(opt)
     assert "_borrowed" not in clone.__dict__
     for k in range(2, 4):
@@ -219,10 +222,7 @@ def test_a_copy_of_the_optimizer_borrows_its_own_params():
 def test_no_borrowing_without_the_walks(monkeypatch):
     monkeypatch.setattr(_base, "walks", None)
     params = _params(6, count=5)
-    opt = ALGORITHMS["LAMB"].make(params, lr=1e-2)
-    for k in range(3):
-        _set_grads(params, k)
-        opt.step()
+    opt = _stepped("LAMB", params, 3)
     assert not opt.__dict__.get("_borrowed")
 
 
@@ -276,10 +276,7 @@ def test_the_fake_kernel_counts_borrowed_params():
 
 def test_a_w_t_that_is_no_tensor_is_refused_by_name():
     params = _params(8, count=4)
-    opt = ALGORITHMS["TAdam"].make(params, lr=1e-2)
-    for k in range(2):
-        _set_grads(params, k)
-        opt.step()
+    opt = _stepped("TAdam", params, 2)
     opt.state[params[2]]["W_t"] = 0.5
     before = [p.detach().clone() for p in params]
     with pytest.raises(RuntimeError, match=r"state 'W_t' of parameter 2 must be .*got 0\.5"):
